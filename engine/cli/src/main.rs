@@ -1,0 +1,322 @@
+//! `huizhen`: the command-line entry point of the engine.
+// The CLI's job is to print to the terminal.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use huizhen_core::config::{self, RootConfig};
+use huizhen_core::message::State;
+use huizhen_core::store::{ListFilter, Store, StoreOptions};
+use huizhen_core::{Engine, http};
+
+/// Huizhen (会诊): an integration engine for remote-consultation networks.
+#[derive(Debug, Parser)]
+#[command(name = "huizhen", version, about, long_about = None)]
+struct Cli {
+    /// The root config file (default: ./huizhen.yaml if present, else built-in defaults:
+    /// SQLite under data/, HTTP on 127.0.0.1:8080, pipelines from pipelines/*.yaml).
+    #[arg(short, long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Overrides the store URL of the config (sqlite://… or postgres://…).
+    #[arg(long, global = true, env = "HUIZHEN_DATABASE_URL", value_name = "URL")]
+    database_url: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start every pipeline and the HTTP server; Ctrl-C or SIGTERM stops gracefully.
+    Run(RunArgs),
+    /// Check config and pipeline files and print every error with file:line:column.
+    Validate(ValidateArgs),
+    /// Browse and reprocess journaled messages.
+    #[command(subcommand)]
+    Messages(MessagesCommand),
+    /// Create or upgrade the journal's tables (also done by `run`).
+    Migrate,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Overrides http.bind, e.g. 127.0.0.1:9090.
+    #[arg(long, value_name = "ADDR")]
+    bind: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct ValidateArgs {
+    /// Files or folders to check (default: the root config and the pipelines it names).
+    paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum MessagesCommand {
+    /// List messages, newest first.
+    List(ListArgs),
+    /// Show one message with its body, attempt errors and effects.
+    Show { id: String },
+    /// Process a failed, dead or done message again (or all of a pipeline in one state).
+    Reprocess(ReprocessArgs),
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    #[arg(long)]
+    pipeline: Option<String>,
+    /// received, processing, done, failed or dead.
+    #[arg(long)]
+    state: Option<String>,
+    /// Text to find in the id, dedup key, trace id, source, headers or last error.
+    #[arg(long)]
+    q: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    limit: i64,
+    /// Continue from a previous page's next cursor.
+    #[arg(long)]
+    cursor: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["id", "state"])))]
+struct ReprocessArgs {
+    /// The message id.
+    id: Option<String>,
+    /// Reprocess every message in this state (failed, dead or done) …
+    #[arg(long, requires = "pipeline")]
+    state: Option<String>,
+    /// … of this pipeline.
+    #[arg(long)]
+    pipeline: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Validate(args) => Ok(validate(cli.config.as_deref(), &args.paths)),
+        Command::Run(args) => run(cli.config.as_deref(), cli.database_url, args).await,
+        Command::Migrate => {
+            let store = open_store(cli.config.as_deref(), cli.database_url).await?;
+            store.migrate().await?;
+            println!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Messages(cmd) => {
+            let store = open_store(cli.config.as_deref(), cli.database_url).await?;
+            store.migrate().await?;
+            messages(&store, cmd).await
+        }
+    }
+}
+
+fn validate(config: Option<&Path>, paths: &[PathBuf]) -> ExitCode {
+    let result = if paths.is_empty() {
+        config::load(config).map(|l| l.pipelines.len() + usize::from(l.root_file.is_some()))
+    } else {
+        config::validate_paths(paths)
+    };
+    match result {
+        Ok(n) => {
+            println!(
+                "ok: {n} file{} checked, no errors",
+                if n == 1 { "" } else { "s" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root_config(config: Option<&Path>, database_url: Option<String>) -> Result<RootConfig> {
+    let (mut root, _) = config::load_root(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(url) = database_url {
+        root.store.url = url;
+    }
+    Ok(root)
+}
+
+async fn open_store(config: Option<&Path>, database_url: Option<String>) -> Result<Store> {
+    let root = root_config(config, database_url)?;
+    Ok(Store::open(&StoreOptions {
+        url: root.store.url,
+        durability: root.store.durability,
+        max_connections: 4,
+    })
+    .await?)
+}
+
+async fn run(
+    config: Option<&Path>,
+    database_url: Option<String>,
+    args: RunArgs,
+) -> Result<ExitCode> {
+    let mut loaded = match config::load(config) {
+        Ok(l) => l,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if let Some(url) = database_url {
+        loaded.root.store.url = url;
+    }
+    if let Some(bind) = args.bind {
+        loaded.root.http.bind = bind;
+    }
+    let http_cfg = loaded.root.http.clone();
+    let listener = tokio::net::TcpListener::bind(&http_cfg.bind)
+        .await
+        .with_context(|| format!("cannot listen on {} (http.bind)", http_cfg.bind))?;
+    let engine = Engine::start(loaded).await?;
+    let app = http::router(engine.app_state(), &http_cfg);
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "HTTP server listening");
+    let token = engine.shutdown_token();
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await
+    });
+    shutdown_signal().await;
+    tracing::info!("shutting down: sources stop, in-flight messages finish or stay journaled");
+    engine.shutdown(Duration::from_secs(30)).await;
+    match tokio::time::timeout(Duration::from_secs(10), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => bail!("HTTP server: {e}"),
+        Ok(Err(e)) => bail!("HTTP server task: {e}"),
+        Err(_) => tracing::warn!("HTTP server did not stop within 10s"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn parse_state(s: &str) -> Result<State> {
+    State::parse(s).with_context(|| {
+        format!("unknown state {s:?}: expected received, processing, done, failed or dead")
+    })
+}
+
+async fn messages(store: &Store, cmd: MessagesCommand) -> Result<ExitCode> {
+    match cmd {
+        MessagesCommand::List(a) => {
+            let state = a.state.as_deref().map(parse_state).transpose()?;
+            let page = store
+                .list(&ListFilter {
+                    pipeline: a.pipeline,
+                    state,
+                    q: a.q,
+                    limit: Some(a.limit),
+                    cursor: a.cursor,
+                })
+                .await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&page)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<36}  {:<16}  {:<10}  {:>3}  {:<24}  LAST ERROR",
+                "ID", "PIPELINE", "STATE", "TRY", "RECEIVED"
+            );
+            for m in &page.messages {
+                let at = chrono_like(m.received_at);
+                let err = m.last_error.as_deref().unwrap_or("");
+                let err: String = err.chars().take(60).collect();
+                println!(
+                    "{:<36}  {:<16}  {:<10}  {:>3}  {:<24}  {}",
+                    m.id, m.pipeline, m.state, m.attempts, at, err
+                );
+            }
+            if let Some(c) = page.next_cursor {
+                println!("more: --cursor {c}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        MessagesCommand::Show { id } => {
+            let v = http::message_detail(store, &id).await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        MessagesCommand::Reprocess(a) => {
+            if let Some(id) = a.id {
+                let m = store.reprocess(&id).await?;
+                println!(
+                    "{} ({}) will be processed again by a running engine",
+                    m.id, m.pipeline
+                );
+            } else if let (Some(state), Some(pipeline)) = (a.state, a.pipeline) {
+                let n = store.reprocess_all(&pipeline, parse_state(&state)?).await?;
+                println!(
+                    "{n} {state} message(s) of {pipeline} will be processed again by a running engine"
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Milliseconds since the epoch as an RFC 3339 UTC time, without another dependency.
+fn chrono_like(ms: i64) -> String {
+    huizhen_core::message::format_ms(ms)
+}

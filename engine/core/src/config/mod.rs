@@ -1,0 +1,561 @@
+//! Configuration: the root `huizhen.yaml` and one YAML file per pipeline.
+//!
+//! Every YAML file goes through [`parse_yaml`] (serde-saphyr, the maintained serde YAML crate),
+//! after `${ENV_VAR}` interpolation. Every struct denies unknown keys and every file carries
+//! `version: 1`. Errors name the file, line and column, say what was expected and suggest the
+//! nearest known name for a misspelt key or type. [`check`] then builds every pipeline without
+//! starting it and collects all remaining errors (bad expressions, unknown route targets,
+//! clashing names and paths), so `huizhen validate` prints every problem at once.
+
+pub mod duration;
+mod error;
+mod interpolate;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use serde_saphyr::Spanned;
+
+pub use error::{ConfigError, ConfigErrors};
+use interpolate::interpolate;
+
+use crate::expr::Expr;
+use crate::runner::{BuildContext, Router};
+use crate::sinks::SinkConfig;
+use crate::sources::SourceConfig;
+use crate::steps::StepConfig;
+use crate::store::Durability;
+
+/// The only config format version this engine reads.
+pub const VERSION: u32 = 1;
+
+/// `version: 1` — any other value is an error at its position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Version(pub u32);
+
+impl<'de> Deserialize<'de> for Version {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u32::deserialize(d)?;
+        if v != VERSION {
+            return Err(serde::de::Error::custom(format!(
+                "unsupported config version {v}: this engine reads version {VERSION}"
+            )));
+        }
+        Ok(Version(v))
+    }
+}
+
+/// The root file, `huizhen.yaml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootConfig {
+    pub version: Version,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+    /// Globs of pipeline files, relative to the root file's folder.
+    #[serde(default = "default_pipeline_globs")]
+    pub pipelines: Vec<String>,
+    #[serde(default)]
+    pub journal: JournalConfig,
+}
+
+impl Default for RootConfig {
+    fn default() -> Self {
+        RootConfig {
+            version: Version(VERSION),
+            store: StoreConfig::default(),
+            http: HttpConfig::default(),
+            plugins: PluginsConfig::default(),
+            pipelines: default_pipeline_globs(),
+            journal: JournalConfig::default(),
+        }
+    }
+}
+
+fn default_pipeline_globs() -> Vec<String> {
+    vec!["pipelines/*.yaml".into()]
+}
+
+/// Where the journal lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://data/huizhen.db` (default) or `postgres://user@host/db`.
+    #[serde(default = "default_store_url")]
+    pub url: String,
+    /// `process-crash` (default) or `power-loss` (fsync every commit; SQLite only).
+    #[serde(default)]
+    pub durability: Durability,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: default_store_url(),
+            durability: Durability::default(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+fn default_store_url() -> String {
+    "sqlite://data/huizhen.db".into()
+}
+fn default_max_connections() -> u32 {
+    8
+}
+
+/// The HTTP server (API, metrics, `http` sources).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    #[serde(default = "default_bind")]
+    pub bind: String,
+    /// Largest request body accepted, in bytes (default 16 MiB).
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// A request that takes longer than this is answered 408 (slow clients).
+    #[serde(default = "default_request_timeout", with = "duration")]
+    pub request_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            bind: default_bind(),
+            max_body_bytes: default_max_body(),
+            request_timeout: default_request_timeout(),
+        }
+    }
+}
+
+fn default_bind() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_max_body() -> usize {
+    16 * 1024 * 1024
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Where WASM plugins are loaded from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    #[serde(default = "default_plugin_dir")]
+    pub dir: PathBuf,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            dir: default_plugin_dir(),
+        }
+    }
+}
+
+fn default_plugin_dir() -> PathBuf {
+    "plugins/dist".into()
+}
+
+/// Tuning of the journal writer and the retry scheduler.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    /// Most writes committed in one transaction (group commit).
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// How often due retries and reprocessed messages are looked for.
+    #[serde(default = "default_scheduler_poll", with = "duration")]
+    pub scheduler_poll: Duration,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            max_batch: default_max_batch(),
+            scheduler_poll: default_scheduler_poll(),
+        }
+    }
+}
+
+fn default_max_batch() -> usize {
+    2048
+}
+fn default_scheduler_poll() -> Duration {
+    Duration::from_millis(500)
+}
+
+/// One pipeline file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub version: Version,
+    /// Unique name: lowercase letters, digits, `-` and `_`.
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub description: String,
+    /// The facility (tenant) its messages belong to.
+    #[serde(default = "default_facility")]
+    pub facility: String,
+    pub source: Spanned<Box<dyn SourceConfig>>,
+    #[serde(default)]
+    pub steps: Vec<Spanned<Box<dyn StepConfig>>>,
+    #[serde(default)]
+    pub sinks: Vec<Spanned<Box<dyn SinkConfig>>>,
+    /// Messages processed at the same time.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Messages waiting in memory before sources are made to wait (back-pressure).
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+    /// A CEL expression; messages with the same value are processed one at a time, in order.
+    #[serde(default)]
+    pub ordering_key: Option<Expr>,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub dedup: DedupConfig,
+}
+
+fn default_facility() -> String {
+    "default".into()
+}
+fn default_concurrency() -> usize {
+    4
+}
+fn default_queue() -> usize {
+    1024
+}
+
+/// Retries with exponential backoff and jitter, then the dead-letter state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included (default 5). 1 means no retry.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Wait before the second attempt (default 1s); doubles each time.
+    #[serde(default = "default_backoff", with = "duration")]
+    pub backoff: Duration,
+    /// Longest wait between attempts (default 5m).
+    #[serde(default = "default_max_backoff", with = "duration")]
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: default_max_attempts(),
+            backoff: default_backoff(),
+            max_backoff: default_max_backoff(),
+        }
+    }
+}
+
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_backoff() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// De-duplication of resent messages.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupConfig {
+    /// A CEL expression giving the dedup key when the source supplies none (e.g.
+    /// `headers['x-message-id']`). Sources such as MLLP set their own (MSH-3+MSH-4+MSH-10).
+    #[serde(default)]
+    pub key: Option<Expr>,
+    /// How long a key is remembered (default 7d).
+    #[serde(default = "default_window", with = "duration")]
+    pub window: Duration,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        DedupConfig {
+            key: None,
+            window: default_window(),
+        }
+    }
+}
+
+fn default_window() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+
+/// A pipeline with the file it came from.
+#[derive(Debug)]
+pub struct LoadedPipeline {
+    pub file: PathBuf,
+    pub config: PipelineConfig,
+}
+
+/// Everything `huizhen run` needs.
+#[derive(Debug)]
+pub struct Loaded {
+    pub root: RootConfig,
+    /// The root file, or `None` when the embedded defaults are used.
+    pub root_file: Option<PathBuf>,
+    pub pipelines: Vec<LoadedPipeline>,
+}
+
+/// Parses one YAML document into `T`, after `${ENV}` interpolation.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(
+    file: &Path,
+    text: &str,
+) -> Result<T, ConfigError> {
+    let text = interpolate(file, text)?;
+    serde_saphyr::from_str::<T>(&text).map_err(|e| ConfigError::from_yaml(file, &text, &e))
+}
+
+fn read(file: &Path) -> Result<String, ConfigError> {
+    let bytes =
+        std::fs::read(file).map_err(|e| ConfigError::file(file, format!("cannot read: {e}")))?;
+    String::from_utf8(bytes).map_err(|e| {
+        ConfigError::file(
+            file,
+            format!(
+                "not UTF-8 (invalid byte at offset {}); save the file as UTF-8",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })
+}
+
+/// Loads only the root config: `path`, or `./huizhen.yaml` if it exists, or the embedded
+/// defaults. Returns it with the file it came from.
+pub fn load_root(path: Option<&Path>) -> Result<(RootConfig, Option<PathBuf>), ConfigError> {
+    let default = Path::new("huizhen.yaml");
+    let root_file = match path {
+        Some(p) => Some(p.to_path_buf()),
+        None if default.exists() => Some(default.to_path_buf()),
+        None => None,
+    };
+    let root = match &root_file {
+        Some(f) => read(f).and_then(|t| parse_yaml::<RootConfig>(f, &t))?,
+        None => RootConfig::default(),
+    };
+    Ok((root, root_file))
+}
+
+/// Loads the root config (`path`, or `./huizhen.yaml` if it exists, or the embedded defaults)
+/// and every pipeline its globs name, then checks them all.
+pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigErrors> {
+    let (root, root_file) = load_root(path).map_err(|e| ConfigErrors(vec![e]))?;
+    let mut errors = Vec::new();
+    let base = root_file
+        .as_ref()
+        .and_then(|f| f.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    let mut files = BTreeSet::new();
+    for g in &root.pipelines {
+        let pattern = base.join(g);
+        match glob::glob(&pattern.to_string_lossy()) {
+            Ok(paths) => files.extend(paths.flatten()),
+            Err(e) => errors.push(ConfigError::file(
+                root_file.as_deref().unwrap_or(Path::new("huizhen.yaml")),
+                format!("invalid pipeline glob {g:?}: {e}"),
+            )),
+        }
+    }
+    let mut pipelines = Vec::new();
+    for f in files {
+        match read(&f).and_then(|t| parse_yaml::<PipelineConfig>(&f, &t)) {
+            Ok(config) => pipelines.push(LoadedPipeline { file: f, config }),
+            Err(e) => errors.push(e),
+        }
+    }
+    errors.extend(check(&pipelines));
+    if errors.is_empty() {
+        Ok(Loaded {
+            root,
+            root_file,
+            pipelines,
+        })
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// What `huizhen validate PATH...` checks: files and folders (every `*.yaml`/`*.yml` inside).
+/// A file named `huizhen.yaml`/`huizhen.yml` is read as a root config, anything else as a
+/// pipeline. Returns how many files were checked.
+pub fn validate_paths(paths: &[PathBuf]) -> Result<usize, ConfigErrors> {
+    let mut files = BTreeSet::new();
+    let mut errors = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            match std::fs::read_dir(p) {
+                Ok(rd) => {
+                    for e in rd.flatten() {
+                        let path = e.path();
+                        let ext = path.extension().and_then(|x| x.to_str());
+                        if path.is_file() && matches!(ext, Some("yaml" | "yml")) {
+                            files.insert(path);
+                        }
+                    }
+                }
+                Err(e) => errors.push(ConfigError::file(p, format!("cannot read folder: {e}"))),
+            }
+        } else if p.exists() {
+            files.insert(p.clone());
+        } else {
+            errors.push(ConfigError::file(p, "no such file or folder".to_owned()));
+        }
+    }
+    let count = files.len();
+    let mut pipelines = Vec::new();
+    for f in files {
+        let is_root = matches!(
+            f.file_name().and_then(|n| n.to_str()),
+            Some("huizhen.yaml" | "huizhen.yml")
+        );
+        let text = match read(&f) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        if is_root {
+            if let Err(e) = parse_yaml::<RootConfig>(&f, &text) {
+                errors.push(e);
+            }
+        } else {
+            match parse_yaml::<PipelineConfig>(&f, &text) {
+                Ok(config) => pipelines.push(LoadedPipeline { file: f, config }),
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    errors.extend(check(&pipelines));
+    if errors.is_empty() {
+        Ok(count)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+/// Builds every pipeline without starting it and returns every error found.
+pub fn check(pipelines: &[LoadedPipeline]) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let mut names: BTreeMap<&str, &LoadedPipeline> = BTreeMap::new();
+    let mut paths: BTreeMap<String, &LoadedPipeline> = BTreeMap::new();
+    for p in pipelines {
+        let name = p.config.name.value.as_str();
+        if !valid_name(name) {
+            errors.push(ConfigError::at(
+                &p.file,
+                &p.config.name.referenced,
+                format!(
+                    "invalid pipeline name {name:?}: use 1 to 64 lowercase letters, digits, '-' or '_'"
+                ),
+            ));
+        }
+        if let Some(first) = names.insert(name, p) {
+            errors.push(ConfigError::at(
+                &p.file,
+                &p.config.name.referenced,
+                format!(
+                    "pipeline name {name:?} is already used by {}",
+                    first.file.display()
+                ),
+            ));
+        }
+        if let Some(path) = p.config.source.value.http_path()
+            && let Some(first) = paths.insert(path.clone(), p)
+        {
+            errors.push(ConfigError::at(
+                &p.file,
+                &p.config.source.referenced,
+                format!(
+                    "http path {path} is already used by pipeline {:?} ({})",
+                    first.config.name.value,
+                    first.file.display()
+                ),
+            ));
+        }
+        if p.config.concurrency == 0 {
+            errors.push(ConfigError::file(
+                &p.file,
+                "concurrency must be at least 1".into(),
+            ));
+        }
+        if p.config.retry.max_attempts == 0 {
+            errors.push(ConfigError::file(
+                &p.file,
+                "retry.max_attempts must be at least 1".into(),
+            ));
+        }
+    }
+    for p in pipelines {
+        let ctx = BuildContext {
+            pipeline: p.config.name.value.clone(),
+            facility: p.config.facility.clone(),
+            router: Router::default(),
+        };
+        if let Err(e) = p.config.source.value.build(&ctx) {
+            errors.push(ConfigError::at(
+                &p.file,
+                &p.config.source.referenced,
+                format!("source: {e}"),
+            ));
+        }
+        for (i, s) in p.config.steps.iter().enumerate() {
+            if let Err(e) = s.value.build(&ctx) {
+                errors.push(ConfigError::at(
+                    &p.file,
+                    &s.referenced,
+                    format!("steps[{i}]: {e}"),
+                ));
+            }
+            for target in s.value.routes_to() {
+                if !names.contains_key(target.as_str()) {
+                    let hint = error::did_you_mean(&target, names.keys().copied())
+                        .map(|s| format!("; did you mean {s:?}?"))
+                        .unwrap_or_default();
+                    errors.push(ConfigError::at(
+                        &p.file,
+                        &s.referenced,
+                        format!(
+                            "steps[{i}]: route target {target:?} is not a known pipeline{hint}"
+                        ),
+                    ));
+                }
+            }
+        }
+        for (i, s) in p.config.sinks.iter().enumerate() {
+            if let Err(e) = s.value.build(&ctx, i) {
+                errors.push(ConfigError::at(
+                    &p.file,
+                    &s.referenced,
+                    format!("sinks[{i}]: {e}"),
+                ));
+            }
+        }
+    }
+    errors
+}

@@ -1,0 +1,143 @@
+//! Expressions in pipeline YAML: CEL (the Common Expression Language, via the `cel` crate).
+//!
+//! An expression sees these variables:
+//! - `body`: the body parsed as JSON when the message kind is `json` (or the text when it is
+//!   UTF-8 text, or bytes otherwise);
+//! - `headers`: a map of string to string;
+//! - `message`: `{id, pipeline, facility, kind, source, attempts, received_at}`.
+//!
+//! Expressions are compiled once when the pipeline is built; a syntax error is a config error.
+
+use std::fmt;
+
+use cel::{Context, Program, Value};
+
+use crate::work::{StepError, Work};
+
+/// A compiled CEL expression with its source text.
+#[derive(Clone)]
+pub struct Expr {
+    source: String,
+    program: std::sync::Arc<Program>,
+}
+
+impl fmt::Debug for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Expr({:?})", self.source)
+    }
+}
+
+impl Expr {
+    /// Compiles `source`; the error text says what is wrong with it.
+    pub fn compile(source: &str) -> Result<Expr, String> {
+        // The CEL parser is not written to be panic-free on every input; a panic is a syntax error.
+        let parsed = std::panic::catch_unwind(|| Program::compile(source));
+        match parsed {
+            Ok(Ok(program)) => Ok(Expr {
+                source: source.to_owned(),
+                program: std::sync::Arc::new(program),
+            }),
+            Ok(Err(e)) => Err(format!(
+                "invalid CEL expression {source:?}: {}",
+                e.to_string().trim()
+            )),
+            Err(_) => Err(format!("invalid CEL expression {source:?}")),
+        }
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Evaluates against a message.
+    pub fn eval(&self, work: &mut Work) -> Result<Value, StepError> {
+        let mut ctx = Context::default();
+        let body = work.body_value()?;
+        ctx.add_variable_from_value("body", body);
+        ctx.add_variable("headers", &work.headers)
+            .map_err(|e| StepError::new(format!("headers: {e}")))?;
+        let meta = serde_json::json!({
+            "id": work.id,
+            "pipeline": work.pipeline,
+            "facility": work.facility,
+            "kind": work.kind,
+            "source": work.source,
+            "attempts": work.attempts,
+            "received_at": work.received_at,
+        });
+        ctx.add_variable("message", meta)
+            .map_err(|e| StepError::new(format!("message: {e}")))?;
+        self.program
+            .execute(&ctx)
+            .map_err(|e| StepError::new(format!("expression {:?} failed: {e}", self.source)))
+    }
+
+    /// Evaluates to a boolean; anything else is an error naming the type it produced.
+    pub fn eval_bool(&self, work: &mut Work) -> Result<bool, StepError> {
+        match self.eval(work)? {
+            Value::Bool(b) => Ok(b),
+            other => Err(StepError::new(format!(
+                "expression {:?} must be true or false, got {}",
+                self.source,
+                type_name(&other)
+            ))),
+        }
+    }
+
+    /// Evaluates to a string: strings as they are, numbers and booleans printed, null as "".
+    pub fn eval_string(&self, work: &mut Work) -> Result<String, StepError> {
+        let v = self.eval(work)?;
+        value_to_string(&v).ok_or_else(|| {
+            StepError::new(format!(
+                "expression {:?} must give a string, number or boolean, got {}",
+                self.source,
+                type_name(&v)
+            ))
+        })
+    }
+
+    /// Evaluates to JSON.
+    pub fn eval_json(&self, work: &mut Work) -> Result<serde_json::Value, StepError> {
+        let v = self.eval(work)?;
+        v.json().map_err(|e| {
+            StepError::new(format!(
+                "expression {:?} gave a value that is not JSON: {e}",
+                self.source
+            ))
+        })
+    }
+}
+
+pub fn value_to_string(v: &Value) -> Option<String> {
+    Some(match v {
+        Value::String(s) => s.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::UInt(u) => u.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null => String::new(),
+        _ => return None,
+    })
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::List(_) => "a list",
+        Value::Map(_) => "a map",
+        Value::Function(..) => "a function",
+        Value::Int(_) | Value::UInt(_) => "an integer",
+        Value::Float(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Bytes(_) => "bytes",
+        Value::Bool(_) => "a boolean",
+        Value::Null => "null",
+        _ => "a value of another type",
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Expr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Expr::compile(&s).map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,19 @@
+//! Huizhen engine core: configuration, the journal, the pipeline runner, built-in steps,
+//! sources and sinks, and the HTTP API.
+//!
+//! Architecture invariant: this crate knows no HL7, FHIR, DICOM, AMQP or WebRTC. Protocol
+//! adapters live in `adapters/` and plug in through the typetag registries of
+//! [`sources::SourceConfig`], [`steps::StepConfig`] and [`sinks::SinkConfig`].
+
+pub mod config;
+pub mod expr;
+pub mod http;
+pub mod message;
+pub mod runner;
+pub mod sinks;
+pub mod sources;
+pub mod steps;
+pub mod store;
+pub mod work;
+
+pub use runner::Engine;

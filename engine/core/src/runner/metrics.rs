@@ -1,0 +1,178 @@
+//! Prometheus metrics of the engine (text exposition at `GET /metrics`).
+//!
+//! Counters are per process: received, done, failed (attempts), dead and duplicate messages per
+//! pipeline; a histogram of step and sink latency per pipeline and step. Queue depth and journal
+//! state counts are gauges filled in at scrape time. No label ever carries patient data.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PipelineLabel {
+    pipeline: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabel {
+    pipeline: String,
+    step: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    pipeline: String,
+    state: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs … ~13 s
+    Histogram::new(exponential_buckets(0.00005, 4.0, 10))
+}
+
+/// The engine's metrics registry.
+pub struct Metrics {
+    registry: Registry,
+    received: Family<PipelineLabel, Counter>,
+    done: Family<PipelineLabel, Counter>,
+    failed: Family<PipelineLabel, Counter>,
+    dead: Family<PipelineLabel, Counter>,
+    duplicate: Family<PipelineLabel, Counter>,
+    queue_depth: Family<PipelineLabel, Gauge>,
+    journal: Family<StateLabel, Gauge>,
+    step_seconds: Family<StepLabel, Histogram, fn() -> Histogram>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("huizhen");
+        let received = Family::default();
+        let done = Family::default();
+        let failed = Family::default();
+        let dead = Family::default();
+        let duplicate = Family::default();
+        let queue_depth = Family::default();
+        let journal = Family::default();
+        let step_seconds = Family::<StepLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        registry.register(
+            "messages_received",
+            "Messages journaled (duplicates excluded)",
+            received.clone(),
+        );
+        registry.register(
+            "messages_done",
+            "Messages processed to the end",
+            done.clone(),
+        );
+        registry.register(
+            "messages_failed",
+            "Failed attempts (each retry counts)",
+            failed.clone(),
+        );
+        registry.register(
+            "messages_dead",
+            "Messages moved to the dead-letter state",
+            dead.clone(),
+        );
+        registry.register(
+            "messages_duplicate",
+            "Resent messages recognised by their dedup key",
+            duplicate.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Messages waiting in memory for a worker",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "journal_messages",
+            "Messages in the journal by state",
+            journal.clone(),
+        );
+        registry.register(
+            "step_duration_seconds",
+            "Time spent in each step and sink",
+            step_seconds.clone(),
+        );
+        Metrics {
+            registry,
+            received,
+            done,
+            failed,
+            dead,
+            duplicate,
+            queue_depth,
+            journal,
+            step_seconds,
+        }
+    }
+
+    fn label(p: &str) -> PipelineLabel {
+        PipelineLabel {
+            pipeline: p.to_owned(),
+        }
+    }
+
+    pub fn received(&self, p: &str) {
+        self.received.get_or_create(&Self::label(p)).inc();
+    }
+    pub fn done(&self, p: &str) {
+        self.done.get_or_create(&Self::label(p)).inc();
+    }
+    pub fn failed(&self, p: &str) {
+        self.failed.get_or_create(&Self::label(p)).inc();
+    }
+    pub fn dead(&self, p: &str) {
+        self.dead.get_or_create(&Self::label(p)).inc();
+    }
+    pub fn duplicate(&self, p: &str) {
+        self.duplicate.get_or_create(&Self::label(p)).inc();
+    }
+    pub fn set_queue_depth(&self, p: &str, depth: usize) {
+        self.queue_depth
+            .get_or_create(&Self::label(p))
+            .set(depth as i64);
+    }
+    pub fn set_journal_count(&self, p: &str, state: &str, n: i64) {
+        self.journal
+            .get_or_create(&StateLabel {
+                pipeline: p.to_owned(),
+                state: state.to_owned(),
+            })
+            .set(n);
+    }
+    pub fn step_latency(&self, p: &str, step: &str, d: Duration) {
+        self.step_seconds
+            .get_or_create(&StepLabel {
+                pipeline: p.to_owned(),
+                step: step.to_owned(),
+            })
+            .observe(d.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,317 @@
+//! The pipeline runner: builds pipelines from config and moves messages through them.
+//!
+//! Path of a message: a source calls [`PipelineHandle::submit`] → the journal commits it → the
+//! source acknowledges its sender → the message is queued in memory (a bounded channel; a full
+//! queue makes `submit` wait, which is back-pressure up to the socket) → a worker runs the steps
+//! and the sinks → the journal records `done` (with the sinks' effects), or `failed` with a retry
+//! time (exponential backoff with jitter), or `dead` after `retry.max_attempts`.
+//!
+//! Messages that are not in memory (due retries, reprocessed ones, and those a crash or a
+//! shutdown left `received`/`processing`) are found by the scheduler, which claims them in the
+//! journal and queues them again. Effects are idempotent by message id, so the at-least-once
+//! redelivery after a crash never yields a second effect.
+//!
+//! With an `ordering_key`, messages are spread over `concurrency` partitions by the key's hash;
+//! each partition runs one message at a time and retries in place, so later messages with the
+//! same key wait for the earlier one (ADT events for one patient stay in order).
+
+mod metrics;
+mod pipeline;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use metrics::Metrics;
+pub use pipeline::{PipelineHandle, PipelineInfo, SubmitError};
+
+use crate::config::Loaded;
+use crate::http::HttpIngress;
+use crate::sources::SourceContext;
+use crate::store::{Journal, JournalOptions, Store, StoreError, StoreOptions};
+
+/// What a component's `build` gets.
+#[derive(Clone)]
+pub struct BuildContext {
+    pub pipeline: String,
+    pub facility: String,
+    /// Resolves other pipelines by name once all are built (for `route`).
+    pub router: Router,
+}
+
+/// Late-bound access to the running pipelines by name.
+#[derive(Clone, Default)]
+pub struct Router {
+    inner: Arc<OnceLock<BTreeMap<String, PipelineHandle>>>,
+}
+
+impl Router {
+    pub fn get(&self, name: &str) -> Option<PipelineHandle> {
+        self.inner.get().and_then(|m| m.get(name).cloned())
+    }
+
+    fn set(&self, pipelines: BTreeMap<String, PipelineHandle>) {
+        let _ = self.inner.set(pipelines);
+    }
+}
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("pipeline {pipeline} ({file}): {message}")]
+    Build {
+        pipeline: String,
+        file: String,
+        message: String,
+    },
+}
+
+/// A running engine: the store, the journal writer, every pipeline, the scheduler.
+pub struct Engine {
+    pub store: Store,
+    pub journal: Journal,
+    pub metrics: Arc<Metrics>,
+    pub ingress: HttpIngress,
+    pipelines: BTreeMap<String, PipelineHandle>,
+    shutdown: CancellationToken,
+    workers: TaskTracker,
+    sources: TaskTracker,
+    wake: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("pipelines", &self.pipelines.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Opens the store (running migrations), builds every pipeline, recovers messages a previous
+    /// run left in flight, and starts workers, sources and the scheduler.
+    pub async fn start(loaded: Loaded) -> Result<Engine, EngineError> {
+        let root = &loaded.root;
+        let store = Store::open(&StoreOptions {
+            url: root.store.url.clone(),
+            durability: root.store.durability,
+            max_connections: root.store.max_connections,
+        })
+        .await?;
+        store.migrate().await?;
+        let journal = Journal::start(
+            store.clone(),
+            JournalOptions {
+                max_batch: root.journal.max_batch,
+                ..JournalOptions::default()
+            },
+        );
+        let metrics = Arc::new(Metrics::new());
+        let router = Router::default();
+        let shutdown = CancellationToken::new();
+        let workers = TaskTracker::new();
+        let ingress = HttpIngress::default();
+        let mut pipelines = BTreeMap::new();
+        let mut built = Vec::new();
+        for lp in loaded.pipelines {
+            let name = lp.config.name.value.clone();
+            let ctx = BuildContext {
+                pipeline: name.clone(),
+                facility: lp.config.facility.clone(),
+                router: router.clone(),
+            };
+            let file = lp.file.display().to_string();
+            let err = |message: String| EngineError::Build {
+                pipeline: name.clone(),
+                file: file.clone(),
+                message,
+            };
+            let source = lp.config.source.value.build(&ctx).map_err(&err)?;
+            let mut steps = Vec::new();
+            for (i, s) in lp.config.steps.iter().enumerate() {
+                let step = s
+                    .value
+                    .build(&ctx)
+                    .map_err(|e| err(format!("steps[{i}]: {e}")))?;
+                let label = format!("{}#{i}", s.value.type_name());
+                steps.push((label, step));
+            }
+            let mut sinks = Vec::new();
+            for (i, s) in lp.config.sinks.iter().enumerate() {
+                sinks.push(
+                    s.value
+                        .build(&ctx, i)
+                        .map_err(|e| err(format!("sinks[{i}]: {e}")))?,
+                );
+            }
+            let (handle, receivers) = PipelineHandle::new(
+                &lp.config,
+                source.describe(),
+                steps,
+                sinks,
+                journal.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            );
+            pipeline::spawn_workers(&workers, &handle, receivers, shutdown.clone());
+            pipelines.insert(name, handle.clone());
+            built.push((handle, source));
+        }
+        router.set(pipelines.clone());
+
+        let recovered = store.recover_in_flight().await?;
+        if recovered > 0 {
+            tracing::info!(
+                recovered,
+                "messages left in flight by the previous run will be processed again"
+            );
+        }
+        let wake = Arc::new(Notify::new());
+        workers.spawn(scheduler(
+            store.clone(),
+            pipelines.clone(),
+            loaded.root.journal.scheduler_poll,
+            wake.clone(),
+            shutdown.clone(),
+        ));
+
+        let sources = TaskTracker::new();
+        for (handle, source) in built {
+            let ctx = SourceContext {
+                pipeline: handle.clone(),
+                shutdown: shutdown.clone(),
+                ingress: ingress.clone(),
+            };
+            handle.set_running(true, None);
+            sources.spawn(async move {
+                let result = source.run(ctx).await;
+                match result {
+                    Ok(()) => handle.set_running(false, None),
+                    Err(e) => {
+                        tracing::error!(pipeline = handle.name(), error = %e, "source stopped");
+                        handle.set_running(false, Some(e));
+                    }
+                }
+            });
+        }
+        tracing::info!(pipelines = pipelines.len(), backend = ?store.backend(), "engine started");
+        Ok(Engine {
+            store,
+            journal,
+            metrics,
+            ingress,
+            pipelines,
+            shutdown,
+            workers,
+            sources,
+            wake,
+        })
+    }
+
+    pub fn pipelines(&self) -> &BTreeMap<String, PipelineHandle> {
+        &self.pipelines
+    }
+
+    pub fn pipeline(&self, name: &str) -> Option<&PipelineHandle> {
+        self.pipelines.get(name)
+    }
+
+    /// Wakes the scheduler (after a reprocess request) instead of waiting for its next poll.
+    pub fn wake_scheduler(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn wake_handle(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// A token cancelled when the engine shuts down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// What the HTTP handlers need.
+    pub fn app_state(&self) -> crate::http::AppState {
+        crate::http::AppState {
+            store: self.store.clone(),
+            pipelines: self.pipelines.clone(),
+            metrics: self.metrics.clone(),
+            ingress: self.ingress.clone(),
+            wake: self.wake.clone(),
+        }
+    }
+
+    /// Stops sources, lets workers finish the message they are on (the rest stay in the journal
+    /// and are recovered on the next start), then waits for the journal writer.
+    pub async fn shutdown(self, grace: Duration) {
+        self.shutdown.cancel();
+        self.sources.close();
+        self.workers.close();
+        let _ = tokio::time::timeout(grace, self.sources.wait()).await;
+        if tokio::time::timeout(grace, self.workers.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "workers did not finish within {grace:?}; their messages stay in the journal"
+            );
+        }
+        drop(self.pipelines);
+        drop(self.journal);
+        self.store.close().await;
+        tracing::info!("engine stopped");
+    }
+}
+
+/// Hands due messages (retries whose backoff passed, reprocessed and recovered ones) to their
+/// pipelines, and forgets expired dedup keys.
+async fn scheduler(
+    store: Store,
+    pipelines: BTreeMap<String, PipelineHandle>,
+    poll: Duration,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let names: Vec<String> = pipelines.keys().cloned().collect();
+    let mut last_expiry = std::time::Instant::now() - Duration::from_secs(3600);
+    const BATCH: i64 = 256;
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let mut full = false;
+        match store.claim_due(&names, BATCH).await {
+            Ok(claimed) => {
+                full = claimed.len() as i64 == BATCH;
+                for m in claimed {
+                    if let Some(p) = pipelines.get(&m.pipeline) {
+                        p.enqueue(m).await;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "scheduler could not claim due messages"),
+        }
+        if last_expiry.elapsed() > Duration::from_secs(60) {
+            last_expiry = std::time::Instant::now();
+            for p in pipelines.values() {
+                let window = p.dedup_window().as_millis() as i64;
+                if let Err(e) = store.expire_dedup_keys(p.name(), window).await {
+                    tracing::warn!(error = %e, pipeline = p.name(), "dedup key expiry failed");
+                }
+            }
+        }
+        if !full {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,480 @@
+//! One running pipeline: its in-memory queue, its workers and the handle sources submit to.
+
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Metrics;
+use crate::config::PipelineConfig;
+use crate::expr::Expr;
+use crate::message::{Accepted, Message, NewMessage, State, now_ms};
+use crate::sinks::Sink;
+use crate::steps::Step;
+use crate::store::{Journal, StoreError, Transition};
+use crate::work::{Flow, StepError, Work};
+
+/// Why a message could not be accepted. Nothing was journaled: the sender must not be
+/// acknowledged and should send again.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("pipeline {pipeline}: message not journaled: {source}")]
+    Journal {
+        pipeline: String,
+        #[source]
+        source: StoreError,
+    },
+}
+
+enum Dispatch {
+    Shared(async_channel::Sender<Message>),
+    Partitioned(Vec<mpsc::Sender<Message>>),
+}
+
+pub(super) enum Receivers {
+    Shared(async_channel::Receiver<Message>, usize),
+    Partitioned(Vec<mpsc::Receiver<Message>>),
+}
+
+struct Inner {
+    name: String,
+    facility: String,
+    description: String,
+    source: String,
+    journal: Journal,
+    dispatch: Dispatch,
+    queue_capacity: usize,
+    concurrency: usize,
+    ordering_key: Option<Expr>,
+    dedup_key: Option<Expr>,
+    dedup_window: Duration,
+    max_attempts: i64,
+    backoff: Duration,
+    max_backoff: Duration,
+    steps: Vec<(String, Arc<dyn Step>)>,
+    sinks: Vec<Arc<dyn Sink>>,
+    metrics: Arc<Metrics>,
+    running: AtomicBool,
+    error: Mutex<Option<String>>,
+    shutdown: CancellationToken,
+}
+
+/// The handle to a running pipeline. Cheap to clone.
+#[derive(Clone)]
+pub struct PipelineHandle {
+    inner: Arc<Inner>,
+}
+
+/// What `/api/pipelines` shows of a pipeline.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PipelineInfo {
+    pub name: String,
+    pub facility: String,
+    pub description: String,
+    pub source: String,
+    pub steps: Vec<String>,
+    pub sinks: Vec<String>,
+    pub concurrency: usize,
+    pub ordered: bool,
+    pub queue_depth: usize,
+    pub queue_capacity: usize,
+    pub max_attempts: i64,
+    pub running: bool,
+    pub error: Option<String>,
+}
+
+impl PipelineHandle {
+    pub(super) fn new(
+        cfg: &PipelineConfig,
+        source: String,
+        steps: Vec<(String, Arc<dyn Step>)>,
+        sinks: Vec<Arc<dyn Sink>>,
+        journal: Journal,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> (PipelineHandle, Receivers) {
+        let concurrency = cfg.concurrency.max(1);
+        let capacity = cfg.queue.max(1);
+        let (dispatch, receivers) = if cfg.ordering_key.is_some() {
+            let per = capacity.div_ceil(concurrency).max(1);
+            let (txs, rxs): (Vec<_>, Vec<_>) = (0..concurrency).map(|_| mpsc::channel(per)).unzip();
+            (Dispatch::Partitioned(txs), Receivers::Partitioned(rxs))
+        } else {
+            let (tx, rx) = async_channel::bounded(capacity);
+            (Dispatch::Shared(tx), Receivers::Shared(rx, concurrency))
+        };
+        let handle = PipelineHandle {
+            inner: Arc::new(Inner {
+                name: cfg.name.value.clone(),
+                facility: cfg.facility.clone(),
+                description: cfg.description.clone(),
+                source,
+                journal,
+                dispatch,
+                queue_capacity: capacity,
+                concurrency,
+                ordering_key: cfg.ordering_key.clone(),
+                dedup_key: cfg.dedup.key.clone(),
+                dedup_window: cfg.dedup.window,
+                max_attempts: i64::from(cfg.retry.max_attempts.max(1)),
+                backoff: cfg.retry.backoff,
+                max_backoff: cfg.retry.max_backoff,
+                steps,
+                sinks,
+                metrics,
+                running: AtomicBool::new(false),
+                error: Mutex::new(None),
+                shutdown,
+            }),
+        };
+        (handle, receivers)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn facility(&self) -> &str {
+        &self.inner.facility
+    }
+
+    pub(super) fn dedup_window(&self) -> Duration {
+        self.inner.dedup_window
+    }
+
+    pub(super) fn set_running(&self, running: bool, error: Option<String>) {
+        self.inner.running.store(running, Ordering::SeqCst);
+        if let Ok(mut e) = self.inner.error.lock() {
+            *e = error;
+        }
+    }
+
+    /// Messages waiting in memory for a worker.
+    pub fn queue_depth(&self) -> usize {
+        match &self.inner.dispatch {
+            Dispatch::Shared(tx) => tx.len(),
+            Dispatch::Partitioned(txs) => txs.iter().map(|t| t.max_capacity() - t.capacity()).sum(),
+        }
+    }
+
+    pub fn info(&self) -> PipelineInfo {
+        let i = &self.inner;
+        PipelineInfo {
+            name: i.name.clone(),
+            facility: i.facility.clone(),
+            description: i.description.clone(),
+            source: i.source.clone(),
+            steps: i.steps.iter().map(|(n, _)| n.clone()).collect(),
+            sinks: i.sinks.iter().map(|s| s.name().to_owned()).collect(),
+            concurrency: i.concurrency,
+            ordered: i.ordering_key.is_some(),
+            queue_depth: self.queue_depth(),
+            queue_capacity: i.queue_capacity,
+            max_attempts: i.max_attempts,
+            running: i.running.load(Ordering::SeqCst),
+            error: i.error.lock().ok().and_then(|e| e.clone()),
+        }
+    }
+
+    /// Journals a message and queues it for processing. Returns once it is committed; the
+    /// caller may then acknowledge its sender. Waits while the queue is full.
+    pub async fn submit(&self, mut msg: NewMessage) -> Result<Accepted, SubmitError> {
+        let i = &self.inner;
+        msg.pipeline.clone_from(&i.name);
+        if msg.facility.is_empty() {
+            msg.facility.clone_from(&i.facility);
+        }
+        if msg.dedup_key.is_none()
+            && let Some(expr) = &i.dedup_key
+        {
+            let mut w = Work::from_message(&preview(&msg));
+            match expr.eval_string(&mut w) {
+                Ok(k) if !k.is_empty() => msg.dedup_key = Some(k),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(pipeline = %i.name, error = %e, "dedup key not computed; the message is accepted without one")
+                }
+            }
+        }
+        let fresh = msg.clone();
+        let accepted = i
+            .journal
+            .append(msg)
+            .await
+            .map_err(|source| SubmitError::Journal {
+                pipeline: i.name.clone(),
+                source,
+            })?;
+        if accepted.duplicate {
+            i.metrics.duplicate(&i.name);
+            return Ok(accepted);
+        }
+        i.metrics.received(&i.name);
+        let mut m = preview(&fresh);
+        m.id.clone_from(&accepted.id);
+        m.trace_id = fresh
+            .trace_id
+            .clone()
+            .unwrap_or_else(|| accepted.id.clone());
+        if accepted.reused_key {
+            m.headers.insert(
+                crate::message::REUSED_KEY_HEADER.into(),
+                "reused-key".into(),
+            );
+        }
+        self.enqueue(m).await;
+        Ok(accepted)
+    }
+
+    /// Queues a journaled message for a worker, waiting for room. During shutdown it is left in
+    /// the journal instead (the next start recovers it).
+    pub async fn enqueue(&self, m: Message) {
+        let i = &self.inner;
+        match &i.dispatch {
+            Dispatch::Shared(tx) => {
+                tokio::select! {
+                    _ = i.shutdown.cancelled() => {}
+                    _ = tx.send(m) => {}
+                }
+            }
+            Dispatch::Partitioned(txs) => {
+                let n = self.partition(&m, txs.len());
+                tokio::select! {
+                    _ = i.shutdown.cancelled() => {}
+                    _ = txs[n].send(m) => {}
+                }
+            }
+        }
+    }
+
+    fn partition(&self, m: &Message, n: usize) -> usize {
+        let key = match &self.inner.ordering_key {
+            Some(expr) => {
+                let mut w = Work::from_message(m);
+                match expr.eval_string(&mut w) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        tracing::warn!(pipeline = %self.inner.name, id = %m.id, error = %e, "ordering key not computed; using partition 0");
+                        return 0;
+                    }
+                }
+            }
+            None => return 0,
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        (h.finish() % n as u64) as usize
+    }
+}
+
+/// A `Message` view of a not-yet-journaled message (for expressions evaluated at submit time).
+fn preview(m: &NewMessage) -> Message {
+    let now = now_ms();
+    Message {
+        id: String::new(),
+        facility: m.facility.clone(),
+        pipeline: m.pipeline.clone(),
+        kind: m.kind.clone(),
+        body: m.body.clone(),
+        headers: m.headers.clone(),
+        source: m.source.clone(),
+        received_at: now,
+        trace_id: m.trace_id.clone().unwrap_or_default(),
+        dedup_key: m.dedup_key.clone(),
+        parent_id: m.parent_id.clone(),
+        state: State::Received,
+        attempts: 0,
+        next_attempt_at: None,
+        last_error: None,
+        updated_at: now,
+    }
+}
+
+pub(super) fn spawn_workers(
+    tracker: &TaskTracker,
+    handle: &PipelineHandle,
+    receivers: Receivers,
+    shutdown: CancellationToken,
+) {
+    match receivers {
+        Receivers::Shared(rx, n) => {
+            for _ in 0..n {
+                let rx = rx.clone();
+                let h = handle.clone();
+                let shutdown = shutdown.clone();
+                tracker.spawn(async move {
+                    loop {
+                        let m = tokio::select! {
+                            biased;
+                            _ = shutdown.cancelled() => return,
+                            m = rx.recv() => match m { Ok(m) => m, Err(_) => return },
+                        };
+                        h.process(m, false).await;
+                    }
+                });
+            }
+        }
+        Receivers::Partitioned(rxs) => {
+            for mut rx in rxs {
+                let h = handle.clone();
+                let shutdown = shutdown.clone();
+                tracker.spawn(async move {
+                    loop {
+                        let m = tokio::select! {
+                            biased;
+                            _ = shutdown.cancelled() => return,
+                            m = rx.recv() => match m { Some(m) => m, None => return },
+                        };
+                        h.process(m, true).await;
+                    }
+                });
+            }
+        }
+    }
+}
+
+enum Outcome {
+    Done(Vec<crate::store::Effect>),
+    Failed { step: String, error: StepError },
+}
+
+impl PipelineHandle {
+    /// Runs one message to an outcome and records it. `in_place` retries (ordered pipelines)
+    /// keep the message in its partition until it is done or dead.
+    async fn process(&self, mut m: Message, in_place: bool) {
+        let i = &self.inner;
+        if m.state == State::Received {
+            i.journal
+                .transition_nowait(Transition::Processing { id: m.id.clone() })
+                .await;
+        }
+        loop {
+            let outcome = self.run_once(&m).await;
+            let attempt = m.attempts + 1;
+            let result = match outcome {
+                Outcome::Done(effects) => {
+                    let r = i
+                        .journal
+                        .transition(Transition::Done {
+                            id: m.id.clone(),
+                            effects,
+                        })
+                        .await;
+                    if matches!(r, Ok(true)) {
+                        i.metrics.done(&i.name);
+                    }
+                    r
+                }
+                Outcome::Failed { step, error } => {
+                    let last = !error.retryable || attempt >= i.max_attempts;
+                    tracing::warn!(pipeline = %i.name, id = %m.id, attempt, step = %step, error = %error.message, dead = last, "message failed");
+                    i.metrics.failed(&i.name);
+                    if last {
+                        i.metrics.dead(&i.name);
+                        i.journal
+                            .transition(Transition::Dead {
+                                id: m.id.clone(),
+                                attempt,
+                                step,
+                                error: error.message,
+                            })
+                            .await
+                    } else if in_place {
+                        let r = i
+                            .journal
+                            .transition(Transition::Retrying {
+                                id: m.id.clone(),
+                                attempt,
+                                step,
+                                error: error.message,
+                            })
+                            .await;
+                        if let Err(e) = r {
+                            tracing::error!(pipeline = %i.name, id = %m.id, error = %e, "could not record the failure; the message stays in flight");
+                            return;
+                        }
+                        m.attempts = attempt;
+                        tokio::select! {
+                            _ = i.shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(self.backoff(attempt)) => {}
+                        }
+                        continue;
+                    } else {
+                        let retry_at = now_ms() + self.backoff(attempt).as_millis() as i64;
+                        i.journal
+                            .transition(Transition::Failed {
+                                id: m.id.clone(),
+                                attempt,
+                                retry_at,
+                                step,
+                                error: error.message,
+                            })
+                            .await
+                    }
+                }
+            };
+            if let Err(e) = result {
+                // The message stays received/processing in the journal and is recovered.
+                tracing::error!(pipeline = %i.name, id = %m.id, error = %e, "could not record the outcome; the message stays in flight");
+            }
+            return;
+        }
+    }
+
+    async fn run_once(&self, m: &Message) -> Outcome {
+        let i = &self.inner;
+        let mut work = Work::from_message(m);
+        for (label, step) in &i.steps {
+            let t0 = Instant::now();
+            let r = step.apply(&mut work).await;
+            i.metrics.step_latency(&i.name, label, t0.elapsed());
+            match r {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Stop(reason)) => {
+                    tracing::debug!(pipeline = %i.name, id = %m.id, step = %label, %reason, "stopped");
+                    return Outcome::Done(Vec::new());
+                }
+                Err(error) => {
+                    return Outcome::Failed {
+                        step: label.clone(),
+                        error,
+                    };
+                }
+            }
+        }
+        let mut effects = Vec::new();
+        for sink in &i.sinks {
+            let t0 = Instant::now();
+            let r = sink.deliver(&mut work).await;
+            i.metrics.step_latency(&i.name, sink.name(), t0.elapsed());
+            match r {
+                Ok(e) => effects.extend(e),
+                Err(error) => {
+                    return Outcome::Failed {
+                        step: sink.name().to_owned(),
+                        error,
+                    };
+                }
+            }
+        }
+        Outcome::Done(effects)
+    }
+
+    /// Exponential backoff with jitter: `backoff × 2^(attempt-1)`, capped, then a random
+    /// factor in [0.5, 1.0] so that many failing messages do not retry in lockstep.
+    fn backoff(&self, attempt: i64) -> Duration {
+        let i = &self.inner;
+        let exp = attempt.saturating_sub(1).clamp(0, 30) as u32;
+        let base = i
+            .backoff
+            .saturating_mul(2u32.saturating_pow(exp))
+            .min(i.max_backoff);
+        let factor: f64 = rand::rng().random_range(0.5..=1.0);
+        base.mul_f64(factor)
+    }
+}

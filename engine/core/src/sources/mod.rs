@@ -1,0 +1,48 @@
+//! Sources: where messages come from.
+//!
+//! One file per source, registered by its `#[typetag::deserialize(name = "…")]` line. A source
+//! turns what it receives into a [`crate::message::NewMessage`], hands it to
+//! [`crate::runner::PipelineHandle::submit`] and acknowledges its sender only after that returns
+//! `Ok` (the journal has committed it). `submit` waits when the pipeline's queue is full, which
+//! is how back-pressure reaches the socket or the folder.
+
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+use crate::http::HttpIngress;
+use crate::runner::{BuildContext, PipelineHandle};
+
+mod cron;
+mod file;
+mod http;
+
+pub use http::HttpSourceConfig;
+
+/// The YAML side of a source: `source: { <type>: {…} }` in a pipeline.
+#[typetag::deserialize]
+pub trait SourceConfig: std::fmt::Debug + Send + Sync {
+    /// Builds the source without doing I/O (`validate` calls it too).
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Source>, String>;
+
+    /// The HTTP path this source listens on, if it is an HTTP source (checked for clashes).
+    fn http_path(&self) -> Option<String> {
+        None
+    }
+}
+
+/// What a running source gets.
+#[derive(Clone)]
+pub struct SourceContext {
+    pub pipeline: PipelineHandle,
+    pub shutdown: CancellationToken,
+    pub ingress: HttpIngress,
+}
+
+/// A built source.
+pub trait Source: Send {
+    /// A short description for `/api/pipelines`, e.g. `http POST /in/demo`.
+    fn describe(&self) -> String;
+
+    /// Runs until `ctx.shutdown` is cancelled. An error stops the source and is reported.
+    fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), String>>;
+}

@@ -1,0 +1,644 @@
+//! The journal writer: group commit for appends and state transitions.
+//!
+//! Sources call [`Journal::append`] and acknowledge their sender only after it returns `Ok`: by
+//! then the message is committed (durability per [`super::Durability`]). Many concurrent callers
+//! are served by one writer task per connection, which drains whatever requests are waiting (up
+//! to `max_batch`) and commits them in a single transaction. Under load the batch grows and the
+//! cost of a commit is shared; at idle a lone request is committed at once.
+//!
+//! Dedup: a message with a dedup key whose (pipeline, key, body hash) is already journaled is not
+//! inserted again; the caller gets the first message's id and state (`duplicate: true`). The same
+//! key with a different body is inserted and flagged `reused_key` (STANDARDS HL7-14).
+//!
+//! If a batch fails, its operations are retried one by one in their own transactions, so one bad
+//! operation cannot fail the others.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use sqlx::{AnyConnection, Connection, Row};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::sql::Sql;
+use super::{Result, Store, StoreError, q};
+use crate::message::{Accepted, MessageId, NewMessage, REUSED_KEY_HEADER, State, new_id, now_ms};
+
+/// Tuning of the journal writer.
+#[derive(Debug, Clone)]
+pub struct JournalOptions {
+    /// Most operations committed in one transaction.
+    pub max_batch: usize,
+    /// Requests waiting for the writer before callers are made to wait (back-pressure).
+    pub queue: usize,
+    /// Writer tasks; SQLite always uses one.
+    pub writers: usize,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        JournalOptions {
+            max_batch: 2048,
+            queue: 16384,
+            writers: 4,
+        }
+    }
+}
+
+/// A delivery recorded atomically with the `done` transition (the `journal` sink).
+#[derive(Clone)]
+pub struct Effect {
+    pub sink: String,
+    pub pipeline: String,
+    pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for Effect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Effect")
+            .field("sink", &self.sink)
+            .field("body", &format_args!("<{} bytes>", self.body.len()))
+            .finish()
+    }
+}
+
+/// A change of a message's state.
+#[derive(Debug, Clone)]
+pub enum Transition {
+    /// Picked up by a worker (fresh messages only; claimed ones are already processing).
+    Processing { id: MessageId },
+    /// All steps and sinks succeeded. `effects` are recorded in the same transaction, at most
+    /// once per (message, sink), which makes redelivery after a crash harmless.
+    Done { id: MessageId, effects: Vec<Effect> },
+    /// An attempt failed; it will be retried at `retry_at` (ms since the epoch).
+    Failed {
+        id: MessageId,
+        attempt: i64,
+        retry_at: i64,
+        step: String,
+        error: String,
+    },
+    /// An attempt failed and the worker retries in place (ordered pipelines): the state stays
+    /// `processing`, the attempt and error are recorded.
+    Retrying {
+        id: MessageId,
+        attempt: i64,
+        step: String,
+        error: String,
+    },
+    /// The last attempt failed: the message waits for a person.
+    Dead {
+        id: MessageId,
+        attempt: i64,
+        step: String,
+        error: String,
+    },
+}
+
+impl Transition {
+    fn id(&self) -> &str {
+        match self {
+            Transition::Processing { id }
+            | Transition::Done { id, .. }
+            | Transition::Failed { id, .. }
+            | Transition::Retrying { id, .. }
+            | Transition::Dead { id, .. } => id,
+        }
+    }
+}
+
+enum Op {
+    Append {
+        msg: NewMessage,
+        reply: oneshot::Sender<Result<Accepted>>,
+    },
+    Transition {
+        t: Transition,
+        reply: Option<oneshot::Sender<Result<bool>>>,
+    },
+}
+
+/// Handle to the journal writer. Cheap to clone; the writer stops when every handle is dropped.
+#[derive(Clone)]
+pub struct Journal {
+    tx: mpsc::Sender<Op>,
+    store: Store,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").finish_non_exhaustive()
+    }
+}
+
+impl Journal {
+    /// Starts the writer task(s) on the current tokio runtime.
+    pub fn start(store: Store, opts: JournalOptions) -> Journal {
+        let (tx, rx) = mpsc::channel(opts.queue.max(1));
+        let rx = Arc::new(Mutex::new(rx));
+        let writers = match store.backend() {
+            super::Backend::Sqlite => 1,
+            super::Backend::Postgres => opts.writers.max(1),
+        };
+        for _ in 0..writers {
+            let rx = rx.clone();
+            let store = store.clone();
+            let max_batch = opts.max_batch.max(1);
+            tokio::spawn(async move { writer_loop(store, rx, max_batch).await });
+        }
+        Journal { tx, store }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Journals a message; returns once it is committed.
+    pub async fn append(&self, msg: NewMessage) -> Result<Accepted> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Op::Append { msg, reply })
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Applies a transition and waits for its commit. Returns whether the message was in a state
+    /// that allowed it.
+    pub async fn transition(&self, t: Transition) -> Result<bool> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Op::Transition {
+                t,
+                reply: Some(reply),
+            })
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Queues a transition without waiting for it (used for `processing`, which is informational:
+    /// if it is lost in a crash the message is still `received` and is recovered the same way).
+    pub async fn transition_nowait(&self, t: Transition) {
+        let _ = self.tx.send(Op::Transition { t, reply: None }).await;
+    }
+}
+
+async fn writer_loop(store: Store, rx: Arc<Mutex<mpsc::Receiver<Op>>>, max_batch: usize) {
+    loop {
+        let mut batch = Vec::with_capacity(64);
+        {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else {
+                return;
+            };
+            batch.push(first);
+            while batch.len() < max_batch {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+        }
+        commit_batch(&store, batch).await;
+    }
+}
+
+struct Prepared {
+    id: MessageId,
+    msg: NewMessage,
+    hash: Option<String>,
+    headers_json: String,
+    reused_key: bool,
+}
+
+enum AppendPlan {
+    Insert(usize),
+    Duplicate(Accepted),
+}
+
+async fn commit_batch(store: &Store, batch: Vec<Op>) {
+    let mut appends = Vec::new();
+    let mut transitions = Vec::new();
+    for op in batch {
+        match op {
+            Op::Append { msg, reply } => appends.push((msg, reply)),
+            Op::Transition { t, reply } => transitions.push((t, reply)),
+        }
+    }
+    let now = now_ms();
+    let result = {
+        let msgs: Vec<&NewMessage> = appends.iter().map(|(m, _)| m).collect();
+        let ts: Vec<&Transition> = transitions.iter().map(|(t, _)| t).collect();
+        apply(store, &msgs, &ts, now).await
+    };
+    match result {
+        Ok((accepted, applied)) => {
+            for ((_, reply), a) in appends.into_iter().zip(accepted) {
+                let _ = reply.send(Ok(a));
+            }
+            for ((_, reply), ok) in transitions.into_iter().zip(applied) {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(ok));
+                }
+            }
+        }
+        Err(err) if appends.len() + transitions.len() == 1 => {
+            tracing::error!(error = %err, "journal write failed");
+            if let Some((_, reply)) = appends.into_iter().next() {
+                let _ = reply.send(Err(err));
+            } else if let Some((_, Some(reply))) = transitions.into_iter().next() {
+                let _ = reply.send(Err(err));
+            }
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, ops = appends.len() + transitions.len(), "journal batch failed; retrying its operations one by one");
+            for (msg, reply) in appends {
+                let r = apply(store, &[&msg], &[], now)
+                    .await
+                    .map(|(mut a, _)| a.remove(0));
+                let _ = reply.send(r);
+            }
+            for (t, reply) in transitions {
+                let r = apply(store, &[], &[&t], now)
+                    .await
+                    .map(|(_, mut a)| a.remove(0));
+                if let Err(e) = &r {
+                    tracing::error!(error = %e, message = t.id(), "journal transition failed");
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
+            }
+        }
+    }
+}
+
+/// Applies appends and transitions in one transaction.
+async fn apply(
+    store: &Store,
+    appends: &[&NewMessage],
+    transitions: &[&Transition],
+    now: i64,
+) -> Result<(Vec<Accepted>, Vec<bool>)> {
+    let mut conn = store
+        .write_pool()
+        .acquire()
+        .await
+        .map_err(q("acquire writer connection"))?;
+    let mut tx = conn.begin().await.map_err(q("begin journal batch"))?;
+    let accepted = append_all(&mut tx, appends, now).await?;
+    let applied = transition_all(&mut tx, transitions, now).await?;
+    tx.commit().await.map_err(q("commit journal batch"))?;
+    Ok((accepted, applied))
+}
+
+fn body_hash(body: &[u8]) -> String {
+    hex::encode(Sha256::digest(body))
+}
+
+async fn append_all(
+    conn: &mut AnyConnection,
+    appends: &[&NewMessage],
+    now: i64,
+) -> Result<Vec<Accepted>> {
+    let mut plans = Vec::with_capacity(appends.len());
+    let mut rows: Vec<Prepared> = Vec::with_capacity(appends.len());
+    // Dedup keys seen earlier in this batch: (pipeline, key) -> [(hash, row index)].
+    let mut in_batch: HashMap<(&str, &str), Vec<(String, usize)>> = HashMap::new();
+    for msg in appends {
+        let mut reused_key = false;
+        let mut hash = None;
+        if let Some(key) = msg.dedup_key.as_deref() {
+            let h = body_hash(&msg.body);
+            let mut dup = None;
+            if let Some(prev) = in_batch.get(&(msg.pipeline.as_str(), key)) {
+                for (ph, idx) in prev {
+                    if *ph == h {
+                        dup = Some(Accepted {
+                            id: rows[*idx].id.clone(),
+                            duplicate: true,
+                            reused_key: rows[*idx].reused_key,
+                            state: State::Received,
+                        });
+                    } else {
+                        reused_key = true;
+                    }
+                }
+            }
+            if dup.is_none() {
+                let mut s = Sql::new(
+                    "SELECT id, body_hash, state, headers FROM messages WHERE pipeline = ".into(),
+                );
+                s.bind(msg.pipeline.as_str());
+                s.push(" AND dedup_key = ");
+                s.bind(key);
+                s.push(" ORDER BY id");
+                let found = s
+                    .query()
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(q("look up dedup key"))?;
+                for r in &found {
+                    let fh: Option<String> = r.try_get("body_hash").map_err(q("decode dedup"))?;
+                    if fh.as_deref() == Some(h.as_str()) {
+                        let st: String = r.try_get("state").map_err(q("decode dedup"))?;
+                        let headers: String = r.try_get("headers").map_err(q("decode dedup"))?;
+                        dup = Some(Accepted {
+                            id: r.try_get("id").map_err(q("decode dedup"))?,
+                            duplicate: true,
+                            reused_key: headers.contains(REUSED_KEY_HEADER),
+                            state: State::parse(&st).unwrap_or(State::Received),
+                        });
+                        break;
+                    }
+                    reused_key = true;
+                }
+            }
+            if let Some(d) = dup {
+                plans.push(AppendPlan::Duplicate(d));
+                continue;
+            }
+            hash = Some(h);
+        }
+        let mut headers = msg.headers.clone();
+        if reused_key {
+            headers.insert(REUSED_KEY_HEADER.into(), "reused-key".into());
+            tracing::warn!(
+                pipeline = %msg.pipeline,
+                dedup_key = msg.dedup_key.as_deref().unwrap_or(""),
+                "dedup key reused with a different body: processing it and flagging it"
+            );
+        }
+        let headers_json = serde_json::to_string(&headers).unwrap_or_else(|_| "{}".into());
+        let idx = rows.len();
+        if let (Some(key), Some(h)) = (msg.dedup_key.as_deref(), hash.as_ref()) {
+            in_batch
+                .entry((msg.pipeline.as_str(), key))
+                .or_default()
+                .push((h.clone(), idx));
+        }
+        rows.push(Prepared {
+            id: new_id(),
+            msg: (*msg).clone(),
+            hash,
+            headers_json,
+            reused_key,
+        });
+        plans.push(AppendPlan::Insert(idx));
+    }
+
+    // Multi-row inserts. A concurrent writer (PostgreSQL) may have inserted the same dedup key in
+    // the meantime: ON CONFLICT DO NOTHING, then the rows that did not come back are duplicates.
+    let mut lost: Vec<usize> = Vec::new();
+    for (chunk_no, chunk) in rows.chunks(500).enumerate() {
+        let deduped = chunk.iter().any(|r| r.hash.is_some());
+        let mut s = Sql::new(
+            "INSERT INTO messages (id, facility, pipeline, kind, body, headers, source, received_at, trace_id, dedup_key, body_hash, parent_id, state, updated_at) VALUES ".into(),
+        );
+        for (i, r) in chunk.iter().enumerate() {
+            s.push(if i == 0 { "(" } else { ", (" });
+            s.bind(r.id.as_str());
+            s.push(", ");
+            s.bind(r.msg.facility.as_str());
+            s.push(", ");
+            s.bind(r.msg.pipeline.as_str());
+            s.push(", ");
+            s.bind(r.msg.kind.as_str());
+            s.push(", ");
+            s.bind(r.msg.body.as_slice());
+            s.push(", ");
+            s.bind(r.headers_json.as_str());
+            s.push(", ");
+            s.bind(r.msg.source.as_str());
+            s.push(", ");
+            s.bind(now);
+            s.push(", ");
+            s.bind(r.msg.trace_id.clone().unwrap_or_else(|| r.id.clone()));
+            s.push(", ");
+            s.bind(r.msg.dedup_key.as_deref());
+            s.push(", ");
+            s.bind(r.hash.as_deref());
+            s.push(", ");
+            s.bind(r.msg.parent_id.as_deref());
+            s.push(", 'received', ");
+            s.bind(now);
+            s.push(")");
+        }
+        if deduped {
+            s.push(" ON CONFLICT DO NOTHING RETURNING id");
+            let back = s
+                .query()
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(q("append messages"))?;
+            let ids: std::collections::HashSet<String> = back
+                .iter()
+                .filter_map(|r| r.try_get::<String, _>("id").ok())
+                .collect();
+            for (i, r) in chunk.iter().enumerate() {
+                if !ids.contains(&r.id) {
+                    lost.push(chunk_no * 500 + i);
+                }
+            }
+        } else {
+            s.query()
+                .execute(&mut *conn)
+                .await
+                .map_err(q("append messages"))?;
+        }
+    }
+    let mut raced: BTreeMap<usize, Accepted> = BTreeMap::new();
+    for idx in lost {
+        let r = &rows[idx];
+        let mut s = Sql::new("SELECT id, state FROM messages WHERE pipeline = ".into());
+        s.bind(r.msg.pipeline.as_str());
+        s.push(" AND dedup_key = ");
+        s.bind(r.msg.dedup_key.as_deref());
+        s.push(" AND body_hash = ");
+        s.bind(r.hash.as_deref());
+        let row = s
+            .query()
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(q("look up raced duplicate"))?;
+        let st: String = row.try_get("state").map_err(q("decode dedup"))?;
+        raced.insert(
+            idx,
+            Accepted {
+                id: row.try_get("id").map_err(q("decode dedup"))?,
+                duplicate: true,
+                reused_key: r.reused_key,
+                state: State::parse(&st).unwrap_or(State::Received),
+            },
+        );
+    }
+    Ok(plans
+        .into_iter()
+        .map(|p| match p {
+            AppendPlan::Duplicate(a) => a,
+            AppendPlan::Insert(idx) => raced.remove(&idx).unwrap_or_else(|| Accepted {
+                id: rows[idx].id.clone(),
+                duplicate: false,
+                reused_key: rows[idx].reused_key,
+                state: State::Received,
+            }),
+        })
+        .collect())
+}
+
+async fn transition_all(
+    conn: &mut AnyConnection,
+    transitions: &[&Transition],
+    now: i64,
+) -> Result<Vec<bool>> {
+    let mut applied = vec![false; transitions.len()];
+    // Processing first, then done: a message's processing marker always precedes its outcome.
+    let processing: Vec<usize> = (0..transitions.len())
+        .filter(|&i| matches!(transitions[i], Transition::Processing { .. }))
+        .collect();
+    for chunk in processing.chunks(500) {
+        let mut s = Sql::new("UPDATE messages SET state = 'processing', updated_at = ".into());
+        s.bind(now);
+        s.push(" WHERE state = 'received' AND next_attempt_at IS NULL AND id IN (");
+        for (n, &i) in chunk.iter().enumerate() {
+            if n > 0 {
+                s.push(", ");
+            }
+            s.bind(transitions[i].id());
+        }
+        s.push(")");
+        s.query()
+            .execute(&mut *conn)
+            .await
+            .map_err(q("mark processing"))?;
+        for &i in chunk {
+            applied[i] = true;
+        }
+    }
+    let done: Vec<usize> = (0..transitions.len())
+        .filter(|&i| matches!(transitions[i], Transition::Done { .. }))
+        .collect();
+    for chunk in done.chunks(500) {
+        let mut s = Sql::new(
+            "UPDATE messages SET state = 'done', next_attempt_at = NULL, last_error = NULL, updated_at = "
+                .into(),
+        );
+        s.bind(now);
+        s.push(" WHERE state IN ('received', 'processing') AND id IN (");
+        for (n, &i) in chunk.iter().enumerate() {
+            if n > 0 {
+                s.push(", ");
+            }
+            s.bind(transitions[i].id());
+        }
+        s.push(") RETURNING id");
+        let back = s
+            .query()
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(q("mark done"))?;
+        let ids: std::collections::HashSet<String> = back
+            .iter()
+            .filter_map(|r| r.try_get::<String, _>("id").ok())
+            .collect();
+        let mut effects = Sql::new(
+            "INSERT INTO effects (message_id, sink, pipeline, body, recorded_at) VALUES ".into(),
+        );
+        let mut any_effect = false;
+        for &i in chunk {
+            let Transition::Done { id, effects: e } = transitions[i] else {
+                continue;
+            };
+            applied[i] = ids.contains(id);
+            if !applied[i] {
+                continue;
+            }
+            for eff in e {
+                effects.push(if any_effect { ", (" } else { "(" });
+                any_effect = true;
+                effects.bind(id.as_str());
+                effects.push(", ");
+                effects.bind(eff.sink.as_str());
+                effects.push(", ");
+                effects.bind(eff.pipeline.as_str());
+                effects.push(", ");
+                effects.bind(eff.body.as_slice());
+                effects.push(", ");
+                effects.bind(now);
+                effects.push(")");
+            }
+        }
+        if any_effect {
+            effects.push(" ON CONFLICT (message_id, sink) DO NOTHING");
+            effects
+                .query()
+                .execute(&mut *conn)
+                .await
+                .map_err(q("record effects"))?;
+        }
+    }
+    for (i, t) in transitions.iter().enumerate() {
+        let (id, attempt, step, error, state, retry_at) = match t {
+            Transition::Failed {
+                id,
+                attempt,
+                retry_at,
+                step,
+                error,
+            } => (id, *attempt, step, error, State::Failed, Some(*retry_at)),
+            Transition::Retrying {
+                id,
+                attempt,
+                step,
+                error,
+            } => (id, *attempt, step, error, State::Processing, None),
+            Transition::Dead {
+                id,
+                attempt,
+                step,
+                error,
+            } => (id, *attempt, step, error, State::Dead, None),
+            _ => continue,
+        };
+        let mut s = Sql::new("UPDATE messages SET state = ".into());
+        s.bind(state.as_str());
+        s.push(", attempts = ");
+        s.bind(attempt);
+        s.push(", next_attempt_at = ");
+        s.bind(retry_at);
+        s.push(", last_error = ");
+        s.bind(format!("{step}: {error}"));
+        s.push(", updated_at = ");
+        s.bind(now);
+        s.push(" WHERE id = ");
+        s.bind(id.as_str());
+        s.push(" AND state IN ('received', 'processing')");
+        let r = s
+            .query()
+            .execute(&mut *conn)
+            .await
+            .map_err(q("record failure"))?;
+        applied[i] = r.rows_affected() == 1;
+        if applied[i] {
+            let mut e = Sql::new(
+                "INSERT INTO message_errors (message_id, attempt, at, step, error) VALUES (".into(),
+            );
+            e.bind(id.as_str());
+            e.push(", ");
+            e.bind(attempt);
+            e.push(", ");
+            e.bind(now);
+            e.push(", ");
+            e.bind(step.as_str());
+            e.push(", ");
+            e.bind(error.as_str());
+            e.push(")");
+            e.query()
+                .execute(&mut *conn)
+                .await
+                .map_err(q("record attempt error"))?;
+        }
+    }
+    Ok(applied)
+}

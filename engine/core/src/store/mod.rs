@@ -1,0 +1,653 @@
+//! The store: the only module that issues SQL.
+//!
+//! One set of repository functions over sqlx's `Any` driver serves both backends: SQLite (the
+//! embedded default, a file under `data/`, WAL mode) and PostgreSQL (`postgres://…`). SQL here is
+//! written once with `$1`-style placeholders, which both drivers accept. Each backend has its own
+//! migration folder (`migrations/sqlite`, `migrations/postgres`) with the same version numbers.
+//!
+//! Writes that must be fast (appends and state changes) go through the [`journal`] writer, which
+//! groups them into one transaction per batch (group commit). Reads use a separate pool.
+
+pub mod journal;
+mod sql;
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, Executor, Row, SqlStr};
+
+use crate::message::{Message, MessageId, State, now_ms};
+pub use journal::{Effect, Journal, JournalOptions, Transition};
+use sql::Sql;
+
+/// Errors from the store, naming the operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: cannot open {url}: {source}")]
+    Open {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("store: migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("store: {op}: {source}")]
+    Query {
+        op: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("store: the journal writer has stopped")]
+    WriterGone,
+    #[error("store: unsupported database URL {0:?} (expected sqlite:… or postgres://…)")]
+    UnsupportedUrl(String),
+    #[error("store: message {0} not found")]
+    NotFound(MessageId),
+    #[error(
+        "store: message {id} is {state}; only failed, dead or done messages can be reprocessed"
+    )]
+    NotReprocessable { id: MessageId, state: State },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+pub(crate) fn q(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { op, source }
+}
+
+/// Which database is behind the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// How much a committed write survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// SQLite WAL with `synchronous=NORMAL`: a commit survives a crash or `kill -9` of the
+    /// process (the WAL is in the OS page cache), not a power loss.
+    #[default]
+    ProcessCrash,
+    /// SQLite `synchronous=FULL` (fsync on every commit): survives power loss too.
+    PowerLoss,
+}
+
+/// Options for opening a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub url: String,
+    pub durability: Durability,
+    pub max_connections: u32,
+}
+
+impl StoreOptions {
+    pub fn new(url: impl Into<String>) -> StoreOptions {
+        StoreOptions {
+            url: url.into(),
+            durability: Durability::default(),
+            max_connections: 8,
+        }
+    }
+}
+
+/// The handle to the journal database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+    /// Readers (and, on PostgreSQL, writers too).
+    read: AnyPool,
+    /// Writers: on SQLite exactly one connection, since SQLite has one writer at a time.
+    write: AnyPool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+/// Filters for listing messages.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub pipeline: Option<String>,
+    pub state: Option<State>,
+    /// Matches the id, dedup key, trace id, source, headers or last error (substring).
+    pub q: Option<String>,
+    pub limit: Option<i64>,
+    /// Continue after this id (from the previous page's `next_cursor`).
+    pub cursor: Option<String>,
+}
+
+/// One page of messages, newest first.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Page {
+    pub messages: Vec<Message>,
+    pub next_cursor: Option<String>,
+}
+
+/// An error recorded against one attempt of a message.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AttemptError {
+    pub attempt: i64,
+    pub at: i64,
+    pub step: String,
+    pub error: String,
+}
+
+/// A recorded delivery of the `journal` sink.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EffectRow {
+    pub message_id: MessageId,
+    pub sink: String,
+    pub pipeline: String,
+    #[serde(skip)]
+    pub body: Vec<u8>,
+    pub recorded_at: i64,
+}
+
+const MESSAGE_COLUMNS: &str = "id, facility, pipeline, kind, body, headers, source, received_at, trace_id, dedup_key, parent_id, state, attempts, next_attempt_at, last_error, updated_at";
+const MESSAGE_COLUMNS_NO_BODY: &str = "id, facility, pipeline, kind, headers, source, received_at, trace_id, dedup_key, parent_id, state, attempts, next_attempt_at, last_error, updated_at";
+
+impl Store {
+    /// Opens (and for SQLite creates) the database. Does not run migrations: see [`Store::migrate`].
+    pub async fn open(opts: &StoreOptions) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let url = opts.url.trim();
+        let open_err = |source| StoreError::Open {
+            url: redact_url(url),
+            source,
+        };
+        if url.starts_with("sqlite:") {
+            let url = sqlite_url_with_create(url);
+            if let Some(parent) = sqlite_path(&url).and_then(|p| p.parent().map(Path::to_path_buf))
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(&parent).map_err(|e| open_err(sqlx::Error::Io(e)))?;
+            }
+            let sync = match opts.durability {
+                Durability::ProcessCrash => "NORMAL",
+                Durability::PowerLoss => "FULL",
+            };
+            let pragmas: &'static str = if sync == "FULL" {
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000;"
+            } else {
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000;"
+            };
+            let make = |max: u32| {
+                AnyPoolOptions::new()
+                    .max_connections(max)
+                    .min_connections(1)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .after_connect(move |conn, _meta| {
+                        Box::pin(async move {
+                            conn.execute(pragmas).await?;
+                            Ok(())
+                        })
+                    })
+            };
+            let write = make(1).connect(&url).await.map_err(open_err)?;
+            let read = make(opts.max_connections.max(2))
+                .connect(&url)
+                .await
+                .map_err(open_err)?;
+            Ok(Store {
+                backend: Backend::Sqlite,
+                read,
+                write,
+            })
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = AnyPoolOptions::new()
+                .max_connections(opts.max_connections.max(4))
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await
+                .map_err(open_err)?;
+            Ok(Store {
+                backend: Backend::Postgres,
+                read: pool.clone(),
+                write: pool,
+            })
+        } else {
+            Err(StoreError::UnsupportedUrl(redact_url(url)))
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub(crate) fn write_pool(&self) -> &AnyPool {
+        &self.write
+    }
+
+    /// Applies the migrations of this backend that have not run yet.
+    pub async fn migrate(&self) -> Result<()> {
+        let sources: &[(i64, &'static str, &'static str)] = match self.backend {
+            Backend::Sqlite => &[(
+                1,
+                "journal",
+                include_str!("migrations/sqlite/0001_journal.sql"),
+            )],
+            Backend::Postgres => &[(
+                1,
+                "journal",
+                include_str!("migrations/postgres/0001_journal.sql"),
+            )],
+        };
+        let migrations = sources
+            .iter()
+            .map(|(v, d, s)| {
+                Migration::new(
+                    *v,
+                    Cow::Borrowed(*d),
+                    MigrationType::Simple,
+                    SqlStr::from_static(s),
+                    false,
+                )
+            })
+            .collect();
+        let migrator = Migrator::with_migrations(migrations);
+        migrator.run(&self.write).await?;
+        Ok(())
+    }
+
+    /// `true` when the database answers a trivial query.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.read).await.is_ok()
+    }
+
+    pub async fn close(&self) {
+        self.read.close().await;
+        self.write.close().await;
+    }
+
+    /// Fetches one message with its body.
+    pub async fn get(&self, id: &str) -> Result<Option<Message>> {
+        let mut s = Sql::new(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = "
+        ));
+        s.bind(id);
+        let row = s
+            .query()
+            .fetch_optional(&self.read)
+            .await
+            .map_err(q("get message"))?;
+        row.map(|r| message_from_row(&r, true)).transpose()
+    }
+
+    /// Errors recorded for each failed attempt of a message, oldest first.
+    pub async fn attempt_errors(&self, id: &str) -> Result<Vec<AttemptError>> {
+        let mut s = Sql::new(
+            "SELECT attempt, at, step, error FROM message_errors WHERE message_id = ".into(),
+        );
+        s.bind(id);
+        s.push(" ORDER BY at, attempt");
+        let rows = s
+            .query()
+            .fetch_all(&self.read)
+            .await
+            .map_err(q("get attempt errors"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(AttemptError {
+                    attempt: r.try_get("attempt").map_err(q("decode attempt error"))?,
+                    at: r.try_get("at").map_err(q("decode attempt error"))?,
+                    step: r.try_get("step").map_err(q("decode attempt error"))?,
+                    error: r.try_get("error").map_err(q("decode attempt error"))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Lists messages newest first, without bodies.
+    pub async fn list(&self, f: &ListFilter) -> Result<Page> {
+        let limit = f.limit.unwrap_or(50).clamp(1, 1000);
+        let mut s = Sql::new(format!(
+            "SELECT {MESSAGE_COLUMNS_NO_BODY} FROM messages WHERE 1=1"
+        ));
+        if let Some(p) = &f.pipeline {
+            s.push(" AND pipeline = ");
+            s.bind(p.as_str());
+        }
+        if let Some(st) = f.state {
+            s.push(" AND state = ");
+            s.bind(st.as_str());
+        }
+        if let Some(c) = &f.cursor {
+            s.push(" AND id < ");
+            s.bind(c.as_str());
+        }
+        if let Some(text) = f.q.as_deref().filter(|t| !t.is_empty()) {
+            let pat = format!("%{}%", text.replace('%', "").replace('_', ""));
+            s.push(" AND (id LIKE ");
+            s.bind(pat.clone());
+            for col in ["dedup_key", "trace_id", "source", "headers", "last_error"] {
+                s.push(&format!(" OR {col} LIKE "));
+                s.bind(pat.clone());
+            }
+            s.push(")");
+        }
+        s.push(" ORDER BY id DESC LIMIT ");
+        s.bind(limit + 1);
+        let rows = s
+            .query()
+            .fetch_all(&self.read)
+            .await
+            .map_err(q("list messages"))?;
+        let mut messages = rows
+            .iter()
+            .map(|r| message_from_row(r, false))
+            .collect::<Result<Vec<_>>>()?;
+        let next_cursor = if messages.len() as i64 > limit {
+            messages.truncate(limit as usize);
+            messages.last().map(|m| m.id.clone())
+        } else {
+            None
+        };
+        Ok(Page {
+            messages,
+            next_cursor,
+        })
+    }
+
+    /// Counts messages per (pipeline, state).
+    pub async fn counts(&self) -> Result<Vec<(String, State, i64)>> {
+        let rows = sqlx::query(
+            "SELECT pipeline, state, COUNT(*) AS n FROM messages GROUP BY pipeline, state",
+        )
+        .fetch_all(&self.read)
+        .await
+        .map_err(q("count messages"))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let p: String = r.try_get("pipeline").map_err(q("decode counts"))?;
+            let st: String = r.try_get("state").map_err(q("decode counts"))?;
+            let n: i64 = r.try_get("n").map_err(q("decode counts"))?;
+            if let Some(st) = State::parse(&st) {
+                out.push((p, st, n));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Puts a failed, dead or done message back to be processed again: attempts reset to 0,
+    /// due now. A running engine picks it up within its scheduler interval.
+    pub async fn reprocess(&self, id: &str) -> Result<Message> {
+        let msg = self
+            .get(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+        if !matches!(msg.state, State::Failed | State::Dead | State::Done) {
+            return Err(StoreError::NotReprocessable {
+                id: id.to_owned(),
+                state: msg.state,
+            });
+        }
+        let now = now_ms();
+        let mut s = Sql::new(
+            "UPDATE messages SET state = 'received', attempts = 0, next_attempt_at = ".into(),
+        );
+        s.bind(now);
+        s.push(", updated_at = ");
+        s.bind(now);
+        s.push(" WHERE id = ");
+        s.bind(id);
+        s.push(" AND state IN ('failed', 'dead', 'done')");
+        s.query()
+            .execute(&self.write)
+            .await
+            .map_err(q("reprocess message"))?;
+        self.get(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(id.to_owned()))
+    }
+
+    /// Reprocesses every message of a pipeline in a state (e.g. all dead letters). Returns how many.
+    pub async fn reprocess_all(&self, pipeline: &str, state: State) -> Result<u64> {
+        if !matches!(state, State::Failed | State::Dead | State::Done) {
+            return Err(StoreError::NotReprocessable {
+                id: format!("(all {state} in {pipeline})"),
+                state,
+            });
+        }
+        let now = now_ms();
+        let mut s = Sql::new(
+            "UPDATE messages SET state = 'received', attempts = 0, next_attempt_at = ".into(),
+        );
+        s.bind(now);
+        s.push(", updated_at = ");
+        s.bind(now);
+        s.push(" WHERE pipeline = ");
+        s.bind(pipeline);
+        s.push(" AND state = ");
+        s.bind(state.as_str());
+        let r = s
+            .query()
+            .execute(&self.write)
+            .await
+            .map_err(q("reprocess messages"))?;
+        Ok(r.rows_affected())
+    }
+
+    /// Startup recovery: messages left `received` or `processing` by a previous run (a crash or
+    /// a shutdown with work in flight) are made due now, so the scheduler hands them to their
+    /// pipelines again. Their effects are idempotent by message id.
+    pub async fn recover_in_flight(&self) -> Result<u64> {
+        let now = now_ms();
+        let mut s = Sql::new("UPDATE messages SET state = 'received', next_attempt_at = ".into());
+        s.bind(0_i64);
+        s.push(", updated_at = ");
+        s.bind(now);
+        s.push(" WHERE state IN ('received', 'processing') AND next_attempt_at IS NULL");
+        let r = s
+            .query()
+            .execute(&self.write)
+            .await
+            .map_err(q("recover in-flight messages"))?;
+        Ok(r.rows_affected())
+    }
+
+    /// Claims up to `limit` due messages of the given pipelines (failed ones whose backoff has
+    /// passed, reprocessed and recovered ones), oldest first, and marks them `processing`.
+    pub async fn claim_due(&self, pipelines: &[String], limit: i64) -> Result<Vec<Message>> {
+        if pipelines.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let mut s = Sql::new(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= "
+        ));
+        s.bind(now);
+        s.push(" AND state IN ('received', 'failed') AND pipeline IN (");
+        for (i, p) in pipelines.iter().enumerate() {
+            if i > 0 {
+                s.push(", ");
+            }
+            s.bind(p.as_str());
+        }
+        s.push(") ORDER BY next_attempt_at, id LIMIT ");
+        s.bind(limit);
+        let rows = s
+            .query()
+            .fetch_all(&self.read)
+            .await
+            .map_err(q("find due messages"))?;
+        let mut found = rows
+            .iter()
+            .map(|r| message_from_row(r, true))
+            .collect::<Result<Vec<_>>>()?;
+        if found.is_empty() {
+            return Ok(found);
+        }
+        let mut u = Sql::new(
+            "UPDATE messages SET state = 'processing', next_attempt_at = NULL, updated_at = "
+                .into(),
+        );
+        u.bind(now);
+        u.push(
+            " WHERE next_attempt_at IS NOT NULL AND state IN ('received', 'failed') AND id IN (",
+        );
+        for (i, m) in found.iter().enumerate() {
+            if i > 0 {
+                u.push(", ");
+            }
+            u.bind(m.id.as_str());
+        }
+        u.push(") RETURNING id");
+        let claimed_rows = u
+            .query()
+            .fetch_all(&self.write)
+            .await
+            .map_err(q("claim due messages"))?;
+        let claimed_ids: std::collections::HashSet<String> = claimed_rows
+            .iter()
+            .filter_map(|r| r.try_get::<String, _>("id").ok())
+            .collect();
+        found.retain(|m| claimed_ids.contains(&m.id));
+        for m in &mut found {
+            m.state = State::Processing;
+            m.next_attempt_at = None;
+        }
+        let claimed = found;
+        Ok(claimed)
+    }
+
+    /// Forgets dedup keys older than `window_ms` for a pipeline, so a sender may reuse them.
+    pub async fn expire_dedup_keys(&self, pipeline: &str, window_ms: i64) -> Result<u64> {
+        let mut s = Sql::new("UPDATE messages SET dedup_key = NULL WHERE pipeline = ".into());
+        s.bind(pipeline);
+        s.push(" AND dedup_key IS NOT NULL AND received_at < ");
+        s.bind(now_ms() - window_ms);
+        let r = s
+            .query()
+            .execute(&self.write)
+            .await
+            .map_err(q("expire dedup keys"))?;
+        Ok(r.rows_affected())
+    }
+
+    /// Effects recorded by `journal` sinks, for tests and the API.
+    pub async fn effects(&self, pipeline: Option<&str>) -> Result<Vec<EffectRow>> {
+        let mut s = Sql::new(
+            "SELECT message_id, sink, pipeline, body, recorded_at FROM effects WHERE 1=1".into(),
+        );
+        if let Some(p) = pipeline {
+            s.push(" AND pipeline = ");
+            s.bind(p);
+        }
+        s.push(" ORDER BY recorded_at, message_id");
+        let rows = s
+            .query()
+            .fetch_all(&self.read)
+            .await
+            .map_err(q("list effects"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(EffectRow {
+                    message_id: r.try_get("message_id").map_err(q("decode effect"))?,
+                    sink: r.try_get("sink").map_err(q("decode effect"))?,
+                    pipeline: r.try_get("pipeline").map_err(q("decode effect"))?,
+                    body: r.try_get("body").map_err(q("decode effect"))?,
+                    recorded_at: r.try_get("recorded_at").map_err(q("decode effect"))?,
+                })
+            })
+            .collect()
+    }
+}
+
+pub(crate) fn message_from_row(r: &AnyRow, with_body: bool) -> Result<Message> {
+    let d = q("decode message");
+    let headers: String = r.try_get("headers").map_err(q("decode message"))?;
+    let headers: BTreeMap<String, String> = serde_json::from_str(&headers).unwrap_or_default();
+    let state: String = r.try_get("state").map_err(q("decode message"))?;
+    Ok(Message {
+        id: r.try_get("id").map_err(q("decode message"))?,
+        facility: r.try_get("facility").map_err(q("decode message"))?,
+        pipeline: r.try_get("pipeline").map_err(q("decode message"))?,
+        kind: r.try_get("kind").map_err(q("decode message"))?,
+        body: if with_body {
+            r.try_get("body").map_err(q("decode message"))?
+        } else {
+            Vec::new()
+        },
+        headers,
+        source: r.try_get("source").map_err(q("decode message"))?,
+        received_at: r.try_get("received_at").map_err(q("decode message"))?,
+        trace_id: r.try_get("trace_id").map_err(q("decode message"))?,
+        dedup_key: r.try_get("dedup_key").map_err(q("decode message"))?,
+        parent_id: r.try_get("parent_id").map_err(q("decode message"))?,
+        state: State::parse(&state).unwrap_or(State::Failed),
+        attempts: r.try_get("attempts").map_err(q("decode message"))?,
+        next_attempt_at: r.try_get("next_attempt_at").map_err(q("decode message"))?,
+        last_error: r.try_get("last_error").map_err(d)?,
+        updated_at: r.try_get("updated_at").map_err(q("decode message"))?,
+    })
+}
+
+/// Hides the password of a database URL for error messages and logs.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((creds, host)) = rest.split_once('@')
+        && let Some((user, _pw)) = creds.split_once(':')
+    {
+        return format!("{scheme}://{user}:***@{host}");
+    }
+    url.to_owned()
+}
+
+fn sqlite_url_with_create(url: &str) -> String {
+    if url.contains("mode=") || url.contains(":memory:") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    }
+}
+
+fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next()?;
+    if path.is_empty() || path == ":memory:" {
+        return None;
+    }
+    std::path::PathBuf::from_str(path).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("sqlite://data/x.db"), "sqlite://data/x.db");
+    }
+
+    #[test]
+    fn sqlite_paths() {
+        assert_eq!(
+            sqlite_path("sqlite://data/huizhen.db?mode=rwc"),
+            Some("data/huizhen.db".into())
+        );
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+        assert_eq!(
+            sqlite_url_with_create("sqlite://a.db"),
+            "sqlite://a.db?mode=rwc"
+        );
+    }
+}

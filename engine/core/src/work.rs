@@ -1,0 +1,171 @@
+//! The message while it is being processed: what steps read and change.
+//!
+//! The journaled body is never changed (it stays as received, for replay). Steps work on this
+//! copy; the body is parsed as JSON at most once and written back only if a step changed it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::message::{Message, MessageId};
+
+/// A step or sink failure: the message is retried, then dead-lettered with this text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepError {
+    pub message: String,
+    /// `false` for errors that retrying cannot fix (e.g. a body that is not JSON): the message
+    /// goes to `dead` at once instead of using up its retries.
+    pub retryable: bool,
+}
+
+impl StepError {
+    pub fn new(message: impl Into<String>) -> StepError {
+        StepError {
+            message: message.into(),
+            retryable: true,
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> StepError {
+        StepError {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+}
+
+impl fmt::Display for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for StepError {}
+
+/// What happens after a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Flow {
+    /// Go on with the next step.
+    Continue,
+    /// Stop here: the message is done and no sink runs (e.g. filtered out, or routed away).
+    Stop(String),
+}
+
+/// The in-flight message.
+pub struct Work {
+    pub id: MessageId,
+    pub pipeline: String,
+    pub facility: String,
+    pub kind: String,
+    pub source: String,
+    pub trace_id: String,
+    pub attempts: i64,
+    pub received_at: i64,
+    pub headers: BTreeMap<String, String>,
+    body: Vec<u8>,
+    json: Option<serde_json::Value>,
+    json_dirty: bool,
+}
+
+impl fmt::Debug for Work {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Work")
+            .field("id", &self.id)
+            .field("pipeline", &self.pipeline)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Work {
+    pub fn from_message(m: &Message) -> Work {
+        Work {
+            id: m.id.clone(),
+            pipeline: m.pipeline.clone(),
+            facility: m.facility.clone(),
+            kind: m.kind.clone(),
+            source: m.source.clone(),
+            trace_id: m.trace_id.clone(),
+            attempts: m.attempts,
+            received_at: m.received_at,
+            headers: m.headers.clone(),
+            body: m.body.clone(),
+            json: None,
+            json_dirty: false,
+        }
+    }
+
+    /// The body bytes, including any change a step made to its JSON.
+    pub fn body(&mut self) -> &[u8] {
+        if self.json_dirty {
+            if let Some(j) = &self.json {
+                self.body = serde_json::to_vec(j).unwrap_or_default();
+            }
+            self.json_dirty = false;
+        }
+        &self.body
+    }
+
+    /// Replaces the body with raw bytes.
+    pub fn set_body(&mut self, body: Vec<u8>) {
+        self.body = body;
+        self.json = None;
+        self.json_dirty = false;
+    }
+
+    /// The body as JSON, parsed on first use. A body that is not UTF-8 or not JSON is a
+    /// permanent error naming the byte offset or line and column.
+    pub fn json(&mut self) -> Result<&serde_json::Value, StepError> {
+        self.parse_json()?;
+        Ok(self.json.as_ref().expect("parsed above"))
+    }
+
+    /// The body as JSON, for changing it.
+    pub fn json_mut(&mut self) -> Result<&mut serde_json::Value, StepError> {
+        self.parse_json()?;
+        self.json_dirty = true;
+        Ok(self.json.as_mut().expect("parsed above"))
+    }
+
+    fn parse_json(&mut self) -> Result<(), StepError> {
+        if self.json.is_none() {
+            let text = std::str::from_utf8(&self.body).map_err(|e| {
+                StepError::permanent(format!(
+                    "message {}: body is not UTF-8 (invalid byte at offset {}), but JSON was expected",
+                    self.id,
+                    e.valid_up_to()
+                ))
+            })?;
+            let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+                StepError::permanent(format!(
+                    "message {}: body is not valid JSON at line {} column {}: {}",
+                    self.id,
+                    e.line(),
+                    e.column(),
+                    e
+                ))
+            })?;
+            self.json = Some(v);
+        }
+        Ok(())
+    }
+
+    /// Replaces the body with a JSON value.
+    pub fn set_json(&mut self, v: serde_json::Value) {
+        self.json = Some(v);
+        self.json_dirty = true;
+        self.kind = "json".into();
+    }
+
+    /// The body as an expression value: JSON for `json` messages, text for UTF-8, else bytes.
+    pub(crate) fn body_value(&mut self) -> Result<cel::Value, StepError> {
+        if self.kind == "json" {
+            let j = self.json()?;
+            return cel::to_value(j)
+                .map_err(|e| StepError::permanent(format!("message {}: body: {e}", self.id)));
+        }
+        Ok(match std::str::from_utf8(self.body()) {
+            Ok(s) => cel::Value::String(std::sync::Arc::new(s.to_owned())),
+            Err(_) => cel::Value::Bytes(std::sync::Arc::new(self.body.clone())),
+        })
+    }
+}
