@@ -1,0 +1,11 @@
+//! End-to-end tests: the store suite on SQLite and PostgreSQL, the runner in process, and the
+//! real `huizhen` binary over real sockets (crash safety, HTTP API, CLI).
+//!
+//! PostgreSQL comes from `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`);
+//! each test creates and drops a database of its own. Without PostgreSQL those tests skip,
+//! except under `CI=true`, where they fail.
+
+mod crash;
+mod engine;
+mod store;
+mod support;
