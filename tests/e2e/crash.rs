@@ -13,7 +13,10 @@ use huizhen_core::message::State;
 
 use crate::support::{Backend, TestDb, both_backends, fresh_db, store, wait_for};
 
-both_backends!(sigkill_mid_stream_loses_nothing_and_duplicates_nothing, http_api_and_cli_tour);
+both_backends!(
+    sigkill_mid_stream_loses_nothing_and_duplicates_nothing,
+    http_api_and_cli_tour
+);
 
 const TOTAL: usize = 10_000;
 
@@ -168,7 +171,9 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing(b: Backend) {
         let client = client.clone();
         let counter = counter.clone();
         let port = setup.port;
-        tokio::spawn(async move { push(&client, port, (0..TOTAL).rev().collect(), 16, counter).await })
+        tokio::spawn(
+            async move { push(&client, port, (0..TOTAL).rev().collect(), 16, counter).await },
+        )
     };
     while counter.load(Ordering::SeqCst) < TOTAL / 3 {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -176,7 +181,11 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing(b: Backend) {
     child.kill().expect("SIGKILL");
     child.wait().unwrap();
     let first_round = pusher.await.unwrap();
-    assert!(first_round.len() >= TOTAL / 3, "acked {}", first_round.len());
+    assert!(
+        first_round.len() >= TOTAL / 3,
+        "acked {}",
+        first_round.len()
+    );
     assert!(
         first_round.len() < TOTAL,
         "the kill came too late to test anything"
@@ -185,9 +194,15 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing(b: Backend) {
     // Restart and resend every message that was not acknowledged.
     let mut child = start(&setup, &log);
     wait_ready(&client, setup.port, &mut child, &log).await;
-    let rest: Vec<usize> = (0..TOTAL).filter(|s| !first_round.contains_key(s)).collect();
+    let rest: Vec<usize> = (0..TOTAL)
+        .filter(|s| !first_round.contains_key(s))
+        .collect();
     let second_round = push(&client, setup.port, rest, 16, Arc::new(AtomicUsize::new(0))).await;
-    assert_eq!(first_round.len() + second_round.len(), TOTAL, "every message acknowledged");
+    assert_eq!(
+        first_round.len() + second_round.len(),
+        TOTAL,
+        "every message acknowledged"
+    );
 
     let s = store(&db).await;
     wait_for("every message done", Duration::from_secs(180), || {
@@ -215,10 +230,16 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing(b: Backend) {
         *per_seq.entry(v["seq"].as_i64().unwrap()).or_default() += 1;
     }
     assert_eq!(per_seq.len(), TOTAL, "every sequence number delivered");
-    assert!(per_seq.values().all(|&n| n == 1), "no sequence number delivered twice");
+    assert!(
+        per_seq.values().all(|&n| n == 1),
+        "no sequence number delivered twice"
+    );
     let effect_ids: BTreeSet<&str> = effects.iter().map(|e| e.message_id.as_str()).collect();
     for id in first_round.values().chain(second_round.values()) {
-        assert!(effect_ids.contains(id.as_str()), "acked message {id} has no effect");
+        assert!(
+            effect_ids.contains(id.as_str()),
+            "acked message {id} has no effect"
+        );
     }
 }
 
@@ -289,7 +310,12 @@ async fn http_api_and_cli_tour(b: Backend) {
         .unwrap();
     assert_eq!(r.status(), 400);
     let v: serde_json::Value = r.json().await.unwrap();
-    assert!(v["error"].as_str().unwrap().contains("unknown state \"lost\""));
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown state \"lost\"")
+    );
     let r = client
         .get(format!("{base}/api/messages/nope"))
         .send()
@@ -297,7 +323,10 @@ async fn http_api_and_cli_tour(b: Backend) {
         .unwrap();
     assert_eq!(r.status(), 404);
     let r = client
-        .post(format!("{base}/api/messages/{}/reprocess", ok["id"].as_str().unwrap()))
+        .post(format!(
+            "{base}/api/messages/{}/reprocess",
+            ok["id"].as_str().unwrap()
+        ))
         .send()
         .await
         .unwrap();
@@ -322,15 +351,23 @@ async fn http_api_and_cli_tour(b: Backend) {
         .args(["messages", "reprocess", &bad_id])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    wait_for("reprocessed and dead again", Duration::from_secs(20), || {
-        let client = client.clone();
-        let url = format!("{base}/api/messages/{bad_id}");
-        async move {
-            let v: serde_json::Value = client.get(&url).send().await.ok()?.json().await.ok()?;
-            (v["state"] == "dead" && v["errors"].as_array()?.len() == 4).then_some(())
-        }
-    })
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        "reprocessed and dead again",
+        Duration::from_secs(20),
+        || {
+            let client = client.clone();
+            let url = format!("{base}/api/messages/{bad_id}");
+            async move {
+                let v: serde_json::Value = client.get(&url).send().await.ok()?.json().await.ok()?;
+                (v["state"] == "dead" && v["errors"].as_array()?.len() == 4).then_some(())
+            }
+        },
+    )
     .await;
 
     let metrics = client
@@ -341,7 +378,10 @@ async fn http_api_and_cli_tour(b: Backend) {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains(r#"huizhen_messages_dead_total{pipeline="crash"} 2"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"huizhen_messages_dead_total{pipeline="crash"} 2"#),
+        "{metrics}"
+    );
     assert!(metrics.contains(r#"huizhen_journal_messages{pipeline="crash",state="dead"} 1"#));
     let pipelines: serde_json::Value = client
         .get(format!("{base}/api/pipelines"))

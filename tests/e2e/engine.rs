@@ -19,8 +19,9 @@ use crate::support::{Backend, both_backends, fresh_db, loaded, wait_for};
 
 /// Per-pipeline switches so tests running in parallel do not see each other.
 static HEALED: LazyLock<Mutex<HashMap<String, Arc<AtomicBool>>>> = LazyLock::new(Default::default);
-static SEEN: LazyLock<Mutex<HashMap<String, Vec<(String, i64)>>>> =
-    LazyLock::new(Default::default);
+/// (patient, seq) pairs seen by `record`, per pipeline.
+type Seen = HashMap<String, Vec<(String, i64)>>;
+static SEEN: LazyLock<Mutex<Seen>> = LazyLock::new(Default::default);
 
 fn healed(pipeline: &str) -> Arc<AtomicBool> {
     HEALED
@@ -165,7 +166,10 @@ async fn bad_json_goes_dead_at_once_with_the_reason(b: Backend) {
     assert_eq!(m.attempts, 1, "a body that is not JSON is not retried");
     let err = m.last_error.unwrap();
     assert!(err.starts_with("filter#0: "), "{err}");
-    assert!(err.contains(&id) && err.contains("not valid JSON at line 1"), "{err}");
+    assert!(
+        err.contains(&id) && err.contains("not valid JSON at line 1"),
+        "{err}"
+    );
     // The raw body is kept for inspection and replay.
     assert_eq!(m.body, b"{\"ok\": tru");
     engine.shutdown(Duration::from_secs(5)).await;
@@ -184,9 +188,11 @@ async fn ordering_key_keeps_per_patient_order(b: Backend) {
     for seq in 0..120_i64 {
         let patient = patients[(seq * 31 % 6) as usize];
         expected.entry(patient.into()).or_default().push(seq);
-        p.submit(json_msg(&format!(r#"{{"patient":"{patient}","seq":{seq}}}"#)))
-            .await
-            .unwrap();
+        p.submit(json_msg(&format!(
+            r#"{{"patient":"{patient}","seq":{seq}}}"#
+        )))
+        .await
+        .unwrap();
     }
     let store = engine.store.clone();
     let pname = name.clone();
@@ -212,8 +218,14 @@ async fn filter_route_and_set(b: Backend) {
     let engine = Engine::start(loaded(&db, &[intake, labs])).await.unwrap();
     let p = engine.pipeline("intake").unwrap().clone();
     let noise = p.submit(json_msg(r#"{"type":"noise"}"#)).await.unwrap();
-    let ward = p.submit(json_msg(r#"{"type":"x","dept":"ward"}"#)).await.unwrap();
-    let lab = p.submit(json_msg(r#"{"type":"x","dept":"lab"}"#)).await.unwrap();
+    let ward = p
+        .submit(json_msg(r#"{"type":"x","dept":"ward"}"#))
+        .await
+        .unwrap();
+    let lab = p
+        .submit(json_msg(r#"{"type":"x","dept":"lab"}"#))
+        .await
+        .unwrap();
     let store = engine.store.clone();
     let labs_effects = wait_for("routed message done", Duration::from_secs(10), || {
         let store = store.clone();
@@ -258,17 +270,30 @@ async fn resend_is_not_processed_twice(b: Backend) {
     let yaml = "version: 1\nname: dedup\nsource:\n  http: { path: /in/dedup }\ndedup: { key: \"body.msg_id\" }\nsinks:\n  - journal: {}\n";
     let engine = Engine::start(loaded(&db, &[yaml])).await.unwrap();
     let p = engine.pipeline("dedup").unwrap().clone();
-    let first = p.submit(json_msg(r#"{"msg_id":"A1","v":1}"#)).await.unwrap();
+    let first = p
+        .submit(json_msg(r#"{"msg_id":"A1","v":1}"#))
+        .await
+        .unwrap();
     let id = first.id.clone();
     wait_for("done", Duration::from_secs(10), || async {
         (state_of(&engine, &id).await == State::Done).then_some(())
     })
     .await;
-    let again = p.submit(json_msg(r#"{"msg_id":"A1","v":1}"#)).await.unwrap();
+    let again = p
+        .submit(json_msg(r#"{"msg_id":"A1","v":1}"#))
+        .await
+        .unwrap();
     assert!(again.duplicate);
     assert_eq!(again.id, first.id);
-    assert_eq!(again.state, State::Done, "a resend gets the first one's outcome");
-    let reused = p.submit(json_msg(r#"{"msg_id":"A1","v":2}"#)).await.unwrap();
+    assert_eq!(
+        again.state,
+        State::Done,
+        "a resend gets the first one's outcome"
+    );
+    let reused = p
+        .submit(json_msg(r#"{"msg_id":"A1","v":2}"#))
+        .await
+        .unwrap();
     assert!(!reused.duplicate && reused.reused_key);
     let rid = reused.id.clone();
     wait_for("reused done", Duration::from_secs(10), || async {

@@ -5,7 +5,12 @@
 //! each test creates and drops a database of its own. Without PostgreSQL those tests skip,
 //! except under `CI=true`, where they fail.
 
+// Tests report skipped services on stderr.
+#![allow(clippy::print_stderr)]
+
+mod cli;
 mod crash;
 mod engine;
+mod sources;
 mod store;
 mod support;

@@ -98,7 +98,11 @@ async fn concurrent_identical_resends_insert_once(b: Backend) {
     let results = futures::future::join_all((0..50).map(|_| j.append(m.clone()))).await;
     let ids: std::collections::BTreeSet<String> =
         results.into_iter().map(|r| r.unwrap().id).collect();
-    assert_eq!(ids.len(), 1, "50 identical resends must journal one message");
+    assert_eq!(
+        ids.len(),
+        1,
+        "50 identical resends must journal one message"
+    );
     let page = s
         .list(&ListFilter {
             pipeline: Some("p".into()),
@@ -257,7 +261,10 @@ async fn list_filters_and_pages(b: Backend) {
             .await
             .unwrap();
         seen.extend(page.messages.iter().map(|m| m.id.clone()));
-        assert!(page.messages.iter().all(|m| m.body.is_empty()), "lists carry no bodies");
+        assert!(
+            page.messages.iter().all(|m| m.body.is_empty()),
+            "lists carry no bodies"
+        );
         match page.next_cursor {
             Some(c) => cursor = Some(c),
             None => break,

@@ -5,10 +5,11 @@
 //! For each backend (SQLite always; PostgreSQL when reachable), each producer count and, on
 //! SQLite, each durability level, the benchmark starts from a fresh database and lets N
 //! concurrent producers call `Journal::append` with 1 KB JSON bodies, each waiting for its
-//! acknowledgement (the commit) before sending the next message. Then, on a fresh database
-//! again, a single writer inserts the same rows with sqlx directly (native driver, multi-row
-//! `INSERT` of `--baseline-batch` rows per transaction): the baseline. It prints a Markdown table
-//! with both rates and their ratio.
+//! acknowledgement (the commit) before sending the next message. Then, each time on a fresh
+//! database again, a single writer inserts the same rows with sqlx directly (native driver,
+//! multi-row `INSERT`, one transaction per batch): the baseline, once with as many rows per
+//! transaction as the journal's average batch and once with `--baseline-batch` rows. It prints a
+//! Markdown table with the rates and the ratios.
 //!
 //! Options (command-line flag, or the environment variable in brackets):
 //!
@@ -16,7 +17,10 @@
 //! * `--producers 8,64` (`BENCH_PRODUCERS`): concurrent producers
 //! * `--backends sqlite,postgres` (`BENCH_BACKENDS`)
 //! * `--durability process-crash,power-loss` (`BENCH_DURABILITY`): SQLite durability levels
-//! * `--baseline-batch 512` (`BENCH_BASELINE_BATCH`): rows per baseline transaction
+//! * `--baseline-batch 512` (`BENCH_BASELINE_BATCH`): rows per transaction of the second
+//!   baseline (the first uses the journal's average batch size)
+//! * `--writers N` (`BENCH_WRITERS`, default `JournalOptions::default()`): journal writer tasks
+//!   on PostgreSQL (SQLite always has one)
 //! * `--pg-url URL` (`BENCH_PG_URL`, default `postgres://postgres@127.0.0.1:5432/test`): an
 //!   administrative connection; the benchmark creates and uses the database `huizhen_bench`
 //!   next to it (and drops and recreates its tables), never the tables of the given database
@@ -41,6 +45,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Res<T> = std::result::Result<T, BoxError>;
 
 const BODY_SIZE: usize = 1024;
+const PAD: &str = match str::from_utf8(&[b'x'; BODY_SIZE]) {
+    Ok(s) => s,
+    Err(_) => panic!("ASCII"),
+};
 const PIPELINE: &str = "bench";
 const FACILITY: &str = "bench-facility";
 const KIND: &str = "json";
@@ -54,6 +62,7 @@ struct Config {
     backends: Vec<Backend>,
     durabilities: Vec<Durability>,
     baseline_batch: usize,
+    writers: Option<usize>,
     pg_url: String,
     dir: Option<PathBuf>,
     ci: bool,
@@ -68,14 +77,14 @@ impl Config {
                 // Passed by `cargo bench` to every bench target.
                 "--bench" => {}
                 "--messages" | "--producers" | "--backends" | "--durability"
-                | "--baseline-batch" | "--pg-url" | "--dir" => {
+                | "--baseline-batch" | "--writers" | "--pg-url" | "--dir" => {
                     let v = args.next().ok_or_else(|| format!("{a} needs a value"))?;
                     flags.push((a, v));
                 }
                 "-h" | "--help" => {
                     eprintln!(
                         "journal_append [--messages N] [--producers 8,64] [--backends sqlite,postgres] \
-                         [--durability process-crash,power-loss] [--baseline-batch 512] [--pg-url URL] [--dir PATH]"
+                         [--durability process-crash,power-loss] [--baseline-batch 512] [--writers N] [--pg-url URL] [--dir PATH]"
                     );
                     std::process::exit(0);
                 }
@@ -138,8 +147,12 @@ impl Config {
         if messages == 0 || baseline_batch == 0 || producers.contains(&0) {
             return Err("--messages, --baseline-batch and --producers must be positive".into());
         }
+        let writers = get("--writers", "BENCH_WRITERS")
+            .map(|v| v.parse::<usize>())
+            .transpose()?;
         Ok(Config {
             messages,
+            writers,
             producers,
             backends,
             durabilities,
@@ -159,7 +172,7 @@ fn body(producer: usize, seq: usize) -> Vec<u8> {
         r#"{{"producer":{producer},"seq":{seq},"event":"ADT^A01","patient":{{"mrn":"MRN{producer:03}{seq:09}","name":"DOE^JANE","birth_date":"1970-01-01"}},"note":""#
     ));
     let pad = BODY_SIZE - s.len() - 2;
-    s.extend(std::iter::repeat_n('x', pad));
+    s.push_str(&PAD[..pad]);
     s.push_str("\"}");
     debug_assert_eq!(s.len(), BODY_SIZE);
     s.into_bytes()
@@ -171,15 +184,18 @@ fn new_message(producer: usize, seq: usize) -> NewMessage {
     m
 }
 
-fn durability_label(backend: Backend, d: Durability, pg_settings: &str) -> String {
-    match (backend, d) {
-        (Backend::Sqlite, Durability::ProcessCrash) => {
-            "process-crash: WAL, synchronous=NORMAL (survives kill -9, not power loss)".into()
-        }
-        (Backend::Sqlite, Durability::PowerLoss) => {
-            "power-loss: WAL, synchronous=FULL (fsync per commit)".into()
-        }
-        (Backend::Postgres, _) => format!("power-loss: {pg_settings} (WAL flushed per commit)"),
+/// What a committed row of this target survives.
+fn durability_label(target: &Target) -> &'static str {
+    match target {
+        Target::Sqlite {
+            durability: Durability::ProcessCrash,
+            ..
+        } => "kill -9 (WAL, synchronous=NORMAL)",
+        Target::Sqlite {
+            durability: Durability::PowerLoss,
+            ..
+        } => "power loss (WAL, synchronous=FULL)",
+        Target::Postgres { .. } => "power loss (synchronous_commit=on)",
     }
 }
 
@@ -193,11 +209,18 @@ fn durability_name(d: Durability) -> &'static str {
 struct Measure {
     rate: f64,
     elapsed: Duration,
+    /// Average operations per journal transaction (journal runs only).
+    batch: Option<f64>,
 }
 
 /// `producers` tasks share `n` appends; each waits for its acknowledgement before the next.
-async fn run_journal(store: Store, producers: usize, n: usize) -> Res<Measure> {
-    let journal = Journal::start(store.clone(), JournalOptions::default());
+async fn run_journal(store: Store, producers: usize, cfg: &Config) -> Res<Measure> {
+    let n = cfg.messages;
+    let mut opts = JournalOptions::default();
+    if let Some(w) = cfg.writers {
+        opts.writers = w;
+    }
+    let journal = Journal::start(store.clone(), opts);
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(producers);
     for p in 0..producers {
@@ -217,6 +240,7 @@ async fn run_journal(store: Store, producers: usize, n: usize) -> Res<Measure> {
         t.await??;
     }
     let elapsed = start.elapsed();
+    let stats = journal.stats();
     drop(journal);
     let total: i64 = store.counts().await?.iter().map(|(_, _, c)| c).sum();
     if total != n as i64 {
@@ -226,6 +250,7 @@ async fn run_journal(store: Store, producers: usize, n: usize) -> Res<Measure> {
     Ok(Measure {
         rate: n as f64 / elapsed.as_secs_f64(),
         elapsed,
+        batch: Some(stats.ops as f64 / stats.batches.max(1) as f64),
     })
 }
 
@@ -300,6 +325,7 @@ async fn baseline_sqlite(path: &Path, d: Durability, n: usize, batch: usize) -> 
     Ok(Measure {
         rate: n as f64 / elapsed.as_secs_f64(),
         elapsed,
+        batch: None,
     })
 }
 
@@ -330,6 +356,7 @@ async fn baseline_postgres(url: &str, n: usize, batch: usize) -> Res<Measure> {
     Ok(Measure {
         rate: n as f64 / elapsed.as_secs_f64(),
         elapsed,
+        batch: None,
     })
 }
 
@@ -363,10 +390,7 @@ async fn prepare_pg_database(admin_url: &str) -> Res<String> {
     )
     .await
     .map_err(|_| "timed out connecting")??;
-    if let Err(e) = admin
-        .execute(format!("CREATE DATABASE {BENCH_DB}").as_str())
-        .await
-    {
+    if let Err(e) = admin.execute("CREATE DATABASE huizhen_bench").await {
         let exists = e
             .as_database_error()
             .and_then(|d| d.code())
@@ -428,12 +452,92 @@ async fn pg_settings(url: &str) -> Res<String> {
     Ok(format!("PostgreSQL {version}, {}", out.join(", ")))
 }
 
+/// A database to measure: the journal and the baseline each start from a fresh one.
+enum Target {
+    Sqlite {
+        path: PathBuf,
+        durability: Durability,
+    },
+    Postgres {
+        url: String,
+    },
+}
+
+impl Target {
+    fn name(&self) -> &'static str {
+        match self {
+            Target::Sqlite { .. } => "SQLite",
+            Target::Postgres { .. } => "PostgreSQL",
+        }
+    }
+
+    async fn fresh(&self) -> Res<Store> {
+        match self {
+            Target::Sqlite { path, durability } => fresh_sqlite(path, *durability).await,
+            Target::Postgres { url } => fresh_postgres(url).await,
+        }
+    }
+
+    async fn baseline(&self, n: usize, batch: usize) -> Res<Measure> {
+        self.fresh().await?.close().await;
+        match self {
+            Target::Sqlite { path, durability } => {
+                baseline_sqlite(path, *durability, n, batch).await
+            }
+            Target::Postgres { url } => baseline_postgres(url, n, batch).await,
+        }
+    }
+}
+
 struct Line {
     backend: &'static str,
-    durability: String,
+    durability: &'static str,
     producers: usize,
     journal: Measure,
-    baseline: Measure,
+    /// Baseline with as many rows per transaction as the journal's average batch.
+    matched: (usize, Measure),
+    /// Baseline with `--baseline-batch` rows per transaction.
+    fixed: Measure,
+}
+
+/// Measures the journal with `producers`, then the baseline at the batch size the journal
+/// reached and at `--baseline-batch`.
+async fn measure(cfg: &Config, target: &Target, producers: usize) -> Res<Line> {
+    let label = match target {
+        Target::Sqlite { durability, .. } => {
+            format!("sqlite {}", durability_name(*durability))
+        }
+        Target::Postgres { .. } => "postgres".to_owned(),
+    };
+    let journal = run_journal(target.fresh().await?, producers, cfg).await?;
+    let avg = journal.batch.unwrap_or(1.0);
+    eprintln!(
+        "  {label} producers={producers}: journal {} msg/s ({:.2?}, avg batch {avg:.1})",
+        fmt_rate(journal.rate),
+        journal.elapsed,
+    );
+    let matched_batch = (avg.round() as usize).max(1);
+    let matched = target.baseline(cfg.messages, matched_batch).await?;
+    eprintln!(
+        "  {label} baseline batch {matched_batch}: {} rows/s ({:.2?})",
+        fmt_rate(matched.rate),
+        matched.elapsed
+    );
+    let fixed = target.baseline(cfg.messages, cfg.baseline_batch).await?;
+    eprintln!(
+        "  {label} baseline batch {}: {} rows/s ({:.2?})",
+        cfg.baseline_batch,
+        fmt_rate(fixed.rate),
+        fixed.elapsed
+    );
+    Ok(Line {
+        backend: target.name(),
+        durability: durability_label(target),
+        producers,
+        journal,
+        matched: (matched_batch, matched),
+        fixed,
+    })
 }
 
 fn fmt_rate(r: f64) -> String {
@@ -441,7 +545,7 @@ fn fmt_rate(r: f64) -> String {
     let s = r.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -465,35 +569,17 @@ async fn run(cfg: Config) -> Res<()> {
         tmp.display()
     );
 
+    let mut pg_settings_line = None;
     for &backend in &cfg.backends {
         match backend {
             Backend::Sqlite => {
-                for &d in &cfg.durabilities {
+                for &durability in &cfg.durabilities {
+                    let target = Target::Sqlite {
+                        path: db.clone(),
+                        durability,
+                    };
                     for &p in &cfg.producers {
-                        let store = fresh_sqlite(&db, d).await?;
-                        let journal = run_journal(store, p, cfg.messages).await?;
-                        eprintln!(
-                            "  sqlite {} producers={p}: journal {} msg/s ({:.2?})",
-                            durability_name(d),
-                            fmt_rate(journal.rate),
-                            journal.elapsed
-                        );
-                        fresh_sqlite(&db, d).await?.close().await;
-                        let baseline =
-                            baseline_sqlite(&db, d, cfg.messages, cfg.baseline_batch).await?;
-                        eprintln!(
-                            "  sqlite {} baseline: {} rows/s ({:.2?})",
-                            durability_name(d),
-                            fmt_rate(baseline.rate),
-                            baseline.elapsed
-                        );
-                        lines.push(Line {
-                            backend: "SQLite",
-                            durability: durability_label(backend, d, ""),
-                            producers: p,
-                            journal,
-                            baseline,
-                        });
+                        lines.push(measure(&cfg, &target, p).await?);
                     }
                 }
                 remove_sqlite_files(&db);
@@ -504,39 +590,20 @@ async fn run(cfg: Config) -> Res<()> {
                     Err(e) if !cfg.ci => {
                         let redacted = huizhen_core::store::redact_url(&cfg.pg_url);
                         eprintln!("  postgres at {redacted} unreachable ({e}): skipped");
-                        notes.push(format!(
-                            "PostgreSQL skipped: {redacted} unreachable ({e})."
-                        ));
+                        notes.push(format!("PostgreSQL skipped: {redacted} unreachable ({e})."));
                         continue;
                     }
-                    Err(e) => return Err(format!("CI=true and PostgreSQL is unreachable: {e}").into()),
+                    Err(e) => {
+                        return Err(format!("CI=true and PostgreSQL is unreachable: {e}").into());
+                    }
                 };
-                let settings = pg_settings(&url).await?;
+                pg_settings_line = Some(pg_settings(&url).await?);
+                let target = Target::Postgres { url };
                 for &p in &cfg.producers {
-                    let store = fresh_postgres(&url).await?;
-                    let journal = run_journal(store, p, cfg.messages).await?;
-                    eprintln!(
-                        "  postgres producers={p}: journal {} msg/s ({:.2?})",
-                        fmt_rate(journal.rate),
-                        journal.elapsed
-                    );
-                    fresh_postgres(&url).await?.close().await;
-                    let baseline = baseline_postgres(&url, cfg.messages, cfg.baseline_batch).await?;
-                    eprintln!(
-                        "  postgres baseline: {} rows/s ({:.2?})",
-                        fmt_rate(baseline.rate),
-                        baseline.elapsed
-                    );
-                    lines.push(Line {
-                        backend: "PostgreSQL",
-                        durability: durability_label(backend, Durability::PowerLoss, &settings),
-                        producers: p,
-                        journal,
-                        baseline,
-                    });
+                    lines.push(measure(&cfg, &target, p).await?);
                 }
                 // Leave the benchmark database small.
-                fresh_postgres(&url).await?.close().await;
+                target.fresh().await?.close().await;
             }
         }
     }
@@ -546,26 +613,34 @@ async fn run(cfg: Config) -> Res<()> {
 
     println!();
     println!(
-        "| backend | durability | producers | journal msg/s | baseline rows/s (batch {}) | ratio |",
+        "| backend | durable against | producers | journal msg/s | avg batch | raw sqlx, same batch | ratio | raw sqlx, batch {} | ratio |",
         cfg.baseline_batch
     );
-    println!("|---|---|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for l in &lines {
         println!(
-            "| {} | {} | {} | {} | {} | {:.2} |",
+            "| {} | {} | {} | {} | {:.1} | {} (batch {}) | {:.2} | {} | {:.2} |",
             l.backend,
             l.durability,
             l.producers,
             fmt_rate(l.journal.rate),
-            fmt_rate(l.baseline.rate),
-            l.journal.rate / l.baseline.rate
+            l.journal.batch.unwrap_or(0.0),
+            fmt_rate(l.matched.1.rate),
+            l.matched.0,
+            l.journal.rate / l.matched.1.rate,
+            fmt_rate(l.fixed.rate),
+            l.journal.rate / l.fixed.rate,
         );
     }
     println!();
     println!(
-        "{} messages of {BODY_SIZE} bytes per measurement; each producer waits for the commit of its message before sending the next.",
+        "{} messages of {BODY_SIZE} bytes per measurement; each producer waits for the commit of its message before sending the next. \
+         Raw sqlx: one writer, native driver, multi-row INSERT of the same rows, one transaction per batch.",
         cfg.messages
     );
+    if let Some(s) = pg_settings_line {
+        println!("PostgreSQL: {s}.");
+    }
     for n in notes {
         println!("{n}");
     }

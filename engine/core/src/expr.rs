@@ -6,6 +6,9 @@
 //! - `headers`: a map of string to string;
 //! - `message`: `{id, pipeline, facility, kind, source, attempts, received_at}`.
 //!
+//! Adapters add kind-specific variables and functions (e.g. `hl7('PID-3[2].1')` for `hl7v2`
+//! messages) by registering a [`KindSupport`] with `inventory::submit!`.
+//!
 //! Expressions are compiled once when the pipeline is built; a syntax error is a config error.
 
 use std::fmt;
@@ -13,6 +16,30 @@ use std::fmt;
 use cel::{Context, Program, Value};
 
 use crate::work::{StepError, Work};
+
+/// Renders a body (with its headers) as JSON for the API.
+pub type Describe =
+    fn(&[u8], &std::collections::BTreeMap<String, String>) -> Result<serde_json::Value, String>;
+
+/// What an adapter adds to expressions over messages of its kind.
+pub struct KindSupport {
+    /// The message kind, e.g. `hl7v2`.
+    pub kind: &'static str,
+    /// Adds variables and functions to the context (after the standard ones, so it may replace
+    /// `body`). Parse once per message with [`Work::cached`].
+    pub extend: fn(&mut Work, &mut Context<'_>) -> Result<(), StepError>,
+    /// The parsed form shown by `GET /api/messages/{id}` under `parsed`.
+    pub describe: Describe,
+}
+
+inventory::collect!(KindSupport);
+
+/// The registered support for a message kind, if an adapter provides one.
+pub fn kind_support(kind: &str) -> Option<&'static KindSupport> {
+    inventory::iter::<KindSupport>
+        .into_iter()
+        .find(|k| k.kind == kind)
+}
 
 /// A compiled CEL expression with its source text.
 #[derive(Clone)]
@@ -52,7 +79,12 @@ impl Expr {
     /// Evaluates against a message.
     pub fn eval(&self, work: &mut Work) -> Result<Value, StepError> {
         let mut ctx = Context::default();
-        let body = work.body_value()?;
+        let body = if kind_support(&work.kind).is_some() {
+            // The adapter decides what `body` is (its bytes may be in another charset).
+            cel::Value::Null
+        } else {
+            work.body_value()?
+        };
         ctx.add_variable_from_value("body", body);
         ctx.add_variable("headers", &work.headers)
             .map_err(|e| StepError::new(format!("headers: {e}")))?;
@@ -67,6 +99,9 @@ impl Expr {
         });
         ctx.add_variable("message", meta)
             .map_err(|e| StepError::new(format!("message: {e}")))?;
+        if let Some(k) = kind_support(&work.kind) {
+            (k.extend)(work, &mut ctx)?;
+        }
         self.program
             .execute(&ctx)
             .map_err(|e| StepError::new(format!("expression {:?} failed: {e}", self.source)))

@@ -63,7 +63,7 @@ impl State {
 
 impl fmt::Display for State {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -87,6 +87,10 @@ pub struct NewMessage {
     pub trace_id: Option<String>,
     /// The message this one was routed from, if any.
     pub parent_id: Option<MessageId>,
+    /// Set when the source refused the message (e.g. an HL7 frame that does not parse): it is
+    /// journaled straight into the `dead` state with this reason, so nothing received is lost,
+    /// and it is not processed. Reprocessing it runs the pipeline on it like any other.
+    pub rejected: Option<String>,
 }
 
 impl NewMessage {
@@ -101,6 +105,7 @@ impl NewMessage {
             dedup_key: None,
             trace_id: None,
             parent_id: None,
+            rejected: None,
         }
     }
 }

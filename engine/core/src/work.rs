@@ -3,8 +3,10 @@
 //! The journaled body is never changed (it stays as received, for replay). Steps work on this
 //! copy; the body is parsed as JSON at most once and written back only if a step changed it.
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use crate::message::{Message, MessageId};
 
@@ -64,6 +66,8 @@ pub struct Work {
     body: Vec<u8>,
     json: Option<serde_json::Value>,
     json_dirty: bool,
+    /// Parsed forms of the body made by adapters (see [`Work::cached`]).
+    cache: Vec<Arc<dyn Any + Send + Sync>>,
 }
 
 impl fmt::Debug for Work {
@@ -91,7 +95,33 @@ impl Work {
             body: m.body.clone(),
             json: None,
             json_dirty: false,
+            cache: Vec::new(),
         }
+    }
+
+    /// A parsed form of the body, made once per message (per body) by `make` and shared by
+    /// every later step and expression. Replacing the body drops it.
+    pub fn cached<T, F>(&mut self, make: F) -> Result<Arc<T>, StepError>
+    where
+        T: Any + Send + Sync,
+        F: FnOnce(&Work) -> Result<T, StepError>,
+    {
+        if let Some(hit) = self
+            .cache
+            .iter()
+            .find_map(|c| c.clone().downcast::<T>().ok())
+        {
+            return Ok(hit);
+        }
+        self.body();
+        let made = Arc::new(make(self)?);
+        self.cache.push(made.clone());
+        Ok(made)
+    }
+
+    /// The body bytes as they are now (without re-serializing pending JSON changes).
+    pub fn raw_body(&self) -> &[u8] {
+        &self.body
     }
 
     /// The body bytes, including any change a step made to its JSON.
@@ -108,6 +138,7 @@ impl Work {
     /// Replaces the body with raw bytes.
     pub fn set_body(&mut self, body: Vec<u8>) {
         self.body = body;
+        self.cache.clear();
         self.json = None;
         self.json_dirty = false;
     }
@@ -123,6 +154,7 @@ impl Work {
     pub fn json_mut(&mut self) -> Result<&mut serde_json::Value, StepError> {
         self.parse_json()?;
         self.json_dirty = true;
+        self.cache.clear();
         Ok(self.json.as_mut().expect("parsed above"))
     }
 
@@ -151,6 +183,7 @@ impl Work {
 
     /// Replaces the body with a JSON value.
     pub fn set_json(&mut self, v: serde_json::Value) {
+        self.cache.clear();
         self.json = Some(v);
         self.json_dirty = true;
         self.kind = "json".into();

@@ -19,6 +19,7 @@ use serde::{Deserialize, Deserializer};
 use serde_saphyr::Spanned;
 
 pub use error::{ConfigError, ConfigErrors};
+use error::{first_quoted, tidy_build_error};
 use interpolate::interpolate;
 
 use crate::expr::Expr;
@@ -213,7 +214,7 @@ pub struct PipelineConfig {
     #[serde(default)]
     pub sinks: Vec<Spanned<Box<dyn SinkConfig>>>,
     /// Messages processed at the same time.
-    #[serde(default = "default_concurrency")]
+    #[serde(default = "default_concurrency", deserialize_with = "at_least_one")]
     pub concurrency: usize,
     /// Messages waiting in memory before sources are made to wait (back-pressure).
     #[serde(default = "default_queue")]
@@ -225,6 +226,19 @@ pub struct PipelineConfig {
     pub retry: RetryConfig,
     #[serde(default)]
     pub dedup: DedupConfig,
+}
+
+/// A count that must be at least 1, reported at its position when it is 0.
+fn at_least_one<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default + PartialEq,
+{
+    let v = T::deserialize(d)?;
+    if v == T::default() {
+        return Err(serde::de::Error::custom("must be at least 1, found 0"));
+    }
+    Ok(v)
 }
 
 fn default_facility() -> String {
@@ -242,7 +256,7 @@ fn default_queue() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     /// Attempts in all, the first included (default 5). 1 means no retry.
-    #[serde(default = "default_max_attempts")]
+    #[serde(default = "default_max_attempts", deserialize_with = "at_least_one")]
     pub max_attempts: u32,
     /// Wait before the second attempt (default 1s); doubles each time.
     #[serde(default = "default_backoff", with = "duration")]
@@ -315,12 +329,36 @@ pub struct Loaded {
 }
 
 /// Parses one YAML document into `T`, after `${ENV}` interpolation.
+/// Parses a pipeline file: one pipeline, or several YAML documents separated by `---`, each a
+/// pipeline (so a demo or a site can keep related pipelines together).
+pub fn parse_pipelines(file: &Path, text: &str) -> Result<Vec<PipelineConfig>, ConfigError> {
+    let interpolated = interpolate(file, text)?;
+    let docs: Vec<PipelineConfig> =
+        serde_saphyr::from_multiple(&interpolated.text).map_err(|e| {
+            let mut err = ConfigError::from_yaml(file, &interpolated.text, &e);
+            interpolated.restore(text, &mut err);
+            err
+        })?;
+    if docs.is_empty() {
+        return Err(ConfigError::file(
+            file,
+            "the file is empty: a pipeline needs at least `version`, `name` and `source`".into(),
+        ));
+    }
+    Ok(docs)
+}
+
 pub fn parse_yaml<T: serde::de::DeserializeOwned>(
     file: &Path,
     text: &str,
 ) -> Result<T, ConfigError> {
-    let text = interpolate(file, text)?;
-    serde_saphyr::from_str::<T>(&text).map_err(|e| ConfigError::from_yaml(file, &text, &e))
+    let interpolated = interpolate(file, text)?;
+    serde_saphyr::from_str::<T>(&interpolated.text).map_err(|e| {
+        let mut err = ConfigError::from_yaml(file, &interpolated.text, &e);
+        // Show the line as written, never with `${VAR}` values (they may be secrets).
+        interpolated.restore(text, &mut err);
+        err
+    })
 }
 
 fn read(file: &Path) -> Result<String, ConfigError> {
@@ -375,8 +413,11 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigErrors> {
     }
     let mut pipelines = Vec::new();
     for f in files {
-        match read(&f).and_then(|t| parse_yaml::<PipelineConfig>(&f, &t)) {
-            Ok(config) => pipelines.push(LoadedPipeline { file: f, config }),
+        match read(&f).and_then(|t| parse_pipelines(&f, &t)) {
+            Ok(configs) => pipelines.extend(configs.into_iter().map(|config| LoadedPipeline {
+                file: f.clone(),
+                config,
+            })),
             Err(e) => errors.push(e),
         }
     }
@@ -437,8 +478,11 @@ pub fn validate_paths(paths: &[PathBuf]) -> Result<usize, ConfigErrors> {
                 errors.push(e);
             }
         } else {
-            match parse_yaml::<PipelineConfig>(&f, &text) {
-                Ok(config) => pipelines.push(LoadedPipeline { file: f, config }),
+            match parse_pipelines(&f, &text) {
+                Ok(configs) => pipelines.extend(configs.into_iter().map(|config| LoadedPipeline {
+                    file: f.clone(),
+                    config,
+                })),
                 Err(e) => errors.push(e),
             }
         }
@@ -459,6 +503,36 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
+/// A valid name close to an invalid one (`Lab Results` → `lab-results`).
+fn suggest_name(name: &str) -> Option<String> {
+    let mut out = String::new();
+    for c in name.trim().chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
+            out.push(c);
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    let out: String = out.trim_matches('-').chars().take(64).collect();
+    (valid_name(&out) && out != name).then_some(out)
+}
+
+/// `; the pipelines checked are "a", "b"` — when validating one file, a route to a pipeline in
+/// another file is unknown, and this says why.
+fn known_pipelines(names: &BTreeMap<&str, &LoadedPipeline>) -> String {
+    const MAX: usize = 8;
+    let mut list: Vec<String> = names.keys().take(MAX).map(|n| format!("{n:?}")).collect();
+    if names.len() > MAX {
+        list.push(format!("and {} more", names.len() - MAX));
+    }
+    match names.len() {
+        0 => String::new(),
+        1 => format!(" (the only pipeline checked is {})", list[0]),
+        _ => format!(" (the pipelines checked are {})", list.join(", ")),
+    }
+}
+
 /// Builds every pipeline without starting it and returns every error found.
 pub fn check(pipelines: &[LoadedPipeline]) -> Vec<ConfigError> {
     let mut errors = Vec::new();
@@ -471,7 +545,10 @@ pub fn check(pipelines: &[LoadedPipeline]) -> Vec<ConfigError> {
                 &p.file,
                 &p.config.name.referenced,
                 format!(
-                    "invalid pipeline name {name:?}: use 1 to 64 lowercase letters, digits, '-' or '_'"
+                    "invalid pipeline name {name:?}: use 1 to 64 lowercase letters, digits, '-' or '_'{}",
+                    suggest_name(name)
+                        .map(|s| format!(", e.g. {s:?}"))
+                        .unwrap_or_default()
                 ),
             ));
         }
@@ -488,9 +565,10 @@ pub fn check(pipelines: &[LoadedPipeline]) -> Vec<ConfigError> {
         if let Some(path) = p.config.source.value.http_path()
             && let Some(first) = paths.insert(path.clone(), p)
         {
-            errors.push(ConfigError::at(
+            errors.push(ConfigError::at_value(
                 &p.file,
                 &p.config.source.referenced,
+                Some(&path),
                 format!(
                     "http path {path} is already used by pipeline {:?} ({})",
                     first.config.name.value,
@@ -518,28 +596,34 @@ pub fn check(pipelines: &[LoadedPipeline]) -> Vec<ConfigError> {
             router: Router::default(),
         };
         if let Err(e) = p.config.source.value.build(&ctx) {
-            errors.push(ConfigError::at(
+            let e = tidy_build_error(&e);
+            errors.push(ConfigError::at_value(
                 &p.file,
                 &p.config.source.referenced,
+                first_quoted(&e),
                 format!("source: {e}"),
             ));
         }
         for (i, s) in p.config.steps.iter().enumerate() {
             if let Err(e) = s.value.build(&ctx) {
-                errors.push(ConfigError::at(
+                let e = tidy_build_error(&e);
+                errors.push(ConfigError::at_value(
                     &p.file,
                     &s.referenced,
+                    first_quoted(&e),
                     format!("steps[{i}]: {e}"),
                 ));
             }
             for target in s.value.routes_to() {
                 if !names.contains_key(target.as_str()) {
-                    let hint = error::did_you_mean(&target, names.keys().copied())
-                        .map(|s| format!("; did you mean {s:?}?"))
-                        .unwrap_or_default();
-                    errors.push(ConfigError::at(
+                    let hint = match error::did_you_mean(&target, names.keys().copied()) {
+                        Some(s) => format!("; did you mean {s:?}?"),
+                        None => known_pipelines(&names),
+                    };
+                    errors.push(ConfigError::at_value(
                         &p.file,
                         &s.referenced,
+                        Some(&target),
                         format!(
                             "steps[{i}]: route target {target:?} is not a known pipeline{hint}"
                         ),
@@ -549,9 +633,11 @@ pub fn check(pipelines: &[LoadedPipeline]) -> Vec<ConfigError> {
         }
         for (i, s) in p.config.sinks.iter().enumerate() {
             if let Err(e) = s.value.build(&ctx, i) {
-                errors.push(ConfigError::at(
+                let e = tidy_build_error(&e);
+                errors.push(ConfigError::at_value(
                     &p.file,
                     &s.referenced,
+                    first_quoted(&e),
                     format!("sinks[{i}]: {e}"),
                 ));
             }

@@ -35,10 +35,13 @@ use crate::message::{NewMessage, State as MsgState};
 use crate::runner::{Metrics, PipelineHandle};
 use crate::store::{ListFilter, Store, StoreError};
 
+/// A registered `http` source: its pipeline and configured message kind.
+type IngressRoute = (PipelineHandle, Option<String>);
+
 /// Paths of running `http` sources → their pipelines.
 #[derive(Clone, Default)]
 pub struct HttpIngress {
-    routes: Arc<RwLock<HashMap<String, (PipelineHandle, Option<String>)>>>,
+    routes: Arc<RwLock<HashMap<String, IngressRoute>>>,
 }
 
 impl HttpIngress {
@@ -54,7 +57,7 @@ impl HttpIngress {
         }
     }
 
-    fn get(&self, path: &str) -> Option<(PipelineHandle, Option<String>)> {
+    fn get(&self, path: &str) -> Option<IngressRoute> {
         self.routes.read().ok().and_then(|r| r.get(path).cloned())
     }
 }
@@ -265,6 +268,12 @@ pub async fn message_detail(store: &Store, id: &str) -> Result<serde_json::Value
     let mut v = serde_json::to_value(&m).unwrap_or_default();
     v["body"] = body.into();
     v["body_encoding"] = enc.into();
+    if let Some(k) = crate::expr::kind_support(&m.kind) {
+        v["parsed"] = match (k.describe)(&m.body, &m.headers) {
+            Ok(p) => p,
+            Err(e) => json!({ "error": e }),
+        };
+    }
     v["errors"] = serde_json::to_value(errors).unwrap_or_default();
     v["effects"] = effects.into();
     Ok(v)

@@ -214,6 +214,12 @@ impl PipelineHandle {
             i.metrics.duplicate(&i.name);
             return Ok(accepted);
         }
+        if fresh.rejected.is_some() {
+            // Journaled as a dead letter by the source's decision; nothing to run.
+            i.metrics.received(&i.name);
+            i.metrics.dead(&i.name);
+            return Ok(accepted);
+        }
         i.metrics.received(&i.name);
         let mut m = preview(&fresh);
         m.id.clone_from(&accepted.id);

@@ -3,8 +3,11 @@
 //! Sources call [`Journal::append`] and acknowledge their sender only after it returns `Ok`: by
 //! then the message is committed (durability per [`super::Durability`]). Many concurrent callers
 //! are served by one writer task per connection, which drains whatever requests are waiting (up
-//! to `max_batch`) and commits them in a single transaction. Under load the batch grows and the
-//! cost of a commit is shared; at idle a lone request is committed at once.
+//! to `max_batch`) and commits them in a single transaction. Before closing a batch the writer
+//! yields to the runtime for as long as that brings more requests, so the producers woken by the
+//! previous commit get their next message into this batch rather than into a nearly empty one.
+//! Under load the batch grows and the cost of a commit is shared; at idle a lone request is
+//! committed at once (after one yield).
 //!
 //! Dedup: a message with a dedup key whose (pipeline, key, body hash) is already journaled is not
 //! inserted again; the caller gets the first message's id and state (`duplicate: true`). The same
@@ -15,13 +18,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
-use sqlx::{AnyConnection, Connection, Row};
+use sqlx::any::{Any, AnyArguments};
+use sqlx::query::Query;
+use sqlx::{AnyConnection, Arguments, AssertSqlSafe, Connection, Encode, Row, Type};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::sql::Sql;
-use super::{Result, Store, StoreError, q};
+use super::{Backend, Result, Store, StoreError, q};
 use crate::message::{Accepted, MessageId, NewMessage, REUSED_KEY_HEADER, State, new_id, now_ms};
 
 /// Tuning of the journal writer.
@@ -118,11 +123,28 @@ enum Op {
     },
 }
 
+/// Counters of the journal writer (for benchmarks and metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    /// Batches the writer has taken from its queue: one transaction each (more if the batch
+    /// failed and its operations were retried one by one).
+    pub batches: u64,
+    /// Operations (appends and transitions) in those batches.
+    pub ops: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    batches: AtomicU64,
+    ops: AtomicU64,
+}
+
 /// Handle to the journal writer. Cheap to clone; the writer stops when every handle is dropped.
 #[derive(Clone)]
 pub struct Journal {
     tx: mpsc::Sender<Op>,
     store: Store,
+    counters: Arc<Counters>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -136,6 +158,7 @@ impl Journal {
     pub fn start(store: Store, opts: JournalOptions) -> Journal {
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
         let rx = Arc::new(Mutex::new(rx));
+        let counters = Arc::new(Counters::default());
         let writers = match store.backend() {
             super::Backend::Sqlite => 1,
             super::Backend::Postgres => opts.writers.max(1),
@@ -143,10 +166,23 @@ impl Journal {
         for _ in 0..writers {
             let rx = rx.clone();
             let store = store.clone();
+            let counters = counters.clone();
             let max_batch = opts.max_batch.max(1);
-            tokio::spawn(async move { writer_loop(store, rx, max_batch).await });
+            tokio::spawn(async move { writer_loop(store, rx, counters, max_batch).await });
         }
-        Journal { tx, store }
+        Journal {
+            tx,
+            store,
+            counters,
+        }
+    }
+
+    /// What the writer has done so far.
+    pub fn stats(&self) -> JournalStats {
+        JournalStats {
+            batches: self.counters.batches.load(Ordering::Relaxed),
+            ops: self.counters.ops.load(Ordering::Relaxed),
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -184,7 +220,12 @@ impl Journal {
     }
 }
 
-async fn writer_loop(store: Store, rx: Arc<Mutex<mpsc::Receiver<Op>>>, max_batch: usize) {
+async fn writer_loop(
+    store: Store,
+    rx: Arc<Mutex<mpsc::Receiver<Op>>>,
+    counters: Arc<Counters>,
+    max_batch: usize,
+) {
     loop {
         let mut batch = Vec::with_capacity(64);
         {
@@ -193,20 +234,46 @@ async fn writer_loop(store: Store, rx: Arc<Mutex<mpsc::Receiver<Op>>>, max_batch
                 return;
             };
             batch.push(first);
-            while batch.len() < max_batch {
-                match rx.try_recv() {
-                    Ok(op) => batch.push(op),
-                    Err(_) => break,
+            drain(&mut rx, &mut batch, max_batch);
+            // Producers that are runnable right now (typically those whose previous operation
+            // was just committed) are about to send their next one: let them run and take what
+            // they send into this batch too, while each round still brings something. At idle
+            // this costs one yield.
+            for _ in 0..MAX_GATHER_ROUNDS {
+                if batch.len() >= max_batch {
+                    break;
+                }
+                let before = batch.len();
+                tokio::task::yield_now().await;
+                drain(&mut rx, &mut batch, max_batch);
+                if batch.len() == before {
+                    break;
                 }
             }
         }
+        counters.batches.fetch_add(1, Ordering::Relaxed);
+        counters
+            .ops
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         commit_batch(&store, batch).await;
     }
 }
 
-struct Prepared {
+/// Most times the writer yields to let more operations arrive before it commits a batch.
+const MAX_GATHER_ROUNDS: usize = 8;
+
+fn drain(rx: &mut mpsc::Receiver<Op>, batch: &mut Vec<Op>, max_batch: usize) {
+    while batch.len() < max_batch {
+        match rx.try_recv() {
+            Ok(op) => batch.push(op),
+            Err(_) => break,
+        }
+    }
+}
+
+struct Prepared<'a> {
     id: MessageId,
-    msg: NewMessage,
+    msg: &'a NewMessage,
     hash: Option<String>,
     headers_json: String,
     reused_key: bool,
@@ -274,6 +341,9 @@ async fn commit_batch(store: &Store, batch: Vec<Op>) {
     }
 }
 
+/// Most rows in one multi-row statement.
+const CHUNK: usize = 500;
+
 /// Applies appends and transitions in one transaction.
 async fn apply(
     store: &Store,
@@ -286,11 +356,69 @@ async fn apply(
         .acquire()
         .await
         .map_err(q("acquire writer connection"))?;
+    let backend = store.backend();
+    // The common batch, fresh messages without dedup keys and nothing else, is a single INSERT
+    // statement: it is atomic and durable on its own (autocommit), which saves the round trips
+    // of BEGIN and COMMIT.
+    if transitions.is_empty()
+        && appends.len() <= CHUNK
+        && appends.iter().all(|m| m.dedup_key.is_none())
+    {
+        let accepted = append_all(&mut conn, backend, appends, now).await?;
+        return Ok((accepted, Vec::new()));
+    }
     let mut tx = conn.begin().await.map_err(q("begin journal batch"))?;
-    let accepted = append_all(&mut tx, appends, now).await?;
-    let applied = transition_all(&mut tx, transitions, now).await?;
+    let accepted = append_all(&mut tx, backend, appends, now).await?;
+    let applied = transition_all(&mut tx, backend, transitions, now).await?;
     tx.commit().await.map_err(q("commit journal batch"))?;
     Ok((accepted, applied))
+}
+
+/// SQL text and arguments for the writer's statements. Like `super::sql::Sql`, but SQLite gets
+/// anonymous `?` placeholders: sqlx's SQLite driver binds a numbered `$n` parameter by asking
+/// SQLite for its name (`sqlite3_bind_parameter_name`, a linear scan of the statement's
+/// parameters), which makes binding a multi-row insert quadratic in its number of parameters.
+/// PostgreSQL needs `$n`. Values are bound in the order their placeholders appear.
+struct Stmt {
+    text: String,
+    args: AnyArguments,
+    n: usize,
+    numbered: bool,
+}
+
+impl Stmt {
+    fn new(backend: Backend, text: &str) -> Stmt {
+        Stmt {
+            text: text.to_owned(),
+            args: AnyArguments::default(),
+            n: 0,
+            numbered: backend == Backend::Postgres,
+        }
+    }
+
+    fn push(&mut self, text: &str) {
+        self.text.push_str(text);
+    }
+
+    fn bind<'t, T>(&mut self, value: T)
+    where
+        T: Encode<'t, Any> + Type<Any>,
+    {
+        self.n += 1;
+        if self.numbered {
+            use std::fmt::Write;
+            let _ = write!(self.text, "${}", self.n);
+        } else {
+            self.text.push('?');
+        }
+        // Adding an argument to AnyArguments only fails for types the Any driver cannot encode,
+        // which the bounds above rule out.
+        let _ = self.args.add(value);
+    }
+
+    fn query(self) -> Query<'static, Any, AnyArguments> {
+        sqlx::query_with(AssertSqlSafe(self.text), self.args)
+    }
 }
 
 fn body_hash(body: &[u8]) -> String {
@@ -299,6 +427,7 @@ fn body_hash(body: &[u8]) -> String {
 
 async fn append_all(
     conn: &mut AnyConnection,
+    backend: Backend,
     appends: &[&NewMessage],
     now: i64,
 ) -> Result<Vec<Accepted>> {
@@ -327,8 +456,9 @@ async fn append_all(
                 }
             }
             if dup.is_none() {
-                let mut s = Sql::new(
-                    "SELECT id, body_hash, state, headers FROM messages WHERE pipeline = ".into(),
+                let mut s = Stmt::new(
+                    backend,
+                    "SELECT id, body_hash, state, headers FROM messages WHERE pipeline = ",
                 );
                 s.bind(msg.pipeline.as_str());
                 s.push(" AND dedup_key = ");
@@ -380,7 +510,7 @@ async fn append_all(
         }
         rows.push(Prepared {
             id: new_id(),
-            msg: (*msg).clone(),
+            msg,
             hash,
             headers_json,
             reused_key,
@@ -391,10 +521,11 @@ async fn append_all(
     // Multi-row inserts. A concurrent writer (PostgreSQL) may have inserted the same dedup key in
     // the meantime: ON CONFLICT DO NOTHING, then the rows that did not come back are duplicates.
     let mut lost: Vec<usize> = Vec::new();
-    for (chunk_no, chunk) in rows.chunks(500).enumerate() {
+    for (chunk_no, chunk) in rows.chunks(CHUNK).enumerate() {
         let deduped = chunk.iter().any(|r| r.hash.is_some());
-        let mut s = Sql::new(
-            "INSERT INTO messages (id, facility, pipeline, kind, body, headers, source, received_at, trace_id, dedup_key, body_hash, parent_id, state, updated_at) VALUES ".into(),
+        let mut s = Stmt::new(
+            backend,
+            "INSERT INTO messages (id, facility, pipeline, kind, body, headers, source, received_at, trace_id, dedup_key, body_hash, parent_id, state, updated_at) VALUES ",
         );
         for (i, r) in chunk.iter().enumerate() {
             s.push(if i == 0 { "(" } else { ", (" });
@@ -438,7 +569,7 @@ async fn append_all(
                 .collect();
             for (i, r) in chunk.iter().enumerate() {
                 if !ids.contains(&r.id) {
-                    lost.push(chunk_no * 500 + i);
+                    lost.push(chunk_no * CHUNK + i);
                 }
             }
         } else {
@@ -448,10 +579,22 @@ async fn append_all(
                 .map_err(q("append messages"))?;
         }
     }
+    // Messages their source refused are kept, as dead letters with the reason (rare: one
+    // statement each, in the same transaction as their insert).
+    for r in rows.iter().filter(|r| r.msg.rejected.is_some()) {
+        let mut s = Stmt::new(backend, "UPDATE messages SET state = 'dead', last_error = ");
+        s.bind(r.msg.rejected.as_deref());
+        s.push(" WHERE id = ");
+        s.bind(r.id.as_str());
+        s.query()
+            .execute(&mut *conn)
+            .await
+            .map_err(q("record refused message"))?;
+    }
     let mut raced: BTreeMap<usize, Accepted> = BTreeMap::new();
     for idx in lost {
         let r = &rows[idx];
-        let mut s = Sql::new("SELECT id, state FROM messages WHERE pipeline = ".into());
+        let mut s = Stmt::new(backend, "SELECT id, state FROM messages WHERE pipeline = ");
         s.bind(r.msg.pipeline.as_str());
         s.push(" AND dedup_key = ");
         s.bind(r.msg.dedup_key.as_deref());
@@ -481,7 +624,11 @@ async fn append_all(
                 id: rows[idx].id.clone(),
                 duplicate: false,
                 reused_key: rows[idx].reused_key,
-                state: State::Received,
+                state: if rows[idx].msg.rejected.is_some() {
+                    State::Dead
+                } else {
+                    State::Received
+                },
             }),
         })
         .collect())
@@ -489,6 +636,7 @@ async fn append_all(
 
 async fn transition_all(
     conn: &mut AnyConnection,
+    backend: Backend,
     transitions: &[&Transition],
     now: i64,
 ) -> Result<Vec<bool>> {
@@ -497,8 +645,11 @@ async fn transition_all(
     let processing: Vec<usize> = (0..transitions.len())
         .filter(|&i| matches!(transitions[i], Transition::Processing { .. }))
         .collect();
-    for chunk in processing.chunks(500) {
-        let mut s = Sql::new("UPDATE messages SET state = 'processing', updated_at = ".into());
+    for chunk in processing.chunks(CHUNK) {
+        let mut s = Stmt::new(
+            backend,
+            "UPDATE messages SET state = 'processing', updated_at = ",
+        );
         s.bind(now);
         s.push(" WHERE state = 'received' AND next_attempt_at IS NULL AND id IN (");
         for (n, &i) in chunk.iter().enumerate() {
@@ -519,10 +670,10 @@ async fn transition_all(
     let done: Vec<usize> = (0..transitions.len())
         .filter(|&i| matches!(transitions[i], Transition::Done { .. }))
         .collect();
-    for chunk in done.chunks(500) {
-        let mut s = Sql::new(
-            "UPDATE messages SET state = 'done', next_attempt_at = NULL, last_error = NULL, updated_at = "
-                .into(),
+    for chunk in done.chunks(CHUNK) {
+        let mut s = Stmt::new(
+            backend,
+            "UPDATE messages SET state = 'done', next_attempt_at = NULL, last_error = NULL, updated_at = ",
         );
         s.bind(now);
         s.push(" WHERE state IN ('received', 'processing') AND id IN (");
@@ -542,8 +693,9 @@ async fn transition_all(
             .iter()
             .filter_map(|r| r.try_get::<String, _>("id").ok())
             .collect();
-        let mut effects = Sql::new(
-            "INSERT INTO effects (message_id, sink, pipeline, body, recorded_at) VALUES ".into(),
+        let mut effects = Stmt::new(
+            backend,
+            "INSERT INTO effects (message_id, sink, pipeline, body, recorded_at) VALUES ",
         );
         let mut any_effect = false;
         for &i in chunk {
@@ -601,7 +753,7 @@ async fn transition_all(
             } => (id, *attempt, step, error, State::Dead, None),
             _ => continue,
         };
-        let mut s = Sql::new("UPDATE messages SET state = ".into());
+        let mut s = Stmt::new(backend, "UPDATE messages SET state = ");
         s.bind(state.as_str());
         s.push(", attempts = ");
         s.bind(attempt);
@@ -621,8 +773,9 @@ async fn transition_all(
             .map_err(q("record failure"))?;
         applied[i] = r.rows_affected() == 1;
         if applied[i] {
-            let mut e = Sql::new(
-                "INSERT INTO message_errors (message_id, attempt, at, step, error) VALUES (".into(),
+            let mut e = Stmt::new(
+                backend,
+                "INSERT INTO message_errors (message_id, attempt, at, step, error) VALUES (",
             );
             e.bind(id.as_str());
             e.push(", ");

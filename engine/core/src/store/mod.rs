@@ -327,7 +327,7 @@ impl Store {
             s.bind(c.as_str());
         }
         if let Some(text) = f.q.as_deref().filter(|t| !t.is_empty()) {
-            let pat = format!("%{}%", text.replace('%', "").replace('_', ""));
+            let pat = format!("%{}%", text.replace(['%', '_'], ""));
             s.push(" AND (id LIKE ");
             s.bind(pat.clone());
             for col in ["dedup_key", "trace_id", "source", "headers", "last_error"] {

@@ -1,0 +1,569 @@
+//! `mllp`: an HL7 v2 listener (MLLP over TCP).
+//!
+//! ```yaml
+//! source:
+//!   mllp:
+//!     listen: 127.0.0.1:2575
+//!     charset: GB18030          # when MSH-18 is empty (county HIS rarely fill it)
+//!     on_invalid_charset: reject  # or replace (decode with U+FFFD and flag the message)
+//!     allow: [127.0.0.1, 10.12.0.0/16]
+//! ```
+//! For each frame: decode with the charset `MSH-18` names (or the default), read the header,
+//! check version and processing id, journal the raw bytes, and only then answer AA/CA
+//! (STANDARDS HL7-11). The dedup key is `MSH-3|MSH-4|MSH-10` (HL7-14): an identical resend gets
+//! the same ACK and is not processed again. A frame that cannot be decoded or parsed, or whose
+//! header is unsupported, is answered AE/AR with an ERR segment and still journaled, as a dead
+//! letter with the reason, so nothing is lost. If the journal cannot commit, the answer is
+//! AR/CR (the sender may resend unchanged); never AA.
+//!
+//! Messages are stored with kind `hl7v2`, the raw bytes as received, and headers `hl7-type`
+//! (`ADT^A01`), `hl7-control-id`, `hl7-version`, `hl7-charset` (the encoding used),
+//! `hl7-sending-application`, `hl7-sending-facility`, and `hl7-app-ack` when the sender asked
+//! for an application ACK (enhanced mode).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use huizhen_core::config::duration;
+use huizhen_core::message::NewMessage;
+use huizhen_core::runner::{BuildContext, PipelineHandle};
+use huizhen_core::sources::{Source, SourceConfig, SourceContext};
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::ack::{self, AckCode, ErrorCode, ErrorDetail, Outcome};
+use crate::charset::{self, OnInvalid};
+use crate::mllp::{Deframer, Event, frame};
+use crate::parse::{Delimiters, Header, Message};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InvalidCharsetPolicy {
+    /// Answer AE and keep the message as a dead letter.
+    #[default]
+    Reject,
+    /// Decode with U+FFFD for bad bytes, accept, and flag it (`hl7-charset-replaced: true`).
+    Replace,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MllpSourceConfig {
+    /// Address to listen on, e.g. `127.0.0.1:2575` or `0.0.0.0:2575`.
+    pub listen: String,
+    /// Character set when `MSH-18` is empty (an HL7 table 0211 name or a common label).
+    #[serde(default = "default_charset")]
+    pub charset: String,
+    #[serde(default)]
+    pub on_invalid_charset: InvalidCharsetPolicy,
+    /// Largest frame accepted; a larger one closes the connection.
+    #[serde(default = "default_max_frame")]
+    pub max_frame_bytes: usize,
+    /// A connection idle this long is closed.
+    #[serde(default = "default_idle", with = "duration")]
+    pub idle_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Peers allowed to connect: IP addresses or CIDR blocks. Empty allows every peer.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Version assumed when `MSH-12` is empty (HL7-35); the original is kept.
+    #[serde(default = "default_version")]
+    pub default_version: String,
+}
+
+fn default_charset() -> String {
+    "GB18030".into()
+}
+fn default_max_frame() -> usize {
+    16 * 1024 * 1024
+}
+fn default_idle() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_connections() -> usize {
+    256
+}
+fn default_version() -> String {
+    "2.5".into()
+}
+
+/// An allow-list entry: an address and a prefix length.
+#[derive(Debug, Clone, Copy)]
+struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    fn parse(s: &str) -> Result<Cidr, String> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("allow: {s:?} is not an IP address or CIDR block"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("allow: bad prefix length in {s:?} (0..={max})"))?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match (self.addr, ip) {
+            (IpAddr::V4(_), IpAddr::V6(v6)) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            _ => ip,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(a) & mask == u32::from(b) & mask
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(a) & mask == u128::from(b) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+#[typetag::deserialize(name = "mllp")]
+impl SourceConfig for MllpSourceConfig {
+    fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn Source>, String> {
+        let default_charset = charset::encoding_for_msh18(&self.charset).ok_or_else(|| {
+            format!(
+                "unknown charset {:?}: use an HL7 table 0211 name such as \"UNICODE UTF-8\", \"GB 18030-2000\" or a label such as GBK",
+                self.charset
+            )
+        })?;
+        let _: SocketAddr = self.listen.parse().map_err(|_| {
+            format!(
+                "listen: {:?} is not an address like 127.0.0.1:2575",
+                self.listen
+            )
+        })?;
+        let allow = self
+            .allow
+            .iter()
+            .map(|a| Cidr::parse(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.max_connections == 0 {
+            return Err("max_connections must be at least 1".into());
+        }
+        Ok(Box::new(MllpSource {
+            config: Arc::new(self.clone()),
+            default_charset,
+            allow: Arc::new(allow),
+        }))
+    }
+}
+
+struct MllpSource {
+    config: Arc<MllpSourceConfig>,
+    default_charset: &'static encoding_rs::Encoding,
+    allow: Arc<Vec<Cidr>>,
+}
+
+impl Source for MllpSource {
+    fn describe(&self) -> String {
+        format!("mllp {}", self.config.listen)
+    }
+
+    fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), String>> {
+        Box::pin(async move {
+            let listener = TcpListener::bind(&self.config.listen)
+                .await
+                .map_err(|e| format!("cannot listen on {}: {e}", self.config.listen))?;
+            tracing::info!(pipeline = ctx.pipeline.name(), listen = %self.config.listen, "MLLP listener started");
+            let permits = Arc::new(Semaphore::new(self.config.max_connections));
+            let shared = Arc::new(Shared {
+                config: self.config.clone(),
+                default_charset: self.default_charset,
+                pipeline: ctx.pipeline.clone(),
+            });
+            loop {
+                let permit = tokio::select! {
+                    _ = ctx.shutdown.cancelled() => return Ok(()),
+                    p = permits.clone().acquire_owned() => p.map_err(|e| e.to_string())?,
+                };
+                let (stream, peer) = tokio::select! {
+                    _ = ctx.shutdown.cancelled() => return Ok(()),
+                    r = listener.accept() => match r {
+                        Ok(x) => x,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "MLLP accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                if !self.allow.is_empty() && !self.allow.iter().any(|c| c.contains(peer.ip())) {
+                    tracing::warn!(pipeline = ctx.pipeline.name(), %peer, "MLLP connection refused: peer not in the allow list");
+                    drop(stream);
+                    continue;
+                }
+                let shared = shared.clone();
+                let shutdown = ctx.shutdown.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    if let Err(e) = serve(stream, peer, &shared, shutdown).await {
+                        tracing::warn!(pipeline = shared.pipeline.name(), %peer, error = %e, "MLLP connection ended");
+                    }
+                });
+            }
+        })
+    }
+}
+
+struct Shared {
+    config: Arc<MllpSourceConfig>,
+    default_charset: &'static encoding_rs::Encoding,
+    pipeline: PipelineHandle,
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    s: &Shared,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<(), String> {
+    let _ = stream.set_nodelay(true);
+    let mut deframer = Deframer::new(s.config.max_frame_bytes);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            r = tokio::time::timeout(s.config.idle_timeout, stream.read(&mut buf)) => match r {
+                Err(_) => return Err(format!("idle for {:?}, closed", s.config.idle_timeout)),
+                Ok(Err(e)) => return Err(e.to_string()),
+                Ok(Ok(n)) => n,
+            },
+        };
+        if n == 0 {
+            if let Some(len) = deframer.finish() {
+                return Err(format!(
+                    "closed in the middle of a frame ({len} bytes, no end block): nothing was acknowledged"
+                ));
+            }
+            if deframer.pending_noise() > 0 {
+                tracing::warn!(%peer, bytes = deframer.pending_noise(), "bytes outside any MLLP frame discarded");
+            }
+            return Ok(());
+        }
+        for ev in deframer.push(&buf[..n]) {
+            match ev {
+                Event::Frame(raw) => {
+                    let ack = handle(s, peer, raw).await;
+                    stream
+                        .write_all(&frame(&ack))
+                        .await
+                        .map_err(|e| format!("cannot send ACK: {e}"))?;
+                }
+                Event::Noise(bytes) => {
+                    tracing::warn!(%peer, bytes, "bytes outside any MLLP frame discarded");
+                }
+                Event::Interrupted(bytes) => {
+                    tracing::warn!(%peer, bytes, "MLLP frame interrupted by a new start block; its bytes were discarded unacknowledged");
+                }
+                Event::TooLarge { limit } => {
+                    return Err(format!(
+                        "frame larger than {limit} bytes (max_frame_bytes): connection closed, nothing acknowledged"
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn now_hl7() -> String {
+    chrono::Utc::now().format("%Y%m%d%H%M%S").to_string()
+}
+
+/// A header read leniently from text that did not parse, so that even a broken message gets
+/// an ACK its sender can correlate (MSA-2 = its MSH-10, when that can be found).
+fn fallback_header(text: &str) -> Header {
+    let first = text.split(['\r', '\n']).next().unwrap_or("");
+    let mut h = Header {
+        delimiters: Delimiters::default(),
+        ..Header::default()
+    };
+    if let Some(rest) = first.strip_prefix("MSH")
+        && let Some(sep) = rest.chars().next()
+    {
+        let fields: Vec<&str> = rest.split(sep).collect();
+        // fields[0] is empty (before MSH-1); fields[n-1] is MSH-n for n >= 2.
+        let get = |n: usize| {
+            fields
+                .get(n - 1)
+                .map(|s| (*s).to_owned())
+                .unwrap_or_default()
+        };
+        h.sending_application = get(3);
+        h.sending_facility = get(4);
+        h.receiving_application = get(5);
+        h.receiving_facility = get(6);
+        h.control_id = get(10);
+        h.processing_id = get(11).chars().take(1).collect();
+        h.version = get(12);
+        if sep.is_ascii_punctuation() && sep != '^' {
+            h.delimiters.field = sep;
+        }
+    }
+    h
+}
+
+/// Handles one frame: returns the ACK bytes to send back.
+async fn handle(s: &Shared, peer: SocketAddr, raw: Vec<u8>) -> Vec<u8> {
+    let on_invalid = match s.config.on_invalid_charset {
+        InvalidCharsetPolicy::Reject => OnInvalid::Reject,
+        InvalidCharsetPolicy::Replace => OnInvalid::Replace,
+    };
+    let decoded = match charset::decode(&raw, s.default_charset, on_invalid) {
+        Ok(d) => d,
+        Err(e) => {
+            // Read the header anyway (its fields are ASCII) to answer something correlatable.
+            let lossy = charset::decode(&raw, s.default_charset, OnInvalid::Replace)
+                .map(|d| d.text)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&raw).into_owned());
+            let h = Message::parse(&lossy)
+                .map(|m| m.header())
+                .unwrap_or_else(|_| fallback_header(&lossy));
+            let code = match e {
+                charset::CharsetError::Unknown(_) => ErrorCode::TableValueNotFound,
+                _ => ErrorCode::DataType,
+            };
+            let detail = ErrorDetail {
+                code,
+                segment: "MSH".into(),
+                sequence: 1,
+                field: 18,
+                text: e.to_string(),
+            };
+            return reject(
+                s,
+                peer,
+                raw,
+                &h,
+                Outcome::ContentError(detail),
+                s.default_charset,
+            )
+            .await;
+        }
+    };
+    let encoding = decoded.encoding;
+    let replaced = decoded.replaced;
+    let message = match Message::from_decoded(decoded) {
+        Ok(m) => m,
+        Err(e) => {
+            let text = encoding.decode_without_bom_handling(&raw).0.into_owned();
+            let h = fallback_header(&text);
+            let detail = ErrorDetail {
+                code: ErrorCode::SegmentSequence,
+                segment: "MSH".into(),
+                sequence: 1,
+                field: 0,
+                text: format!("not a readable HL7 v2 message: {e}"),
+            };
+            return reject(s, peer, raw, &h, Outcome::Rejected(detail), encoding).await;
+        }
+    };
+    let h = message.header();
+    if let Some(detail) = check_header(&h) {
+        return reject(s, peer, raw, &h, Outcome::Rejected(detail), encoding).await;
+    }
+    let mut m = NewMessage::new(s.pipeline.name(), s.pipeline.facility(), "hl7v2", raw);
+    m.source = format!("mllp {peer}");
+    let version = if h.version.is_empty() {
+        tracing::warn!(%peer, control_id = %h.control_id, default = %s.config.default_version, "MSH-12 is empty; the channel's default version applies");
+        s.config.default_version.clone()
+    } else {
+        h.version.clone()
+    };
+    m.headers.insert(
+        "hl7-type".into(),
+        format!("{}^{}", h.message_type, h.trigger),
+    );
+    m.headers
+        .insert("hl7-control-id".into(), h.control_id.clone());
+    m.headers.insert("hl7-version".into(), version);
+    m.headers
+        .insert("hl7-charset".into(), encoding.name().to_owned());
+    m.headers.insert(
+        "hl7-sending-application".into(),
+        h.sending_application.clone(),
+    );
+    m.headers
+        .insert("hl7-sending-facility".into(), h.sending_facility.clone());
+    if replaced {
+        m.headers
+            .insert("hl7-charset-replaced".into(), "true".into());
+    }
+    let plan = ack::plan(&h.accept_ack, &h.app_ack, &Outcome::Accepted);
+    if let Some(c) = plan.application {
+        m.headers.insert("hl7-app-ack".into(), format!("{c:?}"));
+    }
+    if !h.control_id.is_empty() {
+        m.dedup_key = Some(format!(
+            "{}|{}|{}",
+            h.sending_application, h.sending_facility, h.control_id
+        ));
+    }
+    let outcome = match s.pipeline.submit(m).await {
+        Ok(a) => {
+            if a.reused_key {
+                tracing::warn!(%peer, control_id = %h.control_id, id = %a.id, "control id reused with a different message: processed and flagged");
+            }
+            Outcome::Accepted
+        }
+        Err(e) => {
+            tracing::error!(%peer, control_id = %h.control_id, error = %e, "message not journaled: answering AR/CR");
+            Outcome::Rejected(ErrorDetail {
+                code: ErrorCode::InternalError,
+                segment: "MSH".into(),
+                sequence: 1,
+                field: 0,
+                text: "the engine could not store the message; send it again".into(),
+            })
+        }
+    };
+    ack_bytes(&h, &outcome, encoding)
+}
+
+/// Version and processing id checks (HL7-11, HL7-35): AR for what cannot be handled at all.
+fn check_header(h: &Header) -> Option<ErrorDetail> {
+    let err = |code, field, text: String| {
+        Some(ErrorDetail {
+            code,
+            segment: "MSH".into(),
+            sequence: 1,
+            field,
+            text,
+        })
+    };
+    if !h.version.is_empty() && !h.version.trim().starts_with("2.") {
+        return err(
+            ErrorCode::UnsupportedVersion,
+            12,
+            format!("version {:?} is not HL7 v2.x", h.version),
+        );
+    }
+    if !matches!(h.processing_id.trim(), "P" | "D" | "T" | "") {
+        return err(
+            ErrorCode::UnsupportedProcessingId,
+            11,
+            format!("processing id {:?} is not P, D or T", h.processing_id),
+        );
+    }
+    if h.message_type.trim().is_empty() {
+        return err(
+            ErrorCode::RequiredFieldMissing,
+            9,
+            "MSH-9 (message type) is empty".into(),
+        );
+    }
+    None
+}
+
+/// Journals a message that cannot be accepted as a dead letter with the reason, and builds
+/// its AE/AR.
+async fn reject(
+    s: &Shared,
+    peer: SocketAddr,
+    raw: Vec<u8>,
+    h: &Header,
+    outcome: Outcome,
+    encoding: &'static encoding_rs::Encoding,
+) -> Vec<u8> {
+    let (kind, detail) = match &outcome {
+        Outcome::ContentError(d) => ("AE", d),
+        Outcome::Rejected(d) => ("AR", d),
+        Outcome::Accepted => return ack_bytes(h, &outcome, encoding),
+    };
+    tracing::warn!(%peer, control_id = %h.control_id, code = detail.code.code(), reason = %detail.text, "HL7 message refused ({kind})");
+    let mut m = NewMessage::new(s.pipeline.name(), s.pipeline.facility(), "hl7v2", raw);
+    m.source = format!("mllp {peer}");
+    m.headers
+        .insert("hl7-control-id".into(), h.control_id.clone());
+    m.headers
+        .insert("hl7-charset".into(), encoding.name().to_owned());
+    m.headers.insert("hl7-ack".into(), kind.into());
+    m.rejected = Some(format!(
+        "mllp: {kind} {} {}: {}",
+        detail.code.code(),
+        detail.code.text(),
+        detail.text
+    ));
+    if let Err(e) = s.pipeline.submit(m).await {
+        tracing::error!(%peer, error = %e, "refused message could not be journaled either");
+    }
+    ack_bytes(h, &outcome, encoding)
+}
+
+fn ack_bytes(h: &Header, outcome: &Outcome, encoding: &'static encoding_rs::Encoding) -> Vec<u8> {
+    let plan = ack::plan(&h.accept_ack, &h.app_ack, outcome);
+    // A sender that said "never" (or "on error only") for the accept ACK still needs MLLP to
+    // move on; an empty answer is not allowed by the protocol, so the code goes out anyway
+    // when the condition suppresses it. (Senders asking NE in practice do not wait.)
+    let code = plan.immediate.unwrap_or(match outcome {
+        Outcome::Accepted => AckCode::CA,
+        Outcome::ContentError(_) => AckCode::CE,
+        Outcome::Rejected(_) => AckCode::CR,
+    });
+    let detail = match outcome {
+        Outcome::Accepted => None,
+        Outcome::ContentError(d) | Outcome::Rejected(d) => Some(d),
+    };
+    let text = ack::build(
+        h,
+        code,
+        detail,
+        &huizhen_core::message::new_id(),
+        &now_hl7(),
+    );
+    charset::encode(&text, encoding).unwrap_or_else(|_| text.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_allow_list() {
+        let c = Cidr::parse("10.12.0.0/16").unwrap();
+        assert!(c.contains("10.12.3.4".parse().unwrap()));
+        assert!(!c.contains("10.13.0.1".parse().unwrap()));
+        assert!(c.contains("::ffff:10.12.0.9".parse().unwrap()));
+        let one = Cidr::parse("127.0.0.1").unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("host.example").is_err());
+    }
+
+    #[test]
+    fn fallback_header_finds_the_control_id() {
+        let h = fallback_header("MSH|^~\\&|HIS|H1|HZ|P|2026||ADT^A01|C123|P|2.4\rPID|broken");
+        assert_eq!(h.control_id, "C123");
+        assert_eq!(h.sending_application, "HIS");
+        assert_eq!(h.version, "2.4");
+    }
+}

@@ -1,0 +1,264 @@
+//! `huizhen hl7 send` and `huizhen hl7 parse`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use huizhen_hl7::ack::AckCode;
+use huizhen_hl7::charset::{self, OnInvalid};
+use huizhen_hl7::mllp::{Deframer, Event, frame};
+use huizhen_hl7::{Message, dump};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Debug, Subcommand)]
+pub enum Hl7Command {
+    /// Send HL7 v2 messages over MLLP, one at a time, printing each ACK. Exit code: 0 when
+    /// every message got AA/CA, 1 when one got AE/AR/CE/CR, 2 when one got no ACK.
+    Send(SendArgs),
+    /// Print every field of an HL7 v2 message with its path and decoded value.
+    Parse(ParseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Files holding one or more messages (LF, CRLF or CR line ends; batch envelopes are
+    /// unwrapped).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Where to send: HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    to: String,
+    /// How long to wait for each ACK.
+    #[arg(long, default_value = "30s", value_parser = humantime_parse)]
+    timeout: Duration,
+    /// Character set for reading ACKs that do not say theirs in MSH-18.
+    #[arg(long, default_value = "UTF-8")]
+    charset: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ParseArgs {
+    file: PathBuf,
+    /// Character set when MSH-18 is empty (an HL7 table 0211 name or a label such as GBK).
+    #[arg(long, default_value = "UTF-8")]
+    charset: String,
+}
+
+fn humantime_parse(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: write e.g. 30s or 500ms"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" | "" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s or m")),
+    })
+}
+
+pub async fn run(cmd: Hl7Command) -> Result<ExitCode> {
+    match cmd {
+        Hl7Command::Send(a) => send(a).await,
+        Hl7Command::Parse(a) => parse(a),
+    }
+}
+
+fn encoding(label: &str) -> Result<&'static encoding_rs::Encoding> {
+    charset::encoding_for_msh18(label)
+        .with_context(|| format!("unknown charset {label:?} (try UTF-8, GBK, GB18030)"))
+}
+
+/// Splits a file's bytes into messages: line ends normalised to CR (LF alone only when the file
+/// has no CR at all), a new message at each `MSH` segment, batch segments dropped.
+pub fn split_messages(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let has_cr = bytes.contains(&b'\r');
+    let mut segments: Vec<&[u8]> = Vec::new();
+    if has_cr {
+        for seg in bytes.split(|b| *b == b'\r') {
+            let seg = seg.strip_prefix(b"\n").unwrap_or(seg);
+            segments.push(seg);
+        }
+    } else {
+        segments.extend(bytes.split(|b| *b == b'\n'));
+    }
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for seg in segments {
+        let trimmed = seg.trim_ascii();
+        if trimmed.is_empty() {
+            continue;
+        }
+        let name = trimmed.get(..3).unwrap_or(trimmed);
+        if matches!(name, b"FHS" | b"BHS" | b"BTS" | b"FTS") {
+            continue;
+        }
+        if name == b"MSH" || out.is_empty() {
+            out.push(Vec::new());
+        }
+        if let Some(cur) = out.last_mut() {
+            cur.extend_from_slice(seg.trim_ascii_end());
+            cur.push(b'\r');
+        }
+    }
+    out
+}
+
+async fn send(a: SendArgs) -> Result<ExitCode> {
+    let default = encoding(&a.charset)?;
+    let mut stream = TcpStream::connect(&a.to)
+        .await
+        .with_context(|| format!("cannot connect to {}", a.to))?;
+    let _ = stream.set_nodelay(true);
+    let mut worst = 0u8;
+    let mut deframer = Deframer::new(16 * 1024 * 1024);
+    let mut pending: std::collections::VecDeque<Vec<u8>> = Default::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    for file in &a.files {
+        let bytes =
+            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let messages = split_messages(&bytes);
+        if messages.is_empty() {
+            bail!("{}: no HL7 message found", file.display());
+        }
+        for (n, msg) in messages.iter().enumerate() {
+            let sent_id = control_id(msg, default);
+            stream
+                .write_all(&frame(msg))
+                .await
+                .with_context(|| format!("cannot send to {}", a.to))?;
+            let ack = loop {
+                if let Some(f) = pending.pop_front() {
+                    break Some(f);
+                }
+                let r = tokio::time::timeout(a.timeout, stream.read(&mut buf)).await;
+                match r {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break None,
+                    Ok(Ok(k)) => {
+                        for ev in deframer.push(&buf[..k]) {
+                            if let Event::Frame(f) = ev {
+                                pending.push_back(f);
+                            }
+                        }
+                    }
+                }
+            };
+            let label = format!("{}#{}", file.display(), n + 1);
+            let Some(ack) = ack else {
+                println!("{label} MSH-10={sent_id}: no ACK within {:?}", a.timeout);
+                return Ok(ExitCode::from(2));
+            };
+            let (code, line) = describe_ack(&ack, default, &sent_id);
+            println!("{label} MSH-10={sent_id}: {line}");
+            let rank = match code {
+                Some(c) if c.is_success() => 0,
+                Some(_) => 1,
+                None => 2,
+            };
+            worst = worst.max(rank);
+        }
+    }
+    Ok(ExitCode::from(worst))
+}
+
+fn control_id(msg: &[u8], default: &'static encoding_rs::Encoding) -> String {
+    charset::decode(msg, default, OnInvalid::Replace)
+        .ok()
+        .and_then(|d| Message::from_decoded(d).ok())
+        .map(|m| m.header().control_id)
+        .unwrap_or_default()
+}
+
+/// The ACK code and a one-line summary: `AA (MSA-2=…)`, with the ERR text on errors.
+fn describe_ack(
+    ack: &[u8],
+    default: &'static encoding_rs::Encoding,
+    sent_id: &str,
+) -> (Option<AckCode>, String) {
+    let Ok(decoded) = charset::decode(ack, default, OnInvalid::Replace) else {
+        return (None, "unreadable ACK".into());
+    };
+    let Ok(m) = Message::from_decoded(decoded) else {
+        return (None, "ACK is not an HL7 message".into());
+    };
+    let get = |p: &str| m.get_str(p).ok().flatten().unwrap_or_default();
+    let code_text = get("MSA-1");
+    let code = AckCode::parse(&code_text);
+    let msa2 = get("MSA-2");
+    let mut line = format!("{code_text} (MSA-2={msa2})");
+    if msa2 != sent_id {
+        line.push_str(" — MSA-2 does not match the sent MSH-10");
+    }
+    let err = [get("ERR-3.2"), get("ERR-8"), get("MSA-3"), get("ERR-1.4.2")]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ");
+    if !err.is_empty() {
+        line.push_str(&format!(" {err}"));
+    }
+    (code, line)
+}
+
+fn parse(a: ParseArgs) -> Result<ExitCode> {
+    let default = encoding(&a.charset)?;
+    let bytes =
+        std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
+    let messages = split_messages(&bytes);
+    if messages.is_empty() {
+        bail!("{}: no HL7 message found", a.file.display());
+    }
+    for (n, raw) in messages.iter().enumerate() {
+        if messages.len() > 1 {
+            println!("# message {}", n + 1);
+        }
+        let decoded = charset::decode(raw, default, OnInvalid::Reject)
+            .map_err(|e| anyhow::anyhow!("{}#{}: {e}", display(&a.file), n + 1))?;
+        println!("# charset: {}", decoded.encoding.name());
+        let m = Message::from_decoded(decoded)
+            .map_err(|e| anyhow::anyhow!("{}#{}: {e}", display(&a.file), n + 1))?;
+        let leaves = dump::leaves(&m);
+        let width = leaves.iter().map(|l| l.path.len()).max().unwrap_or(0);
+        for l in leaves {
+            let value = if l.null {
+                "\"\" (null)".to_owned()
+            } else {
+                l.value.replace('\r', "\\r").replace('\n', "\\n")
+            };
+            println!("{:<width$}  {value}", l.path);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn display(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_files_with_any_line_end() {
+        let lf = b"MSH|^~\\&|A\nPID|1\nMSH|^~\\&|B\nPID|2\n";
+        let crlf = b"MSH|^~\\&|A\r\nPID|1\r\nMSH|^~\\&|B\r\nPID|2\r\n";
+        let batch = b"FHS|^~\\&\rBHS|^~\\&\rMSH|^~\\&|A\rPID|1\rMSH|^~\\&|B\rPID|2\rBTS|2\rFTS|1\r";
+        for bytes in [&lf[..], &crlf[..], &batch[..]] {
+            let m = split_messages(bytes);
+            assert_eq!(
+                m,
+                vec![
+                    b"MSH|^~\\&|A\rPID|1\r".to_vec(),
+                    b"MSH|^~\\&|B\rPID|2\r".to_vec()
+                ]
+            );
+        }
+        // LF inside a CR-terminated message is data, not a line end.
+        let m = split_messages(b"MSH|^~\\&|A\rNTE|1||line1\nline2\r");
+        assert_eq!(m, vec![b"MSH|^~\\&|A\rNTE|1||line1\nline2\r".to_vec()]);
+    }
+}
