@@ -11,6 +11,10 @@
 mod cli;
 mod crash;
 mod engine;
+mod mllp;
 mod sources;
 mod store;
 mod support;
+
+// Link the HL7 adapter's registrations (the `mllp` source, `hl7v2` expressions).
+use huizhen_hl7 as _;

@@ -1,0 +1,364 @@
+//! The `mllp` source over real loopback sockets (STANDARDS HL7-01, 04, 10, 11, 12, 14, 20).
+
+use std::time::Duration;
+
+use huizhen_core::Engine;
+use huizhen_core::message::State;
+use huizhen_core::store::ListFilter;
+use huizhen_hl7::mllp::{Deframer, Event, SB, frame};
+use huizhen_hl7::{Message, OnInvalid, charset};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{Backend, fresh_db, loaded, wait_for};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A pipeline listening on a free port; extra source settings and steps as YAML snippets.
+async fn engine_with(extra: &str, steps: &str) -> (Engine, u16, crate::support::TestDb) {
+    let db = fresh_db(Backend::Sqlite).await.unwrap();
+    let port = free_port();
+    let yaml = format!(
+        "version: 1\nname: intake\nsource:\n  mllp: {{ listen: \"127.0.0.1:{port}\"{extra} }}\n{steps}sinks:\n  - journal: {{}}\n"
+    );
+    let engine = Engine::start(loaded(&db, &[&yaml])).await.unwrap();
+    // The listener binds in its task; wait until it accepts.
+    for _ in 0..200 {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (engine, port, db)
+}
+
+fn adt(control_id: &str, name: &str, extra_msh: &str) -> String {
+    format!(
+        "MSH|^~\\&|HIS|县人民医院|HUIZHEN|省会诊中心|20261123093000||ADT^A01^ADT_A01|{control_id}|P|2.5{extra_msh}\rEVN|A01|20261123093000\rPID|1||330523199001011234^^^县人民医院^MR||{name}||19900101|M\rPV1|1|I\r"
+    )
+}
+
+struct Conn {
+    stream: TcpStream,
+    deframer: Deframer,
+    pending: std::collections::VecDeque<Vec<u8>>,
+}
+
+impl Conn {
+    async fn open(port: u16) -> Conn {
+        Conn {
+            stream: TcpStream::connect(("127.0.0.1", port)).await.unwrap(),
+            deframer: Deframer::new(1 << 20),
+            pending: Default::default(),
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// The next ACK, or `None` if the connection closed or nothing came within 5 s.
+    async fn ack(&mut self) -> Option<Message> {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(f) = self.pending.pop_front() {
+                let d = charset::decode(&f, encoding_rs::UTF_8, OnInvalid::Replace).unwrap();
+                return Some(Message::from_decoded(d).unwrap());
+            }
+            let n = match tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut buf))
+                .await
+            {
+                Ok(Ok(n)) if n > 0 => n,
+                _ => return None,
+            };
+            for ev in self.deframer.push(&buf[..n]) {
+                if let Event::Frame(f) = ev {
+                    self.pending.push_back(f);
+                }
+            }
+        }
+    }
+
+    async fn send(&mut self, payload: &[u8]) -> Option<Message> {
+        self.write(&frame(payload)).await;
+        self.ack().await
+    }
+}
+
+/// The bytes a county HIS sends: GB18030, MSH-18 empty (the listener's default charset).
+fn gb(text: &str) -> Vec<u8> {
+    encoding_rs::GB18030.encode(text).0.into_owned()
+}
+
+fn msa(m: &Message) -> (String, String) {
+    (
+        m.get_str("MSA-1").unwrap().unwrap_or_default(),
+        m.get_str("MSA-2").unwrap().unwrap_or_default(),
+    )
+}
+
+async fn messages(engine: &Engine) -> Vec<huizhen_core::message::Message> {
+    engine
+        .store
+        .list(&ListFilter {
+            pipeline: Some("intake".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .messages
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gb18030_without_msh18_is_acked_after_commit_and_resends_are_not_processed_twice() {
+    let (engine, port, _db) = engine_with("", "").await;
+    let mut c = Conn::open(port).await;
+    let raw = encoding_rs::GB18030
+        .encode(&adt("C001", "张^三丰", ""))
+        .0
+        .into_owned();
+    let ack = c.send(&raw).await.expect("an ACK");
+    assert_eq!(msa(&ack), ("AA".into(), "C001".into()));
+    let h = ack.header();
+    assert_eq!(
+        (
+            h.sending_application.as_str(),
+            h.receiving_application.as_str()
+        ),
+        ("HUIZHEN", "HIS")
+    );
+    assert_eq!(h.message_type, "ACK");
+    // AA means journaled: the message is there now, not later.
+    let stored = messages(&engine).await;
+    assert_eq!(stored.len(), 1);
+    let m = engine.store.get(&stored[0].id).await.unwrap().unwrap();
+    assert_eq!(m.body, raw, "the raw bytes are kept as received");
+    assert_eq!(m.headers["hl7-type"], "ADT^A01");
+    assert_eq!(m.headers["hl7-charset"], "gb18030");
+    assert_eq!(m.dedup_key.as_deref(), Some("HIS|县人民医院|C001"));
+    let detail = huizhen_core::http::message_detail(&engine.store, &m.id)
+        .await
+        .unwrap();
+    let parsed = detail["parsed"].as_array().unwrap();
+    assert!(
+        parsed
+            .iter()
+            .any(|l| l["path"] == "PID-5.2" && l["value"] == "三丰"),
+        "{parsed:?}"
+    );
+
+    // HL7-14: the same message again gets the same ACK code and is not processed again.
+    let again = c.send(&raw).await.unwrap();
+    assert_eq!(msa(&again), ("AA".into(), "C001".into()));
+    // A reused control id with other content is processed and flagged.
+    let other = encoding_rs::GB18030
+        .encode(&adt("C001", "李^四", ""))
+        .0
+        .into_owned();
+    assert_eq!(msa(&c.send(&other).await.unwrap()).0, "AA");
+    let store = engine.store.clone();
+    wait_for("two messages done", Duration::from_secs(10), || {
+        let store = store.clone();
+        async move { (store.effects(Some("intake")).await.unwrap().len() == 2).then_some(()) }
+    })
+    .await;
+    let stored = messages(&engine).await;
+    assert_eq!(stored.len(), 2);
+    assert!(
+        stored
+            .iter()
+            .any(|m| m.headers.get("huizhen-dedup").map(String::as_str) == Some("reused-key"))
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_split_byte_by_byte_coalesced_and_after_noise() {
+    let (engine, port, _db) = engine_with("", "").await;
+    let mut c = Conn::open(port).await;
+    // One frame, one byte per write.
+    for b in frame(&gb(&adt("S1", "王^五", ""))) {
+        c.write(&[b]).await;
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(msa(&c.ack().await.unwrap()), ("AA".into(), "S1".into()));
+    // Noise, then three frames in one write: three ACKs in order.
+    let mut all = b"\x00garbage\r\n".to_vec();
+    for id in ["S2", "S3", "S4"] {
+        all.extend(frame(&gb(&adt(id, "王^五", ""))));
+    }
+    c.write(&all).await;
+    for id in ["S2", "S3", "S4"] {
+        assert_eq!(msa(&c.ack().await.unwrap()), ("AA".into(), id.into()));
+    }
+    assert_eq!(messages(&engine).await.len(), 4);
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_and_undecodable_messages_get_ar_ae_and_stay_journaled() {
+    let (engine, port, _db) = engine_with("", "").await;
+    let mut c = Conn::open(port).await;
+    // HL7-11: a version that is not 2.x → AR, ERR 203 (v2.5+ layout).
+    let v3 = adt("V3", "赵^六", "").replace("|P|2.5", "|P|3.0");
+    let ack = c.send(&gb(&v3)).await.unwrap();
+    assert_eq!(msa(&ack), ("AR".into(), "V3".into()));
+    assert_eq!(ack.get_str("ERR-3.1").unwrap().as_deref(), Some("203"));
+    // HL7-20(c): MSH-18 says UTF-8 but the bytes are GBK → AE (reject policy).
+    let gbk = encoding_rs::GBK
+        .encode(&adt("G1", "张^三", "|||||CHN|UNICODE UTF-8"))
+        .0
+        .into_owned();
+    let ack = c.send(&gbk).await.unwrap();
+    assert_eq!(msa(&ack), ("AE".into(), "G1".into()));
+    assert_eq!(ack.get_str("ERR-3.1").unwrap().as_deref(), Some("102"));
+    // Processing id X → AR 202.
+    let px = adt("P1", "a^b", "").replace("|P|2.5", "|X|2.5");
+    let ack = c.send(&gb(&px)).await.unwrap();
+    assert_eq!(msa(&ack), ("AR".into(), "P1".into()));
+    assert_eq!(ack.get_str("ERR-3.1").unwrap().as_deref(), Some("202"));
+    // Not HL7 at all: still an answer, still kept.
+    let ack = c.send(b"hello").await.unwrap();
+    assert_eq!(msa(&ack).0, "AR");
+
+    let stored = messages(&engine).await;
+    assert_eq!(stored.len(), 4, "every refused message is kept");
+    assert!(stored.iter().all(|m| m.state == State::Dead));
+    let reasons: Vec<String> = stored.iter().filter_map(|m| m.last_error.clone()).collect();
+    assert!(reasons.iter().any(|r| r.contains("AR 203")), "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("AE 102") && r.contains("UTF-8")),
+        "{reasons:?}"
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_policy_accepts_and_flags_bad_bytes() {
+    let (engine, port, _db) = engine_with(", on_invalid_charset: replace", "").await;
+    let mut c = Conn::open(port).await;
+    let gbk = encoding_rs::GBK
+        .encode(&adt("R1", "张^三", "|||||CHN|UNICODE UTF-8"))
+        .0
+        .into_owned();
+    assert_eq!(msa(&c.send(&gbk).await.unwrap()).0, "AA");
+    let stored = messages(&engine).await;
+    assert_eq!(stored[0].headers["hl7-charset-replaced"], "true");
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enhanced_mode_answers_ca_and_ar_becomes_cr() {
+    let (engine, port, _db) = engine_with("", "").await;
+    let mut c = Conn::open(port).await;
+    let ack = c.send(&gb(&adt("E1", "a^b", "|||AL|AL"))).await.unwrap();
+    assert_eq!(msa(&ack), ("CA".into(), "E1".into()));
+    let bad = adt("E2", "a^b", "|||AL|NE").replace("|P|2.5", "|P|9.9");
+    assert_eq!(msa(&c.send(&gb(&bad)).await.unwrap()).0, "CR");
+    let stored = messages(&engine).await;
+    let e1 = stored
+        .iter()
+        .find(|m| m.headers.get("hl7-control-id").map(String::as_str) == Some("E1"))
+        .unwrap();
+    assert_eq!(
+        e1.headers["hl7-app-ack"], "Always",
+        "the application ACK is due"
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frames_idle_connections_and_strangers_are_closed() {
+    let (engine, port, _db) = engine_with(", max_frame_bytes: 1024, idle_timeout: 300ms", "").await;
+    // A frame over the limit: the connection closes without an ACK.
+    let mut c = Conn::open(port).await;
+    let mut big = vec![SB];
+    big.extend(std::iter::repeat_n(b'x', 4096));
+    c.write(&big).await;
+    assert!(c.ack().await.is_none());
+    // An idle connection closes after the timeout.
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut buf = [0u8; 16];
+    let r = tokio::time::timeout(Duration::from_secs(3), idle.read(&mut buf)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "closed by the engine: {r:?}"
+    );
+    assert!(messages(&engine).await.is_empty());
+    engine.shutdown(Duration::from_secs(5)).await;
+
+    // HL7-04: a peer outside the allow list is refused.
+    let (engine, port, _db) = engine_with(", allow: [\"10.9.9.9\"]", "").await;
+    let mut c = Conn::open(port).await;
+    c.write(&frame(&gb(&adt("X1", "a^b", "")))).await;
+    assert!(c.ack().await.is_none());
+    assert!(messages(&engine).await.is_empty());
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_aa_when_the_journal_cannot_commit() {
+    let (engine, port, _db) = engine_with("", "").await;
+    let mut c = Conn::open(port).await;
+    assert_eq!(
+        msa(&c.send(&gb(&adt("J1", "a^b", ""))).await.unwrap()).0,
+        "AA"
+    );
+    // The store goes away (as a database outage would).
+    engine.store.close().await;
+    let ack = c.send(&gb(&adt("J2", "a^b", ""))).await;
+    match ack {
+        None => {}
+        Some(a) => {
+            assert_eq!(
+                msa(&a),
+                ("AR".into(), "J2".into()),
+                "never AA without a commit"
+            );
+            assert_eq!(a.get_str("ERR-3.1").unwrap().as_deref(), Some("207"));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hl7_paths_drive_filters() {
+    let (engine, port, _db) = engine_with(
+        "",
+        "steps:\n  - filter: { expr: \"hl7('MSH-9.2') == 'A01' && hl7('PID-3.5') == 'MR'\" }\n  - set: { headers: { family: \"hl7('PID-5.1')\" } }\n",
+    )
+    .await;
+    let mut c = Conn::open(port).await;
+    assert_eq!(
+        msa(&c.send(&gb(&adt("F1", "欧阳^修", ""))).await.unwrap()).0,
+        "AA"
+    );
+    let a08 = adt("F2", "欧阳^修", "").replace("ADT^A01^ADT_A01", "ADT^A08^ADT_A01");
+    assert_eq!(msa(&c.send(&gb(&a08)).await.unwrap()).0, "AA");
+    let store = engine.store.clone();
+    wait_for("both done", Duration::from_secs(10), || {
+        let store = store.clone();
+        async move {
+            let page = store
+                .list(&ListFilter {
+                    pipeline: Some("intake".into()),
+                    state: Some(State::Done),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            (page.messages.len() == 2).then_some(())
+        }
+    })
+    .await;
+    let effects = engine.store.effects(Some("intake")).await.unwrap();
+    assert_eq!(effects.len(), 1, "the A08 was filtered out");
+    engine.shutdown(Duration::from_secs(5)).await;
+}
