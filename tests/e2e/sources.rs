@@ -196,3 +196,64 @@ async fn cron_source_emits_each_tick_once() {
     assert!(keys[0].starts_with("cron:20"));
     engine.shutdown(Duration::from_secs(5)).await;
 }
+
+/// HL7-36: a batch file dropped by a LIS whose BTS-1 says 10 but holds 9 messages, GBK-encoded
+/// with LF line ends: 9 messages processed, the mismatch reported on each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hl7_batch_file_with_a_wrong_count() {
+    let db = fresh_db(Backend::Sqlite).await.unwrap();
+    let inbox = db.dir.path().join("lis");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let mut text = String::from("FHS|^~\\&|LIS\nBHS|^~\\&|LIS\n");
+    for i in 0..9 {
+        text.push_str(&format!(
+            "MSH|^~\\&|LIS|检验科|HZ|P|20261123||ORU^R01|B{i}|P|2.4\nPID|1||P{i}||王^小{i}\nOBX|1|NM|GLU^血糖||5.{i}\n"
+        ));
+    }
+    text.push_str("BTS|10\nFTS|1\n");
+    std::fs::write(inbox.join("batch.hl7"), encoding_rs::GBK.encode(&text).0).unwrap();
+    let yaml = format!(
+        "version: 1\nname: lis-drop\nsource:\n  file: {{ dir: \"{}\", pattern: \"*.hl7\", split: hl7, kind: hl7v2, poll: 50ms, settle: 100ms }}\nsteps:\n  - set: {{ headers: {{ given: \"hl7('PID-5.2')\" }} }}\nsinks:\n  - journal: {{}}\n",
+        inbox.display()
+    );
+    let engine = Engine::start(loaded(&db, &[&yaml])).await.unwrap();
+    let store = engine.store.clone();
+    let page = wait_for("9 messages done", Duration::from_secs(10), || {
+        let store = store.clone();
+        async move {
+            let page = store
+                .list(&ListFilter {
+                    pipeline: Some("lis-drop".into()),
+                    state: Some(State::Done),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            (page.messages.len() == 9).then_some(page)
+        }
+    })
+    .await;
+    assert!(
+        page.messages
+            .iter()
+            .all(|m| m.headers["file-warnings"] == "BTS-1 declares 10 but the batch holds 9")
+    );
+    // Decoded from GBK (no MSH-18, not UTF-8) for expressions.
+    let m = engine
+        .store
+        .get(&page.messages[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    let detail = huizhen_core::http::message_detail(&engine.store, &m.id)
+        .await
+        .unwrap();
+    let parsed = detail["parsed"].as_array().unwrap();
+    assert!(
+        parsed
+            .iter()
+            .any(|l| l["path"] == "MSH-4" && l["value"] == "检验科"),
+        "{parsed:?}"
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+}

@@ -18,15 +18,27 @@ use huizhen_core::work::{StepError, Work};
 use crate::charset::{self, OnInvalid};
 use crate::parse::Message;
 
+/// Decodes a journaled HL7 body: with the charset the listener recorded (`hl7-charset`), or,
+/// for messages from elsewhere (files, HTTP), with the one MSH-18 names, else UTF-8 when the
+/// bytes are valid UTF-8, else GB18030 (the usual charset of Chinese HIS exports).
+pub fn decode_body(
+    body: &[u8],
+    headers: &std::collections::BTreeMap<String, String>,
+) -> Result<charset::Decoded, charset::CharsetError> {
+    if let Some(enc) = headers
+        .get("hl7-charset")
+        .and_then(|l| encoding_rs::Encoding::for_label(l.as_bytes()))
+    {
+        return charset::decode(body, enc, OnInvalid::Replace);
+    }
+    charset::decode(body, encoding_rs::UTF_8, OnInvalid::Reject)
+        .or_else(|_| charset::decode(body, encoding_rs::GB18030, OnInvalid::Replace))
+}
+
 /// Decodes and parses the body of an `hl7v2` message, once.
 pub fn parsed(work: &mut Work) -> Result<Arc<Message>, StepError> {
     work.cached(|w| {
-        let enc = w
-            .headers
-            .get("hl7-charset")
-            .and_then(|l| encoding_rs::Encoding::for_label(l.as_bytes()))
-            .unwrap_or(encoding_rs::UTF_8);
-        let decoded = charset::decode(w.raw_body(), enc, OnInvalid::Replace).map_err(|e| {
+        let decoded = decode_body(w.raw_body(), &w.headers).map_err(|e| {
             StepError::permanent(format!("message {}: HL7 body cannot be decoded: {e}", w.id))
         })?;
         Message::from_decoded(decoded).map_err(|e| {
@@ -62,11 +74,7 @@ fn describe(
     body: &[u8],
     headers: &std::collections::BTreeMap<String, String>,
 ) -> Result<serde_json::Value, String> {
-    let enc = headers
-        .get("hl7-charset")
-        .and_then(|l| encoding_rs::Encoding::for_label(l.as_bytes()))
-        .unwrap_or(encoding_rs::UTF_8);
-    let decoded = charset::decode(body, enc, OnInvalid::Replace).map_err(|e| e.to_string())?;
+    let decoded = decode_body(body, headers).map_err(|e| e.to_string())?;
     let m = Message::from_decoded(decoded).map_err(|e| e.to_string())?;
     serde_json::to_value(crate::dump::leaves(&m)).map_err(|e| e.to_string())
 }

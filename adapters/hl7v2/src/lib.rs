@@ -9,6 +9,7 @@
 //! dedup key.
 
 pub mod ack;
+pub mod batch;
 pub mod charset;
 pub mod dump;
 pub mod escape;

@@ -73,38 +73,13 @@ fn encoding(label: &str) -> Result<&'static encoding_rs::Encoding> {
         .with_context(|| format!("unknown charset {label:?} (try UTF-8, GBK, GB18030)"))
 }
 
-/// Splits a file's bytes into messages: line ends normalised to CR (LF alone only when the file
-/// has no CR at all), a new message at each `MSH` segment, batch segments dropped.
-pub fn split_messages(bytes: &[u8]) -> Vec<Vec<u8>> {
-    let has_cr = bytes.contains(&b'\r');
-    let mut segments: Vec<&[u8]> = Vec::new();
-    if has_cr {
-        for seg in bytes.split(|b| *b == b'\r') {
-            let seg = seg.strip_prefix(b"\n").unwrap_or(seg);
-            segments.push(seg);
-        }
-    } else {
-        segments.extend(bytes.split(|b| *b == b'\n'));
+/// The messages of a file (any line end; batch envelopes removed).
+fn split_messages(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let batch = huizhen_hl7::batch::split_raw(bytes);
+    for d in &batch.discrepancies {
+        eprintln!("warning: {d}");
     }
-    let mut out: Vec<Vec<u8>> = Vec::new();
-    for seg in segments {
-        let trimmed = seg.trim_ascii();
-        if trimmed.is_empty() {
-            continue;
-        }
-        let name = trimmed.get(..3).unwrap_or(trimmed);
-        if matches!(name, b"FHS" | b"BHS" | b"BTS" | b"FTS") {
-            continue;
-        }
-        if name == b"MSH" || out.is_empty() {
-            out.push(Vec::new());
-        }
-        if let Some(cur) = out.last_mut() {
-            cur.extend_from_slice(seg.trim_ascii_end());
-            cur.push(b'\r');
-        }
-    }
-    out
+    batch.messages
 }
 
 async fn send(a: SendArgs) -> Result<ExitCode> {
@@ -236,29 +211,4 @@ fn parse(a: ParseArgs) -> Result<ExitCode> {
 
 fn display(p: &Path) -> String {
     p.display().to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splits_files_with_any_line_end() {
-        let lf = b"MSH|^~\\&|A\nPID|1\nMSH|^~\\&|B\nPID|2\n";
-        let crlf = b"MSH|^~\\&|A\r\nPID|1\r\nMSH|^~\\&|B\r\nPID|2\r\n";
-        let batch = b"FHS|^~\\&\rBHS|^~\\&\rMSH|^~\\&|A\rPID|1\rMSH|^~\\&|B\rPID|2\rBTS|2\rFTS|1\r";
-        for bytes in [&lf[..], &crlf[..], &batch[..]] {
-            let m = split_messages(bytes);
-            assert_eq!(
-                m,
-                vec![
-                    b"MSH|^~\\&|A\rPID|1\r".to_vec(),
-                    b"MSH|^~\\&|B\rPID|2\r".to_vec()
-                ]
-            );
-        }
-        // LF inside a CR-terminated message is data, not a line end.
-        let m = split_messages(b"MSH|^~\\&|A\rNTE|1||line1\nline2\r");
-        assert_eq!(m, vec![b"MSH|^~\\&|A\rNTE|1||line1\nline2\r".to_vec()]);
-    }
 }

@@ -18,20 +18,10 @@ use std::time::{Duration, SystemTime};
 use futures::future::BoxFuture;
 use serde::Deserialize;
 
-use super::{Source, SourceConfig, SourceContext};
+use super::{Source, SourceConfig, SourceContext, SplitOutput};
 use crate::config::duration;
 use crate::message::NewMessage;
 use crate::runner::BuildContext;
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Split {
-    /// The whole file is one message.
-    #[default]
-    Whole,
-    /// Each non-empty line is one message (CR, LF or CRLF line ends).
-    Lines,
-}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,8 +38,10 @@ pub struct FileSourceConfig {
     pub poll: Duration,
     #[serde(default = "default_settle", with = "duration")]
     pub settle: Duration,
-    #[serde(default)]
-    pub split: Split,
+    /// How a file becomes messages: `whole` (default: one message), `lines` (each non-empty
+    /// line), or a splitter an adapter registers, such as `hl7` (HL7 batch files).
+    #[serde(default = "default_split")]
+    pub split: String,
     #[serde(default = "default_kind")]
     pub kind: String,
 }
@@ -63,6 +55,9 @@ fn default_poll() -> Duration {
 fn default_settle() -> Duration {
     Duration::from_secs(2)
 }
+fn default_split() -> String {
+    "whole".into()
+}
 fn default_kind() -> String {
     "text".into()
 }
@@ -72,6 +67,17 @@ impl SourceConfig for FileSourceConfig {
     fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn Source>, String> {
         let pattern = glob::Pattern::new(&self.pattern)
             .map_err(|e| format!("invalid file pattern {:?}: {e}", self.pattern))?;
+        if !matches!(self.split.as_str(), "whole" | "lines")
+            && super::splitter(&self.split).is_none()
+        {
+            let mut known = vec!["whole", "lines"];
+            known.extend(super::splitter_names());
+            return Err(format!(
+                "unknown split {:?}, expected one of {}",
+                self.split,
+                known.join(", ")
+            ));
+        }
         let processed = self
             .processed_dir
             .clone()
@@ -167,20 +173,40 @@ impl FileSource {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let parts: Vec<&[u8]> = match self.config.split {
-            Split::Whole => vec![&bytes[..]],
-            Split::Lines => bytes
-                .split(|b| *b == b'\n' || *b == b'\r')
-                .filter(|l| l.iter().any(|b| !b.is_ascii_whitespace()))
-                .collect(),
+        let output = match self.config.split.as_str() {
+            "whole" => SplitOutput {
+                parts: vec![(bytes.clone(), Default::default())],
+                warnings: Vec::new(),
+            },
+            "lines" => SplitOutput {
+                parts: bytes
+                    .split(|b| *b == b'\n' || *b == b'\r')
+                    .filter(|l| l.iter().any(|b| !b.is_ascii_whitespace()))
+                    .map(|l| (l.to_vec(), Default::default()))
+                    .collect(),
+                warnings: Vec::new(),
+            },
+            other => match super::splitter(other) {
+                Some(s) => (s.split)(&bytes),
+                None => return Err(format!("unknown split {other:?}")),
+            },
         };
-        for (n, part) in parts.iter().enumerate() {
+        for w in &output.warnings {
+            tracing::warn!(pipeline = ctx.pipeline.name(), file = %name, warning = %w, "file split");
+        }
+        let parts = output.parts;
+        for (n, (part, headers)) in parts.iter().enumerate() {
             let mut m = NewMessage::new(
                 ctx.pipeline.name(),
                 ctx.pipeline.facility(),
                 &self.config.kind,
-                part.to_vec(),
+                part.clone(),
             );
+            m.headers.extend(headers.clone());
+            if !output.warnings.is_empty() {
+                m.headers
+                    .insert("file-warnings".into(), output.warnings.join("; "));
+            }
             m.source = format!("file {}#{}", path.display(), n + 1);
             m.dedup_key = Some(format!("file:{name}:{len}:{mtime_ns}#{}", n + 1));
             m.headers.insert("file-name".into(), name.to_owned());

@@ -18,6 +18,37 @@ mod http;
 
 pub use http::HttpSourceConfig;
 
+/// A way to cut a file into messages, for the `file` source's `split:` (besides the built-in
+/// `whole` and `lines`). Adapters register one with `inventory::submit!`, e.g. `hl7` for HL7
+/// batch files (FHS/BHS … BTS/FTS) and files of several messages.
+pub struct Splitter {
+    pub name: &'static str,
+    pub split: fn(&[u8]) -> SplitOutput,
+}
+
+/// The messages found in a file, with headers for each, and problems worth an alert (e.g. a
+/// batch trailer whose count does not match). Problems never drop a message.
+#[derive(Debug, Default)]
+pub struct SplitOutput {
+    pub parts: Vec<(Vec<u8>, std::collections::BTreeMap<String, String>)>,
+    pub warnings: Vec<String>,
+}
+
+inventory::collect!(Splitter);
+
+pub(crate) fn splitter(name: &str) -> Option<&'static Splitter> {
+    inventory::iter::<Splitter>
+        .into_iter()
+        .find(|s| s.name == name)
+}
+
+pub(crate) fn splitter_names() -> Vec<&'static str> {
+    inventory::iter::<Splitter>
+        .into_iter()
+        .map(|s| s.name)
+        .collect()
+}
+
 /// The YAML side of a source: `source: { <type>: {…} }` in a pipeline.
 #[typetag::deserialize]
 pub trait SourceConfig: std::fmt::Debug + Send + Sync {
