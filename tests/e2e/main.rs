@@ -15,6 +15,7 @@ mod mllp;
 mod sources;
 mod store;
 mod support;
+mod tls;
 
 // Link the HL7 adapter's registrations (the `mllp` source, `hl7v2` expressions).
 use huizhen_hl7 as _;

@@ -31,8 +31,8 @@ use huizhen_core::message::NewMessage;
 use huizhen_core::runner::{BuildContext, PipelineHandle};
 use huizhen_core::sources::{Source, SourceConfig, SourceContext};
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::ack::{self, AckCode, ErrorCode, ErrorDetail, Outcome};
@@ -75,6 +75,9 @@ pub struct MllpSourceConfig {
     /// Version assumed when `MSH-12` is empty (HL7-35); the original is kept.
     #[serde(default = "default_version")]
     pub default_version: String,
+    /// TLS (1.2+): certificate, key and, for mutual TLS, the CA of client certificates.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 fn default_charset() -> String {
@@ -169,10 +172,12 @@ impl SourceConfig for MllpSourceConfig {
         if self.max_connections == 0 {
             return Err("max_connections must be at least 1".into());
         }
+        let tls = self.tls.as_ref().map(crate::tls::acceptor).transpose()?;
         Ok(Box::new(MllpSource {
             config: Arc::new(self.clone()),
             default_charset,
             allow: Arc::new(allow),
+            tls,
         }))
     }
 }
@@ -181,11 +186,13 @@ struct MllpSource {
     config: Arc<MllpSourceConfig>,
     default_charset: &'static encoding_rs::Encoding,
     allow: Arc<Vec<Cidr>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Source for MllpSource {
     fn describe(&self) -> String {
-        format!("mllp {}", self.config.listen)
+        let tls = if self.tls.is_some() { " (TLS)" } else { "" };
+        format!("mllp {}{tls}", self.config.listen)
     }
 
     fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), String>> {
@@ -223,9 +230,30 @@ impl Source for MllpSource {
                 }
                 let shared = shared.clone();
                 let shutdown = ctx.shutdown.clone();
+                let tls = self.tls.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    if let Err(e) = serve(stream, peer, &shared, shutdown).await {
+                    let _ = stream.set_nodelay(true);
+                    let result = match tls {
+                        None => serve(stream, peer, &shared, shutdown).await,
+                        Some(acceptor) => {
+                            let handshake = tokio::time::timeout(
+                                Duration::from_secs(10),
+                                acceptor.accept(stream),
+                            )
+                            .await;
+                            match handshake {
+                                Ok(Ok(tls_stream)) => {
+                                    serve(tls_stream, peer, &shared, shutdown).await
+                                }
+                                Ok(Err(e)) => Err(format!(
+                                    "TLS handshake failed (a plaintext client on a TLS port?): {e}"
+                                )),
+                                Err(_) => Err("TLS handshake timed out".to_owned()),
+                            }
+                        }
+                    };
+                    if let Err(e) = result {
                         tracing::warn!(pipeline = shared.pipeline.name(), %peer, error = %e, "MLLP connection ended");
                     }
                 });
@@ -240,13 +268,12 @@ struct Shared {
     pipeline: PipelineHandle,
 }
 
-async fn serve(
-    mut stream: TcpStream,
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     peer: SocketAddr,
     s: &Shared,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<(), String> {
-    let _ = stream.set_nodelay(true);
     let mut deframer = Deframer::new(s.config.max_frame_bytes);
     let mut buf = vec![0u8; 64 * 1024];
     loop {

@@ -10,7 +10,7 @@ use huizhen_hl7::ack::AckCode;
 use huizhen_hl7::charset::{self, OnInvalid};
 use huizhen_hl7::mllp::{Deframer, Event, frame};
 use huizhen_hl7::{Message, dump};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 #[derive(Debug, Subcommand)]
@@ -37,6 +37,18 @@ pub struct SendArgs {
     /// Character set for reading ACKs that do not say theirs in MSH-18.
     #[arg(long, default_value = "UTF-8")]
     charset: String,
+    /// Use TLS (1.2+).
+    #[arg(long)]
+    tls: bool,
+    /// CA certificate(s) to trust, PEM (default: the public web roots).
+    #[arg(long, requires = "tls", value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Client certificate for mutual TLS, PEM (with --key).
+    #[arg(long, requires_all = ["tls", "key"], value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// Private key of --cert, PEM.
+    #[arg(long, requires = "cert", value_name = "FILE")]
+    key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -83,11 +95,32 @@ fn split_messages(bytes: &[u8]) -> Vec<Vec<u8>> {
 }
 
 async fn send(a: SendArgs) -> Result<ExitCode> {
-    let default = encoding(&a.charset)?;
-    let mut stream = TcpStream::connect(&a.to)
+    let stream = TcpStream::connect(&a.to)
         .await
         .with_context(|| format!("cannot connect to {}", a.to))?;
     let _ = stream.set_nodelay(true);
+    if !a.tls {
+        return exchange(stream, &a).await;
+    }
+    let identity = match (&a.cert, &a.key) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        _ => None,
+    };
+    let connector =
+        huizhen_hl7::tls::connector(a.ca.as_deref(), identity).map_err(|e| anyhow::anyhow!(e))?;
+    let name = huizhen_hl7::tls::server_name(&a.to).map_err(|e| anyhow::anyhow!(e))?;
+    let tls = connector
+        .connect(name, stream)
+        .await
+        .with_context(|| format!("TLS handshake with {} failed", a.to))?;
+    exchange(tls, &a).await
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    a: &SendArgs,
+) -> Result<ExitCode> {
+    let default = encoding(&a.charset)?;
     let mut worst = 0u8;
     let mut deframer = Deframer::new(16 * 1024 * 1024);
     let mut pending: std::collections::VecDeque<Vec<u8>> = Default::default();
