@@ -362,3 +362,25 @@ async fn hl7_paths_drive_filters() {
     assert_eq!(effects.len(), 1, "the A08 was filtered out");
     engine.shutdown(Duration::from_secs(5)).await;
 }
+
+/// HL7-11 AT (c): a type or event the channel does not take gets AR with ERR 200/201.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unaccepted_types_get_ar_200_or_201() {
+    let (engine, port, _db) =
+        engine_with(", accept_types: [\"ADT^A01\", \"ADT^A08\", \"ORU^*\"]", "").await;
+    let mut c = Conn::open(port).await;
+    assert_eq!(
+        msa(&c.send(&gb(&adt("T1", "a^b", ""))).await.unwrap()).0,
+        "AA"
+    );
+    let z99 = adt("T2", "a^b", "").replace("ADT^A01^ADT_A01", "ADT^Z99");
+    let ack = c.send(&gb(&z99)).await.unwrap();
+    assert_eq!(msa(&ack), ("AR".into(), "T2".into()));
+    assert_eq!(ack.get_str("ERR-3.1").unwrap().as_deref(), Some("201"));
+    let mdm = adt("T3", "a^b", "").replace("ADT^A01^ADT_A01", "MDM^T02");
+    let ack = c.send(&gb(&mdm)).await.unwrap();
+    assert_eq!(ack.get_str("ERR-3.1").unwrap().as_deref(), Some("200"));
+    let oru = adt("T4", "a^b", "").replace("ADT^A01^ADT_A01", "ORU^R01");
+    assert_eq!(msa(&c.send(&gb(&oru)).await.unwrap()).0, "AA");
+    engine.shutdown(Duration::from_secs(5)).await;
+}

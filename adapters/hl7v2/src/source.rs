@@ -75,6 +75,10 @@ pub struct MllpSourceConfig {
     /// Version assumed when `MSH-12` is empty (HL7-35); the original is kept.
     #[serde(default = "default_version")]
     pub default_version: String,
+    /// Message types this channel takes, as `TYPE^EVENT` with `*` for any event (`ADT^*`,
+    /// `ORU^R01`). Others get AR with ERR 200 (type) or 201 (event). Empty takes every type.
+    #[serde(default)]
+    pub accept_types: Vec<String>,
     /// TLS (1.2+): certificate, key and, for mutual TLS, the CA of client certificates.
     #[serde(default)]
     pub tls: Option<crate::tls::TlsConfig>,
@@ -171,6 +175,15 @@ impl SourceConfig for MllpSourceConfig {
             .collect::<Result<Vec<_>, _>>()?;
         if self.max_connections == 0 {
             return Err("max_connections must be at least 1".into());
+        }
+        for t in &self.accept_types {
+            let ok =
+                matches!(t.split_once('^'), Some((ty, ev)) if !ty.is_empty() && !ev.is_empty());
+            if !ok {
+                return Err(format!(
+                    "accept_types: {t:?} should look like ADT^A01 or ADT^*"
+                ));
+            }
         }
         let tls = self.tls.as_ref().map(crate::tls::acceptor).transpose()?;
         Ok(Box::new(MllpSource {
@@ -414,7 +427,7 @@ async fn handle(s: &Shared, peer: SocketAddr, raw: Vec<u8>) -> Vec<u8> {
         }
     };
     let h = message.header();
-    if let Some(detail) = check_header(&h) {
+    if let Some(detail) = check_header(&h).or_else(|| check_type(&s.config.accept_types, &h)) {
         return reject(s, peer, raw, &h, Outcome::Rejected(detail), encoding).await;
     }
     let mut m = NewMessage::new(s.pipeline.name(), s.pipeline.facility(), "hl7v2", raw);
@@ -508,6 +521,40 @@ fn check_header(h: &Header) -> Option<ErrorDetail> {
         );
     }
     None
+}
+
+/// The channel's `accept_types` (HL7-11: AR 200 for a type, 201 for an event it does not take).
+fn check_type(accept: &[String], h: &Header) -> Option<ErrorDetail> {
+    if accept.is_empty() {
+        return None;
+    }
+    let (ty, ev) = (h.message_type.trim(), h.trigger.trim());
+    let type_known = accept.iter().any(|a| a.split('^').next() == Some(ty));
+    let taken = accept.iter().any(|a| match a.split_once('^') {
+        Some((t, e)) => t == ty && (e == "*" || e == ev),
+        None => false,
+    });
+    if taken {
+        return None;
+    }
+    let (code, text) = if type_known {
+        (
+            ErrorCode::UnsupportedEvent,
+            format!("event {ty}^{ev} is not taken by this channel"),
+        )
+    } else {
+        (
+            ErrorCode::UnsupportedMessageType,
+            format!("message type {ty} is not taken by this channel"),
+        )
+    };
+    Some(ErrorDetail {
+        code,
+        segment: "MSH".into(),
+        sequence: 1,
+        field: 9,
+        text,
+    })
 }
 
 /// Journals a message that cannot be accepted as a dead letter with the reason, and builds
