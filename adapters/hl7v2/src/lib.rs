@@ -14,6 +14,8 @@ pub mod charset;
 pub mod dump;
 pub mod escape;
 pub mod expr;
+pub mod mapping;
+pub mod mapping_step;
 pub mod mllp;
 pub mod parse;
 pub mod path;
