@@ -152,17 +152,15 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
 }
 
 fn validate(config: Option<&Path>, paths: &[PathBuf]) -> ExitCode {
+    let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
     let result = if paths.is_empty() {
-        config::load(config).map(|l| l.pipelines.len() + usize::from(l.root_file.is_some()))
+        config::load(config).map(|l| plural(l.pipelines.len(), "pipeline"))
     } else {
-        config::validate_paths(paths)
+        config::validate_paths(paths).map(|n| plural(n, "file"))
     };
     match result {
-        Ok(n) => {
-            println!(
-                "ok: {n} file{} checked, no errors",
-                if n == 1 { "" } else { "s" }
-            );
+        Ok(what) => {
+            println!("ok: {what} checked, no errors");
             ExitCode::SUCCESS
         }
         Err(errors) => {
