@@ -455,7 +455,11 @@ async fn ar_207_is_retryable() {
     let sink = build(&config(&his.addr));
     let err = deliver(&sink, &adt("R7", "张^三")).await.unwrap_err();
     assert!(err.retryable, "{}", err.message);
-    assert!(err.message.contains("could not take the message now"), "{}", err.message);
+    assert!(
+        err.message.contains("could not take the message now"),
+        "{}",
+        err.message
+    );
 }
 
 /// (5) AE → permanent, with the ERR text.
