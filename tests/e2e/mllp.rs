@@ -384,3 +384,61 @@ async fn unaccepted_types_get_ar_200_or_201() {
     assert_eq!(msa(&c.send(&gb(&oru)).await.unwrap()).0, "AA");
     engine.shutdown(Duration::from_secs(5)).await;
 }
+
+/// HL7-03: a GB18030 payload holding every two-byte lead/trail combination goes through the
+/// listener, the `mllp` sink and a second listener byte for byte (framing works on raw bytes;
+/// no control byte is ever a trail byte).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_gb18030_two_byte_code_round_trips_byte_identical() {
+    let db = fresh_db(Backend::Sqlite).await.unwrap();
+    let (a, b) = (free_port(), free_port());
+    let first = format!(
+        "version: 1\nname: first\nsource:\n  mllp: {{ listen: \"127.0.0.1:{a}\", charset: GB18030, max_frame_bytes: 1000000 }}\nsinks:\n  - mllp: {{ to: \"127.0.0.1:{b}\", charset: GB18030, set_msh18: false }}\n"
+    );
+    let second = format!(
+        "version: 1\nname: second\nsource:\n  mllp: {{ listen: \"127.0.0.1:{b}\", charset: GB18030, max_frame_bytes: 1000000 }}\nsinks:\n  - journal: {{}}\n"
+    );
+    let engine = Engine::start(loaded(&db, &[&first, &second]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut raw = gb("MSH|^~\\&|HIS|H1|HZ|P|20261123||ADT^A08|ALLGB|P|2.5\rPID|1||1^^^H1^MR||");
+    let mut pairs = 0;
+    for lead in 0x81u8..=0xFE {
+        for trail in (0x40u8..=0x7E).chain(0x80..=0xFE) {
+            raw.extend([lead, trail]);
+            pairs += 1;
+        }
+    }
+    raw.extend(b"\r");
+    assert_eq!(pairs, 126 * 190);
+    let mut c = Conn::open(a).await;
+    assert_eq!(msa(&c.send(&raw).await.unwrap()).0, "AA");
+    let store = engine.store.clone();
+    let got = wait_for(
+        "delivered to the second listener",
+        Duration::from_secs(20),
+        || {
+            let store = store.clone();
+            async move {
+                let e = store.effects(Some("second")).await.unwrap();
+                e.first().map(|e| e.body.clone())
+            }
+        },
+    )
+    .await;
+    assert_eq!(got.len(), raw.len());
+    let diffs: Vec<String> = (0..raw.len())
+        .filter(|&i| got[i] != raw[i])
+        .take(12)
+        .map(|i| {
+            format!(
+                "@{i}: sent {:02X?} got {:02X?}",
+                &raw[i.saturating_sub(1)..i + 2],
+                &got[i.saturating_sub(1)..i + 2]
+            )
+        })
+        .collect();
+    assert!(diffs.is_empty(), "bytes changed on the way: {diffs:?}");
+    engine.shutdown(Duration::from_secs(5)).await;
+}

@@ -427,7 +427,20 @@ impl Sink for MllpSink {
                 None
             };
             let text = with_msh18(&msg, msh18);
-            let payload = self.dest.encode(&text).map_err(|u| {
+            // Same charset in and out, nothing changed, CR terminators: send the bytes as
+            // received, so a message passes through byte for byte (HL7-03), even for the few
+            // codes whose decoding does not encode back the same (GB18030 0xA3A0 → U+3000).
+            let raw = work.raw_body();
+            let untouched = std::ptr::eq(msg.charset(), self.dest.encoding)
+                && text == msg.text()
+                && !raw.contains(&b'\n')
+                && raw.ends_with(b"\r");
+            let encoded = if untouched {
+                Ok(raw.to_vec())
+            } else {
+                self.dest.encode(&text)
+            };
+            let payload = encoded.map_err(|u| {
                 StepError::permanent(format!(
                     "message {}: MSH-10 {control_id}: character U+{:04X} at byte offset {} ({}) cannot be encoded in {}; nothing was sent to {}",
                     work.id,
