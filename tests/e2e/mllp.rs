@@ -25,7 +25,12 @@ async fn engine_with(extra: &str, steps: &str) -> (Engine, u16, crate::support::
     let db = fresh_db(Backend::Sqlite).await.unwrap();
     let port = free_port();
     let yaml = format!(
-        "version: 1\nname: intake\nsource:\n  mllp: {{ listen: \"127.0.0.1:{port}\"{extra} }}\n{steps}sinks:\n  - journal: {{}}\n"
+        "version: 1\nname: intake\nsource:\n  mllp: {{ listen: \"127.0.0.1:{port}\"{extra} }}\n{steps}{}",
+        if steps.contains("sinks:") {
+            ""
+        } else {
+            "sinks:\n  - journal: {}\n"
+        }
     );
     let engine = Engine::start(loaded(&db, &[&yaml])).await.unwrap();
     // The listener binds in its task; wait until it accepts.
@@ -440,5 +445,91 @@ async fn every_gb18030_two_byte_code_round_trips_byte_identical() {
         })
         .collect();
     assert!(diffs.is_empty(), "bytes changed on the way: {diffs:?}");
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+/// HL7-10 enhanced mode: CA now, then the application ACK as a message of its own: AA after
+/// processing, AE when the message is dead-lettered, nothing when MSH-16 says NE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_acks_follow_processing() {
+    let his = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let his_addr = his.local_addr().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Message>();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = his.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut d = Deframer::new(1 << 20);
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    for ev in d.push(&buf[..n]) {
+                        if let Event::Frame(f) = ev {
+                            let dec = charset::decode(&f, encoding_rs::GB18030, OnInvalid::Replace)
+                                .unwrap();
+                            let _ = tx.send(Message::from_decoded(dec).unwrap());
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let (engine, port, _db) = engine_with(
+        "",
+        &format!(
+            "retry: {{ max_attempts: 1 }}\nsteps:\n  - filter: {{ expr: \"hl7('PID-5.1') != '坏'\" }}\n  - set: {{ headers: {{ x: \"hl7('PID-5.1') == '错' ? headers.missing : 'ok'\" }} }}\nsinks:\n  - hl7_app_ack: {{ to: \"{his_addr}\" }}\n"
+        ),
+    )
+    .await;
+    let mut c = Conn::open(port).await;
+    assert_eq!(
+        msa(&c.send(&gb(&adt("A1", "好^人", "|||AL|AL"))).await.unwrap()).0,
+        "CA"
+    );
+    let app = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(msa(&app), ("AA".into(), "A1".into()));
+    assert_eq!(app.header().receiving_application, "HIS");
+    // Fails its step and is dead at once (max_attempts 1): AE with the reason.
+    assert_eq!(
+        msa(&c.send(&gb(&adt("A2", "错^人", "|||AL|AL"))).await.unwrap()).0,
+        "CA"
+    );
+    let app = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(msa(&app), ("AE".into(), "A2".into()));
+    assert_eq!(app.get_str("ERR-3.1").unwrap().as_deref(), Some("207"));
+    // MSH-16 = NE: no application ACK.
+    assert_eq!(
+        msa(&c.send(&gb(&adt("A3", "好^人", "|||AL|NE"))).await.unwrap()).0,
+        "CA"
+    );
+    // MSH-16 = ER and success: none either; then an error with ER: AE.
+    assert_eq!(
+        msa(&c.send(&gb(&adt("A4", "好^人", "|||AL|ER"))).await.unwrap()).0,
+        "CA"
+    );
+    assert_eq!(
+        msa(&c.send(&gb(&adt("A5", "错^人", "|||AL|ER"))).await.unwrap()).0,
+        "CA"
+    );
+    let app = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        msa(&app),
+        ("AE".into(), "A5".into()),
+        "A3 and A4 got no application ACK"
+    );
     engine.shutdown(Duration::from_secs(5)).await;
 }

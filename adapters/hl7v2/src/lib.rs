@@ -9,6 +9,7 @@
 //! dedup key.
 
 pub mod ack;
+pub mod app_ack;
 pub mod batch;
 pub mod charset;
 pub mod dump;

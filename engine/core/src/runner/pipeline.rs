@@ -382,6 +382,13 @@ impl PipelineHandle {
                     i.metrics.failed(&i.name);
                     if last {
                         i.metrics.dead(&i.name);
+                        let reason = format!("{step}: {}", error.message);
+                        for sink in &i.sinks {
+                            let mut w = Work::from_message(&m);
+                            if let Err(e) = sink.on_dead(&mut w, &reason).await {
+                                tracing::warn!(pipeline = %i.name, id = %m.id, sink = sink.name(), error = %e, "dead-letter notice not delivered");
+                            }
+                        }
                         i.journal
                             .transition(Transition::Dead {
                                 id: m.id.clone(),

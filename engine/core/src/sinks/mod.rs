@@ -29,4 +29,15 @@ pub trait Sink: Send + Sync {
     /// Delivers the message. Effects returned are committed together with the `done` state,
     /// once per (message, sink).
     fn deliver<'a>(&'a self, work: &'a mut Work) -> BoxFuture<'a, Result<Vec<Effect>, StepError>>;
+
+    /// Called once when the message goes to the dead-letter state (after its last attempt),
+    /// with the reason, so a sink can tell its destination (e.g. an HL7 application ACK with
+    /// AE). Best effort: an error here is logged, the message is dead either way.
+    fn on_dead<'a>(
+        &'a self,
+        _work: &'a mut Work,
+        _reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
