@@ -425,6 +425,66 @@ fn body_hash(body: &[u8]) -> String {
     hex::encode(Sha256::digest(body))
 }
 
+/// A journaled message with a dedup key, as the dedup check needs it.
+struct KnownKey {
+    id: String,
+    hash: Option<String>,
+    state: String,
+    headers: String,
+}
+
+async fn known_keys<'a>(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    appends: &[&'a NewMessage],
+) -> Result<HashMap<(&'a str, &'a str), Vec<KnownKey>>> {
+    let mut by_pipeline: BTreeMap<&'a str, Vec<&'a str>> = BTreeMap::new();
+    for m in appends {
+        if let Some(k) = m.dedup_key.as_deref() {
+            by_pipeline.entry(m.pipeline.as_str()).or_default().push(k);
+        }
+    }
+    let mut out: HashMap<(&'a str, &'a str), Vec<KnownKey>> = HashMap::new();
+    for (pipeline, mut keys) in by_pipeline {
+        keys.sort_unstable();
+        keys.dedup();
+        for chunk in keys.chunks(500) {
+            let mut s = Stmt::new(
+                backend,
+                "SELECT id, dedup_key, body_hash, state, headers FROM messages WHERE pipeline = ",
+            );
+            s.bind(pipeline);
+            s.push(" AND dedup_key IN (");
+            for (i, k) in chunk.iter().enumerate() {
+                if i > 0 {
+                    s.push(", ");
+                }
+                s.bind(*k);
+            }
+            s.push(") ORDER BY id");
+            let rows = s
+                .query()
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(q("look up dedup keys"))?;
+            for r in &rows {
+                let key: String = r.try_get("dedup_key").map_err(q("decode dedup"))?;
+                // Map back to the borrowed key of this batch.
+                let Some(k) = chunk.iter().find(|k| **k == key) else {
+                    continue;
+                };
+                out.entry((pipeline, *k)).or_default().push(KnownKey {
+                    id: r.try_get("id").map_err(q("decode dedup"))?,
+                    hash: r.try_get("body_hash").map_err(q("decode dedup"))?,
+                    state: r.try_get("state").map_err(q("decode dedup"))?,
+                    headers: r.try_get("headers").map_err(q("decode dedup"))?,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 async fn append_all(
     conn: &mut AnyConnection,
     backend: Backend,
@@ -435,6 +495,9 @@ async fn append_all(
     let mut rows: Vec<Prepared> = Vec::with_capacity(appends.len());
     // Dedup keys seen earlier in this batch: (pipeline, key) -> [(hash, row index)].
     let mut in_batch: HashMap<(&str, &str), Vec<(String, usize)>> = HashMap::new();
+    // Dedup keys already in the journal, looked up once per batch (one query per pipeline and
+    // 500 keys, not one per message).
+    let known = known_keys(conn, backend, appends).await?;
     for msg in appends {
         let mut reused_key = false;
         let mut hash = None;
@@ -456,29 +519,17 @@ async fn append_all(
                 }
             }
             if dup.is_none() {
-                let mut s = Stmt::new(
-                    backend,
-                    "SELECT id, body_hash, state, headers FROM messages WHERE pipeline = ",
-                );
-                s.bind(msg.pipeline.as_str());
-                s.push(" AND dedup_key = ");
-                s.bind(key);
-                s.push(" ORDER BY id");
-                let found = s
-                    .query()
-                    .fetch_all(&mut *conn)
-                    .await
-                    .map_err(q("look up dedup key"))?;
-                for r in &found {
-                    let fh: Option<String> = r.try_get("body_hash").map_err(q("decode dedup"))?;
-                    if fh.as_deref() == Some(h.as_str()) {
-                        let st: String = r.try_get("state").map_err(q("decode dedup"))?;
-                        let headers: String = r.try_get("headers").map_err(q("decode dedup"))?;
+                for r in known
+                    .get(&(msg.pipeline.as_str(), key))
+                    .into_iter()
+                    .flatten()
+                {
+                    if r.hash.as_deref() == Some(h.as_str()) {
                         dup = Some(Accepted {
-                            id: r.try_get("id").map_err(q("decode dedup"))?,
+                            id: r.id.clone(),
                             duplicate: true,
-                            reused_key: headers.contains(REUSED_KEY_HEADER),
-                            state: State::parse(&st).unwrap_or(State::Received),
+                            reused_key: r.headers.contains(REUSED_KEY_HEADER),
+                            state: State::parse(&r.state).unwrap_or(State::Received),
                         });
                         break;
                     }
