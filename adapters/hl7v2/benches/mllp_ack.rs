@@ -151,6 +151,14 @@ async fn run(messages: usize, connections: usize, paced: Option<f64>) -> String 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let processed = t0.elapsed();
+    let st = engine.journal.stats();
+    eprintln!(
+        "  journal: {} batches, {} ops, {:.1} ops/batch, {:.2} ms/batch",
+        st.batches,
+        st.ops,
+        st.ops as f64 / st.batches.max(1) as f64,
+        processed.as_secs_f64() * 1000.0 / st.batches.max(1) as f64
+    );
     lat.sort();
     engine.shutdown(Duration::from_secs(10)).await;
     format!(
