@@ -178,9 +178,9 @@ impl Store {
                 Durability::PowerLoss => "FULL",
             };
             let pragmas: &'static str = if sync == "FULL" {
-                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000;"
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000; PRAGMA cache_size=-65536;"
             } else {
-                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000;"
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000; PRAGMA cache_size=-65536;"
             };
             let make = |max: u32| {
                 AnyPoolOptions::new()
