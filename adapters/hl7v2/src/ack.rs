@@ -198,14 +198,18 @@ pub fn plan(accept: &str, app: &str, outcome: &Outcome) -> AckPlan {
     }
 }
 
-/// `true` for versions before 2.3.1, whose `MSH-9` has no message-structure component.
-fn before_231(version: &str) -> bool {
-    let parts: Vec<u32> = version
+/// `2.3.1` → `[2, 3, 1]`; stops at the first part that is not a number.
+fn version_parts(version: &str) -> Vec<u32> {
+    version
         .trim()
         .split('.')
         .map_while(|p| p.parse().ok())
-        .collect();
-    match parts.as_slice() {
+        .collect()
+}
+
+/// `true` for versions before 2.3.1, whose `MSH-9` has no message-structure component.
+fn before_231(version: &str) -> bool {
+    match version_parts(version).as_slice() {
         [2, minor, ..] if *minor < 3 => true,
         [2, 3] => true,
         [2, 3, patch, ..] => *patch < 1,
@@ -215,12 +219,7 @@ fn before_231(version: &str) -> bool {
 
 /// `true` for v2.5 and later (ERR-2/3/4 instead of ERR-1). Empty or unreadable: modern.
 fn err_v25(version: &str) -> bool {
-    let parts: Vec<u32> = version
-        .trim()
-        .split('.')
-        .map_while(|p| p.parse().ok())
-        .collect();
-    match parts.as_slice() {
+    match version_parts(version).as_slice() {
         [2, minor, ..] => *minor >= 5,
         _ => true,
     }
