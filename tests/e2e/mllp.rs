@@ -311,26 +311,35 @@ async fn oversized_frames_idle_connections_and_strangers_are_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_aa_when_the_journal_cannot_commit() {
-    let (engine, port, _db) = engine_with("", "").await;
+    let (engine, port, db) = engine_with("", "").await;
     let mut c = Conn::open(port).await;
     assert_eq!(
         msa(&c.send(&gb(&adt("J1", "a^b", ""))).await.unwrap()).0,
         "AA"
     );
-    // The store goes away (as a database outage would).
-    engine.store.close().await;
-    let ack = c.send(&gb(&adt("J2", "a^b", ""))).await;
-    match ack {
-        None => {}
-        Some(a) => {
-            assert_eq!(
-                msa(&a),
-                ("AR".into(), "J2".into()),
-                "never AA without a commit"
-            );
-            assert_eq!(a.get_str("ERR-3.1").unwrap().as_deref(), Some("207"));
-        }
+    // Writes start failing (as a full disk or a database outage would): every insert into the
+    // journal aborts, whichever connection makes it.
+    {
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+        sqlx::raw_sql(
+            "CREATE TRIGGER outage BEFORE INSERT ON messages BEGIN SELECT RAISE(ABORT, 'disk I/O error (simulated)'); END;",
+        )
+        .execute(&mut c)
+        .await
+        .unwrap();
     }
+    let a = c
+        .send(&gb(&adt("J2", "a^b", "")))
+        .await
+        .expect("an ACK for the message that could not be journaled");
+    assert_eq!(
+        msa(&a),
+        ("AR".into(), "J2".into()),
+        "never AA without a commit"
+    );
+    assert_eq!(a.get_str("ERR-3.1").unwrap().as_deref(), Some("207"));
+    engine.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -289,6 +289,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(), String> {
     let mut deframer = Deframer::new(s.config.max_frame_bytes);
     let mut buf = vec![0u8; 64 * 1024];
+    let mut conn = Conn {
+        peer,
+        source: format!("mllp {peer}"),
+        acks: AckEncoder::default(),
+    };
     loop {
         let n = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -312,7 +317,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         for ev in deframer.push(&buf[..n]) {
             match ev {
                 Event::Frame(raw) => {
-                    let ack = handle(s, peer, raw).await;
+                    let ack = handle(s, &mut conn, raw).await;
                     stream
                         .write_all(&frame(&ack))
                         .await
@@ -334,8 +339,89 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-fn now_hl7() -> String {
-    chrono::Utc::now().format("%Y%m%d%H%M%S").to_string()
+/// What a connection keeps from one message to the next.
+struct Conn {
+    peer: SocketAddr,
+    /// The messages' `source`: `mllp <peer>`.
+    source: String,
+    acks: AckEncoder,
+}
+
+/// Turns ACK text into bytes in the message's charset, remembering what repeats from one ACK
+/// of a connection to the next: the encoded form of each run of non-ASCII text (the names in
+/// MSH-3..6, copied into every ACK) and MSH-7 within the same second. encoding_rs looks a hanzi
+/// up in the GBK/GB18030 tables by linear search, which made encoding the ACK cost more than
+/// decoding and parsing the message.
+///
+/// The bytes are those of `charset::encode`: ASCII is copied as is only for charsets that
+/// encode ASCII as itself and keep no state between characters (all but ISO-2022-JP and the
+/// UTF-16 family, which go through `charset::encode` whole), and when a character cannot be
+/// encoded the ACK goes out as UTF-8, as before.
+#[derive(Default)]
+struct AckEncoder {
+    encoding: Option<&'static encoding_rs::Encoding>,
+    runs: std::collections::HashMap<String, Vec<u8>>,
+    second: i64,
+    stamp: String,
+}
+
+/// Most non-ASCII runs remembered per connection (a sender repeats a handful).
+const ACK_RUNS: usize = 64;
+
+impl AckEncoder {
+    /// MSH-7 of an ACK: now, to the second.
+    fn now(&mut self) -> &str {
+        let now = chrono::Utc::now();
+        if self.stamp.is_empty() || now.timestamp() != self.second {
+            self.second = now.timestamp();
+            self.stamp = now.format("%Y%m%d%H%M%S").to_string();
+        }
+        &self.stamp
+    }
+
+    fn encode(&mut self, text: String, encoding: &'static encoding_rs::Encoding) -> Vec<u8> {
+        if encoding == encoding_rs::UTF_8 {
+            return text.into_bytes();
+        }
+        if !encoding.is_ascii_compatible() {
+            return charset::encode(&text, encoding).unwrap_or_else(|_| text.into_bytes());
+        }
+        if self.encoding != Some(encoding) || self.runs.len() >= ACK_RUNS {
+            self.runs.clear();
+            self.encoding = Some(encoding);
+        }
+        let bytes = text.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 2);
+        let mut i = 0;
+        while i < bytes.len() {
+            // An ASCII byte is a character boundary, so `start` and `end` are.
+            let start = bytes[i..]
+                .iter()
+                .position(|b| !b.is_ascii())
+                .map_or(bytes.len(), |p| i + p);
+            out.extend_from_slice(&bytes[i..start]);
+            if start == bytes.len() {
+                break;
+            }
+            let end = bytes[start..]
+                .iter()
+                .position(u8::is_ascii)
+                .map_or(bytes.len(), |p| start + p);
+            let run = text.get(start..end).unwrap_or_default();
+            match self.runs.get(run) {
+                Some(encoded) => out.extend_from_slice(encoded),
+                None => match charset::encode(run, encoding) {
+                    Ok(encoded) => {
+                        out.extend_from_slice(&encoded);
+                        self.runs.insert(run.to_owned(), encoded);
+                    }
+                    Err(_) => return text.into_bytes(),
+                },
+            }
+            i = end;
+        }
+        out
+    }
 }
 
 /// A header read leniently from text that did not parse, so that even a broken message gets
@@ -372,7 +458,8 @@ fn fallback_header(text: &str) -> Header {
 }
 
 /// Handles one frame: returns the ACK bytes to send back.
-async fn handle(s: &Shared, peer: SocketAddr, raw: Vec<u8>) -> Vec<u8> {
+async fn handle(s: &Shared, conn: &mut Conn, raw: Vec<u8>) -> Vec<u8> {
+    let peer = conn.peer;
     let on_invalid = match s.config.on_invalid_charset {
         InvalidCharsetPolicy::Reject => OnInvalid::Reject,
         InvalidCharsetPolicy::Replace => OnInvalid::Replace,
@@ -400,7 +487,7 @@ async fn handle(s: &Shared, peer: SocketAddr, raw: Vec<u8>) -> Vec<u8> {
             };
             return reject(
                 s,
-                peer,
+                conn,
                 raw,
                 &h,
                 Outcome::ContentError(detail),
@@ -423,15 +510,15 @@ async fn handle(s: &Shared, peer: SocketAddr, raw: Vec<u8>) -> Vec<u8> {
                 field: 0,
                 text: format!("not a readable HL7 v2 message: {e}"),
             };
-            return reject(s, peer, raw, &h, Outcome::Rejected(detail), encoding).await;
+            return reject(s, conn, raw, &h, Outcome::Rejected(detail), encoding).await;
         }
     };
     let h = message.header();
     if let Some(detail) = check_header(&h).or_else(|| check_type(&s.config.accept_types, &h)) {
-        return reject(s, peer, raw, &h, Outcome::Rejected(detail), encoding).await;
+        return reject(s, conn, raw, &h, Outcome::Rejected(detail), encoding).await;
     }
     let mut m = NewMessage::new(s.pipeline.name(), s.pipeline.facility(), "hl7v2", raw);
-    m.source = format!("mllp {peer}");
+    m.source.clone_from(&conn.source);
     let version = if h.version.is_empty() {
         tracing::warn!(%peer, control_id = %h.control_id, default = %s.config.default_version, "MSH-12 is empty; the channel's default version applies");
         s.config.default_version.clone()
@@ -485,7 +572,7 @@ async fn handle(s: &Shared, peer: SocketAddr, raw: Vec<u8>) -> Vec<u8> {
             })
         }
     };
-    ack_bytes(&h, &outcome, encoding)
+    ack_bytes(&mut conn.acks, &h, &outcome, encoding)
 }
 
 /// Version and processing id checks (HL7-11, HL7-35): AR for what cannot be handled at all.
@@ -561,7 +648,7 @@ fn check_type(accept: &[String], h: &Header) -> Option<ErrorDetail> {
 /// its AE/AR.
 async fn reject(
     s: &Shared,
-    peer: SocketAddr,
+    conn: &mut Conn,
     raw: Vec<u8>,
     h: &Header,
     outcome: Outcome,
@@ -570,11 +657,12 @@ async fn reject(
     let (kind, detail) = match &outcome {
         Outcome::ContentError(d) => ("AE", d),
         Outcome::Rejected(d) => ("AR", d),
-        Outcome::Accepted => return ack_bytes(h, &outcome, encoding),
+        Outcome::Accepted => return ack_bytes(&mut conn.acks, h, &outcome, encoding),
     };
+    let peer = conn.peer;
     tracing::warn!(%peer, control_id = %h.control_id, code = detail.code.code(), reason = %detail.text, "HL7 message refused ({kind})");
     let mut m = NewMessage::new(s.pipeline.name(), s.pipeline.facility(), "hl7v2", raw);
-    m.source = format!("mllp {peer}");
+    m.source.clone_from(&conn.source);
     m.headers
         .insert("hl7-control-id".into(), h.control_id.clone());
     m.headers
@@ -589,10 +677,15 @@ async fn reject(
     if let Err(e) = s.pipeline.submit(m).await {
         tracing::error!(%peer, error = %e, "refused message could not be journaled either");
     }
-    ack_bytes(h, &outcome, encoding)
+    ack_bytes(&mut conn.acks, h, &outcome, encoding)
 }
 
-fn ack_bytes(h: &Header, outcome: &Outcome, encoding: &'static encoding_rs::Encoding) -> Vec<u8> {
+fn ack_bytes(
+    acks: &mut AckEncoder,
+    h: &Header,
+    outcome: &Outcome,
+    encoding: &'static encoding_rs::Encoding,
+) -> Vec<u8> {
     let plan = ack::plan(&h.accept_ack, &h.app_ack, outcome);
     // A sender that said "never" (or "on error only") for the accept ACK still needs MLLP to
     // move on; an empty answer is not allowed by the protocol, so the code goes out anyway
@@ -606,14 +699,9 @@ fn ack_bytes(h: &Header, outcome: &Outcome, encoding: &'static encoding_rs::Enco
         Outcome::Accepted => None,
         Outcome::ContentError(d) | Outcome::Rejected(d) => Some(d),
     };
-    let text = ack::build(
-        h,
-        code,
-        detail,
-        &huizhen_core::message::new_id(),
-        &now_hl7(),
-    );
-    charset::encode(&text, encoding).unwrap_or_else(|_| text.into_bytes())
+    let id = huizhen_core::message::new_id();
+    let text = ack::build(h, code, detail, &id, acks.now());
+    acks.encode(text, encoding)
 }
 
 #[cfg(test)]
@@ -631,6 +719,46 @@ mod tests {
         assert!(!one.contains("127.0.0.2".parse().unwrap()));
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("host.example").is_err());
+    }
+
+    /// The ACK bytes are exactly what `charset::encode` gives (or UTF-8 when it fails), for
+    /// every charset, with the run cache cold or warm.
+    #[test]
+    fn ack_encoder_matches_charset_encode() {
+        let encodings = [
+            encoding_rs::UTF_8,
+            encoding_rs::GB18030,
+            encoding_rs::GBK,
+            encoding_rs::BIG5,
+            encoding_rs::SHIFT_JIS,
+            encoding_rs::EUC_KR,
+            encoding_rs::ISO_2022_JP,
+            encoding_rs::WINDOWS_1252,
+            encoding_rs::ISO_8859_5,
+        ];
+        let texts = [
+            "MSH|^~\\&|HUIZHEN|省会诊中心|LIS|县人民医院检验科|20261123101500||ACK^R01^ACK|x|P|2.5\rMSA|AA|C1\r",
+            "MSH|^~\\&|A|B\r",
+            "",
+            "张",
+            "MSH|^~\\&|病院|東京|ソウル|서울|Zürich|Москва\rMSA|AA|1\r",
+            "MSH|^~\\&|𠀀|县|€|Ω\r",
+            "全部非ASCII文字",
+        ];
+        let mut enc = AckEncoder::default();
+        for round in 0..2 {
+            for e in encodings {
+                for t in texts {
+                    let want = charset::encode(t, e).unwrap_or_else(|_| t.as_bytes().to_vec());
+                    assert_eq!(
+                        enc.encode(t.to_owned(), e),
+                        want,
+                        "{} round {round}: {t:?}",
+                        e.name()
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -344,6 +344,9 @@ pub(super) fn spawn_workers(
     }
 }
 
+/// How long a fresh message's first attempt runs before it is marked `processing`.
+const PROCESSING_MARK_AFTER: Duration = Duration::from_millis(500);
+
 enum Outcome {
     Done(Vec<crate::store::Effect>),
     Failed { step: String, error: StepError },
@@ -354,13 +357,28 @@ impl PipelineHandle {
     /// keep the message in its partition until it is done or dead.
     async fn process(&self, mut m: Message, in_place: bool) {
         let i = &self.inner;
-        if m.state == State::Received {
-            i.journal
-                .transition_nowait(Transition::Processing { id: m.id.clone() })
-                .await;
-        }
+        let mut marked = m.state != State::Received;
         loop {
-            let outcome = self.run_once(&m).await;
+            let outcome = if marked {
+                self.run_once(&m).await
+            } else {
+                // A fresh message is marked `processing` only if its first attempt is still
+                // running after PROCESSING_MARK_AFTER (a slow sink, a retrying destination), so
+                // that the API shows it as in flight. Most messages are done well before: writing
+                // the marker for them would cost a journal write each and show nothing.
+                let run = self.run_once(&m);
+                tokio::pin!(run);
+                tokio::select! {
+                    biased;
+                    o = &mut run => o,
+                    _ = tokio::time::sleep(PROCESSING_MARK_AFTER) => {
+                        i.journal
+                            .transition_nowait(Transition::Processing { id: m.id.clone() })
+                            .await;
+                        run.await
+                    }
+                }
+            };
             let attempt = m.attempts + 1;
             let result = match outcome {
                 Outcome::Done(effects) => {
@@ -412,6 +430,8 @@ impl PipelineHandle {
                             return;
                         }
                         m.attempts = attempt;
+                        // `Retrying` left it `processing` in the journal.
+                        marked = true;
                         tokio::select! {
                             _ = i.shutdown.cancelled() => return,
                             _ = tokio::time::sleep(self.backoff(attempt)) => {}

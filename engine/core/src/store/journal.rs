@@ -16,6 +16,7 @@
 //! If a batch fails, its operations are retried one by one in their own transactions, so one bad
 //! operation cannot fail the others.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use sha2::{Digest, Sha256};
 use sqlx::any::{Any, AnyArguments};
 use sqlx::query::Query;
-use sqlx::{AnyConnection, Arguments, AssertSqlSafe, Connection, Encode, Row, Type};
+use sqlx::{AnyConnection, Arguments, AssertSqlSafe, Connection, Row};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{Backend, Result, Store, StoreError, q};
@@ -154,21 +155,41 @@ impl std::fmt::Debug for Journal {
 }
 
 impl Journal {
-    /// Starts the writer task(s) on the current tokio runtime.
+    /// Starts the writer on the current tokio runtime: on SQLite one thread with its own
+    /// connection to the database file, on PostgreSQL `opts.writers` tasks over the pool.
     pub fn start(store: Store, opts: JournalOptions) -> Journal {
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
-        let rx = Arc::new(Mutex::new(rx));
         let counters = Arc::new(Counters::default());
-        let writers = match store.backend() {
-            super::Backend::Sqlite => 1,
-            super::Backend::Postgres => opts.writers.max(1),
+        let max_batch = opts.max_batch.max(1);
+        let rx = match sqlite_writer(&store) {
+            Ok(Some(conn)) => {
+                let counters = counters.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("huizhen-journal".into())
+                    .spawn(move || sqlite_writer_loop(conn, rx, &counters, max_batch));
+                match spawned {
+                    Ok(_) => None,
+                    Err(e) => panic!("cannot start the journal writer thread: {e}"),
+                }
+            }
+            Ok(None) => Some(rx),
+            Err(e) => {
+                tracing::warn!(error = %e, "journal writer: the SQLite file could not be opened directly; writing through the connection pool");
+                Some(rx)
+            }
         };
-        for _ in 0..writers {
-            let rx = rx.clone();
-            let store = store.clone();
-            let counters = counters.clone();
-            let max_batch = opts.max_batch.max(1);
-            tokio::spawn(async move { writer_loop(store, rx, counters, max_batch).await });
+        if let Some(rx) = rx {
+            let rx = Arc::new(Mutex::new(rx));
+            let writers = match store.backend() {
+                super::Backend::Sqlite => 1,
+                super::Backend::Postgres => opts.writers.max(1),
+            };
+            for _ in 0..writers {
+                let rx = rx.clone();
+                let store = store.clone();
+                let counters = counters.clone();
+                tokio::spawn(async move { writer_loop(store, rx, counters, max_batch).await });
+            }
         }
         Journal {
             tx,
@@ -220,6 +241,62 @@ impl Journal {
     }
 }
 
+/// The SQLite writer's own connection, when the store is a SQLite file.
+///
+/// sqlx runs each SQLite connection on a worker thread of its own and sends it every statement
+/// (and BEGIN and COMMIT) as a message, so a batch of a dedup lookup, an insert and a few
+/// updates costs half a dozen thread hand-offs. Under many small concurrent requests (MLLP
+/// senders waiting for their ACK) those hand-offs, not SQLite, were the cost of the journal. The
+/// writer therefore runs on a thread that owns a rusqlite connection to the same file (rusqlite
+/// links the same `libsqlite3-sys` as sqlx) and takes whole batches from its queue: one
+/// hand-off per batch. Everything else (reads, migrations, the scheduler) stays on sqlx.
+fn sqlite_writer(store: &Store) -> Result<Option<rusqlite::Connection>> {
+    let Some(path) = store.sqlite_file() else {
+        return Ok(None);
+    };
+    let sq = |op| move |source| StoreError::Sqlite { op, source };
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+            | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sq("open the journal writer connection"))?;
+    let sync = match store.durability() {
+        super::Durability::ProcessCrash => "NORMAL",
+        super::Durability::PowerLoss => "FULL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA cache_size=-65536;"
+    ))
+    .map_err(sq("configure the journal writer connection"))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(sq("configure the journal writer connection"))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(Some(conn))
+}
+
+fn sqlite_writer_loop(
+    mut conn: rusqlite::Connection,
+    mut rx: mpsc::Receiver<Op>,
+    counters: &Counters,
+    max_batch: usize,
+) {
+    // Group commit without waiting: while one batch commits, the requests that arrive queue up
+    // and are all taken as the next batch.
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = Vec::with_capacity(64);
+        batch.push(first);
+        drain(&mut rx, &mut batch, max_batch);
+        counters.batches.fetch_add(1, Ordering::Relaxed);
+        counters
+            .ops
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        // The rusqlite executor never waits, so polling the batch once runs it to the end.
+        futures::executor::block_on(commit_batch(&mut LiteApplier(&mut conn), batch));
+    }
+}
+
 async fn writer_loop(
     store: Store,
     rx: Arc<Mutex<mpsc::Receiver<Op>>>,
@@ -255,7 +332,7 @@ async fn writer_loop(
         counters
             .ops
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        commit_batch(&store, batch).await;
+        commit_batch(&mut PoolApplier(&store), batch).await;
     }
 }
 
@@ -284,7 +361,91 @@ enum AppendPlan {
     Duplicate(Accepted),
 }
 
-async fn commit_batch(store: &Store, batch: Vec<Op>) {
+type Applied = (Vec<Accepted>, Vec<bool>);
+
+/// Applies appends and transitions in one transaction.
+trait Applier {
+    async fn apply(
+        &mut self,
+        appends: &[&NewMessage],
+        transitions: &[&Transition],
+        now: i64,
+    ) -> Result<Applied>;
+}
+
+/// The common batch, fresh messages without dedup keys and nothing else, is a single INSERT
+/// statement: it is atomic and durable on its own (autocommit), which saves BEGIN and COMMIT.
+fn single_statement(appends: &[&NewMessage], transitions: &[&Transition]) -> bool {
+    transitions.is_empty()
+        && appends.len() <= CHUNK
+        && appends.iter().all(|m| m.dedup_key.is_none())
+}
+
+async fn apply_on<E: Exec>(
+    e: &mut E,
+    appends: &[&NewMessage],
+    transitions: &[&Transition],
+    now: i64,
+) -> Result<Applied> {
+    let accepted = append_all(e, appends, now).await?;
+    let applied = transition_all(e, transitions, now).await?;
+    Ok((accepted, applied))
+}
+
+/// Through sqlx's pool (PostgreSQL, and SQLite when the file cannot be opened directly).
+struct PoolApplier<'s>(&'s Store);
+
+impl Applier for PoolApplier<'_> {
+    async fn apply(
+        &mut self,
+        appends: &[&NewMessage],
+        transitions: &[&Transition],
+        now: i64,
+    ) -> Result<Applied> {
+        let backend = self.0.backend();
+        let mut conn = self
+            .0
+            .write_pool()
+            .acquire()
+            .await
+            .map_err(q("acquire writer connection"))?;
+        if single_statement(appends, transitions) {
+            return apply_on(&mut SqlxExec(&mut conn, backend), appends, &[], now).await;
+        }
+        let mut tx = conn.begin().await.map_err(q("begin journal batch"))?;
+        let r = apply_on(&mut SqlxExec(&mut tx, backend), appends, transitions, now).await?;
+        tx.commit().await.map_err(q("commit journal batch"))?;
+        Ok(r)
+    }
+}
+
+/// On the SQLite writer thread's own connection.
+struct LiteApplier<'c>(&'c mut rusqlite::Connection);
+
+impl Applier for LiteApplier<'_> {
+    async fn apply(
+        &mut self,
+        appends: &[&NewMessage],
+        transitions: &[&Transition],
+        now: i64,
+    ) -> Result<Applied> {
+        let sq = |op| move |source| StoreError::Sqlite { op, source };
+        if single_statement(appends, transitions) {
+            return apply_on(&mut LiteExec(self.0), appends, &[], now).await;
+        }
+        // IMMEDIATE: take the write lock now, so that the dedup lookup and the writes see the
+        // same database even if another connection (the scheduler's) writes in between.
+        let tx = self
+            .0
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sq("begin journal batch"))?;
+        let r = apply_on(&mut LiteExec(&tx), appends, transitions, now).await?;
+        tx.commit().map_err(sq("commit journal batch"))?;
+        Ok(r)
+    }
+}
+
+async fn commit_batch<A: Applier>(a: &mut A, batch: Vec<Op>) {
     let mut appends = Vec::new();
     let mut transitions = Vec::new();
     for op in batch {
@@ -297,7 +458,7 @@ async fn commit_batch(store: &Store, batch: Vec<Op>) {
     let result = {
         let msgs: Vec<&NewMessage> = appends.iter().map(|(m, _)| m).collect();
         let ts: Vec<&Transition> = transitions.iter().map(|(t, _)| t).collect();
-        apply(store, &msgs, &ts, now).await
+        a.apply(&msgs, &ts, now).await
     };
     match result {
         Ok((accepted, applied)) => {
@@ -321,15 +482,14 @@ async fn commit_batch(store: &Store, batch: Vec<Op>) {
         Err(err) => {
             tracing::warn!(error = %err, ops = appends.len() + transitions.len(), "journal batch failed; retrying its operations one by one");
             for (msg, reply) in appends {
-                let r = apply(store, &[&msg], &[], now)
+                let r = a
+                    .apply(&[&msg], &[], now)
                     .await
                     .map(|(mut a, _)| a.remove(0));
                 let _ = reply.send(r);
             }
             for (t, reply) in transitions {
-                let r = apply(store, &[], &[&t], now)
-                    .await
-                    .map(|(_, mut a)| a.remove(0));
+                let r = a.apply(&[], &[&t], now).await.map(|(_, mut a)| a.remove(0));
                 if let Err(e) = &r {
                     tracing::error!(error = %e, message = t.id(), "journal transition failed");
                 }
@@ -344,54 +504,77 @@ async fn commit_batch(store: &Store, batch: Vec<Op>) {
 /// Most rows in one multi-row statement.
 const CHUNK: usize = 500;
 
-/// Applies appends and transitions in one transaction.
-async fn apply(
-    store: &Store,
-    appends: &[&NewMessage],
-    transitions: &[&Transition],
-    now: i64,
-) -> Result<(Vec<Accepted>, Vec<bool>)> {
-    let mut conn = store
-        .write_pool()
-        .acquire()
-        .await
-        .map_err(q("acquire writer connection"))?;
-    let backend = store.backend();
-    // The common batch, fresh messages without dedup keys and nothing else, is a single INSERT
-    // statement: it is atomic and durable on its own (autocommit), which saves the round trips
-    // of BEGIN and COMMIT.
-    if transitions.is_empty()
-        && appends.len() <= CHUNK
-        && appends.iter().all(|m| m.dedup_key.is_none())
-    {
-        let accepted = append_all(&mut conn, backend, appends, now).await?;
-        return Ok((accepted, Vec::new()));
-    }
-    let mut tx = conn.begin().await.map_err(q("begin journal batch"))?;
-    let accepted = append_all(&mut tx, backend, appends, now).await?;
-    let applied = transition_all(&mut tx, backend, transitions, now).await?;
-    tx.commit().await.map_err(q("commit journal batch"))?;
-    Ok((accepted, applied))
+/// A value bound to a statement.
+enum Value<'a> {
+    Null,
+    Int(i64),
+    Text(Cow<'a, str>),
+    Blob(&'a [u8]),
 }
 
-/// SQL text and arguments for the writer's statements. Like `super::sql::Sql`, but SQLite gets
-/// anonymous `?` placeholders: sqlx's SQLite driver binds a numbered `$n` parameter by asking
-/// SQLite for its name (`sqlite3_bind_parameter_name`, a linear scan of the statement's
-/// parameters), which makes binding a multi-row insert quadratic in its number of parameters.
-/// PostgreSQL needs `$n`. Values are bound in the order their placeholders appear.
-struct Stmt {
+impl From<i64> for Value<'_> {
+    fn from(v: i64) -> Self {
+        Value::Int(v)
+    }
+}
+
+impl From<Option<i64>> for Value<'_> {
+    fn from(v: Option<i64>) -> Self {
+        v.map_or(Value::Null, Value::Int)
+    }
+}
+
+impl<'a> From<&'a str> for Value<'a> {
+    fn from(v: &'a str) -> Self {
+        Value::Text(Cow::Borrowed(v))
+    }
+}
+
+impl From<String> for Value<'_> {
+    fn from(v: String) -> Self {
+        Value::Text(Cow::Owned(v))
+    }
+}
+
+impl<'a> From<Option<&'a str>> for Value<'a> {
+    fn from(v: Option<&'a str>) -> Self {
+        v.map_or(Value::Null, Value::from)
+    }
+}
+
+impl<'a> From<&'a [u8]> for Value<'a> {
+    fn from(v: &'a [u8]) -> Self {
+        Value::Blob(v)
+    }
+}
+
+impl rusqlite::ToSql for Value<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(ToSqlOutput::Borrowed(match self {
+            Value::Null => ValueRef::Null,
+            Value::Int(v) => ValueRef::Integer(*v),
+            Value::Text(v) => ValueRef::Text(v.as_bytes()),
+            Value::Blob(v) => ValueRef::Blob(v),
+        }))
+    }
+}
+
+/// SQL text and its arguments, for either executor. SQLite gets anonymous `?` placeholders
+/// (sqlx's SQLite driver binds a numbered `$n` by asking SQLite for its name, a linear scan,
+/// which makes binding a multi-row insert quadratic); PostgreSQL needs `$n`. Values are bound in
+/// the order their placeholders appear.
+struct Stmt<'a> {
     text: String,
-    args: AnyArguments,
-    n: usize,
+    args: Vec<Value<'a>>,
     numbered: bool,
 }
 
-impl Stmt {
-    fn new(backend: Backend, text: &str) -> Stmt {
+impl<'a> Stmt<'a> {
+    fn new(backend: Backend, text: &str) -> Stmt<'a> {
         Stmt {
             text: text.to_owned(),
-            args: AnyArguments::default(),
-            n: 0,
+            args: Vec::new(),
             numbered: backend == Backend::Postgres,
         }
     }
@@ -400,24 +583,105 @@ impl Stmt {
         self.text.push_str(text);
     }
 
-    fn bind<'t, T>(&mut self, value: T)
-    where
-        T: Encode<'t, Any> + Type<Any>,
-    {
-        self.n += 1;
+    fn bind(&mut self, value: impl Into<Value<'a>>) {
+        self.args.push(value.into());
         if self.numbered {
             use std::fmt::Write;
-            let _ = write!(self.text, "${}", self.n);
+            let _ = write!(self.text, "${}", self.args.len());
         } else {
             self.text.push('?');
         }
-        // Adding an argument to AnyArguments only fails for types the Any driver cannot encode,
-        // which the bounds above rule out.
-        let _ = self.args.add(value);
+    }
+}
+
+/// Rows come back as text columns (all the writer reads back is ids, keys, hashes, states and
+/// headers).
+type Rows = Vec<Vec<Option<String>>>;
+
+/// Runs the writer's statements: sqlx (PostgreSQL, or SQLite through the pool) or rusqlite.
+trait Exec {
+    fn backend(&self) -> Backend;
+    async fn execute(&mut self, s: Stmt<'_>, op: &'static str) -> Result<u64>;
+    async fn fetch(&mut self, s: Stmt<'_>, op: &'static str) -> Result<Rows>;
+}
+
+struct SqlxExec<'c>(&'c mut AnyConnection, Backend);
+
+impl SqlxExec<'_> {
+    fn query(s: Stmt<'_>) -> Query<'static, Any, AnyArguments> {
+        let mut args = AnyArguments::default();
+        for v in s.args {
+            // Adding an argument to AnyArguments only fails for types the Any driver cannot
+            // encode; these four it can.
+            let _ = match v {
+                Value::Null => args.add(None::<i64>),
+                Value::Int(v) => args.add(v),
+                Value::Text(v) => args.add(v.into_owned()),
+                Value::Blob(v) => args.add(v.to_vec()),
+            };
+        }
+        sqlx::query_with(AssertSqlSafe(s.text), args)
+    }
+}
+
+impl Exec for SqlxExec<'_> {
+    fn backend(&self) -> Backend {
+        self.1
     }
 
-    fn query(self) -> Query<'static, Any, AnyArguments> {
-        sqlx::query_with(AssertSqlSafe(self.text), self.args)
+    async fn execute(&mut self, s: Stmt<'_>, op: &'static str) -> Result<u64> {
+        let r = Self::query(s).execute(&mut *self.0).await.map_err(q(op))?;
+        Ok(r.rows_affected())
+    }
+
+    async fn fetch(&mut self, s: Stmt<'_>, op: &'static str) -> Result<Rows> {
+        let rows = Self::query(s)
+            .fetch_all(&mut *self.0)
+            .await
+            .map_err(q(op))?;
+        rows.iter()
+            .map(|r| {
+                (0..r.columns().len())
+                    .map(|i| r.try_get::<Option<String>, _>(i).map_err(q(op)))
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+struct LiteExec<'c>(&'c rusqlite::Connection);
+
+impl Exec for LiteExec<'_> {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    async fn execute(&mut self, s: Stmt<'_>, op: &'static str) -> Result<u64> {
+        let sq = |source| StoreError::Sqlite { op, source };
+        let mut st = self.0.prepare_cached(&s.text).map_err(sq)?;
+        let n = st
+            .execute(rusqlite::params_from_iter(s.args.iter()))
+            .map_err(sq)?;
+        Ok(n as u64)
+    }
+
+    async fn fetch(&mut self, s: Stmt<'_>, op: &'static str) -> Result<Rows> {
+        let sq = |source| StoreError::Sqlite { op, source };
+        let mut st = self.0.prepare_cached(&s.text).map_err(sq)?;
+        let n = st.column_count();
+        let mut rows = st
+            .query(rusqlite::params_from_iter(s.args.iter()))
+            .map_err(sq)?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().map_err(sq)? {
+            out.push(
+                (0..n)
+                    .map(|i| r.get::<_, Option<String>>(i))
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(sq)?,
+            );
+        }
+        Ok(out)
     }
 }
 
@@ -433,9 +697,8 @@ struct KnownKey {
     headers: String,
 }
 
-async fn known_keys<'a>(
-    conn: &mut AnyConnection,
-    backend: Backend,
+async fn known_keys<'a, E: Exec>(
+    e: &mut E,
     appends: &[&'a NewMessage],
 ) -> Result<HashMap<(&'a str, &'a str), Vec<KnownKey>>> {
     let mut by_pipeline: BTreeMap<&'a str, Vec<&'a str>> = BTreeMap::new();
@@ -450,7 +713,7 @@ async fn known_keys<'a>(
         keys.dedup();
         for chunk in keys.chunks(500) {
             let mut s = Stmt::new(
-                backend,
+                e.backend(),
                 "SELECT id, dedup_key, body_hash, state, headers FROM messages WHERE pipeline = ",
             );
             s.bind(pipeline);
@@ -462,22 +725,19 @@ async fn known_keys<'a>(
                 s.bind(*k);
             }
             s.push(") ORDER BY id");
-            let rows = s
-                .query()
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(q("look up dedup keys"))?;
-            for r in &rows {
-                let key: String = r.try_get("dedup_key").map_err(q("decode dedup"))?;
+            for r in e.fetch(s, "look up dedup keys").await? {
+                let mut r = r.into_iter();
+                let mut col = || r.next().flatten();
+                let (id, key, hash, state, headers) = (col(), col(), col(), col(), col());
                 // Map back to the borrowed key of this batch.
-                let Some(k) = chunk.iter().find(|k| **k == key) else {
+                let Some(k) = chunk.iter().find(|k| Some(**k) == key.as_deref()) else {
                     continue;
                 };
                 out.entry((pipeline, *k)).or_default().push(KnownKey {
-                    id: r.try_get("id").map_err(q("decode dedup"))?,
-                    hash: r.try_get("body_hash").map_err(q("decode dedup"))?,
-                    state: r.try_get("state").map_err(q("decode dedup"))?,
-                    headers: r.try_get("headers").map_err(q("decode dedup"))?,
+                    id: id.unwrap_or_default(),
+                    hash,
+                    state: state.unwrap_or_default(),
+                    headers: headers.unwrap_or_default(),
                 });
             }
         }
@@ -485,19 +745,19 @@ async fn known_keys<'a>(
     Ok(out)
 }
 
-async fn append_all(
-    conn: &mut AnyConnection,
-    backend: Backend,
+async fn append_all<E: Exec>(
+    e: &mut E,
     appends: &[&NewMessage],
     now: i64,
 ) -> Result<Vec<Accepted>> {
+    let backend = e.backend();
     let mut plans = Vec::with_capacity(appends.len());
     let mut rows: Vec<Prepared> = Vec::with_capacity(appends.len());
     // Dedup keys seen earlier in this batch: (pipeline, key) -> [(hash, row index)].
     let mut in_batch: HashMap<(&str, &str), Vec<(String, usize)>> = HashMap::new();
     // Dedup keys already in the journal, looked up once per batch (one query per pipeline and
     // 500 keys, not one per message).
-    let known = known_keys(conn, backend, appends).await?;
+    let known = known_keys(e, appends).await?;
     for msg in appends {
         let mut reused_key = false;
         let mut hash = None;
@@ -542,16 +802,19 @@ async fn append_all(
             }
             hash = Some(h);
         }
-        let mut headers = msg.headers.clone();
-        if reused_key {
+        let headers_json = if reused_key {
+            let mut headers = msg.headers.clone();
             headers.insert(REUSED_KEY_HEADER.into(), "reused-key".into());
             tracing::warn!(
                 pipeline = %msg.pipeline,
                 dedup_key = msg.dedup_key.as_deref().unwrap_or(""),
                 "dedup key reused with a different body: processing it and flagging it"
             );
+            serde_json::to_string(&headers)
+        } else {
+            serde_json::to_string(&msg.headers)
         }
-        let headers_json = serde_json::to_string(&headers).unwrap_or_else(|_| "{}".into());
+        .unwrap_or_else(|_| "{}".into());
         let idx = rows.len();
         if let (Some(key), Some(h)) = (msg.dedup_key.as_deref(), hash.as_ref()) {
             in_batch
@@ -596,7 +859,7 @@ async fn append_all(
             s.push(", ");
             s.bind(now);
             s.push(", ");
-            s.bind(r.msg.trace_id.clone().unwrap_or_else(|| r.id.clone()));
+            s.bind(r.msg.trace_id.as_deref().unwrap_or(r.id.as_str()));
             s.push(", ");
             s.bind(r.msg.dedup_key.as_deref());
             s.push(", ");
@@ -609,14 +872,10 @@ async fn append_all(
         }
         if deduped {
             s.push(" ON CONFLICT DO NOTHING RETURNING id");
-            let back = s
-                .query()
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(q("append messages"))?;
+            let back = e.fetch(s, "append messages").await?;
             let ids: std::collections::HashSet<String> = back
-                .iter()
-                .filter_map(|r| r.try_get::<String, _>("id").ok())
+                .into_iter()
+                .filter_map(|r| r.into_iter().next().flatten())
                 .collect();
             for (i, r) in chunk.iter().enumerate() {
                 if !ids.contains(&r.id) {
@@ -624,10 +883,7 @@ async fn append_all(
                 }
             }
         } else {
-            s.query()
-                .execute(&mut *conn)
-                .await
-                .map_err(q("append messages"))?;
+            e.execute(s, "append messages").await?;
         }
     }
     // Messages their source refused are kept, as dead letters with the reason (rare: one
@@ -637,10 +893,7 @@ async fn append_all(
         s.bind(r.msg.rejected.as_deref());
         s.push(" WHERE id = ");
         s.bind(r.id.as_str());
-        s.query()
-            .execute(&mut *conn)
-            .await
-            .map_err(q("record refused message"))?;
+        e.execute(s, "record refused message").await?;
     }
     let mut raced: BTreeMap<usize, Accepted> = BTreeMap::new();
     for idx in lost {
@@ -651,16 +904,19 @@ async fn append_all(
         s.bind(r.msg.dedup_key.as_deref());
         s.push(" AND body_hash = ");
         s.bind(r.hash.as_deref());
-        let row = s
-            .query()
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(q("look up raced duplicate"))?;
-        let st: String = row.try_get("state").map_err(q("decode dedup"))?;
+        let row = e
+            .fetch(s, "look up raced duplicate")
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        let mut row = row.into_iter();
+        let id = row.next().flatten().unwrap_or_default();
+        let st = row.next().flatten().unwrap_or_default();
         raced.insert(
             idx,
             Accepted {
-                id: row.try_get("id").map_err(q("decode dedup"))?,
+                id,
                 duplicate: true,
                 reused_key: r.reused_key,
                 state: State::parse(&st).unwrap_or(State::Received),
@@ -685,12 +941,12 @@ async fn append_all(
         .collect())
 }
 
-async fn transition_all(
-    conn: &mut AnyConnection,
-    backend: Backend,
+async fn transition_all<E: Exec>(
+    e: &mut E,
     transitions: &[&Transition],
     now: i64,
 ) -> Result<Vec<bool>> {
+    let backend = e.backend();
     let mut applied = vec![false; transitions.len()];
     // Processing first, then done: a message's processing marker always precedes its outcome.
     let processing: Vec<usize> = (0..transitions.len())
@@ -710,10 +966,7 @@ async fn transition_all(
             s.bind(transitions[i].id());
         }
         s.push(")");
-        s.query()
-            .execute(&mut *conn)
-            .await
-            .map_err(q("mark processing"))?;
+        e.execute(s, "mark processing").await?;
         for &i in chunk {
             applied[i] = true;
         }
@@ -735,14 +988,11 @@ async fn transition_all(
             s.bind(transitions[i].id());
         }
         s.push(") RETURNING id");
-        let back = s
-            .query()
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(q("mark done"))?;
-        let ids: std::collections::HashSet<String> = back
-            .iter()
-            .filter_map(|r| r.try_get::<String, _>("id").ok())
+        let ids: std::collections::HashSet<String> = e
+            .fetch(s, "mark done")
+            .await?
+            .into_iter()
+            .filter_map(|r| r.into_iter().next().flatten())
             .collect();
         let mut effects = Stmt::new(
             backend,
@@ -750,14 +1000,14 @@ async fn transition_all(
         );
         let mut any_effect = false;
         for &i in chunk {
-            let Transition::Done { id, effects: e } = transitions[i] else {
+            let Transition::Done { id, effects: eff } = transitions[i] else {
                 continue;
             };
             applied[i] = ids.contains(id);
             if !applied[i] {
                 continue;
             }
-            for eff in e {
+            for eff in eff {
                 effects.push(if any_effect { ", (" } else { "(" });
                 any_effect = true;
                 effects.bind(id.as_str());
@@ -774,11 +1024,7 @@ async fn transition_all(
         }
         if any_effect {
             effects.push(" ON CONFLICT (message_id, sink) DO NOTHING");
-            effects
-                .query()
-                .execute(&mut *conn)
-                .await
-                .map_err(q("record effects"))?;
+            e.execute(effects, "record effects").await?;
         }
     }
     for (i, t) in transitions.iter().enumerate() {
@@ -817,31 +1063,23 @@ async fn transition_all(
         s.push(" WHERE id = ");
         s.bind(id.as_str());
         s.push(" AND state IN ('received', 'processing')");
-        let r = s
-            .query()
-            .execute(&mut *conn)
-            .await
-            .map_err(q("record failure"))?;
-        applied[i] = r.rows_affected() == 1;
+        applied[i] = e.execute(s, "record failure").await? == 1;
         if applied[i] {
-            let mut e = Stmt::new(
+            let mut s = Stmt::new(
                 backend,
                 "INSERT INTO message_errors (message_id, attempt, at, step, error) VALUES (",
             );
-            e.bind(id.as_str());
-            e.push(", ");
-            e.bind(attempt);
-            e.push(", ");
-            e.bind(now);
-            e.push(", ");
-            e.bind(step.as_str());
-            e.push(", ");
-            e.bind(error.as_str());
-            e.push(")");
-            e.query()
-                .execute(&mut *conn)
-                .await
-                .map_err(q("record attempt error"))?;
+            s.bind(id.as_str());
+            s.push(", ");
+            s.bind(attempt);
+            s.push(", ");
+            s.bind(now);
+            s.push(", ");
+            s.bind(step.as_str());
+            s.push(", ");
+            s.bind(error.as_str());
+            s.push(")");
+            e.execute(s, "record attempt error").await?;
         }
     }
     Ok(applied)
