@@ -382,17 +382,25 @@ impl PipelineHandle {
             let attempt = m.attempts + 1;
             let result = match outcome {
                 Outcome::Done(effects) => {
-                    let r = i
-                        .journal
-                        .transition(Transition::Done {
-                            id: m.id.clone(),
-                            effects,
-                        })
+                    // The worker goes on to its next message while this one commits.
+                    let metrics = i.metrics.clone();
+                    let (name, id) = (i.name.clone(), m.id.clone());
+                    i.journal
+                        .transition_then(
+                            Transition::Done {
+                                id: m.id.clone(),
+                                effects,
+                            },
+                            move |r| match r {
+                                Ok(true) => metrics.done(&name),
+                                Ok(false) => {}
+                                Err(e) => {
+                                    tracing::error!(pipeline = %name, %id, error = %e, "could not record the outcome; the message stays in flight");
+                                }
+                            },
+                        )
                         .await;
-                    if matches!(r, Ok(true)) {
-                        i.metrics.done(&i.name);
-                    }
-                    r
+                    return;
                 }
                 Outcome::Failed { step, error } => {
                     let last = !error.retryable || attempt >= i.max_attempts;

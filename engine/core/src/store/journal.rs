@@ -120,8 +120,30 @@ enum Op {
     },
     Transition {
         t: Transition,
-        reply: Option<oneshot::Sender<Result<bool>>>,
+        reply: Reply,
     },
+}
+
+/// What the writer does with the outcome of a transition.
+enum Reply {
+    /// Nothing (the writer logs a failure).
+    None,
+    /// Sends it to a waiting caller.
+    Wait(oneshot::Sender<Result<bool>>),
+    /// Calls this on the writer (a caller that goes on without waiting).
+    Then(Box<dyn FnOnce(Result<bool>) + Send>),
+}
+
+impl Reply {
+    fn send(self, r: Result<bool>) {
+        match self {
+            Reply::None => {}
+            Reply::Wait(tx) => {
+                let _ = tx.send(r);
+            }
+            Reply::Then(f) => f(r),
+        }
+    }
 }
 
 /// Counters of the journal writer (for benchmarks and metrics).
@@ -227,7 +249,7 @@ impl Journal {
         self.tx
             .send(Op::Transition {
                 t,
-                reply: Some(reply),
+                reply: Reply::Wait(reply),
             })
             .await
             .map_err(|_| StoreError::WriterGone)?;
@@ -237,7 +259,32 @@ impl Journal {
     /// Queues a transition without waiting for it (used for `processing`, which is informational:
     /// if it is lost in a crash the message is still `received` and is recovered the same way).
     pub async fn transition_nowait(&self, t: Transition) {
-        let _ = self.tx.send(Op::Transition { t, reply: None }).await;
+        let _ = self
+            .tx
+            .send(Op::Transition {
+                t,
+                reply: Reply::None,
+            })
+            .await;
+    }
+
+    /// Queues a transition and returns once it is queued (waiting only while the writer's queue
+    /// is full); `then` is called with its outcome after the commit, on the writer. Workers use
+    /// it for `done`, so that they take their next message while the last one commits. A crash
+    /// in between leaves the message `received`, and recovery runs it again (the journal sink's
+    /// effect is recorded at most once).
+    pub async fn transition_then(
+        &self,
+        t: Transition,
+        then: impl FnOnce(Result<bool>) + Send + 'static,
+    ) {
+        let op = Op::Transition {
+            t,
+            reply: Reply::Then(Box::new(then)),
+        };
+        if let Err(mpsc::error::SendError(Op::Transition { reply, .. })) = self.tx.send(op).await {
+            reply.send(Err(StoreError::WriterGone));
+        }
     }
 }
 
@@ -466,17 +513,15 @@ async fn commit_batch<A: Applier>(a: &mut A, batch: Vec<Op>) {
                 let _ = reply.send(Ok(a));
             }
             for ((_, reply), ok) in transitions.into_iter().zip(applied) {
-                if let Some(reply) = reply {
-                    let _ = reply.send(Ok(ok));
-                }
+                reply.send(Ok(ok));
             }
         }
         Err(err) if appends.len() + transitions.len() == 1 => {
             tracing::error!(error = %err, "journal write failed");
             if let Some((_, reply)) = appends.into_iter().next() {
                 let _ = reply.send(Err(err));
-            } else if let Some((_, Some(reply))) = transitions.into_iter().next() {
-                let _ = reply.send(Err(err));
+            } else if let Some((_, reply)) = transitions.into_iter().next() {
+                reply.send(Err(err));
             }
         }
         Err(err) => {
@@ -493,9 +538,7 @@ async fn commit_batch<A: Applier>(a: &mut A, batch: Vec<Op>) {
                 if let Err(e) = &r {
                     tracing::error!(error = %e, message = t.id(), "journal transition failed");
                 }
-                if let Some(reply) = reply {
-                    let _ = reply.send(r);
-                }
+                reply.send(r);
             }
         }
     }
