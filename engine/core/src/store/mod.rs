@@ -48,6 +48,8 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("store: {0}")]
+    Inconsistent(String),
     #[error("store: the journal writer has stopped")]
     WriterGone,
     #[error("store: unsupported database URL {0:?} (expected sqlite:… or postgres://…)")]
@@ -188,9 +190,9 @@ impl Store {
                 Durability::PowerLoss => "FULL",
             };
             let pragmas: &'static str = if sync == "FULL" {
-                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000; PRAGMA cache_size=-65536;"
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000; PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY;"
             } else {
-                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000; PRAGMA cache_size=-65536;"
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000; PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY;"
             };
             let make = |max: u32| {
                 AnyPoolOptions::new()
