@@ -70,11 +70,17 @@ impl Conn {
 
     /// The next ACK, or `None` if the connection closed or nothing came within 5 s.
     async fn ack(&mut self) -> Option<Message> {
+        let f = self.frame().await?;
+        let d = charset::decode(&f, encoding_rs::UTF_8, OnInvalid::Replace).unwrap();
+        Some(Message::from_decoded(d).unwrap())
+    }
+
+    /// The next frame's bytes, or `None` if the connection closed or nothing came within 5 s.
+    async fn frame(&mut self) -> Option<Vec<u8>> {
         let mut buf = [0u8; 4096];
         loop {
             if let Some(f) = self.pending.pop_front() {
-                let d = charset::decode(&f, encoding_rs::UTF_8, OnInvalid::Replace).unwrap();
-                return Some(Message::from_decoded(d).unwrap());
+                return Some(f);
             }
             let n = match tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut buf))
                 .await
@@ -539,6 +545,119 @@ async fn application_acks_follow_processing() {
         msa(&app),
         ("AE".into(), "A5".into()),
         "A3 and A4 got no application ACK"
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+/// HL7-36: a batch inside one MLLP frame. Every message is journaled on its own (and
+/// deduplicated on its own), a wrong `BTS-1` is reported and recorded while the messages found
+/// are processed, and the answer is a batch of ACKs in a mirrored envelope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_in_one_frame_is_split_acked_as_a_batch_and_counts_are_checked() {
+    let (engine, port, _db) = engine_with("", "").await;
+    let batch = |ids: &[&str], declared: usize| {
+        let mut t = String::from(
+            "FHS|^~\\&|LIS|县医院检验科|HUIZHEN|省会诊中心|20261123100000||||F77\rBHS|^~\\&|LIS|县医院检验科|HUIZHEN|省会诊中心|20261123100000||||B77\r",
+        );
+        for id in ids {
+            t.push_str(&adt(id, "王^小明", ""));
+        }
+        t.push_str(&format!("BTS|{declared}\rFTS|1\r"));
+        gb(&t)
+    };
+    let mut c = Conn::open(port).await;
+    c.write(&frame(&batch(&["B1", "B2", "B3"], 4))).await;
+    let answer = c.frame().await.expect("an answer to the batch");
+    let text = encoding_rs::GB18030.decode(&answer).0.into_owned();
+    let lines: Vec<&str> = text.split('\r').filter(|l| !l.is_empty()).collect();
+    assert!(
+        lines[0].starts_with("FHS|^~\\&|HUIZHEN|省会诊中心|LIS|县医院检验科|"),
+        "{text}"
+    );
+    assert!(
+        lines[0].ends_with("|F77"),
+        "FHS-12 refers to the sender's FHS-11: {text}"
+    );
+    assert!(
+        lines[1].starts_with("BHS|^~\\&|HUIZHEN|省会诊中心|LIS|县医院检验科|"),
+        "{text}"
+    );
+    assert!(
+        lines[1].ends_with("|B77"),
+        "BHS-12 refers to the sender's BHS-11: {text}"
+    );
+    let bts = lines.iter().find(|l| l.starts_with("BTS|")).unwrap();
+    assert!(bts.starts_with("BTS|3|"), "three ACKs in the answer: {bts}");
+    assert!(
+        bts.contains("BTS-1 declares 4 but the batch holds 3"),
+        "{bts}"
+    );
+    assert_eq!(lines.last(), Some(&"FTS|1"));
+    let inner = huizhen_hl7::batch::split_raw(&answer);
+    let acks: Vec<(String, String)> = inner
+        .messages
+        .iter()
+        .map(|m| {
+            let d = charset::decode(m, encoding_rs::GB18030, OnInvalid::Replace).unwrap();
+            msa(&Message::from_decoded(d).unwrap())
+        })
+        .collect();
+    assert_eq!(
+        acks,
+        vec![
+            ("AA".into(), "B1".into()),
+            ("AA".into(), "B2".into()),
+            ("AA".into(), "B3".into())
+        ]
+    );
+    let stored = messages(&engine).await;
+    assert_eq!(stored.len(), 3, "each message journaled on its own");
+    for m in &stored {
+        assert_eq!(m.headers["hl7-batch"], "B77");
+        assert_eq!(
+            m.headers["hl7-batch-discrepancy"],
+            "BTS-1 declares 4 but the batch holds 3"
+        );
+        assert!(
+            !m.body.starts_with(b"FHS"),
+            "the envelope is not part of a message"
+        );
+    }
+
+    // The same batch again: the same ACKs, nothing processed twice; one new message is.
+    c.write(&frame(&batch(&["B1", "B2", "B3", "B4"], 4))).await;
+    let again = c.frame().await.expect("an answer");
+    let inner = huizhen_hl7::batch::split_raw(&again);
+    assert_eq!(inner.messages.len(), 4);
+    assert!(encoding_rs::GB18030.decode(&again).0.contains("BTS|4|\r"));
+    assert_eq!(messages(&engine).await.len(), 4);
+    engine.shutdown(Duration::from_secs(5)).await;
+
+    // batch_ack: errors answers only what was not accepted.
+    let (engine, port, _db) = engine_with(", batch_ack: errors", "").await;
+    let mut c = Conn::open(port).await;
+    let mut t = String::from("BHS|^~\\&|LIS|L|HZ|P|20261123100000||||B9\r");
+    t.push_str(&adt("E1", "a^b", ""));
+    t.push_str("MSH|^~\\&|LIS|L|HZ|P|20261123||ADT^A01|E2|P|3.0\rPID|1\r");
+    t.push_str("BTS|2\r");
+    c.write(&frame(&gb(&t))).await;
+    let answer = c.frame().await.expect("an answer");
+    let inner = huizhen_hl7::batch::split_raw(&answer);
+    assert_eq!(
+        inner.messages.len(),
+        1,
+        "only the refused message is answered"
+    );
+    let d = charset::decode(&inner.messages[0], encoding_rs::GB18030, OnInvalid::Replace).unwrap();
+    assert_eq!(
+        msa(&Message::from_decoded(d).unwrap()),
+        ("AR".into(), "E2".into())
+    );
+    assert!(encoding_rs::GB18030.decode(&answer).0.contains("BTS|1|\r"));
+    assert_eq!(
+        messages(&engine).await.len(),
+        2,
+        "the refused one is kept as a dead letter"
     );
     engine.shutdown(Duration::from_secs(5)).await;
 }

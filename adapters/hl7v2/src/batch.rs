@@ -29,6 +29,117 @@ fn count_field(seg: &[u8]) -> Option<usize> {
     Some(text.parse().unwrap_or(usize::MAX))
 }
 
+/// Whether a frame or file starts with a batch envelope (`FHS` or `BHS`).
+pub fn is_batch(bytes: &[u8]) -> bool {
+    let b = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let b = b.trim_ascii_start();
+    b.starts_with(b"FHS") || b.starts_with(b"BHS")
+}
+
+/// The `FHS` and `BHS` header segments of a batch, as the answer to it needs them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Envelope {
+    /// `FHS` fields: index `n - 1` holds `FHS-n` for n ≥ 2 (index 0 is empty).
+    file: Option<Vec<String>>,
+    /// `BHS` fields, the same way.
+    batch: Option<Vec<String>>,
+    separator: char,
+    encoding_characters: String,
+}
+
+impl Envelope {
+    /// Reads the first `FHS` and the first `BHS` of the bytes (decoded with `charset`, bad bytes
+    /// replaced: only names and ids are read from them).
+    pub fn read(bytes: &[u8], charset: &'static encoding_rs::Encoding) -> Envelope {
+        let text = charset.decode_without_bom_handling(bytes).0;
+        let mut env = Envelope {
+            separator: '|',
+            encoding_characters: "^~\\&".into(),
+            ..Envelope::default()
+        };
+        for line in text.split(['\r', '\n']) {
+            let line = line.trim_start_matches('\u{feff}').trim();
+            let (is_file, rest) = if let Some(rest) = line.strip_prefix("FHS") {
+                (true, rest)
+            } else if let Some(rest) = line.strip_prefix("BHS") {
+                (false, rest)
+            } else {
+                continue;
+            };
+            let Some(sep) = rest.chars().next() else {
+                continue;
+            };
+            if (is_file && env.file.is_some()) || (!is_file && env.batch.is_some()) {
+                continue;
+            }
+            let fields: Vec<String> = rest.split(sep).map(str::to_owned).collect();
+            if env.file.is_none() && env.batch.is_none() {
+                env.separator = sep;
+                if let Some(enc) = fields.get(1).filter(|e| !e.is_empty()) {
+                    env.encoding_characters.clone_from(enc);
+                }
+            }
+            if is_file {
+                env.file = Some(fields);
+            } else {
+                env.batch = Some(fields);
+            }
+        }
+        env
+    }
+
+    fn field(fields: Option<&Vec<String>>, n: usize) -> &str {
+        fields.and_then(|f| f.get(n - 1)).map_or("", String::as_str)
+    }
+
+    /// `BHS-11` (or `FHS-11` when there is no `BHS`): the sender's batch control id.
+    pub fn batch_control_id(&self) -> &str {
+        let b = Self::field(self.batch.as_ref(), 11);
+        if b.is_empty() {
+            Self::field(self.file.as_ref(), 11)
+        } else {
+            b
+        }
+    }
+
+    /// The envelope of the answer: the text before its ACKs and the text after them. `id` is
+    /// the answer's own control id, `now` its time stamp, `count` the ACKs it holds and
+    /// `comment` goes to `BTS-2` (escaped).
+    pub fn answer(&self, id: &str, now: &str, count: usize, comment: &str) -> (String, String) {
+        // Unreadable delimiters in the sender's header: answer with the standard ones.
+        let (d, encoding_characters) =
+            match crate::parse::Delimiters::from_msh(self.separator, &self.encoding_characters) {
+                Ok(d) => (d, self.encoding_characters.as_str()),
+                Err(_) => (crate::parse::Delimiters::default(), "^~\\&"),
+            };
+        let sep = d.field;
+        // The sender's fields are echoed as they came (already escaped for its delimiters).
+        let header = |name: &str, fields: Option<&Vec<String>>| {
+            let f = |n| Self::field(fields, n);
+            format!(
+                "{name}{sep}{enc}{sep}{a}{sep}{b}{sep}{c}{sep}{e}{sep}{now}{sep}{sep}{sep}{sep}{id}{sep}{reference}\r",
+                enc = encoding_characters,
+                a = f(5),
+                b = f(6),
+                c = f(3),
+                e = f(4),
+                reference = f(11),
+            )
+        };
+        let mut head = String::new();
+        let mut tail = format!(
+            "BTS{sep}{count}{sep}{}\r",
+            crate::escape::escape(comment, &d)
+        );
+        if self.file.is_some() {
+            head.push_str(&header("FHS", self.file.as_ref()));
+            tail.push_str(&format!("FTS{sep}1\r"));
+        }
+        head.push_str(&header("BHS", self.batch.as_ref().or(self.file.as_ref())));
+        (head, tail)
+    }
+}
+
 /// Splits a file's bytes into messages.
 pub fn split_raw(bytes: &[u8]) -> RawBatch {
     let has_cr = bytes.contains(&b'\r');

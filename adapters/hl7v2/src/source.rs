@@ -82,6 +82,19 @@ pub struct MllpSourceConfig {
     /// TLS (1.2+): certificate, key and, for mutual TLS, the CA of client certificates.
     #[serde(default)]
     pub tls: Option<crate::tls::TlsConfig>,
+    /// A frame holding an `FHS`/`BHS` batch is answered with a batch of ACKs: one per message
+    /// (`all`, the default) or only those that are not AA/CA (`errors`) (HL7-36).
+    #[serde(default)]
+    pub batch_ack: BatchAck,
+}
+
+/// Which ACKs the answer to a batch frame holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchAck {
+    #[default]
+    All,
+    Errors,
 }
 
 fn default_charset() -> String {
@@ -293,6 +306,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         peer,
         source: format!("mllp {peer}"),
         acks: AckEncoder::default(),
+        batch_headers: Vec::new(),
     };
     loop {
         let n = tokio::select! {
@@ -317,7 +331,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         for ev in deframer.push(&buf[..n]) {
             match ev {
                 Event::Frame(raw) => {
-                    let ack = handle(s, &mut conn, raw).await;
+                    let ack = if crate::batch::is_batch(&raw) {
+                        handle_batch(s, &mut conn, raw).await
+                    } else {
+                        handle(s, &mut conn, raw).await.bytes
+                    };
                     stream
                         .write_all(&frame(&ack))
                         .await
@@ -345,6 +363,14 @@ struct Conn {
     /// The messages' `source`: `mllp <peer>`.
     source: String,
     acks: AckEncoder,
+    /// Headers added to every message of the batch being handled.
+    batch_headers: Vec<(String, String)>,
+}
+
+/// The answer to one message: the ACK bytes, and whether it was accepted (AA/CA).
+struct Answer {
+    bytes: Vec<u8>,
+    accepted: bool,
 }
 
 /// Turns ACK text into bytes in the message's charset, remembering what repeats from one ACK
@@ -457,8 +483,8 @@ fn fallback_header(text: &str) -> Header {
     h
 }
 
-/// Handles one frame: returns the ACK bytes to send back.
-async fn handle(s: &Shared, conn: &mut Conn, raw: Vec<u8>) -> Vec<u8> {
+/// Handles one message: returns the ACK to send back.
+async fn handle(s: &Shared, conn: &mut Conn, raw: Vec<u8>) -> Answer {
     let peer = conn.peer;
     let on_invalid = match s.config.on_invalid_charset {
         InvalidCharsetPolicy::Reject => OnInvalid::Reject,
@@ -519,6 +545,7 @@ async fn handle(s: &Shared, conn: &mut Conn, raw: Vec<u8>) -> Vec<u8> {
     }
     let mut m = NewMessage::new(s.pipeline.name(), s.pipeline.facility(), "hl7v2", raw);
     m.source.clone_from(&conn.source);
+    m.headers.extend(conn.batch_headers.iter().cloned());
     let version = if h.version.is_empty() {
         tracing::warn!(%peer, control_id = %h.control_id, default = %s.config.default_version, "MSH-12 is empty; the channel's default version applies");
         s.config.default_version.clone()
@@ -653,7 +680,7 @@ async fn reject(
     h: &Header,
     outcome: Outcome,
     encoding: &'static encoding_rs::Encoding,
-) -> Vec<u8> {
+) -> Answer {
     let (kind, detail) = match &outcome {
         Outcome::ContentError(d) => ("AE", d),
         Outcome::Rejected(d) => ("AR", d),
@@ -663,6 +690,7 @@ async fn reject(
     tracing::warn!(%peer, control_id = %h.control_id, code = detail.code.code(), reason = %detail.text, "HL7 message refused ({kind})");
     let mut m = NewMessage::new(s.pipeline.name(), s.pipeline.facility(), "hl7v2", raw);
     m.source.clone_from(&conn.source);
+    m.headers.extend(conn.batch_headers.iter().cloned());
     m.headers
         .insert("hl7-control-id".into(), h.control_id.clone());
     m.headers
@@ -685,7 +713,7 @@ fn ack_bytes(
     h: &Header,
     outcome: &Outcome,
     encoding: &'static encoding_rs::Encoding,
-) -> Vec<u8> {
+) -> Answer {
     let plan = ack::plan(&h.accept_ack, &h.app_ack, outcome);
     // A sender that said "never" (or "on error only") for the accept ACK still needs MLLP to
     // move on; an empty answer is not allowed by the protocol, so the code goes out anyway
@@ -701,7 +729,54 @@ fn ack_bytes(
     };
     let id = huizhen_core::message::new_id();
     let text = ack::build(h, code, detail, &id, acks.now());
-    acks.encode(text, encoding)
+    Answer {
+        bytes: acks.encode(text, encoding),
+        accepted: matches!(outcome, Outcome::Accepted),
+    }
+}
+
+/// Handles a frame that holds an `FHS`/`BHS` batch (HL7-36): every message in it goes through
+/// [`handle`] in order (each journaled and deduplicated on its own), and the answer is a batch
+/// of their ACKs (`batch_ack`) in an envelope that mirrors the sender's: `BHS-3..6` swapped,
+/// `BHS-11` new, `BHS-12` = the sender's `BHS-11` (the same for `FHS`), `BTS-1` = the ACKs in
+/// it. A count in `BTS-1`/`FTS-1` that does not match is reported in `BTS-2`, logged, and
+/// recorded on every message of the batch (`hl7-batch-discrepancy`); the messages found are
+/// still processed.
+async fn handle_batch(s: &Shared, conn: &mut Conn, raw: Vec<u8>) -> Vec<u8> {
+    let peer = conn.peer;
+    let split = crate::batch::split_raw(&raw);
+    let envelope = crate::batch::Envelope::read(&raw, s.default_charset);
+    let discrepancy = split.discrepancies.join("; ");
+    if !discrepancy.is_empty() {
+        tracing::warn!(%peer, batch = %envelope.batch_control_id(), %discrepancy, messages = split.messages.len(), "HL7 batch counts do not match; the messages found are processed");
+    }
+    conn.batch_headers.clear();
+    conn.batch_headers
+        .push(("hl7-batch".into(), envelope.batch_control_id().to_owned()));
+    if !discrepancy.is_empty() {
+        conn.batch_headers
+            .push(("hl7-batch-discrepancy".into(), discrepancy.clone()));
+    }
+    let mut acks = Vec::new();
+    let mut count = 0usize;
+    for message in split.messages {
+        let answer = handle(s, conn, message).await;
+        if s.config.batch_ack == BatchAck::All || !answer.accepted {
+            acks.extend_from_slice(&answer.bytes);
+            count += 1;
+        }
+    }
+    conn.batch_headers.clear();
+    let (head, tail) = envelope.answer(
+        &huizhen_core::message::new_id(),
+        conn.acks.now(),
+        count,
+        &discrepancy,
+    );
+    let mut out = conn.acks.encode(head, s.default_charset);
+    out.extend_from_slice(&acks);
+    out.extend_from_slice(&conn.acks.encode(tail, s.default_charset));
+    out
 }
 
 #[cfg(test)]
