@@ -46,15 +46,19 @@ struct Hl7Map;
 impl Step for Hl7Map {
     fn apply<'a>(&'a self, work: &'a mut Work) -> BoxFuture<'a, Result<Flow, StepError>> {
         Box::pin(async move {
-            let json = mapped_json(work)?;
-            work.set_json(json);
+            // Straight to bytes: a later step that reads `body` parses them once; the sinks
+            // take the bytes as they are (no `serde_json::Value` in between, which cost more than
+            // the mapping itself).
+            let bytes = mapped_bytes(work)?;
+            work.set_body(bytes);
+            work.kind = "json".into();
             Ok(Flow::Continue)
         })
     }
 }
 
-/// The mapped record of the message as JSON, or a permanent error.
-pub fn mapped_json(work: &mut Work) -> Result<serde_json::Value, StepError> {
+/// The mapped record of the message as JSON text, or a permanent error.
+pub fn mapped_bytes(work: &mut Work) -> Result<Vec<u8>, StepError> {
     if work.kind == "json" {
         return Err(StepError::permanent(format!(
             "message {}: hl7_map: the body is already JSON (kind json); hl7_map reads hl7v2 messages",
@@ -64,6 +68,6 @@ pub fn mapped_json(work: &mut Work) -> Result<serde_json::Value, StepError> {
     let message = parsed(work)?;
     let mapped = map(&message)
         .map_err(|e| StepError::permanent(format!("message {}: hl7_map: {e}", work.id)))?;
-    serde_json::to_value(&mapped)
+    serde_json::to_vec(&mapped)
         .map_err(|e| StepError::permanent(format!("message {}: hl7_map: {e}", work.id)))
 }

@@ -78,7 +78,12 @@ impl Expr {
 
     /// Evaluates against a message.
     pub fn eval(&self, work: &mut Work) -> Result<Value, StepError> {
-        let mut ctx = Context::default();
+        // `Context::default()` builds the standard library's declarations anew (hundreds of
+        // allocations, most of the cost of a simple filter); they never change, so they are
+        // built once and shared.
+        static STDLIB: std::sync::LazyLock<std::sync::Arc<cel::Env>> =
+            std::sync::LazyLock::new(|| std::sync::Arc::new(cel::Env::stdlib()));
+        let mut ctx = Context::with_env(STDLIB.clone());
         let body = if kind_support(&work.kind).is_some() {
             // The adapter decides what `body` is (its bytes may be in another charset).
             cel::Value::Null
