@@ -28,6 +28,35 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The engines of these tests sign tokens with this secret.
+const TEST_SECRET: &str = "test-secret-0123456789abcdef0123456789";
+
+/// A client that sends an admin token (every facility) with each request.
+fn authed_client(timeout: Duration) -> reqwest::Client {
+    let cfg = huizhen_core::security::SecurityConfig {
+        jwt_secret: Some(TEST_SECRET.into()),
+        ..Default::default()
+    };
+    let token = huizhen_core::security::issue_from_config(
+        &cfg,
+        "e2e",
+        huizhen_core::security::Role::Admin,
+        "*",
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
 struct Setup {
     config: PathBuf,
     port: u16,
@@ -40,7 +69,7 @@ fn write_config(db: &TestDb, pipeline: &str) -> Setup {
     std::fs::write(
         dir.join("huizhen.yaml"),
         format!(
-            "version: 1\nstore:\n  url: \"{}\"\nhttp:\n  bind: 127.0.0.1:{port}\njournal:\n  scheduler_poll: 100ms\npipelines: [\"pipelines/*.yaml\"]\n",
+            "version: 1\nstore:\n  url: \"{}\"\nhttp:\n  bind: 127.0.0.1:{port}\njournal:\n  scheduler_poll: 100ms\nsecurity:\n  jwt_secret: \"{TEST_SECRET}\"\npipelines: [\"pipelines/*.yaml\"]\n",
             db.url
         ),
     )
@@ -158,10 +187,7 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing(b: Backend) {
         "version: 1\nname: crash\nsource:\n  http: { path: /in/crash, kind: json }\nconcurrency: 4\nsteps:\n  - set:\n      headers: { patient: \"body.patient\" }\nsinks:\n  - journal: {}\n",
     );
     let log = db.dir.path().join("huizhen.log");
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
+    let client = authed_client(Duration::from_secs(20));
     let mut child = start(&setup, &log);
     wait_ready(&client, setup.port, &mut child, &log).await;
 
@@ -250,7 +276,7 @@ async fn http_api_and_cli_tour(b: Backend) {
         "version: 1\nname: crash\nsource:\n  http: { path: /in/crash, kind: json }\nretry: { max_attempts: 2, backoff: 10ms }\nsteps:\n  - set:\n      headers: { dept: \"body.dept\" }\nsinks:\n  - journal: {}\n",
     );
     let log = db.dir.path().join("huizhen.log");
-    let client = reqwest::Client::new();
+    let client = authed_client(Duration::from_secs(30));
     let mut child = start(&setup, &log);
     wait_ready(&client, setup.port, &mut child, &log).await;
     let base = format!("http://127.0.0.1:{}", setup.port);

@@ -17,6 +17,7 @@ use huizhen_core::{Engine, http};
 use huizhen_hl7 as _;
 
 mod hl7;
+mod security;
 
 /// Huizhen (会诊): an integration engine for remote-consultation networks.
 #[derive(Debug, Parser)]
@@ -49,6 +50,15 @@ enum Command {
     /// HL7 v2 tools: send messages over MLLP, print a message's fields.
     #[command(subcommand)]
     Hl7(hl7::Hl7Command),
+    /// Issue JWTs for the API (signed with the engine's secret).
+    #[command(subcommand)]
+    Token(security::TokenCommand),
+    /// API keys for systems that send messages.
+    #[command(subcommand)]
+    Apikey(security::ApikeyCommand),
+    /// Verify, list and export the audit trail.
+    #[command(subcommand)]
+    Audit(security::AuditCommand),
 }
 
 #[derive(Debug, Args)]
@@ -143,6 +153,19 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Hl7(cmd) => hl7::run(cmd).await,
+        Command::Token(cmd) => {
+            security::token(&root_config(cli.config.as_deref(), cli.database_url)?, cmd)
+        }
+        Command::Apikey(cmd) => {
+            let store = open_store(cli.config.as_deref(), cli.database_url).await?;
+            store.migrate().await?;
+            security::apikey(&store, cmd).await
+        }
+        Command::Audit(cmd) => {
+            let store = open_store(cli.config.as_deref(), cli.database_url).await?;
+            store.migrate().await?;
+            security::audit(&store, cmd).await
+        }
         Command::Messages(cmd) => {
             let store = open_store(cli.config.as_deref(), cli.database_url).await?;
             store.migrate().await?;
@@ -207,11 +230,14 @@ async fn run(
         loaded.root.http.bind = bind;
     }
     let http_cfg = loaded.root.http.clone();
+    let security_cfg = loaded.root.security.clone();
     let listener = tokio::net::TcpListener::bind(&http_cfg.bind)
         .await
         .with_context(|| format!("cannot listen on {} (http.bind)", http_cfg.bind))?;
     let engine = Engine::start(loaded).await?;
-    let app = http::router(engine.app_state(), &http_cfg);
+    let security = huizhen_core::security::Security::new(&security_cfg, engine.store.clone())
+        .map_err(|e| anyhow::anyhow!("security: {e}"))?;
+    let app = http::router(engine.app_state(), &http_cfg, std::sync::Arc::new(security));
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "HTTP server listening");
     let token = engine.shutdown_token();
@@ -275,7 +301,17 @@ async fn messages(store: &Store, cmd: MessagesCommand) -> Result<ExitCode> {
                     q: a.q,
                     limit: Some(a.limit),
                     cursor: a.cursor,
+                    facilities: None,
                 })
+                .await?;
+            let ids: Vec<&str> = page.messages.iter().map(|m| m.id.as_str()).collect();
+            store
+                .audit(&security::cli_event(
+                    "message.list",
+                    "Message",
+                    "",
+                    format!("{} messages: {}", ids.len(), ids.join(",")),
+                ))
                 .await?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&page)?);
@@ -301,18 +337,31 @@ async fn messages(store: &Store, cmd: MessagesCommand) -> Result<ExitCode> {
         }
         MessagesCommand::Show { id } => {
             let v = http::message_detail(store, &id).await?;
+            store
+                .audit(&security::cli_event(
+                    "message.read",
+                    "Message",
+                    &id,
+                    String::new(),
+                ))
+                .await?;
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(ExitCode::SUCCESS)
         }
         MessagesCommand::Reprocess(a) => {
             if let Some(id) = a.id {
-                let m = store.reprocess(&id).await?;
+                let event = security::cli_event("message.reprocess", "Message", &id, String::new());
+                let m = store.reprocess_audited(&id, Some(&event)).await?;
                 println!(
                     "{} ({}) will be processed again by a running engine",
                     m.id, m.pipeline
                 );
             } else if let (Some(state), Some(pipeline)) = (a.state, a.pipeline) {
-                let n = store.reprocess_all(&pipeline, parse_state(&state)?).await?;
+                let event =
+                    security::cli_event("message.reprocess", "Pipeline", &pipeline, String::new());
+                let n = store
+                    .reprocess_all_audited(&pipeline, parse_state(&state)?, Some(&event))
+                    .await?;
                 println!(
                     "{n} {state} message(s) of {pipeline} will be processed again by a running engine"
                 );

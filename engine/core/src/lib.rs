@@ -10,6 +10,7 @@ pub mod expr;
 pub mod http;
 pub mod message;
 pub mod runner;
+pub mod security;
 pub mod sinks;
 pub mod sources;
 pub mod steps;

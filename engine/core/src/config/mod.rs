@@ -64,6 +64,9 @@ pub struct RootConfig {
     pub pipelines: Vec<String>,
     #[serde(default)]
     pub journal: JournalConfig,
+    /// Authentication, authorisation and the audit trail (see `crate::security`).
+    #[serde(default)]
+    pub security: crate::security::SecurityConfig,
 }
 
 impl Default for RootConfig {
@@ -75,6 +78,7 @@ impl Default for RootConfig {
             plugins: PluginsConfig::default(),
             pipelines: default_pipeline_globs(),
             journal: JournalConfig::default(),
+            security: crate::security::SecurityConfig::default(),
         }
     }
 }

@@ -10,9 +10,16 @@
 //! | GET | /api/messages/{id} | one message with its body, attempt errors and effects |
 //! | POST | /api/messages/{id}/reprocess | put a failed/dead/done message back to work |
 //! | POST | /in/… | `http` sources |
+//! | GET | /api/audit?actor=&action=&resource_id=&after=&limit= | the audit trail, oldest first |
+//! | GET | /api/audit/verify | recompute the audit hash chain |
 //!
 //! Every error is JSON: `{"error": "…"}`. Bodies are limited to `http.max_body_bytes` and
 //! requests to `http.request_timeout`.
+//!
+//! Every route except `/health`, `/ready` (and `/metrics` unless `security.public_metrics` is
+//! off) needs a bearer token; [`guard`] authenticates it, checks the role against
+//! [`crate::security::ROUTES`] and passes the [`Caller`] to the handler, which applies the
+//! facility scope and writes the audit event of patient-data reads and writes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -33,6 +40,8 @@ use tokio::sync::Notify;
 use crate::config::HttpConfig;
 use crate::message::{NewMessage, State as MsgState};
 use crate::runner::{Metrics, PipelineHandle};
+use crate::security::{AuthError, Principal, ROUTES, Scope, Security};
+use crate::store::audit::{AuditEvent, AuditFilter};
 use crate::store::{ListFilter, Store, StoreError};
 
 /// A registered `http` source: its pipeline and configured message kind.
@@ -94,8 +103,159 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// Builds the router.
-pub fn router(state: AppState, cfg: &HttpConfig) -> Router {
+/// Who is calling, as [`guard`] found it.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Principal,
+    pub scope: Scope,
+    /// The client's address.
+    pub source: String,
+    /// The `X-Purpose-Of-Use` header, if any.
+    pub purpose: String,
+}
+
+impl Caller {
+    /// An audit event of this caller.
+    pub fn event(
+        &self,
+        action: &str,
+        resource_type: &str,
+        resource_id: &str,
+        outcome: &str,
+        detail: String,
+    ) -> AuditEvent {
+        AuditEvent {
+            actor: self.principal.sub.clone(),
+            role: self.principal.role.as_str().to_owned(),
+            facility: self.principal.facility.clone(),
+            action: action.to_owned(),
+            resource_type: resource_type.to_owned(),
+            resource_id: resource_id.to_owned(),
+            outcome: outcome.to_owned(),
+            source: self.source.clone(),
+            purpose: self.purpose.clone(),
+            detail,
+        }
+    }
+}
+
+/// Writes an audit event; a request whose audit cannot be written fails (503) rather than
+/// going unrecorded.
+async fn audit(store: &Store, e: &AuditEvent) -> Result<(), ApiError> {
+    store.audit(e).await.map(|_| ()).map_err(|err| {
+        tracing::error!(error = %err, action = %e.action, "audit event not written; refusing the request");
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the audit trail cannot be written; try again later".into(),
+        )
+    })
+}
+
+/// Authentication and the role check for every non-public route (see [`crate::security`]).
+pub async fn guard(State(sec): State<Arc<Security>>, mut req: Request, next: Next) -> Response {
+    let Some(pattern) = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+    else {
+        return next.run(req).await;
+    };
+    if sec.is_public(&pattern) {
+        return next.run(req).await;
+    }
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let ip = peer.map_or(std::net::IpAddr::from([127, 0, 0, 1]), |p| p.ip());
+    let source = peer.map(|p| p.to_string()).unwrap_or_default();
+    let purpose = req
+        .headers()
+        .get("x-purpose-of-use")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .chars()
+        .take(200)
+        .collect::<String>();
+    let method = req.method().as_str().to_owned();
+    let Some(action) = ROUTES
+        .iter()
+        .find(|(m, p, _)| *m == method && *p == pattern)
+        .map(|r| r.2)
+    else {
+        return ApiError(
+            StatusCode::FORBIDDEN,
+            format!("{method} {pattern} is not in the access policy"),
+        )
+        .into_response();
+    };
+    if let Err(e) = sec.check_throttle(ip) {
+        return ApiError(StatusCode::TOO_MANY_REQUESTS, e.to_string()).into_response();
+    }
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::to_owned);
+    let principal = match sec.authenticate(bearer.as_deref()).await {
+        Ok(p) => p,
+        Err(AuthError::Unavailable(m)) => {
+            return ApiError(StatusCode::SERVICE_UNAVAILABLE, m).into_response();
+        }
+        Err(e) => {
+            sec.record_failure(ip);
+            tracing::warn!(%source, endpoint = %format!("{method} {pattern}"), error = %e, "authentication failed");
+            let ev = AuditEvent {
+                actor: "anonymous".into(),
+                action: "login.failed".into(),
+                resource_type: "Endpoint".into(),
+                resource_id: format!("{method} {pattern}"),
+                outcome: "failed".into(),
+                source,
+                purpose,
+                detail: e.to_string(),
+                ..AuditEvent::default()
+            };
+            if let Err(err) = sec.store().audit(&ev).await {
+                tracing::error!(error = %err, "failed login not audited");
+            }
+            let mut r = ApiError(StatusCode::UNAUTHORIZED, e.to_string()).into_response();
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            return r;
+        }
+    };
+    let caller = Caller {
+        scope: sec.scope(&principal),
+        principal,
+        source,
+        purpose,
+    };
+    if let Err(e) = sec.authorize(&caller.principal, action) {
+        let ev = caller.event(
+            action.name(),
+            "Endpoint",
+            &format!("{method} {pattern}"),
+            "denied",
+            e.to_string(),
+        );
+        if let Err(err) = sec.store().audit(&ev).await {
+            tracing::error!(error = %err, "denied request not audited");
+        }
+        return ApiError(StatusCode::FORBIDDEN, e.to_string()).into_response();
+    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+/// Builds the router. Every route but the public ones goes through [`guard`].
+pub fn router(state: AppState, cfg: &HttpConfig, security: Arc<Security>) -> Router {
     let timeout = cfg.request_timeout;
     Router::new()
         .route("/health", get(health))
@@ -106,6 +266,9 @@ pub fn router(state: AppState, cfg: &HttpConfig) -> Router {
         .route("/api/messages/{id}", get(get_message))
         .route("/api/messages/{id}/reprocess", post(reprocess))
         .route("/in/{*path}", post(ingest))
+        .route("/api/audit", get(audit_events))
+        .route("/api/audit/verify", get(audit_verify))
+        .route_layer(middleware::from_fn_with_state(security, guard))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
         .layer(middleware::from_fn(
@@ -178,11 +341,15 @@ async fn metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn pipelines(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn pipelines(
+    State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let counts = s.store.counts().await?;
     let list: Vec<serde_json::Value> = s
         .pipelines
         .values()
+        .filter(|p| caller.scope.allows(p.facility()))
         .map(|p| {
             let info = p.info();
             let mut by_state = serde_json::Map::new();
@@ -212,6 +379,7 @@ struct ListQuery {
 
 async fn list_messages(
     State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let state = match q.state.as_deref().filter(|s| !s.is_empty()) {
@@ -233,6 +401,12 @@ async fn list_messages(
             format!("limit {l} is out of range 1..=1000"),
         ));
     }
+    let detail = format!(
+        "pipeline={} state={} q={}",
+        q.pipeline.as_deref().unwrap_or(""),
+        q.state.as_deref().unwrap_or(""),
+        q.q.as_deref().unwrap_or("")
+    );
     let page = s
         .store
         .list(&ListFilter {
@@ -241,8 +415,21 @@ async fn list_messages(
             q: q.q,
             limit: q.limit,
             cursor: q.cursor.filter(|c| !c.is_empty()),
+            facilities: caller.scope.facilities(),
         })
         .await?;
+    let ids: Vec<&str> = page.messages.iter().map(|m| m.id.as_str()).collect();
+    audit(
+        &s.store,
+        &caller.event(
+            "message.list",
+            "Message",
+            "",
+            "success",
+            format!("{detail}; {} messages: {}", ids.len(), ids.join(",")),
+        ),
+    )
+    .await?;
     Ok(Json(serde_json::to_value(page).unwrap_or_default()))
 }
 
@@ -289,18 +476,58 @@ fn body_repr(b: &[u8]) -> (String, &'static str) {
     }
 }
 
+/// A message outside the caller's scope is answered as if it did not exist.
+async fn scoped_facility(s: &AppState, caller: &Caller, id: &str) -> Result<(), ApiError> {
+    let facility = s.store.get(id).await?.map(|m| m.facility);
+    match facility {
+        Some(f) if caller.scope.allows(&f) => Ok(()),
+        Some(f) => {
+            audit(
+                &s.store,
+                &caller.event(
+                    "message.read",
+                    "Message",
+                    id,
+                    "denied",
+                    format!("facility {f} is outside the caller's scope"),
+                ),
+            )
+            .await?;
+            Err(StoreError::NotFound(id.to_owned()).into())
+        }
+        None => Err(StoreError::NotFound(id.to_owned()).into()),
+    }
+}
+
 async fn get_message(
     State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(message_detail(&s.store, &id).await?))
+    scoped_facility(&s, &caller, &id).await?;
+    let detail = message_detail(&s.store, &id).await?;
+    audit(
+        &s.store,
+        &caller.event("message.read", "Message", &id, "success", String::new()),
+    )
+    .await?;
+    Ok(Json(detail))
 }
 
 async fn reprocess(
     State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let m = s.store.reprocess(&id).await?;
+    scoped_facility(&s, &caller, &id).await?;
+    let event = caller.event(
+        "message.reprocess",
+        "Message",
+        &id,
+        "success",
+        String::new(),
+    );
+    let m = s.store.reprocess_audited(&id, Some(&event)).await?;
     s.wake.notify_one();
     tracing::info!(id = %m.id, pipeline = %m.pipeline, "reprocess requested");
     Ok(Json(
@@ -310,6 +537,7 @@ async fn reprocess(
 
 async fn ingest(
     State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(path): Path<String>,
     headers: HeaderMap,
@@ -322,6 +550,31 @@ async fn ingest(
             format!("no http source listens on {full}"),
         ));
     };
+    if !caller.scope.allows(pipeline.facility()) {
+        audit(
+            &s.store,
+            &caller.event(
+                "message.ingest",
+                "Pipeline",
+                pipeline.name(),
+                "denied",
+                format!(
+                    "the pipeline belongs to facility {:?}, outside the caller's scope",
+                    pipeline.facility()
+                ),
+            ),
+        )
+        .await?;
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} may not send into pipeline {} (facility {:?})",
+                caller.principal.sub,
+                pipeline.name(),
+                pipeline.facility()
+            ),
+        ));
+    }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -352,8 +605,85 @@ async fn ingest(
             m.trace_id = Some(trace.to_owned());
         }
     }
+    m.headers
+        .insert("x-huizhen-sender".into(), caller.principal.sub.clone());
     match pipeline.submit(m).await {
-        Ok(a) => Ok((StatusCode::ACCEPTED, Json(a)).into_response()),
+        Ok(a) => {
+            // Recorded after the journal commit (the journal writer's batch cannot take it).
+            let ev = caller.event(
+                "message.ingest",
+                "Message",
+                &a.id,
+                "success",
+                format!("pipeline {}", pipeline.name()),
+            );
+            if let Err(e) = s.store.audit(&ev).await {
+                tracing::error!(error = %e, id = %a.id, "ingest not audited");
+            }
+            Ok((StatusCode::ACCEPTED, Json(a)).into_response())
+        }
         Err(e) => Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    actor: Option<String>,
+    action: Option<String>,
+    resource_id: Option<String>,
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn audit_events(
+    State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let rows = s
+        .store
+        .audit_events(&AuditFilter {
+            actor: q.actor,
+            action: q.action,
+            resource_id: q.resource_id,
+            after: q.after,
+            limit: q.limit,
+        })
+        .await?;
+    // Facility staff see the events of their own facilities.
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|r| caller.scope.allows(&r.event.facility))
+        .collect();
+    audit(
+        &s.store,
+        &caller.event(
+            "audit.read",
+            "AuditEvent",
+            "",
+            "success",
+            format!("{} events", rows.len()),
+        ),
+    )
+    .await?;
+    Ok(Json(json!({ "events": rows })))
+}
+
+async fn audit_verify(
+    State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> Result<Response, ApiError> {
+    if caller.scope != Scope::All {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "verifying the whole audit trail needs platform scope (facility *)".into(),
+        ));
+    }
+    let report = s.store.verify_audit().await?;
+    let status = if report.problems.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::CONFLICT
+    };
+    Ok((status, Json(report)).into_response())
 }

@@ -8,6 +8,7 @@
 //! Writes that must be fast (appends and state changes) go through the [`journal`] writer, which
 //! groups them into one transaction per batch (group commit). Reads use a separate pool.
 
+pub mod audit;
 pub mod journal;
 mod sql;
 
@@ -137,6 +138,8 @@ pub struct ListFilter {
     pub limit: Option<i64>,
     /// Continue after this id (from the previous page's `next_cursor`).
     pub cursor: Option<String>,
+    /// Only messages of these facilities (the caller's scope); `None` for all.
+    pub facilities: Option<Vec<String>>,
 }
 
 /// One page of messages, newest first.
@@ -256,16 +259,30 @@ impl Store {
     /// Applies the migrations of this backend that have not run yet.
     pub async fn migrate(&self) -> Result<()> {
         let sources: &[(i64, &'static str, &'static str)] = match self.backend {
-            Backend::Sqlite => &[(
-                1,
-                "journal",
-                include_str!("migrations/sqlite/0001_journal.sql"),
-            )],
-            Backend::Postgres => &[(
-                1,
-                "journal",
-                include_str!("migrations/postgres/0001_journal.sql"),
-            )],
+            Backend::Sqlite => &[
+                (
+                    1,
+                    "journal",
+                    include_str!("migrations/sqlite/0001_journal.sql"),
+                ),
+                (
+                    2,
+                    "security",
+                    include_str!("migrations/sqlite/0002_security.sql"),
+                ),
+            ],
+            Backend::Postgres => &[
+                (
+                    1,
+                    "journal",
+                    include_str!("migrations/postgres/0001_journal.sql"),
+                ),
+                (
+                    2,
+                    "security",
+                    include_str!("migrations/postgres/0002_security.sql"),
+                ),
+            ],
         };
         let migrations = sources
             .iter()
@@ -350,6 +367,20 @@ impl Store {
             s.push(" AND id < ");
             s.bind(c.as_str());
         }
+        if let Some(fs) = &f.facilities {
+            if fs.is_empty() {
+                s.push(" AND 1=0");
+            } else {
+                s.push(" AND facility IN (");
+                for (i, fac) in fs.iter().enumerate() {
+                    if i > 0 {
+                        s.push(", ");
+                    }
+                    s.bind(fac.as_str());
+                }
+                s.push(")");
+            }
+        }
         if let Some(text) = f.q.as_deref().filter(|t| !t.is_empty()) {
             let pat = format!("%{}%", text.replace(['%', '_'], ""));
             s.push(" AND (id LIKE ");
@@ -406,6 +437,15 @@ impl Store {
     /// Puts a failed, dead or done message back to be processed again: attempts reset to 0,
     /// due now. A running engine picks it up within its scheduler interval.
     pub async fn reprocess(&self, id: &str) -> Result<Message> {
+        self.reprocess_audited(id, None).await
+    }
+
+    /// [`Store::reprocess`], recording `audit` in the same transaction as the change.
+    pub async fn reprocess_audited(
+        &self,
+        id: &str,
+        audit: Option<&audit::AuditEvent>,
+    ) -> Result<Message> {
         let msg = self
             .get(id)
             .await?
@@ -426,10 +466,23 @@ impl Store {
         s.push(" WHERE id = ");
         s.bind(id);
         s.push(" AND state IN ('failed', 'dead', 'done')");
+        let mut conn = self
+            .write
+            .acquire()
+            .await
+            .map_err(q("acquire writer connection"))?;
+        let mut tx = sqlx::Connection::begin(&mut *conn)
+            .await
+            .map_err(q("begin reprocess"))?;
         s.query()
-            .execute(&self.write)
+            .execute(&mut *tx)
             .await
             .map_err(q("reprocess message"))?;
+        if let Some(e) = audit {
+            audit::append(&mut tx, e).await?;
+        }
+        tx.commit().await.map_err(q("commit reprocess"))?;
+        drop(conn);
         self.get(id)
             .await?
             .ok_or_else(|| StoreError::NotFound(id.to_owned()))
@@ -437,6 +490,16 @@ impl Store {
 
     /// Reprocesses every message of a pipeline in a state (e.g. all dead letters). Returns how many.
     pub async fn reprocess_all(&self, pipeline: &str, state: State) -> Result<u64> {
+        self.reprocess_all_audited(pipeline, state, None).await
+    }
+
+    /// [`Store::reprocess_all`], recording `audit` in the same transaction as the change.
+    pub async fn reprocess_all_audited(
+        &self,
+        pipeline: &str,
+        state: State,
+        audit: Option<&audit::AuditEvent>,
+    ) -> Result<u64> {
         if !matches!(state, State::Failed | State::Dead | State::Done) {
             return Err(StoreError::NotReprocessable {
                 id: format!("(all {state} in {pipeline})"),
@@ -454,11 +517,25 @@ impl Store {
         s.bind(pipeline);
         s.push(" AND state = ");
         s.bind(state.as_str());
+        let mut conn = self
+            .write
+            .acquire()
+            .await
+            .map_err(q("acquire writer connection"))?;
+        let mut tx = sqlx::Connection::begin(&mut *conn)
+            .await
+            .map_err(q("begin reprocess"))?;
         let r = s
             .query()
-            .execute(&self.write)
+            .execute(&mut *tx)
             .await
             .map_err(q("reprocess messages"))?;
+        if let Some(e) = audit {
+            let mut e = e.clone();
+            e.detail = format!("{} messages", r.rows_affected());
+            audit::append(&mut tx, &e).await?;
+        }
+        tx.commit().await.map_err(q("commit reprocess"))?;
         Ok(r.rows_affected())
     }
 
