@@ -12,6 +12,7 @@ mod cli;
 mod crash;
 mod engine;
 mod mllp;
+mod security;
 mod sources;
 mod store;
 mod support;

@@ -1,0 +1,457 @@
+//! Security: the authorisation matrix (role × facility × endpoint), API keys, throttling of
+//! failed logins, and tamper detection of the audit trail (API, store and `huizhen audit
+//! verify`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use huizhen_core::Engine;
+use huizhen_core::security::{Role, Security, SecurityConfig};
+
+use huizhen_core::store::audit::AuditEvent;
+
+use crate::support::{Backend, fresh_db, loaded, store};
+
+const SECRET: &str = "e2e-security-secret-0123456789abcdef";
+
+fn security_config() -> SecurityConfig {
+    SecurityConfig {
+        jwt_secret: Some(SECRET.into()),
+        ..SecurityConfig::default()
+    }
+}
+
+fn token(role: Role, facility: &str) -> String {
+    huizhen_core::security::issue_from_config(
+        &security_config(),
+        &format!("{}@{facility}", role.as_str()),
+        role,
+        facility,
+        Duration::from_secs(600),
+    )
+    .unwrap()
+}
+
+struct Server {
+    engine: Engine,
+    base: String,
+    client: reqwest::Client,
+    _db: crate::support::TestDb,
+}
+
+/// An engine with two facilities' pipelines (`/in/a` for county hospital A, `/in/b` for B),
+/// served on a free port with the real router and security.
+async fn server(max_failures: u32) -> Server {
+    let db = fresh_db(Backend::Sqlite).await.unwrap();
+    let a = "version: 1\nname: a\nfacility: hosp-a\nsource:\n  http: { path: /in/a, kind: json }\nsinks:\n  - journal: {}\n";
+    let b = "version: 1\nname: b\nfacility: hosp-b\nsource:\n  http: { path: /in/b, kind: json }\nsinks:\n  - journal: {}\n";
+    let engine = Engine::start(loaded(&db, &[a, b])).await.unwrap();
+    let cfg = SecurityConfig {
+        max_failures,
+        ..security_config()
+    };
+    let security = Security::new(&cfg, engine.store.clone()).unwrap();
+    let app = huizhen_core::http::router(
+        engine.app_state(),
+        &huizhen_core::config::HttpConfig::default(),
+        Arc::new(security),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+    Server {
+        engine,
+        base: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        _db: db,
+    }
+}
+
+impl Server {
+    async fn call(&self, method: &str, path: &str, bearer: Option<&str>) -> u16 {
+        let url = format!("{}{path}", self.base);
+        let mut req = match method {
+            "GET" => self.client.get(url),
+            _ => self
+                .client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(r#"{"patient":"P1"}"#),
+        };
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.unwrap().status().as_u16()
+    }
+
+    async fn ingest(&self, path: &str) -> String {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token(Role::Admin, "*"))
+            .header("content-type", "application/json")
+            .body(r#"{"patient":"张三"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let v: serde_json::Value = r.json().await.unwrap();
+        v["id"].as_str().unwrap().to_owned()
+    }
+}
+
+/// The matrix. Each row: endpoint, then the expected status for each role, for a token of
+/// facility A, of facility B and of every facility (`*`). The message and pipeline in the
+/// requests belong to facility A. A changed cell fails the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorisation_matrix_role_by_facility_by_endpoint() {
+    let s = server(100).await;
+    let id = s.ingest("/in/a").await;
+    // Wait until it is done so that reprocess answers 200 rather than 409.
+    crate::support::wait_for("message done", Duration::from_secs(10), || {
+        let store = s.engine.store.clone();
+        let id = id.clone();
+        async move {
+            (store.get(&id).await.ok()??.state == huizhen_core::message::State::Done).then_some(())
+        }
+    })
+    .await;
+    let msg = format!("/api/messages/{id}");
+    let reprocess = format!("/api/messages/{id}/reprocess");
+    use Role::*;
+    let roles = [
+        Admin,
+        Integrator,
+        Auditor,
+        Expert,
+        LocalDoctor,
+        Pharmacist,
+        Patient,
+    ];
+    // (method, path, [[A, B, *] per role in the order above])
+    let table: Vec<(&str, &str, [[u16; 3]; 7])> = vec![
+        (
+            "GET",
+            "/api/pipelines",
+            [
+                [200, 200, 200],
+                [200, 200, 200],
+                [200, 200, 200],
+                [403, 403, 403],
+                [403, 403, 403],
+                [403, 403, 403],
+                [403, 403, 403],
+            ],
+        ),
+        (
+            "GET",
+            "/api/messages",
+            [
+                [200, 200, 200],
+                [200, 200, 200],
+                [200, 200, 200],
+                [403, 403, 403],
+                [403, 403, 403],
+                [403, 403, 403],
+                [403, 403, 403],
+            ],
+        ),
+        (
+            "GET",
+            &msg,
+            [
+                [200, 404, 200],
+                [200, 404, 200],
+                [200, 404, 200],
+                [403, 403, 403],
+                [403, 403, 403],
+                [403, 403, 403],
+                [403, 403, 403],
+            ],
+        ),
+        (
+            "POST",
+            &reprocess,
+            [
+                [200, 404, 200],
+                [200, 404, 200],
+                [403, 403, 403],
+                [403, 403, 403],
+                [403, 403, 403],
+                [403, 403, 403],
+                [403, 403, 403],
+            ],
+        ),
+        (
+            "POST",
+            "/in/a",
+            [
+                [202, 403, 202],
+                [202, 403, 202],
+                [403, 403, 403],
+                [403, 403, 403],
+                [403, 403, 403],
+                [403, 403, 403],
+                [403, 403, 403],
+            ],
+        ),
+        (
+            "GET",
+            "/api/audit",
+            [
+                [200, 200, 200],
+                [403, 403, 403],
+                [200, 200, 200],
+                [403, 403, 403],
+                [403, 403, 403],
+                [403, 403, 403],
+                [403, 403, 403],
+            ],
+        ),
+        (
+            "GET",
+            "/api/audit/verify",
+            [
+                [403, 403, 200],
+                [403, 403, 403],
+                [403, 403, 200],
+                [403, 403, 403],
+                [403, 403, 403],
+                [403, 403, 403],
+                [403, 403, 403],
+            ],
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (method, path, expect) in &table {
+        for (ri, role) in roles.iter().enumerate() {
+            for (fi, facility) in ["hosp-a", "hosp-b", "*"].iter().enumerate() {
+                let mut got = s.call(method, path, Some(&token(*role, facility))).await;
+                // Reprocessing twice in a row may find the message not yet done again.
+                if got == 409 && expect[ri][fi] == 200 {
+                    got = 200;
+                }
+                if got != expect[ri][fi] {
+                    wrong.push(format!(
+                        "{method} {path} as {role}@{facility}: expected {}, got {got}",
+                        expect[ri][fi]
+                    ));
+                }
+                if got == 200 && path.ends_with("/reprocess") {
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "matrix cells changed:\n{}",
+        wrong.join("\n")
+    );
+
+    // Without a token: 401 everywhere but the public endpoints.
+    for (method, path, _) in &table {
+        assert_eq!(s.call(method, path, None).await, 401, "{method} {path}");
+    }
+    assert_eq!(s.call("GET", "/health", None).await, 200);
+    assert_eq!(s.call("GET", "/ready", None).await, 200);
+    assert_eq!(s.call("GET", "/metrics", None).await, 200);
+
+    // The list of facility B's integrator holds none of A's messages, and A's holds them.
+    let list = |t: String| {
+        let c = s.client.clone();
+        let url = format!("{}/api/messages", s.base);
+        async move {
+            let v: serde_json::Value = c
+                .get(url)
+                .bearer_auth(t)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["facility"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let b_sees = list(token(Integrator, "hosp-b")).await;
+    assert!(b_sees.is_empty(), "{b_sees:?}");
+    let a_sees = list(token(Integrator, "hosp-a")).await;
+    assert!(!a_sees.is_empty() && a_sees.iter().all(|f| f == "hosp-a"));
+
+    // Every read, write, denial and failed login was audited, and the chain is intact.
+    let report = s.engine.store.verify_audit().await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let events = s
+        .engine
+        .store
+        .audit_events(&huizhen_core::store::audit::AuditFilter {
+            limit: Some(10_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let count = |action: &str, outcome: &str| {
+        events
+            .iter()
+            .filter(|e| e.event.action == action && e.event.outcome == outcome)
+            .count()
+    };
+    assert_eq!(count("message.read", "success"), 6, "reads of the message");
+    assert!(
+        count("message.read", "denied") >= 3,
+        "B's attempts on A's message"
+    );
+    assert!(count("message.reprocess", "success") >= 4);
+    assert!(count("message.ingest", "success") >= 5);
+    assert!(count("login.failed", "failed") >= 7);
+    let read = events
+        .iter()
+        .find(|e| e.event.action == "message.read" && e.event.outcome == "success")
+        .unwrap();
+    assert_eq!(read.event.resource_id, id);
+    assert!(read.event.source.starts_with("127.0.0.1:"));
+    s.engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_work_until_revoked_and_bad_tokens_are_throttled() {
+    let s = server(5).await;
+    let (key, row) = huizhen_core::security::new_api_key("lis-a", Role::Integrator, "hosp-a");
+    s.engine.store.create_api_key(&row).await.unwrap();
+    assert_eq!(s.call("POST", "/in/a", Some(&key)).await, 202);
+    assert_eq!(
+        s.call("POST", "/in/b", Some(&key)).await,
+        403,
+        "other facility"
+    );
+    // The stored hash is not the key.
+    assert!(!row.hash.contains(key.rsplit('_').next().unwrap()));
+    s.engine.store.revoke_api_key(&row.id).await.unwrap();
+    assert_eq!(s.call("POST", "/in/a", Some(&key)).await, 401);
+
+    // The revoked key was failure 1. A token signed with another secret, a made-up key, not a
+    // JWT, no token: 401; after max_failures (5) from this address, 429 even for a good token,
+    // until the window ends.
+    let forged = huizhen_core::security::issue_from_config(
+        &SecurityConfig {
+            jwt_secret: Some("another-secret-another-secret-0000".into()),
+            ..SecurityConfig::default()
+        },
+        "mallory",
+        Role::Admin,
+        "*",
+        Duration::from_secs(600),
+    )
+    .unwrap();
+    assert_eq!(s.call("GET", "/api/pipelines", Some(&forged)).await, 401);
+    assert_eq!(
+        s.call("GET", "/api/pipelines", Some("hzk_0000_ffff")).await,
+        401
+    );
+    assert_eq!(
+        s.call("GET", "/api/pipelines", Some("not.a.jwt")).await,
+        401
+    );
+    assert_eq!(s.call("GET", "/api/pipelines", None).await, 401);
+    assert_eq!(
+        s.call("GET", "/api/pipelines", Some(&token(Role::Admin, "*")))
+            .await,
+        429
+    );
+    s.engine.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Five events, then one kind of tampering; `verify_audit` and `huizhen audit verify` name it.
+async fn tampered(sql: &str) -> (Vec<String>, std::process::Output) {
+    let db = fresh_db(Backend::Sqlite).await.unwrap();
+    let s = store(&db).await;
+    for i in 0..5 {
+        s.audit(&AuditEvent {
+            actor: "doctor-li".into(),
+            role: "expert".into(),
+            facility: "hosp-a".into(),
+            action: "message.read".into(),
+            resource_type: "Message".into(),
+            resource_id: format!("m{i}"),
+            outcome: "success".into(),
+            source: "127.0.0.1:5000".into(),
+            ..AuditEvent::default()
+        })
+        .await
+        .unwrap();
+    }
+    assert!(s.verify_audit().await.unwrap().problems.is_empty());
+    let cli_ok = std::process::Command::new(env!("CARGO_BIN_EXE_huizhen"))
+        .args(["--database-url", &db.url, "audit", "verify"])
+        .output()
+        .unwrap();
+    assert!(cli_ok.status.success(), "{cli_ok:?}");
+    {
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+        // Through SQL the table is append-only.
+        let refused = sqlx::raw_sql("UPDATE audit_events SET actor = 'x' WHERE seq = 2")
+            .execute(&mut c)
+            .await;
+        assert!(refused.is_err(), "the trigger refuses changes");
+        // Someone with the file removes the triggers first.
+        sqlx::raw_sql("DROP TRIGGER audit_events_no_update; DROP TRIGGER audit_events_no_delete;")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    let problems = s.verify_audit().await.unwrap().problems;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_huizhen"))
+        .args(["--database-url", &db.url, "audit", "verify"])
+        .output()
+        .unwrap();
+    (problems, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_names_a_changed_a_deleted_and_a_reordered_row() {
+    let (p, out) = tampered("UPDATE audit_events SET resource_id = 'm9' WHERE seq = 3").await;
+    assert_eq!(
+        p,
+        vec!["audit row 3: its content does not match its hash (changed after it was written)"]
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("audit row 3: its content"));
+
+    let (p, out) = tampered("DELETE FROM audit_events WHERE seq = 2").await;
+    assert!(p[0].contains("audit rows 2..2 are missing"), "{p:?}");
+    assert!(
+        p.iter()
+            .any(|x| x.contains("audit row 3: it does not follow"))
+    );
+    assert_eq!(out.status.code(), Some(1));
+
+    let (p, _) = tampered("DELETE FROM audit_events WHERE seq = 5").await;
+    assert_eq!(p, vec!["audit rows 5..5 are missing at the end (deleted)"]);
+
+    // Swap rows 2 and 4 (their content moves, their positions stay).
+    let (p, out) = tampered(
+        "UPDATE audit_events SET seq = -2 WHERE seq = 2; UPDATE audit_events SET seq = 2 WHERE seq = 4; UPDATE audit_events SET seq = 4 WHERE seq = -2;",
+    )
+    .await;
+    assert!(p.iter().any(|x| x.starts_with("audit row 2")), "{p:?}");
+    assert!(p.iter().any(|x| x.starts_with("audit row 4")), "{p:?}");
+    assert!(!out.status.success());
+}
