@@ -69,8 +69,9 @@ fn write_config(db: &TestDb, pipeline: &str) -> Setup {
     std::fs::write(
         dir.join("huizhen.yaml"),
         format!(
-            "version: 1\nstore:\n  url: \"{}\"\nhttp:\n  bind: 127.0.0.1:{port}\njournal:\n  scheduler_poll: 100ms\nsecurity:\n  jwt_secret: \"{TEST_SECRET}\"\npipelines: [\"pipelines/*.yaml\"]\n",
-            db.url
+            "version: 1\nstore:\n  url: \"{}\"\nhttp:\n  bind: 127.0.0.1:{port}\njournal:\n  scheduler_poll: 100ms\nsecurity:\n  jwt_secret: \"{TEST_SECRET}\"\n  encryption: {{ keys_file: \"{}\" }}\npipelines: [\"pipelines/*.yaml\"]\n",
+            db.url,
+            dir.join("keys").display()
         ),
     )
     .unwrap();
@@ -230,7 +231,14 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing(b: Backend) {
         "every message acknowledged"
     );
 
-    let s = store(&db).await;
+    // The engine sealed the bodies with the key file next to the database.
+    let keyring =
+        huizhen_core::crypto::Keyring::from_config(&huizhen_core::crypto::EncryptionConfig {
+            keys_file: db.dir.path().join("keys"),
+            ..Default::default()
+        })
+        .unwrap();
+    let s = store(&db).await.with_keyring(keyring);
     wait_for("every message done", Duration::from_secs(180), || {
         let s = s.clone();
         async move {
@@ -246,6 +254,13 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing(b: Backend) {
     .await;
     let _ = child.kill();
     let _ = child.wait();
+
+    // Without the key, the journal's bodies cannot be read.
+    let sealed = store(&db).await.effects(Some("crash")).await;
+    assert!(
+        matches!(sealed, Err(huizhen_core::store::StoreError::Crypto { .. })),
+        "bodies are encrypted at rest"
+    );
 
     // Exactly once: one message per sequence number, one effect per message, every acked id done.
     let effects = s.effects(Some("crash")).await.unwrap();

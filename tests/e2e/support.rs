@@ -114,6 +114,8 @@ pub fn loaded(db: &TestDb, pipelines: &[&str]) -> Loaded {
     let mut root = RootConfig::default();
     root.store.url = db.url.clone();
     root.journal.scheduler_poll = Duration::from_millis(50);
+    root.security.jwt_secret_file = db.dir.path().join("jwt.secret");
+    root.security.encryption.keys_file = db.dir.path().join("keys");
     let mut list = Vec::new();
     for (i, text) in pipelines.iter().enumerate() {
         let file = db.dir.path().join(format!("p{i}.yaml"));

@@ -622,6 +622,8 @@ fn serve_main(flags: &Flags) -> Res<()> {
         let mut root = RootConfig::default();
         root.store.url = format!("sqlite://{}/journal.db", dir.display());
         root.store.durability = durability;
+        // Bodies are encrypted at rest, as by default; the key file lives with the database.
+        root.security.encryption.keys_file = dir.join("keys");
         let yaml = pipeline_yaml(port, steps, queue);
         let file = dir.join("bench.yaml");
         std::fs::write(&file, &yaml)?;

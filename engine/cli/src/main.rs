@@ -59,6 +59,9 @@ enum Command {
     /// Verify, list and export the audit trail.
     #[command(subcommand)]
     Audit(security::AuditCommand),
+    /// Data keys of the encryption at rest.
+    #[command(subcommand)]
+    Keys(security::KeysCommand),
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +164,20 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             store.migrate().await?;
             security::apikey(&store, cmd).await
         }
+        Command::Keys(security::KeysCommand::Rotate { batch }) => {
+            let root = root_config(cli.config.as_deref(), cli.database_url.clone())?;
+            let (config, url) = (cli.config.clone(), cli.database_url.clone());
+            security::rotate(
+                &root,
+                async move || {
+                    let s = open_store(config.as_deref(), url).await?;
+                    s.migrate().await?;
+                    Ok(s)
+                },
+                batch,
+            )
+            .await
+        }
         Command::Audit(cmd) => {
             let store = open_store(cli.config.as_deref(), cli.database_url).await?;
             store.migrate().await?;
@@ -203,12 +220,15 @@ fn root_config(config: Option<&Path>, database_url: Option<String>) -> Result<Ro
 
 async fn open_store(config: Option<&Path>, database_url: Option<String>) -> Result<Store> {
     let root = root_config(config, database_url)?;
+    let keyring = huizhen_core::crypto::Keyring::from_config(&root.security.encryption)
+        .map_err(|e| anyhow::anyhow!("security.encryption: {e}"))?;
     Ok(Store::open(&StoreOptions {
         url: root.store.url,
         durability: root.store.durability,
         max_connections: 4,
     })
-    .await?)
+    .await?
+    .with_keyring(keyring))
 }
 
 async fn run(

@@ -6,6 +6,7 @@
 //! [`sources::SourceConfig`], [`steps::StepConfig`] and [`sinks::SinkConfig`].
 
 pub mod config;
+pub mod crypto;
 pub mod expr;
 pub mod http;
 pub mod message;

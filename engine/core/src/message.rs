@@ -91,6 +91,9 @@ pub struct NewMessage {
     /// journaled straight into the `dead` state with this reason, so nothing received is lost,
     /// and it is not processed. Reprocessing it runs the pipeline on it like any other.
     pub rejected: Option<String>,
+    /// The dedup hash of the body, computed by the journal before it seals the body (sources
+    /// leave it `None`): SHA-256, or the keyed blind index when bodies are encrypted.
+    pub body_hash: Option<String>,
 }
 
 impl NewMessage {
@@ -106,6 +109,7 @@ impl NewMessage {
             trace_id: None,
             parent_id: None,
             rejected: None,
+            body_hash: None,
         }
     }
 }

@@ -67,6 +67,9 @@ pub struct SecurityConfig {
     /// Data-sharing agreements: `reader` facility's users may read `owner`'s data.
     #[serde(default)]
     pub sharing: Vec<Sharing>,
+    /// Encryption at rest of message and effect bodies (see `crate::crypto`).
+    #[serde(default)]
+    pub encryption: crate::crypto::EncryptionConfig,
 }
 
 impl Default for SecurityConfig {
@@ -81,6 +84,7 @@ impl Default for SecurityConfig {
             max_failures: default_max_failures(),
             failure_window: default_failure_window(),
             sharing: Vec::new(),
+            encryption: crate::crypto::EncryptionConfig::default(),
         }
     }
 }

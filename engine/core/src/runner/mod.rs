@@ -64,6 +64,8 @@ impl Router {
 pub enum EngineError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("security: {0}")]
+    Security(String),
     #[error("pipeline {pipeline} ({file}): {message}")]
     Build {
         pipeline: String,
@@ -105,6 +107,9 @@ impl Engine {
         })
         .await?;
         store.migrate().await?;
+        let keyring = crate::crypto::Keyring::from_config(&root.security.encryption)
+            .map_err(EngineError::Security)?;
+        let store = store.with_keyring(keyring);
         let journal = Journal::start(
             store.clone(),
             JournalOptions {

@@ -233,7 +233,17 @@ impl Journal {
     }
 
     /// Journals a message; returns once it is committed.
-    pub async fn append(&self, msg: NewMessage) -> Result<Accepted> {
+    pub async fn append(&self, mut msg: NewMessage) -> Result<Accepted> {
+        // Hashing and sealing happen here, on the caller's task, not on the writer.
+        if msg.dedup_key.is_some() && msg.body_hash.is_none() {
+            msg.body_hash = Some(match self.store.keyring() {
+                Some(k) => k.blind_index(&msg.body),
+                None => body_hash(&msg.body),
+            });
+        }
+        if let Some(k) = self.store.keyring() {
+            msg.body = k.seal(&msg.body);
+        }
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Op::Append { msg, reply })
@@ -242,9 +252,20 @@ impl Journal {
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
+    /// Seals the bodies of a `done`'s effects when bodies are encrypted.
+    fn seal(&self, mut t: Transition) -> Transition {
+        if let (Some(k), Transition::Done { effects, .. }) = (self.store.keyring(), &mut t) {
+            for e in effects {
+                e.body = k.seal(&e.body);
+            }
+        }
+        t
+    }
+
     /// Applies a transition and waits for its commit. Returns whether the message was in a state
     /// that allowed it.
     pub async fn transition(&self, t: Transition) -> Result<bool> {
+        let t = self.seal(t);
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Op::Transition {
@@ -278,6 +299,7 @@ impl Journal {
         t: Transition,
         then: impl FnOnce(Result<bool>) + Send + 'static,
     ) {
+        let t = self.seal(t);
         let op = Op::Transition {
             t,
             reply: Reply::Then(Box::new(then)),
@@ -878,7 +900,10 @@ async fn append_all<E: Exec>(
         let mut reused_key = false;
         let mut hash = None;
         if let Some(key) = msg.dedup_key.as_deref() {
-            let h = body_hash(&msg.body);
+            let h = msg
+                .body_hash
+                .clone()
+                .unwrap_or_else(|| body_hash(&msg.body));
             let mut dup = None;
             if let Some(prev) = in_batch.get(&(msg.pipeline.as_str(), key)) {
                 for (ph, idx) in prev {
@@ -1045,7 +1070,14 @@ async fn append_all<E: Exec>(
             .await?
             .into_iter()
             .next()
-            .unwrap_or_default();
+            .ok_or_else(|| {
+                // Not visible yet to this transaction: the batch fails and its operations are
+                // retried one by one, which finds the row as a known key.
+                StoreError::Inconsistent(format!(
+                    "message with dedup key {:?} conflicted but is not visible",
+                    r.msg.dedup_key.as_deref().unwrap_or("")
+                ))
+            })?;
         let mut row = row.into_iter();
         let id = row.next().flatten().unwrap_or_default();
         let st = row.next().flatten().unwrap_or_default();

@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod journal;
+pub mod rekey;
 mod sql;
 
 use std::borrow::Cow;
@@ -51,6 +52,11 @@ pub enum StoreError {
     },
     #[error("store: {0}")]
     Inconsistent(String),
+    #[error("store: message {id}: body cannot be decrypted: {reason}")]
+    Crypto {
+        id: String,
+        reason: crate::crypto::CryptoError,
+    },
     #[error("store: the journal writer has stopped")]
     WriterGone,
     #[error("store: unsupported database URL {0:?} (expected sqlite:… or postgres://…)")]
@@ -118,6 +124,8 @@ pub struct Store {
     /// opens its own connection to it (see [`journal`]).
     sqlite_file: Option<std::path::PathBuf>,
     durability: Durability,
+    /// Seals message and effect bodies at rest when set (see [`crate::crypto`]).
+    keyring: Option<std::sync::Arc<crate::crypto::Keyring>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -220,6 +228,7 @@ impl Store {
                 write,
                 sqlite_file: sqlite_path(&url),
                 durability: opts.durability,
+                keyring: None,
             })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = AnyPoolOptions::new()
@@ -234,6 +243,7 @@ impl Store {
                 write: pool,
                 sqlite_file: None,
                 durability: opts.durability,
+                keyring: None,
             })
         } else {
             Err(StoreError::UnsupportedUrl(redact_url(url)))
@@ -246,6 +256,36 @@ impl Store {
 
     pub(crate) fn write_pool(&self) -> &AnyPool {
         &self.write
+    }
+
+    /// Encrypts bodies written from now on with `keyring`, and decrypts what it reads.
+    pub fn with_keyring(
+        mut self,
+        keyring: Option<std::sync::Arc<crate::crypto::Keyring>>,
+    ) -> Store {
+        self.keyring = keyring;
+        self
+    }
+
+    pub fn keyring(&self) -> Option<&std::sync::Arc<crate::crypto::Keyring>> {
+        self.keyring.as_ref()
+    }
+
+    /// A body as stored → as written (decrypted when sealed).
+    pub(crate) fn open_body(&self, id: &str, body: Vec<u8>) -> Result<Vec<u8>> {
+        match &self.keyring {
+            Some(k) => k.open(&body).map_err(|reason| StoreError::Crypto {
+                id: id.to_owned(),
+                reason,
+            }),
+            None if crate::crypto::Cipher::key_of(&body).is_some() => Err(StoreError::Crypto {
+                id: id.to_owned(),
+                reason: crate::crypto::CryptoError::UnknownKey(
+                    crate::crypto::Cipher::key_of(&body).unwrap_or_default(),
+                ),
+            }),
+            None => Ok(body),
+        }
     }
 
     pub(crate) fn sqlite_file(&self) -> Option<&Path> {
@@ -322,7 +362,11 @@ impl Store {
             .fetch_optional(&self.read)
             .await
             .map_err(q("get message"))?;
-        row.map(|r| message_from_row(&r, true)).transpose()
+        let Some(mut m) = row.map(|r| message_from_row(&r, true)).transpose()? else {
+            return Ok(None);
+        };
+        m.body = self.open_body(&m.id, std::mem::take(&mut m.body))?;
+        Ok(Some(m))
     }
 
     /// Errors recorded for each failed attempt of a message, oldest first.
@@ -589,6 +633,16 @@ impl Store {
             .iter()
             .map(|r| message_from_row(r, true))
             .collect::<Result<Vec<_>>>()?;
+        for m in &mut found {
+            match self.open_body(&m.id, std::mem::take(&mut m.body)) {
+                Ok(b) => m.body = b,
+                Err(e) => {
+                    // Its steps will fail on the sealed bytes and the error says why.
+                    tracing::error!(error = %e, "due message claimed with a body that cannot be decrypted");
+                    m.last_error = Some(e.to_string());
+                }
+            }
+        }
         if found.is_empty() {
             return Ok(found);
         }
@@ -660,7 +714,10 @@ impl Store {
                     message_id: r.try_get("message_id").map_err(q("decode effect"))?,
                     sink: r.try_get("sink").map_err(q("decode effect"))?,
                     pipeline: r.try_get("pipeline").map_err(q("decode effect"))?,
-                    body: r.try_get("body").map_err(q("decode effect"))?,
+                    body: {
+                        let id: String = r.try_get("message_id").map_err(q("decode effect"))?;
+                        self.open_body(&id, r.try_get("body").map_err(q("decode effect"))?)?
+                    },
                     recorded_at: r.try_get("recorded_at").map_err(q("decode effect"))?,
                 })
             })
