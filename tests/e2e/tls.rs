@@ -195,3 +195,118 @@ async fn tls_listener_accepts_tls_and_refuses_plaintext_and_strangers() {
     );
     engine.shutdown(Duration::from_secs(5)).await;
 }
+
+/// `openssl s_client` as the client: a request over the wire, with its raw response.
+fn s_client(dir: &Path, port: u16, request: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-CAfile",
+            "ca.pem",
+            "-verify_return_error",
+            "-quiet",
+        ])
+        .current_dir(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl s_client");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// HTTPS for the API (STANDARDS CN-31): the real binary with `http.tls`, a real TLS client
+/// (`openssl s_client`, verifying the certificate), an authenticated call over it, and a
+/// plaintext client refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_api_serves_tls_clients_and_refuses_plaintext() {
+    let db = fresh_db(Backend::Sqlite).await.unwrap();
+    let dir = db.dir.path();
+    make_pki(dir);
+    let port = free_port();
+    let secret = "tls-test-secret-0123456789abcdef0123";
+    std::fs::write(
+        dir.join("huizhen.yaml"),
+        format!(
+            "version: 1\nstore: {{ url: \"{}\" }}\nhttp:\n  bind: 127.0.0.1:{port}\n  tls: {{ cert: server.pem, key: server.key }}\nsecurity:\n  jwt_secret: \"{secret}\"\n  encryption: {{ keys_file: keys }}\npipelines: []\n",
+            db.url
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_huizhen"))
+        .args(["-c", "huizhen.yaml", "run"])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let health = s_client(
+        dir,
+        port,
+        "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.contains(r#""status":"ok""#), "{health}");
+
+    let token = huizhen_core::security::issue_from_config(
+        &huizhen_core::security::SecurityConfig {
+            jwt_secret: Some(secret.into()),
+            ..Default::default()
+        },
+        "ops",
+        huizhen_core::security::Role::Admin,
+        "*",
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let api = s_client(
+        dir,
+        port,
+        &format!(
+            "GET /api/pipelines HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert!(api.starts_with("HTTP/1.1 200"), "{api}");
+    let denied = s_client(
+        dir,
+        port,
+        "GET /api/pipelines HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert!(denied.starts_with("HTTP/1.1 401"), "{denied}");
+
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    plain
+        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut buf)).await;
+    assert!(
+        !String::from_utf8_lossy(&buf).contains("HTTP/1.1 200"),
+        "plaintext must not be served"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -259,16 +259,34 @@ async fn run(
         .map_err(|e| anyhow::anyhow!("security: {e}"))?;
     let app = http::router(engine.app_state(), &http_cfg, std::sync::Arc::new(security));
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, "HTTP server listening");
     let token = engine.shutdown_token();
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { token.cancelled().await })
-        .await
-    });
+    let server = match &http_cfg.tls {
+        None => {
+            tracing::info!(%addr, "HTTP server listening");
+            tokio::spawn(async move {
+                axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await
+            })
+        }
+        Some(tls) => {
+            let acceptor =
+                huizhen_core::tls::acceptor(tls).map_err(|e| anyhow::anyhow!("http.tls: {e}"))?;
+            tracing::info!(%addr, "HTTPS server listening");
+            let listener = http::TlsListener::new(listener, acceptor);
+            tokio::spawn(async move {
+                axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<http::PeerAddr>(),
+                )
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await
+            })
+        }
+    };
     shutdown_signal().await;
     tracing::info!("shutting down: sources stop, in-flight messages finish or stay journaled");
     engine.shutdown(Duration::from_secs(30)).await;

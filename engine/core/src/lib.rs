@@ -16,6 +16,7 @@ pub mod sinks;
 pub mod sources;
 pub mod steps;
 pub mod store;
+pub mod tls;
 pub mod work;
 
 pub use runner::Engine;

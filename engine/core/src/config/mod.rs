@@ -130,6 +130,10 @@ pub struct HttpConfig {
     /// A request that takes longer than this is answered 408 (slow clients).
     #[serde(default = "default_request_timeout", with = "duration")]
     pub request_timeout: Duration,
+    /// HTTPS (TLS 1.2+, rustls): certificate, key and, for mutual TLS, the CA of client
+    /// certificates. A plaintext client is refused.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Default for HttpConfig {
@@ -138,6 +142,7 @@ impl Default for HttpConfig {
             bind: default_bind(),
             max_body_bytes: default_max_body(),
             request_timeout: default_request_timeout(),
+            tls: None,
         }
     }
 }

@@ -1,0 +1,121 @@
+//! TLS for the listeners (HTTP, MLLP; STANDARDS HL7-04, CN-31): rustls with the ring provider
+//! only, TLS 1.2 and 1.3.
+//!
+//! The listener takes a certificate chain and key (PEM files) and, for mutual TLS (node
+//! authentication between facilities), a CA bundle that client certificates must chain to.
+//! A plaintext client on a TLS port fails the handshake and gets no ACK.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde::Deserialize;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// `tls:` under `http` (root config) or an `mllp` source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// When set, clients must present a certificate issued by one of these CAs (PEM).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read certificates from {}: {e}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("no PEM certificate in {}", path.display()));
+    }
+    Ok(certs)
+}
+
+fn roots(path: &Path) -> Result<rustls::RootCertStore, String> {
+    let mut store = rustls::RootCertStore::empty();
+    for c in certs(path)? {
+        store
+            .add(c)
+            .map_err(|e| format!("bad CA certificate in {}: {e}", path.display()))?;
+    }
+    Ok(store)
+}
+
+/// Builds the listener side.
+pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, String> {
+    let chain = certs(&cfg.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&cfg.key)
+        .map_err(|e| format!("cannot read a private key from {}: {e}", cfg.key.display()))?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?;
+    let builder = match &cfg.client_ca {
+        Some(ca) => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots(ca)?),
+                provider(),
+            )
+            .build()
+            .map_err(|e| format!("client_ca {}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder.with_single_cert(chain, key).map_err(|e| {
+        format!(
+            "certificate {} and key {} do not make a usable pair: {e}",
+            cfg.cert.display(),
+            cfg.key.display()
+        )
+    })?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Builds a client: trusts `ca` (PEM) if given, else the public web roots; presents
+/// `identity` (cert, key) for mutual TLS if given.
+pub fn connector(
+    ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<TlsConnector, String> {
+    let roots = match ca {
+        Some(p) => roots(p)?,
+        None => rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        },
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some((cert, key)) => {
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("cannot read a private key from {}: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(certs(cert)?, key)
+                .map_err(|e| e.to_string())?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// The name to check the server certificate against, from `HOST:PORT`.
+pub fn server_name(to: &str) -> Result<ServerName<'static>, String> {
+    let host = match to.rsplit_once(':') {
+        Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
+        None => to,
+    };
+    ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("{host:?} is not a valid server name: {e}"))
+}
