@@ -618,3 +618,118 @@ async fn key_rotation_under_concurrent_writes_leaves_every_record_readable() {
     assert_eq!(huizhen_core::crypto::Cipher::key_of(&raw), Some(active));
     s.engine.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Logs carry ids and reasons, never patient data: the real binary at debug level takes a good
+/// JSON message, one that fails a step, one that is not JSON, an HL7 ADT over MLLP and a broken
+/// HL7 frame, all naming the same patient; the log names none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_hold_no_patient_name_or_id() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = fresh_db(Backend::Sqlite).await.unwrap();
+    let dir = db.dir.path();
+    let (http_port, mllp_port) = {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        (
+            a.local_addr().unwrap().port(),
+            b.local_addr().unwrap().port(),
+        )
+    };
+    std::fs::create_dir_all(dir.join("pipelines")).unwrap();
+    std::fs::write(
+        dir.join("huizhen.yaml"),
+        format!(
+            "version: 1\nstore: {{ url: \"{}\" }}\nhttp: {{ bind: \"127.0.0.1:{http_port}\" }}\nsecurity:\n  jwt_secret: \"{SECRET}\"\n  encryption: {{ keys_file: keys }}\njournal: {{ scheduler_poll: 50ms }}\npipelines: [\"pipelines/*.yaml\"]\n",
+            db.url
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("pipelines/p.yaml"),
+        format!(
+            "version: 1\nname: referrals\nsource:\n  http: {{ path: /in/r, kind: json }}\nretry: {{ max_attempts: 2, backoff: 10ms }}\nsteps:\n  - set: {{ headers: {{ dept: \"body.department\" }} }}\nsinks:\n  - journal: {{}}\n---\nversion: 1\nname: adt\nsource:\n  mllp: {{ listen: \"127.0.0.1:{mllp_port}\" }}\nsteps:\n  - hl7_map: {{}}\nsinks:\n  - journal: {{}}\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.join("huizhen.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_huizhen"))
+        .args(["-c", "huizhen.yaml", "run"])
+        .current_dir(dir)
+        .env("RUST_LOG", "debug")
+        .stdout(std::fs::File::create(dir.join("stdout.log")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{http_port}");
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        if client
+            .get(format!("{base}/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let name = "司马相如";
+    let id_number = "330523199001011238";
+    let t = token(Role::Integrator, "default");
+    for body in [
+        format!(
+            r#"{{"department":"cardiology","patient":{{"name":"{name}","id":"{id_number}"}}}}"#
+        ),
+        format!(r#"{{"patient":{{"name":"{name}","id":"{id_number}"}}}}"#),
+        format!(r#"{{"patient": {name} {id_number}"#),
+    ] {
+        let r = client
+            .post(format!("{base}/in/r"))
+            .bearer_auth(&t)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    let adt = format!(
+        "MSH|^~\\&|HIS|H|HZ|P|20261123||ADT^A01|L1|P|2.5\rPID|1||{id_number}^^^H^MR||{name}||19900101|M\rPV1|1|I\r"
+    );
+    let broken =
+        format!("MSH|^~\\&|HIS|H|HZ|P|20261123||ADT^A01|L2|P|9.9\rPID|1||{id_number}||{name}\r");
+    let no_id = format!("MSH|^~\\&|HIS|H|HZ|P|20261123||ADT^A01|L3|P|2.5\rPID|1||||{name}\r");
+    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", mllp_port))
+        .await
+        .unwrap();
+    for m in [adt, broken, no_id] {
+        let mut f = vec![0x0b];
+        f.extend(encoding_rs::GB18030.encode(&m).0.iter());
+        f.extend([0x1c, 0x0d]);
+        c.write_all(&f).await.unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("message failed") && text.contains("refused"),
+        "the failures were logged:\n{text}"
+    );
+    let gb_name = encoding_rs::GB18030.encode(name).0.into_owned();
+    let raw = std::fs::read(&log).unwrap();
+    for (what, needle) in [
+        ("name", name.as_bytes()),
+        ("name in GB18030", gb_name.as_slice()),
+        ("identity number", id_number.as_bytes()),
+    ] {
+        assert!(
+            !raw.windows(needle.len()).any(|w| w == needle),
+            "the patient's {what} is in the log:\n{text}"
+        );
+    }
+}

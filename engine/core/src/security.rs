@@ -35,6 +35,47 @@ use sha2::{Digest, Sha256};
 
 use crate::store::Store;
 
+/// A secret from the config: its `Debug` and `Display` never show it, so a logged config or
+/// error cannot leak it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Secret {
+        Secret(s.to_owned())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Secret {
+        Secret(s)
+    }
+}
+
 /// `security:` in the root config.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,7 +83,7 @@ pub struct SecurityConfig {
     /// The HS256 secret (at least 32 bytes), typically `${HUIZHEN_JWT_SECRET}`. When unset, the
     /// secret is read from `jwt_secret_file`.
     #[serde(default)]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
     /// Where the HS256 secret is kept when `jwt_secret` is unset; created (mode 0600) with a
     /// random secret if missing. Relative to the working directory, like the SQLite file.
     #[serde(default = "default_secret_file")]
@@ -320,6 +361,7 @@ impl std::fmt::Debug for Security {
 /// Reads (or creates) the HS256 secret.
 pub fn load_secret(cfg: &SecurityConfig) -> Result<Vec<u8>, String> {
     if let Some(s) = &cfg.jwt_secret {
+        let s = s.expose();
         if s.len() < 32 {
             return Err("security.jwt_secret: must be at least 32 bytes".into());
         }
@@ -711,6 +753,17 @@ mod tests {
             ..SecurityConfig::default()
         };
         assert!(load_secret(&cfg).unwrap_err().contains("32 bytes"));
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let cfg = SecurityConfig {
+            jwt_secret: Some("super-secret-value-0123456789abcdef".into()),
+            ..SecurityConfig::default()
+        };
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("super-secret"), "{shown}");
+        assert!(shown.contains("Secret(***)"));
     }
 
     #[test]

@@ -404,7 +404,8 @@ impl PipelineHandle {
                 }
                 Outcome::Failed { step, error } => {
                     let last = !error.retryable || attempt >= i.max_attempts;
-                    tracing::warn!(pipeline = %i.name, id = %m.id, attempt, step = %step, error = %error.message, dead = last, "message failed");
+                    // The reason stays out of the log (it may quote patient data); it is in the journal.
+                    tracing::warn!(pipeline = %i.name, id = %m.id, attempt, step = %step, dead = last, "message failed; the reason is in the journal (huizhen messages show ID)");
                     i.metrics.failed(&i.name);
                     if last {
                         i.metrics.dead(&i.name);
