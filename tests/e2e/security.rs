@@ -733,3 +733,72 @@ async fn logs_hold_no_patient_name_or_id() {
         );
     }
 }
+
+/// `huizhen export --deidentify default` on an encrypted journal: the patient's name, identity
+/// number and phone are gone from the output, the rest of the message is there, and the export
+/// is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deidentified_export_removes_patient_data() {
+    let s = server(100).await;
+    s.ingest("/in/a").await;
+    let body = r#"{"referral":{"department":"cardiology","patient":{"name":"欧阳明月","id_number":"330523199001011238","phone":"13912345678","birth_date":"1990-01-05"}}}"#;
+    let r = s
+        .client
+        .post(format!("{}/in/a", s.base))
+        .bearer_auth(token(Role::Admin, "*"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let dir = s._db.dir.path().to_owned();
+    let config = dir.join("huizhen.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 1\nstore: {{ url: \"{}\" }}\nsecurity:\n  jwt_secret: \"{SECRET}\"\n  encryption: {{ keys_file: \"{}\" }}\npipelines: []\n",
+            s._db.url,
+            dir.join("keys").display()
+        ),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_huizhen"))
+        .arg("-c")
+        .arg(&config)
+        .args(["export", "--deidentify", "default", "--pipeline", "a"])
+        .env("HUIZHEN_DEID_KEY", "export-test-key-0123456789")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(text.lines().count(), 2, "{text}");
+    for secret in [
+        "欧阳明月",
+        "330523199001011238",
+        "13912345678",
+        "1990-01-05",
+    ] {
+        assert!(!text.contains(secret), "{secret} exported:\n{text}");
+    }
+    assert!(
+        text.contains("cardiology") && text.contains("欧***") && text.contains("\"h:"),
+        "{text}"
+    );
+    let events = s
+        .engine
+        .store
+        .audit_events(&huizhen_core::store::audit::AuditFilter {
+            action: Some("message.export".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    s.engine.shutdown(Duration::from_secs(5)).await;
+}

@@ -16,6 +16,7 @@ use huizhen_core::{Engine, http};
 // Adapters: each is named once so the linker keeps its sources, steps and sinks.
 use huizhen_hl7 as _;
 
+mod export;
 mod hl7;
 mod security;
 
@@ -62,6 +63,8 @@ enum Command {
     /// Data keys of the encryption at rest.
     #[command(subcommand)]
     Keys(security::KeysCommand),
+    /// Export journaled messages de-identified (for test environments), one JSON per line.
+    Export(export::ExportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -177,6 +180,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 batch,
             )
             .await
+        }
+        Command::Export(args) => {
+            let store = open_store(cli.config.as_deref(), cli.database_url).await?;
+            store.migrate().await?;
+            export::export(&store, args).await
         }
         Command::Audit(cmd) => {
             let store = open_store(cli.config.as_deref(), cli.database_url).await?;
