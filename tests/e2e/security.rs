@@ -43,14 +43,18 @@ struct Server {
 /// An engine with two facilities' pipelines (`/in/a` for county hospital A, `/in/b` for B),
 /// served on a free port with the real router and security.
 async fn server(max_failures: u32) -> Server {
+    server_with(SecurityConfig {
+        max_failures,
+        ..security_config()
+    })
+    .await
+}
+
+async fn server_with(cfg: SecurityConfig) -> Server {
     let db = fresh_db(Backend::Sqlite).await.unwrap();
     let a = "version: 1\nname: a\nfacility: hosp-a\nsource:\n  http: { path: /in/a, kind: json }\nsinks:\n  - journal: {}\n";
     let b = "version: 1\nname: b\nfacility: hosp-b\nsource:\n  http: { path: /in/b, kind: json }\nsinks:\n  - journal: {}\n";
     let engine = Engine::start(loaded(&db, &[a, b])).await.unwrap();
-    let cfg = SecurityConfig {
-        max_failures,
-        ..security_config()
-    };
     let security = Security::new(&cfg, engine.store.clone()).unwrap();
     let app = huizhen_core::http::router(
         engine.app_state(),
@@ -800,5 +804,42 @@ async fn deidentified_export_removes_patient_data() {
         .await
         .unwrap();
     assert_eq!(events.len(), 1);
+    s.engine.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Per-client rate limit: a burst, then 429 with Retry-After.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_over_the_rate_limit_get_429() {
+    let s = server_with(SecurityConfig {
+        rate_limit: huizhen_core::security::RateLimit {
+            per_second: 2.0,
+            burst: 5.0,
+        },
+        ..security_config()
+    })
+    .await;
+    let t = token(Role::Auditor, "*");
+    let mut codes = Vec::new();
+    for _ in 0..7 {
+        codes.push(s.call("GET", "/api/pipelines", Some(&t)).await);
+    }
+    assert_eq!(codes, vec![200, 200, 200, 200, 200, 429, 429]);
+    let r = s
+        .client
+        .get(format!("{}/api/pipelines", s.base))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    // Health checks are not limited.
+    assert_eq!(s.call("GET", "/health", None).await, 200);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        s.call("GET", "/api/pipelines", Some(&t)).await,
+        200,
+        "refilled"
+    );
     s.engine.shutdown(Duration::from_secs(5)).await;
 }

@@ -259,12 +259,37 @@ async fn run(
     }
     let http_cfg = loaded.root.http.clone();
     let security_cfg = loaded.root.security.clone();
+    let config_files: Vec<PathBuf> = loaded
+        .root_file
+        .iter()
+        .cloned()
+        .chain(loaded.pipelines.iter().map(|p| p.file.clone()))
+        .collect();
     let listener = tokio::net::TcpListener::bind(&http_cfg.bind)
         .await
         .with_context(|| format!("cannot listen on {} (http.bind)", http_cfg.bind))?;
     let engine = Engine::start(loaded).await?;
     let security = huizhen_core::security::Security::new(&security_cfg, engine.store.clone())
         .map_err(|e| anyhow::anyhow!("security: {e}"))?;
+    // The configuration this engine runs with, on the audit trail (files and their SHA-256).
+    let files: Vec<String> = config_files
+        .iter()
+        .map(|f| {
+            let digest = std::fs::read(f)
+                .map(|b| security::sha256_hex(&b))
+                .unwrap_or_else(|e| format!("unreadable: {e}"));
+            format!("{} {digest}", f.display())
+        })
+        .collect();
+    engine
+        .store
+        .audit(&security::cli_event(
+            "config.load",
+            "Configuration",
+            "",
+            files.join("; "),
+        ))
+        .await?;
     let app = http::router(engine.app_state(), &http_cfg, std::sync::Arc::new(security));
     let addr = listener.local_addr()?;
     let token = engine.shutdown_token();

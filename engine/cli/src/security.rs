@@ -142,6 +142,12 @@ pub fn token(root: &RootConfig, cmd: TokenCommand) -> Result<ExitCode> {
     }
 }
 
+/// SHA-256 of bytes, hex.
+pub fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
 /// The CLI acts with the database's own authority; its events name the OS user.
 pub fn cli_event(
     action: &str,

@@ -111,6 +111,37 @@ pub struct SecurityConfig {
     /// Encryption at rest of message and effect bodies (see `crate::crypto`).
     #[serde(default)]
     pub encryption: crate::crypto::EncryptionConfig,
+    /// Requests per second each client address may make to the authenticated API (a token
+    /// bucket of `burst`); more get 429. Ingestion (`POST /in/…`) is not counted: senders are
+    /// slowed down by back-pressure instead. `per_second: 0` turns it off.
+    #[serde(default)]
+    pub rate_limit: RateLimit,
+}
+
+/// `security.rate_limit`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    #[serde(default = "default_rate")]
+    pub per_second: f64,
+    #[serde(default = "default_burst")]
+    pub burst: f64,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            per_second: default_rate(),
+            burst: default_burst(),
+        }
+    }
+}
+
+fn default_rate() -> f64 {
+    200.0
+}
+fn default_burst() -> f64 {
+    400.0
 }
 
 impl Default for SecurityConfig {
@@ -126,6 +157,7 @@ impl Default for SecurityConfig {
             failure_window: default_failure_window(),
             sharing: Vec::new(),
             encryption: crate::crypto::EncryptionConfig::default(),
+            rate_limit: RateLimit::default(),
         }
     }
 }
@@ -347,6 +379,8 @@ pub struct Security {
     max_failures: u32,
     window: Duration,
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    rate: RateLimit,
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
     store: Store,
 }
 
@@ -502,6 +536,8 @@ impl Security {
             max_failures: cfg.max_failures.max(1),
             window: cfg.failure_window,
             failures: Mutex::new(HashMap::new()),
+            rate: cfg.rate_limit,
+            buckets: Mutex::new(HashMap::new()),
             store,
         })
     }
@@ -544,6 +580,30 @@ impl Security {
             }
         }
         Ok(())
+    }
+
+    /// Takes one request from the address's token bucket; `Err` with the seconds to wait when
+    /// it is empty.
+    pub fn take_request(&self, ip: IpAddr) -> Result<(), u64> {
+        let RateLimit { per_second, burst } = self.rate;
+        if per_second <= 0.0 {
+            return Ok(());
+        }
+        let burst = burst.max(1.0);
+        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if b.len() > 100_000 {
+            b.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(60));
+        }
+        let now = Instant::now();
+        let e = b.entry(ip).or_insert((burst, now));
+        e.0 = (e.0 + now.duration_since(e.1).as_secs_f64() * per_second).min(burst);
+        e.1 = now;
+        if e.0 >= 1.0 {
+            e.0 -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - e.0) / per_second).ceil().max(1.0) as u64)
+        }
     }
 
     /// Counts a failed attempt from an address.

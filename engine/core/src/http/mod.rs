@@ -192,6 +192,23 @@ pub async fn guard(State(sec): State<Arc<Security>>, mut req: Request, next: Nex
     if let Err(e) = sec.check_throttle(ip) {
         return ApiError(StatusCode::TOO_MANY_REQUESTS, e.to_string()).into_response();
     }
+    // Ingestion is held back by the journal's back-pressure instead: a hospital system's burst
+    // is slowed down, not refused.
+    if action != crate::security::Action::Ingest
+        && let Err(wait) = sec.take_request(ip)
+    {
+        let mut r = ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "more than security.rate_limit requests per second from {ip}; retry in {wait}s"
+            ),
+        )
+        .into_response();
+        if let Ok(v) = axum::http::HeaderValue::from_str(&wait.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
+    }
     let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
