@@ -661,3 +661,40 @@ async fn a_batch_in_one_frame_is_split_acked_as_a_batch_and_counts_are_checked()
     );
     engine.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A modern sender's UTF-8 without MSH-18 on the default GB18030 channel: `院|` would read in
+/// GB18030 as one character and shift every field after it. Read as UTF-8 and flagged (AA with
+/// the right MSA-2), or, with `detect_utf8: false`, refused with AE saying what to change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn utf8_without_msh18_is_detected_not_misread() {
+    let text = "MSH|^~\\&|LAB|县医院|HZ|省中心|20261124||ORU^R01|U8001|P|2.3\rPID|1||12345^^^H^MR||王^小明\rOBX|1|NM|WBC||7.2\r";
+    let (engine, port, _db) = engine_with("", "").await;
+    let mut c = Conn::open(port).await;
+    let ack = c.send(text.as_bytes()).await.expect("an ACK");
+    assert_eq!(msa(&ack), ("AA".into(), "U8001".into()));
+    assert_eq!(ack.get_str("MSH-5").unwrap().as_deref(), Some("LAB"));
+    assert_eq!(ack.get_str("MSH-6").unwrap().as_deref(), Some("县医院"));
+    let stored = messages(&engine).await;
+    assert_eq!(stored[0].headers["hl7-charset-detected"], "UTF-8");
+    assert_eq!(stored[0].headers["hl7-charset"], "UTF-8");
+    engine.shutdown(Duration::from_secs(5)).await;
+
+    let (engine, port, _db) = engine_with(", detect_utf8: false", "").await;
+    let mut c = Conn::open(port).await;
+    let ack = c.send(text.as_bytes()).await.expect("an ACK");
+    assert_eq!(msa(&ack).0, "AE");
+    assert!(
+        ack.get_str("MSA-3")
+            .unwrap()
+            .unwrap_or_default()
+            .contains("set MSH-18 to UNICODE UTF-8")
+            || ack
+                .get_str("ERR-8")
+                .unwrap()
+                .unwrap_or_default()
+                .contains("set MSH-18 to UNICODE UTF-8"),
+        "{}",
+        ack.text()
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+}

@@ -77,6 +77,16 @@ pub enum CharsetError {
     /// `MSH-18` names a character set this engine does not know.
     #[error("unknown character set {0:?} in MSH-18")]
     Unknown(String),
+    /// `MSH-18` is empty, the channel's charset is a multi-byte one, and the bytes are UTF-8:
+    /// decoding them with the channel's charset would fail or, worse, read a delimiter as the
+    /// second byte of a character and shift every field after it. Refused rather than guessed.
+    #[error(
+        "the message is UTF-8 (non-ASCII from byte offset {offset}) but MSH-18 is empty and the channel's charset is {encoding}: set MSH-18 to UNICODE UTF-8, or the channel's charset to UTF-8"
+    )]
+    LooksLikeUtf8 {
+        encoding: &'static str,
+        offset: usize,
+    },
     /// The bytes are not valid in the character set in force.
     #[error("invalid {encoding} byte sequence at byte offset {offset}")]
     Invalid {
@@ -347,12 +357,43 @@ fn resolve_by_text(
     fallback
 }
 
+/// With no `MSH-18`, UTF-8 bytes read with a multi-byte default (GBK, GB18030, Big5, …) either
+/// fail or lose delimiters inside characters (HL7-21). Detects the second case too: the bytes
+/// are valid UTF-8 with non-ASCII, and decoding them with `enc` leaves fewer field separators,
+/// component separators or segment ends than the bytes hold.
+fn utf8_in_disguise(raw: &[u8], enc: &'static Encoding) -> Option<CharsetError> {
+    if enc == UTF_8 || !enc.is_ascii_compatible() || enc.is_single_byte() {
+        return None;
+    }
+    let offset = raw.iter().position(|b| !b.is_ascii())?;
+    std::str::from_utf8(raw).ok()?;
+    let (text, had_errors) = enc.decode_without_bom_handling(raw);
+    let field = raw
+        .get(3)
+        .copied()
+        .filter(u8::is_ascii_punctuation)
+        .unwrap_or(b'|');
+    let lost = had_errors
+        || [field, b'^', b'~', b'\\', b'\r'].iter().any(|&d| {
+            raw.iter().filter(|&&b| b == d).count() != text.bytes().filter(|&b| b == d).count()
+        });
+    lost.then_some(CharsetError::LooksLikeUtf8 {
+        encoding: enc.name(),
+        offset,
+    })
+}
+
 fn decode_with(
     raw: &[u8],
     enc: &'static Encoding,
     declared: Option<String>,
     on_invalid: OnInvalid,
 ) -> Result<Decoded, CharsetError> {
+    if declared.is_none()
+        && let Some(e) = utf8_in_disguise(raw, enc)
+    {
+        return Err(e);
+    }
     let ascii = declared.as_deref().is_some_and(declares_ascii);
     if ascii && let Some(offset) = raw.iter().position(|b| !b.is_ascii()) {
         return match on_invalid {
@@ -586,5 +627,53 @@ mod tests {
         assert_eq!(GB18030.decode_without_bom_handling(&bytes).0, "患者𠀀");
         assert!(encode("é", ISO_2022_JP).is_err());
         assert_eq!(encode("abc", UTF_8).unwrap(), b"abc");
+    }
+}
+
+#[cfg(test)]
+mod utf8_in_disguise_tests {
+    use super::*;
+
+    /// A modern sender's UTF-8 without MSH-18 on a GB18030 channel: `院` (E9 99 A2) followed by
+    /// `|` (7C) reads in GB18030 as a character A2 7C, swallowing the separator. Refused, with a
+    /// message that says what to change.
+    #[test]
+    fn utf8_bytes_on_a_gb18030_channel_are_refused_not_misread() {
+        let msg = "MSH|^~\\&|LAB|县医院|HZ|省中心|20261124||ORU^R01|PY001|P|2.3\rPID|1||12345^^^H^MR||王^小明\r";
+        for policy in [OnInvalid::Reject, OnInvalid::Replace] {
+            let e = decode(msg.as_bytes(), GB18030, policy).unwrap_err();
+            assert!(
+                matches!(e, CharsetError::LooksLikeUtf8 { offset: 13, .. }),
+                "{e}"
+            );
+            assert!(e.to_string().contains("set MSH-18 to UNICODE UTF-8"));
+        }
+        // Declared, it is read as UTF-8.
+        let declared = msg.replacen("|P|2.3", "|P|2.3||||||UNICODE UTF-8", 1);
+        let d = decode(declared.as_bytes(), GB18030, OnInvalid::Reject).unwrap();
+        assert_eq!(d.encoding, UTF_8);
+        // A UTF-8 channel takes it as it is.
+        assert!(decode(msg.as_bytes(), UTF_8, OnInvalid::Reject).is_ok());
+    }
+
+    /// Real GB18030 text whose characters have `|`, `^`, `~` or `\` as their second byte is not
+    /// valid UTF-8, so it is decoded as before (the delimiters inside characters are data).
+    #[test]
+    fn gbk_characters_with_delimiter_trail_bytes_still_decode() {
+        let tricky: String = (0x4E00u32..0x9FA5)
+            .filter_map(char::from_u32)
+            .filter(|c| {
+                let s = c.to_string();
+                let (b, _, _) = GBK.encode(&s);
+                b.len() == 2 && matches!(b[1], b'|' | b'^' | b'~' | b'\\')
+            })
+            .take(4)
+            .collect();
+        assert_eq!(tricky.chars().count(), 4, "such characters exist");
+        let text =
+            format!("MSH|^~\\&|HIS|H|HZ|P|2026||ADT^A01|C1|P|2.5\rPID|1||1^^^H^MR||{tricky}\r");
+        let raw = GB18030.encode(&text).0.into_owned();
+        let d = decode(&raw, GB18030, OnInvalid::Reject).unwrap();
+        assert_eq!(d.text, text);
     }
 }

@@ -82,6 +82,11 @@ pub struct MllpSourceConfig {
     /// TLS (1.2+): certificate, key and, for mutual TLS, the CA of client certificates.
     #[serde(default)]
     pub tls: Option<crate::tls::TlsConfig>,
+    /// With `MSH-18` empty, bytes that are valid UTF-8 but that `charset` would misread (a
+    /// multi-byte charset swallowing a delimiter, or invalid sequences) are read as UTF-8 and
+    /// flagged `hl7-charset-detected: UTF-8` (default). `false`: answered AE instead.
+    #[serde(default = "yes")]
+    pub detect_utf8: bool,
     /// A frame holding an `FHS`/`BHS` batch is answered with a batch of ACKs: one per message
     /// (`all`, the default) or only those that are not AA/CA (`errors`) (HL7-36).
     #[serde(default)]
@@ -95,6 +100,10 @@ pub enum BatchAck {
     #[default]
     All,
     Errors,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_charset() -> String {
@@ -490,8 +499,24 @@ async fn handle(s: &Shared, conn: &mut Conn, raw: Vec<u8>) -> Answer {
         InvalidCharsetPolicy::Reject => OnInvalid::Reject,
         InvalidCharsetPolicy::Replace => OnInvalid::Replace,
     };
+    let mut detected_utf8 = false;
     let decoded = match charset::decode(&raw, s.default_charset, on_invalid) {
         Ok(d) => d,
+        // UTF-8 without MSH-18 on a channel whose default would misread it: taken as UTF-8 when
+        // the channel allows it, and said so (header, warning), never silently.
+        Err(charset::CharsetError::LooksLikeUtf8 { encoding, .. })
+            if s.config.detect_utf8
+                && let Ok(text) = std::str::from_utf8(&raw) =>
+        {
+            tracing::warn!(%peer, channel_charset = encoding, "MSH-18 is empty and the bytes are UTF-8, which the channel's charset would misread: read as UTF-8 (hl7-charset-detected)");
+            detected_utf8 = true;
+            charset::Decoded {
+                text: text.to_owned(),
+                encoding: encoding_rs::UTF_8,
+                declared: None,
+                replaced: false,
+            }
+        }
         Err(e) => {
             // Read the header anyway (its fields are ASCII) to answer something correlatable.
             let lossy = charset::decode(&raw, s.default_charset, OnInvalid::Replace)
@@ -570,6 +595,10 @@ async fn handle(s: &Shared, conn: &mut Conn, raw: Vec<u8>) -> Answer {
     if replaced {
         m.headers
             .insert("hl7-charset-replaced".into(), "true".into());
+    }
+    if detected_utf8 {
+        m.headers
+            .insert("hl7-charset-detected".into(), "UTF-8".into());
     }
     let plan = ack::plan(&h.accept_ack, &h.app_ack, &Outcome::Accepted);
     if let Some(c) = plan.application {
