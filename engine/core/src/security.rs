@@ -852,3 +852,81 @@ mod tests {
         d
     }
 }
+
+#[cfg(test)]
+mod jwks_tests {
+    use super::*;
+
+    /// An identity provider's ES256 token, verified against its JWKS file: accepted with the
+    /// right issuer and audience, refused when the audience, the key or the signature differ.
+    #[tokio::test]
+    async fn es256_tokens_are_verified_against_the_jwks_file() {
+        use p256::pkcs8::{EncodePrivateKey, LineEnding};
+        let dir = std::env::temp_dir().join(format!("huizhen-jwks-{}", crate::message::new_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = p256::SecretKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
+        let mut jwk: serde_json::Value =
+            serde_json::from_str(&key.public_key().to_jwk_string()).unwrap();
+        jwk["kid"] = "idp-1".into();
+        jwk["alg"] = "ES256".into();
+        std::fs::write(
+            dir.join("jwks.json"),
+            serde_json::json!({ "keys": [jwk] }).to_string(),
+        )
+        .unwrap();
+        let pem = key.to_pkcs8_pem(LineEnding::LF).unwrap();
+        let enc = EncodingKey::from_ec_pem(pem.as_bytes()).unwrap();
+        let sign = |aud: &str, kid: &str| {
+            let mut h = Header::new(Algorithm::ES256);
+            h.kid = Some(kid.into());
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            jsonwebtoken::encode(
+                &h,
+                &serde_json::json!({"sub": "dr.li", "role": "expert", "facility": "prov-1",
+                    "exp": now + 60, "iss": "https://idp.test", "aud": aud}),
+                &enc,
+            )
+            .unwrap()
+        };
+        let cfg = SecurityConfig {
+            jwt_secret: Some("hs-secret-0123456789abcdef0123456789".into()),
+            jwks_file: Some(dir.join("jwks.json")),
+            issuer: Some("https://idp.test".into()),
+            audience: Some("huizhen".into()),
+            ..SecurityConfig::default()
+        };
+        let store = crate::store::Store::open(&crate::store::StoreOptions::new(format!(
+            "sqlite://{}/s.db",
+            dir.display()
+        )))
+        .await
+        .unwrap();
+        let sec = Security::new(&cfg, store).unwrap();
+        let p = sec
+            .authenticate(Some(&sign("huizhen", "idp-1")))
+            .await
+            .unwrap();
+        assert_eq!(
+            (p.sub.as_str(), p.role, p.facility.as_str()),
+            ("dr.li", Role::Expert, "prov-1")
+        );
+        assert!(matches!(
+            sec.authenticate(Some(&sign("other", "idp-1"))).await,
+            Err(AuthError::Invalid(e)) if e.contains("Audience")
+        ));
+        assert!(matches!(
+            sec.authenticate(Some(&sign("huizhen", "idp-2"))).await,
+            Err(AuthError::Invalid(e)) if e.contains("idp-2")
+        ));
+        // Change one character in the middle of the signature.
+        let good = sign("huizhen", "idp-1");
+        let at = good.rfind('.').unwrap() + 10;
+        let flipped = if &good[at..=at] == "A" { "B" } else { "A" };
+        let forged = format!("{}{flipped}{}", &good[..at], &good[at + 1..]);
+        assert!(sec.authenticate(Some(&forged)).await.is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
