@@ -167,7 +167,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             store.migrate().await?;
             security::apikey(&store, cmd).await
         }
-        Command::Keys(security::KeysCommand::Rotate { batch }) => {
+        Command::Keys(security::KeysCommand::Rotate { batch, reencrypt }) => {
             let root = root_config(cli.config.as_deref(), cli.database_url.clone())?;
             let (config, url) = (cli.config.clone(), cli.database_url.clone());
             security::rotate(
@@ -178,6 +178,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                     Ok(s)
                 },
                 batch,
+                reencrypt,
             )
             .await
         }

@@ -60,6 +60,10 @@ pub enum KeysCommand {
         /// Rows per batch.
         #[arg(long, default_value_t = 500)]
         batch: i64,
+        /// Do not add a key: re-encrypt with the active one (after adding a key to
+        /// `security.encryption.keys` by hand and restarting the engines).
+        #[arg(long)]
+        reencrypt: bool,
     },
 }
 
@@ -326,25 +330,37 @@ pub async fn rotate(
     root: &RootConfig,
     open: impl AsyncFnOnce() -> Result<Store>,
     batch: i64,
+    reencrypt: bool,
 ) -> Result<ExitCode> {
     let enc = &root.security.encryption;
     if !enc.enabled {
         bail!("encryption is off (security.encryption.enabled: false): nothing to rotate");
     }
-    if let Some(a) = &enc.active {
-        bail!(
-            "security.encryption.active pins key {a:?}; remove it (the newest key is then the active one) before rotating"
-        );
+    if !reencrypt {
+        if enc.keys.is_some() {
+            bail!(
+                "the keys come from security.encryption.keys: add a line `ID BASE64` (32 random bytes, e.g. `openssl rand -base64 32`) at its end, restart the engines, then run `huizhen keys rotate --reencrypt`"
+            );
+        }
+        if let Some(a) = &enc.active {
+            bail!(
+                "security.encryption.active pins key {a:?}; remove it (the newest key is then the active one) before rotating"
+            );
+        }
+        if !enc.keys_file.exists() {
+            bail!(
+                "{}: no key file yet (it is created when the engine first starts)",
+                enc.keys_file.display()
+            );
+        }
+        let id = huizhen_core::crypto::add_key(&enc.keys_file).map_err(|e| anyhow::anyhow!(e))?;
+        eprintln!("new data key {id} added to {}", enc.keys_file.display());
     }
-    if !enc.keys_file.exists() {
-        bail!(
-            "{}: no key file yet (it is created when the engine first starts)",
-            enc.keys_file.display()
-        );
-    }
-    let id = huizhen_core::crypto::add_key(&enc.keys_file).map_err(|e| anyhow::anyhow!(e))?;
-    eprintln!("new data key {id} added to {}", enc.keys_file.display());
     let store = open().await?;
+    let id = store
+        .keyring()
+        .map(|k| k.cipher().active().to_owned())
+        .unwrap_or_default();
     let mut total_rewritten = 0u64;
     // A second pass takes what running engines sealed with the old key before they noticed the
     // new one (they re-read the key file within seconds).

@@ -41,6 +41,11 @@ pub struct EncryptionConfig {
     /// The id of the key new data is sealed with (default: the last key in the file).
     #[serde(default)]
     pub active: Option<String>,
+    /// The keys themselves instead of a file, typically `${HUIZHEN_DATA_KEYS}`: the key file's
+    /// lines, separated by newlines or `;`. `keys_file` is then not used (and `keys rotate`
+    /// prints the new key to add instead of writing it).
+    #[serde(default)]
+    pub keys: Option<crate::security::Secret>,
 }
 
 impl Default for EncryptionConfig {
@@ -49,6 +54,7 @@ impl Default for EncryptionConfig {
             enabled: true,
             keys_file: default_keys_file(),
             active: None,
+            keys: None,
         }
     }
 }
@@ -149,6 +155,14 @@ impl Cipher {
         if !cfg.enabled {
             return Ok(None);
         }
+        if let Some(k) = &cfg.keys {
+            return Cipher::parse(
+                &k.expose().replace(';', "\n"),
+                "security.encryption.keys",
+                cfg.active.as_deref(),
+            )
+            .map(Some);
+        }
         if !cfg.keys_file.exists() {
             create_key_file(&cfg.keys_file)?;
         }
@@ -159,6 +173,11 @@ impl Cipher {
     pub fn load(path: &Path, active: Option<&str>) -> Result<Cipher, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("{}: cannot read the key file: {e}", path.display()))?;
+        Cipher::parse(&text, &path.display().to_string(), active)
+    }
+
+    /// Reads keys in the key file's format; `origin` names where they came from in errors.
+    pub fn parse(text: &str, origin: &str, active: Option<&str>) -> Result<Cipher, String> {
         let mut keys = HashMap::new();
         let mut last = None;
         let mut index = None;
@@ -167,7 +186,7 @@ impl Cipher {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let at = || format!("{}:{}", path.display(), n + 1);
+            let at = || format!("{origin}:{}", n + 1);
             let (id, key) = line
                 .split_once(char::is_whitespace)
                 .ok_or_else(|| format!("{}: expected `ID BASE64`", at()))?;
@@ -195,17 +214,15 @@ impl Cipher {
             }
             last = Some(id.to_owned());
         }
-        let index =
-            index.ok_or_else(|| format!("{}: no `index` key (blind index)", path.display()))?;
+        let index = index.ok_or_else(|| format!("{origin}: no `index` key (blind index)"))?;
         let active = match active {
             Some(a) if keys.contains_key(a) => a.to_owned(),
             Some(a) => {
                 return Err(format!(
-                    "security.encryption.active: key {a:?} is not in {}",
-                    path.display()
+                    "security.encryption.active: key {a:?} is not in {origin}"
                 ));
             }
-            None => last.ok_or_else(|| format!("{}: no data key", path.display()))?,
+            None => last.ok_or_else(|| format!("{origin}: no data key"))?,
         };
         Ok(Cipher {
             keys,
@@ -286,6 +303,8 @@ impl Cipher {
 /// to the new active key.
 pub struct Keyring {
     path: PathBuf,
+    /// Keys from `security.encryption.keys` (the environment): nothing to reload.
+    inline: bool,
     active: Option<String>,
     current: std::sync::RwLock<std::sync::Arc<Cipher>>,
     checked: std::sync::Mutex<(std::time::Instant, Option<std::time::SystemTime>)>,
@@ -307,6 +326,7 @@ impl Keyring {
         };
         Ok(Some(std::sync::Arc::new(Keyring {
             path: cfg.keys_file.clone(),
+            inline: cfg.keys.is_some(),
             active: cfg.active.clone(),
             current: std::sync::RwLock::new(std::sync::Arc::new(c)),
             checked: std::sync::Mutex::new((
@@ -319,6 +339,9 @@ impl Keyring {
     }
 
     fn reload(&self) {
+        if self.inline {
+            return;
+        }
         match Cipher::load(&self.path, self.active.as_deref()) {
             Ok(c) => {
                 tracing::info!(file = %self.path.display(), active = c.active(), "data keys reloaded");
@@ -336,7 +359,7 @@ impl Keyring {
     pub fn cipher(&self) -> std::sync::Arc<Cipher> {
         let changed = {
             let mut c = self.checked.lock().unwrap_or_else(|p| p.into_inner());
-            if c.0.elapsed() < RECHECK {
+            if self.inline || c.0.elapsed() < RECHECK {
                 false
             } else {
                 c.0 = std::time::Instant::now();
@@ -429,6 +452,31 @@ mod tests {
         bad[last] ^= 1;
         assert_eq!(c2.open(&bad).unwrap_err(), CryptoError::Tampered);
         assert_eq!(c2.open(&sealed[..10]).unwrap_err(), CryptoError::Truncated);
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn keys_from_the_environment_need_no_file() {
+        let d = tmp();
+        let cfg = EncryptionConfig {
+            keys_file: d.join("never-created"),
+            keys: Some(format!("index {};env1 {}", b64(&[7; 32]), b64(&[9; 32])).into()),
+            ..EncryptionConfig::default()
+        };
+        let ring = Keyring::from_config(&cfg).unwrap().unwrap();
+        assert_eq!(ring.cipher().active(), "env1");
+        let sealed = ring.seal(b"x");
+        assert_eq!(ring.open(&sealed).unwrap(), b"x");
+        assert!(!d.join("never-created").exists());
+        let bad = EncryptionConfig {
+            keys: Some("index AAAA".into()),
+            ..cfg
+        };
+        assert!(
+            Keyring::from_config(&bad)
+                .unwrap_err()
+                .contains("security.encryption.keys:1")
+        );
         let _ = std::fs::remove_dir_all(d);
     }
 
