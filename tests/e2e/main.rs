@@ -8,6 +8,7 @@
 // Tests report skipped services on stderr.
 #![allow(clippy::print_stderr)]
 
+mod amqp;
 mod cli;
 mod crash;
 mod engine;
@@ -19,4 +20,5 @@ mod support;
 mod tls;
 
 // Link the HL7 adapter's registrations (the `mllp` source, `hl7v2` expressions).
+use huizhen_amqp as _;
 use huizhen_hl7 as _;
