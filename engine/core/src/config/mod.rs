@@ -235,6 +235,11 @@ pub struct PipelineConfig {
     pub retry: RetryConfig,
     #[serde(default)]
     pub dedup: DedupConfig,
+    /// Protects a slow destination (a legacy HIS): at most `per_second` deliveries per second
+    /// (token bucket of `burst`) and `max_in_flight` at once, across this pipeline's workers.
+    /// Messages wait in the journal-backed queue meanwhile.
+    #[serde(default)]
+    pub deliver_limit: Option<DeliverLimit>,
 }
 
 /// A count that must be at least 1, reported at its position when it is 0.
@@ -261,6 +266,23 @@ fn default_queue() -> usize {
 }
 
 /// Retries with exponential backoff and jitter, then the dead-letter state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverLimit {
+    /// Deliveries per second (may be fractional, e.g. 0.5).
+    pub per_second: f64,
+    /// Deliveries allowed at once after an idle period (default 1: an even pace).
+    #[serde(default = "one_f64")]
+    pub burst: f64,
+    /// Deliveries in progress at once (default: the pipeline's concurrency).
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
+}
+
+fn one_f64() -> f64 {
+    1.0
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
@@ -570,6 +592,26 @@ pub fn check(pipelines: &[LoadedPipeline]) -> Vec<ConfigError> {
                     first.file.display()
                 ),
             ));
+        }
+        if let Some(l) = &p.config.deliver_limit {
+            let bad = if !(l.per_second > 0.0 && l.per_second.is_finite()) {
+                Some(format!(
+                    "deliver_limit.per_second must be more than 0, found {}",
+                    l.per_second
+                ))
+            } else if !(l.burst >= 1.0 && l.burst.is_finite()) {
+                Some(format!(
+                    "deliver_limit.burst must be at least 1, found {}",
+                    l.burst
+                ))
+            } else if l.max_in_flight == Some(0) {
+                Some("deliver_limit.max_in_flight must be at least 1, found 0".to_owned())
+            } else {
+                None
+            };
+            if let Some(msg) = bad {
+                errors.push(ConfigError::at(&p.file, &p.config.name.referenced, msg));
+            }
         }
         if let Some(path) = p.config.source.value.http_path()
             && let Some(first) = paths.insert(path.clone(), p)

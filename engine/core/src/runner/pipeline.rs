@@ -58,6 +58,7 @@ struct Inner {
     max_backoff: Duration,
     steps: Vec<(String, Arc<dyn Step>)>,
     sinks: Vec<Arc<dyn Sink>>,
+    limit: Option<Limiter>,
     metrics: Arc<Metrics>,
     running: AtomicBool,
     error: Mutex<Option<String>>,
@@ -126,6 +127,14 @@ impl PipelineHandle {
                 max_backoff: cfg.retry.max_backoff,
                 steps,
                 sinks,
+                limit: cfg.deliver_limit.as_ref().map(|l| Limiter {
+                    per_second: l.per_second.max(f64::MIN_POSITIVE),
+                    burst: l.burst.max(1.0),
+                    bucket: Mutex::new((l.burst.max(1.0), Instant::now())),
+                    in_flight: Arc::new(tokio::sync::Semaphore::new(
+                        l.max_in_flight.unwrap_or(concurrency).max(1),
+                    )),
+                }),
                 metrics,
                 running: AtomicBool::new(false),
                 error: Mutex::new(None),
@@ -344,6 +353,35 @@ pub(super) fn spawn_workers(
     }
 }
 
+/// `deliver_limit`: a token bucket and a cap on deliveries in progress, shared by the workers.
+struct Limiter {
+    per_second: f64,
+    burst: f64,
+    bucket: Mutex<(f64, Instant)>,
+    in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+impl Limiter {
+    async fn acquire(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permit = self.in_flight.clone().acquire_owned().await.ok();
+        loop {
+            let wait = {
+                let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+                let now = Instant::now();
+                b.0 =
+                    (b.0 + now.duration_since(b.1).as_secs_f64() * self.per_second).min(self.burst);
+                b.1 = now;
+                if b.0 >= 1.0 {
+                    b.0 -= 1.0;
+                    return permit;
+                }
+                Duration::from_secs_f64((1.0 - b.0) / self.per_second)
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
 /// How long a fresh message's first attempt runs before it is marked `processing`.
 const PROCESSING_MARK_AFTER: Duration = Duration::from_millis(500);
 
@@ -489,6 +527,12 @@ impl PipelineHandle {
                 }
             }
         }
+        // A slow destination's pace (deliver_limit): wait for a slot and a token, and hold the
+        // slot until the sinks are done.
+        let _slot = match &i.limit {
+            Some(l) if !i.sinks.is_empty() => Some(l.acquire().await),
+            _ => None,
+        };
         let mut effects = Vec::new();
         for sink in &i.sinks {
             let t0 = Instant::now();

@@ -1,0 +1,137 @@
+//! The legacy-HIS buffer: a burst of 10,000 messages toward a slow HIS (a fake MLLP receiver that
+//! records when each request arrives and how many are in progress) goes out no faster than
+//! `deliver_limit.per_second` and never more than `max_in_flight` at once, and all arrive.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use huizhen_core::Engine;
+use huizhen_core::message::{NewMessage, State};
+use huizhen_hl7::mllp::{Deframer, Event, frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{Backend, fresh_db, loaded, wait_for};
+
+#[derive(Default)]
+struct His {
+    in_progress: AtomicUsize,
+    most: AtomicUsize,
+    arrivals: std::sync::Mutex<Vec<Instant>>,
+}
+
+/// A slow HIS: each message takes `work` before its AA.
+async fn fake_his(work: Duration) -> (u16, Arc<His>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let his = Arc::new(His::default());
+    let h = his.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let h = h.clone();
+            tokio::spawn(async move {
+                let mut d = Deframer::new(1 << 20);
+                let mut buf = vec![0u8; 8192];
+                loop {
+                    let n = match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    for ev in d.push(&buf[..n]) {
+                        let Event::Frame(f) = ev else { continue };
+                        h.arrivals.lock().unwrap().push(Instant::now());
+                        let now = h.in_progress.fetch_add(1, Ordering::SeqCst) + 1;
+                        h.most.fetch_max(now, Ordering::SeqCst);
+                        tokio::time::sleep(work).await;
+                        h.in_progress.fetch_sub(1, Ordering::SeqCst);
+                        let text = String::from_utf8_lossy(&f).into_owned();
+                        let control = text
+                            .split('\r')
+                            .next()
+                            .and_then(|msh| msh.split('|').nth(9))
+                            .unwrap_or("")
+                            .to_owned();
+                        let ack = format!(
+                            "MSH|^~\\&|HIS|H|HZ|P|20261124||ACK^A01^ACK|A{control}|P|2.5\rMSA|AA|{control}\r"
+                        );
+                        if s.write_all(&frame(ack.as_bytes())).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (port, his)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_10000_never_exceeds_the_configured_rate_or_concurrency() {
+    const N: usize = 10_000;
+    const RATE: f64 = 2500.0;
+    const BURST: f64 = 50.0;
+    const IN_FLIGHT: usize = 3;
+    let (port, his) = fake_his(Duration::from_micros(500)).await;
+    let db = fresh_db(Backend::Sqlite).await.unwrap();
+    let yaml = format!(
+        "version: 1\nname: to-his\nsource:\n  http: {{ path: /in/his, kind: hl7v2 }}\nconcurrency: 16\nqueue: 20000\ndeliver_limit: {{ per_second: {RATE}, burst: {BURST}, max_in_flight: {IN_FLIGHT} }}\nsinks:\n  - mllp: {{ to: \"127.0.0.1:{port}\", connections: 8, charset: UTF-8 }}\n"
+    );
+    let engine = Engine::start(loaded(&db, &[&yaml])).await.unwrap();
+    let p = engine.pipeline("to-his").unwrap().clone();
+    let started = Instant::now();
+    for i in 0..N {
+        let body = format!(
+            "MSH|^~\\&|HZ|P|HIS|H|20261124||ADT^A08^ADT_A01|B{i}|P|2.5\rPID|1||{i}^^^H^MR||TEST^PATIENT\r"
+        );
+        p.submit(NewMessage::new(
+            "to-his",
+            "default",
+            "hl7v2",
+            body.into_bytes(),
+        ))
+        .await
+        .unwrap();
+    }
+    wait_for(
+        "every message delivered",
+        Duration::from_secs(60),
+        || async {
+            let c = engine.store.counts().await.ok()?;
+            let done: i64 = c
+                .iter()
+                .filter(|(_, s, _)| *s == State::Done)
+                .map(|x| x.2)
+                .sum();
+            (done as usize == N).then_some(())
+        },
+    )
+    .await;
+    let elapsed = started.elapsed();
+    let arrivals = his.arrivals.lock().unwrap().clone();
+    assert_eq!(arrivals.len(), N, "each message reached the HIS once");
+    assert!(
+        his.most.load(Ordering::SeqCst) <= IN_FLIGHT,
+        "at most {IN_FLIGHT} in progress at the HIS, saw {}",
+        his.most.load(Ordering::SeqCst)
+    );
+    // In any window of one second at most RATE + BURST requests (the bucket's allowance).
+    let allowance = (RATE + BURST) as usize;
+    for i in 0..arrivals.len().saturating_sub(allowance) {
+        let span = arrivals[i + allowance].duration_since(arrivals[i]);
+        assert!(
+            span >= Duration::from_millis(990),
+            "{} requests within {span:?} (from request {i})",
+            allowance + 1
+        );
+    }
+    // And the pace is near the configured one, not far below it.
+    let rate = N as f64 / elapsed.as_secs_f64();
+    assert!(
+        (RATE * 0.3..=RATE * 1.1).contains(&rate),
+        "{rate:.0} msg/s against {RATE} configured"
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+}
