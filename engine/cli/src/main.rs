@@ -16,6 +16,7 @@ use huizhen_core::{Engine, http};
 // Adapters: each is named once so the linker keeps its sources, steps and sinks.
 use huizhen_amqp as _;
 use huizhen_hl7 as _;
+use huizhen_plugin as _;
 
 mod export;
 mod hl7;
