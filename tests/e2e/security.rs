@@ -811,8 +811,10 @@ async fn deidentified_export_removes_patient_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_over_the_rate_limit_get_429() {
     let s = server_with(SecurityConfig {
+        // Slow refill (one request every 2 s), so that a loaded machine cannot refill the bucket
+        // between the calls below.
         rate_limit: huizhen_core::security::RateLimit {
-            per_second: 2.0,
+            per_second: 0.5,
             burst: 5.0,
         },
         ..security_config()
@@ -835,7 +837,7 @@ async fn clients_over_the_rate_limit_get_429() {
     assert!(r.headers().contains_key("retry-after"));
     // Health checks are not limited.
     assert_eq!(s.call("GET", "/health", None).await, 200);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(
         s.call("GET", "/api/pipelines", Some(&t)).await,
         200,
