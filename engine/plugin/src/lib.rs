@@ -20,6 +20,7 @@ use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
     StoreLimitsBuilder,
 };
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub mod step;
@@ -34,6 +35,9 @@ pub mod bindings {
 
 use bindings::huizhen::plugin::host::Level;
 use bindings::huizhen::plugin::types::{Decision, Message};
+
+/// Most bytes of a call's stdout and stderr kept for the log.
+const OUTPUT_LIMIT: usize = 64 * 1024;
 
 /// How long one epoch tick lasts: deadlines are counted in ticks.
 const TICK: Duration = Duration::from_millis(1);
@@ -211,8 +215,14 @@ impl RulePlugin {
     /// Calls `decide` in a fresh store with the plugin's limits.
     pub fn decide(&self, msg: &Message, now_ms: i64) -> Result<Decision, CallError> {
         let engine = engine();
+        // What the plugin prints goes to the engine's log, tagged with its name.
+        let stdout = MemoryOutputPipe::new(OUTPUT_LIMIT);
+        let stderr = MemoryOutputPipe::new(OUTPUT_LIMIT);
         let state = CallState {
-            wasi: WasiCtx::builder().build(),
+            wasi: WasiCtx::builder()
+                .stdout(stdout.clone())
+                .stderr(stderr.clone())
+                .build(),
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.limits.memory)
@@ -240,13 +250,41 @@ impl RulePlugin {
             } else {
                 CallError::Trap {
                     plugin: plugin.clone(),
-                    reason: format!("{e:#}").replace('\n', " "),
+                    // The trap itself ("wasm `unreachable` instruction executed", "out of
+                    // memory"…) without the wasm backtrace; anything else in full.
+                    reason: match e.downcast_ref::<wasmtime::Trap>() {
+                        Some(t) => format!("trapped: {t}"),
+                        None => format!("{e:#}").replace('\n', " "),
+                    },
                 }
             }
         };
-        let rule = self.pre.instantiate(&mut store).map_err(trap)?;
-        let r = rule.call_decide(&mut store, msg).map_err(trap)?;
+        let result = self
+            .pre
+            .instantiate(&mut store)
+            .and_then(|rule| rule.call_decide(&mut store, msg));
+        let out = String::from_utf8_lossy(&stdout.contents()).into_owned();
+        let err = String::from_utf8_lossy(&stderr.contents()).into_owned();
+        for line in out.lines().filter(|l| !l.trim().is_empty()) {
+            tracing::info!(plugin = %self.name, stream = "stdout", "{line}");
+        }
+        for line in err.lines().filter(|l| !l.trim().is_empty()) {
+            tracing::warn!(plugin = %self.name, stream = "stderr", "{line}");
+        }
         tracing::trace!(plugin = %self.name, elapsed = ?started.elapsed(), "plugin call");
-        r.map_err(|reason| CallError::Refused { plugin, reason })
+        match result {
+            Ok(r) => r.map_err(|reason| CallError::Refused { plugin, reason }),
+            Err(e) => Err(match trap(e) {
+                // A panic's message is on stderr: it says more than "unreachable".
+                CallError::Trap { plugin, reason } if !err.trim().is_empty() => CallError::Trap {
+                    plugin,
+                    reason: format!(
+                        "{reason} (stderr: {})",
+                        err.trim().lines().take(2).collect::<Vec<_>>().join(" ")
+                    ),
+                },
+                other => other,
+            }),
+        }
     }
 }

@@ -70,6 +70,10 @@ fn a_misbehaving_plugin_fails_only_its_own_calls() {
             300 => {
                 let e = p.decide(&msg("text", b"panic"), 0).unwrap_err();
                 assert!(matches!(e, CallError::Trap { .. }), "{e}");
+                assert!(
+                    e.to_string().contains("misbehave was asked to panic"),
+                    "the panic message from stderr: {e}"
+                );
             }
             400 => {
                 let e = p.decide(&msg("text", b"refuse"), 0).unwrap_err();
