@@ -900,6 +900,7 @@ fn run_step(config: serde_json::Value, work: &mut Work) -> Result<Flow, String> 
         pipeline: "adt-in".into(),
         facility: "HXXRMYY".into(),
         router: Router::default(),
+        extensions: Default::default(),
     })?;
     futures::executor::block_on(step.apply(work)).map_err(|e| {
         assert!(!e.retryable, "hl7_map errors are permanent: {}", e.message);

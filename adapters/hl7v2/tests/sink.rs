@@ -230,6 +230,7 @@ fn build(c: &MllpSinkConfig) -> Arc<dyn Sink> {
             pipeline: "to-his".into(),
             facility: "default".into(),
             router: Router::default(),
+            extensions: Default::default(),
         },
         0,
     )
@@ -643,6 +644,7 @@ fn config_is_checked_at_build() {
         pipeline: "p".into(),
         facility: "default".into(),
         router: Router::default(),
+        extensions: Default::default(),
     };
     let err = |c: MllpSinkConfig| c.build(&ctx, 0).err().unwrap();
     assert!(err(MllpSinkConfig::new("10.0.0.5")).contains("is not an address"));
@@ -673,6 +675,7 @@ fn documented_yaml_builds() {
         pipeline: "to-his".into(),
         facility: "default".into(),
         router: Router::default(),
+        extensions: Default::default(),
     };
     let sinks = &l.pipelines[0].config.sinks;
     let names: Vec<String> = sinks

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod crypto;
 pub mod expr;
+pub mod extensions;
 pub mod http;
 pub mod message;
 pub mod runner;

@@ -1,18 +1,20 @@
-//! The WASM plugin host (component model, wasmtime 48) and the `plugin` pipeline step.
+//! The WASM plugin host (component model, wasmtime 48): packages, the registry with hot reload,
+//! typed calls for every world, and the `plugin` pipeline step.
 //!
-//! One wasmtime [`Engine`] per process (pooling allocator, epoch interruption); each plugin file
-//! is compiled once and pre-linked ([`wasmtime::component::InstancePre`]); every call gets a
-//! fresh [`Store`] with a memory cap and an epoch deadline, so a trap, an endless loop or a huge
-//! allocation fails that one call with the plugin's name and the reason, and the engine and the
-//! other messages carry on. Guests built for `wasm32-wasip2` import WASI; they get a locked-down
-//! context: no preopened directories, no sockets, no environment, no arguments.
+//! One wasmtime [`Engine`] per process (pooling allocator, epoch interruption); each component
+//! is compiled once (cached by its sha256) and pre-linked ([`wasmtime::component::InstancePre`]);
+//! every call gets a store with a memory cap and an epoch deadline, so a trap, an endless loop or
+//! a huge allocation fails that one call with the plugin's name, version and the reason, and the
+//! engine and the other messages carry on. Guests built for `wasm32-wasip2` import WASI; they get
+//! a locked-down context: no preopened directories, no sockets, no environment, no arguments,
+//! stdout and stderr captured into the engine's log.
 //!
 //! The contract is `sdk/wit/plugin.wit` (`huizhen:plugin@0.1.0`); all `bindgen!` calls are in
-//! [`bindings`].
+//! [`bindings`]. Packages and signatures: [`package`]; the registry and hot reload:
+//! [`registry`]; JSON forms of every world's input and output: [`json`].
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
@@ -23,18 +25,70 @@ use wasmtime::{
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+pub mod json;
+pub mod package;
+pub mod registry;
+pub mod stats;
 pub mod step;
 
-/// Every `bindgen!` of the host.
+pub use package::{Manifest, World};
+pub use registry::{Registry, Slot};
+pub use stats::Stats;
+
+/// Every `bindgen!` of the host. The `rule` world's bindings own the shared `host` and `types`
+/// interfaces; the other worlds reuse them (`with`).
 pub mod bindings {
     wasmtime::component::bindgen!({
         world: "rule",
         path: "../../sdk/wit",
+        imports: { default: trappable },
     });
+
+    pub mod scorer {
+        wasmtime::component::bindgen!({
+            world: "scorer",
+            path: "../../sdk/wit",
+            imports: { default: trappable },
+            with: {
+                "huizhen:plugin/host": super::huizhen::plugin::host,
+                "huizhen:plugin/types": super::huizhen::plugin::types,
+            },
+        });
+    }
+
+    pub mod coverage {
+        wasmtime::component::bindgen!({
+            world: "coverage",
+            path: "../../sdk/wit",
+            imports: { default: trappable },
+            with: { "huizhen:plugin/host": super::huizhen::plugin::host },
+        });
+    }
+
+    pub mod match_weights {
+        wasmtime::component::bindgen!({
+            world: "match-weights",
+            path: "../../sdk/wit",
+            imports: { default: trappable },
+            with: { "huizhen:plugin/host": super::huizhen::plugin::host },
+        });
+    }
+
+    pub mod triage {
+        wasmtime::component::bindgen!({
+            world: "triage",
+            path: "../../sdk/wit",
+            imports: { default: trappable },
+            with: { "huizhen:plugin/host": super::huizhen::plugin::host },
+        });
+    }
 }
 
 use bindings::huizhen::plugin::host::Level;
 use bindings::huizhen::plugin::types::{Decision, Message};
+
+/// The contract version this engine implements (`huizhen:plugin@…`).
+pub const CONTRACT: &str = "0.1.0";
 
 /// Most bytes of a call's stdout and stderr kept for the log.
 const OUTPUT_LIMIT: usize = 64 * 1024;
@@ -43,7 +97,7 @@ const OUTPUT_LIMIT: usize = 64 * 1024;
 const TICK: Duration = Duration::from_millis(1);
 
 /// Limits of one plugin's calls.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// A call running longer is interrupted (default 50 ms).
     pub deadline: Duration,
@@ -98,14 +152,95 @@ pub fn engine() -> &'static Engine {
     })
 }
 
+/// Compiles a component once per process: a version swapped out and back in again, or the same
+/// package checked by `validate` and then started, is not compiled twice.
+fn compile(bytes: &[u8], sha256: &str) -> Result<Component, String> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Component>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(c) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(sha256) {
+        return Ok(c.clone());
+    }
+    let c = Component::from_binary(engine(), bytes)
+        .map_err(|e| format!("not a WebAssembly component: {e:#}"))?;
+    let mut map = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if map.len() >= 256 {
+        map.clear();
+    }
+    map.insert(sha256.to_owned(), c.clone());
+    Ok(c)
+}
+
+/// The host capabilities a manifest can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Capability {
+    /// `host.log`.
+    Log,
+    /// `host.now-ms`.
+    Clock,
+    /// `host.config`.
+    Config,
+}
+
+impl Capability {
+    pub const ALL: [Capability; 3] = [Capability::Log, Capability::Clock, Capability::Config];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::Log => "log",
+            Capability::Clock => "clock",
+            Capability::Config => "config",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Capability> {
+        Capability::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+/// What one call (or one session of calls) gets besides its arguments.
+#[derive(Debug, Clone)]
+pub struct CallOptions {
+    pub limits: Limits,
+    /// The step's `config:` values (`host.config`).
+    pub config: Arc<BTreeMap<String, String>>,
+    /// What `host.now-ms` answers: the message's received time.
+    pub now_ms: i64,
+}
+
+impl Default for CallOptions {
+    fn default() -> Self {
+        CallOptions {
+            limits: Limits::default(),
+            config: Arc::new(BTreeMap::new()),
+            now_ms: 0,
+        }
+    }
+}
+
 /// What a call's store holds.
 pub struct CallState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
+    /// The memory cap in bytes, for the error when a call goes past it.
+    cap: usize,
     plugin: Arc<str>,
+    caps: Arc<[Capability]>,
     now_ms: i64,
     config: Arc<BTreeMap<String, String>>,
+}
+
+impl CallState {
+    fn allow(&self, cap: Capability, function: &str) -> wasmtime::Result<()> {
+        if self.caps.contains(&cap) {
+            Ok(())
+        } else {
+            Err(wasmtime::Error::msg(format!(
+                "called host.{function} without the `{}` capability in its manifest",
+                cap.as_str()
+            )))
+        }
+    }
 }
 
 impl WasiView for CallState {
@@ -118,7 +253,8 @@ impl WasiView for CallState {
 }
 
 impl bindings::huizhen::plugin::host::Host for CallState {
-    fn log(&mut self, level: Level, message: String) {
+    fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        self.allow(Capability::Log, "log")?;
         let plugin = &*self.plugin;
         match level {
             Level::Trace => tracing::trace!(plugin, "{message}"),
@@ -127,94 +263,212 @@ impl bindings::huizhen::plugin::host::Host for CallState {
             Level::Warn => tracing::warn!(plugin, "{message}"),
             Level::Error => tracing::error!(plugin, "{message}"),
         }
+        Ok(())
     }
 
-    fn now_ms(&mut self) -> i64 {
-        self.now_ms
+    fn now_ms(&mut self) -> wasmtime::Result<i64> {
+        self.allow(Capability::Clock, "now-ms")?;
+        Ok(self.now_ms)
     }
 
-    fn config(&mut self, key: String) -> Option<String> {
-        self.config.get(&key).cloned()
+    fn config(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        self.allow(Capability::Config, "config")?;
+        Ok(self.config.get(&key).cloned())
     }
 }
 
 impl bindings::huizhen::plugin::types::Host for CallState {}
 
-/// A loaded `rule` plugin, ready to be called.
-pub struct RulePlugin {
-    name: Arc<str>,
-    path: PathBuf,
-    pre: bindings::RulePre<CallState>,
-    limits: Limits,
-    config: Arc<BTreeMap<String, String>>,
-}
-
-impl std::fmt::Debug for RulePlugin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RulePlugin")
-            .field("name", &self.name)
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Why a call did not give a decision.
-#[derive(Debug, thiserror::Error)]
+/// Why a call did not give an answer.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
     /// The plugin ran past its deadline.
     #[error("plugin {plugin}: interrupted after {limit:?} (deadline)")]
     Deadline { plugin: String, limit: Duration },
-    /// The plugin trapped (a panic, out of memory, an invalid operation).
+    /// The plugin went past its memory cap.
+    #[error("plugin {plugin}: out of memory: {reason}")]
+    Memory { plugin: String, reason: String },
+    /// The plugin trapped (a panic, an invalid operation, a host call it may not make).
     #[error("plugin {plugin}: {reason}")]
     Trap { plugin: String, reason: String },
     /// The plugin answered with an error of its own.
-    #[error("plugin {plugin} refused the message: {reason}")]
+    #[error("plugin {plugin} refused: {reason}")]
     Refused { plugin: String, reason: String },
+    /// The call is not one this plugin's world offers.
+    #[error("plugin {plugin} is a `{world}` plugin, not a `{wanted}` one")]
+    WrongWorld {
+        plugin: String,
+        world: World,
+        wanted: World,
+    },
 }
 
-impl RulePlugin {
-    /// Compiles and links a `rule` component (off the hot path: 25–45 ms for a small one).
-    pub fn load(
-        path: &Path,
-        limits: Limits,
-        config: BTreeMap<String, String>,
-    ) -> Result<RulePlugin, String> {
-        let engine = engine();
-        let at = path.display();
-        let bytes = std::fs::read(path).map_err(|e| format!("{at}: cannot read: {e}"))?;
-        let component = Component::from_binary(engine, &bytes)
-            .map_err(|e| format!("{at}: not a WebAssembly component: {e:#}"))?;
-        let mut linker: Linker<CallState> = Linker::new(engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| format!("linking WASI: {e:#}"))?;
-        bindings::Rule::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-            .map_err(|e| format!("linking the host interface: {e:#}"))?;
-        let pre = linker.instantiate_pre(&component).map_err(|e| {
-            format!("{at}: does not fit the `rule` world of huizhen:plugin@0.1.0: {e:#}")
-        })?;
-        let pre = bindings::RulePre::new(pre).map_err(|e| {
-            format!("{at}: does not export the `rule` world of huizhen:plugin@0.1.0: {e:#}")
-        })?;
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "plugin".into());
-        Ok(RulePlugin {
-            name: name.into(),
-            path: path.to_owned(),
-            pre,
-            limits,
-            config: Arc::new(config),
+impl CallError {
+    /// The same input would fail the same way: do not retry.
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, CallError::Refused { .. })
+    }
+}
+
+/// A component linked for its world.
+#[derive(Clone)]
+enum Compiled {
+    Rule(bindings::RulePre<CallState>),
+    Scorer(bindings::scorer::ScorerPre<CallState>),
+    Coverage(bindings::coverage::CoveragePre<CallState>),
+    MatchWeights(bindings::match_weights::MatchWeightsPre<CallState>),
+    Triage(bindings::triage::TriagePre<CallState>),
+}
+
+fn link(component: &Component, world: World) -> Result<Compiled, String> {
+    let engine = engine();
+    let mut linker: Linker<CallState> = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+        .map_err(|e| format!("linking WASI: {e:#}"))?;
+    let fit = |e: wasmtime::Error| {
+        format!(
+            "does not fit the `{world}` world of huizhen:plugin@{CONTRACT} (built for another world or contract version?): {e:#}"
+        )
+    };
+    let host = |e: wasmtime::Error| format!("linking the host interface: {e:#}");
+    Ok(match world {
+        World::Rule => {
+            bindings::Rule::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(host)?;
+            let pre = linker.instantiate_pre(component).map_err(fit)?;
+            Compiled::Rule(bindings::RulePre::new(pre).map_err(fit)?)
+        }
+        World::Scorer => {
+            bindings::scorer::Scorer::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+                .map_err(host)?;
+            let pre = linker.instantiate_pre(component).map_err(fit)?;
+            Compiled::Scorer(bindings::scorer::ScorerPre::new(pre).map_err(fit)?)
+        }
+        World::Coverage => {
+            bindings::coverage::Coverage::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+                .map_err(host)?;
+            let pre = linker.instantiate_pre(component).map_err(fit)?;
+            Compiled::Coverage(bindings::coverage::CoveragePre::new(pre).map_err(fit)?)
+        }
+        World::MatchWeights => {
+            bindings::match_weights::MatchWeights::add_to_linker::<_, HasSelf<_>>(
+                &mut linker,
+                |s| s,
+            )
+            .map_err(host)?;
+            let pre = linker.instantiate_pre(component).map_err(fit)?;
+            Compiled::MatchWeights(bindings::match_weights::MatchWeightsPre::new(pre).map_err(fit)?)
+        }
+        World::Triage => {
+            bindings::triage::Triage::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+                .map_err(host)?;
+            let pre = linker.instantiate_pre(component).map_err(fit)?;
+            Compiled::Triage(bindings::triage::TriagePre::new(pre).map_err(fit)?)
+        }
+    })
+}
+
+/// One loaded version of a plugin: compiled, linked for its world, ready to be called. Calls
+/// hold an `Arc<Plugin>`, so a version swapped out finishes the calls it has started.
+pub struct Plugin {
+    manifest: Manifest,
+    /// `name@version`, as errors and the log name it.
+    label: Arc<str>,
+    caps: Arc<[Capability]>,
+    sha256: String,
+    signer: Option<String>,
+    origin: std::path::PathBuf,
+    loaded_at: chrono::DateTime<chrono::Utc>,
+    compiled: Compiled,
+    stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("label", &self.label)
+            .field("world", &self.manifest.world)
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A store for one call or one session of calls.
+struct Sandbox {
+    store: Store<CallState>,
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+    printed: (usize, usize),
+    deadline: Duration,
+}
+
+impl Plugin {
+    /// Compiles (or takes from the cache) and links `wasm` for the manifest's world.
+    pub fn new(
+        manifest: Manifest,
+        wasm: &[u8],
+        sha256: String,
+        signer: Option<String>,
+        origin: std::path::PathBuf,
+        stats: Arc<Stats>,
+    ) -> Result<Plugin, String> {
+        let component = compile(wasm, &sha256)?;
+        let compiled = link(&component, manifest.world)?;
+        Ok(Plugin {
+            label: format!("{}@{}", manifest.name, manifest.version).into(),
+            caps: manifest.capabilities.clone().into(),
+            manifest,
+            sha256,
+            signer,
+            origin,
+            loaded_at: chrono::Utc::now(),
+            compiled,
+            stats,
         })
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        &self.manifest.name
     }
 
-    /// Calls `decide` in a fresh store with the plugin's limits.
-    pub fn decide(&self, msg: &Message, now_ms: i64) -> Result<Decision, CallError> {
-        let engine = engine();
+    pub fn version(&self) -> &str {
+        &self.manifest.version
+    }
+
+    /// `name@version`.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn world(&self) -> World {
+        self.manifest.world
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// The trusted key that signed the package (`None`: loaded unsigned, development only).
+    pub fn signer(&self) -> Option<&str> {
+        self.signer.as_deref()
+    }
+
+    pub fn origin(&self) -> &std::path::Path {
+        &self.origin
+    }
+
+    pub fn loaded_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.loaded_at
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    fn sandbox(&self, call: &CallOptions) -> Sandbox {
         // What the plugin prints goes to the engine's log, tagged with its name.
         let stdout = MemoryOutputPipe::new(OUTPUT_LIMIT);
         let stderr = MemoryOutputPipe::new(OUTPUT_LIMIT);
@@ -225,66 +479,236 @@ impl RulePlugin {
                 .build(),
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
-                .memory_size(self.limits.memory)
+                .memory_size(call.limits.memory)
                 .instances(16)
                 .tables(16)
                 .memories(16)
                 .trap_on_grow_failure(true)
                 .build(),
-            plugin: self.name.clone(),
-            now_ms,
-            config: self.config.clone(),
+            cap: call.limits.memory,
+            plugin: self.label.clone(),
+            caps: self.caps.clone(),
+            now_ms: call.now_ms,
+            config: call.config.clone(),
         };
-        let mut store = Store::new(engine, state);
+        let mut store = Store::new(engine(), state);
         store.limiter(|s| &mut s.limits);
-        let ticks = (self.limits.deadline.as_micros() / TICK.as_micros()).max(1) as u64;
-        store.set_epoch_deadline(ticks);
-        let started = Instant::now();
-        let plugin = self.name.to_string();
-        let trap = |e: wasmtime::Error| {
-            if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
-                CallError::Deadline {
-                    plugin: plugin.clone(),
-                    limit: self.limits.deadline,
-                }
-            } else {
-                CallError::Trap {
-                    plugin: plugin.clone(),
-                    // The trap itself ("wasm `unreachable` instruction executed", "out of
-                    // memory"…) without the wasm backtrace; anything else in full.
-                    reason: match e.downcast_ref::<wasmtime::Trap>() {
-                        Some(t) => format!("trapped: {t}"),
-                        None => format!("{e:#}").replace('\n', " "),
-                    },
-                }
-            }
-        };
-        let result = self
-            .pre
-            .instantiate(&mut store)
-            .and_then(|rule| rule.call_decide(&mut store, msg));
-        let out = String::from_utf8_lossy(&stdout.contents()).into_owned();
-        let err = String::from_utf8_lossy(&stderr.contents()).into_owned();
+        Sandbox {
+            store,
+            stdout,
+            stderr,
+            printed: (0, 0),
+            deadline: call.limits.deadline,
+        }
+    }
+
+    fn arm(sb: &mut Sandbox) {
+        let ticks = (sb.deadline.as_micros() / TICK.as_micros()).max(1) as u64;
+        sb.store.set_epoch_deadline(ticks);
+    }
+
+    /// Logs what the call printed, maps a trap to its reason, records the call.
+    fn finish<T>(
+        &self,
+        sb: &mut Sandbox,
+        started: Instant,
+        result: wasmtime::Result<Result<T, String>>,
+    ) -> Result<T, CallError> {
+        let out = sb.stdout.contents();
+        let err = sb.stderr.contents();
+        let out = String::from_utf8_lossy(&out[sb.printed.0.min(out.len())..]).into_owned();
+        let new_err = String::from_utf8_lossy(&err[sb.printed.1.min(err.len())..]).into_owned();
+        sb.printed = (
+            sb.printed.0 + out.len().min(OUTPUT_LIMIT),
+            sb.printed.1 + new_err.len().min(OUTPUT_LIMIT),
+        );
         for line in out.lines().filter(|l| !l.trim().is_empty()) {
-            tracing::info!(plugin = %self.name, stream = "stdout", "{line}");
+            tracing::info!(plugin = %self.label, stream = "stdout", "{line}");
         }
-        for line in err.lines().filter(|l| !l.trim().is_empty()) {
-            tracing::warn!(plugin = %self.name, stream = "stderr", "{line}");
+        for line in new_err.lines().filter(|l| !l.trim().is_empty()) {
+            tracing::warn!(plugin = %self.label, stream = "stderr", "{line}");
         }
-        tracing::trace!(plugin = %self.name, elapsed = ?started.elapsed(), "plugin call");
-        match result {
-            Ok(r) => r.map_err(|reason| CallError::Refused { plugin, reason }),
-            Err(e) => Err(match trap(e) {
-                // A panic's message is on stderr: it says more than "unreachable".
-                CallError::Trap { plugin, reason } if !err.trim().is_empty() => CallError::Trap {
-                    plugin,
-                    reason: format!(
-                        "{reason} (stderr: {})",
-                        err.trim().lines().take(2).collect::<Vec<_>>().join(" ")
-                    ),
-                },
-                other => other,
-            }),
+        let plugin = self.label.to_string();
+        let mapped = match result {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(reason)) => Err(CallError::Refused { plugin, reason }),
+            Err(e) => Err(self.trap(e, sb, &new_err)),
+        };
+        self.stats.record(started.elapsed(), mapped.is_ok());
+        mapped
+    }
+
+    fn trap(&self, e: wasmtime::Error, sb: &Sandbox, stderr: &str) -> CallError {
+        let plugin = self.label.to_string();
+        let trap = e.downcast_ref::<wasmtime::Trap>().copied();
+        if trap == Some(wasmtime::Trap::Interrupt) {
+            return CallError::Deadline {
+                plugin,
+                limit: sb.deadline,
+            };
         }
+        // A memory.grow refused by the store's limiter traps (trap_on_grow_failure) with a
+        // message naming the limit; a guest allocator that gets null aborts (unreachable):
+        // either way the instance asked for more than its cap.
+        let text = format!("{e:#}");
+        let over_cap = text.contains("memory minimum size")
+            || text.contains("forcing trap when growing memory")
+            || text.contains("memory allocation")
+            || stderr.contains("memory allocation of");
+        if over_cap {
+            return CallError::Memory {
+                plugin,
+                reason: format!(
+                    "the call asked for more than its cap of {} MiB",
+                    sb.store.data().limits_cap() >> 20
+                ),
+            };
+        }
+        // The trap itself ("wasm `unreachable` instruction executed"…) without the wasm
+        // backtrace; anything else in full; a panic's message is on stderr.
+        let mut reason = match trap {
+            Some(t) => format!("trapped: {t}"),
+            None => text.replace('\n', " "),
+        };
+        if !stderr.trim().is_empty() {
+            reason = format!(
+                "{reason} (stderr: {})",
+                stderr.trim().lines().take(2).collect::<Vec<_>>().join(" ")
+            );
+        }
+        CallError::Trap { plugin, reason }
+    }
+
+    fn wrong(&self, wanted: World) -> CallError {
+        CallError::WrongWorld {
+            plugin: self.label.to_string(),
+            world: self.manifest.world,
+            wanted,
+        }
+    }
+
+    /// `rule`: decides on a message (a fresh store per call).
+    pub fn decide(&self, msg: &Message, call: &CallOptions) -> Result<Decision, CallError> {
+        let Compiled::Rule(pre) = &self.compiled else {
+            return Err(self.wrong(World::Rule));
+        };
+        let mut sb = self.sandbox(call);
+        Self::arm(&mut sb);
+        let started = Instant::now();
+        let r = pre
+            .instantiate(&mut sb.store)
+            .and_then(|w| w.call_decide(&mut sb.store, msg));
+        self.finish(&mut sb, started, r)
+    }
+
+    /// `scorer`: a session of calls in one instance, for scoring many candidates of one case.
+    pub fn scorer(&self, call: &CallOptions) -> Result<ScorerSession<'_>, CallError> {
+        let Compiled::Scorer(_) = &self.compiled else {
+            return Err(self.wrong(World::Scorer));
+        };
+        Ok(ScorerSession {
+            plugin: self,
+            call: call.clone(),
+            live: None,
+        })
+    }
+
+    /// `coverage`: the covered and self-pay amounts of fee items (a fresh store per call).
+    pub fn cover(
+        &self,
+        items: &[bindings::coverage::FeeItem],
+        patient: &bindings::coverage::PatientCoverage,
+        call: &CallOptions,
+    ) -> Result<Vec<bindings::coverage::ResultLine>, CallError> {
+        let Compiled::Coverage(pre) = &self.compiled else {
+            return Err(self.wrong(World::Coverage));
+        };
+        let mut sb = self.sandbox(call);
+        Self::arm(&mut sb);
+        let started = Instant::now();
+        let r = pre
+            .instantiate(&mut sb.store)
+            .and_then(|w| w.call_cover(&mut sb.store, items, patient));
+        self.finish(&mut sb, started, r)
+    }
+
+    /// `match-weights`: the identity-matching weights and thresholds.
+    pub fn weights(
+        &self,
+        call: &CallOptions,
+    ) -> Result<bindings::match_weights::Weights, CallError> {
+        let Compiled::MatchWeights(pre) = &self.compiled else {
+            return Err(self.wrong(World::MatchWeights));
+        };
+        let mut sb = self.sandbox(call);
+        Self::arm(&mut sb);
+        let started = Instant::now();
+        let r = pre
+            .instantiate(&mut sb.store)
+            .and_then(|w| w.call_weights(&mut sb.store).map(Ok));
+        self.finish(&mut sb, started, r)
+    }
+
+    /// `triage`: symptoms, a suggested department and follow-up questions for a complaint.
+    pub fn triage(
+        &self,
+        complaint: &str,
+        call: &CallOptions,
+    ) -> Result<bindings::triage::TriageResult, CallError> {
+        let Compiled::Triage(pre) = &self.compiled else {
+            return Err(self.wrong(World::Triage));
+        };
+        let mut sb = self.sandbox(call);
+        Self::arm(&mut sb);
+        let started = Instant::now();
+        let r = pre
+            .instantiate(&mut sb.store)
+            .and_then(|w| w.call_triage(&mut sb.store, complaint));
+        self.finish(&mut sb, started, r)
+    }
+}
+
+impl CallState {
+    fn limits_cap(&self) -> usize {
+        self.cap
+    }
+}
+
+/// Scoring calls that share one instance (one case, many candidates): instantiating once saves
+/// ~10 µs per call. Only calls of one request share it; a trap ends the instance and the next
+/// call gets a fresh one.
+pub struct ScorerSession<'p> {
+    plugin: &'p Plugin,
+    call: CallOptions,
+    live: Option<(Sandbox, bindings::scorer::Scorer)>,
+}
+
+impl ScorerSession<'_> {
+    pub fn score(
+        &mut self,
+        case: &[bindings::scorer::Feature],
+        expert: &[bindings::scorer::Feature],
+    ) -> Result<bindings::scorer::Score, CallError> {
+        let Compiled::Scorer(pre) = &self.plugin.compiled else {
+            unreachable!("a scorer session is made for scorer plugins only");
+        };
+        let started = Instant::now();
+        if self.live.is_none() {
+            let mut sb = self.plugin.sandbox(&self.call);
+            Plugin::arm(&mut sb);
+            match pre.instantiate(&mut sb.store) {
+                Ok(w) => self.live = Some((sb, w)),
+                Err(e) => return self.plugin.finish(&mut sb, started, Err(e)),
+            }
+        }
+        let (sb, w) = self.live.as_mut().expect("instantiated above");
+        Plugin::arm(sb);
+        let r = w.call_score(&mut sb.store, case, expert);
+        let trapped = r.is_err();
+        let out = self.plugin.finish(sb, started, r);
+        if trapped {
+            self.live = None;
+        }
+        out
     }
 }

@@ -29,13 +29,20 @@ use huizhen_core::work::{Flow, StepError, Work};
 use serde::Deserialize;
 
 use crate::bindings::huizhen::plugin::types::{Decision, Message};
-use crate::{CallError, Limits, RulePlugin};
+use crate::registry::{Slot, registry};
+use crate::{CallOptions, Limits, World};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginStepConfig {
-    /// The component (`.wasm`), relative to the working directory.
-    pub path: PathBuf,
+    /// A plugin of the registry (`plugins.dir`), by its manifest name; the version serving is
+    /// swapped while the engine runs.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Or a package folder, or (development, `plugins.allow_unsigned`) a bare `.wasm`, relative
+    /// to the working directory.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
     #[serde(default)]
     pub config: BTreeMap<String, String>,
     #[serde(default = "default_deadline", with = "duration")]
@@ -67,16 +74,52 @@ impl StepConfig for PluginStepConfig {
         if self.deadline.is_zero() {
             return Err("deadline: must be more than 0".into());
         }
-        let plugin = RulePlugin::load(
-            &self.path,
-            Limits {
-                deadline: self.deadline,
-                memory: self.memory_mb << 20,
-            },
-            self.config.clone(),
-        )?;
+        let reg = registry(&ctx.extensions)?;
+        let slot = match (&self.name, &self.path) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err("give either `name` (a plugin of plugins.dir) or `path`".into());
+            }
+            (Some(name), None) => {
+                let Some(slot) = reg.slot(name) else {
+                    let known = reg.names();
+                    return Err(format!(
+                        "no plugin {name:?} in {} ({})",
+                        reg.dir().display(),
+                        if known.is_empty() {
+                            "it holds no package".to_owned()
+                        } else {
+                            format!("found: {}", known.join(", "))
+                        }
+                    ));
+                };
+                slot
+            }
+            (None, Some(path)) => reg.load_path(path, World::Rule)?,
+        };
+        let Some(current) = slot.current() else {
+            return Err(format!(
+                "plugin {:?} could not be loaded: {}",
+                slot.name(),
+                slot.last_error().unwrap_or_default()
+            ));
+        };
+        if current.world() != World::Rule {
+            return Err(format!(
+                "plugin {} is a `{}` plugin; the plugin step calls `rule` plugins",
+                current.label(),
+                current.world()
+            ));
+        }
         Ok(Arc::new(PluginStep {
-            plugin: Arc::new(plugin),
+            slot,
+            call: CallOptions {
+                limits: Limits {
+                    deadline: self.deadline,
+                    memory: self.memory_mb << 20,
+                },
+                config: Arc::new(self.config.clone()),
+                now_ms: 0,
+            },
             router: ctx.router.clone(),
             pipeline: ctx.pipeline.clone(),
         }))
@@ -84,7 +127,8 @@ impl StepConfig for PluginStepConfig {
 }
 
 struct PluginStep {
-    plugin: Arc<RulePlugin>,
+    slot: Arc<Slot>,
+    call: CallOptions,
     router: Router,
     pipeline: String,
 }
@@ -104,21 +148,27 @@ impl Step for PluginStep {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
             };
-            let decision = self
-                .plugin
-                .decide(&msg, work.received_at)
-                .map_err(|e| match e {
-                    CallError::Refused { .. } => StepError::new(e.to_string()),
-                    CallError::Deadline { .. } | CallError::Trap { .. } => {
-                        StepError::permanent(e.to_string())
-                    }
-                })?;
+            // The version serving now answers for this message, even if a new one is swapped in
+            // while it runs.
+            let plugin = self.slot.current().ok_or_else(|| {
+                StepError::new(format!("plugin {} is not loaded", self.slot.name()))
+            })?;
+            let call = CallOptions {
+                now_ms: work.received_at,
+                ..self.call.clone()
+            };
+            let decision = plugin.decide(&msg, &call).map_err(|e| {
+                if e.is_permanent() {
+                    StepError::permanent(e.to_string())
+                } else {
+                    StepError::new(e.to_string())
+                }
+            })?;
             match decision {
                 Decision::Pass => Ok(Flow::Continue),
-                Decision::Drop(reason) => Ok(Flow::Stop(format!(
-                    "plugin {}: {reason}",
-                    self.plugin.name()
-                ))),
+                Decision::Drop(reason) => {
+                    Ok(Flow::Stop(format!("plugin {}: {reason}", plugin.label())))
+                }
                 Decision::Transform(body) => {
                     work.set_body(body);
                     Ok(Flow::Continue)
@@ -131,19 +181,19 @@ impl Step for PluginStep {
                     if to == self.pipeline {
                         return Err(StepError::permanent(format!(
                             "plugin {} routed the message back into its own pipeline {to:?}",
-                            self.plugin.name()
+                            plugin.label()
                         )));
                     }
                     let target = self.router.get(&to).ok_or_else(|| {
                         StepError::new(format!(
                             "plugin {}: route to {to:?}: no such pipeline is running",
-                            self.plugin.name()
+                            plugin.label()
                         ))
                     })?;
                     let body = work.body().to_vec();
                     let mut m = NewMessage::new(&to, &work.facility, &work.kind, body);
                     m.headers = work.headers.clone();
-                    m.source = format!("plugin {} in {}", self.plugin.name(), work.pipeline);
+                    m.source = format!("plugin {} in {}", plugin.label(), work.pipeline);
                     m.dedup_key = Some(format!("route:{}", work.id));
                     m.trace_id = Some(work.trace_id.clone());
                     m.parent_id = Some(work.id.clone());
@@ -155,7 +205,7 @@ impl Step for PluginStep {
                         .insert("huizhen-routed-to".into(), format!("{to}:{}", a.id));
                     Ok(Flow::Stop(format!(
                         "routed to {to} by plugin {}",
-                        self.plugin.name()
+                        plugin.label()
                     )))
                 }
             }

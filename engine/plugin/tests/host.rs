@@ -1,14 +1,19 @@
 //! The plugin host against real components built for wasm32-wasip2 from `plugins/`: a badly
-//! behaved plugin is contained (deadline, memory cap, panic) while 1,000 other calls pass, and
-//! `route-by-facility` decides by MSH-4, also as a `plugin` step in a running pipeline.
+//! behaved plugin is contained (deadline, memory cap, panic) while 1,000 other calls pass;
+//! packages are refused when unsigned, tampered, signed by an unknown key or built for another
+//! contract; a plugin is swapped 10 times under 20,000 calls with no failed call; the `plugin`
+//! step routes in a running pipeline.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use huizhen_core::config::PluginsConfig;
 use huizhen_plugin::bindings::huizhen::plugin::types::{Decision, Message};
-use huizhen_plugin::{CallError, Limits, RulePlugin};
+use huizhen_plugin::package::{self, Trust};
+use huizhen_plugin::{CallError, CallOptions, Capability, Limits, Registry, World};
 
 /// Builds the example plugins once per test run; returns the folder with the `.wasm` files.
 fn plugins() -> &'static PathBuf {
@@ -31,6 +36,46 @@ fn plugins() -> &'static PathBuf {
     })
 }
 
+fn temp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("hz-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A vendor key: (private PEM, public base64).
+fn vendor() -> &'static (String, String) {
+    static KEY: OnceLock<(String, String)> = OnceLock::new();
+    KEY.get_or_init(package::generate_key)
+}
+
+/// Writes a signed package of `wasm` into `out`.
+fn signed(out: &Path, wasm: &str, name: &str, version: &str, world: World) -> PathBuf {
+    let bytes = std::fs::read(plugins().join(wasm)).unwrap();
+    let (dir, _) = package::write_package(
+        out,
+        &bytes,
+        name,
+        version,
+        world,
+        Capability::ALL.to_vec(),
+        None,
+    )
+    .unwrap();
+    let key = package::parse_private_key(&vendor().0).unwrap();
+    package::sign_package(&dir, &key).unwrap();
+    dir
+}
+
+fn config(dir: &Path) -> PluginsConfig {
+    PluginsConfig {
+        dir: dir.to_owned(),
+        trusted_keys: BTreeMap::from([("acme".to_owned(), vendor().1.clone())]),
+        allow_unsigned: false,
+        watch: true,
+    }
+}
+
 fn msg(kind: &str, body: &[u8]) -> Message {
     Message {
         id: "m1".into(),
@@ -44,31 +89,34 @@ fn msg(kind: &str, body: &[u8]) -> Message {
 
 #[test]
 fn a_misbehaving_plugin_fails_only_its_own_calls() {
-    let p = RulePlugin::load(
-        &plugins().join("misbehave.wasm"),
-        Limits {
+    let dir = temp("misbehave");
+    signed(&dir, "misbehave.wasm", "misbehave", "1.0.0", World::Rule);
+    let reg = Registry::open(&config(&dir)).unwrap();
+    let p = reg.slot("misbehave").unwrap().current().unwrap();
+    let call = CallOptions {
+        limits: Limits {
             deadline: Duration::from_millis(50),
             memory: 64 << 20,
         },
-        BTreeMap::new(),
-    )
-    .unwrap();
+        ..CallOptions::default()
+    };
     let mut passed = 0;
     for i in 0..1000 {
         match i {
             100 => {
                 let t = Instant::now();
-                let e = p.decide(&msg("text", b"loop"), 0).unwrap_err();
+                let e = p.decide(&msg("text", b"loop"), &call).unwrap_err();
                 assert!(matches!(e, CallError::Deadline { .. }), "{e}");
-                assert!(e.to_string().contains("misbehave"), "{e}");
+                assert!(e.to_string().contains("misbehave@1.0.0"), "{e}");
                 assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
             }
             200 => {
-                let e = p.decide(&msg("text", b"alloc"), 0).unwrap_err();
-                assert!(matches!(e, CallError::Trap { .. }), "{e}");
+                let e = p.decide(&msg("text", b"alloc"), &call).unwrap_err();
+                assert!(matches!(e, CallError::Memory { .. }), "{e}");
+                assert!(e.to_string().contains("cap of 64 MiB"), "{e}");
             }
             300 => {
-                let e = p.decide(&msg("text", b"panic"), 0).unwrap_err();
+                let e = p.decide(&msg("text", b"panic"), &call).unwrap_err();
                 assert!(matches!(e, CallError::Trap { .. }), "{e}");
                 assert!(
                     e.to_string().contains("misbehave was asked to panic"),
@@ -76,16 +124,17 @@ fn a_misbehaving_plugin_fails_only_its_own_calls() {
                 );
             }
             400 => {
-                let e = p.decide(&msg("text", b"refuse"), 0).unwrap_err();
+                let e = p.decide(&msg("text", b"refuse"), &call).unwrap_err();
                 assert_eq!(
                     e.to_string(),
-                    "plugin misbehave refused the message: refused on request"
+                    "plugin misbehave@1.0.0 refused: refused on request"
                 );
+                assert!(!e.is_permanent());
             }
             _ => {}
         }
         let d = p
-            .decide(&msg("text", format!("fine {i}").as_bytes()), 0)
+            .decide(&msg("text", format!("fine {i}").as_bytes()), &call)
             .unwrap();
         assert!(
             matches!(d, Decision::Annotate(ref h) if h == &vec![("misbehave".to_owned(), "ok".to_owned())])
@@ -93,63 +142,322 @@ fn a_misbehaving_plugin_fails_only_its_own_calls() {
         passed += 1;
     }
     assert_eq!(passed, 1000);
+    assert_eq!(p.stats().errors(), 4);
+    assert_eq!(p.stats().calls(), 1004);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn route_by_facility_reads_msh4_and_its_config() {
-    let cfg = BTreeMap::from([
-        ("县人民医院".to_owned(), "adt-county".to_owned()),
-        ("default".to_owned(), "adt-other".to_owned()),
-    ]);
-    let p = RulePlugin::load(
-        &plugins().join("route_by_facility.wasm"),
-        Limits::default(),
-        cfg,
-    )
-    .unwrap();
+    let dir = temp("route");
+    signed(
+        &dir,
+        "route_by_facility.wasm",
+        "route-by-facility",
+        "0.1.0",
+        World::Rule,
+    );
+    let reg = Registry::open(&config(&dir)).unwrap();
+    let p = reg.slot("route-by-facility").unwrap().current().unwrap();
+    assert_eq!(p.signer(), Some("acme"));
+    let call = CallOptions {
+        config: Arc::new(BTreeMap::from([
+            ("县人民医院".to_owned(), "adt-county".to_owned()),
+            ("default".to_owned(), "adt-other".to_owned()),
+        ])),
+        ..CallOptions::default()
+    };
     let county = "MSH|^~\\&|HIS|县人民医院^123^L|HZ|P|20261124||ADT^A01|1|P|2.5\rPID|1\r";
     let other = "MSH|^~\\&|HIS|乡镇卫生院|HZ|P|20261124||ADT^A01|2|P|2.5\rPID|1\r";
     assert!(
-        matches!(p.decide(&msg("hl7v2", county.as_bytes()), 0).unwrap(), Decision::Route(ref t) if t == "adt-county")
+        matches!(p.decide(&msg("hl7v2", county.as_bytes()), &call).unwrap(), Decision::Route(ref t) if t == "adt-county")
     );
     assert!(
-        matches!(p.decide(&msg("hl7v2", other.as_bytes()), 0).unwrap(), Decision::Route(ref t) if t == "adt-other")
+        matches!(p.decide(&msg("hl7v2", other.as_bytes()), &call).unwrap(), Decision::Route(ref t) if t == "adt-other")
     );
     assert!(matches!(
-        p.decide(&msg("json", b"{}"), 0).unwrap(),
+        p.decide(&msg("json", b"{}"), &call).unwrap(),
         Decision::Pass
     ));
     assert!(matches!(
-        p.decide(&msg("hl7v2", b"PID|1"), 0),
+        p.decide(&msg("hl7v2", b"PID|1"), &call),
         Err(CallError::Refused { .. })
     ));
-}
-
-#[test]
-fn a_file_that_is_not_a_component_is_refused_clearly() {
-    let dir = std::env::temp_dir().join(format!("hz-plugin-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let f = dir.join("bad.wasm");
-    std::fs::write(&f, b"not wasm at all").unwrap();
-    let e = RulePlugin::load(&f, Limits::default(), BTreeMap::new()).unwrap_err();
-    assert!(e.contains("bad.wasm: not a WebAssembly component"), "{e}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A host function outside the manifest's capabilities traps the call, naming the capability.
+#[test]
+fn capabilities_are_what_the_manifest_asks_for() {
+    let dir = temp("caps");
+    let bytes = std::fs::read(plugins().join("route_by_facility.wasm")).unwrap();
+    let (pkg, _) = package::write_package(
+        &dir,
+        &bytes,
+        "route-by-facility",
+        "0.1.0",
+        World::Rule,
+        vec![Capability::Log],
+        None,
+    )
+    .unwrap();
+    package::sign_package(&pkg, &package::parse_private_key(&vendor().0).unwrap()).unwrap();
+    let reg = Registry::open(&config(&dir)).unwrap();
+    let p = reg.slot("route-by-facility").unwrap().current().unwrap();
+    let adt = "MSH|^~\\&|HIS|县人民医院|HZ|P|20261124||ADT^A01|1|P|2.5\r";
+    let e = p
+        .decide(&msg("hl7v2", adt.as_bytes()), &CallOptions::default())
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("called host.config without the `config` capability"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn unsigned_tampered_and_foreign_packages_are_refused() {
+    let dir = temp("refused");
+    let trust = Trust::new([("acme".to_owned(), vendor().1.clone())], false).unwrap();
+
+    let good = signed(&dir, "misbehave.wasm", "misbehave", "1.0.0", World::Rule);
+    assert_eq!(
+        package::read_package(&good, &trust)
+            .unwrap()
+            .signer
+            .as_deref(),
+        Some("acme")
+    );
+
+    // The wasm changed after signing.
+    let tampered = signed(&dir, "misbehave.wasm", "misbehave", "1.0.1", World::Rule);
+    let wasm = tampered.join("misbehave-1.0.1.wasm");
+    let mut bytes = std::fs::read(&wasm).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&wasm, bytes).unwrap();
+    let e = package::read_package(&tampered, &trust).unwrap_err();
+    assert!(
+        e.contains("misbehave-1.0.1.wasm: sha256 is") && e.contains("changed after"),
+        "{e}"
+    );
+
+    // The manifest changed after signing (a capability added).
+    let edited = signed(&dir, "misbehave.wasm", "misbehave", "1.0.2", World::Rule);
+    let m = edited.join("plugin.toml");
+    let text = std::fs::read_to_string(&m).unwrap();
+    std::fs::write(
+        &m,
+        text.replace("version = \"1.0.2\"", "version = \"1.0.3\""),
+    )
+    .unwrap();
+    let e = package::read_package(&edited, &trust).unwrap_err();
+    assert!(
+        e.contains(
+            "plugin.toml.sig: signature refused: does not verify with any trusted key (acme)"
+        ),
+        "{e}"
+    );
+
+    // Signed by a key the engine does not trust.
+    let stranger = signed(&dir, "misbehave.wasm", "misbehave", "1.0.4", World::Rule);
+    let (other_pem, _) = package::generate_key();
+    package::sign_package(&stranger, &package::parse_private_key(&other_pem).unwrap()).unwrap();
+    let e = package::read_package(&stranger, &trust).unwrap_err();
+    assert!(e.contains("does not verify with any trusted key"), "{e}");
+
+    // No signature at all; allowed only with allow_unsigned.
+    let unsigned = signed(&dir, "misbehave.wasm", "misbehave", "1.0.5", World::Rule);
+    std::fs::remove_file(unsigned.join("plugin.toml.sig")).unwrap();
+    let e = package::read_package(&unsigned, &trust).unwrap_err();
+    assert!(
+        e.contains("plugin.toml.sig: missing: unsigned plugins are refused"),
+        "{e}"
+    );
+    let dev = Trust::new([], true).unwrap();
+    assert!(
+        package::read_package(&unsigned, &dev)
+            .unwrap()
+            .signer
+            .is_none()
+    );
+
+    // Built for a contract version this engine does not implement.
+    let future = signed(&dir, "misbehave.wasm", "misbehave", "1.0.6", World::Rule);
+    let m = future.join("plugin.toml");
+    let text = std::fs::read_to_string(&m).unwrap();
+    std::fs::write(
+        &m,
+        text.replace("huizhen:plugin@0.1.0", "huizhen:plugin@0.2.0"),
+    )
+    .unwrap();
+    package::sign_package(&future, &package::parse_private_key(&vendor().0).unwrap()).unwrap();
+    let e = package::read_package(&future, &trust).unwrap_err();
+    assert!(
+        e.contains("built for huizhen:plugin@0.2.0; this engine implements huizhen:plugin@0.1.0"),
+        "{e}"
+    );
+
+    // A rule component whose manifest claims another world: refused when linked.
+    let liar = temp("refused-liar");
+    signed(&liar, "misbehave.wasm", "misbehave", "2.0.0", World::Scorer);
+    let reg = Registry::open(&config(&liar)).unwrap();
+    let slot = reg.slot("misbehave").unwrap();
+    assert!(slot.current().is_none());
+    let e = slot.last_error().unwrap();
+    assert!(e.contains("does not fit the `scorer` world"), "{e}");
+
+    // Not a component at all.
+    let bad = temp("refused-bad");
+    let (pkg, _) = package::write_package(
+        &bad,
+        b"not wasm at all",
+        "bad",
+        "0.1.0",
+        World::Rule,
+        vec![],
+        None,
+    )
+    .unwrap();
+    package::sign_package(&pkg, &package::parse_private_key(&vendor().0).unwrap()).unwrap();
+    let reg = Registry::open(&config(&bad)).unwrap();
+    let e = reg.slot("bad").unwrap().last_error().unwrap();
+    assert!(e.contains("not a WebAssembly component"), "{e}");
+    for d in [dir, liar, bad] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// 20,000 calls from four threads while the plugin is swapped 10 times by dropping package
+/// folders into the watched folder (and removing them, which rolls back): no call fails, both
+/// versions answer; a broken package dropped in leaves the serving version in place.
+#[test]
+fn hot_reload_under_load_fails_no_call() {
+    let dir = temp("hot");
+    let stage = temp("hot-stage");
+    signed(&dir, "misbehave.wasm", "misbehave", "1.0.0", World::Rule);
+    let v2 = signed(&stage, "misbehave.wasm", "misbehave", "2.0.0", World::Rule);
+    let reg = Arc::new(Registry::open(&config(&dir)).unwrap());
+    reg.watch().unwrap();
+    let slot = reg.slot("misbehave").unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicU64::new(0));
+    let seen = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
+    let mut threads = Vec::new();
+    for t in 0..4 {
+        let (slot, done, calls, seen) = (slot.clone(), done.clone(), calls.clone(), seen.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut failures = Vec::new();
+            let mut mine = BTreeMap::<String, u64>::new();
+            let mut i = 0u64;
+            while calls.load(Ordering::Relaxed) < 20_000 || !done.load(Ordering::Relaxed) {
+                let p = slot.current().unwrap();
+                match p.decide(
+                    &msg("text", format!("call {t}/{i}").as_bytes()),
+                    &CallOptions::default(),
+                ) {
+                    Ok(_) => *mine.entry(p.version().to_owned()).or_default() += 1,
+                    Err(e) => failures.push(e.to_string()),
+                }
+                calls.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+            let mut s = seen.lock().unwrap();
+            for (k, v) in mine {
+                *s.entry(k).or_default() += v;
+            }
+            failures
+        }));
+    }
+    let wait_for = |version: &str| {
+        let t = Instant::now();
+        while slot.current().unwrap().version() != version {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "version {version} never served; last error {:?}",
+                slot.last_error()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let into = dir.join("misbehave-2.0.0");
+    for round in 0..5 {
+        // Drop the new version in (a rename: the folder appears whole) …
+        copy_dir(&v2, &stage.join(format!("copy-{round}")));
+        std::fs::rename(stage.join(format!("copy-{round}")), &into).unwrap();
+        wait_for("2.0.0");
+        // … and take it out again: back to 1.0.0.
+        std::fs::remove_dir_all(&into).unwrap();
+        wait_for("1.0.0");
+    }
+    // A broken package: the serving version stays, the error is visible.
+    let broken = dir.join("misbehave-3.0.0");
+    copy_dir(&v2, &broken);
+    let m = broken.join("plugin.toml");
+    let text = std::fs::read_to_string(&m).unwrap();
+    std::fs::write(&m, text.replace("2.0.0", "3.0.0")).unwrap();
+    let t = Instant::now();
+    while slot.last_error().is_none() {
+        assert!(t.elapsed() < Duration::from_secs(30), "no load error seen");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        slot.last_error().unwrap().contains("signature refused"),
+        "{:?}",
+        slot.last_error()
+    );
+    done.store(true, Ordering::Relaxed);
+    let failures: Vec<String> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} failed calls: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    assert_eq!(slot.current().unwrap().version(), "1.0.0");
+    assert!(slot.swaps() >= 11, "swaps {}", slot.swaps());
+    let seen = seen.lock().unwrap();
+    assert!(calls.load(Ordering::Relaxed) >= 20_000);
+    assert!(seen.get("1.0.0").copied().unwrap_or(0) > 0, "{seen:?}");
+    assert!(seen.get("2.0.0").copied().unwrap_or(0) > 0, "{seen:?}");
+    for d in [dir, stage] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
 /// The `plugin` step in a running engine: an ADT from the county hospital is routed by the
-/// plugin to that hospital's pipeline; a component that does not exist stops the start with the
-/// file named.
+/// plugin to that hospital's pipeline; an unknown plugin stops the start with what the folder
+/// holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_plugin_step_routes_in_a_running_pipeline() {
-    use huizhen_core::config::{Loaded, LoadedPipeline, RootConfig, check, parse_yaml};
-    let dir = std::env::temp_dir().join(format!("hz-plugin-step-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let wasm = plugins().join("route_by_facility.wasm");
+    use huizhen_core::config::{Loaded, LoadedPipeline, RootConfig, check_with, parse_yaml};
+    use huizhen_core::extensions::Extensions;
+    let dir = temp("plugin-step");
+    let dist = dir.join("dist");
+    signed(
+        &dist,
+        "route_by_facility.wasm",
+        "route-by-facility",
+        "0.1.0",
+        World::Rule,
+    );
     let load = |texts: &[String]| {
         let mut root = RootConfig::default();
         root.store.url = format!("sqlite://{}/j.db", dir.display());
         root.security.encryption.keys_file = dir.join("keys");
         root.journal.scheduler_poll = Duration::from_millis(50);
+        root.plugins = config(&dist);
         let pipelines: Vec<LoadedPipeline> = texts
             .iter()
             .enumerate()
@@ -162,7 +470,10 @@ async fn the_plugin_step_routes_in_a_running_pipeline() {
                 }
             })
             .collect();
-        let errors: Vec<String> = check(&pipelines).iter().map(|e| e.to_string()).collect();
+        let errors: Vec<String> = check_with(&pipelines, &Extensions::new(&root.plugins))
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
         (
             Loaded {
                 root,
@@ -172,14 +483,15 @@ async fn the_plugin_step_routes_in_a_running_pipeline() {
             errors,
         )
     };
-    let intake = format!(
-        "version: 1\nname: intake\nsource:\n  http: {{ path: /in/x, kind: hl7v2 }}\nsteps:\n  - plugin: {{ path: \"{}\", config: {{ 县人民医院: adt-county }} }}\nsinks:\n  - journal: {{}}\n",
-        wasm.display()
-    );
+    let intake = "version: 1\nname: intake\nsource:\n  http: { path: /in/x, kind: hl7v2 }\nsteps:\n  - plugin: { name: route-by-facility, config: { 县人民医院: adt-county } }\nsinks:\n  - journal: {}\n".to_owned();
     let county = "version: 1\nname: adt-county\nsource:\n  http: { path: /in/y, kind: hl7v2 }\nsinks:\n  - journal: {}\n".to_owned();
     let (loaded, errors) = load(&[intake, county.clone()]);
     assert!(errors.is_empty(), "{errors:?}");
     let engine = huizhen_core::Engine::start(loaded).await.unwrap();
+    let catalog = engine
+        .extensions
+        .plugin_catalog()
+        .expect("a plugin catalog");
     let adt = "MSH|^~\\&|HIS|县人民医院|HZ|P|20261124||ADT^A01|1|P|2.5\rPID|1||9^^^H^MR||王^五\r";
     let a = engine
         .pipeline("intake")
@@ -210,14 +522,36 @@ async fn the_plugin_step_routes_in_a_running_pipeline() {
     }
     let routed = routed.expect("the plugin routed the ADT to adt-county");
     assert_eq!(routed.parent_id.as_deref(), Some(a.id.as_str()));
+    let list = catalog.list();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["name"], "route-by-facility");
+    assert_eq!(list[0]["version"], "0.1.0");
+    assert_eq!(list[0]["world"], "rule");
+    assert_eq!(list[0]["signed_by"], "acme");
+    assert_eq!(list[0]["calls"], 1);
+    let reloaded = catalog.reload("route-by-facility").unwrap();
+    assert_eq!(reloaded["swaps"], 2);
+    assert!(catalog.reload("nope").is_err());
     engine.shutdown(Duration::from_secs(5)).await;
 
-    let missing = "version: 1\nname: intake\nsource:\n  http: { path: /in/x }\nsteps:\n  - plugin: { path: no/such/plugin.wasm }\n".to_owned();
+    let missing = "version: 1\nname: intake\nsource:\n  http: { path: /in/x }\nsteps:\n  - plugin: { name: route-by-facilty }\n".to_owned();
     let (_, errors) = load(&[missing]);
     assert!(
         errors
             .iter()
-            .any(|e| e.contains("no/such/plugin.wasm: cannot read")),
+            .any(|e| e.contains("no plugin \"route-by-facilty\"")
+                && e.contains("found: route-by-facility")),
+        "{errors:?}"
+    );
+    let bare = format!(
+        "version: 1\nname: intake\nsource:\n  http: {{ path: /in/x }}\nsteps:\n  - plugin: {{ path: \"{}\" }}\n",
+        plugins().join("route_by_facility.wasm").display()
+    );
+    let (_, errors) = load(&[bare]);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("a bare component has no signed manifest")),
         "{errors:?}"
     );
     let _ = std::fs::remove_dir_all(dir);

@@ -157,20 +157,39 @@ fn default_request_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
-/// Where WASM plugins are loaded from.
+/// Where WASM plugin packages are loaded from, and whose signatures are trusted.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginsConfig {
+    /// The folder of packages (`NAME-VERSION/` with the `.wasm`, `plugin.toml` and
+    /// `plugin.toml.sig`), relative to the working directory; watched for new versions.
     #[serde(default = "default_plugin_dir")]
     pub dir: PathBuf,
+    /// Vendors whose ed25519 signatures are accepted: a name → the public key (base64 of the 32
+    /// key bytes, or a PEM `PUBLIC KEY`).
+    #[serde(default)]
+    pub trusted_keys: BTreeMap<String, String>,
+    /// Loads packages without a valid signature (development only; logged as a warning).
+    #[serde(default, alias = "allow-unsigned")]
+    pub allow_unsigned: bool,
+    /// Watches `dir` and swaps in new versions while the engine runs (default true).
+    #[serde(default = "default_true")]
+    pub watch: bool,
 }
 
 impl Default for PluginsConfig {
     fn default() -> Self {
         PluginsConfig {
             dir: default_plugin_dir(),
+            trusted_keys: BTreeMap::new(),
+            allow_unsigned: false,
+            watch: true,
         }
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_plugin_dir() -> PathBuf {
@@ -452,7 +471,10 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigErrors> {
             Err(e) => errors.push(e),
         }
     }
-    errors.extend(check(&pipelines));
+    errors.extend(check_with(
+        &pipelines,
+        &crate::extensions::Extensions::new(&root.plugins),
+    ));
     if errors.is_empty() {
         Ok(Loaded {
             root,
@@ -492,6 +514,7 @@ pub fn validate_paths(paths: &[PathBuf]) -> Result<usize, ConfigErrors> {
     }
     let count = files.len();
     let mut pipelines = Vec::new();
+    let mut plugins = PluginsConfig::default();
     for f in files {
         let is_root = matches!(
             f.file_name().and_then(|n| n.to_str()),
@@ -505,8 +528,9 @@ pub fn validate_paths(paths: &[PathBuf]) -> Result<usize, ConfigErrors> {
             }
         };
         if is_root {
-            if let Err(e) = parse_yaml::<RootConfig>(&f, &text) {
-                errors.push(e);
+            match parse_yaml::<RootConfig>(&f, &text) {
+                Ok(root) => plugins = root.plugins,
+                Err(e) => errors.push(e),
             }
         } else {
             match parse_pipelines(&f, &text) {
@@ -518,7 +542,10 @@ pub fn validate_paths(paths: &[PathBuf]) -> Result<usize, ConfigErrors> {
             }
         }
     }
-    errors.extend(check(&pipelines));
+    errors.extend(check_with(
+        &pipelines,
+        &crate::extensions::Extensions::new(&plugins),
+    ));
     if errors.is_empty() {
         Ok(count)
     } else {
@@ -566,6 +593,15 @@ fn known_pipelines(names: &BTreeMap<&str, &LoadedPipeline>) -> String {
 
 /// Builds every pipeline without starting it and returns every error found.
 pub fn check(pipelines: &[LoadedPipeline]) -> Vec<ConfigError> {
+    check_with(pipelines, &crate::extensions::Extensions::default())
+}
+
+/// [`check`] with the engine-wide services of a root configuration (its plugin folder and
+/// trusted keys).
+pub fn check_with(
+    pipelines: &[LoadedPipeline],
+    extensions: &crate::extensions::Extensions,
+) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     let mut names: BTreeMap<&str, &LoadedPipeline> = BTreeMap::new();
     let mut paths: BTreeMap<String, &LoadedPipeline> = BTreeMap::new();
@@ -645,6 +681,7 @@ pub fn check(pipelines: &[LoadedPipeline]) -> Vec<ConfigError> {
             pipeline: p.config.name.value.clone(),
             facility: p.config.facility.clone(),
             router: Router::default(),
+            extensions: extensions.clone(),
         };
         if let Err(e) = p.config.source.value.build(&ctx) {
             let e = tidy_build_error(&e);

@@ -79,6 +79,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub ingress: HttpIngress,
     pub wake: Arc<Notify>,
+    pub extensions: crate::extensions::Extensions,
 }
 
 /// A JSON error response.
@@ -285,6 +286,8 @@ pub fn router(state: AppState, cfg: &HttpConfig, security: Arc<Security>) -> Rou
         .route("/in/{*path}", post(ingest))
         .route("/api/audit", get(audit_events))
         .route("/api/audit/verify", get(audit_verify))
+        .route("/api/plugins", get(plugins))
+        .route("/api/plugins/{name}/reload", post(reload_plugin))
         .route_layer(middleware::from_fn_with_state(security, guard))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
@@ -704,6 +707,51 @@ async fn audit_verify(
         StatusCode::CONFLICT
     };
     Ok((status, Json(report)).into_response())
+}
+
+/// The loaded plugins: name, version, sha256, world, signer, loaded_at, calls, errors, p50/p99
+/// latency and the last load error (a broken new version leaves the old one serving).
+async fn plugins(State(s): State<AppState>) -> Json<serde_json::Value> {
+    let list = s
+        .extensions
+        .plugin_catalog()
+        .map(|c| c.list())
+        .unwrap_or_default();
+    Json(json!({ "plugins": list }))
+}
+
+/// Reloads one plugin from its package now; the old version serves until the new one is
+/// compiled and checked, and keeps serving if the new one is refused (409 with the reason).
+async fn reload_plugin(
+    State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use crate::extensions::CatalogError;
+    let Some(catalog) = s.extensions.plugin_catalog() else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "this engine has no plugin host".into(),
+        ));
+    };
+    let n = name.clone();
+    let result = tokio::task::spawn_blocking(move || catalog.reload(&n))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let (outcome, detail) = match &result {
+        Ok(v) => ("success", format!("version {}", v["version"])),
+        Err(e) => ("failure", e.to_string()),
+    };
+    audit(
+        &s.store,
+        &caller.event("plugin.reload", "Plugin", &name, outcome, detail),
+    )
+    .await?;
+    match result {
+        Ok(v) => Ok(Json(v)),
+        Err(e @ CatalogError::NotFound(_)) => Err(ApiError(StatusCode::NOT_FOUND, e.to_string())),
+        Err(e @ CatalogError::Refused(_)) => Err(ApiError(StatusCode::CONFLICT, e.to_string())),
+    }
 }
 
 /// An axum listener that completes the TLS handshake of each connection (in a task of its own,

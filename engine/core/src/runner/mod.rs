@@ -41,6 +41,8 @@ pub struct BuildContext {
     pub facility: String,
     /// Resolves other pipelines by name once all are built (for `route`).
     pub router: Router,
+    /// Engine-wide services (the plugin registry).
+    pub extensions: crate::extensions::Extensions,
 }
 
 /// Late-bound access to the running pipelines by name.
@@ -66,6 +68,8 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("security: {0}")]
     Security(String),
+    #[error("{0}")]
+    Extension(String),
     #[error("pipeline {pipeline} ({file}): {message}")]
     Build {
         pipeline: String,
@@ -80,6 +84,8 @@ pub struct Engine {
     pub journal: Journal,
     pub metrics: Arc<Metrics>,
     pub ingress: HttpIngress,
+    /// Engine-wide services (the plugin registry).
+    pub extensions: crate::extensions::Extensions,
     pipelines: BTreeMap<String, PipelineHandle>,
     shutdown: CancellationToken,
     workers: TaskTracker,
@@ -122,6 +128,8 @@ impl Engine {
         let shutdown = CancellationToken::new();
         let workers = TaskTracker::new();
         let ingress = HttpIngress::default();
+        let extensions = crate::extensions::Extensions::new(&root.plugins);
+        extensions.start_hooks().map_err(EngineError::Extension)?;
         let mut pipelines = BTreeMap::new();
         let mut built = Vec::new();
         for lp in loaded.pipelines {
@@ -130,6 +138,7 @@ impl Engine {
                 pipeline: name.clone(),
                 facility: lp.config.facility.clone(),
                 router: router.clone(),
+                extensions: extensions.clone(),
             };
             let file = lp.file.display().to_string();
             let err = |message: String| EngineError::Build {
@@ -211,6 +220,7 @@ impl Engine {
             journal,
             metrics,
             ingress,
+            extensions,
             pipelines,
             shutdown,
             workers,
@@ -249,6 +259,7 @@ impl Engine {
             metrics: self.metrics.clone(),
             ingress: self.ingress.clone(),
             wake: self.wake.clone(),
+            extensions: self.extensions.clone(),
         }
     }
 

@@ -1,0 +1,109 @@
+//! Engine-wide services that crates outside the core provide (the WASM plugin registry today).
+//!
+//! The core knows no wasmtime; `huizhen-plugin` registers an [`EngineHook`] (through
+//! `inventory`, like the typetag step registry) that the engine runs before it builds the
+//! pipelines, and puts its registry into the engine's [`Extensions`]. Steps find it there through
+//! their [`crate::runner::BuildContext`]; the HTTP API finds the [`PluginCatalog`] there for
+//! `GET /api/plugins` and `POST /api/plugins/{name}/reload`.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::config::PluginsConfig;
+
+/// What the API shows of the loaded plugins, and how it asks for a reload.
+pub trait PluginCatalog: Send + Sync {
+    /// One JSON object per plugin (name, version, sha256, world, loaded_at, calls, errors,
+    /// p50/p99 latency, last error).
+    fn list(&self) -> Vec<serde_json::Value>;
+    /// Reloads one plugin from its package now (blocking: compiles off the hot path). `Ok` with
+    /// the plugin's entry after the reload; `Err(NotFound)` for an unknown name; `Err(Refused)`
+    /// when the package on disk cannot be loaded (the old version keeps serving).
+    fn reload(&self, name: &str) -> Result<serde_json::Value, CatalogError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("no plugin named {0:?} is loaded or in the plugin folder")]
+    NotFound(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Runs when an engine starts (and when `huizhen validate` checks a configuration), before the
+/// pipelines are built.
+pub struct EngineHook {
+    pub name: &'static str,
+    pub start: fn(&Extensions) -> Result<(), String>,
+}
+
+inventory::collect!(EngineHook);
+
+/// A type map of engine-wide services, shared by every pipeline of one engine.
+#[derive(Clone, Default)]
+pub struct Extensions {
+    plugins: PluginsConfig,
+    services: Arc<Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>>,
+    catalog: Arc<OnceLock<Arc<dyn PluginCatalog>>>,
+}
+
+impl std::fmt::Debug for Extensions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Extensions")
+            .field("plugins", &self.plugins)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Extensions {
+    pub fn new(plugins: &PluginsConfig) -> Extensions {
+        Extensions {
+            plugins: plugins.clone(),
+            ..Extensions::default()
+        }
+    }
+
+    /// Runs every registered [`EngineHook`].
+    pub fn start_hooks(&self) -> Result<(), String> {
+        for hook in inventory::iter::<EngineHook> {
+            (hook.start)(self).map_err(|e| format!("{}: {e}", hook.name))?;
+        }
+        Ok(())
+    }
+
+    /// The root configuration's `plugins:` block.
+    pub fn plugins_config(&self) -> &PluginsConfig {
+        &self.plugins
+    }
+
+    /// The service of type `T`, made by `make` the first time it is asked for.
+    pub fn get_or_try_init<T, E>(&self, make: impl FnOnce() -> Result<T, E>) -> Result<Arc<T>, E>
+    where
+        T: Any + Send + Sync,
+    {
+        let mut map = self.services.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = map.get(&TypeId::of::<T>()) {
+            return Ok(s.clone().downcast::<T>().expect("keyed by its own type id"));
+        }
+        let s = Arc::new(make()?);
+        map.insert(TypeId::of::<T>(), s.clone());
+        Ok(s)
+    }
+
+    /// The service of type `T`, if one was made.
+    pub fn get<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        let map = self.services.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&TypeId::of::<T>())
+            .map(|s| s.clone().downcast::<T>().expect("keyed by its own type id"))
+    }
+
+    /// Sets the plugin catalog the API shows (the first one set stays).
+    pub fn set_plugin_catalog(&self, catalog: Arc<dyn PluginCatalog>) {
+        let _ = self.catalog.set(catalog);
+    }
+
+    pub fn plugin_catalog(&self) -> Option<Arc<dyn PluginCatalog>> {
+        self.catalog.get().cloned()
+    }
+}
