@@ -14,6 +14,7 @@ mod cli;
 mod crash;
 mod engine;
 mod mllp;
+mod plugins;
 mod security;
 mod sources;
 mod store;

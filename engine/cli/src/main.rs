@@ -16,10 +16,10 @@ use huizhen_core::{Engine, http};
 // Adapters: each is named once so the linker keeps its sources, steps and sinks.
 use huizhen_amqp as _;
 use huizhen_hl7 as _;
-use huizhen_plugin as _;
 
 mod export;
 mod hl7;
+mod plugin;
 mod security;
 
 /// Huizhen (会诊): an integration engine for remote-consultation networks.
@@ -67,6 +67,9 @@ enum Command {
     Keys(security::KeysCommand),
     /// Export journaled messages de-identified (for test environments), one JSON per line.
     Export(export::ExportArgs),
+    /// WASM plugins: scaffold, build, sign, verify and test them.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
 }
 
 #[derive(Debug, Args)]
@@ -183,6 +186,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 reencrypt,
             )
             .await
+        }
+        Command::Plugin(cmd) => {
+            let root = root_config(cli.config.as_deref(), cli.database_url)?;
+            plugin::run(cmd, &root.plugins)
         }
         Command::Export(args) => {
             let store = open_store(cli.config.as_deref(), cli.database_url).await?;

@@ -302,6 +302,10 @@ pub struct Package {
 
 /// Reads a package folder (or its `plugin.toml`): manifest, signature, wasm and its sha256.
 pub fn read_package(path: &Path, trust: &Trust) -> Result<Package, String> {
+    read(path, Some(trust))
+}
+
+fn read(path: &Path, trust: Option<&Trust>) -> Result<Package, String> {
     let dir = if path.is_dir() {
         path.to_owned()
     } else if path.file_name().is_some_and(|n| n == MANIFEST) {
@@ -319,13 +323,14 @@ pub fn read_package(path: &Path, trust: &Trust) -> Result<Package, String> {
         std::str::from_utf8(&bytes).map_err(|e| format!("{}: not UTF-8: {e}", mpath.display()))?;
     let manifest = Manifest::parse(&mpath, text)?;
     let spath = dir.join(SIGNATURE);
-    let signer = match std::fs::read_to_string(&spath) {
-        Ok(sig) => Some(
+    let signer = match trust.map(|t| (t, std::fs::read_to_string(&spath))) {
+        None => None,
+        Some((trust, Ok(sig))) => Some(
             trust
                 .verify(&bytes, &sig)
                 .map_err(|e| format!("{}: signature refused: {e}", spath.display()))?,
         ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Some((trust, Err(e))) if e.kind() == std::io::ErrorKind::NotFound => {
             if !trust.allow_unsigned {
                 return Err(format!(
                     "{}: missing: unsigned plugins are refused (sign with `huizhen plugin sign`, or set plugins.allow_unsigned: true for development)",
@@ -335,7 +340,7 @@ pub fn read_package(path: &Path, trust: &Trust) -> Result<Package, String> {
             tracing::warn!(package = %dir.display(), "loading an unsigned plugin (plugins.allow_unsigned)");
             None
         }
-        Err(e) => return Err(format!("{}: cannot read: {e}", spath.display())),
+        Some((_, Err(e))) => return Err(format!("{}: cannot read: {e}", spath.display())),
     };
     let wpath = dir.join(&manifest.wasm);
     let wasm =
@@ -355,6 +360,12 @@ pub fn read_package(path: &Path, trust: &Trust) -> Result<Package, String> {
         sha256,
         signer,
     })
+}
+
+/// Reads a package without looking at its signature (`huizhen plugin test` before signing):
+/// the manifest, the wasm and its sha256 are still checked.
+pub fn read_unverified(path: &Path) -> Result<Package, String> {
+    read(path, None)
 }
 
 /// A bare component (no manifest), for development: named after its file, version

@@ -440,6 +440,11 @@ impl Registry {
                     Err(e) => {
                         slot.failed(Some(c.fp), &e);
                         result = Err(e);
+                        // The version serving stays; only a plugin with none falls back to
+                        // its next older package.
+                        if slot.current().is_some() {
+                            break;
+                        }
                     }
                 }
             }

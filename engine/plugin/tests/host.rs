@@ -21,17 +21,20 @@ fn plugins() -> &'static PathBuf {
     BUILT.get_or_init(|| {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../plugins");
         let target = root.join("target");
-        let out = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--release", "--target", "wasm32-wasip2"])
-            .current_dir(&root)
-            .env("CARGO_TARGET_DIR", &target)
-            .output()
-            .expect("cargo");
-        assert!(
-            out.status.success(),
-            "building the plugins (rustup target add wasm32-wasip2):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        // One package per cargo run: each enables its own world of huizhen-sdk.
+        for p in ["misbehave", "route-by-facility", "expert-score"] {
+            let out = std::process::Command::new(env!("CARGO"))
+                .args(["build", "--release", "--target", "wasm32-wasip2", "-p", p])
+                .current_dir(&root)
+                .env("CARGO_TARGET_DIR", &target)
+                .output()
+                .expect("cargo");
+            assert!(
+                out.status.success(),
+                "building plugin {p} (rustup target add wasm32-wasip2):\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         target.join("wasm32-wasip2/release")
     })
 }

@@ -4,48 +4,27 @@
 //!
 //! ```yaml
 //! - plugin:
-//!     path: plugins/dist/route_by_facility.wasm
+//!     name: route-by-facility
 //!     config: { 县人民医院: adt-county-3, default: adt-other }
 //! ```
 
-// The generated bindings pass records field by field.
-#![allow(clippy::too_many_arguments)]
+use huizhen_sdk::host;
+use huizhen_sdk::rule::{self, Decision, Guest, Message};
 
-wit_bindgen::generate!({
-    world: "rule",
-    path: "../../sdk/wit",
-});
-
-use huizhen::plugin::host::{Level, config, log};
-
-struct RouteByFacility;
-
-/// `MSH-4`'s first component, from the text of an HL7 v2 message.
-fn sending_facility(text: &str) -> Option<String> {
-    let msh = text.split(['\r', '\n']).find(|s| s.starts_with("MSH"))?;
-    let sep = msh[3..].chars().next()?;
-    let encoding: Vec<char> = msh[3 + sep.len_utf8()..]
-        .chars()
-        .take_while(|c| *c != sep)
-        .collect();
-    let component = encoding.first().copied().unwrap_or('^');
-    // MSH-1 is the separator itself: MSH-4 is the third piece after "MSH".
-    let field = msh.split(sep).nth(3)?;
-    Some(field.split(component).next().unwrap_or("").to_owned())
-}
+pub struct RouteByFacility;
 
 impl Guest for RouteByFacility {
     fn decide(msg: Message) -> Result<Decision, String> {
         if msg.kind != "hl7v2" {
             return Ok(Decision::Pass);
         }
-        let text = String::from_utf8_lossy(&msg.body);
-        let Some(facility) = sending_facility(&text) else {
+        let Some(hl7) = rule::hl7(&msg) else {
             return Err("no MSH segment: not an HL7 v2 message".into());
         };
-        match config(&facility).or_else(|| config("default")) {
+        let facility = hl7.get("MSH-4.1").unwrap_or("").to_owned();
+        match host::config(&facility).or_else(|| host::config("default")) {
             Some(target) => {
-                log(Level::Debug, &format!("MSH-4 {facility:?} → {target}"));
+                host::debug(&format!("MSH-4 {facility:?} → {target}"));
                 Ok(Decision::Route(target))
             }
             None => Ok(Decision::Pass),
@@ -53,4 +32,37 @@ impl Guest for RouteByFacility {
     }
 }
 
-export!(RouteByFacility);
+huizhen_sdk::rule_plugin!(RouteByFacility);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use huizhen_sdk::testing;
+
+    fn msg(kind: &str, body: &str) -> Message {
+        Message {
+            id: "m1".into(),
+            pipeline: "p".into(),
+            facility: "f".into(),
+            kind: kind.into(),
+            body: body.as_bytes().to_vec(),
+            headers: vec![],
+        }
+    }
+
+    #[test]
+    fn routes_by_msh4() {
+        testing::with_config([("县人民医院", "adt-county")], || {
+            let d = RouteByFacility::decide(msg(
+                "hl7v2",
+                "MSH|^~\\&|HIS|县人民医院^1^L|HZ|P|20261124||ADT^A01|1|P|2.5\r",
+            ))
+            .unwrap();
+            assert!(matches!(d, Decision::Route(ref t) if t == "adt-county"));
+            let d = RouteByFacility::decide(msg("hl7v2", "MSH|^~\\&|HIS|别的医院|HZ|P\r")).unwrap();
+            assert!(matches!(d, Decision::Pass));
+            assert!(RouteByFacility::decide(msg("hl7v2", "PID|1")).is_err());
+        });
+        assert_eq!(testing::logs().len(), 1);
+    }
+}
