@@ -12,6 +12,9 @@
 //! Options (after `--`): `--calls N` (default 200000), `--candidates N` (default 10000),
 //! `--swaps N` (default 10).
 
+// A benchmark reports on stdout.
+#![allow(clippy::print_stdout)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -23,8 +23,11 @@ pub struct Expert<'a> {
     pub avg_response_minutes: Option<f64>,
 }
 
+/// Each feature's name and points.
+pub type Contributions = Vec<(&'static str, f64)>;
+
 /// The total and the contribution of each feature present.
-pub fn score(case: &Case, expert: &Expert) -> Result<(f64, Vec<(&'static str, f64)>), String> {
+pub fn score(case: &Case, expert: &Expert) -> Result<(f64, Contributions), String> {
     let mut parts = Vec::with_capacity(4);
     if let Some(title) = expert.title {
         let points = match title.trim() {
