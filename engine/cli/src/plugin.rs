@@ -172,22 +172,9 @@ fn verify(
 }
 
 fn compile(pkg: Package) -> Result<Plugin> {
-    let Package {
-        dir,
-        manifest,
-        wasm,
-        sha256,
-        signer,
-    } = pkg;
-    Plugin::new(
-        manifest,
-        &wasm,
-        sha256,
-        signer,
-        dir.clone(),
-        Arc::new(Stats::default()),
-    )
-    .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))
+    let dir = pkg.dir.clone();
+    Plugin::from_package(pkg, Arc::new(Stats::default()))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))
 }
 
 fn test(a: TestArgs) -> Result<ExitCode> {

@@ -426,6 +426,18 @@ impl Plugin {
         })
     }
 
+    /// [`Plugin::new`] from a package read by [`package::read_package`].
+    pub fn from_package(pkg: package::Package, stats: Arc<Stats>) -> Result<Plugin, String> {
+        let package::Package {
+            dir,
+            manifest,
+            wasm,
+            sha256,
+            signer,
+        } = pkg;
+        Plugin::new(manifest, &wasm, sha256, signer, dir, stats)
+    }
+
     pub fn name(&self) -> &str {
         &self.manifest.name
     }

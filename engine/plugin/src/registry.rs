@@ -122,14 +122,7 @@ impl Slot {
     }
 
     fn load(&self, pkg: Package, fp: Option<Fingerprint>, started: Instant) -> Result<(), String> {
-        let Package {
-            dir,
-            manifest,
-            wasm,
-            sha256,
-            signer,
-        } = pkg;
-        let plugin = Plugin::new(manifest, &wasm, sha256, signer, dir, self.stats.clone())?;
+        let plugin = Plugin::from_package(pkg, self.stats.clone())?;
         let label = plugin.label().to_owned();
         let old = self.current.swap(Some(Arc::new(plugin)));
         let took = started.elapsed();
@@ -348,19 +341,12 @@ impl Registry {
                         .file_name()
                         .map(|n| n.to_string_lossy().into_owned())
                         .unwrap_or_default();
-                    let name = match folder.rsplit_once('-') {
-                        Some((n, v)) if v.starts_with(|c: char| c.is_ascii_digit()) => {
-                            // `name-1.2.3-rc.1`: cut at the first `-digit`.
-                            let cut = folder
-                                .match_indices('-')
-                                .find(|(i, _)| {
-                                    folder[i + 1..].starts_with(|c: char| c.is_ascii_digit())
-                                })
-                                .map_or(n.len(), |(i, _)| i);
-                            folder[..cut].to_owned()
-                        }
-                        _ => folder,
-                    };
+                    // `name-1.2.3(-rc.1)`: cut at the first `-` followed by a digit.
+                    let cut = folder
+                        .match_indices('-')
+                        .find(|(i, _)| folder[i + 1..].starts_with(|c: char| c.is_ascii_digit()))
+                        .map_or(folder.len(), |(i, _)| i);
+                    let name = folder[..cut].to_owned();
                     out.push(Candidate {
                         name,
                         version: semver::Version::new(0, 0, 0),
