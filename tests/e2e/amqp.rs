@@ -8,35 +8,9 @@ use std::time::Duration;
 use huizhen_core::Engine;
 use huizhen_core::message::{NewMessage, State};
 
-use crate::support::{Backend, fresh_db, loaded, wait_for};
-
-fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
-
-/// Whether the broker answers; under CI=true it must.
-async fn broker_up() -> bool {
-    match lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await {
-        Ok(c) => {
-            let _ = c.close(200, "probe".into()).await;
-            true
-        }
-        Err(e) => {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("RabbitMQ at {} is required under CI=true: {e}", amqp_url());
-            }
-            eprintln!("skipping: RabbitMQ is not reachable: {e}");
-            false
-        }
-    }
-}
-
-fn rabbitmqctl(args: &[&str]) -> bool {
-    std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
+use crate::support::{
+    BROKER, Backend, amqp_url, broker_up, fresh_db, loaded, rabbitmqctl, wait_for,
+};
 
 async fn done(engine: &Engine, pipeline: &str) -> Vec<huizhen_core::message::Message> {
     let page = engine
@@ -54,6 +28,7 @@ async fn done(engine: &Engine, pipeline: &str) -> Vec<huizhen_core::message::Mes
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sink_to_source_round_trip_survives_a_broker_restart() {
+    let _broker = BROKER.lock().await;
     if !broker_up().await {
         return;
     }

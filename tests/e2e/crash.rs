@@ -20,7 +20,7 @@ both_backends!(
 
 const TOTAL: usize = 10_000;
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -29,10 +29,10 @@ fn free_port() -> u16 {
 }
 
 /// The engines of these tests sign tokens with this secret.
-const TEST_SECRET: &str = "test-secret-0123456789abcdef0123456789";
+pub(crate) const TEST_SECRET: &str = "test-secret-0123456789abcdef0123456789";
 
 /// A client that sends an admin token (every facility) with each request.
-fn authed_client(timeout: Duration) -> reqwest::Client {
+pub(crate) fn authed_client(timeout: Duration) -> reqwest::Client {
     let cfg = huizhen_core::security::SecurityConfig {
         jwt_secret: Some(TEST_SECRET.into()),
         ..Default::default()
@@ -99,7 +99,7 @@ fn start(setup: &Setup, log: &Path) -> Child {
         .expect("start huizhen")
 }
 
-async fn wait_ready(client: &reqwest::Client, port: u16, child: &mut Child, log: &Path) {
+pub(crate) async fn wait_ready(client: &reqwest::Client, port: u16, child: &mut Child, log: &Path) {
     let url = format!("http://127.0.0.1:{port}/ready");
     for _ in 0..600 {
         if let Ok(Some(status)) = child.try_wait() {

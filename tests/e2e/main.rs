@@ -11,7 +11,9 @@
 mod amqp;
 mod buffer;
 mod cli;
+mod cluster;
 mod crash;
+mod edge;
 mod engine;
 mod mllp;
 mod plugins;

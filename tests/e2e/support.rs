@@ -132,6 +132,58 @@ pub fn loaded(db: &TestDb, pipelines: &[&str]) -> Loaded {
     }
 }
 
+/// Tests that use RabbitMQ hold this: one of them stops and starts the broker, which would
+/// break the others' connections mid-test.
+pub static BROKER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// `AMQP_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f`.
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Whether the broker answers; under `CI=true` it must.
+pub async fn broker_up() -> bool {
+    match lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await {
+        Ok(c) => {
+            let _ = c.close(200, "probe".into()).await;
+            true
+        }
+        Err(e) => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("RabbitMQ at {} is required under CI=true: {e}", amqp_url());
+            }
+            eprintln!("skipping: RabbitMQ is not reachable: {e}");
+            false
+        }
+    }
+}
+
+/// `rabbitmqctl ARGS`; `false` when it cannot be run or fails.
+pub fn rabbitmqctl(args: &[&str]) -> bool {
+    std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Deletes queues whose names start with `prefix` (best effort, through `rabbitmqctl`).
+pub fn delete_queues(prefix: &str) {
+    let Ok(out) = std::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "name", "--quiet", "--no-table-headers"])
+        .output()
+    else {
+        return;
+    };
+    for name in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = name.trim();
+        if name.starts_with(prefix) {
+            let _ = std::process::Command::new("rabbitmqctl")
+                .args(["delete_queue", name])
+                .output();
+        }
+    }
+}
+
 /// Polls `f` until it returns `Some`, or panics after `timeout` naming `what`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where

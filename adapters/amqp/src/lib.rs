@@ -10,6 +10,7 @@
 //!   retryable error, so the message is retried through the journal with backoff. The AMQP
 //!   `message-id` is the journal's message id, for the receiver's deduplication.
 
+pub mod dispatch;
 pub mod sink;
 pub mod source;
 

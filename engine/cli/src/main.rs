@@ -77,6 +77,13 @@ struct RunArgs {
     /// Overrides http.bind, e.g. 127.0.0.1:9090.
     #[arg(long, value_name = "ADDR")]
     bind: Option<String>,
+    /// Overrides `queue`: `local`, or a broker shared by several engine processes
+    /// (amqp://user:pass@host:5672/vhost) with the store on PostgreSQL.
+    #[arg(long, env = "HUIZHEN_QUEUE", value_name = "URL")]
+    queue: Option<String>,
+    /// Overrides `cluster.node`: this process's name among the engine processes.
+    #[arg(long, env = "HUIZHEN_NODE", value_name = "NAME")]
+    node: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -266,6 +273,12 @@ async fn run(
     }
     if let Some(bind) = args.bind {
         loaded.root.http.bind = bind;
+    }
+    if let Some(queue) = args.queue {
+        loaded.root.queue = queue;
+    }
+    if let Some(node) = args.node {
+        loaded.root.cluster.node = Some(node);
     }
     let http_cfg = loaded.root.http.clone();
     let security_cfg = loaded.root.security.clone();

@@ -123,29 +123,16 @@ pub fn add_key(path: &Path) -> Result<String, String> {
 }
 
 fn create_key_file(path: &Path) -> Result<(), String> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
-    }
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts
-        .open(path)
-        .map_err(|e| format!("{}: cannot create the key file: {e}", path.display()))?;
-    use std::io::Write;
     let text = format!(
         "# Huizhen data keys: `ID BASE64(32 bytes)` per line; `index` is the blind-index key.\n# Keep this file away from the database (a secrets store, another disk); without it the\n# message bodies cannot be read.\nindex {}\nk1 {}\n",
         b64(&random32()),
         b64(&random32())
     );
-    f.write_all(text.as_bytes())
-        .map_err(|e| format!("{}: cannot write the key file: {e}", path.display()))?;
-    tracing::info!(file = %path.display(), "created a new data key file");
+    if crate::security::create_file_once(path, text.as_bytes())
+        .map_err(|e| format!("{}: cannot create the key file: {e}", path.display()))?
+    {
+        tracing::info!(file = %path.display(), "created a new data key file");
+    }
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 //! adapters live in `adapters/` and plug in through the typetag registries of
 //! [`sources::SourceConfig`], [`steps::StepConfig`] and [`sinks::SinkConfig`].
 
+pub mod cluster;
 pub mod config;
 pub mod crypto;
 pub mod expr;

@@ -94,6 +94,9 @@ pub struct NewMessage {
     /// The dedup hash of the body, computed by the journal before it seals the body (sources
     /// leave it `None`): SHA-256, or the keyed blind index when bodies are encrypted.
     pub body_hash: Option<String>,
+    /// The engine process (cluster node) that accepted it and answers for it until a node
+    /// claims it; `None` with the local queue. Set by the pipeline, not by sources.
+    pub owner: Option<String>,
 }
 
 impl NewMessage {
@@ -110,6 +113,7 @@ impl NewMessage {
             parent_id: None,
             rejected: None,
             body_hash: None,
+            owner: None,
         }
     }
 }

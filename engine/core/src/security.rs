@@ -321,6 +321,8 @@ impl Action {
 /// here and not public are refused.
 pub const ROUTES: &[(&str, &str, Action)] = &[
     ("GET", "/api/pipelines", Action::ReadPipelines),
+    ("GET", "/api/backlog", Action::ReadPipelines),
+    ("GET", "/api/cluster", Action::ReadPipelines),
     ("GET", "/api/messages", Action::ReadMessages),
     ("GET", "/api/messages/{id}", Action::ReadMessages),
     (
@@ -426,10 +428,32 @@ fn create_secret(path: &Path) -> Result<Vec<u8>, String> {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     let secret = hex::encode(bytes);
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
+    let created = create_file_once(path, secret.as_bytes())
+        .map_err(|e| format!("{}: cannot create the JWT secret: {e}", path.display()))?;
+    if created {
+        tracing::info!(file = %path.display(), "created a new JWT signing secret");
+        return Ok(secret.into_bytes());
     }
+    // Another process (a second node starting at the same moment) created it first.
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().as_bytes().to_vec())
+        .map_err(|e| format!("{}: cannot read the JWT secret: {e}", path.display()))
+}
+
+/// Creates `path` (mode 0600) with `content`, atomically: the content is written to a temporary
+/// file that is then hard-linked into place, so a process starting at the same moment sees
+/// either no file or the whole file. `Ok(false)` when the file already exists (the caller
+/// reads it).
+pub(crate) fn create_file_once(path: &Path, content: &[u8]) -> std::io::Result<bool> {
+    use std::io::Write;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!(
+        "tmp-{}-{}",
+        std::process::id(),
+        &crate::message::new_id()[28..]
+    ));
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -437,14 +461,17 @@ fn create_secret(path: &Path) -> Result<Vec<u8>, String> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    use std::io::Write;
-    let mut f = opts
-        .open(path)
-        .map_err(|e| format!("{}: cannot create the JWT secret: {e}", path.display()))?;
-    f.write_all(secret.as_bytes())
-        .map_err(|e| format!("{}: cannot write the JWT secret: {e}", path.display()))?;
-    tracing::info!(file = %path.display(), "created a new JWT signing secret");
-    Ok(secret.into_bytes())
+    let written = opts.open(&tmp).and_then(|mut f| {
+        f.write_all(content)?;
+        f.sync_all()
+    });
+    let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 fn load_jwks(path: &Path) -> Result<Vec<(Option<String>, Algorithm, DecodingKey)>, String> {

@@ -67,6 +67,18 @@ pub struct RootConfig {
     /// Authentication, authorisation and the audit trail (see `crate::security`).
     #[serde(default)]
     pub security: crate::security::SecurityConfig,
+    /// Where work waits for a worker: `local` (default: this process's memory, the journal
+    /// recovering it after a crash) or a broker URL (`amqp://user:pass@host:5672/vhost`,
+    /// `amqps://…`) shared by several engine processes on one PostgreSQL store.
+    #[serde(default = "default_work_queue")]
+    pub queue: String,
+    /// Scale-out settings used with a broker `queue` (see `crate::cluster`).
+    #[serde(default)]
+    pub cluster: crate::cluster::ClusterConfig,
+}
+
+fn default_work_queue() -> String {
+    "local".into()
 }
 
 impl Default for RootConfig {
@@ -79,6 +91,8 @@ impl Default for RootConfig {
             pipelines: default_pipeline_globs(),
             journal: JournalConfig::default(),
             security: crate::security::SecurityConfig::default(),
+            queue: default_work_queue(),
+            cluster: crate::cluster::ClusterConfig::default(),
         }
     }
 }

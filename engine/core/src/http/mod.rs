@@ -6,6 +6,8 @@
 //! | GET | /ready | the store answers and every pipeline's source runs (503 with reasons if not) |
 //! | GET | /metrics | Prometheus/OpenMetrics text |
 //! | GET | /api/pipelines | pipelines with queue depth and journal counts per state |
+//! | GET | /api/backlog | unfinished messages per pipeline: count, oldest age, broker depth |
+//! | GET | /api/cluster | the broker queue, this node, the live nodes (`queue: amqp://…`) |
 //! | GET | /api/messages?pipeline=&state=&q=&limit=&cursor= | messages, newest first |
 //! | GET | /api/messages/{id} | one message with its body, attempt errors and effects |
 //! | POST | /api/messages/{id}/reprocess | put a failed/dead/done message back to work |
@@ -80,6 +82,8 @@ pub struct AppState {
     pub ingress: HttpIngress,
     pub wake: Arc<Notify>,
     pub extensions: crate::extensions::Extensions,
+    /// This process as a cluster node, with a broker queue.
+    pub cluster: Option<crate::cluster::Node>,
 }
 
 /// A JSON error response.
@@ -286,6 +290,8 @@ pub fn router(state: AppState, cfg: &HttpConfig, security: Arc<Security>) -> Rou
         .route("/in/{*path}", post(ingest))
         .route("/api/audit", get(audit_events))
         .route("/api/audit/verify", get(audit_verify))
+        .route("/api/backlog", get(backlog))
+        .route("/api/cluster", get(cluster))
         .route("/api/plugins", get(plugins))
         .route("/api/plugins/{name}/reload", post(reload_plugin))
         .route_layer(middleware::from_fn_with_state(security, guard))
@@ -337,9 +343,76 @@ async fn ready(State(s): State<AppState>) -> Response {
     }
 }
 
+/// Unfinished work per pipeline: in the journal (all nodes) and, with a broker, at the broker.
+async fn backlog_of(s: &AppState) -> Result<Vec<serde_json::Value>, ApiError> {
+    let rows = s.store.backlog().await?;
+    let broker = match &s.cluster {
+        Some(c) => match c.queue().depth().await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!(error = %e, "broker queue depth not available");
+                None
+            }
+        },
+        None => None,
+    };
+    let now = crate::message::now_ms();
+    Ok(s.pipelines
+        .keys()
+        .map(|p| {
+            let row = rows.iter().find(|r| &r.pipeline == p);
+            let oldest = row.and_then(|r| r.oldest_received_at);
+            json!({
+                "pipeline": p,
+                "messages": row.map_or(0, |r| r.messages),
+                "oldest_received_at": oldest,
+                "oldest_age_seconds": oldest.map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0),
+                "in_memory": s.pipelines.get(p).map_or(0, |h| h.queue_depth()),
+                "broker": broker.as_ref().map(|b| b.iter().find(|(n, _)| n == p).map_or(0, |x| x.1)),
+            })
+        })
+        .collect())
+}
+
+async fn backlog(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(json!({ "pipelines": backlog_of(&s).await? })))
+}
+
+async fn cluster(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(c) = &s.cluster else {
+        return Ok(Json(json!({ "queue": "local", "nodes": [] })));
+    };
+    let nodes = c.live_nodes().await?;
+    let a = c.assignment();
+    Ok(Json(json!({
+        "queue": c.queue().describe(),
+        "node": c.id(),
+        "partitions": { "rank": a.rank, "live": a.live },
+        "nodes": nodes,
+    })))
+}
+
 async fn metrics(State(s): State<AppState>) -> Response {
     for p in s.pipelines.values() {
         s.metrics.set_queue_depth(p.name(), p.queue_depth());
+    }
+    if let Ok(rows) = backlog_of(&s).await {
+        for r in rows {
+            let p = r["pipeline"].as_str().unwrap_or_default();
+            s.metrics.set_backlog(
+                p,
+                r["messages"].as_i64().unwrap_or(0),
+                r["oldest_age_seconds"].as_f64().unwrap_or(0.0),
+            );
+            if let Some(d) = r["broker"].as_u64() {
+                s.metrics.set_broker_depth(p, d);
+            }
+        }
+    }
+    if let Some(c) = &s.cluster
+        && let Ok(n) = c.live_nodes().await
+    {
+        s.metrics.set_nodes(n.len());
     }
     if let Ok(counts) = s.store.counts().await {
         for p in s.pipelines.keys() {

@@ -45,6 +45,10 @@ pub struct Metrics {
     duplicate: Family<PipelineLabel, Counter>,
     queue_depth: Family<PipelineLabel, Gauge>,
     journal: Family<StateLabel, Gauge>,
+    backlog: Family<PipelineLabel, Gauge>,
+    backlog_age: Family<PipelineLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    broker_depth: Family<PipelineLabel, Gauge>,
+    nodes: Gauge,
     step_seconds: Family<StepLabel, Histogram, fn() -> Histogram>,
 }
 
@@ -70,6 +74,11 @@ impl Metrics {
         let duplicate = Family::default();
         let queue_depth = Family::default();
         let journal = Family::default();
+        let backlog = Family::default();
+        let backlog_age =
+            Family::<PipelineLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let broker_depth = Family::default();
+        let nodes = Gauge::default();
         let step_seconds = Family::<StepLabel, Histogram, fn() -> Histogram>::new_with_constructor(
             latency_histogram,
         );
@@ -109,6 +118,26 @@ impl Metrics {
             journal.clone(),
         );
         registry.register(
+            "backlog_messages",
+            "Unfinished messages (received, processing, failed awaiting retry), all nodes",
+            backlog.clone(),
+        );
+        registry.register(
+            "backlog_oldest_age_seconds",
+            "Age of the oldest unfinished message (0 when there is none)",
+            backlog_age.clone(),
+        );
+        registry.register(
+            "broker_queue_depth",
+            "Tickets waiting at the broker (queue: amqp://…)",
+            broker_depth.clone(),
+        );
+        registry.register(
+            "cluster_nodes",
+            "Engine processes with a fresh heartbeat (queue: amqp://…)",
+            nodes.clone(),
+        );
+        registry.register(
             "step_duration_seconds",
             "Time spent in each step and sink",
             step_seconds.clone(),
@@ -122,6 +151,10 @@ impl Metrics {
             duplicate,
             queue_depth,
             journal,
+            backlog,
+            backlog_age,
+            broker_depth,
+            nodes,
             step_seconds,
         }
     }
@@ -159,6 +192,20 @@ impl Metrics {
                 state: state.to_owned(),
             })
             .set(n);
+    }
+    pub fn set_backlog(&self, p: &str, messages: i64, oldest_age_seconds: f64) {
+        self.backlog.get_or_create(&Self::label(p)).set(messages);
+        self.backlog_age
+            .get_or_create(&Self::label(p))
+            .set(oldest_age_seconds);
+    }
+    pub fn set_broker_depth(&self, p: &str, depth: u64) {
+        self.broker_depth
+            .get_or_create(&Self::label(p))
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+    pub fn set_nodes(&self, n: usize) {
+        self.nodes.set(n as i64);
     }
     pub fn step_latency(&self, p: &str, step: &str, d: Duration) {
         self.step_seconds

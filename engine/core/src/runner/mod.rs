@@ -27,8 +27,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use metrics::Metrics;
+pub(crate) use pipeline::Remote;
 pub use pipeline::{PipelineHandle, PipelineInfo, SubmitError};
 
+use crate::cluster::QueueSpec;
 use crate::config::Loaded;
 use crate::http::HttpIngress;
 use crate::sources::SourceContext;
@@ -70,6 +72,8 @@ pub enum EngineError {
     Security(String),
     #[error("{0}")]
     Extension(String),
+    #[error("{0}")]
+    Cluster(String),
     #[error("pipeline {pipeline} ({file}): {message}")]
     Build {
         pipeline: String,
@@ -86,6 +90,8 @@ pub struct Engine {
     pub ingress: HttpIngress,
     /// Engine-wide services (the plugin registry).
     pub extensions: crate::extensions::Extensions,
+    /// This process as a cluster node (`queue: amqp://…`); `None` with the local queue.
+    pub cluster: Option<crate::cluster::Node>,
     pipelines: BTreeMap<String, PipelineHandle>,
     shutdown: CancellationToken,
     workers: TaskTracker,
@@ -130,6 +136,33 @@ impl Engine {
         let ingress = HttpIngress::default();
         let extensions = crate::extensions::Extensions::new(&root.plugins);
         extensions.start_hooks().map_err(EngineError::Extension)?;
+        // Scale-out: the broker the pipelines dispatch through, and this node's name.
+        let specs: Vec<QueueSpec> = loaded
+            .pipelines
+            .iter()
+            .map(|lp| QueueSpec {
+                pipeline: lp.config.name.value.clone(),
+                partitions: if lp.config.ordering_key.is_some() {
+                    lp.config.concurrency.max(1) as u32
+                } else {
+                    0
+                },
+                prefetch: u16::try_from(lp.config.concurrency.max(1)).unwrap_or(u16::MAX),
+            })
+            .collect();
+        let remote = if crate::cluster::is_local(&root.queue) {
+            None
+        } else {
+            root.cluster.check().map_err(EngineError::Cluster)?;
+            let queue = crate::cluster::work_queue(&root.queue, &root.cluster, &specs)
+                .map_err(EngineError::Cluster)?
+                .ok_or_else(|| EngineError::Cluster("queue: no broker".into()))?;
+            Some(Remote {
+                queue,
+                node: root.cluster.node_id().into(),
+                dead_after: root.cluster.dead_after,
+            })
+        };
         let mut pipelines = BTreeMap::new();
         let mut built = Vec::new();
         for lp in loaded.pipelines {
@@ -172,6 +205,7 @@ impl Engine {
                 journal.clone(),
                 metrics.clone(),
                 shutdown.clone(),
+                remote.clone(),
             );
             pipeline::spawn_workers(&workers, &handle, receivers, shutdown.clone());
             pipelines.insert(name, handle.clone());
@@ -179,12 +213,28 @@ impl Engine {
         }
         router.set(pipelines.clone());
 
-        let recovered = store.recover_in_flight().await?;
-        if recovered > 0 {
-            tracing::info!(
-                recovered,
-                "messages left in flight by the previous run will be processed again"
-            );
+        let mut cluster = None;
+        if let Some(r) = &remote {
+            // Other nodes may be running: only what no live node answers for is taken over.
+            let c = crate::cluster::Node::join(
+                store.clone(),
+                r.clone(),
+                &root.queue,
+                &root.cluster,
+                pipelines.clone(),
+                shutdown.clone(),
+                &workers,
+            )
+            .await?;
+            cluster = Some(c);
+        } else {
+            let recovered = store.recover_in_flight().await?;
+            if recovered > 0 {
+                tracing::info!(
+                    recovered,
+                    "messages left in flight by the previous run will be processed again"
+                );
+            }
         }
         let wake = Arc::new(Notify::new());
         workers.spawn(scheduler(
@@ -193,6 +243,7 @@ impl Engine {
             loaded.root.journal.scheduler_poll,
             wake.clone(),
             shutdown.clone(),
+            remote.as_ref().map(|r| r.node.clone()),
         ));
 
         let sources = TaskTracker::new();
@@ -221,6 +272,7 @@ impl Engine {
             metrics,
             ingress,
             extensions,
+            cluster,
             pipelines,
             shutdown,
             workers,
@@ -260,6 +312,7 @@ impl Engine {
             ingress: self.ingress.clone(),
             wake: self.wake.clone(),
             extensions: self.extensions.clone(),
+            cluster: self.cluster.clone(),
         }
     }
 
@@ -278,6 +331,9 @@ impl Engine {
                 "workers did not finish within {grace:?}; their messages stay in the journal"
             );
         }
+        if let Some(c) = &self.cluster {
+            c.leave().await;
+        }
         drop(self.pipelines);
         drop(self.journal);
         self.store.close().await;
@@ -293,6 +349,7 @@ async fn scheduler(
     poll: Duration,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
+    node: Option<Arc<str>>,
 ) {
     let names: Vec<String> = pipelines.keys().cloned().collect();
     let mut last_expiry = std::time::Instant::now() - Duration::from_secs(3600);
@@ -302,7 +359,7 @@ async fn scheduler(
             return;
         }
         let mut full = false;
-        match store.claim_due(&names, BATCH).await {
+        match store.claim_due_by(&names, BATCH, node.as_deref()).await {
             Ok(claimed) => {
                 full = claimed.len() as i64 == BATCH;
                 for m in claimed {

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Metrics;
+use crate::cluster::{Handled, Ticket, WorkQueue};
 use crate::config::PipelineConfig;
 use crate::expr::Expr;
 use crate::message::{Accepted, Message, NewMessage, State, now_ms};
@@ -63,6 +64,18 @@ struct Inner {
     running: AtomicBool,
     error: Mutex<Option<String>>,
     shutdown: CancellationToken,
+    /// Set when work goes through a broker (`queue: amqp://…`).
+    remote: Option<Remote>,
+}
+
+/// A pipeline's link to the cluster's work queue.
+#[derive(Clone)]
+pub(crate) struct Remote {
+    pub queue: Arc<dyn WorkQueue>,
+    /// This node's id (messages it accepts or claims are owned by it).
+    pub node: Arc<str>,
+    /// A holder without a heartbeat for this long is dead.
+    pub dead_after: Duration,
 }
 
 /// The handle to a running pipeline. Cheap to clone.
@@ -90,6 +103,7 @@ pub struct PipelineInfo {
 }
 
 impl PipelineHandle {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         cfg: &PipelineConfig,
         source: String,
@@ -98,6 +112,7 @@ impl PipelineHandle {
         journal: Journal,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
+        remote: Option<Remote>,
     ) -> (PipelineHandle, Receivers) {
         let concurrency = cfg.concurrency.max(1);
         let capacity = cfg.queue.max(1);
@@ -139,6 +154,7 @@ impl PipelineHandle {
                 running: AtomicBool::new(false),
                 error: Mutex::new(None),
                 shutdown,
+                remote,
             }),
         };
         (handle, receivers)
@@ -210,6 +226,9 @@ impl PipelineHandle {
                 }
             }
         }
+        if let Some(r) = &i.remote {
+            msg.owner = Some(r.node.to_string());
+        }
         let fresh = msg.clone();
         let accepted = i
             .journal
@@ -242,8 +261,99 @@ impl PipelineHandle {
                 "reused-key".into(),
             );
         }
-        self.enqueue(m).await;
+        if i.remote.is_some() {
+            self.publish_ticket(&m).await;
+        } else {
+            self.enqueue(m).await;
+        }
         Ok(accepted)
+    }
+
+    /// Publishes the ticket of a journaled message and waits for the broker's confirm, trying
+    /// again with backoff while the broker is away (the sender waits: back-pressure). On
+    /// shutdown it gives up: the message is journaled and owned by this node, so once this
+    /// node's heartbeat stops another node adopts it and publishes the ticket again.
+    pub(crate) async fn publish_ticket(&self, m: &Message) {
+        let i = &self.inner;
+        let Some(r) = &i.remote else { return };
+        let ticket = Ticket {
+            pipeline: i.name.clone(),
+            id: m.id.clone(),
+            partition: i
+                .ordering_key
+                .as_ref()
+                .map(|_| self.partition(m, i.concurrency) as u32),
+        };
+        let mut attempt = 0u32;
+        loop {
+            match r.queue.publish(&ticket).await {
+                Ok(()) => return,
+                Err(e) => {
+                    let wait = Duration::from_millis(100u64 << attempt.min(5));
+                    attempt += 1;
+                    if attempt == 1 || attempt.is_multiple_of(20) {
+                        tracing::warn!(pipeline = %i.name, id = %m.id, error = %e, attempt, "ticket not confirmed by the broker; trying again");
+                    }
+                    tokio::select! {
+                        _ = i.shutdown.cancelled() => {
+                            tracing::warn!(pipeline = %i.name, id = %m.id, "shutting down with a ticket unpublished; the message stays journaled for another node");
+                            return;
+                        }
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles a ticket from the broker: claims the message and runs it here, or finds that
+    /// there is nothing to do. A message another live node is processing is waited for (an
+    /// ordered partition must not overtake it); one whose holder died is claimed.
+    pub(crate) async fn handle_ticket(&self, id: &str) -> Handled {
+        let i = &self.inner;
+        let Some(r) = &i.remote else {
+            return Handled::Requeue;
+        };
+        let mut waited = 0u32;
+        loop {
+            if i.shutdown.is_cancelled() {
+                return Handled::Requeue;
+            }
+            let since = crate::message::now_ms() - r.dead_after.as_millis() as i64;
+            match i.journal.store().claim_ticket(id, &r.node, since).await {
+                Ok(Some(m)) => {
+                    self.process(m, i.ordering_key.is_some(), true).await;
+                    return Handled::Ack;
+                }
+                Ok(None) => match i.journal.store().holder(id).await {
+                    Ok(Some(h)) if h.state == State::Processing => {
+                        // Another live node has it (or this one, on an older delivery).
+                        if waited == 0 {
+                            tracing::debug!(pipeline = %i.name, %id, owner = ?h.owner, "ticket for a message in progress elsewhere; waiting");
+                        }
+                        waited += 1;
+                    }
+                    Ok(Some(h)) if h.state == State::Received => {
+                        // Changed between the claim and the read: claim again.
+                    }
+                    Ok(Some(_)) => return Handled::Ack,
+                    Ok(None) => {
+                        tracing::warn!(pipeline = %i.name, %id, "ticket for a message that is not in the journal; dropped");
+                        return Handled::Ack;
+                    }
+                    Err(e) => {
+                        tracing::warn!(pipeline = %i.name, %id, error = %e, "cannot read the message of a ticket");
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(pipeline = %i.name, %id, error = %e, "cannot claim the message of a ticket");
+                }
+            }
+            tokio::select! {
+                _ = i.shutdown.cancelled() => return Handled::Requeue,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
     }
 
     /// Queues a journaled message for a worker, waiting for room. During shutdown it is left in
@@ -329,7 +439,7 @@ pub(super) fn spawn_workers(
                             _ = shutdown.cancelled() => return,
                             m = rx.recv() => match m { Ok(m) => m, Err(_) => return },
                         };
-                        h.process(m, false).await;
+                        h.process(m, false, false).await;
                     }
                 });
             }
@@ -345,7 +455,7 @@ pub(super) fn spawn_workers(
                             _ = shutdown.cancelled() => return,
                             m = rx.recv() => match m { Some(m) => m, None => return },
                         };
-                        h.process(m, true).await;
+                        h.process(m, true, false).await;
                     }
                 });
             }
@@ -393,7 +503,10 @@ enum Outcome {
 impl PipelineHandle {
     /// Runs one message to an outcome and records it. `in_place` retries (ordered pipelines)
     /// keep the message in its partition until it is done or dead.
-    async fn process(&self, mut m: Message, in_place: bool) {
+    ///
+    /// With `wait`, it returns only after the outcome is committed (a ticket is acknowledged
+    /// after that); otherwise a `done` commits while the worker takes its next message.
+    async fn process(&self, mut m: Message, in_place: bool, wait: bool) {
         let i = &self.inner;
         let mut marked = m.state != State::Received;
         loop {
@@ -419,6 +532,23 @@ impl PipelineHandle {
             };
             let attempt = m.attempts + 1;
             let result = match outcome {
+                Outcome::Done(effects) if wait => {
+                    let r = i
+                        .journal
+                        .transition(Transition::Done {
+                            id: m.id.clone(),
+                            effects,
+                        })
+                        .await;
+                    match r {
+                        Ok(true) => i.metrics.done(&i.name),
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::error!(pipeline = %i.name, id = %m.id, error = %e, "could not record the outcome; the message stays in flight");
+                        }
+                    }
+                    return;
+                }
                 Outcome::Done(effects) => {
                     // The worker goes on to its next message while this one commits.
                     let metrics = i.metrics.clone();

@@ -9,6 +9,7 @@
 //! groups them into one transaction per batch (group commit). Reads use a separate pool.
 
 pub mod audit;
+pub mod cluster;
 pub mod journal;
 pub mod rekey;
 mod sql;
@@ -310,6 +311,11 @@ impl Store {
                     "security",
                     include_str!("migrations/sqlite/0002_security.sql"),
                 ),
+                (
+                    3,
+                    "cluster",
+                    include_str!("migrations/sqlite/0003_cluster.sql"),
+                ),
             ],
             Backend::Postgres => &[
                 (
@@ -321,6 +327,11 @@ impl Store {
                     2,
                     "security",
                     include_str!("migrations/postgres/0002_security.sql"),
+                ),
+                (
+                    3,
+                    "cluster",
+                    include_str!("migrations/postgres/0003_cluster.sql"),
                 ),
             ],
         };
@@ -604,6 +615,17 @@ impl Store {
     /// Claims up to `limit` due messages of the given pipelines (failed ones whose backoff has
     /// passed, reprocessed and recovered ones), oldest first, and marks them `processing`.
     pub async fn claim_due(&self, pipelines: &[String], limit: i64) -> Result<Vec<Message>> {
+        self.claim_due_by(pipelines, limit, None).await
+    }
+
+    /// [`Store::claim_due`] for a cluster node: the claimed messages are owned by `owner`, so
+    /// that they are taken over if this node dies.
+    pub async fn claim_due_by(
+        &self,
+        pipelines: &[String],
+        limit: i64,
+        owner: Option<&str>,
+    ) -> Result<Vec<Message>> {
         if pipelines.is_empty() {
             return Ok(Vec::new());
         }
@@ -647,9 +669,10 @@ impl Store {
             return Ok(found);
         }
         let mut u = Sql::new(
-            "UPDATE messages SET state = 'processing', next_attempt_at = NULL, updated_at = "
-                .into(),
+            "UPDATE messages SET state = 'processing', next_attempt_at = NULL, owner = ".into(),
         );
+        u.bind(owner);
+        u.push(", updated_at = ");
         u.bind(now);
         u.push(
             " WHERE next_attempt_at IS NOT NULL AND state IN ('received', 'failed') AND id IN (",

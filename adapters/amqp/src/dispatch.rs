@@ -1,0 +1,489 @@
+//! `queue: amqp://…`: the cluster's work queue on RabbitMQ (see `huizhen_core::cluster`).
+//!
+//! Queues (durable; quorum with `cluster.quorum`): `PREFIX.PIPELINE` for a pipeline without an
+//! ordering key, consumed by every node (competing consumers, `prefetch` = the pipeline's
+//! `concurrency`); `PREFIX.PIPELINE.N` for each partition of an ordered pipeline, declared with
+//! `x-single-active-consumer` and consumed one ticket at a time by the node the partition is
+//! assigned to. A ticket is a persistent message whose body and `message-id` are the journal's
+//! message id; it is published with publisher confirms and acknowledged by the consumer only after
+//! the message's outcome is committed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use huizhen_core::cluster::{
+    Assignment, ClusterConfig, Handled, QueueFactory, QueueRun, QueueSpec, Ticket, WorkQueue,
+    queue_name,
+};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use tokio::sync::{Mutex, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+inventory::submit! {
+    QueueFactory { schemes: &["amqp", "amqps"], build }
+}
+
+fn build(
+    url: &str,
+    cluster: &ClusterConfig,
+    specs: &[QueueSpec],
+) -> Result<Arc<dyn WorkQueue>, String> {
+    crate::source::check_url(url)
+        .map_err(|e| format!("queue: {}", e.trim_start_matches("url: ")))?;
+    Ok(Arc::new(AmqpWorkQueue {
+        url: url.to_owned(),
+        prefix: cluster.prefix.clone(),
+        quorum: cluster.quorum,
+        specs: specs.to_vec(),
+        publisher: Mutex::new(None),
+        confirm_timeout: Duration::from_secs(10),
+    }))
+}
+
+/// The work queue on one RabbitMQ broker (or cluster behind one URL).
+pub struct AmqpWorkQueue {
+    url: String,
+    prefix: String,
+    quorum: bool,
+    specs: Vec<QueueSpec>,
+    /// The publishing connection and its confirming channel, opened on first use and again
+    /// after an error.
+    publisher: Mutex<Option<(Connection, Channel)>>,
+    confirm_timeout: Duration,
+}
+
+impl AmqpWorkQueue {
+    fn queues(&self) -> Vec<(String, bool)> {
+        let mut out = Vec::new();
+        for s in &self.specs {
+            if s.partitions == 0 {
+                out.push((queue_name(&self.prefix, &s.pipeline, None), false));
+            } else {
+                for p in 0..s.partitions {
+                    out.push((queue_name(&self.prefix, &s.pipeline, Some(p)), true));
+                }
+            }
+        }
+        out
+    }
+
+    async fn declare(&self, ch: &Channel, name: &str, single_active: bool) -> Result<(), String> {
+        let mut args = FieldTable::default();
+        if self.quorum {
+            args.insert(
+                ShortString::from("x-queue-type"),
+                AMQPValue::LongString("quorum".into()),
+            );
+        }
+        if single_active {
+            args.insert(
+                ShortString::from("x-single-active-consumer"),
+                AMQPValue::Boolean(true),
+            );
+        }
+        ch.queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("declaring work queue {name}: {e}"))
+    }
+
+    async fn connect(&self) -> Result<Connection, String> {
+        Connection::connect(&self.url, ConnectionProperties::default())
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", crate::redact(&self.url)))
+    }
+
+    async fn open_publisher(&self) -> Result<(Connection, Channel), String> {
+        let conn = self.connect().await?;
+        let ch = conn
+            .create_channel()
+            .await
+            .map_err(|e| format!("cannot open a channel: {e}"))?;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| format!("confirm.select: {e}"))?;
+        for (q, single) in self.queues() {
+            self.declare(&ch, &q, single).await?;
+        }
+        Ok((conn, ch))
+    }
+
+    async fn publish_one(&self, t: &Ticket) -> Result<(), String> {
+        let ch = {
+            let mut guard = self.publisher.lock().await;
+            let healthy = guard
+                .as_ref()
+                .is_some_and(|(c, ch)| c.status().connected() && ch.status().connected());
+            if !healthy {
+                *guard = None;
+                *guard = Some(self.open_publisher().await?);
+            }
+            match guard.as_ref() {
+                Some((_, ch)) => ch.clone(),
+                None => return Err("no channel".into()),
+            }
+        };
+        let queue = queue_name(&self.prefix, &t.pipeline, t.partition);
+        let props = BasicProperties::default()
+            .with_message_id(t.id.as_str().into())
+            .with_type(t.pipeline.as_str().into())
+            .with_delivery_mode(2);
+        let confirm = match ch
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                t.id.as_bytes(),
+                props,
+            )
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                *self.publisher.lock().await = None;
+                return Err(format!("publish to {queue}: {e}"));
+            }
+        };
+        match tokio::time::timeout(self.confirm_timeout, confirm).await {
+            Err(_) => {
+                *self.publisher.lock().await = None;
+                Err(format!(
+                    "no publisher confirm within {:?}",
+                    self.confirm_timeout
+                ))
+            }
+            Ok(Err(e)) => {
+                *self.publisher.lock().await = None;
+                Err(format!("publisher confirm: {e}"))
+            }
+            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+            Ok(Ok(Confirmation::Ack(Some(_)))) => {
+                // The queue is gone (deleted by hand): declare it again on the next attempt.
+                *self.publisher.lock().await = None;
+                Err(format!("unroutable: work queue {queue} does not exist"))
+            }
+            Ok(Ok(Confirmation::Nack(_))) => Err("the broker refused the ticket (nack)".into()),
+            Ok(Ok(Confirmation::NotRequested)) => Err("publisher confirms are off".into()),
+        }
+    }
+
+    /// One connection's life: consume until shutdown (`Ok`) or a connection error (`Err`).
+    async fn consume(&self, run: &mut QueueRun) -> Result<(), String> {
+        let conn = self.connect().await?;
+        let (fail_tx, mut fail_rx) = mpsc::channel::<String>(16);
+        let stop = run.shutdown.child_token();
+        let mut tasks = JoinSet::new();
+        // Shared queues: one channel each, prefetch = the pipeline's concurrency.
+        for spec in self.specs.iter().filter(|s| s.partitions == 0) {
+            let ch = conn
+                .create_channel()
+                .await
+                .map_err(|e| format!("cannot open a channel: {e}"))?;
+            let queue = queue_name(&self.prefix, &spec.pipeline, None);
+            self.declare(&ch, &queue, false).await?;
+            ch.basic_qos(spec.prefetch.max(1), BasicQosOptions::default())
+                .await
+                .map_err(|e| format!("basic.qos: {e}"))?;
+            let consumer = ch
+                .basic_consume(
+                    queue.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| format!("basic.consume on {queue}: {e}"))?;
+            tasks.spawn(shared_consumer(
+                spec.pipeline.clone(),
+                ch,
+                consumer,
+                run.handler.clone(),
+                stop.clone(),
+                fail_tx.clone(),
+            ));
+        }
+        // Partitions of ordered pipelines: those assigned to this node, one consumer each.
+        let mut partitions: HashMap<String, (CancellationToken, tokio::task::JoinHandle<()>)> =
+            HashMap::new();
+        let mut assignment = run.assignment.clone();
+        let result = loop {
+            let a: Assignment = *assignment.borrow_and_update();
+            let wanted: Vec<(String, String)> = self
+                .specs
+                .iter()
+                .flat_map(|s| {
+                    (0..s.partitions).filter(move |p| a.owns(*p)).map(move |p| {
+                        (
+                            s.pipeline.clone(),
+                            queue_name(&self.prefix, &s.pipeline, Some(p)),
+                        )
+                    })
+                })
+                .collect();
+            // Let go of partitions no longer ours (after the ticket in hand), then take new ones.
+            let keep: std::collections::HashSet<&String> = wanted.iter().map(|w| &w.1).collect();
+            let gone: Vec<String> = partitions
+                .keys()
+                .filter(|q| !keep.contains(q))
+                .cloned()
+                .collect();
+            for q in gone {
+                if let Some((token, handle)) = partitions.remove(&q) {
+                    token.cancel();
+                    let _ = handle.await;
+                }
+            }
+            for (pipeline, q) in wanted {
+                if partitions.contains_key(&q) {
+                    continue;
+                }
+                let ch = conn
+                    .create_channel()
+                    .await
+                    .map_err(|e| format!("cannot open a channel: {e}"))?;
+                self.declare(&ch, &q, true).await?;
+                ch.basic_qos(1, BasicQosOptions::default())
+                    .await
+                    .map_err(|e| format!("basic.qos: {e}"))?;
+                let consumer = ch
+                    .basic_consume(
+                        q.as_str().into(),
+                        "".into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(|e| format!("basic.consume on {q}: {e}"))?;
+                let token = stop.child_token();
+                let handle = tokio::spawn(partition_consumer(
+                    pipeline,
+                    ch,
+                    consumer,
+                    run.handler.clone(),
+                    token.clone(),
+                    fail_tx.clone(),
+                ));
+                partitions.insert(q, (token, handle));
+            }
+            tokio::select! {
+                _ = run.shutdown.cancelled() => break Ok(()),
+                e = fail_rx.recv() => break Err(e.unwrap_or_else(|| "consumers stopped".into())),
+                changed = assignment.changed() => {
+                    if changed.is_err() {
+                        break Ok(());
+                    }
+                }
+            }
+        };
+        // Stop taking tickets; let those in hand finish (the engine's shutdown grace bounds it).
+        stop.cancel();
+        for (_, (_, handle)) in partitions.drain() {
+            let _ = handle.await;
+        }
+        while tasks.join_next().await.is_some() {}
+        let _ = conn.close(200, "engine stopping".into()).await;
+        result
+    }
+}
+
+/// Consumes a shared queue: each ticket is handled on a task of its own (the broker sends at
+/// most `prefetch` unacknowledged ones).
+async fn shared_consumer(
+    pipeline: String,
+    ch: Channel,
+    mut consumer: lapin::Consumer,
+    handler: Arc<dyn huizhen_core::cluster::TicketHandler>,
+    stop: CancellationToken,
+    fail: mpsc::Sender<String>,
+) {
+    let mut in_hand = JoinSet::new();
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => break,
+            d = consumer.next() => d,
+        };
+        let d = match next {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                let _ = fail.send(format!("consumer of {pipeline}: {e}")).await;
+                break;
+            }
+            None => {
+                let _ = fail
+                    .send(format!("the broker cancelled the consumer of {pipeline}"))
+                    .await;
+                break;
+            }
+        };
+        while in_hand.try_join_next().is_some() {}
+        let handler = handler.clone();
+        let pipeline = pipeline.clone();
+        in_hand.spawn(async move { handle(&*handler, pipeline, d).await });
+    }
+    let _ = ch
+        .basic_cancel(
+            consumer.tag().as_str().into(),
+            BasicCancelOptions::default(),
+        )
+        .await;
+    while in_hand.join_next().await.is_some() {}
+}
+
+/// Consumes one partition: one ticket at a time, in queue order.
+async fn partition_consumer(
+    pipeline: String,
+    ch: Channel,
+    mut consumer: lapin::Consumer,
+    handler: Arc<dyn huizhen_core::cluster::TicketHandler>,
+    stop: CancellationToken,
+    fail: mpsc::Sender<String>,
+) {
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            d = consumer.next() => d,
+        };
+        match next {
+            Some(Ok(d)) => handle(&*handler, pipeline.clone(), d).await,
+            Some(Err(e)) => {
+                let _ = fail.send(format!("consumer of {pipeline}: {e}")).await;
+                break;
+            }
+            None => {
+                let _ = fail
+                    .send(format!("the broker cancelled the consumer of {pipeline}"))
+                    .await;
+                break;
+            }
+        }
+    }
+    // Closing the channel returns a prefetched, unhandled ticket to its queue.
+    let _ = ch.close(200, "partition released".into()).await;
+}
+
+async fn handle(
+    handler: &dyn huizhen_core::cluster::TicketHandler,
+    pipeline: String,
+    d: lapin::message::Delivery,
+) {
+    let id = String::from_utf8_lossy(&d.data).into_owned();
+    let ticket = Ticket {
+        pipeline,
+        id,
+        partition: None,
+    };
+    match handler.handle(ticket, d.redelivered).await {
+        Handled::Ack => {
+            if let Err(e) = d.acker.ack(BasicAckOptions::default()).await {
+                // The outcome is committed: the redelivered copy finds it done.
+                tracing::debug!(error = %e, "ticket ack not sent");
+            }
+        }
+        Handled::Requeue => {
+            let _ = d
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await;
+        }
+    }
+}
+
+impl WorkQueue for AmqpWorkQueue {
+    fn describe(&self) -> String {
+        format!(
+            "{} ({} queues)",
+            crate::redact(&self.url),
+            self.queues().len()
+        )
+    }
+
+    fn publish<'a>(&'a self, ticket: &'a Ticket) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(self.publish_one(ticket))
+    }
+
+    fn run(self: Arc<Self>, mut run: QueueRun) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let mut attempt = 0u32;
+            loop {
+                let started = std::time::Instant::now();
+                match self.consume(&mut run).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        if started.elapsed() > Duration::from_secs(30) {
+                            attempt = 0;
+                        }
+                        let wait = crate::backoff(attempt);
+                        attempt += 1;
+                        tracing::warn!(error = %e, retry_in = ?wait, "work queue consumer disconnected; reconnecting");
+                        tokio::select! {
+                            _ = run.shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    fn depth(&self) -> BoxFuture<'_, Result<Vec<(String, u64)>, String>> {
+        Box::pin(async move {
+            // A connection of its own: a passive declare of a missing queue closes its channel.
+            let conn = self.connect().await?;
+            let ch = conn
+                .create_channel()
+                .await
+                .map_err(|e| format!("cannot open a channel: {e}"))?;
+            let mut per: HashMap<String, u64> = HashMap::new();
+            for s in &self.specs {
+                let names: Vec<String> = if s.partitions == 0 {
+                    vec![queue_name(&self.prefix, &s.pipeline, None)]
+                } else {
+                    (0..s.partitions)
+                        .map(|p| queue_name(&self.prefix, &s.pipeline, Some(p)))
+                        .collect()
+                };
+                for q in names {
+                    let r = ch
+                        .queue_declare(
+                            q.as_str().into(),
+                            QueueDeclareOptions {
+                                passive: true,
+                                ..QueueDeclareOptions::default()
+                            },
+                            FieldTable::default(),
+                        )
+                        .await
+                        .map_err(|e| format!("{q}: {e}"))?;
+                    *per.entry(s.pipeline.clone()).or_default() += u64::from(r.message_count());
+                }
+            }
+            let _ = conn.close(200, "depth".into()).await;
+            let mut out: Vec<(String, u64)> = per.into_iter().collect();
+            out.sort();
+            Ok(out)
+        })
+    }
+}
