@@ -3,6 +3,8 @@
 //! (`rabbitmqctl stop_app` / `start_app`): every message arrives once, in the journal, with its
 //! body, and no delivery is acknowledged before it is journaled.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use huizhen_core::Engine;
@@ -113,4 +115,202 @@ async fn sink_to_source_round_trip_survives_a_broker_restart() {
             .await;
         let _ = c.close(200, "done".into()).await;
     }
+}
+
+/// A legacy HIS behind a queue: it takes requests from `queue`, answers each on its `reply-to`
+/// with the same `correlation-id` after `work`, and records how many it had in hand at once.
+/// Requests whose body contains "silent" get no answer.
+async fn fake_his_over_amqp(queue: String, work: Duration) -> (Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    use lapin::options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    };
+    let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_qos(64, BasicQosOptions::default()).await.unwrap();
+    // Declared as the sink's `declare_queue` does (durable, dead-letter exchange).
+    let _ = ch
+        .queue_declare(
+            queue.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("the sink declared the request queue");
+    let mut consumer = ch
+        .basic_consume(
+            queue.as_str().into(),
+            "fake-his".into(),
+            BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let in_hand = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (h, m) = (in_hand.clone(), most.clone());
+    tokio::spawn(async move {
+        let _conn = conn;
+        use futures::StreamExt;
+        while let Some(Ok(d)) = consumer.next().await {
+            let ch = ch.clone();
+            let (h, m) = (h.clone(), m.clone());
+            tokio::spawn(async move {
+                let now = h.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(work).await;
+                h.fetch_sub(1, Ordering::SeqCst);
+                let body = String::from_utf8_lossy(&d.data).into_owned();
+                if !body.contains("silent") {
+                    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                    let answer = format!(r#"{{"ack":"AA","seq":{}}}"#, v["seq"]);
+                    let to = d.properties.reply_to().clone().expect("reply-to set");
+                    let corr = d
+                        .properties
+                        .correlation_id()
+                        .clone()
+                        .expect("correlation-id set");
+                    ch.basic_publish(
+                        "".into(),
+                        to.as_str().into(),
+                        BasicPublishOptions::default(),
+                        answer.as_bytes(),
+                        lapin::BasicProperties::default()
+                            .with_correlation_id(corr)
+                            .with_content_type("application/json".into()),
+                    )
+                    .await
+                    .unwrap();
+                }
+                d.acker.ack(BasicAckOptions::default()).await.unwrap();
+            });
+        }
+    });
+    (in_hand, most)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_reply_through_a_queue_to_a_slow_his() {
+    const N: usize = 60;
+    const IN_FLIGHT: usize = 4;
+    let _broker = BROKER.lock().await;
+    if !broker_up().await {
+        return;
+    }
+    let db = fresh_db(Backend::Sqlite).await.unwrap();
+    let q = format!("hz-rpc-{}", &huizhen_core::message::new_id()[24..]);
+    let url = amqp_url();
+    let requests = format!(
+        "version: 1\nname: to-his\nsource:\n  http: {{ path: /in/his, kind: json }}\nconcurrency: 16\nretry: {{ max_attempts: 2, backoff: 50ms }}\ndeliver_limit: {{ per_second: 400, burst: 10, max_in_flight: {IN_FLIGHT} }}\nsinks:\n  - amqp: {{ url: \"{url}\", routing_key: {q}, declare_queue: {q}, reply: {{ timeout: 1s, route: his-replies }} }}\n"
+    );
+    let replies = "version: 1\nname: his-replies\nsource:\n  http: { path: /in/unused, kind: json }\nsinks:\n  - journal: {}\n";
+    let engine = Engine::start(loaded(&db, &[&requests, replies]))
+        .await
+        .unwrap();
+    let p = engine.pipeline("to-his").unwrap().clone();
+    // The sink declares the request queue on first use: send one, then start the HIS.
+    let first = p
+        .submit(NewMessage::new(
+            "to-his",
+            "default",
+            "json",
+            br#"{"seq":0}"#.to_vec(),
+        ))
+        .await
+        .unwrap();
+    wait_for("the request queue", Duration::from_secs(10), || async {
+        let c = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .ok()?;
+        let ch = c.create_channel().await.ok()?;
+        let ok = ch
+            .queue_declare(
+                q.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .is_ok();
+        let _ = c.close(200, "".into()).await;
+        ok.then_some(())
+    })
+    .await;
+    let (_, most) = fake_his_over_amqp(q.clone(), Duration::from_millis(20)).await;
+    let mut ids = vec![first.id];
+    for seq in 1..N {
+        let a = p
+            .submit(NewMessage::new(
+                "to-his",
+                "default",
+                "json",
+                format!(r#"{{"seq":{seq}}}"#).into_bytes(),
+            ))
+            .await
+            .unwrap();
+        ids.push(a.id);
+    }
+    let silent = p
+        .submit(NewMessage::new(
+            "to-his",
+            "default",
+            "json",
+            br#"{"seq":-1,"silent":true}"#.to_vec(),
+        ))
+        .await
+        .unwrap();
+    wait_for(
+        "every request answered",
+        Duration::from_secs(60),
+        || async { (done(&engine, "his-replies").await.len() == N).then_some(()) },
+    )
+    .await;
+    // Each request's reply is its effect, and a message of his-replies pointing back at it.
+    for (seq, id) in ids.iter().enumerate() {
+        let m = engine.store.get(id).await.unwrap().unwrap();
+        assert_eq!(m.state, State::Done, "request {seq}");
+    }
+    let effects = engine.store.effects(Some("to-his")).await.unwrap();
+    assert_eq!(effects.len(), N);
+    for e in &effects {
+        let v: serde_json::Value = serde_json::from_slice(&e.body).unwrap();
+        let seq = v["seq"].as_u64().unwrap() as usize;
+        assert_eq!(ids[seq], e.message_id, "reply matched to its request");
+    }
+    for r in done(&engine, "his-replies").await {
+        let full = engine.store.get(&r.id).await.unwrap().unwrap();
+        let parent = full.parent_id.clone().unwrap();
+        assert_eq!(full.headers["correlation-id"], parent);
+        let v: serde_json::Value = serde_json::from_slice(&full.body).unwrap();
+        assert_eq!(ids[v["seq"].as_u64().unwrap() as usize], parent);
+    }
+    assert!(
+        most.load(Ordering::SeqCst) <= IN_FLIGHT,
+        "the HIS had {} requests at once",
+        most.load(Ordering::SeqCst)
+    );
+    // The unanswered request: retried, then dead with the reason.
+    wait_for(
+        "the silent request dead",
+        Duration::from_secs(30),
+        || async {
+            let m = engine.store.get(&silent.id).await.unwrap()?;
+            (m.state == State::Dead).then_some(m)
+        },
+    )
+    .await;
+    let errors = engine.store.attempt_errors(&silent.id).await.unwrap();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[1].error.contains("no reply within 1s") && errors[1].error.contains(&silent.id),
+        "{errors:?}"
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+    crate::support::delete_queues(&q);
 }
