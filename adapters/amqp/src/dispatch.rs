@@ -15,8 +15,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use huizhen_core::cluster::{
-    Assignment, ClusterConfig, Handled, QueueFactory, QueueRun, QueueSpec, Ticket, WorkQueue,
-    queue_name,
+    Assignment, ClusterConfig, Confirm, Handled, QueueFactory, QueueRun, QueueSpec, Ticket,
+    WorkQueue, queue_name,
 };
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
@@ -45,6 +45,7 @@ fn build(
         quorum: cluster.quorum,
         specs: specs.to_vec(),
         publisher: Mutex::new(None),
+        reset: Arc::default(),
         confirm_timeout: Duration::from_secs(10),
     }))
 }
@@ -58,6 +59,8 @@ pub struct AmqpWorkQueue {
     /// The publishing connection and its confirming channel, opened on first use and again
     /// after an error.
     publisher: Mutex<Option<(Connection, Channel)>>,
+    /// Set when a confirm failed: the next publish opens the connection again.
+    reset: Arc<std::sync::atomic::AtomicBool>,
     confirm_timeout: Duration,
 }
 
@@ -124,12 +127,14 @@ impl AmqpWorkQueue {
         Ok((conn, ch))
     }
 
-    async fn publish_one(&self, t: &Ticket) -> Result<(), String> {
+    async fn publish_one(&self, t: &Ticket) -> Result<Confirm, String> {
         let ch = {
             let mut guard = self.publisher.lock().await;
-            let healthy = guard
-                .as_ref()
-                .is_some_and(|(c, ch)| c.status().connected() && ch.status().connected());
+            let reset = self.reset.swap(false, std::sync::atomic::Ordering::SeqCst);
+            let healthy = !reset
+                && guard
+                    .as_ref()
+                    .is_some_and(|(c, ch)| c.status().connected() && ch.status().connected());
             if !healthy {
                 *guard = None;
                 *guard = Some(self.open_publisher().await?);
@@ -140,8 +145,9 @@ impl AmqpWorkQueue {
             }
         };
         let queue = queue_name(&self.prefix, &t.pipeline, t.partition);
+        let first = t.ids.first().map(String::as_str).unwrap_or_default();
         let props = BasicProperties::default()
-            .with_message_id(t.id.as_str().into())
+            .with_message_id(first.into())
             .with_type(t.pipeline.as_str().into())
             .with_delivery_mode(2);
         let confirm = match ch
@@ -152,7 +158,7 @@ impl AmqpWorkQueue {
                     mandatory: true,
                     ..BasicPublishOptions::default()
                 },
-                t.id.as_bytes(),
+                &t.encode(),
                 props,
             )
             .await
@@ -163,27 +169,27 @@ impl AmqpWorkQueue {
                 return Err(format!("publish to {queue}: {e}"));
             }
         };
-        match tokio::time::timeout(self.confirm_timeout, confirm).await {
-            Err(_) => {
-                *self.publisher.lock().await = None;
-                Err(format!(
-                    "no publisher confirm within {:?}",
-                    self.confirm_timeout
-                ))
-            }
-            Ok(Err(e)) => {
-                *self.publisher.lock().await = None;
-                Err(format!("publisher confirm: {e}"))
-            }
-            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-            Ok(Ok(Confirmation::Ack(Some(_)))) => {
-                // The queue is gone (deleted by hand): declare it again on the next attempt.
-                *self.publisher.lock().await = None;
-                Err(format!("unroutable: work queue {queue} does not exist"))
-            }
-            Ok(Ok(Confirmation::Nack(_))) => Err("the broker refused the ticket (nack)".into()),
-            Ok(Ok(Confirmation::NotRequested)) => Err("publisher confirms are off".into()),
-        }
+        let timeout = self.confirm_timeout;
+        let reset = self.reset.clone();
+        Ok(Box::pin(async move {
+            let r = match tokio::time::timeout(timeout, confirm).await {
+                Err(_) => Err(format!("no publisher confirm within {timeout:?}")),
+                Ok(Err(e)) => Err(format!("publisher confirm: {e}")),
+                Ok(Ok(Confirmation::Ack(None))) => return Ok(()),
+                Ok(Ok(Confirmation::Ack(Some(_)))) => {
+                    Err(format!("unroutable: work queue {queue} does not exist"))
+                }
+                Ok(Ok(Confirmation::Nack(_))) => {
+                    return Err("the broker refused the ticket (nack)".into());
+                }
+                Ok(Ok(Confirmation::NotRequested)) => {
+                    return Err("publisher confirms are off".into());
+                }
+            };
+            // Open (and declare) again before the next publish.
+            reset.store(true, std::sync::atomic::Ordering::SeqCst);
+            r
+        }))
     }
 
     /// One connection's life: consume until shutdown (`Ok`) or a connection error (`Err`).
@@ -214,6 +220,7 @@ impl AmqpWorkQueue {
                 .map_err(|e| format!("basic.consume on {queue}: {e}"))?;
             tasks.spawn(shared_consumer(
                 spec.pipeline.clone(),
+                None,
                 ch,
                 consumer,
                 run.handler.clone(),
@@ -227,13 +234,13 @@ impl AmqpWorkQueue {
         let mut assignment = run.assignment.clone();
         let result = loop {
             let a: Assignment = *assignment.borrow_and_update();
-            let wanted: Vec<(String, String)> = self
+            let wanted: Vec<((String, u32), String)> = self
                 .specs
                 .iter()
                 .flat_map(|s| {
                     (0..s.partitions).filter(move |p| a.owns(*p)).map(move |p| {
                         (
-                            s.pipeline.clone(),
+                            (s.pipeline.clone(), p),
                             queue_name(&self.prefix, &s.pipeline, Some(p)),
                         )
                     })
@@ -252,7 +259,7 @@ impl AmqpWorkQueue {
                     let _ = handle.await;
                 }
             }
-            for (pipeline, q) in wanted {
+            for ((pipeline, partition), q) in wanted {
                 if partitions.contains_key(&q) {
                     continue;
                 }
@@ -276,6 +283,7 @@ impl AmqpWorkQueue {
                 let token = stop.child_token();
                 let handle = tokio::spawn(partition_consumer(
                     pipeline,
+                    partition,
                     ch,
                     consumer,
                     run.handler.clone(),
@@ -309,6 +317,7 @@ impl AmqpWorkQueue {
 /// most `prefetch` unacknowledged ones).
 async fn shared_consumer(
     pipeline: String,
+    partition: Option<u32>,
     ch: Channel,
     mut consumer: lapin::Consumer,
     handler: Arc<dyn huizhen_core::cluster::TicketHandler>,
@@ -337,7 +346,7 @@ async fn shared_consumer(
         while in_hand.try_join_next().is_some() {}
         let handler = handler.clone();
         let pipeline = pipeline.clone();
-        in_hand.spawn(async move { handle(&*handler, pipeline, d).await });
+        in_hand.spawn(async move { handle(&*handler, &pipeline, partition, d).await });
     }
     let _ = ch
         .basic_cancel(
@@ -351,6 +360,7 @@ async fn shared_consumer(
 /// Consumes one partition: one ticket at a time, in queue order.
 async fn partition_consumer(
     pipeline: String,
+    partition: u32,
     ch: Channel,
     mut consumer: lapin::Consumer,
     handler: Arc<dyn huizhen_core::cluster::TicketHandler>,
@@ -364,7 +374,7 @@ async fn partition_consumer(
             d = consumer.next() => d,
         };
         match next {
-            Some(Ok(d)) => handle(&*handler, pipeline.clone(), d).await,
+            Some(Ok(d)) => handle(&*handler, &pipeline, Some(partition), d).await,
             Some(Err(e)) => {
                 let _ = fail.send(format!("consumer of {pipeline}: {e}")).await;
                 break;
@@ -383,15 +393,11 @@ async fn partition_consumer(
 
 async fn handle(
     handler: &dyn huizhen_core::cluster::TicketHandler,
-    pipeline: String,
+    pipeline: &str,
+    partition: Option<u32>,
     d: lapin::message::Delivery,
 ) {
-    let id = String::from_utf8_lossy(&d.data).into_owned();
-    let ticket = Ticket {
-        pipeline,
-        id,
-        partition: None,
-    };
+    let ticket = Ticket::decode(pipeline, partition, &d.data);
     match handler.handle(ticket, d.redelivered).await {
         Handled::Ack => {
             if let Err(e) = d.acker.ack(BasicAckOptions::default()).await {
@@ -420,7 +426,7 @@ impl WorkQueue for AmqpWorkQueue {
         )
     }
 
-    fn publish<'a>(&'a self, ticket: &'a Ticket) -> BoxFuture<'a, Result<(), String>> {
+    fn publish<'a>(&'a self, ticket: &'a Ticket) -> BoxFuture<'a, Result<Confirm, String>> {
         Box::pin(self.publish_one(ticket))
     }
 

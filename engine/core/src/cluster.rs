@@ -131,13 +131,38 @@ impl ClusterConfig {
     }
 }
 
-/// Work for some node: a journaled message to process.
+/// Work for some node: journaled messages of one pipeline (and partition) to process, in
+/// order. Tickets of messages accepted together travel as one broker message (the ticket
+/// batcher groups them like the journal's group commit), which keeps the broker's work per
+/// message small.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ticket {
     pub pipeline: String,
-    pub id: String,
     /// The partition of an ordered pipeline; `None` for the pipeline's shared queue.
     pub partition: Option<u32>,
+    /// Message ids, in the order they were accepted.
+    pub ids: Vec<String>,
+}
+
+impl Ticket {
+    /// The body on the wire: the ids, one per line.
+    pub fn encode(&self) -> Vec<u8> {
+        self.ids.join("\n").into_bytes()
+    }
+
+    /// Reads a body written by [`Ticket::encode`].
+    pub fn decode(pipeline: &str, partition: Option<u32>, body: &[u8]) -> Ticket {
+        Ticket {
+            pipeline: pipeline.to_owned(),
+            partition,
+            ids: String::from_utf8_lossy(body)
+                .split('\n')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
 }
 
 /// A pipeline's work queues at the broker.
@@ -161,6 +186,7 @@ pub enum Handled {
 
 /// The engine side of a ticket: claim the message, run it, record the outcome.
 pub trait TicketHandler: Send + Sync {
+    /// Handles every message of the ticket; `Ack` once each is done or not this node's to do.
     fn handle(&self, ticket: Ticket, redelivered: bool) -> BoxFuture<'_, Handled>;
 }
 
@@ -184,12 +210,17 @@ pub struct QueueRun {
     pub shutdown: CancellationToken,
 }
 
+/// The broker's confirm of a sent ticket.
+pub type Confirm = BoxFuture<'static, Result<(), String>>;
+
 /// A broker that carries tickets between nodes.
 pub trait WorkQueue: Send + Sync {
     /// For logs: the broker without its password.
     fn describe(&self) -> String;
-    /// Publishes a ticket; `Ok` once the broker has confirmed it is stored.
-    fn publish<'a>(&'a self, ticket: &'a Ticket) -> BoxFuture<'a, Result<(), String>>;
+    /// Sends a ticket (one broker message). The outer future resolves once it is sent (tickets
+    /// sent one after the other keep their order in the queue); the returned [`Confirm`]
+    /// resolves once the broker has confirmed it stored it.
+    fn publish<'a>(&'a self, ticket: &'a Ticket) -> BoxFuture<'a, Result<Confirm, String>>;
     /// Consumes tickets of every pipeline until shutdown, reconnecting as needed. A delivery is
     /// acknowledged only after `handler` returned [`Handled::Ack`].
     fn run(self: Arc<Self>, run: QueueRun) -> BoxFuture<'static, ()>;
@@ -287,9 +318,9 @@ impl TicketHandler for Dispatch {
     fn handle(&self, ticket: Ticket, _redelivered: bool) -> BoxFuture<'_, Handled> {
         Box::pin(async move {
             match self.pipelines.get(&ticket.pipeline) {
-                Some(p) => p.handle_ticket(&ticket.id).await,
+                Some(p) => p.handle_ticket(ticket.ids).await,
                 None => {
-                    tracing::warn!(pipeline = %ticket.pipeline, id = %ticket.id, "ticket for a pipeline this node does not run; returned to the queue");
+                    tracing::warn!(pipeline = %ticket.pipeline, "ticket for a pipeline this node does not run; returned to the queue");
                     Handled::Requeue
                 }
             }
@@ -427,11 +458,15 @@ fn republish(
 ) {
     let pipelines = pipelines.clone();
     tracker.spawn(async move {
+        let mut waiting = Vec::new();
         for m in messages {
             match pipelines.get(&m.pipeline) {
-                Some(p) => p.publish_ticket(&m).await,
+                Some(p) => waiting.push(p.queue_ticket(&m).await),
                 None => tracing::warn!(pipeline = %m.pipeline, id = %m.id, "adopted a message of a pipeline this node does not run; it stays received"),
             }
+        }
+        for w in waiting {
+            let _ = w.await;
         }
     });
 }
@@ -491,6 +526,17 @@ pub fn queue_name(prefix: &str, pipeline: &str, partition: Option<u32>) -> Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tickets_round_trip() {
+        let t = Ticket {
+            pipeline: "adt".into(),
+            partition: Some(3),
+            ids: vec!["a".into(), "b".into()],
+        };
+        assert_eq!(Ticket::decode("adt", Some(3), &t.encode()), t);
+        assert!(Ticket::decode("adt", None, b"").ids.is_empty());
+    }
 
     #[test]
     fn partitions_are_spread_over_live_nodes() {

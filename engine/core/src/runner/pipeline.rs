@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -66,6 +66,125 @@ struct Inner {
     shutdown: CancellationToken,
     /// Set when work goes through a broker (`queue: amqp://…`).
     remote: Option<Remote>,
+    /// The ticket batcher's queue (with `remote`).
+    tickets: Option<mpsc::Sender<TicketRequest>>,
+    /// Messages of tickets in progress at once on this node (`concurrency`).
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// Waits for the `done` commits of a ticket's messages: `Ack` when all committed, `Requeue`
+/// when one could not be recorded (the redelivered ticket finds the others done).
+async fn committed(commits: Vec<oneshot::Receiver<()>>) -> Handled {
+    for c in commits {
+        if c.await.is_err() {
+            return Handled::Requeue;
+        }
+    }
+    Handled::Ack
+}
+
+/// A message whose ticket the batcher should publish.
+struct TicketRequest {
+    id: String,
+    partition: Option<u32>,
+    confirmed: oneshot::Sender<()>,
+}
+
+/// Publishes tickets in batches: whatever is waiting when the batcher comes round goes out
+/// together, one broker message per partition (as the journal's group commit does for
+/// appends). Tickets are sent in order on one channel; their confirms are awaited concurrently
+/// (up to 16 batches), so the broker's confirm latency does not limit throughput. A ticket that
+/// cannot be sent or confirmed is tried again with backoff while the broker is away.
+async fn ticket_batcher(
+    pipeline: String,
+    queue: Arc<dyn WorkQueue>,
+    mut rx: mpsc::Receiver<TicketRequest>,
+    shutdown: CancellationToken,
+) {
+    const MAX: usize = 512;
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(16));
+    loop {
+        let first = tokio::select! {
+            r = rx.recv() => match r { Some(r) => r, None => return },
+            _ = shutdown.cancelled() => return,
+        };
+        let mut batch = vec![first];
+        // Let the other submitters woken by the same journal commit join this batch.
+        tokio::task::yield_now().await;
+        while batch.len() < MAX {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut groups: std::collections::BTreeMap<Option<u32>, Vec<TicketRequest>> =
+            std::collections::BTreeMap::new();
+        for r in batch {
+            groups.entry(r.partition).or_default().push(r);
+        }
+        for (partition, reqs) in groups {
+            let ticket = Ticket {
+                pipeline: pipeline.clone(),
+                partition,
+                ids: reqs.iter().map(|r| r.id.clone()).collect(),
+            };
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                return;
+            };
+            let Some(confirm) = send_ticket(&*queue, &ticket, &shutdown).await else {
+                return;
+            };
+            let queue = queue.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let mut confirm = confirm;
+                loop {
+                    match confirm.await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tracing::warn!(pipeline = %ticket.pipeline, error = %e, "ticket not confirmed by the broker; sending it again");
+                            match send_ticket(&*queue, &ticket, &shutdown).await {
+                                Some(c) => confirm = c,
+                                None => return,
+                            }
+                        }
+                    }
+                }
+                drop(permit);
+                for r in reqs {
+                    let _ = r.confirmed.send(());
+                }
+            });
+        }
+    }
+}
+
+/// Sends one ticket, trying again with backoff until it is sent; `None` on shutdown.
+async fn send_ticket(
+    queue: &dyn WorkQueue,
+    ticket: &Ticket,
+    shutdown: &CancellationToken,
+) -> Option<crate::cluster::Confirm> {
+    let mut attempt = 0u32;
+    loop {
+        match queue.publish(ticket).await {
+            Ok(c) => return Some(c),
+            Err(e) => {
+                let wait = Duration::from_millis(100u64 << attempt.min(5));
+                attempt += 1;
+                if attempt == 1 || attempt.is_multiple_of(20) {
+                    tracing::warn!(pipeline = %ticket.pipeline, error = %e, attempt, "ticket not sent to the broker; trying again");
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        tracing::warn!(pipeline = %ticket.pipeline, "shutting down with tickets unpublished; their messages stay journaled for another node");
+                        return None;
+                    }
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
 }
 
 /// A pipeline's link to the cluster's work queue.
@@ -124,6 +243,16 @@ impl PipelineHandle {
             let (tx, rx) = async_channel::bounded(capacity);
             (Dispatch::Shared(tx), Receivers::Shared(rx, concurrency))
         };
+        let tickets = remote.as_ref().map(|r| {
+            let (tx, rx) = mpsc::channel(capacity.max(1024));
+            tokio::spawn(ticket_batcher(
+                cfg.name.value.clone(),
+                r.queue.clone(),
+                rx,
+                shutdown.clone(),
+            ));
+            tx
+        });
         let handle = PipelineHandle {
             inner: Arc::new(Inner {
                 name: cfg.name.value.clone(),
@@ -155,6 +284,8 @@ impl PipelineHandle {
                 error: Mutex::new(None),
                 shutdown,
                 remote,
+                tickets,
+                slots: Arc::new(tokio::sync::Semaphore::new(concurrency)),
             }),
         };
         (handle, receivers)
@@ -269,89 +400,172 @@ impl PipelineHandle {
         Ok(accepted)
     }
 
-    /// Publishes the ticket of a journaled message and waits for the broker's confirm, trying
-    /// again with backoff while the broker is away (the sender waits: back-pressure). On
-    /// shutdown it gives up: the message is journaled and owned by this node, so once this
-    /// node's heartbeat stops another node adopts it and publishes the ticket again.
+    /// Publishes the ticket of a journaled message and waits for the broker's confirm (the
+    /// batcher tries again with backoff while the broker is away: the sender waits, which is
+    /// back-pressure). On shutdown it gives up: the message is journaled and owned by this
+    /// node, so once this node is gone another node adopts it and publishes the ticket again.
     pub(crate) async fn publish_ticket(&self, m: &Message) {
-        let i = &self.inner;
-        let Some(r) = &i.remote else { return };
-        let ticket = Ticket {
-            pipeline: i.name.clone(),
-            id: m.id.clone(),
-            partition: i
-                .ordering_key
-                .as_ref()
-                .map(|_| self.partition(m, i.concurrency) as u32),
-        };
-        let mut attempt = 0u32;
-        loop {
-            match r.queue.publish(&ticket).await {
-                Ok(()) => return,
-                Err(e) => {
-                    let wait = Duration::from_millis(100u64 << attempt.min(5));
-                    attempt += 1;
-                    if attempt == 1 || attempt.is_multiple_of(20) {
-                        tracing::warn!(pipeline = %i.name, id = %m.id, error = %e, attempt, "ticket not confirmed by the broker; trying again");
-                    }
-                    tokio::select! {
-                        _ = i.shutdown.cancelled() => {
-                            tracing::warn!(pipeline = %i.name, id = %m.id, "shutting down with a ticket unpublished; the message stays journaled for another node");
-                            return;
-                        }
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                }
-            }
-        }
+        let _ = self.queue_ticket(m).await.await;
     }
 
-    /// Handles a ticket from the broker: claims the message and runs it here, or finds that
-    /// there is nothing to do. A message another live node is processing is waited for (an
-    /// ordered partition must not overtake it); one whose holder died is claimed.
-    pub(crate) async fn handle_ticket(&self, id: &str) -> Handled {
+    /// Hands a message's ticket to the batcher; the returned receiver resolves once the
+    /// broker confirmed it (an error: the batcher gave up at shutdown).
+    pub(crate) async fn queue_ticket(&self, m: &Message) -> oneshot::Receiver<()> {
+        let i = &self.inner;
+        let (tx, rx) = oneshot::channel();
+        let Some(b) = &i.tickets else {
+            return rx;
+        };
+        let partition = i
+            .ordering_key
+            .as_ref()
+            .map(|_| self.partition(m, i.concurrency) as u32);
+        let req = TicketRequest {
+            id: m.id.clone(),
+            partition,
+            confirmed: tx,
+        };
+        if b.send(req).await.is_err() {
+            tracing::warn!(pipeline = %i.name, id = %m.id, "ticket batcher stopped; the message stays journaled for another node");
+        }
+        rx
+    }
+
+    /// Handles a ticket from the broker: claims its messages (one `UPDATE` for all) and runs
+    /// them here, or finds that there is nothing to do. A message another live node is
+    /// processing is waited for; one whose holder died is claimed. An ordered pipeline's
+    /// ticket runs one message at a time, in order; others run up to `concurrency` at once.
+    pub(crate) async fn handle_ticket(&self, ids: Vec<String>) -> Handled {
+        let i = &self.inner;
+        let Some(r) = &i.remote else {
+            return Handled::Requeue;
+        };
+        if i.shutdown.is_cancelled() {
+            return Handled::Requeue;
+        }
+        let since = crate::message::now_ms() - r.dead_after.as_millis() as i64;
+        let mut claimed: std::collections::HashMap<String, Message> = match i
+            .journal
+            .store()
+            .claim_tickets(&ids, &r.node, since)
+            .await
+        {
+            Ok(ms) => ms.into_iter().map(|m| (m.id.clone(), m)).collect(),
+            Err(e) => {
+                tracing::warn!(pipeline = %i.name, error = %e, "cannot claim the messages of a ticket; returned to the queue");
+                tokio::select! {
+                    _ = i.shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                return Handled::Requeue;
+            }
+        };
+        let ordered = i.ordering_key.is_some();
+        if ordered {
+            // One at a time, in order; the next starts once the previous outcome is recorded
+            // (a `done` commits in the background, and is awaited before the ticket's ack).
+            let mut commits = Vec::new();
+            for id in ids {
+                let outcome = match claimed.remove(&id) {
+                    Some(m) => self.processed(self.process(m, true).await, &mut commits),
+                    None => self.handle_one(&id, &mut commits).await,
+                };
+                if outcome == Handled::Requeue {
+                    return Handled::Requeue;
+                }
+            }
+            return committed(commits).await;
+        }
+        let mut running = tokio::task::JoinSet::new();
+        for id in ids {
+            let h = self.clone();
+            let m = claimed.remove(&id);
+            let slots = i.slots.clone();
+            running.spawn(async move {
+                let mut commits = Vec::new();
+                let outcome = {
+                    let _slot = slots.acquire_owned().await;
+                    match m {
+                        Some(m) => h.processed(h.process(m, false).await, &mut commits),
+                        None => h.handle_one(&id, &mut commits).await,
+                    }
+                };
+                // The slot is free while the outcome commits.
+                match outcome {
+                    Handled::Ack => committed(commits).await,
+                    Handled::Requeue => Handled::Requeue,
+                }
+            });
+        }
+        let mut all = Handled::Ack;
+        while let Some(r) = running.join_next().await {
+            if !matches!(r, Ok(Handled::Ack)) {
+                all = Handled::Requeue;
+            }
+        }
+        all
+    }
+
+    /// What a processed ticket message means for its ticket: interrupted by a shutdown (the
+    /// ticket goes back), or done with a commit to wait for.
+    fn processed(
+        &self,
+        commit: Option<oneshot::Receiver<()>>,
+        commits: &mut Vec<oneshot::Receiver<()>>,
+    ) -> Handled {
+        if self.inner.shutdown.is_cancelled() && commit.is_none() {
+            return Handled::Requeue;
+        }
+        commits.extend(commit);
+        Handled::Ack
+    }
+
+    /// A ticket's message that the batch claim did not get: done elsewhere (nothing to do), or
+    /// held by another node (wait until it is done or its holder is dead, then claim it).
+    async fn handle_one(&self, id: &str, commits: &mut Vec<oneshot::Receiver<()>>) -> Handled {
         let i = &self.inner;
         let Some(r) = &i.remote else {
             return Handled::Requeue;
         };
         let mut waited = 0u32;
         loop {
-            if i.shutdown.is_cancelled() {
-                return Handled::Requeue;
-            }
-            let since = crate::message::now_ms() - r.dead_after.as_millis() as i64;
-            match i.journal.store().claim_ticket(id, &r.node, since).await {
-                Ok(Some(m)) => {
-                    self.process(m, i.ordering_key.is_some(), true).await;
+            match i.journal.store().holder(id).await {
+                Ok(Some(h)) if h.state == State::Processing => {
+                    if waited == 0 {
+                        tracing::debug!(pipeline = %i.name, %id, owner = ?h.owner, "ticket for a message in progress elsewhere; waiting");
+                    }
+                    waited += 1;
+                }
+                Ok(Some(h)) if h.state == State::Received => {}
+                Ok(Some(_)) => return Handled::Ack,
+                Ok(None) => {
+                    tracing::warn!(pipeline = %i.name, %id, "ticket for a message that is not in the journal; dropped");
                     return Handled::Ack;
                 }
-                Ok(None) => match i.journal.store().holder(id).await {
-                    Ok(Some(h)) if h.state == State::Processing => {
-                        // Another live node has it (or this one, on an older delivery).
-                        if waited == 0 {
-                            tracing::debug!(pipeline = %i.name, %id, owner = ?h.owner, "ticket for a message in progress elsewhere; waiting");
-                        }
-                        waited += 1;
-                    }
-                    Ok(Some(h)) if h.state == State::Received => {
-                        // Changed between the claim and the read: claim again.
-                    }
-                    Ok(Some(_)) => return Handled::Ack,
-                    Ok(None) => {
-                        tracing::warn!(pipeline = %i.name, %id, "ticket for a message that is not in the journal; dropped");
-                        return Handled::Ack;
-                    }
-                    Err(e) => {
-                        tracing::warn!(pipeline = %i.name, %id, error = %e, "cannot read the message of a ticket");
-                    }
-                },
                 Err(e) => {
-                    tracing::warn!(pipeline = %i.name, %id, error = %e, "cannot claim the message of a ticket");
+                    tracing::warn!(pipeline = %i.name, %id, error = %e, "cannot read the message of a ticket");
                 }
             }
             tokio::select! {
                 _ = i.shutdown.cancelled() => return Handled::Requeue,
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+            let since = crate::message::now_ms() - r.dead_after.as_millis() as i64;
+            match i
+                .journal
+                .store()
+                .claim_tickets(&[id.to_owned()], &r.node, since)
+                .await
+            {
+                Ok(mut ms) if !ms.is_empty() => {
+                    let m = ms.remove(0);
+                    let commit = self.process(m, i.ordering_key.is_some()).await;
+                    return self.processed(commit, commits);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(pipeline = %i.name, %id, error = %e, "cannot claim the message of a ticket");
+                }
             }
         }
     }
@@ -439,7 +653,7 @@ pub(super) fn spawn_workers(
                             _ = shutdown.cancelled() => return,
                             m = rx.recv() => match m { Ok(m) => m, Err(_) => return },
                         };
-                        h.process(m, false, false).await;
+                        h.process(m, false).await;
                     }
                 });
             }
@@ -455,7 +669,7 @@ pub(super) fn spawn_workers(
                             _ = shutdown.cancelled() => return,
                             m = rx.recv() => match m { Some(m) => m, None => return },
                         };
-                        h.process(m, true, false).await;
+                        h.process(m, true).await;
                     }
                 });
             }
@@ -504,9 +718,9 @@ impl PipelineHandle {
     /// Runs one message to an outcome and records it. `in_place` retries (ordered pipelines)
     /// keep the message in its partition until it is done or dead.
     ///
-    /// With `wait`, it returns only after the outcome is committed (a ticket is acknowledged
-    /// after that); otherwise a `done` commits while the worker takes its next message.
-    async fn process(&self, mut m: Message, in_place: bool, wait: bool) {
+    /// A `done` commits while the caller goes on; the returned receiver resolves once it is
+    /// committed (a ticket is acknowledged only then). Other outcomes are committed on return.
+    async fn process(&self, mut m: Message, in_place: bool) -> Option<oneshot::Receiver<()>> {
         let i = &self.inner;
         let mut marked = m.state != State::Received;
         loop {
@@ -532,43 +746,31 @@ impl PipelineHandle {
             };
             let attempt = m.attempts + 1;
             let result = match outcome {
-                Outcome::Done(effects) if wait => {
-                    let r = i
-                        .journal
-                        .transition(Transition::Done {
-                            id: m.id.clone(),
-                            effects,
-                        })
-                        .await;
-                    match r {
-                        Ok(true) => i.metrics.done(&i.name),
-                        Ok(false) => {}
-                        Err(e) => {
-                            tracing::error!(pipeline = %i.name, id = %m.id, error = %e, "could not record the outcome; the message stays in flight");
-                        }
-                    }
-                    return;
-                }
                 Outcome::Done(effects) => {
                     // The worker goes on to its next message while this one commits.
                     let metrics = i.metrics.clone();
                     let (name, id) = (i.name.clone(), m.id.clone());
+                    let (committed, rx) = oneshot::channel();
                     i.journal
                         .transition_then(
                             Transition::Done {
                                 id: m.id.clone(),
                                 effects,
                             },
-                            move |r| match r {
-                                Ok(true) => metrics.done(&name),
-                                Ok(false) => {}
-                                Err(e) => {
-                                    tracing::error!(pipeline = %name, %id, error = %e, "could not record the outcome; the message stays in flight");
+                            move |r| {
+                                match r {
+                                    Ok(true) => metrics.done(&name),
+                                    Ok(false) => {}
+                                    Err(e) => {
+                                        tracing::error!(pipeline = %name, %id, error = %e, "could not record the outcome; the message stays in flight");
+                                        return;
+                                    }
                                 }
+                                let _ = committed.send(());
                             },
                         )
                         .await;
-                    return;
+                    return Some(rx);
                 }
                 Outcome::Failed { step, error } => {
                     let last = !error.retryable || attempt >= i.max_attempts;
@@ -604,13 +806,13 @@ impl PipelineHandle {
                             .await;
                         if let Err(e) = r {
                             tracing::error!(pipeline = %i.name, id = %m.id, error = %e, "could not record the failure; the message stays in flight");
-                            return;
+                            return None;
                         }
                         m.attempts = attempt;
                         // `Retrying` left it `processing` in the journal.
                         marked = true;
                         tokio::select! {
-                            _ = i.shutdown.cancelled() => return,
+                            _ = i.shutdown.cancelled() => return None,
                             _ = tokio::time::sleep(self.backoff(attempt)) => {}
                         }
                         continue;
@@ -632,7 +834,7 @@ impl PipelineHandle {
                 // The message stays received/processing in the journal and is recovered.
                 tracing::error!(pipeline = %i.name, id = %m.id, error = %e, "could not record the outcome; the message stays in flight");
             }
-            return;
+            return None;
         }
     }
 

@@ -180,34 +180,49 @@ impl Store {
         Ok(out)
     }
 
-    /// Claims a message for a ticket: `received` (whoever accepted it), or `processing` by a
-    /// node that is not alive (no heartbeat since `since`), becomes `processing` by `me`.
-    /// `None` when the message is in another state or another live node holds it.
-    pub async fn claim_ticket(&self, id: &str, me: &str, since: i64) -> Result<Option<Message>> {
+    /// Claims the messages of a ticket: each that is `received` (whoever accepted it), or
+    /// `processing` by a node that is not alive (no heartbeat since `since`), becomes
+    /// `processing` by `me`. Returns those claimed; the others are in another state or held
+    /// by another live node.
+    pub async fn claim_tickets(
+        &self,
+        ids: &[String],
+        me: &str,
+        since: i64,
+    ) -> Result<Vec<Message>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut u = Sql::new(
             "UPDATE messages SET state = 'processing', next_attempt_at = NULL, owner = ".into(),
         );
         u.bind(me);
         u.push(", updated_at = ");
         u.bind(now_ms());
-        u.push(" WHERE id = ");
-        u.bind(id);
+        u.push(" WHERE id IN (");
+        for (i, id) in ids.iter().enumerate() {
+            if i > 0 {
+                u.push(", ");
+            }
+            u.bind(id.as_str());
+        }
         u.push(
-            " AND (state = 'received' OR (state = 'processing' AND (owner IS NULL OR owner NOT IN (SELECT n.id FROM nodes n WHERE n.heartbeat_at >= ",
+            ") AND (state = 'received' OR (state = 'processing' AND (owner IS NULL OR owner NOT IN (SELECT n.id FROM nodes n WHERE n.heartbeat_at >= ",
         );
         u.bind(since);
         u.push(&format!(")))) RETURNING {MESSAGE_COLUMNS}"));
-        let Some(row) = u
+        let rows = u
             .query()
-            .fetch_optional(&self.write)
+            .fetch_all(&self.write)
             .await
-            .map_err(q("claim message"))?
-        else {
-            return Ok(None);
-        };
-        let mut m = message_from_row(&row, true)?;
-        m.body = self.open_body(&m.id, std::mem::take(&mut m.body))?;
-        Ok(Some(m))
+            .map_err(q("claim messages"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let mut m = message_from_row(r, true)?;
+            m.body = self.open_body(&m.id, std::mem::take(&mut m.body))?;
+            out.push(m);
+        }
+        Ok(out)
     }
 
     /// A message's state and owner (`None`: no such message).
