@@ -14,6 +14,7 @@ both_backends!(
     list_filters_and_pages,
     recovery_makes_in_flight_due,
     dedup_keys_expire,
+    cluster_claims_heartbeats_and_reaping,
 );
 
 fn msg(pipeline: &str, body: &str) -> NewMessage {
@@ -333,4 +334,134 @@ async fn dedup_keys_expire(b: Backend) {
     let again = j.append(m).await.unwrap();
     assert!(!again.duplicate, "an expired key is accepted as new");
     assert_ne!(again.id, a.id);
+}
+
+/// Scale-out in the store: who may claim a ticket's message, heartbeats, reaping a dead node
+/// (exactly one reaper adopts its messages), and the backlog.
+async fn cluster_claims_heartbeats_and_reaping(b: Backend) {
+    use huizhen_core::store::cluster::NodeInfo;
+    let Some(db) = fresh_db(b).await else { return };
+    let s = store(&db).await;
+    let j = Journal::start(s.clone(), JournalOptions::default());
+    let node = |id: &str| NodeInfo {
+        id: id.into(),
+        host: "h".into(),
+        pid: 1,
+        queue: "amqp://x".into(),
+        started_at: now_ms(),
+        heartbeat_at: now_ms(),
+    };
+    let (a, bn) = (node("a"), node("b"));
+    assert!(s.heartbeat(&a, true).await.unwrap());
+    assert!(s.heartbeat(&bn, true).await.unwrap());
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let mut m = msg("p", &format!(r#"{{"n":{i}}}"#));
+        m.owner = Some("a".into());
+        ids.push(j.append(m).await.unwrap().id);
+    }
+    let since = now_ms() - 5_000;
+    // Received: anyone may claim; the claim makes it b's.
+    let got = s.claim_tickets(&ids[..2], "b", since, false).await.unwrap();
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|m| m.state == State::Processing));
+    let h = s.holder(&ids[0]).await.unwrap().unwrap();
+    assert_eq!(
+        (h.state, h.owner.as_deref()),
+        (State::Processing, Some("b"))
+    );
+    // Processing by a live node: not claimable by another, nor by itself unless it says so.
+    assert!(
+        s.claim_tickets(&ids[..1], "a", since, false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.claim_tickets(&ids[..1], "b", since, false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.claim_tickets(&ids[..1], "b", since, true)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // Done: never claimable.
+    assert!(
+        j.transition(Transition::Done {
+            id: ids[1].clone(),
+            effects: vec![]
+        })
+        .await
+        .unwrap()
+    );
+    assert!(
+        s.claim_tickets(&ids[1..2], "a", since, true)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // b stops its heartbeat: its processing message is claimable once b counts as dead.
+    let later = now_ms() + 10_000;
+    assert!(
+        s.claim_tickets(&ids[..1], "a", since, false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.claim_tickets(&ids[..1], "a", later, false)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // Live nodes, and reaping: a's messages (2 still received) are adopted by b, exactly once.
+    let live: Vec<String> = s
+        .live_nodes(since)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    assert_eq!(live, ["a", "b"]);
+    let (dead, adopted) = s
+        .reap_dead_node("b", later)
+        .await
+        .unwrap()
+        .expect("a is reaped");
+    assert_eq!(dead, "a");
+    // ids[0] is processing by a (claimed above): adopted too, with ids[2] and ids[3].
+    let mut adopted: Vec<String> = adopted.into_iter().map(|m| m.id).collect();
+    adopted.sort();
+    let mut want = vec![ids[0].clone(), ids[2].clone(), ids[3].clone()];
+    want.sort();
+    assert_eq!(adopted, want);
+    assert!(
+        s.reap_dead_node("b", later).await.unwrap().is_none(),
+        "reaped once"
+    );
+    let h = s.holder(&ids[2]).await.unwrap().unwrap();
+    assert_eq!((h.state, h.owner.as_deref()), (State::Received, Some("b")));
+    // A reaped node that comes back is told so by its heartbeat.
+    assert!(!s.heartbeat(&a, false).await.unwrap());
+    // Messages of nobody (a single-process run) are adopted by the first cluster node.
+    let lone = j.append(msg("p", r#"{"lone":1}"#)).await.unwrap().id;
+    let orphans: Vec<String> = s
+        .adopt_orphans("b")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(orphans, [lone]);
+    // The backlog: ids[0], ids[2], ids[3] and the lone one are unfinished.
+    let bl = s.backlog().await.unwrap();
+    assert_eq!(bl.len(), 1);
+    assert_eq!(bl[0].messages, 4);
+    assert!(bl[0].oldest_received_at.unwrap() <= now_ms());
 }

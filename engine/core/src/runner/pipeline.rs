@@ -70,6 +70,8 @@ struct Inner {
     tickets: Option<mpsc::Sender<TicketRequest>>,
     /// Messages of tickets in progress at once on this node (`concurrency`).
     slots: Arc<tokio::sync::Semaphore>,
+    /// Ticket messages this node is working on now.
+    active: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Waits for the `done` commits of a ticket's messages: `Ack` when all committed, `Requeue`
@@ -286,6 +288,7 @@ impl PipelineHandle {
                 remote,
                 tickets,
                 slots: Arc::new(tokio::sync::Semaphore::new(concurrency)),
+                active: Mutex::default(),
             }),
         };
         (handle, receivers)
@@ -447,7 +450,7 @@ impl PipelineHandle {
         let mut claimed: std::collections::HashMap<String, Message> = match i
             .journal
             .store()
-            .claim_tickets(&ids, &r.node, since)
+            .claim_tickets(&ids, &r.node, since, false)
             .await
         {
             Ok(ms) => ms.into_iter().map(|m| (m.id.clone(), m)).collect(),
@@ -460,6 +463,9 @@ impl PipelineHandle {
                 return Handled::Requeue;
             }
         };
+        if let Ok(mut a) = i.active.lock() {
+            a.extend(claimed.keys().cloned());
+        }
         let ordered = i.ordering_key.is_some();
         if ordered {
             // One at a time, in order; the next starts once the previous outcome is recorded
@@ -467,7 +473,7 @@ impl PipelineHandle {
             let mut commits = Vec::new();
             for id in ids {
                 let outcome = match claimed.remove(&id) {
-                    Some(m) => self.processed(self.process(m, true).await, &mut commits),
+                    Some(m) => self.processed(self.process_ticketed(m, true).await, &mut commits),
                     None => self.handle_one(&id, &mut commits).await,
                 };
                 if outcome == Handled::Requeue {
@@ -486,7 +492,7 @@ impl PipelineHandle {
                 let outcome = {
                     let _slot = slots.acquire_owned().await;
                     match m {
-                        Some(m) => h.processed(h.process(m, false).await, &mut commits),
+                        Some(m) => h.processed(h.process_ticketed(m, false).await, &mut commits),
                         None => h.handle_one(&id, &mut commits).await,
                     }
                 };
@@ -504,6 +510,19 @@ impl PipelineHandle {
             }
         }
         all
+    }
+
+    /// [`PipelineHandle::process`] for a claimed ticket message, known as active meanwhile.
+    async fn process_ticketed(&self, m: Message, in_place: bool) -> Option<oneshot::Receiver<()>> {
+        let id = m.id.clone();
+        if let Ok(mut a) = self.inner.active.lock() {
+            a.insert(id.clone());
+        }
+        let r = self.process(m, in_place).await;
+        if let Ok(mut a) = self.inner.active.lock() {
+            a.remove(&id);
+        }
+        r
     }
 
     /// What a processed ticket message means for its ticket: interrupted by a shutdown (the
@@ -529,7 +548,17 @@ impl PipelineHandle {
         };
         let mut waited = 0u32;
         loop {
+            let mut mine = false;
             match i.journal.store().holder(id).await {
+                Ok(Some(h))
+                    if h.state == State::Processing
+                        && h.owner.as_deref() == Some(&*r.node)
+                        && !i.active.lock().is_ok_and(|a| a.contains(id)) =>
+                {
+                    // Held by this node but not being worked on (its outcome could not be
+                    // recorded): take it up again.
+                    mine = true;
+                }
                 Ok(Some(h)) if h.state == State::Processing => {
                     if waited == 0 {
                         tracing::debug!(pipeline = %i.name, %id, owner = ?h.owner, "ticket for a message in progress elsewhere; waiting");
@@ -554,12 +583,12 @@ impl PipelineHandle {
             match i
                 .journal
                 .store()
-                .claim_tickets(&[id.to_owned()], &r.node, since)
+                .claim_tickets(&[id.to_owned()], &r.node, since, mine)
                 .await
             {
                 Ok(mut ms) if !ms.is_empty() => {
                     let m = ms.remove(0);
-                    let commit = self.process(m, i.ordering_key.is_some()).await;
+                    let commit = self.process_ticketed(m, i.ordering_key.is_some()).await;
                     return self.processed(commit, commits);
                 }
                 Ok(_) => {}

@@ -183,12 +183,14 @@ impl Store {
     /// Claims the messages of a ticket: each that is `received` (whoever accepted it), or
     /// `processing` by a node that is not alive (no heartbeat since `since`), becomes
     /// `processing` by `me`. Returns those claimed; the others are in another state or held
-    /// by another live node.
+    /// by another live node. With `mine_too`, a message `processing` by `me` is claimed as
+    /// well (this node holds it but is not working on it: an outcome it could not record).
     pub async fn claim_tickets(
         &self,
         ids: &[String],
         me: &str,
         since: i64,
+        mine_too: bool,
     ) -> Result<Vec<Message>> {
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -206,9 +208,13 @@ impl Store {
             }
             u.bind(id.as_str());
         }
-        u.push(
-            ") AND (state = 'received' OR (state = 'processing' AND (owner IS NULL OR owner NOT IN (SELECT n.id FROM nodes n WHERE n.heartbeat_at >= ",
-        );
+        u.push(") AND (state = 'received' OR (state = 'processing' AND (owner IS NULL OR ");
+        if mine_too {
+            u.push("owner = ");
+            u.bind(me);
+            u.push(" OR ");
+        }
+        u.push("owner NOT IN (SELECT n.id FROM nodes n WHERE n.heartbeat_at >= ");
         u.bind(since);
         u.push(&format!(")))) RETURNING {MESSAGE_COLUMNS}"));
         let rows = u
