@@ -348,18 +348,25 @@ fn hot_reload_under_load_fails_no_call() {
     let calls = Arc::new(AtomicU64::new(0));
     let seen = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
     let mut threads = Vec::new();
+    // What is tested is that a swap fails no call; the 50 ms default deadline would also fail
+    // calls whose thread the scheduler parks while the 2 cores compile the new version.
+    let opts = CallOptions {
+        limits: huizhen_plugin::Limits {
+            deadline: Duration::from_secs(10),
+            ..Default::default()
+        },
+        ..CallOptions::default()
+    };
     for t in 0..4 {
         let (slot, done, calls, seen) = (slot.clone(), done.clone(), calls.clone(), seen.clone());
+        let opts = opts.clone();
         threads.push(std::thread::spawn(move || {
             let mut failures = Vec::new();
             let mut mine = BTreeMap::<String, u64>::new();
             let mut i = 0u64;
             while calls.load(Ordering::Relaxed) < 20_000 || !done.load(Ordering::Relaxed) {
                 let p = slot.current().unwrap();
-                match p.decide(
-                    &msg("text", format!("call {t}/{i}").as_bytes()),
-                    &CallOptions::default(),
-                ) {
+                match p.decide(&msg("text", format!("call {t}/{i}").as_bytes()), &opts) {
                     Ok(_) => *mine.entry(p.version().to_owned()).or_default() += 1,
                     Err(e) => failures.push(e.to_string()),
                 }

@@ -459,7 +459,10 @@ pub fn load_root(path: Option<&Path>) -> Result<(RootConfig, Option<PathBuf>), C
 /// and every pipeline its globs name, then checks them all.
 pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigErrors> {
     let (root, root_file) = load_root(path).map_err(|e| ConfigErrors(vec![e]))?;
-    let mut errors = Vec::new();
+    let mut errors = check_root(
+        &root,
+        root_file.as_deref().unwrap_or(Path::new("huizhen.yaml")),
+    );
     let base = root_file
         .as_ref()
         .and_then(|f| f.parent().map(Path::to_path_buf))
@@ -543,7 +546,10 @@ pub fn validate_paths(paths: &[PathBuf]) -> Result<usize, ConfigErrors> {
         };
         if is_root {
             match parse_yaml::<RootConfig>(&f, &text) {
-                Ok(root) => plugins = root.plugins,
+                Ok(root) => {
+                    errors.extend(check_root(&root, &f));
+                    plugins = root.plugins;
+                }
                 Err(e) => errors.push(e),
             }
         } else {
@@ -565,6 +571,20 @@ pub fn validate_paths(paths: &[PathBuf]) -> Result<usize, ConfigErrors> {
     } else {
         Err(ConfigErrors(errors))
     }
+}
+
+/// Checks of the root file beyond its types: the work queue and the cluster block.
+fn check_root(root: &RootConfig, file: &Path) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    if !crate::cluster::is_local(&root.queue) {
+        if let Err(e) = crate::cluster::work_queue(&root.queue, &root.cluster, &[]) {
+            errors.push(ConfigError::file(file, e));
+        }
+        if let Err(e) = root.cluster.check() {
+            errors.push(ConfigError::file(file, e));
+        }
+    }
+    errors
 }
 
 fn valid_name(name: &str) -> bool {
@@ -746,4 +766,27 @@ pub fn check_with(
         }
     }
     errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_checks_the_queue_and_the_cluster_block() {
+        let file = Path::new("huizhen.yaml");
+        let text =
+            "version: 1\nqueue: kafka://x:9092\ncluster:\n  heartbeat: 1s\n  dead_after: 2s\n";
+        let root: RootConfig = parse_yaml(file, text).unwrap();
+        let errors: Vec<String> = check_root(&root, file)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].contains("kafka://x:9092"), "{errors:?}");
+        assert!(errors[1].contains("3 heartbeats"), "{errors:?}");
+        let local: RootConfig = parse_yaml(file, "version: 1\n").unwrap();
+        assert_eq!(local.queue, "local");
+        assert!(check_root(&local, file).is_empty());
+    }
 }

@@ -154,6 +154,11 @@ impl Engine {
             None
         } else {
             root.cluster.check().map_err(EngineError::Cluster)?;
+            if store.backend() == crate::store::Backend::Sqlite {
+                tracing::warn!(
+                    "queue is a broker but the store is SQLite: only processes on this machine can share it; use PostgreSQL to scale out across machines"
+                );
+            }
             let queue = crate::cluster::work_queue(&root.queue, &root.cluster, &specs)
                 .map_err(EngineError::Cluster)?
                 .ok_or_else(|| EngineError::Cluster("queue: no broker".into()))?;
