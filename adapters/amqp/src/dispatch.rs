@@ -192,116 +192,118 @@ impl AmqpWorkQueue {
         }))
     }
 
+    /// A channel consuming `queue` (declared first) with `prefetch` unacknowledged tickets.
+    async fn open_consumer(
+        &self,
+        conn: &Connection,
+        queue: &str,
+        single_active: bool,
+        prefetch: u16,
+    ) -> Result<(Channel, lapin::Consumer), String> {
+        let ch = conn
+            .create_channel()
+            .await
+            .map_err(|e| format!("cannot open a channel: {e}"))?;
+        self.declare(&ch, queue, single_active).await?;
+        ch.basic_qos(prefetch.max(1), BasicQosOptions::default())
+            .await
+            .map_err(|e| format!("basic.qos: {e}"))?;
+        let consumer = ch
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| format!("basic.consume on {queue}: {e}"))?;
+        Ok((ch, consumer))
+    }
+
     /// One connection's life: consume until shutdown (`Ok`) or a connection error (`Err`).
     async fn consume(&self, run: &mut QueueRun) -> Result<(), String> {
         let conn = self.connect().await?;
         let (fail_tx, mut fail_rx) = mpsc::channel::<String>(16);
         let stop = run.shutdown.child_token();
         let mut tasks = JoinSet::new();
-        // Shared queues: one channel each, prefetch = the pipeline's concurrency.
-        for spec in self.specs.iter().filter(|s| s.partitions == 0) {
-            let ch = conn
-                .create_channel()
-                .await
-                .map_err(|e| format!("cannot open a channel: {e}"))?;
-            let queue = queue_name(&self.prefix, &spec.pipeline, None);
-            self.declare(&ch, &queue, false).await?;
-            ch.basic_qos(spec.prefetch.max(1), BasicQosOptions::default())
-                .await
-                .map_err(|e| format!("basic.qos: {e}"))?;
-            let consumer = ch
-                .basic_consume(
-                    queue.as_str().into(),
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| format!("basic.consume on {queue}: {e}"))?;
-            tasks.spawn(shared_consumer(
-                spec.pipeline.clone(),
-                None,
-                ch,
-                consumer,
-                run.handler.clone(),
-                stop.clone(),
-                fail_tx.clone(),
-            ));
-        }
-        // Partitions of ordered pipelines: those assigned to this node, one consumer each.
         let mut partitions: HashMap<String, (CancellationToken, tokio::task::JoinHandle<()>)> =
             HashMap::new();
-        let mut assignment = run.assignment.clone();
-        let result = loop {
-            let a: Assignment = *assignment.borrow_and_update();
-            let wanted: Vec<((String, u32), String)> = self
-                .specs
-                .iter()
-                .flat_map(|s| {
-                    (0..s.partitions).filter(move |p| a.owns(*p)).map(move |p| {
-                        (
-                            (s.pipeline.clone(), p),
-                            queue_name(&self.prefix, &s.pipeline, Some(p)),
-                        )
-                    })
-                })
-                .collect();
-            // Let go of partitions no longer ours (after the ticket in hand), then take new ones.
-            let keep: std::collections::HashSet<&String> = wanted.iter().map(|w| &w.1).collect();
-            let gone: Vec<String> = partitions
-                .keys()
-                .filter(|q| !keep.contains(q))
-                .cloned()
-                .collect();
-            for q in gone {
-                if let Some((token, handle)) = partitions.remove(&q) {
-                    token.cancel();
-                    let _ = handle.await;
-                }
-            }
-            for ((pipeline, partition), q) in wanted {
-                if partitions.contains_key(&q) {
-                    continue;
-                }
-                let ch = conn
-                    .create_channel()
-                    .await
-                    .map_err(|e| format!("cannot open a channel: {e}"))?;
-                self.declare(&ch, &q, true).await?;
-                ch.basic_qos(1, BasicQosOptions::default())
-                    .await
-                    .map_err(|e| format!("basic.qos: {e}"))?;
-                let consumer = ch
-                    .basic_consume(
-                        q.as_str().into(),
-                        "".into(),
-                        BasicConsumeOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await
-                    .map_err(|e| format!("basic.consume on {q}: {e}"))?;
-                let token = stop.child_token();
-                let handle = tokio::spawn(partition_consumer(
-                    pipeline,
-                    partition,
+        // Everything that can fail on this connection; the cleanup below runs either way.
+        let result: Result<(), String> = async {
+            // Shared queues: one channel each, prefetch = the pipeline's concurrency.
+            for spec in self.specs.iter().filter(|s| s.partitions == 0) {
+                let queue = queue_name(&self.prefix, &spec.pipeline, None);
+                let (ch, consumer) = self
+                    .open_consumer(&conn, &queue, false, spec.prefetch)
+                    .await?;
+                tasks.spawn(shared_consumer(
+                    spec.pipeline.clone(),
+                    None,
                     ch,
                     consumer,
                     run.handler.clone(),
-                    token.clone(),
+                    stop.clone(),
                     fail_tx.clone(),
                 ));
-                partitions.insert(q, (token, handle));
             }
-            tokio::select! {
-                _ = run.shutdown.cancelled() => break Ok(()),
-                e = fail_rx.recv() => break Err(e.unwrap_or_else(|| "consumers stopped".into())),
-                changed = assignment.changed() => {
-                    if changed.is_err() {
-                        break Ok(());
+            // Partitions of ordered pipelines: those assigned to this node, one consumer each.
+            let mut assignment = run.assignment.clone();
+            loop {
+                let a: Assignment = *assignment.borrow_and_update();
+                let wanted: Vec<((String, u32), String)> = self
+                    .specs
+                    .iter()
+                    .flat_map(|s| {
+                        (0..s.partitions).filter(move |p| a.owns(*p)).map(move |p| {
+                            (
+                                (s.pipeline.clone(), p),
+                                queue_name(&self.prefix, &s.pipeline, Some(p)),
+                            )
+                        })
+                    })
+                    .collect();
+                // Let go of partitions no longer ours (after the ticket in hand), then take new ones.
+                let keep: std::collections::HashSet<&String> = wanted.iter().map(|w| &w.1).collect();
+                let gone: Vec<String> = partitions
+                    .keys()
+                    .filter(|q| !keep.contains(q))
+                    .cloned()
+                    .collect();
+                for q in gone {
+                    if let Some((token, handle)) = partitions.remove(&q) {
+                        token.cancel();
+                        let _ = handle.await;
+                    }
+                }
+                for ((pipeline, partition), q) in wanted {
+                    if partitions.contains_key(&q) {
+                        continue;
+                    }
+                    let (ch, consumer) = self.open_consumer(&conn, &q, true, 1).await?;
+                    let token = stop.child_token();
+                    let handle = tokio::spawn(partition_consumer(
+                        pipeline,
+                        partition,
+                        ch,
+                        consumer,
+                        run.handler.clone(),
+                        token.clone(),
+                        fail_tx.clone(),
+                    ));
+                    partitions.insert(q, (token, handle));
+                }
+                tokio::select! {
+                    _ = run.shutdown.cancelled() => break Ok(()),
+                    e = fail_rx.recv() => break Err(e.unwrap_or_else(|| "consumers stopped".into())),
+                    changed = assignment.changed() => {
+                        if changed.is_err() {
+                            break Ok(());
+                        }
                     }
                 }
             }
-        };
+        }
+        .await;
         // Stop taking tickets; let those in hand finish (the engine's shutdown grace bounds it).
         stop.cancel();
         for (_, (_, handle)) in partitions.drain() {
