@@ -314,3 +314,135 @@ async fn request_reply_through_a_queue_to_a_slow_his() {
     engine.shutdown(Duration::from_secs(5)).await;
     crate::support::delete_queues(&q);
 }
+
+/// A TLS front for the broker (as a hospital's `amqps://` endpoint): terminates TLS with a
+/// certificate of the test's private CA and relays to the plaintext broker.
+async fn tls_front(dir: &std::path::Path) -> u16 {
+    let acceptor = huizhen_core::tls::acceptor(&huizhen_core::tls::TlsConfig {
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+        client_ca: None,
+    })
+    .unwrap();
+    let target = amqp_url()
+        .split('@')
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or("127.0.0.1:5672")
+        .to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let target = target.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut broker) = tokio::net::TcpStream::connect(&target).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_with_a_private_ca() {
+    let _broker = BROKER.lock().await;
+    if !broker_up().await {
+        return;
+    }
+    let db = fresh_db(Backend::Sqlite).await.unwrap();
+    let pki = db.dir.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    crate::tls::make_pki(&pki);
+    let port = tls_front(&pki).await;
+    let userinfo = amqp_url()
+        .split_once("://")
+        .and_then(|(_, r)| r.split_once('@'))
+        .map_or("guest:guest".to_owned(), |(u, _)| u.to_owned());
+    let url = format!("amqps://{userinfo}@127.0.0.1:{port}/%2f");
+    let ca = pki.join("ca.pem");
+    let q = format!("hz-tls-{}", &huizhen_core::message::new_id()[24..]);
+    let out = format!(
+        "version: 1\nname: out\nsource:\n  http: {{ path: /in/out, kind: json }}\nsinks:\n  - amqp: {{ url: \"{url}\", routing_key: {q}, declare_queue: {q}, tls: {{ ca: \"{}\" }} }}\n",
+        ca.display()
+    );
+    let inn = format!(
+        "version: 1\nname: inbound\nsource:\n  amqp: {{ url: \"{url}\", queue: {q}, tls: {{ ca: \"{}\" }} }}\nsinks:\n  - journal: {{}}\n",
+        ca.display()
+    );
+    // The same broker without the CA: the certificate is refused, and the error says so.
+    let stranger = format!(
+        "version: 1\nname: stranger\nsource:\n  http: {{ path: /in/stranger, kind: json }}\nretry: {{ max_attempts: 1 }}\nsinks:\n  - amqp: {{ url: \"{url}\", routing_key: {q} }}\n"
+    );
+    let engine = Engine::start(loaded(&db, &[&out, &inn, &stranger]))
+        .await
+        .unwrap();
+    let p = engine.pipeline("out").unwrap().clone();
+    for i in 0..5 {
+        p.submit(NewMessage::new(
+            "out",
+            "default",
+            "json",
+            format!(r#"{{"seq":{i}}}"#).into_bytes(),
+        ))
+        .await
+        .unwrap();
+    }
+    wait_for("5 messages over amqps", Duration::from_secs(30), || async {
+        (done(&engine, "inbound").await.len() == 5).then_some(())
+    })
+    .await;
+    let s = engine
+        .pipeline("stranger")
+        .unwrap()
+        .submit(NewMessage::new(
+            "stranger",
+            "default",
+            "json",
+            b"{}".to_vec(),
+        ))
+        .await
+        .unwrap();
+    let dead = wait_for(
+        "the stranger's message dead",
+        Duration::from_secs(30),
+        || async {
+            let m = engine.store.get(&s.id).await.unwrap()?;
+            (m.state == State::Dead).then_some(m)
+        },
+    )
+    .await;
+    let err = dead.last_error.unwrap_or_default();
+    eprintln!("without the CA: {err}");
+    assert!(
+        err.contains("cannot connect to amqps://") && err.to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+    // A CA file that is not one is named by `validate`, with the line of the sink.
+    let not_ca = db.dir.path().join("not-a-ca.pem");
+    std::fs::write(&not_ca, "hello").unwrap();
+    let bad = format!(
+        "version: 1\nname: bad\nsource:\n  http: {{ path: /in/bad, kind: json }}\nsinks:\n  - amqp: {{ url: \"{url}\", routing_key: {q}, tls: {{ ca: \"{}\" }} }}\n",
+        not_ca.display()
+    );
+    let file = db.dir.path().join("bad.yaml");
+    let config = huizhen_core::config::parse_yaml(&file, &bad).unwrap();
+    let errors = huizhen_core::config::check(&[huizhen_core::config::LoadedPipeline {
+        file: file.clone(),
+        config,
+    }]);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let e = errors[0].to_string();
+    assert!(
+        e.contains("bad.yaml:6:") && e.contains("tls.ca") && e.contains("no PEM certificate"),
+        "{e}"
+    );
+    crate::support::delete_queues(&q);
+}

@@ -23,7 +23,7 @@ use lapin::options::{
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -45,6 +45,15 @@ fn build(
         quorum: cluster.quorum,
         specs: specs.to_vec(),
         publisher: Mutex::new(None),
+        tls: match &cluster.tls_ca {
+            Some(ca) => {
+                let t = crate::AmqpTls { ca: ca.clone() };
+                t.load()
+                    .map_err(|e| format!("cluster.{}", e.replacen("tls.ca", "tls_ca", 1)))?;
+                Some(t)
+            }
+            None => None,
+        },
         reset: Arc::default(),
         confirm_timeout: Duration::from_secs(10),
     }))
@@ -59,6 +68,7 @@ pub struct AmqpWorkQueue {
     /// The publishing connection and its confirming channel, opened on first use and again
     /// after an error.
     publisher: Mutex<Option<(Connection, Channel)>>,
+    tls: Option<crate::AmqpTls>,
     /// Set when a confirm failed: the next publish opens the connection again.
     reset: Arc<std::sync::atomic::AtomicBool>,
     confirm_timeout: Duration,
@@ -107,9 +117,7 @@ impl AmqpWorkQueue {
     }
 
     async fn connect(&self) -> Result<Connection, String> {
-        Connection::connect(&self.url, ConnectionProperties::default())
-            .await
-            .map_err(|e| format!("cannot connect to {}: {e}", crate::redact(&self.url)))
+        crate::connect(&self.url, self.tls.as_ref()).await
     }
 
     async fn open_publisher(&self) -> Result<(Connection, Channel), String> {

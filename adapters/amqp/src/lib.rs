@@ -17,6 +17,48 @@ pub mod source;
 use std::time::Duration;
 
 use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Connection, ConnectionProperties};
+
+/// TLS toward the broker for `amqps://` URLs whose certificate a private CA issued (a hospital
+/// network's own PKI). Without it the broker is verified against the public (Mozilla) roots.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpTls {
+    /// PEM file of the CA certificate(s) that issued the broker's certificate.
+    pub ca: std::path::PathBuf,
+}
+
+impl AmqpTls {
+    /// Reads the CA file; an error names the file and what is wrong with it.
+    pub fn load(&self) -> Result<String, String> {
+        let pem = std::fs::read_to_string(&self.ca)
+            .map_err(|e| format!("tls.ca: cannot read {}: {e}", self.ca.display()))?;
+        if !pem.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(format!(
+                "tls.ca: {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                self.ca.display()
+            ));
+        }
+        Ok(pem)
+    }
+}
+
+/// Opens a connection, with the private CA of `tls` when given.
+pub(crate) async fn connect(url: &str, tls: Option<&AmqpTls>) -> Result<Connection, String> {
+    let r = match tls {
+        None => Connection::connect(url, ConnectionProperties::default()).await,
+        Some(t) => {
+            let config = lapin::tcp::OwnedTLSConfig {
+                identity: None,
+                cert_chain: Some(t.load()?),
+            };
+            let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
+            Connection::connect_with_config(url, ConnectionProperties::default(), config, runtime)
+                .await
+        }
+    };
+    r.map_err(|e| format!("cannot connect to {}: {e}", redact(url)))
+}
 
 /// Declares the queue (durable; quorum if asked) and, when `dead_letter`, an exchange
 /// `<queue>.dlx` with a queue `<queue>.dead` bound to it, set as the queue's dead-letter exchange.

@@ -11,6 +11,7 @@
 //!       reply:                     # optional: request/reply (a legacy HIS behind a queue)
 //!         timeout: 30s             # no reply by then: a retryable failure
 //!         route: his-replies       # optional: the reply becomes a message of this pipeline
+//!       tls: { ca: hospital-ca.pem }  # amqps:// with a private CA (default: the public roots)
 //! ```
 //!
 //! The message goes out persistent and mandatory, with `message-id` = the journal's message id,
@@ -45,7 +46,7 @@ use huizhen_core::work::{StepError, Work};
 use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
@@ -63,6 +64,9 @@ pub struct AmqpSinkConfig {
     pub confirm_timeout: Duration,
     #[serde(default)]
     pub reply: Option<ReplyConfig>,
+    /// A private CA for an `amqps://` broker.
+    #[serde(default)]
+    pub tls: Option<crate::AmqpTls>,
 }
 
 /// Request/reply: wait for the receiver's answer.
@@ -99,6 +103,9 @@ fn default_confirm() -> Duration {
 impl SinkConfig for AmqpSinkConfig {
     fn build(&self, ctx: &BuildContext, index: usize) -> Result<Arc<dyn Sink>, String> {
         crate::source::check_url(&self.url)?;
+        if let Some(t) = &self.tls {
+            t.load()?;
+        }
         if self.exchange.is_empty() && self.routing_key.is_empty() {
             return Err(
                 "routing_key: needed with the default exchange (it names the queue)".into(),
@@ -144,9 +151,7 @@ struct Open {
 impl AmqpSink {
     async fn open(&self) -> Result<Open, String> {
         let c = &self.config;
-        let conn = Connection::connect(&c.url, ConnectionProperties::default())
-            .await
-            .map_err(|e| format!("cannot connect to {}: {e}", crate::redact(&c.url)))?;
+        let conn = crate::connect(&c.url, c.tls.as_ref()).await?;
         let ch = conn
             .create_channel()
             .await
@@ -391,16 +396,10 @@ impl Sink for AmqpSink {
 
     fn deliver<'a>(&'a self, work: &'a mut Work) -> BoxFuture<'a, Result<Vec<Effect>, StepError>> {
         Box::pin(async move {
-            let reply = self
-                .publish(work)
-                .await
-                .map_err(|e| StepError::new(format!("{}: {e}", self.name)))?;
+            let reply = self.publish(work).await.map_err(StepError::new)?;
             match reply {
                 None => Ok(Vec::new()),
-                Some(r) => self
-                    .take_reply(work, r)
-                    .await
-                    .map_err(|e| StepError::new(format!("{}: {e}", self.name))),
+                Some(r) => self.take_reply(work, r).await.map_err(StepError::new),
             }
         })
     }

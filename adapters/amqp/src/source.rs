@@ -14,6 +14,7 @@
 //!     prefetch: 64                      # unacknowledged deliveries at once
 //!     ordered: false                    # true: journal one delivery at a time, in queue order
 //!     kind: json                        # message kind (default: json for application/json, else text)
+//!     tls: { ca: hospital-ca.pem }      # amqps:// with a private CA (default: the public roots)
 //! ```
 
 use std::sync::Arc;
@@ -23,12 +24,12 @@ use futures::future::BoxFuture;
 use huizhen_core::message::NewMessage;
 use huizhen_core::runner::{BuildContext, PipelineHandle};
 use huizhen_core::sources::{Source, SourceConfig, SourceContext};
+use lapin::ExchangeKind;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
     ExchangeDeclareOptions, QueueBindOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -54,6 +55,9 @@ pub struct AmqpSourceConfig {
     pub ordered: bool,
     #[serde(default)]
     pub kind: Option<String>,
+    /// A private CA for an `amqps://` broker.
+    #[serde(default)]
+    pub tls: Option<crate::AmqpTls>,
 }
 
 fn default_kind() -> String {
@@ -100,6 +104,9 @@ impl SourceConfig for AmqpSourceConfig {
             return Err("queue: must not be empty".into());
         }
         exchange_kind(&self.exchange_kind)?;
+        if let Some(t) = &self.tls {
+            t.load()?;
+        }
         if self.prefetch == 0 {
             return Err("prefetch: must be at least 1".into());
         }
@@ -163,9 +170,7 @@ async fn consume(
     pipeline: &PipelineHandle,
     shutdown: &tokio_util_token::Token,
 ) -> Result<(), String> {
-    let conn = Connection::connect(&cfg.url, ConnectionProperties::default())
-        .await
-        .map_err(|e| format!("cannot connect to {}: {e}", crate::redact(&cfg.url)))?;
+    let conn = crate::connect(&cfg.url, cfg.tls.as_ref()).await?;
     let ch = conn
         .create_channel()
         .await

@@ -67,6 +67,10 @@ pub struct ClusterConfig {
     /// Quorum queues (replicated across a RabbitMQ cluster) instead of classic durable ones.
     #[serde(default)]
     pub quorum: bool,
+    /// PEM file of a private CA that issued an `amqps://` broker's certificate (default: the
+    /// public roots).
+    #[serde(default)]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -77,6 +81,7 @@ impl Default for ClusterConfig {
             dead_after: default_dead_after(),
             prefix: default_prefix(),
             quorum: false,
+            tls_ca: None,
         }
     }
 }
