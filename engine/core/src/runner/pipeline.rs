@@ -489,12 +489,14 @@ impl PipelineHandle {
             let slots = i.slots.clone();
             running.spawn(async move {
                 let mut commits = Vec::new();
-                let outcome = {
-                    let _slot = slots.acquire_owned().await;
-                    match m {
-                        Some(m) => h.processed(h.process_ticketed(m, false).await, &mut commits),
-                        None => h.handle_one(&id, &mut commits).await,
+                let outcome = match m {
+                    Some(m) => {
+                        let _slot = slots.acquire_owned().await;
+                        h.processed(h.process_ticketed(m, false).await, &mut commits)
                     }
+                    // Waits without a slot: the message it waits for may be one this node
+                    // claimed for another ticket and needs a slot to run.
+                    None => h.handle_one(&id, &mut commits).await,
                 };
                 // The slot is free while the outcome commits.
                 match outcome {
@@ -588,7 +590,13 @@ impl PipelineHandle {
             {
                 Ok(mut ms) if !ms.is_empty() => {
                     let m = ms.remove(0);
-                    let commit = self.process_ticketed(m, i.ordering_key.is_some()).await;
+                    let ordered = i.ordering_key.is_some();
+                    let _slot = if ordered {
+                        None
+                    } else {
+                        i.slots.clone().acquire_owned().await.ok()
+                    };
+                    let commit = self.process_ticketed(m, ordered).await;
                     return self.processed(commit, commits);
                 }
                 Ok(_) => {}
