@@ -501,6 +501,9 @@ struct Prepared<'a> {
 enum AppendPlan {
     Insert(usize),
     Duplicate(Accepted),
+    /// A resend of row `usize` of the same batch: it gets that row's outcome, which is another
+    /// writer's id when that row lost the race for its dedup key.
+    DuplicateOf(usize),
 }
 
 type Applied = (Vec<Accepted>, Vec<bool>);
@@ -905,19 +908,19 @@ async fn append_all<E: Exec>(
                 .clone()
                 .unwrap_or_else(|| body_hash(&msg.body));
             let mut dup = None;
+            let mut same_batch = None;
             if let Some(prev) = in_batch.get(&(msg.pipeline.as_str(), key)) {
                 for (ph, idx) in prev {
                     if *ph == h {
-                        dup = Some(Accepted {
-                            id: rows[*idx].id.clone(),
-                            duplicate: true,
-                            reused_key: rows[*idx].reused_key,
-                            state: State::Received,
-                        });
+                        same_batch = Some(*idx);
                     } else {
                         reused_key = true;
                     }
                 }
+            }
+            if let Some(idx) = same_batch {
+                plans.push(AppendPlan::DuplicateOf(idx));
+                continue;
             }
             if dup.is_none() {
                 for r in known
@@ -1097,7 +1100,16 @@ async fn append_all<E: Exec>(
         .into_iter()
         .map(|p| match p {
             AppendPlan::Duplicate(a) => a,
-            AppendPlan::Insert(idx) => raced.remove(&idx).unwrap_or_else(|| Accepted {
+            AppendPlan::DuplicateOf(idx) => match raced.get(&idx) {
+                Some(a) => a.clone(),
+                None => Accepted {
+                    id: rows[idx].id.clone(),
+                    duplicate: true,
+                    reused_key: rows[idx].reused_key,
+                    state: State::Received,
+                },
+            },
+            AppendPlan::Insert(idx) => raced.get(&idx).cloned().unwrap_or_else(|| Accepted {
                 id: rows[idx].id.clone(),
                 duplicate: false,
                 reused_key: rows[idx].reused_key,
