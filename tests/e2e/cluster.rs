@@ -100,6 +100,52 @@ async fn states(
         .collect()
 }
 
+/// Reads what the `amqp` sink delivered into `out`, in delivery order, until every patient's
+/// `per` messages came, and checks that each patient's came in order `0..per`. A delivery that
+/// repeats the patient's previous one (at least once, after a failure) is counted apart, not as
+/// out of order. Returns how many repeated.
+async fn assert_in_order(out: &str, patients: usize, per: usize) -> usize {
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let (mut total, mut repeats) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while total < patients * per {
+        assert!(Instant::now() < deadline, "only {total} delivered");
+        let Some(m) = ch
+            .basic_get(out.into(), lapin::options::BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_slice(&m.delivery.data).unwrap();
+        let seqs = seen
+            .entry(v["patient"].as_str().unwrap().to_owned())
+            .or_default();
+        let seq = v["seq"].as_u64().unwrap();
+        if seqs.last() == Some(&seq) {
+            repeats += 1;
+            continue;
+        }
+        seqs.push(seq);
+        total += 1;
+    }
+    let _ = conn.close(200, "read".into()).await;
+    assert_eq!(seen.len(), patients);
+    for (patient, seqs) in &seen {
+        assert_eq!(
+            seqs,
+            &(0..per as u64).collect::<Vec<_>>(),
+            "{patient} delivered out of order"
+        );
+    }
+    repeats
+}
+
 /// The nodes that hold (processed) a pipeline's messages.
 async fn owners(db: &TestDb, pipeline: &str) -> Vec<String> {
     use sqlx::Connection as _;
@@ -467,41 +513,8 @@ async fn ordered_pipeline_keeps_each_patients_order_across_processes() {
     for s in senders {
         s.await.unwrap();
     }
-    // Read what was delivered, in delivery order.
-    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut total = 0;
-    while total < PATIENTS * PER {
-        assert!(Instant::now() < deadline, "only {total} delivered");
-        match ch
-            .basic_get(
-                out.as_str().into(),
-                lapin::options::BasicGetOptions { no_ack: true },
-            )
-            .await
-            .unwrap()
-        {
-            Some(m) => {
-                let v: serde_json::Value = serde_json::from_slice(&m.delivery.data).unwrap();
-                seen.entry(v["patient"].as_str().unwrap().to_owned())
-                    .or_default()
-                    .push(v["seq"].as_u64().unwrap());
-                total += 1;
-            }
-            None => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-    for (patient, seqs) in &seen {
-        assert_eq!(
-            seqs,
-            &(0..PER as u64).collect::<Vec<_>>(),
-            "{patient} delivered out of order"
-        );
-    }
+    let repeats = assert_in_order(&out, PATIENTS, PER).await;
+    assert_eq!(repeats, 0, "nothing delivered twice without a failure");
     // Both processes took part (each consumes its share of the partitions).
     let owners = owners(&db, "adt").await;
     assert_eq!(owners, ["o1", "o2"], "the nodes that processed messages");
@@ -514,7 +527,6 @@ async fn ordered_pipeline_keeps_each_patients_order_across_processes() {
         .await
         .unwrap();
     assert_eq!(v["partitions"]["live"], 2, "{v}");
-    let _ = conn.close(200, "done".into()).await;
     drop(nodes);
     delete_queues(&prefix);
 }
@@ -597,52 +609,15 @@ async fn ordered_pipeline_keeps_order_when_a_process_is_killed() {
         }
     })
     .await;
-    // What the sink delivered, in delivery order: per patient, in order; a message the victim
-    // delivered but could not record is delivered again right after (at least once), never
-    // after a later one.
-    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    let mut redelivered = 0;
-    loop {
-        let Some(m) = ch
-            .basic_get(
-                out.as_str().into(),
-                lapin::options::BasicGetOptions { no_ack: true },
-            )
-            .await
-            .unwrap()
-        else {
-            break;
-        };
-        let v: serde_json::Value = serde_json::from_slice(&m.delivery.data).unwrap();
-        let seqs = seen
-            .entry(v["patient"].as_str().unwrap().to_owned())
-            .or_default();
-        let seq = v["seq"].as_u64().unwrap();
-        if seqs.last() == Some(&seq) {
-            redelivered += 1;
-            continue;
-        }
-        seqs.push(seq);
-    }
-    assert_eq!(seen.len(), PATIENTS);
-    for (patient, seqs) in &seen {
-        assert_eq!(
-            seqs,
-            &(0..PER as u64).collect::<Vec<_>>(),
-            "{patient} delivered out of order"
-        );
-    }
+    // A message the victim delivered but could not record is delivered again right after
+    // (at least once), never after a later one.
+    let redelivered = assert_in_order(&out, PATIENTS, PER).await;
     eprintln!("{redelivered} deliveries repeated after the kill (at least once)");
     assert_eq!(
         owners(&db, "adt").await,
         ["k1", "k2"],
         "the victim had processed its share before the kill"
     );
-    let _ = conn.close(200, "done".into()).await;
     drop(survivor);
     delete_queues(&prefix);
 }

@@ -246,7 +246,6 @@ impl AmqpWorkQueue {
                     .await?;
                 tasks.spawn(shared_consumer(
                     spec.pipeline.clone(),
-                    None,
                     ch,
                     consumer,
                     run.handler.clone(),
@@ -323,11 +322,32 @@ impl AmqpWorkQueue {
     }
 }
 
+/// The consumer's next delivery; `None` on `stop`, or when the consumer failed (reported on
+/// `fail`, which makes the connection be opened again).
+async fn next_delivery(
+    consumer: &mut lapin::Consumer,
+    pipeline: &str,
+    stop: &CancellationToken,
+    fail: &mpsc::Sender<String>,
+) -> Option<lapin::message::Delivery> {
+    let next = tokio::select! {
+        biased;
+        _ = stop.cancelled() => return None,
+        d = consumer.next() => d,
+    };
+    let problem = match next {
+        Some(Ok(d)) => return Some(d),
+        Some(Err(e)) => format!("consumer of {pipeline}: {e}"),
+        None => format!("the broker cancelled the consumer of {pipeline}"),
+    };
+    let _ = fail.send(problem).await;
+    None
+}
+
 /// Consumes a shared queue: each ticket is handled on a task of its own (the broker sends at
 /// most `prefetch` unacknowledged ones).
 async fn shared_consumer(
     pipeline: String,
-    partition: Option<u32>,
     ch: Channel,
     mut consumer: lapin::Consumer,
     handler: Arc<dyn huizhen_core::cluster::TicketHandler>,
@@ -335,28 +355,11 @@ async fn shared_consumer(
     fail: mpsc::Sender<String>,
 ) {
     let mut in_hand = JoinSet::new();
-    loop {
-        let next = tokio::select! {
-            _ = stop.cancelled() => break,
-            d = consumer.next() => d,
-        };
-        let d = match next {
-            Some(Ok(d)) => d,
-            Some(Err(e)) => {
-                let _ = fail.send(format!("consumer of {pipeline}: {e}")).await;
-                break;
-            }
-            None => {
-                let _ = fail
-                    .send(format!("the broker cancelled the consumer of {pipeline}"))
-                    .await;
-                break;
-            }
-        };
+    while let Some(d) = next_delivery(&mut consumer, &pipeline, &stop, &fail).await {
         while in_hand.try_join_next().is_some() {}
         let handler = handler.clone();
         let pipeline = pipeline.clone();
-        in_hand.spawn(async move { handle(&*handler, &pipeline, partition, d).await });
+        in_hand.spawn(async move { handle(&*handler, &pipeline, None, d).await });
     }
     let _ = ch
         .basic_cancel(
@@ -377,25 +380,8 @@ async fn partition_consumer(
     stop: CancellationToken,
     fail: mpsc::Sender<String>,
 ) {
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            d = consumer.next() => d,
-        };
-        match next {
-            Some(Ok(d)) => handle(&*handler, &pipeline, Some(partition), d).await,
-            Some(Err(e)) => {
-                let _ = fail.send(format!("consumer of {pipeline}: {e}")).await;
-                break;
-            }
-            None => {
-                let _ = fail
-                    .send(format!("the broker cancelled the consumer of {pipeline}"))
-                    .await;
-                break;
-            }
-        }
+    while let Some(d) = next_delivery(&mut consumer, &pipeline, &stop, &fail).await {
+        handle(&*handler, &pipeline, Some(partition), d).await;
     }
     // Closing the channel returns a prefetched, unhandled ticket to its queue.
     let _ = ch.close(200, "partition released".into()).await;
