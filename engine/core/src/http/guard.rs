@@ -1,0 +1,124 @@
+//! The `guard` middleware: authentication, throttling, the API rate limit and the role check
+//! of [`crate::security::ROUTES`] for every non-public route.
+
+use super::*;
+
+/// Authentication and the role check for every non-public route (see [`crate::security`]).
+pub async fn guard(State(sec): State<Arc<Security>>, mut req: Request, next: Next) -> Response {
+    let Some(pattern) = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+    else {
+        return next.run(req).await;
+    };
+    if sec.is_public(&pattern) {
+        return next.run(req).await;
+    }
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let ip = peer.map_or(std::net::IpAddr::from([127, 0, 0, 1]), |p| p.ip());
+    let source = peer.map(|p| p.to_string()).unwrap_or_default();
+    let purpose = req
+        .headers()
+        .get("x-purpose-of-use")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .chars()
+        .take(200)
+        .collect::<String>();
+    let method = req.method().as_str().to_owned();
+    let Some(action) = ROUTES
+        .iter()
+        .find(|(m, p, _)| *m == method && *p == pattern)
+        .map(|r| r.2)
+    else {
+        return ApiError(
+            StatusCode::FORBIDDEN,
+            format!("{method} {pattern} is not in the access policy"),
+        )
+        .into_response();
+    };
+    if let Err(e) = sec.check_throttle(ip) {
+        return ApiError(StatusCode::TOO_MANY_REQUESTS, e.to_string()).into_response();
+    }
+    // Ingestion is held back by the journal's back-pressure instead: a hospital system's burst
+    // is slowed down, not refused.
+    if action != crate::security::Action::Ingest
+        && let Err(wait) = sec.take_request(ip)
+    {
+        let mut r = ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "more than security.rate_limit requests per second from {ip}; retry in {wait}s"
+            ),
+        )
+        .into_response();
+        if let Ok(v) = axum::http::HeaderValue::from_str(&wait.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
+    }
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::to_owned);
+    let principal = match sec.authenticate(bearer.as_deref()).await {
+        Ok(p) => p,
+        Err(AuthError::Unavailable(m)) => {
+            return ApiError(StatusCode::SERVICE_UNAVAILABLE, m).into_response();
+        }
+        Err(e) => {
+            sec.record_failure(ip);
+            tracing::warn!(%source, endpoint = %format!("{method} {pattern}"), error = %e, "authentication failed");
+            let ev = AuditEvent {
+                actor: "anonymous".into(),
+                action: "login.failed".into(),
+                resource_type: "Endpoint".into(),
+                resource_id: format!("{method} {pattern}"),
+                outcome: "failed".into(),
+                source,
+                purpose,
+                detail: e.to_string(),
+                ..AuditEvent::default()
+            };
+            if let Err(err) = sec.store().audit(&ev).await {
+                tracing::error!(error = %err, "failed login not audited");
+            }
+            let mut r = ApiError(StatusCode::UNAUTHORIZED, e.to_string()).into_response();
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            return r;
+        }
+    };
+    let caller = Caller {
+        scope: sec.scope(&principal),
+        principal,
+        source,
+        purpose,
+    };
+    if let Err(e) = sec.authorize(&caller.principal, action) {
+        let ev = caller.event(
+            action.name(),
+            "Endpoint",
+            &format!("{method} {pattern}"),
+            "denied",
+            e.to_string(),
+        );
+        if let Err(err) = sec.store().audit(&ev).await {
+            tracing::error!(error = %err, "denied request not audited");
+        }
+        return ApiError(StatusCode::FORBIDDEN, e.to_string()).into_response();
+    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}

@@ -1,0 +1,171 @@
+//! The message browser: list, read and reprocess journaled messages, within the caller's
+//! facility scope, every read and write audited.
+
+use super::*;
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ListQuery {
+    pipeline: Option<String>,
+    state: Option<String>,
+    q: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+pub(super) async fn list_messages(
+    State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let state = match q.state.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(st) => Some(MsgState::parse(st).ok_or_else(|| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "unknown state {st:?}: expected received, processing, done, failed or dead"
+                ),
+            )
+        })?),
+    };
+    if let Some(l) = q.limit
+        && !(1..=1000).contains(&l)
+    {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("limit {l} is out of range 1..=1000"),
+        ));
+    }
+    let detail = format!(
+        "pipeline={} state={} q={}",
+        q.pipeline.as_deref().unwrap_or(""),
+        q.state.as_deref().unwrap_or(""),
+        q.q.as_deref().unwrap_or("")
+    );
+    let page = s
+        .store
+        .list(&ListFilter {
+            pipeline: q.pipeline.filter(|p| !p.is_empty()),
+            state,
+            q: q.q,
+            limit: q.limit,
+            cursor: q.cursor.filter(|c| !c.is_empty()),
+            facilities: caller.scope.facilities(),
+        })
+        .await?;
+    let ids: Vec<&str> = page.messages.iter().map(|m| m.id.as_str()).collect();
+    audit(
+        &s.store,
+        &caller.event(
+            "message.list",
+            "Message",
+            "",
+            "success",
+            format!("{detail}; {} messages: {}", ids.len(), ids.join(",")),
+        ),
+    )
+    .await?;
+    Ok(Json(serde_json::to_value(page).unwrap_or_default()))
+}
+
+/// A message as the API shows it: metadata, the body (text when UTF-8, else base64), the error
+/// of every failed attempt and the effects recorded by `journal` sinks.
+pub async fn message_detail(store: &Store, id: &str) -> Result<serde_json::Value, StoreError> {
+    let m = store
+        .get(id)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+    let errors = store.attempt_errors(id).await?;
+    let effects: Vec<serde_json::Value> = store
+        .effects(Some(&m.pipeline))
+        .await?
+        .into_iter()
+        .filter(|e| e.message_id == id)
+        .map(|e| {
+            let (body, enc) = body_repr(&e.body);
+            json!({ "sink": e.sink, "recorded_at": e.recorded_at, "body": body, "body_encoding": enc })
+        })
+        .collect();
+    let (body, enc) = body_repr(&m.body);
+    let mut v = serde_json::to_value(&m).unwrap_or_default();
+    v["body"] = body.into();
+    v["body_encoding"] = enc.into();
+    if let Some(k) = crate::expr::kind_support(&m.kind) {
+        v["parsed"] = match (k.describe)(&m.body, &m.headers) {
+            Ok(p) => p,
+            Err(e) => json!({ "error": e }),
+        };
+    }
+    v["errors"] = serde_json::to_value(errors).unwrap_or_default();
+    v["effects"] = effects.into();
+    Ok(v)
+}
+
+fn body_repr(b: &[u8]) -> (String, &'static str) {
+    match std::str::from_utf8(b) {
+        Ok(s) => (s.to_owned(), "utf-8"),
+        Err(_) => (
+            base64::engine::general_purpose::STANDARD.encode(b),
+            "base64",
+        ),
+    }
+}
+
+/// A message outside the caller's scope is answered as if it did not exist.
+async fn scoped_facility(s: &AppState, caller: &Caller, id: &str) -> Result<(), ApiError> {
+    let facility = s.store.get(id).await?.map(|m| m.facility);
+    match facility {
+        Some(f) if caller.scope.allows(&f) => Ok(()),
+        Some(f) => {
+            audit(
+                &s.store,
+                &caller.event(
+                    "message.read",
+                    "Message",
+                    id,
+                    "denied",
+                    format!("facility {f} is outside the caller's scope"),
+                ),
+            )
+            .await?;
+            Err(StoreError::NotFound(id.to_owned()).into())
+        }
+        None => Err(StoreError::NotFound(id.to_owned()).into()),
+    }
+}
+
+pub(super) async fn get_message(
+    State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    scoped_facility(&s, &caller, &id).await?;
+    let detail = message_detail(&s.store, &id).await?;
+    audit(
+        &s.store,
+        &caller.event("message.read", "Message", &id, "success", String::new()),
+    )
+    .await?;
+    Ok(Json(detail))
+}
+
+pub(super) async fn reprocess(
+    State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    scoped_facility(&s, &caller, &id).await?;
+    let event = caller.event(
+        "message.reprocess",
+        "Message",
+        &id,
+        "success",
+        String::new(),
+    );
+    let m = s.store.reprocess_audited(&id, Some(&event)).await?;
+    s.wake.notify_one();
+    tracing::info!(id = %m.id, pipeline = %m.pipeline, "reprocess requested");
+    Ok(Json(
+        json!({ "id": m.id, "pipeline": m.pipeline, "state": m.state }),
+    ))
+}

@@ -1,0 +1,156 @@
+//! Operational endpoints: health, readiness, metrics, pipelines, backlog and cluster.
+
+use super::*;
+
+pub(super) async fn health() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+pub(super) async fn ready(State(s): State<AppState>) -> Response {
+    let mut problems = Vec::new();
+    if !s.store.ping().await {
+        problems.push("store is not reachable".to_owned());
+    }
+    for p in s.pipelines.values() {
+        let info = p.info();
+        if !info.running {
+            problems.push(format!(
+                "pipeline {} is not running{}",
+                info.name,
+                info.error.map(|e| format!(": {e}")).unwrap_or_default()
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Json(json!({ "status": "ready" })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not ready", "problems": problems })),
+        )
+            .into_response()
+    }
+}
+
+/// Unfinished work per pipeline: in the journal (all nodes) and, with a broker, at the broker.
+async fn backlog_of(s: &AppState) -> Result<Vec<serde_json::Value>, ApiError> {
+    let rows = s.store.backlog().await?;
+    let broker = match &s.cluster {
+        Some(c) => match c.queue().depth().await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!(error = %e, "broker queue depth not available");
+                None
+            }
+        },
+        None => None,
+    };
+    let now = crate::message::now_ms();
+    Ok(s.pipelines
+        .keys()
+        .map(|p| {
+            let row = rows.iter().find(|r| &r.pipeline == p);
+            let oldest = row.and_then(|r| r.oldest_received_at);
+            json!({
+                "pipeline": p,
+                "messages": row.map_or(0, |r| r.messages),
+                "oldest_received_at": oldest,
+                "oldest_age_seconds": oldest.map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0),
+                "in_memory": s.pipelines.get(p).map_or(0, |h| h.queue_depth()),
+                "broker": broker.as_ref().map(|b| b.iter().find(|(n, _)| n == p).map_or(0, |x| x.1)),
+            })
+        })
+        .collect())
+}
+
+pub(super) async fn backlog(
+    State(s): State<AppState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(json!({ "pipelines": backlog_of(&s).await? })))
+}
+
+pub(super) async fn cluster(
+    State(s): State<AppState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(c) = &s.cluster else {
+        return Ok(Json(json!({ "queue": "local", "nodes": [] })));
+    };
+    let nodes = c.live_nodes().await?;
+    let a = c.assignment();
+    Ok(Json(json!({
+        "queue": c.queue().describe(),
+        "node": c.id(),
+        "partitions": { "rank": a.rank, "live": a.live },
+        "nodes": nodes,
+    })))
+}
+
+pub(super) async fn metrics(State(s): State<AppState>) -> Response {
+    for p in s.pipelines.values() {
+        s.metrics.set_queue_depth(p.name(), p.queue_depth());
+    }
+    if let Ok(rows) = backlog_of(&s).await {
+        for r in rows {
+            let p = r["pipeline"].as_str().unwrap_or_default();
+            s.metrics.set_backlog(
+                p,
+                r["messages"].as_i64().unwrap_or(0),
+                r["oldest_age_seconds"].as_f64().unwrap_or(0.0),
+            );
+            if let Some(d) = r["broker"].as_u64() {
+                s.metrics.set_broker_depth(p, d);
+            }
+        }
+    }
+    if let Some(c) = &s.cluster
+        && let Ok(n) = c.live_nodes().await
+    {
+        s.metrics.set_nodes(n.len());
+    }
+    if let Ok(counts) = s.store.counts().await {
+        for p in s.pipelines.keys() {
+            for st in MsgState::ALL {
+                let n = counts
+                    .iter()
+                    .find(|(cp, cs, _)| cp == p && *cs == st)
+                    .map_or(0, |c| c.2);
+                s.metrics.set_journal_count(p, st.as_str(), n);
+            }
+        }
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+        .into_response()
+}
+
+pub(super) async fn pipelines(
+    State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let counts = s.store.counts().await?;
+    let list: Vec<serde_json::Value> = s
+        .pipelines
+        .values()
+        .filter(|p| caller.scope.allows(p.facility()))
+        .map(|p| {
+            let info = p.info();
+            let mut by_state = serde_json::Map::new();
+            for st in MsgState::ALL {
+                let n = counts
+                    .iter()
+                    .find(|(cp, cs, _)| *cp == info.name && *cs == st)
+                    .map_or(0, |c| c.2);
+                by_state.insert(st.as_str().into(), n.into());
+            }
+            let mut v = serde_json::to_value(&info).unwrap_or_default();
+            v["messages"] = serde_json::Value::Object(by_state);
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "pipelines": list })))
+}

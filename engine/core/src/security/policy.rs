@@ -1,0 +1,164 @@
+//! The policy: roles, principals, facility scopes, actions, the role × action matrix and
+//! the route → action table.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+/// The roles of the platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Admin,
+    Integrator,
+    Auditor,
+    Expert,
+    LocalDoctor,
+    Pharmacist,
+    Patient,
+}
+
+impl Role {
+    pub const ALL: [Role; 7] = [
+        Role::Admin,
+        Role::Integrator,
+        Role::Auditor,
+        Role::Expert,
+        Role::LocalDoctor,
+        Role::Pharmacist,
+        Role::Patient,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Integrator => "integrator",
+            Role::Auditor => "auditor",
+            Role::Expert => "expert",
+            Role::LocalDoctor => "local-doctor",
+            Role::Pharmacist => "pharmacist",
+            Role::Patient => "patient",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub sub: String,
+    pub role: Role,
+    /// The caller's facility; `*` for platform staff who act for every facility.
+    pub facility: String,
+    /// `jwt` or `api-key`.
+    pub method: &'static str,
+}
+
+/// Facilities whose data a principal may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Facilities(BTreeSet<String>),
+}
+
+impl Scope {
+    pub fn allows(&self, facility: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Facilities(f) => f.contains(facility),
+        }
+    }
+
+    /// `None` for every facility, else the list (for repository filters).
+    pub fn facilities(&self) -> Option<Vec<String>> {
+        match self {
+            Scope::All => None,
+            Scope::Facilities(f) => Some(f.iter().cloned().collect()),
+        }
+    }
+}
+
+/// What an endpoint does, for the matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// List pipelines and their state.
+    ReadPipelines,
+    /// List and read messages (patient data).
+    ReadMessages,
+    /// Put messages back to work.
+    ReprocessMessages,
+    /// Send messages into an `http` source.
+    Ingest,
+    /// Read the audit trail.
+    ReadAudit,
+    /// See loaded plugins.
+    ReadPlugins,
+    /// Reload plugins.
+    ManagePlugins,
+    /// Read `/metrics` when it is not public.
+    ReadMetrics,
+}
+
+impl Action {
+    /// The role × action matrix (documented in docs/security.md; the authorisation test fails
+    /// if a cell changes).
+    pub fn roles(self) -> &'static [Role] {
+        use Role::*;
+        match self {
+            Action::ReadPipelines => &[Admin, Integrator, Auditor],
+            Action::ReadMessages => &[Admin, Integrator, Auditor],
+            Action::ReprocessMessages => &[Admin, Integrator],
+            Action::Ingest => &[Admin, Integrator],
+            Action::ReadAudit => &[Admin, Auditor],
+            Action::ReadPlugins => &[Admin, Integrator, Auditor],
+            Action::ManagePlugins => &[Admin],
+            Action::ReadMetrics => &[Admin, Integrator, Auditor],
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::ReadPipelines => "pipeline.read",
+            Action::ReadMessages => "message.read",
+            Action::ReprocessMessages => "message.reprocess",
+            Action::Ingest => "message.ingest",
+            Action::ReadAudit => "audit.read",
+            Action::ReadPlugins => "plugin.read",
+            Action::ManagePlugins => "plugin.reload",
+            Action::ReadMetrics => "metrics.read",
+        }
+    }
+}
+
+/// Every endpoint that needs a token: (method, axum route pattern, action). Endpoints not listed
+/// here and not public are refused.
+pub const ROUTES: &[(&str, &str, Action)] = &[
+    ("GET", "/api/pipelines", Action::ReadPipelines),
+    ("GET", "/api/backlog", Action::ReadPipelines),
+    ("GET", "/api/cluster", Action::ReadPipelines),
+    ("GET", "/api/messages", Action::ReadMessages),
+    ("GET", "/api/messages/{id}", Action::ReadMessages),
+    (
+        "POST",
+        "/api/messages/{id}/reprocess",
+        Action::ReprocessMessages,
+    ),
+    ("POST", "/in/{*path}", Action::Ingest),
+    ("GET", "/api/audit", Action::ReadAudit),
+    ("GET", "/api/audit/verify", Action::ReadAudit),
+    ("GET", "/api/plugins", Action::ReadPlugins),
+    ("POST", "/api/plugins/{name}/reload", Action::ManagePlugins),
+    ("GET", "/metrics", Action::ReadMetrics),
+];
+
+/// Endpoints open to anyone.
+pub const PUBLIC: &[&str] = &["/health", "/ready"];
