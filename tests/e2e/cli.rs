@@ -76,3 +76,69 @@ fn hl7_parse_prints_paths_and_decoded_values() {
     assert!(has("OBX[2]-3.2", "糖化血红蛋白"), "{text}");
     assert!(has("NTE-3", "建议内分泌科会诊"), "{text}");
 }
+
+/// `token issue` puts every token it gives out on the audit trail (its id, never the token) and
+/// refuses a lifetime over security.max_token_ttl.
+#[test]
+fn issued_tokens_are_audited_and_their_lifetime_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/h.db", dir.path().display());
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_huizhen"))
+            .args(["--database-url", &db])
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "token",
+        "issue",
+        "--sub",
+        "li.wei",
+        "--role",
+        "integrator",
+        "--facility",
+        "county-3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(token.split('.').count(), 3, "{token}");
+    let out = run(&[
+        "token",
+        "issue",
+        "--sub",
+        "li.wei",
+        "--role",
+        "admin",
+        "--facility",
+        "*",
+        "--ttl",
+        "30d",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("security.max_token_ttl"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["audit", "list"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let issued: Vec<&str> = listed
+        .lines()
+        .filter(|l| l.contains("token.issue"))
+        .collect();
+    assert_eq!(issued.len(), 1, "{listed}");
+    assert!(
+        issued[0].contains("li.wei") && issued[0].contains("county-3"),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains(&token),
+        "the token itself is not on the trail"
+    );
+}

@@ -44,7 +44,8 @@ pub(crate) fn authed_client(timeout: Duration) -> reqwest::Client {
         "*",
         Duration::from_secs(3600),
     )
-    .unwrap();
+    .unwrap()
+    .token;
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,

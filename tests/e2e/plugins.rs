@@ -55,6 +55,7 @@ fn token(role: Role) -> String {
         Duration::from_secs(600),
     )
     .unwrap()
+    .token
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

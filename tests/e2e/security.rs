@@ -2,7 +2,6 @@
 //! failed logins, and tamper detection of the audit trail (API, store and `huizhen audit
 //! verify`).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +30,7 @@ fn token(role: Role, facility: &str) -> String {
         Duration::from_secs(600),
     )
     .unwrap()
+    .token
 }
 
 struct Server {
@@ -63,13 +63,9 @@ async fn server_with(cfg: SecurityConfig) -> Server {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-    });
+    let cfg = huizhen_core::config::HttpConfig::default();
+    let stop = engine.shutdown_token();
+    tokio::spawn(async move { huizhen_core::http::serve(listener, app, &cfg, None, stop).await });
     Server {
         engine,
         base: format!("http://{addr}"),
@@ -111,22 +107,41 @@ impl Server {
     }
 }
 
-/// The matrix. Each row: endpoint, then the expected status for each role, for a token of
-/// facility A, of facility B and of every facility (`*`). The message and pipeline in the
-/// requests belong to facility A. A changed cell fails the test.
+/// The matrix, generated from the route table: every (method, route) of
+/// `huizhen_core::security::ROUTES` must have a row here (a new route without one fails the
+/// test, and so does a row for a route that is gone). Each row: the concrete request, then the
+/// expected status for each role, for a token of facility A (which owns the message and
+/// pipeline), B (unrelated), C (reads A's data under a sharing agreement) and every facility
+/// (`*`). `/metrics` is not public in this server. A changed cell fails the test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorisation_matrix_role_by_facility_by_endpoint() {
-    let s = server(100).await;
+    let s = server_with(SecurityConfig {
+        max_failures: 100,
+        public_metrics: false,
+        sharing: vec![huizhen_core::security::Sharing {
+            owner: "hosp-a".into(),
+            reader: "hosp-c".into(),
+        }],
+        ..security_config()
+    })
+    .await;
     let id = s.ingest("/in/a").await;
-    // Wait until it is done so that reprocess answers 200 rather than 409.
-    crate::support::wait_for("message done", Duration::from_secs(10), || {
+    let wait_done = || {
         let store = s.engine.store.clone();
         let id = id.clone();
         async move {
-            (store.get(&id).await.ok()??.state == huizhen_core::message::State::Done).then_some(())
+            crate::support::wait_for("message done", Duration::from_secs(10), || {
+                let store = store.clone();
+                let id = id.clone();
+                async move {
+                    (store.get(&id).await.ok()??.state == huizhen_core::message::State::Done)
+                        .then_some(())
+                }
+            })
+            .await
         }
-    })
-    .await;
+    };
+    wait_done().await;
     let msg = format!("/api/messages/{id}");
     let reprocess = format!("/api/messages/{id}/reprocess");
     use Role::*;
@@ -139,135 +154,131 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
         Pharmacist,
         Patient,
     ];
-    // (method, path, [[A, B, *] per role in the order above])
-    let table: Vec<(&str, &str, [[u16; 3]; 7])> = vec![
+    const NO: [u16; 4] = [403, 403, 403, 403];
+    const ALL: [u16; 4] = [200, 200, 200, 200];
+    const PLATFORM: [u16; 4] = [403, 403, 403, 200];
+    // (method, route pattern, concrete path, [[A, B, C, *] per role in the order above])
+    let table: Vec<(&str, &str, &str, [[u16; 4]; 7])> = vec![
         (
             "GET",
             "/api/pipelines",
-            [
-                [200, 200, 200],
-                [200, 200, 200],
-                [200, 200, 200],
-                [403, 403, 403],
-                [403, 403, 403],
-                [403, 403, 403],
-                [403, 403, 403],
-            ],
+            "/api/pipelines",
+            [ALL, ALL, ALL, NO, NO, NO, NO],
         ),
         (
             "GET",
             "/api/backlog",
-            [
-                [200, 200, 200],
-                [200, 200, 200],
-                [200, 200, 200],
-                [403, 403, 403],
-                [403, 403, 403],
-                [403, 403, 403],
-                [403, 403, 403],
-            ],
+            "/api/backlog",
+            [ALL, ALL, ALL, NO, NO, NO, NO],
         ),
         (
             "GET",
             "/api/cluster",
-            [
-                [200, 200, 200],
-                [200, 200, 200],
-                [200, 200, 200],
-                [403, 403, 403],
-                [403, 403, 403],
-                [403, 403, 403],
-                [403, 403, 403],
-            ],
+            "/api/cluster",
+            [PLATFORM, PLATFORM, PLATFORM, NO, NO, NO, NO],
         ),
         (
             "GET",
             "/api/messages",
-            [
-                [200, 200, 200],
-                [200, 200, 200],
-                [200, 200, 200],
-                [403, 403, 403],
-                [403, 403, 403],
-                [403, 403, 403],
-                [403, 403, 403],
-            ],
+            "/api/messages",
+            [ALL, ALL, ALL, NO, NO, NO, NO],
         ),
         (
             "GET",
+            "/api/messages/{id}",
             &msg,
             [
-                [200, 404, 200],
-                [200, 404, 200],
-                [200, 404, 200],
-                [403, 403, 403],
-                [403, 403, 403],
-                [403, 403, 403],
-                [403, 403, 403],
+                [200, 404, 200, 200],
+                [200, 404, 200, 200],
+                [200, 404, 200, 200],
+                NO,
+                NO,
+                NO,
+                NO,
             ],
         ),
         (
             "POST",
+            "/api/messages/{id}/reprocess",
             &reprocess,
             [
-                [200, 404, 200],
-                [200, 404, 200],
-                [403, 403, 403],
-                [403, 403, 403],
-                [403, 403, 403],
-                [403, 403, 403],
-                [403, 403, 403],
+                [200, 404, 403, 200],
+                [200, 404, 403, 200],
+                NO,
+                NO,
+                NO,
+                NO,
+                NO,
             ],
         ),
         (
             "POST",
+            "/in/{*path}",
             "/in/a",
             [
-                [202, 403, 202],
-                [202, 403, 202],
-                [403, 403, 403],
-                [403, 403, 403],
-                [403, 403, 403],
-                [403, 403, 403],
-                [403, 403, 403],
+                [202, 403, 403, 202],
+                [202, 403, 403, 202],
+                NO,
+                NO,
+                NO,
+                NO,
+                NO,
             ],
         ),
         (
             "GET",
             "/api/audit",
-            [
-                [200, 200, 200],
-                [403, 403, 403],
-                [200, 200, 200],
-                [403, 403, 403],
-                [403, 403, 403],
-                [403, 403, 403],
-                [403, 403, 403],
-            ],
+            "/api/audit",
+            [ALL, NO, ALL, NO, NO, NO, NO],
         ),
         (
             "GET",
             "/api/audit/verify",
-            [
-                [403, 403, 200],
-                [403, 403, 403],
-                [403, 403, 200],
-                [403, 403, 403],
-                [403, 403, 403],
-                [403, 403, 403],
-                [403, 403, 403],
-            ],
+            "/api/audit/verify",
+            [PLATFORM, NO, PLATFORM, NO, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/api/plugins",
+            "/api/plugins",
+            [ALL, ALL, ALL, NO, NO, NO, NO],
+        ),
+        (
+            "POST",
+            "/api/plugins/{name}/reload",
+            "/api/plugins/no-such-plugin/reload",
+            // Platform admins get as far as the registry: no such plugin.
+            [[403, 403, 403, 404], NO, NO, NO, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/metrics",
+            "/metrics",
+            [ALL, ALL, ALL, NO, NO, NO, NO],
         ),
     ];
     let mut wrong = Vec::new();
-    for (method, path, expect) in &table {
+    for (method, pattern, _) in huizhen_core::security::ROUTES {
+        if !table.iter().any(|r| r.0 == *method && r.1 == *pattern) {
+            wrong.push(format!(
+                "{method} {pattern} is in the route table but has no row in the matrix"
+            ));
+        }
+    }
+    for (method, pattern, ..) in &table {
+        if !huizhen_core::security::ROUTES
+            .iter()
+            .any(|r| r.0 == *method && r.1 == *pattern)
+        {
+            wrong.push(format!(
+                "the matrix has a row for {method} {pattern}, which is not in the route table"
+            ));
+        }
+    }
+    for (method, _, path, expect) in &table {
         for (ri, role) in roles.iter().enumerate() {
-            for (fi, facility) in ["hosp-a", "hosp-b", "*"].iter().enumerate() {
-                let mut got = s.call(method, path, Some(&token(*role, facility))).await;
-                // Reprocessing twice in a row may find the message not yet done again.
-                if got == 409 && expect[ri][fi] == 200 {
-                    got = 200;
-                }
+            for (fi, facility) in ["hosp-a", "hosp-b", "hosp-c", "*"].iter().enumerate() {
+                let got = s.call(method, path, Some(&token(*role, facility))).await;
                 if got != expect[ri][fi] {
                     wrong.push(format!(
                         "{method} {path} as {role}@{facility}: expected {}, got {got}",
@@ -275,7 +286,8 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
                     ));
                 }
                 if got == 200 && path.ends_with("/reprocess") {
-                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    // The next reprocess needs the message finished again.
+                    wait_done().await;
                 }
             }
         }
@@ -286,13 +298,19 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
         wrong.join("\n")
     );
 
-    // Without a token: 401 everywhere but the public endpoints.
-    for (method, path, _) in &table {
+    // Without a token: 401 everywhere but the public endpoints (and /metrics is not public here).
+    for (method, _, path, _) in &table {
         assert_eq!(s.call(method, path, None).await, 401, "{method} {path}");
     }
     assert_eq!(s.call("GET", "/health", None).await, 200);
     assert_eq!(s.call("GET", "/ready", None).await, 200);
-    assert_eq!(s.call("GET", "/metrics", None).await, 200);
+    let open = server(100).await;
+    assert_eq!(
+        open.call("GET", "/metrics", None).await,
+        200,
+        "/metrics is public by default"
+    );
+    open.engine.shutdown(Duration::from_secs(5)).await;
 
     // The list of facility B's integrator holds none of A's messages, and A's holds them.
     let list = |t: String| {
@@ -321,6 +339,32 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
     let a_sees = list(token(Integrator, "hosp-a")).await;
     assert!(!a_sees.is_empty() && a_sees.iter().all(|f| f == "hosp-a"));
 
+    // The backlog shows the pipelines of the caller's facilities only.
+    let backlog = |t: String| {
+        let c = s.client.clone();
+        let url = format!("{}/api/backlog", s.base);
+        async move {
+            let v: serde_json::Value = c
+                .get(url)
+                .bearer_auth(t)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["pipelines"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["pipeline"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(backlog(token(Integrator, "hosp-b")).await, ["b"]);
+    assert_eq!(backlog(token(Integrator, "hosp-c")).await, ["a"]);
+    assert_eq!(backlog(token(Integrator, "*")).await, ["a", "b"]);
+
     // Every read, write, denial and failed login was audited, and the chain is intact.
     let report = s.engine.store.verify_audit().await.unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
@@ -339,12 +383,28 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
             .filter(|e| e.event.action == action && e.event.outcome == outcome)
             .count()
     };
-    assert_eq!(count("message.read", "success"), 6, "reads of the message");
+    assert_eq!(
+        count("message.read", "success"),
+        9,
+        "reads of the message (A, C, *)"
+    );
     assert!(
         count("message.read", "denied") >= 3,
         "B's attempts on A's message"
     );
-    assert!(count("message.reprocess", "success") >= 4);
+    assert_eq!(count("message.reprocess", "success"), 4);
+    let refused_by_sharing = events
+        .iter()
+        .filter(|e| {
+            e.event.action == "message.reprocess"
+                && e.event.outcome == "denied"
+                && e.event.resource_type == "Message"
+        })
+        .count();
+    assert_eq!(
+        refused_by_sharing, 2,
+        "C may read A's message but not reprocess it (admin and integrator of C)"
+    );
     assert!(count("message.ingest", "success") >= 5);
     assert!(count("login.failed", "failed") >= 7);
     let read = events
@@ -358,7 +418,12 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_work_until_revoked_and_bad_tokens_are_throttled() {
-    let s = server(5).await;
+    let s = server_with(SecurityConfig {
+        max_failures: 3,
+        max_failures_per_address: 8,
+        ..security_config()
+    })
+    .await;
     let (key, row) = huizhen_core::security::new_api_key("lis-a", Role::Integrator, "hosp-a");
     s.engine.store.create_api_key(&row).await.unwrap();
     assert_eq!(s.call("POST", "/in/a", Some(&key)).await, 202);
@@ -372,21 +437,44 @@ async fn api_keys_work_until_revoked_and_bad_tokens_are_throttled() {
     s.engine.store.revoke_api_key(&row.id).await.unwrap();
     assert_eq!(s.call("POST", "/in/a", Some(&key)).await, 401);
 
-    // The revoked key was failure 1. A token signed with another secret, a made-up key, not a
-    // JWT, no token: 401; after max_failures (5) from this address, 429 even for a good token,
-    // until the window ends.
-    let forged = huizhen_core::security::issue_from_config(
-        &SecurityConfig {
-            jwt_secret: Some("another-secret-another-secret-0000".into()),
-            ..SecurityConfig::default()
-        },
-        "mallory",
-        Role::Admin,
-        "*",
-        Duration::from_secs(600),
-    )
-    .unwrap();
-    assert_eq!(s.call("GET", "/api/pipelines", Some(&forged)).await, 401);
+    // Failed attempts count per (address, claimed subject): after max_failures (3) the same
+    // subject from this address gets 429, while a colleague behind the same (NAT) address
+    // still gets in; after max_failures_per_address (8), whatever subject, the address does.
+    let forged = |sub: &str| {
+        huizhen_core::security::issue_from_config(
+            &SecurityConfig {
+                jwt_secret: Some("another-secret-another-secret-0000".into()),
+                ..SecurityConfig::default()
+            },
+            sub,
+            Role::Admin,
+            "*",
+            Duration::from_secs(600),
+        )
+        .unwrap()
+        .token
+    };
+    // The revoked key was failure 1 of this address (subject apikey:<id>).
+    for _ in 0..3 {
+        assert_eq!(
+            s.call("GET", "/api/pipelines", Some(&forged("mallory")))
+                .await,
+            401
+        );
+    }
+    assert_eq!(
+        s.call("GET", "/api/pipelines", Some(&forged("mallory")))
+            .await,
+        429,
+        "the same subject from the same address is throttled"
+    );
+    let good = token(Role::Admin, "*");
+    assert_eq!(
+        s.call("GET", "/api/pipelines", Some(&good)).await,
+        200,
+        "another subject from the same address is not"
+    );
+    // A spray: made-up keys, not a JWT, no token, other names — 4 more failures reach 8.
     assert_eq!(
         s.call("GET", "/api/pipelines", Some("hzk_0000_ffff")).await,
         401
@@ -397,9 +485,13 @@ async fn api_keys_work_until_revoked_and_bad_tokens_are_throttled() {
     );
     assert_eq!(s.call("GET", "/api/pipelines", None).await, 401);
     assert_eq!(
-        s.call("GET", "/api/pipelines", Some(&token(Role::Admin, "*")))
-            .await,
-        429
+        s.call("GET", "/api/pipelines", Some(&forged("eve"))).await,
+        401
+    );
+    assert_eq!(
+        s.call("GET", "/api/pipelines", Some(&good)).await,
+        429,
+        "the whole address after max_failures_per_address"
     );
     s.engine.shutdown(Duration::from_secs(5)).await;
 }

@@ -277,7 +277,8 @@ async fn https_api_serves_tls_clients_and_refuses_plaintext() {
         "*",
         Duration::from_secs(60),
     )
-    .unwrap();
+    .unwrap()
+    .token;
     let api = s_client(
         dir,
         port,

@@ -171,7 +171,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Hl7(cmd) => hl7::run(cmd).await,
         Command::Token(cmd) => {
-            security::token(&root_config(cli.config.as_deref(), cli.database_url)?, cmd)
+            let root = root_config(cli.config.as_deref(), cli.database_url.clone())?;
+            let store = open_store(cli.config.as_deref(), cli.database_url).await?;
+            store.migrate().await?;
+            security::token(&root, &store, cmd).await
         }
         Command::Apikey(cmd) => {
             let store = open_store(cli.config.as_deref(), cli.database_url).await?;

@@ -133,14 +133,32 @@ pub fn parse_ttl(s: &str) -> Result<Duration> {
     Ok(Duration::from_secs(secs))
 }
 
-pub fn token(root: &RootConfig, cmd: TokenCommand) -> Result<ExitCode> {
+/// Issues a token; it is printed only once its issue is on the audit trail (id, subject,
+/// role, facility, expiry — never the token itself).
+pub async fn token(root: &RootConfig, store: &Store, cmd: TokenCommand) -> Result<ExitCode> {
     match cmd {
         TokenCommand::Issue(a) => {
             let role = parse_role(&a.role)?;
             let ttl = parse_ttl(&a.ttl)?;
             let t = security::issue_from_config(&root.security, &a.sub, role, &a.facility, ttl)
                 .map_err(|e| anyhow::anyhow!(e))?;
-            println!("{t}");
+            store
+                .audit(&cli_event(
+                    "token.issue",
+                    "Token",
+                    &t.id,
+                    format!(
+                        "for {} ({role}, facility {}), expires {}",
+                        a.sub,
+                        a.facility,
+                        chrono::DateTime::from_timestamp(t.expires_at as i64, 0)
+                            .map(|d| d.to_rfc3339())
+                            .unwrap_or_else(|| t.expires_at.to_string())
+                    ),
+                ))
+                .await
+                .context("the token's issue could not be audited, so it is not given out")?;
+            println!("{}", t.token);
             Ok(ExitCode::SUCCESS)
         }
     }

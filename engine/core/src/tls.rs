@@ -11,7 +11,8 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::Deserialize;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+pub use tokio_rustls::TlsAcceptor;
+use tokio_rustls::TlsConnector;
 
 /// `tls:` under `http` (root config) or an `mllp` source.
 #[derive(Debug, Clone, Deserialize)]

@@ -41,7 +41,17 @@ pub async fn guard(State(sec): State<Arc<Security>>, mut req: Request, next: Nex
         )
         .into_response();
     };
-    if let Err(e) = sec.check_throttle(ip) {
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::to_owned);
+    let claimed = crate::security::claimed_subject(bearer.as_deref());
+    if let Err(e) = sec.check_throttle(ip, &claimed) {
         return ApiError(StatusCode::TOO_MANY_REQUESTS, e.to_string()).into_response();
     }
     // Ingestion is held back by the journal's back-pressure instead: a hospital system's burst
@@ -61,15 +71,6 @@ pub async fn guard(State(sec): State<Arc<Security>>, mut req: Request, next: Nex
         }
         return r;
     }
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::to_owned);
     let principal = match sec.authenticate(bearer.as_deref()).await {
         Ok(p) => p,
         Err(AuthError::Unavailable(m)) => {
@@ -81,7 +82,7 @@ pub async fn guard(State(sec): State<Arc<Security>>, mut req: Request, next: Nex
             .into_response();
         }
         Err(e) => {
-            sec.record_failure(ip);
+            sec.record_failure(ip, &claimed);
             tracing::warn!(%source, endpoint = %format!("{method} {pattern}"), error = %e, "authentication failed");
             let ev = AuditEvent {
                 actor: "anonymous".into(),
@@ -91,7 +92,7 @@ pub async fn guard(State(sec): State<Arc<Security>>, mut req: Request, next: Nex
                 outcome: "failed".into(),
                 source,
                 purpose,
-                detail: e.to_string(),
+                detail: format!("{e} (claimed subject {claimed})"),
                 ..AuditEvent::default()
             };
             if let Err(err) = sec.store().audit(&ev).await {

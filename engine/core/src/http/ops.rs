@@ -63,15 +63,35 @@ async fn backlog_of(s: &AppState) -> Result<Vec<serde_json::Value>, ApiError> {
         .collect())
 }
 
+/// The backlog of the pipelines of the caller's facilities.
 pub(super) async fn backlog(
     State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(json!({ "pipelines": backlog_of(&s).await? })))
+    let rows: Vec<_> = backlog_of(&s)
+        .await?
+        .into_iter()
+        .filter(|r| {
+            let p = r["pipeline"].as_str().unwrap_or_default();
+            s.pipelines
+                .get(p)
+                .is_some_and(|h| caller.scope.allows(h.facility()))
+        })
+        .collect();
+    Ok(Json(json!({ "pipelines": rows })))
 }
 
+/// The cluster's nodes and queue: infrastructure of every facility, so platform staff only.
 pub(super) async fn cluster(
     State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    if caller.scope != Scope::All {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "the cluster view needs platform scope (facility *)".into(),
+        ));
+    }
     let Some(c) = &s.cluster else {
         return Ok(Json(json!({ "queue": "local", "nodes": [] })));
     };

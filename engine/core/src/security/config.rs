@@ -67,12 +67,26 @@ pub struct SecurityConfig {
     /// Required `aud` of JWTs, when set.
     #[serde(default)]
     pub audience: Option<String>,
+    /// Accept HS256 tokens signed with the engine's secret (what `huizhen token issue` makes).
+    /// Default true; set false when every user comes through the identity provider's JWKS, so
+    /// that a leaked engine secret cannot mint tokens.
+    #[serde(default = "yes")]
+    pub hs256: bool,
+    /// The longest lifetime of an HS256 token: `huizhen token issue --ttl` refuses more, and
+    /// the engine refuses a token whose `exp - iat` is longer. Default 24h.
+    #[serde(default = "default_max_token_ttl", with = "crate::config::duration")]
+    pub max_token_ttl: Duration,
     /// `/metrics` without a token (Prometheus scrapers). Default true.
     #[serde(default = "yes")]
     pub public_metrics: bool,
-    /// Failed authentications from one address before it is refused for the rest of the window.
+    /// Failed authentications of one subject from one address before that subject is refused
+    /// from that address for the rest of the window.
     #[serde(default = "default_max_failures")]
     pub max_failures: u32,
+    /// Failed authentications from one address, whatever subject they claim, before the
+    /// address is refused for the rest of the window (password sprays). Default 200.
+    #[serde(default = "default_max_failures_per_address")]
+    pub max_failures_per_address: u32,
     #[serde(default = "default_failure_window", with = "crate::config::duration")]
     pub failure_window: Duration,
     /// Data-sharing agreements: `reader` facility's users may read `owner`'s data.
@@ -122,8 +136,11 @@ impl Default for SecurityConfig {
             jwks_file: None,
             issuer: None,
             audience: None,
+            hs256: true,
+            max_token_ttl: default_max_token_ttl(),
             public_metrics: true,
             max_failures: default_max_failures(),
+            max_failures_per_address: default_max_failures_per_address(),
             failure_window: default_failure_window(),
             sharing: Vec::new(),
             encryption: crate::crypto::EncryptionConfig::default(),
@@ -135,8 +152,14 @@ impl Default for SecurityConfig {
 fn default_secret_file() -> PathBuf {
     "data/jwt.secret".into()
 }
+fn default_max_token_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
 fn yes() -> bool {
     true
+}
+fn default_max_failures_per_address() -> u32 {
+    200
 }
 fn default_max_failures() -> u32 {
     10

@@ -154,6 +154,16 @@ pub(super) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A token just issued, with what the audit trail records of it.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub token: String,
+    /// The `jti` claim.
+    pub id: String,
+    /// `exp`, seconds since the epoch.
+    pub expires_at: u64,
+}
+
 /// Signs an HS256 token.
 pub fn issue_with(
     key: &EncodingKey,
@@ -162,7 +172,7 @@ pub fn issue_with(
     facility: &str,
     ttl: Duration,
     issuer: Option<&str>,
-) -> Result<String, String> {
+) -> Result<Issued, String> {
     if sub.trim().is_empty() {
         return Err("the subject (--sub) must not be empty".into());
     }
@@ -180,18 +190,39 @@ pub fn issue_with(
         exp: now + ttl.as_secs().max(1),
         iat: now,
         iss: issuer.map(str::to_owned),
+        nbf: None,
+        jti: Some(crate::message::new_id()),
     };
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key).map_err(|e| e.to_string())
+    let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key)
+        .map_err(|e| e.to_string())?;
+    Ok(Issued {
+        token,
+        id: claims.jti.unwrap_or_default(),
+        expires_at: claims.exp,
+    })
 }
 
-/// Issues a token from the config alone (the CLI, without a store).
+/// Issues an HS256 token from the config alone (the CLI), within `security.max_token_ttl`.
 pub fn issue_from_config(
     cfg: &SecurityConfig,
     sub: &str,
     role: Role,
     facility: &str,
     ttl: Duration,
-) -> Result<String, String> {
+) -> Result<Issued, String> {
+    if !cfg.hs256 {
+        return Err(
+            "HS256 tokens are switched off (security.hs256: false); the identity provider issues tokens"
+                .into(),
+        );
+    }
+    if ttl > cfg.max_token_ttl {
+        return Err(format!(
+            "a token may live at most {} (security.max_token_ttl), not {}",
+            humantime::format_duration(cfg.max_token_ttl),
+            humantime::format_duration(ttl)
+        ));
+    }
     let secret = load_secret(cfg)?;
     issue_with(
         &EncodingKey::from_secret(&secret),

@@ -12,9 +12,10 @@
 //!   reversed by enumeration), revocable.
 //!
 //! A token names a subject (`sub`), a [`Role`] and a facility (`*` = every facility, for
-//! platform staff). Failed attempts are counted per client address: after
-//! `security.max_failures` within `security.failure_window`, that address gets 429 until the
-//! window passes. Every failure is audited.
+//! platform staff). Failed attempts are counted per client address and claimed subject: after
+//! `security.max_failures` within `security.failure_window` that pair gets 429 until the
+//! window passes, and after `security.max_failures_per_address` the whole address does.
+//! Every failure is audited.
 //!
 //! **Authorisation.** [`Action::roles`] is the role × action matrix and [`ROUTES`] maps every
 //! endpoint to its action; an endpoint missing from the table is refused (deny by default).
@@ -29,7 +30,7 @@ mod policy;
 
 pub use config::{RateLimit, Secret, SecurityConfig, Sharing};
 pub(crate) use keys::create_file_once;
-pub use keys::{issue_from_config, issue_with, load_secret, new_api_key};
+pub use keys::{Issued, issue_from_config, issue_with, load_secret, new_api_key};
 use keys::{load_jwks, same};
 pub use policy::{Action, PUBLIC, Principal, ROUTES, Role, Scope};
 
@@ -43,6 +44,45 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::store::Store;
+
+/// Failed authentications in the current window.
+#[derive(Default)]
+struct Failures {
+    by_subject: HashMap<(IpAddr, String), (u32, Instant)>,
+    by_address: HashMap<IpAddr, (u32, Instant)>,
+}
+
+fn bump(e: &mut (u32, Instant), window: Duration) {
+    if e.1.elapsed() > window {
+        *e = (0, Instant::now());
+    }
+    e.0 += 1;
+}
+
+/// The subject a bearer token claims, before it is verified: the API key's id or the JWT's
+/// `sub` (at most 128 characters); `-` when there is none. Used only to count failed attempts.
+pub fn claimed_subject(bearer: Option<&str>) -> String {
+    use base64::Engine as _;
+    let Some(t) = bearer.map(str::trim) else {
+        return "-".into();
+    };
+    let sub = if let Some(rest) = t.strip_prefix("hzk_") {
+        rest.split('_').next().map(|id| format!("apikey:{id}"))
+    } else {
+        t.split('.')
+            .nth(1)
+            .and_then(|p| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(p)
+                    .ok()
+            })
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["sub"].as_str().map(str::to_owned))
+    };
+    sub.filter(|s| !s.is_empty())
+        .map(|s| s.chars().take(128).collect())
+        .unwrap_or_else(|| "-".into())
+}
 
 /// Why a request was not let in.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,11 +111,20 @@ pub struct Claims {
     pub iat: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
+    /// Not valid before (checked when present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// The token's id: `huizhen token issue` records it in the audit trail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 /// The authenticator and the policy.
 pub struct Security {
     hs256: (EncodingKey, DecodingKey),
+    /// `security.hs256`: whether HS256 tokens are accepted at all.
+    hs256_on: bool,
+    max_token_ttl: Duration,
     jwks: Vec<(Option<String>, Algorithm, DecodingKey)>,
     issuer: Option<String>,
     audience: Option<String>,
@@ -83,7 +132,9 @@ pub struct Security {
     public_metrics: bool,
     max_failures: u32,
     window: Duration,
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    max_failures_per_address: u32,
+    /// Failed attempts per (address, claimed subject), and per address alone.
+    failures: Mutex<Failures>,
     rate: RateLimit,
     buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
     store: Store,
@@ -110,6 +161,8 @@ impl Security {
             }
         }
         Ok(Security {
+            hs256_on: cfg.hs256,
+            max_token_ttl: cfg.max_token_ttl,
             hs256: (
                 EncodingKey::from_secret(&secret),
                 DecodingKey::from_secret(&secret),
@@ -121,7 +174,8 @@ impl Security {
             public_metrics: cfg.public_metrics,
             max_failures: cfg.max_failures.max(1),
             window: cfg.failure_window,
-            failures: Mutex::new(HashMap::new()),
+            max_failures_per_address: cfg.max_failures_per_address.max(1),
+            failures: Mutex::new(Failures::default()),
             rate: cfg.rate_limit,
             buckets: Mutex::new(HashMap::new()),
             store,
@@ -137,31 +191,25 @@ impl Security {
         PUBLIC.contains(&path_pattern) || (self.public_metrics && path_pattern == "/metrics")
     }
 
-    /// Issues an HS256 token (what `huizhen token issue` prints).
-    pub fn issue(
-        &self,
-        sub: &str,
-        role: Role,
-        facility: &str,
-        ttl: Duration,
-    ) -> Result<String, String> {
-        issue_with(
-            &self.hs256.0,
-            sub,
-            role,
-            facility,
-            ttl,
-            self.issuer.as_deref(),
-        )
-    }
-
-    /// Refuses an address that failed too often recently.
-    pub fn check_throttle(&self, ip: IpAddr) -> Result<(), AuthError> {
+    /// Refuses a caller that failed too often recently: the same subject from the same address
+    /// after `security.max_failures`, or any subject from the address after
+    /// `security.max_failures_per_address` (a hospital behind one NAT address is not locked out
+    /// by one user's typos, a password spray from one address still is).
+    pub fn check_throttle(&self, ip: IpAddr, subject: &str) -> Result<(), AuthError> {
         let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((n, since)) = f.get(&ip) {
-            if since.elapsed() > self.window {
-                f.remove(&ip);
+        let window = self.window;
+        let key = (ip, subject.to_owned());
+        if let Some((n, since)) = f.by_subject.get(&key) {
+            if since.elapsed() > window {
+                f.by_subject.remove(&key);
             } else if *n >= self.max_failures {
+                return Err(AuthError::Throttled);
+            }
+        }
+        if let Some((n, since)) = f.by_address.get(&ip) {
+            if since.elapsed() > window {
+                f.by_address.remove(&ip);
+            } else if *n >= self.max_failures_per_address {
                 return Err(AuthError::Throttled);
             }
         }
@@ -192,18 +240,28 @@ impl Security {
         }
     }
 
-    /// Counts a failed attempt from an address.
-    pub fn record_failure(&self, ip: IpAddr) {
+    /// Counts a failed attempt of `subject` (as the token claims it) from an address.
+    pub fn record_failure(&self, ip: IpAddr, subject: &str) {
         let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if f.len() > 100_000 {
-            let window = self.window;
-            f.retain(|_, (_, since)| since.elapsed() <= window);
+        let window = self.window;
+        if f.by_subject.len() > 100_000 {
+            f.by_subject
+                .retain(|_, (_, since)| since.elapsed() <= window);
         }
-        let e = f.entry(ip).or_insert((0, Instant::now()));
-        if e.1.elapsed() > self.window {
-            *e = (0, Instant::now());
+        if f.by_address.len() > 100_000 {
+            f.by_address
+                .retain(|_, (_, since)| since.elapsed() <= window);
         }
-        e.0 += 1;
+        bump(
+            f.by_subject
+                .entry((ip, subject.to_owned()))
+                .or_insert((0, Instant::now())),
+            window,
+        );
+        bump(
+            f.by_address.entry(ip).or_insert((0, Instant::now())),
+            window,
+        );
     }
 
     /// Checks a bearer token (JWT or API key) and returns who it is.
@@ -215,6 +273,11 @@ impl Security {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthError::Invalid(format!("not a JWT: {e}")))?;
         let key = match header.alg {
+            Algorithm::HS256 if !self.hs256_on => {
+                return Err(AuthError::Invalid(
+                    "HS256 tokens are switched off (security.hs256: false); use a token of the identity provider".into(),
+                ));
+            }
             Algorithm::HS256 => &self.hs256.1,
             Algorithm::RS256 | Algorithm::ES256 => {
                 let found = self.jwks.iter().find(|(kid, alg, _)| {
@@ -244,16 +307,36 @@ impl Security {
         };
         let mut v = Validation::new(header.alg);
         v.leeway = 30;
-        v.set_required_spec_claims(&["exp", "sub"]);
+        v.validate_nbf = true;
+        // A configured issuer or audience is required, not only checked when present.
+        let mut required = vec!["exp", "sub"];
         if let Some(iss) = &self.issuer {
             v.set_issuer(&[iss]);
+            required.push("iss");
         }
         match &self.audience {
-            Some(aud) => v.set_audience(&[aud]),
+            Some(aud) => {
+                v.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => v.validate_aud = false,
         }
+        if header.alg == Algorithm::HS256 {
+            // Our own tokens carry `iat`; their lifetime is capped like `token issue`'s.
+            required.push("iat");
+        }
+        v.set_required_spec_claims(&required);
         let data = jsonwebtoken::decode::<Claims>(token, key, &v)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        if header.alg == Algorithm::HS256
+            && data.claims.exp.saturating_sub(data.claims.iat) > self.max_token_ttl.as_secs() + 30
+        {
+            return Err(AuthError::Invalid(format!(
+                "the token lives {}s, longer than security.max_token_ttl ({}s)",
+                data.claims.exp.saturating_sub(data.claims.iat),
+                self.max_token_ttl.as_secs()
+            )));
+        }
         let c = data.claims;
         let role = Role::parse(&c.role)
             .ok_or_else(|| AuthError::Invalid(format!("unknown role {:?}", c.role)))?;
@@ -478,5 +561,133 @@ mod jwks_tests {
         let forged = format!("{}{flipped}{}", &good[..at], &good[at + 1..]);
         assert!(sec.authenticate(Some(&forged)).await.is_err());
         let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[cfg(test)]
+mod claim_tests {
+    use super::*;
+    use jsonwebtoken::Header;
+
+    const SECRET: &str = "claims-test-secret-0123456789abcdef0123";
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn hs256(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    async fn security(cfg: SecurityConfig) -> Security {
+        let dir = std::env::temp_dir().join(format!("huizhen-claims-{}", crate::message::new_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = crate::store::Store::open(&crate::store::StoreOptions::new(format!(
+            "sqlite://{}/s.db",
+            dir.display()
+        )))
+        .await
+        .unwrap();
+        Security::new(
+            &SecurityConfig {
+                jwt_secret: Some(SECRET.into()),
+                ..cfg
+            },
+            store,
+        )
+        .unwrap()
+    }
+
+    fn base() -> serde_json::Value {
+        serde_json::json!({"sub": "li", "role": "admin", "facility": "*",
+            "iat": now(), "exp": now() + 600})
+    }
+
+    fn with(mut v: serde_json::Value, k: &str, x: serde_json::Value) -> serde_json::Value {
+        v[k] = x;
+        v
+    }
+
+    /// A configured issuer or audience must be present, not only right when present; `nbf`
+    /// is checked; HS256 can be switched off; an HS256 token may not outlive max_token_ttl.
+    #[tokio::test]
+    async fn required_claims_nbf_hs256_switch_and_lifetime_cap() {
+        let sec = security(SecurityConfig {
+            issuer: Some("https://idp.test".into()),
+            audience: Some("huizhen".into()),
+            ..SecurityConfig::default()
+        })
+        .await;
+        let full = with(
+            with(base(), "iss", "https://idp.test".into()),
+            "aud",
+            "huizhen".into(),
+        );
+        assert!(sec.authenticate(Some(&hs256(full.clone()))).await.is_ok());
+        let mut no_iss = full.clone();
+        no_iss.as_object_mut().unwrap().remove("iss");
+        let e = sec.authenticate(Some(&hs256(no_iss))).await.unwrap_err();
+        assert!(e.to_string().contains("iss"), "{e}");
+        let mut no_aud = full.clone();
+        no_aud.as_object_mut().unwrap().remove("aud");
+        let e = sec.authenticate(Some(&hs256(no_aud))).await.unwrap_err();
+        assert!(e.to_string().contains("aud"), "{e}");
+        let early = with(full.clone(), "nbf", (now() + 3600).into());
+        let e = sec.authenticate(Some(&hs256(early))).await.unwrap_err();
+        assert!(e.to_string().contains("Immature"), "{e}");
+        let long = with(full.clone(), "exp", (now() + 30 * 24 * 3600).into());
+        let e = sec.authenticate(Some(&hs256(long))).await.unwrap_err();
+        assert!(e.to_string().contains("max_token_ttl"), "{e}");
+
+        let off = security(SecurityConfig {
+            hs256: false,
+            ..SecurityConfig::default()
+        })
+        .await;
+        let e = off.authenticate(Some(&hs256(base()))).await.unwrap_err();
+        assert!(e.to_string().contains("security.hs256"), "{e}");
+    }
+
+    #[test]
+    fn issue_caps_the_lifetime_and_respects_the_switch() {
+        let cfg = SecurityConfig {
+            jwt_secret: Some(SECRET.into()),
+            ..SecurityConfig::default()
+        };
+        let ok = issue_from_config(&cfg, "li", Role::Admin, "*", Duration::from_secs(3600));
+        assert!(!ok.unwrap().id.is_empty());
+        let e = issue_from_config(
+            &cfg,
+            "li",
+            Role::Admin,
+            "*",
+            Duration::from_secs(30 * 24 * 3600),
+        )
+        .unwrap_err();
+        assert!(e.contains("security.max_token_ttl"), "{e}");
+        let off = SecurityConfig {
+            hs256: false,
+            ..cfg
+        };
+        let e =
+            issue_from_config(&off, "li", Role::Admin, "*", Duration::from_secs(60)).unwrap_err();
+        assert!(e.contains("switched off"), "{e}");
+    }
+
+    #[test]
+    fn claimed_subjects() {
+        let t = hs256(base());
+        assert_eq!(claimed_subject(Some(&t)), "li");
+        assert_eq!(claimed_subject(Some("hzk_abcd_ffff")), "apikey:abcd");
+        assert_eq!(claimed_subject(Some("not.a.jwt")), "-");
+        assert_eq!(claimed_subject(None), "-");
     }
 }
