@@ -282,6 +282,15 @@ async fn run(
     if let Some(node) = args.node {
         loaded.root.cluster.node = Some(node);
     }
+    // Keys others may read stop the start; keys beside the database are warned about.
+    match huizhen_core::security::check_layout(&loaded.root, loaded.root_file.is_none()) {
+        Ok(warnings) => {
+            for w in warnings {
+                tracing::warn!("{w}");
+            }
+        }
+        Err(e) => bail!("{e}"),
+    }
     let http_cfg = loaded.root.http.clone();
     let security_cfg = loaded.root.security.clone();
     let config_files: Vec<PathBuf> = loaded

@@ -18,6 +18,7 @@ pub fn load_secret(cfg: &SecurityConfig) -> Result<Vec<u8>, String> {
         return Ok(s.as_bytes().to_vec());
     }
     let path = &cfg.jwt_secret_file;
+    super::check_private(path, "the JWT signing secret")?;
     match std::fs::read_to_string(path) {
         Ok(s) => {
             let s = s.trim();

@@ -26,12 +26,14 @@
 
 mod config;
 mod keys;
+mod layout;
 mod policy;
 
 pub use config::{RateLimit, Secret, SecurityConfig, Sharing};
 pub(crate) use keys::create_file_once;
 pub use keys::{Issued, issue_from_config, issue_with, load_secret, new_api_key};
 use keys::{load_jwks, same};
+pub use layout::{check_layout, check_private};
 pub use policy::{Action, PUBLIC, Principal, ROUTES, Role, Scope};
 
 use std::collections::{BTreeSet, HashMap};

@@ -825,7 +825,8 @@ fn sqlite_url_with_create(url: &str) -> String {
     }
 }
 
-fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+/// The file of a `sqlite://` URL (`None` for other stores and for `:memory:`).
+pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
     let rest = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))?;
