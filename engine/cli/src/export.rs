@@ -330,11 +330,8 @@ impl JsonRule {
                 None => {}
                 Some("**") => out.push(q),
                 Some("*") => out.push(q + 1),
-                Some(lit) => {
-                    if key == Some(lit) {
-                        out.push(q + 1);
-                    }
-                }
+                Some(lit) if key == Some(lit) => out.push(q + 1),
+                Some(_) => {}
             }
         }
         if key.is_none() {
