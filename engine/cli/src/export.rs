@@ -64,7 +64,7 @@ pub struct ExportArgs {
     /// A profile file (YAML, version 2), or `default` for the built-in allow-list.
     #[arg(long, value_name = "PROFILE")]
     deidentify: String,
-    /// The key of the built-in profile (else HUIZHEN_DEID_KEY).
+    /// The key, for a profile without `key:` such as `default` (else HUIZHEN_DEID_KEY).
     #[arg(long, env = "HUIZHEN_DEID_KEY", hide_env_values = true)]
     key: Option<String>,
     /// Only this pipeline's messages.
