@@ -15,6 +15,7 @@ mod cluster;
 mod crash;
 mod edge;
 mod engine;
+mod export;
 mod http;
 mod mllp;
 mod plugins;

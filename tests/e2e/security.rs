@@ -909,7 +909,7 @@ async fn deidentified_export_removes_patient_data() {
         assert!(!text.contains(secret), "{secret} exported:\n{text}");
     }
     assert!(
-        text.contains("cardiology") && text.contains("欧***") && text.contains("\"h:"),
+        text.contains("cardiology") && !text.contains("欧") && text.contains("\"h:"),
         "{text}"
     );
     let events = s
