@@ -97,6 +97,10 @@ pub struct NewMessage {
     /// The engine process (cluster node) that accepted it and answers for it until a node
     /// claims it; `None` with the local queue. Set by the pipeline, not by sources.
     pub owner: Option<String>,
+    /// Journaled as due (`next_attempt_at` = now) rather than handed to a worker in memory:
+    /// the pipeline's in-memory queue was full, so the journal holds it until the pipeline's
+    /// feeder takes it up. Set by the pipeline, not by sources.
+    pub due: bool,
 }
 
 impl NewMessage {
@@ -114,6 +118,7 @@ impl NewMessage {
             rejected: None,
             body_hash: None,
             owner: None,
+            due: false,
         }
     }
 }

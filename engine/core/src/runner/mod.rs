@@ -242,13 +242,14 @@ impl Engine {
             }
         }
         let wake = Arc::new(Notify::new());
-        workers.spawn(scheduler(
+        for p in pipelines.values() {
+            workers.spawn(p.clone().feeder(loaded.root.journal.scheduler_poll));
+        }
+        workers.spawn(housekeeping(
             store.clone(),
             pipelines.clone(),
-            loaded.root.journal.scheduler_poll,
             wake.clone(),
             shutdown.clone(),
-            remote.as_ref().map(|r| r.node.clone()),
         ));
 
         let sources = TaskTracker::new();
@@ -294,7 +295,7 @@ impl Engine {
         self.pipelines.get(name)
     }
 
-    /// Wakes the scheduler (after a reprocess request) instead of waiting for its next poll.
+    /// Wakes the feeders (after a reprocess request) instead of waiting for their next poll.
     pub fn wake_scheduler(&self) {
         self.wake.notify_one();
     }
@@ -346,35 +347,17 @@ impl Engine {
     }
 }
 
-/// Hands due messages (retries whose backoff passed, reprocessed and recovered ones) to their
-/// pipelines, and forgets expired dedup keys.
-async fn scheduler(
+/// Passes a wake-up (a reprocess request) on to every pipeline's feeder, and forgets expired
+/// dedup keys once a minute. The feeders themselves (`PipelineHandle::feeder`) hand due
+/// messages to the workers.
+async fn housekeeping(
     store: Store,
     pipelines: BTreeMap<String, PipelineHandle>,
-    poll: Duration,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
-    node: Option<Arc<str>>,
 ) {
-    let names: Vec<String> = pipelines.keys().cloned().collect();
     let mut last_expiry = std::time::Instant::now() - Duration::from_secs(3600);
-    const BATCH: i64 = 256;
     loop {
-        if shutdown.is_cancelled() {
-            return;
-        }
-        let mut full = false;
-        match store.claim_due_by(&names, BATCH, node.as_deref()).await {
-            Ok(claimed) => {
-                full = claimed.len() as i64 == BATCH;
-                for m in claimed {
-                    if let Some(p) = pipelines.get(&m.pipeline) {
-                        p.enqueue(m).await;
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "scheduler could not claim due messages"),
-        }
         if last_expiry.elapsed() > Duration::from_secs(60) {
             last_expiry = std::time::Instant::now();
             for p in pipelines.values() {
@@ -384,12 +367,14 @@ async fn scheduler(
                 }
             }
         }
-        if !full {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = wake.notified() => {}
-                _ = tokio::time::sleep(poll) => {}
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = wake.notified() => {
+                for p in pipelines.values() {
+                    p.wake_feeder();
+                }
             }
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
         }
     }
 }

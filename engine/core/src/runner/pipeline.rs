@@ -1,4 +1,10 @@
 //! One running pipeline: its in-memory queue, its workers and the handle sources submit to.
+//!
+//! The journal is the buffer; the in-memory queue is a cache in front of it. `submit` journals
+//! every message and acknowledges it whether or not a worker is free: with room in memory the
+//! message goes straight to a worker, without it the message is journaled as due and the
+//! pipeline's feeder (one task per pipeline, which also takes up retries, reprocessed and
+//! recovered messages) claims it from the journal in order as room frees up.
 
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,6 +78,36 @@ struct Inner {
     slots: Arc<tokio::sync::Semaphore>,
     /// Ticket messages this node is working on now.
     active: Mutex<std::collections::HashSet<String>>,
+    /// Room in the in-memory queue: one semaphore per partition (one for a shared queue). A
+    /// message goes to memory only with a permit, so sending never waits; the worker gives the
+    /// permit back when it takes the message.
+    room: Vec<Arc<tokio::sync::Semaphore>>,
+    /// Whether new messages go to memory or stay in the journal for the feeder.
+    spill: Mutex<Spill>,
+    /// Wakes the feeder: messages were journaled as due.
+    feed: tokio::sync::Notify,
+}
+
+/// The in-memory queue is a cache in front of the journal. Once it had no room for a message,
+/// the pipeline is *spilled*: every new message is journaled as due (not handed to memory), so
+/// none overtakes one that waits in the journal, and the feeder takes them up in journal order.
+/// The feeder ends the spill once a claim found nothing due, no due append is in flight
+/// (`pending`) and none committed since the claim began (`appended`).
+#[derive(Debug, Default)]
+struct Spill {
+    spilled: bool,
+    pending: u32,
+    appended: u64,
+}
+
+/// Where a message goes after its append.
+enum Place {
+    /// To a worker in memory (its room is reserved).
+    Memory(usize, tokio::sync::OwnedSemaphorePermit),
+    /// Stays in the journal as due, for the feeder.
+    Journal,
+    /// Nowhere: a broker ticket, or a refused message journaled as dead.
+    Elsewhere,
 }
 
 /// Waits for the `done` commits of a ticket's messages: `Ack` when all committed, `Requeue`
@@ -237,6 +273,18 @@ impl PipelineHandle {
     ) -> (PipelineHandle, Receivers) {
         let concurrency = cfg.concurrency.max(1);
         let capacity = cfg.queue.max(1);
+        let partitions = if cfg.ordering_key.is_some() {
+            concurrency
+        } else {
+            1
+        };
+        let room = (0..partitions)
+            .map(|_| {
+                Arc::new(tokio::sync::Semaphore::new(
+                    capacity.div_ceil(partitions).max(1),
+                ))
+            })
+            .collect();
         let (dispatch, receivers) = if cfg.ordering_key.is_some() {
             let per = capacity.div_ceil(concurrency).max(1);
             let (txs, rxs): (Vec<_>, Vec<_>) = (0..concurrency).map(|_| mpsc::channel(per)).unzip();
@@ -289,6 +337,9 @@ impl PipelineHandle {
                 tickets,
                 slots: Arc::new(tokio::sync::Semaphore::new(concurrency)),
                 active: Mutex::default(),
+                room,
+                spill: Mutex::default(),
+                feed: tokio::sync::Notify::new(),
             }),
         };
         (handle, receivers)
@@ -363,15 +414,30 @@ impl PipelineHandle {
         if let Some(r) = &i.remote {
             msg.owner = Some(r.node.to_string());
         }
+        let place = if i.remote.is_some() || msg.rejected.is_some() {
+            Place::Elsewhere
+        } else {
+            let part = self.partition(&preview(&msg), i.room.len());
+            self.reserve(part)
+        };
+        msg.due = matches!(place, Place::Journal);
         let fresh = msg.clone();
-        let accepted = i
-            .journal
-            .append(msg)
-            .await
-            .map_err(|source| SubmitError::Journal {
-                pipeline: i.name.clone(),
-                source,
-            })?;
+        let appended = i.journal.append(msg).await;
+        if matches!(place, Place::Journal) {
+            // The due row (if any) is committed now: the feeder may end the spill only after
+            // it has seen it.
+            let mut s = self.spill();
+            s.pending -= 1;
+            if matches!(appended, Ok(ref a) if !a.duplicate) {
+                s.appended += 1;
+            }
+            drop(s);
+            i.feed.notify_one();
+        }
+        let accepted = appended.map_err(|source| SubmitError::Journal {
+            pipeline: i.name.clone(),
+            source,
+        })?;
         if accepted.duplicate {
             i.metrics.duplicate(&i.name);
             return Ok(accepted);
@@ -395,12 +461,51 @@ impl PipelineHandle {
                 "reused-key".into(),
             );
         }
-        if i.remote.is_some() {
-            self.publish_ticket(&m).await;
-        } else {
-            self.enqueue(m).await;
+        match place {
+            Place::Elsewhere => self.publish_ticket(&m).await,
+            Place::Memory(part, permit) => self.send(part, m, permit),
+            Place::Journal => {}
         }
         Ok(accepted)
+    }
+
+    fn spill(&self) -> std::sync::MutexGuard<'_, Spill> {
+        self.inner.spill.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Room in memory for a new message of partition `part`, or the journal when there is none
+    /// (or the pipeline is spilled already: nothing may overtake what waits in the journal).
+    fn reserve(&self, part: usize) -> Place {
+        let i = &self.inner;
+        let mut s = self.spill();
+        if !s.spilled
+            && let Ok(permit) = i.room[part].clone().try_acquire_owned()
+        {
+            return Place::Memory(part, permit);
+        }
+        if !s.spilled {
+            s.spilled = true;
+            tracing::info!(pipeline = %i.name, "in-memory queue full: new messages wait in the journal");
+        }
+        s.pending += 1;
+        Place::Journal
+    }
+
+    /// Hands a message to its partition's queue with the room reserved for it (never waits).
+    fn send(&self, part: usize, m: Message, permit: tokio::sync::OwnedSemaphorePermit) {
+        let i = &self.inner;
+        let sent = match &i.dispatch {
+            Dispatch::Shared(tx) => tx.try_send(m).is_ok(),
+            Dispatch::Partitioned(txs) => txs[part].try_send(m).is_ok(),
+        };
+        if sent {
+            // The worker that takes it gives the room back.
+            permit.forget();
+        } else if !i.shutdown.is_cancelled() {
+            // Cannot happen while permits match the channel's capacity; the message is
+            // journaled `received` and recovered at the next start.
+            tracing::error!(pipeline = %i.name, "in-memory queue refused a message it had room for");
+        }
     }
 
     /// Publishes the ticket of a journaled message and waits for the broker's confirm (the
@@ -611,18 +716,67 @@ impl PipelineHandle {
     /// the journal instead (the next start recovers it).
     pub async fn enqueue(&self, m: Message) {
         let i = &self.inner;
-        match &i.dispatch {
-            Dispatch::Shared(tx) => {
-                tokio::select! {
-                    _ = i.shutdown.cancelled() => {}
-                    _ = tx.send(m) => {}
+        let part = self.partition(&m, i.room.len());
+        let permit = tokio::select! {
+            _ = i.shutdown.cancelled() => return,
+            p = i.room[part].clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        };
+        self.send(part, m, permit);
+    }
+
+    /// A worker took a message of partition `part` from memory: its room is free again.
+    fn taken(&self, part: usize) {
+        self.inner.room[part].add_permits(1);
+    }
+
+    /// Wakes the feeder (a reprocess, a retry that fell due).
+    pub fn wake_feeder(&self) {
+        self.inner.feed.notify_one();
+    }
+
+    /// Feeds the workers from the journal: claims this pipeline's due messages (those the
+    /// in-memory queue had no room for, retries whose backoff passed, reprocessed and
+    /// recovered ones) in journal order, a batch at a time, and queues them as room frees up.
+    /// Memory holds at most the queue and one batch, however long the backlog.
+    pub(super) async fn feeder(self, poll: Duration) {
+        const BATCH: i64 = 256;
+        let i = &self.inner;
+        let names = [i.name.clone()];
+        let node = i.remote.as_ref().map(|r| r.node.clone());
+        loop {
+            if i.shutdown.is_cancelled() {
+                return;
+            }
+            let seen = self.spill().appended;
+            let mut full = false;
+            match i
+                .journal
+                .store()
+                .claim_due_by(&names, BATCH, node.as_deref())
+                .await
+            {
+                Ok(claimed) => {
+                    full = claimed.len() as i64 == BATCH;
+                    for m in claimed {
+                        self.enqueue(m).await;
+                    }
+                    if !full {
+                        let mut s = self.spill();
+                        if s.spilled && s.pending == 0 && s.appended == seen {
+                            s.spilled = false;
+                            tracing::info!(pipeline = %i.name, "journal backlog taken up: new messages go to memory again");
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(pipeline = %i.name, error = %e, "feeder could not claim due messages")
                 }
             }
-            Dispatch::Partitioned(txs) => {
-                let n = self.partition(&m, txs.len());
+            if !full {
                 tokio::select! {
-                    _ = i.shutdown.cancelled() => {}
-                    _ = txs[n].send(m) => {}
+                    _ = i.shutdown.cancelled() => return,
+                    _ = i.feed.notified() => {}
+                    _ = tokio::time::sleep(poll) => {}
                 }
             }
         }
@@ -690,13 +844,14 @@ pub(super) fn spawn_workers(
                             _ = shutdown.cancelled() => return,
                             m = rx.recv() => match m { Ok(m) => m, Err(_) => return },
                         };
+                        h.taken(0);
                         h.process(m, false).await;
                     }
                 });
             }
         }
         Receivers::Partitioned(rxs) => {
-            for mut rx in rxs {
+            for (part, mut rx) in rxs.into_iter().enumerate() {
                 let h = handle.clone();
                 let shutdown = shutdown.clone();
                 tracker.spawn(async move {
@@ -706,6 +861,7 @@ pub(super) fn spawn_workers(
                             _ = shutdown.cancelled() => return,
                             m = rx.recv() => match m { Some(m) => m, None => return },
                         };
+                        h.taken(part);
                         h.process(m, true).await;
                     }
                 });

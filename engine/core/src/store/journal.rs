@@ -988,9 +988,9 @@ async fn append_all<E: Exec>(
         let mut s = Stmt::new(
             backend,
             if backend == Backend::Sqlite {
-                "INSERT OR IGNORE INTO messages (id, facility, pipeline, kind, body, headers, source, received_at, trace_id, dedup_key, body_hash, parent_id, owner, state, updated_at) VALUES "
+                "INSERT OR IGNORE INTO messages (id, facility, pipeline, kind, body, headers, source, received_at, trace_id, dedup_key, body_hash, parent_id, owner, next_attempt_at, state, updated_at) VALUES "
             } else {
-                "INSERT INTO messages (id, facility, pipeline, kind, body, headers, source, received_at, trace_id, dedup_key, body_hash, parent_id, owner, state, updated_at) VALUES "
+                "INSERT INTO messages (id, facility, pipeline, kind, body, headers, source, received_at, trace_id, dedup_key, body_hash, parent_id, owner, next_attempt_at, state, updated_at) VALUES "
             },
         );
         for (i, r) in chunk.iter().enumerate() {
@@ -1020,6 +1020,10 @@ async fn append_all<E: Exec>(
             s.bind(r.msg.parent_id.as_deref());
             s.push(", ");
             s.bind(r.msg.owner.as_deref());
+            s.push(", ");
+            // A message the in-memory queue had no room for is due at once: the pipeline's
+            // feeder takes it from here, in journal order.
+            s.bind(r.msg.due.then_some(now));
             s.push(", 'received', ");
             s.bind(now);
             s.push(")");
