@@ -401,7 +401,7 @@ async fn mllp_sinks_verify_the_listener_over_tls_and_present_client_certificates
         let hl7 = format!(
             "MSH|^~\\&|HUIZHEN|省会诊中心|HIS|县人民医院|20261123093000||ADT^A01^ADT_A01|TLS{n}|P|2.5|||AL|AL|CHN|UNICODE UTF-8\rPID|1||330523199001011234^^^县人民医院^MR||张^三||19900101|M\r"
         );
-        let mut m = NewMessage::new(*name, "default", "hl7v2", hl7.into_bytes());
+        let mut m = NewMessage::new(name, "default", "hl7v2", hl7.into_bytes());
         m.headers.insert("hl7-app-ack".into(), "Always".into());
         let a = engine.pipeline(name).unwrap().submit(m).await.unwrap();
         ids.push((*name, a.id));
