@@ -280,6 +280,7 @@ fn our_tokenizer_agrees_with_hl7_parser_or_the_difference_is_named() {
             }
         }
     }
+    #[allow(clippy::print_stderr)] // the list of differences met, shown with --nocapture
     for (kind, where_) in &used {
         eprintln!("known difference {kind}: {}", where_.join(" | "));
     }
