@@ -100,6 +100,38 @@ impl Conn {
         self.write(&frame(payload)).await;
         self.ack().await
     }
+
+    /// Asserts that the engine closes the connection within `within` without a frame for us:
+    /// the read ends (0 bytes, or reset); silence until the bound is a failure, not a pass.
+    async fn assert_closed(&mut self, within: Duration, what: &str) {
+        assert_closed(&mut self.stream, within, what).await;
+    }
+}
+
+/// The engine closed `stream` within `within`, sending no MLLP frame (no ACK) before that.
+/// Other bytes (a TLS alert) are allowed; a frame or silence until the bound is a failure.
+pub(crate) async fn assert_closed<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    within: Duration,
+    what: &str,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut deframer = Deframer::new(1 << 20);
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => panic!("{what}: the connection is still open after {within:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(n)) => {
+                let frames = deframer
+                    .push(&buf[..n])
+                    .into_iter()
+                    .filter(|e| matches!(e, Event::Frame(_)))
+                    .count();
+                assert_eq!(frames, 0, "{what}: a frame came back before the close");
+            }
+        }
+    }
 }
 
 /// The bytes a county HIS sends: GB18030, MSH-18 empty (the listener's default charset).
@@ -294,15 +326,12 @@ async fn oversized_frames_idle_connections_and_strangers_are_closed() {
     let mut big = vec![SB];
     big.extend(std::iter::repeat_n(b'x', 4096));
     c.write(&big).await;
-    assert!(c.ack().await.is_none());
+    c.assert_closed(Duration::from_secs(3), "a frame over max_frame_bytes")
+        .await;
     // An idle connection closes after the timeout.
-    let mut idle = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let mut buf = [0u8; 16];
-    let r = tokio::time::timeout(Duration::from_secs(3), idle.read(&mut buf)).await;
-    assert!(
-        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
-        "closed by the engine: {r:?}"
-    );
+    let mut idle = Conn::open(port).await;
+    idle.assert_closed(Duration::from_secs(3), "an idle connection")
+        .await;
     assert!(messages(&engine).await.is_empty());
     engine.shutdown(Duration::from_secs(5)).await;
 
@@ -310,9 +339,167 @@ async fn oversized_frames_idle_connections_and_strangers_are_closed() {
     let (engine, port, _db) = engine_with(", allow: [\"10.9.9.9\"]", "").await;
     let mut c = Conn::open(port).await;
     c.write(&frame(&gb(&adt("X1", "a^b", "")))).await;
-    assert!(c.ack().await.is_none());
+    c.assert_closed(Duration::from_secs(3), "a peer outside the allow list")
+        .await;
     assert!(messages(&engine).await.is_empty());
     engine.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Item 9: the idle timeout restarts with every byte, so a peer sending one byte every 100 ms
+/// held a connection forever; `frame_timeout` counts from the frame's first byte. A pause
+/// between whole frames (here longer than `frame_timeout`) is not a frame in progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_frame_is_cut_at_the_frame_deadline_but_pauses_between_frames_are_not() {
+    let (engine, port, _db) = engine_with(", frame_timeout: 1s, idle_timeout: 500ms", "").await;
+    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let payload = frame(&gb(&adt("T1", "慢^慢", "")));
+    let started = tokio::time::Instant::now();
+    let trickle = tokio::spawn(async move {
+        let mut sent = 0usize;
+        // 1 byte per 100 ms for up to 8 s (the whole frame would take ~20 s).
+        for b in payload.iter().take(80) {
+            if wr.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        sent
+    });
+    assert_closed(&mut rd, Duration::from_secs(4), "a trickled frame").await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed after {took:?}: before the 1 s frame deadline (the idle timeout is 500 ms and never expires with a byte every 100 ms)"
+    );
+    trickle.abort();
+    assert!(messages(&engine).await.is_empty());
+
+    let mut c = Conn::open(port).await;
+    assert_eq!(
+        msa(&c.send(&gb(&adt("P1", "a^b", ""))).await.unwrap()).0,
+        "AA"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        msa(&c.send(&gb(&adt("P2", "a^b", ""))).await.unwrap()).0,
+        "AA"
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+
+    // A pause between frames longer than frame_timeout is governed by idle_timeout alone.
+    let (engine, port, _db) = engine_with(", frame_timeout: 1s, idle_timeout: 10s", "").await;
+    let mut c = Conn::open(port).await;
+    // Some senders put CR LF after the end block.
+    c.write(&frame(&gb(&adt("P3", "a^b", "")))).await;
+    c.write(b"\n").await;
+    assert_eq!(msa(&c.ack().await.unwrap()).0, "AA");
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(
+        msa(&c.send(&gb(&adt("P4", "a^b", ""))).await.unwrap()).0,
+        "AA"
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Item 9: without a budget, 256 connections × 16 MiB unfinished frames could hold 4 GiB. With
+/// `max_buffered_bytes`, a connection whose read would pass the budget waits (no ACK yet, not
+/// closed) until another connection's frame completes and frees room; an unfinished frame
+/// still ends at its deadline, which frees its share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_frames_share_one_buffer_budget() {
+    let (engine, port, _db) = engine_with(
+        ", max_frame_bytes: 4096, max_buffered_bytes: 8200, frame_timeout: 4s",
+        "",
+    )
+    .await;
+    let with_note = |id: &str, len: usize| {
+        let mut m = gb(&adt(id, "a^b", ""));
+        m.extend(b"NTE|1||");
+        m.extend(std::iter::repeat_n(b'x', len));
+        m.push(b'\r');
+        m
+    };
+    // Two connections hold 3900 bytes of unfinished frames each: 7800 of 8200.
+    let big1 = frame(&with_note("B1", 3800));
+    let big2 = frame(&with_note("B2", 3800));
+    assert!(big1.len() < 4096 && big1.len() > 3910);
+    let mut a1 = Conn::open(port).await;
+    let mut a2 = Conn::open(port).await;
+    a1.write(&big1[..3901]).await;
+    a2.write(&big2[..3901]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A third sends a whole 600-byte frame: more than the 400 left, so it waits.
+    let mut b = Conn::open(port).await;
+    let small = frame(&with_note("S1", 450));
+    assert!(small.len() > 500);
+    b.write(&small).await;
+    let early = tokio::time::timeout(Duration::from_secs(1), b.ack()).await;
+    assert!(
+        early.is_err(),
+        "an ACK (or a close) came while the budget was full: {early:?}"
+    );
+    assert!(messages(&engine).await.is_empty());
+    // The first frame completes: its 3900 bytes are released and the waiting frame goes on.
+    a1.write(&big1[3901..]).await;
+    assert_eq!(msa(&a1.ack().await.unwrap()), ("AA".into(), "B1".into()));
+    assert_eq!(msa(&b.ack().await.unwrap()), ("AA".into(), "S1".into()));
+    // The second never completes: closed at its deadline, nothing acknowledged.
+    a2.assert_closed(
+        Duration::from_secs(6),
+        "an unfinished frame past frame_timeout",
+    )
+    .await;
+    assert_eq!(messages(&engine).await.len(), 2);
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Item 9: a listener on a non-loopback address with no allow list is valid but warned about
+/// by `validate`, with the file and line; the demo pipelines name their peers.
+#[test]
+fn validate_warns_about_a_listener_open_to_every_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open.yaml");
+    std::fs::write(
+        &open,
+        "version: 1\nname: open\nsource:\n  mllp: { listen: \"0.0.0.0:2575\" }\nsinks:\n  - journal: {}\n",
+    )
+    .unwrap();
+    let listed = dir.path().join("listed.yaml");
+    std::fs::write(
+        &listed,
+        "version: 1\nname: listed\nsource:\n  mllp: { listen: \"0.0.0.0:2575\", allow: [10.12.0.0/16] }\nsinks:\n  - journal: {}\n",
+    )
+    .unwrap();
+    let validate = |file: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_huizhen"))
+            .arg("validate")
+            .arg(file)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = validate(&open);
+    assert!(ok, "a warning is not an error: {err}");
+    assert!(
+        err.contains("open.yaml:4:") && err.contains("warning") && err.contains("no allow list"),
+        "{err}"
+    );
+    let (ok, err) = validate(&listed);
+    assert!(ok && !err.contains("no allow list"), "{err}");
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines/demo.yaml");
+    let (ok, err) = validate(std::path::Path::new(demo));
+    assert!(ok && !err.contains("no allow list"), "{err}");
+    let text = std::fs::read_to_string(demo).unwrap();
+    assert!(
+        text.contains("allow: [127.0.0.1/32, \"::1/128\"]"),
+        "the demo names its peers"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,8 @@
 //! sinks:
 //!   - journal: {}
 //!   - hl7_app_ack: { to: 10.0.0.5:6662 }   # the sender's own listener
+//!   # or over TLS, as for the `mllp` sink (crate::tls::connect is shared):
+//!   - hl7_app_ack: { to: his.example:6662, tls: { ca: hospital-ca.pem } }
 //! ```
 //! A sender that set `MSH-16` got a CA when its message was journaled; this sink sends the
 //! later application ACK as a message of its own, over MLLP to `to`: `AA` once the pipeline
@@ -24,18 +26,23 @@ use huizhen_core::store::Effect;
 use huizhen_core::work::{StepError, Work};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::ack::{self, AckCode, ErrorCode, ErrorDetail};
 use crate::mllp::frame;
+use crate::tls::{ClientTls, ClientTlsConfig};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppAckSinkConfig {
     /// Where the sender listens for application ACKs: HOST:PORT.
     pub to: String,
+    /// Connect, handshake and send within this long.
     #[serde(default = "default_timeout", with = "duration")]
     pub timeout: Duration,
+    /// TLS to the sender's listener, as for the `mllp` sink: `ca`, `cert`/`key` (mutual TLS),
+    /// `server_name` (default the host of `to`). Without it, plain TCP.
+    #[serde(default)]
+    pub tls: Option<ClientTlsConfig>,
 }
 
 fn default_timeout() -> Duration {
@@ -48,9 +55,15 @@ impl SinkConfig for AppAckSinkConfig {
         if !self.to.contains(':') {
             return Err(format!("to: {:?} should be HOST:PORT", self.to));
         }
+        let tls = self
+            .tls
+            .as_ref()
+            .map(|t| t.client(self.to.trim()))
+            .transpose()?;
         Ok(Arc::new(AppAckSink {
             name: format!("hl7_app_ack#{index}"),
             config: self.clone(),
+            tls,
         }))
     }
 }
@@ -58,6 +71,7 @@ impl SinkConfig for AppAckSinkConfig {
 struct AppAckSink {
     name: String,
     config: AppAckSinkConfig,
+    tls: Option<ClientTls>,
 }
 
 impl AppAckSink {
@@ -96,10 +110,9 @@ impl AppAckSink {
                 self.config.to
             ))
         };
-        let mut stream = tokio::time::timeout(t, TcpStream::connect(&self.config.to))
+        let mut stream = crate::tls::connect(self.config.to.trim(), self.tls.as_ref(), t)
             .await
-            .map_err(|_| fail("connect timed out".into()))?
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(fail)?;
         stream
             .write_all(&frame(&bytes))
             .await

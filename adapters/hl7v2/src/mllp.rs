@@ -35,6 +35,9 @@ pub struct Deframer {
     /// The last byte seen was an end block; a CR next is part of the framing.
     after_eb: bool,
     noise: usize,
+    /// Bytes outside any frame since the last frame ended, whitespace included (not the CR of
+    /// the end block).
+    between: usize,
     limit: usize,
     overflowed: bool,
 }
@@ -47,6 +50,7 @@ impl Deframer {
             in_frame: false,
             after_eb: false,
             noise: 0,
+            between: 0,
             limit,
             overflowed: false,
         }
@@ -71,6 +75,7 @@ impl Deframer {
             if !self.in_frame {
                 match data[i..].iter().position(|&b| b == SB) {
                     Some(p) => {
+                        self.between = 0;
                         self.noise += count_noise(&data[i..i + p]);
                         if self.noise > 0 {
                             out.push(Event::Noise(self.noise));
@@ -81,6 +86,7 @@ impl Deframer {
                     }
                     None => {
                         self.noise += count_noise(&data[i..]);
+                        self.between = self.between.saturating_add(data.len() - i);
                         return out;
                     }
                 }
@@ -103,6 +109,7 @@ impl Deframer {
                     // must not wait for a byte that never comes.
                     out.push(Event::Frame(std::mem::take(&mut self.buf)));
                     self.in_frame = false;
+                    self.between = 0;
                     self.after_eb = true;
                     i += p + 1;
                 }
@@ -129,6 +136,23 @@ impl Deframer {
     /// Noise seen since the last report (reported when the next frame starts).
     pub fn pending_noise(&self) -> usize {
         self.noise
+    }
+
+    /// Whether a frame has started and not yet ended.
+    pub fn in_frame(&self) -> bool {
+        self.in_frame && !self.overflowed
+    }
+
+    /// Bytes held for the unfinished frame.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Bytes received outside any frame since the last one ended, whitespace included (the
+    /// CR after an end block is framing and not counted): a listener tells a pause between
+    /// frames (a line end or two) from a peer trickling bytes that never make a frame.
+    pub fn between_frames(&self) -> usize {
+        self.between
     }
 
     fn append(&mut self, bytes: &[u8], out: &mut Vec<Event>) -> bool {

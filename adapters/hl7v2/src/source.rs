@@ -7,6 +7,8 @@
 //!     charset: GB18030          # when MSH-18 is empty (county HIS rarely fill it)
 //!     on_invalid_charset: reject  # or replace (decode with U+FFFD and flag the message)
 //!     allow: [127.0.0.1, 10.12.0.0/16]
+//!     frame_timeout: 30s        # a frame must be complete 30 s after its first byte
+//!     max_buffered_bytes: 268435456   # unfinished frames of all connections together
 //! ```
 //! For each frame: decode with the charset `MSH-18` names (or the default), read the header,
 //! check version and processing id, journal the raw bytes, and only then answer AA/CA
@@ -20,18 +22,28 @@
 //! (`ADT^A01`), `hl7-control-id`, `hl7-version`, `hl7-charset` (the encoding used),
 //! `hl7-sending-application`, `hl7-sending-facility`, and `hl7-app-ack` when the sender asked
 //! for an application ACK (enhanced mode).
+//!
+//! Limits (the plumbing is [`huizhen_core::listener`]): `max_connections` served at once, each
+//! frame at most `max_frame_bytes` and complete within `frame_timeout` of its first byte (the
+//! `idle_timeout` between frames restarts with every byte, so it alone cannot stop a trickle),
+//! and at most `max_buffered_bytes` held in unfinished frames by all connections together: a
+//! connection whose next read would pass that waits (reading paused, logged) until others
+//! release bytes or its frame deadline closes it. Peers outside `allow` are refused; a
+//! listener on a non-loopback address without `allow` is warned about by `validate` and at
+//! start.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use huizhen_core::config::duration;
+use huizhen_core::listener::{AllowList, ByteBudget, UnitClock, open_to_all_warning, read_some};
 use huizhen_core::message::NewMessage;
 use huizhen_core::runner::{BuildContext, PipelineHandle};
 use huizhen_core::sources::{Source, SourceConfig, SourceContext};
 use serde::Deserialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -63,13 +75,25 @@ pub struct MllpSourceConfig {
     /// Largest frame accepted; a larger one closes the connection.
     #[serde(default = "default_max_frame")]
     pub max_frame_bytes: usize,
-    /// A connection idle this long is closed.
+    /// A connection idle this long between frames is closed.
     #[serde(default = "default_idle", with = "duration")]
     pub idle_timeout: Duration,
+    /// A frame must be complete this long after its first byte, or the connection is closed
+    /// (so are stray bytes outside frames that go on this long). Unlike `idle_timeout` it does
+    /// not restart with each byte, so a peer trickling bytes cannot hold a connection forever.
+    #[serde(default = "default_frame_timeout", with = "duration")]
+    pub frame_timeout: Duration,
+    /// Bytes that all connections of this listener may hold in unfinished frames at once
+    /// (default 256 MiB; without it 256 connections × 16 MiB frames could hold 4 GiB). A
+    /// connection whose next read would pass it stops reading until bytes are released or its
+    /// `frame_timeout` closes it. At least `max_frame_bytes` plus one read (64 KiB).
+    #[serde(default = "default_max_buffered")]
+    pub max_buffered_bytes: usize,
     /// Connections served at once; more wait in the listen backlog.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// Peers allowed to connect: IP addresses or CIDR blocks. Empty allows every peer.
+    /// Peers allowed to connect: IP addresses or CIDR blocks. Empty allows every peer (warned
+    /// about when `listen` is not a loopback address).
     #[serde(default)]
     pub allow: Vec<String>,
     /// Version assumed when `MSH-12` is empty (HL7-35); the original is kept.
@@ -115,64 +139,23 @@ fn default_max_frame() -> usize {
 fn default_idle() -> Duration {
     Duration::from_secs(300)
 }
+fn default_frame_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_buffered() -> usize {
+    256 * 1024 * 1024
+}
+/// Largest single read from a connection.
+const READ_CHUNK: usize = 64 * 1024;
+/// Line ends and spaces tolerated between frames before they count as stray bytes that must
+/// stop within `frame_timeout` (some senders put CR LF after the end block).
+const BETWEEN_FRAMES: usize = 8;
+
 fn default_max_connections() -> usize {
     256
 }
 fn default_version() -> String {
     "2.5".into()
-}
-
-/// An allow-list entry: an address and a prefix length.
-#[derive(Debug, Clone, Copy)]
-struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    fn parse(s: &str) -> Result<Cidr, String> {
-        let (a, p) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = a
-            .trim()
-            .parse()
-            .map_err(|_| format!("allow: {s:?} is not an IP address or CIDR block"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match p {
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("allow: bad prefix length in {s:?} (0..={max})"))?,
-            None => max,
-        };
-        Ok(Cidr { addr, prefix })
-    }
-
-    fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match (self.addr, ip) {
-            (IpAddr::V4(_), IpAddr::V6(v6)) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            _ => ip,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(a), IpAddr::V4(b)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(a) & mask == u32::from(b) & mask
-            }
-            (IpAddr::V6(a), IpAddr::V6(b)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(a) & mask == u128::from(b) & mask
-            }
-            _ => false,
-        }
-    }
 }
 
 #[typetag::deserialize(name = "mllp")]
@@ -190,13 +173,19 @@ impl SourceConfig for MllpSourceConfig {
                 self.listen
             )
         })?;
-        let allow = self
-            .allow
-            .iter()
-            .map(|a| Cidr::parse(a))
-            .collect::<Result<Vec<_>, _>>()?;
+        let allow = AllowList::parse(&self.allow)?;
         if self.max_connections == 0 {
             return Err("max_connections must be at least 1".into());
+        }
+        if self.frame_timeout.is_zero() || self.idle_timeout.is_zero() {
+            return Err("frame_timeout and idle_timeout must be longer than 0".into());
+        }
+        let need = self.max_frame_bytes.saturating_add(self.read_chunk());
+        if self.max_buffered_bytes < need {
+            return Err(format!(
+                "max_buffered_bytes ({}) must be at least max_frame_bytes plus one read ({need}), or no frame of the largest size could ever be buffered",
+                self.max_buffered_bytes
+            ));
         }
         for t in &self.accept_types {
             let ok =
@@ -215,12 +204,29 @@ impl SourceConfig for MllpSourceConfig {
             tls,
         }))
     }
+
+    fn warnings(&self) -> Vec<String> {
+        match AllowList::parse(&self.allow) {
+            Ok(allow) => open_to_all_warning(&self.listen, &allow)
+                .map(|w| format!("mllp: {w}"))
+                .into_iter()
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+impl MllpSourceConfig {
+    /// Bytes asked of the socket at once: no more than a frame may hold.
+    fn read_chunk(&self) -> usize {
+        READ_CHUNK.min(self.max_frame_bytes.saturating_add(2))
+    }
 }
 
 struct MllpSource {
     config: Arc<MllpSourceConfig>,
     default_charset: &'static encoding_rs::Encoding,
-    allow: Arc<Vec<Cidr>>,
+    allow: Arc<AllowList>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
@@ -241,6 +247,7 @@ impl Source for MllpSource {
                 config: self.config.clone(),
                 default_charset: self.default_charset,
                 pipeline: ctx.pipeline.clone(),
+                budget: ByteBudget::new(self.config.max_buffered_bytes),
             });
             loop {
                 let permit = tokio::select! {
@@ -258,7 +265,7 @@ impl Source for MllpSource {
                         }
                     },
                 };
-                if !self.allow.is_empty() && !self.allow.iter().any(|c| c.contains(peer.ip())) {
+                if !self.allow.admits(peer.ip()) {
                     tracing::warn!(pipeline = ctx.pipeline.name(), %peer, "MLLP connection refused: peer not in the allow list");
                     drop(stream);
                     continue;
@@ -301,6 +308,8 @@ struct Shared {
     config: Arc<MllpSourceConfig>,
     default_charset: &'static encoding_rs::Encoding,
     pipeline: PipelineHandle,
+    /// The bytes all connections of this listener may hold in unfinished frames.
+    budget: ByteBudget,
 }
 
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
@@ -310,7 +319,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<(), String> {
     let mut deframer = Deframer::new(s.config.max_frame_bytes);
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; s.config.read_chunk()];
+    let mut clock = UnitClock::new(s.config.frame_timeout);
+    let mut hold = s.budget.hold();
     let mut conn = Conn {
         peer,
         source: format!("mllp {peer}"),
@@ -320,11 +331,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     loop {
         let n = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            r = tokio::time::timeout(s.config.idle_timeout, stream.read(&mut buf)) => match r {
-                Err(_) => return Err(format!("idle for {:?}, closed", s.config.idle_timeout)),
-                Ok(Err(e)) => return Err(e.to_string()),
-                Ok(Ok(n)) => n,
-            },
+            r = read_some(&mut stream, &mut buf, s.config.idle_timeout, &clock) => {
+                r.map_err(|e| e.to_string())?
+            }
         };
         if n == 0 {
             if let Some(len) = deframer.finish() {
@@ -337,9 +346,24 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
             return Ok(());
         }
+        // Bytes arrived: until they complete a frame (or prove to be a line end between
+        // frames), the frame clock runs, also while waiting for room in the budget.
+        clock.start();
+        if !hold.try_grow(n) {
+            tracing::warn!(pipeline = s.pipeline.name(), %peer, budget = s.budget.total(), "MLLP buffer budget (max_buffered_bytes) in use by unfinished frames: reading from this connection paused");
+            if hold.grow(n, clock.deadline()).await.is_err() {
+                return Err(format!(
+                    "no room in the buffer budget ({} bytes, max_buffered_bytes) before the frame deadline ({:?}): connection closed, nothing acknowledged",
+                    s.budget.total(),
+                    s.config.frame_timeout
+                ));
+            }
+        }
+        let mut completed = false;
         for ev in deframer.push(&buf[..n]) {
             match ev {
                 Event::Frame(raw) => {
+                    completed = true;
                     let ack = if crate::batch::is_batch(&raw) {
                         handle_batch(s, &mut conn, raw).await
                     } else {
@@ -362,6 +386,18 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     ));
                 }
             }
+        }
+        hold.shrink_to(deframer.buffered());
+        if completed {
+            clock.finish();
+        }
+        if deframer.in_frame()
+            || deframer.pending_noise() > 0
+            || deframer.between_frames() > BETWEEN_FRAMES
+        {
+            clock.start();
+        } else {
+            clock.finish();
         }
     }
 }
@@ -811,19 +847,6 @@ async fn handle_batch(s: &Shared, conn: &mut Conn, raw: Vec<u8>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cidr_allow_list() {
-        let c = Cidr::parse("10.12.0.0/16").unwrap();
-        assert!(c.contains("10.12.3.4".parse().unwrap()));
-        assert!(!c.contains("10.13.0.1".parse().unwrap()));
-        assert!(c.contains("::ffff:10.12.0.9".parse().unwrap()));
-        let one = Cidr::parse("127.0.0.1").unwrap();
-        assert!(one.contains("127.0.0.1".parse().unwrap()));
-        assert!(!one.contains("127.0.0.2".parse().unwrap()));
-        assert!(Cidr::parse("10.0.0.0/33").is_err());
-        assert!(Cidr::parse("host.example").is_err());
-    }
 
     /// The ACK bytes are exactly what `charset::encode` gives (or UTF-8 when it fails), for
     /// every charset, with the run cache cold or warm.

@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod expr;
 pub mod extensions;
 pub mod http;
+pub mod listener;
 pub mod message;
 pub mod runner;
 pub mod security;

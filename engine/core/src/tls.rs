@@ -120,3 +120,131 @@ pub fn server_name(to: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(host.to_owned())
         .map_err(|e| format!("{host:?} is not a valid server name: {e}"))
 }
+
+/// `tls:` of an outbound connection (the `mllp` and `hl7_app_ack` sinks): whom to trust, who
+/// to be, and which name the server's certificate must carry. The server's certificate is
+/// checked by webpki against `ca` (chain, validity, key usage) and against the name: a
+/// certificate from the right CA for another host is refused.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsConfig {
+    /// PEM bundle of the CA certificates that may issue the server's certificate (a hospital
+    /// network's own PKI). Default: the public (Mozilla) roots.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// This engine's certificate chain (PEM), presented when the server asks for one (mutual
+    /// TLS). Goes with `key`.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// The private key of `cert` (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// The name the server's certificate must be valid for: a DNS name or an IP address.
+    /// Default: the host of the destination address.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+/// A client TLS setup ready to connect: the connector and the name checked.
+#[derive(Clone)]
+pub struct ClientTls {
+    connector: TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("server_name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientTlsConfig {
+    /// Reads the files and builds the client for destination `to` (`HOST:PORT`). Errors name
+    /// the key (`tls.ca`, `tls.cert`, …) and quote the file, so `validate` can point at it.
+    pub fn client(&self, to: &str) -> Result<ClientTls, String> {
+        let quoted = |p: &Path| format!("{:?}", p.display().to_string());
+        let read_certs = |key: &str, p: &Path| {
+            let certs = CertificateDer::pem_file_iter(p)
+                .map_err(|e| format!("tls.{key}: cannot read {}: {e}", quoted(p)))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("tls.{key}: bad PEM certificate in {}: {e}", quoted(p)))?;
+            if certs.is_empty() {
+                return Err(format!(
+                    "tls.{key}: {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                    quoted(p)
+                ));
+            }
+            Ok(certs)
+        };
+        let roots = match &self.ca {
+            Some(p) => {
+                let mut store = rustls::RootCertStore::empty();
+                for c in read_certs("ca", p)? {
+                    store.add(c).map_err(|e| {
+                        format!(
+                            "tls.ca: {} holds an unusable CA certificate: {e}",
+                            quoted(p)
+                        )
+                    })?;
+                }
+                store
+            }
+            None => rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            },
+        };
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| format!("tls: {e}"))?
+            .with_root_certificates(roots);
+        let config = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                let chain = read_certs("cert", cert)?;
+                let pk = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                    format!(
+                        "tls.key: cannot read a private key from {}: {e}",
+                        quoted(key)
+                    )
+                })?;
+                builder.with_client_auth_cert(chain, pk).map_err(|e| {
+                    format!(
+                        "tls.cert: {} and tls.key {} do not make a usable pair: {e}",
+                        quoted(cert),
+                        quoted(key)
+                    )
+                })?
+            }
+            (None, None) => builder.with_no_client_auth(),
+            (Some(_), None) => return Err("tls.cert: needs tls.key beside it".into()),
+            (None, Some(_)) => return Err("tls.key: needs tls.cert beside it".into()),
+        };
+        let name = match &self.server_name {
+            Some(n) => ServerName::try_from(n.trim().to_owned()).map_err(|e| {
+                format!("tls.server_name: {n:?} is not a DNS name or IP address: {e}")
+            })?,
+            None => server_name(to).map_err(|e| format!("tls: {e} (set tls.server_name)"))?,
+        };
+        Ok(ClientTls {
+            connector: TlsConnector::from(Arc::new(config)),
+            name,
+        })
+    }
+}
+
+impl ClientTls {
+    /// The name the server's certificate is checked against.
+    pub fn server_name(&self) -> String {
+        self.name.to_str().into_owned()
+    }
+
+    /// Runs the handshake over `io`. An error names what was wrong (`invalid peer certificate:
+    /// UnknownIssuer`, `… NotValidForName …`).
+    pub async fn connect<IO>(&self, io: IO) -> std::io::Result<tokio_rustls::client::TlsStream<IO>>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        self.connector.connect(self.name.clone(), io).await
+    }
+}

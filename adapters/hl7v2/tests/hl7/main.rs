@@ -3,6 +3,7 @@
 
 mod charset;
 mod corpus;
+mod differential;
 mod props;
 mod syntax;
 

@@ -738,6 +738,16 @@ pub fn check_with(
             router: Router::default(),
             extensions: extensions.clone(),
         };
+        for w in p.config.source.value.warnings() {
+            let at = ConfigError::at_value(&p.file, &p.config.source.referenced, None, w);
+            tracing::warn!(
+                "{}:{}:{}: warning: source: {}",
+                at.file.display(),
+                at.line,
+                at.column,
+                at.message
+            );
+        }
         if let Err(e) = p.config.source.value.build(&ctx) {
             let e = tidy_build_error(&e);
             errors.push(ConfigError::at_value(

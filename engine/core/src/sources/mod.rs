@@ -59,6 +59,12 @@ pub trait SourceConfig: std::fmt::Debug + Send + Sync {
     fn http_path(&self) -> Option<String> {
         None
     }
+
+    /// Settings that work but are risky (an MLLP listener open to every host): logged as
+    /// warnings with the file and line by `validate` and at start, never an error.
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// What a running source gets.
