@@ -241,6 +241,10 @@ pub struct JournalConfig {
     /// How often due retries and reprocessed messages are looked for.
     #[serde(default = "default_scheduler_poll", with = "duration")]
     pub scheduler_poll: Duration,
+    /// Free space (percent of the disk) below which sources refuse new messages, on the disk
+    /// of the SQLite journal. Default 5.
+    #[serde(default = "default_min_free_disk")]
+    pub min_free_disk_percent: f64,
 }
 
 impl Default for JournalConfig {
@@ -248,8 +252,13 @@ impl Default for JournalConfig {
         JournalConfig {
             max_batch: default_max_batch(),
             scheduler_poll: default_scheduler_poll(),
+            min_free_disk_percent: default_min_free_disk(),
         }
     }
+}
+
+fn default_min_free_disk() -> f64 {
+    5.0
 }
 
 fn default_max_batch() -> usize {
@@ -279,9 +288,15 @@ pub struct PipelineConfig {
     /// Messages processed at the same time.
     #[serde(default = "default_concurrency", deserialize_with = "at_least_one")]
     pub concurrency: usize,
-    /// Messages waiting in memory before sources are made to wait (back-pressure).
+    /// Messages held in memory for the workers: a cache in front of the journal, not a limit on
+    /// intake. Messages beyond it wait in the journal and are taken up in order.
     #[serde(default = "default_queue")]
     pub queue: usize,
+    /// The bound on intake: unfinished messages (and their estimated bytes) this pipeline may
+    /// hold in the journal before its sources refuse new ones (HL7 AR/CR with ERR-3 207, HTTP
+    /// 503 with Retry-After, an AMQP nack). Default 10,000,000 messages and 20 GB.
+    #[serde(default)]
+    pub backlog_limit: BacklogLimit,
     /// A CEL expression; messages with the same value are processed one at a time, in order.
     #[serde(default)]
     pub ordering_key: Option<Expr>,
@@ -317,6 +332,78 @@ fn default_concurrency() -> usize {
 }
 fn default_queue() -> usize {
     1024
+}
+
+/// `backlog_limit:` of a pipeline.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BacklogLimit {
+    /// Unfinished messages (received, processing, failed) at most.
+    #[serde(default = "default_backlog_messages")]
+    pub messages: u64,
+    /// Their bodies' bytes at most (an integer, or `500MB`, `20GB`, `1GiB`); estimated from the
+    /// count and the pipeline's mean body size.
+    #[serde(default = "default_backlog_bytes", deserialize_with = "byte_size")]
+    pub bytes: u64,
+}
+
+impl Default for BacklogLimit {
+    fn default() -> Self {
+        BacklogLimit {
+            messages: default_backlog_messages(),
+            bytes: default_backlog_bytes(),
+        }
+    }
+}
+
+fn default_backlog_messages() -> u64 {
+    10_000_000
+}
+fn default_backlog_bytes() -> u64 {
+    20_000_000_000
+}
+
+/// A size in bytes: an integer, or a number with a unit (`KB`, `MB`, `GB`, `TB` in powers of
+/// 1000; `KiB`, `MiB`, `GiB`, `TiB` in powers of 1024).
+fn byte_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(u64),
+        S(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::N(n) => Ok(n),
+        Raw::S(s) => parse_byte_size(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+pub(crate) fn parse_byte_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size: expected e.g. 20GB, 500MiB or 1048576"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        u => {
+            return Err(format!(
+                "{s:?}: unknown unit {u:?} (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+            ));
+        }
+    };
+    Ok((n * mult) as u64)
 }
 
 /// Retries with exponential backoff and jitter, then the dead-letter state.

@@ -1,6 +1,6 @@
 //! Prometheus metrics of the engine (text exposition at `GET /metrics`).
 //!
-//! Counters are per process: received, done, failed (attempts), dead and duplicate messages per
+//! Counters are per process: received, done, failed (attempts), dead, duplicate and refused messages per
 //! pipeline; a histogram of step and sink latency per pipeline and step. Queue depth and journal
 //! state counts are gauges filled in at scrape time. No label ever carries patient data.
 
@@ -43,6 +43,7 @@ pub struct Metrics {
     failed: Family<PipelineLabel, Counter>,
     dead: Family<PipelineLabel, Counter>,
     duplicate: Family<PipelineLabel, Counter>,
+    backlog_refused: Family<PipelineLabel, Counter>,
     queue_depth: Family<PipelineLabel, Gauge>,
     journal: Family<StateLabel, Gauge>,
     backlog: Family<PipelineLabel, Gauge>,
@@ -72,6 +73,7 @@ impl Metrics {
         let failed = Family::default();
         let dead = Family::default();
         let duplicate = Family::default();
+        let backlog_refused = Family::default();
         let queue_depth = Family::default();
         let journal = Family::default();
         let backlog = Family::default();
@@ -106,6 +108,11 @@ impl Metrics {
             "messages_duplicate",
             "Resent messages recognised by their dedup key",
             duplicate.clone(),
+        );
+        registry.register(
+            "messages_backlog_refused",
+            "Messages refused because the pipeline's backlog was at backlog_limit or the disk full",
+            backlog_refused.clone(),
         );
         registry.register(
             "queue_depth",
@@ -149,6 +156,7 @@ impl Metrics {
             failed,
             dead,
             duplicate,
+            backlog_refused,
             queue_depth,
             journal,
             backlog,
@@ -179,6 +187,9 @@ impl Metrics {
     }
     pub fn duplicate(&self, p: &str) {
         self.duplicate.get_or_create(&Self::label(p)).inc();
+    }
+    pub fn backlog_refused(&self, p: &str) {
+        self.backlog_refused.get_or_create(&Self::label(p)).inc();
     }
     pub fn set_queue_depth(&self, p: &str, depth: usize) {
         self.queue_depth

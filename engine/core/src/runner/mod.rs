@@ -250,6 +250,10 @@ impl Engine {
             pipelines.clone(),
             wake.clone(),
             shutdown.clone(),
+            DiskFloor {
+                path: crate::store::sqlite_path(&loaded.root.store.url),
+                min_free_percent: loaded.root.journal.min_free_disk_percent,
+            },
         ));
 
         let sources = TaskTracker::new();
@@ -347,17 +351,72 @@ impl Engine {
     }
 }
 
-/// Passes a wake-up (a reprocess request) on to every pipeline's feeder, and forgets expired
-/// dedup keys once a minute. The feeders themselves (`PipelineHandle::feeder`) hand due
-/// messages to the workers.
+/// The journal's free-space floor (SQLite only: a PostgreSQL server's disk is not ours to see).
+struct DiskFloor {
+    path: Option<std::path::PathBuf>,
+    min_free_percent: f64,
+}
+
+impl DiskFloor {
+    /// Why intake must stop, when the journal's disk is below the floor.
+    fn low(&self) -> Option<String> {
+        #[cfg(unix)]
+        {
+            let file = self.path.as_ref()?;
+            let dir = file
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let st = rustix::fs::statvfs(dir).ok()?;
+            if st.f_blocks == 0 {
+                return None;
+            }
+            let free = st.f_bavail as f64 * 100.0 / st.f_blocks as f64;
+            (free < self.min_free_percent).then(|| {
+                format!(
+                    "the journal's disk ({}) has {free:.1}% free, below journal.min_free_disk_percent ({}%)",
+                    dir.display(),
+                    self.min_free_percent
+                )
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (&self.path, self.min_free_percent);
+            None
+        }
+    }
+}
+
+/// Passes a wake-up (a reprocess request) on to every pipeline's feeder, counts each
+/// pipeline's backlog for its `backlog_limit` every 2 s, and forgets expired dedup keys once a
+/// minute. The feeders themselves (`PipelineHandle::feeder`) hand due messages to the workers.
 async fn housekeeping(
     store: Store,
     pipelines: BTreeMap<String, PipelineHandle>,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
+    disk: DiskFloor,
 ) {
     let mut last_expiry = std::time::Instant::now() - Duration::from_secs(3600);
+    let mut last_count = std::time::Instant::now() - Duration::from_secs(3600);
     loop {
+        if last_count.elapsed() >= Duration::from_secs(2) {
+            last_count = std::time::Instant::now();
+            let low = disk.low();
+            match store.backlog().await {
+                Ok(rows) => {
+                    for p in pipelines.values() {
+                        let n = rows
+                            .iter()
+                            .find(|r| r.pipeline == p.name())
+                            .map_or(0, |r| r.messages);
+                        p.sync_backlog(n, low.clone());
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "backlog not counted"),
+            }
+        }
         if last_expiry.elapsed() > Duration::from_secs(60) {
             last_expiry = std::time::Instant::now();
             for p in pipelines.values() {
@@ -374,7 +433,7 @@ async fn housekeeping(
                     p.wake_feeder();
                 }
             }
-            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }
 }

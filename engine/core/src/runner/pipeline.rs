@@ -36,6 +36,17 @@ pub enum SubmitError {
         #[source]
         source: StoreError,
     },
+    /// The pipeline's journal backlog is at its bound (`backlog_limit`, or the disk's free
+    /// space floor): the sender keeps the message and sends it again later.
+    #[error("pipeline {pipeline}: backlog limit reached: {reason}; send it again later")]
+    Backlog { pipeline: String, reason: String },
+}
+
+impl SubmitError {
+    /// Whether the sender should simply try again later (the engine is full, not broken).
+    pub fn is_backlog(&self) -> bool {
+        matches!(self, SubmitError::Backlog { .. })
+    }
 }
 
 enum Dispatch {
@@ -86,6 +97,20 @@ struct Inner {
     spill: Mutex<Spill>,
     /// Wakes the feeder: messages were journaled as due.
     feed: tokio::sync::Notify,
+    backlog_limit: crate::config::BacklogLimit,
+    backlog: Mutex<BacklogCount>,
+}
+
+/// What this pipeline holds in the journal, as last counted (`sync_backlog`, every few seconds)
+/// plus what was accepted since; bytes are estimated from the mean body size.
+#[derive(Debug, Default)]
+struct BacklogCount {
+    counted: i64,
+    accepted_since: i64,
+    body_bytes: u64,
+    bodies: u64,
+    /// Set when the journal's disk is below its free-space floor.
+    disk_low: Option<String>,
 }
 
 /// The in-memory queue is a cache in front of the journal. Once it had no room for a message,
@@ -340,6 +365,8 @@ impl PipelineHandle {
                 room,
                 spill: Mutex::default(),
                 feed: tokio::sync::Notify::new(),
+                backlog_limit: cfg.backlog_limit,
+                backlog: Mutex::default(),
             }),
         };
         (handle, receivers)
@@ -414,6 +441,16 @@ impl PipelineHandle {
         if let Some(r) = &i.remote {
             msg.owner = Some(r.node.to_string());
         }
+        if msg.rejected.is_none()
+            && let Some(reason) = self.refusing()
+        {
+            i.metrics.backlog_refused(&i.name);
+            return Err(SubmitError::Backlog {
+                pipeline: i.name.clone(),
+                reason,
+            });
+        }
+        let body_len = msg.body.len() as u64;
         let place = if i.remote.is_some() || msg.rejected.is_some() {
             Place::Elsewhere
         } else {
@@ -449,6 +486,11 @@ impl PipelineHandle {
             return Ok(accepted);
         }
         i.metrics.received(&i.name);
+        if let Ok(mut b) = i.backlog.lock() {
+            b.accepted_since += 1;
+            b.body_bytes += body_len;
+            b.bodies += 1;
+        }
         let mut m = preview(&fresh);
         m.id.clone_from(&accepted.id);
         m.trace_id = fresh
@@ -467,6 +509,52 @@ impl PipelineHandle {
             Place::Journal => {}
         }
         Ok(accepted)
+    }
+
+    /// Why new messages are refused now, if they are: the backlog is at `backlog_limit` or the
+    /// journal's disk below its free-space floor.
+    pub fn refusing(&self) -> Option<String> {
+        let i = &self.inner;
+        let b = i.backlog.lock().ok()?;
+        if let Some(d) = &b.disk_low {
+            return Some(d.clone());
+        }
+        let waiting = (b.counted + b.accepted_since).max(0) as u64;
+        if waiting >= i.backlog_limit.messages {
+            return Some(format!(
+                "{waiting} messages wait in the journal (backlog_limit.messages {})",
+                i.backlog_limit.messages
+            ));
+        }
+        let mean = b.body_bytes.checked_div(b.bodies).unwrap_or(0);
+        let bytes = waiting.saturating_mul(mean);
+        if bytes >= i.backlog_limit.bytes {
+            return Some(format!(
+                "about {bytes} bytes wait in the journal (backlog_limit.bytes {})",
+                i.backlog_limit.bytes
+            ));
+        }
+        None
+    }
+
+    /// The journal's count of this pipeline's unfinished messages, and the disk's state.
+    pub(super) fn sync_backlog(&self, counted: i64, disk_low: Option<String>) {
+        let i = &self.inner;
+        let was = self.refusing();
+        if let Ok(mut b) = i.backlog.lock() {
+            b.counted = counted;
+            b.accepted_since = 0;
+            b.disk_low = disk_low;
+        }
+        match (was, self.refusing()) {
+            (None, Some(r)) => {
+                tracing::warn!(pipeline = %i.name, reason = %r, "backlog limit reached: sources refuse new messages")
+            }
+            (Some(_), None) => {
+                tracing::info!(pipeline = %i.name, "backlog below its limit again: sources accept")
+            }
+            _ => {}
+        }
     }
 
     fn spill(&self) -> std::sync::MutexGuard<'_, Spill> {
