@@ -204,7 +204,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             export::export(&store, args).await
         }
         Command::Audit(cmd) => {
-            let store = open_store(cli.config.as_deref(), cli.database_url).await?;
+            // Verifying reads the audit key if there is one; it never creates one.
+            let writes = !matches!(cmd, security::AuditCommand::Verify(_));
+            let store = open_store_with(cli.config.as_deref(), cli.database_url, writes).await?;
             store.migrate().await?;
             security::audit(&store, cmd).await
         }
@@ -244,7 +246,20 @@ fn root_config(config: Option<&Path>, database_url: Option<String>) -> Result<Ro
 }
 
 async fn open_store(config: Option<&Path>, database_url: Option<String>) -> Result<Store> {
+    open_store_with(config, database_url, true).await
+}
+
+/// Opens the store with the data keys and the audit key (created if missing when `create_key`:
+/// the CLI's own audit events are signed with it like the engine's).
+async fn open_store_with(
+    config: Option<&Path>,
+    database_url: Option<String>,
+    create_key: bool,
+) -> Result<Store> {
     let root = root_config(config, database_url)?;
+    let anchor =
+        huizhen_core::store::anchor::AuditAnchor::open(&root.security.audit, "cli", create_key)
+            .map_err(|e| anyhow::anyhow!("security.audit: {e}"))?;
     let keyring = huizhen_core::crypto::Keyring::from_config(&root.security.encryption)
         .map_err(|e| anyhow::anyhow!("security.encryption: {e}"))?;
     Ok(Store::open(&StoreOptions {
@@ -253,7 +268,8 @@ async fn open_store(config: Option<&Path>, database_url: Option<String>) -> Resu
         max_connections: 4,
     })
     .await?
-    .with_keyring(keyring))
+    .with_keyring(keyring)
+    .with_audit_anchor(Some(std::sync::Arc::new(anchor))))
 }
 
 async fn run(

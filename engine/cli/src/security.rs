@@ -69,13 +69,24 @@ pub enum KeysCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Recompute the hash chain of the audit trail; exit 1 and name each row at fault if it
-    /// was changed, deleted or reordered.
-    Verify,
-    /// Print audit events, oldest first.
+    /// Check the audit trail: recompute its hash chain, check every row's MAC with the audit key
+    /// (security.audit.key_file) and that every checkpoint (security.audit.checkpoint_file, and
+    /// the files given with --checkpoints) names a row that is there unchanged. Exit 1 and name
+    /// each row at fault if one was changed, deleted, reordered, forged, or the trail was
+    /// truncated or cut before a checkpoint. Events after the last checkpoint can be cut unseen.
+    Verify(AuditVerifyArgs),
+    /// Print audit events, oldest first (the listing is itself audited: `audit.read`).
     List(AuditListArgs),
-    /// Write audit events as FHIR R4 AuditEvent resources (IHE BALP), one JSON per line.
+    /// Write audit events as FHIR R4 AuditEvent resources (IHE BALP), one JSON per line (the
+    /// export is itself audited, before the first line: `audit.export`).
     Export(AuditExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditVerifyArgs {
+    /// Another checkpoint file to check against, e.g. another engine node's (repeatable).
+    #[arg(long = "checkpoints", value_name = "FILE")]
+    checkpoints: Vec<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -152,7 +163,20 @@ pub fn sha256_hex(b: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(b))
 }
 
-/// The CLI acts with the database's own authority; its events name the OS user.
+/// The OS account the CLI runs as: `uid=N` (from the kernel, unlike `$USER`).
+fn os_uid() -> String {
+    #[cfg(unix)]
+    {
+        format!("uid={}", rustix::process::getuid().as_raw())
+    }
+    #[cfg(not(unix))]
+    {
+        "uid=unknown".to_owned()
+    }
+}
+
+/// The CLI acts with the database's own authority; its events name the OS user (`$USER`, which
+/// the user can set) and the uid the process runs as (which they cannot): source `cli uid=N`.
 pub fn cli_event(
     action: &str,
     resource_type: &str,
@@ -170,9 +194,10 @@ pub fn cli_event(
         resource_type: resource_type.into(),
         resource_id: resource_id.into(),
         outcome: "success".into(),
-        source: "cli".into(),
+        source: format!("cli {}", os_uid()),
         purpose: String::new(),
         detail,
+        subject_facility: String::new(),
     }
 }
 
@@ -213,8 +238,30 @@ pub async fn apikey(store: &Store, cmd: ApikeyCommand) -> Result<ExitCode> {
 
 pub async fn audit(store: &Store, cmd: AuditCommand) -> Result<ExitCode> {
     match cmd {
-        AuditCommand::Verify => {
-            let r = store.verify_audit().await?;
+        AuditCommand::Verify(a) => {
+            let r = store.verify_audit_with(&a.checkpoints).await?;
+            for n in &r.notes {
+                println!("note: {n}");
+            }
+            let an = &r.anchor;
+            if an.checkpoints > 0 {
+                println!(
+                    "anchored: {} checkpoint(s) in {}; the latest vouches for row {} ({}, node {}); rows after it are not anchored yet",
+                    an.checkpoints,
+                    an.files.join(", "),
+                    an.latest_seq,
+                    an.latest_at
+                        .map(huizhen_core::message::format_ms)
+                        .unwrap_or_default(),
+                    an.latest_node.as_deref().unwrap_or("?")
+                );
+            }
+            if let Some(kid) = &an.key {
+                println!(
+                    "signed: {} row(s) with a valid MAC of audit key {kid}, {} written before the key",
+                    an.keyed_rows, an.unkeyed_rows
+                );
+            }
             if r.problems.is_empty() {
                 println!(
                     "ok: {} audit events, chain intact up to row {}",
@@ -234,6 +281,14 @@ pub async fn audit(store: &Store, cmd: AuditCommand) -> Result<ExitCode> {
             }
         }
         AuditCommand::List(a) => {
+            let query = format!(
+                "actor={} action={} resource_id={} after={} limit={}",
+                a.actor.as_deref().unwrap_or(""),
+                a.action.as_deref().unwrap_or(""),
+                a.resource_id.as_deref().unwrap_or(""),
+                a.after.unwrap_or(0),
+                a.limit
+            );
             let rows = store
                 .audit_events(&AuditFilter {
                     actor: a.actor,
@@ -241,7 +296,16 @@ pub async fn audit(store: &Store, cmd: AuditCommand) -> Result<ExitCode> {
                     resource_id: a.resource_id,
                     after: a.after,
                     limit: Some(a.limit),
+                    facilities: None,
                 })
+                .await?;
+            store
+                .audit(&cli_event(
+                    "audit.read",
+                    "AuditEvent",
+                    "",
+                    format!("{query}; {} events", rows.len()),
+                ))
                 .await?;
             for r in rows {
                 println!("{}", serde_json::to_string(&r)?);
@@ -253,6 +317,16 @@ pub async fn audit(store: &Store, cmd: AuditCommand) -> Result<ExitCode> {
                 bail!("choose a format: --fhir");
             }
             let mut after = a.after.unwrap_or(0);
+            // Recorded before the first line goes out: an export that is cut off is still on
+            // the trail (with the rows up to this event's own).
+            store
+                .audit(&cli_event(
+                    "audit.export",
+                    "AuditEvent",
+                    "",
+                    format!("fhir, after {after}"),
+                ))
+                .await?;
             loop {
                 let rows = store
                     .audit_events(&AuditFilter {

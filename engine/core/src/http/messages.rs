@@ -111,21 +111,24 @@ fn body_repr(b: &[u8]) -> (String, &'static str) {
     }
 }
 
-/// A message outside the caller's scope is answered as if it did not exist.
-async fn scoped_facility(s: &AppState, caller: &Caller, id: &str) -> Result<(), ApiError> {
+/// A message outside the caller's scope is answered as if it did not exist. Returns the
+/// message's facility (the subject of the audit event).
+async fn scoped_facility(s: &AppState, caller: &Caller, id: &str) -> Result<String, ApiError> {
     let facility = s.store.get(id).await?.map(|m| m.facility);
     match facility {
-        Some(f) if caller.scope.allows(&f) => Ok(()),
+        Some(f) if caller.scope.allows(&f) => Ok(f),
         Some(f) => {
             audit(
                 &s.store,
-                &caller.event(
-                    "message.read",
-                    "Message",
-                    id,
-                    "denied",
-                    format!("facility {f} is outside the caller's scope"),
-                ),
+                &caller
+                    .event(
+                        "message.read",
+                        "Message",
+                        id,
+                        "denied",
+                        format!("facility {f} is outside the caller's scope"),
+                    )
+                    .about(&f),
             )
             .await?;
             Err(StoreError::NotFound(id.to_owned()).into())
@@ -139,11 +142,13 @@ pub(super) async fn get_message(
     axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    scoped_facility(&s, &caller, &id).await?;
+    let facility = scoped_facility(&s, &caller, &id).await?;
     let detail = message_detail(&s.store, &id).await?;
     audit(
         &s.store,
-        &caller.event("message.read", "Message", &id, "success", String::new()),
+        &caller
+            .event("message.read", "Message", &id, "success", String::new())
+            .about(&facility),
     )
     .await?;
     Ok(Json(detail))
@@ -154,14 +159,16 @@ pub(super) async fn reprocess(
     axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    scoped_facility(&s, &caller, &id).await?;
-    let event = caller.event(
-        "message.reprocess",
-        "Message",
-        &id,
-        "success",
-        String::new(),
-    );
+    let facility = scoped_facility(&s, &caller, &id).await?;
+    let event = caller
+        .event(
+            "message.reprocess",
+            "Message",
+            &id,
+            "success",
+            String::new(),
+        )
+        .about(&facility);
     let m = s.store.reprocess_audited(&id, Some(&event)).await?;
     s.wake.notify_one();
     tracing::info!(id = %m.id, pipeline = %m.pipeline, "reprocess requested");
