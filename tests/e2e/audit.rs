@@ -353,7 +353,8 @@ fn token(role: Role, facility: &str) -> String {
 /// A platform admin sends into and reads facility A's pipeline, after three messages into B. A's
 /// auditor sees those events about A's message (not only events by A's own staff), B's auditor
 /// does not; and a page of one is a full page (filtered in SQL, not after the limit). The
-/// engine's own checkpoints anchor what was written, and a clean shutdown checkpoints the rest.
+/// engine's own checkpoints anchor what was written (and reach the witness command), and a clean
+/// shutdown checkpoints the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auditors_see_events_about_their_facility_and_the_engine_checkpoints() {
     let db = fresh_db(Backend::Sqlite).await.unwrap();
@@ -361,6 +362,12 @@ async fn auditors_see_events_about_their_facility_and_the_engine_checkpoints() {
     let b = "version: 1\nname: b\nfacility: hosp-b\nsource:\n  http: { path: /in/b, kind: json }\nsinks:\n  - journal: {}\n";
     let mut l = loaded(&db, &[a, b]);
     l.root.security.audit.checkpoint_every = 3;
+    let witness = db.dir.path().join("witness.log");
+    l.root.security.audit.witness_command = vec![
+        "sh".into(),
+        "-c".into(),
+        format!("cat >> '{}'", witness.display()),
+    ];
     let engine = Engine::start(l).await.unwrap();
     let security = Security::new(
         &SecurityConfig {
@@ -464,6 +471,25 @@ async fn auditors_see_events_about_their_facility_and_the_engine_checkpoints() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(checkpointed, "a checkpoint after 3 events");
+    // The witness got checkpoint lines as the file has them.
+    let (cps, _) = huizhen_core::store::anchor::read_checkpoints(&cp_file).unwrap();
+    let mut witnessed = Vec::new();
+    for _ in 0..100 {
+        witnessed = huizhen_core::store::anchor::read_checkpoints(&witness)
+            .unwrap()
+            .0;
+        if !witnessed.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!witnessed.is_empty(), "the witness got a checkpoint");
+    assert!(
+        witnessed
+            .iter()
+            .all(|w| cps.iter().any(|c| c.checkpoint == w.checkpoint)),
+        "{witnessed:?}"
+    );
     let store = engine.store.clone();
     let (head, _) = store.audit_head().await.unwrap();
     engine.shutdown(Duration::from_secs(5)).await;

@@ -259,7 +259,7 @@ async fn open_store_with(
     let root = root_config(config, database_url)?;
     let anchor =
         huizhen_core::store::anchor::AuditAnchor::open(&root.security.audit, "cli", create_key)
-            .map_err(|e| anyhow::anyhow!("security.audit: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("security: {e}"))?;
     let keyring = huizhen_core::crypto::Keyring::from_config(&root.security.encryption)
         .map_err(|e| anyhow::anyhow!("security.encryption: {e}"))?;
     Ok(Store::open(&StoreOptions {

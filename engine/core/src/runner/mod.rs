@@ -127,7 +127,7 @@ impl Engine {
             &root.cluster.node_id(),
             true,
         )
-        .map_err(|e| EngineError::Security(format!("audit: {e}")))?;
+        .map_err(EngineError::Security)?;
         let store = store
             .with_keyring(keyring)
             .with_audit_anchor(Some(Arc::new(anchor)));

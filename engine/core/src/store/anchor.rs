@@ -329,10 +329,10 @@ impl AuditAnchor {
     /// if it is missing (`create`), or else must exist for rows to be signed.
     pub fn open(cfg: &AuditConfig, node: &str, create: bool) -> Result<AuditAnchor, String> {
         if cfg.checkpoint_every == 0 {
-            return Err("security.audit.checkpoint_every must be at least 1".into());
+            return Err("audit.checkpoint_every must be at least 1".into());
         }
         if cfg.checkpoint_interval.is_zero() {
-            return Err("security.audit.checkpoint_interval must be more than zero".into());
+            return Err("audit.checkpoint_interval must be more than zero".into());
         }
         let key = AuditKey::load(&cfg.key_file, create)?;
         let last = read_checkpoints(&cfg.checkpoint_file)
@@ -572,6 +572,28 @@ mod tests {
             AuditKey::load(&path, true)
                 .unwrap_err()
                 .contains("at least 32 bytes")
+        );
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn bad_settings_are_refused_by_name() {
+        let d = dir();
+        let cfg = |every, interval| AuditConfig {
+            key_file: d.join("k"),
+            checkpoint_file: d.join("c"),
+            checkpoint_every: every,
+            checkpoint_interval: interval,
+            witness_command: Vec::new(),
+        };
+        let e = AuditAnchor::open(&cfg(0, Duration::from_secs(1)), "n", true).unwrap_err();
+        assert_eq!(e, "audit.checkpoint_every must be at least 1");
+        let e = AuditAnchor::open(&cfg(1, Duration::ZERO), "n", true).unwrap_err();
+        assert_eq!(e, "audit.checkpoint_interval must be more than zero");
+        let e = serde_json::from_str::<AuditConfig>(r#"{"checkpoint_evry": 5}"#).unwrap_err();
+        assert!(
+            e.to_string().contains("unknown field `checkpoint_evry`"),
+            "{e}"
         );
         let _ = std::fs::remove_dir_all(d);
     }
