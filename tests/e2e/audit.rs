@@ -261,6 +261,7 @@ async fn cli_audit_is_anchored_and_audited() {
     )
     .unwrap();
     let s = trail(&db).await;
+    s.audit(&event(8).about("hosp-b")).await.unwrap();
 
     let out = cli(dir, &["audit", "list", "--limit", "3"]);
     assert!(out.status.success(), "{out:?}");
@@ -297,13 +298,24 @@ async fn cli_audit_is_anchored_and_audited() {
         exported.contains(&format!("\"huizhen-audit-{}\"", export.seq)),
         "{exported}"
     );
+    // The subject facility is in the FHIR export, on the entity.
+    let about: Vec<serde_json::Value> = exported
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["entity"][0]["extension"][0]["valueString"] == "hosp-b")
+        .collect();
+    assert_eq!(about.len(), 1, "{exported}");
+    assert_eq!(about[0]["id"], "huizhen-audit-8");
 
     let out = cli(dir, &["audit", "verify"]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{text}");
     assert!(text.contains("anchored: 1 checkpoint(s)"), "{text}");
     assert!(text.contains("vouches for row 5"), "{text}");
-    assert!(text.contains("signed: 9 row(s) with a valid MAC"), "{text}");
+    assert!(
+        text.contains("signed: 10 row(s) with a valid MAC"),
+        "{text}"
+    );
 
     tamper(
         &db,

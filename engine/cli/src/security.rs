@@ -69,16 +69,22 @@ pub enum KeysCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the audit trail: recompute its hash chain, check every row's MAC with the audit key
-    /// (security.audit.key_file) and that every checkpoint (security.audit.checkpoint_file, and
-    /// the files given with --checkpoints) names a row that is there unchanged. Exit 1 and name
-    /// each row at fault if one was changed, deleted, reordered, forged, or the trail was
-    /// truncated or cut before a checkpoint. Events after the last checkpoint can be cut unseen.
+    /// Check the audit trail's hash chain, row MACs and checkpoints; exit 1 on any problem.
+    ///
+    /// Recomputes the hash chain, checks every row's MAC with the audit key
+    /// (security.audit.key_file), and checks that every checkpoint (security.audit.checkpoint_file
+    /// and the files given with --checkpoints) names a row that is there unchanged. Names each
+    /// row at fault if one was changed, deleted, reordered or forged, or the trail was truncated
+    /// or cut before a checkpoint. Events after the last checkpoint (at most checkpoint_every
+    /// events or checkpoint_interval) can be cut unseen. Never creates the audit key.
     Verify(AuditVerifyArgs),
-    /// Print audit events, oldest first (the listing is itself audited: `audit.read`).
+    /// Print audit events, oldest first.
+    ///
+    /// The listing is itself audited (`audit.read`).
     List(AuditListArgs),
-    /// Write audit events as FHIR R4 AuditEvent resources (IHE BALP), one JSON per line (the
-    /// export is itself audited, before the first line: `audit.export`).
+    /// Write audit events as FHIR R4 AuditEvent resources (IHE BALP), one JSON per line.
+    ///
+    /// The export is itself audited (`audit.export`) before its first line.
     Export(AuditExportArgs),
 }
 
@@ -368,11 +374,16 @@ pub fn fhir_audit_event(r: &AuditRow) -> serde_json::Value {
     let recorded = huizhen_core::message::format_ms(r.at);
     let mut entity = vec![];
     if !e.resource_id.is_empty() || !e.resource_type.is_empty() {
-        entity.push(serde_json::json!({
+        let mut what = serde_json::json!({
             "what": { "identifier": { "system": format!("urn:huizhen:{}", e.resource_type), "value": e.resource_id } },
             "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object" },
             "detail": if e.detail.is_empty() { serde_json::json!([]) } else { serde_json::json!([{ "type": "detail", "valueString": e.detail }]) }
-        }));
+        });
+        // Whose resource it is: the facility auditors filter on.
+        if !e.subject_facility.is_empty() {
+            what["extension"] = serde_json::json!([{ "url": "urn:huizhen:subject-facility", "valueString": e.subject_facility }]);
+        }
+        entity.push(what);
     }
     serde_json::json!({
         "resourceType": "AuditEvent",
