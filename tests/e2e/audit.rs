@@ -222,7 +222,7 @@ async fn forged_rows_appended_with_recomputed_hashes_are_detected(b: Backend) {
     assert_eq!(
         p,
         vec![
-            "audit row 8: it has no MAC although rows before it do (added outside the engine)"
+            "audit row 8: it has no MAC, written after the audit key was in use (added outside the engine, or its MAC removed)"
                 .to_owned(),
             "audit row 9: its MAC does not match (forged: added or rewritten without the audit key)"
                 .to_owned(),
@@ -231,6 +231,30 @@ async fn forged_rows_appended_with_recomputed_hashes_are_detected(b: Backend) {
                 s.audit_anchor().unwrap().key().unwrap().kid()
             ),
         ]
+    );
+    // Removing every MAC does not pass the rows off as written before the key: rows after
+    // the first checkpoint must have one.
+    tamper(&db, b, "UPDATE audit_events SET mac = ''").await;
+    assert!(
+        chain_only(&db).await.is_empty(),
+        "the chain alone sees nothing"
+    );
+    let p = s.verify_audit().await.unwrap().problems;
+    let unsigned: Vec<&str> = p
+        .iter()
+        .filter(|x| x.contains("it has no MAC"))
+        .map(|x| &x[..12])
+        .collect();
+    assert_eq!(
+        unsigned,
+        [
+            "audit row 6:",
+            "audit row 7:",
+            "audit row 8:",
+            "audit row 9:",
+            "audit row 10"
+        ],
+        "{p:?}"
     );
 }
 

@@ -353,7 +353,11 @@ impl Store {
         }
         let mut next_cp = 0usize;
         let mut disagree: Vec<String> = Vec::new();
+        // Rows need a MAC after the first one that has one, and after the first checkpoint the
+        // key signed (the engine signs every row once it has the key, and it has the key before
+        // its first checkpoint): so stripping every MAC does not turn rows into "legacy" ones.
         let mut first_keyed: Option<i64> = None;
+        let keyed_from = checkpoints.first().map(|c| c.checkpoint.seq);
 
         let mut prev_hash = "genesis".to_owned();
         let mut expected_seq = 1i64;
@@ -400,9 +404,14 @@ impl Store {
                             report.anchor.keyed_rows += 1;
                             first_keyed.get_or_insert(row.seq);
                         }
-                        RowMac::Missing if first_keyed.is_none() => report.anchor.unkeyed_rows += 1,
+                        RowMac::Missing
+                            if first_keyed.is_none()
+                                && keyed_from.is_none_or(|k| row.seq <= k) =>
+                        {
+                            report.anchor.unkeyed_rows += 1
+                        }
                         RowMac::Missing => report.problems.push(format!(
-                            "audit row {}: it has no MAC although rows before it do (added outside the engine)",
+                            "audit row {}: it has no MAC, written after the audit key was in use (added outside the engine, or its MAC removed)",
                             row.seq
                         )),
                         RowMac::OtherKey(kid) => report.problems.push(format!(
