@@ -448,12 +448,10 @@ async fn messages(store: &Store, cmd: MessagesCommand) -> Result<ExitCode> {
         MessagesCommand::Show { id } => {
             let v = http::message_detail(store, &id).await?;
             store
-                .audit(&security::cli_event(
-                    "message.read",
-                    "Message",
-                    &id,
-                    String::new(),
-                ))
+                .audit(
+                    &security::cli_event("message.read", "Message", &id, String::new())
+                        .about(v["facility"].as_str().unwrap_or_default()),
+                )
                 .await?;
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(ExitCode::SUCCESS)
