@@ -9,6 +9,7 @@
 #![allow(clippy::print_stderr)]
 
 mod amqp;
+mod audit;
 mod buffer;
 mod cli;
 mod cluster;

@@ -516,10 +516,27 @@ async fn tampered(sql: &str) -> (Vec<String>, std::process::Output) {
         .unwrap();
     }
     assert!(s.verify_audit().await.unwrap().problems.is_empty());
-    let cli_ok = std::process::Command::new(env!("CARGO_BIN_EXE_huizhen"))
-        .args(["--database-url", &db.url, "audit", "verify"])
-        .output()
-        .unwrap();
+    // The test's own audit key and checkpoint file (the defaults under the working directory
+    // are shared by every test that runs the binary there).
+    let config = db.dir.path().join("huizhen.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 1\nsecurity:\n  audit: {{ key_file: {}, checkpoint_file: {} }}\npipelines: []\n",
+            db.dir.path().join("audit.key").display(),
+            db.dir.path().join("audit.checkpoints").display()
+        ),
+    )
+    .unwrap();
+    let verify = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_huizhen"))
+            .arg("-c")
+            .arg(&config)
+            .args(["--database-url", &db.url, "audit", "verify"])
+            .output()
+            .unwrap()
+    };
+    let cli_ok = verify();
     assert!(cli_ok.status.success(), "{cli_ok:?}");
     {
         use sqlx::Connection;
@@ -540,11 +557,7 @@ async fn tampered(sql: &str) -> (Vec<String>, std::process::Output) {
             .unwrap();
     }
     let problems = s.verify_audit().await.unwrap().problems;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_huizhen"))
-        .args(["--database-url", &db.url, "audit", "verify"])
-        .output()
-        .unwrap();
-    (problems, out)
+    (problems, verify())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

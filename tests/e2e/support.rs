@@ -116,6 +116,8 @@ pub fn loaded(db: &TestDb, pipelines: &[&str]) -> Loaded {
     root.journal.scheduler_poll = Duration::from_millis(50);
     root.security.jwt_secret_file = db.dir.path().join("jwt.secret");
     root.security.encryption.keys_file = db.dir.path().join("keys");
+    root.security.audit.key_file = db.dir.path().join("audit.key");
+    root.security.audit.checkpoint_file = db.dir.path().join("audit.checkpoints");
     let mut list = Vec::new();
     for (i, text) in pipelines.iter().enumerate() {
         let file = db.dir.path().join(format!("p{i}.yaml"));

@@ -206,7 +206,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             export::export(&store, args).await
         }
         Command::Audit(cmd) => {
-            let store = open_store(cli.config.as_deref(), cli.database_url).await?;
+            // Verifying reads the audit key if there is one; it never creates one.
+            let writes = !matches!(cmd, security::AuditCommand::Verify(_));
+            let store = open_store_with(cli.config.as_deref(), cli.database_url, writes).await?;
             store.migrate().await?;
             security::audit(&store, cmd).await
         }
@@ -246,7 +248,20 @@ fn root_config(config: Option<&Path>, database_url: Option<String>) -> Result<Ro
 }
 
 async fn open_store(config: Option<&Path>, database_url: Option<String>) -> Result<Store> {
+    open_store_with(config, database_url, true).await
+}
+
+/// Opens the store with the data keys and the audit key (created if missing when `create_key`:
+/// the CLI's own audit events are signed with it like the engine's).
+async fn open_store_with(
+    config: Option<&Path>,
+    database_url: Option<String>,
+    create_key: bool,
+) -> Result<Store> {
     let root = root_config(config, database_url)?;
+    let anchor =
+        huizhen_core::store::anchor::AuditAnchor::open(&root.security.audit, "cli", create_key)
+            .map_err(|e| anyhow::anyhow!("security: {e}"))?;
     let keyring = huizhen_core::crypto::Keyring::from_config(&root.security.encryption)
         .map_err(|e| anyhow::anyhow!("security.encryption: {e}"))?;
     Ok(Store::open(&StoreOptions {
@@ -255,7 +270,8 @@ async fn open_store(config: Option<&Path>, database_url: Option<String>) -> Resu
         max_connections: 4,
     })
     .await?
-    .with_keyring(keyring))
+    .with_keyring(keyring)
+    .with_audit_anchor(Some(std::sync::Arc::new(anchor))))
 }
 
 async fn run(
@@ -425,12 +441,10 @@ async fn messages(store: &Store, cmd: MessagesCommand) -> Result<ExitCode> {
         MessagesCommand::Show { id } => {
             let v = http::message_detail(store, &id).await?;
             store
-                .audit(&security::cli_event(
-                    "message.read",
-                    "Message",
-                    &id,
-                    String::new(),
-                ))
+                .audit(
+                    &security::cli_event("message.read", "Message", &id, String::new())
+                        .about(v["facility"].as_str().unwrap_or_default()),
+                )
                 .await?;
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(ExitCode::SUCCESS)

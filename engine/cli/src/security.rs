@@ -69,13 +69,30 @@ pub enum KeysCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Recompute the hash chain of the audit trail; exit 1 and name each row at fault if it
-    /// was changed, deleted or reordered.
-    Verify,
+    /// Check the audit trail's hash chain, row MACs and checkpoints; exit 1 on any problem.
+    ///
+    /// Recomputes the hash chain, checks every row's MAC with the audit key
+    /// (security.audit.key_file), and checks that every checkpoint (security.audit.checkpoint_file
+    /// and the files given with --checkpoints) names a row that is there unchanged. Names each
+    /// row at fault if one was changed, deleted, reordered or forged, or the trail was truncated
+    /// or cut before a checkpoint. Events after the last checkpoint (at most checkpoint_every
+    /// events or checkpoint_interval) can be cut unseen. Never creates the audit key.
+    Verify(AuditVerifyArgs),
     /// Print audit events, oldest first.
+    ///
+    /// The listing is itself audited (`audit.read`).
     List(AuditListArgs),
     /// Write audit events as FHIR R4 AuditEvent resources (IHE BALP), one JSON per line.
+    ///
+    /// The export is itself audited (`audit.export`) before its first line.
     Export(AuditExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditVerifyArgs {
+    /// Another checkpoint file to check against, e.g. another engine node's (repeatable).
+    #[arg(long = "checkpoints", value_name = "FILE")]
+    checkpoints: Vec<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -170,7 +187,20 @@ pub fn sha256_hex(b: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(b))
 }
 
-/// The CLI acts with the database's own authority; its events name the OS user.
+/// The OS account the CLI runs as: `uid=N` (from the kernel, unlike `$USER`).
+fn os_uid() -> String {
+    #[cfg(unix)]
+    {
+        format!("uid={}", rustix::process::getuid().as_raw())
+    }
+    #[cfg(not(unix))]
+    {
+        "uid=unknown".to_owned()
+    }
+}
+
+/// The CLI acts with the database's own authority; its events name the OS user (`$USER`, which
+/// the user can set) and the uid the process runs as (which they cannot): source `cli uid=N`.
 pub fn cli_event(
     action: &str,
     resource_type: &str,
@@ -188,9 +218,10 @@ pub fn cli_event(
         resource_type: resource_type.into(),
         resource_id: resource_id.into(),
         outcome: "success".into(),
-        source: "cli".into(),
+        source: format!("cli {}", os_uid()),
         purpose: String::new(),
         detail,
+        subject_facility: String::new(),
     }
 }
 
@@ -231,8 +262,30 @@ pub async fn apikey(store: &Store, cmd: ApikeyCommand) -> Result<ExitCode> {
 
 pub async fn audit(store: &Store, cmd: AuditCommand) -> Result<ExitCode> {
     match cmd {
-        AuditCommand::Verify => {
-            let r = store.verify_audit().await?;
+        AuditCommand::Verify(a) => {
+            let r = store.verify_audit_with(&a.checkpoints).await?;
+            for n in &r.notes {
+                println!("note: {n}");
+            }
+            let an = &r.anchor;
+            if an.checkpoints > 0 {
+                println!(
+                    "anchored: {} checkpoint(s) in {}; the latest vouches for row {} ({}, node {}); rows after it are not anchored yet",
+                    an.checkpoints,
+                    an.files.join(", "),
+                    an.latest_seq,
+                    an.latest_at
+                        .map(huizhen_core::message::format_ms)
+                        .unwrap_or_default(),
+                    an.latest_node.as_deref().unwrap_or("?")
+                );
+            }
+            if let Some(kid) = &an.key {
+                println!(
+                    "signed: {} row(s) with a valid MAC of audit key {kid}, {} written before the key",
+                    an.keyed_rows, an.unkeyed_rows
+                );
+            }
             if r.problems.is_empty() {
                 println!(
                     "ok: {} audit events, chain intact up to row {}",
@@ -252,6 +305,14 @@ pub async fn audit(store: &Store, cmd: AuditCommand) -> Result<ExitCode> {
             }
         }
         AuditCommand::List(a) => {
+            let query = format!(
+                "actor={} action={} resource_id={} after={} limit={}",
+                a.actor.as_deref().unwrap_or(""),
+                a.action.as_deref().unwrap_or(""),
+                a.resource_id.as_deref().unwrap_or(""),
+                a.after.unwrap_or(0),
+                a.limit
+            );
             let rows = store
                 .audit_events(&AuditFilter {
                     actor: a.actor,
@@ -259,7 +320,16 @@ pub async fn audit(store: &Store, cmd: AuditCommand) -> Result<ExitCode> {
                     resource_id: a.resource_id,
                     after: a.after,
                     limit: Some(a.limit),
+                    facilities: None,
                 })
+                .await?;
+            store
+                .audit(&cli_event(
+                    "audit.read",
+                    "AuditEvent",
+                    "",
+                    format!("{query}; {} events", rows.len()),
+                ))
                 .await?;
             for r in rows {
                 println!("{}", serde_json::to_string(&r)?);
@@ -271,6 +341,16 @@ pub async fn audit(store: &Store, cmd: AuditCommand) -> Result<ExitCode> {
                 bail!("choose a format: --fhir");
             }
             let mut after = a.after.unwrap_or(0);
+            // Recorded before the first line goes out: an export that is cut off is still on
+            // the trail (with the rows up to this event's own).
+            store
+                .audit(&cli_event(
+                    "audit.export",
+                    "AuditEvent",
+                    "",
+                    format!("fhir, after {after}"),
+                ))
+                .await?;
             loop {
                 let rows = store
                     .audit_events(&AuditFilter {
@@ -312,11 +392,16 @@ pub fn fhir_audit_event(r: &AuditRow) -> serde_json::Value {
     let recorded = huizhen_core::message::format_ms(r.at);
     let mut entity = vec![];
     if !e.resource_id.is_empty() || !e.resource_type.is_empty() {
-        entity.push(serde_json::json!({
+        let mut what = serde_json::json!({
             "what": { "identifier": { "system": format!("urn:huizhen:{}", e.resource_type), "value": e.resource_id } },
             "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object" },
             "detail": if e.detail.is_empty() { serde_json::json!([]) } else { serde_json::json!([{ "type": "detail", "valueString": e.detail }]) }
-        }));
+        });
+        // Whose resource it is: the facility auditors filter on.
+        if !e.subject_facility.is_empty() {
+            what["extension"] = serde_json::json!([{ "url": "urn:huizhen:subject-facility", "valueString": e.subject_facility }]);
+        }
+        entity.push(what);
     }
     serde_json::json!({
         "resourceType": "AuditEvent",

@@ -21,16 +21,18 @@ pub(super) async fn ingest(
     if !caller.write_scope.allows(pipeline.facility()) {
         audit(
             &s.store,
-            &caller.event(
-                "message.ingest",
-                "Pipeline",
-                pipeline.name(),
-                "denied",
-                format!(
-                    "the pipeline belongs to facility {:?}, outside the caller's write scope",
-                    pipeline.facility()
-                ),
-            ),
+            &caller
+                .event(
+                    "message.ingest",
+                    "Pipeline",
+                    pipeline.name(),
+                    "denied",
+                    format!(
+                        "the pipeline belongs to facility {:?}, outside the caller's write scope",
+                        pipeline.facility()
+                    ),
+                )
+                .about(pipeline.facility()),
         )
         .await?;
         return Err(ApiError(
@@ -78,13 +80,15 @@ pub(super) async fn ingest(
     match pipeline.submit(m).await {
         Ok(a) => {
             // Recorded after the journal commit (the journal writer's batch cannot take it).
-            let ev = caller.event(
-                "message.ingest",
-                "Message",
-                &a.id,
-                "success",
-                format!("pipeline {}", pipeline.name()),
-            );
+            let ev = caller
+                .event(
+                    "message.ingest",
+                    "Message",
+                    &a.id,
+                    "success",
+                    format!("pipeline {}", pipeline.name()),
+                )
+                .about(pipeline.facility());
             if let Err(e) = s.store.audit(&ev).await {
                 tracing::error!(error = %e, id = %a.id, "ingest not audited");
             }

@@ -111,8 +111,8 @@ fn body_repr(b: &[u8]) -> (String, &'static str) {
     }
 }
 
-/// A message outside the caller's read scope is answered as if it did not exist; gives the
-/// message's facility.
+/// A message outside the caller's read scope is answered as if it did not exist. Returns the
+/// message's facility (the subject of the audit event).
 async fn scoped_facility(s: &AppState, caller: &Caller, id: &str) -> Result<String, ApiError> {
     let facility = s.store.get(id).await?.map(|m| m.facility);
     match facility {
@@ -120,13 +120,15 @@ async fn scoped_facility(s: &AppState, caller: &Caller, id: &str) -> Result<Stri
         Some(f) => {
             audit(
                 &s.store,
-                &caller.event(
-                    "message.read",
-                    "Message",
-                    id,
-                    "denied",
-                    format!("facility {f} is outside the caller's scope"),
-                ),
+                &caller
+                    .event(
+                        "message.read",
+                        "Message",
+                        id,
+                        "denied",
+                        format!("facility {f} is outside the caller's scope"),
+                    )
+                    .about(&f),
             )
             .await?;
             Err(StoreError::NotFound(id.to_owned()).into())
@@ -140,11 +142,13 @@ pub(super) async fn get_message(
     axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    scoped_facility(&s, &caller, &id).await?;
+    let facility = scoped_facility(&s, &caller, &id).await?;
     let detail = message_detail(&s.store, &id).await?;
     audit(
         &s.store,
-        &caller.event("message.read", "Message", &id, "success", String::new()),
+        &caller
+            .event("message.read", "Message", &id, "success", String::new())
+            .about(&facility),
     )
     .await?;
     Ok(Json(detail))
@@ -164,24 +168,28 @@ pub(super) async fn reprocess(
         );
         audit(
             &s.store,
-            &caller.event(
-                "message.reprocess",
-                "Message",
-                &id,
-                "denied",
-                reason.clone(),
-            ),
+            &caller
+                .event(
+                    "message.reprocess",
+                    "Message",
+                    &id,
+                    "denied",
+                    reason.clone(),
+                )
+                .about(&facility),
         )
         .await?;
         return Err(ApiError(StatusCode::FORBIDDEN, reason));
     }
-    let event = caller.event(
-        "message.reprocess",
-        "Message",
-        &id,
-        "success",
-        String::new(),
-    );
+    let event = caller
+        .event(
+            "message.reprocess",
+            "Message",
+            &id,
+            "success",
+            String::new(),
+        )
+        .about(&facility);
     let m = s.store.reprocess_audited(&id, Some(&event)).await?;
     s.wake.notify_one();
     tracing::info!(id = %m.id, pipeline = %m.pipeline, "reprocess requested");

@@ -138,7 +138,7 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// An audit event of this caller.
+    /// An audit event of this caller; `.about(facility)` names the facility of the resource.
     pub fn event(
         &self,
         action: &str,
@@ -158,6 +158,7 @@ impl Caller {
             source: self.source.clone(),
             purpose: self.purpose.clone(),
             detail,
+            subject_facility: String::new(),
         }
     }
 }

@@ -121,7 +121,16 @@ impl Engine {
         store.migrate().await?;
         let keyring = crate::crypto::Keyring::from_config(&root.security.encryption)
             .map_err(EngineError::Security)?;
-        let store = store.with_keyring(keyring);
+        // The audit key and checkpoint file that anchor the audit chain outside the database.
+        let anchor = crate::store::anchor::AuditAnchor::open(
+            &root.security.audit,
+            &root.cluster.node_id(),
+            true,
+        )
+        .map_err(EngineError::Security)?;
+        let store = store
+            .with_keyring(keyring)
+            .with_audit_anchor(Some(Arc::new(anchor)));
         let journal = Journal::start(
             store.clone(),
             JournalOptions {
@@ -242,6 +251,7 @@ impl Engine {
             }
         }
         let wake = Arc::new(Notify::new());
+        workers.spawn(store.clone().run_checkpointer(shutdown.clone()));
         for p in pipelines.values() {
             workers.spawn(p.clone().feeder(loaded.root.journal.scheduler_poll));
         }
@@ -346,6 +356,10 @@ impl Engine {
         }
         drop(self.pipelines);
         drop(self.journal);
+        // The last checkpoint: everything audited up to the shutdown is anchored.
+        if let Err(e) = self.store.checkpoint_audit().await {
+            tracing::warn!(error = %e, "no audit checkpoint at shutdown");
+        }
         self.store.close().await;
         tracing::info!("engine stopped");
     }

@@ -100,6 +100,10 @@ pub struct SecurityConfig {
     /// slowed down by back-pressure instead. `per_second: 0` turns it off.
     #[serde(default)]
     pub rate_limit: RateLimit,
+    /// The audit key and the checkpoints that anchor the audit trail outside the database
+    /// (see `crate::store::anchor`).
+    #[serde(default)]
+    pub audit: crate::store::anchor::AuditConfig,
 }
 
 /// `security.rate_limit`.
@@ -145,6 +149,7 @@ impl Default for SecurityConfig {
             sharing: Vec::new(),
             encryption: crate::crypto::EncryptionConfig::default(),
             rate_limit: RateLimit::default(),
+            audit: crate::store::anchor::AuditConfig::default(),
         }
     }
 }

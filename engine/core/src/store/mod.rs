@@ -8,6 +8,7 @@
 //! Writes that must be fast (appends and state changes) go through the [`journal`] writer, which
 //! groups them into one transaction per batch (group commit). Reads use a separate pool.
 
+pub mod anchor;
 pub mod audit;
 pub mod cluster;
 pub mod journal;
@@ -127,6 +128,8 @@ pub struct Store {
     durability: Durability,
     /// Seals message and effect bodies at rest when set (see [`crate::crypto`]).
     keyring: Option<std::sync::Arc<crate::crypto::Keyring>>,
+    /// Signs audit rows and writes checkpoints when set (see [`anchor`]).
+    anchor: Option<std::sync::Arc<anchor::AuditAnchor>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -230,6 +233,7 @@ impl Store {
                 sqlite_file: sqlite_path(&url),
                 durability: opts.durability,
                 keyring: None,
+                anchor: None,
             })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = AnyPoolOptions::new()
@@ -245,6 +249,7 @@ impl Store {
                 sqlite_file: None,
                 durability: opts.durability,
                 keyring: None,
+                anchor: None,
             })
         } else {
             Err(StoreError::UnsupportedUrl(redact_url(url)))
@@ -266,6 +271,19 @@ impl Store {
     ) -> Store {
         self.keyring = keyring;
         self
+    }
+
+    /// Signs audit rows with the anchor's key and checkpoints the chain to its file.
+    pub fn with_audit_anchor(
+        mut self,
+        anchor: Option<std::sync::Arc<anchor::AuditAnchor>>,
+    ) -> Store {
+        self.anchor = anchor;
+        self
+    }
+
+    pub fn audit_anchor(&self) -> Option<&std::sync::Arc<anchor::AuditAnchor>> {
+        self.anchor.as_ref()
     }
 
     pub fn keyring(&self) -> Option<&std::sync::Arc<crate::crypto::Keyring>> {
@@ -316,6 +334,11 @@ impl Store {
                     "cluster",
                     include_str!("migrations/sqlite/0003_cluster.sql"),
                 ),
+                (
+                    4,
+                    "audit anchor",
+                    include_str!("migrations/sqlite/0004_audit_anchor.sql"),
+                ),
             ],
             Backend::Postgres => &[
                 (
@@ -332,6 +355,11 @@ impl Store {
                     3,
                     "cluster",
                     include_str!("migrations/postgres/0003_cluster.sql"),
+                ),
+                (
+                    4,
+                    "audit anchor",
+                    include_str!("migrations/postgres/0004_audit_anchor.sql"),
                 ),
             ],
         };
@@ -534,7 +562,7 @@ impl Store {
             .await
             .map_err(q("reprocess message"))?;
         if let Some(e) = audit {
-            audit::append(&mut tx, e).await?;
+            audit::append(&mut tx, e, self.anchor.as_deref()).await?;
         }
         tx.commit().await.map_err(q("commit reprocess"))?;
         drop(conn);
@@ -588,7 +616,7 @@ impl Store {
         if let Some(e) = audit {
             let mut e = e.clone();
             e.detail = format!("{} messages", r.rows_affected());
-            audit::append(&mut tx, &e).await?;
+            audit::append(&mut tx, &e, self.anchor.as_deref()).await?;
         }
         tx.commit().await.map_err(q("commit reprocess"))?;
         Ok(r.rows_affected())
