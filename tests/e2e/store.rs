@@ -579,6 +579,7 @@ async fn sealed_values_are_bound_to_their_message_and_field(b: Backend) {
     assert_eq!(got.body, r#"{"name":"欧阳明月"}"#.as_bytes());
     assert_eq!(got.headers["x-patient"], "欧阳明月");
     assert_eq!(got.headers["content-type"], "application/json");
+    assert_eq!(got.dedup_key.as_deref(), Some("330523199001011238"));
     let got_b = s.get(&bid).await.unwrap().unwrap();
     assert_eq!(
         got_b.last_error.as_deref(),
@@ -606,6 +607,17 @@ async fn sealed_values_are_bound_to_their_message_and_field(b: Backend) {
     assert!(
         key.starts_with("hmac:") && !key.contains("3305231990"),
         "{key}"
+    );
+    let sealed_key = raw_text(
+        &pool,
+        "SELECT dedup_key_sealed FROM messages WHERE id = $1",
+        &a,
+    )
+    .await
+    .unwrap();
+    assert!(
+        sealed_key.starts_with("hze:") && !sealed_key.contains("3305231990"),
+        "{sealed_key}"
     );
     let last = raw_text(&pool, "SELECT last_error FROM messages WHERE id = $1", &bid)
         .await
@@ -855,6 +867,10 @@ async fn rotation_reseals_every_field_and_seals_what_was_clear(b: Backend) {
     .await
     .unwrap();
     assert_eq!(key, ring.dedup_index("LEGACY-1"));
+    assert_eq!(
+        s.get(&legacy).await.unwrap().unwrap().dedup_key.as_deref(),
+        Some("LEGACY-1")
+    );
     pool.close().await;
 }
 

@@ -131,6 +131,9 @@ enum Op {
 struct Sealed {
     id: MessageId,
     msg: NewMessage,
+    /// The dedup key sealed for people reading the message (`msg.dedup_key` is then its
+    /// blind index).
+    dedup_key_sealed: Option<String>,
 }
 
 /// A transition on its way to the writer, its texts as they will be stored: the effect bodies
@@ -254,6 +257,7 @@ impl Journal {
         // Hashing and sealing happen here, on the caller's task, not on the writer. The id is
         // assigned here too: every sealed field is bound to it.
         let id = new_id();
+        let mut dedup_key_sealed = None;
         if msg.dedup_key.is_some() && msg.body_hash.is_none() {
             msg.body_hash = Some(match self.store.keyring() {
                 Some(k) => k.blind_index(&msg.body),
@@ -270,12 +274,17 @@ impl Journal {
             }
             if let Some(key) = msg.dedup_key.take() {
                 msg.dedup_key = Some(c.dedup_index(&key));
+                dedup_key_sealed = Some(c.seal_text(&key, &Binding::new(&id, "dedup_key")));
             }
             if let Some(r) = msg.rejected.take() {
                 msg.rejected = Some(c.seal_text(&r, &Binding::new(&id, "last_error")));
             }
         }
-        let msg = Sealed { id, msg };
+        let msg = Sealed {
+            id,
+            msg,
+            dedup_key_sealed,
+        };
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Op::Append { msg, reply })
@@ -551,6 +560,7 @@ fn drain(rx: &mut mpsc::Receiver<Op>, batch: &mut Vec<Op>, max_batch: usize) {
 struct Prepared<'a> {
     id: MessageId,
     msg: &'a NewMessage,
+    dedup_key_sealed: Option<&'a str>,
     hash: Option<String>,
     headers_json: String,
     reused_key: bool,
@@ -1027,6 +1037,7 @@ async fn append_all<E: Exec>(e: &mut E, appends: &[&Sealed], now: i64) -> Result
         rows.push(Prepared {
             id: a.id.clone(),
             msg,
+            dedup_key_sealed: a.dedup_key_sealed.as_deref(),
             hash,
             headers_json,
             reused_key,
@@ -1046,9 +1057,9 @@ async fn append_all<E: Exec>(e: &mut E, appends: &[&Sealed], now: i64) -> Result
         let mut s = Stmt::new(
             backend,
             if backend == Backend::Sqlite {
-                "INSERT OR IGNORE INTO messages (id, facility, pipeline, kind, body, headers, source, received_at, trace_id, dedup_key, body_hash, parent_id, owner, state, updated_at) VALUES "
+                "INSERT OR IGNORE INTO messages (id, facility, pipeline, kind, body, headers, source, received_at, trace_id, dedup_key, dedup_key_sealed, body_hash, parent_id, owner, state, updated_at) VALUES "
             } else {
-                "INSERT INTO messages (id, facility, pipeline, kind, body, headers, source, received_at, trace_id, dedup_key, body_hash, parent_id, owner, state, updated_at) VALUES "
+                "INSERT INTO messages (id, facility, pipeline, kind, body, headers, source, received_at, trace_id, dedup_key, dedup_key_sealed, body_hash, parent_id, owner, state, updated_at) VALUES "
             },
         );
         for (i, r) in chunk.iter().enumerate() {
@@ -1072,6 +1083,8 @@ async fn append_all<E: Exec>(e: &mut E, appends: &[&Sealed], now: i64) -> Result
             s.bind(r.msg.trace_id.as_deref().unwrap_or(r.id.as_str()));
             s.push(", ");
             s.bind(r.msg.dedup_key.as_deref());
+            s.push(", ");
+            s.bind(r.dedup_key_sealed);
             s.push(", ");
             s.bind(r.hash.as_deref());
             s.push(", ");

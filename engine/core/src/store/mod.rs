@@ -194,8 +194,8 @@ pub const CLEAR_HEADERS: &[&str] = &[
 /// Most effects one message's detail reads (one per `journal` sink of its pipeline, so a handful).
 pub const MAX_EFFECTS_PER_MESSAGE: i64 = 256;
 
-const MESSAGE_COLUMNS: &str = "id, facility, pipeline, kind, body, headers, source, received_at, trace_id, dedup_key, parent_id, state, attempts, next_attempt_at, last_error, updated_at";
-const MESSAGE_COLUMNS_NO_BODY: &str = "id, facility, pipeline, kind, headers, source, received_at, trace_id, dedup_key, parent_id, state, attempts, next_attempt_at, last_error, updated_at";
+const MESSAGE_COLUMNS: &str = "id, facility, pipeline, kind, body, headers, source, received_at, trace_id, dedup_key, dedup_key_sealed, parent_id, state, attempts, next_attempt_at, last_error, updated_at";
+const MESSAGE_COLUMNS_NO_BODY: &str = "id, facility, pipeline, kind, headers, source, received_at, trace_id, dedup_key, dedup_key_sealed, parent_id, state, attempts, next_attempt_at, last_error, updated_at";
 
 impl Store {
     /// Opens (and for SQLite creates) the database. Does not run migrations: see [`Store::migrate`].
@@ -345,7 +345,19 @@ impl Store {
         if let Some(e) = m.last_error.take() {
             m.last_error = Some(self.open_text(&m.id, "last_error", e)?);
         }
+        if let Some(k) = m.dedup_key.take() {
+            m.dedup_key = Some(self.open_dedup_key(&m.id, k)?);
+        }
         Ok(())
+    }
+
+    /// The dedup key as shown: opened when sealed; a bare blind index (the sealed key expired or
+    /// was never kept) as it is.
+    fn open_dedup_key(&self, id: &str, raw: String) -> Result<String> {
+        if raw.starts_with(crate::crypto::INDEX_PREFIX) {
+            return Ok(raw);
+        }
+        self.open_text(id, "dedup_key", raw)
     }
 
     /// [`Store::open_message`] for rows that must not stop a listing or a claim: a field that
@@ -372,6 +384,14 @@ impl Store {
         if let Some(e) = m.last_error.take() {
             match self.open_text(&id, "last_error", e) {
                 Ok(o) => m.last_error = Some(o),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(k) = m.dedup_key.take() {
+            match self.open_dedup_key(&id, k) {
+                Ok(o) => m.dedup_key = Some(o),
                 Err(e) => {
                     failed.get_or_insert(e);
                 }
@@ -410,6 +430,11 @@ impl Store {
                     "cluster",
                     include_str!("migrations/sqlite/0003_cluster.sql"),
                 ),
+                (
+                    4,
+                    "sealed dedup key",
+                    include_str!("migrations/sqlite/0004_sealed_dedup_key.sql"),
+                ),
             ],
             Backend::Postgres => &[
                 (
@@ -426,6 +451,11 @@ impl Store {
                     3,
                     "cluster",
                     include_str!("migrations/postgres/0003_cluster.sql"),
+                ),
+                (
+                    4,
+                    "sealed dedup key",
+                    include_str!("migrations/postgres/0004_sealed_dedup_key.sql"),
                 ),
             ],
         };
@@ -814,7 +844,10 @@ impl Store {
 
     /// Forgets dedup keys older than `window_ms` for a pipeline, so a sender may reuse them.
     pub async fn expire_dedup_keys(&self, pipeline: &str, window_ms: i64) -> Result<u64> {
-        let mut s = Sql::new("UPDATE messages SET dedup_key = NULL WHERE pipeline = ".into());
+        let mut s = Sql::new(
+            "UPDATE messages SET dedup_key = NULL, dedup_key_sealed = NULL WHERE pipeline = "
+                .into(),
+        );
         s.bind(pipeline);
         s.push(" AND dedup_key IS NOT NULL AND received_at < ");
         s.bind(now_ms() - window_ms);
@@ -900,7 +933,14 @@ pub(crate) fn message_from_row(r: &AnyRow, with_body: bool) -> Result<Message> {
         source: r.try_get("source").map_err(q("decode message"))?,
         received_at: r.try_get("received_at").map_err(q("decode message"))?,
         trace_id: r.try_get("trace_id").map_err(q("decode message"))?,
-        dedup_key: r.try_get("dedup_key").map_err(q("decode message"))?,
+        // The sealed key when there is one (opened by `Store::open_message`), else the column.
+        dedup_key: match r
+            .try_get::<Option<String>, _>("dedup_key_sealed")
+            .map_err(q("decode message"))?
+        {
+            Some(sealed) => Some(sealed),
+            None => r.try_get("dedup_key").map_err(q("decode message"))?,
+        },
         parent_id: r.try_get("parent_id").map_err(q("decode message"))?,
         state: State::parse(&state).unwrap_or(State::Failed),
         attempts: r.try_get("attempts").map_err(q("decode message"))?,

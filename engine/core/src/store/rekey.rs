@@ -2,8 +2,9 @@
 //!
 //! A pass over `messages` re-seals, for every row not already current (sealed bound, with the
 //! active key): the body, the sealed header values, `last_error` and the error history of the
-//! message, each bound to its message and field (see [`crate::crypto::Binding`]); it replaces a
-//! dedup key still in clear by its blind index. A pass over `effects` re-seals their bodies.
+//! message and the sealed dedup key, each bound to its message and field (see
+//! [`crate::crypto::Binding`]); a dedup key still in clear is replaced by its blind index and
+//! kept sealed beside it. A pass over `effects` re-seals their bodies.
 //! Values in clear (written before encryption was turned on) and values sealed before bindings
 //! existed (`\0HZE1`) are sealed bound by the same pass.
 //!
@@ -134,7 +135,8 @@ impl Store {
         limit: i64,
     ) -> Result<RekeyBatch> {
         let mut s = Sql::new(
-            "SELECT id, body, headers, last_error, dedup_key FROM messages WHERE id > ".into(),
+            "SELECT id, body, headers, last_error, dedup_key, dedup_key_sealed FROM messages WHERE id > "
+                .into(),
         );
         s.bind(after.unwrap_or("").to_owned());
         s.push(" ORDER BY id LIMIT ");
@@ -157,6 +159,7 @@ impl Store {
             let headers: String = r.try_get("headers").map_err(d())?;
             let last_error: Option<String> = r.try_get("last_error").map_err(d())?;
             let dedup_key: Option<String> = r.try_get("dedup_key").map_err(d())?;
+            let dedup_key_sealed: Option<String> = r.try_get("dedup_key_sealed").map_err(d())?;
             out.next = Some(id.clone());
             ids.push(id.clone());
             let key = [("id", Value::Text(id.clone()))];
@@ -211,26 +214,41 @@ impl Store {
                     )
                     .await?;
             }
-            if let Some(k) = dedup_key.filter(|k| !k.starts_with(INDEX_PREFIX)) {
-                let new = c.dedup_index(&k);
-                // A row journaled since encryption was turned on may hold the same key, hashed,
-                // and the same body: the unique dedup index then refuses, and the old key stays
-                // until it expires (it no longer matches resends either way).
-                match self
-                    .update_guarded(
-                        "messages",
-                        "dedup_key",
-                        Value::Text(new),
-                        &key,
-                        Value::Text(k),
-                    )
-                    .await
-                {
-                    Ok(m) => n += m,
-                    Err(e) => {
-                        tracing::warn!(message = %id, error = %e, "dedup key left in clear")
+            match (dedup_key, dedup_key_sealed) {
+                (Some(k), _) if !k.starts_with(INDEX_PREFIX) => {
+                    // Written in clear: the blind index for lookups, the key sealed for people.
+                    let mut u = Sql::new("UPDATE messages SET dedup_key = ".into());
+                    u.bind(c.dedup_index(&k));
+                    u.push(", dedup_key_sealed = ");
+                    u.bind(c.seal_text(&k, &crate::crypto::Binding::new(&id, "dedup_key")));
+                    u.push(" WHERE id = ");
+                    u.bind(id.clone());
+                    u.push(" AND dedup_key = ");
+                    u.bind(k);
+                    // A row journaled since encryption was turned on may hold the same key,
+                    // hashed, and the same body hash: the unique dedup index then refuses, and
+                    // this key stays in clear until it expires (it matches no resend either way).
+                    match u.query().execute(self.write_pool()).await {
+                        Ok(done) => n += done.rows_affected(),
+                        Err(e) => {
+                            tracing::warn!(message = %id, error = %e, "dedup key left in clear")
+                        }
                     }
                 }
+                (_, Some(sealed)) => {
+                    if let Some(new) = self.reseal_text(c, &id, "dedup_key", &sealed)? {
+                        n += self
+                            .update_guarded(
+                                "messages",
+                                "dedup_key_sealed",
+                                Value::Text(new),
+                                &key,
+                                Value::Text(sealed),
+                            )
+                            .await?;
+                    }
+                }
+                _ => {}
             }
             if n > 0 {
                 touched.insert(id);
