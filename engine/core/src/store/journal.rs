@@ -116,7 +116,7 @@ impl Transition {
 
 enum Op {
     Append {
-        msg: Sealed,
+        msg: Box<Sealed>,
         reply: oneshot::Sender<Result<Accepted>>,
     },
     Transition {
@@ -280,11 +280,11 @@ impl Journal {
                 msg.rejected = Some(c.seal_text(&r, &Binding::new(&id, "last_error")));
             }
         }
-        let msg = Sealed {
+        let msg = Box::new(Sealed {
             id,
             msg,
             dedup_key_sealed,
-        };
+        });
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Op::Append { msg, reply })
@@ -669,7 +669,7 @@ async fn commit_batch<A: Applier>(a: &mut A, batch: Vec<Op>) {
     }
     let now = now_ms();
     let result = {
-        let msgs: Vec<&Sealed> = appends.iter().map(|(m, _)| m).collect();
+        let msgs: Vec<&Sealed> = appends.iter().map(|(m, _)| &**m).collect();
         let ts: Vec<&Staged> = transitions.iter().map(|(t, _)| t).collect();
         a.apply(&msgs, &ts, now).await
     };
