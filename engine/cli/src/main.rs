@@ -2,7 +2,6 @@
 // The CLI's job is to print to the terminal.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -316,38 +315,20 @@ async fn run(
     let app = http::router(engine.app_state(), &http_cfg, std::sync::Arc::new(security));
     let addr = listener.local_addr()?;
     let token = engine.shutdown_token();
-    let server = match &http_cfg.tls {
-        None => {
-            tracing::info!(%addr, "HTTP server listening");
-            tokio::spawn(async move {
-                axum::serve(
-                    listener,
-                    app.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown(async move { token.cancelled().await })
-                .await
-            })
-        }
+    let acceptor = match &http_cfg.tls {
+        None => None,
         Some(tls) => {
-            let acceptor =
-                huizhen_core::tls::acceptor(tls).map_err(|e| anyhow::anyhow!("http.tls: {e}"))?;
-            tracing::info!(%addr, "HTTPS server listening");
-            let listener = http::TlsListener::new(listener, acceptor);
-            tokio::spawn(async move {
-                axum::serve(
-                    listener,
-                    app.into_make_service_with_connect_info::<http::PeerAddr>(),
-                )
-                .with_graceful_shutdown(async move { token.cancelled().await })
-                .await
-            })
+            Some(huizhen_core::tls::acceptor(tls).map_err(|e| anyhow::anyhow!("http.tls: {e}"))?)
         }
     };
+    tracing::info!(%addr, tls = acceptor.is_some(), max_connections = http_cfg.max_connections, "HTTP server listening");
+    let server =
+        tokio::spawn(async move { http::serve(listener, app, &http_cfg, acceptor, token).await });
     shutdown_signal().await;
     tracing::info!("shutting down: sources stop, in-flight messages finish or stay journaled");
     engine.shutdown(Duration::from_secs(30)).await;
     match tokio::time::timeout(Duration::from_secs(10), server).await {
-        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Ok(_))) => {}
         Ok(Ok(Err(e))) => bail!("HTTP server: {e}"),
         Ok(Err(e)) => bail!("HTTP server task: {e}"),
         Err(_) => tracing::warn!("HTTP server did not stop within 10s"),

@@ -148,6 +148,17 @@ pub struct HttpConfig {
     /// certificates. A plaintext client is refused.
     #[serde(default)]
     pub tls: Option<crate::tls::TlsConfig>,
+    /// Connections open at once (including TLS handshakes in progress); one more is closed at
+    /// once. Default 1024.
+    #[serde(default = "default_http_connections")]
+    pub max_connections: usize,
+    /// The request line and headers must arrive within this time (slowloris); it also bounds
+    /// how long an idle keep-alive connection waits for its next request. Default 10s.
+    #[serde(default = "default_header_timeout", with = "duration")]
+    pub header_timeout: Duration,
+    /// A TLS handshake must finish within this time. Default 10s.
+    #[serde(default = "default_header_timeout", with = "duration")]
+    pub handshake_timeout: Duration,
 }
 
 impl Default for HttpConfig {
@@ -157,8 +168,18 @@ impl Default for HttpConfig {
             max_body_bytes: default_max_body(),
             request_timeout: default_request_timeout(),
             tls: None,
+            max_connections: default_http_connections(),
+            header_timeout: default_header_timeout(),
+            handshake_timeout: default_header_timeout(),
         }
     }
+}
+
+fn default_http_connections() -> usize {
+    1024
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_bind() -> String {

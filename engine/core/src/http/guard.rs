@@ -73,7 +73,12 @@ pub async fn guard(State(sec): State<Arc<Security>>, mut req: Request, next: Nex
     let principal = match sec.authenticate(bearer.as_deref()).await {
         Ok(p) => p,
         Err(AuthError::Unavailable(m)) => {
-            return ApiError(StatusCode::SERVICE_UNAVAILABLE, m).into_response();
+            return ApiError::internal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the credentials cannot be checked now; try again later",
+                &m,
+            )
+            .into_response();
         }
         Err(e) => {
             sec.record_failure(ip);
@@ -102,6 +107,7 @@ pub async fn guard(State(sec): State<Arc<Security>>, mut req: Request, next: Nex
     };
     let caller = Caller {
         scope: sec.scope(&principal),
+        write_scope: sec.write_scope(&principal),
         principal,
         source,
         purpose,

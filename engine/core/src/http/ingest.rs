@@ -17,7 +17,8 @@ pub(super) async fn ingest(
             format!("no http source listens on {full}"),
         ));
     };
-    if !caller.scope.allows(pipeline.facility()) {
+    // A sharing agreement lets a facility read another's data, never send into its pipelines.
+    if !caller.write_scope.allows(pipeline.facility()) {
         audit(
             &s.store,
             &caller.event(
@@ -26,7 +27,7 @@ pub(super) async fn ingest(
                 pipeline.name(),
                 "denied",
                 format!(
-                    "the pipeline belongs to facility {:?}, outside the caller's scope",
+                    "the pipeline belongs to facility {:?}, outside the caller's write scope",
                     pipeline.facility()
                 ),
             ),
@@ -89,6 +90,10 @@ pub(super) async fn ingest(
             }
             Ok((StatusCode::ACCEPTED, Json(a)).into_response())
         }
-        Err(e) => Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+        Err(e) => Err(ApiError::internal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the message was not journaled; send it again",
+            &e,
+        )),
     }
 }

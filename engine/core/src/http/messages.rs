@@ -130,11 +130,12 @@ fn body_repr(b: &[u8]) -> (String, &'static str) {
     }
 }
 
-/// A message outside the caller's scope is answered as if it did not exist.
-async fn scoped_facility(s: &AppState, caller: &Caller, id: &str) -> Result<(), ApiError> {
+/// A message outside the caller's read scope is answered as if it did not exist; gives the
+/// message's facility.
+async fn scoped_facility(s: &AppState, caller: &Caller, id: &str) -> Result<String, ApiError> {
     let facility = s.store.get(id).await?.map(|m| m.facility);
     match facility {
-        Some(f) if caller.scope.allows(&f) => Ok(()),
+        Some(f) if caller.scope.allows(&f) => Ok(f),
         Some(f) => {
             audit(
                 &s.store,
@@ -173,7 +174,26 @@ pub(super) async fn reprocess(
     axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    scoped_facility(&s, &caller, &id).await?;
+    let facility = scoped_facility(&s, &caller, &id).await?;
+    // Readable under a sharing agreement is not writable: only the owner facility reprocesses.
+    if !caller.write_scope.allows(&facility) {
+        let reason = format!(
+            "facility {facility} shares its data for reading only; {} may not reprocess it",
+            caller.principal.facility
+        );
+        audit(
+            &s.store,
+            &caller.event(
+                "message.reprocess",
+                "Message",
+                &id,
+                "denied",
+                reason.clone(),
+            ),
+        )
+        .await?;
+        return Err(ApiError(StatusCode::FORBIDDEN, reason));
+    }
     let event = caller.event(
         "message.reprocess",
         "Message",

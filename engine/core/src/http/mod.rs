@@ -95,15 +95,30 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl ApiError {
+    /// An internal failure: the details (driver messages, SQL, file paths, a remote system's
+    /// text) go to the engine log under a reference, and the client gets only what failed and
+    /// that reference.
+    pub fn internal(status: StatusCode, what: &str, error: &dyn std::fmt::Display) -> ApiError {
+        let reference = crate::message::new_id();
+        tracing::error!(%reference, error = %error, "{what}");
+        ApiError(
+            status,
+            format!("{what} (reference {reference}; the details are in the engine log)"),
+        )
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(_) => ApiError(StatusCode::NOT_FOUND, e.to_string()),
             StoreError::NotReprocessable { .. } => ApiError(StatusCode::CONFLICT, e.to_string()),
-            _ => {
-                tracing::error!(error = %e, "store error in API");
-                ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-            }
+            _ => ApiError::internal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store is not available; try again later",
+                &e,
+            ),
         }
     }
 }
@@ -112,7 +127,10 @@ impl From<StoreError> for ApiError {
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub principal: Principal,
+    /// The facilities whose data the caller may read (its own and those sharing with it).
     pub scope: Scope,
+    /// The facilities into which the caller may write (send, reprocess): its own only.
+    pub write_scope: Scope,
     /// The client's address.
     pub source: String,
     /// The `X-Purpose-Of-Use` header, if any.
@@ -159,20 +177,19 @@ async fn audit(store: &Store, e: &AuditEvent) -> Result<(), ApiError> {
 mod audit;
 mod guard;
 mod ingest;
-mod listener;
 mod messages;
 mod ops;
 mod plugins;
+mod server;
 
 use audit::{audit_events, audit_verify};
 pub use guard::guard;
 use ingest::ingest;
-use listener::peer_from_tls;
-pub use listener::{PeerAddr, TlsListener};
 pub use messages::message_detail;
 use messages::{get_message, list_messages, reprocess};
 use ops::{backlog, cluster, health, metrics, pipelines, ready};
 use plugins::{plugins, reload_plugin};
+pub use server::{ServerStats, serve};
 
 /// Builds the router. Every route but the public ones goes through [`guard`].
 pub fn router(state: AppState, cfg: &HttpConfig, security: Arc<Security>) -> Router {
@@ -195,7 +212,6 @@ pub fn router(state: AppState, cfg: &HttpConfig, security: Arc<Security>) -> Rou
         .route_layer(middleware::from_fn_with_state(security, guard))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
-        .layer(middleware::from_fn(peer_from_tls))
         .layer(middleware::from_fn(
             move |req: Request, next: Next| async move {
                 match tokio::time::timeout(timeout, next.run(req)).await {

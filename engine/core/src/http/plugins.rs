@@ -21,6 +21,19 @@ pub(super) async fn reload_plugin(
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     use crate::extensions::CatalogError;
+    // A plugin serves every facility's pipelines: only platform admins reload it.
+    if caller.scope != Scope::All {
+        let reason = format!(
+            "reloading plugin {name} affects every facility; it needs platform scope (facility *), not {}",
+            caller.principal.facility
+        );
+        audit(
+            &s.store,
+            &caller.event("plugin.reload", "Plugin", &name, "denied", reason.clone()),
+        )
+        .await?;
+        return Err(ApiError(StatusCode::FORBIDDEN, reason));
+    }
     let Some(catalog) = s.extensions.plugin_catalog() else {
         return Err(ApiError(
             StatusCode::NOT_FOUND,
@@ -30,7 +43,9 @@ pub(super) async fn reload_plugin(
     let n = name.clone();
     let result = tokio::task::spawn_blocking(move || catalog.reload(&n))
         .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        .map_err(|e| {
+            ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, "the reload failed", &e)
+        })?;
     let (outcome, detail) = match &result {
         Ok(v) => ("success", format!("version {}", v["version"])),
         Err(e) => ("failure", e.to_string()),

@@ -309,7 +309,8 @@ impl Security {
         }
     }
 
-    /// The facilities whose data `p` may see: its own and those that share with it.
+    /// The facilities whose data `p` may read: its own and those that share with it under
+    /// `security.sharing`.
     pub fn scope(&self, p: &Principal) -> Scope {
         if p.facility == "*" {
             return Scope::All;
@@ -321,6 +322,16 @@ impl Security {
             }
         }
         Scope::Facilities(set)
+    }
+
+    /// The facilities into whose pipelines `p` may write (send, reprocess): its own only. A
+    /// sharing agreement grants reads, never writes.
+    pub fn write_scope(&self, p: &Principal) -> Scope {
+        if p.facility == "*" {
+            Scope::All
+        } else {
+            Scope::Facilities(BTreeSet::from([p.facility.clone()]))
+        }
     }
 }
 

@@ -950,15 +950,42 @@ pub(crate) fn message_from_row(r: &AnyRow, with_body: bool) -> Result<Message> {
     })
 }
 
-/// Hides the password of a database URL for error messages and logs.
+/// Hides the secrets of a database or broker URL for error messages and logs: the password of
+/// the user part, and the value of every query parameter whose name speaks of a secret
+/// (`password`, `sslpassword`, `pass`, `pwd`, `secret`, `token`, `key`, …).
 pub fn redact_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://")
-        && let Some((creds, host)) = rest.split_once('@')
-        && let Some((user, _pw)) = creds.split_once(':')
-    {
-        return format!("{scheme}://{user}:***@{host}");
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((creds, host)) => match creds.split_once(':') {
+                Some((user, _pw)) => format!("{scheme}://{user}:***@{host}"),
+                None => base.to_owned(),
+            },
+            None => base.to_owned(),
+        },
+        None => base.to_owned(),
+    };
+    if let Some(query) = query {
+        let secret = |name: &str| {
+            let n = name.to_ascii_lowercase();
+            ["pass", "pwd", "secret", "token", "key", "auth"]
+                .iter()
+                .any(|w| n.contains(w))
+        };
+        let parts: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if secret(k) => format!("{k}=***"),
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&parts.join("&"));
     }
-    url.to_owned()
+    out
 }
 
 fn sqlite_url_with_create(url: &str) -> String {
@@ -993,6 +1020,23 @@ mod tests {
             "postgres://u:***@h:5432/db"
         );
         assert_eq!(redact_url("sqlite://data/x.db"), "sqlite://data/x.db");
+        assert_eq!(
+            redact_url("postgres://h/db?user=u&password=s3cret&sslmode=require"),
+            "postgres://h/db?user=u&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://u:p@h/db?sslpassword=x&application_name=hz"),
+            "postgres://u:***@h/db?sslpassword=***&application_name=hz"
+        );
+        assert_eq!(
+            redact_url("amqps://guest:pw@mq:5671/%2f?auth_token=abc"),
+            "amqps://guest:***@mq:5671/%2f?auth_token=***"
+        );
+        // A password holding '@' does not leave its tail behind.
+        assert_eq!(
+            redact_url("postgres://u:p@ss@h/db"),
+            "postgres://u:***@h/db"
+        );
     }
 
     #[test]
