@@ -976,3 +976,187 @@ async fn clients_over_the_rate_limit_get_429() {
     );
     s.engine.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Patient data that arrives outside the body is not in the database either (issue 12, item 7):
+/// an `x-` header and an `Idempotency-Key` carrying it, a remote system whose refusal (HL7 AE,
+/// ERR text in the error history) names the patient, and a message search for the patient's
+/// phone and name (recorded in the audit trail). None of the name, identity number or phone is
+/// in the SQLite file or its WAL; an authorised reader still sees them through the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phi_in_headers_keys_errors_and_searches_is_not_in_the_database() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const NAME: &str = "欧阳明月";
+    const ID_NO: &str = "330523199001011238";
+    const PHONE: &str = "13912345678";
+    // HTTP header values are visible ASCII: the name in pinyin.
+    const PINYIN: &str = "OUYANG MINGYUE";
+    // A receiver that refuses every message with AE, naming the patient in MSA-3.
+    let remote = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let remote_port = remote.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = remote.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = c.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(2).position(|w| w == b"\x1c\r") {
+                        let frame: Vec<u8> = buf.drain(..end + 2).collect();
+                        let text = String::from_utf8_lossy(&frame);
+                        let control = text
+                            .trim_start_matches('\x0b')
+                            .split('\r')
+                            .next()
+                            .and_then(|msh| msh.split('|').nth(9))
+                            .unwrap_or("")
+                            .to_owned();
+                        let ack = format!(
+                            "\x0bMSH|^~\\&|HIS|H|HZ|P|20261123093000||ACK^A01^ACK|R{control}|P|2.5\rMSA|AE|{control}|patient {NAME} {ID_NO} {PHONE} is not registered\r\x1c\r"
+                        );
+                        if c.write_all(ack.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let db = fresh_db(Backend::Sqlite).await.unwrap();
+    let a = "version: 1\nname: a\nfacility: hosp-a\nsource:\n  http: { path: /in/a, kind: json }\nsinks:\n  - journal: {}\n";
+    let m = format!(
+        "version: 1\nname: m\nfacility: hosp-a\nsource:\n  http: {{ path: /in/m, kind: hl7v2 }}\nretry: {{ max_attempts: 1, backoff: 10ms }}\nsinks:\n  - mllp: {{ to: \"127.0.0.1:{remote_port}\", ack_timeout: 5s }}\n"
+    );
+    let engine = Engine::start(loaded(&db, &[a, &m])).await.unwrap();
+    let security = Security::new(&security_config(), engine.store.clone()).unwrap();
+    let app = huizhen_core::http::router(
+        engine.app_state(),
+        &huizhen_core::config::HttpConfig::default(),
+        Arc::new(security),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+    let client = reqwest::Client::new();
+    let admin = token(Role::Admin, "*");
+    let post = async |path: &str, req: reqwest::RequestBuilder| {
+        let r = req.bearer_auth(&admin).send().await.unwrap();
+        assert_eq!(r.status(), 202, "{path}");
+        r.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let with_headers = post(
+        "/in/a",
+        client
+            .post(format!("{base}/in/a"))
+            .header("content-type", "application/json")
+            .header("x-patient-name", PINYIN)
+            .header("x-patient-phone", PHONE)
+            .header("idempotency-key", ID_NO)
+            .body(r#"{"referral":1}"#),
+    )
+    .await;
+    let adt = format!(
+        "MSH|^~\\&|HIS|H|HZ|P|20261123093000||ADT^A01^ADT_A01|C1|P|2.5\rPID|1||{ID_NO}^^^H^MR||{NAME}||19900101|M|||||{PHONE}\r"
+    );
+    let refused = post(
+        "/in/m",
+        client
+            .post(format!("{base}/in/m"))
+            .header("content-type", "text/plain")
+            .body(adt.into_bytes()),
+    )
+    .await;
+    for q in [PHONE, NAME] {
+        let r = client
+            .get(format!("{base}/api/messages"))
+            .query(&[("q", q)])
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    for (id, state) in [(&with_headers, "done"), (&refused, "dead")] {
+        crate::support::wait_for(state, Duration::from_secs(15), || {
+            let store = engine.store.clone();
+            let id = id.clone();
+            async move { (store.get(&id).await.ok()??.state.as_str() == state).then_some(()) }
+        })
+        .await;
+    }
+    // An authorised reader sees it all, opened.
+    let detail = async |id: &str| -> serde_json::Value {
+        client
+            .get(format!("{base}/api/messages/{id}"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    let v = detail(&with_headers).await;
+    assert_eq!(v["headers"]["x-patient-name"], PINYIN, "{v}");
+    assert_eq!(v["headers"]["x-patient-phone"], PHONE);
+    let v = detail(&refused).await;
+    let last = v["last_error"].as_str().unwrap_or("");
+    assert!(last.contains(NAME), "{v}");
+    assert!(
+        v["errors"][0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains(NAME),
+        "{v}"
+    );
+    // The search terms were audited, as keyed hashes with their length.
+    let listed = engine
+        .store
+        .audit_events(&huizhen_core::store::audit::AuditFilter {
+            action: Some("message.list".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let terms: Vec<&str> = listed
+        .iter()
+        .filter_map(|r| r.event.detail.split(" q=").nth(1))
+        .collect();
+    assert_eq!(terms.len(), 2, "{listed:?}");
+    assert!(
+        terms[0].starts_with("hmac:") && terms[0].contains("(11 chars)"),
+        "{terms:?}"
+    );
+    assert!(
+        terms[1].contains("(4 chars)") && terms[0][..21] != terms[1][..21],
+        "{terms:?}"
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+    let mut raw = Vec::new();
+    for f in ["journal.db", "journal.db-wal"] {
+        if let Ok(b) = std::fs::read(db.dir.path().join(f)) {
+            raw.extend(b);
+        }
+    }
+    assert!(raw.len() > 4096, "the database was read");
+    for secret in [NAME, PINYIN, ID_NO, PHONE] {
+        assert!(
+            !raw.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{secret} is readable in the database file"
+        );
+    }
+}

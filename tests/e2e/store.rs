@@ -15,6 +15,9 @@ both_backends!(
     recovery_makes_in_flight_due,
     dedup_keys_expire,
     cluster_claims_heartbeats_and_reaping,
+    sealed_values_are_bound_to_their_message_and_field,
+    rotation_reseals_every_field_and_seals_what_was_clear,
+    message_detail_reads_only_its_own_effects,
 );
 
 fn msg(pipeline: &str, body: &str) -> NewMessage {
@@ -464,4 +467,482 @@ async fn cluster_claims_heartbeats_and_reaping(b: Backend) {
     assert_eq!(bl.len(), 1);
     assert_eq!(bl[0].messages, 4);
     assert!(bl[0].oldest_received_at.unwrap() <= now_ms());
+}
+
+// --- Sealed fields (issue 12, items 6, 7 and 9): every value that can carry patient data is
+// sealed bound to its message and field, or hashed.
+
+/// A store that seals with the key file beside the test database, and its key ring.
+async fn keyed(
+    db: &crate::support::TestDb,
+) -> (
+    huizhen_core::store::Store,
+    std::sync::Arc<huizhen_core::crypto::Keyring>,
+) {
+    let ring =
+        huizhen_core::crypto::Keyring::from_config(&huizhen_core::crypto::EncryptionConfig {
+            keys_file: db.dir.path().join("keys"),
+            ..Default::default()
+        })
+        .unwrap()
+        .unwrap();
+    (store(db).await.with_keyring(Some(ring.clone())), ring)
+}
+
+/// Raw SQL on the test database, past the store: what someone with write access can do.
+async fn raw_pool(db: &crate::support::TestDb) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    sqlx::AnyPool::connect(&db.url).await.unwrap()
+}
+
+async fn raw_text(pool: &sqlx::AnyPool, sql: &'static str, id: &str) -> Option<String> {
+    use sqlx::Row;
+    sqlx::query(sql)
+        .bind(id.to_owned())
+        .fetch_one(pool)
+        .await
+        .unwrap()
+        .try_get::<Option<String>, _>(0)
+        .unwrap()
+}
+
+async fn exec(pool: &sqlx::AnyPool, sql: &'static str, a: &str, b: &str) {
+    sqlx::query(sql)
+        .bind(a.to_owned())
+        .bind(b.to_owned())
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+/// The store error for `id`, checked to name the message, the field and the reason.
+fn refused(
+    r: Result<impl std::fmt::Debug, huizhen_core::store::StoreError>,
+    id: &str,
+    field: &str,
+    reason: huizhen_core::crypto::CryptoError,
+) {
+    match r {
+        Err(e @ huizhen_core::store::StoreError::Crypto { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains(&format!("message {id} field {field}: {reason}")),
+                "{text}"
+            );
+        }
+        other => panic!("expected message {id} field {field} refused ({reason}), got {other:?}"),
+    }
+}
+
+async fn sealed_values_are_bound_to_their_message_and_field(b: Backend) {
+    use huizhen_core::crypto::CryptoError::{Clear, Tampered};
+    let Some(db) = fresh_db(b).await else { return };
+    let (s, _ring) = keyed(&db).await;
+    let j = Journal::start(s.clone(), JournalOptions::default());
+    let mut a = msg("p", r#"{"name":"欧阳明月"}"#);
+    a.headers.insert("x-patient".into(), "欧阳明月".into());
+    a.headers
+        .insert("content-type".into(), "application/json".into());
+    a.dedup_key = Some("330523199001011238".into());
+    let mut bm = msg("p", r#"{"name":"李四"}"#);
+    bm.headers.insert("x-patient".into(), "李四".into());
+    let a = j.append(a).await.unwrap().id;
+    let bid = j.append(bm).await.unwrap().id;
+    let mut cm = msg("p", r#"{"name":"王五"}"#);
+    cm.headers.insert("x-patient".into(), "王五".into());
+    let c = j.append(cm).await.unwrap().id;
+    assert!(
+        j.transition(Transition::Done {
+            id: a.clone(),
+            effects: vec![Effect {
+                sink: "journal#0".into(),
+                pipeline: "p".into(),
+                body: b"out-a".to_vec(),
+            }],
+        })
+        .await
+        .unwrap()
+    );
+    assert!(
+        j.transition(Transition::Dead {
+            id: bid.clone(),
+            attempt: 1,
+            step: "mllp#0".into(),
+            error: "AE: patient 欧阳明月 unknown".into(),
+        })
+        .await
+        .unwrap()
+    );
+
+    // Everything opens where it belongs.
+    let got = s.get(&a).await.unwrap().unwrap();
+    assert_eq!(got.body, r#"{"name":"欧阳明月"}"#.as_bytes());
+    assert_eq!(got.headers["x-patient"], "欧阳明月");
+    assert_eq!(got.headers["content-type"], "application/json");
+    assert_eq!(got.dedup_key.as_deref(), Some("330523199001011238"));
+    let got_b = s.get(&bid).await.unwrap().unwrap();
+    assert_eq!(
+        got_b.last_error.as_deref(),
+        Some("mllp#0: AE: patient 欧阳明月 unknown")
+    );
+    assert_eq!(
+        s.attempt_errors(&bid).await.unwrap()[0].error,
+        "AE: patient 欧阳明月 unknown"
+    );
+    assert_eq!(s.effects_of(&a).await.unwrap()[0].body, b"out-a");
+
+    // As stored: header values, errors and the dedup key show no patient data.
+    let pool = raw_pool(&db).await;
+    let headers = raw_text(&pool, "SELECT headers FROM messages WHERE id = $1", &a)
+        .await
+        .unwrap();
+    assert!(!headers.contains("欧阳明月"), "{headers}");
+    assert!(
+        headers.contains("application/json"),
+        "engine headers stay clear"
+    );
+    let key = raw_text(&pool, "SELECT dedup_key FROM messages WHERE id = $1", &a)
+        .await
+        .unwrap();
+    assert!(
+        key.starts_with("hmac:") && !key.contains("3305231990"),
+        "{key}"
+    );
+    let sealed_key = raw_text(
+        &pool,
+        "SELECT dedup_key_sealed FROM messages WHERE id = $1",
+        &a,
+    )
+    .await
+    .unwrap();
+    assert!(
+        sealed_key.starts_with("hze:") && !sealed_key.contains("3305231990"),
+        "{sealed_key}"
+    );
+    let last = raw_text(&pool, "SELECT last_error FROM messages WHERE id = $1", &bid)
+        .await
+        .unwrap();
+    assert!(
+        last.starts_with("hze:") && !last.contains("欧阳明月"),
+        "{last}"
+    );
+    let hist = raw_text(
+        &pool,
+        "SELECT error FROM message_errors WHERE message_id = $1",
+        &bid,
+    )
+    .await
+    .unwrap();
+    assert!(
+        hist.starts_with("hze:") && !hist.contains("欧阳明月"),
+        "{hist}"
+    );
+
+    // Dedup and search by the dedup key still work, by the blind index.
+    let mut again = msg("p", r#"{"name":"欧阳明月"}"#);
+    again.dedup_key = Some("330523199001011238".into());
+    let dup = j.append(again).await.unwrap();
+    assert!(dup.duplicate);
+    assert_eq!(dup.id, a);
+    let found = s
+        .list(&ListFilter {
+            q: Some("330523199001011238".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        found.messages.iter().map(|m| &m.id).collect::<Vec<_>>(),
+        [&a]
+    );
+
+    // A body copied from message A into message B's row does not open as B's.
+    exec(
+        &pool,
+        "UPDATE messages SET body = (SELECT body FROM messages WHERE id = $1) WHERE id = $2",
+        &a,
+        &bid,
+    )
+    .await;
+    refused(s.get(&bid).await, &bid, "body", Tampered);
+    // A's body copied into A's own effect: another field.
+    exec(
+        &pool,
+        "UPDATE effects SET body = (SELECT body FROM messages WHERE id = $1) WHERE message_id = $2",
+        &a,
+        &a,
+    )
+    .await;
+    refused(s.effects_of(&a).await, &a, "effect/journal#0", Tampered);
+    // B's error copied into C's last_error.
+    exec(
+        &pool,
+        "UPDATE messages SET last_error = (SELECT last_error FROM messages WHERE id = $1) WHERE id = $2",
+        &bid,
+        &c,
+    )
+    .await;
+    refused(s.get(&c).await, &c, "last_error", Tampered);
+    exec(
+        &pool,
+        "UPDATE messages SET last_error = NULL WHERE id = $1 AND id <> $2",
+        &c,
+        "",
+    )
+    .await;
+    assert!(s.get(&c).await.is_ok());
+    // A's sealed header value moved into C's headers.
+    exec(
+        &pool,
+        "UPDATE messages SET headers = (SELECT headers FROM messages WHERE id = $1) WHERE id = $2",
+        &a,
+        &c,
+    )
+    .await;
+    refused(s.get(&c).await, &c, "header/x-patient", Tampered);
+    // Values written in clear straight into the database are refused, not taken as data.
+    exec(
+        &pool,
+        "UPDATE messages SET headers = $1 WHERE id = $2",
+        r#"{"x-patient":"王五"}"#,
+        &c,
+    )
+    .await;
+    refused(s.get(&c).await, &c, "header/x-patient", Clear);
+    sqlx::query("UPDATE messages SET body = $1 WHERE id = $2")
+        .bind(br#"{"name":"forged"}"#.to_vec())
+        .bind(a.clone())
+        .execute(&pool)
+        .await
+        .unwrap();
+    refused(s.get(&a).await, &a, "body", Clear);
+    exec(
+        &pool,
+        "UPDATE message_errors SET error = $1 WHERE message_id = $2",
+        "plain error",
+        &bid,
+    )
+    .await;
+    refused(s.attempt_errors(&bid).await, &bid, "error", Clear);
+    // A listing is not stopped by one bad row: the row says what is wrong.
+    let page = s.list(&ListFilter::default()).await.unwrap();
+    let bad = page.messages.iter().find(|m| m.id == c).unwrap();
+    assert!(
+        bad.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("stored in clear while encryption is on"),
+        "{:?}",
+        bad.last_error
+    );
+    pool.close().await;
+}
+
+async fn rotation_reseals_every_field_and_seals_what_was_clear(b: Backend) {
+    use huizhen_core::crypto::Cipher;
+    let Some(db) = fresh_db(b).await else { return };
+    // Written while encryption was off.
+    let plain = store(&db).await;
+    let legacy = {
+        let j = Journal::start(plain.clone(), JournalOptions::default());
+        let mut m = msg("p", "legacy body");
+        m.headers.insert("x-patient".into(), "赵六".into());
+        m.dedup_key = Some("LEGACY-1".into());
+        let id = j.append(m).await.unwrap().id;
+        j.transition(Transition::Dead {
+            id: id.clone(),
+            attempt: 1,
+            step: "s".into(),
+            error: "clear error 赵六".into(),
+        })
+        .await
+        .unwrap();
+        id
+    };
+    let (s, _) = keyed(&db).await;
+    refused(
+        s.get(&legacy).await,
+        &legacy,
+        "body",
+        huizhen_core::crypto::CryptoError::Clear,
+    );
+    let j = Journal::start(s.clone(), JournalOptions::default());
+    let mut m = msg("p", "sealed body");
+    m.headers.insert("x-patient".into(), "孙七".into());
+    let failed = j.append(m).await.unwrap().id;
+    j.transition(Transition::Dead {
+        id: failed.clone(),
+        attempt: 1,
+        step: "s".into(),
+        error: "refused 孙七".into(),
+    })
+    .await
+    .unwrap();
+    let done = j.append(msg("p", "done body")).await.unwrap().id;
+    j.transition(Transition::Done {
+        id: done.clone(),
+        effects: vec![Effect {
+            sink: "journal#0".into(),
+            pipeline: "p".into(),
+            body: b"effect body".to_vec(),
+        }],
+    })
+    .await
+    .unwrap();
+
+    // Rotate: a new key, then re-seal in small batches.
+    let new_key = huizhen_core::crypto::add_key(&db.dir.path().join("keys")).unwrap();
+    let (s, ring) = keyed(&db).await;
+    assert_eq!(ring.cipher().active(), new_key);
+    let rekey = async |s: &huizhen_core::store::Store| {
+        let mut total = 0;
+        for table in ["messages", "effects"] {
+            let mut after = None::<String>;
+            loop {
+                let b = s.rekey_batch(table, after.as_deref(), 2).await.unwrap();
+                total += b.rewritten;
+                match b.next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+            }
+        }
+        total
+    };
+    assert_eq!(rekey(&s).await, 4, "three messages and one effect");
+    assert_eq!(
+        rekey(&s).await,
+        0,
+        "nothing left on the old key or in clear"
+    );
+
+    // Everything opens with the same binding, sealed with the new key.
+    let m = s.get(&legacy).await.unwrap().unwrap();
+    assert_eq!(m.body, b"legacy body");
+    assert_eq!(m.headers["x-patient"], "赵六");
+    assert_eq!(m.last_error.as_deref(), Some("s: clear error 赵六"));
+    assert_eq!(
+        s.attempt_errors(&legacy).await.unwrap()[0].error,
+        "clear error 赵六"
+    );
+    let m = s.get(&failed).await.unwrap().unwrap();
+    assert_eq!(m.body, b"sealed body");
+    assert_eq!(m.headers["x-patient"], "孙七");
+    assert_eq!(
+        s.attempt_errors(&failed).await.unwrap()[0].error,
+        "refused 孙七"
+    );
+    assert_eq!(s.effects_of(&done).await.unwrap()[0].body, b"effect body");
+    let pool = raw_pool(&db).await;
+    for id in [&legacy, &failed, &done] {
+        use sqlx::Row;
+        let body: Vec<u8> = sqlx::query("SELECT body FROM messages WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+        assert_eq!(Cipher::key_of(&body).as_deref(), Some(new_key.as_str()));
+    }
+    for id in [&legacy, &failed] {
+        let e = raw_text(
+            &pool,
+            "SELECT error FROM message_errors WHERE message_id = $1",
+            id,
+        )
+        .await
+        .unwrap();
+        assert_eq!(Cipher::key_of_text(&e).as_deref(), Some(new_key.as_str()));
+        let h = raw_text(&pool, "SELECT headers FROM messages WHERE id = $1", id)
+            .await
+            .unwrap();
+        assert!(!h.contains("赵六") && !h.contains("孙七"), "{h}");
+    }
+    let key = raw_text(
+        &pool,
+        "SELECT dedup_key FROM messages WHERE id = $1",
+        &legacy,
+    )
+    .await
+    .unwrap();
+    assert_eq!(key, ring.dedup_index("LEGACY-1"));
+    assert_eq!(
+        s.get(&legacy).await.unwrap().unwrap().dedup_key.as_deref(),
+        Some("LEGACY-1")
+    );
+    pool.close().await;
+}
+
+async fn message_detail_reads_only_its_own_effects(b: Backend) {
+    let Some(db) = fresh_db(b).await else { return };
+    let (s, ring) = keyed(&db).await;
+    let j = Journal::start(s.clone(), JournalOptions::default());
+    let a = j.append(msg("p", "a")).await.unwrap().id;
+    let other = j.append(msg("p", "other")).await.unwrap().id;
+    let eff = |sink: &str, body: &str| Effect {
+        sink: sink.into(),
+        pipeline: "p".into(),
+        body: body.as_bytes().to_vec(),
+    };
+    j.transition(Transition::Done {
+        id: a.clone(),
+        effects: vec![eff("journal#0", "a0"), eff("journal#1", "a1")],
+    })
+    .await
+    .unwrap();
+    j.transition(Transition::Done {
+        id: other.clone(),
+        effects: vec![eff("journal#0", "o0")],
+    })
+    .await
+    .unwrap();
+    // Another message of the same pipeline has an effect that does not open (A's, copied in):
+    // A's detail neither reads nor decrypts it.
+    let pool = raw_pool(&db).await;
+    exec(
+        &pool,
+        "UPDATE effects SET body = (SELECT body FROM effects WHERE message_id = $1 AND sink = 'journal#0') WHERE message_id = $2",
+        &a,
+        &other,
+    )
+    .await;
+    let v = huizhen_core::http::message_detail(&s, &a).await.unwrap();
+    let bodies: Vec<&str> = v["effects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, ["a0", "a1"]);
+    refused(
+        huizhen_core::http::message_detail(&s, &other).await,
+        &other,
+        "effect/journal#0",
+        huizhen_core::crypto::CryptoError::Tampered,
+    );
+    // Bounded: a message with more effect rows than the limit gets the limit.
+    let many = j.append(msg("p", "many")).await.unwrap().id;
+    let n = huizhen_core::store::MAX_EFFECTS_PER_MESSAGE + 10;
+    for i in 0..n {
+        let sink = format!("s{i:04}");
+        let body = ring.seal(
+            b"x",
+            &huizhen_core::crypto::Binding::new(&many, &format!("effect/{sink}")),
+        );
+        sqlx::query(
+            "INSERT INTO effects (message_id, sink, pipeline, body, recorded_at) VALUES ($1, $2, 'p', $3, 0)",
+        )
+        .bind(many.clone())
+        .bind(sink)
+        .bind(body)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        s.effects_of(&many).await.unwrap().len() as i64,
+        huizhen_core::store::MAX_EFFECTS_PER_MESSAGE
+    );
+    pool.close().await;
 }

@@ -495,11 +495,11 @@ pub async fn rotate(
             "keys.rotate",
             "DataKey",
             &id,
-            format!("{total_rewritten} bodies re-encrypted"),
+            format!("{total_rewritten} rows re-sealed (bodies, header values, errors, dedup keys)"),
         ))
         .await?;
     println!(
-        "active data key: {id}; {total_rewritten} bodies re-encrypted; older keys stay in the file for anything not yet rewritten"
+        "active data key: {id}; {total_rewritten} rows re-sealed (bodies, header values, errors, dedup keys), bound to their message and field; older keys stay in the file for anything not yet rewritten"
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -40,7 +40,7 @@ pub(super) async fn list_messages(
         "pipeline={} state={} q={}",
         q.pipeline.as_deref().unwrap_or(""),
         q.state.as_deref().unwrap_or(""),
-        q.q.as_deref().unwrap_or("")
+        audit_search_term(&s.store, q.q.as_deref().unwrap_or(""))
     );
     let page = s
         .store
@@ -77,10 +77,9 @@ pub async fn message_detail(store: &Store, id: &str) -> Result<serde_json::Value
         .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
     let errors = store.attempt_errors(id).await?;
     let effects: Vec<serde_json::Value> = store
-        .effects(Some(&m.pipeline))
+        .effects_of(id)
         .await?
         .into_iter()
-        .filter(|e| e.message_id == id)
         .map(|e| {
             let (body, enc) = body_repr(&e.body);
             json!({ "sink": e.sink, "recorded_at": e.recorded_at, "body": body, "body_encoding": enc })
@@ -99,6 +98,26 @@ pub async fn message_detail(store: &Store, id: &str) -> Result<serde_json::Value
     v["errors"] = serde_json::to_value(errors).unwrap_or_default();
     v["effects"] = effects.into();
     Ok(v)
+}
+
+/// A search term as the audit trail records it: a search for a patient's name or phone is
+/// itself patient data, so only a keyed hash (the first 16 hex digits of an HMAC with the
+/// blind-index key, equal for equal terms, so an auditor can see the same term searched twice)
+/// and the length are kept; with encryption off, only the length.
+fn audit_search_term(store: &Store, q: &str) -> String {
+    if q.is_empty() {
+        return String::new();
+    }
+    let len = q.chars().count();
+    match store.keyring() {
+        Some(k) => {
+            let mut data = b"audit-search\0".to_vec();
+            data.extend_from_slice(q.as_bytes());
+            let h = k.blind_index(&data);
+            format!("hmac:{} ({len} chars)", &h[..16])
+        }
+        None => format!("({len} chars)"),
+    }
 }
 
 fn body_repr(b: &[u8]) -> (String, &'static str) {

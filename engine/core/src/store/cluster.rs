@@ -173,7 +173,7 @@ impl Store {
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let mut m = message_from_row(r, true)?;
-            m.body = self.open_body(&m.id, std::mem::take(&mut m.body))?;
+            self.open_message(&mut m, true)?;
             out.push(m);
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -225,7 +225,7 @@ impl Store {
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             let mut m = message_from_row(r, true)?;
-            m.body = self.open_body(&m.id, std::mem::take(&mut m.body))?;
+            self.open_message(&mut m, true)?;
             out.push(m);
         }
         Ok(out)

@@ -28,6 +28,7 @@ use sqlx::{AnyConnection, Arguments, AssertSqlSafe, Connection, Row};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{Backend, Result, Store, StoreError, q};
+use crate::crypto::Binding;
 use crate::message::{Accepted, MessageId, NewMessage, REUSED_KEY_HEADER, State, new_id, now_ms};
 
 /// Tuning of the journal writer.
@@ -115,13 +116,32 @@ impl Transition {
 
 enum Op {
     Append {
-        msg: NewMessage,
+        msg: Box<Sealed>,
         reply: oneshot::Sender<Result<Accepted>>,
     },
     Transition {
-        t: Transition,
+        t: Staged,
         reply: Reply,
     },
+}
+
+/// A message on its way to the writer: its id, assigned before sealing because every sealed
+/// field is bound to it, and its fields as they will be stored (sealed, the dedup key hashed,
+/// when encryption is on).
+struct Sealed {
+    id: MessageId,
+    msg: NewMessage,
+    /// The dedup key sealed for people reading the message (`msg.dedup_key` is then its
+    /// blind index).
+    dedup_key_sealed: Option<String>,
+}
+
+/// A transition on its way to the writer, its texts as they will be stored: the effect bodies
+/// and the error sealed when encryption is on, and `last_error` (`step: error`) sealed for
+/// the message's `last_error` column (`None`: written in clear).
+struct Staged {
+    t: Transition,
+    last_error: Option<String>,
 }
 
 /// What the writer does with the outcome of a transition.
@@ -234,7 +254,10 @@ impl Journal {
 
     /// Journals a message; returns once it is committed.
     pub async fn append(&self, mut msg: NewMessage) -> Result<Accepted> {
-        // Hashing and sealing happen here, on the caller's task, not on the writer.
+        // Hashing and sealing happen here, on the caller's task, not on the writer. The id is
+        // assigned here too: every sealed field is bound to it.
+        let id = new_id();
+        let mut dedup_key_sealed = None;
         if msg.dedup_key.is_some() && msg.body_hash.is_none() {
             msg.body_hash = Some(match self.store.keyring() {
                 Some(k) => k.blind_index(&msg.body),
@@ -242,8 +265,26 @@ impl Journal {
             });
         }
         if let Some(k) = self.store.keyring() {
-            msg.body = k.seal(&msg.body);
+            let c = k.cipher();
+            msg.body = c.seal(&msg.body, &Binding::new(&id, "body"));
+            for (name, v) in msg.headers.iter_mut() {
+                if !super::CLEAR_HEADERS.contains(&name.as_str()) {
+                    *v = c.seal_text(v, &Binding::new(&id, &format!("header/{name}")));
+                }
+            }
+            if let Some(key) = msg.dedup_key.take() {
+                msg.dedup_key = Some(c.dedup_index(&key));
+                dedup_key_sealed = Some(c.seal_text(&key, &Binding::new(&id, "dedup_key")));
+            }
+            if let Some(r) = msg.rejected.take() {
+                msg.rejected = Some(c.seal_text(&r, &Binding::new(&id, "last_error")));
+            }
         }
+        let msg = Box::new(Sealed {
+            id,
+            msg,
+            dedup_key_sealed,
+        });
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Op::Append { msg, reply })
@@ -252,14 +293,40 @@ impl Journal {
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
-    /// Seals the bodies of a `done`'s effects when bodies are encrypted.
-    fn seal(&self, mut t: Transition) -> Transition {
-        if let (Some(k), Transition::Done { effects, .. }) = (self.store.keyring(), &mut t) {
-            for e in effects {
-                e.body = k.seal(&e.body);
+    /// Seals the bodies of a `done`'s effects and the error of a failure, bound to the message,
+    /// when encryption is on.
+    fn seal(&self, mut t: Transition) -> Staged {
+        let Some(k) = self.store.keyring() else {
+            return Staged {
+                t,
+                last_error: None,
+            };
+        };
+        let c = k.cipher();
+        let mut last_error = None;
+        match &mut t {
+            Transition::Processing { .. } => {}
+            Transition::Done { id, effects } => {
+                for e in effects {
+                    let field = format!("effect/{}", e.sink);
+                    e.body = c.seal(&e.body, &Binding::new(id, &field));
+                }
+            }
+            Transition::Failed {
+                id, step, error, ..
+            }
+            | Transition::Retrying {
+                id, step, error, ..
+            }
+            | Transition::Dead {
+                id, step, error, ..
+            } => {
+                last_error =
+                    Some(c.seal_text(&format!("{step}: {error}"), &Binding::new(id, "last_error")));
+                *error = c.seal_text(error, &Binding::new(id, "error"));
             }
         }
-        t
+        Staged { t, last_error }
     }
 
     /// Applies a transition and waits for its commit. Returns whether the message was in a state
@@ -283,7 +350,7 @@ impl Journal {
         let _ = self
             .tx
             .send(Op::Transition {
-                t,
+                t: self.seal(t),
                 reply: Reply::None,
             })
             .await;
@@ -493,6 +560,7 @@ fn drain(rx: &mut mpsc::Receiver<Op>, batch: &mut Vec<Op>, max_batch: usize) {
 struct Prepared<'a> {
     id: MessageId,
     msg: &'a NewMessage,
+    dedup_key_sealed: Option<&'a str>,
     hash: Option<String>,
     headers_json: String,
     reused_key: bool,
@@ -512,24 +580,24 @@ type Applied = (Vec<Accepted>, Vec<bool>);
 trait Applier {
     async fn apply(
         &mut self,
-        appends: &[&NewMessage],
-        transitions: &[&Transition],
+        appends: &[&Sealed],
+        transitions: &[&Staged],
         now: i64,
     ) -> Result<Applied>;
 }
 
 /// The common batch, fresh messages without dedup keys and nothing else, is a single INSERT
 /// statement: it is atomic and durable on its own (autocommit), which saves BEGIN and COMMIT.
-fn single_statement(appends: &[&NewMessage], transitions: &[&Transition]) -> bool {
+fn single_statement(appends: &[&Sealed], transitions: &[&Staged]) -> bool {
     transitions.is_empty()
         && appends.len() <= CHUNK
-        && appends.iter().all(|m| m.dedup_key.is_none())
+        && appends.iter().all(|m| m.msg.dedup_key.is_none())
 }
 
 async fn apply_on<E: Exec>(
     e: &mut E,
-    appends: &[&NewMessage],
-    transitions: &[&Transition],
+    appends: &[&Sealed],
+    transitions: &[&Staged],
     now: i64,
 ) -> Result<Applied> {
     let accepted = append_all(e, appends, now).await?;
@@ -543,8 +611,8 @@ struct PoolApplier<'s>(&'s Store);
 impl Applier for PoolApplier<'_> {
     async fn apply(
         &mut self,
-        appends: &[&NewMessage],
-        transitions: &[&Transition],
+        appends: &[&Sealed],
+        transitions: &[&Staged],
         now: i64,
     ) -> Result<Applied> {
         let backend = self.0.backend();
@@ -570,8 +638,8 @@ struct LiteApplier<'c>(&'c mut rusqlite::Connection);
 impl Applier for LiteApplier<'_> {
     async fn apply(
         &mut self,
-        appends: &[&NewMessage],
-        transitions: &[&Transition],
+        appends: &[&Sealed],
+        transitions: &[&Staged],
         now: i64,
     ) -> Result<Applied> {
         let sq = |op| move |source| StoreError::Sqlite { op, source };
@@ -601,8 +669,8 @@ async fn commit_batch<A: Applier>(a: &mut A, batch: Vec<Op>) {
     }
     let now = now_ms();
     let result = {
-        let msgs: Vec<&NewMessage> = appends.iter().map(|(m, _)| m).collect();
-        let ts: Vec<&Transition> = transitions.iter().map(|(t, _)| t).collect();
+        let msgs: Vec<&Sealed> = appends.iter().map(|(m, _)| &**m).collect();
+        let ts: Vec<&Staged> = transitions.iter().map(|(t, _)| t).collect();
         a.apply(&msgs, &ts, now).await
     };
     match result {
@@ -634,7 +702,7 @@ async fn commit_batch<A: Applier>(a: &mut A, batch: Vec<Op>) {
             for (t, reply) in transitions {
                 let r = a.apply(&[], &[&t], now).await.map(|(_, mut a)| a.remove(0));
                 if let Err(e) = &r {
-                    tracing::error!(error = %e, message = t.id(), "journal transition failed");
+                    tracing::error!(error = %e, message = t.t.id(), "journal transition failed");
                 }
                 reply.send(r);
             }
@@ -840,12 +908,15 @@ struct KnownKey {
 
 async fn known_keys<'a, E: Exec>(
     e: &mut E,
-    appends: &[&'a NewMessage],
+    appends: &[&'a Sealed],
 ) -> Result<HashMap<(&'a str, &'a str), Vec<KnownKey>>> {
     let mut by_pipeline: BTreeMap<&'a str, Vec<&'a str>> = BTreeMap::new();
     for m in appends {
-        if let Some(k) = m.dedup_key.as_deref() {
-            by_pipeline.entry(m.pipeline.as_str()).or_default().push(k);
+        if let Some(k) = m.msg.dedup_key.as_deref() {
+            by_pipeline
+                .entry(m.msg.pipeline.as_str())
+                .or_default()
+                .push(k);
         }
     }
     let mut out: HashMap<(&'a str, &'a str), Vec<KnownKey>> = HashMap::new();
@@ -886,11 +957,7 @@ async fn known_keys<'a, E: Exec>(
     Ok(out)
 }
 
-async fn append_all<E: Exec>(
-    e: &mut E,
-    appends: &[&NewMessage],
-    now: i64,
-) -> Result<Vec<Accepted>> {
+async fn append_all<E: Exec>(e: &mut E, appends: &[&Sealed], now: i64) -> Result<Vec<Accepted>> {
     let backend = e.backend();
     let mut plans = Vec::with_capacity(appends.len());
     let mut rows: Vec<Prepared> = Vec::with_capacity(appends.len());
@@ -899,7 +966,8 @@ async fn append_all<E: Exec>(
     // Dedup keys already in the journal, looked up once per batch (one query per pipeline and
     // 500 keys, not one per message).
     let known = known_keys(e, appends).await?;
-    for msg in appends {
+    for a in appends {
+        let msg = &a.msg;
         let mut reused_key = false;
         let mut hash = None;
         if let Some(key) = msg.dedup_key.as_deref() {
@@ -967,8 +1035,9 @@ async fn append_all<E: Exec>(
                 .push((h.clone(), idx));
         }
         rows.push(Prepared {
-            id: new_id(),
+            id: a.id.clone(),
             msg,
+            dedup_key_sealed: a.dedup_key_sealed.as_deref(),
             hash,
             headers_json,
             reused_key,
@@ -988,9 +1057,9 @@ async fn append_all<E: Exec>(
         let mut s = Stmt::new(
             backend,
             if backend == Backend::Sqlite {
-                "INSERT OR IGNORE INTO messages (id, facility, pipeline, kind, body, headers, source, received_at, trace_id, dedup_key, body_hash, parent_id, owner, next_attempt_at, state, updated_at) VALUES "
+                "INSERT OR IGNORE INTO messages (id, facility, pipeline, kind, body, headers, source, received_at, trace_id, dedup_key, dedup_key_sealed, body_hash, parent_id, owner, next_attempt_at, state, updated_at) VALUES "
             } else {
-                "INSERT INTO messages (id, facility, pipeline, kind, body, headers, source, received_at, trace_id, dedup_key, body_hash, parent_id, owner, next_attempt_at, state, updated_at) VALUES "
+                "INSERT INTO messages (id, facility, pipeline, kind, body, headers, source, received_at, trace_id, dedup_key, dedup_key_sealed, body_hash, parent_id, owner, next_attempt_at, state, updated_at) VALUES "
             },
         );
         for (i, r) in chunk.iter().enumerate() {
@@ -1014,6 +1083,8 @@ async fn append_all<E: Exec>(
             s.bind(r.msg.trace_id.as_deref().unwrap_or(r.id.as_str()));
             s.push(", ");
             s.bind(r.msg.dedup_key.as_deref());
+            s.push(", ");
+            s.bind(r.dedup_key_sealed);
             s.push(", ");
             s.bind(r.hash.as_deref());
             s.push(", ");
@@ -1129,14 +1200,14 @@ async fn append_all<E: Exec>(
 
 async fn transition_all<E: Exec>(
     e: &mut E,
-    transitions: &[&Transition],
+    transitions: &[&Staged],
     now: i64,
 ) -> Result<Vec<bool>> {
     let backend = e.backend();
     let mut applied = vec![false; transitions.len()];
     // Processing first, then done: a message's processing marker always precedes its outcome.
     let processing: Vec<usize> = (0..transitions.len())
-        .filter(|&i| matches!(transitions[i], Transition::Processing { .. }))
+        .filter(|&i| matches!(transitions[i].t, Transition::Processing { .. }))
         .collect();
     for chunk in processing.chunks(CHUNK) {
         let mut s = Stmt::new(
@@ -1153,7 +1224,7 @@ async fn transition_all<E: Exec>(
             if n > 0 {
                 s.push(", ");
             }
-            s.bind(transitions[i].id());
+            s.bind(transitions[i].t.id());
         }
         s.push(")");
         e.execute(s, "mark processing").await?;
@@ -1162,7 +1233,7 @@ async fn transition_all<E: Exec>(
         }
     }
     let done: Vec<usize> = (0..transitions.len())
-        .filter(|&i| matches!(transitions[i], Transition::Done { .. }))
+        .filter(|&i| matches!(transitions[i].t, Transition::Done { .. }))
         .collect();
     for chunk in done.chunks(CHUNK) {
         let mut s = Stmt::new(
@@ -1179,7 +1250,7 @@ async fn transition_all<E: Exec>(
             if n > 0 {
                 s.push(", ");
             }
-            s.bind(transitions[i].id());
+            s.bind(transitions[i].t.id());
         }
         s.push(") RETURNING id");
         let ids: std::collections::HashSet<String> = e
@@ -1198,7 +1269,7 @@ async fn transition_all<E: Exec>(
         );
         let mut any_effect = false;
         for &i in chunk {
-            let Transition::Done { id, effects: eff } = transitions[i] else {
+            let Transition::Done { id, effects: eff } = &transitions[i].t else {
                 continue;
             };
             applied[i] = ids.contains(id);
@@ -1227,8 +1298,8 @@ async fn transition_all<E: Exec>(
             e.execute(effects, "record effects").await?;
         }
     }
-    for (i, t) in transitions.iter().enumerate() {
-        let (id, attempt, step, error, state, retry_at) = match t {
+    for (i, staged) in transitions.iter().enumerate() {
+        let (id, attempt, step, error, state, retry_at) = match &staged.t {
             Transition::Failed {
                 id,
                 attempt,
@@ -1257,7 +1328,12 @@ async fn transition_all<E: Exec>(
         s.push(", next_attempt_at = ");
         s.bind(retry_at);
         s.push(", last_error = ");
-        s.bind(format!("{step}: {error}"));
+        s.bind(
+            staged
+                .last_error
+                .clone()
+                .unwrap_or_else(|| format!("{step}: {error}")),
+        );
         s.push(", updated_at = ");
         s.bind(now);
         s.push(" WHERE id = ");

@@ -54,9 +54,11 @@ pub enum StoreError {
     },
     #[error("store: {0}")]
     Inconsistent(String),
-    #[error("store: message {id}: body cannot be decrypted: {reason}")]
+    #[error("store: message {id} field {field}: {reason}")]
     Crypto {
         id: String,
+        /// `body`, `effect/<sink>`, `header/<name>`, `last_error` or `error`.
+        field: String,
         reason: crate::crypto::CryptoError,
     },
     #[error("store: the journal writer has stopped")]
@@ -181,8 +183,22 @@ pub struct EffectRow {
     pub recorded_at: i64,
 }
 
-const MESSAGE_COLUMNS: &str = "id, facility, pipeline, kind, body, headers, source, received_at, trace_id, dedup_key, parent_id, state, attempts, next_attempt_at, last_error, updated_at";
-const MESSAGE_COLUMNS_NO_BODY: &str = "id, facility, pipeline, kind, headers, source, received_at, trace_id, dedup_key, parent_id, state, attempts, next_attempt_at, last_error, updated_at";
+/// Headers set by the engine itself that carry no patient data and stay in clear when
+/// encryption is on (so that SQL can see them, e.g. the dedup flag). Every other header value,
+/// the `x-*` headers of HTTP senders above all, is sealed.
+pub const CLEAR_HEADERS: &[&str] = &[
+    "content-type",
+    crate::message::REUSED_KEY_HEADER,
+    "x-huizhen-sender",
+    "scheduled-at",
+    "file-part",
+];
+
+/// Most effects one message's detail reads (one per `journal` sink of its pipeline, so a handful).
+pub const MAX_EFFECTS_PER_MESSAGE: i64 = 256;
+
+const MESSAGE_COLUMNS: &str = "id, facility, pipeline, kind, body, headers, source, received_at, trace_id, dedup_key, dedup_key_sealed, parent_id, state, attempts, next_attempt_at, last_error, updated_at";
+const MESSAGE_COLUMNS_NO_BODY: &str = "id, facility, pipeline, kind, headers, source, received_at, trace_id, dedup_key, dedup_key_sealed, parent_id, state, attempts, next_attempt_at, last_error, updated_at";
 
 impl Store {
     /// Opens (and for SQLite creates) the database. Does not run migrations: see [`Store::migrate`].
@@ -290,20 +306,118 @@ impl Store {
         self.keyring.as_ref()
     }
 
-    /// A body as stored → as written (decrypted when sealed).
-    pub(crate) fn open_body(&self, id: &str, body: Vec<u8>) -> Result<Vec<u8>> {
+    /// A sealed value as stored → as written, `field` of message `id` (see
+    /// [`crate::crypto::Binding`]). With encryption on, a value in clear is an error.
+    pub(crate) fn open_bytes(&self, id: &str, field: &str, raw: Vec<u8>) -> Result<Vec<u8>> {
+        let err = |reason| StoreError::Crypto {
+            id: id.to_owned(),
+            field: field.to_owned(),
+            reason,
+        };
         match &self.keyring {
-            Some(k) => k.open(&body).map_err(|reason| StoreError::Crypto {
-                id: id.to_owned(),
-                reason,
-            }),
-            None if crate::crypto::Cipher::key_of(&body).is_some() => Err(StoreError::Crypto {
-                id: id.to_owned(),
-                reason: crate::crypto::CryptoError::UnknownKey(
-                    crate::crypto::Cipher::key_of(&body).unwrap_or_default(),
-                ),
-            }),
-            None => Ok(body),
+            Some(k) => k
+                .open(&raw, &crate::crypto::Binding::new(id, field))
+                .map_err(err),
+            None => match crate::crypto::Cipher::key_of(&raw) {
+                Some(key) => Err(err(crate::crypto::CryptoError::UnknownKey(key))),
+                None => Ok(raw),
+            },
+        }
+    }
+
+    /// [`Store::open_bytes`] for a text column.
+    pub(crate) fn open_text(&self, id: &str, field: &str, raw: String) -> Result<String> {
+        let err = |reason| StoreError::Crypto {
+            id: id.to_owned(),
+            field: field.to_owned(),
+            reason,
+        };
+        match &self.keyring {
+            Some(k) => k
+                .open_text(&raw, &crate::crypto::Binding::new(id, field))
+                .map_err(err),
+            None => match crate::crypto::Cipher::key_of_text(&raw) {
+                Some(key) => Err(err(crate::crypto::CryptoError::UnknownKey(key))),
+                None => Ok(raw),
+            },
+        }
+    }
+
+    /// A header value as stored → as written: sealed unless its name is in [`CLEAR_HEADERS`].
+    fn open_header(&self, id: &str, name: &str, raw: String) -> Result<String> {
+        if CLEAR_HEADERS.contains(&name) && !raw.starts_with(crate::crypto::TEXT_PREFIX) {
+            return Ok(raw);
+        }
+        self.open_text(id, &format!("header/{name}"), raw)
+    }
+
+    /// Opens what a message row holds sealed: the body (when read), the header values and the
+    /// last error. Stops at the first field that cannot be opened.
+    pub(crate) fn open_message(&self, m: &mut Message, with_body: bool) -> Result<()> {
+        if with_body {
+            m.body = self.open_bytes(&m.id, "body", std::mem::take(&mut m.body))?;
+        }
+        for (name, v) in m.headers.iter_mut() {
+            *v = self.open_header(&m.id, name, std::mem::take(v))?;
+        }
+        if let Some(e) = m.last_error.take() {
+            m.last_error = Some(self.open_text(&m.id, "last_error", e)?);
+        }
+        if let Some(k) = m.dedup_key.take() {
+            m.dedup_key = Some(self.open_dedup_key(&m.id, k)?);
+        }
+        Ok(())
+    }
+
+    /// The dedup key as shown: opened when sealed; a bare blind index (the sealed key expired or
+    /// was never kept) as it is.
+    fn open_dedup_key(&self, id: &str, raw: String) -> Result<String> {
+        if raw.starts_with(crate::crypto::INDEX_PREFIX) {
+            return Ok(raw);
+        }
+        self.open_text(id, "dedup_key", raw)
+    }
+
+    /// [`Store::open_message`] for rows that must not stop a listing or a claim: a field that
+    /// cannot be opened is replaced by the reason (logged, naming only the message and field),
+    /// and the message's `last_error` says so.
+    pub(crate) fn open_message_or_mark(&self, m: &mut Message, with_body: bool) {
+        let id = m.id.clone();
+        let mut failed: Option<StoreError> = None;
+        if with_body {
+            match self.open_bytes(&id, "body", std::mem::take(&mut m.body)) {
+                Ok(b) => m.body = b,
+                Err(e) => failed = Some(e),
+            }
+        }
+        for (name, v) in m.headers.iter_mut() {
+            match self.open_header(&id, name, std::mem::take(v)) {
+                Ok(o) => *v = o,
+                Err(e) => {
+                    *v = format!("({e})");
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = m.last_error.take() {
+            match self.open_text(&id, "last_error", e) {
+                Ok(o) => m.last_error = Some(o),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(k) = m.dedup_key.take() {
+            match self.open_dedup_key(&id, k) {
+                Ok(o) => m.dedup_key = Some(o),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            tracing::error!(error = %e, "a journaled message has a field that cannot be opened");
+            m.last_error = Some(e.to_string());
         }
     }
 
@@ -339,6 +453,11 @@ impl Store {
                     "audit anchor",
                     include_str!("migrations/sqlite/0004_audit_anchor.sql"),
                 ),
+                (
+                    5,
+                    "sealed dedup key",
+                    include_str!("migrations/sqlite/0005_sealed_dedup_key.sql"),
+                ),
             ],
             Backend::Postgres => &[
                 (
@@ -360,6 +479,11 @@ impl Store {
                     4,
                     "audit anchor",
                     include_str!("migrations/postgres/0004_audit_anchor.sql"),
+                ),
+                (
+                    5,
+                    "sealed dedup key",
+                    include_str!("migrations/postgres/0005_sealed_dedup_key.sql"),
                 ),
             ],
         };
@@ -404,7 +528,7 @@ impl Store {
         let Some(mut m) = row.map(|r| message_from_row(&r, true)).transpose()? else {
             return Ok(None);
         };
-        m.body = self.open_body(&m.id, std::mem::take(&mut m.body))?;
+        self.open_message(&mut m, true)?;
         Ok(Some(m))
     }
 
@@ -426,7 +550,11 @@ impl Store {
                     attempt: r.try_get("attempt").map_err(q("decode attempt error"))?,
                     at: r.try_get("at").map_err(q("decode attempt error"))?,
                     step: r.try_get("step").map_err(q("decode attempt error"))?,
-                    error: r.try_get("error").map_err(q("decode attempt error"))?,
+                    error: self.open_text(
+                        id,
+                        "error",
+                        r.try_get("error").map_err(q("decode attempt error"))?,
+                    )?,
                 })
             })
             .collect()
@@ -468,9 +596,23 @@ impl Store {
             let pat = format!("%{}%", text.replace(['%', '_'], ""));
             s.push(" AND (id LIKE ");
             s.bind(pat.clone());
-            for col in ["dedup_key", "trace_id", "source", "headers", "last_error"] {
-                s.push(&format!(" OR {col} LIKE "));
-                s.bind(pat.clone());
+            match &self.keyring {
+                // Dedup keys, header values and errors are sealed or hashed: the dedup key
+                // matches exactly (by its blind index), the sealed columns not at all.
+                Some(k) => {
+                    for col in ["trace_id", "source"] {
+                        s.push(&format!(" OR {col} LIKE "));
+                        s.bind(pat.clone());
+                    }
+                    s.push(" OR dedup_key = ");
+                    s.bind(k.dedup_index(text));
+                }
+                None => {
+                    for col in ["dedup_key", "trace_id", "source", "headers", "last_error"] {
+                        s.push(&format!(" OR {col} LIKE "));
+                        s.bind(pat.clone());
+                    }
+                }
             }
             s.push(")");
         }
@@ -485,6 +627,9 @@ impl Store {
             .iter()
             .map(|r| message_from_row(r, false))
             .collect::<Result<Vec<_>>>()?;
+        for m in &mut messages {
+            self.open_message_or_mark(m, false);
+        }
         let next_cursor = if messages.len() as i64 > limit {
             messages.truncate(limit as usize);
             messages.last().map(|m| m.id.clone())
@@ -684,14 +829,9 @@ impl Store {
             .map(|r| message_from_row(r, true))
             .collect::<Result<Vec<_>>>()?;
         for m in &mut found {
-            match self.open_body(&m.id, std::mem::take(&mut m.body)) {
-                Ok(b) => m.body = b,
-                Err(e) => {
-                    // Its steps will fail on the sealed bytes and the error says why.
-                    tracing::error!(error = %e, "due message claimed with a body that cannot be decrypted");
-                    m.last_error = Some(e.to_string());
-                }
-            }
+            // A field that cannot be opened: its steps fail on the sealed bytes and the error
+            // says why.
+            self.open_message_or_mark(m, true);
         }
         if found.is_empty() {
             return Ok(found);
@@ -732,7 +872,10 @@ impl Store {
 
     /// Forgets dedup keys older than `window_ms` for a pipeline, so a sender may reuse them.
     pub async fn expire_dedup_keys(&self, pipeline: &str, window_ms: i64) -> Result<u64> {
-        let mut s = Sql::new("UPDATE messages SET dedup_key = NULL WHERE pipeline = ".into());
+        let mut s = Sql::new(
+            "UPDATE messages SET dedup_key = NULL, dedup_key_sealed = NULL WHERE pipeline = "
+                .into(),
+        );
         s.bind(pipeline);
         s.push(" AND dedup_key IS NOT NULL AND received_at < ");
         s.bind(now_ms() - window_ms);
@@ -744,7 +887,7 @@ impl Store {
         Ok(r.rows_affected())
     }
 
-    /// Effects recorded by `journal` sinks, for tests and the API.
+    /// Effects recorded by `journal` sinks, for tests and the CLI.
     pub async fn effects(&self, pipeline: Option<&str>) -> Result<Vec<EffectRow>> {
         let mut s = Sql::new(
             "SELECT message_id, sink, pipeline, body, recorded_at FROM effects WHERE 1=1".into(),
@@ -759,20 +902,43 @@ impl Store {
             .fetch_all(&self.read)
             .await
             .map_err(q("list effects"))?;
-        rows.iter()
-            .map(|r| {
-                Ok(EffectRow {
-                    message_id: r.try_get("message_id").map_err(q("decode effect"))?,
-                    sink: r.try_get("sink").map_err(q("decode effect"))?,
-                    pipeline: r.try_get("pipeline").map_err(q("decode effect"))?,
-                    body: {
-                        let id: String = r.try_get("message_id").map_err(q("decode effect"))?;
-                        self.open_body(&id, r.try_get("body").map_err(q("decode effect"))?)?
-                    },
-                    recorded_at: r.try_get("recorded_at").map_err(q("decode effect"))?,
-                })
-            })
-            .collect()
+        rows.iter().map(|r| self.effect_from_row(r)).collect()
+    }
+
+    /// The effects of one message (at most [`MAX_EFFECTS_PER_MESSAGE`]), by the primary key:
+    /// only its own rows are read and decrypted.
+    pub async fn effects_of(&self, message_id: &str) -> Result<Vec<EffectRow>> {
+        let mut s = Sql::new(
+            "SELECT message_id, sink, pipeline, body, recorded_at FROM effects WHERE message_id = "
+                .into(),
+        );
+        s.bind(message_id);
+        s.push(" ORDER BY sink LIMIT ");
+        s.bind(MAX_EFFECTS_PER_MESSAGE);
+        let rows = s
+            .query()
+            .fetch_all(&self.read)
+            .await
+            .map_err(q("list effects of a message"))?;
+        rows.iter().map(|r| self.effect_from_row(r)).collect()
+    }
+
+    fn effect_from_row(&self, r: &AnyRow) -> Result<EffectRow> {
+        let d = || q("decode effect");
+        let message_id: String = r.try_get("message_id").map_err(d())?;
+        let sink: String = r.try_get("sink").map_err(d())?;
+        let body = self.open_bytes(
+            &message_id,
+            &format!("effect/{sink}"),
+            r.try_get("body").map_err(d())?,
+        )?;
+        Ok(EffectRow {
+            pipeline: r.try_get("pipeline").map_err(d())?,
+            recorded_at: r.try_get("recorded_at").map_err(d())?,
+            message_id,
+            sink,
+            body,
+        })
     }
 }
 
@@ -795,7 +961,14 @@ pub(crate) fn message_from_row(r: &AnyRow, with_body: bool) -> Result<Message> {
         source: r.try_get("source").map_err(q("decode message"))?,
         received_at: r.try_get("received_at").map_err(q("decode message"))?,
         trace_id: r.try_get("trace_id").map_err(q("decode message"))?,
-        dedup_key: r.try_get("dedup_key").map_err(q("decode message"))?,
+        // The sealed key when there is one (opened by `Store::open_message`), else the column.
+        dedup_key: match r
+            .try_get::<Option<String>, _>("dedup_key_sealed")
+            .map_err(q("decode message"))?
+        {
+            Some(sealed) => Some(sealed),
+            None => r.try_get("dedup_key").map_err(q("decode message"))?,
+        },
         parent_id: r.try_get("parent_id").map_err(q("decode message"))?,
         state: State::parse(&state).unwrap_or(State::Failed),
         attempts: r.try_get("attempts").map_err(q("decode message"))?,
