@@ -1041,13 +1041,9 @@ async fn phi_in_headers_keys_errors_and_searches_is_not_in_the_database() {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-    });
+    let cfg = huizhen_core::config::HttpConfig::default();
+    let stop = engine.shutdown_token();
+    tokio::spawn(async move { huizhen_core::http::serve(listener, app, &cfg, None, stop).await });
     let client = reqwest::Client::new();
     let admin = token(Role::Admin, "*");
     let post = async |path: &str, req: reqwest::RequestBuilder| {
