@@ -885,3 +885,38 @@ async fn utf8_without_msh18_is_detected_not_misread() {
     );
     engine.shutdown(Duration::from_secs(5)).await;
 }
+
+/// The backlog limit bounds intake (issue 23): with the worker held, 20 messages are accepted
+/// (AA, each after its commit); the 21st gets AR with ERR-3 207 "backlog limit reached" and is
+/// not journaled; /ready names the pipeline; once the backlog drains, intake resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backlog_limit_refuses_with_ar_207_and_recovers_when_it_drains() {
+    let (engine, port, _db) = engine_with(
+        "",
+        "queue: 4\nbacklog_limit: { messages: 20 }\nsteps:\n  - gate: {}\n",
+    )
+    .await;
+    let mut c = Conn::open(port).await;
+    for n in 0..20 {
+        let a = c.send(&gb(&adt(&format!("B{n}"), "a^b", ""))).await.unwrap();
+        assert_eq!(msa(&a).0, "AA", "message {n}");
+    }
+    let a = c.send(&gb(&adt("B20", "a^b", ""))).await.unwrap();
+    assert_eq!(msa(&a), ("AR".into(), "B20".into()));
+    assert_eq!(a.get_str("ERR-3.1").unwrap().as_deref(), Some("207"));
+    let text = a.get_str("ERR-8").unwrap().unwrap_or_default();
+    assert!(text.contains("backlog limit reached"), "{text}");
+    assert_eq!(messages(&engine).await.len(), 20, "the refused one is not journaled");
+    let p = engine.pipeline("intake").unwrap().clone();
+    assert!(p.refusing().is_some());
+    // Drain: the worker goes; the next count (every 2 s) finds the backlog empty.
+    crate::sources::open_gate("intake", 1000);
+    crate::support::wait_for("intake accepts again", Duration::from_secs(15), || {
+        let p = p.clone();
+        async move { p.refusing().is_none().then_some(()) }
+    })
+    .await;
+    let a = c.send(&gb(&adt("B20", "a^b", ""))).await.unwrap();
+    assert_eq!(msa(&a).0, "AA", "the resend is accepted once the backlog drained");
+    engine.shutdown(Duration::from_secs(5)).await;
+}

@@ -316,8 +316,14 @@ async fn journal_and_ack(p: PipelineHandle, m: NewMessage, d: lapin::message::De
             }
         }
         Err(e) => {
-            tracing::error!(pipeline = p.name(), error = %e, "AMQP delivery not journaled; returned to the queue");
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let wait = if e.is_backlog() {
+                tracing::warn!(pipeline = p.name(), error = %e, "backlog limit reached; AMQP delivery returned to the queue");
+                std::time::Duration::from_secs(1)
+            } else {
+                tracing::error!(pipeline = p.name(), error = %e, "AMQP delivery not journaled; returned to the queue");
+                std::time::Duration::from_millis(200)
+            };
+            tokio::time::sleep(wait).await;
             let _ = d
                 .acker
                 .nack(BasicNackOptions {

@@ -653,6 +653,17 @@ async fn handle(s: &Shared, conn: &mut Conn, raw: Vec<u8>) -> Answer {
             }
             Outcome::Accepted
         }
+        Err(e) if e.is_backlog() => {
+            // HL7-11: AR/CR with ERR-3 207; the sender keeps the message and sends it later.
+            tracing::warn!(%peer, control_id = %h.control_id, error = %e, "backlog limit reached: answering AR/CR");
+            Outcome::Rejected(ErrorDetail {
+                code: ErrorCode::InternalError,
+                segment: "MSH".into(),
+                sequence: 1,
+                field: 0,
+                text: "backlog limit reached; send the message again later".into(),
+            })
+        }
         Err(e) => {
             tracing::error!(%peer, control_id = %h.control_id, error = %e, "message not journaled: answering AR/CR");
             Outcome::Rejected(ErrorDetail {

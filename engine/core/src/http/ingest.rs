@@ -94,6 +94,15 @@ pub(super) async fn ingest(
             }
             Ok((StatusCode::ACCEPTED, Json(a)).into_response())
         }
+        Err(e) if e.is_backlog() => {
+            tracing::warn!(pipeline = pipeline.name(), error = %e, "backlog limit reached: 503");
+            let mut r = ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response();
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("5"),
+            );
+            Ok(r)
+        }
         Err(e) => Err(ApiError::internal(
             StatusCode::SERVICE_UNAVAILABLE,
             "the message was not journaled; send it again",

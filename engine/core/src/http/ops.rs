@@ -13,6 +13,12 @@ pub(super) async fn ready(State(s): State<AppState>) -> Response {
     }
     for p in s.pipelines.values() {
         let info = p.info();
+        if let Some(reason) = p.refusing() {
+            problems.push(format!(
+                "pipeline {} refuses new messages: backlog limit reached: {reason}",
+                info.name
+            ));
+        }
         if !info.running {
             problems.push(format!(
                 "pipeline {} is not running{}",
