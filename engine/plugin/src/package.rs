@@ -116,7 +116,9 @@ pub struct Manifest {
     pub wasm: String,
     /// Hex SHA-256 of the component.
     pub sha256: String,
-    /// Host functions the plugin may call: `log`, `clock` (`now-ms`), `config`.
+    /// What the plugin may do: `log` (`host.log`, stdout/stderr to the log), `clock`
+    /// (`host.now-ms`, the WASI clocks), `config` (`host.config`), `random` (real WASI random
+    /// numbers). See [`crate::wasi`].
     #[serde(default)]
     pub capabilities: Vec<Capability>,
     /// The `huizhen-sdk` version stamped into the component, when it was built with the SDK.

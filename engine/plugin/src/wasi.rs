@@ -114,7 +114,7 @@ impl HasData for Io {
     type Data<'a> = &'a mut ResourceTable;
 }
 
-/// Links the WASI interfaces [`offer`] gives a plugin with these grants.
+/// Links the WASI interfaces a plugin with these grants is given (the table of the module).
 pub fn add_to_linker(linker: &mut Linker<CallState>, caps: &[Capability]) -> wasmtime::Result<()> {
     let l = linker;
     wasi::io::error::add_to_linker::<_, Io>(l, |s| &mut s.table)?;
