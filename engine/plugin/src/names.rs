@@ -8,7 +8,7 @@
 //! [names.route-by-facility]
 //! key = "acme"                                   # its name in plugins.trusted_keys then
 //! fingerprint = "sha256:5b0c…"                   # SHA-256 of the key's 32 bytes: this decides
-//! bound_at = "2026-12-04T20:31:42+00:00"
+//! bound_at = "2026-12-04T20:31:42Z"
 //! ```
 //!
 //! The first time the engine admits a signed package of a name with no binding, it binds the
@@ -156,7 +156,7 @@ impl Names {
                     Binding {
                         key: key.to_owned(),
                         fingerprint: fingerprint.clone(),
-                        bound_at: chrono::Utc::now().to_rfc3339(),
+                        bound_at: now(),
                     },
                 );
                 self.write(names)
@@ -197,7 +197,7 @@ impl Names {
             Binding {
                 key: key.to_owned(),
                 fingerprint,
-                bound_at: chrono::Utc::now().to_rfc3339(),
+                bound_at: now(),
             },
         );
         self.write(names)?;
@@ -219,6 +219,11 @@ impl Names {
 /// A fingerprint shortened for messages: `sha256:` and 16 hex digits.
 pub fn short(fingerprint: &str) -> &str {
     &fingerprint[..fingerprint.len().min("sha256:".len() + 16)]
+}
+
+/// The time of a binding: RFC 3339 in seconds, UTC.
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 #[cfg(test)]
