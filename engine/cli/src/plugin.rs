@@ -34,7 +34,7 @@ pub enum PluginCommand {
         key: PathBuf,
     },
     /// Check a package as the engine would: signature (trusted keys of the config, or --trust),
-    /// sha256, contract version, world.
+    /// sha256, contract version, world, imports against its grants, its name's key binding.
     Verify {
         package: PathBuf,
         /// NAME=PUBLIC_KEY to trust (besides the config's plugins.trusted_keys).
@@ -222,6 +222,10 @@ fn verify(
     }
     let trust = Trust::new(keys, false).map_err(anyhow::Error::msg)?;
     let pkg = package::read_package(path, &trust).map_err(anyhow::Error::msg)?;
+    // The engine would refuse a package of a name bound to another key.
+    Names::for_config(config)
+        .check(&pkg.manifest.name, pkg.signer.as_deref(), &trust, &pkg.dir)
+        .map_err(anyhow::Error::msg)?;
     let plugin = compile(pkg)?;
     say(&format!(
         "ok: {} ({} world, {}), signed by {}, sha256 {}",

@@ -137,48 +137,35 @@ impl Names {
         origin: &Path,
     ) -> Result<(), String> {
         let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut names = self.read().map_err(|e| {
+        let mut names = self.read_for(origin)?;
+        if let Some(binding) = judge(&names, name, signer, trust, origin)? {
+            let (key, fingerprint) = (binding.key.clone(), binding.fingerprint.clone());
+            names.insert(name.to_owned(), binding);
+            self.write(names)
+                .map_err(|e| format!("{}: refused: {e}", origin.display()))?;
+            tracing::info!(plugin = %name, key, %fingerprint, file = %self.path.display(), "plugin name bound to the key that first signed it");
+        }
+        Ok(())
+    }
+
+    /// What [`Names::admit`] would answer, without binding anything (`huizhen plugin verify`).
+    pub fn check(
+        &self,
+        name: &str,
+        signer: Option<&str>,
+        trust: &Trust,
+        origin: &Path,
+    ) -> Result<(), String> {
+        judge(&self.read_for(origin)?, name, signer, trust, origin).map(|_| ())
+    }
+
+    fn read_for(&self, origin: &Path) -> Result<BTreeMap<String, Binding>, String> {
+        self.read().map_err(|e| {
             format!(
                 "{}: refused: the plugin name bindings cannot be read: {e}",
                 origin.display()
             )
-        })?;
-        let signed = signer.map(|k| (k, trust.fingerprint(k)));
-        match (names.get(name), signed) {
-            (None, None) => Ok(()),
-            (None, Some((key, None))) | (Some(_), Some((key, None))) => Err(format!(
-                "{}: signed by `{key}`, a key that is not trusted",
-                origin.display()
-            )),
-            (None, Some((key, Some(fingerprint)))) => {
-                names.insert(
-                    name.to_owned(),
-                    Binding {
-                        key: key.to_owned(),
-                        fingerprint: fingerprint.clone(),
-                        bound_at: now(),
-                    },
-                );
-                self.write(names)
-                    .map_err(|e| format!("{}: refused: {e}", origin.display()))?;
-                tracing::info!(plugin = %name, key, %fingerprint, file = %self.path.display(), "plugin name bound to the key that first signed it");
-                Ok(())
-            }
-            (Some(b), Some((_, Some(fingerprint)))) if b.fingerprint == fingerprint => Ok(()),
-            (Some(b), Some((key, Some(fingerprint)))) => Err(format!(
-                "{}: plugin {name} belongs to the key that first signed it (`{}`, {}), and this package is signed by `{key}` ({}): another vendor cannot take over a plugin name; if the change is intended, an operator re-binds it with `huizhen plugin bind {name} {key}`",
-                origin.display(),
-                b.key,
-                short(&b.fingerprint),
-                short(&fingerprint)
-            )),
-            (Some(b), None) => Err(format!(
-                "{}: plugin {name} belongs to the key `{}` ({}); an unsigned package cannot replace it (sign it, or free the name with `huizhen plugin unbind {name}`)",
-                origin.display(),
-                b.key,
-                short(&b.fingerprint)
-            )),
-        }
+        })
     }
 
     /// Binds `name` to the trusted key `key` (an operator's decision); returns the binding it
@@ -216,6 +203,44 @@ impl Names {
     }
 }
 
+/// Whether a package of `name` signed by `signer` may load under these bindings; `Some` when
+/// it may and its name is to be bound now.
+fn judge(
+    names: &BTreeMap<String, Binding>,
+    name: &str,
+    signer: Option<&str>,
+    trust: &Trust,
+    origin: &Path,
+) -> Result<Option<Binding>, String> {
+    let signed = signer.map(|k| (k, trust.fingerprint(k)));
+    match (names.get(name), signed) {
+        (None, None) => Ok(None),
+        (_, Some((key, None))) => Err(format!(
+            "{}: signed by `{key}`, a key that is not trusted",
+            origin.display()
+        )),
+        (None, Some((key, Some(fingerprint)))) => Ok(Some(Binding {
+            key: key.to_owned(),
+            fingerprint,
+            bound_at: now(),
+        })),
+        (Some(b), Some((_, Some(fingerprint)))) if b.fingerprint == fingerprint => Ok(None),
+        (Some(b), Some((key, Some(fingerprint)))) => Err(format!(
+            "{}: plugin {name} belongs to the key that first signed it (`{}`, {}), and this package is signed by `{key}` ({}): another vendor cannot take over a plugin name; if the change is intended, an operator re-binds it with `huizhen plugin bind {name} {key}`",
+            origin.display(),
+            b.key,
+            short(&b.fingerprint),
+            short(&fingerprint)
+        )),
+        (Some(b), None) => Err(format!(
+            "{}: plugin {name} belongs to the key `{}` ({}); an unsigned package cannot replace it (sign it, or free the name with `huizhen plugin unbind {name}`)",
+            origin.display(),
+            b.key,
+            short(&b.fingerprint)
+        )),
+    }
+}
+
 /// A fingerprint shortened for messages: `sha256:` and 16 hex digits.
 pub fn short(fingerprint: &str) -> &str {
     &fingerprint[..fingerprint.len().min("sha256:".len() + 16)]
@@ -243,7 +268,10 @@ mod tests {
         let names = Names::new(dir.join("names.toml"));
         let t = trust();
         let pkg = Path::new("dist/x-1.0.0");
+        names.check("x", Some("other"), &t, pkg).unwrap();
+        assert!(names.read().unwrap().is_empty(), "a check binds nothing");
         names.admit("x", Some("acme"), &t, pkg).unwrap();
+        assert!(names.check("x", Some("other"), &t, pkg).is_err());
         names.admit("x", Some("acme"), &t, pkg).unwrap();
         let e = names.admit("x", Some("other"), &t, pkg).unwrap_err();
         assert!(
