@@ -1,7 +1,10 @@
 //! What the engine offers a plugin: `log`, `now_ms` (the message's time: the same on every
 //! replay) and `config` (the step's `config:` values). Each needs its capability in the
 //! plugin's manifest (`[package.metadata.huizhen] capabilities = ["log", "clock", "config"]`);
-//! a call without it fails the message with the capability named.
+//! a call without it fails the message with the capability named. The same grants govern what
+//! std reaches through WASI: `println!`/`eprintln!` reach the engine's log only with `log`
+//! (dropped without it), `SystemTime::now()` needs `clock` (and reads the message's time), and
+//! random numbers are a fixed sequence unless the manifest asks for `random`.
 //!
 //! Natively (unit tests), these read and write the context of [`crate::testing`].
 

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use huizhen_plugin::names::{self, Names};
 use huizhen_plugin::package::{self, Package, Trust};
 use huizhen_plugin::{CallOptions, Capability, Plugin, Stats, World, json};
 
@@ -33,7 +34,7 @@ pub enum PluginCommand {
         key: PathBuf,
     },
     /// Check a package as the engine would: signature (trusted keys of the config, or --trust),
-    /// sha256, contract version, world.
+    /// sha256, contract version, world, imports against its grants, its name's key binding.
     Verify {
         package: PathBuf,
         /// NAME=PUBLIC_KEY to trust (besides the config's plugins.trusted_keys).
@@ -42,6 +43,21 @@ pub enum PluginCommand {
     },
     /// Run a plugin against JSON fixtures (input and expected output); exit 1 on a failure.
     Test(TestArgs),
+    /// Hand a plugin name to another trusted key. A name stays with the key that first signed
+    /// it (plugins.names_file, default names.toml in plugins.dir); reload the plugin afterwards.
+    Bind {
+        /// The plugin's name.
+        name: String,
+        /// The key's name in plugins.trusted_keys.
+        key: String,
+    },
+    /// Free a plugin name: the next signed package of it that loads binds it again.
+    Unbind {
+        /// The plugin's name.
+        name: String,
+    },
+    /// List which trusted key owns each plugin name.
+    Names,
 }
 
 #[derive(Debug, Args)]
@@ -105,6 +121,53 @@ pub fn run(cmd: PluginCommand, config: &huizhen_core::config::PluginsConfig) -> 
         }
         PluginCommand::Verify { package, trust } => verify(&package, &trust, config),
         PluginCommand::Test(a) => test(a),
+        PluginCommand::Bind { name, key } => {
+            let trust = Trust::from_config(config).map_err(anyhow::Error::msg)?;
+            let names = Names::for_config(config);
+            let old = names
+                .bind(&name, &key, &trust)
+                .map_err(anyhow::Error::msg)?;
+            let was = old.map_or("no key".to_owned(), |b| {
+                format!("`{}` ({})", b.key, names::short(&b.fingerprint))
+            });
+            say(&format!(
+                "plugin {name}: bound to `{key}` (was {was}) in {}; reload it to load that key's package (POST /api/plugins/{name}/reload)",
+                names.path().display()
+            ));
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginCommand::Unbind { name } => {
+            let names = Names::for_config(config);
+            match names.unbind(&name).map_err(anyhow::Error::msg)? {
+                Some(b) => say(&format!(
+                    "plugin {name}: no longer bound to `{}` ({}); the next signed package of it binds it",
+                    b.key,
+                    names::short(&b.fingerprint)
+                )),
+                None => say(&format!(
+                    "plugin {name}: not bound in {}",
+                    names.path().display()
+                )),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginCommand::Names => {
+            let names = Names::for_config(config);
+            let all = names.read().map_err(anyhow::Error::msg)?;
+            if all.is_empty() {
+                say(&format!(
+                    "no plugin name is bound ({})",
+                    names.path().display()
+                ));
+            }
+            for (name, b) in all {
+                say(&format!(
+                    "{name}\t{}\t{}\tsince {}",
+                    b.key, b.fingerprint, b.bound_at
+                ));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -159,6 +222,10 @@ fn verify(
     }
     let trust = Trust::new(keys, false).map_err(anyhow::Error::msg)?;
     let pkg = package::read_package(path, &trust).map_err(anyhow::Error::msg)?;
+    // The engine would refuse a package of a name bound to another key.
+    Names::for_config(config)
+        .check(&pkg.manifest.name, pkg.signer.as_deref(), &trust, &pkg.dir)
+        .map_err(anyhow::Error::msg)?;
     let plugin = compile(pkg)?;
     say(&format!(
         "ok: {} ({} world, {}), signed by {}, sha256 {}",
@@ -336,11 +403,9 @@ fn build(a: BuildArgs) -> Result<()> {
         let mut capabilities = Vec::new();
         for c in h["capabilities"].as_array().into_iter().flatten() {
             let c = c.as_str().unwrap_or_default();
-            capabilities.push(
-                Capability::parse(c).with_context(|| {
-                    format!("{at}: unknown capability {c:?} (log, clock, config)")
-                })?,
-            );
+            capabilities.push(Capability::parse(c).with_context(|| {
+                format!("{at}: unknown capability {c:?} (log, clock, config, random)")
+            })?);
         }
         let manifest_dir = PathBuf::from(p["manifest_path"].as_str().unwrap_or_default())
             .parent()
@@ -497,7 +562,7 @@ edition = "2024"
 description = "A {world} plugin for Huizhen"
 
 # `huizhen plugin build` reads this: the world the component targets and the host
-# capabilities it asks for (log, clock, config).
+# capabilities it asks for (log, clock, config, random).
 [package.metadata.huizhen]
 world = "{world}"
 capabilities = {caps}

@@ -171,6 +171,7 @@ fn swap_times(wasm: &[u8], swaps: usize) -> (Vec<Duration>, Vec<Duration>) {
         trusted_keys: BTreeMap::from([("bench".to_owned(), public)]),
         allow_unsigned: false,
         watch: false,
+        names_file: None,
     };
     let reg = Registry::open(&cfg).unwrap();
     let slot = reg.slot("expert-score").unwrap();

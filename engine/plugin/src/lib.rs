@@ -6,8 +6,9 @@
 //! every call gets a store with a memory cap and an epoch deadline, so a trap, an endless loop or
 //! a huge allocation fails that one call with the plugin's name, version and the reason, and the
 //! engine and the other messages carry on. Guests built for `wasm32-wasip2` import WASI; they get
-//! a locked-down context: no preopened directories, no sockets, no environment, no arguments,
-//! stdout and stderr captured into the engine's log.
+//! only the interfaces their manifest grants ([`wasi`]): no files, no sockets, no environment,
+//! no arguments; the clocks with `clock`, real random numbers with `random`; what they print
+//! reaches the engine's log with `log` and is dropped (and counted) without it.
 //!
 //! The contract is `sdk/wit/plugin.wit` (`huizhen:plugin@0.1.0`); all `bindgen!` calls are in
 //! [`bindings`]. Packages and signatures: [`package`]; the registry and hot reload:
@@ -22,14 +23,15 @@ use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
     StoreLimitsBuilder,
 };
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub mod json;
+pub mod names;
 pub mod package;
 pub mod registry;
 pub mod stats;
 pub mod step;
+pub mod wasi;
 
 pub use package::{Manifest, World};
 pub use registry::{Registry, Slot};
@@ -89,9 +91,6 @@ use bindings::huizhen::plugin::types::{Decision, Message};
 
 /// The contract version this engine implements (`huizhen:plugin@…`).
 pub const CONTRACT: &str = "0.1.0";
-
-/// Most bytes of a call's stdout and stderr kept for the log.
-const OUTPUT_LIMIT: usize = 64 * 1024;
 
 /// How long one epoch tick lasts: deadlines are counted in ticks.
 const TICK: Duration = Duration::from_millis(1);
@@ -173,22 +172,30 @@ fn compile(bytes: &[u8], sha256: &str) -> Result<Component, String> {
 /// The host capabilities a manifest can ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Capability {
-    /// `host.log`.
+    /// `host.log`, and stdout/stderr to the engine's log.
     Log,
-    /// `host.now-ms`.
+    /// `host.now-ms`, and the WASI clocks.
     Clock,
     /// `host.config`.
     Config,
+    /// Real random numbers from `wasi:random` (a fixed sequence without it).
+    Random,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 3] = [Capability::Log, Capability::Clock, Capability::Config];
+    pub const ALL: [Capability; 4] = [
+        Capability::Log,
+        Capability::Clock,
+        Capability::Config,
+        Capability::Random,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Capability::Log => "log",
             Capability::Clock => "clock",
             Capability::Config => "config",
+            Capability::Random => "random",
         }
     }
 
@@ -320,11 +327,16 @@ enum Compiled {
     Triage(bindings::triage::TriagePre<CallState>),
 }
 
-fn link(component: &Component, world: World) -> Result<Compiled, String> {
+fn link(
+    component: &Component,
+    world: World,
+    caps: &[Capability],
+    label: &str,
+) -> Result<Compiled, String> {
+    wasi::check_imports(component, caps, label)?;
     let engine = engine();
     let mut linker: Linker<CallState> = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-        .map_err(|e| format!("linking WASI: {e:#}"))?;
+    wasi::add_to_linker(&mut linker, caps).map_err(|e| format!("linking WASI: {e:#}"))?;
     let fit = |e: wasmtime::Error| {
         format!(
             "does not fit the `{world}` world of huizhen:plugin@{CONTRACT} (built for another world or contract version?): {e:#}"
@@ -380,6 +392,8 @@ pub struct Plugin {
     loaded_at: chrono::DateTime<chrono::Utc>,
     compiled: Compiled,
     stats: Arc<Stats>,
+    /// A warning about dropped output was logged for this version.
+    warned: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -395,9 +409,8 @@ impl std::fmt::Debug for Plugin {
 /// A store for one call or one session of calls.
 struct Sandbox {
     store: Store<CallState>,
-    stdout: MemoryOutputPipe,
-    stderr: MemoryOutputPipe,
-    printed: (usize, usize),
+    stdout: wasi::Printed,
+    stderr: wasi::Printed,
     deadline: Duration,
 }
 
@@ -412,9 +425,10 @@ impl Plugin {
         stats: Arc<Stats>,
     ) -> Result<Plugin, String> {
         let component = compile(wasm, &sha256)?;
-        let compiled = link(&component, manifest.world)?;
+        let label = format!("{}@{}", manifest.name, manifest.version);
+        let compiled = link(&component, manifest.world, &manifest.capabilities, &label)?;
         Ok(Plugin {
-            label: format!("{}@{}", manifest.name, manifest.version).into(),
+            label: label.into(),
             caps: manifest.capabilities.clone().into(),
             manifest,
             sha256,
@@ -423,6 +437,7 @@ impl Plugin {
             loaded_at: chrono::Utc::now(),
             compiled,
             stats,
+            warned: Default::default(),
         })
     }
 
@@ -481,14 +496,11 @@ impl Plugin {
     }
 
     fn sandbox(&self, call: &CallOptions) -> Sandbox {
-        // What the plugin prints goes to the engine's log, tagged with its name.
-        let stdout = MemoryOutputPipe::new(OUTPUT_LIMIT);
-        let stderr = MemoryOutputPipe::new(OUTPUT_LIMIT);
+        // What the plugin prints is held for the call, then logged (`log`) or dropped.
+        let stdout = wasi::Printed::default();
+        let stderr = wasi::Printed::default();
         let state = CallState {
-            wasi: WasiCtx::builder()
-                .stdout(stdout.clone())
-                .stderr(stderr.clone())
-                .build(),
+            wasi: wasi::context(&self.caps, call.now_ms, &stdout, &stderr),
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(call.limits.memory)
@@ -509,7 +521,6 @@ impl Plugin {
             store,
             stdout,
             stderr,
-            printed: (0, 0),
             deadline: call.limits.deadline,
         }
     }
@@ -519,27 +530,14 @@ impl Plugin {
         sb.store.set_epoch_deadline(ticks);
     }
 
-    /// Logs what the call printed, maps a trap to its reason, records the call.
+    /// Logs what the call printed (or drops it), maps a trap to its reason, records the call.
     fn finish<T>(
         &self,
         sb: &mut Sandbox,
         started: Instant,
         result: wasmtime::Result<Result<T, String>>,
     ) -> Result<T, CallError> {
-        let out = sb.stdout.contents();
-        let err = sb.stderr.contents();
-        let out = String::from_utf8_lossy(&out[sb.printed.0.min(out.len())..]).into_owned();
-        let new_err = String::from_utf8_lossy(&err[sb.printed.1.min(err.len())..]).into_owned();
-        sb.printed = (
-            sb.printed.0 + out.len().min(OUTPUT_LIMIT),
-            sb.printed.1 + new_err.len().min(OUTPUT_LIMIT),
-        );
-        for line in out.lines().filter(|l| !l.trim().is_empty()) {
-            tracing::info!(plugin = %self.label, stream = "stdout", "{line}");
-        }
-        for line in new_err.lines().filter(|l| !l.trim().is_empty()) {
-            tracing::warn!(plugin = %self.label, stream = "stderr", "{line}");
-        }
+        let new_err = self.printed(sb);
         let plugin = self.label.to_string();
         let mapped = match result {
             Ok(Ok(v)) => Ok(v),
@@ -548,6 +546,40 @@ impl Plugin {
         };
         self.stats.record(started.elapsed(), mapped.is_ok());
         mapped
+    }
+
+    /// What the call printed goes to the engine's log as the plugin's log when its manifest
+    /// grants `log` (at most [`wasi::OUTPUT_LINES`] lines and [`wasi::OUTPUT_LIMIT`] bytes per
+    /// stream); without `log` it is dropped. Bytes not logged are counted
+    /// ([`Stats::output_dropped`]) and the first time a version drops any, one warning names
+    /// the plugin (never the text). Returns stderr's text, for a trap's reason.
+    fn printed(&self, sb: &Sandbox) -> String {
+        let (out, out_over) = sb.stdout.take();
+        let (err, err_over) = sb.stderr.take();
+        let stderr = String::from_utf8_lossy(&err).into_owned();
+        let mut dropped = out_over + err_over;
+        if self.caps.contains(&Capability::Log) {
+            let (lines, left) = wasi::lines(&out);
+            dropped += left;
+            for line in lines {
+                tracing::info!(plugin = %self.label, stream = "stdout", "{line}");
+            }
+            let (lines, left) = wasi::lines(&err);
+            dropped += left;
+            for line in lines {
+                tracing::warn!(plugin = %self.label, stream = "stderr", "{line}");
+            }
+            if dropped > 0 && !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(plugin = %self.label, bytes = dropped, "plugin printed more than its per-call limit; the rest is dropped (counted in output_dropped_bytes)");
+            }
+        } else {
+            dropped += (out.len() + err.len()) as u64;
+            if dropped > 0 && !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(plugin = %self.label, bytes = dropped, "plugin printed without the `log` capability; its output is dropped (counted in output_dropped_bytes)");
+            }
+        }
+        self.stats.record_dropped_output(dropped);
+        stderr
     }
 
     fn trap(&self, e: wasmtime::Error, sb: &Sandbox, stderr: &str) -> CallError {

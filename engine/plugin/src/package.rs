@@ -14,8 +14,10 @@
 //! sdk = "0.1.0"
 //! ```
 //!
-//! A package is refused, with the file and the reason, when its signature is missing (unless
-//! `allow_unsigned`), does not verify with any trusted key, or its wasm's sha256 differs from
+//! The signature is checked on the manifest's bytes before anything parses them
+//! ([`authenticate`]). A package is refused, with the file and the reason, when its signature
+//! is missing (unless `allow_unsigned`), does not verify with any trusted key, or its wasm's
+//! sha256 differs from
 //! the manifest (changed after signing); when its contract version is not one this engine
 //! implements; when the component does not fit its world.
 
@@ -114,7 +116,9 @@ pub struct Manifest {
     pub wasm: String,
     /// Hex SHA-256 of the component.
     pub sha256: String,
-    /// Host functions the plugin may call: `log`, `clock` (`now-ms`), `config`.
+    /// What the plugin may do: `log` (`host.log`, stdout/stderr to the log), `clock`
+    /// (`host.now-ms`, the WASI clocks), `config` (`host.config`), `random` (real WASI random
+    /// numbers). See [`crate::wasi`].
     #[serde(default)]
     pub capabilities: Vec<Capability>,
     /// The `huizhen-sdk` version stamped into the component, when it was built with the SDK.
@@ -257,6 +261,20 @@ impl Trust {
         Trust::new(cfg.trusted_keys.clone(), cfg.allow_unsigned)
     }
 
+    /// The names of the trusted keys.
+    pub fn key_names(&self) -> Vec<&str> {
+        self.keys.iter().map(|k| k.0.as_str()).collect()
+    }
+
+    /// `sha256:` and the hex SHA-256 of the trusted key `name`'s 32 bytes: what a plugin name
+    /// is bound to ([`crate::names`]).
+    pub fn fingerprint(&self, name: &str) -> Option<String> {
+        self.keys
+            .iter()
+            .find(|k| k.0 == name)
+            .map(|k| format!("sha256:{}", sha256_hex(&k.1)))
+    }
+
     /// The name of the trusted key that made `sig` over `manifest`.
     pub fn verify(&self, manifest: &[u8], sig: &str) -> Result<String, String> {
         let sig = B64
@@ -300,7 +318,39 @@ pub struct Package {
     pub signer: Option<String>,
 }
 
-/// Reads a package folder (or its `plugin.toml`): manifest, signature, wasm and its sha256.
+fn read_manifest_bytes(dir: &Path) -> Result<Vec<u8>, String> {
+    let mpath = dir.join(MANIFEST);
+    std::fs::read(&mpath).map_err(|e| format!("{}: cannot read: {e}", mpath.display()))
+}
+
+/// Reads a package folder's manifest bytes and checks their signature, before anything parses
+/// them: an unsigned or wrongly signed manifest never reaches the TOML parser. Returns the bytes
+/// and the trusted key that signed them (`None`: unsigned, allowed by `allow_unsigned`).
+pub fn authenticate(dir: &Path, trust: &Trust) -> Result<(Vec<u8>, Option<String>), String> {
+    let bytes = read_manifest_bytes(dir)?;
+    let spath = dir.join(SIGNATURE);
+    let signer = match std::fs::read_to_string(&spath) {
+        Ok(sig) => Some(
+            trust
+                .verify(&bytes, &sig)
+                .map_err(|e| format!("{}: signature refused: {e}", spath.display()))?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if !trust.allow_unsigned {
+                return Err(format!(
+                    "{}: missing: unsigned plugins are refused (sign with `huizhen plugin sign`, or set plugins.allow_unsigned: true for development)",
+                    spath.display()
+                ));
+            }
+            tracing::warn!(package = %dir.display(), "loading an unsigned plugin (plugins.allow_unsigned)");
+            None
+        }
+        Err(e) => return Err(format!("{}: cannot read: {e}", spath.display())),
+    };
+    Ok((bytes, signer))
+}
+
+/// Reads a package folder (or its `plugin.toml`): signature, then manifest, wasm and its sha256.
 pub fn read_package(path: &Path, trust: &Trust) -> Result<Package, String> {
     read(path, Some(trust))
 }
@@ -316,32 +366,15 @@ fn read(path: &Path, trust: Option<&Trust>) -> Result<Package, String> {
             path.display()
         ));
     };
+    let (bytes, signer) = match trust {
+        Some(trust) => authenticate(&dir, trust)?,
+        None => (read_manifest_bytes(&dir)?, None),
+    };
+    // Parsed only now: the bytes of a signed package are the vendor's own.
     let mpath = dir.join(MANIFEST);
-    let bytes =
-        std::fs::read(&mpath).map_err(|e| format!("{}: cannot read: {e}", mpath.display()))?;
     let text =
         std::str::from_utf8(&bytes).map_err(|e| format!("{}: not UTF-8: {e}", mpath.display()))?;
     let manifest = Manifest::parse(&mpath, text)?;
-    let spath = dir.join(SIGNATURE);
-    let signer = match trust.map(|t| (t, std::fs::read_to_string(&spath))) {
-        None => None,
-        Some((trust, Ok(sig))) => Some(
-            trust
-                .verify(&bytes, &sig)
-                .map_err(|e| format!("{}: signature refused: {e}", spath.display()))?,
-        ),
-        Some((trust, Err(e))) if e.kind() == std::io::ErrorKind::NotFound => {
-            if !trust.allow_unsigned {
-                return Err(format!(
-                    "{}: missing: unsigned plugins are refused (sign with `huizhen plugin sign`, or set plugins.allow_unsigned: true for development)",
-                    spath.display()
-                ));
-            }
-            tracing::warn!(package = %dir.display(), "loading an unsigned plugin (plugins.allow_unsigned)");
-            None
-        }
-        Some((_, Err(e))) => return Err(format!("{}: cannot read: {e}", spath.display())),
-    };
     let wpath = dir.join(&manifest.wasm);
     let wasm =
         std::fs::read(&wpath).map_err(|e| format!("{}: cannot read: {e}", wpath.display()))?;

@@ -9,6 +9,10 @@
 //! serving; the reason is logged, counted and shown by `GET /api/plugins`. Deleting the newest
 //! version rolls back to the next one on the next scan; deleting every version keeps the last
 //! one serving (`source_missing`).
+//!
+//! A package is authenticated before its manifest is parsed, and a name stays with the key that
+//! first signed it ([`crate::names`]): a package of that name signed by another trusted key is
+//! refused like any other package that cannot be loaded.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +24,7 @@ use huizhen_core::config::PluginsConfig;
 use huizhen_core::extensions::{CatalogError, EngineHook, Extensions, PluginCatalog};
 use serde_json::json;
 
+use crate::names::Names;
 use crate::package::{self, MANIFEST, Package, SIGNATURE, Trust};
 use crate::{Plugin, Stats, World};
 
@@ -31,20 +36,29 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 struct Fingerprint {
     dir: PathBuf,
     manifest_and_sig: String,
-    wasm: Option<(u64, SystemTime)>,
+    /// Name, size and modification time of each `.wasm` in the folder.
+    wasm: Vec<(String, u64, SystemTime)>,
 }
 
+/// The manifest is not parsed here (it is not yet authenticated): every `.wasm` of the folder
+/// counts.
 fn fingerprint(dir: &Path, manifest: &[u8]) -> Fingerprint {
     let sig = std::fs::read(dir.join(SIGNATURE)).unwrap_or_default();
     let mut both = manifest.to_vec();
     both.extend_from_slice(b"\0sig\0");
     both.extend_from_slice(&sig);
-    let wasm = std::str::from_utf8(manifest)
-        .ok()
-        .and_then(|t| toml::from_str::<toml::Table>(t).ok())
-        .and_then(|t| t.get("wasm").and_then(|w| w.as_str()).map(str::to_owned))
-        .and_then(|w| std::fs::metadata(dir.join(w)).ok())
-        .map(|m| (m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
+    let mut wasm: Vec<(String, u64, SystemTime)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "wasm"))
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            let when = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            Some((e.file_name().to_string_lossy().into_owned(), m.len(), when))
+        })
+        .collect();
+    wasm.sort();
     Fingerprint {
         dir: dir.to_owned(),
         manifest_and_sig: package::sha256_hex(&both),
@@ -160,6 +174,7 @@ impl Slot {
             "name": self.name,
             "calls": self.stats.calls(),
             "errors": self.stats.errors(),
+            "output_dropped_bytes": self.stats.output_dropped(),
             "latency_us": { "p50": us(self.stats.quantile(0.5)), "p99": us(self.stats.quantile(0.99)) },
             "swaps": st.swaps,
             "last_swap_ms": st.last_swap.map(|d| d.as_secs_f64() * 1e3),
@@ -189,6 +204,7 @@ impl Slot {
 pub struct Registry {
     cfg: PluginsConfig,
     trust: Trust,
+    names: Names,
     slots: RwLock<BTreeMap<String, Arc<Slot>>>,
     scanning: Mutex<()>,
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
@@ -198,7 +214,7 @@ impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registry")
             .field("dir", &self.cfg.dir)
-            .field("slots", &self.names())
+            .field("slots", &self.plugin_names())
             .finish()
     }
 }
@@ -220,6 +236,7 @@ impl Registry {
         let r = Registry {
             cfg: cfg.clone(),
             trust: Trust::from_config(cfg)?,
+            names: Names::for_config(cfg),
             slots: RwLock::new(BTreeMap::new()),
             scanning: Mutex::new(()),
             watcher: Mutex::new(None),
@@ -232,11 +249,33 @@ impl Registry {
         &self.trust
     }
 
+    /// Which key owns each plugin name.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// Checks a package's signer against its name's binding (binding a free name), then loads it.
+    fn admit_and_load(
+        &self,
+        slot: &Slot,
+        pkg: Package,
+        fp: Option<Fingerprint>,
+        started: Instant,
+    ) -> Result<(), String> {
+        self.names.admit(
+            &pkg.manifest.name,
+            pkg.signer.as_deref(),
+            &self.trust,
+            &pkg.dir,
+        )?;
+        slot.load(pkg, fp, started)
+    }
+
     pub fn dir(&self) -> &Path {
         &self.cfg.dir
     }
 
-    pub fn names(&self) -> Vec<String> {
+    pub fn plugin_names(&self) -> Vec<String> {
         self.slots
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -277,8 +316,24 @@ impl Registry {
             return Ok(());
         }
         let (tx, rx) = std::sync::mpsc::channel::<()>();
+        // The engine's own writes of the name bindings are no reason to scan.
+        let own: Vec<std::ffi::OsString> = self
+            .names
+            .path()
+            .file_name()
+            .map(|n| {
+                let mut tmp = n.to_owned();
+                tmp.push(".tmp");
+                vec![n.to_owned(), tmp]
+            })
+            .unwrap_or_default();
         let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            if ev.is_ok_and(|e| !e.kind.is_access()) {
+            let Ok(e) = ev else { return };
+            let only_bindings = !e.paths.is_empty()
+                && e.paths
+                    .iter()
+                    .all(|p| p.file_name().is_some_and(|n| own.iter().any(|o| o == n)));
+            if !e.kind.is_access() && !only_bindings {
                 let _ = tx.send(());
             }
         })
@@ -324,9 +379,12 @@ impl Registry {
             }
             let bytes = std::fs::read(&mpath).unwrap_or_default();
             let fp = fingerprint(&dir, &bytes);
-            let parsed = std::str::from_utf8(&bytes)
-                .map_err(|e| format!("{}: not UTF-8: {e}", mpath.display()))
-                .and_then(|t| package::Manifest::parse(&mpath, t));
+            // The signature first: an unauthenticated manifest is never parsed.
+            let parsed = package::authenticate(&dir, &self.trust).and_then(|(bytes, _)| {
+                let text = std::str::from_utf8(&bytes)
+                    .map_err(|e| format!("{}: not UTF-8: {e}", mpath.display()))?;
+                package::Manifest::parse(&mpath, text)
+            });
             match parsed {
                 Ok(m) => out.push(Candidate {
                     version: semver::Version::parse(&m.version).expect("checked by parse"),
@@ -347,9 +405,15 @@ impl Registry {
                         .find(|(i, _)| folder[i + 1..].starts_with(|c: char| c.is_ascii_digit()))
                         .map_or(folder.len(), |(i, _)| i);
                     let name = folder[..cut].to_owned();
+                    // Ordered by the version its folder claims, so a refused newer package is
+                    // reported (its manifest is not parsed unless authenticated).
+                    let version = folder
+                        .get(cut + 1..)
+                        .and_then(|v| semver::Version::parse(v).ok())
+                        .unwrap_or_else(|| semver::Version::new(0, 0, 0));
                     out.push(Candidate {
                         name,
-                        version: semver::Version::new(0, 0, 0),
+                        version,
                         dir,
                         fp,
                         broken: Some(e),
@@ -415,7 +479,7 @@ impl Registry {
                         if pkg.manifest.name != name {
                             return Err(format!("{}: name changed while loading", c.dir.display()));
                         }
-                        slot.load(pkg, Some(c.fp.clone()), started)
+                        self.admit_and_load(&slot, pkg, Some(c.fp.clone()), started)
                     }),
                 };
                 match loaded {
@@ -462,7 +526,7 @@ impl Registry {
         let same = slot.current().is_some_and(|p| p.sha256() == pkg.sha256)
             && slot.state().explicit.as_ref().map(|e| &e.0) == Some(&path.to_path_buf());
         if !same {
-            slot.load(pkg, None, started)?;
+            self.admit_and_load(&slot, pkg, None, started)?;
             slot.state().explicit = Some((path.to_owned(), world));
         }
         Ok(slot)
@@ -480,7 +544,7 @@ impl Registry {
             } else {
                 package::read_package(&path, &self.trust)
             };
-            return match pkg.and_then(|p| slot.load(p, None, started)) {
+            return match pkg.and_then(|p| self.admit_and_load(slot, p, None, started)) {
                 Ok(()) => Ok(slot.clone()),
                 Err(e) => {
                     slot.failed(None, &e);

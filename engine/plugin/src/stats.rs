@@ -11,6 +11,9 @@ const BUCKETS: usize = 64 * SUB as usize;
 pub struct Stats {
     calls: AtomicU64,
     errors: AtomicU64,
+    /// Bytes the plugin printed that did not reach the log (no `log` capability, or over the
+    /// per-call limit).
+    output_dropped: AtomicU64,
     buckets: Box<[AtomicU64]>,
 }
 
@@ -19,6 +22,7 @@ impl Default for Stats {
         Stats {
             calls: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            output_dropped: AtomicU64::new(0),
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
@@ -29,6 +33,7 @@ impl std::fmt::Debug for Stats {
         f.debug_struct("Stats")
             .field("calls", &self.calls())
             .field("errors", &self.errors())
+            .field("output_dropped", &self.output_dropped())
             .finish()
     }
 }
@@ -70,6 +75,19 @@ impl Stats {
 
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
+    }
+
+    /// Counts printed bytes that were dropped instead of logged.
+    pub fn record_dropped_output(&self, bytes: u64) {
+        if bytes > 0 {
+            self.output_dropped.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes the plugin printed that did not reach the log: all it printed without the `log`
+    /// capability, and what went past the per-call limit with it.
+    pub fn output_dropped(&self) -> u64 {
+        self.output_dropped.load(Ordering::Relaxed)
     }
 
     /// The latency below which `q` (0..=1) of the calls fell, or `None` before the first call.

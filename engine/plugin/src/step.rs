@@ -81,7 +81,7 @@ impl StepConfig for PluginStepConfig {
             }
             (Some(name), None) => {
                 let Some(slot) = reg.slot(name) else {
-                    let known = reg.names();
+                    let known = reg.plugin_names();
                     return Err(format!(
                         "no plugin {name:?} in {} ({})",
                         reg.dir().display(),

@@ -2,7 +2,9 @@
 //! behaved plugin is contained (deadline, memory cap, panic) while 1,000 other calls pass;
 //! packages are refused when unsigned, tampered, signed by an unknown key or built for another
 //! contract; a plugin is swapped 10 times under 20,000 calls with no failed call; the `plugin`
-//! step routes in a running pipeline.
+//! step routes in a running pipeline. A plugin prints to the log, reads the clock and gets real
+//! random numbers only with the grants for them; a name stays with the key that first signed it;
+//! a manifest is authenticated before it is parsed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,7 +24,7 @@ fn plugins() -> &'static PathBuf {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../plugins");
         let target = root.join("target");
         // One package per cargo run: each enables its own world of huizhen-sdk.
-        for p in ["misbehave", "route-by-facility", "expert-score"] {
+        for p in ["misbehave", "peek", "route-by-facility", "expert-score"] {
             let out = std::process::Command::new(env!("CARGO"))
                 .args(["build", "--release", "--target", "wasm32-wasip2", "-p", p])
                 .current_dir(&root)
@@ -54,20 +56,58 @@ fn vendor() -> &'static (String, String) {
 
 /// Writes a signed package of `wasm` into `out`.
 fn signed(out: &Path, wasm: &str, name: &str, version: &str, world: World) -> PathBuf {
-    let bytes = std::fs::read(plugins().join(wasm)).unwrap();
-    let (dir, _) = package::write_package(
+    signed_with(
         out,
-        &bytes,
+        wasm,
         name,
         version,
         world,
         Capability::ALL.to_vec(),
-        None,
+        &vendor().0,
     )
-    .unwrap();
-    let key = package::parse_private_key(&vendor().0).unwrap();
+}
+
+/// Writes a package of `wasm` with these capabilities, signed by the private key `pem`.
+fn signed_with(
+    out: &Path,
+    wasm: &str,
+    name: &str,
+    version: &str,
+    world: World,
+    caps: Vec<Capability>,
+    pem: &str,
+) -> PathBuf {
+    let bytes = std::fs::read(plugins().join(wasm)).unwrap();
+    let (dir, _) = package::write_package(out, &bytes, name, version, world, caps, None).unwrap();
+    let key = package::parse_private_key(pem).unwrap();
     package::sign_package(&dir, &key).unwrap();
     dir
+}
+
+/// Runs `f` with a subscriber on this thread that writes every event of this crate (trace and
+/// up) as text; returns `f`'s result and that text.
+fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let sink = Sink::default();
+    let w = sink.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || w.clone())
+        .with_ansi(false)
+        .with_env_filter("huizhen_plugin=trace")
+        .finish();
+    let out = tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8_lossy(&sink.0.lock().unwrap()).into_owned();
+    (out, text)
 }
 
 fn config(dir: &Path) -> PluginsConfig {
@@ -76,6 +116,7 @@ fn config(dir: &Path) -> PluginsConfig {
         trusted_keys: BTreeMap::from([("acme".to_owned(), vendor().1.clone())]),
         allow_unsigned: false,
         watch: true,
+        names_file: None,
     }
 }
 
@@ -564,5 +605,239 @@ async fn the_plugin_step_routes_in_a_running_pipeline() {
             .any(|e| e.contains("a bare component has no signed manifest")),
         "{errors:?}"
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn peek(dir: &Path, name: &str, caps: Vec<Capability>) -> huizhen_plugin::Plugin {
+    let pkg = signed_with(
+        dir,
+        "peek.wasm",
+        name,
+        "1.0.0",
+        World::Rule,
+        caps,
+        &vendor().0,
+    );
+    let trust = Trust::new([("acme".to_owned(), vendor().1.clone())], false).unwrap();
+    let pkg = package::read_package(&pkg, &trust).unwrap();
+    huizhen_plugin::Plugin::from_package(pkg, Arc::new(huizhen_plugin::Stats::default())).unwrap()
+}
+
+/// What a plugin prints reaches the engine's log, tagged `name@version`, only with the `log`
+/// capability; without it the output is dropped and counted, and one warning (without the
+/// text) names the plugin.
+#[test]
+fn printing_reaches_the_log_only_with_the_log_grant() {
+    let dir = temp("print");
+    let print = msg("text", b"print");
+    // Both read the clock as well (peek imports it), so both are granted `clock`.
+    let quiet = peek(&dir, "peek-quiet", vec![Capability::Clock]);
+    let (d, log) = logged(|| quiet.decide(&print, &CallOptions::default()));
+    assert!(matches!(d, Ok(Decision::Pass)), "{d:?}");
+    assert!(!log.contains("peek on stdout"), "{log}");
+    assert!(!log.contains("peek on stderr"), "{log}");
+    let printed = ("peek on stdout: m1\n".len() + "peek on stderr: m1\n".len()) as u64;
+    assert_eq!(quiet.stats().output_dropped(), printed);
+    assert!(
+        log.contains("peek-quiet@1.0.0")
+            && log.contains("printed without the `log` capability")
+            && log.contains(&format!("bytes={printed}")),
+        "one warning names the plugin: {log}"
+    );
+    let (_, log) = logged(|| quiet.decide(&print, &CallOptions::default()));
+    assert_eq!(log, "", "the warning is given once per version");
+    assert_eq!(quiet.stats().output_dropped(), 2 * printed);
+
+    let loud = peek(&dir, "peek-loud", vec![Capability::Clock, Capability::Log]);
+    let (d, log) = logged(|| loud.decide(&print, &CallOptions::default()));
+    assert!(matches!(d, Ok(Decision::Pass)), "{d:?}");
+    let line = |text: &str| {
+        log.lines()
+            .find(|l| l.contains(text))
+            .unwrap_or_else(|| panic!("no {text:?} in {log}"))
+            .to_owned()
+    };
+    let out = line("peek on stdout: m1");
+    assert!(
+        out.contains("INFO")
+            && out.contains("plugin=peek-loud@1.0.0")
+            && out.contains("stream=\"stdout\""),
+        "{out}"
+    );
+    let err = line("peek on stderr: m1");
+    assert!(
+        err.contains("WARN")
+            && err.contains("plugin=peek-loud@1.0.0")
+            && err.contains("stream=\"stderr\""),
+        "{err}"
+    );
+    assert_eq!(loud.stats().output_dropped(), 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A plugin that reads the WASI clocks without `clock` is refused when it is loaded, naming the
+/// interface and the grant; with `clock` the wall clock reads the message's received time
+/// (as `host.now-ms`). Without `random` its random numbers are a fixed sequence (the same in
+/// every call); with it they are real.
+#[test]
+fn clock_and_random_only_with_their_grants() {
+    let dir = temp("clock-random");
+    let pkg = signed_with(
+        &dir,
+        "peek.wasm",
+        "peek",
+        "1.0.0",
+        World::Rule,
+        vec![],
+        &vendor().0,
+    );
+    let reg = Registry::open(&config(&dir)).unwrap();
+    let slot = reg.slot("peek").unwrap();
+    assert!(slot.current().is_none());
+    let e = slot.last_error().unwrap();
+    assert!(
+        e.contains("plugin peek@1.0.0 imports wasi:clocks/")
+            && e.contains("but its manifest does not grant `clock`"),
+        "{e}"
+    );
+    drop(reg);
+    std::fs::remove_dir_all(&pkg).unwrap();
+
+    let call = CallOptions {
+        now_ms: 1_790_000_000_123,
+        ..CallOptions::default()
+    };
+    let peek_at = |p: &huizhen_plugin::Plugin| -> BTreeMap<String, String> {
+        match p.decide(&msg("text", b"peek"), &call).unwrap() {
+            Decision::Annotate(h) => h.into_iter().collect(),
+            d => panic!("{d:?}"),
+        }
+    };
+    let fixed = peek(&dir, "peek-fixed", vec![Capability::Clock]);
+    let (a, b) = (peek_at(&fixed), peek_at(&fixed));
+    assert_eq!(
+        a["wall-ms"], "1790000000123",
+        "the message's time, not the host's"
+    );
+    assert_eq!(
+        a["random"], b["random"],
+        "a fixed sequence without `random`"
+    );
+    let real = peek(
+        &dir,
+        "peek-real",
+        vec![Capability::Clock, Capability::Random],
+    );
+    let (a, b) = (peek_at(&real), peek_at(&real));
+    assert_ne!(
+        a["random"], b["random"],
+        "real random numbers with `random`"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A name belongs to the key that first signed it: a higher version signed by another trusted
+/// vendor is refused with the reason, the old version keeps serving, also after a restart;
+/// an operator's `bind` moves the name.
+#[test]
+fn a_name_stays_with_the_key_that_first_signed_it() {
+    static RIVAL: OnceLock<(String, String)> = OnceLock::new();
+    let rival = RIVAL.get_or_init(package::generate_key);
+    let dir = temp("names");
+    let mut cfg = config(&dir);
+    cfg.trusted_keys.insert("rival".into(), rival.1.clone());
+    signed(&dir, "misbehave.wasm", "misbehave", "1.0.0", World::Rule);
+    let reg = Registry::open(&cfg).unwrap();
+    let slot = reg.slot("misbehave").unwrap();
+    assert_eq!(slot.current().unwrap().version(), "1.0.0");
+    let bound = std::fs::read_to_string(dir.join("names.toml")).unwrap();
+    assert!(
+        bound.contains("[names.misbehave]") && bound.contains("key = \"acme\""),
+        "{bound}"
+    );
+
+    let caps = Capability::ALL.to_vec();
+    signed_with(
+        &dir,
+        "misbehave.wasm",
+        "misbehave",
+        "2.0.0",
+        World::Rule,
+        caps,
+        &rival.0,
+    );
+    let e = match reg.reload("misbehave") {
+        Err(huizhen_core::extensions::CatalogError::Refused(e)) => e,
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        e.contains(
+            "misbehave-2.0.0: plugin misbehave belongs to the key that first signed it (`acme`"
+        ) && e.contains("this package is signed by `rival`")
+            && e.contains("huizhen plugin bind misbehave rival"),
+        "{e}"
+    );
+    assert_eq!(slot.current().unwrap().version(), "1.0.0");
+    assert!(matches!(
+        slot.current()
+            .unwrap()
+            .decide(&msg("text", b"hi"), &CallOptions::default()),
+        Ok(Decision::Annotate(_))
+    ));
+
+    // After a restart: the binding was kept, the rival's version is still refused.
+    drop(reg);
+    let reg = Registry::open(&cfg).unwrap();
+    let slot = reg.slot("misbehave").unwrap();
+    assert_eq!(slot.current().unwrap().version(), "1.0.0");
+    assert!(
+        slot.last_error().unwrap().contains("belongs to the key"),
+        "{:?}",
+        slot.last_error()
+    );
+
+    // The operator hands the name over.
+    let old = reg.names().bind("misbehave", "rival", reg.trust()).unwrap();
+    assert_eq!(old.unwrap().key, "acme");
+    reg.reload("misbehave").unwrap();
+    assert_eq!(slot.current().unwrap().version(), "2.0.0");
+    assert_eq!(slot.current().unwrap().signer(), Some("rival"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A manifest that is not even TOML, unsigned or wrongly signed, is refused for its signature:
+/// the signature is checked on the bytes before anything parses them.
+#[test]
+fn an_unauthenticated_manifest_is_never_parsed() {
+    let dir = temp("unparsed");
+    let trust = Trust::new([("acme".to_owned(), vendor().1.clone())], false).unwrap();
+    let good = signed(&dir, "misbehave.wasm", "misbehave", "1.0.0", World::Rule);
+    let junk = dir.join("junk-1.0.0");
+    std::fs::create_dir_all(&junk).unwrap();
+    std::fs::write(junk.join("plugin.toml"), "name = [[[ not toml \u{0}").unwrap();
+
+    let e = package::read_package(&junk, &trust).unwrap_err();
+    assert!(
+        e.contains("plugin.toml.sig: missing: unsigned plugins are refused"),
+        "{e}"
+    );
+
+    std::fs::copy(good.join("plugin.toml.sig"), junk.join("plugin.toml.sig")).unwrap();
+    let e = package::read_package(&junk, &trust).unwrap_err();
+    assert!(
+        e.contains("plugin.toml.sig: signature refused: does not verify"),
+        "{e}"
+    );
+
+    // The folder scan too: the package is named after its folder, refused for its signature.
+    let reg = Registry::open(&config(&dir)).unwrap();
+    let e = reg.slot("junk").unwrap().last_error().unwrap();
+    assert!(e.contains("signature refused"), "{e}");
+
+    // Only when unsigned packages are allowed (development) does the parser see it.
+    let dev = Trust::new([], true).unwrap();
+    std::fs::remove_file(junk.join("plugin.toml.sig")).unwrap();
+    let e = package::read_package(&junk, &dev).unwrap_err();
+    assert!(e.contains("plugin.toml:1:"), "{e}");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -210,6 +210,10 @@ pub struct PluginsConfig {
     /// Watches `dir` and swaps in new versions while the engine runs (default true).
     #[serde(default = "default_true")]
     pub watch: bool,
+    /// The file binding each plugin name to the trusted key that first signed it (default
+    /// `names.toml` in `dir`); written by the engine, changed with `huizhen plugin bind`.
+    #[serde(default)]
+    pub names_file: Option<PathBuf>,
 }
 
 impl Default for PluginsConfig {
@@ -219,6 +223,7 @@ impl Default for PluginsConfig {
             trusted_keys: BTreeMap::new(),
             allow_unsigned: false,
             watch: true,
+            names_file: None,
         }
     }
 }
