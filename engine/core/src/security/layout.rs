@@ -1,7 +1,7 @@
 //! Where the keys live, checked at start (issue 12, item 11).
 //!
-//! The embedded defaults put the SQLite database, the data keys (`data/keys`) and the JWT
-//! secret (`data/jwt.secret`) in one folder, so a copy of `data/` is everything: the ciphertext
+//! The embedded defaults put the SQLite database, the data keys (`data/keys`), the JWT secret
+//! (`data/jwt.secret`) and the audit key (`data/audit.key`) in one folder, so a copy of `data/` is everything: the ciphertext
 //! and the keys that open it. That is fine for the demo; for a real install the keys belong
 //! elsewhere (a secrets store through `${ENV}`, or another disk, see docs/security.md). Two
 //! checks:
@@ -26,6 +26,7 @@ fn key_files(root: &RootConfig) -> Vec<(PathBuf, &'static str)> {
     if enc.enabled && enc.keys.is_none() {
         out.push((enc.keys_file.clone(), "the data keys"));
     }
+    out.push((root.security.audit.key_file.clone(), "the audit key"));
     out
 }
 
