@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::support::{
-    BROKER, Backend, amqp_url, broker_up, delete_queues, fresh_db, loaded, wait_for,
+    Backend, amqp_url, broker_shared, broker_up, delete_queues, fresh_db, loaded, wait_for,
 };
 
 /// A link that can be cut: relays 127.0.0.1:PORT to the broker while `up` is true; cutting it
@@ -58,7 +58,7 @@ async fn edge_keeps_acking_while_the_hub_is_away_then_forwards_once_in_order() {
     const BEFORE: usize = 50;
     const DURING: usize = 200;
     const AFTER: usize = 50;
-    let _broker = BROKER.lock().await;
+    let _broker = broker_shared().await;
     if !broker_up().await {
         return;
     }

@@ -465,3 +465,39 @@ async fn cluster_claims_heartbeats_and_reaping(b: Backend) {
     assert_eq!(bl[0].messages, 4);
     assert!(bl[0].oldest_received_at.unwrap() <= now_ms());
 }
+
+/// `store.durability` as written in `huizhen.yaml` reaches SQLite: `power-loss` makes the
+/// journal writer's own connection (where every journal commit happens) and the pool's fsync
+/// each commit (`synchronous=FULL`); the default and `process-crash` give `NORMAL`. Read back
+/// from the connections, so a setting that is parsed but not applied fails here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durability_setting_sets_sqlite_synchronous() {
+    for (setting, want) in [
+        ("", "NORMAL"),
+        ("  durability: process-crash\n", "NORMAL"),
+        ("  durability: power-loss\n", "FULL"),
+    ] {
+        let db = fresh_db(Backend::Sqlite).await.unwrap();
+        let file = db.dir.path().join("huizhen.yaml");
+        std::fs::write(
+            &file,
+            format!("version: 1\nstore:\n  url: \"{}\"\n{setting}", db.url),
+        )
+        .unwrap();
+        let (root, _) = huizhen_core::config::load_root(Some(&file)).unwrap();
+        let mut loaded = crate::support::loaded(&db, &[]);
+        loaded.root.store = root.store;
+        let engine = huizhen_core::Engine::start(loaded).await.unwrap();
+        assert_eq!(
+            engine.journal.sqlite_synchronous(),
+            Some(want),
+            "journal writer with {setting:?}"
+        );
+        assert_eq!(
+            engine.store.sqlite_synchronous().await.unwrap(),
+            Some(want),
+            "store pool with {setting:?}"
+        );
+        engine.shutdown(std::time::Duration::from_secs(5)).await;
+    }
+}
