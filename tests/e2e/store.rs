@@ -501,3 +501,38 @@ async fn durability_setting_sets_sqlite_synchronous() {
         engine.shutdown(std::time::Duration::from_secs(5)).await;
     }
 }
+
+/// The failure report of the tests that wait for messages tells a `dead` message (with its last
+/// error) from a missing one, and counts each group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fates_tell_dead_from_lost() {
+    let db = fresh_db(Backend::Sqlite).await.unwrap();
+    let s = store(&db).await;
+    let j = Journal::start(s.clone(), JournalOptions::default());
+    let done = j.append(msg("p", "a")).await.unwrap().id;
+    let dead = j.append(msg("p", "b")).await.unwrap().id;
+    let waiting = j.append(msg("p", "c")).await.unwrap().id;
+    j.transition(Transition::Done {
+        id: done.clone(),
+        effects: vec![],
+    })
+    .await
+    .unwrap();
+    j.transition(Transition::Dead {
+        id: dead.clone(),
+        attempt: 3,
+        step: "sink#0".into(),
+        error: "refused".into(),
+    })
+    .await
+    .unwrap();
+    let lost = "0000-never-journaled".to_owned();
+    let report =
+        crate::support::fates(&s, &[done, dead.clone(), waiting.clone(), lost.clone()]).await;
+    assert_eq!(
+        report,
+        format!(
+            "of 4 messages expected done: done 1; dead 1 (e.g. {dead} (sink#0: refused)); failed 0; processing 0; received 1 (e.g. {waiting}); missing 1 (e.g. {lost}); unreadable 0;"
+        )
+    );
+}
