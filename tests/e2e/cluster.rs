@@ -173,9 +173,10 @@ async fn held_by(c: &mut sqlx::PgConnection, pipeline: &str, node: &str) -> Vec<
 
 /// Kills `victim` (SIGKILL) at a moment it holds unfinished work of `pipeline`, and returns the
 /// ids it held: a kill of an idle process would prove nothing about taking over its work. Each
-/// try freezes it (SIGSTOP, so the journal holds still while it is read), reads what it holds,
-/// and kills it if that is something, else lets it go on (SIGCONT) and tries again a moment
-/// later. Fails if it never holds anything within `within`.
+/// try freezes it (SIGSTOP, so the journal holds still while it is read), waits 100 ms (what it
+/// had already sent the database lands meanwhile), reads what it holds, and kills it if that is
+/// something, else lets it go on (SIGCONT) and tries again a moment later. Fails if it never
+/// holds anything within `within`.
 async fn kill_holding_work(
     db: &TestDb,
     pipeline: &str,
@@ -190,6 +191,8 @@ async fn kill_holding_work(
     loop {
         tries += 1;
         signal(&victim.child, "-STOP");
+        // What it sent the database before it froze lands (or not) meanwhile.
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let held = held_by(&mut c, pipeline, node).await;
         if !held.is_empty() {
             victim.child.kill().expect("SIGKILL");
