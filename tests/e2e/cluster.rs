@@ -24,8 +24,8 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 
 use crate::crash::{TEST_SECRET, authed_client, free_port, wait_ready};
 use crate::support::{
-    BROKER, Backend, TestDb, amqp_url, broker_up, delete_queues, fresh_db, rabbitmqctl, store,
-    wait_for,
+    Backend, TestDb, amqp_url, broker_exclusive, broker_shared, broker_up, delete_queues, fates,
+    fresh_db, signal, stop_broker, store, wait_for, wait_for_or,
 };
 
 /// One engine process of a test cluster.
@@ -159,6 +159,89 @@ async fn owners(db: &TestDb, pipeline: &str) -> Vec<String> {
     .unwrap()
 }
 
+/// The unfinished messages (`received` or `processing`) of `pipeline` that `node` answers for.
+async fn held_by(c: &mut sqlx::PgConnection, pipeline: &str, node: &str) -> Vec<String> {
+    sqlx::query_scalar::<_, String>(
+        "SELECT id FROM messages WHERE pipeline = $1 AND owner = $2 AND state IN ('received', 'processing') ORDER BY id",
+    )
+    .bind(pipeline)
+    .bind(node)
+    .fetch_all(c)
+    .await
+    .unwrap()
+}
+
+/// Kills `victim` (SIGKILL) at a moment it holds unfinished work of `pipeline`, and returns the
+/// ids it held: a kill of an idle process would prove nothing about taking over its work. Each
+/// try freezes it (SIGSTOP, so the journal holds still while it is read), waits 100 ms (what it
+/// had already sent the database lands meanwhile), reads what it holds, and kills it if that is
+/// something, else lets it go on (SIGCONT) and tries again a moment later. Fails if it never
+/// holds anything within `within`.
+async fn kill_holding_work(
+    db: &TestDb,
+    pipeline: &str,
+    victim: &mut Proc,
+    node: &str,
+    within: Duration,
+) -> Vec<String> {
+    use sqlx::Connection as _;
+    let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let deadline = Instant::now() + within;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        signal(&victim.child, "-STOP");
+        // What it sent the database before it froze lands (or not) meanwhile.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let held = held_by(&mut c, pipeline, node).await;
+        if !held.is_empty() {
+            victim.child.kill().expect("SIGKILL");
+            victim.child.wait().unwrap();
+            eprintln!(
+                "killed {node} holding {} unfinished messages (try {tries})",
+                held.len()
+            );
+            return held;
+        }
+        signal(&victim.child, "-CONT");
+        assert!(
+            Instant::now() < deadline,
+            "{node} held no unfinished work of {pipeline} in {tries} looks over {within:?}: the kill would test nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+}
+
+/// Asserts that each message the victim held at its kill ended `done`, taken over by one of
+/// `survivors` (a ticket redelivered to it, or the reaper's adoption): the path that makes a
+/// dead node's work someone else's ran, and for every such message.
+async fn assert_taken_over(db: &TestDb, held: &[String], survivors: &[&str]) {
+    use sqlx::Connection as _;
+    let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let rows: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT id, state, owner FROM messages WHERE id = ANY($1)")
+            .bind(held)
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows.len(),
+        held.len(),
+        "messages held at the kill went missing"
+    );
+    let wrong: Vec<_> = rows
+        .iter()
+        .filter(|(_, state, owner)| {
+            state != "done" || !owner.as_deref().is_some_and(|o| survivors.contains(&o))
+        })
+        .take(5)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "messages the victim held at the kill that were not taken over and done by {survivors:?}: {wrong:?}"
+    );
+}
+
 fn keyring(db: &TestDb) -> Option<Arc<huizhen_core::crypto::Keyring>> {
     huizhen_core::crypto::Keyring::from_config(&huizhen_core::crypto::EncryptionConfig {
         keys_file: db.dir.path().join("keys"),
@@ -170,7 +253,7 @@ fn keyring(db: &TestDb) -> Option<Arc<huizhen_core::crypto::Keyring>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_100k_messages_one_killed_nothing_lost_nothing_twice() {
     const TOTAL: usize = 100_000;
-    let _broker = BROKER.lock().await;
+    let _broker = broker_shared().await;
     if !broker_up().await {
         return;
     }
@@ -215,7 +298,7 @@ async fn three_processes_100k_messages_one_killed_nothing_lost_nothing_twice() {
         .expect("the engines declared the inbound queue");
     let pad = "x".repeat(1000);
     let s = store(&db).await.with_keyring(keyring(&db));
-    let mut killed = false;
+    let mut held = None;
     for chunk in (0..TOTAL).collect::<Vec<_>>().chunks(1000) {
         let mut confirms = Vec::with_capacity(chunk.len());
         for &i in chunk {
@@ -238,14 +321,15 @@ async fn three_processes_100k_messages_one_killed_nothing_lost_nothing_twice() {
         for c in confirms {
             assert!(c.await.unwrap().is_ack(), "broker confirmed the message");
         }
-        // Kill -9 one process once a fifth is done, while the rest is still arriving.
-        if !killed {
+        // Kill -9 one process once a fifth is done, while the rest is still arriving, at a
+        // moment it holds unfinished work.
+        if held.is_none() {
             let done = states(&s, "hub").await.get(&State::Done).copied();
             if done.unwrap_or(0) as usize >= TOTAL / 5 {
-                let n2 = &mut nodes[1];
-                n2.child.kill().expect("SIGKILL");
-                n2.child.wait().unwrap();
-                killed = true;
+                held = Some(
+                    kill_holding_work(&db, "hub", &mut nodes[1], "n2", Duration::from_secs(20))
+                        .await,
+                );
                 eprintln!(
                     "killed n2 with {} done after {:?}",
                     done.unwrap_or(0),
@@ -255,12 +339,11 @@ async fn three_processes_100k_messages_one_killed_nothing_lost_nothing_twice() {
         }
     }
     let _ = conn.close(200, "sent".into()).await;
-    if !killed {
+    let held = match held {
+        Some(held) => held,
         // The engines were faster than the sender: kill now, with the tail still in flight.
-        nodes[1].child.kill().expect("SIGKILL");
-        nodes[1].child.wait().unwrap();
-        eprintln!("killed n2 after the last publish");
-    }
+        None => kill_holding_work(&db, "hub", &mut nodes[1], "n2", Duration::from_secs(20)).await,
+    };
 
     wait_for("every message done", Duration::from_secs(900), || {
         let s = s.clone();
@@ -298,6 +381,8 @@ async fn three_processes_100k_messages_one_killed_nothing_lost_nothing_twice() {
     }
     assert_eq!(seqs.len(), TOTAL);
     assert_eq!(seqs.last().copied(), Some(TOTAL as u64 - 1));
+    // What n2 held when it died was taken over by the survivors.
+    assert_taken_over(&db, &held, &["n1", "n3"]).await;
 
     // The survivors saw n2 die and took over; the API shows two live nodes.
     let v: serde_json::Value = client
@@ -335,7 +420,7 @@ async fn three_processes_100k_messages_one_killed_nothing_lost_nothing_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_stopped_and_started_mid_run_no_loss_no_false_ack() {
     const TOTAL: usize = 3_000;
-    let _broker = BROKER.lock().await;
+    let broker = broker_exclusive().await;
     if !broker_up().await {
         return;
     }
@@ -400,12 +485,11 @@ async fn broker_stopped_and_started_mid_run_no_loss_no_false_ack() {
     while acked.load(Ordering::SeqCst) < TOTAL / 4 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let stopped = rabbitmqctl(&["stop_app"]);
-    if stopped {
+    if let Some(down) = stop_broker(&broker) {
         let at_stop = acked.load(Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(4)).await;
         let during = acked.load(Ordering::SeqCst) - at_stop;
-        assert!(rabbitmqctl(&["start_app"]), "rabbitmqctl start_app");
+        down.start().await;
         eprintln!("broker down for 4 s: {during} messages acknowledged meanwhile");
         // An ACK needs the ticket's confirm: with the broker gone, at most the requests that
         // were already confirmed when it stopped can still be answered.
@@ -413,23 +497,36 @@ async fn broker_stopped_and_started_mid_run_no_loss_no_false_ack() {
             during <= 8,
             "{during} messages acknowledged while the broker was down"
         );
-    } else {
-        eprintln!("rabbitmqctl not usable here: the restart part is skipped");
     }
     let mut ids = BTreeMap::new();
     for s in senders {
-        ids.extend(s.await.unwrap());
+        let got = tokio::time::timeout(Duration::from_secs(180), s)
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "senders still retrying after 180 s: {} of {TOTAL} acknowledged",
+                    acked.load(Ordering::SeqCst)
+                )
+            })
+            .unwrap();
+        ids.extend(got);
     }
     assert_eq!(ids.len(), TOTAL, "every message acknowledged in the end");
     eprintln!("{} retries by the senders", retries.load(Ordering::SeqCst));
     let s = store(&db).await.with_keyring(keyring(&db));
-    wait_for("every message done", Duration::from_secs(120), || {
-        let s = s.clone();
-        async move {
-            let st = states(&s, "adt").await;
-            (st.get(&State::Done).copied().unwrap_or(0) as usize == TOTAL).then_some(())
-        }
-    })
+    let acked_ids: Vec<String> = ids.values().cloned().collect();
+    wait_for_or(
+        "every message done",
+        Duration::from_secs(120),
+        || {
+            let s = s.clone();
+            async move {
+                let st = states(&s, "adt").await;
+                (st.get(&State::Done).copied().unwrap_or(0) as usize == TOTAL).then_some(())
+            }
+        },
+        async || fates(&s, &acked_ids).await,
+    )
     .await;
     let st = states(&s, "adt").await;
     assert_eq!(st.values().sum::<i64>() as usize, TOTAL, "{st:?}");
@@ -469,7 +566,7 @@ async fn broker_stopped_and_started_mid_run_no_loss_no_false_ack() {
 async fn ordered_pipeline_keeps_each_patients_order_across_processes() {
     const PATIENTS: usize = 12;
     const PER: usize = 60;
-    let _broker = BROKER.lock().await;
+    let _broker = broker_shared().await;
     if !broker_up().await {
         return;
     }
@@ -535,7 +632,7 @@ async fn ordered_pipeline_keeps_each_patients_order_across_processes() {
 async fn ordered_pipeline_keeps_order_when_a_process_is_killed() {
     const PATIENTS: usize = 8;
     const PER: usize = 150;
-    let _broker = BROKER.lock().await;
+    let _broker = broker_shared().await;
     if !broker_up().await {
         return;
     }
@@ -595,8 +692,9 @@ async fn ordered_pipeline_keeps_order_when_a_process_is_killed() {
     while sent.load(Ordering::SeqCst) < PATIENTS * PER / 3 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    victim.child.kill().expect("SIGKILL");
-    victim.child.wait().unwrap();
+    // Killed while it is processing: messages it claimed (owner k2, `processing`), maybe
+    // delivered, and could not record.
+    let held = kill_holding_work(&db, "adt", &mut victim, "k2", Duration::from_secs(30)).await;
     for s in senders {
         s.await.unwrap();
     }
@@ -613,6 +711,9 @@ async fn ordered_pipeline_keeps_order_when_a_process_is_killed() {
     // (at least once), never after a later one.
     let redelivered = assert_in_order(&out, PATIENTS, PER).await;
     eprintln!("{redelivered} deliveries repeated after the kill (at least once)");
+    // The redelivery path ran: every message the victim was processing at its kill was claimed
+    // again by the survivor (its ticket redelivered, or adopted by the reaper) and is done.
+    assert_taken_over(&db, &held, &["k1"]).await;
     assert_eq!(
         owners(&db, "adt").await,
         ["k1", "k2"],

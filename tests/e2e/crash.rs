@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use huizhen_core::message::State;
 
-use crate::support::{Backend, TestDb, both_backends, fresh_db, store, wait_for};
+use crate::support::{Backend, TestDb, both_backends, fresh_db, signal, store, wait_for};
 
 both_backends!(
     sigkill_mid_stream_loses_nothing_and_duplicates_nothing,
@@ -206,8 +206,40 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing(b: Backend) {
     while counter.load(Ordering::SeqCst) < TOTAL / 3 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    child.kill().expect("SIGKILL");
-    child.wait().unwrap();
+    // The kill comes at a moment the engine holds accepted work it has not finished (frozen
+    // with SIGSTOP while the journal is read, so what is read is what it dies with): the
+    // restart must finish that work, not only take the resent messages.
+    let probe =
+        huizhen_core::store::Store::open(&huizhen_core::store::StoreOptions::new(db.url.clone()))
+            .await
+            .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let unfinished_at_kill = loop {
+        signal(&child, "-STOP");
+        // What it sent the database before it froze lands (or not) meanwhile.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let unfinished: i64 = probe
+            .counts()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|(p, st, _)| p == "crash" && matches!(st, State::Received | State::Processing))
+            .map(|c| c.2)
+            .sum();
+        if unfinished > 0 {
+            child.kill().expect("SIGKILL");
+            child.wait().unwrap();
+            break unfinished;
+        }
+        signal(&child, "-CONT");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the engine never held unfinished work: the kill would test nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    probe.close().await;
+    eprintln!("killed with {unfinished_at_kill} messages accepted and not finished");
     let first_round = pusher.await.unwrap();
     assert!(
         first_round.len() >= TOTAL / 3,

@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::support::{
-    BROKER, Backend, amqp_url, broker_up, delete_queues, fresh_db, loaded, wait_for,
+    Backend, amqp_url, broker_shared, broker_up, delete_queues, fresh_db, loaded, wait_for,
 };
 
 /// A link that can be cut: relays 127.0.0.1:PORT to the broker while `up` is true; cutting it
@@ -59,7 +59,7 @@ async fn edge_keeps_acking_while_the_hub_is_away_then_forwards_once_in_order() {
     // Far more than the edge's in-memory queue (16): the journal is the buffer.
     const DURING: usize = 3_000;
     const AFTER: usize = 50;
-    let _broker = BROKER.lock().await;
+    let _broker = broker_shared().await;
     if !broker_up().await {
         return;
     }
@@ -164,9 +164,11 @@ async fn edge_keeps_acking_while_the_hub_is_away_then_forwards_once_in_order() {
     up_tx.send_replace(true);
     send(BEFORE + DURING..BEFORE + DURING + AFTER).await;
     let total = BEFORE + DURING + AFTER;
-    wait_for("everything at the hub", Duration::from_secs(180), || async {
-        (hub_done(&hub).await == total).then_some(())
-    })
+    wait_for(
+        "everything at the hub",
+        Duration::from_secs(180),
+        || async { (hub_done(&hub).await == total).then_some(()) },
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let b = edge.store.backlog().await.unwrap();

@@ -3,7 +3,7 @@
 //!
 //! PostgreSQL comes from `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`);
 //! each test creates and drops a database of its own. Without PostgreSQL those tests skip,
-//! except under `CI=true`, where they fail.
+//! except under CI (`CI` is `true` or `1`), where they fail.
 
 // Tests report skipped services on stderr.
 #![allow(clippy::print_stderr)]

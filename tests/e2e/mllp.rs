@@ -898,7 +898,10 @@ async fn the_backlog_limit_refuses_with_ar_207_and_recovers_when_it_drains() {
     .await;
     let mut c = Conn::open(port).await;
     for n in 0..20 {
-        let a = c.send(&gb(&adt(&format!("B{n}"), "a^b", ""))).await.unwrap();
+        let a = c
+            .send(&gb(&adt(&format!("B{n}"), "a^b", "")))
+            .await
+            .unwrap();
         assert_eq!(msa(&a).0, "AA", "message {n}");
     }
     let a = c.send(&gb(&adt("B20", "a^b", ""))).await.unwrap();
@@ -906,7 +909,11 @@ async fn the_backlog_limit_refuses_with_ar_207_and_recovers_when_it_drains() {
     assert_eq!(a.get_str("ERR-3.1").unwrap().as_deref(), Some("207"));
     let text = a.get_str("ERR-8").unwrap().unwrap_or_default();
     assert!(text.contains("backlog limit reached"), "{text}");
-    assert_eq!(messages(&engine).await.len(), 20, "the refused one is not journaled");
+    assert_eq!(
+        messages(&engine).await.len(),
+        20,
+        "the refused one is not journaled"
+    );
     let p = engine.pipeline("intake").unwrap().clone();
     assert!(p.refusing().is_some());
     // Drain: the worker goes; the next count (every 2 s) finds the backlog empty.
@@ -917,6 +924,10 @@ async fn the_backlog_limit_refuses_with_ar_207_and_recovers_when_it_drains() {
     })
     .await;
     let a = c.send(&gb(&adt("B20", "a^b", ""))).await.unwrap();
-    assert_eq!(msa(&a).0, "AA", "the resend is accepted once the backlog drained");
+    assert_eq!(
+        msa(&a).0,
+        "AA",
+        "the resend is accepted once the backlog drained"
+    );
     engine.shutdown(Duration::from_secs(5)).await;
 }

@@ -946,3 +946,74 @@ async fn message_detail_reads_only_its_own_effects(b: Backend) {
     );
     pool.close().await;
 }
+
+/// `store.durability` as written in `huizhen.yaml` reaches SQLite: `power-loss` makes the
+/// journal writer's own connection (where every journal commit happens) and the pool's fsync
+/// each commit (`synchronous=FULL`); the default and `process-crash` give `NORMAL`. Read back
+/// from the connections, so a setting that is parsed but not applied fails here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durability_setting_sets_sqlite_synchronous() {
+    for (setting, want) in [
+        ("", "NORMAL"),
+        ("  durability: process-crash\n", "NORMAL"),
+        ("  durability: power-loss\n", "FULL"),
+    ] {
+        let db = fresh_db(Backend::Sqlite).await.unwrap();
+        let file = db.dir.path().join("huizhen.yaml");
+        std::fs::write(
+            &file,
+            format!("version: 1\nstore:\n  url: \"{}\"\n{setting}", db.url),
+        )
+        .unwrap();
+        let (root, _) = huizhen_core::config::load_root(Some(&file)).unwrap();
+        let mut loaded = crate::support::loaded(&db, &[]);
+        loaded.root.store = root.store;
+        let engine = huizhen_core::Engine::start(loaded).await.unwrap();
+        assert_eq!(
+            engine.journal.sqlite_synchronous(),
+            Some(want),
+            "journal writer with {setting:?}"
+        );
+        assert_eq!(
+            engine.store.sqlite_synchronous().await.unwrap(),
+            Some(want),
+            "store pool with {setting:?}"
+        );
+        engine.shutdown(std::time::Duration::from_secs(5)).await;
+    }
+}
+
+/// The failure report of the tests that wait for messages tells a `dead` message (with its last
+/// error) from a missing one, and counts each group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fates_tell_dead_from_lost() {
+    let db = fresh_db(Backend::Sqlite).await.unwrap();
+    let s = store(&db).await;
+    let j = Journal::start(s.clone(), JournalOptions::default());
+    let done = j.append(msg("p", "a")).await.unwrap().id;
+    let dead = j.append(msg("p", "b")).await.unwrap().id;
+    let waiting = j.append(msg("p", "c")).await.unwrap().id;
+    j.transition(Transition::Done {
+        id: done.clone(),
+        effects: vec![],
+    })
+    .await
+    .unwrap();
+    j.transition(Transition::Dead {
+        id: dead.clone(),
+        attempt: 3,
+        step: "sink#0".into(),
+        error: "refused".into(),
+    })
+    .await
+    .unwrap();
+    let lost = "0000-never-journaled".to_owned();
+    let report =
+        crate::support::fates(&s, &[done, dead.clone(), waiting.clone(), lost.clone()]).await;
+    assert_eq!(
+        report,
+        format!(
+            "of 4 messages expected done: done 1; dead 1 (e.g. {dead} (sink#0: refused)); failed 0; processing 0; received 1 (e.g. {waiting}); missing 1 (e.g. {lost}); unreadable 0;"
+        )
+    );
+}

@@ -1,4 +1,6 @@
-//! Shared helpers: fresh databases on both backends, configs from YAML text, waiting.
+//! Shared helpers: fresh databases on both backends, configs from YAML text, waiting, the
+//! hold tests take on the shared broker (shared to use it, exclusive to stop it), and the
+//! report that tells a message that ended `dead` from one that was lost.
 
 use std::future::Future;
 use std::path::Path;
@@ -54,7 +56,27 @@ impl Drop for TestDb {
     }
 }
 
-/// A fresh database, or `None` when PostgreSQL is not reachable outside CI (under `CI=true` a
+/// Whether this is a CI run: `CI` is `true` (any case) or `1`, the two values CI services set.
+/// Under CI a missing service or tool is a failure, not a skip. The one place tests read `CI`.
+pub fn under_ci() -> bool {
+    ci_value(std::env::var("CI").ok().as_deref())
+}
+
+fn ci_value(v: Option<&str>) -> bool {
+    v.is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+#[test]
+fn ci_is_true_or_1() {
+    for yes in ["true", "TRUE", "True", "1"] {
+        assert!(ci_value(Some(yes)), "{yes}");
+    }
+    for no in [None, Some(""), Some("0"), Some("false"), Some("yes")] {
+        assert!(!ci_value(no), "{no:?}");
+    }
+}
+
+/// A fresh database, or `None` when PostgreSQL is not reachable outside CI (under CI a
 /// missing service is a failure, not a skip).
 pub async fn fresh_db(backend: Backend) -> Option<TestDb> {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -70,8 +92,8 @@ pub async fn fresh_db(backend: Backend) -> Option<TestDb> {
             let mut c = match sqlx::PgConnection::connect(&admin).await {
                 Ok(c) => c,
                 Err(e) => {
-                    if std::env::var("CI").is_ok_and(|v| v == "true") {
-                        panic!("PostgreSQL at {admin} is required under CI=true: {e}");
+                    if under_ci() {
+                        panic!("PostgreSQL at {admin} is required under CI: {e}");
                     }
                     eprintln!("skipping: PostgreSQL at {admin} is not reachable: {e}");
                     return None;
@@ -134,16 +156,151 @@ pub fn loaded(db: &TestDb, pipelines: &[&str]) -> Loaded {
     }
 }
 
-/// Tests that use RabbitMQ hold this: one of them stops and starts the broker, which would
-/// break the others' connections mid-test.
-pub static BROKER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// A hold on the shared RabbitMQ broker: an `flock` on one file in the temp folder, so it holds
+/// between the test threads of this process and between test processes on this machine (two
+/// `cargo test` runs, two worktrees). Tests that use the broker hold it shared and run side by
+/// side; a test that stops and starts the broker holds it exclusively, so no other broker test
+/// runs, or starts, while the broker is down. Released when dropped.
+pub struct BrokerLock {
+    _file: std::fs::File,
+    exclusive: bool,
+}
+
+/// The file whose `flock` is the broker hold.
+fn broker_lock_file() -> std::path::PathBuf {
+    std::env::temp_dir().join("huizhen-e2e-broker.lock")
+}
+
+async fn broker_lock(exclusive: bool) -> BrokerLock {
+    let path = broker_lock_file();
+    tokio::task::spawn_blocking(move || lock_file(&path, exclusive))
+        .await
+        .expect("the broker lock task")
+}
+
+/// Blocks until `path` is locked, shared or exclusive.
+fn lock_file(path: &Path, exclusive: bool) -> BrokerLock {
+    let file = open_lock(path);
+    if exclusive {
+        file.lock()
+    } else {
+        file.lock_shared()
+    }
+    .unwrap_or_else(|e| panic!("lock {}: {e}", path.display()));
+    BrokerLock {
+        _file: file,
+        exclusive,
+    }
+}
+
+fn open_lock(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open the broker lock {}: {e}", path.display()))
+}
+
+/// Shared holds go together; an exclusive one waits for all of them, and keeps out the next
+/// (also through another open of the file, as another test thread or process has).
+#[test]
+fn broker_lock_is_shared_or_exclusive() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broker.lock");
+    let a = lock_file(&path, false);
+    let b = lock_file(&path, false);
+    assert!(
+        open_lock(&path).try_lock().is_err(),
+        "exclusive while shared"
+    );
+    drop((a, b));
+    let x = lock_file(&path, true);
+    assert!(
+        open_lock(&path).try_lock_shared().is_err(),
+        "shared while exclusive"
+    );
+    assert!(open_lock(&path).try_lock().is_err(), "two exclusive");
+    drop(x);
+    assert!(
+        open_lock(&path).try_lock_shared().is_ok(),
+        "free once dropped"
+    );
+}
+
+/// Held by a test that uses the broker without stopping it.
+pub async fn broker_shared() -> BrokerLock {
+    broker_lock(false).await
+}
+
+/// Held by a test that stops and starts the broker (see [`stop_broker`]).
+pub async fn broker_exclusive() -> BrokerLock {
+    broker_lock(true).await
+}
+
+/// The broker while a test has it stopped: [`StoppedBroker::start`] brings it back, and so does
+/// dropping it (a test that fails while the broker is down must not leave it down for the
+/// tests after it).
+pub struct StoppedBroker {
+    started: bool,
+}
+
+impl StoppedBroker {
+    /// `rabbitmqctl start_app`, then waits until the broker takes connections again.
+    pub async fn start(mut self) {
+        self.started = true;
+        if let Err(e) = rabbitmqctl_run(&["start_app"]) {
+            panic!("rabbitmqctl start_app: {e}");
+        }
+        wait_for(
+            "the broker to take connections",
+            Duration::from_secs(60),
+            || async {
+                let c =
+                    lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+                        .await
+                        .ok()?;
+                let _ = c.close(200, "probe".into()).await;
+                Some(())
+            },
+        )
+        .await;
+    }
+}
+
+impl Drop for StoppedBroker {
+    fn drop(&mut self) {
+        if !self.started {
+            let _ = rabbitmqctl_run(&["start_app"]);
+        }
+    }
+}
+
+/// Stops the broker (`rabbitmqctl stop_app`) for a test that holds it exclusively. `None`
+/// when `rabbitmqctl` cannot be run or fails: outside CI the test then goes on without the
+/// restart (and says so); under CI that fails the test, because a restart test that never
+/// stopped the broker proves nothing.
+pub fn stop_broker(hold: &BrokerLock) -> Option<StoppedBroker> {
+    assert!(
+        hold.exclusive,
+        "stopping the broker needs the exclusive hold (broker_exclusive)"
+    );
+    match rabbitmqctl_run(&["stop_app"]) {
+        Ok(()) => Some(StoppedBroker { started: false }),
+        Err(e) if under_ci() => panic!("rabbitmqctl stop_app failed under CI: {e}"),
+        Err(e) => {
+            eprintln!("rabbitmqctl not usable here ({e}): the restart part is skipped");
+            None
+        }
+    }
+}
 
 /// `AMQP_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f`.
 pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-/// Whether the broker answers; under `CI=true` it must.
+/// Whether the broker answers; under CI it must.
 pub async fn broker_up() -> bool {
     match lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await {
         Ok(c) => {
@@ -151,8 +308,8 @@ pub async fn broker_up() -> bool {
             true
         }
         Err(e) => {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("RabbitMQ at {} is required under CI=true: {e}", amqp_url());
+            if under_ci() {
+                panic!("RabbitMQ at {} is required under CI: {e}", amqp_url());
             }
             eprintln!("skipping: RabbitMQ is not reachable: {e}");
             false
@@ -160,12 +317,22 @@ pub async fn broker_up() -> bool {
     }
 }
 
-/// `rabbitmqctl ARGS`; `false` when it cannot be run or fails.
-pub fn rabbitmqctl(args: &[&str]) -> bool {
-    std::process::Command::new("rabbitmqctl")
+/// `rabbitmqctl ARGS`; the error says why it could not be run or what it printed on failure.
+fn rabbitmqctl_run(args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new("rabbitmqctl")
         .args(args)
         .output()
-        .is_ok_and(|o| o.status.success())
+        .map_err(|e| format!("cannot run rabbitmqctl: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "rabbitmqctl {} exited with {}: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
 }
 
 /// Deletes queues whose names start with `prefix` (best effort, through `rabbitmqctl`).
@@ -186,6 +353,15 @@ pub fn delete_queues(prefix: &str) {
     }
 }
 
+/// Sends `sig` (`-STOP`, `-CONT`, …) to a child process with `kill`.
+pub fn signal(child: &std::process::Child, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {}", child.id());
+}
+
 /// Polls `f` until it returns `Some`, or panics after `timeout` naming `what`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where
@@ -203,6 +379,71 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Like [`wait_for`], but on timeout fails with what `report` says (the state of the things
+/// waited for), not only that time ran out.
+pub async fn wait_for_or<T, F, Fut, R>(what: &str, timeout: Duration, mut f: F, report: R) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+    R: AsyncFnOnce() -> String,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if start.elapsed() >= timeout {
+            let why = report().await;
+            panic!("timed out after {timeout:?} waiting for {what}: {why}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What became of messages a test expected to end `done`: how many are `done`, `dead` (their
+/// retries ran out; the last error says why), still on their way (`received`, `processing`,
+/// `failed` waiting for a retry) and missing (in the journal in no state at all: lost), with
+/// up to 5 ids of each. A failure message that never takes a dead message for a lost one, nor
+/// the other way round.
+pub async fn fates(store: &Store, ids: &[String]) -> String {
+    use std::collections::BTreeMap;
+    let mut groups: BTreeMap<&'static str, (usize, Vec<String>)> = BTreeMap::new();
+    for id in ids {
+        let (group, example) = match store.get(id).await {
+            Ok(Some(m)) if m.state == huizhen_core::message::State::Dead => {
+                let error: String = m.last_error.unwrap_or_default().chars().take(120).collect();
+                ("dead", format!("{id} ({error})"))
+            }
+            Ok(Some(m)) => (m.state.as_str(), id.clone()),
+            Ok(None) => ("missing", id.clone()),
+            Err(e) => ("unreadable", format!("{id} ({e})")),
+        };
+        let g = groups.entry(group).or_default();
+        g.0 += 1;
+        if g.1.len() < 5 {
+            g.1.push(example);
+        }
+    }
+    let mut out = format!("of {} messages expected done:", ids.len());
+    for group in [
+        "done",
+        "dead",
+        "failed",
+        "processing",
+        "received",
+        "missing",
+        "unreadable",
+    ] {
+        let (n, examples) = groups.remove(group).unwrap_or_default();
+        out.push_str(&format!(" {group} {n}"));
+        if group != "done" && n > 0 {
+            out.push_str(&format!(" (e.g. {})", examples.join(", ")));
+        }
+        out.push(';');
+    }
+    out
 }
 
 /// Runs a test body once per backend.

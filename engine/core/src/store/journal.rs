@@ -188,6 +188,8 @@ pub struct Journal {
     tx: mpsc::Sender<Op>,
     store: Store,
     counters: Arc<Counters>,
+    /// `PRAGMA synchronous` as the SQLite writer's own connection reports it once configured.
+    synchronous: Option<&'static str>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -203,8 +205,13 @@ impl Journal {
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
         let counters = Arc::new(Counters::default());
         let max_batch = opts.max_batch.max(1);
+        let mut synchronous = None;
         let rx = match sqlite_writer(&store) {
             Ok(Some(conn)) => {
+                synchronous = conn
+                    .pragma_query_value(None, "synchronous", |r| r.get::<_, i64>(0))
+                    .ok()
+                    .map(super::synchronous_name);
                 let counters = counters.clone();
                 let spawned = std::thread::Builder::new()
                     .name("huizhen-journal".into())
@@ -237,7 +244,15 @@ impl Journal {
             tx,
             store,
             counters,
+            synchronous,
         }
+    }
+
+    /// The SQLite `synchronous` level of the writer's own connection, where every journal
+    /// commit happens (`NORMAL` for `durability: process-crash`, `FULL` for `power-loss`),
+    /// as that connection reported it; `None` on PostgreSQL or when writing through the pool.
+    pub fn sqlite_synchronous(&self) -> Option<&'static str> {
+        self.synchronous
     }
 
     /// What the writer has done so far.

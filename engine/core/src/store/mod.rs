@@ -98,6 +98,17 @@ pub enum Durability {
     PowerLoss,
 }
 
+/// The name of a SQLite `PRAGMA synchronous` level as SQLite reports it (0 to 3).
+pub(crate) fn synchronous_name(level: i64) -> &'static str {
+    match level {
+        0 => "OFF",
+        1 => "NORMAL",
+        2 => "FULL",
+        3 => "EXTRA",
+        _ => "unknown",
+    }
+}
+
 /// Options for opening a store.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -512,6 +523,21 @@ impl Store {
     pub async fn close(&self) {
         self.read.close().await;
         self.write.close().await;
+    }
+
+    /// The SQLite `synchronous` level of the pools' connections (`NORMAL` for
+    /// `durability: process-crash`, `FULL` for `power-loss`), read back from a pooled writing
+    /// connection; `None` on PostgreSQL. See also [`Journal::sqlite_synchronous`] for the journal
+    /// writer's own connection.
+    pub async fn sqlite_synchronous(&self) -> Result<Option<&'static str>> {
+        if self.backend != Backend::Sqlite {
+            return Ok(None);
+        }
+        let level: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&self.write)
+            .await
+            .map_err(q("read PRAGMA synchronous"))?;
+        Ok(Some(synchronous_name(level)))
     }
 
     /// Fetches one message with its body.
