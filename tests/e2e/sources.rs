@@ -113,6 +113,20 @@ async fn a_full_queue_leaves_messages_in_the_journal_in_order() {
             "{name}: {} in memory",
             p.queue_depth()
         );
+        // `huizhen backlog` shows what waits (all but the one held by the worker and the two
+        // in memory are in the journal; every one of the 500 is unfinished).
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_huizhen"))
+            .args(["--database-url", &db.url, "backlog"])
+            .current_dir(db.dir.path())
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout);
+        let row = shown
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} not in `huizhen backlog`:\n{shown}"));
+        let waiting: i64 = row.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert_eq!(waiting, 500, "{row}");
         // Let the backlog start to drain, and keep accepting meanwhile.
         gate(name).add_permits(100);
         for n in 500..600 {

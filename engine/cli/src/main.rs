@@ -47,6 +47,8 @@ enum Command {
     /// Browse and reprocess journaled messages.
     #[command(subcommand)]
     Messages(MessagesCommand),
+    /// What waits in the journal: unfinished messages per pipeline and the oldest one's age.
+    Backlog,
     /// Create or upgrade the journal's tables (also done by `run`).
     Migrate,
     /// HL7 v2 tools: send messages over MLLP, print a message's fields.
@@ -217,6 +219,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             store.migrate().await?;
             messages(&store, cmd).await
         }
+        Command::Backlog => {
+            let store = open_store(cli.config.as_deref(), cli.database_url).await?;
+            store.migrate().await?;
+            backlog(&store).await
+        }
     }
 }
 
@@ -360,6 +367,28 @@ async fn run(
         Ok(Ok(Err(e))) => bail!("HTTP server: {e}"),
         Ok(Err(e)) => bail!("HTTP server task: {e}"),
         Err(_) => tracing::warn!("HTTP server did not stop within 10s"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `huizhen backlog`: unfinished messages (received, processing, failed awaiting a retry) per
+/// pipeline, from the journal (every node's, with a shared store), and the oldest one's age.
+async fn backlog(store: &Store) -> Result<ExitCode> {
+    let rows = store.backlog().await?;
+    let now = huizhen_core::message::now_ms();
+    println!("{:<32} {:>12} {:>14}", "PIPELINE", "MESSAGES", "OLDEST");
+    for r in &rows {
+        let age = r
+            .oldest_received_at
+            .map(|t| {
+                humantime::format_duration(Duration::from_secs(((now - t).max(0) / 1000) as u64))
+                    .to_string()
+            })
+            .unwrap_or_else(|| "-".into());
+        println!("{:<32} {:>12} {:>14}", r.pipeline, r.messages, age);
+    }
+    if rows.is_empty() {
+        println!("(nothing waits)");
     }
     Ok(ExitCode::SUCCESS)
 }

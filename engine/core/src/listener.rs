@@ -193,10 +193,17 @@ pub async fn read_some<R: AsyncRead + Unpin>(
 }
 
 /// The bytes all connections of one listener may hold in their buffers at once.
+///
+/// A connection that waits for room takes nothing until its whole request fits: a waiter
+/// that reserved the last free bytes piecemeal (as a fair semaphore's queued `acquire_many`
+/// does) would starve the connections whose few remaining bytes would complete a frame and
+/// free their share, and all would wait until their deadlines.
 #[derive(Debug, Clone)]
 pub struct ByteBudget {
     sem: Arc<Semaphore>,
     total: usize,
+    /// Signalled whenever a connection gives bytes back.
+    freed: Arc<tokio::sync::Notify>,
 }
 
 /// What one connection holds of a [`ByteBudget`]; released when dropped.
@@ -218,6 +225,7 @@ impl ByteBudget {
         ByteBudget {
             sem: Arc::new(Semaphore::new(total)),
             total,
+            freed: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -280,17 +288,22 @@ impl BudgetHold {
         };
         let want = u32::try_from(n).map_err(|_| exhausted)?;
         let sem = self.budget.sem.clone();
-        let (permit, waited) = match sem.clone().try_acquire_many_owned(want) {
-            Ok(p) => (p, false),
-            Err(_) => {
-                let acquire = sem.acquire_many_owned(want);
-                let p = match deadline {
-                    Some(d) => tokio::time::timeout_at(d, acquire)
-                        .await
-                        .map_err(|_| exhausted)?,
-                    None => acquire.await,
-                };
-                (p.map_err(|_| exhausted)?, true)
+        let mut waited = false;
+        let permit = loop {
+            // Registered before the attempt, so a release between the two is not missed.
+            let freed = self.budget.freed.clone();
+            let notified = freed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Ok(p) = sem.clone().try_acquire_many_owned(want) {
+                break p;
+            }
+            waited = true;
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d, notified)
+                    .await
+                    .map_err(|_| exhausted)?,
+                None => notified.await,
             }
         };
         match &mut self.held {
@@ -308,11 +321,18 @@ impl BudgetHold {
         }
         if keep == 0 {
             self.held = None;
-            return;
-        }
-        if let Some(h) = &mut self.held {
+        } else if let Some(h) = &mut self.held {
             // Split off what is released and drop it.
             drop(h.split(held - keep));
+        }
+        self.budget.freed.notify_waiters();
+    }
+}
+
+impl Drop for BudgetHold {
+    fn drop(&mut self) {
+        if self.held.take().is_some() {
+            self.budget.freed.notify_waiters();
         }
     }
 }
@@ -373,6 +393,27 @@ mod tests {
         drop(a);
         b.shrink_to(0);
         assert_eq!(budget.available(), 100);
+    }
+
+    /// A connection waiting for more than is free takes nothing meanwhile: the few bytes that
+    /// complete another connection's frame (and free its share) still fit.
+    #[tokio::test]
+    async fn a_waiting_connection_does_not_starve_one_that_would_finish() {
+        let budget = ByteBudget::new(100);
+        let mut a = budget.hold();
+        assert!(a.try_grow(90));
+        let mut b = budget.hold();
+        let waiter = tokio::spawn(async move { b.grow(60, None).await.map(|_| b) });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(budget.available(), 10, "the waiter reserved nothing");
+        assert!(a.try_grow(5), "a's last bytes fit while b waits");
+        a.shrink_to(0);
+        let b = tokio::time::timeout(Duration::from_secs(2), waiter)
+            .await
+            .expect("b gets its bytes once a's are freed")
+            .unwrap()
+            .unwrap();
+        assert_eq!((b.held(), budget.available()), (60, 40));
     }
 
     #[tokio::test]

@@ -54,8 +54,8 @@ pub async fn guard(State(sec): State<Arc<Security>>, mut req: Request, next: Nex
     if let Err(e) = sec.check_throttle(ip, &claimed) {
         return ApiError(StatusCode::TOO_MANY_REQUESTS, e.to_string()).into_response();
     }
-    // Ingestion is held back by the journal's back-pressure instead: a hospital system's burst
-    // is slowed down, not refused.
+    // Ingestion is not rate limited: a hospital system's burst goes into the journal and is
+    // bounded by the pipeline's backlog_limit, not refused here.
     if action != crate::security::Action::Ingest
         && let Err(wait) = sec.take_request(ip)
     {

@@ -227,3 +227,32 @@ pub fn router(state: AppState, cfg: &HttpConfig, security: Arc<Security>) -> Rou
         ))
         .with_state(state)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store failure answers with what failed and a reference, never the driver's text (which
+    /// names tables, SQL, file paths or a remote system's words).
+    #[tokio::test]
+    async fn store_errors_keep_their_details_out_of_the_response() {
+        let e = StoreError::Query {
+            op: "append messages",
+            source: sqlx::Error::Protocol(
+                "relation \"messages\" at /var/lib/postgresql/15/main: disk full".into(),
+            ),
+        };
+        let r = ApiError::from(e).into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("the store is not available"), "{text}");
+        assert!(text.contains("reference "), "{text}");
+        for leak in ["relation", "/var/lib", "disk full", "append messages"] {
+            assert!(!text.contains(leak), "{leak} in {text}");
+        }
+        // Not-found and conflicts keep their own clear words.
+        let r = ApiError::from(StoreError::NotFound("m1".into())).into_response();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+}

@@ -96,8 +96,8 @@ pub struct SecurityConfig {
     #[serde(default)]
     pub encryption: crate::crypto::EncryptionConfig,
     /// Requests per second each client address may make to the authenticated API (a token
-    /// bucket of `burst`); more get 429. Ingestion (`POST /in/…`) is not counted: senders are
-    /// slowed down by back-pressure instead. `per_second: 0` turns it off.
+    /// bucket of `burst`); more get 429. Ingestion (`POST /in/…`) is not counted: it is
+    /// bounded by the pipeline's `backlog_limit` instead. `per_second: 0` turns it off.
     #[serde(default)]
     pub rate_limit: RateLimit,
     /// The audit key and the checkpoints that anchor the audit trail outside the database
