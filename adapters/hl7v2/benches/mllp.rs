@@ -25,8 +25,10 @@
 //!   the ACK path while the workers process the messages at the same time (they share the cores
 //!   and the journal writer). Reported: how many messages were `done` when the last ACK came
 //!   back, and when all of them were.
-//! * **sustained**: the same with the default `queue: 1024`, where a full queue makes `submit`
-//!   wait, so ACKs come no faster than messages are processed.
+//! * **sustained**: the same with the default `queue: 1024`. Since the journal became the buffer
+//!   (a full in-memory queue no longer makes `submit` wait; what does not fit waits in the
+//!   journal, taken up in order), ACKs no longer wait for processing here either; the rate until
+//!   every message is `done` is the processing rate.
 //! * **paced**: each `--rate` in msg/s in all (each connection sends on its own schedule, the
 //!   connections staggered over the interval; a send that falls behind goes at once), for
 //!   `--paced-seconds`, ACK latency percentiles measured from the write of the frame; once with
