@@ -232,9 +232,9 @@ impl Store {
                 Durability::PowerLoss => "FULL",
             };
             let pragmas: &'static str = if sync == "FULL" {
-                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000; PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY;"
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000; PRAGMA cache_size=-2048; PRAGMA temp_store=MEMORY;"
             } else {
-                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000; PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY;"
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000; PRAGMA cache_size=-2048; PRAGMA temp_store=MEMORY;"
             };
             let make = |max: u32| {
                 AnyPoolOptions::new()
