@@ -223,7 +223,15 @@ impl AmqpSink {
             .as_ref()
             .is_some_and(|o| o.conn.status().connected() && o.ch.status().connected());
         if !healthy {
-            *guard = Some(self.open().await?);
+            // Bounded: a broker that accepts the TCP connection while it is still starting (or
+            // is blocked) must not hold every worker of the pipeline on this lock; the attempt
+            // fails as retryable and the journal retries it.
+            let limit = self.config.confirm_timeout.max(Duration::from_secs(5));
+            *guard = Some(
+                tokio::time::timeout(limit, self.open())
+                    .await
+                    .map_err(|_| format!("no connection to the broker within {limit:?}"))??,
+            );
         }
         let Some(Open { ch, waiters, .. }) = guard.as_ref() else {
             return Err("no channel".into());
@@ -272,24 +280,31 @@ impl AmqpSink {
             }
         };
         let body = work.body().to_vec();
-        let confirm = ch
-            .basic_publish(
-                self.config.exchange.as_str().into(),
-                self.config.routing_key.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &body,
-                props,
-            )
-            .await;
-        let confirm = match confirm {
-            Ok(c) => c,
-            Err(e) => {
+        let publish = ch.basic_publish(
+            self.config.exchange.as_str().into(),
+            self.config.routing_key.as_str().into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            &body,
+            props,
+        );
+        // Bounded too: a blocked connection (the broker's resource alarm) holds the publish.
+        let confirm = match tokio::time::timeout(self.config.confirm_timeout, publish).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
                 *guard = None;
                 forget();
                 return Err(format!("publish: {e}"));
+            }
+            Err(_) => {
+                *guard = None;
+                forget();
+                return Err(format!(
+                    "publish not accepted by the broker within {:?}",
+                    self.config.confirm_timeout
+                ));
             }
         };
         drop(guard);
