@@ -91,6 +91,26 @@ impl Server {
         req.send().await.unwrap().status().as_u16()
     }
 
+    /// `GET path` with `bearer`: the string field `field` of each item of the array `list`.
+    async fn strings(&self, path: &str, bearer: String, list: &str, field: &str) -> Vec<String> {
+        let v: serde_json::Value = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m[field].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     async fn ingest(&self, path: &str) -> String {
         let r = self
             .client
@@ -313,54 +333,14 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
     open.engine.shutdown(Duration::from_secs(5)).await;
 
     // The list of facility B's integrator holds none of A's messages, and A's holds them.
-    let list = |t: String| {
-        let c = s.client.clone();
-        let url = format!("{}/api/messages", s.base);
-        async move {
-            let v: serde_json::Value = c
-                .get(url)
-                .bearer_auth(t)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v["messages"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| m["facility"].as_str().unwrap().to_owned())
-                .collect::<Vec<_>>()
-        }
-    };
+    let list = |t: String| s.strings("/api/messages", t, "messages", "facility");
     let b_sees = list(token(Integrator, "hosp-b")).await;
     assert!(b_sees.is_empty(), "{b_sees:?}");
     let a_sees = list(token(Integrator, "hosp-a")).await;
     assert!(!a_sees.is_empty() && a_sees.iter().all(|f| f == "hosp-a"));
 
     // The backlog shows the pipelines of the caller's facilities only.
-    let backlog = |t: String| {
-        let c = s.client.clone();
-        let url = format!("{}/api/backlog", s.base);
-        async move {
-            let v: serde_json::Value = c
-                .get(url)
-                .bearer_auth(t)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v["pipelines"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| p["pipeline"].as_str().unwrap().to_owned())
-                .collect::<Vec<_>>()
-        }
-    };
+    let backlog = |t: String| s.strings("/api/backlog", t, "pipelines", "pipeline");
     assert_eq!(backlog(token(Integrator, "hosp-b")).await, ["b"]);
     assert_eq!(backlog(token(Integrator, "hosp-c")).await, ["a"]);
     assert_eq!(backlog(token(Integrator, "*")).await, ["a", "b"]);
