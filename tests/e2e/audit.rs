@@ -39,7 +39,8 @@ async fn anchored(db: &TestDb) -> Store {
     store(db).await.with_audit_anchor(Some(Arc::new(anchor)))
 }
 
-fn event(i: usize) -> AuditEvent {
+/// An expert's read of message `m{i}` (also the events `security.rs` tampers with).
+pub(crate) fn event(i: usize) -> AuditEvent {
     AuditEvent {
         actor: "doctor-li".into(),
         role: "expert".into(),

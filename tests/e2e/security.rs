@@ -8,8 +8,6 @@ use std::time::Duration;
 use huizhen_core::Engine;
 use huizhen_core::security::{Role, Security, SecurityConfig};
 
-use huizhen_core::store::audit::AuditEvent;
-
 use crate::support::{Backend, fresh_db, loaded, store};
 
 const SECRET: &str = "e2e-security-secret-0123456789abcdef";
@@ -481,19 +479,7 @@ async fn tampered(sql: &str) -> (Vec<String>, std::process::Output) {
     let db = fresh_db(Backend::Sqlite).await.unwrap();
     let s = store(&db).await;
     for i in 0..5 {
-        s.audit(&AuditEvent {
-            actor: "doctor-li".into(),
-            role: "expert".into(),
-            facility: "hosp-a".into(),
-            action: "message.read".into(),
-            resource_type: "Message".into(),
-            resource_id: format!("m{i}"),
-            outcome: "success".into(),
-            source: "127.0.0.1:5000".into(),
-            ..AuditEvent::default()
-        })
-        .await
-        .unwrap();
+        s.audit(&crate::audit::event(i)).await.unwrap();
     }
     assert!(s.verify_audit().await.unwrap().problems.is_empty());
     // The test's own audit key and checkpoint file (the defaults under the working directory
