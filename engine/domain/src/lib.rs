@@ -1,0 +1,10 @@
+//! Huizhen's domain: the patient record, identity numbers and (as it grows) identity matching,
+//! expert matching, the consultation workflow and money. Pure code: no I/O, no clock read, no
+//! async runtime. What it needs from outside (a candidate index, match weights, a scorer) are
+//! traits here that the store and the plugin host implement.
+
+pub mod datetime;
+pub mod patient;
+pub mod resident_id;
+
+pub use resident_id::check_resident_id;
