@@ -15,14 +15,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::support::{Backend, fresh_db, loaded, wait_for};
 
 #[derive(Default)]
-struct His {
-    in_progress: AtomicUsize,
-    most: AtomicUsize,
-    arrivals: std::sync::Mutex<Vec<Instant>>,
+pub(crate) struct His {
+    pub(crate) in_progress: AtomicUsize,
+    pub(crate) most: AtomicUsize,
+    pub(crate) arrivals: std::sync::Mutex<Vec<Instant>>,
+    /// `MSH-10` of each request, in arrival order.
+    pub(crate) controls: std::sync::Mutex<Vec<String>>,
 }
 
 /// A slow HIS: each message takes `work` before its AA.
-async fn fake_his(work: Duration) -> (u16, Arc<His>) {
+pub(crate) async fn fake_his(work: Duration) -> (u16, Arc<His>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let his = Arc::new(His::default());
@@ -55,6 +57,7 @@ async fn fake_his(work: Duration) -> (u16, Arc<His>) {
                             .and_then(|msh| msh.split('|').nth(9))
                             .unwrap_or("")
                             .to_owned();
+                        h.controls.lock().unwrap().push(control.clone());
                         let ack = format!(
                             "MSH|^~\\&|HIS|H|HZ|P|20261124||ACK^A01^ACK|A{control}|P|2.5\rMSA|AA|{control}\r"
                         );

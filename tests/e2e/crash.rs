@@ -59,12 +59,12 @@ pub(crate) fn authed_client(timeout: Duration) -> reqwest::Client {
         .unwrap()
 }
 
-struct Setup {
-    config: PathBuf,
-    port: u16,
+pub(crate) struct Setup {
+    pub(crate) config: PathBuf,
+    pub(crate) port: u16,
 }
 
-fn write_config(db: &TestDb, pipeline: &str) -> Setup {
+pub(crate) fn write_config(db: &TestDb, pipeline: &str) -> Setup {
     let dir = db.dir.path();
     let port = free_port();
     std::fs::create_dir_all(dir.join("pipelines")).unwrap();
@@ -84,7 +84,7 @@ fn write_config(db: &TestDb, pipeline: &str) -> Setup {
     }
 }
 
-fn start(setup: &Setup, log: &Path) -> Child {
+pub(crate) fn start(setup: &Setup, log: &Path) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -9,49 +9,12 @@ use std::time::Duration;
 
 use huizhen_core::Engine;
 use huizhen_core::message::{NewMessage, State};
-use tokio::io::copy_bidirectional;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::support::{
-    Backend, amqp_url, broker_shared, broker_up, delete_queues, fresh_db, loaded, wait_for,
+    Backend, amqp_url, broker_shared, broker_up, cuttable_link, delete_queues, fresh_db, loaded,
+    wait_for,
 };
-
-/// A link that can be cut: relays 127.0.0.1:PORT to the broker while `up` is true; cutting it
-/// drops the open connections and refuses new ones.
-async fn link(up: watch::Receiver<bool>) -> u16 {
-    let target = amqp_url()
-        .split('@')
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .unwrap_or("127.0.0.1:5672")
-        .to_owned();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut inbound, _)) = listener.accept().await else {
-                return;
-            };
-            if !*up.borrow() {
-                drop(inbound);
-                continue;
-            }
-            let mut up = up.clone();
-            let target = target.clone();
-            tokio::spawn(async move {
-                let Ok(mut outbound) = TcpStream::connect(&target).await else {
-                    return;
-                };
-                tokio::select! {
-                    _ = copy_bidirectional(&mut inbound, &mut outbound) => {}
-                    _ = up.wait_for(|u| !*u) => {}
-                }
-            });
-        }
-    });
-    port
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_keeps_acking_while_the_hub_is_away_then_forwards_once_in_order() {
@@ -64,7 +27,7 @@ async fn edge_keeps_acking_while_the_hub_is_away_then_forwards_once_in_order() {
         return;
     }
     let (up_tx, up_rx) = watch::channel(true);
-    let port = link(up_rx).await;
+    let port = cuttable_link(up_rx).await;
     let via_link = {
         let url = amqp_url();
         let (scheme_user, rest) = url.split_once('@').unwrap();

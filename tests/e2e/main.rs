@@ -20,6 +20,7 @@ mod export;
 mod http;
 mod mllp;
 mod plugins;
+mod scenarios;
 mod security;
 mod sources;
 mod store;

@@ -468,3 +468,39 @@ macro_rules! both_backends {
     };
 }
 pub(crate) use both_backends;
+
+/// A link that can be cut: relays 127.0.0.1:PORT to the broker while `up` is true; cutting it
+/// drops the open connections and refuses new ones.
+pub async fn cuttable_link(up: tokio::sync::watch::Receiver<bool>) -> u16 {
+    let target = amqp_url()
+        .split('@')
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or("127.0.0.1:5672")
+        .to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            if !*up.borrow() {
+                drop(inbound);
+                continue;
+            }
+            let mut up = up.clone();
+            let target = target.clone();
+            tokio::spawn(async move {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    _ = up.wait_for(|u| !*u) => {}
+                }
+            });
+        }
+    });
+    port
+}

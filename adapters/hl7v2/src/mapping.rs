@@ -29,10 +29,9 @@
 use serde::{Deserialize, Serialize};
 
 pub use huizhen_domain::check_resident_id;
-use huizhen_domain::datetime::parse_dtm;
 pub use huizhen_domain::patient::{
-    AdministrativeSex, Coded, Doctor, Field, Identifier, Location, Merge, Name, PatientRecord,
-    PatientSummary, ResidentId, Sex, Telecom, Timestamp, Visit, Address,
+    Address, AdministrativeSex, Coded, Doctor, Field, Identifier, Location, Merge, Name,
+    PatientRecord, PatientSummary, ResidentId, Sex, Telecom, Timestamp, Visit,
 };
 
 use crate::escape::escape_cow;
@@ -215,7 +214,6 @@ impl MappingError {
         }
     }
 }
-
 
 /// An HL7 NM: `[+-]digits[.digits]` (or `.digits`); `None` for anything else.
 fn parse_decimal(s: &str) -> Option<f64> {
@@ -1060,93 +1058,6 @@ fn map_oru(message: &Message, h: Header) -> Result<Observations, MappingError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn resident_id_check_character() {
-        // The GB 11643 examples.
-        let r = check_resident_id("11010519491231002X").unwrap();
-        assert_eq!(r.region, "110105");
-        assert_eq!(r.birth_date, "1949-12-31");
-        assert_eq!(r.sex, Sex::Female);
-        let r = check_resident_id("440524188001010014").unwrap();
-        assert_eq!(r.birth_date, "1880-01-01");
-        assert_eq!(r.sex, Sex::Male);
-        assert!(check_resident_id(" 11010519491231002x ").is_ok());
-        let err = check_resident_id("110105194912310021").unwrap_err();
-        assert!(err.contains("check character"), "{err}");
-        assert!(
-            !err.contains("1101"),
-            "errors never repeat the number: {err}"
-        );
-        assert!(
-            check_resident_id("110105491231002")
-                .unwrap_err()
-                .contains("15-digit")
-        );
-        assert!(
-            check_resident_id("1101051949123100")
-                .unwrap_err()
-                .contains("16 characters")
-        );
-        assert!(
-            check_resident_id("11010519491231A02X")
-                .unwrap_err()
-                .contains("character 15")
-        );
-        assert!(
-            check_resident_id("11010519491231002Y")
-                .unwrap_err()
-                .contains("character 18")
-        );
-        // 1949-02-30 does not exist (whatever the check character).
-        assert!(
-            check_resident_id("110105194902300020")
-                .unwrap_err()
-                .contains("birth date")
-        );
-        assert!(check_resident_id("张三丰张三丰张三丰张三丰张三丰张三丰").is_err());
-        assert!(check_resident_id("").is_err());
-    }
-
-    #[test]
-    fn dtm_to_iso() {
-        let cases = [
-            ("1985", Some("1985")),
-            ("198503", Some("1985-03")),
-            ("19850312", Some("1985-03-12")),
-            ("1985031208", Some("1985-03-12T08:00")),
-            ("198503120830", Some("1985-03-12T08:30")),
-            ("20260115083005", Some("2026-01-15T08:30:05")),
-            (
-                "20260115083005.25+0800",
-                Some("2026-01-15T08:30:05.25+08:00"),
-            ),
-            ("202601150830-0500", Some("2026-01-15T08:30-05:00")),
-            ("19850312+0800", Some("1985-03-12")),
-            ("1985-03-12", Some("1985-03-12")),
-            ("2026-01-15 08:30:00", Some("2026-01-15T08:30:00")),
-            (
-                "2026-01-15T08:30:00+08:00",
-                Some("2026-01-15T08:30:00+08:00"),
-            ),
-            ("20240229", Some("2024-02-29")),
-            ("20230229", None),
-            ("19851312", None),
-            ("198503121", None),
-            ("2026011508300", None),
-            ("20260115250000", None),
-            ("20260115083005+08", None),
-            ("1985-3-12", None),
-            ("unknown", None),
-            ("", None),
-            ("张三", None),
-        ];
-        for (input, want) in cases {
-            assert_eq!(parse_dtm(input).as_deref(), want, "{input}");
-        }
-        assert_eq!(Timestamp::parse("198503120830").date(), Some("1985-03-12"));
-        assert_eq!(Timestamp::parse("198503").date(), None);
-    }
 
     #[test]
     fn decimals() {

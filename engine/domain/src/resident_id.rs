@@ -55,3 +55,55 @@ pub fn check_resident_id(s: &str) -> Result<ResidentId, String> {
         sex,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resident_id_check_character() {
+        // The GB 11643 examples.
+        let r = check_resident_id("11010519491231002X").unwrap();
+        assert_eq!(r.region, "110105");
+        assert_eq!(r.birth_date, "1949-12-31");
+        assert_eq!(r.sex, Sex::Female);
+        let r = check_resident_id("440524188001010014").unwrap();
+        assert_eq!(r.birth_date, "1880-01-01");
+        assert_eq!(r.sex, Sex::Male);
+        assert!(check_resident_id(" 11010519491231002x ").is_ok());
+        let err = check_resident_id("110105194912310021").unwrap_err();
+        assert!(err.contains("check character"), "{err}");
+        assert!(
+            !err.contains("1101"),
+            "errors never repeat the number: {err}"
+        );
+        assert!(
+            check_resident_id("110105491231002")
+                .unwrap_err()
+                .contains("15-digit")
+        );
+        assert!(
+            check_resident_id("1101051949123100")
+                .unwrap_err()
+                .contains("16 characters")
+        );
+        assert!(
+            check_resident_id("11010519491231A02X")
+                .unwrap_err()
+                .contains("character 15")
+        );
+        assert!(
+            check_resident_id("11010519491231002Y")
+                .unwrap_err()
+                .contains("character 18")
+        );
+        // 1949-02-30 does not exist (whatever the check character).
+        assert!(
+            check_resident_id("110105194902300020")
+                .unwrap_err()
+                .contains("birth date")
+        );
+        assert!(check_resident_id("张三丰张三丰张三丰张三丰张三丰张三丰").is_err());
+        assert!(check_resident_id("").is_err());
+    }
+}

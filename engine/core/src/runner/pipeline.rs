@@ -117,10 +117,14 @@ struct BacklogCount {
 /// the pipeline is *spilled*: every new message is journaled as due (not handed to memory), so
 /// none overtakes one that waits in the journal, and the feeder takes them up in journal order.
 /// The feeder ends the spill once a claim found nothing due, no due append is in flight
-/// (`pending`) and none committed since the claim began (`appended`).
-#[derive(Debug, Default)]
+/// (`pending`) and none committed since the claim began (`appended`). A pipeline starts
+/// spilled: what a previous run left in the journal (a backlog, recovered in-flight messages)
+/// goes first, and the feeder's first claim that finds nothing more due ends the spill.
+#[derive(Debug)]
 struct Spill {
     spilled: bool,
+    /// The spill was logged (the queue filled up): its end is logged too.
+    announced: bool,
     pending: u32,
     appended: u64,
 }
@@ -363,7 +367,12 @@ impl PipelineHandle {
                 slots: Arc::new(tokio::sync::Semaphore::new(concurrency)),
                 active: Mutex::default(),
                 room,
-                spill: Mutex::default(),
+                spill: Mutex::new(Spill {
+                    spilled: true,
+                    announced: false,
+                    pending: 0,
+                    appended: 0,
+                }),
                 feed: tokio::sync::Notify::new(),
                 backlog_limit: cfg.backlog_limit,
                 backlog: Mutex::default(),
@@ -573,6 +582,7 @@ impl PipelineHandle {
         }
         if !s.spilled {
             s.spilled = true;
+            s.announced = true;
             tracing::info!(pipeline = %i.name, "in-memory queue full: new messages wait in the journal");
         }
         s.pending += 1;
@@ -852,7 +862,9 @@ impl PipelineHandle {
                         let mut s = self.spill();
                         if s.spilled && s.pending == 0 && s.appended == seen {
                             s.spilled = false;
-                            tracing::info!(pipeline = %i.name, "journal backlog taken up: new messages go to memory again");
+                            if std::mem::take(&mut s.announced) {
+                                tracing::info!(pipeline = %i.name, "journal backlog taken up: new messages go to memory again");
+                            }
                         }
                     }
                 }
