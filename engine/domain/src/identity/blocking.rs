@@ -42,10 +42,11 @@ impl BlockingKey {
 /// * `rid:` resident id, `psn:` region + 医保 number, `nid:` system + national id, `tel:` phone;
 /// * `nm:` name key (pinyin/Latin letters, in each order) + birth year; `nmd:` name key +
 ///   birth month/day (a typo in the year);
-/// * `sd:` family name + birth date and `gd:` given name + birth date (a typo in the other
-///   part); `ini:` the two initials + birth date (typos in both);
-/// * `sx:` Soundex of a Latin family name + postcode, `nmp:` name key + postcode (no birth
-///   date).
+/// * `nt:` each part of the name (family, given, token) + birth date, whatever its role (a
+///   typo in, or a swap or replacement of, the other part); `ini:` the two initials + birth
+///   date (typos in both);
+/// * Latin names: `sxd:` Soundex of each part + birth date, `sx:` Soundex of each part +
+///   postcode; `nmp:` name key + postcode (no birth date); `dp:` birth date + postcode.
 ///
 /// Birth dates in keys are `YYYY` + the smaller and larger of month and day, so a day/month
 /// swap keeps its keys.
@@ -55,10 +56,16 @@ pub fn blocking_keys(p: &NormalizedPerson) -> Vec<BlockingKey> {
         keys.push(BlockingKey::new("rid", &r.number));
     }
     for i in &p.insurance {
-        keys.push(BlockingKey::new("psn", &format!("{}:{}", i.region, i.psn_no)));
+        keys.push(BlockingKey::new(
+            "psn",
+            &format!("{}:{}", i.region, i.psn_no),
+        ));
     }
     for n in &p.national_ids {
-        keys.push(BlockingKey::new("nid", &format!("{}:{}", n.system, n.value)));
+        keys.push(BlockingKey::new(
+            "nid",
+            &format!("{}:{}", n.system, n.value),
+        ));
     }
     for t in &p.phones {
         keys.push(BlockingKey::new("tel", t));
@@ -67,7 +74,11 @@ pub fn blocking_keys(p: &NormalizedPerson) -> Vec<BlockingKey> {
         let (m, d) = (b.date.month(), b.date.day());
         (b.date.year(), m.min(d), m.max(d))
     });
-    let postcodes: Vec<&String> = p.addresses.iter().filter_map(|a| a.postal_code.as_ref()).collect();
+    let postcodes: Vec<&String> = p
+        .addresses
+        .iter()
+        .filter_map(|a| a.postal_code.as_ref())
+        .collect();
     for name in &p.names {
         for key in name.keys() {
             if let Some((y, lo, hi)) = dob {
@@ -81,24 +92,42 @@ pub fn blocking_keys(p: &NormalizedPerson) -> Vec<BlockingKey> {
         for (family, given) in name.splits() {
             if let Some((y, lo, hi)) = dob {
                 let date = format!("{y}{lo:02}{hi:02}");
-                if !family.is_empty() {
-                    keys.push(BlockingKey::new("sd", &format!("{family}:{date}")));
-                }
-                if !given.is_empty() {
-                    keys.push(BlockingKey::new("gd", &format!("{given}:{date}")));
-                }
                 if let (Some(f), Some(g)) = (family.chars().next(), given.chars().next()) {
                     let (a, b) = if f <= g { (f, g) } else { (g, f) };
                     keys.push(BlockingKey::new("ini", &format!("{a}{b}:{date}")));
                 }
             }
+        }
+        // Each part of the name alone, whatever its role (a swapped or replaced other part).
+        let parts = name
+            .tokens
+            .iter()
+            .chain(name.family.iter())
+            .chain(name.given.iter());
+        for part in parts.filter(|t| !t.is_empty()) {
+            if let Some((y, lo, hi)) = dob {
+                keys.push(BlockingKey::new("nt", &format!("{part}:{y}{lo:02}{hi:02}")));
+                if name.hanzi.is_none()
+                    && let Some(code) = soundex(part)
+                {
+                    keys.push(BlockingKey::new(
+                        "sxd",
+                        &format!("{code}:{y}{lo:02}{hi:02}"),
+                    ));
+                }
+            }
             if name.hanzi.is_none()
-                && let Some(code) = soundex(&family)
+                && let Some(code) = soundex(part)
             {
                 for pc in &postcodes {
                     keys.push(BlockingKey::new("sx", &format!("{code}:{pc}")));
                 }
             }
+        }
+    }
+    if let Some((y, lo, hi)) = dob {
+        for pc in &postcodes {
+            keys.push(BlockingKey::new("dp", &format!("{y}{lo:02}{hi:02}:{pc}")));
         }
     }
     keys.sort();
@@ -118,7 +147,10 @@ pub fn soundex(word: &str) -> Option<String> {
         'h' | 'w' => '-',
         _ => '0',
     };
-    let mut chars = word.chars().filter(char::is_ascii_alphabetic).map(|c| c.to_ascii_lowercase());
+    let mut chars = word
+        .chars()
+        .filter(char::is_ascii_alphabetic)
+        .map(|c| c.to_ascii_lowercase());
     let first = chars.next()?;
     let mut out = String::with_capacity(4);
     out.push(first.to_ascii_uppercase());
@@ -246,13 +278,19 @@ impl MemoryIndex {
 
     /// The record with this facility and local id.
     pub fn get(&self, facility: &str, local_id: &str) -> Option<&IndexedIdentity> {
-        let i = self.by_local.get(&(facility.to_owned(), local_id.to_owned()))?;
+        let i = self
+            .by_local
+            .get(&(facility.to_owned(), local_id.to_owned()))?;
         self.entries.get(*i as usize)
     }
 
     /// PIX query (IHE ITI-9 / ITI-83): the other records (facility, local id) of the person
     /// a record is linked to; `None` when the record is unknown.
-    pub fn cross_references(&self, facility: &str, local_id: &str) -> Option<Vec<(String, String)>> {
+    pub fn cross_references(
+        &self,
+        facility: &str,
+        local_id: &str,
+    ) -> Option<Vec<(String, String)>> {
         let person = self.get(facility, local_id)?.person_id;
         Some(
             self.entries
@@ -267,7 +305,10 @@ impl MemoryIndex {
     /// Re-links a record to another person (a merge, HL7 A40, or a reviewer's decision).
     /// False when the record is unknown.
     pub fn relink(&mut self, facility: &str, local_id: &str, person_id: PersonId) -> bool {
-        let Some(&i) = self.by_local.get(&(facility.to_owned(), local_id.to_owned())) else {
+        let Some(&i) = self
+            .by_local
+            .get(&(facility.to_owned(), local_id.to_owned()))
+        else {
             return false;
         };
         match self.entries.get_mut(i as usize) {
@@ -312,7 +353,14 @@ mod tests {
 
     #[test]
     fn soundex_codes() {
-        for (w, c) in [("robert", "R163"), ("rupert", "R163"), ("ashcraft", "A261"), ("tymczak", "T522"), ("pfister", "P236"), ("lee", "L000")] {
+        for (w, c) in [
+            ("robert", "R163"),
+            ("rupert", "R163"),
+            ("ashcraft", "A261"),
+            ("tymczak", "T522"),
+            ("pfister", "P236"),
+            ("lee", "L000"),
+        ] {
             assert_eq!(soundex(w).as_deref(), Some(c), "{w}");
         }
         assert_eq!(soundex("123"), None);
@@ -332,15 +380,28 @@ mod tests {
     #[test]
     fn keys_are_plain_kind_value_strings_shared_across_spellings() {
         let a = blocking_keys(&person("A", "1", "张伟", "1985-03-12", "13800138000"));
-        let b = blocking_keys(&person("B", "9", "Wei Zhang", "12/03/1985", "+86 138 0013 8000"));
-        assert!(a.iter().all(|k| k.as_str().split_once(':').is_some_and(|(kind, v)| !kind.is_empty() && !v.is_empty())));
+        let b = blocking_keys(&person(
+            "B",
+            "9",
+            "Wei Zhang",
+            "12/03/1985",
+            "+86 138 0013 8000",
+        ));
+        assert!(a.iter().all(|k| {
+            k.as_str()
+                .split_once(':')
+                .is_some_and(|(kind, v)| !kind.is_empty() && !v.is_empty())
+        }));
         assert!(a.contains(&BlockingKey("nm:zhangwei:1985".into())));
         assert!(a.contains(&BlockingKey("tel:13800138000".into())));
         let shared: Vec<_> = a.iter().filter(|k| b.contains(k)).collect();
         assert!(shared.len() >= 3, "{shared:?}");
         // A day/month swap keeps the date keys.
         let c = blocking_keys(&person("C", "2", "张伟", "1985-12-03", "1"));
-        assert!(c.contains(&BlockingKey("sd:zhang:19850312".into())), "{c:?}");
+        assert!(
+            c.contains(&BlockingKey("nt:zhang:19850312".into())),
+            "{c:?}"
+        );
     }
 
     #[test]
@@ -348,20 +409,34 @@ mod tests {
         let mut index = MemoryIndex::new();
         let p = index.new_person_id();
         index.insert(p, person("RED", "994", "张伟", "1985-03-12", "13800138000"));
-        index.insert(p, person("BLUE", "xyz", "Zhang Wei", "1985-03-12", "13800138000"));
+        index.insert(
+            p,
+            person("BLUE", "xyz", "Zhang Wei", "1985-03-12", "13800138000"),
+        );
         let q = index.new_person_id();
         index.insert(q, person("RED", "7", "李强", "1990-01-01", "13900000000"));
         assert_eq!(index.len(), 3);
-        let found = index.candidates(&blocking_keys(&person("X", "1", "張偉", "19850312", "")), 10);
+        let found = index.candidates(
+            &blocking_keys(&person("X", "1", "張偉", "19850312", "")),
+            10,
+        );
         assert_eq!(found.len(), 2);
         assert!(found.iter().all(|f| f.person_id == p));
-        assert_eq!(index.cross_references("RED", "994"), Some(vec![("BLUE".into(), "xyz".into())]));
+        assert_eq!(
+            index.cross_references("RED", "994"),
+            Some(vec![("BLUE".into(), "xyz".into())])
+        );
         assert_eq!(index.cross_references("RED", "7"), Some(vec![]));
         assert_eq!(index.cross_references("RED", "nope"), None);
         assert!(index.relink("RED", "7", p));
         assert_eq!(index.cross_references("RED", "7").map(|v| v.len()), Some(2));
         // Limit and replacement.
-        assert_eq!(index.candidates(&blocking_keys(&person("X", "1", "张伟", "19850312", "")), 1).len(), 1);
+        assert_eq!(
+            index
+                .candidates(&blocking_keys(&person("X", "1", "张伟", "19850312", "")), 1)
+                .len(),
+            1
+        );
         index.insert(q, person("RED", "7", "李强", "1990-01-01", "13900000001"));
         assert_eq!(index.len(), 3);
     }

@@ -120,7 +120,8 @@ pub struct Comparison {
     /// The levels (resident id set to missing when it must not count, see
     /// `shared_id_ignored`).
     pub vector: ComparisonVector,
-    /// Both have given names, the family names agree and the given names do not.
+    /// Both have given names, the family names agree and the given names are more than one
+    /// typo apart (even when the name level is `fuzzy`).
     pub given_names_differ: bool,
     /// A valid resident id is equal and consistent with the stated birth date and sex in
     /// both records.
@@ -146,7 +147,11 @@ pub fn compare(a: &NormalizedPerson, b: &NormalizedPerson) -> Comparison {
     c.vector.set(
         FieldKind::Sex,
         match (a.sex, b.sex) {
-            (Some(x), Some(y)) => Some(if x == y { Level::Exact } else { Level::Disagree }),
+            (Some(x), Some(y)) => Some(if x == y {
+                Level::Exact
+            } else {
+                Level::Disagree
+            }),
             _ => None,
         },
     );
@@ -162,8 +167,14 @@ pub fn compare(a: &NormalizedPerson, b: &NormalizedPerson) -> Comparison {
     );
     c.vector.set(FieldKind::Address, compare_addresses(a, b));
     let (pa, pb): (Vec<&String>, Vec<&String>) = (
-        a.addresses.iter().filter_map(|x| x.postal_code.as_ref()).collect(),
-        b.addresses.iter().filter_map(|x| x.postal_code.as_ref()).collect(),
+        a.addresses
+            .iter()
+            .filter_map(|x| x.postal_code.as_ref())
+            .collect(),
+        b.addresses
+            .iter()
+            .filter_map(|x| x.postal_code.as_ref())
+            .collect(),
     );
     c.vector.set(
         FieldKind::Postcode,
@@ -201,7 +212,11 @@ pub fn compare(a: &NormalizedPerson, b: &NormalizedPerson) -> Comparison {
     let mut ins = None;
     for x in &a.insurance {
         for y in &b.insurance {
-            let level = if x == y { Level::Exact } else { Level::Disagree };
+            let level = if x == y {
+                Level::Exact
+            } else {
+                Level::Disagree
+            };
             if level == Level::Exact {
                 c.insurance_equal = true;
             }
@@ -239,10 +254,7 @@ fn id_level(a: &str, b: &str) -> Level {
     }
 }
 
-fn compare_dates(
-    a: super::demographics::BirthDate,
-    b: super::demographics::BirthDate,
-) -> Level {
+fn compare_dates(a: super::demographics::BirthDate, b: super::demographics::BirthDate) -> Level {
     let readings = |d: super::demographics::BirthDate| {
         let mut v = vec![d.date];
         if d.ambiguous {
@@ -272,7 +284,11 @@ fn compare_addresses(a: &NormalizedPerson, b: &NormalizedPerson) -> Option<Level
     let mut best_dice: Option<f64> = None;
     for x in a.addresses.iter().filter(|x| !x.tokens.is_empty()) {
         for y in b.addresses.iter().filter(|y| !y.tokens.is_empty()) {
-            let common = x.tokens.iter().filter(|t| y.tokens.binary_search(t).is_ok()).count();
+            let common = x
+                .tokens
+                .iter()
+                .filter(|t| y.tokens.binary_search(t).is_ok())
+                .count();
             #[allow(clippy::cast_precision_loss)]
             let dice = 2.0 * common as f64 / (x.tokens.len() + y.tokens.len()) as f64;
             best_dice = Some(best_dice.map_or(dice, |b| b.max(dice)));
@@ -327,7 +343,7 @@ pub fn compare_names(a: &[NormalizedName], b: &[NormalizedName]) -> (Option<Leve
                 level = Some(l);
                 given_differs = g;
             } else if Some(l) == level {
-                given_differs &= g;
+                given_differs |= g;
             }
         }
     }
@@ -355,18 +371,22 @@ fn compare_name(x: &NormalizedName, y: &NormalizedName) -> (Level, bool) {
         for (fy, gy) in y.splits() {
             let fam = token_agrees(&fx, &fy);
             let giv = token_agrees(&gx, &gy);
-            let (l, g) = match (fam, giv) {
-                (Some(_), Some(_)) => (Level::Fuzzy, false),
-                (Some(_), None) => (
-                    Level::Partial,
-                    !gx.is_empty() && !gy.is_empty(),
-                ),
-                (None, Some(_)) => (Level::Partial, false),
-                (None, None) => (Level::Disagree, false),
+            let l = match (fam, giv) {
+                (Some(_), Some(_)) => Level::Fuzzy,
+                (Some(_), None) | (None, Some(_)) => Level::Partial,
+                (None, None) => Level::Disagree,
             };
-            if l < best_level || (l == best_level && !g) {
+            // The twin and sibling pattern: the family names agree and the given names are
+            // more than one typo apart (子涵/子轩, zihan/zixuan are close by Jaro–Winkler but
+            // are two names).
+            let g = fam.is_some() && !gx.is_empty() && !gy.is_empty() && osa_distance(&gx, &gy) > 1;
+            if l < best_level {
                 best_level = l;
                 given_differs = g;
+            } else if l == best_level {
+                // Any reading with the family name agreeing and the given names differing
+                // counts: with an unknown order, the swapped reading must not hide it.
+                given_differs |= g;
             }
         }
     }
@@ -376,7 +396,7 @@ fn compare_name(x: &NormalizedName, y: &NormalizedName) -> (Level, bool) {
                 .any(|b| a.len().min(b.len()) >= 6 && jaro_winkler(a, b) >= 0.92)
         });
         if fuzzy_whole {
-            return (Level::Fuzzy, false);
+            return (Level::Fuzzy, given_differs);
         }
     }
     (best_level, given_differs)

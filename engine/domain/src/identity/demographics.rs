@@ -326,7 +326,8 @@ mod tests {
     use super::*;
 
     fn check(raw: &str, expected: Option<(&str, bool)>) {
-        let got = parse_birth_date(raw).map(|b| (b.date.format("%Y-%m-%d").to_string(), b.ambiguous));
+        let got =
+            parse_birth_date(raw).map(|b| (b.date.format("%Y-%m-%d").to_string(), b.ambiguous));
         assert_eq!(
             got,
             expected.map(|(d, a)| (d.to_owned(), a)),

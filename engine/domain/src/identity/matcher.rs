@@ -10,8 +10,9 @@
 //! 2. **Score**: the sum of the log2 m/u weights of every field both records have.
 //! 3. **Guards**: a conflicting sex or a clearly different birth date (two or more of year,
 //!    month, day differ, not a swap) blocks `certain` (except for the same local id, which
-//!    *is* the record); the twin pattern (same family name and birth date, different given
-//!    names) caps the grade at `possible`; an equal resident id whose names disagree or that
+//!    *is* the record); without an agreeing identifier, the twin pattern (same family name,
+//!    same or nearly the same birth date, different given names) and a clearly different
+//!    birth date cap the grade at `possible` (household members share phone and address); an equal resident id whose names disagree or that
 //!    contradicts a stated birth date counts for nothing (an infant under a parent's number);
 //!    two different persons both `certain` are both lowered to `probable` for a human.
 //!
@@ -72,10 +73,12 @@ pub enum Rule {
 pub enum PairFinding {
     /// The sexes conflict: never `certain`.
     SexConflict,
-    /// Both birth dates are present and clearly different: never `certain`.
+    /// Both birth dates are present and clearly different: never `certain`, and at most
+    /// `possible` unless an identifier agrees.
     BirthDateConflict,
-    /// Same family name and birth date, different given names (twins, siblings): at most
-    /// `possible`.
+    /// Same family name, the same or a nearly the same birth date (exact, swapped, one
+    /// component off), given names more than one typo apart, no agreeing identifier (twins,
+    /// siblings): at most `possible`.
     TwinPattern,
     /// An equal resident id was not counted: the names disagree or the id contradicts a
     /// stated birth date or sex (an infant registered under a parent's number).
@@ -151,7 +154,9 @@ pub struct MatchDecision {
 impl MatchDecision {
     /// The person to link to automatically: only for a `certain` decision.
     pub fn auto_link(&self) -> Option<PersonId> {
-        (self.grade == Grade::Certain).then_some(self.person).flatten()
+        (self.grade == Grade::Certain)
+            .then_some(self.person)
+            .flatten()
     }
 }
 
@@ -198,7 +203,11 @@ impl Matcher {
                 .and_then(|l| self.table.get(field.index())?.get(l as usize).copied())
                 .unwrap_or(0.0);
             total += weight;
-            parts.push(Contribution { field, level, weight });
+            parts.push(Contribution {
+                field,
+                level,
+                weight,
+            });
         }
         (total, parts)
     }
@@ -209,7 +218,11 @@ impl Matcher {
     }
 
     /// [`Matcher::decide`] for a record already normalised.
-    pub fn decide_normalized(&self, incoming: &NormalizedPerson, index: &impl CandidateIndex) -> MatchDecision {
+    pub fn decide_normalized(
+        &self,
+        incoming: &NormalizedPerson,
+        index: &impl CandidateIndex,
+    ) -> MatchDecision {
         let keys = blocking_keys(incoming);
         let found = index.candidates(&keys, self.candidate_limit);
         let mut persons: Vec<Candidate> = Vec::new();
@@ -261,7 +274,11 @@ impl Matcher {
         }
         persons.retain(|p| p.grade <= Grade::Possible);
         for p in &mut persons {
-            p.records.sort_by(|a, b| (a.grade, -a.score).partial_cmp(&(b.grade, -b.score)).unwrap_or(std::cmp::Ordering::Equal));
+            p.records.sort_by(|a, b| {
+                (a.grade, -a.score)
+                    .partial_cmp(&(b.grade, -b.score))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            });
         }
         persons.sort_by(|a, b| {
             (a.grade, -a.score, a.person_id)
@@ -284,7 +301,8 @@ impl Matcher {
         let mut findings: Vec<PairFinding> = Vec::new();
         findings.extend(a.findings.iter().map(|f| PairFinding::Incoming(*f)));
         findings.extend(b.findings.iter().map(|f| PairFinding::Candidate(*f)));
-        let same_record = !a.local_id.is_empty() && a.facility == b.facility && a.local_id == b.local_id;
+        let same_record =
+            !a.local_id.is_empty() && a.facility == b.facility && a.local_id == b.local_id;
         if same_record {
             return PairJudgement {
                 grade: Grade::Certain,
@@ -297,7 +315,20 @@ impl Matcher {
         }
         let sex_conflict = cmp.vector.get(FieldKind::Sex) == Some(Level::Disagree);
         let dob_conflict = cmp.vector.get(FieldKind::BirthDate) == Some(Level::Disagree);
-        let twin = cmp.given_names_differ && cmp.vector.get(FieldKind::BirthDate) == Some(Level::Exact);
+        // Twins have different ids: an agreeing id (FEBRL-style replaced given names, a
+        // nickname) lifts the twin guard.
+        let id_agrees = [
+            FieldKind::ResidentId,
+            FieldKind::Insurance,
+            FieldKind::NationalId,
+        ]
+        .iter()
+        .any(|f| matches!(cmp.vector.get(*f), Some(Level::Exact | Level::Close)));
+        let near_birth = matches!(
+            cmp.vector.get(FieldKind::BirthDate),
+            Some(Level::Exact | Level::Swapped | Level::OneOff)
+        );
+        let twin = cmp.given_names_differ && near_birth && !id_agrees;
         if sex_conflict {
             findings.push(PairFinding::SexConflict);
         }
@@ -322,7 +353,12 @@ impl Matcher {
             };
             if cmp.resident_id_trusted_equal && hanzi_or_latin_exact {
                 rule = Some(Rule::ResidentIdAndName);
-            } else if cmp.insurance_equal && matches!(name, None | Some(Level::Exact | Level::Phonetic | Level::Fuzzy)) {
+            } else if cmp.insurance_equal
+                && matches!(
+                    name,
+                    None | Some(Level::Exact | Level::Phonetic | Level::Fuzzy)
+                )
+            {
                 rule = Some(Rule::InsuranceNumber);
             } else if let Some(t) = self.thresholds.auto_link
                 && score >= t
@@ -339,7 +375,10 @@ impl Matcher {
         } else {
             Grade::New
         };
-        if twin && grade < Grade::Possible {
+        // Household members share phone, address and family name: without an agreeing
+        // identifier, a different given name (twins, siblings) or a clearly different birth
+        // date (a parent, a sibling) keeps the pair out of the work-queue.
+        if (twin || (dob_conflict && !id_agrees)) && grade < Grade::Possible {
             grade = Grade::Possible;
         }
         PairJudgement {
@@ -354,7 +393,11 @@ impl Matcher {
 
     /// Comparison vectors of every blocked candidate pair of `people` against `index`
     /// (excluding a record with itself): the input of [`super::estimate_em`].
-    pub fn comparison_vectors(&self, people: &[NormalizedPerson], index: &impl CandidateIndex) -> Vec<ComparisonVector> {
+    pub fn comparison_vectors(
+        &self,
+        people: &[NormalizedPerson],
+        index: &impl CandidateIndex,
+    ) -> Vec<ComparisonVector> {
         let mut out = Vec::new();
         for p in people {
             for c in index.candidates(&blocking_keys(p), self.candidate_limit) {
@@ -387,4 +430,27 @@ pub struct PairJudgement {
     pub findings: Vec<PairFinding>,
     /// The comparison behind it.
     pub comparison: Comparison,
+}
+
+/// Comparison vectors of `pairs` random record pairs (seeded): the input of
+/// [`super::weights::u_from_random_pairs`]. Pairs of a record with itself are skipped.
+pub fn random_pair_vectors(
+    people: &[NormalizedPerson],
+    pairs: usize,
+    seed: u64,
+) -> Vec<ComparisonVector> {
+    let mut rng = super::synth::SplitMix64::new(seed);
+    let mut out = Vec::with_capacity(pairs);
+    if people.len() < 2 {
+        return out;
+    }
+    while out.len() < pairs {
+        let (i, j) = (rng.below(people.len()), rng.below(people.len()));
+        if let (Some(a), Some(b)) = (people.get(i), people.get(j))
+            && i != j
+        {
+            out.push(compare(a, b).vector);
+        }
+    }
+    out
 }

@@ -18,15 +18,26 @@ pub mod blocking;
 pub mod compare;
 pub mod demographics;
 pub mod eval;
+pub mod febrl;
 pub mod matcher;
 pub mod normalize;
 pub mod synth;
 pub mod t2s;
 pub mod weights;
 
-pub use blocking::{BlockingKey, CandidateIndex, IndexedIdentity, MemoryIndex, PersonId, blocking_keys};
+pub use blocking::{
+    BlockingKey, CandidateIndex, IndexedIdentity, MemoryIndex, PersonId, blocking_keys,
+};
 pub use compare::{ComparisonVector, FieldKind, Level, compare};
-pub use demographics::{BirthDate, Demographics, OtherId, PersonName, PostalAddress, parse_birth_date};
-pub use matcher::{Candidate, Contribution, Grade, MatchDecision, Matcher, PairFinding, RecordMatch, Rule};
+pub use demographics::{
+    BirthDate, Demographics, OtherId, PersonName, PostalAddress, parse_birth_date,
+};
+pub use matcher::{
+    Candidate, Contribution, Grade, MatchDecision, Matcher, PairFinding, RecordMatch, Rule,
+    random_pair_vectors,
+};
 pub use normalize::{NormalizedPerson, RecordFinding, normalize};
-pub use weights::{EmEstimate, EmOptions, LevelWeight, Thresholds, Weights, WeightsError, estimate_em, estimate_em_with};
+pub use weights::{
+    EmEstimate, EmOptions, LevelWeight, Thresholds, Weights, WeightsError, estimate_em,
+    estimate_em_with, u_from_random_pairs,
+};

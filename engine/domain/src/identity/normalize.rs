@@ -110,7 +110,10 @@ impl NormalizedName {
             (None, None) => match (self.tokens.split_first(), self.tokens.split_last()) {
                 (Some((only, [])), _) => vec![(String::new(), only.clone())],
                 (Some((first, rest)), Some((last, init))) => {
-                    vec![(first.clone(), rest.concat()), (last.clone(), init.concat())]
+                    vec![
+                        (first.clone(), rest.concat()),
+                        (last.clone(), init.concat()),
+                    ]
                 }
                 _ => Vec::new(),
             },
@@ -209,7 +212,7 @@ pub fn normalize(d: &Demographics) -> NormalizedPerson {
             postal_code: a
                 .postal_code
                 .as_deref()
-                .map(|p| alnum_upper(p))
+                .map(alnum_upper)
                 .filter(|p| !p.is_empty()),
         })
         .filter(|a| !a.tokens.is_empty() || a.postal_code.is_some())
@@ -320,31 +323,87 @@ fn is_name_separator(c: char) -> bool {
     c.is_whitespace()
         || matches!(
             c,
-            '·' | '•' | '．' | '・' | '‧' | '∙' | '⋅' | '･' | '.' | ',' | '-' | '_' | '\'' | '’'
-                | '‐' | '‑' | '–' | '—' | '/' | '(' | ')'
+            '·' | '•'
+                | '．'
+                | '・'
+                | '‧'
+                | '∙'
+                | '⋅'
+                | '･'
+                | '.'
+                | ','
+                | '-'
+                | '_'
+                | '\''
+                | '’'
+                | '‐'
+                | '‑'
+                | '–'
+                | '—'
+                | '/'
+                | '('
+                | ')'
         )
 }
 
 /// Compound (two-character) surnames, simplified: the family name of a hanzi name sent as one
 /// text is these two characters when it starts with one of them, else the first character.
 pub const COMPOUND_SURNAMES: &[&str] = &[
-    "欧阳", "司马", "上官", "诸葛", "东方", "皇甫", "尉迟", "公孙", "慕容", "令狐", "长孙",
-    "宇文", "司徒", "司空", "夏侯", "轩辕", "端木", "西门", "南宫", "独孤", "澹台", "单于",
-    "呼延", "万俟", "闻人", "申屠", "太史", "公冶", "赫连", "钟离", "宗政", "濮阳", "淳于",
-    "百里", "东郭", "拓跋", "完颜", "纳兰", "第五", "谷梁", "乐正", "左丘", "公羊", "梁丘",
+    "欧阳", "司马", "上官", "诸葛", "东方", "皇甫", "尉迟", "公孙", "慕容", "令狐", "长孙", "宇文",
+    "司徒", "司空", "夏侯", "轩辕", "端木", "西门", "南宫", "独孤", "澹台", "单于", "呼延", "万俟",
+    "闻人", "申屠", "太史", "公冶", "赫连", "钟离", "宗政", "濮阳", "淳于", "百里", "东郭", "拓跋",
+    "完颜", "纳兰", "第五", "谷梁", "乐正", "左丘", "公羊", "梁丘",
 ];
 
 /// Surname readings of characters whose most common reading differs when they are a
 /// family name (and compound surnames with such a character).
 const SURNAME_READINGS: &[(&str, &str)] = &[
-    ("单", "shan"), ("曾", "zeng"), ("解", "xie"), ("仇", "qiu"), ("区", "ou"), ("查", "zha"),
-    ("朴", "piao"), ("乐", "yue"), ("覃", "qin"), ("缪", "miao"), ("翟", "zhai"), ("盖", "ge"),
-    ("任", "ren"), ("华", "hua"), ("纪", "ji"), ("沈", "shen"), ("员", "yun"), ("繁", "po"),
-    ("秘", "bi"), ("召", "shao"), ("折", "she"), ("种", "chong"), ("祭", "zhai"), ("莘", "shen"),
-    ("尉迟", "yuchi"), ("万俟", "moqi"), ("长孙", "zhangsun"), ("单于", "chanyu"), ("令狐", "linghu"),
-    ("澹台", "tantai"), ("乐正", "yuezheng"), ("柏", "bai"), ("薄", "bo"), ("隗", "wei"),
-    ("句", "gou"), ("黑", "he"), ("重", "chong"), ("幺", "yao"), ("过", "guo"), ("那", "na"),
-    ("阚", "kan"), ("蕃", "pi"), ("谌", "chen"), ("尉", "wei"), ("秦", "qin"), ("宿", "su"),
+    ("单", "shan"),
+    ("曾", "zeng"),
+    ("解", "xie"),
+    ("仇", "qiu"),
+    ("区", "ou"),
+    ("查", "zha"),
+    ("朴", "piao"),
+    ("乐", "yue"),
+    ("覃", "qin"),
+    ("缪", "miao"),
+    ("翟", "zhai"),
+    ("盖", "ge"),
+    ("任", "ren"),
+    ("华", "hua"),
+    ("纪", "ji"),
+    ("沈", "shen"),
+    ("员", "yun"),
+    ("繁", "po"),
+    ("秘", "bi"),
+    ("召", "shao"),
+    ("折", "she"),
+    ("种", "chong"),
+    ("祭", "zhai"),
+    ("莘", "shen"),
+    ("尉迟", "yuchi"),
+    ("万俟", "moqi"),
+    ("长孙", "zhangsun"),
+    ("单于", "chanyu"),
+    ("令狐", "linghu"),
+    ("澹台", "tantai"),
+    ("乐正", "yuezheng"),
+    ("柏", "bai"),
+    ("薄", "bo"),
+    ("隗", "wei"),
+    ("句", "gou"),
+    ("黑", "he"),
+    ("重", "chong"),
+    ("幺", "yao"),
+    ("过", "guo"),
+    ("那", "na"),
+    ("阚", "kan"),
+    ("蕃", "pi"),
+    ("谌", "chen"),
+    ("尉", "wei"),
+    ("秦", "qin"),
+    ("宿", "su"),
 ];
 
 /// The toneless pinyin of a hanzi string (already simplified), syllables concatenated; a
@@ -449,11 +508,19 @@ fn segments(s: &str) -> (Vec<String>, Vec<String>) {
 
 /// Normalises one name; `None` when it holds neither hanzi nor letters.
 pub fn normalize_name(n: &PersonName) -> Option<NormalizedName> {
-    let part = |p: &Option<String>| p.as_deref().map(segments).filter(|(h, l)| !h.is_empty() || !l.is_empty());
+    let part = |p: &Option<String>| {
+        p.as_deref()
+            .map(segments)
+            .filter(|(h, l)| !h.is_empty() || !l.is_empty())
+    };
     let family = part(&n.family);
     let given = part(&n.given);
     if family.is_some() || given.is_some() {
-        let hanzi_of = |p: &Option<(Vec<String>, Vec<String>)>| p.as_ref().map(|(h, _)| h.concat()).filter(|h| !h.is_empty());
+        let hanzi_of = |p: &Option<(Vec<String>, Vec<String>)>| {
+            p.as_ref()
+                .map(|(h, _)| h.concat())
+                .filter(|h| !h.is_empty())
+        };
         let fam_h = hanzi_of(&family);
         let giv_h = hanzi_of(&given);
         let fam_l = family.as_ref().map(|(h, l)| {
@@ -624,7 +691,13 @@ mod tests {
         assert_eq!(a.given.as_deref(), Some("wei"));
         assert_eq!(name("張偉").hanzi.as_deref(), Some("张伟"));
         assert_eq!(name(" 张 伟 ").keys(), a.keys());
-        for latin in ["Zhang Wei", "ZHANG WEI", "zhāng wěi", "Wei Zhang", "ＺＨＡＮＧ　ＷＥＩ"] {
+        for latin in [
+            "Zhang Wei",
+            "ZHANG WEI",
+            "zhāng wěi",
+            "Wei Zhang",
+            "ＺＨＡＮＧ　ＷＥＩ",
+        ] {
             let l = name(latin);
             assert!(l.hanzi.is_none());
             assert!(
@@ -650,10 +723,19 @@ mod tests {
 
     #[test]
     fn minority_names_with_any_middle_dot_are_one_name() {
-        let forms = ["阿依古丽·买买提", "阿依古丽•买买提", "阿依古丽．买买提", "阿依古丽・买买提", "阿依古丽 买买提"];
+        let forms = [
+            "阿依古丽·买买提",
+            "阿依古丽•买买提",
+            "阿依古丽．买买提",
+            "阿依古丽・买买提",
+            "阿依古丽 买买提",
+        ];
         let first = name(forms[0]);
         assert_eq!(first.hanzi.as_deref(), Some("阿依古丽买买提"));
-        assert_eq!(first.tokens, vec!["ayiguli".to_owned(), "maimaiti".to_owned()]);
+        assert_eq!(
+            first.tokens,
+            vec!["ayiguli".to_owned(), "maimaiti".to_owned()]
+        );
         for f in forms {
             assert_eq!(name(f), first, "{f}");
         }
@@ -672,7 +754,10 @@ mod tests {
 
     #[test]
     fn latin_names_lose_case_and_diacritics() {
-        assert_eq!(name("José MÜLLER").tokens, vec!["jose".to_owned(), "muller".to_owned()]);
+        assert_eq!(
+            name("José MÜLLER").tokens,
+            vec!["jose".to_owned(), "muller".to_owned()]
+        );
         assert_eq!(name("Lyu Bu").tokens, name("吕布").tokens);
     }
 
@@ -697,8 +782,14 @@ mod tests {
 
     #[test]
     fn addresses_become_tokens() {
-        assert_eq!(address_tokens("民族大道１００号"), vec!["100", "号", "大道", "族大", "民族"]);
-        assert_eq!(address_tokens("12 Pinkerton Circuit, Richlands"), vec!["12", "circuit", "pinkerton", "richlands"]);
+        assert_eq!(
+            address_tokens("民族大道１００号"),
+            vec!["100", "号", "大道", "族大", "民族"]
+        );
+        assert_eq!(
+            address_tokens("12 Pinkerton Circuit, Richlands"),
+            vec!["12", "circuit", "pinkerton", "richlands"]
+        );
         assert_eq!(address_tokens("廣州"), address_tokens("广州"));
     }
 
@@ -708,7 +799,9 @@ mod tests {
         let base = Demographics {
             facility: "F".into(),
             local_id: "1".into(),
-            identifiers: vec![OtherId::ResidentId { value: "11010519491231002x".into() }],
+            identifiers: vec![OtherId::ResidentId {
+                value: "11010519491231002x".into(),
+            }],
             birth_date: Some("1949-12-31".into()),
             sex: Some(Sex::Female),
             ..Demographics::default()
@@ -728,9 +821,14 @@ mod tests {
             sex: Some(Sex::Male),
             ..base.clone()
         };
-        assert_eq!(normalize(&male).findings, vec![RecordFinding::ResidentIdSexMismatch]);
+        assert_eq!(
+            normalize(&male).findings,
+            vec![RecordFinding::ResidentIdSexMismatch]
+        );
         let invalid = Demographics {
-            identifiers: vec![OtherId::ResidentId { value: "110105194912310021".into() }],
+            identifiers: vec![OtherId::ResidentId {
+                value: "110105194912310021".into(),
+            }],
             ..base
         };
         let p = normalize(&invalid);

@@ -117,7 +117,9 @@ impl Thresholds {
     pub fn validate(&self) -> Result<(), WeightsError> {
         let all = [Some(self.possible), Some(self.probable), self.auto_link];
         if all.iter().flatten().any(|v| !v.is_finite()) {
-            return Err(WeightsError::Thresholds("every threshold must be a finite number".into()));
+            return Err(WeightsError::Thresholds(
+                "every threshold must be a finite number".into(),
+            ));
         }
         if self.possible > self.probable {
             return Err(WeightsError::Thresholds(format!(
@@ -142,19 +144,45 @@ const DEFAULTS: [(FieldKind, &[(f64, f64)]); FIELD_COUNT] = [
     // exact, phonetic, fuzzy, partial, disagree
     (
         FieldKind::Name,
-        &[(0.86, 0.0005), (0.06, 0.001), (0.04, 0.004), (0.03, 0.06), (0.01, 0.9345)],
+        &[
+            (0.86, 0.0005),
+            (0.06, 0.001),
+            (0.04, 0.004),
+            (0.03, 0.06),
+            (0.01, 0.9345),
+        ],
     ),
     // exact, swapped, one off, disagree
-    (FieldKind::BirthDate, &[(0.93, 0.0001), (0.01, 0.0001), (0.045, 0.003), (0.015, 0.9968)]),
+    (
+        FieldKind::BirthDate,
+        &[
+            (0.93, 0.0001),
+            (0.01, 0.0001),
+            (0.045, 0.003),
+            (0.015, 0.9968),
+        ],
+    ),
     (FieldKind::Sex, &[(0.98, 0.5), (0.02, 0.5)]),
     (FieldKind::Phone, &[(0.7, 0.002), (0.3, 0.998)]),
     // exact, partial, disagree
-    (FieldKind::Address, &[(0.6, 0.002), (0.25, 0.02), (0.15, 0.978)]),
+    (
+        FieldKind::Address,
+        &[(0.6, 0.002), (0.25, 0.02), (0.15, 0.978)],
+    ),
     (FieldKind::Postcode, &[(0.85, 0.01), (0.15, 0.99)]),
     // exact, close, disagree
-    (FieldKind::ResidentId, &[(0.96, 0.000_001), (0.03, 0.000_01), (0.01, 0.999_989)]),
-    (FieldKind::Insurance, &[(0.97, 0.000_001), (0.03, 0.999_999)]),
-    (FieldKind::NationalId, &[(0.94, 0.000_001), (0.04, 0.000_01), (0.02, 0.999_989)]),
+    (
+        FieldKind::ResidentId,
+        &[(0.96, 0.000_001), (0.03, 0.000_01), (0.01, 0.999_989)],
+    ),
+    (
+        FieldKind::Insurance,
+        &[(0.97, 0.000_001), (0.03, 0.999_999)],
+    ),
+    (
+        FieldKind::NationalId,
+        &[(0.94, 0.000_001), (0.04, 0.000_01), (0.02, 0.999_989)],
+    ),
 ];
 
 impl Default for Weights {
@@ -182,7 +210,10 @@ impl Weights {
     /// the m and u probabilities of each field sum to 1 (±0.01).
     pub fn validate(&self) -> Result<(), WeightsError> {
         for field in FieldKind::ALL {
-            let levels = self.fields.get(&field).ok_or(WeightsError::MissingField(field))?;
+            let levels = self
+                .fields
+                .get(&field)
+                .ok_or(WeightsError::MissingField(field))?;
             let expected = field.levels();
             if levels.len() != expected.len() || expected.iter().any(|l| !levels.contains_key(l)) {
                 return Err(WeightsError::Levels { field, expected });
@@ -223,7 +254,10 @@ impl Weights {
         let mut t = [[0.0; 8]; FIELD_COUNT];
         for field in FieldKind::ALL {
             for level in field.levels() {
-                if let Some(slot) = t.get_mut(field.index()).and_then(|r| r.get_mut(*level as usize)) {
+                if let Some(slot) = t
+                    .get_mut(field.index())
+                    .and_then(|r| r.get_mut(*level as usize))
+                {
                     *slot = self.weight(field, Some(*level));
                 }
             }
@@ -241,6 +275,10 @@ pub struct EmOptions {
     pub tolerance: f64,
     /// The starting share of matches among the vectors.
     pub initial_match_proportion: f64,
+    /// Keep the initial u probabilities (estimate m and the match share only): use with u
+    /// from [`u_from_random_pairs`] when the blocked pairs hold too few non-matches for EM
+    /// to learn u from.
+    pub fix_u: bool,
 }
 
 impl Default for EmOptions {
@@ -249,6 +287,7 @@ impl Default for EmOptions {
             max_iterations: 200,
             tolerance: 1e-6,
             initial_match_proportion: 0.1,
+            fix_u: false,
         }
     }
 }
@@ -269,7 +308,10 @@ pub struct EmEstimate {
 /// Estimates m and u by EM from comparison vectors of blocked candidate pairs (see
 /// [`super::Matcher::comparison_vectors`]), starting from `initial`. Same as
 /// [`estimate_em_with`] with default options, returning the weights only.
-pub fn estimate_em(vectors: &[ComparisonVector], initial: &Weights) -> Result<Weights, WeightsError> {
+pub fn estimate_em(
+    vectors: &[ComparisonVector],
+    initial: &Weights,
+) -> Result<Weights, WeightsError> {
     estimate_em_with(vectors, initial, EmOptions::default()).map(|e| e.weights)
 }
 
@@ -332,7 +374,10 @@ pub fn estimate_em_with(
         for field in FieldKind::ALL {
             let f = field.index();
             let levels = field.levels();
-            for (table, num) in [(&mut m, &m_num), (&mut u, &u_num)] {
+            for (is_u, table, num) in [(false, &mut m, &m_num), (true, &mut u, &u_num)] {
+                if is_u && options.fix_u {
+                    continue;
+                }
                 let total: f64 = levels.iter().map(|l| num[f][*l as usize]).sum();
                 if total <= 1e-12 {
                     continue; // never observed: keep the initial values
@@ -382,6 +427,41 @@ pub fn estimate_em_with(
     })
 }
 
+/// Replaces the u probabilities of `initial` by the level frequencies among comparison
+/// vectors of random record pairs (nearly all of different people), smoothed by half a count
+/// so that no level is impossible. Fields absent from every vector keep their u.
+pub fn u_from_random_pairs(random_pairs: &[ComparisonVector], initial: &Weights) -> Weights {
+    let mut out = initial.clone();
+    for field in FieldKind::ALL {
+        let levels = field.levels();
+        let counts: Vec<f64> = levels
+            .iter()
+            .map(|l| {
+                #[allow(clippy::cast_precision_loss)]
+                let n = random_pairs
+                    .iter()
+                    .filter(|v| v.get(field) == Some(*l))
+                    .count() as f64;
+                n
+            })
+            .collect();
+        let total: f64 = counts.iter().sum();
+        if total == 0.0 {
+            continue;
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let denom = total + 0.5 * levels.len() as f64;
+        if let Some(f) = out.fields.get_mut(&field) {
+            for (l, n) in levels.iter().zip(counts) {
+                if let Some(w) = f.get_mut(l) {
+                    w.u = ((n + 0.5) / denom).clamp(1e-6, 1.0 - 1e-6);
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,22 +489,66 @@ mod tests {
             .insert(Level::Exact, LevelWeight { m: 1.0, u: 0.5 });
         assert!(matches!(
             w.validate(),
-            Err(WeightsError::Probability { field: FieldKind::Sex, level: Level::Exact, which: "m", .. })
+            Err(WeightsError::Probability {
+                field: FieldKind::Sex,
+                level: Level::Exact,
+                which: "m",
+                ..
+            })
         ));
         let mut w = Weights::default();
-        w.fields.get_mut(&FieldKind::Sex).unwrap().insert(Level::Exact, LevelWeight { m: 0.5, u: 0.5 });
-        assert!(matches!(w.validate(), Err(WeightsError::Sum { field: FieldKind::Sex, which: "m", .. })));
+        w.fields
+            .get_mut(&FieldKind::Sex)
+            .unwrap()
+            .insert(Level::Exact, LevelWeight { m: 0.5, u: 0.5 });
+        assert!(matches!(
+            w.validate(),
+            Err(WeightsError::Sum {
+                field: FieldKind::Sex,
+                which: "m",
+                ..
+            })
+        ));
         let mut w = Weights::default();
-        w.fields.get_mut(&FieldKind::Sex).unwrap().insert(Level::Phonetic, LevelWeight { m: 0.5, u: 0.5 });
-        assert!(matches!(w.validate(), Err(WeightsError::Levels { field: FieldKind::Sex, .. })));
+        w.fields
+            .get_mut(&FieldKind::Sex)
+            .unwrap()
+            .insert(Level::Phonetic, LevelWeight { m: 0.5, u: 0.5 });
+        assert!(matches!(
+            w.validate(),
+            Err(WeightsError::Levels {
+                field: FieldKind::Sex,
+                ..
+            })
+        ));
         let mut w = Weights::default();
         w.fields.remove(&FieldKind::Phone);
-        assert_eq!(w.validate(), Err(WeightsError::MissingField(FieldKind::Phone)));
-        let t = Thresholds { auto_link: None, probable: 5.0, possible: 10.0 };
-        assert!(t.validate().unwrap_err().to_string().contains("possible (10)"));
-        let t = Thresholds { auto_link: Some(1.0), probable: 5.0, possible: 0.0 };
+        assert_eq!(
+            w.validate(),
+            Err(WeightsError::MissingField(FieldKind::Phone))
+        );
+        let t = Thresholds {
+            auto_link: None,
+            probable: 5.0,
+            possible: 10.0,
+        };
+        assert!(
+            t.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("possible (10)")
+        );
+        let t = Thresholds {
+            auto_link: Some(1.0),
+            probable: 5.0,
+            possible: 0.0,
+        };
         assert!(t.validate().unwrap_err().to_string().contains("auto_link"));
-        let t = Thresholds { auto_link: None, probable: f64::NAN, possible: 0.0 };
+        let t = Thresholds {
+            auto_link: None,
+            probable: f64::NAN,
+            possible: 0.0,
+        };
         assert!(t.validate().is_err());
         let bad = r#"{"fields": {}, "extra": 1}"#;
         assert!(serde_json::from_str::<Weights>(bad).is_err());
@@ -437,27 +561,41 @@ mod tests {
         let mut vectors = Vec::new();
         let mut seed = 7u64;
         let mut next = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (seed >> 33) as f64 / (1u64 << 31) as f64
         };
         for i in 0..10_000 {
             let is_match = i < 1_000;
             let mut v = ComparisonVector::default();
             let name = if is_match {
-                if next() < 0.9 { Level::Exact } else { Level::Fuzzy }
+                if next() < 0.9 {
+                    Level::Exact
+                } else {
+                    Level::Fuzzy
+                }
             } else if next() < 0.01 {
                 Level::Exact
             } else {
                 Level::Disagree
             };
             let dob = if is_match {
-                if next() < 0.95 { Level::Exact } else { Level::Disagree }
+                if next() < 0.95 {
+                    Level::Exact
+                } else {
+                    Level::Disagree
+                }
             } else if next() < 0.005 {
                 Level::Exact
             } else {
                 Level::Disagree
             };
-            let sex = if is_match || next() < 0.5 { Level::Exact } else { Level::Disagree };
+            let sex = if is_match || next() < 0.5 {
+                Level::Exact
+            } else {
+                Level::Disagree
+            };
             v.levels[FieldKind::Name.index()] = Some(name);
             v.levels[FieldKind::BirthDate.index()] = Some(dob);
             v.levels[FieldKind::Sex.index()] = Some(sex);
@@ -465,14 +603,32 @@ mod tests {
         }
         let est = estimate_em_with(&vectors, &Weights::default(), EmOptions::default()).unwrap();
         est.weights.validate().unwrap();
-        assert!((est.match_proportion - 0.1).abs() < 0.01, "{}", est.match_proportion);
+        assert!(
+            (est.match_proportion - 0.1).abs() < 0.01,
+            "{}",
+            est.match_proportion
+        );
         let name = &est.weights.fields[&FieldKind::Name];
-        assert!((name[&Level::Exact].m - 0.9).abs() < 0.03, "{:?}", name[&Level::Exact]);
-        assert!((name[&Level::Exact].u - 0.01).abs() < 0.005, "{:?}", name[&Level::Exact]);
+        assert!(
+            (name[&Level::Exact].m - 0.9).abs() < 0.03,
+            "{:?}",
+            name[&Level::Exact]
+        );
+        assert!(
+            (name[&Level::Exact].u - 0.01).abs() < 0.005,
+            "{:?}",
+            name[&Level::Exact]
+        );
         let dob = &est.weights.fields[&FieldKind::BirthDate];
         assert!((dob[&Level::Exact].m - 0.95).abs() < 0.03);
         // A field absent from every vector keeps its initial values.
-        assert_eq!(est.weights.fields[&FieldKind::Phone], Weights::default().fields[&FieldKind::Phone]);
-        assert_eq!(estimate_em(&[], &Weights::default()), Err(WeightsError::NoData));
+        assert_eq!(
+            est.weights.fields[&FieldKind::Phone],
+            Weights::default().fields[&FieldKind::Phone]
+        );
+        assert_eq!(
+            estimate_em(&[], &Weights::default()),
+            Err(WeightsError::NoData)
+        );
     }
 }
