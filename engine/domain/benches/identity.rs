@@ -1,0 +1,222 @@
+//! Identity matching bench (STANDARDS MATCH-05): run with
+//! `cargo bench -p huizhen-domain --bench identity` (add `-- --quick`, or set
+//! `HZ_BENCH_QUICK=1`, for smaller sizes).
+//!
+//! (a) FEBRL 4: import file A, decide each record of B against it, weights estimated by EM
+//!     from the blocked pairs; precision/recall/F1 and time.
+//! (b) The Chinese generator: precision/recall/F1, precision of `certain`, auto-links between
+//!     twins and parent/child, at the default weights and thresholds.
+//! (c) A `MemoryIndex` of 1,000,000 generated identities: per-record decision latency
+//!     p50/p99 and records/s.
+#![allow(clippy::print_stdout, reason = "a bench binary prints its table")]
+
+use std::time::{Duration, Instant};
+
+use huizhen_domain::identity::eval::{Evaluation, Evaluator};
+use huizhen_domain::identity::synth::{SynthConfig, generate};
+use huizhen_domain::identity::{
+    EmOptions, Matcher, MemoryIndex, Thresholds, Weights, estimate_em_with, febrl, normalize,
+    random_pair_vectors, u_from_random_pairs,
+};
+
+fn main() {
+    let quick =
+        std::env::args().any(|a| a == "--quick") || std::env::var_os("HZ_BENCH_QUICK").is_some();
+    let mut rows: Vec<(String, String)> = Vec::new();
+    febrl4(&mut rows);
+    chinese(&mut rows, if quick { 2_000 } else { 20_000 });
+    big_index(
+        &mut rows,
+        if quick { 100_000 } else { 1_000_000 },
+        if quick { 2_000 } else { 10_000 },
+    );
+    println!();
+    println!("| measure | value |");
+    println!("|---|---|");
+    for (k, v) in rows {
+        println!("| {k} | {v} |");
+    }
+}
+
+fn push_eval(rows: &mut Vec<(String, String)>, label: &str, e: &Evaluation) {
+    rows.push((
+        format!("{label}: precision / recall / F1"),
+        format!("{:.5} / {:.5} / {:.5}", e.precision(), e.recall(), e.f1()),
+    ));
+    rows.push((
+        format!("{label}: pairs true / predicted / true positives"),
+        format!(
+            "{} / {} / {}",
+            e.true_pairs, e.predicted_pairs, e.true_positives
+        ),
+    ));
+    rows.push((
+        format!("{label}: certain pairs / precision of certain"),
+        format!("{} / {:.5}", e.certain_pairs, e.certain_precision()),
+    ));
+}
+
+fn febrl4(rows: &mut Vec<(String, String)>) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/febrl4");
+    let (Ok(a), Ok(b)) = (
+        std::fs::read_to_string(format!("{dir}/febrl4a.csv")),
+        std::fs::read_to_string(format!("{dir}/febrl4b.csv")),
+    ) else {
+        rows.push(("FEBRL4".into(), "testdata missing".into()));
+        return;
+    };
+    let a = febrl::parse(&a, "A");
+    let b = febrl::parse(&b, "B");
+    let start = Instant::now();
+    // EM from the blocked pairs of B against A.
+    let seed =
+        Matcher::new(Weights::default(), Thresholds::default()).expect("default weights are valid");
+    let mut index = MemoryIndex::new();
+    for r in &a {
+        let id = index.new_person_id();
+        index.insert(id, normalize(&r.demographics));
+    }
+    let incoming: Vec<_> = b.iter().map(|r| normalize(&r.demographics)).collect();
+    let vectors = seed.comparison_vectors(&incoming, &index);
+    let everyone: Vec<_> = a
+        .iter()
+        .chain(b.iter())
+        .map(|r| normalize(&r.demographics))
+        .collect();
+    let initial = u_from_random_pairs(
+        &random_pair_vectors(&everyone, 200_000, 4),
+        &Weights::default(),
+    );
+    let em = estimate_em_with(
+        &vectors,
+        &initial,
+        EmOptions {
+            fix_u: true,
+            ..EmOptions::default()
+        },
+    )
+    .expect("EM runs");
+    let em_time = start.elapsed();
+    let matcher = Matcher::new(em.weights, Thresholds::default()).expect("EM weights are valid");
+    let start = Instant::now();
+    let mut ev = Evaluator::new(&matcher);
+    for r in &a {
+        ev.preload(&r.demographics, truth(r.person));
+    }
+    let import = start.elapsed();
+    for r in &b {
+        ev.decide(&r.demographics, truth(r.person));
+    }
+    let total = start.elapsed();
+    let e = ev.evaluation();
+    rows.push((
+        "FEBRL4: EM (pairs, iterations, match share, time)".into(),
+        format!(
+            "{} pairs, {} it, p = {:.4}, {:.2?}",
+            vectors.len(),
+            em.iterations,
+            em.match_proportion,
+            em_time
+        ),
+    ));
+    rows.push((
+        "FEBRL4: import A 5,000 / decide B 5,000".into(),
+        format!("{import:.2?} / {:.2?}", total - import),
+    ));
+    push_eval(rows, "FEBRL4", &e);
+}
+
+fn truth(person: u64) -> huizhen_domain::identity::synth::Truth {
+    huizhen_domain::identity::synth::Truth {
+        person,
+        family: person,
+        role: huizhen_domain::identity::synth::Role::Adult,
+    }
+}
+
+fn chinese(rows: &mut Vec<(String, String)>, people: usize) {
+    let records = generate(SynthConfig {
+        people,
+        ..SynthConfig::default()
+    });
+    let matcher =
+        Matcher::new(Weights::default(), Thresholds::default()).expect("default weights are valid");
+    let start = Instant::now();
+    let mut ev = Evaluator::new(&matcher);
+    for r in &records {
+        ev.decide(&r.demographics, r.truth);
+    }
+    let took = start.elapsed();
+    let e = ev.evaluation();
+    let label = format!("Chinese synth ({people} people, {} records)", records.len());
+    rows.push((format!("{label}: time"), format!("{took:.2?}")));
+    push_eval(rows, &label, &e);
+    rows.push((
+        format!("{label}: auto-links twins / parent-child"),
+        format!("{} / {}", e.twin_auto_links, e.parent_child_auto_links),
+    ));
+    rows.push((
+        format!("{label}: probable-or-certain twins / parent-child"),
+        format!("{} / {}", e.twin_predicted, e.parent_child_predicted),
+    ));
+}
+
+fn big_index(rows: &mut Vec<(String, String)>, people: usize, queries: usize) {
+    let start = Instant::now();
+    let records = generate(SynthConfig {
+        people,
+        seed: 99,
+        ..SynthConfig::default()
+    });
+    let generated = start.elapsed();
+    let start = Instant::now();
+    let normalized: Vec<_> = records
+        .iter()
+        .map(|r| (r.truth.person, normalize(&r.demographics)))
+        .collect();
+    let normalize_time = start.elapsed();
+    let split = normalized.len().saturating_sub(queries);
+    let start = Instant::now();
+    let mut index = MemoryIndex::new();
+    for (person, n) in normalized.iter().take(split) {
+        index.insert(*person, n.clone());
+    }
+    let build = start.elapsed();
+    let matcher =
+        Matcher::new(Weights::default(), Thresholds::default()).expect("default weights are valid");
+    let mut lat: Vec<Duration> = Vec::with_capacity(queries);
+    let mut linked = 0usize;
+    let start = Instant::now();
+    for r in records.iter().skip(split) {
+        let t = Instant::now();
+        let d = matcher.decide(&r.demographics, &index);
+        lat.push(t.elapsed());
+        linked += usize::from(d.auto_link().is_some());
+    }
+    let all = start.elapsed();
+    lat.sort();
+    let pct = |p: f64| {
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
+        lat.get(i).copied().unwrap_or_default()
+    };
+    let label = format!("MemoryIndex of {} records ({people} people)", index.len());
+    rows.push((
+        format!("{label}: generate / normalise / build"),
+        format!("{generated:.2?} / {normalize_time:.2?} / {build:.2?}"),
+    ));
+    rows.push((
+        format!("{label}: decision p50 / p99 / max"),
+        format!("{:.3?} / {:.3?} / {:.3?}", pct(0.5), pct(0.99), pct(1.0)),
+    ));
+    #[allow(clippy::cast_precision_loss)]
+    let rate = lat.len() as f64 / all.as_secs_f64();
+    rows.push((
+        format!("{label}: records/s (one thread, decide incl. normalise)"),
+        format!("{rate:.0} ({} decisions, {linked} auto-linked)", lat.len()),
+    ));
+}
