@@ -22,7 +22,9 @@
 //!
 //! A routine case without a window does not need the expert online: the offer waits for them.
 
-use chrono::{DateTime, Datelike, Duration, NaiveDateTime, Utc};
+use std::collections::HashMap;
+
+use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::case::{CaseRequest, Urgency};
@@ -155,7 +157,7 @@ pub fn active_agreement<'a>(
     agreements: &'a [Agreement],
     requesting: &str,
     expert_facility: &str,
-    today: chrono::NaiveDate,
+    today: NaiveDate,
 ) -> Option<&'a Agreement> {
     agreements
         .iter()
@@ -168,150 +170,254 @@ pub fn active_agreement<'a>(
 }
 
 /// Runs every hard filter on one expert. `agreements` are those of the case's requesting
-/// facility (others are ignored). Eligible, or every reason it is not.
+/// facility (others are ignored). Eligible, or every reason it is not. (Matching builds one
+/// [`CaseFilter`] per case instead, which computes the per-case parts once.)
 pub fn check_expert<'a>(
-    case: &CaseRequest,
+    case: &'a CaseRequest,
     expert: &'a Expert,
     agreements: &'a [Agreement],
-    config: &MatchConfig,
+    config: &'a MatchConfig,
     now: DateTime<Utc>,
 ) -> Result<Eligible<'a>, Vec<Reason>> {
-    let mut out = Vec::new();
-    let mut fail = |code: ReasonCode, text: String| out.push(Reason { code, text });
-    let local_now = config.local(now);
-    let today = local_now.date();
+    CaseFilter::new(case, agreements, config, now).check(expert)
+}
 
-    if !expert.in_department(&case.department) {
-        fail(
-            ReasonCode::DepartmentMismatch,
-            format!(
-                "not in department {} (departments: {})",
-                case.department.trim(),
-                expert.departments.join(", ")
-            ),
+/// The hard filters of one case at one time. What does not depend on the expert (local time,
+/// the best agreement per expert facility, the texts of per-case reasons) is computed once, so
+/// checking thousands of candidates stays cheap.
+#[derive(Debug)]
+pub struct CaseFilter<'a> {
+    case: &'a CaseRequest,
+    config: &'a MatchConfig,
+    agreements: &'a [Agreement],
+    now: DateTime<Utc>,
+    local_now: NaiveDateTime,
+    today: NaiveDate,
+    window: Option<(NaiveDateTime, NaiveDateTime)>,
+    /// The best agreement in force today per expert facility.
+    active: HashMap<&'a str, &'a Agreement>,
+    expertise_text: String,
+    outside_text: String,
+    window_text: String,
+}
+
+impl<'a> CaseFilter<'a> {
+    /// Prepares the filters for `case` at `now`; `agreements` are the requesting facility's.
+    pub fn new(
+        case: &'a CaseRequest,
+        agreements: &'a [Agreement],
+        config: &'a MatchConfig,
+        now: DateTime<Utc>,
+    ) -> CaseFilter<'a> {
+        let local_now = config.local(now);
+        let today = local_now.date();
+        let mut active: HashMap<&str, &Agreement> = HashMap::new();
+        for a in agreements {
+            if a.requesting_facility.trim() != case.requesting_facility.trim()
+                || !a.is_active_on(today)
+            {
+                continue;
+            }
+            let slot = active.entry(a.expert_facility.trim()).or_insert(a);
+            if (a.kind, &a.id) < (slot.kind, &slot.id) {
+                *slot = a;
+            }
+        }
+        let window = case
+            .window
+            .map(|w| (config.local(w.from), config.local(w.to)));
+        let expertise_text = case
+            .icd10
+            .as_ref()
+            .map(|code| {
+                format!(
+                    "declares no expertise in category {} (case code {code})",
+                    code.category()
+                )
+            })
+            .unwrap_or_default();
+        let outside_text = format!(
+            "urgent case: outside the schedule windows at {} local time and not on call",
+            local_now.format("%a %H:%M")
         );
-    }
-    let specificity = match &case.icd10 {
-        None => Some(Specificity::DepartmentOnly),
-        Some(code) => best_specificity(&expert.expertise, code),
-    };
-    if let (None, Some(code)) = (specificity, &case.icd10) {
-        fail(
-            ReasonCode::ExpertiseMismatch,
-            format!(
-                "declares no expertise in category {} (case code {code})",
-                code.category()
-            ),
-        );
-    }
-    if let Some(min) = case.min_title
-        && expert.title < min
-    {
-        fail(
-            ReasonCode::TitleBelowMinimum,
-            format!("title {} is below the required {}", expert.title, min),
-        );
-    }
-    if !expert.licence_verified {
-        fail(
-            ReasonCode::LicenceNotVerified,
-            "licence and real-name verification not done (CN-11)".to_owned(),
-        );
-    }
-    if !expert.registration_active {
-        fail(
-            ReasonCode::RegistrationInactive,
-            "practice registration not active (CN-11)".to_owned(),
-        );
-    }
-    let practice_years = expert.practice_years(today);
-    if practice_years < config.min_practice_years {
-        fail(
-            ReasonCode::PracticeUnderMinimumYears,
-            format!(
-                "{practice_years} years of independent practice (since {}), {} required (CN-06)",
-                expert.independent_practice_since, config.min_practice_years
-            ),
-        );
-    }
-    if config.require_multi_site_filing
-        && let Some(platform) = config.platform_facility.as_deref().map(str::trim)
-        && expert.facility.trim() != platform
-        && !expert
-            .multi_site_filings
-            .iter()
-            .any(|f| f.trim() == platform)
-    {
-        fail(
-            ReasonCode::MultiSiteFilingMissing,
-            format!("no 多机构执业 filing at the platform facility {platform} (CN-11)"),
-        );
-    }
-    let same_facility = expert.facility.trim() == case.requesting_facility.trim();
-    let agreement = if same_facility {
-        None
-    } else {
-        let found = active_agreement(
+        let window_text = window
+            .map(|(from, to)| {
+                format!(
+                    "no schedule window overlaps the requested {} – {} local time",
+                    from.format("%Y-%m-%d %a %H:%M"),
+                    to.format("%Y-%m-%d %a %H:%M")
+                )
+            })
+            .unwrap_or_default();
+        CaseFilter {
+            case,
+            config,
             agreements,
-            &case.requesting_facility,
-            &expert.facility,
+            now,
+            local_now,
             today,
-        );
-        if found.is_none() {
+            window,
+            active,
+            expertise_text,
+            outside_text,
+            window_text,
+        }
+    }
+
+    /// Runs every hard filter on one expert: eligible, or every reason it is not.
+    pub fn check<'e>(&self, expert: &'e Expert) -> Result<Eligible<'e>, Vec<Reason>>
+    where
+        'a: 'e,
+    {
+        let (case, config) = (self.case, self.config);
+        let mut out = Vec::new();
+        let mut fail = |code: ReasonCode, text: String| out.push(Reason { code, text });
+
+        if !expert.in_department(&case.department) {
             fail(
-                ReasonCode::NoActiveAgreement,
-                agreement_text(agreements, case, expert, today),
+                ReasonCode::DepartmentMismatch,
+                format!(
+                    "not in department {} (departments: {})",
+                    case.department.trim(),
+                    expert.departments.join(", ")
+                ),
             );
         }
-        found
-    };
-    check_availability(case, expert, config, now, local_now, &mut fail);
-    if same_facility && case.require_external {
-        fail(
-            ReasonCode::SameFacility,
-            format!(
-                "same facility as the requester ({}) and an external opinion is required",
-                expert.facility
-            ),
-        );
-    }
-    if case
-        .exclude_experts
-        .iter()
-        .any(|x| x.trim() == expert.id.trim())
-    {
-        fail(
-            ReasonCode::ExcludedDoctor,
-            "excluded by the case (e.g. the patient's prior treating doctor)".to_owned(),
-        );
-    }
-    if expert.load.open_consultations >= config.max_open_consultations {
-        fail(
-            ReasonCode::AtLoadCap,
-            format!(
-                "at the load cap: {} open consultations (cap {})",
-                expert.load.open_consultations, config.max_open_consultations
-            ),
-        );
-    } else if let Some(cap) = config.max_sessions_today
-        && expert.load.sessions_today >= cap
-    {
-        fail(
-            ReasonCode::AtLoadCap,
-            format!(
-                "at the load cap: {} sessions today (cap {cap})",
-                expert.load.sessions_today
-            ),
-        );
-    }
-    match specificity {
-        Some(specificity) if out.is_empty() => Ok(Eligible {
-            expert,
-            specificity,
-            agreement,
-            practice_years,
-        }),
-        _ => Err(out),
+        let specificity = match &case.icd10 {
+            None => Some(Specificity::DepartmentOnly),
+            Some(code) => best_specificity(&expert.expertise, code),
+        };
+        if specificity.is_none() {
+            fail(ReasonCode::ExpertiseMismatch, self.expertise_text.clone());
+        }
+        if let Some(min) = case.min_title
+            && expert.title < min
+        {
+            fail(
+                ReasonCode::TitleBelowMinimum,
+                format!("title {} is below the required {}", expert.title, min),
+            );
+        }
+        if !expert.licence_verified {
+            fail(
+                ReasonCode::LicenceNotVerified,
+                "licence and real-name verification not done (CN-11)".to_owned(),
+            );
+        }
+        if !expert.registration_active {
+            fail(
+                ReasonCode::RegistrationInactive,
+                "practice registration not active (CN-11)".to_owned(),
+            );
+        }
+        let practice_years = expert.practice_years(self.today);
+        if practice_years < config.min_practice_years {
+            fail(
+                ReasonCode::PracticeUnderMinimumYears,
+                format!(
+                    "{practice_years} years of independent practice (since {}), {} required \
+                     (CN-06)",
+                    expert.independent_practice_since, config.min_practice_years
+                ),
+            );
+        }
+        if config.require_multi_site_filing
+            && let Some(platform) = config.platform_facility.as_deref().map(str::trim)
+            && expert.facility.trim() != platform
+            && !expert
+                .multi_site_filings
+                .iter()
+                .any(|f| f.trim() == platform)
+        {
+            fail(
+                ReasonCode::MultiSiteFilingMissing,
+                format!("no 多机构执业 filing at the platform facility {platform} (CN-11)"),
+            );
+        }
+        let same_facility = expert.facility.trim() == case.requesting_facility.trim();
+        let agreement = if same_facility {
+            None
+        } else {
+            let found = self.active.get(expert.facility.trim()).copied();
+            if found.is_none() {
+                fail(
+                    ReasonCode::NoActiveAgreement,
+                    agreement_text(self.agreements, case, expert, self.today),
+                );
+            }
+            found
+        };
+        if case.urgency == Urgency::Urgent && !expert.schedule.on_call {
+            if !in_schedule_at(&expert.schedule, self.local_now) {
+                fail(ReasonCode::OutsideSchedule, self.outside_text.clone());
+            }
+            if !expert
+                .presence
+                .is_online(self.now, config.presence_staleness_seconds)
+            {
+                let text = match expert.presence.last_heartbeat {
+                    Some(t) => format!(
+                        "urgent case: offline, last heartbeat {} s ago (limit {} s), not on call",
+                        (self.now - t).num_seconds(),
+                        config.presence_staleness_seconds
+                    ),
+                    None => "urgent case: offline, never connected, not on call".to_owned(),
+                };
+                fail(ReasonCode::Offline, text);
+            }
+        }
+        if let Some((from, to)) = self.window
+            && !overlaps(&expert.schedule, from, to)
+        {
+            fail(ReasonCode::NoWindowOverlap, self.window_text.clone());
+        }
+        if same_facility && case.require_external {
+            fail(
+                ReasonCode::SameFacility,
+                format!(
+                    "same facility as the requester ({}) and an external opinion is required",
+                    expert.facility
+                ),
+            );
+        }
+        if case
+            .exclude_experts
+            .iter()
+            .any(|x| x.trim() == expert.id.trim())
+        {
+            fail(
+                ReasonCode::ExcludedDoctor,
+                "excluded by the case (e.g. the patient's prior treating doctor)".to_owned(),
+            );
+        }
+        if expert.load.open_consultations >= config.max_open_consultations {
+            fail(
+                ReasonCode::AtLoadCap,
+                format!(
+                    "at the load cap: {} open consultations (cap {})",
+                    expert.load.open_consultations, config.max_open_consultations
+                ),
+            );
+        } else if let Some(cap) = config.max_sessions_today
+            && expert.load.sessions_today >= cap
+        {
+            fail(
+                ReasonCode::AtLoadCap,
+                format!(
+                    "at the load cap: {} sessions today (cap {cap})",
+                    expert.load.sessions_today
+                ),
+            );
+        }
+        match specificity {
+            Some(specificity) if out.is_empty() => Ok(Eligible {
+                expert,
+                specificity,
+                agreement,
+                practice_years,
+            }),
+            _ => Err(out),
+        }
     }
 }
 
@@ -319,7 +425,7 @@ fn agreement_text(
     agreements: &[Agreement],
     case: &CaseRequest,
     expert: &Expert,
-    today: chrono::NaiveDate,
+    today: NaiveDate,
 ) -> String {
     let pair = format!(
         "{} → {}",
@@ -351,59 +457,10 @@ fn agreement_text(
     }
 }
 
-fn check_availability(
-    case: &CaseRequest,
-    expert: &Expert,
-    config: &MatchConfig,
-    now: DateTime<Utc>,
-    local_now: NaiveDateTime,
-    fail: &mut impl FnMut(ReasonCode, String),
-) {
-    let on_call = expert.schedule.on_call;
-    if case.urgency == Urgency::Urgent && !on_call {
-        if !in_schedule_at(&expert.schedule, local_now) {
-            fail(
-                ReasonCode::OutsideSchedule,
-                format!(
-                    "urgent case: outside the schedule windows at {} local time and not on call",
-                    local_now.format("%a %H:%M")
-                ),
-            );
-        }
-        if !expert
-            .presence
-            .is_online(now, config.presence_staleness_seconds)
-        {
-            let text = match expert.presence.last_heartbeat {
-                Some(t) => format!(
-                    "urgent case: offline, last heartbeat {} s ago (limit {} s), not on call",
-                    (now - t).num_seconds(),
-                    config.presence_staleness_seconds
-                ),
-                None => "urgent case: offline, never connected, not on call".to_owned(),
-            };
-            fail(ReasonCode::Offline, text);
-        }
-    }
-    if let Some(w) = case.window {
-        let (from, to) = (config.local(w.from), config.local(w.to));
-        if !overlaps(&expert.schedule, from, to) {
-            fail(
-                ReasonCode::NoWindowOverlap,
-                format!(
-                    "no schedule window overlaps the requested {} – {} local time",
-                    from.format("%Y-%m-%d %a %H:%M"),
-                    to.format("%Y-%m-%d %a %H:%M")
-                ),
-            );
-        }
-    }
-}
-
 /// The occurrences of the schedule's windows that start on `day`, as local intervals.
 fn occurrences(
     schedule: &Schedule,
-    day: chrono::NaiveDate,
+    day: NaiveDate,
 ) -> impl Iterator<Item = (NaiveDateTime, NaiveDateTime)> + '_ {
     schedule
         .windows

@@ -7,6 +7,39 @@ use std::collections::HashMap;
 use super::case::CaseRequest;
 use super::model::{Agreement, Expert, ExpertRegistry, Load, Presence};
 
+/// The candidates of one lookup: borrowed from an in-memory directory, or owned (built by a
+/// store query). Matching clones only the eligible ones (into the decision's snapshot).
+#[derive(Debug)]
+pub enum Candidates<'a> {
+    /// References into the index.
+    Borrowed(Vec<&'a Expert>),
+    /// Owned experts.
+    Owned(Vec<Expert>),
+}
+
+impl Candidates<'_> {
+    /// The experts, in the index's order.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = &Expert> + '_> {
+        match self {
+            Candidates::Borrowed(v) => Box::new(v.iter().copied()),
+            Candidates::Owned(v) => Box::new(v.iter()),
+        }
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        match self {
+            Candidates::Borrowed(v) => v.len(),
+            Candidates::Owned(v) => v.len(),
+        }
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The source of candidate experts and of the requesting facility's agreements.
 ///
 /// Contract: `candidates` returns at least every expert that could pass the hard filters for
@@ -23,6 +56,14 @@ pub trait ExpertIndex {
     /// The cooperation agreements whose requesting facility is `requesting_facility`, in force
     /// or not (the filters check the dates against `now` and record expired ones).
     fn agreements(&self, requesting_facility: &str) -> Vec<Agreement>;
+
+    /// The candidates without copying them when the index holds them in memory; what
+    /// [`match_experts`](super::match_experts) calls. The default wraps
+    /// [`candidates`](ExpertIndex::candidates) (right for a store that builds experts from
+    /// rows anyway).
+    fn candidate_refs(&self, case: &CaseRequest) -> Candidates<'_> {
+        Candidates::Owned(self.candidates(case))
+    }
 }
 
 /// An in-memory directory: experts indexed by department (each dotted ancestor too: an expert
@@ -165,6 +206,15 @@ impl ExpertIndex for MemoryExpertIndex {
             .collect()
     }
 
+    fn candidate_refs(&self, case: &CaseRequest) -> Candidates<'_> {
+        Candidates::Borrowed(
+            self.candidate_positions(case)
+                .into_iter()
+                .map(|i| &self.experts[i])
+                .collect(),
+        )
+    }
+
     fn agreements(&self, requesting_facility: &str) -> Vec<Agreement> {
         self.agreements
             .get(requesting_facility.trim())
@@ -179,5 +229,8 @@ impl<T: ExpertIndex + ?Sized> ExpertIndex for &T {
     }
     fn agreements(&self, requesting_facility: &str) -> Vec<Agreement> {
         (**self).agreements(requesting_facility)
+    }
+    fn candidate_refs(&self, case: &CaseRequest) -> Candidates<'_> {
+        (**self).candidate_refs(case)
     }
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::case::{CaseError, CaseRequest};
 use super::config::{ConfigError, MatchConfig};
 use super::features::{Feature, case_features, expert_features};
-use super::filter::{Reason, check_expert};
+use super::filter::{CaseFilter, Reason};
 use super::icd::Specificity;
 use super::index::ExpertIndex;
 use super::model::{Agreement, Expert};
@@ -71,12 +71,14 @@ pub struct Fallback {
     pub used: ScorerIdentity,
 }
 
-/// The experts and agreements the decision was made from, as they were: replaying uses these,
-/// not the directory's current state.
+/// What a replay needs, as it was at decision time: the eligible experts (full state) and the
+/// requesting facility's agreements. Replaying uses these, not the directory's current state.
+/// Excluded experts are kept as their exclusion reasons only, so that a decision stays small
+/// (a first-level department can return thousands of candidates).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Snapshot {
-    /// The candidates the index returned, with their state at decision time.
+    /// The eligible experts, with their state at decision time.
     pub experts: Vec<Expert>,
     /// The requesting facility's agreements.
     pub agreements: Vec<Agreement>,
@@ -182,27 +184,32 @@ pub fn match_experts(
 ) -> Result<MatchDecision, MatchError> {
     case.validate()?;
     config.validate()?;
-    let mut experts = index.candidates(case);
-    // Each expert once (the index contract says so; a store bug must not double an offer).
-    let mut seen = std::collections::HashSet::with_capacity(experts.len());
-    experts.retain(|e| seen.insert(e.id.clone()));
+    let found = index.candidate_refs(case);
+    let experts: Vec<&Expert> = found.iter().collect();
     let agreements = index.agreements(&case.requesting_facility);
-    decide(case, experts, agreements, scorer, config, now, seed)
+    decide(case, &experts, agreements, scorer, config, now, seed)
 }
 
 fn decide(
     case: &CaseRequest,
-    experts: Vec<Expert>,
+    experts: &[&Expert],
     agreements: Vec<Agreement>,
     scorer: &(impl Scorer + ?Sized),
     config: &MatchConfig,
     now: DateTime<Utc>,
     seed: u64,
 ) -> Result<MatchDecision, MatchError> {
+    // Each expert once, the first occurrence (the index contract says so; a store bug must
+    // not double an offer).
+    let mut seen = std::collections::HashSet::with_capacity(experts.len());
     let mut eligible = Vec::new();
     let mut exclusions = Vec::new();
-    for e in &experts {
-        match check_expert(case, e, &agreements, config, now) {
+    let filter = CaseFilter::new(case, &agreements, config, now);
+    for &e in experts {
+        if !seen.insert(e.id.as_str()) {
+            continue;
+        }
+        match filter.check(e) {
             Ok(ok) => eligible.push(ok),
             Err(reasons) => exclusions.push(Exclusion {
                 expert_id: e.id.clone(),
@@ -289,8 +296,8 @@ fn decide(
         scorer: identity,
         fallback,
         snapshot: Snapshot {
-            experts,
-            agreements,
+            experts: eligible.iter().map(|el| el.expert.clone()).collect(),
+            agreements: agreements.clone(),
         },
     })
 }
@@ -314,13 +321,15 @@ impl Replay {
 
 impl MatchDecision {
     /// Makes the decision again from its stored inputs (case, snapshot, config, time, seed)
-    /// with `scorer`, and lists every difference: scorer identity, fallback, ranking (order,
-    /// totals, contributions), exclusions, selection (MATCH-02 AT: same inputs and plugin hash
-    /// → identical ranking).
+    /// with `scorer`, and lists every difference: scorer identity, fallback, an eligible
+    /// expert now excluded, ranking (order, totals, contributions), selection (MATCH-02 AT:
+    /// same inputs and plugin hash → identical ranking). The stored exclusions are carried
+    /// over.
     pub fn replay(&self, scorer: &(impl Scorer + ?Sized)) -> Result<Replay, MatchError> {
-        let again = decide(
+        let experts: Vec<&Expert> = self.snapshot.experts.iter().collect();
+        let mut again = decide(
             &self.case,
-            self.snapshot.experts.clone(),
+            &experts,
             self.snapshot.agreements.clone(),
             scorer,
             &self.config,
@@ -328,6 +337,18 @@ impl MatchDecision {
             self.seed,
         )?;
         let mut differences = Vec::new();
+        // Exclusions are evidence: carried over, not recomputed (the snapshot holds the
+        // eligible experts only). An expert eligible then but excluded now is a difference.
+        let now_excluded = std::mem::replace(&mut again.exclusions, self.exclusions.clone());
+        for x in now_excluded {
+            let codes: Vec<&str> = x.reasons.iter().map(|r| r.code.as_str()).collect();
+            differences.push(format!(
+                "expert {}: eligible then, excluded on replay ({})",
+                x.expert_id,
+                codes.join(", ")
+            ));
+            again.exclusions.push(x);
+        }
         if again.scorer != self.scorer {
             differences.push(format!(
                 "scorer: stored {} {} ({}), replayed {} {} ({})",
@@ -365,9 +386,6 @@ impl MatchDecision {
                     a.expert_id, a.total, b.total
                 ));
             }
-        }
-        if again.exclusions != self.exclusions {
-            differences.push("exclusions differ".to_owned());
         }
         if again.selected != self.selected {
             differences.push(format!(

@@ -44,10 +44,10 @@ pub use fairness::{
     fairness_report, gini, top_decile_share,
 };
 pub use features::{Feature, case_features, expert_features};
-pub use filter::{Eligible, Reason, ReasonCode, check_expert};
+pub use filter::{CaseFilter, Eligible, Reason, ReasonCode, check_expert};
 pub use icd::{IcdCode, IcdError, Specificity};
 pub use import::{ImportError, ImportProblem, parse_csv};
-pub use index::{ExpertIndex, MemoryExpertIndex};
+pub use index::{Candidates, ExpertIndex, MemoryExpertIndex};
 pub use matching::{
     Exclusion, Fallback, MatchDecision, MatchError, RankedCandidate, Replay, Snapshot,
     match_experts, tie_break_key,

@@ -868,6 +868,28 @@ fn the_same_inputs_give_the_same_decision_and_replay_is_identical() {
     );
     assert!(stored.replay(&DefaultScorer).unwrap().is_identical());
 
+    // The snapshot keeps the eligible experts; a changed one shows up as a difference.
+    assert_eq!(stored.snapshot.experts.len(), stored.ranked.len());
+    let mut tampered = stored.clone();
+    let who = tampered.ranked[0].expert_id.clone();
+    tampered
+        .snapshot
+        .experts
+        .iter_mut()
+        .find(|e| e.id == who)
+        .unwrap()
+        .registration_active = false;
+    let r = tampered.replay(&DefaultScorer).unwrap();
+    assert_eq!(
+        r.differences[0],
+        format!("expert {who}: eligible then, excluded on replay (registration-inactive)")
+    );
+    assert!(
+        r.differences
+            .iter()
+            .any(|d| d.starts_with("ranking: stored"))
+    );
+
     // Another scorer does not replay the decision, and says how.
     let other = stored.replay(&ConstantScorer).unwrap();
     assert!(!other.is_identical());
