@@ -8,8 +8,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// An ICD-10 code or category, normalised: upper case, no dot, no spaces (`I2510` for
-/// `i25.10`). Displayed and serialised with the dot after the category (`I25.10`).
+/// An ICD-10 code or category, normalised: upper case, no dot, no spaces, full-width forms
+/// folded (`I2510` for `i25.10` or `Ｉ２５．１０`). Displayed and serialised with the dot after the category (`I25.10`).
 ///
 /// Valid: a letter, two digits (the category, e.g. `I25`), then any number of letters or digits
 /// (subcategory and extensions; the clinical edition's `x` extensions are letters).
@@ -66,6 +66,11 @@ impl IcdCode {
         let norm: String = text
             .trim()
             .chars()
+            // Full-width forms (Ｉ２５．１, typed with a Chinese input method) fold to ASCII.
+            .map(|c| match c {
+                '\u{ff01}'..='\u{ff5e}' => char::from_u32(c as u32 - 0xfee0).unwrap_or(c),
+                _ => c,
+            })
             .filter(|c| !matches!(c, '.' | ' ' | '\u{3000}'))
             .map(|c| c.to_ascii_uppercase())
             .collect();
@@ -174,6 +179,7 @@ mod tests {
             (" i25 ", "I25", "I25"),
             ("I25.103", "I25103", "I25.103"),
             ("c34.900x001", "C34900X001", "C34.900X001"),
+            ("Ｉ２５．１", "I251", "I25.1"),
         ] {
             let c = code(input);
             assert_eq!(c.normalized(), norm, "{input}");

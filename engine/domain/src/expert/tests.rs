@@ -972,6 +972,10 @@ fn a_failing_scorer_falls_back_to_the_default_and_says_why() {
             d.ranked, reference.ranked,
             "{code}: the default scorer ranked"
         );
+        // Stored and read back, the failure record is intact.
+        let stored: MatchDecision =
+            serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
+        assert_eq!(stored, d);
         // Replaying with the same (deterministically failing) plugin reproduces it.
         assert!(d.replay(&broken).unwrap().is_identical());
         assert!(!d.replay(&DefaultScorer).unwrap().is_identical());
