@@ -2,31 +2,10 @@
 //! runtime, speaks SQL or HTTP, or hosts WASM. Adding one fails here with the name and why.
 
 const FORBIDDEN: &[&str] = &[
-    "tokio",
-    "async-std",
-    "smol",
-    "futures",
-    "sqlx",
-    "rusqlite",
-    "postgres",
-    "tokio-postgres",
-    "axum",
-    "hyper",
-    "hyper-util",
-    "reqwest",
-    "ureq",
-    "tonic",
-    "wasmtime",
-    "wasmtime-wasi",
-    "lapin",
-    "redis",
-    "notify",
-    "tracing-subscriber",
-    "huizhen-core",
-    "huizhen-plugin",
-    "huizhen-hl7",
-    "huizhen-amqp",
-    "huizhen",
+    "tokio", "async-std", "smol", "futures", "sqlx", "rusqlite", "postgres", "tokio-postgres",
+    "axum", "hyper", "hyper-util", "reqwest", "ureq", "tonic", "wasmtime", "wasmtime-wasi",
+    "lapin", "redis", "notify", "tracing-subscriber", "huizhen-core", "huizhen-plugin",
+    "huizhen-hl7", "huizhen-amqp", "huizhen",
 ];
 
 #[test]
