@@ -163,3 +163,148 @@ async fn a_burst_of_20000_is_accepted_at_intake_speed_and_delivered_at_the_confi
     );
     engine.shutdown(Duration::from_secs(5)).await;
 }
+
+/// The key whose messages `test_hold_key` fails (retried in place) while it is set.
+static HELD_KEY: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+/// `(patient, seq)` in the order `test_hold_key` let messages through.
+static PASSED: std::sync::Mutex<Vec<(String, u64)>> = std::sync::Mutex::new(Vec::new());
+
+/// `test_hold_key: {}`: fails every message whose `body.patient` is the held key (a destination
+/// that refuses one patient's messages), records the order of the others.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HoldKeyConfig {}
+
+#[typetag::deserialize(name = "test_hold_key")]
+impl huizhen_core::steps::StepConfig for HoldKeyConfig {
+    fn type_name(&self) -> &'static str {
+        "test_hold_key"
+    }
+
+    fn build(
+        &self,
+        _ctx: &huizhen_core::runner::BuildContext,
+    ) -> Result<Arc<dyn huizhen_core::steps::Step>, String> {
+        Ok(Arc::new(HoldKey))
+    }
+}
+
+struct HoldKey;
+
+impl huizhen_core::steps::Step for HoldKey {
+    fn apply<'a>(
+        &'a self,
+        work: &'a mut huizhen_core::work::Work,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<huizhen_core::work::Flow, huizhen_core::work::StepError>,
+    > {
+        Box::pin(async move {
+            let v = work.json()?;
+            let patient = v["patient"].as_str().unwrap_or_default().to_owned();
+            let seq = v["seq"].as_u64().unwrap_or_default();
+            if HELD_KEY.lock().unwrap().as_deref() == Some(patient.as_str()) {
+                return Err(huizhen_core::work::StepError::new(
+                    "the destination refuses this patient for now",
+                ));
+            }
+            PASSED.lock().unwrap().push((patient, seq));
+            Ok(huizhen_core::work::Flow::Continue)
+        })
+    }
+}
+
+/// The journal's partition of an ordering key (FNV-1a, as the engine computes it).
+fn partition_of(key: &str, partitions: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h >> 1) % partitions
+}
+
+/// An ordered pipeline whose head of line for one patient retries in place: that patient's
+/// partition waits (in order), the other partitions' patients go on although far more messages
+/// wait in the journal than the in-memory queue holds; once the destination takes the patient
+/// again, everything is delivered, each patient's messages in the order sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retrying_head_of_line_holds_only_its_own_partition() {
+    const N: u64 = 2_000;
+    const PATIENTS: u64 = 8;
+    const PARTITIONS: u64 = 4;
+    *HELD_KEY.lock().unwrap() = Some("P0".into());
+    let db = fresh_db(Backend::Sqlite).await.unwrap();
+    let yaml = format!(
+        "version: 1\nname: ordered\nsource:\n  http: {{ path: /in/ordered, kind: json }}\nordering_key: \"body.patient\"\nconcurrency: {PARTITIONS}\nqueue: 8\nretry: {{ max_attempts: 1000000, backoff: 20ms, max_backoff: 50ms }}\nsteps:\n  - test_hold_key: {{}}\nsinks:\n  - journal: {{}}\n"
+    );
+    let engine = Engine::start(loaded(&db, &[&yaml])).await.unwrap();
+    let p = engine.pipeline("ordered").unwrap().clone();
+    for seq in 0..N {
+        let body = format!(r#"{{"seq":{seq},"patient":"P{}"}}"#, seq % PATIENTS);
+        p.submit(NewMessage::new(
+            "ordered",
+            "default",
+            "json",
+            body.into_bytes(),
+        ))
+        .await
+        .unwrap();
+    }
+    let held = partition_of("P0", PARTITIONS);
+    let free: u64 = (0..N)
+        .filter(|s| partition_of(&format!("P{}", s % PATIENTS), PARTITIONS) != held)
+        .count() as u64;
+    assert!(
+        free > 0,
+        "every patient shares P0's partition: choose other keys"
+    );
+    wait_for(
+        "the other partitions' messages while P0 is held",
+        Duration::from_secs(120),
+        || async { (PASSED.lock().unwrap().len() as u64 >= free).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    {
+        let passed = PASSED.lock().unwrap();
+        assert!(
+            passed
+                .iter()
+                .all(|(patient, _)| partition_of(patient, PARTITIONS) != held),
+            "a message of the held partition overtook its head of line"
+        );
+        assert_eq!(
+            passed.len() as u64,
+            free,
+            "the other partitions' messages all passed"
+        );
+    }
+
+    // The destination takes P0 again.
+    *HELD_KEY.lock().unwrap() = None;
+    wait_for("every message", Duration::from_secs(120), || async {
+        let c = engine.store.counts().await.ok()?;
+        let done: i64 = c
+            .iter()
+            .filter(|(p, s, _)| p == "ordered" && *s == State::Done)
+            .map(|x| x.2)
+            .sum();
+        (done as u64 == N).then_some(())
+    })
+    .await;
+    let passed = PASSED.lock().unwrap().clone();
+    assert_eq!(passed.len() as u64, N);
+    for patient in 0..PATIENTS {
+        let seqs: Vec<u64> = passed
+            .iter()
+            .filter(|(p, _)| *p == format!("P{patient}"))
+            .map(|(_, s)| *s)
+            .collect();
+        let mut sorted = seqs.clone();
+        sorted.sort_unstable();
+        assert_eq!(seqs, sorted, "P{patient}'s messages in the order sent");
+        assert_eq!(seqs.len() as u64, N / PATIENTS);
+    }
+    engine.shutdown(Duration::from_secs(3)).await;
+}

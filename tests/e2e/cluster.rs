@@ -722,3 +722,157 @@ async fn ordered_pipeline_keeps_order_when_a_process_is_killed() {
     drop(survivor);
     delete_queues(&prefix);
 }
+
+/// Issue 23, item 3: in a cluster nothing in the accept path waits on processing. The destination
+/// hangs (an MLLP receiver that takes each request and answers only once a gate opens); a node
+/// with 2 workers and an in-memory queue of 8 accepts 3,000 messages meanwhile (each journaled
+/// and its ticket confirmed by the broker), shows them in its backlog, and delivers every one once
+/// the destination answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_accepts_far_beyond_its_workers_while_the_destination_hangs() {
+    const N: usize = 3_000;
+    let _broker = broker_shared().await;
+    if !broker_up().await {
+        return;
+    }
+    let Some(db) = fresh_db(Backend::Postgres).await else {
+        return;
+    };
+    let (gate_tx, gate) = tokio::sync::watch::channel(false);
+    let received = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let his_port = listener.local_addr().unwrap().port();
+    {
+        let received = received.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut gate = gate.clone();
+                let received = received.clone();
+                tokio::spawn(async move {
+                    let mut d = huizhen_hl7::mllp::Deframer::new(1 << 20);
+                    let mut buf = vec![0u8; 8192];
+                    loop {
+                        let n = match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        for ev in d.push(&buf[..n]) {
+                            let huizhen_hl7::mllp::Event::Frame(f) = ev else {
+                                continue;
+                            };
+                            // Hangs until the gate opens.
+                            if gate.wait_for(|open| *open).await.is_err() {
+                                return;
+                            }
+                            let text = String::from_utf8_lossy(&f).into_owned();
+                            let control = text
+                                .split('\r')
+                                .next()
+                                .and_then(|msh| msh.split('|').nth(9))
+                                .unwrap_or("")
+                                .to_owned();
+                            received.lock().unwrap().push(control.clone());
+                            let ack = format!(
+                                "MSH|^~\\&|HIS|H|HZ|P|20261204||ACK^A08^ACK|A{control}|P|2.5\rMSA|AA|{control}\r"
+                            );
+                            if s.write_all(&huizhen_hl7::mllp::frame(ack.as_bytes()))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+    }
+    let prefix = format!("hz-hang-{}", &huizhen_core::message::new_id()[28..]);
+    let yaml = format!(
+        "version: 1\nname: hang\nsource:\n  http: {{ path: /in/hang, kind: hl7v2 }}\nconcurrency: 2\nqueue: 8\nretry: {{ max_attempts: 1000, backoff: 200ms, max_backoff: 1s }}\nsinks:\n  - mllp: {{ to: \"127.0.0.1:{his_port}\", ack_timeout: 120s }}\n"
+    );
+    let mut loaded = crate::support::loaded(&db, &[&yaml]);
+    loaded.root.queue = amqp_url();
+    loaded.root.cluster.prefix = prefix.clone();
+    loaded.root.cluster.heartbeat = Duration::from_millis(300);
+    loaded.root.cluster.dead_after = Duration::from_millis(1500);
+    let engine = huizhen_core::Engine::start(loaded).await.unwrap();
+    let p = engine.pipeline("hang").unwrap().clone();
+
+    let t0 = Instant::now();
+    let mut senders = tokio::task::JoinSet::new();
+    for s in 0..16 {
+        let p = p.clone();
+        senders.spawn(async move {
+            for i in (s..N).step_by(16) {
+                let body = format!(
+                    "MSH|^~\\&|HZ|P|HIS|H|20261204||ADT^A08^ADT_A01|H{i}|P|2.5\rPID|1||{i}^^^H^MR||TEST^PATIENT\r"
+                );
+                p.submit(huizhen_core::message::NewMessage::new(
+                    "hang",
+                    "default",
+                    "hl7v2",
+                    body.into_bytes(),
+                ))
+                .await
+                .unwrap();
+            }
+        });
+    }
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(r) = senders.join_next().await {
+            r.unwrap();
+        }
+    })
+    .await
+    .expect("the node accepts while its workers hang on the destination");
+    eprintln!(
+        "cluster node, destination hanging: {N} accepted in {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        received.lock().unwrap().is_empty(),
+        "nothing reached the hanging destination"
+    );
+    let waiting: i64 = engine
+        .store
+        .backlog()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|b| b.pipeline == "hang")
+        .map(|b| b.messages)
+        .sum();
+    assert_eq!(waiting as usize, N, "every accepted message waits");
+
+    // The destination answers again: every message arrives.
+    gate_tx.send_replace(true);
+    wait_for_or(
+        "every message at the destination",
+        Duration::from_secs(180),
+        || async {
+            let c = engine.store.counts().await.ok()?;
+            let done: i64 = c
+                .iter()
+                .filter(|(p, s, _)| p == "hang" && *s == State::Done)
+                .map(|x| x.2)
+                .sum();
+            (done as usize == N).then_some(())
+        },
+        async || {
+            format!(
+                "{} received by the destination",
+                received.lock().unwrap().len()
+            )
+        },
+    )
+    .await;
+    let got: BTreeSet<String> = received.lock().unwrap().iter().cloned().collect();
+    assert_eq!(got.len(), N, "each message reached the destination");
+    engine.shutdown(Duration::from_secs(5)).await;
+    delete_queues(&prefix);
+}

@@ -275,6 +275,7 @@ async fn open_store_with(
         url: root.store.url,
         durability: root.store.durability,
         max_connections: 4,
+        sqlite_cache: root.store.sqlite_cache,
     })
     .await?
     .with_keyring(keyring)

@@ -375,6 +375,7 @@ async fn fresh_sqlite(path: &Path, d: Durability) -> Res<Store> {
         url: format!("sqlite://{}", path.display()),
         durability: d,
         max_connections: 8,
+        sqlite_cache: huizhen_core::store::DEFAULT_SQLITE_CACHE,
     })
     .await?;
     store.migrate().await?;
@@ -428,6 +429,7 @@ async fn fresh_postgres(url: &str) -> Res<Store> {
         url: url.to_owned(),
         durability: Durability::PowerLoss,
         max_connections: 8,
+        sqlite_cache: huizhen_core::store::DEFAULT_SQLITE_CACHE,
     })
     .await?;
     store.migrate().await?;

@@ -20,7 +20,9 @@
 //! idle engine's.
 //!
 //! Options: `--messages N` (`BENCH_MESSAGES`, default 1000000), `--producers P`
-//! (`BENCH_PRODUCERS`, default 64), `--dir PATH` (`BENCH_DIR`, default a fresh temp directory).
+//! (`BENCH_PRODUCERS`, default 64), `--dir PATH` (`BENCH_DIR`, default a fresh temp directory),
+//! `--sqlite-cache BYTES` (`BENCH_SQLITE_CACHE`, default `store.sqlite_cache`'s), `--down-only`
+//! (only the destination-down run and its memory figures).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::path::{Path, PathBuf};
@@ -86,6 +88,10 @@ struct Config {
     messages: usize,
     producers: usize,
     dir: Option<PathBuf>,
+    /// `store.sqlite_cache` of the engines (the journal writer's page cache).
+    sqlite_cache: u64,
+    /// Only the destination-down run and its memory figures (for attributing memory).
+    down_only: bool,
 }
 
 impl Config {
@@ -107,6 +113,11 @@ impl Config {
                 .transpose()?
                 .unwrap_or(64),
             dir: get("--dir", "BENCH_DIR").map(PathBuf::from),
+            sqlite_cache: get("--sqlite-cache", "BENCH_SQLITE_CACHE")
+                .map(|v| v.parse())
+                .transpose()?
+                .unwrap_or(huizhen_core::store::DEFAULT_SQLITE_CACHE),
+            down_only: args.iter().any(|a| a == "--down-only"),
         })
     }
 }
@@ -125,10 +136,11 @@ fn memory_kib() -> (u64, u64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
-async fn engine(dir: &Path) -> Res<Engine> {
+async fn engine(dir: &Path, sqlite_cache: u64) -> Res<Engine> {
     std::fs::create_dir_all(dir)?;
     let mut root = RootConfig::default();
     root.store.url = format!("sqlite://{}/journal.db", dir.display());
+    root.store.sqlite_cache = sqlite_cache;
     root.security.encryption.keys_file = dir.join("keys");
     root.security.jwt_secret_file = dir.join("jwt.secret");
     root.security.audit.key_file = dir.join("audit.key");
@@ -201,7 +213,7 @@ async fn run(cfg: Config) -> Res<()> {
 
     // Down: the destination hangs; everything beyond the queue waits in the journal.
     DOWN.store(true, Ordering::SeqCst);
-    let down_engine = engine(&base.join("down")).await?;
+    let down_engine = engine(&base.join("down"), cfg.sqlite_cache).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, idle_rss) = memory_kib();
     let down = intake(&down_engine, n, cfg.producers).await?;
@@ -213,6 +225,22 @@ async fn run(cfg: Config) -> Res<()> {
         .iter()
         .map(|b| b.messages)
         .sum::<i64>();
+
+    if cfg.down_only {
+        println!(
+            "down only: {down:.0} msg/s, {waiting} waiting, RSS idle {:.1} MB → {:.1} MB (+{:.1} MB), peak {:.1} MB, sqlite_cache {} MiB",
+            idle_rss as f64 / 1024.0,
+            rss_waiting as f64 / 1024.0,
+            (rss_waiting as f64 - idle_rss as f64) / 1024.0,
+            peak as f64 / 1024.0,
+            cfg.sqlite_cache / (1024 * 1024)
+        );
+        down_engine.shutdown(Duration::from_secs(30)).await;
+        if cfg.dir.is_none() {
+            let _ = std::fs::remove_dir_all(&base);
+        }
+        return Ok(());
+    }
 
     // Drain: the destination comes back.
     let t0 = Instant::now();
@@ -227,7 +255,7 @@ async fn run(cfg: Config) -> Res<()> {
     // Up: a fast destination (measured second, so the memory figures above are of a fresh
     // process).
     DOWN.store(false, Ordering::SeqCst);
-    let up_engine = engine(&base.join("up")).await?;
+    let up_engine = engine(&base.join("up"), cfg.sqlite_cache).await?;
     let up = intake(&up_engine, n, cfg.producers).await?;
     up_engine.shutdown(Duration::from_secs(30)).await;
     let _ = std::fs::remove_dir_all(base.join("up"));

@@ -101,6 +101,11 @@ pub struct NewMessage {
     /// the pipeline's in-memory queue was full, so the journal holds it until the pipeline's
     /// feeder takes it up. Set by the pipeline, not by sources.
     pub due: bool,
+    /// For a pipeline with an `ordering_key`: the key's stable hash and the partition it maps
+    /// to (`hash % concurrency`), journaled so that the feeder takes up waiting messages one
+    /// partition at a time (a partition whose head of line is retrying holds only its own keys).
+    /// Set by the pipeline, not by sources.
+    pub ordering: Option<(i64, i64)>,
 }
 
 impl NewMessage {
@@ -119,6 +124,7 @@ impl NewMessage {
             body_hash: None,
             owner: None,
             due: false,
+            ordering: None,
         }
     }
 }

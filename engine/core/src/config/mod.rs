@@ -113,6 +113,11 @@ pub struct StoreConfig {
     pub durability: Durability,
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// SQLite only: the page cache of the journal writer's connection (an integer, or `64MiB`,
+    /// `16MB`). A larger cache speeds appends once the database outgrows it and costs up to
+    /// that much memory; the pooled read connections keep 2 MiB each.
+    #[serde(default = "default_sqlite_cache", deserialize_with = "byte_size")]
+    pub sqlite_cache: u64,
 }
 
 impl Default for StoreConfig {
@@ -121,8 +126,13 @@ impl Default for StoreConfig {
             url: default_store_url(),
             durability: Durability::default(),
             max_connections: default_max_connections(),
+            sqlite_cache: default_sqlite_cache(),
         }
     }
+}
+
+fn default_sqlite_cache() -> u64 {
+    crate::store::DEFAULT_SQLITE_CACHE
 }
 
 fn default_store_url() -> String {

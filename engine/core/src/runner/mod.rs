@@ -116,6 +116,7 @@ impl Engine {
             url: root.store.url.clone(),
             durability: root.store.durability,
             max_connections: root.store.max_connections,
+            sqlite_cache: root.store.sqlite_cache,
         })
         .await?;
         store.migrate().await?;

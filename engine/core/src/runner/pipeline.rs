@@ -6,7 +6,6 @@
 //! pipeline's feeder (one task per pipeline, which also takes up retries, reprocessed and
 //! recovered messages) claims it from the journal in order as room frees up.
 
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -460,10 +459,15 @@ impl PipelineHandle {
             });
         }
         let body_len = msg.body.len() as u64;
+        if msg.rejected.is_none()
+            && let Some(h) = self.ordering_hash(&preview(&msg))
+        {
+            msg.ordering = Some((h, h % i.concurrency.max(1) as i64));
+        }
         let place = if i.remote.is_some() || msg.rejected.is_some() {
             Place::Elsewhere
         } else {
-            let part = self.partition(&preview(&msg), i.room.len());
+            let part = msg.ordering.map_or(0, |o| o.1 as usize);
             self.reserve(part)
         };
         msg.due = matches!(place, Place::Journal);
@@ -825,6 +829,10 @@ impl PipelineHandle {
     /// A worker took a message of partition `part` from memory: its room is free again.
     fn taken(&self, part: usize) {
         self.inner.room[part].add_permits(1);
+        // An ordered pipeline's feeder waits for room in a partition, not on it.
+        if self.inner.room.len() > 1 && self.spill().spilled {
+            self.inner.feed.notify_one();
+        }
     }
 
     /// Wakes the feeder (a reprocess, a retry that fell due).
@@ -839,6 +847,9 @@ impl PipelineHandle {
     pub(super) async fn feeder(self, poll: Duration) {
         const BATCH: i64 = 256;
         let i = &self.inner;
+        if i.room.len() > 1 && i.remote.is_none() {
+            return self.partition_feeder(poll).await;
+        }
         let names = [i.name.clone()];
         let node = i.remote.as_ref().map(|r| r.node.clone());
         loop {
@@ -882,24 +893,147 @@ impl PipelineHandle {
         }
     }
 
-    fn partition(&self, m: &Message, n: usize) -> usize {
-        let key = match &self.inner.ordering_key {
-            Some(expr) => {
-                let mut w = Work::from_message(m);
-                match expr.eval_string(&mut w) {
-                    Ok(k) => k,
-                    Err(e) => {
-                        tracing::warn!(pipeline = %self.inner.name, id = %m.id, error = %e, "ordering key not computed; using partition 0");
-                        return 0;
+    /// The feeder of an ordered pipeline: takes each partition's due messages in journal order
+    /// as that partition has room, never waiting on one partition, so a partition whose head of
+    /// line is retrying in place holds back only its own keys. Claims a partition once a quarter
+    /// of its room is free (or it is idle), a batch per claim.
+    async fn partition_feeder(self, poll: Duration) {
+        const BATCH: usize = 256;
+        let i = &self.inner;
+        let n = i.room.len();
+        let store = i.journal.store();
+        match store.repartition(&i.name, n as i64).await {
+            Ok(0) => {}
+            Ok(moved) => {
+                tracing::info!(pipeline = %i.name, moved, partitions = n, "waiting messages mapped to the pipeline's partitions (its concurrency changed)")
+            }
+            Err(e) => {
+                tracing::warn!(pipeline = %i.name, error = %e, "waiting messages not mapped to the new partitions")
+            }
+        }
+        // Messages journaled before they carried their partition (an upgraded journal) go
+        // first, in journal order, waiting for room as the feeder of an unordered pipeline does
+        // (the pipeline starts spilled: nothing new overtakes them).
+        loop {
+            if i.shutdown.is_cancelled() {
+                return;
+            }
+            match store.claim_due_unpartitioned(&i.name, BATCH as i64).await {
+                Ok(claimed) if claimed.is_empty() => break,
+                Ok(claimed) => {
+                    for m in claimed {
+                        self.enqueue(m).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(pipeline = %i.name, error = %e, "feeder could not claim due messages");
+                    tokio::select! {
+                        _ = i.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(poll) => {}
                     }
                 }
             }
-            None => return 0,
-        };
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        key.hash(&mut h);
-        (h.finish() % n as u64) as usize
+        }
+        let per = i.queue_capacity.div_ceil(n).max(1);
+        let threshold = (per / 4).clamp(1, BATCH);
+        loop {
+            if i.shutdown.is_cancelled() {
+                return;
+            }
+            let seen = self.spill().appended;
+            // Every partition was asked and none has more due now: the spill may end.
+            let mut drained = true;
+            let mut more = false;
+            for part in 0..n {
+                let free = i.room[part].available_permits();
+                let idle = free >= per;
+                if free < threshold && !idle {
+                    drained = false;
+                    continue;
+                }
+                let mut permits = Vec::new();
+                while permits.len() < free.min(BATCH) {
+                    match i.room[part].clone().try_acquire_owned() {
+                        Ok(p) => permits.push(p),
+                        Err(_) => break,
+                    }
+                }
+                if permits.is_empty() {
+                    drained = false;
+                    continue;
+                }
+                let asked = permits.len();
+                match store
+                    .claim_due_partition(&i.name, part as i64, asked as i64, None)
+                    .await
+                {
+                    Ok(claimed) => {
+                        if claimed.len() == asked {
+                            more = true;
+                            drained = false;
+                        }
+                        for (m, permit) in claimed.into_iter().zip(permits.drain(..)) {
+                            self.send(part, m, permit);
+                        }
+                    }
+                    Err(e) => {
+                        drained = false;
+                        tracing::warn!(pipeline = %i.name, part, error = %e, "feeder could not claim due messages")
+                    }
+                }
+                // Unused permits go back with `permits`.
+            }
+            if drained {
+                let mut s = self.spill();
+                if s.spilled && s.pending == 0 && s.appended == seen {
+                    s.spilled = false;
+                    if std::mem::take(&mut s.announced) {
+                        tracing::info!(pipeline = %i.name, "journal backlog taken up: new messages go to memory again");
+                    }
+                }
+            }
+            if !more {
+                tokio::select! {
+                    _ = i.shutdown.cancelled() => return,
+                    _ = i.feed.notified() => {}
+                    _ = tokio::time::sleep(poll) => {}
+                }
+            }
+        }
     }
+
+    /// The stable hash of a message's ordering key (`None` without an `ordering_key`). Stable
+    /// across processes and versions (FNV-1a, 63 bits): it is journaled, and every node of a
+    /// cluster must map a key to the same partition.
+    fn ordering_hash(&self, m: &Message) -> Option<i64> {
+        let expr = self.inner.ordering_key.as_ref()?;
+        let mut w = Work::from_message(m);
+        let key = match expr.eval_string(&mut w) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(pipeline = %self.inner.name, id = %m.id, error = %e, "ordering key not computed; using partition 0");
+                return Some(0);
+            }
+        };
+        Some(stable_hash(key.as_bytes()))
+    }
+
+    fn partition(&self, m: &Message, n: usize) -> usize {
+        match self.ordering_hash(m) {
+            Some(h) => (h as u64 % n.max(1) as u64) as usize,
+            None => 0,
+        }
+    }
+}
+
+/// FNV-1a over `bytes`, as a non-negative `i64` (the journal's `ordering_hash`).
+fn stable_hash(bytes: &[u8]) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h >> 1) as i64
 }
 
 /// A `Message` view of a not-yet-journaled message (for expressions evaluated at submit time).

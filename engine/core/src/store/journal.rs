@@ -417,8 +417,10 @@ fn sqlite_writer(store: &Store) -> Result<Option<rusqlite::Connection>> {
         super::Durability::ProcessCrash => "NORMAL",
         super::Durability::PowerLoss => "FULL",
     };
+    // A negative cache_size is KiB.
+    let cache_kib = (store.sqlite_cache() / 1024).max(64);
     conn.execute_batch(&format!(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY;"
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA cache_size=-{cache_kib}; PRAGMA temp_store=MEMORY;"
     ))
     .map_err(sq("configure the journal writer connection"))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
@@ -1072,9 +1074,9 @@ async fn append_all<E: Exec>(e: &mut E, appends: &[&Sealed], now: i64) -> Result
         let mut s = Stmt::new(
             backend,
             if backend == Backend::Sqlite {
-                "INSERT OR IGNORE INTO messages (id, facility, pipeline, kind, body, headers, source, received_at, trace_id, dedup_key, dedup_key_sealed, body_hash, parent_id, owner, next_attempt_at, state, updated_at) VALUES "
+                "INSERT OR IGNORE INTO messages (id, facility, pipeline, kind, body, headers, source, received_at, trace_id, dedup_key, dedup_key_sealed, body_hash, parent_id, owner, ordering_hash, part, next_attempt_at, state, updated_at) VALUES "
             } else {
-                "INSERT INTO messages (id, facility, pipeline, kind, body, headers, source, received_at, trace_id, dedup_key, dedup_key_sealed, body_hash, parent_id, owner, next_attempt_at, state, updated_at) VALUES "
+                "INSERT INTO messages (id, facility, pipeline, kind, body, headers, source, received_at, trace_id, dedup_key, dedup_key_sealed, body_hash, parent_id, owner, ordering_hash, part, next_attempt_at, state, updated_at) VALUES "
             },
         );
         for (i, r) in chunk.iter().enumerate() {
@@ -1106,6 +1108,10 @@ async fn append_all<E: Exec>(e: &mut E, appends: &[&Sealed], now: i64) -> Result
             s.bind(r.msg.parent_id.as_deref());
             s.push(", ");
             s.bind(r.msg.owner.as_deref());
+            s.push(", ");
+            s.bind(r.msg.ordering.map(|o| o.0));
+            s.push(", ");
+            s.bind(r.msg.ordering.map(|o| o.1));
             s.push(", ");
             // A message the in-memory queue had no room for is due at once: the pipeline's
             // feeder takes it from here, in journal order.

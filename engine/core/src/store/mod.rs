@@ -11,6 +11,7 @@
 pub mod anchor;
 pub mod audit;
 pub mod cluster;
+mod feed;
 pub mod journal;
 pub mod rekey;
 mod sql;
@@ -115,7 +116,12 @@ pub struct StoreOptions {
     pub url: String,
     pub durability: Durability,
     pub max_connections: u32,
+    /// SQLite: the journal writer connection's page cache, bytes (`store.sqlite_cache`).
+    pub sqlite_cache: u64,
 }
+
+/// The default page cache of the SQLite journal writer (`store.sqlite_cache`).
+pub const DEFAULT_SQLITE_CACHE: u64 = 64 * 1024 * 1024;
 
 impl StoreOptions {
     pub fn new(url: impl Into<String>) -> StoreOptions {
@@ -123,6 +129,7 @@ impl StoreOptions {
             url: url.into(),
             durability: Durability::default(),
             max_connections: 8,
+            sqlite_cache: DEFAULT_SQLITE_CACHE,
         }
     }
 }
@@ -139,6 +146,8 @@ pub struct Store {
     /// opens its own connection to it (see [`journal`]).
     sqlite_file: Option<std::path::PathBuf>,
     durability: Durability,
+    /// The SQLite journal writer's page cache, bytes.
+    sqlite_cache: u64,
     /// Seals message and effect bodies at rest when set (see [`crate::crypto`]).
     keyring: Option<std::sync::Arc<crate::crypto::Keyring>>,
     /// Signs audit rows and writes checkpoints when set (see [`anchor`]).
@@ -259,6 +268,7 @@ impl Store {
                 write,
                 sqlite_file: sqlite_path(&url),
                 durability: opts.durability,
+                sqlite_cache: opts.sqlite_cache,
                 keyring: None,
                 anchor: None,
             })
@@ -275,6 +285,7 @@ impl Store {
                 write: pool,
                 sqlite_file: None,
                 durability: opts.durability,
+                sqlite_cache: opts.sqlite_cache,
                 keyring: None,
                 anchor: None,
             })
@@ -440,6 +451,11 @@ impl Store {
         self.durability
     }
 
+    /// The SQLite journal writer's page cache, bytes.
+    pub(crate) fn sqlite_cache(&self) -> u64 {
+        self.sqlite_cache
+    }
+
     /// Applies the migrations of this backend that have not run yet.
     pub async fn migrate(&self) -> Result<()> {
         let sources: &[(i64, &'static str, &'static str)] = match self.backend {
@@ -469,6 +485,11 @@ impl Store {
                     "sealed dedup key",
                     include_str!("migrations/sqlite/0005_sealed_dedup_key.sql"),
                 ),
+                (
+                    6,
+                    "ordering partitions",
+                    include_str!("migrations/sqlite/0006_ordering_partitions.sql"),
+                ),
             ],
             Backend::Postgres => &[
                 (
@@ -495,6 +516,11 @@ impl Store {
                     5,
                     "sealed dedup key",
                     include_str!("migrations/postgres/0005_sealed_dedup_key.sql"),
+                ),
+                (
+                    6,
+                    "ordering partitions",
+                    include_str!("migrations/postgres/0006_ordering_partitions.sql"),
                 ),
             ],
         };
@@ -712,7 +738,7 @@ impl Store {
         }
         let now = now_ms();
         let mut s = Sql::new(
-            "UPDATE messages SET state = 'received', attempts = 0, next_attempt_at = ".into(),
+            "UPDATE messages SET state = 'received', attempts = 0, part = COALESCE(part, 0), next_attempt_at = ".into(),
         );
         s.bind(now);
         s.push(", updated_at = ");
@@ -762,7 +788,7 @@ impl Store {
         }
         let now = now_ms();
         let mut s = Sql::new(
-            "UPDATE messages SET state = 'received', attempts = 0, next_attempt_at = ".into(),
+            "UPDATE messages SET state = 'received', attempts = 0, part = COALESCE(part, 0), next_attempt_at = ".into(),
         );
         s.bind(now);
         s.push(", updated_at = ");
@@ -809,91 +835,6 @@ impl Store {
             .await
             .map_err(q("recover in-flight messages"))?;
         Ok(r.rows_affected())
-    }
-
-    /// Claims up to `limit` due messages of the given pipelines (failed ones whose backoff has
-    /// passed, reprocessed and recovered ones), oldest first, and marks them `processing`.
-    pub async fn claim_due(&self, pipelines: &[String], limit: i64) -> Result<Vec<Message>> {
-        self.claim_due_by(pipelines, limit, None).await
-    }
-
-    /// [`Store::claim_due`] for a cluster node: the claimed messages are owned by `owner`, so
-    /// that they are taken over if this node dies.
-    pub async fn claim_due_by(
-        &self,
-        pipelines: &[String],
-        limit: i64,
-        owner: Option<&str>,
-    ) -> Result<Vec<Message>> {
-        if pipelines.is_empty() {
-            return Ok(Vec::new());
-        }
-        let now = now_ms();
-        let mut s = Sql::new(format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= "
-        ));
-        s.bind(now);
-        // `|| ''` keeps the planner on the partial index `messages_due` (few rows): SQLite would
-        // otherwise pick `messages_pipeline_state` and read every `received` message, the whole
-        // backlog under load, twice a second.
-        s.push(" AND state || '' IN ('received', 'failed') AND pipeline || '' IN (");
-        for (i, p) in pipelines.iter().enumerate() {
-            if i > 0 {
-                s.push(", ");
-            }
-            s.bind(p.as_str());
-        }
-        s.push(") ORDER BY next_attempt_at, id LIMIT ");
-        s.bind(limit);
-        let rows = s
-            .query()
-            .fetch_all(&self.read)
-            .await
-            .map_err(q("find due messages"))?;
-        let mut found = rows
-            .iter()
-            .map(|r| message_from_row(r, true))
-            .collect::<Result<Vec<_>>>()?;
-        for m in &mut found {
-            // A field that cannot be opened: its steps fail on the sealed bytes and the error
-            // says why.
-            self.open_message_or_mark(m, true);
-        }
-        if found.is_empty() {
-            return Ok(found);
-        }
-        let mut u = Sql::new(
-            "UPDATE messages SET state = 'processing', next_attempt_at = NULL, owner = ".into(),
-        );
-        u.bind(owner);
-        u.push(", updated_at = ");
-        u.bind(now);
-        u.push(
-            " WHERE next_attempt_at IS NOT NULL AND state IN ('received', 'failed') AND id IN (",
-        );
-        for (i, m) in found.iter().enumerate() {
-            if i > 0 {
-                u.push(", ");
-            }
-            u.bind(m.id.as_str());
-        }
-        u.push(") RETURNING id");
-        let claimed_rows = u
-            .query()
-            .fetch_all(&self.write)
-            .await
-            .map_err(q("claim due messages"))?;
-        let claimed_ids: std::collections::HashSet<String> = claimed_rows
-            .iter()
-            .filter_map(|r| r.try_get::<String, _>("id").ok())
-            .collect();
-        found.retain(|m| claimed_ids.contains(&m.id));
-        for m in &mut found {
-            m.state = State::Processing;
-            m.next_attempt_at = None;
-        }
-        let claimed = found;
-        Ok(claimed)
     }
 
     /// Forgets dedup keys older than `window_ms` for a pipeline, so a sender may reuse them.
