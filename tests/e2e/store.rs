@@ -467,6 +467,16 @@ async fn cluster_claims_heartbeats_and_reaping(b: Backend) {
     assert_eq!(bl.len(), 1);
     assert_eq!(bl[0].messages, 4);
     assert!(bl[0].oldest_received_at.unwrap() <= now_ms());
+    // The engine's count (per pipeline, no sort) agrees, and leaves out pipelines with none.
+    let of = s
+        .backlog_of(&["p".to_owned(), "nothing-here".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(of.len(), 1, "{of:?}");
+    assert_eq!(
+        (of[0].pipeline.as_str(), of[0].messages, of[0].oldest_received_at),
+        ("p", 4, bl[0].oldest_received_at)
+    );
 }
 
 // --- Sealed fields (issue 12, items 6, 7 and 9): every value that can carry patient data is

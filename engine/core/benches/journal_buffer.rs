@@ -220,7 +220,7 @@ async fn run(cfg: Config) -> Res<()> {
     let (peak, rss_waiting) = memory_kib();
     let waiting = down_engine
         .store
-        .backlog()
+        .backlog_of(&["bench".to_owned()])
         .await?
         .iter()
         .map(|b| b.messages)

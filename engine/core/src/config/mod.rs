@@ -113,9 +113,10 @@ pub struct StoreConfig {
     pub durability: Durability,
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
-    /// SQLite only: the page cache of the journal writer's connection (an integer, or `64MiB`,
-    /// `16MB`). A larger cache speeds appends once the database outgrows it and costs up to
-    /// that much memory; the pooled read connections keep 2 MiB each.
+    /// SQLite only: the page cache of the journal writer's connection (an integer, or `16MiB`,
+    /// `64MB`; default 16 MiB). The engine's memory grows by up to this much as the journal
+    /// grows; a larger cache did not speed appends measurably (BENCHMARKS.md). The pooled read
+    /// connections keep 2 MiB each.
     #[serde(default = "default_sqlite_cache", deserialize_with = "byte_size")]
     pub sqlite_cache: u64,
 }

@@ -40,7 +40,8 @@ pub(super) async fn ready(State(s): State<AppState>) -> Response {
 
 /// Unfinished work per pipeline: in the journal (all nodes) and, with a broker, at the broker.
 async fn backlog_of(s: &AppState) -> Result<Vec<serde_json::Value>, ApiError> {
-    let rows = s.store.backlog().await?;
+    let names: Vec<String> = s.pipelines.keys().cloned().collect();
+    let rows = s.store.backlog_of(&names).await?;
     let broker = match &s.cluster {
         Some(c) => match c.queue().depth().await {
             Ok(d) => Some(d),

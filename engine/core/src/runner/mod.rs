@@ -415,11 +415,12 @@ async fn housekeeping(
 ) {
     let mut last_expiry = std::time::Instant::now() - Duration::from_secs(3600);
     let mut last_count = std::time::Instant::now() - Duration::from_secs(3600);
+    let names: Vec<String> = pipelines.keys().cloned().collect();
     loop {
         if last_count.elapsed() >= Duration::from_secs(2) {
             last_count = std::time::Instant::now();
             let low = disk.low();
-            match store.backlog().await {
+            match store.backlog_of(&names).await {
                 Ok(rows) => {
                     for p in pipelines.values() {
                         let n = rows

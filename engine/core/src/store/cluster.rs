@@ -250,7 +250,9 @@ impl Store {
         }))
     }
 
-    /// Unfinished messages per pipeline, with the oldest one's arrival.
+    /// Unfinished messages per pipeline, with the oldest one's arrival, for pipelines the
+    /// caller does not know (`huizhen backlog`). One query, but SQLite sorts every waiting row
+    /// for it: the engine counts with [`Store::backlog_of`].
     pub async fn backlog(&self) -> Result<Vec<Backlog>> {
         let rows = sqlx::query(
             "SELECT pipeline, COUNT(*) AS n, MIN(received_at) AS oldest FROM messages \

@@ -4,6 +4,7 @@
 
 use sqlx::Row;
 
+use super::cluster::Backlog;
 use super::sql::Sql;
 use super::{MESSAGE_COLUMNS, Result, Store, message_from_row, q};
 use crate::message::{Message, State, now_ms};
@@ -165,5 +166,47 @@ impl Store {
             .await
             .map_err(q("map waiting messages to the pipeline's partitions"))?;
         Ok(r.rows_affected())
+    }
+
+    /// Unfinished messages (received, processing, failed) of each of `pipelines`, with the
+    /// oldest one's arrival; pipelines with none are left out. Each count walks the index
+    /// `messages_pipeline_state` and the oldest is the first id there (ids are time-ordered):
+    /// no sort, so neither time nor memory grows with the backlog beyond the count itself (the
+    /// one-query `GROUP BY` of [`Store::backlog`] sorted every waiting row, in memory, every
+    /// 2 s).
+    pub async fn backlog_of(&self, pipelines: &[String]) -> Result<Vec<Backlog>> {
+        let mut out = Vec::new();
+        for p in pipelines {
+            let mut s = Sql::new("SELECT (SELECT COUNT(*) FROM messages WHERE pipeline = ".into());
+            s.bind(p.as_str());
+            s.push(
+                " AND state IN ('received', 'processing', 'failed')) AS n, (SELECT MIN(t) FROM (",
+            );
+            for (i, state) in ["received", "processing", "failed"].iter().enumerate() {
+                if i > 0 {
+                    s.push(" UNION ALL ");
+                }
+                s.push("SELECT (SELECT received_at FROM messages WHERE pipeline = ");
+                s.bind(p.as_str());
+                s.push(" AND state = ");
+                s.bind(*state);
+                s.push(" ORDER BY id LIMIT 1) AS t");
+            }
+            s.push(") AS oldest_per_state) AS oldest");
+            let r = s
+                .query()
+                .fetch_one(&self.read)
+                .await
+                .map_err(q("backlog"))?;
+            let n: i64 = r.try_get("n").map_err(q("decode backlog"))?;
+            if n > 0 {
+                out.push(Backlog {
+                    pipeline: p.clone(),
+                    messages: n,
+                    oldest_received_at: r.try_get("oldest").map_err(q("decode backlog"))?,
+                });
+            }
+        }
+        Ok(out)
     }
 }

@@ -884,31 +884,53 @@ impl Exec for LiteExec<'_> {
 
     async fn execute(&mut self, s: Stmt<'_>, op: &'static str) -> Result<u64> {
         let sq = |source| StoreError::Sqlite { op, source };
-        let mut st = self.0.prepare_cached(&s.text).map_err(sq)?;
-        let n = st
-            .execute(rusqlite::params_from_iter(s.args.iter()))
-            .map_err(sq)?;
+        let n = if cacheable(&s) {
+            self.0
+                .prepare_cached(&s.text)
+                .map_err(sq)?
+                .execute(rusqlite::params_from_iter(s.args.iter()))
+        } else {
+            self.0
+                .prepare(&s.text)
+                .map_err(sq)?
+                .execute(rusqlite::params_from_iter(s.args.iter()))
+        }
+        .map_err(sq)?;
         Ok(n as u64)
     }
 
     async fn fetch(&mut self, s: Stmt<'_>, op: &'static str) -> Result<Rows> {
         let sq = |source| StoreError::Sqlite { op, source };
-        let mut st = self.0.prepare_cached(&s.text).map_err(sq)?;
-        let n = st.column_count();
-        let mut rows = st
-            .query(rusqlite::params_from_iter(s.args.iter()))
-            .map_err(sq)?;
-        let mut out = Vec::new();
-        while let Some(r) = rows.next().map_err(sq)? {
-            out.push(
-                (0..n)
-                    .map(|i| r.get::<_, Option<String>>(i))
-                    .collect::<rusqlite::Result<Vec<_>>>()
-                    .map_err(sq)?,
-            );
+        if cacheable(&s) {
+            let mut st = self.0.prepare_cached(&s.text).map_err(sq)?;
+            rows_of(&mut st, &s.args).map_err(sq)
+        } else {
+            let mut st = self.0.prepare(&s.text).map_err(sq)?;
+            rows_of(&mut st, &s.args).map_err(sq)
         }
-        Ok(out)
     }
+}
+
+/// Whether the writer keeps a statement prepared: not the many-row ones (a multi-row insert,
+/// an id list), whose text differs with every batch size and whose compiled programs, 64 of
+/// them cached, grew the engine by tens of MB under a long backlog; preparing one again costs
+/// little next to the rows it writes.
+fn cacheable(s: &Stmt<'_>) -> bool {
+    s.args.len() <= super::sql::MAX_CACHED_ARGS
+}
+
+fn rows_of(st: &mut rusqlite::Statement<'_>, args: &[Value<'_>]) -> rusqlite::Result<Rows> {
+    let n = st.column_count();
+    let mut rows = st.query(rusqlite::params_from_iter(args.iter()))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(
+            (0..n)
+                .map(|i| r.get::<_, Option<String>>(i))
+                .collect::<rusqlite::Result<Vec<_>>>()?,
+        );
+    }
+    Ok(out)
 }
 
 fn body_hash(body: &[u8]) -> String {

@@ -121,7 +121,7 @@ pub struct StoreOptions {
 }
 
 /// The default page cache of the SQLite journal writer (`store.sqlite_cache`).
-pub const DEFAULT_SQLITE_CACHE: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_SQLITE_CACHE: u64 = 16 * 1024 * 1024;
 
 impl StoreOptions {
     pub fn new(url: impl Into<String>) -> StoreOptions {

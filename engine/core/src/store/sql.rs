@@ -5,6 +5,9 @@ use sqlx::any::{Any, AnyArguments};
 use sqlx::query::Query;
 use sqlx::{Arguments, AssertSqlSafe, Encode, Type};
 
+/// Statements with more arguments than this are prepared for each use, not cached.
+pub(crate) const MAX_CACHED_ARGS: usize = 32;
+
 pub(crate) struct Sql {
     text: String,
     args: AnyArguments,
@@ -37,7 +40,12 @@ impl Sql {
         let _ = self.args.add(value);
     }
 
+    /// The query. Statements with many arguments (id lists of a claim, a batch) are not kept
+    /// in the connection's statement cache: their text differs with every list length, and
+    /// each cached one holds its compiled program, which grew the engine by tens of MB under a
+    /// long backlog (BENCHMARKS.md, "The journal as the buffer").
     pub(crate) fn query(self) -> Query<'static, Any, AnyArguments> {
-        sqlx::query_with(AssertSqlSafe(self.text), self.args)
+        let persistent = self.n <= MAX_CACHED_ARGS;
+        sqlx::query_with(AssertSqlSafe(self.text), self.args).persistent(persistent)
     }
 }
