@@ -1,6 +1,7 @@
 //! Identity matching bench (STANDARDS MATCH-05): run with
 //! `cargo bench -p huizhen-domain --bench identity` (add `-- --quick`, or set
-//! `HZ_BENCH_QUICK=1`, for smaller sizes).
+//! `HZ_BENCH_QUICK=1`, for smaller sizes; name sections to run only those:
+//! `-- febrl chinese big`).
 //!
 //! (a) FEBRL 4: import file A, decide each record of B against it, weights estimated by EM
 //!     from the blocked pairs; precision/recall/F1 and time.
@@ -22,14 +23,25 @@ use huizhen_domain::identity::{
 fn main() {
     let quick =
         std::env::args().any(|a| a == "--quick") || std::env::var_os("HZ_BENCH_QUICK").is_some();
+    let sections: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| ["febrl", "chinese", "big"].contains(&a.as_str()))
+        .collect();
+    let run = |name: &str| sections.is_empty() || sections.iter().any(|s| s == name);
     let mut rows: Vec<(String, String)> = Vec::new();
-    febrl4(&mut rows);
-    chinese(&mut rows, if quick { 2_000 } else { 20_000 });
-    big_index(
-        &mut rows,
-        if quick { 100_000 } else { 1_000_000 },
-        if quick { 2_000 } else { 10_000 },
-    );
+    if run("febrl") {
+        febrl4(&mut rows);
+    }
+    if run("chinese") {
+        chinese(&mut rows, if quick { 2_000 } else { 20_000 });
+    }
+    if run("big") {
+        big_index(
+            &mut rows,
+            if quick { 100_000 } else { 1_000_000 },
+            if quick { 2_000 } else { 10_000 },
+        );
+    }
     println!();
     println!("| measure | value |");
     println!("|---|---|");

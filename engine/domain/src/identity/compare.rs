@@ -1,12 +1,17 @@
 //! Field-by-field comparison of two normalised records: the agreement level of each field
 //! (the Fellegi–Sunter comparison vector) and the facts the deterministic rules and the
 //! safety guards need.
+//!
+//! Comparison runs once per candidate record, so it allocates nothing: the name keys are
+//! cached in [`NormalizedName`], and the string measures have ASCII fast paths (every
+//! compared token is ASCII after normalisation; other text falls back to `strsim`).
 
 use chrono::Datelike;
 use serde::{Deserialize, Serialize};
 use strsim::{jaro_winkler, osa_distance};
 
-use super::normalize::{NormalizedName, NormalizedPerson};
+use super::demographics::BirthDate;
+use super::normalize::{NormalizedAddress, NormalizedName, NormalizedPerson};
 
 /// A compared field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -35,6 +40,9 @@ pub enum FieldKind {
 /// How many fields are compared.
 pub const FIELD_COUNT: usize = 9;
 
+/// How many agreement levels there are (the size of a dense `[level]` table).
+pub const LEVEL_COUNT: usize = 9;
+
 impl FieldKind {
     /// Every field, in comparison-vector order.
     pub const ALL: [FieldKind; FIELD_COUNT] = [
@@ -60,12 +68,12 @@ impl FieldKind {
         use Level::*;
         match self {
             FieldKind::Name => &[Exact, Phonetic, Fuzzy, Partial, Disagree],
-            FieldKind::BirthDate => &[Exact, Swapped, OneOff, Disagree],
-            FieldKind::Sex | FieldKind::Phone | FieldKind::Postcode | FieldKind::Insurance => {
-                &[Exact, Disagree]
-            }
+            FieldKind::BirthDate => &[Exact, Swapped, Typo, OneOff, Disagree],
+            FieldKind::Sex | FieldKind::Phone | FieldKind::Insurance => &[Exact, Disagree],
             FieldKind::Address => &[Exact, Partial, Disagree],
-            FieldKind::ResidentId | FieldKind::NationalId => &[Exact, Close, Disagree],
+            FieldKind::Postcode | FieldKind::ResidentId | FieldKind::NationalId => {
+                &[Exact, Close, Disagree]
+            }
         }
     }
 }
@@ -75,7 +83,8 @@ impl FieldKind {
 #[serde(rename_all = "snake_case")]
 pub enum Level {
     /// The same value after normalisation (for names: the same hanzi, or the same Latin
-    /// letters in some order when neither has hanzi).
+    /// letters in some order when neither has hanzi; for addresses: most tokens and every
+    /// house number in common).
     Exact,
     /// Names: the same pinyin, not the same hanzi (a homophone, or hanzi vs pinyin).
     Phonetic,
@@ -86,9 +95,14 @@ pub enum Level {
     Partial,
     /// Birth date: day and month swapped.
     Swapped,
-    /// Birth date: exactly one of year, month, day differs.
+    /// Birth date: a keying slip: the eight digits `YYYYMMDD` are one substitution or one
+    /// adjacent transposition apart (`19330122`/`19330212`, also when one of them is not a
+    /// valid day, `19711319`), or one of year, month, day is off by one.
+    Typo,
+    /// Birth date: exactly one of year, month, day differs (by more than a slip).
     OneOff,
-    /// Identifiers: one typo apart (one substitution, insertion, deletion or transposition).
+    /// Identifiers and postal codes: one typo apart (one substitution, insertion, deletion
+    /// or transposition).
     Close,
     /// Different.
     Disagree,
@@ -120,8 +134,10 @@ pub struct Comparison {
     /// The levels (resident id set to missing when it must not count, see
     /// `shared_id_ignored`).
     pub vector: ComparisonVector,
-    /// Both have given names, the family names agree and the given names are more than one
-    /// typo apart (even when the name level is `fuzzy`).
+    /// Both have given names, the family names agree and the given names are different
+    /// names: their pinyin differs when both are hanzi, else they are more than one typo
+    /// apart (a short name: anything but one transposition), even when the name level is
+    /// `fuzzy` (子涵/子轩, lan/yan).
     pub given_names_differ: bool,
     /// A valid resident id is equal and consistent with the stated birth date and sex in
     /// both records.
@@ -133,16 +149,40 @@ pub struct Comparison {
     pub insurance_equal: bool,
 }
 
+/// The level of two sets of plain values: `Exact` when one value is shared, else `Close`
+/// when `close` allows and two are one typo apart, else `Disagree`; `None` when a side has
+/// none.
+fn set_level<'a>(
+    a: impl Iterator<Item = &'a str> + Clone,
+    b: impl Iterator<Item = &'a str> + Clone,
+    close: bool,
+) -> Option<Level> {
+    let mut level = None;
+    for x in a {
+        for y in b.clone() {
+            let l = if x == y {
+                Level::Exact
+            } else if close && x.len() >= 4 && within_one_edit(x, y) {
+                Level::Close
+            } else {
+                Level::Disagree
+            };
+            level = best(level, Some(l));
+            if l == Level::Exact {
+                return level;
+            }
+        }
+    }
+    level
+}
+
 /// Compares two normalised records field by field.
 pub fn compare(a: &NormalizedPerson, b: &NormalizedPerson) -> Comparison {
     let mut c = Comparison::default();
     let (name, given_differs) = compare_names(&a.names, &b.names);
     c.vector.set(FieldKind::Name, name);
     c.given_names_differ = given_differs;
-    let birth = match (a.birth_date, b.birth_date) {
-        (Some(x), Some(y)) => Some(compare_dates(x, y)),
-        _ => None,
-    };
+    let birth = compare_birth(a, b);
     c.vector.set(FieldKind::BirthDate, birth);
     c.vector.set(
         FieldKind::Sex,
@@ -157,34 +197,20 @@ pub fn compare(a: &NormalizedPerson, b: &NormalizedPerson) -> Comparison {
     );
     c.vector.set(
         FieldKind::Phone,
-        (!a.phones.is_empty() && !b.phones.is_empty()).then(|| {
-            if a.phones.iter().any(|p| b.phones.contains(p)) {
-                Level::Exact
-            } else {
-                Level::Disagree
-            }
-        }),
+        set_level(
+            a.phones.iter().map(String::as_str),
+            b.phones.iter().map(String::as_str),
+            false,
+        ),
     );
     c.vector.set(FieldKind::Address, compare_addresses(a, b));
-    let (pa, pb): (Vec<&String>, Vec<&String>) = (
-        a.addresses
-            .iter()
-            .filter_map(|x| x.postal_code.as_ref())
-            .collect(),
-        b.addresses
-            .iter()
-            .filter_map(|x| x.postal_code.as_ref())
-            .collect(),
-    );
     c.vector.set(
         FieldKind::Postcode,
-        (!pa.is_empty() && !pb.is_empty()).then(|| {
-            if pa.iter().any(|p| pb.contains(p)) {
-                Level::Exact
-            } else {
-                Level::Disagree
-            }
-        }),
+        set_level(
+            a.addresses.iter().filter_map(|x| x.postal_code.as_deref()),
+            b.addresses.iter().filter_map(|x| x.postal_code.as_deref()),
+            true,
+        ),
     );
 
     // Resident ids.
@@ -247,62 +273,290 @@ fn best(a: Option<Level>, b: Option<Level>) -> Option<Level> {
 fn id_level(a: &str, b: &str) -> Level {
     if a == b {
         Level::Exact
-    } else if a.len() >= 6 && osa_distance(a, b) <= 1 {
+    } else if a.len() >= 6 && within_one_edit(a, b) {
         Level::Close
     } else {
         Level::Disagree
     }
 }
 
-fn compare_dates(a: super::demographics::BirthDate, b: super::demographics::BirthDate) -> Level {
-    let readings = |d: super::demographics::BirthDate| {
-        let mut v = vec![d.date];
-        if d.ambiguous {
-            v.extend(d.swapped());
+/// True when `a` and `b` are at most one edit apart (optimal string alignment: one
+/// substitution, insertion, deletion or adjacent transposition). Allocation-free for ASCII.
+pub fn within_one_edit(a: &str, b: &str) -> bool {
+    if !(a.is_ascii() && b.is_ascii()) {
+        return osa_distance(a, b) <= 1;
+    }
+    let (x, y) = (a.as_bytes(), b.as_bytes());
+    if x == y {
+        return true;
+    }
+    let (short, long) = if x.len() <= y.len() { (x, y) } else { (y, x) };
+    let i = short.iter().zip(long).take_while(|(p, q)| p == q).count();
+    match long.len() - short.len() {
+        0 => {
+            // A substitution at i, or a transposition of i and i + 1.
+            short.get(i + 1..) == long.get(i + 1..)
+                || (short.get(i) == long.get(i + 1)
+                    && short.get(i + 1) == long.get(i)
+                    && short.get(i + 2..) == long.get(i + 2..))
         }
-        v
+        1 => short.get(i..) == long.get(i + 1..),
+        _ => false,
+    }
+}
+
+/// True when `a` and `b` have the same length and differ by one adjacent transposition.
+fn one_transposition(a: &str, b: &str) -> bool {
+    if a.len() != b.len() || a == b {
+        return false;
+    }
+    if !(a.is_ascii() && b.is_ascii()) {
+        let (mut x, mut y): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+        let d = osa_distance(a, b);
+        x.sort_unstable();
+        y.sort_unstable();
+        return d == 1 && x == y;
+    }
+    let (x, y) = (a.as_bytes(), b.as_bytes());
+    let i = x.iter().zip(y).take_while(|(p, q)| p == q).count();
+    x.get(i) == y.get(i + 1)
+        && x.get(i + 1) == y.get(i)
+        && x.get(i) != x.get(i + 1)
+        && x.get(i + 2..) == y.get(i + 2..)
+}
+
+/// `jaro_winkler(a, b) >= threshold`, skipping the computation when a bound from the
+/// letters in common already rules it out (most pairs of different names).
+pub fn jaro_winkler_at_least(a: &str, b: &str, threshold: f64) -> bool {
+    if a.is_ascii() && b.is_ascii() && !a.is_empty() && !b.is_empty() {
+        let mut counts = [0i16; 128];
+        for c in a.bytes() {
+            if let Some(n) = counts.get_mut(usize::from(c)) {
+                *n += 1;
+            }
+        }
+        let mut common = 0u32;
+        for c in b.bytes() {
+            if let Some(n) = counts.get_mut(usize::from(c))
+                && *n > 0
+            {
+                *n -= 1;
+                common += 1;
+            }
+        }
+        // Jaro ≤ (m/|a| + m/|b| + 1) / 3 with m ≤ the letters in common, and the Winkler
+        // prefix bonus (at most 4 × 0.1) gives at most 0.6 × Jaro + 0.4.
+        let m = f64::from(common);
+        #[allow(clippy::cast_precision_loss)]
+        let jaro_max = if common == 0 {
+            0.0
+        } else {
+            (m / a.len() as f64 + m / b.len() as f64 + 1.0) / 3.0
+        };
+        if 0.6 * jaro_max + 0.4 < threshold {
+            return false;
+        }
+    }
+    jaro_winkler(a, b) >= threshold
+}
+
+/// The eight digits `YYYYMMDD` of a date.
+fn date_digits(d: chrono::NaiveDate) -> [u8; 8] {
+    let mut out = [b'0'; 8];
+    let (y, m, dd) = (
+        u32::try_from(d.year()).unwrap_or(0) % 10_000,
+        d.month(),
+        d.day(),
+    );
+    for (i, (value, width)) in [(y, 4), (m, 2), (dd, 2)].into_iter().enumerate() {
+        let start = [0, 4, 6][i];
+        let mut v = value;
+        for k in (0..width).rev() {
+            if let Some(slot) = out.get_mut(start + k) {
+                // `v % 10` is a digit.
+                *slot = b'0' + u8::try_from(v % 10).unwrap_or(0);
+            }
+            v /= 10;
+        }
+    }
+    out
+}
+
+fn digits_within_one_edit(a: &[u8], b: &[u8]) -> bool {
+    match (std::str::from_utf8(a), std::str::from_utf8(b)) {
+        (Ok(x), Ok(y)) => x.len() == y.len() && within_one_edit(x, y),
+        _ => false,
+    }
+}
+
+/// The birth-date level: valid dates by [`compare_dates`]; a date that is not a valid day
+/// (its eight digits kept by normalisation) counts only when it is one slip away from the
+/// other record's date, since an unreadable date asserts no conflict.
+fn compare_birth(a: &NormalizedPerson, b: &NormalizedPerson) -> Option<Level> {
+    if let (Some(x), Some(y)) = (a.birth_date, b.birth_date) {
+        return Some(compare_dates(x, y));
+    }
+    let digits = |p: &NormalizedPerson| -> Option<Vec<[u8; 8]>> {
+        if let Some(d) = p.birth_date {
+            let mut v = vec![date_digits(d.date)];
+            v.extend(d.swapped().filter(|_| d.ambiguous).map(date_digits));
+            return Some(v);
+        }
+        let raw = p.unreadable_birth_date.as_deref()?.as_bytes();
+        let arr: [u8; 8] = raw.try_into().ok()?;
+        Some(vec![arr])
     };
+    let (da, db) = (digits(a)?, digits(b)?);
+    da.iter()
+        .any(|x| db.iter().any(|y| digits_within_one_edit(x, y)))
+        .then_some(Level::Typo)
+}
+
+fn compare_dates(a: BirthDate, b: BirthDate) -> Level {
+    let readings = |d: BirthDate| [Some(d.date), d.swapped().filter(|_| d.ambiguous)];
     let (ra, rb) = (readings(a), readings(b));
-    if ra.iter().any(|x| rb.contains(x)) {
+    if ra
+        .iter()
+        .flatten()
+        .any(|x| rb.iter().flatten().any(|y| x == y))
+    {
         return Level::Exact;
     }
     let (x, y) = (a.date, b.date);
     if x.year() == y.year() && x.month() == y.day() && x.day() == y.month() {
         return Level::Swapped;
     }
-    let differ = usize::from(x.year() != y.year())
-        + usize::from(x.month() != y.month())
-        + usize::from(x.day() != y.day());
-    if differ == 1 {
-        Level::OneOff
-    } else {
-        Level::Disagree
+    if ra.iter().flatten().any(|x| {
+        rb.iter()
+            .flatten()
+            .any(|y| digits_within_one_edit(&date_digits(*x), &date_digits(*y)))
+    }) {
+        return Level::Typo;
+    }
+    let parts = |d: chrono::NaiveDate| {
+        [
+            i64::from(d.year()),
+            i64::from(d.month()),
+            i64::from(d.day()),
+        ]
+    };
+    let (px, py) = (parts(x), parts(y));
+    let differing: Vec<i64> = px
+        .iter()
+        .zip(py)
+        .filter(|(p, q)| **p != *q)
+        .map(|(p, q)| (p - q).abs())
+        .collect();
+    match differing.as_slice() {
+        [1] => Level::Typo,
+        [_] => Level::OneOff,
+        _ => Level::Disagree,
     }
 }
 
+/// Address agreement: the Dice share of tokens in common (a Latin word of five letters or
+/// more also counts when one typo apart), `exact` at 0.8 only when the house numbers agree
+/// too (most of a Chinese address is the province, city and road that neighbours share; the
+/// numbers, 号 栋 室, are the household's), `partial` at 0.45.
 fn compare_addresses(a: &NormalizedPerson, b: &NormalizedPerson) -> Option<Level> {
-    let mut best_dice: Option<f64> = None;
+    let mut level = None;
     for x in a.addresses.iter().filter(|x| !x.tokens.is_empty()) {
         for y in b.addresses.iter().filter(|y| !y.tokens.is_empty()) {
-            let common = x
-                .tokens
-                .iter()
-                .filter(|t| y.tokens.binary_search(t).is_ok())
-                .count();
-            #[allow(clippy::cast_precision_loss)]
-            let dice = 2.0 * common as f64 / (x.tokens.len() + y.tokens.len()) as f64;
-            best_dice = Some(best_dice.map_or(dice, |b| b.max(dice)));
+            level = best(level, Some(address_level(x, y)));
         }
     }
-    best_dice.map(|d| {
-        if d >= 0.8 {
-            Level::Exact
-        } else if d >= 0.45 {
-            Level::Partial
-        } else {
-            Level::Disagree
+    level
+}
+
+fn is_number(t: &str) -> bool {
+    t.bytes().all(|c| c.is_ascii_digit())
+}
+
+fn address_level(x: &NormalizedAddress, y: &NormalizedAddress) -> Level {
+    let (tx, ty) = (&x.tokens, &y.tokens);
+    // Sorted token lists: merge.
+    let (mut i, mut j) = (0, 0);
+    let mut common = 0usize;
+    let (mut numbers_common, mut numbers_x, mut numbers_y) = (0usize, 0usize, 0usize);
+    let mut unmatched_x: [usize; 16] = [0; 16];
+    let mut unmatched_y: [usize; 16] = [0; 16];
+    let (mut ux, mut uy) = (0usize, 0usize);
+    while i < tx.len() || j < ty.len() {
+        let (p, q) = (tx.get(i), ty.get(j));
+        let order = match (p, q) {
+            (Some(p), Some(q)) => p.cmp(q),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        match order {
+            std::cmp::Ordering::Equal => {
+                common += 1;
+                if p.is_some_and(|t| is_number(t)) {
+                    numbers_common += 1;
+                    numbers_x += 1;
+                    numbers_y += 1;
+                }
+                i += 1;
+                j += 1;
+            }
+            std::cmp::Ordering::Less => {
+                if let Some(t) = p {
+                    if is_number(t) {
+                        numbers_x += 1;
+                    } else if t.len() >= 5
+                        && t.is_ascii()
+                        && let Some(slot) = unmatched_x.get_mut(ux)
+                    {
+                        *slot = i;
+                        ux += 1;
+                    }
+                }
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                if let Some(t) = q {
+                    if is_number(t) {
+                        numbers_y += 1;
+                    } else if t.len() >= 5
+                        && t.is_ascii()
+                        && let Some(slot) = unmatched_y.get_mut(uy)
+                    {
+                        *slot = j;
+                        uy += 1;
+                    }
+                }
+                j += 1;
+            }
         }
-    })
+    }
+    // Latin words one typo apart (`warrumbul`/`warrumbmul`), each used once.
+    let mut used_y = [false; 16];
+    for &xi in unmatched_x.iter().take(ux) {
+        let Some(t) = tx.get(xi) else { continue };
+        for (k, &yi) in unmatched_y.iter().take(uy).enumerate() {
+            if used_y.get(k).copied().unwrap_or(true) {
+                continue;
+            }
+            if ty.get(yi).is_some_and(|u| within_one_edit(t, u)) {
+                if let Some(slot) = used_y.get_mut(k) {
+                    *slot = true;
+                }
+                common += 1;
+                break;
+            }
+        }
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let dice = 2.0 * common as f64 / (tx.len() + ty.len()) as f64;
+    let numbers_agree =
+        numbers_x == 0 || numbers_y == 0 || 2 * numbers_common * 10 >= 8 * (numbers_x + numbers_y);
+    if dice >= 0.8 && numbers_agree {
+        Level::Exact
+    } else if dice >= 0.45 {
+        Level::Partial
+    } else {
+        Level::Disagree
+    }
 }
 
 /// Token agreement: `Some(true)` exact, `Some(false)` close, `None` different or missing.
@@ -317,18 +571,27 @@ fn token_agrees(a: &str, b: &str) -> Option<bool> {
     // Long tokens: Jaro–Winkler or one edit. Short ones (most pinyin syllables): only a
     // transposition, since one substituted letter is often another name (li/lu, wei/wen).
     let close = if shorter >= 5 {
-        jaro_winkler(a, b) >= 0.88 || osa_distance(a, b) <= 1
+        within_one_edit(a, b) || jaro_winkler_at_least(a, b, 0.88)
     } else if shorter >= 3 {
-        a.len() == b.len() && osa_distance(a, b) == 1 && {
-            let (mut x, mut y): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-            x.sort_unstable();
-            y.sort_unstable();
-            x == y
-        }
+        one_transposition(a, b)
     } else {
         false
     };
     close.then_some(false)
+}
+
+/// Whether two given names (both present) are two different names rather than one name
+/// with a typo: with both in hanzi, a different pronunciation (a homophone is a typo);
+/// else, for short names anything but one transposition (lan/yan, li/lu are two names),
+/// for longer ones more than one edit (zihan/zixuan).
+fn given_names_differ(gx: &str, gy: &str, both_hanzi: bool) -> bool {
+    if gx == gy {
+        return false;
+    }
+    if both_hanzi || gx.len().min(gy.len()) < 5 {
+        return both_hanzi || !one_transposition(gx, gy);
+    }
+    !within_one_edit(gx, gy)
 }
 
 /// The best name level over every pair of names, and whether the given names differ under
@@ -356,7 +619,7 @@ fn compare_name(x: &NormalizedName, y: &NormalizedName) -> (Level, bool) {
     {
         return (Level::Exact, false);
     }
-    let (kx, ky) = (x.keys(), y.keys());
+    let (kx, ky) = (x.key_set(), y.key_set());
     if kx.iter().any(|k| ky.contains(k)) {
         let level = if x.hanzi.is_none() && y.hanzi.is_none() {
             Level::Exact
@@ -365,21 +628,24 @@ fn compare_name(x: &NormalizedName, y: &NormalizedName) -> (Level, bool) {
         };
         return (level, false);
     }
+    let both_hanzi = x.given_hanzi().is_some() && y.given_hanzi().is_some();
     let mut best_level = Level::Disagree;
     let mut given_differs = false;
-    for (fx, gx) in x.splits() {
-        for (fy, gy) in y.splits() {
-            let fam = token_agrees(&fx, &fy);
-            let giv = token_agrees(&gx, &gy);
+    for (fx, gx) in x.split_set() {
+        for (fy, gy) in y.split_set() {
+            let fam = token_agrees(fx, fy);
+            let giv = token_agrees(gx, gy);
             let l = match (fam, giv) {
                 (Some(_), Some(_)) => Level::Fuzzy,
                 (Some(_), None) | (None, Some(_)) => Level::Partial,
                 (None, None) => Level::Disagree,
             };
             // The twin and sibling pattern: the family names agree and the given names are
-            // more than one typo apart (子涵/子轩, zihan/zixuan are close by Jaro–Winkler but
-            // are two names).
-            let g = fam.is_some() && !gx.is_empty() && !gy.is_empty() && osa_distance(&gx, &gy) > 1;
+            // two names (子涵/子轩, zihan/zixuan are close by Jaro–Winkler but are two names).
+            let g = fam.is_some()
+                && !gx.is_empty()
+                && !gy.is_empty()
+                && given_names_differ(gx, gy, both_hanzi);
             if l < best_level {
                 best_level = l;
                 given_differs = g;
@@ -393,7 +659,7 @@ fn compare_name(x: &NormalizedName, y: &NormalizedName) -> (Level, bool) {
     if best_level > Level::Fuzzy {
         let fuzzy_whole = kx.iter().any(|a| {
             ky.iter()
-                .any(|b| a.len().min(b.len()) >= 6 && jaro_winkler(a, b) >= 0.92)
+                .any(|b| a.len().min(b.len()) >= 6 && jaro_winkler_at_least(a, b, 0.92))
         });
         if fuzzy_whole {
             return (Level::Fuzzy, given_differs);

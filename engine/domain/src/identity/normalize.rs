@@ -16,6 +16,8 @@
 //!   sex, which are cross-checked with the stated ones: a mismatch is a
 //!   [`RecordFinding`] and keeps the id out of deterministic rules.
 
+use std::sync::OnceLock;
+
 use chrono::NaiveDate;
 use pinyin::ToPinyin;
 use serde::{Deserialize, Serialize};
@@ -39,6 +41,11 @@ pub struct NormalizedPerson {
     pub names: Vec<NormalizedName>,
     /// The birth date, when readable.
     pub birth_date: Option<BirthDate>,
+    /// The eight digits of a birth date sent year first that is not a valid day
+    /// (`19711319`, `1917-50-09`): compared only for a keying slip against the other
+    /// record's date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable_birth_date: Option<String>,
     /// Male or female; `None` when unknown, other or not sent.
     pub sex: Option<Sex>,
     /// Phone numbers, normalised by [`normalize_phone`].
@@ -56,7 +63,11 @@ pub struct NormalizedPerson {
 }
 
 /// A name in comparable form.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The comparison keys ([`NormalizedName::key_set`], [`NormalizedName::split_set`]) are
+/// computed once, on first use, from the public fields and cached: build a new name rather
+/// than changing the fields of one that was already compared.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct NormalizedName {
     /// The ideographic name, simplified, without separators (`张伟`, `阿依古丽买买提`);
     /// `None` for a Latin-only name.
@@ -69,9 +80,77 @@ pub struct NormalizedName {
     /// Every token in the order written (`["ayiguli", "maimaiti"]`, `["wei", "zhang"]`); used
     /// when family and given are not known.
     pub tokens: Vec<String>,
+    /// What comparison reads, derived from the fields above (not serialised).
+    #[serde(skip)]
+    cache: OnceLock<NameKeys>,
 }
 
+/// The derived comparison keys of a name.
+#[derive(Clone, Debug, Default)]
+struct NameKeys {
+    keys: Vec<String>,
+    splits: Vec<(String, String)>,
+    given_hanzi: Option<String>,
+}
+
+impl PartialEq for NormalizedName {
+    /// Equal fields (the cache is derived from them).
+    fn eq(&self, other: &Self) -> bool {
+        self.hanzi == other.hanzi
+            && self.family == other.family
+            && self.given == other.given
+            && self.tokens == other.tokens
+    }
+}
+
+impl Eq for NormalizedName {}
+
 impl NormalizedName {
+    /// A name from its parts (the cache starts empty).
+    pub fn new(
+        hanzi: Option<String>,
+        family: Option<String>,
+        given: Option<String>,
+        tokens: Vec<String>,
+    ) -> NormalizedName {
+        NormalizedName {
+            hanzi,
+            family,
+            given,
+            tokens,
+            cache: OnceLock::new(),
+        }
+    }
+
+    fn cached(&self) -> &NameKeys {
+        self.cache.get_or_init(|| NameKeys {
+            keys: self.keys(),
+            splits: self.splits(),
+            given_hanzi: match (&self.hanzi, &self.family, &self.given) {
+                (Some(h), Some(_), Some(_)) => {
+                    Some(split_hanzi_name(h).1.to_owned()).filter(|g| !g.is_empty())
+                }
+                _ => None,
+            },
+        })
+    }
+
+    /// [`NormalizedName::keys`], computed once.
+    pub fn key_set(&self) -> &[String] {
+        &self.cached().keys
+    }
+
+    /// [`NormalizedName::splits`], computed once.
+    pub fn split_set(&self) -> &[(String, String)] {
+        &self.cached().splits
+    }
+
+    /// The given name in hanzi (`伟` of `张伟`), when the name has hanzi and a known
+    /// family/given structure.
+    pub fn given_hanzi(&self) -> Option<&str> {
+        self.cached().given_hanzi.as_deref()
+    }
+
     /// The name's letters in the possible orders, concatenated (`zhangwei`, `weizhang`):
     /// equal keys mean the same pronunciation whatever the order and spacing.
     pub fn keys(&self) -> Vec<String> {
@@ -100,10 +179,14 @@ impl NormalizedName {
         keys
     }
 
-    /// The family and given parts as separate strings when split, else the tokens split as
-    /// (first, rest) and (rest, last): used by the comparison.
+    /// The (family, given) readings compared: the parts when known (for a name without
+    /// hanzi also swapped, since Latin parts are often sent in the wrong fields), else the
+    /// tokens split as (first, rest) and (last, the others).
     pub fn splits(&self) -> Vec<(String, String)> {
         match (&self.family, &self.given) {
+            (Some(f), Some(g)) if self.hanzi.is_none() => {
+                vec![(f.clone(), g.clone()), (g.clone(), f.clone())]
+            }
             (Some(f), Some(g)) => vec![(f.clone(), g.clone())],
             (Some(f), None) => vec![(f.clone(), String::new())],
             (None, Some(g)) => vec![(String::new(), g.clone())],
@@ -186,11 +269,19 @@ pub enum RecordFinding {
 /// Normalises one record's demographics.
 pub fn normalize(d: &Demographics) -> NormalizedPerson {
     let mut findings = Vec::new();
+    let mut unreadable_birth_date = None;
     let birth_date = match d.birth_date.as_deref().map(str::trim) {
         Some(raw) if !raw.is_empty() => {
             let parsed = parse_birth_date(raw);
             match parsed {
-                None => findings.push(RecordFinding::BirthDateUnreadable),
+                None => {
+                    findings.push(RecordFinding::BirthDateUnreadable);
+                    let digits: String = raw.chars().filter(char::is_ascii_digit).collect();
+                    let year_first = raw.chars().take(4).all(|c| c.is_ascii_digit());
+                    if digits.len() == 8 && year_first {
+                        unreadable_birth_date = Some(digits);
+                    }
+                }
                 Some(b) if b.ambiguous => findings.push(RecordFinding::BirthDateAmbiguous),
                 Some(_) => {}
             }
@@ -294,6 +385,7 @@ pub fn normalize(d: &Demographics) -> NormalizedPerson {
         local_id: d.local_id.trim().to_owned(),
         names,
         birth_date,
+        unreadable_birth_date,
         sex,
         phones,
         addresses,
@@ -548,34 +640,29 @@ pub fn normalize_name(n: &PersonName) -> Option<NormalizedName> {
         let mut tokens: Vec<String> = Vec::new();
         tokens.extend(fam_l.clone());
         tokens.extend(giv_l.clone());
-        return Some(NormalizedName {
+        return Some(NormalizedName::new(
             hanzi,
-            family: fam_l.filter(|s| !s.is_empty()),
-            given: giv_l.filter(|s| !s.is_empty()),
+            fam_l.filter(|s| !s.is_empty()),
+            giv_l.filter(|s| !s.is_empty()),
             tokens,
-        });
+        ));
     }
     let (han, latin) = segments(&n.text);
     if han.is_empty() && latin.is_empty() {
         return None;
     }
     if han.is_empty() {
-        return Some(NormalizedName {
-            hanzi: None,
-            family: None,
-            given: None,
-            tokens: latin,
-        });
+        return Some(NormalizedName::new(None, None, None, latin));
     }
     let hanzi = han.concat();
     if han.len() > 1 {
         // Separated parts (阿依古丽·买买提): no family/given structure.
-        return Some(NormalizedName {
-            hanzi: Some(hanzi),
-            family: None,
-            given: None,
-            tokens: han.iter().map(|h| hanzi_pinyin(h)).collect(),
-        });
+        return Some(NormalizedName::new(
+            Some(hanzi),
+            None,
+            None,
+            han.iter().map(|h| hanzi_pinyin(h)).collect(),
+        ));
     }
     let (fam, giv) = split_hanzi_name(&hanzi);
     let family = surname_pinyin(fam);
@@ -584,12 +671,12 @@ pub fn normalize_name(n: &PersonName) -> Option<NormalizedName> {
     if !given.is_empty() {
         tokens.push(given.clone());
     }
-    Some(NormalizedName {
-        hanzi: Some(hanzi),
-        family: Some(family),
-        given: Some(given).filter(|g| !g.is_empty()),
+    Some(NormalizedName::new(
+        Some(hanzi),
+        Some(family),
+        Some(given).filter(|g| !g.is_empty()),
         tokens,
-    })
+    ))
 }
 
 /// Splits a simplified hanzi name into family and given name: a compound surname when the
