@@ -26,10 +26,6 @@ pub type PersonId = u64;
 pub struct BlockingKey(pub String);
 
 impl BlockingKey {
-    fn new(kind: &str, value: &str) -> BlockingKey {
-        BlockingKey(format!("{kind}:{value}"))
-    }
-
     /// The key text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -53,27 +49,44 @@ impl BlockingKey {
 /// keeps them.
 pub fn blocking_keys(p: &NormalizedPerson) -> Vec<BlockingKey> {
     let mut keys = Vec::new();
+    for_each_key(p, &mut |parts| keys.push(BlockingKey(parts.join(":"))));
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// The hashes of [`blocking_keys`] (each the hash of the key text), sorted and
+/// de-duplicated, computed without building the texts.
+fn key_hashes(p: &NormalizedPerson) -> Vec<u64> {
+    let mut hashes = Vec::new();
+    for_each_key(p, &mut |parts| hashes.push(hash_parts(parts)));
+    hashes.sort_unstable();
+    hashes.dedup();
+    hashes
+}
+
+/// Calls `emit` with the parts of every blocking key of `p` (kind first); the key text is
+/// the parts joined by `:`. Keys may repeat.
+fn for_each_key(p: &NormalizedPerson, emit: &mut dyn FnMut(&[&str])) {
     for r in &p.resident_ids {
-        keys.push(BlockingKey::new("rid", &r.number));
+        emit(&["rid", &r.number]);
     }
     for i in &p.insurance {
-        keys.push(BlockingKey::new(
-            "psn",
-            &format!("{}:{}", i.region, i.psn_no),
-        ));
+        emit(&["psn", &i.region, &i.psn_no]);
     }
     for n in &p.national_ids {
-        keys.push(BlockingKey::new(
-            "nid",
-            &format!("{}:{}", n.system, n.value),
-        ));
+        emit(&["nid", &n.system, &n.value]);
     }
     for t in &p.phones {
-        keys.push(BlockingKey::new("tel", t));
+        emit(&["tel", t]);
     }
+    // `YYYY`, `MMDD` with the smaller of month and day first, and both together.
     let dob = p.birth_date.map(|b| {
         let (m, d) = (b.date.month(), b.date.day());
-        (b.date.year(), m.min(d), m.max(d))
+        let year = b.date.year().to_string();
+        let month_day = format!("{:02}{:02}", m.min(d), m.max(d));
+        let date = format!("{year}{month_day}");
+        (year, month_day, date)
     });
     // Postcodes by their characters in sorted order: a transposition (4221/4212) keeps the
     // key.
@@ -90,21 +103,27 @@ pub fn blocking_keys(p: &NormalizedPerson) -> Vec<BlockingKey> {
     postcodes.sort();
     postcodes.dedup();
     for name in &p.names {
-        for key in name.keys() {
-            if let Some((y, lo, hi)) = dob {
-                keys.push(BlockingKey::new("nm", &format!("{key}:{y}")));
-                keys.push(BlockingKey::new("nmd", &format!("{key}:{lo:02}{hi:02}")));
+        for key in name.key_set() {
+            if let Some((year, month_day, _)) = &dob {
+                emit(&["nm", key, year]);
+                emit(&["nmd", key, month_day]);
             }
             for pc in &postcodes {
-                keys.push(BlockingKey::new("nmp", &format!("{key}:{pc}")));
+                emit(&["nmp", key, pc]);
             }
         }
-        for (family, given) in name.splits() {
-            if let Some((y, lo, hi)) = dob {
-                let date = format!("{y}{lo:02}{hi:02}");
+        if let Some((_, _, date)) = &dob {
+            for (family, given) in name.split_set() {
                 if let (Some(f), Some(g)) = (family.chars().next(), given.chars().next()) {
                     let (a, b) = if f <= g { (f, g) } else { (g, f) };
-                    keys.push(BlockingKey::new("ini", &format!("{a}{b}:{date}")));
+                    let mut buf = [0u8; 8];
+                    let a_len = a.encode_utf8(&mut buf).len();
+                    let b_len = b
+                        .encode_utf8(buf.get_mut(a_len..).unwrap_or_default())
+                        .len();
+                    if let Some(Ok(initials)) = buf.get(..a_len + b_len).map(std::str::from_utf8) {
+                        emit(&["ini", initials, date]);
+                    }
                 }
             }
         }
@@ -115,34 +134,26 @@ pub fn blocking_keys(p: &NormalizedPerson) -> Vec<BlockingKey> {
             .chain(name.family.iter())
             .chain(name.given.iter());
         for part in parts.filter(|t| !t.is_empty()) {
-            if let Some((y, lo, hi)) = dob {
-                keys.push(BlockingKey::new("nt", &format!("{part}:{y}{lo:02}{hi:02}")));
-                if name.hanzi.is_none()
-                    && let Some(code) = soundex(part)
-                {
-                    keys.push(BlockingKey::new(
-                        "sxd",
-                        &format!("{code}:{y}{lo:02}{hi:02}"),
-                    ));
-                }
+            if let Some((_, _, date)) = &dob {
+                emit(&["nt", part, date]);
             }
             if name.hanzi.is_none()
                 && let Some(code) = soundex(part)
             {
+                if let Some((_, _, date)) = &dob {
+                    emit(&["sxd", &code, date]);
+                }
                 for pc in &postcodes {
-                    keys.push(BlockingKey::new("sx", &format!("{code}:{pc}")));
+                    emit(&["sx", &code, pc]);
                 }
             }
         }
     }
-    if let Some((y, lo, hi)) = dob {
+    if let Some((_, _, date)) = &dob {
         for pc in &postcodes {
-            keys.push(BlockingKey::new("dp", &format!("{y}{lo:02}{hi:02}:{pc}")));
+            emit(&["dp", date, pc]);
         }
     }
-    keys.sort();
-    keys.dedup();
-    keys
 }
 
 /// American Soundex of a Latin word (`robert` → `R163`); `None` without a leading letter.
@@ -281,15 +292,15 @@ impl Default for MemoryIndex {
     }
 }
 
-/// FNV-1a over the bytes, then the SplitMix64 finaliser for well-spread bits (keys are short
-/// and similar: `nm:zhangwei:1985`, `nm:zhangwei:1986`).
-fn hash_bytes(parts: &[&[u8]]) -> u64 {
+/// FNV-1a over the parts joined by `:` (the key text), then the SplitMix64 finaliser for
+/// well-spread bits (keys are short and similar: `nm:zhangwei:1985`, `nm:zhangwei:1986`).
+fn hash_parts(parts: &[&str]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for (n, part) in parts.iter().enumerate() {
         if n > 0 {
-            h = (h ^ 0xff).wrapping_mul(0x0100_0000_01b3);
+            h = (h ^ u64::from(b':')).wrapping_mul(0x0100_0000_01b3);
         }
-        for b in *part {
+        for b in part.as_bytes() {
             h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
         }
     }
@@ -299,11 +310,11 @@ fn hash_bytes(parts: &[&[u8]]) -> u64 {
 }
 
 fn key_hash(key: &BlockingKey) -> u64 {
-    hash_bytes(&[key.0.as_bytes()])
+    hash_parts(&[&key.0])
 }
 
 fn local_hash(facility: &str, local_id: &str) -> u64 {
-    hash_bytes(&[facility.as_bytes(), local_id.as_bytes()])
+    hash_parts(&[facility, local_id])
 }
 
 impl MemoryIndex {
@@ -365,7 +376,7 @@ impl MemoryIndex {
     /// [`MemoryIndex::insert`] for a record already shared (kept, not copied).
     pub fn insert_shared(&mut self, person_id: PersonId, person: Arc<NormalizedPerson>) {
         self.next_person = self.next_person.max(person_id.saturating_add(1));
-        let keys = blocking_keys(&person);
+        let keys = key_hashes(&person);
         let idx = match self.position(&person.facility, &person.local_id) {
             Some(i) => {
                 if let Some(slot) = self.entries.get_mut(i as usize) {
@@ -383,9 +394,9 @@ impl MemoryIndex {
                 i
             }
         };
-        for k in &keys {
+        for k in keys {
             self.postings
-                .entry(key_hash(k))
+                .entry(k)
                 .and_modify(|p| p.push(idx))
                 .or_insert(Posting::One(idx));
         }
@@ -524,6 +535,43 @@ mod tests {
             c.contains(&BlockingKey("nt:zhang:19850312".into())),
             "{c:?}"
         );
+    }
+
+    #[test]
+    fn hashed_keys_are_the_hashes_of_the_key_texts() {
+        let mut febrl_like = person("A", "1", "", "19330122", "");
+        febrl_like.names = vec![
+            crate::identity::normalize::normalize_name(&PersonName::parts("neumann", "michaela"))
+                .unwrap(),
+        ];
+        febrl_like.addresses = vec![crate::identity::normalize::NormalizedAddress::new(
+            vec!["stanley".into()],
+            Some("4223".into()),
+        )];
+        for p in [
+            person("A", "1", "张伟", "1985-03-12", "13800138000"),
+            person("B", "9", "Wei Zhang", "12/03/1985", "+86 138 0013 8000"),
+            person("C", "2", "阿依古丽·买买提", "1990-01-01", ""),
+            febrl_like,
+        ] {
+            let texts = blocking_keys(&p);
+            assert!(!texts.is_empty());
+            let mut from_texts: Vec<u64> = texts.iter().map(key_hash).collect();
+            from_texts.sort_unstable();
+            from_texts.dedup();
+            assert_eq!(key_hashes(&p), from_texts, "{texts:?}");
+        }
+        // Postcodes are filed by their sorted characters: a transposition keeps the key.
+        let keys = |pc: &str| {
+            let mut p = person("A", "1", "Michaela Neumann", "19330122", "");
+            p.addresses = vec![crate::identity::normalize::NormalizedAddress::new(
+                vec![],
+                Some(pc.into()),
+            )];
+            blocking_keys(&p)
+        };
+        assert_eq!(keys("4223"), keys("4232"));
+        assert_ne!(keys("4223"), keys("4224"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use strsim::{jaro_winkler, osa_distance};
 
 use super::demographics::BirthDate;
-use super::normalize::{NormalizedAddress, NormalizedName, NormalizedPerson};
+use super::normalize::{NormalizedAddress, NormalizedName, NormalizedPerson, TokenHash};
 
 /// A compared field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -468,30 +468,33 @@ fn compare_addresses(a: &NormalizedPerson, b: &NormalizedPerson) -> Option<Level
     level
 }
 
-fn is_number(t: &str) -> bool {
-    t.bytes().all(|c| c.is_ascii_digit())
-}
-
 fn address_level(x: &NormalizedAddress, y: &NormalizedAddress) -> Level {
-    let (tx, ty) = (&x.tokens, &y.tokens);
-    // Sorted token lists: merge.
+    let (hx, hy) = (x.token_hashes(), y.token_hashes());
+    // Both sorted by hash: merge.
     let (mut i, mut j) = (0, 0);
     let mut common = 0usize;
     let (mut numbers_common, mut numbers_x, mut numbers_y) = (0usize, 0usize, 0usize);
-    let mut unmatched_x: [usize; 16] = [0; 16];
-    let mut unmatched_y: [usize; 16] = [0; 16];
+    // Unmatched Latin words of five letters or more, for the typo pass.
+    let mut unmatched_x: [u32; 16] = [0; 16];
+    let mut unmatched_y: [u32; 16] = [0; 16];
     let (mut ux, mut uy) = (0usize, 0usize);
-    while i < tx.len() || j < ty.len() {
-        let (p, q) = (tx.get(i), ty.get(j));
-        let order = match (p, q) {
-            (Some(p), Some(q)) => p.cmp(q),
+    let long_word = |a: &NormalizedAddress, t: &TokenHash| {
+        !t.number
+            && a.tokens
+                .get(t.index as usize)
+                .is_some_and(|w| w.len() >= 5 && w.is_ascii())
+    };
+    loop {
+        let order = match (hx.get(i), hy.get(j)) {
+            (Some(p), Some(q)) => p.hash.cmp(&q.hash),
             (Some(_), None) => std::cmp::Ordering::Less,
-            _ => std::cmp::Ordering::Greater,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => break,
         };
         match order {
             std::cmp::Ordering::Equal => {
                 common += 1;
-                if p.is_some_and(|t| is_number(t)) {
+                if hx.get(i).is_some_and(|t| t.number) {
                     numbers_common += 1;
                     numbers_x += 1;
                     numbers_y += 1;
@@ -500,28 +503,26 @@ fn address_level(x: &NormalizedAddress, y: &NormalizedAddress) -> Level {
                 j += 1;
             }
             std::cmp::Ordering::Less => {
-                if let Some(t) = p {
-                    if is_number(t) {
+                if let Some(t) = hx.get(i) {
+                    if t.number {
                         numbers_x += 1;
-                    } else if t.len() >= 5
-                        && t.is_ascii()
+                    } else if long_word(x, t)
                         && let Some(slot) = unmatched_x.get_mut(ux)
                     {
-                        *slot = i;
+                        *slot = t.index;
                         ux += 1;
                     }
                 }
                 i += 1;
             }
             std::cmp::Ordering::Greater => {
-                if let Some(t) = q {
-                    if is_number(t) {
+                if let Some(t) = hy.get(j) {
+                    if t.number {
                         numbers_y += 1;
-                    } else if t.len() >= 5
-                        && t.is_ascii()
+                    } else if long_word(y, t)
                         && let Some(slot) = unmatched_y.get_mut(uy)
                     {
-                        *slot = j;
+                        *slot = t.index;
                         uy += 1;
                     }
                 }
@@ -532,12 +533,17 @@ fn address_level(x: &NormalizedAddress, y: &NormalizedAddress) -> Level {
     // Latin words one typo apart (`warrumbul`/`warrumbmul`), each used once.
     let mut used_y = [false; 16];
     for &xi in unmatched_x.iter().take(ux) {
-        let Some(t) = tx.get(xi) else { continue };
+        let Some(t) = x.tokens.get(xi as usize) else {
+            continue;
+        };
         for (k, &yi) in unmatched_y.iter().take(uy).enumerate() {
             if used_y.get(k).copied().unwrap_or(true) {
                 continue;
             }
-            if ty.get(yi).is_some_and(|u| within_one_edit(t, u)) {
+            if y.tokens
+                .get(yi as usize)
+                .is_some_and(|u| within_one_edit(t, u))
+            {
                 if let Some(slot) = used_y.get_mut(k) {
                     *slot = true;
                 }
@@ -547,9 +553,10 @@ fn address_level(x: &NormalizedAddress, y: &NormalizedAddress) -> Level {
         }
     }
     #[allow(clippy::cast_precision_loss)]
-    let dice = 2.0 * common as f64 / (tx.len() + ty.len()) as f64;
+    let dice = 2.0 * common as f64 / (hx.len() + hy.len()).max(1) as f64;
+    // At least 80 % of the house numbers in common (Dice), when both have some.
     let numbers_agree =
-        numbers_x == 0 || numbers_y == 0 || 2 * numbers_common * 10 >= 8 * (numbers_x + numbers_y);
+        numbers_x == 0 || numbers_y == 0 || 20 * numbers_common >= 8 * (numbers_x + numbers_y);
     if dice >= 0.8 && numbers_agree {
         Level::Exact
     } else if dice >= 0.45 {
@@ -620,7 +627,7 @@ fn compare_name(x: &NormalizedName, y: &NormalizedName) -> (Level, bool) {
         return (Level::Exact, false);
     }
     let (kx, ky) = (x.key_set(), y.key_set());
-    if kx.iter().any(|k| ky.contains(k)) {
+    if x.shares_key(y) {
         let level = if x.hanzi.is_none() && y.hanzi.is_none() {
             Level::Exact
         } else {

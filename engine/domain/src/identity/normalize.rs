@@ -89,6 +89,7 @@ pub struct NormalizedName {
 #[derive(Clone, Debug, Default)]
 struct NameKeys {
     keys: Vec<String>,
+    key_hashes: Vec<u64>,
     splits: Vec<(String, String)>,
     given_hanzi: Option<String>,
 }
@@ -123,15 +124,31 @@ impl NormalizedName {
     }
 
     fn cached(&self) -> &NameKeys {
-        self.cache.get_or_init(|| NameKeys {
-            keys: self.keys(),
-            splits: self.splits(),
-            given_hanzi: match (&self.hanzi, &self.family, &self.given) {
-                (Some(h), Some(_), Some(_)) => {
-                    Some(split_hanzi_name(h).1.to_owned()).filter(|g| !g.is_empty())
-                }
-                _ => None,
-            },
+        self.cache.get_or_init(|| {
+            let keys = self.keys();
+            NameKeys {
+                key_hashes: keys.iter().map(|k| fnv1a(k.as_bytes())).collect(),
+                keys,
+                splits: self.splits(),
+                given_hanzi: match (&self.hanzi, &self.family, &self.given) {
+                    (Some(h), Some(_), Some(_)) => {
+                        Some(split_hanzi_name(h).1.to_owned()).filter(|g| !g.is_empty())
+                    }
+                    _ => None,
+                },
+            }
+        })
+    }
+
+    /// True when the two names share a key (the same letters in some order): hashes first,
+    /// then the texts.
+    pub fn shares_key(&self, other: &NormalizedName) -> bool {
+        let (a, b) = (self.cached(), other.cached());
+        a.key_hashes.iter().zip(&a.keys).any(|(ha, ka)| {
+            b.key_hashes
+                .iter()
+                .zip(&b.keys)
+                .any(|(hb, kb)| ha == hb && ka == kb)
         })
     }
 
@@ -205,12 +222,82 @@ impl NormalizedName {
 }
 
 /// An address as tokens.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Comparison reads the tokens through a cached, hashed form
+/// ([`NormalizedAddress::token_hashes`]), computed once from `tokens`: build a new address
+/// rather than changing the tokens of one that was already compared.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct NormalizedAddress {
     /// Sorted, de-duplicated tokens: Latin words and digit runs, hanzi bigrams.
     pub tokens: Vec<String>,
     /// The postal code, digits and letters only, upper-cased.
     pub postal_code: Option<String>,
+    /// The hashed tokens (not serialised).
+    #[serde(skip)]
+    cache: OnceLock<Vec<TokenHash>>,
+}
+
+/// One address token, hashed: equal hashes are taken as equal tokens (a 64-bit collision
+/// among the few tokens of two addresses is negligible).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TokenHash {
+    /// The token's hash.
+    pub hash: u64,
+    /// Its position in [`NormalizedAddress::tokens`].
+    pub index: u32,
+    /// True for a run of digits (a house, building or room number, a street number).
+    pub number: bool,
+}
+
+impl PartialEq for NormalizedAddress {
+    /// Equal tokens and postal code (the cache is derived from them).
+    fn eq(&self, other: &Self) -> bool {
+        self.tokens == other.tokens && self.postal_code == other.postal_code
+    }
+}
+
+impl Eq for NormalizedAddress {}
+
+impl NormalizedAddress {
+    /// An address from its tokens (sorted and de-duplicated here) and postal code.
+    pub fn new(mut tokens: Vec<String>, postal_code: Option<String>) -> NormalizedAddress {
+        tokens.sort();
+        tokens.dedup();
+        NormalizedAddress {
+            tokens,
+            postal_code,
+            cache: OnceLock::new(),
+        }
+    }
+
+    /// The tokens hashed, sorted by hash; computed once.
+    pub fn token_hashes(&self) -> &[TokenHash] {
+        self.cache.get_or_init(|| {
+            let mut v: Vec<TokenHash> = self
+                .tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| TokenHash {
+                    hash: fnv1a(t.as_bytes()),
+                    index: u32::try_from(i).unwrap_or(u32::MAX),
+                    number: !t.is_empty() && t.bytes().all(|c| c.is_ascii_digit()),
+                })
+                .collect();
+            v.sort_unstable();
+            v
+        })
+    }
+}
+
+/// FNV-1a with a final mix: a fast 64-bit hash of short texts (tokens, keys).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    h ^ (h >> 31)
 }
 
 /// A resident identity number and what it says.
@@ -292,19 +379,27 @@ pub fn normalize(d: &Demographics) -> NormalizedPerson {
     let sex = d.sex.filter(|s| matches!(s, Sex::Male | Sex::Female));
     let mut names: Vec<NormalizedName> = d.names.iter().filter_map(normalize_name).collect();
     names.dedup();
+    // Filled now, once, rather than at the first comparison.
+    for n in &names {
+        n.key_set();
+    }
     let mut phones: Vec<String> = d.phones.iter().filter_map(|p| normalize_phone(p)).collect();
     phones.sort();
     phones.dedup();
     let addresses = d
         .addresses
         .iter()
-        .map(|a| NormalizedAddress {
-            tokens: address_tokens(&a.text),
-            postal_code: a
-                .postal_code
-                .as_deref()
-                .map(alnum_upper)
-                .filter(|p| !p.is_empty()),
+        .map(|a| {
+            let address = NormalizedAddress::new(
+                address_tokens(&a.text),
+                a.postal_code
+                    .as_deref()
+                    .map(alnum_upper)
+                    .filter(|p| !p.is_empty()),
+            );
+            // Filled now, once, rather than at the first comparison.
+            address.token_hashes();
+            address
         })
         .filter(|a| !a.tokens.is_empty() || a.postal_code.is_some())
         .collect();
