@@ -588,15 +588,19 @@ fn token_agrees(a: &str, b: &str) -> Option<bool> {
 }
 
 /// Whether two given names (both present) are two different names rather than one name
-/// with a typo: with both in hanzi, a different pronunciation (a homophone is a typo);
-/// else, for short names anything but one transposition (lan/yan, li/lu are two names),
-/// for longer ones more than one edit (zihan/zixuan).
-fn given_names_differ(gx: &str, gy: &str, both_hanzi: bool) -> bool {
+/// with a typo. With both in hanzi: a different pronunciation (a homophone is a typo). With
+/// hanzi on one side the names are Chinese, and a short pinyin given name that differs by
+/// anything but one transposition is another name (lan/yan, li/lu). Otherwise (Latin
+/// letters on both sides): more than one edit apart (zihan/zixuan; kayla/kayl is a typo).
+fn given_names_differ(gx: &str, gy: &str, both_hanzi: bool, any_hanzi: bool) -> bool {
     if gx == gy {
         return false;
     }
-    if both_hanzi || gx.len().min(gy.len()) < 5 {
-        return both_hanzi || !one_transposition(gx, gy);
+    if both_hanzi {
+        return true;
+    }
+    if any_hanzi && gx.len().min(gy.len()) < 5 {
+        return !one_transposition(gx, gy);
     }
     !within_one_edit(gx, gy)
 }
@@ -636,10 +640,17 @@ fn compare_name(x: &NormalizedName, y: &NormalizedName) -> (Level, bool) {
         return (level, false);
     }
     let both_hanzi = x.given_hanzi().is_some() && y.given_hanzi().is_some();
+    let any_hanzi = x.hanzi.is_some() || y.hanzi.is_some();
+    // Latin parts sent as family and given are also read swapped (a data-entry slip); the
+    // swapped reading counts for agreement, not for the twin pattern, whose family name is
+    // the one sent as such.
+    let swapped = |n: &NormalizedName, reading: usize| {
+        reading > 0 && n.hanzi.is_none() && n.family.is_some() && n.given.is_some()
+    };
     let mut best_level = Level::Disagree;
     let mut given_differs = false;
-    for (fx, gx) in x.split_set() {
-        for (fy, gy) in y.split_set() {
+    for (ix, (fx, gx)) in x.split_set().iter().enumerate() {
+        for (iy, (fy, gy)) in y.split_set().iter().enumerate() {
             let fam = token_agrees(fx, fy);
             let giv = token_agrees(gx, gy);
             let l = match (fam, giv) {
@@ -650,9 +661,11 @@ fn compare_name(x: &NormalizedName, y: &NormalizedName) -> (Level, bool) {
             // The twin and sibling pattern: the family names agree and the given names are
             // two names (子涵/子轩, zihan/zixuan are close by Jaro–Winkler but are two names).
             let g = fam.is_some()
+                && !swapped(x, ix)
+                && !swapped(y, iy)
                 && !gx.is_empty()
                 && !gy.is_empty()
-                && given_names_differ(gx, gy, both_hanzi);
+                && given_names_differ(gx, gy, both_hanzi, any_hanzi);
             if l < best_level {
                 best_level = l;
                 given_differs = g;
