@@ -724,6 +724,137 @@ mod tests {
     }
 
     #[test]
+    fn the_fast_string_measures_agree_with_strsim() {
+        let words = [
+            "", "a", "ab", "ba", "abc", "acb", "zhang", "zhnag", "zhan", "zhangg", "wei", "wie",
+            "wen", "michaela", "micheala", "michael", "neumann", "neuman", "jessica", "jesdicai",
+            "6692221", "6692321", "6692212", "669222", "张伟", "张玮", "19330122", "19330212",
+        ];
+        for a in words {
+            for b in words {
+                assert_eq!(within_one_edit(a, b), osa_distance(a, b) <= 1, "{a} {b}");
+                for t in [0.8, 0.88, 0.92] {
+                    assert_eq!(
+                        jaro_winkler_at_least(a, b, t),
+                        jaro_winkler(a, b) >= t,
+                        "{a} {b} {t}"
+                    );
+                }
+                let transposed = a.len() == b.len() && osa_distance(a, b) == 1 && {
+                    let (mut x, mut y): (Vec<char>, Vec<char>) =
+                        (a.chars().collect(), b.chars().collect());
+                    x.sort_unstable();
+                    y.sort_unstable();
+                    x == y
+                };
+                assert_eq!(one_transposition(a, b), transposed, "{a} {b}");
+            }
+        }
+    }
+
+    fn person(dob: &str, address: &str, postcode: Option<&str>) -> NormalizedPerson {
+        crate::identity::normalize::normalize(&crate::identity::Demographics {
+            birth_date: Some(dob.into()),
+            addresses: vec![crate::identity::PostalAddress {
+                text: address.into(),
+                postal_code: postcode.map(str::to_owned),
+            }],
+            ..crate::identity::Demographics::default()
+        })
+    }
+
+    #[test]
+    fn birth_date_levels_tell_a_keying_slip_from_another_date() {
+        let level = |a: &str, b: &str| {
+            compare(&person(a, "", None), &person(b, "", None))
+                .vector
+                .get(FieldKind::BirthDate)
+        };
+        assert_eq!(level("19330122", "1933-01-22"), Some(Level::Exact));
+        assert_eq!(level("19850312", "19851203"), Some(Level::Swapped));
+        // A transposition across month and day, a substituted digit, a day off by one.
+        assert_eq!(level("19330122", "19330212"), Some(Level::Typo));
+        assert_eq!(level("19571024", "19571204"), Some(Level::Typo));
+        assert_eq!(level("19711219", "19711218"), Some(Level::Typo));
+        assert_eq!(level("20150510", "20150509"), Some(Level::Typo));
+        // Another year altogether: one component, not a slip.
+        assert_eq!(level("19880923", "20090923"), Some(Level::OneOff));
+        assert_eq!(level("19380407", "19800101"), Some(Level::Disagree));
+        // An unreadable date counts only as a slip of the other one (month 13), else not at
+        // all: it asserts no conflict.
+        assert_eq!(level("19711319", "19711219"), Some(Level::Typo));
+        assert_eq!(level("19948031", "19940831"), Some(Level::Typo));
+        assert_eq!(level("19711319", "19500101"), None);
+        assert_eq!(level("31/13/1971", "19711231"), None);
+    }
+
+    #[test]
+    fn addresses_need_the_house_numbers_to_be_exact_and_postcodes_may_be_close() {
+        let pair = |a: &str, b: &str, pa: &str, pb: &str| {
+            let v = compare(
+                &person("19800101", a, Some(pa)),
+                &person("19800101", b, Some(pb)),
+            )
+            .vector;
+            (v.get(FieldKind::Address), v.get(FieldKind::Postcode))
+        };
+        // Neighbours on one road share most bigrams but not their numbers.
+        assert_eq!(
+            pair(
+                "浙江省杭州市西湖区和平街2号16栋555室",
+                "浙江省杭州市西湖区和平街172号18栋1037室",
+                "310012",
+                "310012"
+            ),
+            (Some(Level::Partial), Some(Level::Exact))
+        );
+        assert_eq!(
+            pair(
+                "浙江省杭州市西湖区和平街2号16栋555室",
+                "浙江省杭州市西湖区和平街2号16栋555室",
+                "310012",
+                "310021"
+            ),
+            (Some(Level::Exact), Some(Level::Close))
+        );
+        // Latin words one typo apart count as shared.
+        assert_eq!(
+            pair(
+                "19 warrumbul street gordonvale brighton nt",
+                "19 warrumbmul street gordoivale brighton nt",
+                "3782",
+                "3728"
+            ),
+            (Some(Level::Exact), Some(Level::Close))
+        );
+        assert_eq!(
+            pair("8 lethbridge street", "9 lethbridge street", "2767", "6702"),
+            (Some(Level::Partial), Some(Level::Disagree))
+        );
+    }
+
+    #[test]
+    fn given_names_differ_by_pronunciation_for_hanzi_and_by_edits_for_letters() {
+        // Hanzi on both sides: the pinyin decides (a homophone is a slip).
+        assert!(level("潘璐", "潘玉").1, "lu/yu are two names");
+        assert!(!level("张伟", "张玮").1, "a homophone");
+        // Hanzi on one side: a short pinyin syllable with another letter is another name.
+        assert!(level("胡兰", "Hu Yan").1);
+        assert!(!level("胡兰", "Hu Lna").1, "a transposition is a slip");
+        // Letters only: one edit is a slip, two are another name.
+        let parts = |f: &str, g: &str| {
+            vec![crate::identity::normalize::normalize_name(&PersonName::parts(f, g)).unwrap()]
+        };
+        assert!(!compare_names(&parts("stanley", "kayla"), &parts("stanley", "kayl")).1);
+        assert!(compare_names(&parts("iovino", "andrew"), &parts("iovino", "tayla")).1);
+        // Latin parts sent swapped still agree, but the swapped reading is no twin pattern.
+        let (l, g) = compare_names(&parts("tabrett", "hayden"), &parts("everett", "hayden"));
+        assert_eq!((l, g), (Some(Level::Partial), false));
+        let (l, _) = compare_names(&parts("streich", "natalia"), &parts("natalia", "masobn"));
+        assert_eq!(l, Some(Level::Partial));
+    }
+
+    #[test]
     fn short_pinyin_surnames_are_not_fuzzy_equal() {
         assert_eq!(token_agrees("li", "lin"), None);
         assert_eq!(token_agrees("chen", "cheng"), None);

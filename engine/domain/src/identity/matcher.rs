@@ -8,13 +8,19 @@
 //!    normalised name (the same hanzi, or the same letters when a side has no hanzi); the same
 //!    医保 `psn_no` and insured region with agreeing names.
 //! 2. **Score**: the sum of the log2 m/u weights of every field both records have.
-//! 3. **Guards**: a conflicting sex or a clearly different birth date (two or more of year,
-//!    month, day differ, not a swap) blocks `certain` (except for the same local id, which
-//!    *is* the record); without an agreeing identifier, the twin pattern (same family name,
-//!    same or nearly the same birth date, different given names) and a clearly different
-//!    birth date cap the grade at `possible` (household members share phone and address); an equal resident id whose names disagree or that
-//!    contradicts a stated birth date counts for nothing (an infant under a parent's number);
-//!    two different persons both `certain` are both lowered to `probable` for a human.
+//! 3. **Guards**: a conflicting sex or a clearly different birth date (not a swap, a keying
+//!    slip or one component off) blocks `certain` (except for the same local id, which *is*
+//!    the record). Household members share phone, address and family name, so without an
+//!    agreeing identifier (resident id, 医保 number or national id equal or one typo apart)
+//!    the grade is capped at `possible` for the twin pattern (the same family name, a near
+//!    birth date, and different given names: another pronunciation when both are hanzi,
+//!    another syllable when either is, more than one edit for Latin letters; or homophone
+//!    names with conflicting sexes) and for a clearly different birth date unless the whole
+//!    name agrees (a parent or sibling has another given name; the same name with another
+//!    date is more likely a wrong date, left to the score and a human). An equal resident id
+//!    whose names disagree or that contradicts a stated birth date counts for nothing (an
+//!    infant under a parent's number); two different persons both `certain` are both
+//!    lowered to `probable` for a human.
 //!
 //! Records of the same person are grouped: the person's grade and score are those of its best
 //! record.
@@ -76,11 +82,11 @@ pub enum PairFinding {
     /// The sexes conflict: never `certain`.
     SexConflict,
     /// Both birth dates are present and clearly different: never `certain`, and at most
-    /// `possible` unless an identifier agrees.
+    /// `possible` unless an identifier or the whole name agrees.
     BirthDateConflict,
-    /// Same family name, the same or a nearly the same birth date (exact, swapped, one
-    /// component off), given names more than one typo apart, no agreeing identifier (twins,
-    /// siblings): at most `possible`.
+    /// Same family name, the same or a nearly the same birth date (exact, swapped, a slip,
+    /// one component off), two different given names (or homophone names with conflicting
+    /// sexes), no agreeing identifier (twins, siblings): at most `possible`.
     TwinPattern,
     /// An equal resident id was not counted: the names disagree or the id contradicts a
     /// stated birth date or sex (an infant registered under a parent's number).
