@@ -329,6 +329,15 @@ fn one_transposition(a: &str, b: &str) -> bool {
 /// letters in common already rules it out (most pairs of different names).
 pub fn jaro_winkler_at_least(a: &str, b: &str, threshold: f64) -> bool {
     if a.is_ascii() && b.is_ascii() && !a.is_empty() && !b.is_empty() {
+        // Jaro ≤ (m/|a| + m/|b| + 1) / 3 with m ≤ the letters in common ≤ the shorter
+        // length, and the Winkler prefix bonus (at most 4 × 0.1) gives at most
+        // 0.6 × Jaro + 0.4: first the lengths alone, then the letters.
+        #[allow(clippy::cast_precision_loss)]
+        let bound = |m: f64| 0.6 * (m / a.len() as f64 + m / b.len() as f64 + 1.0) / 3.0 + 0.4;
+        #[allow(clippy::cast_precision_loss)]
+        if bound(a.len().min(b.len()) as f64) < threshold {
+            return false;
+        }
         let mut counts = [0i16; 128];
         for c in a.bytes() {
             if let Some(n) = counts.get_mut(usize::from(c)) {
@@ -344,16 +353,7 @@ pub fn jaro_winkler_at_least(a: &str, b: &str, threshold: f64) -> bool {
                 common += 1;
             }
         }
-        // Jaro ≤ (m/|a| + m/|b| + 1) / 3 with m ≤ the letters in common, and the Winkler
-        // prefix bonus (at most 4 × 0.1) gives at most 0.6 × Jaro + 0.4.
-        let m = f64::from(common);
-        #[allow(clippy::cast_precision_loss)]
-        let jaro_max = if common == 0 {
-            0.0
-        } else {
-            (m / a.len() as f64 + m / b.len() as f64 + 1.0) / 3.0
-        };
-        if 0.6 * jaro_max + 0.4 < threshold {
+        if common == 0 || bound(f64::from(common)) < threshold {
             return false;
         }
     }
