@@ -163,6 +163,115 @@ fn twins_are_at_most_possible() {
 }
 
 #[test]
+fn twins_with_one_letter_or_a_homophone_between_their_names_are_at_most_possible() {
+    let mut a = zhang("RED", "1");
+    a.identifiers.clear();
+    a.names = vec![PersonName::text("潘璐")];
+    a.birth_date = Some("2011-09-04".into());
+    a.sex = Some(Sex::Female);
+    let index = index_of(&[(1, a.clone())]);
+    // lu/yu: one letter apart in pinyin, two names.
+    let mut b = a.clone();
+    b.local_id = "2".into();
+    b.names = vec![PersonName::text("潘玉")];
+    let d = decide(&index, &b);
+    assert_eq!(d.grade, Grade::Possible, "{d:?}");
+    assert!(d.candidates[0].findings.contains(&PairFinding::TwinPattern));
+    // The same hanzi name written in pinyin elsewhere with one letter changed: also two
+    // names when the other side is in hanzi.
+    b.names = vec![PersonName::text("Pan Yu")];
+    assert_eq!(decide(&index, &b).grade, Grade::Possible);
+    // Boy–girl twins named with homophones (许晶/许静): the sexes conflict.
+    let mut girl = a.clone();
+    girl.names = vec![PersonName::text("许静")];
+    let index = index_of(&[(1, girl.clone())]);
+    let mut boy = girl.clone();
+    boy.local_id = "2".into();
+    boy.names = vec![PersonName::text("许晶")];
+    boy.sex = Some(Sex::Male);
+    let d = decide(&index, &boy);
+    assert_eq!(d.grade, Grade::Possible, "{d:?}");
+    assert!(d.candidates[0].findings.contains(&PairFinding::TwinPattern));
+    // A homophone with the same sex is a registration slip, not twins.
+    let mut slip = boy.clone();
+    slip.sex = Some(Sex::Female);
+    let d = decide(&index, &slip);
+    assert_eq!(d.grade, Grade::Probable, "{d:?}");
+}
+
+/// A FEBRL-style record: parts in Latin letters, a national id, no sex or phone.
+fn latin(local: &str, family: &str, given: &str, dob: &str, ssn: &str) -> Demographics {
+    Demographics {
+        facility: "A".into(),
+        local_id: local.into(),
+        identifiers: vec![OtherId::National {
+            system: "ssn".into(),
+            value: ssn.into(),
+        }],
+        names: vec![PersonName::parts(family, given)],
+        birth_date: Some(dob.into()),
+        sex: None,
+        phones: vec![],
+        addresses: vec![PostalAddress {
+            text: "10 laughton street manor park thornbury vic".into(),
+            postal_code: Some("6258".into()),
+        }],
+    }
+}
+
+#[test]
+fn a_replaced_given_name_is_probable_only_with_an_agreeing_id() {
+    let index = index_of(&[(1, latin("1", "fitzpatrick", "ethan", "19040922", "6023201"))]);
+    // The id one typo apart: individual evidence, the twin guard does not apply.
+    let d = decide(
+        &index,
+        &latin("2", "fitzpatrick", "caleb", "19040922", "6023210"),
+    );
+    assert_eq!(d.grade, Grade::Probable, "{d:?}");
+    // An unrelated id: nothing tells this record from a twin's.
+    let d = decide(
+        &index,
+        &latin("3", "fitzpatrick", "caleb", "19040922", "3284048"),
+    );
+    assert_eq!(d.grade, Grade::Possible, "{d:?}");
+    assert!(d.candidates[0].findings.contains(&PairFinding::TwinPattern));
+}
+
+#[test]
+fn a_wrong_birth_date_under_the_same_name_is_for_a_human_a_parents_is_not() {
+    // A household's phone and address, no id.
+    let latin = |local: &str, family: &str, given: &str, dob: &str| {
+        let mut d = latin(local, family, given, dob, "");
+        d.identifiers.clear();
+        d.phones = vec!["0298765432".into()];
+        d
+    };
+    let index = index_of(&[(1, latin("1", "ferris", "jacqueline", "19250708"))]);
+    // The same name and address, another birth date: probably a wrong date; never certain.
+    let d = decide(&index, &latin("2", "ferris", "jacqueline", "19251030"));
+    assert_eq!(d.grade, Grade::Probable, "{d:?}");
+    assert!(
+        d.candidates[0]
+            .findings
+            .contains(&PairFinding::BirthDateConflict)
+    );
+    // A keying slip in the date (the day one off) is no conflict at all.
+    let d = decide(&index, &latin("3", "ferris", "jacqueline", "19250709"));
+    let dob = d.candidates[0]
+        .contributions
+        .iter()
+        .find(|c| c.field == FieldKind::BirthDate)
+        .unwrap();
+    assert_eq!(dob.level, Some(Level::Typo));
+    assert!(dob.weight > 0.0);
+    // Another given name and another birth date at the same address: a parent or sibling.
+    let mut parent = latin("4", "ferris", "jaiden", "19571024");
+    parent.names.push(PersonName::parts("ferris", "jacky"));
+    let d = decide(&index, &parent);
+    assert!(d.grade >= Grade::Possible, "{d:?}");
+}
+
+#[test]
 fn conflicting_sex_or_birth_date_is_never_certain() {
     let index = index_of(&[(1, zhang("RED", "1"))]);
     let mut sex = zhang("BLUE", "1");
@@ -364,9 +473,9 @@ fn the_synthetic_chinese_population_meets_the_targets() {
     assert_eq!(e.parent_child_auto_links, 0, "{e:?}");
     assert_eq!(e.twin_predicted, 0, "twins are never probable: {e:?}");
     assert_eq!(e.parent_child_predicted, 0, "{e:?}");
-    assert!(e.precision() >= 0.995, "{e:?}");
-    assert!(e.recall() >= 0.95, "{e:?}");
-    assert!(e.f1() >= 0.97, "{e:?}");
+    assert!(e.precision() >= 0.999, "{e:?}");
+    assert!(e.recall() >= 0.96, "{e:?}");
+    assert!(e.f1() >= 0.98, "{e:?}");
     assert!(records.iter().any(|r| r.truth.role == Role::Twin));
 }
 
@@ -419,5 +528,6 @@ fn febrl4_links_with_em_weights() {
     assert_eq!(e.true_pairs, 5_000);
     assert_eq!(e.certain_pairs, 0, "no rule applies and auto-link is off");
     assert!(e.precision() >= 0.999, "{e:?}");
-    assert!(e.f1() >= 0.99, "{e:?}");
+    assert!(e.recall() >= 0.995, "{e:?}");
+    assert!(e.f1() >= 0.997, "{e:?}");
 }

@@ -8,13 +8,19 @@
 //!    normalised name (the same hanzi, or the same letters when a side has no hanzi); the same
 //!    医保 `psn_no` and insured region with agreeing names.
 //! 2. **Score**: the sum of the log2 m/u weights of every field both records have.
-//! 3. **Guards**: a conflicting sex or a clearly different birth date (two or more of year,
-//!    month, day differ, not a swap) blocks `certain` (except for the same local id, which
-//!    *is* the record); without an agreeing identifier, the twin pattern (same family name,
-//!    same or nearly the same birth date, different given names) and a clearly different
-//!    birth date cap the grade at `possible` (household members share phone and address); an equal resident id whose names disagree or that
-//!    contradicts a stated birth date counts for nothing (an infant under a parent's number);
-//!    two different persons both `certain` are both lowered to `probable` for a human.
+//! 3. **Guards**: a conflicting sex or a clearly different birth date (not a swap, a keying
+//!    slip or one component off) blocks `certain` (except for the same local id, which *is*
+//!    the record). Household members share phone, address and family name, so without an
+//!    agreeing identifier (resident id, 医保 number or national id equal or one typo apart)
+//!    the grade is capped at `possible` for the twin pattern (the same family name, a near
+//!    birth date, and different given names: another pronunciation when both are hanzi,
+//!    another syllable when either is, more than one edit for Latin letters; or homophone
+//!    names with conflicting sexes) and for a clearly different birth date unless the whole
+//!    name agrees (a parent or sibling has another given name; the same name with another
+//!    date is more likely a wrong date, left to the score and a human). An equal resident id
+//!    whose names disagree or that contradicts a stated birth date counts for nothing (an
+//!    infant under a parent's number); two different persons both `certain` are both
+//!    lowered to `probable` for a human.
 //!
 //! Records of the same person are grouped: the person's grade and score are those of its best
 //! record.
@@ -22,7 +28,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::blocking::{CandidateIndex, PersonId, blocking_keys};
-use super::compare::{Comparison, ComparisonVector, FIELD_COUNT, FieldKind, Level, compare};
+use super::compare::{
+    Comparison, ComparisonVector, FIELD_COUNT, FieldKind, LEVEL_COUNT, Level, compare,
+};
 use super::demographics::Demographics;
 use super::normalize::{NormalizedPerson, RecordFinding, normalize};
 use super::weights::{Thresholds, Weights, WeightsError};
@@ -74,11 +82,11 @@ pub enum PairFinding {
     /// The sexes conflict: never `certain`.
     SexConflict,
     /// Both birth dates are present and clearly different: never `certain`, and at most
-    /// `possible` unless an identifier agrees.
+    /// `possible` unless an identifier or the whole name agrees.
     BirthDateConflict,
-    /// Same family name, the same or a nearly the same birth date (exact, swapped, one
-    /// component off), given names more than one typo apart, no agreeing identifier (twins,
-    /// siblings): at most `possible`.
+    /// Same family name, the same or a nearly the same birth date (exact, swapped, a slip,
+    /// one component off), two different given names (or homophone names with conflicting
+    /// sexes), no agreeing identifier (twins, siblings): at most `possible`.
     TwinPattern,
     /// An equal resident id was not counted: the names disagree or the id contradicts a
     /// stated birth date or sex (an infant registered under a parent's number).
@@ -164,7 +172,7 @@ impl MatchDecision {
 #[derive(Clone, Debug)]
 pub struct Matcher {
     weights: Weights,
-    table: [[f64; 8]; FIELD_COUNT],
+    table: [[f64; LEVEL_COUNT]; FIELD_COUNT],
     thresholds: Thresholds,
     /// How many candidate records to fetch from the index per decision (default 64).
     pub candidate_limit: usize,
@@ -212,74 +220,123 @@ impl Matcher {
         (total, parts)
     }
 
+    /// The score of a comparison vector (the sum of [`Matcher::score`]'s contributions,
+    /// without building them).
+    pub fn score_value(&self, v: &ComparisonVector) -> f64 {
+        v.levels
+            .iter()
+            .zip(&self.table)
+            .map(|(level, row)| {
+                level
+                    .and_then(|l| row.get(l as usize).copied())
+                    .unwrap_or(0.0)
+            })
+            .sum()
+    }
+
     /// Decides one incoming record against an index.
     pub fn decide(&self, incoming: &Demographics, index: &impl CandidateIndex) -> MatchDecision {
         self.decide_normalized(&normalize(incoming), index)
     }
 
     /// [`Matcher::decide`] for a record already normalised.
+    ///
+    /// Every candidate record is graded cheaply first; the explanation (contributions,
+    /// findings, record list) is built only for the persons that are shown.
     pub fn decide_normalized(
         &self,
         incoming: &NormalizedPerson,
         index: &impl CandidateIndex,
     ) -> MatchDecision {
+        struct Group {
+            person_id: PersonId,
+            best: usize,
+            assessment: Assessment,
+            ambiguous: bool,
+            records: Vec<(usize, Grade, f64)>,
+        }
         let keys = blocking_keys(incoming);
         let found = index.candidates(&keys, self.candidate_limit);
-        let mut persons: Vec<Candidate> = Vec::new();
-        for entry in &found {
-            let c = self.judge(incoming, &entry.person);
-            let record = RecordMatch {
-                facility: entry.person.facility.clone(),
-                local_id: entry.person.local_id.clone(),
-                grade: c.grade,
-                score: c.score,
-            };
-            match persons.iter_mut().find(|p| p.person_id == entry.person_id) {
-                Some(p) => {
-                    p.records.push(record);
-                    if (c.grade, -c.score) < (p.grade, -p.score) {
-                        p.facility = entry.person.facility.clone();
-                        p.local_id = entry.person.local_id.clone();
-                        p.grade = c.grade;
-                        p.score = c.score;
-                        p.contributions = c.contributions;
-                        p.rule = c.rule;
-                        p.findings = c.findings;
+        let mut groups: Vec<Group> = Vec::new();
+        for (i, entry) in found.iter().enumerate() {
+            let x = self.assess(incoming, &entry.person);
+            match groups.iter_mut().find(|g| g.person_id == entry.person_id) {
+                Some(g) => {
+                    g.records.push((i, x.grade, x.score));
+                    if (x.grade, -x.score) < (g.assessment.grade, -g.assessment.score) {
+                        g.best = i;
+                        g.assessment = x;
                     }
                 }
-                None => persons.push(Candidate {
+                None => groups.push(Group {
                     person_id: entry.person_id,
-                    facility: entry.person.facility.clone(),
-                    local_id: entry.person.local_id.clone(),
-                    grade: c.grade,
-                    score: c.score,
-                    contributions: c.contributions,
-                    rule: c.rule,
-                    findings: c.findings,
-                    records: vec![record],
+                    best: i,
+                    records: vec![(i, x.grade, x.score)],
+                    assessment: x,
+                    ambiguous: false,
                 }),
             }
         }
         // Two persons certain: a human decides, unless one is the record itself.
-        let certain = persons.iter().filter(|p| p.grade == Grade::Certain).count();
+        let certain = groups
+            .iter()
+            .filter(|g| g.assessment.grade == Grade::Certain)
+            .count();
         if certain > 1 {
-            let has_self = persons.iter().any(|p| p.rule == Some(Rule::SameLocalId));
-            for p in persons.iter_mut().filter(|p| p.grade == Grade::Certain) {
-                if has_self && p.rule == Some(Rule::SameLocalId) {
+            let has_self = groups
+                .iter()
+                .any(|g| g.assessment.rule == Some(Rule::SameLocalId));
+            for g in groups
+                .iter_mut()
+                .filter(|g| g.assessment.grade == Grade::Certain)
+            {
+                if has_self && g.assessment.rule == Some(Rule::SameLocalId) {
                     continue;
                 }
-                p.grade = Grade::Probable;
-                p.findings.push(PairFinding::AmbiguousCertain);
+                g.assessment.grade = Grade::Probable;
+                g.ambiguous = true;
             }
         }
-        persons.retain(|p| p.grade <= Grade::Possible);
-        for p in &mut persons {
-            p.records.sort_by(|a, b| {
-                (a.grade, -a.score)
-                    .partial_cmp(&(b.grade, -b.score))
-                    .unwrap_or(std::cmp::Ordering::Equal)
-            });
-        }
+        let mut persons: Vec<Candidate> = groups
+            .into_iter()
+            .filter(|g| g.assessment.grade <= Grade::Possible)
+            .filter_map(|mut g| {
+                let best = &found.get(g.best)?.person;
+                let (contributions, mut findings) = self.explain(incoming, best, &g.assessment);
+                if g.ambiguous {
+                    findings.push(PairFinding::AmbiguousCertain);
+                }
+                g.records.sort_by(|a, b| {
+                    (a.1, -a.2)
+                        .partial_cmp(&(b.1, -b.2))
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                });
+                let records = g
+                    .records
+                    .iter()
+                    .filter_map(|&(i, grade, score)| {
+                        let p = &found.get(i)?.person;
+                        Some(RecordMatch {
+                            facility: p.facility.clone(),
+                            local_id: p.local_id.clone(),
+                            grade,
+                            score,
+                        })
+                    })
+                    .collect();
+                Some(Candidate {
+                    person_id: g.person_id,
+                    facility: best.facility.clone(),
+                    local_id: best.local_id.clone(),
+                    grade: g.assessment.grade,
+                    score: g.assessment.score,
+                    contributions,
+                    rule: g.assessment.rule,
+                    findings,
+                    records,
+                })
+            })
+            .collect();
         persons.sort_by(|a, b| {
             (a.grade, -a.score, a.person_id)
                 .partial_cmp(&(b.grade, -b.score, b.person_id))
@@ -294,29 +351,71 @@ impl Matcher {
         }
     }
 
-    /// Compares two records and grades the pair (rules, score, guards).
+    /// Compares two records and grades the pair (rules, score, guards), with the
+    /// explanation.
     pub fn judge(&self, a: &NormalizedPerson, b: &NormalizedPerson) -> PairJudgement {
-        let cmp = compare(a, b);
-        let (score, contributions) = self.score(&cmp.vector);
+        let x = self.assess(a, b);
+        let (contributions, findings) = self.explain(a, b, &x);
+        PairJudgement {
+            grade: x.grade,
+            score: x.score,
+            contributions,
+            rule: x.rule,
+            findings,
+            comparison: x.comparison,
+        }
+    }
+
+    /// The contributions and findings of an assessed pair.
+    fn explain(
+        &self,
+        a: &NormalizedPerson,
+        b: &NormalizedPerson,
+        x: &Assessment,
+    ) -> (Vec<Contribution>, Vec<PairFinding>) {
+        let (_, contributions) = self.score(&x.comparison.vector);
         let mut findings: Vec<PairFinding> = Vec::new();
         findings.extend(a.findings.iter().map(|f| PairFinding::Incoming(*f)));
         findings.extend(b.findings.iter().map(|f| PairFinding::Candidate(*f)));
+        if x.rule != Some(Rule::SameLocalId) {
+            if x.sex_conflict {
+                findings.push(PairFinding::SexConflict);
+            }
+            if x.dob_conflict {
+                findings.push(PairFinding::BirthDateConflict);
+            }
+            if x.twin {
+                findings.push(PairFinding::TwinPattern);
+            }
+            if x.comparison.shared_id_ignored {
+                findings.push(PairFinding::SharedIdIgnored);
+            }
+        }
+        (contributions, findings)
+    }
+
+    /// Grades a pair: rules, score and guards, without the explanation.
+    fn assess(&self, a: &NormalizedPerson, b: &NormalizedPerson) -> Assessment {
+        let cmp = compare(a, b);
+        let score = self.score_value(&cmp.vector);
         let same_record =
             !a.local_id.is_empty() && a.facility == b.facility && a.local_id == b.local_id;
         if same_record {
-            return PairJudgement {
+            return Assessment {
                 grade: Grade::Certain,
                 score,
-                contributions,
                 rule: Some(Rule::SameLocalId),
-                findings,
                 comparison: cmp,
+                sex_conflict: false,
+                dob_conflict: false,
+                twin: false,
             };
         }
+        let name = cmp.vector.get(FieldKind::Name);
         let sex_conflict = cmp.vector.get(FieldKind::Sex) == Some(Level::Disagree);
         let dob_conflict = cmp.vector.get(FieldKind::BirthDate) == Some(Level::Disagree);
-        // Twins have different ids: an agreeing id (FEBRL-style replaced given names, a
-        // nickname) lifts the twin guard.
+        // Twins have different ids: an agreeing id (a replaced given name, a nickname)
+        // lifts the twin guard.
         let id_agrees = [
             FieldKind::ResidentId,
             FieldKind::Insurance,
@@ -326,29 +425,31 @@ impl Matcher {
         .any(|f| matches!(cmp.vector.get(*f), Some(Level::Exact | Level::Close)));
         let near_birth = matches!(
             cmp.vector.get(FieldKind::BirthDate),
-            Some(Level::Exact | Level::Swapped | Level::OneOff)
+            Some(Level::Exact | Level::Swapped | Level::Typo | Level::OneOff)
         );
-        let twin = cmp.given_names_differ && near_birth && !id_agrees;
-        if sex_conflict {
-            findings.push(PairFinding::SexConflict);
-        }
-        if dob_conflict {
-            findings.push(PairFinding::BirthDateConflict);
-        }
-        if twin {
-            findings.push(PairFinding::TwinPattern);
-        }
-        if cmp.shared_id_ignored {
-            findings.push(PairFinding::SharedIdIgnored);
-        }
-        let name = cmp.vector.get(FieldKind::Name);
+        let hanzi = both_have_hanzi(a, b);
+        // Boy–girl twins may have homophone names (许晶/许静): different hanzi, the same
+        // pinyin, and the sexes conflict.
+        let homophone_other_sex = sex_conflict && name == Some(Level::Phonetic) && hanzi;
+        let twin = near_birth && !id_agrees && (cmp.given_names_differ || homophone_other_sex);
+        // The whole name agrees (the same hanzi, or the same or nearly the same letters
+        // when neither side has hanzi): a different birth date is then more likely a wrong
+        // date than a parent or sibling, whose given names differ.
+        let whole_name_agrees = match name {
+            Some(Level::Exact) => true,
+            Some(Level::Fuzzy) => {
+                !a.names.iter().any(|n| n.hanzi.is_some())
+                    && !b.names.iter().any(|n| n.hanzi.is_some())
+            }
+            _ => false,
+        };
         let blocked = sex_conflict || dob_conflict || twin;
         let mut rule = None;
         if !blocked {
             let hanzi_or_latin_exact = match name {
                 Some(Level::Exact) => true,
                 // One side has only pinyin/Latin: the same letters count as the same name.
-                Some(Level::Phonetic) => !both_have_hanzi(a, b),
+                Some(Level::Phonetic) => !hanzi,
                 _ => false,
             };
             if cmp.resident_id_trusted_equal && hanzi_or_latin_exact {
@@ -377,17 +478,20 @@ impl Matcher {
         };
         // Household members share phone, address and family name: without an agreeing
         // identifier, a different given name (twins, siblings) or a clearly different birth
-        // date (a parent, a sibling) keeps the pair out of the work-queue.
-        if (twin || (dob_conflict && !id_agrees)) && grade < Grade::Possible {
+        // date under a different name (a parent, a sibling) keeps the pair out of the
+        // work-queue.
+        let household = twin || (dob_conflict && !id_agrees && !whole_name_agrees);
+        if household && grade < Grade::Possible {
             grade = Grade::Possible;
         }
-        PairJudgement {
+        Assessment {
             grade,
             score,
-            contributions,
             rule,
-            findings,
             comparison: cmp,
+            sex_conflict,
+            dob_conflict,
+            twin,
         }
     }
 
@@ -413,6 +517,19 @@ impl Matcher {
 
 fn both_have_hanzi(a: &NormalizedPerson, b: &NormalizedPerson) -> bool {
     a.names.iter().any(|n| n.hanzi.is_some()) && b.names.iter().any(|n| n.hanzi.is_some())
+}
+
+/// The grade of one record pair without its explanation (what [`Matcher::decide`] computes
+/// for every candidate record).
+#[derive(Clone, Debug)]
+struct Assessment {
+    grade: Grade,
+    score: f64,
+    rule: Option<Rule>,
+    comparison: Comparison,
+    sex_conflict: bool,
+    dob_conflict: bool,
+    twin: bool,
 }
 
 /// The grade of one record pair, with its explanation.

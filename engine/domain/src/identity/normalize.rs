@@ -16,6 +16,8 @@
 //!   sex, which are cross-checked with the stated ones: a mismatch is a
 //!   [`RecordFinding`] and keeps the id out of deterministic rules.
 
+use std::sync::OnceLock;
+
 use chrono::NaiveDate;
 use pinyin::ToPinyin;
 use serde::{Deserialize, Serialize};
@@ -39,6 +41,11 @@ pub struct NormalizedPerson {
     pub names: Vec<NormalizedName>,
     /// The birth date, when readable.
     pub birth_date: Option<BirthDate>,
+    /// The eight digits of a birth date sent year first that is not a valid day
+    /// (`19711319`, `1917-50-09`): compared only for a keying slip against the other
+    /// record's date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable_birth_date: Option<String>,
     /// Male or female; `None` when unknown, other or not sent.
     pub sex: Option<Sex>,
     /// Phone numbers, normalised by [`normalize_phone`].
@@ -56,7 +63,11 @@ pub struct NormalizedPerson {
 }
 
 /// A name in comparable form.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The comparison keys ([`NormalizedName::key_set`], [`NormalizedName::split_set`]) are
+/// computed once, on first use, from the public fields and cached: build a new name rather
+/// than changing the fields of one that was already compared.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct NormalizedName {
     /// The ideographic name, simplified, without separators (`张伟`, `阿依古丽买买提`);
     /// `None` for a Latin-only name.
@@ -69,9 +80,94 @@ pub struct NormalizedName {
     /// Every token in the order written (`["ayiguli", "maimaiti"]`, `["wei", "zhang"]`); used
     /// when family and given are not known.
     pub tokens: Vec<String>,
+    /// What comparison reads, derived from the fields above (not serialised).
+    #[serde(skip)]
+    cache: OnceLock<NameKeys>,
 }
 
+/// The derived comparison keys of a name.
+#[derive(Clone, Debug, Default)]
+struct NameKeys {
+    keys: Vec<String>,
+    key_hashes: Vec<u64>,
+    splits: Vec<(String, String)>,
+    given_hanzi: Option<String>,
+}
+
+impl PartialEq for NormalizedName {
+    /// Equal fields (the cache is derived from them).
+    fn eq(&self, other: &Self) -> bool {
+        self.hanzi == other.hanzi
+            && self.family == other.family
+            && self.given == other.given
+            && self.tokens == other.tokens
+    }
+}
+
+impl Eq for NormalizedName {}
+
 impl NormalizedName {
+    /// A name from its parts (the cache starts empty).
+    pub fn new(
+        hanzi: Option<String>,
+        family: Option<String>,
+        given: Option<String>,
+        tokens: Vec<String>,
+    ) -> NormalizedName {
+        NormalizedName {
+            hanzi,
+            family,
+            given,
+            tokens,
+            cache: OnceLock::new(),
+        }
+    }
+
+    fn cached(&self) -> &NameKeys {
+        self.cache.get_or_init(|| {
+            let keys = self.keys();
+            NameKeys {
+                key_hashes: keys.iter().map(|k| fnv1a(k.as_bytes())).collect(),
+                keys,
+                splits: self.splits(),
+                given_hanzi: match (&self.hanzi, &self.family, &self.given) {
+                    (Some(h), Some(_), Some(_)) => {
+                        Some(split_hanzi_name(h).1.to_owned()).filter(|g| !g.is_empty())
+                    }
+                    _ => None,
+                },
+            }
+        })
+    }
+
+    /// True when the two names share a key (the same letters in some order): hashes first,
+    /// then the texts.
+    pub fn shares_key(&self, other: &NormalizedName) -> bool {
+        let (a, b) = (self.cached(), other.cached());
+        a.key_hashes.iter().zip(&a.keys).any(|(ha, ka)| {
+            b.key_hashes
+                .iter()
+                .zip(&b.keys)
+                .any(|(hb, kb)| ha == hb && ka == kb)
+        })
+    }
+
+    /// [`NormalizedName::keys`], computed once.
+    pub fn key_set(&self) -> &[String] {
+        &self.cached().keys
+    }
+
+    /// [`NormalizedName::splits`], computed once.
+    pub fn split_set(&self) -> &[(String, String)] {
+        &self.cached().splits
+    }
+
+    /// The given name in hanzi (`伟` of `张伟`), when the name has hanzi and a known
+    /// family/given structure.
+    pub fn given_hanzi(&self) -> Option<&str> {
+        self.cached().given_hanzi.as_deref()
+    }
+
     /// The name's letters in the possible orders, concatenated (`zhangwei`, `weizhang`):
     /// equal keys mean the same pronunciation whatever the order and spacing.
     pub fn keys(&self) -> Vec<String> {
@@ -100,10 +196,14 @@ impl NormalizedName {
         keys
     }
 
-    /// The family and given parts as separate strings when split, else the tokens split as
-    /// (first, rest) and (rest, last): used by the comparison.
+    /// The (family, given) readings compared: the parts when known (for a name without
+    /// hanzi also swapped, since Latin parts are often sent in the wrong fields), else the
+    /// tokens split as (first, rest) and (last, the others).
     pub fn splits(&self) -> Vec<(String, String)> {
         match (&self.family, &self.given) {
+            (Some(f), Some(g)) if self.hanzi.is_none() => {
+                vec![(f.clone(), g.clone()), (g.clone(), f.clone())]
+            }
             (Some(f), Some(g)) => vec![(f.clone(), g.clone())],
             (Some(f), None) => vec![(f.clone(), String::new())],
             (None, Some(g)) => vec![(String::new(), g.clone())],
@@ -122,12 +222,82 @@ impl NormalizedName {
 }
 
 /// An address as tokens.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Comparison reads the tokens through a cached, hashed form
+/// ([`NormalizedAddress::token_hashes`]), computed once from `tokens`: build a new address
+/// rather than changing the tokens of one that was already compared.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct NormalizedAddress {
     /// Sorted, de-duplicated tokens: Latin words and digit runs, hanzi bigrams.
     pub tokens: Vec<String>,
     /// The postal code, digits and letters only, upper-cased.
     pub postal_code: Option<String>,
+    /// The hashed tokens (not serialised).
+    #[serde(skip)]
+    cache: OnceLock<Vec<TokenHash>>,
+}
+
+/// One address token, hashed: equal hashes are taken as equal tokens (a 64-bit collision
+/// among the few tokens of two addresses is negligible).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TokenHash {
+    /// The token's hash.
+    pub hash: u64,
+    /// Its position in [`NormalizedAddress::tokens`].
+    pub index: u32,
+    /// True for a run of digits (a house, building or room number, a street number).
+    pub number: bool,
+}
+
+impl PartialEq for NormalizedAddress {
+    /// Equal tokens and postal code (the cache is derived from them).
+    fn eq(&self, other: &Self) -> bool {
+        self.tokens == other.tokens && self.postal_code == other.postal_code
+    }
+}
+
+impl Eq for NormalizedAddress {}
+
+impl NormalizedAddress {
+    /// An address from its tokens (sorted and de-duplicated here) and postal code.
+    pub fn new(mut tokens: Vec<String>, postal_code: Option<String>) -> NormalizedAddress {
+        tokens.sort();
+        tokens.dedup();
+        NormalizedAddress {
+            tokens,
+            postal_code,
+            cache: OnceLock::new(),
+        }
+    }
+
+    /// The tokens hashed, sorted by hash; computed once.
+    pub fn token_hashes(&self) -> &[TokenHash] {
+        self.cache.get_or_init(|| {
+            let mut v: Vec<TokenHash> = self
+                .tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| TokenHash {
+                    hash: fnv1a(t.as_bytes()),
+                    index: u32::try_from(i).unwrap_or(u32::MAX),
+                    number: !t.is_empty() && t.bytes().all(|c| c.is_ascii_digit()),
+                })
+                .collect();
+            v.sort_unstable();
+            v
+        })
+    }
+}
+
+/// FNV-1a with a final mix: a fast 64-bit hash of short texts (tokens, keys).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    h ^ (h >> 31)
 }
 
 /// A resident identity number and what it says.
@@ -186,11 +356,19 @@ pub enum RecordFinding {
 /// Normalises one record's demographics.
 pub fn normalize(d: &Demographics) -> NormalizedPerson {
     let mut findings = Vec::new();
+    let mut unreadable_birth_date = None;
     let birth_date = match d.birth_date.as_deref().map(str::trim) {
         Some(raw) if !raw.is_empty() => {
             let parsed = parse_birth_date(raw);
             match parsed {
-                None => findings.push(RecordFinding::BirthDateUnreadable),
+                None => {
+                    findings.push(RecordFinding::BirthDateUnreadable);
+                    let digits: String = raw.chars().filter(char::is_ascii_digit).collect();
+                    let year_first = raw.chars().take(4).all(|c| c.is_ascii_digit());
+                    if digits.len() == 8 && year_first {
+                        unreadable_birth_date = Some(digits);
+                    }
+                }
                 Some(b) if b.ambiguous => findings.push(RecordFinding::BirthDateAmbiguous),
                 Some(_) => {}
             }
@@ -201,19 +379,27 @@ pub fn normalize(d: &Demographics) -> NormalizedPerson {
     let sex = d.sex.filter(|s| matches!(s, Sex::Male | Sex::Female));
     let mut names: Vec<NormalizedName> = d.names.iter().filter_map(normalize_name).collect();
     names.dedup();
+    // Filled now, once, rather than at the first comparison.
+    for n in &names {
+        n.key_set();
+    }
     let mut phones: Vec<String> = d.phones.iter().filter_map(|p| normalize_phone(p)).collect();
     phones.sort();
     phones.dedup();
     let addresses = d
         .addresses
         .iter()
-        .map(|a| NormalizedAddress {
-            tokens: address_tokens(&a.text),
-            postal_code: a
-                .postal_code
-                .as_deref()
-                .map(alnum_upper)
-                .filter(|p| !p.is_empty()),
+        .map(|a| {
+            let address = NormalizedAddress::new(
+                address_tokens(&a.text),
+                a.postal_code
+                    .as_deref()
+                    .map(alnum_upper)
+                    .filter(|p| !p.is_empty()),
+            );
+            // Filled now, once, rather than at the first comparison.
+            address.token_hashes();
+            address
         })
         .filter(|a| !a.tokens.is_empty() || a.postal_code.is_some())
         .collect();
@@ -294,6 +480,7 @@ pub fn normalize(d: &Demographics) -> NormalizedPerson {
         local_id: d.local_id.trim().to_owned(),
         names,
         birth_date,
+        unreadable_birth_date,
         sex,
         phones,
         addresses,
@@ -548,34 +735,29 @@ pub fn normalize_name(n: &PersonName) -> Option<NormalizedName> {
         let mut tokens: Vec<String> = Vec::new();
         tokens.extend(fam_l.clone());
         tokens.extend(giv_l.clone());
-        return Some(NormalizedName {
+        return Some(NormalizedName::new(
             hanzi,
-            family: fam_l.filter(|s| !s.is_empty()),
-            given: giv_l.filter(|s| !s.is_empty()),
+            fam_l.filter(|s| !s.is_empty()),
+            giv_l.filter(|s| !s.is_empty()),
             tokens,
-        });
+        ));
     }
     let (han, latin) = segments(&n.text);
     if han.is_empty() && latin.is_empty() {
         return None;
     }
     if han.is_empty() {
-        return Some(NormalizedName {
-            hanzi: None,
-            family: None,
-            given: None,
-            tokens: latin,
-        });
+        return Some(NormalizedName::new(None, None, None, latin));
     }
     let hanzi = han.concat();
     if han.len() > 1 {
         // Separated parts (阿依古丽·买买提): no family/given structure.
-        return Some(NormalizedName {
-            hanzi: Some(hanzi),
-            family: None,
-            given: None,
-            tokens: han.iter().map(|h| hanzi_pinyin(h)).collect(),
-        });
+        return Some(NormalizedName::new(
+            Some(hanzi),
+            None,
+            None,
+            han.iter().map(|h| hanzi_pinyin(h)).collect(),
+        ));
     }
     let (fam, giv) = split_hanzi_name(&hanzi);
     let family = surname_pinyin(fam);
@@ -584,12 +766,12 @@ pub fn normalize_name(n: &PersonName) -> Option<NormalizedName> {
     if !given.is_empty() {
         tokens.push(given.clone());
     }
-    Some(NormalizedName {
-        hanzi: Some(hanzi),
-        family: Some(family),
-        given: Some(given).filter(|g| !g.is_empty()),
+    Some(NormalizedName::new(
+        Some(hanzi),
+        Some(family),
+        Some(given).filter(|g| !g.is_empty()),
         tokens,
-    })
+    ))
 }
 
 /// Splits a simplified hanzi name into family and given name: a compound surname when the

@@ -12,6 +12,8 @@
 //!
 //! The randomness is a SplitMix64 seeded by the caller: the same seed gives the same records.
 
+use std::collections::HashSet;
+
 use chrono::{Datelike, NaiveDate};
 use pinyin::ToPinyin;
 use serde::{Deserialize, Serialize};
@@ -345,6 +347,19 @@ struct Person {
     insurance: Option<(String, String)>,
 }
 
+/// True when two given names are read alike (the same toneless pinyin).
+fn sounds_alike(a: &str, b: &str) -> bool {
+    let py = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                c.to_pinyin()
+                    .map_or_else(|| c.to_string(), |p| p.plain().to_owned())
+            })
+            .collect()
+    };
+    a == b || py(a) == py(b)
+}
+
 /// Makes a valid resident id for a region, birth date, sex and sequence.
 pub fn make_resident_id(region: &str, birth: NaiveDate, sex: Sex, sequence: u32) -> String {
     const W: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
@@ -366,9 +381,29 @@ struct Gen {
     surname_total: u32,
     next_person: u64,
     next_family: u64,
+    /// Resident ids issued so far: a number belongs to one person.
+    issued: HashSet<String>,
 }
 
 impl Gen {
+    /// A resident id no one else has: the next free sequence number from `sequence` (two
+    /// people of one region, birth date and sex differ in it).
+    fn unique_resident_id(
+        &mut self,
+        region: &str,
+        birth: NaiveDate,
+        sex: Sex,
+        sequence: u32,
+    ) -> String {
+        for k in 0..500 {
+            let id = make_resident_id(region, birth, sex, sequence + k);
+            if self.issued.insert(id.clone()) {
+                return id;
+            }
+        }
+        make_resident_id(region, birth, sex, sequence)
+    }
+
     fn surname(&mut self) -> String {
         let mut x = (self.rng.next_u64() % u64::from(self.surname_total.max(1))) as u32;
         for (s, w) in SURNAMES {
@@ -444,7 +479,7 @@ impl Gen {
             patronym: None,
             birth,
             sex,
-            resident_id: Some(make_resident_id(region_code, birth, sex, seq)),
+            resident_id: Some(self.unique_resident_id(region_code, birth, sex, seq)),
             borrowed_id: None,
             phone: None,
             region,
@@ -513,19 +548,19 @@ impl Gen {
             &street,
         );
         father.sex = Sex::Male;
-        father.resident_id = father.resident_id.as_ref().map(|_| {
-            make_resident_id(
+        if father.resident_id.is_some() {
+            father.resident_id = Some(self.unique_resident_id(
                 REGIONS.get(region).map_or("110105", |r| r.0),
                 father.birth,
                 Sex::Male,
                 7,
-            )
-        });
+            ));
+        }
         let s = self.surname();
         let mb = self.date_between(1962, 1998);
         let mut mother = self.person(family, Role::Adult, s, mb, region, &street);
         mother.sex = Sex::Female;
-        mother.resident_id = Some(make_resident_id(
+        mother.resident_id = Some(self.unique_resident_id(
             REGIONS.get(region).map_or("110105", |r| r.0),
             mother.birth,
             Sex::Female,
@@ -551,8 +586,12 @@ impl Gen {
             let s = child_surname(self, &fam_surname);
             let b = self.date_between(2000, today_year - 2);
             let mut c = self.person(family, Role::Child, s, b, region, &street);
-            // Parents do not give two children the same name.
-            while people.iter().any(|p: &Person| p.given == c.given) {
+            // Parents do not give two children (or a child and a parent) the same name, nor
+            // two names that sound the same (孙毅/孙怡).
+            while people
+                .iter()
+                .any(|p: &Person| sounds_alike(&p.given, &c.given))
+            {
                 c.given = self.given();
             }
             c.phone = Some(shared_phone.clone());
@@ -571,7 +610,7 @@ impl Gen {
                     region,
                     &street,
                 );
-                while t.given == c.given {
+                while sounds_alike(&t.given, &c.given) {
                     t.given = self.given();
                 }
                 t.phone = c.phone.clone();
@@ -586,7 +625,10 @@ impl Gen {
             let s = child_surname(self, &fam_surname);
             let b = self.date_between(today_year - 1, today_year - 1);
             let mut infant = self.person(family, Role::Infant, s, b, region, &street);
-            while people.iter().any(|p: &Person| p.given == infant.given) {
+            while people
+                .iter()
+                .any(|p: &Person| sounds_alike(&p.given, &infant.given))
+            {
                 infant.given = self.given();
             }
             infant.phone = Some(shared_phone);
@@ -795,6 +837,7 @@ pub fn generate(cfg: SynthConfig) -> Vec<LabeledRecord> {
         surname_total: SURNAMES.iter().map(|(_, w)| w).sum(),
         next_person: 0,
         next_family: 0,
+        issued: HashSet::new(),
     };
     let mut people = Vec::with_capacity(cfg.people);
     while people.len() < cfg.people {
@@ -866,6 +909,21 @@ mod tests {
                 .any(|r| r.truth.role == Role::Infant && !r.demographics.identifiers.is_empty()),
             "an infant under a parent's id"
         );
+        // A resident id belongs to one person (infants borrow a parent's, in their household).
+        let mut owners: std::collections::HashMap<&str, (u64, u64)> =
+            std::collections::HashMap::new();
+        for r in &a {
+            for id in &r.demographics.identifiers {
+                if let OtherId::ResidentId { value } = id
+                    && r.truth.role != Role::Infant
+                {
+                    let owner = owners
+                        .entry(value)
+                        .or_insert((r.truth.person, r.truth.family));
+                    assert_eq!(owner.0, r.truth.person, "{value} issued twice");
+                }
+            }
+        }
         // Every generated resident id is valid.
         for r in &a {
             for id in &r.demographics.identifiers {

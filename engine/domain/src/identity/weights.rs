@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::compare::{ComparisonVector, FIELD_COUNT, FieldKind, Level};
+use super::compare::{ComparisonVector, FIELD_COUNT, FieldKind, LEVEL_COUNT, Level};
 
 /// The m and u probabilities of one agreement level.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -152,14 +152,15 @@ const DEFAULTS: [(FieldKind, &[(f64, f64)]); FIELD_COUNT] = [
             (0.01, 0.9345),
         ],
     ),
-    // exact, swapped, one off, disagree
+    // exact, swapped, typo, one off, disagree
     (
         FieldKind::BirthDate,
         &[
             (0.93, 0.0001),
             (0.01, 0.0001),
-            (0.045, 0.003),
-            (0.015, 0.9968),
+            (0.035, 0.0005),
+            (0.01, 0.0025),
+            (0.015, 0.9973),
         ],
     ),
     (FieldKind::Sex, &[(0.98, 0.5), (0.02, 0.5)]),
@@ -169,7 +170,11 @@ const DEFAULTS: [(FieldKind, &[(f64, f64)]); FIELD_COUNT] = [
         FieldKind::Address,
         &[(0.6, 0.002), (0.25, 0.02), (0.15, 0.978)],
     ),
-    (FieldKind::Postcode, &[(0.85, 0.01), (0.15, 0.99)]),
+    // exact, close, disagree
+    (
+        FieldKind::Postcode,
+        &[(0.85, 0.01), (0.03, 0.002), (0.12, 0.988)],
+    ),
     // exact, close, disagree
     (
         FieldKind::ResidentId,
@@ -250,8 +255,8 @@ impl Weights {
     }
 
     /// A dense table `[field][level]` of log2 weights for scoring in a loop.
-    pub(crate) fn table(&self) -> [[f64; 8]; FIELD_COUNT] {
-        let mut t = [[0.0; 8]; FIELD_COUNT];
+    pub(crate) fn table(&self) -> [[f64; LEVEL_COUNT]; FIELD_COUNT] {
+        let mut t = [[0.0; LEVEL_COUNT]; FIELD_COUNT];
         for field in FieldKind::ALL {
             for level in field.levels() {
                 if let Some(slot) = t
@@ -334,8 +339,8 @@ pub fn estimate_em_with(
     }
     let patterns: Vec<(ComparisonVector, f64)> = patterns.into_iter().collect();
     // Dense m/u tables [field][level].
-    let mut m = [[0.0f64; 8]; FIELD_COUNT];
-    let mut u = [[0.0f64; 8]; FIELD_COUNT];
+    let mut m = [[0.0f64; LEVEL_COUNT]; FIELD_COUNT];
+    let mut u = [[0.0f64; LEVEL_COUNT]; FIELD_COUNT];
     for field in FieldKind::ALL {
         for level in field.levels() {
             if let Some(w) = initial.fields.get(&field).and_then(|f| f.get(level)) {
@@ -349,8 +354,8 @@ pub fn estimate_em_with(
     let mut converged = false;
     while iterations < options.max_iterations {
         iterations += 1;
-        let mut m_num = [[0.0f64; 8]; FIELD_COUNT];
-        let mut u_num = [[0.0f64; 8]; FIELD_COUNT];
+        let mut m_num = [[0.0f64; LEVEL_COUNT]; FIELD_COUNT];
+        let mut u_num = [[0.0f64; LEVEL_COUNT]; FIELD_COUNT];
         let (mut g_total, mut n_total) = (0.0, 0.0);
         for (v, count) in &patterns {
             let (mut lm, mut lu) = (p.ln(), (1.0 - p).ln());
