@@ -24,6 +24,7 @@ both_backends!(
     merge_and_unmerge,
     unlink_relink_and_undo,
     sealed_demographics_and_blind_keys,
+    turning_encryption_on_then_reseal,
 );
 
 /// A person as a facility knows them.
@@ -431,6 +432,43 @@ async fn sealed_demographics_and_blind_keys(b: Backend) {
     }
     // Without the keys, the demographics do not open.
     let plain = store(&db).await;
+    assert!(plain.identity_person("hosp-a", "A1").await.is_err());
+}
+
+async fn turning_encryption_on_then_reseal(b: Backend) {
+    let Some(db) = fresh_db(b).await else { return };
+    let plain = store(&db).await;
+    let a = link(
+        &plain,
+        &person("hosp-a", "A1", "张伟", Some(RID), "1949-12-31", None),
+    )
+    .await;
+    let ring =
+        huizhen_core::crypto::Keyring::from_config(&huizhen_core::crypto::EncryptionConfig {
+            keys_file: db.dir.path().join("keys"),
+            ..Default::default()
+        })
+        .unwrap()
+        .unwrap();
+    let s = store(&db).await.with_keyring(Some(ring));
+    // Records in clear under a keyring: a clear error that names the fix, not a silent miss.
+    let err = s
+        .identity_person("hosp-a", "A1")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("huizhen patients reseal"), "{err}");
+    assert!(!err.contains("A1"), "no local id in errors: {err}");
+    assert_eq!(s.identity_reseal_batch(0, 10).await.unwrap(), (1, 1, None));
+    assert_eq!(s.identity_reseal_batch(0, 10).await.unwrap(), (1, 0, None));
+    // Found again through the blind-indexed keys.
+    let b1 = link(
+        &s,
+        &person("hosp-b", "B1", "张伟", Some(RID), "1949-12-31", None),
+    )
+    .await;
+    assert_eq!(b1.decision.grade, Grade::Certain);
+    assert_eq!(b1.recorded.person_id, a.recorded.person_id);
     assert!(plain.identity_person("hosp-a", "A1").await.is_err());
 }
 
@@ -1071,5 +1109,20 @@ async fn cli_import_then_links_and_pairs() {
     let pairs = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(pairs.lines().count(), 2, "{pairs}");
     let out = huizhen(cfg, &["patients", "pairs", "--min-grade", "sure"]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = huizhen(cfg, &["patients", "reseal"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "4 records looked at, 0 re-sealed"
+    );
+    let out = huizhen(
+        cfg,
+        &["patients", "undo", "no-such-batch", "--reason", "test"],
+    );
     assert_eq!(out.status.code(), Some(1));
 }

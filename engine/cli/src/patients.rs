@@ -10,6 +10,8 @@
 //! * `links` prints `facility,local_id,person_id`, one line per record.
 //! * `pairs [--min-grade probable]` prints `facility_a,local_id_a,facility_b,local_id_b,grade,score`
 //!   for every pair the matcher graded at least that (default `possible`).
+//! * `undo BATCH --reason …` reverses a change of links (a merge: the unmerge); `reseal`
+//!   re-seals the demographics with the active key (after a rotation or turning encryption on).
 //!
 //! **Why not the fhir-sdk model.** The issue asks for fhir-sdk's R4B `Patient`. Its model crate
 //! is the slowest crate of the stack to compile (≈100 s debug, ≈200 s release, and its serde
@@ -43,6 +45,19 @@ pub enum PatientsCommand {
     /// Print every candidate pair the matcher found as CSV:
     /// facility_a,local_id_a,facility_b,local_id_b,grade,score.
     Pairs(PairsArgs),
+    /// Undo a change of links by its history batch (an ADT^A40 merge, an unlink, an accepted
+    /// review): every record goes back to the person it had. The batch is in the history of
+    /// GET /api/patients/{person_id}/identifiers and in the `merge-batch` header.
+    Undo {
+        /// The history batch.
+        batch: String,
+        /// Why (kept in the history and the audit trail).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Re-seal the stored demographics with the active data key and rebuild the blocking keys
+    /// (after `keys rotate`, or after turning encryption at rest on).
+    Reseal,
 }
 
 #[derive(Debug, Args)]
@@ -359,6 +374,54 @@ fn csv(field: &str) -> String {
 pub async fn run(store: &Store, cmd: PatientsCommand) -> Result<ExitCode> {
     match cmd {
         PatientsCommand::Import(args) => import(store, args).await,
+        PatientsCommand::Undo { batch, reason } => {
+            let reason = reason.trim();
+            anyhow::ensure!(!reason.is_empty(), "--reason must not be empty");
+            let event = cli_event(
+                "patient.undo",
+                "Patient",
+                &batch,
+                format!("undo of batch {batch}: {reason}"),
+            );
+            let by = huizhen_core::store::identity::ChangeBy {
+                actor: &event.actor,
+                reason,
+                audit: Some(&event),
+            };
+            match store.identity_undo(&batch, by).await? {
+                Some((undo, n)) => {
+                    println!("{n} records moved back (undo batch {undo})");
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!("error: batch {batch} has nothing to undo (unknown or undone)");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        PatientsCommand::Reseal => {
+            store
+                .audit(&cli_event(
+                    "patient.reseal",
+                    "Patient",
+                    "",
+                    "patients reseal".into(),
+                ))
+                .await?;
+            let (mut after, mut scanned, mut rewritten) = (0i64, 0u64, 0u64);
+            loop {
+                let (n, w, next) = store.identity_reseal_batch(after, 500).await?;
+                scanned += n;
+                rewritten += w;
+                match next {
+                    Some(id) => after = id,
+                    None => break,
+                }
+                eprintln!("{scanned} records looked at, {rewritten} re-sealed");
+            }
+            println!("{scanned} records looked at, {rewritten} re-sealed");
+            Ok(ExitCode::SUCCESS)
+        }
         PatientsCommand::Links => {
             let rows = store.identity_links(None).await?;
             store

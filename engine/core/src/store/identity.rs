@@ -19,8 +19,9 @@
 //! need and which reveals nothing. Facility and local id stay in clear: they are the
 //! index's key (unique together, PIX lookups, `huizhen patients links`) and carry no
 //! demographics; decisions hold identifiers, grades and weights, no demographics.
-//! `huizhen keys rotate --reencrypt` does not reseal identities yet: they keep opening with
-//! their old key as long as it is in the key file.
+//! `huizhen patients reseal` ([`Store::identity_reseal_batch`]) re-seals them with the active key
+//! and rebuilds the keys, after a rotation or after turning encryption on (`huizhen keys rotate
+//! --reencrypt` covers messages and effects only).
 //!
 //! The domain's matcher is synchronous, so the store *prefetches*: [`Store::identity_prefetch`]
 //! reads the candidates of a record's keys in one query and hands back a [`Prefetched`] index
@@ -389,12 +390,24 @@ impl Store {
         })
     }
 
-    fn open_person(&self, facility: &str, local_id: &str, raw: String) -> Result<NormalizedPerson> {
+    fn open_person(
+        &self,
+        row: i64,
+        facility: &str,
+        local_id: &str,
+        raw: String,
+    ) -> Result<NormalizedPerson> {
         let id = Self::identity_binding(facility, local_id);
-        let text = self.open_text(&id, "person", raw)?;
+        // Errors name the row, not the binding (which holds the local id).
+        let text = self.open_text(&id, "person", raw).map_err(|e| match e {
+            StoreError::Crypto { reason, .. } => StoreError::Inconsistent(format!(
+                "identity record {row}: the demographics cannot be opened ({reason}); after turning encryption on or off, run `huizhen patients reseal`"
+            )),
+            other => other,
+        })?;
         serde_json::from_str(&text).map_err(|e| {
             StoreError::Inconsistent(format!(
-                "identity {facility}/{local_id}: stored demographics do not decode: {e}"
+                "identity record {row}: stored demographics do not decode: {e}"
             ))
         })
     }
@@ -446,11 +459,12 @@ impl Store {
         let mut entries = Vec::with_capacity(rows.len());
         for r in rows {
             let d = || q("decode identity candidate");
+            let row: i64 = r.try_get("id").map_err(d())?;
             let facility: String = r.try_get("facility").map_err(d())?;
             let local_id: String = r.try_get("local_id").map_err(d())?;
             let person_id: i64 = r.try_get("person_id").map_err(d())?;
             let raw: String = r.try_get("person").map_err(d())?;
-            let person = self.open_person(&facility, &local_id, raw)?;
+            let person = self.open_person(row, &facility, &local_id, raw)?;
             entries.push(IndexedIdentity {
                 person_id: to_person(person_id),
                 person,
@@ -471,7 +485,7 @@ impl Store {
         facility: &str,
         local_id: &str,
     ) -> Result<Option<NormalizedPerson>> {
-        let mut s = Sql::new("SELECT person FROM identities WHERE facility = ".into());
+        let mut s = Sql::new("SELECT id, person FROM identities WHERE facility = ".into());
         s.bind(facility.to_owned());
         s.push(" AND local_id = ");
         s.bind(local_id.to_owned());
@@ -483,8 +497,9 @@ impl Store {
         match row {
             None => Ok(None),
             Some(r) => {
+                let row: i64 = r.try_get("id").map_err(q("read identity"))?;
                 let raw: String = r.try_get("person").map_err(q("read identity"))?;
-                self.open_person(facility, local_id, raw).map(Some)
+                self.open_person(row, facility, local_id, raw).map(Some)
             }
         }
     }
@@ -563,6 +578,17 @@ impl Store {
             .await
             .map_err(q("upsert identity"))?;
         let id: i64 = row.try_get("id").map_err(q("upsert identity"))?;
+        self.write_keys(conn, id, person).await?;
+        Ok(id)
+    }
+
+    /// Replaces the blocking keys of record `id` with those of `person`.
+    async fn write_keys(
+        &self,
+        conn: &mut AnyConnection,
+        id: i64,
+        person: &NormalizedPerson,
+    ) -> Result<()> {
         let mut d = Sql::new("DELETE FROM identity_keys WHERE identity_id = ".into());
         d.bind(id);
         d.query()
@@ -588,7 +614,84 @@ impl Store {
                 .await
                 .map_err(q("insert identity keys"))?;
         }
-        Ok(id)
+        Ok(())
+    }
+
+    /// Re-seals the demographics of up to `limit` records after id `after` that are in clear
+    /// (encryption turned on since) or sealed with another key than the active one, and
+    /// rebuilds their blocking keys (blind indexes with encryption on). With encryption off,
+    /// a sealed record is an error. Returns (records looked at, records rewritten, the cursor
+    /// for the next batch or `None` at the end).
+    pub async fn identity_reseal_batch(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<(u64, u64, Option<i64>)> {
+        let mut s =
+            Sql::new("SELECT id, facility, local_id, person FROM identities WHERE id > ".into());
+        s.bind(after);
+        s.push(" ORDER BY id LIMIT ");
+        s.bind(limit);
+        let rows = s
+            .query()
+            .fetch_all(&self.read)
+            .await
+            .map_err(q("read identities to reseal"))?;
+        let (mut scanned, mut rewritten, mut last) = (0u64, 0u64, None);
+        for r in &rows {
+            let d = || q("decode identity");
+            let id: i64 = r.try_get("id").map_err(d())?;
+            let facility: String = r.try_get("facility").map_err(d())?;
+            let local_id: String = r.try_get("local_id").map_err(d())?;
+            let raw: String = r.try_get("person").map_err(d())?;
+            scanned += 1;
+            last = Some(id);
+            let sealed = raw.starts_with(crate::crypto::TEXT_PREFIX);
+            let current = match &self.keyring {
+                Some(k) => sealed && k.cipher().is_current_text(&raw),
+                None => !sealed,
+            };
+            if current {
+                continue;
+            }
+            let person = if sealed {
+                self.open_person(id, &facility, &local_id, raw.clone())?
+            } else {
+                serde_json::from_str(&raw).map_err(|e| {
+                    StoreError::Inconsistent(format!(
+                        "identity record {id}: stored demographics do not decode: {e}"
+                    ))
+                })?
+            };
+            let mut conn = self.write.acquire().await.map_err(q("acquire writer"))?;
+            let mut tx = sqlx::Connection::begin(&mut *conn)
+                .await
+                .map_err(q("begin identity reseal"))?;
+            let mut u = Sql::new("UPDATE identities SET person = ".into());
+            u.bind(self.seal_person(&person)?);
+            u.push(" WHERE id = ");
+            u.bind(id);
+            u.push(" AND person = ");
+            u.bind(raw);
+            let done = u
+                .query()
+                .execute(&mut *tx)
+                .await
+                .map_err(q("reseal identity"))?
+                .rows_affected();
+            // Changed meanwhile (a newer decision sealed it afresh): nothing to do.
+            if done == 1 {
+                self.write_keys(&mut tx, id, &person).await?;
+                rewritten += 1;
+            }
+            tx.commit().await.map_err(q("commit identity reseal"))?;
+        }
+        let next = if rows.len() as i64 == limit {
+            last
+        } else {
+            None
+        };
+        Ok((scanned, rewritten, next))
     }
 
     /// Records the matcher's decision about `person` in one transaction: links the record to
