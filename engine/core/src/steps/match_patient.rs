@@ -21,7 +21,7 @@
 //! The body is unchanged.
 //!
 //! ```yaml
-//! ordering_key: "body.identifiers[0].id"   # one patient's events in order
+//! ordering_key: "hl7('PID-3.1')"          # one patient's events in order
 //! steps:
 //!   - hl7_map: {}
 //!   - match_patient:
