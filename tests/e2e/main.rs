@@ -19,6 +19,7 @@ mod engine;
 mod export;
 mod http;
 mod mllp;
+mod patients;
 mod plugins;
 mod scenarios;
 mod security;

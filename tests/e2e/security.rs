@@ -175,6 +175,8 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
     const NO: [u16; 4] = [403, 403, 403, 403];
     const ALL: [u16; 4] = [200, 200, 200, 200];
     const PLATFORM: [u16; 4] = [403, 403, 403, 200];
+    const BAD: [u16; 4] = [400, 400, 400, 400];
+    const GONE: [u16; 4] = [404, 404, 404, 404];
     // (method, route pattern, concrete path, [[A, B, C, *] per role in the order above])
     let table: Vec<(&str, &str, &str, [[u16; 4]; 7])> = vec![
         (
@@ -273,6 +275,56 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
             "/metrics",
             "/metrics",
             [ALL, ALL, ALL, NO, NO, NO, NO],
+        ),
+        // Patient identity: bodies and queries that pass the guard answer 400 (the matrix's
+        // body is no demographics, no reason) or 404 (no such person).
+        (
+            "POST",
+            "/api/patients/match",
+            "/api/patients/match",
+            [BAD, BAD, BAD, NO, BAD, NO, NO],
+        ),
+        (
+            "GET",
+            "/api/patients/identifiers",
+            "/api/patients/identifiers",
+            [BAD, BAD, BAD, NO, BAD, NO, NO],
+        ),
+        (
+            "GET",
+            "/api/patients/{person_id}/identifiers",
+            "/api/patients/999999/identifiers",
+            [GONE, GONE, GONE, NO, GONE, NO, NO],
+        ),
+        (
+            "GET",
+            "/api/patients/review",
+            "/api/patients/review",
+            [ALL, ALL, ALL, NO, ALL, NO, NO],
+        ),
+        (
+            "POST",
+            "/api/patients/review/{id}/accept",
+            "/api/patients/review/1/accept",
+            [BAD, BAD, NO, NO, NO, NO, NO],
+        ),
+        (
+            "POST",
+            "/api/patients/review/{id}/reject",
+            "/api/patients/review/1/reject",
+            [BAD, BAD, NO, NO, NO, NO, NO],
+        ),
+        (
+            "POST",
+            "/api/patients/{person_id}/unlink",
+            "/api/patients/1/unlink",
+            [BAD, BAD, NO, NO, NO, NO, NO],
+        ),
+        (
+            "POST",
+            "/api/patients/{person_id}/relink",
+            "/api/patients/1/relink",
+            [BAD, BAD, NO, NO, NO, NO, NO],
         ),
     ];
     let mut wrong = Vec::new();

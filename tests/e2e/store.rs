@@ -474,7 +474,11 @@ async fn cluster_claims_heartbeats_and_reaping(b: Backend) {
         .unwrap();
     assert_eq!(of.len(), 1, "{of:?}");
     assert_eq!(
-        (of[0].pipeline.as_str(), of[0].messages, of[0].oldest_received_at),
+        (
+            of[0].pipeline.as_str(),
+            of[0].messages,
+            of[0].oldest_received_at
+        ),
         ("p", 4, bl[0].oldest_received_at)
     );
 }

@@ -18,6 +18,7 @@ use huizhen_hl7 as _;
 
 mod export;
 mod hl7;
+mod patients;
 mod plugin;
 mod security;
 
@@ -71,6 +72,9 @@ enum Command {
     /// WASM plugins: scaffold, build, sign, verify and test them.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// The patient identity index: import FHIR Patients, print links and candidate pairs.
+    #[command(subcommand)]
+    Patients(patients::PatientsCommand),
 }
 
 #[derive(Debug, Args)]
@@ -218,6 +222,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let store = open_store(cli.config.as_deref(), cli.database_url).await?;
             store.migrate().await?;
             messages(&store, cmd).await
+        }
+        Command::Patients(cmd) => {
+            let store = open_store(cli.config.as_deref(), cli.database_url).await?;
+            store.migrate().await?;
+            patients::run(&store, cmd).await
         }
         Command::Backlog => {
             let store = open_store(cli.config.as_deref(), cli.database_url).await?;

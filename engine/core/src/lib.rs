@@ -13,6 +13,7 @@ pub mod extensions;
 pub mod http;
 pub mod listener;
 pub mod message;
+pub mod patients;
 pub mod runner;
 pub mod security;
 pub mod sinks;

@@ -14,6 +14,7 @@
 //! | POST | /in/… | `http` sources |
 //! | GET | /api/audit?actor=&action=&resource_id=&after=&limit= | the audit trail, oldest first |
 //! | GET | /api/audit/verify | recompute the audit hash chain |
+//! | … | /api/patients/… | the patient identity index: see `http/patients.rs` |
 //!
 //! Every error is JSON: `{"error": "…"}`. Bodies are limited to `http.max_body_bytes` and
 //! requests to `http.request_timeout`.
@@ -180,6 +181,7 @@ mod guard;
 mod ingest;
 mod messages;
 mod ops;
+mod patients;
 mod plugins;
 mod server;
 
@@ -191,6 +193,23 @@ use messages::{get_message, list_messages, reprocess};
 use ops::{backlog, cluster, health, metrics, pipelines, ready};
 use plugins::{plugins, reload_plugin};
 pub use server::{ServerStats, serve};
+
+/// `/api/patients` (see `http/patients.rs`).
+fn patient_routes() -> Router<AppState> {
+    use patients::*;
+    Router::new()
+        .route("/api/patients/match", post(match_patients))
+        .route("/api/patients/identifiers", get(identifier_lookup))
+        .route(
+            "/api/patients/{person_id}/identifiers",
+            get(person_identifiers),
+        )
+        .route("/api/patients/review", get(review_list))
+        .route("/api/patients/review/{id}/accept", post(review_accept))
+        .route("/api/patients/review/{id}/reject", post(review_reject))
+        .route("/api/patients/{person_id}/unlink", post(unlink))
+        .route("/api/patients/{person_id}/relink", post(relink))
+}
 
 /// Builds the router. Every route but the public ones goes through [`guard`].
 pub fn router(state: AppState, cfg: &HttpConfig, security: Arc<Security>) -> Router {
@@ -210,6 +229,7 @@ pub fn router(state: AppState, cfg: &HttpConfig, security: Arc<Security>) -> Rou
         .route("/api/cluster", get(cluster))
         .route("/api/plugins", get(plugins))
         .route("/api/plugins/{name}/reload", post(reload_plugin))
+        .merge(patient_routes())
         .route_layer(middleware::from_fn_with_state(security, guard))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))

@@ -146,6 +146,8 @@ impl Engine {
         let ingress = HttpIngress::default();
         let extensions = crate::extensions::Extensions::new(&root.plugins);
         extensions.start_hooks().map_err(EngineError::Extension)?;
+        // Steps that keep state of their own (`match_patient`) find the store here when they run.
+        let _ = extensions.get_or_try_init(|| Ok::<_, std::convert::Infallible>(store.clone()));
         // Scale-out: the broker the pipelines dispatch through, and this node's name.
         let specs: Vec<QueueSpec> = loaded
             .pipelines

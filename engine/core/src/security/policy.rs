@@ -106,6 +106,10 @@ pub enum Action {
     ManagePlugins,
     /// Read `/metrics` when it is not public.
     ReadMetrics,
+    /// Search the patient identity index, read cross-references and the review queue.
+    ReadPatients,
+    /// Change identity links: review decisions, unlink, relink.
+    LinkPatients,
 }
 
 impl Action {
@@ -122,6 +126,8 @@ impl Action {
             Action::ReadPlugins => &[Admin, Integrator, Auditor],
             Action::ManagePlugins => &[Admin],
             Action::ReadMetrics => &[Admin, Integrator, Auditor],
+            Action::ReadPatients => &[Admin, Integrator, Auditor, LocalDoctor],
+            Action::LinkPatients => &[Admin, Integrator],
         }
     }
 
@@ -135,6 +141,8 @@ impl Action {
             Action::ReadPlugins => "plugin.read",
             Action::ManagePlugins => "plugin.reload",
             Action::ReadMetrics => "metrics.read",
+            Action::ReadPatients => "patient.read",
+            Action::LinkPatients => "patient.link",
         }
     }
 }
@@ -158,6 +166,34 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
     ("GET", "/api/plugins", Action::ReadPlugins),
     ("POST", "/api/plugins/{name}/reload", Action::ManagePlugins),
     ("GET", "/metrics", Action::ReadMetrics),
+    ("POST", "/api/patients/match", Action::ReadPatients),
+    ("GET", "/api/patients/identifiers", Action::ReadPatients),
+    (
+        "GET",
+        "/api/patients/{person_id}/identifiers",
+        Action::ReadPatients,
+    ),
+    ("GET", "/api/patients/review", Action::ReadPatients),
+    (
+        "POST",
+        "/api/patients/review/{id}/accept",
+        Action::LinkPatients,
+    ),
+    (
+        "POST",
+        "/api/patients/review/{id}/reject",
+        Action::LinkPatients,
+    ),
+    (
+        "POST",
+        "/api/patients/{person_id}/unlink",
+        Action::LinkPatients,
+    ),
+    (
+        "POST",
+        "/api/patients/{person_id}/relink",
+        Action::LinkPatients,
+    ),
 ];
 
 /// Endpoints open to anyone.

@@ -12,6 +12,7 @@ pub mod anchor;
 pub mod audit;
 pub mod cluster;
 mod feed;
+pub mod identity;
 pub mod journal;
 pub mod rekey;
 mod sql;
@@ -490,6 +491,11 @@ impl Store {
                     "ordering partitions",
                     include_str!("migrations/sqlite/0006_ordering_partitions.sql"),
                 ),
+                (
+                    7,
+                    "identity",
+                    include_str!("migrations/sqlite/0007_identity.sql"),
+                ),
             ],
             Backend::Postgres => &[
                 (
@@ -521,6 +527,11 @@ impl Store {
                     6,
                     "ordering partitions",
                     include_str!("migrations/postgres/0006_ordering_partitions.sql"),
+                ),
+                (
+                    7,
+                    "identity",
+                    include_str!("migrations/postgres/0007_identity.sql"),
                 ),
             ],
         };
