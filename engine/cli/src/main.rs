@@ -16,6 +16,7 @@ use huizhen_core::{Engine, http};
 use huizhen_amqp as _;
 use huizhen_hl7 as _;
 
+mod experts;
 mod export;
 mod hl7;
 mod plugin;
@@ -71,6 +72,9 @@ enum Command {
     /// WASM plugins: scaffold, build, sign, verify and test them.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// The expert registry: import from YAML or CSV (upsert by id), list.
+    #[command(subcommand)]
+    Experts(experts::ExpertsCommand),
 }
 
 #[derive(Debug, Args)]
@@ -218,6 +222,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let store = open_store(cli.config.as_deref(), cli.database_url).await?;
             store.migrate().await?;
             messages(&store, cmd).await
+        }
+        Command::Experts(cmd) => {
+            let store = open_store(cli.config.as_deref(), cli.database_url).await?;
+            store.migrate().await?;
+            experts::run(&store, cmd).await
         }
         Command::Backlog => {
             let store = open_store(cli.config.as_deref(), cli.database_url).await?;

@@ -145,6 +145,8 @@ impl Engine {
         let ingress = HttpIngress::default();
         let extensions = crate::extensions::Extensions::new(&root.plugins);
         extensions.start_hooks().map_err(EngineError::Extension)?;
+        // Steps that read state (match_experts) find the store here at run time.
+        let _ = extensions.get_or_try_init::<Store, std::convert::Infallible>(|| Ok(store.clone()));
         // Scale-out: the broker the pipelines dispatch through, and this node's name.
         let specs: Vec<QueueSpec> = loaded
             .pipelines

@@ -106,6 +106,16 @@ pub enum Action {
     ManagePlugins,
     /// Read `/metrics` when it is not public.
     ReadMetrics,
+    /// Match a consultation case to experts (the decision is stored).
+    MatchExperts,
+    /// Read a stored match decision (the explanation, MATCH-31).
+    ReadMatchDecisions,
+    /// Override a match decision (coordinators, with a reason).
+    OverrideMatch,
+    /// Read the expert fairness report (MATCH-30).
+    ReadFairness,
+    /// An expert's presence heartbeat.
+    ExpertHeartbeat,
 }
 
 impl Action {
@@ -122,6 +132,11 @@ impl Action {
             Action::ReadPlugins => &[Admin, Integrator, Auditor],
             Action::ManagePlugins => &[Admin],
             Action::ReadMetrics => &[Admin, Integrator, Auditor],
+            Action::MatchExperts => &[Admin, Integrator, LocalDoctor],
+            Action::ReadMatchDecisions => &[Admin, Integrator, Auditor, LocalDoctor],
+            Action::OverrideMatch => &[Admin, Integrator],
+            Action::ReadFairness => &[Admin, Integrator, Auditor],
+            Action::ExpertHeartbeat => &[Expert],
         }
     }
 
@@ -135,6 +150,11 @@ impl Action {
             Action::ReadPlugins => "plugin.read",
             Action::ManagePlugins => "plugin.reload",
             Action::ReadMetrics => "metrics.read",
+            Action::MatchExperts => "expert.match",
+            Action::ReadMatchDecisions => "match-decision.read",
+            Action::OverrideMatch => "match-decision.override",
+            Action::ReadFairness => "expert.fairness",
+            Action::ExpertHeartbeat => "expert.heartbeat",
         }
     }
 }
@@ -158,6 +178,20 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
     ("GET", "/api/plugins", Action::ReadPlugins),
     ("POST", "/api/plugins/{name}/reload", Action::ManagePlugins),
     ("GET", "/metrics", Action::ReadMetrics),
+    // Expert matching (http/experts.rs).
+    ("POST", "/api/experts/match", Action::MatchExperts),
+    ("POST", "/api/experts/heartbeat", Action::ExpertHeartbeat),
+    ("GET", "/api/experts/fairness", Action::ReadFairness),
+    (
+        "GET",
+        "/api/match-decisions/{id}",
+        Action::ReadMatchDecisions,
+    ),
+    (
+        "POST",
+        "/api/match-decisions/{id}/override",
+        Action::OverrideMatch,
+    ),
 ];
 
 /// Endpoints open to anyone.

@@ -11,6 +11,7 @@
 pub mod anchor;
 pub mod audit;
 pub mod cluster;
+pub mod experts;
 pub mod journal;
 pub mod rekey;
 mod sql;
@@ -469,6 +470,11 @@ impl Store {
                     "sealed dedup key",
                     include_str!("migrations/sqlite/0005_sealed_dedup_key.sql"),
                 ),
+                (
+                    7,
+                    "experts",
+                    include_str!("migrations/sqlite/0007_experts.sql"),
+                ),
             ],
             Backend::Postgres => &[
                 (
@@ -495,6 +501,11 @@ impl Store {
                     5,
                     "sealed dedup key",
                     include_str!("migrations/postgres/0005_sealed_dedup_key.sql"),
+                ),
+                (
+                    7,
+                    "experts",
+                    include_str!("migrations/postgres/0007_experts.sql"),
                 ),
             ],
         };
