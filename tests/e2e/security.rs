@@ -175,6 +175,8 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
     const NO: [u16; 4] = [403, 403, 403, 403];
     const ALL: [u16; 4] = [200, 200, 200, 200];
     const PLATFORM: [u16; 4] = [403, 403, 403, 200];
+    const UNFIT: [u16; 4] = [422, 422, 422, 422];
+    const GONE: [u16; 4] = [404, 404, 404, 404];
     // (method, route pattern, concrete path, [[A, B, C, *] per role in the order above])
     let table: Vec<(&str, &str, &str, [[u16; 4]; 7])> = vec![
         (
@@ -273,6 +275,37 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
             "/metrics",
             "/metrics",
             [ALL, ALL, ALL, NO, NO, NO, NO],
+        ),
+        // Expert matching: the probe body is not a case (422) and no decision exists (404).
+        (
+            "POST",
+            "/api/experts/match",
+            "/api/experts/match",
+            [UNFIT, UNFIT, NO, NO, UNFIT, NO, NO],
+        ),
+        (
+            "POST",
+            "/api/experts/heartbeat",
+            "/api/experts/heartbeat",
+            [NO, NO, NO, UNFIT, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/api/experts/fairness",
+            "/api/experts/fairness",
+            [ALL, ALL, ALL, NO, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/api/match-decisions/{id}",
+            "/api/match-decisions/no-such-decision",
+            [GONE, GONE, GONE, NO, GONE, NO, NO],
+        ),
+        (
+            "POST",
+            "/api/match-decisions/{id}/override",
+            "/api/match-decisions/no-such-decision/override",
+            [UNFIT, UNFIT, NO, NO, NO, NO, NO],
         ),
     ];
     let mut wrong = Vec::new();
