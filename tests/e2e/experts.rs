@@ -349,7 +349,7 @@ async fn decisions_and_overrides_round_trip(backend: Backend) {
     );
     assert_eq!(
         s.match_decisions_of_case("task-1").await.unwrap(),
-        [id.clone()]
+        std::slice::from_ref(&id)
     );
     assert!(s.match_decision("no-such").await.unwrap().is_none());
     // The assignment went to e-1, with one open consultation more.

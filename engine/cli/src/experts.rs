@@ -193,13 +193,13 @@ async fn list(store: &Store) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Left-aligned columns, two spaces apart, widths in characters (CJK names count as one each;
-/// good enough for a terminal listing).
+/// Left-aligned columns, two spaces apart, in terminal columns (a CJK character takes two).
 fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
-    let mut widths = header.map(|h| h.chars().count());
+    use unicode_width::UnicodeWidthStr;
+    let mut widths = header.map(UnicodeWidthStr::width);
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
+            *w = (*w).max(c.width());
         }
     }
     let line = |cells: Vec<&str>| -> String {
@@ -207,7 +207,7 @@ fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
         for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
             out.push_str(c);
             if i + 1 < N {
-                out.extend(std::iter::repeat_n(' ', w - c.chars().count() + 2));
+                out.extend(std::iter::repeat_n(' ', w - c.width() + 2));
             }
         }
         out.trim_end().to_owned() + "\n"
@@ -217,4 +217,40 @@ fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
         out.push_str(&line(r.iter().map(String::as_str).collect()));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_line_up_with_cjk_names() {
+        let t = table(
+            &["ID", "NAME", "OPEN"],
+            &[
+                ["e-1".into(), "张明".into(), "2".into()],
+                ["e-22".into(), "Li".into(), "0".into()],
+            ],
+        );
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "ID    NAME  OPEN");
+        assert_eq!(lines[1], "e-1   张明  2");
+        assert_eq!(lines[2], "e-22  Li    0");
+    }
+
+    #[test]
+    fn registry_problems_name_the_line_of_the_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("r.yaml");
+        std::fs::write(
+            &file,
+            "version: 1\nexperts:\n  - { id: a, name: A, facility: H, departments: [\"03\"], title: chief, independent_practice_since: 2001-01-01, licence_verified: true, registration_active: true }\n  - { id: a, name: B, facility: H, departments: [\"03\"], title: chief, independent_practice_since: 2001-01-01, licence_verified: true, registration_active: true }\n",
+        )
+        .unwrap();
+        let err = read_registry(&file).unwrap_err();
+        assert!(
+            err.contains("r.yaml:4:5: error: experts[1] (id `a`): the id is used twice"),
+            "{err}"
+        );
+    }
 }

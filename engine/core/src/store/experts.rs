@@ -17,10 +17,20 @@
 //! file gives them. Expert data is not patient data and is stored in clear; a case carries no
 //! patient attribute (the domain's `CaseRequest` refuses them).
 //!
+//! **The decode cache.** Decoding an expert's JSON costs more than finding it, so each `Store`
+//! keeps the decoded registry facts by id and `version` (bumped by every import of the
+//! expert, in the same statement): a prefetch reads ids, versions and the runtime state through
+//! the index tables, takes the facts of the versions it has already decoded from the cache,
+//! and reads the bodies of the others only. The cache never answers for a version the row no
+//! longer has, so an import by another process is seen at the next prefetch.
+//!
 //! **Assignments.** Each decision assigns its case to its first selected expert (or, after an
 //! override, to the coordinator's choice): one `expert_assignments` row per decision, which is
 //! what the fairness report counts, and the assigned expert's open consultations go up by one
 //! (an offered consultation counts as load, see the domain's `Load`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use huizhen_domain::expert::{
@@ -144,6 +154,48 @@ pub fn expertise_keys(expert: &Expert) -> Vec<String> {
     cats
 }
 
+/// Decoded registry facts (presence and load at their defaults) by id, with the version they
+/// were decoded from. One per [`Store`].
+#[derive(Debug, Default)]
+pub struct ExpertCache {
+    entries: std::sync::RwLock<HashMap<String, (i64, Arc<Expert>)>>,
+}
+
+impl ExpertCache {
+    fn get(&self, id: &str, version: i64) -> Option<Arc<Expert>> {
+        let map = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        map.get(id)
+            .filter(|(v, _)| *v == version)
+            .map(|(_, e)| e.clone())
+    }
+
+    fn put(&self, id: String, version: i64, expert: Arc<Expert>) {
+        let mut map = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        map.insert(id, (version, expert));
+    }
+}
+
+/// The runtime state of one candidate row.
+struct StateRow {
+    id: String,
+    version: i64,
+    heartbeat: Option<i64>,
+    open: i64,
+    sessions: i64,
+}
+
+fn with_state(facts: &Expert, row: &StateRow) -> Expert {
+    let mut e = facts.clone();
+    e.presence = Presence {
+        last_heartbeat: row.heartbeat.and_then(ms_to_time),
+    };
+    e.load = Load {
+        open_consultations: count(row.open),
+        sessions_today: count(row.sessions),
+    };
+    e
+}
+
 fn json_err(op: &'static str, id: &str, e: &serde_json::Error) -> StoreError {
     StoreError::Inconsistent(format!("{op} {id}: stored JSON does not decode: {e}"))
 }
@@ -214,7 +266,7 @@ async fn upsert_expert(conn: &mut AnyConnection, e: &Expert, now: i64) -> Result
     s.bind(body);
     s.push(", 0, 0, ");
     s.bind(now);
-    s.push(") ON CONFLICT (id) DO UPDATE SET facility = excluded.facility, body = excluded.body, updated_at = excluded.updated_at");
+    s.push(") ON CONFLICT (id) DO UPDATE SET facility = excluded.facility, body = excluded.body, updated_at = excluded.updated_at, version = experts.version + 1");
     exec(conn, s, "upsert expert").await?;
     // Runtime state only when the file gives it.
     if let Some(t) = e.presence.last_heartbeat {
@@ -384,35 +436,104 @@ impl Store {
     /// department, and the ICD-10 category when the case has a code) and the agreements of
     /// the requesting facility. Two indexed queries; no scan of `experts`.
     pub async fn prefetch_experts(&self, case: &CaseRequest) -> Result<PrefetchedExperts> {
-        let mut s = match &case.icd10 {
+        // One row back, whatever the number of candidates: the rows are aggregated into a
+        // JSON array in the database (a row through sqlx costs more than its JSON).
+        let (open_agg, close_agg) = match self.backend {
+            super::Backend::Sqlite => (
+                "SELECT json_group_array(json_array(id, version, last_heartbeat, open_consultations, sessions_today)) AS j FROM (SELECT ",
+                " ORDER BY e.id) AS c",
+            ),
+            super::Backend::Postgres => (
+                "SELECT COALESCE(json_agg(json_build_array(id, version, last_heartbeat, open_consultations, sessions_today) ORDER BY id)::text, '[]') AS j FROM (SELECT ",
+                ") AS c",
+            ),
+        };
+        let mut s = Sql::new(format!(
+            "{open_agg}e.id, e.version, e.last_heartbeat, e.open_consultations, e.sessions_today "
+        ));
+        match &case.icd10 {
             Some(code) => {
-                let mut s = Sql::new(format!(
-                    "SELECT {EXPERT_COLUMNS} FROM expert_departments d \
+                s.push(
+                    "FROM expert_departments d \
                      JOIN expert_expertise x ON x.expert_id = d.expert_id \
                      JOIN experts e ON e.id = d.expert_id \
-                     WHERE d.department = "
-                ));
+                     WHERE d.department = ",
+                );
                 s.bind(case.department.trim());
                 s.push(" AND x.category = ");
                 s.bind(code.category());
-                s
             }
             None => {
-                let mut s = Sql::new(format!(
-                    "SELECT {EXPERT_COLUMNS} FROM expert_departments d \
-                     JOIN experts e ON e.id = d.expert_id WHERE d.department = "
-                ));
+                s.push(
+                    "FROM expert_departments d \
+                     JOIN experts e ON e.id = d.expert_id WHERE d.department = ",
+                );
                 s.bind(case.department.trim());
-                s
             }
-        };
-        s.push(" ORDER BY e.id");
-        let rows = s
+        }
+        s.push(close_agg);
+        let row = s
             .query()
-            .fetch_all(&self.read)
+            .fetch_one(&self.read)
             .await
             .map_err(q("prefetch candidate experts"))?;
-        let experts = rows.iter().map(expert_from_row).collect::<Result<_>>()?;
+        let text: String = row.try_get("j").map_err(q("decode candidate experts"))?;
+        type Tuple = (String, i64, Option<i64>, i64, i64);
+        let tuples: Vec<Tuple> = serde_json::from_str(&text)
+            .map_err(|err| json_err("candidate list", &case.department, &err))?;
+        let state: Vec<StateRow> = tuples
+            .into_iter()
+            .map(|(id, version, heartbeat, open, sessions)| StateRow {
+                id,
+                version,
+                heartbeat,
+                open,
+                sessions,
+            })
+            .collect();
+        let cache = &self.experts_cache;
+        let missing: Vec<&str> = state
+            .iter()
+            .filter(|r| cache.get(&r.id, r.version).is_none())
+            .map(|r| r.id.as_str())
+            .collect();
+        for chunk in missing.chunks(500) {
+            let mut s = Sql::new("SELECT id, version, body FROM experts WHERE id IN (".into());
+            for (i, id) in chunk.iter().enumerate() {
+                if i > 0 {
+                    s.push(", ");
+                }
+                s.bind(*id);
+            }
+            s.push(")");
+            let rows = s
+                .query()
+                .fetch_all(&self.read)
+                .await
+                .map_err(q("read expert bodies"))?;
+            for r in &rows {
+                let d = || q("decode expert body");
+                let id: String = r.try_get("id").map_err(d())?;
+                let version: i64 = r.try_get("version").map_err(d())?;
+                let body: String = r.try_get("body").map_err(d())?;
+                let facts: Expert =
+                    serde_json::from_str(&body).map_err(|err| json_err("expert", &id, &err))?;
+                cache.put(id, version, Arc::new(facts));
+            }
+        }
+        let mut experts = Vec::with_capacity(state.len());
+        for row in &state {
+            // A row imported again between the two reads has a newer version in the cache
+            // than in `row`: read it once more rather than mix versions.
+            let facts = match cache.get(&row.id, row.version) {
+                Some(f) => f,
+                None => match self.expert(&row.id).await? {
+                    Some(e) => Arc::new(e),
+                    None => continue,
+                },
+            };
+            experts.push(with_state(&facts, row));
+        }
         let agreements = self.agreements_of(case.requesting_facility.trim()).await?;
         Ok(PrefetchedExperts {
             experts,
@@ -422,16 +543,26 @@ impl Store {
 
     /// The agreements whose requesting facility is `facility`, by id.
     pub async fn agreements_of(&self, facility: &str) -> Result<Vec<Agreement>> {
-        let mut s =
-            Sql::new("SELECT id, body FROM expert_agreements WHERE requesting_facility = ".into());
+        let (open_agg, close_agg) = match self.backend {
+            super::Backend::Sqlite => (
+                "SELECT json_group_array(json(body)) AS j FROM (SELECT body FROM expert_agreements WHERE requesting_facility = ",
+                " ORDER BY id) AS a",
+            ),
+            super::Backend::Postgres => (
+                "SELECT COALESCE(json_agg(body::json ORDER BY id)::text, '[]') AS j FROM expert_agreements WHERE requesting_facility = ",
+                "",
+            ),
+        };
+        let mut s = Sql::new(open_agg.into());
         s.bind(facility);
-        s.push(" ORDER BY id");
-        let rows = s
+        s.push(close_agg);
+        let row = s
             .query()
-            .fetch_all(&self.read)
+            .fetch_one(&self.read)
             .await
             .map_err(q("read agreements"))?;
-        rows.iter().map(agreement_from_row).collect()
+        let text: String = row.try_get("j").map_err(q("decode agreements"))?;
+        serde_json::from_str(&text).map_err(|err| json_err("agreements of", facility, &err))
     }
 
     /// Stores a decision (MATCH-31) and assigns its case to the first selected expert (whose

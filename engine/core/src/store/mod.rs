@@ -144,6 +144,8 @@ pub struct Store {
     keyring: Option<std::sync::Arc<crate::crypto::Keyring>>,
     /// Signs audit rows and writes checkpoints when set (see [`anchor`]).
     anchor: Option<std::sync::Arc<anchor::AuditAnchor>>,
+    /// Decoded registry entries by id and version (see [`experts`]).
+    experts_cache: std::sync::Arc<experts::ExpertCache>,
 }
 
 impl std::fmt::Debug for Store {
@@ -262,6 +264,7 @@ impl Store {
                 durability: opts.durability,
                 keyring: None,
                 anchor: None,
+                experts_cache: Default::default(),
             })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = AnyPoolOptions::new()
@@ -278,6 +281,7 @@ impl Store {
                 durability: opts.durability,
                 keyring: None,
                 anchor: None,
+                experts_cache: Default::default(),
             })
         } else {
             Err(StoreError::UnsupportedUrl(redact_url(url)))

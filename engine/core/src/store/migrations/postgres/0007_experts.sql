@@ -12,8 +12,14 @@ CREATE TABLE experts (
     last_heartbeat     BIGINT,
     open_consultations BIGINT NOT NULL DEFAULT 0,
     sessions_today     BIGINT NOT NULL DEFAULT 0,
+    -- Bumped by every import of the expert: decoded bodies are cached by (id, version).
+    version            BIGINT NOT NULL DEFAULT 1,
     updated_at         BIGINT NOT NULL
 );
+
+-- A candidate lookup reads only these columns (the decoded bodies are cached by version): a
+-- covering index keeps it off the wide rows, whose JSON bodies would crowd the page cache.
+CREATE INDEX experts_state ON experts (id, version, last_heartbeat, open_consultations, sessions_today);
 
 -- Department index: each of an expert's departments and every dotted ancestor (03.02 → 03).
 CREATE TABLE expert_departments (

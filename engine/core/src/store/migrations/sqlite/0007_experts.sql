@@ -12,15 +12,22 @@ CREATE TABLE experts (
     last_heartbeat     INTEGER,
     open_consultations INTEGER NOT NULL DEFAULT 0,
     sessions_today     INTEGER NOT NULL DEFAULT 0,
+    -- Bumped by every import of the expert: decoded bodies are cached by (id, version).
+    version            INTEGER NOT NULL DEFAULT 1,
     updated_at         INTEGER NOT NULL
 );
 
+-- A candidate lookup reads only these columns (the decoded bodies are cached by version): a
+-- covering index keeps it off the wide rows, whose JSON bodies would crowd the page cache.
+CREATE INDEX experts_state ON experts (id, version, last_heartbeat, open_consultations, sessions_today);
+
+-- The index tables are WITHOUT ROWID: the primary key is the whole row, one b-tree.
 -- Department index: each of an expert's departments and every dotted ancestor (03.02 → 03).
 CREATE TABLE expert_departments (
     department TEXT NOT NULL,
     expert_id  TEXT NOT NULL,
     PRIMARY KEY (department, expert_id)
-);
+) WITHOUT ROWID;
 CREATE INDEX expert_departments_expert ON expert_departments (expert_id);
 
 -- Expertise index: the ICD-10 category (I25) of each declared code.
@@ -28,7 +35,7 @@ CREATE TABLE expert_expertise (
     category  TEXT NOT NULL,
     expert_id TEXT NOT NULL,
     PRIMARY KEY (category, expert_id)
-);
+) WITHOUT ROWID;
 CREATE INDEX expert_expertise_expert ON expert_expertise (expert_id);
 
 -- Cooperation agreements (CN-02), looked up by the requesting facility.
