@@ -16,6 +16,7 @@ mod cluster;
 mod crash;
 mod edge;
 mod engine;
+mod experts;
 mod export;
 mod http;
 mod mllp;

@@ -133,8 +133,17 @@ impl Server {
 /// (`*`). `/metrics` is not public in this server. A changed cell fails the test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorisation_matrix_role_by_facility_by_endpoint() {
+    // Every denied cell counts as a failure of its (address, subject); the table has more
+    // cells per subject than the default allows before throttling.
     let s = server_with(SecurityConfig {
-        max_failures: 100,
+        max_failures: 10_000,
+        max_failures_per_address: 100_000,
+        // The table is walked as fast as the server answers: no request rate limit here
+        // (clients_over_the_rate_limit_get_429 tests it).
+        rate_limit: huizhen_core::security::RateLimit {
+            per_second: 0.0,
+            burst: 1.0,
+        },
         public_metrics: false,
         sharing: vec![huizhen_core::security::Sharing {
             owner: "hosp-a".into(),
@@ -176,6 +185,7 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
     const ALL: [u16; 4] = [200, 200, 200, 200];
     const PLATFORM: [u16; 4] = [403, 403, 403, 200];
     const BAD: [u16; 4] = [400, 400, 400, 400];
+    const UNFIT: [u16; 4] = [422, 422, 422, 422];
     const GONE: [u16; 4] = [404, 404, 404, 404];
     // (method, route pattern, concrete path, [[A, B, C, *] per role in the order above])
     let table: Vec<(&str, &str, &str, [[u16; 4]; 7])> = vec![
@@ -325,6 +335,37 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
             "/api/patients/{person_id}/relink",
             "/api/patients/1/relink",
             [BAD, BAD, NO, NO, NO, NO, NO],
+        ),
+        // Expert matching: the probe body is not a case (422) and no decision exists (404).
+        (
+            "POST",
+            "/api/experts/match",
+            "/api/experts/match",
+            [UNFIT, UNFIT, NO, NO, UNFIT, NO, NO],
+        ),
+        (
+            "POST",
+            "/api/experts/heartbeat",
+            "/api/experts/heartbeat",
+            [NO, NO, NO, UNFIT, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/api/experts/fairness",
+            "/api/experts/fairness",
+            [ALL, ALL, ALL, NO, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/api/match-decisions/{id}",
+            "/api/match-decisions/no-such-decision",
+            [GONE, GONE, GONE, NO, GONE, NO, NO],
+        ),
+        (
+            "POST",
+            "/api/match-decisions/{id}/override",
+            "/api/match-decisions/no-such-decision/override",
+            [UNFIT, UNFIT, NO, NO, NO, NO, NO],
         ),
     ];
     let mut wrong = Vec::new();

@@ -16,6 +16,7 @@ use huizhen_core::{Engine, http};
 use huizhen_amqp as _;
 use huizhen_hl7 as _;
 
+mod experts;
 mod export;
 mod hl7;
 mod patients;
@@ -75,6 +76,9 @@ enum Command {
     /// The patient identity index: import FHIR Patients, print links and candidate pairs.
     #[command(subcommand)]
     Patients(patients::PatientsCommand),
+    /// The expert registry: import from YAML or CSV (upsert by id), list.
+    #[command(subcommand)]
+    Experts(experts::ExpertsCommand),
 }
 
 #[derive(Debug, Args)]
@@ -227,6 +231,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let store = open_store(cli.config.as_deref(), cli.database_url).await?;
             store.migrate().await?;
             patients::run(&store, cmd).await
+        }
+        Command::Experts(cmd) => {
+            let store = open_store(cli.config.as_deref(), cli.database_url).await?;
+            store.migrate().await?;
+            experts::run(&store, cmd).await
         }
         Command::Backlog => {
             let store = open_store(cli.config.as_deref(), cli.database_url).await?;

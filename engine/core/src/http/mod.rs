@@ -15,6 +15,8 @@
 //! | GET | /api/audit?actor=&action=&resource_id=&after=&limit= | the audit trail, oldest first |
 //! | GET | /api/audit/verify | recompute the audit hash chain |
 //! | … | /api/patients/… | the patient identity index: see `http/patients.rs` |
+//! | POST | /api/experts/match, /api/experts/heartbeat; GET /api/experts/fairness | expert matching ([`experts`]) |
+//! | GET, POST | /api/match-decisions/{id}, /api/match-decisions/{id}/override | match explanations and overrides |
 //!
 //! Every error is JSON: `{"error": "…"}`. Bodies are limited to `http.max_body_bytes` and
 //! requests to `http.request_timeout`.
@@ -177,6 +179,7 @@ async fn audit(store: &Store, e: &AuditEvent) -> Result<(), ApiError> {
 }
 
 mod audit;
+mod experts;
 mod guard;
 mod ingest;
 mod messages;
@@ -230,6 +233,14 @@ pub fn router(state: AppState, cfg: &HttpConfig, security: Arc<Security>) -> Rou
         .route("/api/plugins", get(plugins))
         .route("/api/plugins/{name}/reload", post(reload_plugin))
         .merge(patient_routes())
+        .route("/api/experts/match", post(experts::match_case))
+        .route("/api/experts/heartbeat", post(experts::heartbeat))
+        .route("/api/experts/fairness", get(experts::fairness))
+        .route("/api/match-decisions/{id}", get(experts::get_decision))
+        .route(
+            "/api/match-decisions/{id}/override",
+            post(experts::override_decision),
+        )
         .route_layer(middleware::from_fn_with_state(security, guard))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))

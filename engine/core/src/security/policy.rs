@@ -110,6 +110,16 @@ pub enum Action {
     ReadPatients,
     /// Change identity links: review decisions, unlink, relink.
     LinkPatients,
+    /// Match a consultation case to experts (the decision is stored).
+    MatchExperts,
+    /// Read a stored match decision (the explanation, MATCH-31).
+    ReadMatchDecisions,
+    /// Override a match decision (coordinators, with a reason).
+    OverrideMatch,
+    /// Read the expert fairness report (MATCH-30).
+    ReadFairness,
+    /// An expert's presence heartbeat.
+    ExpertHeartbeat,
 }
 
 impl Action {
@@ -128,6 +138,11 @@ impl Action {
             Action::ReadMetrics => &[Admin, Integrator, Auditor],
             Action::ReadPatients => &[Admin, Integrator, Auditor, LocalDoctor],
             Action::LinkPatients => &[Admin, Integrator],
+            Action::MatchExperts => &[Admin, Integrator, LocalDoctor],
+            Action::ReadMatchDecisions => &[Admin, Integrator, Auditor, LocalDoctor],
+            Action::OverrideMatch => &[Admin, Integrator],
+            Action::ReadFairness => &[Admin, Integrator, Auditor],
+            Action::ExpertHeartbeat => &[Expert],
         }
     }
 
@@ -143,6 +158,11 @@ impl Action {
             Action::ReadMetrics => "metrics.read",
             Action::ReadPatients => "patient.read",
             Action::LinkPatients => "patient.link",
+            Action::MatchExperts => "expert.match",
+            Action::ReadMatchDecisions => "match-decision.read",
+            Action::OverrideMatch => "match-decision.override",
+            Action::ReadFairness => "expert.fairness",
+            Action::ExpertHeartbeat => "expert.heartbeat",
         }
     }
 }
@@ -193,6 +213,20 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
         "POST",
         "/api/patients/{person_id}/relink",
         Action::LinkPatients,
+    ),
+    // Expert matching (http/experts.rs).
+    ("POST", "/api/experts/match", Action::MatchExperts),
+    ("POST", "/api/experts/heartbeat", Action::ExpertHeartbeat),
+    ("GET", "/api/experts/fairness", Action::ReadFairness),
+    (
+        "GET",
+        "/api/match-decisions/{id}",
+        Action::ReadMatchDecisions,
+    ),
+    (
+        "POST",
+        "/api/match-decisions/{id}/override",
+        Action::OverrideMatch,
     ),
 ];
 

@@ -14,6 +14,7 @@ use crate::work::{Flow, StepError, Work};
 mod filter;
 mod log;
 mod map;
+pub mod match_experts;
 pub mod match_patient;
 mod route;
 mod set;

@@ -11,6 +11,7 @@
 pub mod anchor;
 pub mod audit;
 pub mod cluster;
+pub mod experts;
 mod feed;
 pub mod identity;
 pub mod journal;
@@ -153,6 +154,8 @@ pub struct Store {
     keyring: Option<std::sync::Arc<crate::crypto::Keyring>>,
     /// Signs audit rows and writes checkpoints when set (see [`anchor`]).
     anchor: Option<std::sync::Arc<anchor::AuditAnchor>>,
+    /// Decoded registry entries by id and version (see [`experts`]).
+    experts_cache: std::sync::Arc<experts::ExpertCache>,
 }
 
 impl std::fmt::Debug for Store {
@@ -272,6 +275,7 @@ impl Store {
                 sqlite_cache: opts.sqlite_cache,
                 keyring: None,
                 anchor: None,
+                experts_cache: Default::default(),
             })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = AnyPoolOptions::new()
@@ -289,6 +293,7 @@ impl Store {
                 sqlite_cache: opts.sqlite_cache,
                 keyring: None,
                 anchor: None,
+                experts_cache: Default::default(),
             })
         } else {
             Err(StoreError::UnsupportedUrl(redact_url(url)))
@@ -496,6 +501,11 @@ impl Store {
                     "identity",
                     include_str!("migrations/sqlite/0007_identity.sql"),
                 ),
+                (
+                    8,
+                    "experts",
+                    include_str!("migrations/sqlite/0008_experts.sql"),
+                ),
             ],
             Backend::Postgres => &[
                 (
@@ -532,6 +542,11 @@ impl Store {
                     7,
                     "identity",
                     include_str!("migrations/postgres/0007_identity.sql"),
+                ),
+                (
+                    8,
+                    "experts",
+                    include_str!("migrations/postgres/0008_experts.sql"),
                 ),
             ],
         };
