@@ -25,6 +25,15 @@ pub(crate) struct His {
 
 /// A slow HIS: each message takes `work` before its AA.
 pub(crate) async fn fake_his(work: Duration) -> (u16, Arc<His>) {
+    fake_his_gated(work, tokio::sync::watch::channel(true).1).await
+}
+
+/// [`fake_his`] that takes each request only while `gate` is open (a hung destination while
+/// it is closed: requests are read, nothing is answered or recorded).
+pub(crate) async fn fake_his_gated(
+    work: Duration,
+    gate: tokio::sync::watch::Receiver<bool>,
+) -> (u16, Arc<His>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let his = Arc::new(His::default());
@@ -35,6 +44,7 @@ pub(crate) async fn fake_his(work: Duration) -> (u16, Arc<His>) {
                 return;
             };
             let h = h.clone();
+            let mut gate = gate.clone();
             tokio::spawn(async move {
                 let mut d = Deframer::new(1 << 20);
                 let mut buf = vec![0u8; 8192];
@@ -45,6 +55,9 @@ pub(crate) async fn fake_his(work: Duration) -> (u16, Arc<His>) {
                     };
                     for ev in d.push(&buf[..n]) {
                         let Event::Frame(f) = ev else { continue };
+                        if gate.wait_for(|open| *open).await.is_err() {
+                            return;
+                        }
                         h.arrivals.lock().unwrap().push(Instant::now());
                         let now = h.in_progress.fetch_add(1, Ordering::SeqCst) + 1;
                         h.most.fetch_max(now, Ordering::SeqCst);

@@ -739,58 +739,7 @@ async fn a_node_accepts_far_beyond_its_workers_while_the_destination_hangs() {
         return;
     };
     let (gate_tx, gate) = tokio::sync::watch::channel(false);
-    let received = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let his_port = listener.local_addr().unwrap().port();
-    {
-        let received = received.clone();
-        tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            loop {
-                let Ok((mut s, _)) = listener.accept().await else {
-                    return;
-                };
-                let mut gate = gate.clone();
-                let received = received.clone();
-                tokio::spawn(async move {
-                    let mut d = huizhen_hl7::mllp::Deframer::new(1 << 20);
-                    let mut buf = vec![0u8; 8192];
-                    loop {
-                        let n = match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        for ev in d.push(&buf[..n]) {
-                            let huizhen_hl7::mllp::Event::Frame(f) = ev else {
-                                continue;
-                            };
-                            // Hangs until the gate opens.
-                            if gate.wait_for(|open| *open).await.is_err() {
-                                return;
-                            }
-                            let text = String::from_utf8_lossy(&f).into_owned();
-                            let control = text
-                                .split('\r')
-                                .next()
-                                .and_then(|msh| msh.split('|').nth(9))
-                                .unwrap_or("")
-                                .to_owned();
-                            received.lock().unwrap().push(control.clone());
-                            let ack = format!(
-                                "MSH|^~\\&|HIS|H|HZ|P|20261204||ACK^A08^ACK|A{control}|P|2.5\rMSA|AA|{control}\r"
-                            );
-                            if s.write_all(&huizhen_hl7::mllp::frame(ack.as_bytes()))
-                                .await
-                                .is_err()
-                            {
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-    }
+    let (his_port, his) = crate::buffer::fake_his_gated(Duration::ZERO, gate).await;
     let prefix = format!("hz-hang-{}", &huizhen_core::message::new_id()[28..]);
     let yaml = format!(
         "version: 1\nname: hang\nsource:\n  http: {{ path: /in/hang, kind: hl7v2 }}\nconcurrency: 2\nqueue: 8\nretry: {{ max_attempts: 1000, backoff: 200ms, max_backoff: 1s }}\nsinks:\n  - mllp: {{ to: \"127.0.0.1:{his_port}\", ack_timeout: 120s }}\n"
@@ -835,7 +784,7 @@ async fn a_node_accepts_far_beyond_its_workers_while_the_destination_hangs() {
         t0.elapsed()
     );
     assert!(
-        received.lock().unwrap().is_empty(),
+        his.controls.lock().unwrap().is_empty(),
         "nothing reached the hanging destination"
     );
     let waiting: i64 = engine
@@ -866,12 +815,12 @@ async fn a_node_accepts_far_beyond_its_workers_while_the_destination_hangs() {
         async || {
             format!(
                 "{} received by the destination",
-                received.lock().unwrap().len()
+                his.controls.lock().unwrap().len()
             )
         },
     )
     .await;
-    let got: BTreeSet<String> = received.lock().unwrap().iter().cloned().collect();
+    let got: BTreeSet<String> = his.controls.lock().unwrap().iter().cloned().collect();
     assert_eq!(got.len(), N, "each message reached the destination");
     engine.shutdown(Duration::from_secs(5)).await;
     delete_queues(&prefix);

@@ -504,3 +504,32 @@ pub async fn cuttable_link(up: tokio::sync::watch::Receiver<bool>) -> u16 {
     });
     port
 }
+
+/// Every message journaled for `pipeline`, with bodies, oldest id first (ids are time-ordered:
+/// journal order).
+pub async fn journaled(store: &Store, pipeline: &str) -> Vec<huizhen_core::message::Message> {
+    let mut all = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list(&huizhen_core::store::ListFilter {
+                pipeline: Some(pipeline.into()),
+                limit: Some(1000),
+                cursor: cursor.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        all.extend(page.messages);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    all.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut full = Vec::with_capacity(all.len());
+    for m in &all {
+        full.push(store.get(&m.id).await.unwrap().unwrap());
+    }
+    full
+}
