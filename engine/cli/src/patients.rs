@@ -13,14 +13,8 @@
 //! * `undo BATCH --reason …` reverses a change of links (a merge: the unmerge); `reseal`
 //!   re-seals the demographics with the active key (after a rotation or turning encryption on).
 //!
-//! **Why not the fhir-sdk model.** The issue asks for fhir-sdk's R4B `Patient`. Its model crate
-//! is the slowest crate of the stack to compile (≈100 s debug, ≈200 s release, and its serde
-//! code is compiled again in every crate that deserialises it; reference/CRATES.md), and no
-//! crate of the workspace depends on it yet. The seven Patient elements read here (`identifier`,
-//! `name`, `birthDate`, `gender`, `address`, `telecom`, `id`) are parsed with serde into the
-//! small structs below, with the R4 names and shapes; other elements are ignored. When the
-//! FHIR adapter brings fhir-sdk in (behind a non-generic codec crate), this parser can move to
-//! it without changing the command.
+//! Each line is read with the FHIR adapter (`huizhen_fhir::patient_demographics`: fhir-sdk's
+//! R4B model; the mapping rules are in `adapters/fhir/src/patient.rs` and docs/matching.md).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -30,9 +24,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use huizhen_core::store::Store;
 use huizhen_core::store::identity::{grade_name, parse_grade};
-use huizhen_domain::identity::{Demographics, Grade, OtherId, PersonName, PostalAddress};
-use huizhen_domain::patient::Sex;
-use serde::Deserialize;
+use huizhen_domain::identity::{Demographics, Grade};
 
 use crate::security::cli_event;
 
@@ -76,290 +68,15 @@ pub struct PairsArgs {
     min_grade: String,
 }
 
-/// FHIR R4 `Patient`, the elements the matcher reads.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Patient {
-    resource_type: String,
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    identifier: Vec<Identifier>,
-    #[serde(default)]
-    name: Vec<HumanName>,
-    #[serde(default)]
-    birth_date: Option<String>,
-    #[serde(default)]
-    gender: Option<String>,
-    #[serde(default)]
-    address: Vec<Address>,
-    #[serde(default)]
-    telecom: Vec<ContactPoint>,
-}
-
-/// FHIR `Identifier`.
-#[derive(Debug, Deserialize)]
-struct Identifier {
-    #[serde(default, rename = "use")]
-    use_: Option<String>,
-    #[serde(default, rename = "type")]
-    type_: Option<CodeableConcept>,
-    #[serde(default)]
-    system: Option<String>,
-    #[serde(default)]
-    value: Option<String>,
-    #[serde(default)]
-    assigner: Option<Reference>,
-}
-
-#[derive(Debug, Deserialize)]
-struct CodeableConcept {
-    #[serde(default)]
-    coding: Vec<Coding>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Coding {
-    #[serde(default)]
-    code: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Reference {
-    #[serde(default)]
-    display: Option<String>,
-}
-
-/// FHIR `HumanName`.
-#[derive(Debug, Deserialize)]
-struct HumanName {
-    #[serde(default)]
-    text: Option<String>,
-    #[serde(default)]
-    family: Option<String>,
-    #[serde(default)]
-    given: Vec<String>,
-}
-
-/// FHIR `Address`.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Address {
-    #[serde(default)]
-    text: Option<String>,
-    #[serde(default)]
-    line: Vec<String>,
-    #[serde(default)]
-    city: Option<String>,
-    #[serde(default)]
-    district: Option<String>,
-    #[serde(default)]
-    state: Option<String>,
-    #[serde(default)]
-    postal_code: Option<String>,
-}
-
-/// FHIR `ContactPoint`.
-#[derive(Debug, Deserialize)]
-struct ContactPoint {
-    #[serde(default)]
-    system: Option<String>,
-    #[serde(default)]
-    value: Option<String>,
-}
-
-impl Identifier {
-    fn type_code(&self) -> Option<String> {
-        self.type_
-            .as_ref()?
-            .coding
-            .iter()
-            .find_map(|c| c.code.as_deref())
-            .map(str::to_ascii_uppercase)
-    }
-}
-
-/// The demographics of a Patient at `facility`: the local id is the first `MR` identifier,
-/// else the first `usual` one, else the first that is no resident id or insurance number,
-/// else the resource id. `NI` identifiers are resident ids, `PSN_NO`/`PSN` insurance numbers
-/// (region: the assigner's display), others national ids (system: the identifier's system).
-fn demographics(p: Patient, facility: &str) -> Result<Demographics, (String, String)> {
-    if p.resource_type != "Patient" {
-        let t: String = p
-            .resource_type
-            .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .take(40)
-            .collect();
-        return Err((
-            "resourceType".into(),
-            format!("expected Patient, found {t}"),
-        ));
-    }
-    let is_special =
-        |i: &Identifier| matches!(i.type_code().as_deref(), Some("NI" | "PSN_NO" | "PSN"));
-    let has_value = |i: &&Identifier| i.value.as_deref().is_some_and(|v| !v.trim().is_empty());
-    let local = p
-        .identifier
-        .iter()
-        .filter(has_value)
-        .position(|i| i.type_code().as_deref() == Some("MR"))
-        .or_else(|| {
-            p.identifier
-                .iter()
-                .filter(has_value)
-                .position(|i| i.use_.as_deref() == Some("usual") && !is_special(i))
-        })
-        .or_else(|| {
-            p.identifier
-                .iter()
-                .filter(has_value)
-                .position(|i| !is_special(i))
-        });
-    let with_value: Vec<&Identifier> = p.identifier.iter().filter(has_value).collect();
-    let local_id = match local.and_then(|i| with_value.get(i)) {
-        Some(i) => i.value.clone().unwrap_or_default(),
-        None => {
-            p.id.clone()
-                .filter(|v| !v.trim().is_empty())
-                .ok_or_else(|| {
-                    (
-                        "identifier".to_owned(),
-                        "no local id: no MR, usual or other plain identifier, and no resource id"
-                            .to_owned(),
-                    )
-                })?
-        }
-    };
-    let mut identifiers = Vec::new();
-    for (n, i) in with_value.iter().enumerate() {
-        if Some(n) == local {
-            continue;
-        }
-        let value = i.value.clone().unwrap_or_default().trim().to_owned();
-        match i.type_code().as_deref() {
-            Some("NI") => identifiers.push(OtherId::ResidentId { value }),
-            Some("PSN_NO" | "PSN") => identifiers.push(OtherId::Insurance {
-                psn_no: value,
-                region: i
-                    .assigner
-                    .as_ref()
-                    .and_then(|a| a.display.clone())
-                    .or_else(|| i.system.clone())
-                    .unwrap_or_default(),
-            }),
-            t => identifiers.push(OtherId::National {
-                system: i
-                    .system
-                    .clone()
-                    .or_else(|| t.map(str::to_owned))
-                    .unwrap_or_default(),
-                value,
-            }),
-        }
-    }
-    let names = p
-        .name
-        .into_iter()
-        .filter(|n| n.family.is_some() || !n.given.is_empty() || n.text.is_some())
-        .map(|n| PersonName {
-            family: n.family,
-            given: (!n.given.is_empty()).then(|| n.given.join(" ")),
-            text: n.text.unwrap_or_default(),
-        })
-        .collect();
-    let sex = match p.gender.as_deref() {
-        None => None,
-        Some("male") => Some(Sex::Male),
-        Some("female") => Some(Sex::Female),
-        Some("other") => Some(Sex::Other),
-        Some("unknown") => Some(Sex::Unknown),
-        Some(_) => {
-            return Err((
-                "gender".into(),
-                "not one of male, female, other, unknown".into(),
-            ));
-        }
-    };
-    let addresses = p
-        .address
-        .into_iter()
-        .map(|a| {
-            let text = a.text.unwrap_or_else(|| {
-                [a.state, a.city, a.district]
-                    .into_iter()
-                    .flatten()
-                    .chain(a.line)
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            });
-            PostalAddress {
-                text,
-                postal_code: a.postal_code,
-            }
-        })
-        .filter(|a| !a.text.trim().is_empty() || a.postal_code.is_some())
-        .collect();
-    let phones = p
-        .telecom
-        .into_iter()
-        .filter(|t| matches!(t.system.as_deref(), None | Some("phone" | "sms")))
-        .filter_map(|t| t.value)
-        .collect();
-    Ok(Demographics {
-        facility: facility.to_owned(),
-        local_id: local_id.trim().to_owned(),
-        identifiers,
-        names,
-        birth_date: p.birth_date,
-        sex,
-        phones,
-        addresses,
-    })
-}
-
-/// serde's message without the quoted parts (a value from the file may be patient data).
-fn without_values(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    let mut quote: Option<char> = None;
-    for c in message.chars() {
-        match quote {
-            Some(q) if c == q => {
-                out.push('…');
-                out.push(c);
-                quote = None;
-            }
-            Some(_) => {}
-            None if c == '`' || c == '"' => {
-                out.push(c);
-                quote = Some(c);
-            }
-            None => out.push(c),
-        }
-    }
-    // Drop serde_json's position suffix: the line is given, the column follows.
-    match out.find(" at line ") {
-        Some(i) => out[..i].to_owned(),
-        None => out,
-    }
-}
-
-/// Reads one NDJSON line; errors are (field path, what).
+/// Reads one NDJSON line; errors are (field path, what), without values.
 fn read_line(text: &str, facility: &str) -> Result<Demographics, (String, String)> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    let p: Patient = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        (
-            path,
-            format!(
-                "{} (column {})",
-                without_values(&inner.to_string()),
-                inner.column()
-            ),
-        )
-    })?;
-    demographics(p, facility)
+    huizhen_fhir::patient_demographics(text, facility).map_err(|e| {
+        let what = match e.column {
+            Some(c) => format!("{} (column {c})", e.what),
+            None => e.what,
+        };
+        (e.path, what)
+    })
 }
 
 /// Quotes a CSV field when it needs it (RFC 4180).
@@ -576,6 +293,8 @@ async fn import(store: &Store, args: ImportArgs) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use huizhen_domain::identity::{OtherId, PersonName};
+    use huizhen_domain::patient::Sex;
 
     #[test]
     fn a_patient_becomes_demographics() {
