@@ -410,4 +410,29 @@ mod tests {
         );
         assert!(serde_saphyr::from_str::<MatchPatientConfig>("auto_link: 3").is_err());
     }
+
+    /// `weights_plugin` excludes `thresholds`; without the plugin host linked in (the core's
+    /// own tests) it names what is missing. The plugin calls themselves are tested in
+    /// engine/plugin/tests/host/scoring.rs.
+    #[test]
+    fn weights_plugin_is_checked_when_built() {
+        let ctx = BuildContext {
+            pipeline: "p".into(),
+            facility: "f".into(),
+            router: Default::default(),
+            extensions: Default::default(),
+        };
+        let build = |yaml: &str| {
+            let c: MatchPatientConfig = serde_saphyr::from_str(yaml).unwrap();
+            c.build(&ctx).err().unwrap_or_default()
+        };
+        let e = build("weights_plugin: w\nthresholds: { probable: 30 }");
+        assert!(e.contains("either `thresholds` or `weights_plugin`"), "{e}");
+        let e = build("weights_plugin: w");
+        assert!(
+            e.contains("weights_plugin: \"w\" needs the plugin host"),
+            "{e}"
+        );
+        assert_eq!(build("{}"), "");
+    }
 }
