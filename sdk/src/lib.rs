@@ -1,4 +1,4 @@
-//! Write Huizhen plugins in Rust: the bindings of each world of `huizhen:plugin@0.1.0`
+//! Write Huizhen plugins in Rust: the bindings of each world of `huizhen:plugin@0.1.1`
 //! (`wit/plugin.wit`), one entry macro per world, the host calls, an HL7 v2 reader and a native
 //! test harness.
 //!
@@ -12,6 +12,10 @@
 //!     fn score(case: Vec<Feature>, expert: Vec<Feature>) -> Result<Score, String> {
 //!         let years = huizhen_sdk::scorer::number(&expert, "years").unwrap_or(0.0);
 //!         Ok(Score { total: years, contributions: vec![Contribution { feature: "years".into(), points: years }] })
+//!     }
+//!     // Since contract 0.1.1: every candidate of a case in one call.
+//!     fn score_many(case: Vec<Feature>, candidates: Vec<Vec<Feature>>) -> Result<Vec<Score>, String> {
+//!         huizhen_sdk::scorer::score_each(&case, candidates, Self::score)
 //!     }
 //! }
 //! huizhen_sdk::scorer_plugin!(MyScorer);
@@ -163,6 +167,21 @@ pub mod scorer {
             .iter()
             .find(|f| f.name == name)
             .and_then(|f| f.text.as_deref())
+    }
+
+    /// `score-many` from a `score`: each candidate in order, stopping at the first error
+    /// (named with the candidate's position). A plugin with a faster batched rule writes its
+    /// own.
+    pub fn score_each(
+        case: &[Feature],
+        candidates: Vec<Vec<Feature>>,
+        score: impl Fn(Vec<Feature>, Vec<Feature>) -> Result<Score, String>,
+    ) -> Result<Vec<Score>, String> {
+        candidates
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| score(case.to_vec(), c).map_err(|e| format!("candidate {i}: {e}")))
+            .collect()
     }
 
     /// A feature with a number (for tests and callers).

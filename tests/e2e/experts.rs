@@ -3,6 +3,7 @@
 //! expert is never missed), decisions and overrides round-tripping, on SQLite and PostgreSQL;
 //! then the whole path through HTTP with a registry imported by the `huizhen` binary.
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -775,5 +776,129 @@ async fn the_match_experts_step_stores_a_decision() {
     let d = store.match_decision(decision_id).await.unwrap().unwrap();
     assert_eq!(d.case_id, "task-7");
     assert_eq!(d.requesting_facility, "H-COUNTY-1");
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The `match_experts` step with `scorer: expert-score`: the plugin (built from
+/// `plugins/expert-score` for wasm32-wasip2) ranks the case in one batched call; the stored
+/// decision names the plugin, its module hash and budget, and replaying it with the same
+/// component gives the same ranking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_match_experts_step_scores_with_a_plugin() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../plugins");
+    let target = root.join("target");
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "-p",
+            "expert-score",
+        ])
+        .current_dir(&root)
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wasm = std::fs::read(target.join("wasm32-wasip2/release/expert_score.wasm")).unwrap();
+
+    let db = fresh_db(Backend::Sqlite).await.unwrap();
+    let dir = db.dir.path().join("plugins");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (pkg, manifest) = huizhen_plugin::package::write_package(
+        &dir,
+        &wasm,
+        "expert-score",
+        "0.1.0",
+        huizhen_plugin::World::Scorer,
+        vec![],
+        None,
+    )
+    .unwrap();
+    let pipeline = "version: 1\nname: consult\nfacility: H-COUNTY-1\nsource:\n  http: { path: /in/consult, kind: json }\nsteps:\n  - match_experts: { case: request, matching: { top_n: 2 }, scorer: expert-score }\nsinks:\n  - journal: {}\n";
+    // `loaded` checks pipelines against the default plugin folder: add this one after.
+    let mut config = loaded(&db, &[]);
+    let file = db.dir.path().join("consult.yaml");
+    std::fs::write(&file, pipeline).unwrap();
+    let parsed = huizhen_core::config::parse_yaml(&file, pipeline).unwrap();
+    config.pipelines.push(huizhen_core::config::LoadedPipeline {
+        file,
+        config: parsed,
+    });
+    config.root.plugins.dir = dir.clone();
+    config.root.plugins.allow_unsigned = true;
+    config.root.plugins.watch = false;
+    let engine = Engine::start(config).await.unwrap();
+    let registry: huizhen_domain::expert::ExpertRegistry =
+        serde_saphyr::from_str(REGISTRY).unwrap();
+    engine
+        .store
+        .upsert_experts(&registry.experts, &registry.agreements, None)
+        .await
+        .unwrap();
+    let handle = engine.pipeline("consult").unwrap();
+    let body = json!({"request": {"id": "task-8", "department": "03.02", "icd10": "I25"}});
+    let msg = huizhen_core::message::NewMessage::new(
+        "consult",
+        "H-COUNTY-1",
+        "json",
+        serde_json::to_vec(&body).unwrap(),
+    );
+    let id = handle.submit(msg).await.unwrap().id;
+    let store = engine.store.clone();
+    let done = crate::support::wait_for("message done", Duration::from_secs(10), || {
+        let store = store.clone();
+        let id = id.clone();
+        async move {
+            let m = store.get(&id).await.ok()??;
+            (m.state == huizhen_core::message::State::Done).then_some(m)
+        }
+    })
+    .await;
+    let effects = store.effects_of(&done.id).await.unwrap();
+    let out: Value = serde_json::from_slice(&effects[0].body).unwrap();
+    let decision_id = out["match"]["decision_id"].as_str().unwrap();
+    let d = store
+        .match_decision(decision_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .decision;
+    assert!(d.fallback.is_none(), "{:?}", d.fallback);
+    assert_eq!(d.scorer.name, "expert-score");
+    assert_eq!(d.scorer.module_hash, format!("sha256:{}", manifest.sha256));
+    assert_eq!(
+        d.scorer.budget.as_deref(),
+        Some("fuel=10000000, deadline=50ms")
+    );
+    // The plugin's contributions (its `urgency` one, 0 for a routine case, is not in the
+    // built-in rule).
+    assert!(!d.ranked.is_empty(), "{out:#}");
+    assert!(
+        d.ranked[0]
+            .contributions
+            .iter()
+            .any(|c| c.name == "urgency"),
+        "{:?}",
+        d.ranked[0].contributions
+    );
+    // Replay with the same component and budget: identical.
+    let trust = huizhen_plugin::package::Trust::new([], true).unwrap();
+    let pkg = huizhen_plugin::package::read_package(&pkg, &trust).unwrap();
+    let plugin = Arc::new(huizhen_plugin::Plugin::from_package(pkg, Arc::default()).unwrap());
+    let scorer = huizhen_plugin::scorer::PluginScorer::new(
+        plugin,
+        huizhen_core::extensions::PluginBudget {
+            fuel: Some(10_000_000),
+            deadline: Duration::from_millis(50),
+        },
+    );
+    let replay = d.replay(&scorer).unwrap();
+    assert!(replay.is_identical(), "{:?}", replay);
     engine.shutdown(Duration::from_secs(5)).await;
 }

@@ -31,6 +31,58 @@ pub enum CatalogError {
     Refused(String),
 }
 
+/// The fuel and time budget of one plugin call made for a domain port (a scorer's batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PluginBudget {
+    /// Fuel for the whole call (none: unlimited; the deadline still holds).
+    pub fuel: Option<u64>,
+    /// The call's deadline.
+    pub deadline: std::time::Duration,
+}
+
+/// The grading thresholds (and field weights) a `match-weights` plugin gives, in the 0.1.1
+/// form whatever the plugin's contract version (0.1.0's two thresholds are mapped by the host).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginWeights {
+    /// `name@version` of the plugin, for errors and audit.
+    pub plugin: String,
+    /// The contract version of the plugin's world (`0.1.0` or `0.1.1`).
+    pub contract: String,
+    /// Per field: agreement and disagreement weights, as the plugin gives them.
+    pub fields: Vec<(String, (f64, f64))>,
+    /// Certain (auto-link) at or above, if any.
+    pub auto_link: Option<f64>,
+    /// Probable at or above.
+    pub probable: f64,
+    /// Possible at or above.
+    pub possible: f64,
+}
+
+/// Domain ports served by plugins (issue 14): the plugin host registers one so that steps and
+/// the API can use a `scorer` or `match-weights` plugin by name without the core knowing
+/// wasmtime.
+pub trait DomainPlugins: Send + Sync {
+    /// The `scorer` plugin `name` as the domain's [`huizhen_domain::expert::Scorer`], each
+    /// batch under `budget`. Errors when no such plugin is loaded or it is not a scorer.
+    fn scorer(
+        &self,
+        name: &str,
+        budget: PluginBudget,
+    ) -> Result<Arc<dyn huizhen_domain::expert::Scorer + Send + Sync>, String>;
+
+    /// Calls the `match-weights` plugin `name` once.
+    fn match_weights(&self, name: &str) -> Result<PluginWeights, String>;
+}
+
+/// Makes the [`DomainPlugins`] of an engine (the plugin host submits one through `inventory`),
+/// so that a configuration being only checked — where no start hook ran — resolves plugin
+/// names the same way a running engine does.
+pub struct DomainPluginsFactory {
+    pub make: fn(&Extensions) -> Arc<dyn DomainPlugins>,
+}
+
+inventory::collect!(DomainPluginsFactory);
+
 /// Runs when an engine starts (and when `huizhen validate` checks a configuration), before the
 /// pipelines are built.
 pub struct EngineHook {
@@ -46,6 +98,7 @@ pub struct Extensions {
     plugins: PluginsConfig,
     services: Arc<Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>>,
     catalog: Arc<OnceLock<Arc<dyn PluginCatalog>>>,
+    domain: Arc<OnceLock<Arc<dyn DomainPlugins>>>,
 }
 
 impl std::fmt::Debug for Extensions {
@@ -105,5 +158,21 @@ impl Extensions {
 
     pub fn plugin_catalog(&self) -> Option<Arc<dyn PluginCatalog>> {
         self.catalog.get().cloned()
+    }
+
+    /// Sets the provider of plugin-backed domain ports (the first one set stays).
+    pub fn set_domain_plugins(&self, plugins: Arc<dyn DomainPlugins>) {
+        let _ = self.domain.set(plugins);
+    }
+
+    /// The provider of plugin-backed domain ports, when the plugin host is linked in (made on
+    /// first use by its [`DomainPluginsFactory`]).
+    pub fn domain_plugins(&self) -> Option<Arc<dyn DomainPlugins>> {
+        if let Some(d) = self.domain.get() {
+            return Some(d.clone());
+        }
+        let factory = inventory::iter::<DomainPluginsFactory>.into_iter().next()?;
+        let made = (factory.make)(self);
+        Some(self.domain.get_or_init(|| made).clone())
     }
 }

@@ -75,7 +75,7 @@ fn features() -> (Vec<Feature>, Vec<Feature>) {
         vec![
             f("title", 0.0, Some("主任医师")),
             f("years", 20.0, None),
-            f("avg_response_minutes", 12.0, None),
+            f("median_response_minutes", 12.0, None),
         ],
     )
 }
@@ -97,7 +97,7 @@ fn native_score(case: &[Feature], expert: &[Feature]) -> f64 {
     let e = native::Expert {
         title: title.as_deref(),
         years: num(expert, "years"),
-        avg_response_minutes: num(expert, "avg_response_minutes"),
+        response_minutes: num(expert, "median_response_minutes"),
     };
     let (total, parts) = native::score(&c, &e).unwrap();
     // Like the plugin, build the contributions the caller gets.
@@ -172,6 +172,7 @@ fn swap_times(wasm: &[u8], swaps: usize) -> (Vec<Duration>, Vec<Duration>) {
         allow_unsigned: false,
         watch: false,
         names_file: None,
+        expert_scorer: None,
     };
     let reg = Registry::open(&cfg).unwrap();
     let slot = reg.slot("expert-score").unwrap();

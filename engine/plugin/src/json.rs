@@ -6,7 +6,7 @@
 //! | rule | `{"message": {"id", "pipeline", "facility", "kind", "body" (text), "headers": {}}}` | `"pass"`, `{"drop": r}`, `{"route": p}`, `{"transform": body}`, `{"annotate": {}}` |
 //! | scorer | `{"case": {feature: number or text}, "expert": {…}}` | `{"total", "contributions": [{"feature", "points"}]}` |
 //! | coverage | `{"items": [{"code", "amount_fen"}], "patient": {"insurer", "active", "plan"}}` | `[{"code", "covered_fen", "self_pay_fen", "reason"}]` |
-//! | match-weights | `{}` | `{"fields": {name: [agree, disagree]}, "match_threshold", "non_match_threshold"}` |
+//! | match-weights | `{}` | `{"fields": {name: [agree, disagree]}, "auto_link_threshold", "probable_threshold", "possible_threshold"}` (a 0.1.0 plugin's two thresholds mapped) |
 //! | triage | `{"complaint": text}` | `{"symptoms": [], "department": text or null, "questions": []}` |
 
 use serde_json::{Map, Value, json};
@@ -190,8 +190,9 @@ pub fn call(plugin: &Plugin, input: &Value, opts: &CallOptions) -> Result<Value,
                 .collect();
             json!({
                 "fields": fields,
-                "match_threshold": w.match_threshold,
-                "non_match_threshold": w.non_match_threshold,
+                "auto_link_threshold": w.auto_link_threshold,
+                "probable_threshold": w.probable_threshold,
+                "possible_threshold": w.possible_threshold,
             })
         }
         World::Triage => {

@@ -10,8 +10,11 @@
 //! no arguments; the clocks with `clock`, real random numbers with `random`; what they print
 //! reaches the engine's log with `log` and is dropped (and counted) without it.
 //!
-//! The contract is `sdk/wit/plugin.wit` (`huizhen:plugin@0.1.0`); all `bindgen!` calls are in
-//! [`bindings`]. Packages and signatures: [`package`]; the registry and hot reload:
+//! The contract is `sdk/wit/plugin.wit` (`huizhen:plugin@0.1.1`); all `bindgen!` calls are in
+//! [`bindings`]. Components built for 0.1.0 keep working: the worlds that changed in 0.1.1
+//! (`scorer` gained `score-many`, `match-weights` three thresholds) are detected from the
+//! component's exports and called through their 0.1.0 form ([`legacy`]). A loaded `scorer`
+//! serves the domain's `Scorer` port through [`scorer::PluginScorer`]. Packages and signatures: [`package`]; the registry and hot reload:
 //! [`registry`]; JSON forms of every world's input and output: [`json`].
 
 use std::collections::{BTreeMap, HashMap};
@@ -26,9 +29,11 @@ use wasmtime::{
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub mod json;
+pub mod legacy;
 pub mod names;
 pub mod package;
 pub mod registry;
+pub mod scorer;
 pub mod stats;
 pub mod step;
 pub mod wasi;
@@ -90,7 +95,7 @@ use bindings::huizhen::plugin::host::Level;
 use bindings::huizhen::plugin::types::{Decision, Message};
 
 /// The contract version this engine implements (`huizhen:plugin@…`).
-pub const CONTRACT: &str = "0.1.0";
+pub const CONTRACT: &str = "0.1.1";
 
 /// How long one epoch tick lasts: deadlines are counted in ticks.
 const TICK: Duration = Duration::from_millis(1);
@@ -102,6 +107,10 @@ pub struct Limits {
     pub deadline: Duration,
     /// Linear memory a call may grow to (default 64 MiB).
     pub memory: usize,
+    /// Fuel (wasm instructions, roughly) a call — or a scoring session — may burn; none:
+    /// unlimited (the deadline still holds). Unlike the deadline, running out of fuel happens at
+    /// the same point on every machine, so a budget can be part of a replayable decision.
+    pub fuel: Option<u64>,
 }
 
 impl Default for Limits {
@@ -109,6 +118,7 @@ impl Default for Limits {
         Limits {
             deadline: Duration::from_millis(50),
             memory: 64 << 20,
+            fuel: None,
         }
     }
 }
@@ -120,6 +130,8 @@ pub fn engine() -> &'static Engine {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        // Every store gets fuel (unlimited unless the call has a budget): see `Limits::fuel`.
+        config.consume_fuel(true);
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(1000);
         pool.total_memories(1000);
@@ -292,6 +304,9 @@ pub enum CallError {
     /// The plugin ran past its deadline.
     #[error("plugin {plugin}: interrupted after {limit:?} (deadline)")]
     Deadline { plugin: String, limit: Duration },
+    /// The plugin burnt its fuel budget.
+    #[error("plugin {plugin}: out of fuel (budget {fuel})")]
+    OutOfFuel { plugin: String, fuel: u64 },
     /// The plugin went past its memory cap.
     #[error("plugin {plugin}: out of memory: {reason}")]
     Memory { plugin: String, reason: String },
@@ -322,8 +337,12 @@ impl CallError {
 enum Compiled {
     Rule(bindings::RulePre<CallState>),
     Scorer(bindings::scorer::ScorerPre<CallState>),
+    /// A 0.1.0 scorer (exports `score` only).
+    ScorerV0(wasmtime::component::InstancePre<CallState>),
     Coverage(bindings::coverage::CoveragePre<CallState>),
     MatchWeights(bindings::match_weights::MatchWeightsPre<CallState>),
+    /// A 0.1.0 `match-weights` plugin (two thresholds).
+    MatchWeightsV0(wasmtime::component::InstancePre<CallState>),
     Triage(bindings::triage::TriagePre<CallState>),
 }
 
@@ -353,7 +372,12 @@ fn link(
             bindings::scorer::Scorer::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
                 .map_err(host)?;
             let pre = linker.instantiate_pre(component).map_err(fit)?;
-            Compiled::Scorer(bindings::scorer::ScorerPre::new(pre).map_err(fit)?)
+            if legacy::is_v0_scorer(component) {
+                legacy::check_v0_scorer(&pre).map_err(fit)?;
+                Compiled::ScorerV0(pre)
+            } else {
+                Compiled::Scorer(bindings::scorer::ScorerPre::new(pre).map_err(fit)?)
+            }
         }
         World::Coverage => {
             bindings::coverage::Coverage::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
@@ -368,7 +392,14 @@ fn link(
             )
             .map_err(host)?;
             let pre = linker.instantiate_pre(component).map_err(fit)?;
-            Compiled::MatchWeights(bindings::match_weights::MatchWeightsPre::new(pre).map_err(fit)?)
+            if legacy::is_v0_weights(component, engine) {
+                legacy::check_v0_weights(&pre).map_err(fit)?;
+                Compiled::MatchWeightsV0(pre)
+            } else {
+                Compiled::MatchWeights(
+                    bindings::match_weights::MatchWeightsPre::new(pre).map_err(fit)?,
+                )
+            }
         }
         World::Triage => {
             bindings::triage::Triage::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
@@ -412,6 +443,7 @@ struct Sandbox {
     stdout: wasi::Printed,
     stderr: wasi::Printed,
     deadline: Duration,
+    fuel: Option<u64>,
 }
 
 impl Plugin {
@@ -517,11 +549,14 @@ impl Plugin {
         };
         let mut store = Store::new(engine(), state);
         store.limiter(|s| &mut s.limits);
+        // Cannot fail: the engine consumes fuel.
+        let _ = store.set_fuel(call.limits.fuel.unwrap_or(u64::MAX));
         Sandbox {
             store,
             stdout,
             stderr,
             deadline: call.limits.deadline,
+            fuel: call.limits.fuel,
         }
     }
 
@@ -585,6 +620,12 @@ impl Plugin {
     fn trap(&self, e: wasmtime::Error, sb: &Sandbox, stderr: &str) -> CallError {
         let plugin = self.label.to_string();
         let trap = e.downcast_ref::<wasmtime::Trap>().copied();
+        if trap == Some(wasmtime::Trap::OutOfFuel) {
+            return CallError::OutOfFuel {
+                plugin,
+                fuel: sb.fuel.unwrap_or(u64::MAX),
+            };
+        }
         if trap == Some(wasmtime::Trap::Interrupt) {
             return CallError::Deadline {
                 plugin,
@@ -647,9 +688,9 @@ impl Plugin {
 
     /// `scorer`: a session of calls in one instance, for scoring many candidates of one case.
     pub fn scorer(&self, call: &CallOptions) -> Result<ScorerSession<'_>, CallError> {
-        let Compiled::Scorer(_) = &self.compiled else {
+        if !matches!(self.compiled, Compiled::Scorer(_) | Compiled::ScorerV0(_)) {
             return Err(self.wrong(World::Scorer));
-        };
+        }
         Ok(ScorerSession {
             plugin: self,
             call: call.clone(),
@@ -676,20 +717,33 @@ impl Plugin {
         self.finish(&mut sb, started, r)
     }
 
-    /// `match-weights`: the identity-matching weights and thresholds.
+    /// The contract version of this component's world: `0.1.0` for a scorer without
+    /// `score-many` or a `match-weights` plugin with two thresholds, else [`CONTRACT`].
+    pub fn world_version(&self) -> &'static str {
+        match self.compiled {
+            Compiled::ScorerV0(_) | Compiled::MatchWeightsV0(_) => "0.1.0",
+            _ => CONTRACT,
+        }
+    }
+
+    /// `match-weights`: the identity-matching weights and thresholds, always in the 0.1.1 form
+    /// (a 0.1.0 plugin's two thresholds are mapped: [`legacy::WeightsV0::upgrade`]).
     pub fn weights(
         &self,
         call: &CallOptions,
     ) -> Result<bindings::match_weights::Weights, CallError> {
-        let Compiled::MatchWeights(pre) = &self.compiled else {
-            return Err(self.wrong(World::MatchWeights));
-        };
         let mut sb = self.sandbox(call);
         Self::arm(&mut sb);
         let started = Instant::now();
-        let r = pre
-            .instantiate(&mut sb.store)
-            .and_then(|w| w.call_weights(&mut sb.store).map(Ok));
+        let r = match &self.compiled {
+            Compiled::MatchWeights(pre) => pre
+                .instantiate(&mut sb.store)
+                .and_then(|w| w.call_weights(&mut sb.store).map(Ok)),
+            Compiled::MatchWeightsV0(pre) => {
+                legacy::call_v0_weights(pre, &mut sb.store).map(|w| Ok(w.upgrade()))
+            }
+            _ => return Err(self.wrong(World::MatchWeights)),
+        };
         self.finish(&mut sb, started, r)
     }
 
@@ -720,34 +774,99 @@ impl CallState {
 
 /// Scoring calls that share one instance (one case, many candidates): instantiating once saves
 /// ~10 µs per call. Only calls of one request share it; a trap ends the instance and the next
-/// call gets a fresh one.
+/// call gets a fresh one. The fuel budget is the session's: it is set when the instance is made.
 pub struct ScorerSession<'p> {
     plugin: &'p Plugin,
     call: CallOptions,
-    live: Option<(Sandbox, bindings::scorer::Scorer)>,
+    live: Option<(Sandbox, Live)>,
+}
+
+/// A live scorer instance: 0.1.1 bindings, or a 0.1.0 instance called by export name.
+enum Live {
+    Current(bindings::scorer::Scorer),
+    V0(wasmtime::component::Instance),
 }
 
 impl ScorerSession<'_> {
+    /// Makes the instance when there is none; the error is the call's.
+    fn ensure(&mut self, started: Instant) -> Result<(), CallError> {
+        if self.live.is_some() {
+            return Ok(());
+        }
+        let mut sb = self.plugin.sandbox(&self.call);
+        Plugin::arm(&mut sb);
+        let made = match &self.plugin.compiled {
+            Compiled::Scorer(pre) => pre.instantiate(&mut sb.store).map(Live::Current),
+            Compiled::ScorerV0(pre) => pre.instantiate(&mut sb.store).map(Live::V0),
+            _ => unreachable!("a scorer session is made for scorer plugins only"),
+        };
+        match made {
+            Ok(live) => {
+                self.live = Some((sb, live));
+                Ok(())
+            }
+            Err(e) => self.plugin.finish(&mut sb, started, Err(e)),
+        }
+    }
+
+    /// One candidate's score (the world's `score`).
     pub fn score(
         &mut self,
         case: &[bindings::scorer::Feature],
         expert: &[bindings::scorer::Feature],
     ) -> Result<bindings::scorer::Score, CallError> {
-        let Compiled::Scorer(pre) = &self.plugin.compiled else {
-            unreachable!("a scorer session is made for scorer plugins only");
-        };
         let started = Instant::now();
-        if self.live.is_none() {
-            let mut sb = self.plugin.sandbox(&self.call);
-            Plugin::arm(&mut sb);
-            match pre.instantiate(&mut sb.store) {
-                Ok(w) => self.live = Some((sb, w)),
-                Err(e) => return self.plugin.finish(&mut sb, started, Err(e)),
-            }
-        }
-        let (sb, w) = self.live.as_mut().expect("instantiated above");
+        self.ensure(started)?;
+        let (sb, live) = self.live.as_mut().expect("instantiated above");
         Plugin::arm(sb);
-        let r = w.call_score(&mut sb.store, case, expert);
+        let r = match live {
+            Live::Current(w) => w.call_score(&mut sb.store, case, expert),
+            Live::V0(i) => legacy::call_v0_score(i, &mut sb.store, case, expert),
+        };
+        let trapped = r.is_err();
+        let out = self.plugin.finish(sb, started, r);
+        if trapped {
+            self.live = None;
+        }
+        out
+    }
+
+    /// Every candidate of one case: one `score-many` call (0.1.1), or `score` once per
+    /// candidate in this one instance under one deadline (0.1.0). The number of scores is the
+    /// plugin's: the caller checks it.
+    pub fn score_many(
+        &mut self,
+        case: &[bindings::scorer::Feature],
+        candidates: &[Vec<bindings::scorer::Feature>],
+    ) -> Result<Vec<bindings::scorer::Score>, CallError> {
+        let started = Instant::now();
+        self.ensure(started)?;
+        let (sb, live) = self.live.as_mut().expect("instantiated above");
+        Plugin::arm(sb);
+        let r = match live {
+            Live::Current(w) => w.call_score_many(&mut sb.store, case, candidates),
+            Live::V0(i) => {
+                let mut out = Vec::with_capacity(candidates.len());
+                let mut result = Ok(Ok(Vec::new()));
+                for c in candidates {
+                    match legacy::call_v0_score(i, &mut sb.store, case, c) {
+                        Ok(Ok(s)) => out.push(s),
+                        Ok(Err(reason)) => {
+                            result = Ok(Err(reason));
+                            break;
+                        }
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                }
+                match result {
+                    Ok(Ok(_)) => Ok(Ok(out)),
+                    other => other,
+                }
+            }
+        };
         let trapped = r.is_err();
         let out = self.plugin.finish(sb, started, r);
         if trapped {

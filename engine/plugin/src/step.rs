@@ -116,6 +116,7 @@ impl StepConfig for PluginStepConfig {
                 limits: Limits {
                     deadline: self.deadline,
                     memory: self.memory_mb << 20,
+                    fuel: None,
                 },
                 config: Arc::new(self.config.clone()),
                 now_ms: 0,

@@ -17,6 +17,9 @@ use huizhen_plugin::bindings::huizhen::plugin::types::{Decision, Message};
 use huizhen_plugin::package::{self, Trust};
 use huizhen_plugin::{CallError, CallOptions, Capability, Limits, Registry, World};
 
+#[path = "host/scoring.rs"]
+mod scoring;
+
 /// Builds the example plugins once per test run; returns the folder with the `.wasm` files.
 fn plugins() -> &'static PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
@@ -24,7 +27,13 @@ fn plugins() -> &'static PathBuf {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../plugins");
         let target = root.join("target");
         // One package per cargo run: each enables its own world of huizhen-sdk.
-        for p in ["misbehave", "peek", "route-by-facility", "expert-score"] {
+        for p in [
+            "misbehave",
+            "peek",
+            "route-by-facility",
+            "expert-score",
+            "weights-basic",
+        ] {
             let out = std::process::Command::new(env!("CARGO"))
                 .args(["build", "--release", "--target", "wasm32-wasip2", "-p", p])
                 .current_dir(&root)
@@ -117,6 +126,7 @@ fn config(dir: &Path) -> PluginsConfig {
         allow_unsigned: false,
         watch: true,
         names_file: None,
+        expert_scorer: None,
     }
 }
 
@@ -141,6 +151,7 @@ fn a_misbehaving_plugin_fails_only_its_own_calls() {
         limits: Limits {
             deadline: Duration::from_millis(50),
             memory: 64 << 20,
+            fuel: None,
         },
         ..CallOptions::default()
     };
@@ -333,13 +344,16 @@ fn unsigned_tampered_and_foreign_packages_are_refused() {
     let text = std::fs::read_to_string(&m).unwrap();
     std::fs::write(
         &m,
-        text.replace("huizhen:plugin@0.1.0", "huizhen:plugin@0.2.0"),
+        text.replace(
+            &format!("huizhen:plugin@{}", huizhen_plugin::CONTRACT),
+            "huizhen:plugin@0.2.0",
+        ),
     )
     .unwrap();
     package::sign_package(&future, &package::parse_private_key(&vendor().0).unwrap()).unwrap();
     let e = package::read_package(&future, &trust).unwrap_err();
     assert!(
-        e.contains("built for huizhen:plugin@0.2.0; this engine implements huizhen:plugin@0.1.0"),
+        e.contains("built for huizhen:plugin@0.2.0; this engine implements huizhen:plugin@0.1.1"),
         "{e}"
     );
 

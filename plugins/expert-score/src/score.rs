@@ -3,8 +3,8 @@
 //!
 //! - title: 主任医师 (chief physician) +50, 副主任医师 (associate chief) +30, any other 0;
 //! - years of experience × 2;
-//! - (30 − average response minutes) × 2 (a slow responder loses points);
-//! - +20 when the case's urgency is critical (`critical` or 危急).
+//! - (30 − response minutes) × 2 (a slow responder loses points; the engine sends the median);
+//! - +20 when the case is urgent (`urgent` as the engine words it, or `critical` / 危急).
 //!
 //! Each feature present gives one contribution; a missing feature gives none. A negative
 //! number of years or minutes is an error (bad data, not a low score).
@@ -20,7 +20,8 @@ pub struct Case<'a> {
 pub struct Expert<'a> {
     pub title: Option<&'a str>,
     pub years: Option<f64>,
-    pub avg_response_minutes: Option<f64>,
+    /// Median (or, from older callers, average) minutes to accept an offer.
+    pub response_minutes: Option<f64>,
 }
 
 /// Each feature's name and points.
@@ -43,16 +44,16 @@ pub fn score(case: &Case, expert: &Expert) -> Result<(f64, Contributions), Strin
         }
         parts.push(("years", years * 2.0));
     }
-    if let Some(minutes) = expert.avg_response_minutes {
+    if let Some(minutes) = expert.response_minutes {
         if !(minutes >= 0.0 && minutes.is_finite()) {
             return Err(format!(
-                "avg_response_minutes: {minutes} is not a number of minutes"
+                "median_response_minutes: {minutes} is not a number of minutes"
             ));
         }
         parts.push(("response", (30.0 - minutes) * 2.0));
     }
     if let Some(urgency) = case.urgency {
-        let critical = matches!(urgency.trim(), "critical" | "危急");
+        let critical = matches!(urgency.trim(), "urgent" | "critical" | "危急");
         parts.push(("urgency", if critical { 20.0 } else { 0.0 }));
     }
     Ok((parts.iter().map(|p| p.1).sum(), parts))

@@ -13,8 +13,10 @@ impl Guest for Plugin {
                 ("birth_date".into(), (5.0, -6.0)),
                 ("phone".into(), (3.0, -1.0)),
             ],
-            match_threshold: 14.0,
-            non_match_threshold: 4.0,
+            // None: a probabilistic score never links automatically (STANDARDS MATCH-05).
+            auto_link_threshold: None,
+            probable_threshold: 14.0,
+            possible_threshold: 4.0,
         }
     }
 }

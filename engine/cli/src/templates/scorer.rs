@@ -16,6 +16,10 @@ impl Guest for Plugin {
             ],
         })
     }
+
+    fn score_many(case: Vec<Feature>, candidates: Vec<Vec<Feature>>) -> Result<Vec<Score>, String> {
+        scorer::score_each(&case, candidates, Self::score)
+    }
 }
 
 huizhen_sdk::scorer_plugin!(Plugin);

@@ -225,6 +225,10 @@ pub struct PluginsConfig {
     /// `names.toml` in `dir`); written by the engine, changed with `huizhen plugin bind`.
     #[serde(default)]
     pub names_file: Option<PathBuf>,
+    /// The `scorer` plugin (by manifest name) that `POST /api/experts/match` ranks with; none:
+    /// the built-in scorer. Pipelines choose theirs with the `match_experts` step's `scorer:`.
+    #[serde(default)]
+    pub expert_scorer: Option<String>,
 }
 
 impl Default for PluginsConfig {
@@ -235,6 +239,7 @@ impl Default for PluginsConfig {
             allow_unsigned: false,
             watch: true,
             names_file: None,
+            expert_scorer: None,
         }
     }
 }

@@ -21,8 +21,7 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use huizhen_domain::expert::{
-    CaseRequest, DefaultScorer, MatchConfig, MatchDecision, MatchError, fairness_report,
-    match_experts,
+    CaseRequest, MatchConfig, MatchDecision, MatchError, fairness_report, match_experts,
 };
 
 use super::*;
@@ -89,10 +88,27 @@ pub(super) async fn match_case(
         return Err(bad(StatusCode::FORBIDDEN, reason));
     }
     let index = s.store.prefetch_experts(&case).await?;
+    // The scorer is the operator's choice (`plugins.expert_scorer`), never the caller's.
+    let scorer_name = s.extensions.plugins_config().expert_scorer.clone();
+    let scorer = crate::steps::match_experts::resolve_scorer(
+        &s.extensions,
+        scorer_name.as_deref(),
+        crate::extensions::PluginBudget {
+            fuel: Some(crate::steps::match_experts::DEFAULT_SCORER_FUEL),
+            deadline: std::time::Duration::from_millis(50),
+        },
+    )
+    .map_err(|e| {
+        ApiError::internal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the configured expert scorer is unavailable",
+            &e,
+        )
+    })?;
     let decision = match_experts(
         &case,
         &index,
-        &DefaultScorer,
+        &*scorer,
         &MatchConfig::default(),
         Utc::now(),
         0,
@@ -103,6 +119,7 @@ pub(super) async fn match_case(
         }
         _ => bad(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
     })?;
+    crate::runner::match_alerts::alert_scorer_fallback(&decision, "api");
     let id = crate::message::new_id();
     let event = caller
         .event(

@@ -145,6 +145,11 @@ impl Metrics {
             nodes.clone(),
         );
         registry.register(
+            "match_scorer_fallback",
+            "Expert matches where the scorer plugin failed and the built-in scorer ranked instead",
+            super::match_alerts::scorer_fallbacks().clone(),
+        );
+        registry.register(
             "step_duration_seconds",
             "Time spent in each step and sink",
             step_seconds.clone(),

@@ -7,6 +7,9 @@
 //!     result: match          # where the outcome goes in the body; default `match`
 //!     matching: { top_n: 3, max_open_consultations: 5 }   # the domain's MatchConfig
 //!     seed: 0                # the tie-break seed (the same inputs give the same ranking)
+//!     scorer: expert-score   # a `scorer` plugin of plugins.dir; default: the built-in scorer
+//!     scorer_fuel: 10000000  # the plugin's fuel for one case's batch (default 10,000,000)
+//!     scorer_deadline: 50ms  # and its deadline (default 50ms)
 //! ```
 //!
 //! **Input: the body, not CEL.** The case is the domain's `CaseRequest` as JSON (`id`,
@@ -22,9 +25,14 @@
 //! eligible expert is not an error: the selection is empty and the decision says why each
 //! candidate was excluded.
 //!
-//! **The scorer seam.** The step holds an `Arc<dyn Scorer>`; today it is always the built-in
-//! `DefaultScorer`. A `scorer:` option naming a `scorer` plugin will build a plugin-backed
-//! `Scorer` here (the domain falls back to the built-in one, and records why, when it fails).
+//! **The scorer.** Without `scorer:` the built-in `DefaultScorer` ranks. With it, the named
+//! `scorer` plugin scores every eligible candidate of a case in one batched call (`score-many`;
+//! a 0.1.0 plugin's `score` once per candidate) under `scorer_fuel` and `scorer_deadline`, and
+//! the decision records the plugin's name, version, module hash and budget. When the plugin
+//! fails (out of fuel, deadline, trap, its own error, a wrong count) the domain ranks with the
+//! built-in scorer and records the fallback; the step then counts
+//! `huizhen_match_scorer_fallback_total{plugin}` and logs a WARN. The version serving is read
+//! at each case, so a hot-reloaded plugin takes over without rebuilding the pipeline.
 //!
 //! The store is reached at run time through the engine's extensions (`huizhen validate`
 //! builds the step without one). The decision and its audit event (actor `pipeline:<name>`)
@@ -40,7 +48,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{Step, StepConfig, set_path};
-use crate::extensions::Extensions;
+use crate::extensions::{Extensions, PluginBudget};
 use crate::runner::BuildContext;
 use crate::store::Store;
 use crate::store::audit::AuditEvent;
@@ -67,6 +75,44 @@ pub struct MatchExpertsConfig {
     /// The tie-break seed.
     #[serde(default)]
     pub seed: u64,
+    /// A `scorer` plugin (by manifest name, from `plugins.dir`); none: the built-in scorer.
+    #[serde(default)]
+    pub scorer: Option<String>,
+    /// The plugin's fuel for one case's batch.
+    #[serde(default = "default_scorer_fuel")]
+    pub scorer_fuel: u64,
+    /// The plugin's deadline for one case's batch.
+    #[serde(default = "default_scorer_deadline", with = "crate::config::duration")]
+    pub scorer_deadline: std::time::Duration,
+}
+
+/// Default fuel of a scoring batch: ample for the reference plugin over thousands of
+/// candidates, small enough to stop a runaway loop quickly.
+pub const DEFAULT_SCORER_FUEL: u64 = 10_000_000;
+
+fn default_scorer_fuel() -> u64 {
+    DEFAULT_SCORER_FUEL
+}
+
+fn default_scorer_deadline() -> std::time::Duration {
+    std::time::Duration::from_millis(50)
+}
+
+/// The domain scorer a step or the API uses: the `scorer` plugin `name` through the plugin
+/// host (`extensions`), or the built-in one when no name is given.
+pub fn resolve_scorer(
+    extensions: &Extensions,
+    name: Option<&str>,
+    budget: PluginBudget,
+) -> Result<Arc<dyn Scorer + Send + Sync>, String> {
+    let Some(name) = name else {
+        return Ok(Arc::new(DefaultScorer));
+    };
+    let host = extensions.domain_plugins().ok_or_else(|| {
+        format!("scorer: {name:?} needs the plugin host, which this engine was built without")
+    })?;
+    host.scorer(name, budget)
+        .map_err(|e| format!("scorer: {name:?}: {e}"))
 }
 
 fn default_result() -> String {
@@ -91,11 +137,25 @@ impl StepConfig for MatchExpertsConfig {
                 return Err(format!("{name}: {p:?} is not a dotted path (a.b.c)"));
             }
         }
+        if self.scorer_fuel == 0 {
+            return Err("scorer_fuel: must be more than 0".into());
+        }
+        if self.scorer_deadline.is_zero() {
+            return Err("scorer_deadline: must be more than 0".into());
+        }
+        let scorer = resolve_scorer(
+            &ctx.extensions,
+            self.scorer.as_deref(),
+            PluginBudget {
+                fuel: Some(self.scorer_fuel),
+                deadline: self.scorer_deadline,
+            },
+        )?;
         Ok(Arc::new(MatchExpertsStep {
             config: self.clone(),
             pipeline: ctx.pipeline.clone(),
             extensions: ctx.extensions.clone(),
-            scorer: Arc::new(DefaultScorer),
+            scorer,
         }))
     }
 }
@@ -105,7 +165,7 @@ pub struct MatchExpertsStep {
     config: MatchExpertsConfig,
     pipeline: String,
     extensions: Extensions,
-    /// The scorer (the seam for a `scorer` plugin).
+    /// The scorer: a plugin's, or the built-in one.
     scorer: Arc<dyn Scorer + Send + Sync>,
 }
 
@@ -173,6 +233,10 @@ impl Step for MatchExpertsStep {
                 }
                 _ => StepError::permanent(format!("message {id}: match_experts: {e}")),
             })?;
+            crate::runner::match_alerts::alert_scorer_fallback(
+                &decision,
+                &format!("pipeline:{}", self.pipeline),
+            );
             let decision_id = crate::message::new_id();
             let event = AuditEvent {
                 actor: format!("pipeline:{}", self.pipeline),

@@ -29,7 +29,17 @@
 //!       thresholds: { probable: 22, possible: 10 }
 //!       auto_link_above: 40               # opt-in; every link it makes is audited
 //!       # weights: { name: { exact: { m: 0.9, u: 0.001 }, … }, … }   # default: built-in
+//!       # weights_plugin: weights-basic   # thresholds from a `match-weights` plugin instead
 //! ```
+//!
+//! **`weights_plugin`** names a `match-weights` plugin (either contract version), called once
+//! when the pipeline is built: its probable and possible thresholds replace `thresholds:` (give
+//! one or the other). Its auto-link threshold only takes effect when `auto_link_above` is set
+//! too — auto-linking stays an explicit, audited choice of the pipeline — and then the higher
+//! of the two applies. A 0.1.0 plugin's `match-threshold` is the probable threshold and its
+//! `non-match-threshold` the possible one (no auto-link). The plugin's per-field
+//! agreement/disagreement weights are not applied: the matcher's weights are m/u
+//! probabilities per comparison level (`weights:`), which one pair per field cannot express.
 
 use std::sync::Arc;
 
@@ -66,6 +76,10 @@ pub struct MatchPatientConfig {
     /// Every field with every level, each probability in (0, 1), summing to 1 per field.
     #[serde(default)]
     pub weights: Option<Weights>,
+    /// A `match-weights` plugin (by manifest name) whose thresholds grade (see the module
+    /// docs); excludes `thresholds:`.
+    #[serde(default)]
+    pub weights_plugin: Option<String>,
     /// How many candidate records one decision compares at most (default 64, 1..=1000).
     #[serde(default)]
     pub candidate_limit: Option<usize>,
@@ -121,6 +135,47 @@ impl MatchPatientConfig {
     }
 }
 
+impl MatchPatientConfig {
+    /// This configuration with the thresholds of the `match-weights` plugin `name`.
+    fn with_plugin_thresholds(
+        &self,
+        name: &str,
+        extensions: &Extensions,
+    ) -> Result<MatchPatientConfig, String> {
+        if self.thresholds.is_some() {
+            return Err(
+                "match_patient: give either `thresholds` or `weights_plugin`, not both".into(),
+            );
+        }
+        let host = extensions.domain_plugins().ok_or_else(|| {
+            format!(
+                "match_patient: weights_plugin: {name:?} needs the plugin host, which this engine was built without"
+            )
+        })?;
+        let w = host
+            .match_weights(name)
+            .map_err(|e| format!("match_patient: weights_plugin: {name:?}: {e}"))?;
+        let mut out = self.clone();
+        out.thresholds = Some(ThresholdsConfig {
+            probable: Some(w.probable),
+            possible: Some(w.possible),
+        });
+        out.auto_link_above = match (self.auto_link_above, w.auto_link) {
+            (Some(step), Some(plugin)) => Some(step.max(plugin)),
+            (step, _) => step,
+        };
+        tracing::info!(
+            plugin = %w.plugin,
+            contract = %w.contract,
+            probable = w.probable,
+            possible = w.possible,
+            auto_link = ?out.auto_link_above,
+            "match_patient: thresholds from the weights plugin"
+        );
+        Ok(out)
+    }
+}
+
 #[typetag::deserialize(name = "match_patient")]
 impl StepConfig for MatchPatientConfig {
     fn type_name(&self) -> &'static str {
@@ -128,10 +183,14 @@ impl StepConfig for MatchPatientConfig {
     }
 
     fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn Step>, String> {
+        let config = match &self.weights_plugin {
+            None => self.clone(),
+            Some(name) => self.with_plugin_thresholds(name, &ctx.extensions)?,
+        };
         Ok(Arc::new(MatchPatient {
-            matcher: self.matcher()?,
-            facility: self.facility.clone(),
-            auto_link_above: self.auto_link_above,
+            matcher: config.matcher()?,
+            facility: config.facility.clone(),
+            auto_link_above: config.auto_link_above,
             extensions: ctx.extensions.clone(),
         }))
     }
@@ -350,5 +409,30 @@ mod tests {
             Some("match_patient: match weights: field `Name` is missing"),
         );
         assert!(serde_saphyr::from_str::<MatchPatientConfig>("auto_link: 3").is_err());
+    }
+
+    /// `weights_plugin` excludes `thresholds`; without the plugin host linked in (the core's
+    /// own tests) it names what is missing. The plugin calls themselves are tested in
+    /// engine/plugin/tests/host/scoring.rs.
+    #[test]
+    fn weights_plugin_is_checked_when_built() {
+        let ctx = BuildContext {
+            pipeline: "p".into(),
+            facility: "f".into(),
+            router: Default::default(),
+            extensions: Default::default(),
+        };
+        let build = |yaml: &str| {
+            let c: MatchPatientConfig = serde_saphyr::from_str(yaml).unwrap();
+            c.build(&ctx).err().unwrap_or_default()
+        };
+        let e = build("weights_plugin: w\nthresholds: { probable: 30 }");
+        assert!(e.contains("either `thresholds` or `weights_plugin`"), "{e}");
+        let e = build("weights_plugin: w");
+        assert!(
+            e.contains("weights_plugin: \"w\" needs the plugin host"),
+            "{e}"
+        );
+        assert_eq!(build("{}"), "");
     }
 }
