@@ -1,7 +1,7 @@
 //! Expert matching through the store (issue 14): 10,000 generated experts (the domain bench's
 //! seeded generator) imported into SQLite, ~2,000 generated cases, each timed as the engine
-//! runs it: `Store::prefetch_experts` (the candidates through the department and ICD-category
-//! index tables, and the requesting facility's agreements) + `match_experts` with the
+//! runs it: `Store::prefetch_experts` (the candidates and the requesting facility's agreements
+//! from the store's registry copy, after reading the change counter) + `match_experts` with the
 //! `DefaultScorer`. In the same run, the baseline: the pure in-memory match
 //! (`MemoryExpertIndex`) on the same experts and cases. p50/p90/p99/max per call. Target:
 //! p99 < 2 ms.

@@ -4,12 +4,12 @@
 //! it to the domain as a small in-memory [`PrefetchedExperts`] implementing
 //! [`ExpertIndex`].
 //!
-//! **No scan.** A candidate lookup reads `expert_departments` (every department of an expert
-//! and each dotted ancestor: `03.02` is also filed under `03`) and, when the case has an
-//! ICD-10 code, `expert_expertise` (the category of each declared code) by their primary keys,
-//! then the matching `experts` rows. This returns at least every expert the hard filters could
-//! accept (the [`ExpertIndex`] contract): the filters check the department and the expertise
-//! with the same rules the keys are built from.
+//! **No scan.** Every expert is filed under each of its departments and their dotted ancestors
+//! (`03.02` is also filed under `03`: `expert_departments`) and under the ICD-10 category of
+//! each declared code (`expert_expertise`); a candidate lookup takes the experts under the
+//! case's department (and category, when it has a code). This returns at least every expert
+//! the hard filters could accept (the [`ExpertIndex`] contract): the filters check the
+//! department and the expertise with the same rules the keys are built from.
 //!
 //! **Registry facts and runtime state.** `experts.body` holds the domain's `Expert` JSON with
 //! presence and load left at their defaults; the last heartbeat and the load live in columns so
@@ -17,19 +17,21 @@
 //! file gives them. Expert data is not patient data and is stored in clear; a case carries no
 //! patient attribute (the domain's `CaseRequest` refuses them).
 //!
-//! **The decode cache.** Decoding an expert's JSON costs more than finding it, so each `Store`
-//! keeps the decoded registry facts by id and `version` (bumped by every import of the
-//! expert, in the same statement): a prefetch reads ids, versions and the runtime state through
-//! the index tables, takes the facts of the versions it has already decoded from the cache,
-//! and reads the bodies of the others only. The cache never answers for a version the row no
-//! longer has, so an import by another process is seen at the next prefetch.
+//! **The registry copy.** Each `Store` keeps the registry in memory (experts with their state,
+//! the department and category keys, the agreements by requesting facility) and answers
+//! lookups from it. Every write to an expert or an agreement (import, heartbeat, load,
+//! assignment) takes the next value of the `expert_sync` counter in its transaction and stamps
+//! its rows with it (`seq`). Before each lookup the store reads the counter — one row — and,
+//! when it moved, the rows stamped since, decoding bodies only for a new `version`. Writers
+//! hold the counter row until they commit, so stamps become visible in order and no change is
+//! skipped; another process's import or heartbeat is seen at the next lookup.
 //!
 //! **Assignments.** Each decision assigns its case to its first selected expert (or, after an
 //! override, to the coordinator's choice): one `expert_assignments` row per decision, which is
 //! what the fairness report counts, and the assigned expert's open consultations go up by one
 //! (an offered consultation counts as load, see the domain's `Load`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -61,15 +63,15 @@ pub struct ImportSummary {
 /// argument and return what was prefetched).
 #[derive(Debug, Clone, Default)]
 pub struct PrefetchedExperts {
-    /// The candidates, by id.
-    pub experts: Vec<Expert>,
+    /// The candidates, by id: shared with the store's registry cache, not copied.
+    pub experts: Vec<Arc<Expert>>,
     /// The requesting facility's agreements.
     pub agreements: Vec<Agreement>,
 }
 
 impl ExpertIndex for PrefetchedExperts {
     fn candidates(&self, _case: &CaseRequest) -> Vec<Expert> {
-        self.experts.clone()
+        self.experts.iter().map(|e| Expert::clone(e)).collect()
     }
 
     fn agreements(&self, _requesting_facility: &str) -> Vec<Agreement> {
@@ -77,7 +79,7 @@ impl ExpertIndex for PrefetchedExperts {
     }
 
     fn candidate_refs(&self, _case: &CaseRequest) -> Candidates<'_> {
-        Candidates::Borrowed(self.experts.iter().collect())
+        Candidates::Borrowed(self.experts.iter().map(|e| &**e).collect())
     }
 }
 
@@ -154,28 +156,96 @@ pub fn expertise_keys(expert: &Expert) -> Vec<String> {
     cats
 }
 
-/// Decoded registry facts (presence and load at their defaults) by id, with the version they
-/// were decoded from. One per [`Store`].
+/// The registry as one `Store` last saw it, kept in step with the database by the change
+/// sequence (`expert_sync`, migration 0009): see [`Store::prefetch_experts`].
 #[derive(Debug, Default)]
 pub struct ExpertCache {
-    entries: std::sync::RwLock<HashMap<String, (i64, Arc<Expert>)>>,
+    registry: tokio::sync::Mutex<Registry>,
 }
 
-impl ExpertCache {
-    fn get(&self, id: &str, version: i64) -> Option<Arc<Expert>> {
-        let map = self.entries.read().unwrap_or_else(|p| p.into_inner());
-        map.get(id)
-            .filter(|(v, _)| *v == version)
-            .map(|(_, e)| e.clone())
+/// The in-memory copy of the registry: experts with their runtime state, the department and
+/// ICD-category index (the same keys as `expert_departments` / `expert_expertise`), and the
+/// agreements by requesting facility.
+#[derive(Debug, Default)]
+struct Registry {
+    /// The change sequence this copy includes (0: nothing read yet).
+    seq: i64,
+    /// Experts by id, with the version their facts were decoded from.
+    experts: HashMap<String, (i64, Arc<Expert>)>,
+    by_department: HashMap<String, BTreeSet<String>>,
+    by_category: HashMap<String, BTreeSet<String>>,
+    /// Agreements by requesting facility, then by id.
+    agreements: HashMap<String, BTreeMap<String, Agreement>>,
+    /// The requesting facility each agreement id is filed under.
+    agreement_facility: HashMap<String, String>,
+}
+
+impl Registry {
+    /// Files `expert` (facts and state) under `version`, moving its index keys.
+    fn put_expert(&mut self, version: i64, expert: Expert) {
+        let id = expert.id.clone();
+        if let Some((_, old)) = self.experts.get(&id) {
+            let old = old.clone();
+            for k in department_keys(&old) {
+                if let Some(set) = self.by_department.get_mut(&k) {
+                    set.remove(&id);
+                }
+            }
+            for k in expertise_keys(&old) {
+                if let Some(set) = self.by_category.get_mut(&k) {
+                    set.remove(&id);
+                }
+            }
+        }
+        for k in department_keys(&expert) {
+            self.by_department.entry(k).or_default().insert(id.clone());
+        }
+        for k in expertise_keys(&expert) {
+            self.by_category.entry(k).or_default().insert(id.clone());
+        }
+        self.experts.insert(id, (version, Arc::new(expert)));
     }
 
-    fn put(&self, id: String, version: i64, expert: Arc<Expert>) {
-        let mut map = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        map.insert(id, (version, expert));
+    fn put_agreement(&mut self, a: Agreement) {
+        let id = a.id.trim().to_owned();
+        let facility = a.requesting_facility.trim().to_owned();
+        if let Some(old) = self.agreement_facility.insert(id.clone(), facility.clone())
+            && let Some(m) = self.agreements.get_mut(&old)
+        {
+            m.remove(&id);
+        }
+        self.agreements.entry(facility).or_default().insert(id, a);
+    }
+
+    /// The candidates of `case`, by id: the experts filed under its department and, when it
+    /// has an ICD-10 code, under the code's category (what the SQL index lookup returned).
+    fn candidates(&self, case: &CaseRequest) -> Vec<Arc<Expert>> {
+        let Some(dept) = self.by_department.get(case.department.trim()) else {
+            return Vec::new();
+        };
+        let get = |id: &String| self.experts.get(id).map(|(_, e)| e.clone());
+        match &case.icd10 {
+            None => dept.iter().filter_map(get).collect(),
+            Some(code) => {
+                let Some(cat) = self.by_category.get(code.category()) else {
+                    return Vec::new();
+                };
+                let (small, large) = if cat.len() < dept.len() {
+                    (cat, dept)
+                } else {
+                    (dept, cat)
+                };
+                small
+                    .iter()
+                    .filter(|id| large.contains(*id))
+                    .filter_map(get)
+                    .collect()
+            }
+        }
     }
 }
 
-/// The runtime state of one candidate row.
+/// The runtime state of one changed expert row.
 struct StateRow {
     id: String,
     version: i64,
@@ -194,6 +264,17 @@ fn with_state(facts: &Expert, row: &StateRow) -> Expert {
         sessions_today: count(row.sessions),
     };
     e
+}
+
+/// Takes the next value of the registry's change sequence in the caller's transaction (the
+/// counter row stays locked until it commits, so stamps become visible in order).
+async fn next_seq(conn: &mut AnyConnection) -> Result<i64> {
+    let row = sqlx::query("UPDATE expert_sync SET seq = seq + 1 WHERE id = 1 RETURNING seq")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(q("advance expert change sequence"))?;
+    row.try_get("seq")
+        .map_err(q("decode expert change sequence"))
 }
 
 fn json_err(op: &'static str, id: &str, e: &serde_json::Error) -> StoreError {
@@ -241,7 +322,7 @@ async fn exec(conn: &mut AnyConnection, s: Sql, op: &'static str) -> Result<u64>
 
 /// Inserts or replaces one expert and its index rows on `conn` (in the caller's transaction).
 /// Returns true when the expert was new.
-async fn upsert_expert(conn: &mut AnyConnection, e: &Expert, now: i64) -> Result<bool> {
+async fn upsert_expert(conn: &mut AnyConnection, e: &Expert, now: i64, seq: i64) -> Result<bool> {
     let id = e.id.trim();
     let mut facts = e.clone();
     facts.presence = Presence::default();
@@ -256,7 +337,7 @@ async fn upsert_expert(conn: &mut AnyConnection, e: &Expert, now: i64) -> Result
         .map_err(q("look up expert"))?
         .is_some();
     let mut s = Sql::new(
-        "INSERT INTO experts (id, facility, body, open_consultations, sessions_today, updated_at) VALUES ("
+        "INSERT INTO experts (id, facility, body, open_consultations, sessions_today, seq, updated_at) VALUES ("
             .into(),
     );
     s.bind(id);
@@ -265,8 +346,10 @@ async fn upsert_expert(conn: &mut AnyConnection, e: &Expert, now: i64) -> Result
     s.push(", ");
     s.bind(body);
     s.push(", 0, 0, ");
+    s.bind(seq);
+    s.push(", ");
     s.bind(now);
-    s.push(") ON CONFLICT (id) DO UPDATE SET facility = excluded.facility, body = excluded.body, updated_at = excluded.updated_at, version = experts.version + 1");
+    s.push(") ON CONFLICT (id) DO UPDATE SET facility = excluded.facility, body = excluded.body, seq = excluded.seq, updated_at = excluded.updated_at, version = experts.version + 1");
     exec(conn, s, "upsert expert").await?;
     // Runtime state only when the file gives it.
     if let Some(t) = e.presence.last_heartbeat {
@@ -311,11 +394,16 @@ async fn upsert_expert(conn: &mut AnyConnection, e: &Expert, now: i64) -> Result
     Ok(!existed)
 }
 
-async fn upsert_agreement(conn: &mut AnyConnection, a: &Agreement, now: i64) -> Result<()> {
+async fn upsert_agreement(
+    conn: &mut AnyConnection,
+    a: &Agreement,
+    now: i64,
+    seq: i64,
+) -> Result<()> {
     let id = a.id.trim();
     let body = serde_json::to_string(a).map_err(|err| json_err("encode agreement", id, &err))?;
     let mut s = Sql::new(
-        "INSERT INTO expert_agreements (id, requesting_facility, expert_facility, body, updated_at) VALUES ("
+        "INSERT INTO expert_agreements (id, requesting_facility, expert_facility, body, seq, updated_at) VALUES ("
             .into(),
     );
     s.bind(id);
@@ -326,8 +414,10 @@ async fn upsert_agreement(conn: &mut AnyConnection, a: &Agreement, now: i64) -> 
     s.push(", ");
     s.bind(body);
     s.push(", ");
+    s.bind(seq);
+    s.push(", ");
     s.bind(now);
-    s.push(") ON CONFLICT (id) DO UPDATE SET requesting_facility = excluded.requesting_facility, expert_facility = excluded.expert_facility, body = excluded.body, updated_at = excluded.updated_at");
+    s.push(") ON CONFLICT (id) DO UPDATE SET requesting_facility = excluded.requesting_facility, expert_facility = excluded.expert_facility, body = excluded.body, seq = excluded.seq, updated_at = excluded.updated_at");
     exec(conn, s, "upsert agreement").await?;
     Ok(())
 }
@@ -350,15 +440,16 @@ impl Store {
             .map_err(q("acquire writer connection"))?;
         let mut tx = conn.begin().await.map_err(q("begin expert import"))?;
         let mut summary = ImportSummary::default();
+        let seq = next_seq(&mut tx).await?;
         for e in experts {
-            if upsert_expert(&mut tx, e, now).await? {
+            if upsert_expert(&mut tx, e, now, seq).await? {
                 summary.experts_added += 1;
             } else {
                 summary.experts_updated += 1;
             }
         }
         for a in agreements {
-            upsert_agreement(&mut tx, a, now).await?;
+            upsert_agreement(&mut tx, a, now, seq).await?;
             summary.agreements += 1;
         }
         if let Some(e) = audit {
@@ -406,14 +497,31 @@ impl Store {
     pub async fn expert_heartbeat(&self, id: &str, at: DateTime<Utc>) -> Result<bool> {
         let mut s = Sql::new("UPDATE experts SET last_heartbeat = ".into());
         s.bind(at.timestamp_millis());
+        self.update_expert_state(id, s, "expert heartbeat").await
+    }
+
+    /// Runs `UPDATE experts SET …` (given up to its last assignment) for expert `id`, stamped
+    /// with the next change sequence value, in one transaction. False when `id` is unknown.
+    async fn update_expert_state(&self, id: &str, mut s: Sql, op: &'static str) -> Result<bool> {
+        let mut conn = self
+            .write_pool()
+            .acquire()
+            .await
+            .map_err(q("acquire writer connection"))?;
+        let mut tx = conn.begin().await.map_err(q(op))?;
+        let seq = next_seq(&mut tx).await?;
+        s.push(", seq = ");
+        s.bind(seq);
         s.push(" WHERE id = ");
         s.bind(id.trim());
-        let r = s
-            .query()
-            .execute(&self.write)
-            .await
-            .map_err(q("expert heartbeat"))?;
-        Ok(r.rows_affected() > 0)
+        let n = exec(&mut tx, s, op).await?;
+        if n == 0 {
+            // Nothing changed: do not advance the sequence for nothing.
+            tx.rollback().await.map_err(q(op))?;
+            return Ok(false);
+        }
+        tx.commit().await.map_err(q(op))?;
+        Ok(true)
     }
 
     /// Replaces an expert's load (the consultation workflow keeps it). False when unknown.
@@ -422,79 +530,77 @@ impl Store {
         s.bind(i64::from(load.open_consultations));
         s.push(", sessions_today = ");
         s.bind(i64::from(load.sessions_today));
-        s.push(" WHERE id = ");
-        s.bind(id.trim());
-        let r = s
-            .query()
-            .execute(&self.write)
-            .await
-            .map_err(q("set expert load"))?;
-        Ok(r.rows_affected() > 0)
+        self.update_expert_state(id, s, "set expert load").await
     }
 
-    /// Reads what matching `case` needs: the candidate experts through the index tables (the
-    /// department, and the ICD-10 category when the case has a code) and the agreements of
-    /// the requesting facility. Two indexed queries; no scan of `experts`.
+    /// Reads what matching `case` needs: the candidate experts (by the department, and the
+    /// ICD-10 category when the case has a code) with their current presence and load, and
+    /// the agreements of the requesting facility.
+    ///
+    /// From the store's in-memory copy of the registry, brought up to date first: one
+    /// one-row read of the change sequence, and only when it moved, the expert and agreement
+    /// rows stamped after the copy (their JSON bodies only for a new version). No scan, and
+    /// in the steady state no candidate row is read at all.
     pub async fn prefetch_experts(&self, case: &CaseRequest) -> Result<PrefetchedExperts> {
-        // One row back, whatever the number of candidates: the rows are aggregated into a
-        // JSON array in the database (a row through sqlx costs more than its JSON).
-        let (open_agg, close_agg) = match self.backend {
-            super::Backend::Sqlite => (
-                "SELECT json_group_array(json_array(id, version, last_heartbeat, open_consultations, sessions_today)) AS j FROM (SELECT ",
-                " ORDER BY e.id) AS c",
-            ),
-            super::Backend::Postgres => (
-                "SELECT COALESCE(json_agg(json_build_array(id, version, last_heartbeat, open_consultations, sessions_today) ORDER BY id)::text, '[]') AS j FROM (SELECT ",
-                ") AS c",
-            ),
-        };
-        let mut s = Sql::new(format!(
-            "{open_agg}e.id, e.version, e.last_heartbeat, e.open_consultations, e.sessions_today "
-        ));
-        match &case.icd10 {
-            Some(code) => {
-                s.push(
-                    "FROM expert_departments d \
-                     JOIN expert_expertise x ON x.expert_id = d.expert_id \
-                     JOIN experts e ON e.id = d.expert_id \
-                     WHERE d.department = ",
-                );
-                s.bind(case.department.trim());
-                s.push(" AND x.category = ");
-                s.bind(code.category());
-            }
-            None => {
-                s.push(
-                    "FROM expert_departments d \
-                     JOIN experts e ON e.id = d.expert_id WHERE d.department = ",
-                );
-                s.bind(case.department.trim());
-            }
-        }
-        s.push(close_agg);
-        let row = s
-            .query()
+        let mut registry = self.experts_cache.registry.lock().await;
+        self.sync_experts(&mut registry).await?;
+        let experts = registry.candidates(case);
+        let agreements = registry
+            .agreements
+            .get(case.requesting_facility.trim())
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        Ok(PrefetchedExperts {
+            experts,
+            agreements,
+        })
+    }
+
+    /// Brings `registry` up to the database's change sequence.
+    async fn sync_experts(&self, registry: &mut Registry) -> Result<()> {
+        let row = sqlx::query("SELECT seq FROM expert_sync WHERE id = 1")
             .fetch_one(&self.read)
             .await
-            .map_err(q("prefetch candidate experts"))?;
-        let text: String = row.try_get("j").map_err(q("decode candidate experts"))?;
-        type Tuple = (String, i64, Option<i64>, i64, i64);
-        let tuples: Vec<Tuple> = serde_json::from_str(&text)
-            .map_err(|err| json_err("candidate list", &case.department, &err))?;
-        let state: Vec<StateRow> = tuples
-            .into_iter()
-            .map(|(id, version, heartbeat, open, sessions)| StateRow {
-                id,
-                version,
-                heartbeat,
-                open,
-                sessions,
-            })
-            .collect();
-        let cache = &self.experts_cache;
-        let missing: Vec<&str> = state
+            .map_err(q("read expert change sequence"))?;
+        let seq: i64 = row
+            .try_get("seq")
+            .map_err(q("decode expert change sequence"))?;
+        if seq == registry.seq {
+            return Ok(());
+        }
+        // Rows stamped after the copy. One committed later than the counter read is applied
+        // now and again next time (applying is idempotent); none stamped ≤ `seq` can still be
+        // uncommitted, as writers hold the counter row until they commit.
+        let mut s = Sql::new(
+            "SELECT id, version, last_heartbeat, open_consultations, sessions_today FROM experts WHERE seq > "
+                .into(),
+        );
+        s.bind(registry.seq);
+        let rows = s
+            .query()
+            .fetch_all(&self.read)
+            .await
+            .map_err(q("read changed experts"))?;
+        let mut changed = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let d = || q("decode changed expert");
+            changed.push(StateRow {
+                id: r.try_get("id").map_err(d())?,
+                version: r.try_get("version").map_err(d())?,
+                heartbeat: r.try_get("last_heartbeat").map_err(d())?,
+                open: r.try_get("open_consultations").map_err(d())?,
+                sessions: r.try_get("sessions_today").map_err(d())?,
+            });
+        }
+        let mut facts: HashMap<String, (i64, Expert)> = HashMap::new();
+        let missing: Vec<&str> = changed
             .iter()
-            .filter(|r| cache.get(&r.id, r.version).is_none())
+            .filter(|r| {
+                registry
+                    .experts
+                    .get(&r.id)
+                    .is_none_or(|(v, _)| *v != r.version)
+            })
             .map(|r| r.id.as_str())
             .collect();
         for chunk in missing.chunks(500) {
@@ -516,29 +622,36 @@ impl Store {
                 let id: String = r.try_get("id").map_err(d())?;
                 let version: i64 = r.try_get("version").map_err(d())?;
                 let body: String = r.try_get("body").map_err(d())?;
-                let facts: Expert =
+                let e: Expert =
                     serde_json::from_str(&body).map_err(|err| json_err("expert", &id, &err))?;
-                cache.put(id, version, Arc::new(facts));
+                facts.insert(id, (version, e));
             }
         }
-        let mut experts = Vec::with_capacity(state.len());
-        for row in &state {
-            // A row imported again between the two reads has a newer version in the cache
-            // than in `row`: read it once more rather than mix versions.
-            let facts = match cache.get(&row.id, row.version) {
-                Some(f) => f,
-                None => match self.expert(&row.id).await? {
-                    Some(e) => Arc::new(e),
+        for row in &changed {
+            // The body read may be of a newer version than the state row (an import between
+            // the two reads): file it under the body's version, so the next sync (which sees
+            // that import's stamp) does not take it for current when it is not.
+            let (version, e) = match facts.get(&row.id) {
+                Some((v, e)) => (*v, with_state(e, row)),
+                None => match registry.experts.get(&row.id) {
+                    Some((v, e)) => (*v, with_state(e, row)),
                     None => continue,
                 },
             };
-            experts.push(with_state(&facts, row));
+            registry.put_expert(version, e);
         }
-        let agreements = self.agreements_of(case.requesting_facility.trim()).await?;
-        Ok(PrefetchedExperts {
-            experts,
-            agreements,
-        })
+        let mut s = Sql::new("SELECT id, body FROM expert_agreements WHERE seq > ".into());
+        s.bind(registry.seq);
+        let rows = s
+            .query()
+            .fetch_all(&self.read)
+            .await
+            .map_err(q("read changed agreements"))?;
+        for r in &rows {
+            registry.put_agreement(agreement_from_row(r)?);
+        }
+        registry.seq = seq;
+        Ok(())
     }
 
     /// The agreements whose requesting facility is `facility`, by id.
@@ -919,7 +1032,10 @@ async fn bump_open(conn: &mut AnyConnection, expert_id: &str, delta: i64) -> Res
     s.bind(delta);
     s.push(" < 0 THEN 0 ELSE open_consultations + ");
     s.bind(delta);
-    s.push(" END WHERE id = ");
+    s.push(" END, seq = ");
+    let seq = next_seq(conn).await?;
+    s.bind(seq);
+    s.push(" WHERE id = ");
     s.bind(expert_id);
     exec(conn, s, "update expert load").await?;
     Ok(())

@@ -506,6 +506,11 @@ impl Store {
                     "experts",
                     include_str!("migrations/sqlite/0008_experts.sql"),
                 ),
+                (
+                    9,
+                    "expert sync",
+                    include_str!("migrations/sqlite/0009_expert_sync.sql"),
+                ),
             ],
             Backend::Postgres => &[
                 (
@@ -547,6 +552,11 @@ impl Store {
                     8,
                     "experts",
                     include_str!("migrations/postgres/0008_experts.sql"),
+                ),
+                (
+                    9,
+                    "expert sync",
+                    include_str!("migrations/postgres/0009_expert_sync.sql"),
                 ),
             ],
         };
