@@ -33,6 +33,7 @@ pub mod matching;
 pub mod model;
 pub mod overrides;
 pub mod scorer;
+pub mod synth;
 
 #[cfg(test)]
 mod tests;
