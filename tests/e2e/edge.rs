@@ -9,11 +9,10 @@ use std::time::Duration;
 
 use huizhen_core::Engine;
 use huizhen_core::message::{NewMessage, State};
-use tokio::sync::watch;
 
 use crate::support::{
-    Backend, amqp_url, broker_shared, broker_up, cuttable_link, delete_queues, fresh_db, loaded,
-    wait_for,
+    Backend, amqp_url, broker_shared, broker_up, broker_via_cuttable_link, delete_queues, fresh_db,
+    loaded, wait_for,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,14 +25,7 @@ async fn edge_keeps_acking_while_the_hub_is_away_then_forwards_once_in_order() {
     if !broker_up().await {
         return;
     }
-    let (up_tx, up_rx) = watch::channel(true);
-    let port = cuttable_link(up_rx).await;
-    let via_link = {
-        let url = amqp_url();
-        let (scheme_user, rest) = url.split_once('@').unwrap();
-        let vhost = rest.split_once('/').map_or("%2f", |(_, v)| v);
-        format!("{scheme_user}@127.0.0.1:{port}/{vhost}")
-    };
+    let (via_link, up_tx) = broker_via_cuttable_link().await;
     let q = format!("hz-edge-{}", &huizhen_core::message::new_id()[28..]);
 
     // The edge: accepts over HTTP, journals locally, forwards in order (one partition, retried

@@ -20,13 +20,12 @@ use huizhen_core::message::State;
 use huizhen_hl7::mllp::{Deframer, Event, frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 use crate::buffer::fake_his;
 use crate::crash::{authed_client, free_port, start, wait_ready, write_config};
 use crate::support::{
-    Backend, amqp_url, broker_shared, broker_up, cuttable_link, delete_queues, fresh_db, loaded,
-    wait_for, wait_for_or,
+    Backend, amqp_url, broker_shared, broker_up, broker_via_cuttable_link, delete_queues, fresh_db,
+    loaded, wait_for, wait_for_or,
 };
 
 /// A child process that is killed when the test ends, passing or not.
@@ -137,14 +136,7 @@ async fn edge_as_documented_accepts_50000_while_the_hub_is_away_survives_kill_9_
     if !broker_up().await {
         return;
     }
-    let (up_tx, up_rx) = watch::channel(true);
-    let link_port = cuttable_link(up_rx).await;
-    let via_link = {
-        let url = amqp_url();
-        let (scheme_user, rest) = url.split_once('@').unwrap();
-        let vhost = rest.split_once('/').map_or("%2f", |(_, v)| v);
-        format!("{scheme_user}@127.0.0.1:{link_port}/{vhost}")
-    };
+    let (via_link, up_tx) = broker_via_cuttable_link().await;
     let q = format!("hz-edge50k-{}", &huizhen_core::message::new_id()[28..]);
 
     // The hub of docs/scaling.md: consumes in queue order, one copy per edge message id.

@@ -471,6 +471,17 @@ pub(crate) use both_backends;
 
 /// A link that can be cut: relays 127.0.0.1:PORT to the broker while `up` is true; cutting it
 /// drops the open connections and refuses new ones.
+/// A broker URL (`AMQP_URL`'s credentials and vhost) through a [`cuttable_link`], and the
+/// switch that cuts it (`false`) and restores it (`true`).
+pub async fn broker_via_cuttable_link() -> (String, tokio::sync::watch::Sender<bool>) {
+    let (up_tx, up_rx) = tokio::sync::watch::channel(true);
+    let port = cuttable_link(up_rx).await;
+    let url = amqp_url();
+    let (scheme_user, rest) = url.split_once('@').unwrap();
+    let vhost = rest.split_once('/').map_or("%2f", |(_, v)| v);
+    (format!("{scheme_user}@127.0.0.1:{port}/{vhost}"), up_tx)
+}
+
 pub async fn cuttable_link(up: tokio::sync::watch::Receiver<bool>) -> u16 {
     let target = amqp_url()
         .split('@')
