@@ -1,12 +1,12 @@
 //! The scoring port (STANDARDS MATCH-02) and the built-in [`DefaultScorer`].
 //!
 //! [`Scorer::score_many`] scores every eligible candidate of one case in one call: it maps
-//! one-to-one onto a batched WIT export
+//! one-to-one onto the `scorer` world's batched export (contract 0.1.1)
 //! `score-many: func(case-features: list<feature>, candidates: list<list<feature>>) ->
-//! result<list<score>, string>` (one plugin instance, one fuel budget, one call per case); until
-//! that exists, the plugin host can implement it by calling `score` once per candidate in one
-//! `ScorerSession`. WIT's `contribution { feature, points }` is [`Contribution`] `{ name,
-//! value }`.
+//! result<list<score>, string>` (one plugin instance, one fuel budget, one call per case); for a
+//! 0.1.0 plugin, which exports only `score`, the plugin host calls `score` once per candidate in
+//! one session (engine/plugin/src/scorer.rs). WIT's `contribution { feature, points }` is
+//! [`Contribution`] `{ name, value }`.
 //!
 //! The plugin host implements [`Scorer`] for a WASM scorer and maps its failures onto
 //! [`ScorerError`] (out of fuel, deadline, trap, an error string). Matching then falls back to
