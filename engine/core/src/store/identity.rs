@@ -270,6 +270,32 @@ struct Change<'a> {
     reason: &'a str,
 }
 
+impl<'a> Change<'a> {
+    /// A change of a record's link made by a person or a message (relink, unlink, merge, undo):
+    /// no grade, score or decision of its own.
+    fn link(
+        batch: &'a str,
+        identity_id: i64,
+        action: &'a str,
+        from: (Option<i64>, Option<bool>),
+        to: (Option<i64>, Option<bool>),
+        by: &ChangeBy<'a>,
+    ) -> Change<'a> {
+        Change {
+            batch,
+            identity_id,
+            action,
+            from,
+            to,
+            grade: None,
+            score: None,
+            decision: None,
+            actor: by.actor,
+            reason: by.reason,
+        }
+    }
+}
+
 async fn append_history(conn: &mut AnyConnection, c: Change<'_>) -> Result<()> {
     let mut s = Sql::new("INSERT INTO identity_history (batch, identity_id, action, from_person, to_person, from_active, to_active, grade, score, decision, actor, reason, undone, at) VALUES (".into());
     s.bind(c.batch.to_owned());
@@ -791,18 +817,14 @@ impl Store {
         let batch = new_id();
         append_history(
             &mut tx,
-            Change {
-                batch: &batch,
-                identity_id: row.id,
+            Change::link(
+                &batch,
+                row.id,
                 action,
-                from: (Some(row.person_id), Some(row.active)),
-                to: (Some(target), Some(row.active)),
-                grade: None,
-                score: None,
-                decision: None,
-                actor: by.actor,
-                reason: by.reason,
-            },
+                (Some(row.person_id), Some(row.active)),
+                (Some(target), Some(row.active)),
+                &by,
+            ),
         )
         .await?;
         if let Some(e) = by.audit {
@@ -850,18 +872,14 @@ impl Store {
             set_link(&mut tx, row.id, survivor, active).await?;
             append_history(
                 &mut tx,
-                Change {
-                    batch: &batch,
-                    identity_id: row.id,
-                    action: "merge",
-                    from: (Some(row.person_id), Some(row.active)),
-                    to: (Some(survivor), Some(active)),
-                    grade: None,
-                    score: None,
-                    decision: None,
-                    actor: by.actor,
-                    reason: by.reason,
-                },
+                Change::link(
+                    &batch,
+                    row.id,
+                    "merge",
+                    (Some(row.person_id), Some(row.active)),
+                    (Some(survivor), Some(active)),
+                    &by,
+                ),
             )
             .await?;
             moved += 1;
@@ -919,18 +937,14 @@ impl Store {
                 .map_err(q("mark history undone"))?;
             append_history(
                 &mut tx,
-                Change {
-                    batch: &new_batch,
+                Change::link(
+                    &new_batch,
                     identity_id,
-                    action: "undo",
-                    from: (to, to_active.map(|a| a != 0)),
-                    to: (Some(from), Some(active)),
-                    grade: None,
-                    score: None,
-                    decision: None,
-                    actor: by.actor,
-                    reason: by.reason,
-                },
+                    "undo",
+                    (to, to_active.map(|a| a != 0)),
+                    (Some(from), Some(active)),
+                    &by,
+                ),
             )
             .await?;
             moved += 1;
