@@ -8,5 +8,6 @@ pub mod expert;
 pub mod identity;
 pub mod patient;
 pub mod resident_id;
+pub mod signature;
 
 pub use resident_id::check_resident_id;
