@@ -25,6 +25,7 @@ both_backends!(
     unlink_relink_and_undo,
     sealed_demographics_and_blind_keys,
     turning_encryption_on_then_reseal,
+    a_batch_links_as_one_by_one_does,
 );
 
 /// A person as a facility knows them.
@@ -75,6 +76,89 @@ async fn link(s: &Store, d: &Demographics) -> huizhen_core::patients::Linked {
     })
     .await
     .unwrap()
+}
+
+/// Who each record ended up with, as groups of record indexes (person ids differ between
+/// stores; the partition must not).
+fn partition(linked: &[huizhen_core::patients::Linked]) -> Vec<usize> {
+    let mut first_of: std::collections::HashMap<i64, usize> = Default::default();
+    linked
+        .iter()
+        .enumerate()
+        .map(|(i, l)| *first_of.entry(l.recorded.person_id).or_insert(i))
+        .collect()
+}
+
+/// A bulk import (batches in one transaction, each record decided against the index and the
+/// records before it in its batch) links exactly as linking the records one at a time does:
+/// same grades, same scores, same people; a facility identifier repeated inside a batch is an
+/// update of the first.
+async fn a_batch_links_as_one_by_one_does(b: Backend) {
+    let (Some(db_one), Some(db_batch)) = (fresh_db(b).await, fresh_db(b).await) else {
+        return;
+    };
+    let (one, batched) = (store(&db_one).await, store(&db_batch).await);
+    let mut records: Vec<_> = huizhen_domain::identity::synth::generate(
+        huizhen_domain::identity::synth::SynthConfig {
+            people: 150,
+            seed: 7,
+            ..Default::default()
+        },
+    )
+    .into_iter()
+    .map(|r| normalize(&r.demographics))
+    .collect();
+    // A re-registration of an early record (same facility and local id, new phone) inside the
+    // second batch.
+    let mut again = records[3].clone();
+    again.phones = vec!["13900000000".into()];
+    records.insert(70, again);
+    let m = huizhen_core::patients::default_matcher();
+    let no_audit = |_: &huizhen_domain::identity::MatchDecision| -> huizhen_core::store::audit::AuditEvent {
+        unreachable!("no auto-link on a score by default")
+    };
+    let mut singly = Vec::new();
+    for r in &records {
+        singly.extend(
+            huizhen_core::patients::link_normalized(&one, &m, std::slice::from_ref(r), "t", no_audit)
+                .await
+                .unwrap(),
+        );
+    }
+    let mut in_batches = Vec::new();
+    for chunk in records.chunks(64) {
+        in_batches.extend(
+            huizhen_core::patients::link_normalized(&batched, &m, chunk, "t", no_audit)
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(singly.len(), in_batches.len());
+    let linked = singly.iter().filter(|l| l.decision.grade == Grade::Certain).count();
+    let reviewed = singly.iter().filter(|l| !l.recorded.reviews.is_empty()).count();
+    assert!(linked > 10 && reviewed > 0, "the set exercises links ({linked}) and reviews ({reviewed})");
+    for (i, (a, z)) in singly.iter().zip(&in_batches).enumerate() {
+        assert_eq!(a.decision.grade, z.decision.grade, "record {i}: grade");
+        assert_eq!(
+            a.decision.candidates.iter().map(|c| (c.local_id.clone(), c.score)).collect::<Vec<_>>(),
+            z.decision.candidates.iter().map(|c| (c.local_id.clone(), c.score)).collect::<Vec<_>>(),
+            "record {i}: candidates"
+        );
+        assert_eq!(a.recorded.new_person, z.recorded.new_person, "record {i}: new person");
+        assert_eq!(a.recorded.reviews.len(), z.recorded.reviews.len(), "record {i}: reviews");
+    }
+    assert_eq!(partition(&singly), partition(&in_batches));
+    // The re-registration updated the record in place.
+    assert_eq!(in_batches[70].recorded.identity_id, in_batches[3].recorded.identity_id);
+    assert_eq!(in_batches[70].recorded.previous_person, Some(in_batches[3].recorded.person_id));
+    assert_eq!(one.identity_counts().await.unwrap(), batched.identity_counts().await.unwrap());
+    // Every decision is in the history with its explanation.
+    let history = batched
+        .identity_history(in_batches[0].recorded.identity_id)
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].action, "match");
 }
 
 async fn upsert_prefetch_and_certain_link(b: Backend) {

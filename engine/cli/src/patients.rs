@@ -24,7 +24,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use huizhen_core::store::Store;
 use huizhen_core::store::identity::{grade_name, parse_grade};
-use huizhen_domain::identity::{Demographics, Grade};
+use huizhen_domain::identity::{Demographics, Grade, NormalizedPerson, normalize};
 
 use crate::security::cli_event;
 
@@ -206,6 +206,30 @@ pub async fn run(store: &Store, cmd: PatientsCommand) -> Result<ExitCode> {
     }
 }
 
+/// Records linked per transaction by `patients import` (each still decided against everything
+/// before it).
+const IMPORT_BATCH: usize = 500;
+
+/// What an import has done so far.
+struct Progress {
+    done: u64,
+    grades: [u64; 4],
+    started: std::time::Instant,
+    tty: bool,
+}
+
+impl Progress {
+    fn show(&self, err: &mut impl Write) -> Result<()> {
+        let rate = self.done as f64 / self.started.elapsed().as_secs_f64().max(0.001);
+        if self.tty {
+            write!(err, "\r\x1b[K{} imported ({rate:.0}/s)", self.done)?;
+        } else {
+            writeln!(err, "{} imported ({rate:.0}/s)", self.done)?;
+        }
+        Ok(())
+    }
+}
+
 async fn import(store: &Store, args: ImportArgs) -> Result<ExitCode> {
     let facility = args.facility.trim();
     anyhow::ensure!(!facility.is_empty(), "--facility must not be empty");
@@ -224,9 +248,42 @@ async fn import(store: &Store, args: ImportArgs) -> Result<ExitCode> {
     let actor = cli_event("", "", "", String::new()).actor;
     let tty = std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
-    let (mut done, mut failed) = (0u64, 0u64);
-    let mut grades = [0u64; 4];
+    let mut failed = 0u64;
+    let mut progress = Progress {
+        done: 0,
+        grades: [0; 4],
+        started,
+        tty,
+    };
+    let mut batch: Vec<(usize, NormalizedPerson)> = Vec::with_capacity(IMPORT_BATCH);
     let mut err = std::io::stderr().lock();
+    // Links a batch in one transaction, each record against the index and those before it.
+    let flush = async |batch: &mut Vec<(usize, NormalizedPerson)>,
+                       progress: &mut Progress,
+                       err: &mut std::io::StderrLock<'_>|
+           -> Result<()> {
+        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+            return Ok(());
+        };
+        let lines = format!("{shown}:{}-{}", first.0, last.0);
+        let persons: Vec<NormalizedPerson> = batch.drain(..).map(|(_, p)| p).collect();
+        let linked = huizhen_core::patients::link_normalized(store, &matcher, &persons, &actor, |_| {
+            cli_event("patient.auto_link", "Patient", "", String::new())
+        })
+        .await
+        .with_context(|| format!("{lines}: linking"))?;
+        for l in &linked {
+            let g = match l.decision.grade {
+                Grade::Certain => 0,
+                Grade::Probable => 1,
+                Grade::Possible => 2,
+                Grade::New => 3,
+            };
+            progress.grades[g] += 1;
+        }
+        progress.done += linked.len() as u64;
+        progress.show(err)
+    };
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line_no = n + 1;
         let text = line.with_context(|| format!("{shown}:{line_no}: cannot read"))?;
@@ -249,28 +306,13 @@ async fn import(store: &Store, args: ImportArgs) -> Result<ExitCode> {
                 continue;
             }
         };
-        let linked = huizhen_core::patients::link(store, &matcher, &demographics, &actor, |_| {
-            cli_event("patient.auto_link", "Patient", "", String::new())
-        })
-        .await
-        .with_context(|| format!("{shown}:{line_no}: linking"))?;
-        done += 1;
-        let g = match linked.decision.grade {
-            Grade::Certain => 0,
-            Grade::Probable => 1,
-            Grade::Possible => 2,
-            Grade::New => 3,
-        };
-        grades[g] += 1;
-        if done.is_multiple_of(500) {
-            let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001);
-            if tty {
-                write!(err, "\r\x1b[K{done} imported ({rate:.0}/s)")?;
-            } else {
-                writeln!(err, "{done} imported ({rate:.0}/s)")?;
-            }
+        batch.push((line_no, normalize(&demographics)));
+        if batch.len() == IMPORT_BATCH {
+            flush(&mut batch, &mut progress, &mut err).await?;
         }
     }
+    flush(&mut batch, &mut progress, &mut err).await?;
+    let Progress { done, grades, .. } = progress;
     if tty {
         write!(err, "\r\x1b[K")?;
     }

@@ -4,15 +4,17 @@
 //! `huizhen patients import`.
 //!
 //! One decision: normalise the demographics, compute their blocking keys, prefetch the
-//! candidates of those keys from the store (one query), let the matcher decide in memory, then
-//! (when linking) record the decision in one transaction.
+//! candidates of those keys from the store, let the matcher decide in memory. Linking decides
+//! inside the store's write transaction and records the decision in it (a batch of records in
+//! one transaction for a bulk import).
 
 use huizhen_domain::identity::{
     Demographics, Grade, MatchDecision, Matcher, NormalizedPerson, Rule, Thresholds, Weights,
     blocking_keys, normalize,
 };
 
-use crate::store::identity::{ChangeBy, Recorded};
+use crate::store::audit::AuditEvent;
+use crate::store::identity::{Audited, Recorded};
 use crate::store::{Result, Store};
 
 /// The matcher with the default weights and thresholds (no auto-linking on a score).
@@ -64,26 +66,48 @@ pub async fn link(
     matcher: &Matcher,
     demographics: &Demographics,
     actor: &str,
-    audit_auto_link: impl FnOnce(&MatchDecision) -> crate::store::audit::AuditEvent,
+    audit_auto_link: impl FnMut(&MatchDecision) -> AuditEvent,
 ) -> Result<Linked> {
     let person = normalize(demographics);
-    let decision = decide(store, matcher, &person, None).await?;
-    let event = auto_linked_on_score(&decision).then(|| audit_auto_link(&decision));
-    let reason = if event.is_some() {
-        "auto-link above the facility's score threshold"
-    } else {
-        ""
-    };
-    let recorded = store
-        .identity_record(
-            &person,
-            &decision,
-            ChangeBy {
-                actor,
-                reason,
-                audit: event.as_ref(),
+    let mut linked = link_normalized(store, matcher, &[person], actor, audit_auto_link).await?;
+    linked.pop().ok_or_else(|| {
+        crate::store::StoreError::Inconsistent("identity: a batch of one linked nothing".into())
+    })
+}
+
+/// Decides and records normalised records in order, in one transaction, each against the
+/// index and the records before it (what a bulk import does; see
+/// [`Store::identity_link_batch`]). Returns what was done for each, in order.
+pub async fn link_normalized(
+    store: &Store,
+    matcher: &Matcher,
+    persons: &[NormalizedPerson],
+    actor: &str,
+    mut audit_auto_link: impl FnMut(&MatchDecision) -> AuditEvent,
+) -> Result<Vec<Linked>> {
+    let linked = store
+        .identity_link_batch(
+            persons,
+            matcher.candidate_limit,
+            actor,
+            |person, index| matcher.decide_normalized(person, index),
+            |decision| {
+                if auto_linked_on_score(decision) {
+                    Audited {
+                        event: Some(audit_auto_link(decision)),
+                        reason: "auto-link above the facility's score threshold",
+                    }
+                } else {
+                    Audited::default()
+                }
             },
         )
         .await?;
-    Ok(Linked { decision, recorded })
+    Ok(linked
+        .into_iter()
+        .map(|l| Linked {
+            decision: l.decision,
+            recorded: l.recorded,
+        })
+        .collect())
 }

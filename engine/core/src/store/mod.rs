@@ -156,6 +156,9 @@ pub struct Store {
     anchor: Option<std::sync::Arc<anchor::AuditAnchor>>,
     /// Decoded registry entries by id and version (see [`experts`]).
     experts_cache: std::sync::Arc<experts::ExpertCache>,
+    /// Identity blocking keys (as stored) known to be shared by more than
+    /// [`identity::MAX_POSTINGS`] records: skipped at lookup without counting them again.
+    identity_common: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -276,6 +279,7 @@ impl Store {
                 keyring: None,
                 anchor: None,
                 experts_cache: Default::default(),
+                identity_common: Default::default(),
             })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = AnyPoolOptions::new()
@@ -294,6 +298,7 @@ impl Store {
                 keyring: None,
                 anchor: None,
                 experts_cache: Default::default(),
+                identity_common: Default::default(),
             })
         } else {
             Err(StoreError::UnsupportedUrl(redact_url(url)))

@@ -30,7 +30,7 @@
 use std::collections::BTreeMap;
 
 use huizhen_domain::identity::{
-    BlockingKey, Candidate, CandidateIndex, Grade, IndexedIdentity, MatchDecision,
+    BlockingKey, CandidateIndex, Grade, IndexedIdentity, MatchDecision,
     NormalizedPerson, PersonId,
 };
 use sqlx::any::AnyRow;
@@ -40,6 +40,10 @@ use super::audit::{self, AuditEvent};
 use super::sql::Sql;
 use super::{Result, Store, StoreError, q};
 use crate::message::{new_id, now_ms};
+
+mod batch;
+
+pub use batch::{Audited, BatchLinked};
 
 /// A key shared by more records than this is skipped at lookup (a clinic's switchboard number,
 /// a very common name in one year), as [`huizhen_domain::identity::MemoryIndex`] does.
@@ -120,7 +124,7 @@ pub struct ReviewRow {
     pub created_at: i64,
 }
 
-/// What [`Store::identity_record`] did with a decision.
+/// What [`Store::identity_link_batch`] did with a decision.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Recorded {
     pub identity_id: i64,
@@ -720,77 +724,6 @@ impl Store {
         Ok((scanned, rewritten, next))
     }
 
-    /// Records the matcher's decision about `person` in one transaction: links the record to
-    /// the decided person when the grade is `certain` (else keeps its person, or allocates a
-    /// new one), files it with its keys, appends the decision (with every candidate's per-field
-    /// contributions) to the history, and queues the probable and possible candidates of other
-    /// persons for review. `audit` (the use of a facility's auto-link threshold) is written in
-    /// the same transaction.
-    pub async fn identity_record(
-        &self,
-        person: &NormalizedPerson,
-        decision: &MatchDecision,
-        by: ChangeBy<'_>,
-    ) -> Result<Recorded> {
-        let decision_json = serde_json::to_string(decision)
-            .map_err(|e| StoreError::Inconsistent(format!("identity: encode decision: {e}")))?;
-        let mut conn = self.write.acquire().await.map_err(q("acquire writer"))?;
-        let mut tx = sqlx::Connection::begin(&mut *conn)
-            .await
-            .map_err(q("begin identity record"))?;
-        let existing = identity_in(&mut tx, &person.facility, &person.local_id).await?;
-        let (target, created) = match (decision.auto_link(), &existing) {
-            (Some(p), _) => (to_i64(p)?, false),
-            (None, Some(e)) => (e.person_id, false),
-            (None, None) => (new_person(&mut tx).await?, true),
-        };
-        let identity_id = self.upsert_in(&mut tx, person, target).await?;
-        let batch = new_id();
-        let best = decision.candidates.first();
-        append_history(
-            &mut tx,
-            Change {
-                batch: &batch,
-                identity_id,
-                action: "match",
-                from: (
-                    existing.as_ref().map(|e| e.person_id),
-                    existing.as_ref().map(|e| e.active),
-                ),
-                to: (Some(target), Some(true)),
-                grade: Some(grade_name(decision.grade)),
-                score: best.map(|c| c.score),
-                decision: Some(decision_json),
-                actor: by.actor,
-                reason: by.reason,
-            },
-        )
-        .await?;
-        let mut reviews = Vec::new();
-        for c in &decision.candidates {
-            if !matches!(c.grade, Grade::Probable | Grade::Possible)
-                || to_i64(c.person_id)? == target
-            {
-                continue;
-            }
-            if let Some(id) = queue_review(&mut tx, identity_id, c).await? {
-                reviews.push(id);
-            }
-        }
-        if let Some(e) = by.audit {
-            audit::append(&mut tx, e, self.anchor.as_deref()).await?;
-        }
-        tx.commit().await.map_err(q("commit identity record"))?;
-        Ok(Recorded {
-            identity_id,
-            person_id: target,
-            previous_person: existing.map(|e| e.person_id),
-            new_person: created,
-            reviews,
-            batch,
-        })
-    }
-
     /// Moves a record to another person (`Some`), or to a new person of its own (`None`: an
     /// unlink). `action` names it in the history (`relink`, `unlink`). Returns the history
     /// batch and the person it is linked to now; `None` when the record is unknown.
@@ -1173,34 +1106,4 @@ impl Store {
             row.try_get("persons").map_err(q("count identities"))?,
         ))
     }
-}
-
-/// Queues (or refreshes, while pending) a review of `identity_id` against a candidate person.
-async fn queue_review(
-    conn: &mut AnyConnection,
-    identity_id: i64,
-    c: &Candidate,
-) -> Result<Option<i64>> {
-    let json = serde_json::to_string(c)
-        .map_err(|e| StoreError::Inconsistent(format!("identity: encode candidate: {e}")))?;
-    let mut s = Sql::new("INSERT INTO identity_reviews (identity_id, candidate_person, grade, score, decision, state, created_at) VALUES (".into());
-    s.bind(identity_id);
-    s.push(", ");
-    s.bind(to_i64(c.person_id)?);
-    s.push(", ");
-    s.bind(grade_name(c.grade).to_owned());
-    s.push(", ");
-    s.bind(c.score);
-    s.push(", ");
-    s.bind(json);
-    s.push(", 'pending', ");
-    s.bind(now_ms());
-    s.push(") ON CONFLICT (identity_id, candidate_person) DO UPDATE SET grade = excluded.grade, score = excluded.score, decision = excluded.decision WHERE identity_reviews.state = 'pending' RETURNING id");
-    let row = s
-        .query()
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(q("queue review"))?;
-    row.map(|r| r.try_get("id").map_err(q("queue review")))
-        .transpose()
 }

@@ -1,0 +1,754 @@
+//! Linking many records in one transaction, each decided against everything before it (issue
+//! 14's bulk target: `huizhen patients import`, and the `match_patient` step as a batch of one).
+//!
+//! A batch reads, in a handful of statements on the writer connection inside its transaction:
+//! the postings of every blocking key of the batch (`identity_keys`), the records already filed
+//! under the batch's facility identifiers, and the candidate records themselves. The matcher
+//! then decides the records **one at a time, in order**: each sees the stored index plus the
+//! records decided before it in the same batch (an in-memory overlay), so a batch links exactly
+//! as the same records linked one by one would. Then everything is written with multi-row
+//! statements: new persons, the records, their keys, the history and the review queue.
+//!
+//! Deciding inside the write transaction also serialises decisions: two records of the same
+//! new person arriving at once cannot both allocate a person. On PostgreSQL (many writers) a
+//! transaction-scoped advisory lock does the same.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use huizhen_domain::identity::{
+    Grade, IndexedIdentity, MatchDecision, NormalizedPerson, PersonId, blocking_keys,
+};
+use sqlx::{AnyConnection, Row};
+
+use super::super::audit::{self, AuditEvent};
+use super::super::sql::Sql;
+use super::super::{Backend, Result, Store, StoreError, q};
+use super::{IDENTITY_COLUMNS, MAX_POSTINGS, Prefetched, Recorded, grade_name, identity_row};
+use crate::message::{new_id, now_ms};
+
+/// The advisory lock that serialises identity decisions on PostgreSQL (an arbitrary constant
+/// of this engine: "hz-ident" in ASCII, truncated).
+const PG_IDENTITY_LOCK: i64 = 0x687a_6964_656e;
+
+/// Rows per multi-row statement: well under SQLite's 32,766 and PostgreSQL's 65,535 bound
+/// parameters for the widest row written here (14 columns).
+const ROWS_PER_STATEMENT: usize = 1_000;
+
+/// Keys or ids per `IN (…)` list.
+const IN_LIST: usize = 900;
+
+/// New persons of a batch get a provisional id in this range until their rows are inserted;
+/// decisions are rewritten with the real ids before anything is stored or returned.
+const PROVISIONAL: u64 = 1 << 62;
+
+/// What the decision callbacks of [`Store::identity_link_batch`] return for a record besides
+/// the decision: the audit event to write with it (a link on a facility's score threshold)
+/// and the reason recorded in the history.
+#[derive(Debug, Default)]
+pub struct Audited {
+    /// Written in the batch's transaction.
+    pub event: Option<AuditEvent>,
+    /// The history's reason for this decision.
+    pub reason: &'static str,
+}
+
+/// One linked record of a batch.
+#[derive(Debug, Clone)]
+pub struct BatchLinked {
+    /// The matcher's decision (person ids final).
+    pub decision: MatchDecision,
+    /// What was stored.
+    pub recorded: Recorded,
+}
+
+/// A candidate row read for the batch: `None` when the record is inactive (retired by a merge).
+type Loaded = Option<IndexedIdentity>;
+
+/// A record decided earlier in the same batch.
+struct Overlay {
+    entry: IndexedIdentity,
+}
+
+impl Store {
+    /// Decides and records `persons` in order, each against the index and the records before
+    /// it (see the module docs), in one transaction. `decide` is the matcher (it gets the
+    /// candidates, most shared blocking keys first, at most `limit`); `audited` says what to
+    /// audit for a decision. A facility identifier that repeats in `persons` starts a new
+    /// transaction at its second occurrence (a record is written once per statement).
+    pub async fn identity_link_batch<D, A>(
+        &self,
+        persons: &[NormalizedPerson],
+        limit: usize,
+        actor: &str,
+        mut decide: D,
+        mut audited: A,
+    ) -> Result<Vec<BatchLinked>>
+    where
+        D: FnMut(&NormalizedPerson, &Prefetched) -> MatchDecision,
+        A: FnMut(&MatchDecision) -> Audited,
+    {
+        let mut out = Vec::with_capacity(persons.len());
+        let mut start = 0;
+        while start < persons.len() {
+            let mut seen = HashSet::new();
+            let end = start
+                + persons[start..]
+                    .iter()
+                    .take_while(|p| seen.insert((p.facility.as_str(), p.local_id.as_str())))
+                    .count();
+            let segment = &persons[start..end];
+            out.extend(
+                self.link_segment(segment, limit, actor, &mut decide, &mut audited)
+                    .await?,
+            );
+            start = end;
+        }
+        Ok(out)
+    }
+
+    async fn link_segment<D, A>(
+        &self,
+        persons: &[NormalizedPerson],
+        limit: usize,
+        actor: &str,
+        decide: &mut D,
+        audited: &mut A,
+    ) -> Result<Vec<BatchLinked>>
+    where
+        D: FnMut(&NormalizedPerson, &Prefetched) -> MatchDecision,
+        A: FnMut(&MatchDecision) -> Audited,
+    {
+        let mut conn = self.write.acquire().await.map_err(q("acquire writer"))?;
+        let mut tx = sqlx::Connection::begin(&mut *conn)
+            .await
+            .map_err(q("begin identity batch"))?;
+        if self.backend == Backend::Postgres {
+            let mut s = Sql::new("SELECT pg_advisory_xact_lock(".into());
+            s.bind(PG_IDENTITY_LOCK);
+            s.push(")");
+            s.query()
+                .execute(&mut *tx)
+                .await
+                .map_err(q("lock the identity index"))?;
+        }
+
+        // Read: keys, postings, known records.
+        let keys: Vec<Vec<String>> = persons
+            .iter()
+            .map(|p| {
+                blocking_keys(p)
+                    .iter()
+                    .map(|k| self.identity_key_text(k))
+                    .collect()
+            })
+            .collect();
+        let postings = self.postings(&mut tx, &keys).await?;
+        let existing = existing_records(&mut tx, persons).await?;
+        let mut loaded: HashMap<i64, Loaded> = HashMap::new();
+
+        // Decide, one record at a time.
+        let mut overlay: Vec<Overlay> = Vec::with_capacity(persons.len());
+        let mut overlay_keys: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut superseded: HashSet<i64> = HashSet::new();
+        let mut decided: Vec<(MatchDecision, u64, Audited)> = Vec::with_capacity(persons.len());
+        let mut next_provisional = PROVISIONAL;
+        for (j, person) in persons.iter().enumerate() {
+            // Stored candidates: most shared keys first, then the oldest record.
+            let mut hits: HashMap<i64, u32> = HashMap::new();
+            for k in &keys[j] {
+                if let Some(ids) = postings.get(k) {
+                    for id in ids {
+                        *hits.entry(*id).or_default() += 1;
+                    }
+                }
+            }
+            let mut ranked: Vec<(i64, u32)> = hits
+                .into_iter()
+                .filter(|(id, _)| !superseded.contains(id))
+                .collect();
+            ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            let stored = self
+                .take_active(&mut tx, &ranked, limit, &mut loaded)
+                .await?;
+            // Earlier records of this batch sharing keys.
+            let mut near: HashMap<usize, u32> = HashMap::new();
+            for k in &keys[j] {
+                if postings.get(k).is_none_or(|ids| ids.len() < MAX_POSTINGS_USIZE)
+                    && let Some(list) = overlay_keys.get(k.as_str())
+                {
+                    for i in list {
+                        *near.entry(*i).or_default() += 1;
+                    }
+                }
+            }
+            let mut near: Vec<(usize, u32)> = near.into_iter().collect();
+            near.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            // Merge: more shared keys first; on a tie, stored records before this batch's.
+            let mut entries = Vec::with_capacity(limit.min(stored.len() + near.len()));
+            let (mut a, mut b) = (stored.iter().peekable(), near.iter().peekable());
+            while entries.len() < limit {
+                let take_stored = match (a.peek(), b.peek()) {
+                    (Some((_, ha)), Some((_, hb))) => ha >= hb,
+                    (Some(_), None) => true,
+                    (None, Some(_)) => false,
+                    (None, None) => break,
+                };
+                if take_stored {
+                    let (entry, _) = a.next().expect("peeked");
+                    entries.push(entry.clone());
+                } else {
+                    let (i, _) = b.next().expect("peeked");
+                    entries.push(overlay[*i].entry.clone());
+                }
+            }
+            let decision = decide(person, &Prefetched { entries });
+            let known = existing.get(&(person.facility.clone(), person.local_id.clone()));
+            let target = match (decision.auto_link(), known) {
+                (Some(p), _) => p,
+                (None, Some(row)) => row.person_id as u64,
+                (None, None) => {
+                    next_provisional += 1;
+                    next_provisional
+                }
+            };
+            if let Some(row) = known {
+                superseded.insert(row.id);
+            }
+            for k in &keys[j] {
+                overlay_keys.entry(k.as_str()).or_default().push(j);
+            }
+            overlay.push(Overlay {
+                entry: IndexedIdentity {
+                    person_id: target,
+                    person: Arc::new(person.clone()),
+                },
+            });
+            let audit = audited(&decision);
+            decided.push((decision, target, audit));
+        }
+
+        // Write.
+        let provisional_count = next_provisional - PROVISIONAL;
+        let real = allocate_persons(&mut tx, provisional_count).await?;
+        let resolve = |p: PersonId| -> Result<i64> {
+            if p > PROVISIONAL {
+                let i = usize::try_from(p - PROVISIONAL - 1).unwrap_or(usize::MAX);
+                real.get(i).copied().ok_or_else(|| {
+                    StoreError::Inconsistent(format!("identity batch: provisional person {p}"))
+                })
+            } else {
+                i64::try_from(p).map_err(|_| {
+                    StoreError::Inconsistent(format!("identity: person id {p} out of range"))
+                })
+            }
+        };
+        let mut targets = Vec::with_capacity(decided.len());
+        for (decision, target, _) in &mut decided {
+            if let Some(p) = decision.person.as_mut() {
+                *p = resolve(*p)? as u64;
+            }
+            for c in &mut decision.candidates {
+                c.person_id = resolve(c.person_id)? as u64;
+            }
+            targets.push(resolve(*target)?);
+        }
+        let ids = self.upsert_records(&mut tx, persons, &targets).await?;
+        let replaced: Vec<i64> = persons
+            .iter()
+            .filter_map(|p| existing.get(&(p.facility.clone(), p.local_id.clone())))
+            .map(|row| row.id)
+            .collect();
+        write_keys(&mut tx, &ids, &keys, &replaced).await?;
+        let batches: Vec<String> = persons.iter().map(|_| new_id()).collect();
+        let mut history = Vec::with_capacity(persons.len());
+        for (j, (decision, _, audit)) in decided.iter().enumerate() {
+            let known = existing.get(&(persons[j].facility.clone(), persons[j].local_id.clone()));
+            history.push(HistoryInsert {
+                batch: &batches[j],
+                identity_id: ids[j],
+                from_person: known.map(|r| r.person_id),
+                from_active: known.map(|r| r.active),
+                to_person: targets[j],
+                grade: grade_name(decision.grade),
+                score: decision.candidates.first().map(|c| c.score),
+                decision: serde_json::to_string(decision).map_err(|e| {
+                    StoreError::Inconsistent(format!("identity: encode decision: {e}"))
+                })?,
+                reason: audit.reason,
+            });
+        }
+        insert_history(&mut tx, &history, actor).await?;
+        let reviews = queue_reviews(&mut tx, &decided, &ids, &targets).await?;
+        for (_, _, audit) in &decided {
+            if let Some(e) = &audit.event {
+                audit::append(&mut tx, e, self.anchor.as_deref()).await?;
+            }
+        }
+        tx.commit().await.map_err(q("commit identity batch"))?;
+
+        let mut out = Vec::with_capacity(persons.len());
+        let mut reviews = reviews;
+        for (j, ((decision, _, _), batch)) in decided.into_iter().zip(batches).enumerate() {
+            let known = existing.get(&(persons[j].facility.clone(), persons[j].local_id.clone()));
+            out.push(BatchLinked {
+                recorded: Recorded {
+                    identity_id: ids[j],
+                    person_id: targets[j],
+                    previous_person: known.map(|r| r.person_id),
+                    new_person: known.is_none() && decision.auto_link().is_none(),
+                    reviews: reviews.remove(&ids[j]).unwrap_or_default(),
+                    batch,
+                },
+                decision,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The postings (record ids) of each distinct key of the batch; keys shared by more than
+    /// [`MAX_POSTINGS`] records are remembered and dropped (as the matcher's own index does).
+    async fn postings(
+        &self,
+        conn: &mut AnyConnection,
+        keys: &[Vec<String>],
+    ) -> Result<HashMap<String, Vec<i64>>> {
+        let mut wanted: Vec<&str> = {
+            let common = self.identity_common.lock().map_err(|_| {
+                StoreError::Inconsistent("identity: the common-key cache is poisoned".into())
+            })?;
+            keys.iter()
+                .flatten()
+                .map(String::as_str)
+                .filter(|k| !common.contains(*k))
+                .collect()
+        };
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut postings: HashMap<String, Vec<i64>> = HashMap::with_capacity(wanted.len());
+        for chunk in wanted.chunks(IN_LIST) {
+            let mut s = Sql::new("SELECT key, identity_id FROM identity_keys WHERE key IN (".into());
+            for (i, k) in chunk.iter().enumerate() {
+                if i > 0 {
+                    s.push(", ");
+                }
+                s.bind((*k).to_owned());
+            }
+            s.push(")");
+            let rows = s
+                .query()
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(q("read identity postings"))?;
+            for r in rows {
+                let key: String = r.try_get(0).map_err(q("decode identity posting"))?;
+                let id: i64 = r.try_get(1).map_err(q("decode identity posting"))?;
+                postings.entry(key).or_default().push(id);
+            }
+        }
+        let over: Vec<String> = postings
+            .iter()
+            .filter(|(_, ids)| ids.len() > MAX_POSTINGS_USIZE)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !over.is_empty() {
+            let mut common = self.identity_common.lock().map_err(|_| {
+                StoreError::Inconsistent("identity: the common-key cache is poisoned".into())
+            })?;
+            for k in over {
+                postings.remove(&k);
+                common.insert(k);
+            }
+        }
+        Ok(postings)
+    }
+
+    /// The first `limit` active records of `ranked`, reading those not yet loaded.
+    async fn take_active<'l>(
+        &self,
+        conn: &mut AnyConnection,
+        ranked: &[(i64, u32)],
+        limit: usize,
+        loaded: &'l mut HashMap<i64, Loaded>,
+    ) -> Result<Vec<(IndexedIdentity, u32)>> {
+        let mut out = Vec::with_capacity(limit.min(ranked.len()));
+        let mut at = 0;
+        while out.len() < limit && at < ranked.len() {
+            // Read ahead what this record may need: a few more than the shortfall.
+            let want = (limit - out.len()) + 8;
+            let missing: Vec<i64> = ranked[at..]
+                .iter()
+                .take(want)
+                .map(|(id, _)| *id)
+                .filter(|id| !loaded.contains_key(id))
+                .collect();
+            if !missing.is_empty() {
+                self.load_records(conn, &missing, loaded).await?;
+            }
+            for (id, hits) in ranked[at..].iter().take(want) {
+                at += 1;
+                if let Some(Some(entry)) = loaded.get(id) {
+                    out.push((entry.clone(), *hits));
+                    if out.len() == limit {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn load_records(
+        &self,
+        conn: &mut AnyConnection,
+        ids: &[i64],
+        loaded: &mut HashMap<i64, Loaded>,
+    ) -> Result<()> {
+        for chunk in ids.chunks(IN_LIST) {
+            let mut s = Sql::new(
+                "SELECT id, facility, local_id, person_id, person, active FROM identities WHERE id IN ("
+                    .into(),
+            );
+            for (i, id) in chunk.iter().enumerate() {
+                if i > 0 {
+                    s.push(", ");
+                }
+                s.bind(*id);
+            }
+            s.push(")");
+            let rows = s
+                .query()
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(q("read identity candidates"))?;
+            for r in rows {
+                let d = || q("decode identity candidate");
+                let id: i64 = r.try_get("id").map_err(d())?;
+                let active: i64 = r.try_get("active").map_err(d())?;
+                if active == 0 {
+                    loaded.insert(id, None);
+                    continue;
+                }
+                let facility: String = r.try_get("facility").map_err(d())?;
+                let local_id: String = r.try_get("local_id").map_err(d())?;
+                let person_id: i64 = r.try_get("person_id").map_err(d())?;
+                let raw: String = r.try_get("person").map_err(d())?;
+                let person = self.open_person(id, &facility, &local_id, raw)?;
+                loaded.insert(
+                    id,
+                    Some(IndexedIdentity {
+                        person_id: person_id as u64,
+                        person: Arc::new(person),
+                    }),
+                );
+            }
+            // Ids with no row (deleted meanwhile) are not candidates.
+            for id in chunk {
+                loaded.entry(*id).or_insert(None);
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts or replaces the records, returning their ids in the order of `persons`.
+    async fn upsert_records(
+        &self,
+        conn: &mut AnyConnection,
+        persons: &[NormalizedPerson],
+        targets: &[i64],
+    ) -> Result<Vec<i64>> {
+        let now = now_ms();
+        let mut by_key: HashMap<(String, String), i64> = HashMap::with_capacity(persons.len());
+        for (chunk, chunk_targets) in persons
+            .chunks(ROWS_PER_STATEMENT)
+            .zip(targets.chunks(ROWS_PER_STATEMENT))
+        {
+            let mut s = Sql::new("INSERT INTO identities (facility, local_id, person_id, person, active, created_at, updated_at) VALUES ".into());
+            for (i, (p, target)) in chunk.iter().zip(chunk_targets).enumerate() {
+                s.push(if i == 0 { "(" } else { ", (" });
+                s.bind(p.facility.clone());
+                s.push(", ");
+                s.bind(p.local_id.clone());
+                s.push(", ");
+                s.bind(*target);
+                s.push(", ");
+                s.bind(self.seal_person(p)?);
+                s.push(", 1, ");
+                s.bind(now);
+                s.push(", ");
+                s.bind(now);
+                s.push(")");
+            }
+            s.push(" ON CONFLICT (facility, local_id) DO UPDATE SET person_id = excluded.person_id, person = excluded.person, active = 1, updated_at = excluded.updated_at RETURNING id, facility, local_id");
+            let rows = s
+                .query()
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(q("upsert identities"))?;
+            for r in rows {
+                let d = || q("upsert identities");
+                let id: i64 = r.try_get("id").map_err(d())?;
+                let facility: String = r.try_get("facility").map_err(d())?;
+                let local_id: String = r.try_get("local_id").map_err(d())?;
+                by_key.insert((facility, local_id), id);
+            }
+        }
+        persons
+            .iter()
+            .map(|p| {
+                by_key
+                    .get(&(p.facility.clone(), p.local_id.clone()))
+                    .copied()
+                    .ok_or_else(|| {
+                        StoreError::Inconsistent(format!(
+                            "identity batch: no id returned for a record of facility {}",
+                            p.facility
+                        ))
+                    })
+            })
+            .collect()
+    }
+}
+
+/// [`MAX_POSTINGS`] as a length.
+const MAX_POSTINGS_USIZE: usize = MAX_POSTINGS as usize;
+
+/// The stored records with the facility identifiers of `persons`.
+async fn existing_records(
+    conn: &mut AnyConnection,
+    persons: &[NormalizedPerson],
+) -> Result<HashMap<(String, String), super::IdentityRow>> {
+    let mut by_facility: HashMap<&str, Vec<&str>> = HashMap::new();
+    for p in persons {
+        by_facility
+            .entry(p.facility.as_str())
+            .or_default()
+            .push(p.local_id.as_str());
+    }
+    let mut out = HashMap::new();
+    for (facility, local_ids) in by_facility {
+        for chunk in local_ids.chunks(IN_LIST) {
+            let mut s = Sql::new(format!(
+                "SELECT {IDENTITY_COLUMNS} FROM identities WHERE facility = "
+            ));
+            s.bind(facility.to_owned());
+            s.push(" AND local_id IN (");
+            for (i, id) in chunk.iter().enumerate() {
+                if i > 0 {
+                    s.push(", ");
+                }
+                s.bind((*id).to_owned());
+            }
+            s.push(")");
+            let rows = s
+                .query()
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(q("read known identities"))?;
+            for r in rows {
+                let row = identity_row(&r)?;
+                out.insert((row.facility.clone(), row.local_id.clone()), row);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `n` new person ids. Which new row gets which id does not matter (a person row is only an
+/// id and a time), so the ids are taken in whatever order `RETURNING` gives them.
+async fn allocate_persons(conn: &mut AnyConnection, n: u64) -> Result<Vec<i64>> {
+    let mut ids = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+    let now = now_ms();
+    let mut left = n;
+    while left > 0 {
+        let take = left.min(ROWS_PER_STATEMENT as u64);
+        let mut s = Sql::new("INSERT INTO persons (created_at) VALUES ".into());
+        for i in 0..take {
+            s.push(if i == 0 { "(" } else { ", (" });
+            s.bind(now);
+            s.push(")");
+        }
+        s.push(" RETURNING id");
+        let rows = s
+            .query()
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(q("allocate person ids"))?;
+        for r in rows {
+            ids.push(r.try_get::<i64, _>(0).map_err(q("allocate person ids"))?);
+        }
+        left -= take;
+    }
+    if ids.len() as u64 != n {
+        return Err(StoreError::Inconsistent(format!(
+            "identity batch: asked for {n} person ids, got {}",
+            ids.len()
+        )));
+    }
+    Ok(ids)
+}
+
+/// Replaces the keys of the records that existed (`replaced`) and files every record's keys.
+async fn write_keys(
+    conn: &mut AnyConnection,
+    ids: &[i64],
+    keys: &[Vec<String>],
+    replaced: &[i64],
+) -> Result<()> {
+    for chunk in replaced.chunks(IN_LIST) {
+        let mut d = Sql::new("DELETE FROM identity_keys WHERE identity_id IN (".into());
+        for (i, id) in chunk.iter().enumerate() {
+            if i > 0 {
+                d.push(", ");
+            }
+            d.bind(*id);
+        }
+        d.push(")");
+        d.query()
+            .execute(&mut *conn)
+            .await
+            .map_err(q("replace identity keys"))?;
+    }
+    let pairs: Vec<(&String, i64)> = ids
+        .iter()
+        .zip(keys)
+        .flat_map(|(id, ks)| ks.iter().map(move |k| (k, *id)))
+        .collect();
+    for chunk in pairs.chunks(ROWS_PER_STATEMENT * 5) {
+        let mut s = Sql::new("INSERT INTO identity_keys (key, identity_id) VALUES ".into());
+        for (i, (k, id)) in chunk.iter().enumerate() {
+            s.push(if i == 0 { "(" } else { ", (" });
+            s.bind((*k).clone());
+            s.push(", ");
+            s.bind(*id);
+            s.push(")");
+        }
+        s.push(" ON CONFLICT DO NOTHING");
+        s.query()
+            .execute(&mut *conn)
+            .await
+            .map_err(q("insert identity keys"))?;
+    }
+    Ok(())
+}
+
+/// A `match` row of the history.
+struct HistoryInsert<'a> {
+    batch: &'a str,
+    identity_id: i64,
+    from_person: Option<i64>,
+    from_active: Option<bool>,
+    to_person: i64,
+    grade: &'static str,
+    score: Option<f64>,
+    decision: String,
+    reason: &'static str,
+}
+
+async fn insert_history(
+    conn: &mut AnyConnection,
+    rows: &[HistoryInsert<'_>],
+    actor: &str,
+) -> Result<()> {
+    let now = now_ms();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut s = Sql::new("INSERT INTO identity_history (batch, identity_id, action, from_person, to_person, from_active, to_active, grade, score, decision, actor, reason, undone, at) VALUES ".into());
+        for (i, h) in chunk.iter().enumerate() {
+            s.push(if i == 0 { "(" } else { ", (" });
+            s.bind(h.batch.to_owned());
+            s.push(", ");
+            s.bind(h.identity_id);
+            s.push(", 'match', ");
+            s.bind(h.from_person);
+            s.push(", ");
+            s.bind(h.to_person);
+            s.push(", ");
+            s.bind(h.from_active.map(i64::from));
+            s.push(", 1, ");
+            s.bind(h.grade.to_owned());
+            s.push(", ");
+            // A NULL bound as f64 reaches PostgreSQL through the Any driver in a format it
+            // refuses.
+            match h.score {
+                Some(v) => s.bind(v),
+                None => s.push("NULL"),
+            }
+            s.push(", ");
+            s.bind(h.decision.clone());
+            s.push(", ");
+            s.bind(actor.to_owned());
+            s.push(", ");
+            s.bind(h.reason.to_owned());
+            s.push(", 0, ");
+            s.bind(now);
+            s.push(")");
+        }
+        s.query()
+            .execute(&mut *conn)
+            .await
+            .map_err(q("append identity history"))?;
+    }
+    Ok(())
+}
+
+/// Queues the probable and possible candidates of other persons for review (refreshing a
+/// pending entry for the same pair); returns the entry ids per record id.
+async fn queue_reviews(
+    conn: &mut AnyConnection,
+    decided: &[(MatchDecision, u64, Audited)],
+    ids: &[i64],
+    targets: &[i64],
+) -> Result<HashMap<i64, Vec<i64>>> {
+    let now = now_ms();
+    let mut rows = Vec::new();
+    for (j, (decision, _, _)) in decided.iter().enumerate() {
+        let mut persons = HashSet::new();
+        for c in &decision.candidates {
+            let person = c.person_id as i64;
+            if !matches!(c.grade, Grade::Probable | Grade::Possible)
+                || person == targets[j]
+                || !persons.insert(person)
+            {
+                continue;
+            }
+            let json = serde_json::to_string(c).map_err(|e| {
+                StoreError::Inconsistent(format!("identity: encode candidate: {e}"))
+            })?;
+            rows.push((ids[j], person, grade_name(c.grade), c.score, json));
+        }
+    }
+    let mut out: HashMap<i64, Vec<i64>> = HashMap::new();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut s = Sql::new("INSERT INTO identity_reviews (identity_id, candidate_person, grade, score, decision, state, created_at) VALUES ".into());
+        for (i, (identity, person, grade, score, json)) in chunk.iter().enumerate() {
+            s.push(if i == 0 { "(" } else { ", (" });
+            s.bind(*identity);
+            s.push(", ");
+            s.bind(*person);
+            s.push(", ");
+            s.bind((*grade).to_owned());
+            s.push(", ");
+            s.bind(*score);
+            s.push(", ");
+            s.bind(json.clone());
+            s.push(", 'pending', ");
+            s.bind(now);
+            s.push(")");
+        }
+        s.push(" ON CONFLICT (identity_id, candidate_person) DO UPDATE SET grade = excluded.grade, score = excluded.score, decision = excluded.decision WHERE identity_reviews.state = 'pending' RETURNING id, identity_id");
+        let returned = s
+            .query()
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(q("queue reviews"))?;
+        for r in returned {
+            let id: i64 = r.try_get(0).map_err(q("queue reviews"))?;
+            let identity: i64 = r.try_get(1).map_err(q("queue reviews"))?;
+            out.entry(identity).or_default().push(id);
+        }
+    }
+    for list in out.values_mut() {
+        list.sort_unstable();
+    }
+    Ok(out)
+}
