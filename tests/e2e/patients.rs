@@ -98,31 +98,37 @@ async fn a_batch_links_as_one_by_one_does(b: Backend) {
         return;
     };
     let (one, batched) = (store(&db_one).await, store(&db_batch).await);
-    let mut records: Vec<_> = huizhen_domain::identity::synth::generate(
-        huizhen_domain::identity::synth::SynthConfig {
+    let mut records: Vec<_> =
+        huizhen_domain::identity::synth::generate(huizhen_domain::identity::synth::SynthConfig {
             people: 150,
             seed: 7,
             ..Default::default()
-        },
-    )
-    .into_iter()
-    .map(|r| normalize(&r.demographics))
-    .collect();
+        })
+        .into_iter()
+        .map(|r| normalize(&r.demographics))
+        .collect();
     // A re-registration of an early record (same facility and local id, new phone) inside the
     // second batch.
     let mut again = records[3].clone();
     again.phones = vec!["13900000000".into()];
     records.insert(70, again);
     let m = huizhen_core::patients::default_matcher();
-    let no_audit = |_: &huizhen_domain::identity::MatchDecision| -> huizhen_core::store::audit::AuditEvent {
-        unreachable!("no auto-link on a score by default")
-    };
+    let no_audit =
+        |_: &huizhen_domain::identity::MatchDecision| -> huizhen_core::store::audit::AuditEvent {
+            unreachable!("no auto-link on a score by default")
+        };
     let mut singly = Vec::new();
     for r in &records {
         singly.extend(
-            huizhen_core::patients::link_normalized(&one, &m, std::slice::from_ref(r), "t", no_audit)
-                .await
-                .unwrap(),
+            huizhen_core::patients::link_normalized(
+                &one,
+                &m,
+                std::slice::from_ref(r),
+                "t",
+                no_audit,
+            )
+            .await
+            .unwrap(),
         );
     }
     let mut in_batches = Vec::new();
@@ -134,24 +140,57 @@ async fn a_batch_links_as_one_by_one_does(b: Backend) {
         );
     }
     assert_eq!(singly.len(), in_batches.len());
-    let linked = singly.iter().filter(|l| l.decision.grade == Grade::Certain).count();
-    let reviewed = singly.iter().filter(|l| !l.recorded.reviews.is_empty()).count();
-    assert!(linked > 10 && reviewed > 0, "the set exercises links ({linked}) and reviews ({reviewed})");
+    let linked = singly
+        .iter()
+        .filter(|l| l.decision.grade == Grade::Certain)
+        .count();
+    let reviewed = singly
+        .iter()
+        .filter(|l| !l.recorded.reviews.is_empty())
+        .count();
+    assert!(
+        linked > 10 && reviewed > 0,
+        "the set exercises links ({linked}) and reviews ({reviewed})"
+    );
     for (i, (a, z)) in singly.iter().zip(&in_batches).enumerate() {
         assert_eq!(a.decision.grade, z.decision.grade, "record {i}: grade");
         assert_eq!(
-            a.decision.candidates.iter().map(|c| (c.local_id.clone(), c.score)).collect::<Vec<_>>(),
-            z.decision.candidates.iter().map(|c| (c.local_id.clone(), c.score)).collect::<Vec<_>>(),
+            a.decision
+                .candidates
+                .iter()
+                .map(|c| (c.local_id.clone(), c.score))
+                .collect::<Vec<_>>(),
+            z.decision
+                .candidates
+                .iter()
+                .map(|c| (c.local_id.clone(), c.score))
+                .collect::<Vec<_>>(),
             "record {i}: candidates"
         );
-        assert_eq!(a.recorded.new_person, z.recorded.new_person, "record {i}: new person");
-        assert_eq!(a.recorded.reviews.len(), z.recorded.reviews.len(), "record {i}: reviews");
+        assert_eq!(
+            a.recorded.new_person, z.recorded.new_person,
+            "record {i}: new person"
+        );
+        assert_eq!(
+            a.recorded.reviews.len(),
+            z.recorded.reviews.len(),
+            "record {i}: reviews"
+        );
     }
     assert_eq!(partition(&singly), partition(&in_batches));
     // The re-registration updated the record in place.
-    assert_eq!(in_batches[70].recorded.identity_id, in_batches[3].recorded.identity_id);
-    assert_eq!(in_batches[70].recorded.previous_person, Some(in_batches[3].recorded.person_id));
-    assert_eq!(one.identity_counts().await.unwrap(), batched.identity_counts().await.unwrap());
+    assert_eq!(
+        in_batches[70].recorded.identity_id,
+        in_batches[3].recorded.identity_id
+    );
+    assert_eq!(
+        in_batches[70].recorded.previous_person,
+        Some(in_batches[3].recorded.person_id)
+    );
+    assert_eq!(
+        one.identity_counts().await.unwrap(),
+        batched.identity_counts().await.unwrap()
+    );
     // Every decision is in the history with its explanation.
     let history = batched
         .identity_history(in_batches[0].recorded.identity_id)

@@ -267,11 +267,12 @@ async fn import(store: &Store, args: ImportArgs) -> Result<ExitCode> {
         };
         let lines = format!("{shown}:{}-{}", first.0, last.0);
         let persons: Vec<NormalizedPerson> = batch.drain(..).map(|(_, p)| p).collect();
-        let linked = huizhen_core::patients::link_normalized(store, &matcher, &persons, &actor, |_| {
-            cli_event("patient.auto_link", "Patient", "", String::new())
-        })
-        .await
-        .with_context(|| format!("{lines}: linking"))?;
+        let linked =
+            huizhen_core::patients::link_normalized(store, &matcher, &persons, &actor, |_| {
+                cli_event("patient.auto_link", "Patient", "", String::new())
+            })
+            .await
+            .with_context(|| format!("{lines}: linking"))?;
         for l in &linked {
             let g = match l.decision.grade {
                 Grade::Certain => 0,

@@ -22,8 +22,8 @@ use huizhen_core::patients::{default_matcher, link_normalized};
 use huizhen_core::store::audit::AuditEvent;
 use huizhen_core::store::identity::Audited;
 use huizhen_core::store::{Store, StoreOptions};
-use huizhen_domain::identity::synth::{SynthConfig, generate};
 use huizhen_domain::identity::normalize;
+use huizhen_domain::identity::synth::{SynthConfig, generate};
 
 /// The default matcher never links on a score, so nothing is audited.
 fn unreachable_audit() -> AuditEvent {
@@ -128,8 +128,8 @@ async fn run(
         .map(|r| normalize(&r.demographics))
         .collect();
     for chunk in normalized.chunks(500) {
-        let done = link_normalized(&store, &matcher, chunk, "bench", |_| unreachable_audit())
-            .await?;
+        let done =
+            link_normalized(&store, &matcher, chunk, "bench", |_| unreachable_audit()).await?;
         linked += done
             .iter()
             .filter(|l| l.decision.auto_link().is_some())

@@ -174,7 +174,9 @@ impl Store {
             // Earlier records of this batch sharing keys.
             let mut near: HashMap<usize, u32> = HashMap::new();
             for k in &keys[j] {
-                if postings.get(k).is_none_or(|ids| ids.len() < MAX_POSTINGS_USIZE)
+                if postings
+                    .get(k)
+                    .is_none_or(|ids| ids.len() < MAX_POSTINGS_USIZE)
                     && let Some(list) = overlay_keys.get(k.as_str())
                 {
                     for i in list {
@@ -327,7 +329,8 @@ impl Store {
         wanted.dedup();
         let mut postings: HashMap<String, Vec<i64>> = HashMap::with_capacity(wanted.len());
         for chunk in wanted.chunks(IN_LIST) {
-            let mut s = Sql::new("SELECT key, identity_id FROM identity_keys WHERE key IN (".into());
+            let mut s =
+                Sql::new("SELECT key, identity_id FROM identity_keys WHERE key IN (".into());
             for (i, k) in chunk.iter().enumerate() {
                 if i > 0 {
                     s.push(", ");
@@ -364,12 +367,12 @@ impl Store {
     }
 
     /// The first `limit` active records of `ranked`, reading those not yet loaded.
-    async fn take_active<'l>(
+    async fn take_active(
         &self,
         conn: &mut AnyConnection,
         ranked: &[(i64, u32)],
         limit: usize,
-        loaded: &'l mut HashMap<i64, Loaded>,
+        loaded: &mut HashMap<i64, Loaded>,
     ) -> Result<Vec<(IndexedIdentity, u32)>> {
         let mut out = Vec::with_capacity(limit.min(ranked.len()));
         let mut at = 0;

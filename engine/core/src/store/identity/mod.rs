@@ -30,8 +30,7 @@
 use std::collections::BTreeMap;
 
 use huizhen_domain::identity::{
-    BlockingKey, CandidateIndex, Grade, IndexedIdentity, MatchDecision,
-    NormalizedPerson, PersonId,
+    BlockingKey, CandidateIndex, Grade, IndexedIdentity, MatchDecision, NormalizedPerson, PersonId,
 };
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
