@@ -1,0 +1,53 @@
+//! The consultation workflow (STANDARDS FHIR-10, FHIR-11, MATCH-20, MATCH-21, CN-01 … CN-12,
+//! CN-21, CN-80) as an event-sourced aggregate, pure: no I/O, no clock read.
+//!
+//! * [`decide`]`(&Consultation, &Command, &Context) -> Result<Vec<Event>, ConsultError>`
+//!   checks a command against the state machine ([`state`]: FHIR-10's states and edges, no
+//!   more, no fewer), the role matrix, the version guard (FHIR-11), the gates before the
+//!   session ([`gates`]) and the completion rules ([`opinion`]), and returns the events.
+//! * [`apply`]`(Consultation, &Event) -> Consultation` folds an event; a consultation is the
+//!   fold of its events ([`Consultation::replay`]), which is all the store persists. Each
+//!   event carries who, in which role, when, why and which plugin version decided, and the
+//!   consultation's version after it (one more per event).
+//! * [`on_deadline`] turns an offer's passed deadline into the next step (re-offer, fan-out,
+//!   escalation) under the [`SlaPolicy`] ([`sla`]).
+//! * [`Consultation::timeline`] and [`Consultation::milestones`] give the history and the
+//!   MATCH-21 timestamps.
+//!
+//! docs/workflow.md has the state table for integrators.
+
+mod aggregate;
+mod command;
+mod decide;
+mod error;
+pub mod event;
+pub mod gates;
+pub mod opinion;
+pub mod request;
+pub mod sla;
+pub mod state;
+pub mod timeline;
+
+pub use aggregate::{
+    Attempt, AttemptOutcome, Consultation, Decline, RecordedDecision, RecordedOpinion, ReplayError,
+    apply,
+};
+pub use command::{Command, Context};
+pub use decide::decide;
+pub use error::ConsultError;
+pub use event::{Actor, Appointment, Event, EventKind, Offeree, PluginRef, Role};
+pub use gates::{
+    Consent, ConsentSigner, EvidenceKind, GateRecords, LocalPhysician, PriorDiagnosis, Requirement,
+    Subject, Verification, VerificationMethod, VerificationResult,
+};
+pub use opinion::{
+    CANONICAL_VERSION, DecisionOutcome, Diagnosis, LocalDecision, Opinion, SignedOpinion,
+    sign_opinion, verify_opinion,
+};
+pub use request::{
+    Attachments, ConsultationRequest, FieldProblem, RequestError, RequestedTime, ServiceType,
+    TriageOutput, Urgency,
+};
+pub use sla::{NextStep, SlaKey, SlaOverride, SlaPolicy, SlaRule, SlaScope, on_deadline};
+pub use state::{Action, FailReason, State, TaskStatus};
+pub use timeline::{Milestones, TimelineEntry};

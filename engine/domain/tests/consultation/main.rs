@@ -1,0 +1,11 @@
+//! The consultation aggregate through its public API (STANDARDS FHIR-10, FHIR-11, MATCH-20,
+//! MATCH-21, CN-01 … CN-12, CN-21, CN-80): the transition table, random command sequences,
+//! reasons, versions, gates, SLA escalation, patient merges, the signed opinion.
+
+mod gates;
+mod opinion;
+mod props;
+mod rules;
+mod sla;
+mod support;
+mod table;
