@@ -7,6 +7,7 @@ pub mod datetime;
 pub mod expert;
 pub mod identity;
 pub mod patient;
+pub mod prescription;
 pub mod resident_id;
 pub mod signature;
 
