@@ -3,6 +3,7 @@
 //! async runtime. What it needs from outside (a candidate index, match weights, a scorer) are
 //! traits here that the store and the plugin host implement.
 
+pub mod appointment;
 pub mod datetime;
 pub mod expert;
 pub mod identity;
