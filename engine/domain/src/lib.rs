@@ -4,6 +4,7 @@
 //! traits here that the store and the plugin host implement.
 
 pub mod appointment;
+pub mod case_library;
 pub mod datetime;
 pub mod expert;
 pub mod identity;
