@@ -12,5 +12,6 @@ pub mod patient;
 pub mod prescription;
 pub mod resident_id;
 pub mod signature;
+pub mod stats;
 
 pub use resident_id::check_resident_id;
