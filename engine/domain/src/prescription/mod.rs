@@ -21,7 +21,9 @@
 //! * delivery callbacks are idempotent and order-tolerant ([`delivery`]); one before the
 //!   prescription is active is an error naming the state.
 
+mod apply;
 pub mod canonical;
+mod commands;
 mod decide;
 pub mod delivery;
 pub mod deny;
@@ -31,9 +33,8 @@ mod model;
 mod tests;
 
 pub use canonical::CANONICAL_HEADER;
-pub use decide::{
-    PrescriptionCommand, PrescriptionError, PrescriptionEvent, PrescriptionPolicy, allowed_actions,
-};
+pub use commands::{PrescriptionCommand, PrescriptionError, PrescriptionEvent};
+pub use decide::{PrescriptionPolicy, allowed_actions};
 pub use deny::{DenyList, DenyListError, DenyMatch};
 pub use model::{
     Actor, DeliveryCallback, DeliveryStatus, DeliveryStep, DrugRoute, Note, Prescription,
