@@ -1,7 +1,7 @@
 //! Appointments for scheduled consultations (issue 15 item 4; STANDARDS FHIR-10's
 //! `accepted/scheduled` row: Appointment booked, Slot busy, no-show → Appointment `noshow`).
 //!
-//! * [`slots`] turns an expert's weekly [`Schedule`](crate::expert::Schedule) (the registry's
+//! * [`slots()`] turns an expert's weekly [`Schedule`](crate::expert::Schedule) (the registry's
 //!   windows, local time) into bookable slots;
 //! * [`Calendar::book`] books a time for a consultation: in the future, inside the expert's
 //!   schedule, and refused with the conflicting booking named when the expert or the patient

@@ -33,7 +33,7 @@ pub enum PrescriptionCommand {
         by: Actor,
     },
     /// Sign and send for pharmacist review (the prescriber only). The signature is over
-    /// [`Prescription::canonical_bytes`], made by the engine's `Signer` for this prescriber.
+    /// [`Prescription::canonical_bytes`](super::Prescription::canonical_bytes), made by the engine's `Signer` for this prescriber.
     Submit {
         /// The prescriber's signature.
         signature: Signature,
