@@ -3,12 +3,16 @@
 //! async runtime. What it needs from outside (a candidate index, match weights, a scorer) are
 //! traits here that the store and the plugin host implement.
 
+pub mod appointment;
+pub mod case_library;
 pub mod consultation;
 pub mod datetime;
 pub mod expert;
 pub mod identity;
 pub mod patient;
+pub mod prescription;
 pub mod resident_id;
 pub mod signature;
+pub mod stats;
 
 pub use resident_id::check_resident_id;
