@@ -5,8 +5,12 @@
 use crate::escape::escape;
 use crate::parse::Delimiters;
 
-/// One data value, escaped for the standard delimiters.
+/// One data value, escaped for the standard delimiters. A value that is exactly `""` would
+/// read as the HL7 null ("delete what is stored"), so its first quote is sent as `\X22\`.
 pub(super) fn esc(value: &str) -> String {
+    if value == "\"\"" {
+        return "\\X22\\\"".to_owned();
+    }
     escape(value, &Delimiters::default())
 }
 
@@ -136,5 +140,7 @@ mod tests {
         assert_eq!(esc("a|b^c~d\\e&f"), r"a\F\b\S\c\R\d\E\e\T\f");
         assert_eq!(tx("一\r\n二\r三\n"), "一~二~三~");
         assert_eq!(ft("a|b\nc"), r"a\F\b\.br\c");
+        assert_eq!(esc("\"\""), r#"\X22\""#, "not the null");
+        assert_eq!(esc("\"\"\""), r#"""""#);
     }
 }
