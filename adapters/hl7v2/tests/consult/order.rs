@@ -295,6 +295,39 @@ fn v231_disagreeing_priorities_and_old_layouts_are_warned() {
     );
 }
 
+#[test]
+fn unreadable_values_are_kept_and_warned() {
+    let text = fixture("orm_o01_v23_gb18030.hl7")
+        .text()
+        .replace("^^^20260115140000^^A", "^^^2026-13-40^^ZZ")
+        .replace("DG1|2|ICD10|I10.x00^", "DG1|2|ICD10|高血压^");
+    let o = order_of(&crate::parse(&text));
+    assert_eq!(
+        o.urgency,
+        Urgency::Routine,
+        "an unknown code reads as routine"
+    );
+    assert_eq!(o.priority.as_ref().map(|p| p.code.as_str()), Some("ZZ"));
+    assert_eq!(
+        o.requested_time.as_ref().map(|t| t.raw.as_str()),
+        Some("2026-13-40")
+    );
+    assert_eq!(o.diagnoses[1].icd10, None);
+    assert_eq!(
+        o.diagnoses[1].code.as_ref().and_then(|c| c.code.as_deref()),
+        Some("高血压"),
+        "kept as sent"
+    );
+    assert_eq!(
+        o.warnings,
+        vec![
+            "OBR-27.6: priority not in HL7 table 0027 (S, A, R, P, C, T, PRN); read as routine, kept as sent",
+            "OBR-27.4: not an HL7 date/time (YYYY[MM[DD[HH[MM[SS]]]]][+/-ZZZZ]); kept as sent",
+            "DG1[2]-3.1: not an ICD-10 code although the coding system says so; kept as sent",
+        ]
+    );
+}
+
 /// Every fixture, read again by `hl7-parser`: the values of the typed record are those the
 /// oracle finds at the same places. (`hl7-parser` 0.3 decodes escapes by character index
 /// into a byte string, which breaks on non-ASCII text before an escape, so raw values are

@@ -59,24 +59,7 @@ pub(in crate::mapping) fn map_order(
     }
     let requested_service = obr.and_then(|o| one(o, 4, coded_of));
     if control.action == OrderAction::New {
-        let Some(service) = &requested_service else {
-            return Err(match obr {
-                None => MappingError::unusable(
-                    "OBR",
-                    "missing: a new order (ORC-1 NW) needs the requested service (OBR-4)",
-                ),
-                Some(_) => MappingError::unusable(
-                    "OBR-4.1",
-                    "no requested service code: a new order (ORC-1 NW) needs one",
-                ),
-            });
-        };
-        if service.code.is_none() {
-            return Err(MappingError::unusable(
-                "OBR-4.1",
-                "no requested service code (only a text): a new order (ORC-1 NW) needs one",
-            ));
-        }
+        check_new_service(obr, requested_service.as_ref())?;
     }
     let (urgency, priority) = urgency(p.tq1, orc, obr, &mut warnings);
     let requested_time = requested_time(p.tq1, orc, obr, &mut warnings);
@@ -124,6 +107,28 @@ pub(in crate::mapping) fn map_order(
         attachments: p.attachments,
         warnings,
     })
+}
+
+/// A new order (`NW`) must say what it asks for: an `OBR` with a code in `OBR-4.1`.
+fn check_new_service(
+    obr: Option<Segment<'_>>,
+    service: Option<&Coded>,
+) -> Result<(), MappingError> {
+    match (obr, service) {
+        (None, _) => Err(MappingError::unusable(
+            "OBR",
+            "missing: a new order (ORC-1 NW) needs the requested service (OBR-4)",
+        )),
+        (Some(_), None) => Err(MappingError::unusable(
+            "OBR-4.1",
+            "no requested service code: a new order (ORC-1 NW) needs one",
+        )),
+        (Some(_), Some(s)) if s.code.is_none() => Err(MappingError::unusable(
+            "OBR-4.1",
+            "no requested service code (only a text): a new order (ORC-1 NW) needs one",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Walks the segments once: the single `PID`, `PV1`, `ORC`, `OBR` and `TQ1`, every `DG1`,
