@@ -11,6 +11,7 @@
 pub mod ack;
 pub mod app_ack;
 pub mod batch;
+pub mod build;
 pub mod charset;
 pub mod dump;
 pub mod escape;

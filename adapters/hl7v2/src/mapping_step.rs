@@ -1,11 +1,12 @@
 //! `hl7_map`: the pipeline step that replaces the body of an `hl7v2` message with its typed
 //! record from [`crate::mapping::map`] (a [`PatientRecord`](crate::mapping::PatientRecord)
-//! for ADT, [`Observations`](crate::mapping::Observations) for `ORU^R01`), as JSON, so the
-//! steps and sinks after it read `body.identifiers`, `body.orders[0].observations`, … The
-//! message kind becomes `json`; headers are kept.
+//! for ADT, [`Observations`](crate::mapping::Observations) for `ORU^R01`, a
+//! [`ConsultationOrder`](crate::mapping::ConsultationOrder) for `ORM^O01`/`OML^O21`), as JSON,
+//! so the steps and sinks after it read `body.identifiers`, `body.orders[0].observations`,
+//! `body.urgency`, … The message kind becomes `json`; headers are kept.
 //!
 //! ```yaml
-//! - filter: { expr: "hl7('MSH-9.1') in ['ADT', 'ORU']" }
+//! - filter: { expr: "hl7('MSH-9.1') in ['ADT', 'ORU', 'ORM', 'OML']" }
 //! - hl7_map: {}
 //! ```
 //!

@@ -984,6 +984,14 @@ fn field_text() -> impl Strategy<Value = String> {
         "CE",
         "TX",
         "X",
+        "NW",
+        "CA",
+        "RP",
+        "ED",
+        "S",
+        "113014",
+        "1.2.3",
+        "I10",
         "19850312",
         "2026-01-15 08:30",
         "+0800",
@@ -1005,7 +1013,7 @@ fn field_text() -> impl Strategy<Value = String> {
 
 fn segment_text() -> impl Strategy<Value = String> {
     let names = vec![
-        "PID", "PV1", "MRG", "EVN", "OBR", "OBX", "NTE", "ORC", "ZXY", "PD1",
+        "PID", "PV1", "MRG", "EVN", "OBR", "OBX", "NTE", "ORC", "ZXY", "PD1", "TQ1", "DG1",
     ];
     (
         proptest::sample::select(names),
@@ -1021,6 +1029,7 @@ proptest! {
     fn map_never_panics(
         kind in proptest::sample::select(vec![
             "ADT^A01", "ADT^A08", "ADT^A40", "ADT^A31", "ORU^R01", "ADT", "ORU^R02", "",
+            "ORM^O01", "OML^O21",
         ]),
         segments in proptest::collection::vec(segment_text(), 0..12),
     ) {

@@ -1,5 +1,6 @@
 //! Differential test of our tokenizer against the `hl7-parser` crate (0.3, nom based; see
-//! shared CRATES.md), over every HL7 fixture in the repository (`tests/fixtures/hl7/`), every
+//! shared CRATES.md), over every HL7 fixture in the repository (`tests/fixtures/hl7/`, and the
+//! consultation orders of `adapters/hl7v2/tests/fixtures/orders/`), every
 //! fuzz seed (`fuzz/corpus/parse/`) and the sample messages of this test binary.
 //!
 //! Each file is cut into messages (`batch::split_raw`), decoded as the listener decodes it
@@ -163,6 +164,7 @@ fn seeds() -> Vec<PathBuf> {
     let mut files = Vec::new();
     for dir in [
         root.join("../../tests/fixtures/hl7"),
+        root.join("tests/fixtures/orders"),
         root.join("fuzz/corpus/parse"),
     ] {
         let rd = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
