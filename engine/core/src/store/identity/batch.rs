@@ -123,8 +123,9 @@ impl Store {
         let mut tx = sqlx::Connection::begin(&mut *conn)
             .await
             .map_err(q("begin identity batch"))?;
-        if self.backend == Backend::Postgres {
-            let mut s = Sql::new("SELECT pg_advisory_xact_lock(".into());
+        let backend = self.backend;
+        if backend == Backend::Postgres {
+            let mut s = Sql::for_backend("SELECT pg_advisory_xact_lock(".into(), backend);
             s.bind(PG_IDENTITY_LOCK);
             s.push(")");
             s.query()
@@ -144,7 +145,7 @@ impl Store {
             })
             .collect();
         let postings = self.postings(&mut tx, &keys).await?;
-        let existing = existing_records(&mut tx, persons).await?;
+        let existing = existing_records(&mut tx, backend, persons).await?;
         let mut loaded: HashMap<i64, Loaded> = HashMap::new();
 
         // Decide, one record at a time.
@@ -232,7 +233,7 @@ impl Store {
 
         // Write.
         let provisional_count = next_provisional - PROVISIONAL;
-        let real = allocate_persons(&mut tx, provisional_count).await?;
+        let real = allocate_persons(&mut tx, backend, provisional_count).await?;
         let resolve = |p: PersonId| -> Result<i64> {
             if p > PROVISIONAL {
                 let i = usize::try_from(p - PROVISIONAL - 1).unwrap_or(usize::MAX);
@@ -261,7 +262,7 @@ impl Store {
             .filter_map(|p| existing.get(&(p.facility.clone(), p.local_id.clone())))
             .map(|row| row.id)
             .collect();
-        write_keys(&mut tx, &ids, &keys, &replaced).await?;
+        write_keys(&mut tx, backend, &ids, &keys, &replaced).await?;
         let batches: Vec<String> = persons.iter().map(|_| new_id()).collect();
         let mut history = Vec::with_capacity(persons.len());
         for (j, (decision, _, audit)) in decided.iter().enumerate() {
@@ -280,8 +281,8 @@ impl Store {
                 reason: audit.reason,
             });
         }
-        insert_history(&mut tx, &history, actor).await?;
-        let reviews = queue_reviews(&mut tx, &decided, &ids, &targets).await?;
+        insert_history(&mut tx, backend, &history, actor).await?;
+        let reviews = queue_reviews(&mut tx, backend, &decided, &ids, &targets).await?;
         for (_, _, audit) in &decided {
             if let Some(e) = &audit.event {
                 audit::append(&mut tx, e, self.anchor.as_deref()).await?;
@@ -327,10 +328,13 @@ impl Store {
         };
         wanted.sort_unstable();
         wanted.dedup();
+        let backend = self.backend;
         let mut postings: HashMap<String, Vec<i64>> = HashMap::with_capacity(wanted.len());
         for chunk in wanted.chunks(IN_LIST) {
-            let mut s =
-                Sql::new("SELECT key, identity_id FROM identity_keys WHERE key IN (".into());
+            let mut s = Sql::for_backend(
+                "SELECT key, identity_id FROM identity_keys WHERE key IN (".into(),
+                backend,
+            );
             for (i, k) in chunk.iter().enumerate() {
                 if i > 0 {
                     s.push(", ");
@@ -407,10 +411,12 @@ impl Store {
         ids: &[i64],
         loaded: &mut HashMap<i64, Loaded>,
     ) -> Result<()> {
+        let backend = self.backend;
         for chunk in ids.chunks(IN_LIST) {
-            let mut s = Sql::new(
+            let mut s = Sql::for_backend(
                 "SELECT id, facility, local_id, person_id, person, active FROM identities WHERE id IN ("
                     .into(),
+                backend,
             );
             for (i, id) in chunk.iter().enumerate() {
                 if i > 0 {
@@ -461,12 +467,13 @@ impl Store {
         targets: &[i64],
     ) -> Result<Vec<i64>> {
         let now = now_ms();
+        let backend = self.backend;
         let mut by_key: HashMap<(String, String), i64> = HashMap::with_capacity(persons.len());
         for (chunk, chunk_targets) in persons
             .chunks(ROWS_PER_STATEMENT)
             .zip(targets.chunks(ROWS_PER_STATEMENT))
         {
-            let mut s = Sql::new("INSERT INTO identities (facility, local_id, person_id, person, active, created_at, updated_at) VALUES ".into());
+            let mut s = Sql::for_backend("INSERT INTO identities (facility, local_id, person_id, person, active, created_at, updated_at) VALUES ".into(), backend);
             for (i, (p, target)) in chunk.iter().zip(chunk_targets).enumerate() {
                 s.push(if i == 0 { "(" } else { ", (" });
                 s.bind(p.facility.clone());
@@ -519,6 +526,7 @@ const MAX_POSTINGS_USIZE: usize = MAX_POSTINGS as usize;
 /// The stored records with the facility identifiers of `persons`.
 async fn existing_records(
     conn: &mut AnyConnection,
+    backend: Backend,
     persons: &[NormalizedPerson],
 ) -> Result<HashMap<(String, String), super::IdentityRow>> {
     let mut by_facility: HashMap<&str, Vec<&str>> = HashMap::new();
@@ -531,9 +539,10 @@ async fn existing_records(
     let mut out = HashMap::new();
     for (facility, local_ids) in by_facility {
         for chunk in local_ids.chunks(IN_LIST) {
-            let mut s = Sql::new(format!(
-                "SELECT {IDENTITY_COLUMNS} FROM identities WHERE facility = "
-            ));
+            let mut s = Sql::for_backend(
+                format!("SELECT {IDENTITY_COLUMNS} FROM identities WHERE facility = "),
+                backend,
+            );
             s.bind(facility.to_owned());
             s.push(" AND local_id IN (");
             for (i, id) in chunk.iter().enumerate() {
@@ -559,13 +568,13 @@ async fn existing_records(
 
 /// `n` new person ids. Which new row gets which id does not matter (a person row is only an
 /// id and a time), so the ids are taken in whatever order `RETURNING` gives them.
-async fn allocate_persons(conn: &mut AnyConnection, n: u64) -> Result<Vec<i64>> {
+async fn allocate_persons(conn: &mut AnyConnection, backend: Backend, n: u64) -> Result<Vec<i64>> {
     let mut ids = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
     let now = now_ms();
     let mut left = n;
     while left > 0 {
         let take = left.min(ROWS_PER_STATEMENT as u64);
-        let mut s = Sql::new("INSERT INTO persons (created_at) VALUES ".into());
+        let mut s = Sql::for_backend("INSERT INTO persons (created_at) VALUES ".into(), backend);
         for i in 0..take {
             s.push(if i == 0 { "(" } else { ", (" });
             s.bind(now);
@@ -594,12 +603,16 @@ async fn allocate_persons(conn: &mut AnyConnection, n: u64) -> Result<Vec<i64>> 
 /// Replaces the keys of the records that existed (`replaced`) and files every record's keys.
 async fn write_keys(
     conn: &mut AnyConnection,
+    backend: Backend,
     ids: &[i64],
     keys: &[Vec<String>],
     replaced: &[i64],
 ) -> Result<()> {
     for chunk in replaced.chunks(IN_LIST) {
-        let mut d = Sql::new("DELETE FROM identity_keys WHERE identity_id IN (".into());
+        let mut d = Sql::for_backend(
+            "DELETE FROM identity_keys WHERE identity_id IN (".into(),
+            backend,
+        );
         for (i, id) in chunk.iter().enumerate() {
             if i > 0 {
                 d.push(", ");
@@ -618,7 +631,10 @@ async fn write_keys(
         .flat_map(|(id, ks)| ks.iter().map(move |k| (k, *id)))
         .collect();
     for chunk in pairs.chunks(ROWS_PER_STATEMENT * 5) {
-        let mut s = Sql::new("INSERT INTO identity_keys (key, identity_id) VALUES ".into());
+        let mut s = Sql::for_backend(
+            "INSERT INTO identity_keys (key, identity_id) VALUES ".into(),
+            backend,
+        );
         for (i, (k, id)) in chunk.iter().enumerate() {
             s.push(if i == 0 { "(" } else { ", (" });
             s.bind((*k).clone());
@@ -650,12 +666,13 @@ struct HistoryInsert<'a> {
 
 async fn insert_history(
     conn: &mut AnyConnection,
+    backend: Backend,
     rows: &[HistoryInsert<'_>],
     actor: &str,
 ) -> Result<()> {
     let now = now_ms();
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut s = Sql::new("INSERT INTO identity_history (batch, identity_id, action, from_person, to_person, from_active, to_active, grade, score, decision, actor, reason, undone, at) VALUES ".into());
+        let mut s = Sql::for_backend("INSERT INTO identity_history (batch, identity_id, action, from_person, to_person, from_active, to_active, grade, score, decision, actor, reason, undone, at) VALUES ".into(), backend);
         for (i, h) in chunk.iter().enumerate() {
             s.push(if i == 0 { "(" } else { ", (" });
             s.bind(h.batch.to_owned());
@@ -698,6 +715,7 @@ async fn insert_history(
 /// pending entry for the same pair); returns the entry ids per record id.
 async fn queue_reviews(
     conn: &mut AnyConnection,
+    backend: Backend,
     decided: &[(MatchDecision, u64, Audited)],
     ids: &[i64],
     targets: &[i64],
@@ -722,7 +740,7 @@ async fn queue_reviews(
     }
     let mut out: HashMap<i64, Vec<i64>> = HashMap::new();
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut s = Sql::new("INSERT INTO identity_reviews (identity_id, candidate_person, grade, score, decision, state, created_at) VALUES ".into());
+        let mut s = Sql::for_backend("INSERT INTO identity_reviews (identity_id, candidate_person, grade, score, decision, state, created_at) VALUES ".into(), backend);
         for (i, (identity, person, grade, score, json)) in chunk.iter().enumerate() {
             s.push(if i == 0 { "(" } else { ", (" });
             s.bind(*identity);
