@@ -544,14 +544,21 @@ async fn sealed_demographics_and_blind_keys(b: Backend) {
         let p: String = r.get("person");
         assert!(p.starts_with("hze:"), "{p}");
     }
-    for r in sqlx::query("SELECT key FROM identity_keys")
+    // The blocking keys are hashes of their blind indexes, not of the keys themselves.
+    let fnv = |text: &str| {
+        text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    };
+    let plain_key = format!("{:016x}", fnv(&format!("rid:{RID}")));
+    for r in sqlx::query("SELECT keys FROM identities")
         .fetch_all(&pool)
         .await
         .unwrap()
     {
-        let k: String = r.get("key");
-        assert!(k.starts_with("hmac:"), "{k}");
-        assert!(!k.contains(RID));
+        let k: String = r.get("keys");
+        assert!(!k.is_empty() && k.len() % 16 == 0, "{k}");
+        assert!(!k.contains(&plain_key), "a plain key's hash is stored: {k}");
     }
     // Without the keys, the demographics do not open.
     let plain = store(&db).await;

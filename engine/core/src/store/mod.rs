@@ -156,9 +156,10 @@ pub struct Store {
     anchor: Option<std::sync::Arc<anchor::AuditAnchor>>,
     /// Decoded registry entries by id and version (see [`experts`]).
     experts_cache: std::sync::Arc<experts::ExpertCache>,
-    /// Identity blocking keys (as stored) known to be shared by more than
-    /// [`identity::MAX_POSTINGS`] records: skipped at lookup without counting them again.
-    identity_common: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// The identity blocking index in memory (see [`identity`]'s `postings`).
+    identity_postings: std::sync::Arc<tokio::sync::Mutex<identity::Postings>>,
+    /// Set once the records of an older version have their keys (see `postings`).
+    identity_backfill: std::sync::Arc<tokio::sync::OnceCell<()>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -279,7 +280,8 @@ impl Store {
                 keyring: None,
                 anchor: None,
                 experts_cache: Default::default(),
-                identity_common: Default::default(),
+                identity_postings: Default::default(),
+                identity_backfill: Default::default(),
             })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = AnyPoolOptions::new()
@@ -298,7 +300,8 @@ impl Store {
                 keyring: None,
                 anchor: None,
                 experts_cache: Default::default(),
-                identity_common: Default::default(),
+                identity_postings: Default::default(),
+                identity_backfill: Default::default(),
             })
         } else {
             Err(StoreError::UnsupportedUrl(redact_url(url)))
@@ -516,6 +519,11 @@ impl Store {
                     "expert sync",
                     include_str!("migrations/sqlite/0009_expert_sync.sql"),
                 ),
+                (
+                    10,
+                    "identity keys inline",
+                    include_str!("migrations/sqlite/0010_identity_keys_inline.sql"),
+                ),
             ],
             Backend::Postgres => &[
                 (
@@ -562,6 +570,11 @@ impl Store {
                     9,
                     "expert sync",
                     include_str!("migrations/postgres/0009_expert_sync.sql"),
+                ),
+                (
+                    10,
+                    "identity keys inline",
+                    include_str!("migrations/postgres/0010_identity_keys_inline.sql"),
                 ),
             ],
         };
