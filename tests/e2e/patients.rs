@@ -26,6 +26,7 @@ both_backends!(
     sealed_demographics_and_blind_keys,
     turning_encryption_on_then_reseal,
     a_batch_links_as_one_by_one_does,
+    records_of_an_older_version_get_their_keys,
 );
 
 /// A person as a facility knows them.
@@ -198,6 +199,40 @@ async fn a_batch_links_as_one_by_one_does(b: Backend) {
         .unwrap();
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].action, "match");
+}
+
+/// Records written before the keys moved into their rows (`keys_seq = 0`) get their keys
+/// computed from their demographics on first use, and are found.
+async fn records_of_an_older_version_get_their_keys(b: Backend) {
+    let Some(db) = fresh_db(b).await else { return };
+    let s = store(&db).await;
+    let first = link(
+        &s,
+        &person("hosp-a", "A1", "张伟", Some(RID), "1949-12-31", None),
+    )
+    .await;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&db.url).await.unwrap();
+    sqlx::query("UPDATE identities SET keys = '', keys_seq = 0")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // A new engine process (a fresh store) on that database.
+    let s = store(&db).await;
+    let again = link(
+        &s,
+        &person("hosp-b", "B1", "张伟", Some(RID), "1949-12-31", None),
+    )
+    .await;
+    assert_eq!(again.decision.grade, Grade::Certain);
+    assert_eq!(again.recorded.person_id, first.recorded.person_id);
+    use sqlx::Row;
+    let left: i64 = sqlx::query("SELECT COUNT(*) FROM identities WHERE keys_seq = 0")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
 }
 
 async fn upsert_prefetch_and_certain_link(b: Backend) {
