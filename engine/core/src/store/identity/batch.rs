@@ -154,7 +154,16 @@ impl Store {
             })
             .await?;
         let existing = existing_records(&mut tx, backend, persons).await?;
+        // The candidate rows of the whole batch in a few statements (a record needing more,
+        // because some of its first candidates are inactive, reads them itself).
         let mut loaded: HashMap<i64, Loaded> = HashMap::new();
+        let mut wanted: Vec<i64> = all_ranked
+            .iter()
+            .flat_map(|r| r.iter().take(limit + 8).map(|(id, _)| *id))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        self.load_records(&mut tx, &wanted, &mut loaded).await?;
 
         // Decide, one record at a time.
         let mut overlay: Vec<Overlay> = Vec::with_capacity(persons.len());
