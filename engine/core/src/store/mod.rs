@@ -11,6 +11,7 @@
 pub mod anchor;
 pub mod audit;
 pub mod cluster;
+pub mod consultations;
 pub mod experts;
 mod feed;
 pub mod identity;
@@ -159,6 +160,10 @@ pub struct Store {
     /// Identity blocking keys (as stored) known to be shared by more than
     /// [`identity::MAX_POSTINGS`] records: skipped at lookup without counting them again.
     identity_common: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Where "now" comes from for the consultation workflow (see [`crate::clock`]).
+    clock: std::sync::Arc<dyn crate::clock::Clock>,
+    /// Wakes the consultation event streams after a commit (see [`consultations`]).
+    consultation_feed: tokio::sync::broadcast::Sender<i64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -280,6 +285,8 @@ impl Store {
                 anchor: None,
                 experts_cache: Default::default(),
                 identity_common: Default::default(),
+                clock: std::sync::Arc::new(crate::clock::SystemClock),
+                consultation_feed: consultations::feed(),
             })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = AnyPoolOptions::new()
@@ -299,6 +306,8 @@ impl Store {
                 anchor: None,
                 experts_cache: Default::default(),
                 identity_common: Default::default(),
+                clock: std::sync::Arc::new(crate::clock::SystemClock),
+                consultation_feed: consultations::feed(),
             })
         } else {
             Err(StoreError::UnsupportedUrl(redact_url(url)))
@@ -329,6 +338,17 @@ impl Store {
     ) -> Store {
         self.anchor = anchor;
         self
+    }
+
+    /// Takes "now" for the consultation workflow from `clock` (a fake one in tests).
+    pub fn with_clock(mut self, clock: std::sync::Arc<dyn crate::clock::Clock>) -> Store {
+        self.clock = clock;
+        self
+    }
+
+    /// The workflow's clock.
+    pub fn clock(&self) -> &std::sync::Arc<dyn crate::clock::Clock> {
+        &self.clock
     }
 
     pub fn audit_anchor(&self) -> Option<&std::sync::Arc<anchor::AuditAnchor>> {
@@ -516,6 +536,11 @@ impl Store {
                     "expert sync",
                     include_str!("migrations/sqlite/0009_expert_sync.sql"),
                 ),
+                (
+                    11,
+                    "consultations",
+                    include_str!("migrations/sqlite/0011_consultations.sql"),
+                ),
             ],
             Backend::Postgres => &[
                 (
@@ -562,6 +587,11 @@ impl Store {
                     9,
                     "expert sync",
                     include_str!("migrations/postgres/0009_expert_sync.sql"),
+                ),
+                (
+                    11,
+                    "consultations",
+                    include_str!("migrations/postgres/0011_consultations.sql"),
                 ),
             ],
         };
