@@ -33,7 +33,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use huizhen_domain::consultation::{Command, ConsultationRequest, SlaPolicy, State, decide};
+use huizhen_domain::consultation::{
+    Command, ConsultationRequest, EventKind, SlaPolicy, State, decide,
+};
 use huizhen_domain::expert::MatchConfig;
 use huizhen_domain::signature::SignatureVerifier;
 use serde::Deserialize;
@@ -228,8 +230,12 @@ impl Workflow {
                 decide(&s.consultation, command, ctx)
             })
             .await?;
+        let approved = committed
+            .events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Approved));
         match committed.stored.consultation.state() {
-            State::PendingMatch if !committed.events.is_empty() => {
+            State::PendingMatch if approved => {
                 // The assignment runs now; if it fails, its timer retries it.
                 if let Err(e) = self.assign(id).await {
                     tracing::warn!(consultation = id, error = %e, "assignment failed; the sweep retries it");

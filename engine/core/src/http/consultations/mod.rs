@@ -445,17 +445,19 @@ fn action_of(name: &str) -> Result<Action, WfError> {
         })
 }
 
-/// Whether the caller may act on `stored`: an expert from an offered facility; everyone else
-/// from the requesting facility.
+/// Whether the caller may act on `stored`: an expert from any facility of its access list
+/// (the domain then lets only an offered or the accepted expert act); everyone else from the
+/// requesting facility.
 fn may_write(caller: &Caller, stored: &StoredConsultation) -> bool {
-    let requesting = &stored.consultation.request().requesting_facility;
     if caller.principal.role == Role::Expert {
         stored
             .facilities
             .iter()
-            .any(|f| f != requesting && caller.write_scope.allows(f))
+            .any(|f| caller.write_scope.allows(f))
     } else {
-        caller.write_scope.allows(requesting)
+        caller
+            .write_scope
+            .allows(&stored.consultation.request().requesting_facility)
     }
 }
 

@@ -107,6 +107,20 @@ async fn refresh_timers(conn: &mut AnyConnection, c: &Consultation) -> Result<()
     Ok(())
 }
 
+/// On SQLite, takes the write lock before the transaction's first read (`BEGIN IMMEDIATE` in
+/// effect): a read-then-write transaction would otherwise fail with `SQLITE_BUSY_SNAPSHOT`
+/// when the journal writer's connection commits between its read and its first write.
+/// PostgreSQL needs nothing: its row lock and the `WHERE version = old` guard decide.
+async fn lock_for_write(store: &Store, conn: &mut AnyConnection) -> Result<(), StoreError> {
+    if store.backend() == crate::store::Backend::Sqlite {
+        sqlx::query("UPDATE consultations SET version = version WHERE 1 = 0")
+            .execute(&mut *conn)
+            .await
+            .map_err(q("take the write lock"))?;
+    }
+    Ok(())
+}
+
 /// Adds a facility to those that may read the consultation.
 async fn grant(conn: &mut AnyConnection, id: &str, facility: &str) -> Result<(), StoreError> {
     let mut s =
@@ -293,6 +307,7 @@ impl Store {
             .await
             .map_err(q("acquire writer connection"))?;
         let mut tx = conn.begin().await.map_err(q("begin consultation create"))?;
+        lock_for_write(self, &mut tx).await?;
         if let Some(key) = source_key
             && read::source_in(&mut tx, key).await?.is_some()
         {
@@ -364,6 +379,7 @@ impl Store {
             .begin()
             .await
             .map_err(q("begin consultation command"))?;
+        lock_for_write(self, &mut tx).await?;
         let before = load_in(&mut tx, self, id)
             .await?
             .ok_or_else(|| ConsultationError::NotFound(id.to_owned()))?;
