@@ -240,15 +240,15 @@ impl Workflow {
                 if let Err(e) = self.assign(id).await {
                     tracing::warn!(consultation = id, error = %e, "assignment failed; the sweep retries it");
                 }
-                self.store
-                    .consultation(id)
-                    .await?
-                    .map_or(Ok(committed.clone()), |stored| {
-                        Ok(Committed {
-                            stored,
-                            events: committed.events.clone(),
-                        })
-                    })
+                // The caller sees the consultation as the assignment left it.
+                let stored = self.store.consultation(id).await?;
+                Ok(match stored {
+                    Some(stored) => Committed {
+                        stored,
+                        events: committed.events,
+                    },
+                    None => committed,
+                })
             }
             State::Declined => {
                 self.wake();
