@@ -13,6 +13,8 @@ mod audit;
 mod buffer;
 mod cli;
 mod cluster;
+mod consultation_sla;
+mod consultations;
 mod crash;
 mod edge;
 mod engine;

@@ -5,6 +5,7 @@
 //! adapters live in `adapters/` and plug in through the typetag registries of
 //! [`sources::SourceConfig`], [`steps::StepConfig`] and [`sinks::SinkConfig`].
 
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod crypto;
@@ -22,5 +23,6 @@ pub mod steps;
 pub mod store;
 pub mod tls;
 pub mod work;
+pub mod workflow;
 
 pub use runner::Engine;

@@ -11,6 +11,7 @@
 pub mod anchor;
 pub mod audit;
 pub mod cluster;
+pub mod consultations;
 pub mod experts;
 mod feed;
 pub mod identity;
@@ -160,6 +161,10 @@ pub struct Store {
     identity_postings: std::sync::Arc<tokio::sync::Mutex<identity::Postings>>,
     /// Set once the records of an older version have their keys (see `postings`).
     identity_backfill: std::sync::Arc<tokio::sync::OnceCell<()>>,
+    /// Where "now" comes from for the consultation workflow (see [`crate::clock`]).
+    clock: std::sync::Arc<dyn crate::clock::Clock>,
+    /// Wakes the consultation event streams after a commit (see [`consultations`]).
+    consultation_feed: tokio::sync::broadcast::Sender<i64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -282,6 +287,8 @@ impl Store {
                 experts_cache: Default::default(),
                 identity_postings: Default::default(),
                 identity_backfill: Default::default(),
+                clock: std::sync::Arc::new(crate::clock::SystemClock),
+                consultation_feed: consultations::feed(),
             })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = AnyPoolOptions::new()
@@ -302,6 +309,8 @@ impl Store {
                 experts_cache: Default::default(),
                 identity_postings: Default::default(),
                 identity_backfill: Default::default(),
+                clock: std::sync::Arc::new(crate::clock::SystemClock),
+                consultation_feed: consultations::feed(),
             })
         } else {
             Err(StoreError::UnsupportedUrl(redact_url(url)))
@@ -332,6 +341,17 @@ impl Store {
     ) -> Store {
         self.anchor = anchor;
         self
+    }
+
+    /// Takes "now" for the consultation workflow from `clock` (a fake one in tests).
+    pub fn with_clock(mut self, clock: std::sync::Arc<dyn crate::clock::Clock>) -> Store {
+        self.clock = clock;
+        self
+    }
+
+    /// The workflow's clock.
+    pub fn clock(&self) -> &std::sync::Arc<dyn crate::clock::Clock> {
+        &self.clock
     }
 
     pub fn audit_anchor(&self) -> Option<&std::sync::Arc<anchor::AuditAnchor>> {
@@ -524,6 +544,11 @@ impl Store {
                     "identity keys inline",
                     include_str!("migrations/sqlite/0010_identity_keys_inline.sql"),
                 ),
+                (
+                    11,
+                    "consultations",
+                    include_str!("migrations/sqlite/0011_consultations.sql"),
+                ),
             ],
             Backend::Postgres => &[
                 (
@@ -575,6 +600,11 @@ impl Store {
                     10,
                     "identity keys inline",
                     include_str!("migrations/postgres/0010_identity_keys_inline.sql"),
+                ),
+                (
+                    11,
+                    "consultations",
+                    include_str!("migrations/postgres/0011_consultations.sql"),
                 ),
             ],
         };

@@ -748,7 +748,8 @@ impl Store {
     }
 
     /// An ADT^A40 merge: the record `facility`/`retired_local_id` is retired (inactive) and it
-    /// and every record of its person are re-pointed to `survivor`. Returns the history batch
+    /// and every record of its person are re-pointed to `survivor`, and so are the person's
+    /// open consultations (a `patient_repointed` event each, audited, in the same transaction). Returns the history batch
     /// (for [`Store::identity_undo`]) and how many records moved; `None` when the retired
     /// record is unknown or already merged into `survivor`.
     pub async fn identity_merge(
@@ -797,10 +798,28 @@ impl Store {
             .await?;
             moved += 1;
         }
+        // The retired person's open consultations follow the records (MATCH-05), audited, in
+        // this transaction.
+        let repointed = if retired.person_id == survivor {
+            0
+        } else {
+            super::consultations::repoint_in(
+                &mut tx,
+                self,
+                retired.person_id as u64,
+                survivor as u64,
+                by.actor,
+                by.reason,
+            )
+            .await?
+        };
         if let Some(e) = by.audit {
             audit::append(&mut tx, e, self.anchor.as_deref()).await?;
         }
         tx.commit().await.map_err(q("commit identity merge"))?;
+        if repointed > 0 {
+            self.notify_consultations();
+        }
         Ok(Some((batch, moved)))
     }
 
