@@ -62,9 +62,6 @@ pub struct BatchLinked {
     pub recorded: Recorded,
 }
 
-/// A candidate row read for the batch: `None` when the record is inactive (retired by a merge).
-type Loaded = Option<IndexedIdentity>;
-
 /// A record decided earlier in the same batch.
 struct Overlay {
     entry: IndexedIdentity,
@@ -121,9 +118,7 @@ impl Store {
     {
         self.ensure_identity_keys().await?;
         let mut conn = self.write.acquire().await.map_err(q("acquire writer"))?;
-        let mut tx = sqlx::Connection::begin(&mut *conn)
-            .await
-            .map_err(q("begin identity batch"))?;
+        let mut tx = super::begin_write(self.backend, &mut *conn, "begin identity batch").await?;
         let backend = self.backend;
         if backend == Backend::Postgres {
             let mut s = Sql::for_backend("SELECT pg_advisory_xact_lock(".into(), backend);
@@ -140,30 +135,26 @@ impl Store {
             .iter()
             .map(|p| self.identity_key_hashes(p))
             .collect();
-        let (all_ranked, crowded) = self
-            .with_postings(&mut tx, |p| {
-                let ranked: Vec<Vec<(i64, u32)>> = keys.iter().map(|k| rank(p, k)).collect();
-                // Keys already shared by the most records the index looks at.
-                let crowded: HashSet<u64> = keys
-                    .iter()
-                    .flatten()
-                    .filter(|k| p.get(**k).len() >= MAX_POSTINGS_USIZE)
-                    .copied()
-                    .collect();
-                (ranked, crowded)
-            })
-            .await?;
+        let mut pg = self.postings_current(&mut tx).await?;
+        let all_ranked: Vec<Vec<(i64, u32)>> = keys.iter().map(|k| rank(&pg, k)).collect();
+        // Keys already shared by the most records the index looks at.
+        let crowded: HashSet<u64> = keys
+            .iter()
+            .flatten()
+            .filter(|k| pg.get(**k).len() >= MAX_POSTINGS_USIZE)
+            .copied()
+            .collect();
         let existing = existing_records(&mut tx, backend, persons).await?;
-        // The candidate rows of the whole batch in a few statements (a record needing more,
-        // because some of its first candidates are inactive, reads them itself).
-        let mut loaded: HashMap<i64, Loaded> = HashMap::new();
+        // The candidates' demographics not yet in memory, for the whole batch in a few
+        // statements (a record needing more, because some of its first candidates are retired,
+        // reads them itself).
         let mut wanted: Vec<i64> = all_ranked
             .iter()
             .flat_map(|r| r.iter().take(limit + 8).map(|(id, _)| *id))
             .collect();
         wanted.sort_unstable();
         wanted.dedup();
-        self.load_records(&mut tx, &wanted, &mut loaded).await?;
+        self.load_people(&mut tx, &mut pg, &wanted).await?;
 
         // Decide, one record at a time.
         let mut overlay: Vec<Overlay> = Vec::with_capacity(persons.len());
@@ -179,7 +170,7 @@ impl Store {
                 .copied()
                 .collect();
             let stored = self
-                .take_active(&mut tx, &ranked, limit, None, &mut loaded)
+                .take_active(&mut tx, &mut pg, &ranked, limit, None)
                 .await?;
             // Earlier records of this batch sharing keys.
             let mut near: HashMap<usize, u32> = HashMap::new();
@@ -293,14 +284,24 @@ impl Store {
             }
         }
         tx.commit().await.map_err(q("commit identity batch"))?;
-        self.postings_written(
+        Self::postings_written(
+            &mut pg,
             seq,
             ids.iter()
                 .zip(&keys)
-                .map(|(id, k)| (*id, k.clone().into_boxed_slice()))
+                .zip(&targets)
+                .zip(&overlay)
+                .map(|(((id, k), target), o)| {
+                    (
+                        *id,
+                        k.clone().into_boxed_slice(),
+                        *target,
+                        o.entry.person.clone(),
+                    )
+                })
                 .collect(),
-        )
-        .await;
+        );
+        drop(pg);
 
         let mut out = Vec::with_capacity(persons.len());
         let mut reviews = reviews;
@@ -321,36 +322,37 @@ impl Store {
         Ok(out)
     }
 
-    /// The first `limit` active records of `ranked` (of `facilities` when given), reading
-    /// those not yet loaded.
+    /// The first `limit` active records of `ranked` (of `facilities` when given), reading the
+    /// demographics not yet in memory.
     pub(super) async fn take_active(
         &self,
         conn: &mut AnyConnection,
+        pg: &mut Postings,
         ranked: &[(i64, u32)],
         limit: usize,
         facilities: Option<&[String]>,
-        loaded: &mut HashMap<i64, Loaded>,
     ) -> Result<Vec<(IndexedIdentity, u32)>> {
         let mut out = Vec::with_capacity(limit.min(ranked.len()));
         let mut at = 0;
         while out.len() < limit && at < ranked.len() {
             // Read ahead what this record may need: a few more than the shortfall.
             let want = (limit - out.len()) + 8;
-            let missing: Vec<i64> = ranked[at..]
-                .iter()
-                .take(want)
-                .map(|(id, _)| *id)
-                .filter(|id| !loaded.contains_key(id))
-                .collect();
-            if !missing.is_empty() {
-                self.load_records(conn, &missing, loaded).await?;
-            }
+            let window: Vec<i64> = ranked[at..].iter().take(want).map(|(id, _)| *id).collect();
+            self.load_people(conn, pg, &window).await?;
             for (id, hits) in ranked[at..].iter().take(want) {
                 at += 1;
-                if let Some(Some(entry)) = loaded.get(id)
-                    && facilities.is_none_or(|f| f.contains(&entry.person.facility))
+                if let Some(r) = pg.record(*id)
+                    && r.active
+                    && let Some(person) = &r.person
+                    && facilities.is_none_or(|f| f.contains(&person.facility))
                 {
-                    out.push((entry.clone(), *hits));
+                    out.push((
+                        IndexedIdentity {
+                            person_id: super::to_person(r.person_id),
+                            person: person.clone(),
+                        },
+                        *hits,
+                    ));
                     if out.len() == limit {
                         break;
                     }
@@ -360,18 +362,26 @@ impl Store {
         Ok(out)
     }
 
-    async fn load_records(
+    /// Reads the demographics of the active records of `ids` that the index has not decoded
+    /// yet, and keeps them there.
+    async fn load_people(
         &self,
         conn: &mut AnyConnection,
+        pg: &mut Postings,
         ids: &[i64],
-        loaded: &mut HashMap<i64, Loaded>,
     ) -> Result<()> {
-        let backend = self.backend;
-        for chunk in ids.chunks(IN_LIST) {
+        let missing: Vec<i64> = ids
+            .iter()
+            .filter(|id| {
+                pg.record(**id)
+                    .is_some_and(|r| r.active && r.person.is_none())
+            })
+            .copied()
+            .collect();
+        for chunk in missing.chunks(IN_LIST) {
             let mut s = Sql::for_backend(
-                "SELECT id, facility, local_id, person_id, person, active FROM identities WHERE id IN ("
-                    .into(),
-                backend,
+                "SELECT id, facility, local_id, person FROM identities WHERE id IN (".into(),
+                self.backend,
             );
             for (i, id) in chunk.iter().enumerate() {
                 if i > 0 {
@@ -388,27 +398,11 @@ impl Store {
             for r in rows {
                 let d = || q("decode identity candidate");
                 let id: i64 = r.try_get("id").map_err(d())?;
-                let active: i64 = r.try_get("active").map_err(d())?;
-                if active == 0 {
-                    loaded.insert(id, None);
-                    continue;
-                }
                 let facility: String = r.try_get("facility").map_err(d())?;
                 let local_id: String = r.try_get("local_id").map_err(d())?;
-                let person_id: i64 = r.try_get("person_id").map_err(d())?;
                 let raw: String = r.try_get("person").map_err(d())?;
                 let person = self.open_person(id, &facility, &local_id, raw)?;
-                loaded.insert(
-                    id,
-                    Some(IndexedIdentity {
-                        person_id: super::to_person(person_id),
-                        person: Arc::new(person),
-                    }),
-                );
-            }
-            // Ids with no row (deleted meanwhile) are not candidates.
-            for id in chunk {
-                loaded.entry(*id).or_insert(None);
+                pg.keep_person(id, Arc::new(person));
             }
         }
         Ok(())

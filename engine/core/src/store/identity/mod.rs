@@ -378,10 +378,14 @@ async fn set_link(
     person: i64,
     active: bool,
 ) -> Result<()> {
+    // Stamped like a change of keys, so every store's index picks up the new link.
+    let seq = postings::next_seq(conn).await?;
     let mut s = Sql::new("UPDATE identities SET person_id = ".into());
     s.bind(person);
     s.push(", active = ");
     s.bind(i64::from(active));
+    s.push(", keys_seq = ");
+    s.bind(seq);
     s.push(", updated_at = ");
     s.bind(now_ms());
     s.push(" WHERE id = ");
@@ -391,6 +395,25 @@ async fn set_link(
         .await
         .map_err(q("change identity link"))?;
     Ok(())
+}
+
+/// Begins a transaction that writes the identity index. On SQLite it takes the write lock
+/// before its first read (`BEGIN IMMEDIATE` in effect): a read-then-write transaction would
+/// otherwise fail with `SQLITE_BUSY_SNAPSHOT` when the journal writer's connection commits
+/// between its read and its first write. PostgreSQL needs nothing here.
+pub(crate) async fn begin_write<'c>(
+    backend: super::Backend,
+    conn: &'c mut AnyConnection,
+    what: &'static str,
+) -> Result<sqlx::Transaction<'c, sqlx::Any>> {
+    let mut tx = sqlx::Connection::begin(conn).await.map_err(q(what))?;
+    if backend == super::Backend::Sqlite {
+        sqlx::query("UPDATE identity_keys_seq SET value = value WHERE 1 = 0")
+            .execute(&mut *tx)
+            .await
+            .map_err(q("take the write lock"))?;
+    }
+    Ok(tx)
 }
 
 impl Store {
@@ -483,12 +506,10 @@ impl Store {
         hashes.sort_unstable();
         hashes.dedup();
         let mut conn = self.read.acquire().await.map_err(q("acquire a reader"))?;
-        let ranked = self
-            .with_postings(&mut conn, |p| batch::rank(p, &hashes))
-            .await?;
-        let mut loaded = std::collections::HashMap::new();
+        let mut pg = self.postings_current(&mut conn).await?;
+        let ranked = batch::rank(&pg, &hashes);
         let entries = self
-            .take_active(&mut conn, &ranked, limit, facilities, &mut loaded)
+            .take_active(&mut conn, &mut pg, &ranked, limit, facilities)
             .await?
             .into_iter()
             .map(|(entry, _)| entry)
@@ -716,9 +737,7 @@ impl Store {
         by: ChangeBy<'_>,
     ) -> Result<Option<(String, i64)>> {
         let mut conn = self.write.acquire().await.map_err(q("acquire writer"))?;
-        let mut tx = sqlx::Connection::begin(&mut *conn)
-            .await
-            .map_err(q("begin identity relink"))?;
+        let mut tx = begin_write(self.backend, &mut *conn, "begin identity relink").await?;
         let Some(row) = identity_in(&mut tx, facility, local_id).await? else {
             return Ok(None);
         };
@@ -760,9 +779,7 @@ impl Store {
         by: ChangeBy<'_>,
     ) -> Result<Option<(String, usize)>> {
         let mut conn = self.write.acquire().await.map_err(q("acquire writer"))?;
-        let mut tx = sqlx::Connection::begin(&mut *conn)
-            .await
-            .map_err(q("begin identity merge"))?;
+        let mut tx = begin_write(self.backend, &mut *conn, "begin identity merge").await?;
         let Some(retired) = identity_in(&mut tx, facility, retired_local_id).await? else {
             return Ok(None);
         };
@@ -833,9 +850,7 @@ impl Store {
         by: ChangeBy<'_>,
     ) -> Result<Option<(String, usize)>> {
         let mut conn = self.write.acquire().await.map_err(q("acquire writer"))?;
-        let mut tx = sqlx::Connection::begin(&mut *conn)
-            .await
-            .map_err(q("begin identity undo"))?;
+        let mut tx = begin_write(self.backend, &mut *conn, "begin identity undo").await?;
         let mut s = Sql::new(
             "SELECT id, identity_id, from_person, to_person, from_active, to_active FROM identity_history WHERE undone = 0 AND action <> 'reject' AND batch = "
                 .into(),
@@ -962,9 +977,7 @@ impl Store {
         by: ChangeBy<'_>,
     ) -> Result<Option<ReviewRow>> {
         let mut conn = self.write.acquire().await.map_err(q("acquire writer"))?;
-        let mut tx = sqlx::Connection::begin(&mut *conn)
-            .await
-            .map_err(q("begin review decision"))?;
+        let mut tx = begin_write(self.backend, &mut *conn, "begin review decision").await?;
         let mut s = Sql::new(format!(
             "SELECT {REVIEW_COLUMNS}, i.active FROM identity_reviews r JOIN identities i ON i.id = r.identity_id WHERE r.state = 'pending' AND r.id = "
         ));

@@ -18,7 +18,9 @@
 //! and a reader that has seen value *n* never misses a row with a smaller one.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use huizhen_domain::identity::NormalizedPerson;
 use sqlx::{AnyConnection, Row};
 
 use super::super::sql::Sql;
@@ -72,13 +74,25 @@ impl Ids {
     }
 }
 
+/// What the index holds of one record.
+#[derive(Debug, Clone)]
+pub(crate) struct Rec {
+    keys: Box<[u64]>,
+    /// The person it is linked to.
+    pub(crate) person_id: i64,
+    /// False once retired by a merge.
+    pub(crate) active: bool,
+    /// The decoded demographics, once read (dropped when the row changes).
+    pub(crate) person: Option<Arc<NormalizedPerson>>,
+}
+
 /// The in-memory postings of one store, and how far it has read the counter.
 #[derive(Debug, Default)]
 pub(crate) struct Postings {
     /// The counter value read up to; `None` before the first load.
     seen: Option<i64>,
     by_key: HashMap<u64, Ids>,
-    keys_of: HashMap<i64, Box<[u64]>>,
+    records: HashMap<i64, Rec>,
 }
 
 impl Postings {
@@ -87,10 +101,29 @@ impl Postings {
         self.by_key.get(&key).map_or(&[], Ids::as_slice)
     }
 
-    /// Files record `id` under `keys`, replacing what it was filed under.
-    pub(crate) fn set(&mut self, id: i64, keys: Box<[u64]>) {
-        if let Some(old) = self.keys_of.remove(&id) {
-            for k in old.iter() {
+    /// The record `id`, when filed.
+    pub(crate) fn record(&self, id: i64) -> Option<&Rec> {
+        self.records.get(&id)
+    }
+
+    /// Keeps the decoded demographics of record `id`.
+    pub(crate) fn keep_person(&mut self, id: i64, person: Arc<NormalizedPerson>) {
+        if let Some(r) = self.records.get_mut(&id) {
+            r.person = Some(person);
+        }
+    }
+
+    /// Files record `id` under `keys` with its link, replacing what it was filed under.
+    pub(crate) fn set(
+        &mut self,
+        id: i64,
+        keys: Box<[u64]>,
+        person_id: i64,
+        active: bool,
+        person: Option<Arc<NormalizedPerson>>,
+    ) {
+        if let Some(old) = self.records.remove(&id) {
+            for k in old.keys.iter() {
                 if let Some(ids) = self.by_key.get_mut(k)
                     && ids.remove(id)
                 {
@@ -106,13 +139,21 @@ impl Postings {
                 }
             }
         }
-        self.keys_of.insert(id, keys);
+        self.records.insert(
+            id,
+            Rec {
+                keys,
+                person_id,
+                active,
+                person,
+            },
+        );
     }
 
     /// How many records are filed.
     #[cfg(test)]
     pub(crate) fn records(&self) -> usize {
-        self.keys_of.len()
+        self.records.len()
     }
 }
 
@@ -166,13 +207,13 @@ pub(crate) async fn next_seq(conn: &mut AnyConnection) -> Result<i64> {
 const REFRESH_ROWS: i64 = 20_000;
 
 impl Store {
-    /// Brings the in-memory postings up to date on `conn` (inside the caller's transaction, so
-    /// what it then decides is consistent with what it read) and runs `f` on them.
-    pub(crate) async fn with_postings<T>(
+    /// The in-memory index, brought up to date on `conn` (inside the caller's transaction when
+    /// it writes, so what it then decides is consistent with what it read). Hold the guard
+    /// for as long as the index is used.
+    pub(crate) async fn postings_current(
         &self,
         conn: &mut AnyConnection,
-        f: impl FnOnce(&mut Postings) -> T,
-    ) -> Result<T> {
+    ) -> Result<tokio::sync::MutexGuard<'_, Postings>> {
         let mut postings = self.identity_postings.lock().await;
         let current: i64 = sqlx::query("SELECT value FROM identity_keys_seq")
             .fetch_one(&mut *conn)
@@ -183,7 +224,8 @@ impl Store {
         let mut seen = postings.seen.unwrap_or(i64::MIN);
         while seen < current {
             let mut s = Sql::for_backend(
-                "SELECT id, keys, keys_seq FROM identities WHERE keys_seq > ".into(),
+                "SELECT id, keys, keys_seq, person_id, active FROM identities WHERE keys_seq > "
+                    .into(),
                 self.backend,
             );
             s.bind(seen);
@@ -202,22 +244,27 @@ impl Store {
                 let d = || q("read identity blocking keys");
                 let id: i64 = r.try_get(0).map_err(d())?;
                 let keys: String = r.try_get(1).map_err(d())?;
-                postings.set(id, decode_keys(id, &keys)?);
+                let person_id: i64 = r.try_get(3).map_err(d())?;
+                let active: i64 = r.try_get(4).map_err(d())?;
+                postings.set(id, decode_keys(id, &keys)?, person_id, active != 0, None);
             }
         }
         postings.seen = Some(current);
-        Ok(f(&mut postings))
+        Ok(postings)
     }
 
-    /// Files the keys of records just written (in the caller's transaction, with `seq`) in
-    /// the in-memory postings, once the transaction has committed.
-    pub(crate) async fn postings_written(&self, seq: i64, records: Vec<(i64, Box<[u64]>)>) {
-        let mut postings = self.identity_postings.lock().await;
+    /// Files records just written and committed with counter value `seq` (their keys, person
+    /// and demographics) in the index the caller holds.
+    pub(crate) fn postings_written(
+        postings: &mut Postings,
+        seq: i64,
+        records: Vec<(i64, Box<[u64]>, i64, Arc<NormalizedPerson>)>,
+    ) {
         // Only when this store has seen everything before `seq`: otherwise the next refresh
         // reads these rows with the rest.
         if postings.seen == Some(seq - 1) {
-            for (id, keys) in records {
-                postings.set(id, keys);
+            for (id, keys, person_id, person) in records {
+                postings.set(id, keys, person_id, true, Some(person));
             }
             postings.seen = Some(seq);
         }
@@ -276,10 +323,10 @@ mod tests {
     #[test]
     fn postings_follow_a_records_keys() {
         let mut p = Postings::default();
-        p.set(1, vec![10, 20].into());
-        p.set(2, vec![20, 30].into());
+        p.set(1, vec![10, 20].into(), 1, true, None);
+        p.set(2, vec![20, 30].into(), 2, true, None);
         assert_eq!(p.get(20), &[1, 2]);
-        p.set(1, vec![30].into());
+        p.set(1, vec![30].into(), 1, true, None);
         assert_eq!(p.get(10), &[] as &[i64]);
         assert_eq!(p.get(20), &[2]);
         assert_eq!(p.get(30), &[1, 2]);
