@@ -27,6 +27,7 @@ both_backends!(
     turning_encryption_on_then_reseal,
     a_batch_links_as_one_by_one_does,
     records_of_an_older_version_get_their_keys,
+    the_index_follows_changes_made_by_another_process,
 );
 
 /// A person as a facility knows them.
@@ -233,6 +234,44 @@ async fn records_of_an_older_version_get_their_keys(b: Backend) {
         .unwrap()
         .get(0);
     assert_eq!(left, 0);
+}
+
+/// Each engine process keeps the blocking index in memory: records linked, and links changed,
+/// by another process on the same database are seen at the next lookup.
+async fn the_index_follows_changes_made_by_another_process(b: Backend) {
+    let Some(db) = fresh_db(b).await else { return };
+    let (one, other) = (store(&db).await, store(&db).await);
+    let a = link(
+        &one,
+        &person("hosp-a", "A1", "张伟", Some(RID), "1949-12-31", None),
+    )
+    .await;
+    // The other process links a record of the same person: it sees the first one.
+    let b1 = link(
+        &other,
+        &person("hosp-b", "B1", "张伟", Some(RID), "1949-12-31", None),
+    )
+    .await;
+    assert_eq!(b1.decision.grade, Grade::Certain);
+    assert_eq!(b1.recorded.person_id, a.recorded.person_id);
+    // The other process unlinks A1 (a person of its own now); the first sees the new link.
+    let (_, moved_to) = other
+        .identity_relink("hosp-a", "A1", None, "unlink", by("reviewer"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(moved_to, a.recorded.person_id);
+    let c1 = link(
+        &one,
+        &person("hosp-c", "C1", "张伟", Some(RID), "1949-12-31", None),
+    )
+    .await;
+    let persons: std::collections::BTreeSet<u64> =
+        c1.decision.candidates.iter().map(|c| c.person_id).collect();
+    assert!(
+        persons.contains(&(moved_to as u64)) && persons.contains(&(a.recorded.person_id as u64)),
+        "both persons are candidates: {persons:?}"
+    );
 }
 
 async fn upsert_prefetch_and_certain_link(b: Backend) {
