@@ -2,12 +2,13 @@
 //! the deterministic rules and their guards, explanations, grouping, the synthetic Chinese
 //! population, and FEBRL 4.
 
+use huizhen_domain::identity::blocking::CandidateIndex;
 use huizhen_domain::identity::eval::Evaluator;
 use huizhen_domain::identity::synth::{Role, SynthConfig, Truth, generate};
 use huizhen_domain::identity::{
     Demographics, EmOptions, FieldKind, Grade, Level, MatchDecision, Matcher, MemoryIndex, OtherId,
-    PairFinding, PersonName, PostalAddress, Rule, Thresholds, Weights, estimate_em_with, febrl,
-    normalize, random_pair_vectors, u_from_random_pairs,
+    PairFinding, PersonName, PostalAddress, Rule, Thresholds, Weights, blocking_keys,
+    estimate_em_with, febrl, normalize, random_pair_vectors, u_from_random_pairs,
 };
 use huizhen_domain::patient::{PatientRecord, Sex};
 
@@ -235,6 +236,71 @@ fn a_replaced_given_name_is_probable_only_with_an_agreeing_id() {
     );
     assert_eq!(d.grade, Grade::Possible, "{d:?}");
     assert!(d.candidates[0].findings.contains(&PairFinding::TwinPattern));
+}
+
+#[test]
+fn a_mistyped_national_id_is_found_without_a_birth_date_and_explained() {
+    // FEBRL 4, rec-4069: no birth date, another postcode digit, one id digit mistyped: no
+    // name, date or postcode key in common; the id's one-slip neighbourhood finds it.
+    let mut a = latin("1", "matthews", "jeremy", "19700526", "6692221");
+    a.addresses[0] = PostalAddress {
+        text: "70 spensley place pandora orchard cecil park act".into(),
+        postal_code: Some("3030".into()),
+    };
+    let index = index_of(&[(1, a.clone())]);
+    let mut b = a.clone();
+    b.local_id = "2".into();
+    b.birth_date = None;
+    b.identifiers = vec![OtherId::National {
+        system: "ssn".into(),
+        value: "6692321".into(),
+    }];
+    b.addresses[0] = PostalAddress {
+        text: "70 spensley place pandoraoorchard cecig park act".into(),
+        postal_code: Some("3035".into()),
+    };
+    let d = decide(&index, &b);
+    assert_eq!(d.grade, Grade::Probable, "{d:?}");
+    let level = |f: FieldKind| {
+        d.candidates[0]
+            .contributions
+            .iter()
+            .find(|c| c.field == f)
+            .map(|c| (c.level, c.weight > 0.0))
+    };
+    assert_eq!(
+        level(FieldKind::NationalId),
+        Some((Some(Level::Close), true))
+    );
+    assert_eq!(level(FieldKind::Address), Some((Some(Level::Exact), true)));
+    assert_eq!(level(FieldKind::BirthDate), Some((None, false)));
+    // Every field is named in the explanation, compared or not.
+    assert_eq!(d.candidates[0].contributions.len(), FieldKind::ALL.len());
+}
+
+#[test]
+fn a_lost_space_in_the_address_still_agrees_in_part() {
+    // FEBRL 4, rec-606: both names replaced, another house number, two words run together;
+    // the equal id and birth date with the same street make it one for a human.
+    let mut a = latin("1", "morrison", "taliah", "19090828", "3519655");
+    a.addresses[0] = PostalAddress {
+        text: "7 cope place strawberry fields dover nsw".into(),
+        postal_code: Some("6714".into()),
+    };
+    let index = index_of(&[(1, a.clone())]);
+    let mut b = latin("2", "nguyen", "samantha", "19090828", "3519655");
+    b.addresses[0] = PostalAddress {
+        text: "18 copeplace strawberrmyfields dover nsw".into(),
+        postal_code: Some("6774".into()),
+    };
+    let d = decide(&index, &b);
+    let address = d.candidates[0]
+        .contributions
+        .iter()
+        .find(|c| c.field == FieldKind::Address)
+        .unwrap();
+    assert_eq!(address.level, Some(Level::Partial), "{d:?}");
+    assert_eq!(d.grade, Grade::Probable, "{d:?}");
 }
 
 #[test]
@@ -527,7 +593,25 @@ fn febrl4_links_with_em_weights() {
     let e = ev.evaluation();
     assert_eq!(e.true_pairs, 5_000);
     assert_eq!(e.certain_pairs, 0, "no rule applies and auto-link is off");
-    assert!(e.precision() >= 0.999, "{e:?}");
-    assert!(e.recall() >= 0.995, "{e:?}");
-    assert!(e.f1() >= 0.997, "{e:?}");
+    // 2026-12: 4,986 of 5,000 found, no false link (F1 0.9986). The 14 missed are held on
+    // purpose: 13 duplicates whose given name and id were both replaced, which nothing tells
+    // from twins (same family name, birth date and street, other given name, other id: the
+    // twin guard), and one of the same kind without a birth date (a household member).
+    assert!(e.precision() >= 0.9995, "{e:?}");
+    assert!(e.recall() >= 0.9966, "{e:?}");
+    assert!(e.f1() >= 0.998, "{e:?}");
+    // Blocking loses no true pair: every original is among its duplicate's candidates.
+    let missed: Vec<&str> = b
+        .iter()
+        .zip(&incoming)
+        .filter(|(r, n)| {
+            let original = format!("rec-{}-org", r.person);
+            !index
+                .candidates(&blocking_keys(n), matcher.candidate_limit)
+                .iter()
+                .any(|c| c.person.local_id == original)
+        })
+        .map(|(r, _)| r.demographics.local_id.as_str())
+        .collect();
+    assert!(missed.is_empty(), "never compared: {missed:?}");
 }
