@@ -57,8 +57,9 @@ pub struct Thresholds {
 impl Default for Thresholds {
     /// No auto-link; probable ≥ 22, possible ≥ 10. With the default weights a record needs
     /// about two strong agreements (name and birth date, or an id) plus a third field to be
-    /// probable; parent and child (different birth dates) and twins (the twin guard) stay
-    /// below.
+    /// probable; parent and child (different birth dates, the household guard) stay below,
+    /// twins sharing a household's phone and address may reach probable (the twin guard
+    /// keeps them from `certain` and names the pattern for the reviewer).
     fn default() -> Self {
         Thresholds {
             auto_link: None,
