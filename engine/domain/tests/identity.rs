@@ -2,12 +2,13 @@
 //! the deterministic rules and their guards, explanations, grouping, the synthetic Chinese
 //! population, and FEBRL 4.
 
+use huizhen_domain::identity::blocking::CandidateIndex;
 use huizhen_domain::identity::eval::Evaluator;
 use huizhen_domain::identity::synth::{Role, SynthConfig, Truth, generate};
 use huizhen_domain::identity::{
     Demographics, EmOptions, FieldKind, Grade, Level, MatchDecision, Matcher, MemoryIndex, OtherId,
-    PairFinding, PersonName, PostalAddress, Rule, Thresholds, Weights, estimate_em_with, febrl,
-    normalize, random_pair_vectors, u_from_random_pairs,
+    PairFinding, PersonName, PostalAddress, Rule, Thresholds, Weights, blocking_keys,
+    estimate_em_with, febrl, normalize, random_pair_vectors, u_from_random_pairs,
 };
 use huizhen_domain::patient::{PatientRecord, Sex};
 
@@ -121,6 +122,13 @@ fn an_infant_under_a_parents_id_never_links_to_the_parent_through_it() {
     let d = decide(&index, &infant);
     assert!(d.grade > Grade::Probable, "{d:?}");
     assert_eq!(d.auto_link(), None);
+    assert!(
+        d.candidates
+            .iter()
+            .all(|c| c.findings.contains(&PairFinding::HouseholdPattern)
+                && c.findings.contains(&PairFinding::SharedIdIgnored)),
+        "{d:?}"
+    );
     // Even named like the parent (a registrar copying the card), the birth date contradicts
     // the id: never certain.
     let mut copied = infant.clone();
@@ -143,27 +151,87 @@ fn an_infant_under_a_parents_id_never_links_to_the_parent_through_it() {
     assert_eq!((rid.level, rid.weight), (None, 0.0));
 }
 
-#[test]
-fn twins_are_at_most_possible() {
+/// Twins registered without ids: same family name, birth date, sex, phone and address.
+fn twins() -> (Demographics, Demographics) {
     let mut a = zhang("RED", "1");
     a.identifiers.clear();
     a.names = vec![PersonName::text("张子涵")];
     a.birth_date = Some("2015-05-05".into());
-    let index = index_of(&[(1, a.clone())]);
     let mut b = a.clone();
     b.local_id = "2".into();
     b.names = vec![PersonName::text("张子轩")];
+    (a, b)
+}
+
+fn finding_codes(c: &huizhen_domain::identity::Candidate) -> Vec<String> {
+    serde_json::to_value(&c.findings)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["finding"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn twins_are_never_certain_and_go_to_a_human_with_the_twin_finding() {
+    let (a, b) = twins();
+    let index = index_of(&[(1, a)]);
     let d = decide(&index, &b);
-    assert_eq!(d.grade, Grade::Possible);
-    assert!(d.candidates[0].findings.contains(&PairFinding::TwinPattern));
+    assert_eq!(d.grade, Grade::Probable, "{d:?}");
+    assert_eq!(d.auto_link(), None);
+    let c = &d.candidates[0];
+    assert!(c.score >= Thresholds::default().probable);
+    assert_eq!(c.rule, None);
+    // What the reviewer sees.
     assert!(
-        d.candidates[0].score >= Thresholds::default().probable,
-        "the guard, not the score, holds it"
+        finding_codes(c).contains(&"twin_pattern".to_owned()),
+        "{:?}",
+        c.findings
+    );
+    // A facility that links automatically above a score does not link twins.
+    let auto = Matcher::new(
+        Weights::default(),
+        Thresholds {
+            auto_link: Some(Thresholds::default().probable),
+            ..Thresholds::default()
+        },
+    )
+    .unwrap();
+    let d = auto.decide(&b, &index);
+    assert_eq!((d.grade, d.candidates[0].rule), (Grade::Probable, None));
+    assert!(d.candidates[0].findings.contains(&PairFinding::TwinPattern));
+}
+
+#[test]
+fn twins_sharing_one_insurance_card_are_not_linked_through_it() {
+    // Parents hand one twin's 医保 card in for both: the same psn_no and region.
+    let (mut a, mut b) = twins();
+    let card = OtherId::Insurance {
+        psn_no: "45000012345678".into(),
+        region: "450103".into(),
+    };
+    a.identifiers = vec![card.clone()];
+    b.identifiers = vec![card];
+    let index = index_of(&[(1, a.clone())]);
+    let d = decide(&index, &b);
+    assert_eq!(
+        (d.grade, d.candidates[0].rule),
+        (Grade::Probable, None),
+        "{d:?}"
+    );
+    assert!(d.candidates[0].findings.contains(&PairFinding::TwinPattern));
+    // The same card under the same name (a nickname-free update elsewhere) is the rule.
+    let mut same = a.clone();
+    same.facility = "BLUE".into();
+    assert_eq!(
+        decide(&index, &same).candidates[0].rule,
+        Some(Rule::InsuranceNumber)
     );
 }
 
 #[test]
-fn twins_with_one_letter_or_a_homophone_between_their_names_are_at_most_possible() {
+fn twins_with_one_letter_or_a_homophone_between_their_names_are_never_certain() {
     let mut a = zhang("RED", "1");
     a.identifiers.clear();
     a.names = vec![PersonName::text("潘璐")];
@@ -175,12 +243,14 @@ fn twins_with_one_letter_or_a_homophone_between_their_names_are_at_most_possible
     b.local_id = "2".into();
     b.names = vec![PersonName::text("潘玉")];
     let d = decide(&index, &b);
-    assert_eq!(d.grade, Grade::Possible, "{d:?}");
+    assert_eq!(d.grade, Grade::Probable, "{d:?}");
     assert!(d.candidates[0].findings.contains(&PairFinding::TwinPattern));
     // The same hanzi name written in pinyin elsewhere with one letter changed: also two
     // names when the other side is in hanzi.
     b.names = vec![PersonName::text("Pan Yu")];
-    assert_eq!(decide(&index, &b).grade, Grade::Possible);
+    let d = decide(&index, &b);
+    assert_eq!(d.grade, Grade::Probable, "{d:?}");
+    assert!(d.candidates[0].findings.contains(&PairFinding::TwinPattern));
     // Boy–girl twins named with homophones (许晶/许静): the sexes conflict.
     let mut girl = a.clone();
     girl.names = vec![PersonName::text("许静")];
@@ -190,13 +260,14 @@ fn twins_with_one_letter_or_a_homophone_between_their_names_are_at_most_possible
     boy.names = vec![PersonName::text("许晶")];
     boy.sex = Some(Sex::Male);
     let d = decide(&index, &boy);
-    assert_eq!(d.grade, Grade::Possible, "{d:?}");
+    assert_ne!(d.grade, Grade::Certain, "{d:?}");
     assert!(d.candidates[0].findings.contains(&PairFinding::TwinPattern));
     // A homophone with the same sex is a registration slip, not twins.
     let mut slip = boy.clone();
     slip.sex = Some(Sex::Female);
     let d = decide(&index, &slip);
     assert_eq!(d.grade, Grade::Probable, "{d:?}");
+    assert!(!d.candidates[0].findings.contains(&PairFinding::TwinPattern));
 }
 
 /// A FEBRL-style record: parts in Latin letters, a national id, no sex or phone.
@@ -220,21 +291,108 @@ fn latin(local: &str, family: &str, given: &str, dob: &str, ssn: &str) -> Demogr
 }
 
 #[test]
-fn a_replaced_given_name_is_probable_only_with_an_agreeing_id() {
+fn a_replaced_given_name_is_graded_by_its_score_never_certain() {
     let index = index_of(&[(1, latin("1", "fitzpatrick", "ethan", "19040922", "6023201"))]);
-    // The id one typo apart: individual evidence, the twin guard does not apply.
-    let d = decide(
-        &index,
-        &latin("2", "fitzpatrick", "caleb", "19040922", "6023210"),
-    );
-    assert_eq!(d.grade, Grade::Probable, "{d:?}");
-    // An unrelated id: nothing tells this record from a twin's.
-    let d = decide(
-        &index,
-        &latin("3", "fitzpatrick", "caleb", "19040922", "3284048"),
-    );
+    // A facility linking automatically above a score, with a lower probable threshold.
+    let auto = Matcher::new(
+        Weights::default(),
+        Thresholds {
+            auto_link: Some(20.0),
+            probable: 20.0,
+            possible: 10.0,
+        },
+    )
+    .unwrap();
+    // The id one typo apart speaks for the duplicate: probable for a human, told why, even
+    // where the facility links automatically above a score.
+    let typo = latin("2", "fitzpatrick", "caleb", "19040922", "6023210");
+    for d in [decide(&index, &typo), auto.decide(&typo, &index)] {
+        assert_eq!(
+            (d.grade, d.candidates[0].rule),
+            (Grade::Probable, None),
+            "{d:?}"
+        );
+        assert!(d.candidates[0].findings.contains(&PairFinding::TwinPattern));
+    }
+    // An unrelated id (FEBRL replaces both) leaves nothing that tells it from a twin's
+    // record: its score decides, possible at the default thresholds (21.2 < 22), probable
+    // (never certain) where the threshold is 20.
+    let unrelated = latin("3", "fitzpatrick", "caleb", "19040922", "3284048");
+    let d = decide(&index, &unrelated);
     assert_eq!(d.grade, Grade::Possible, "{d:?}");
     assert!(d.candidates[0].findings.contains(&PairFinding::TwinPattern));
+    let d = auto.decide(&unrelated, &index);
+    assert_eq!(
+        (d.grade, d.candidates[0].rule),
+        (Grade::Probable, None),
+        "{d:?}"
+    );
+    assert!(d.candidates[0].findings.contains(&PairFinding::TwinPattern));
+}
+
+#[test]
+fn a_mistyped_national_id_is_found_without_a_birth_date_and_explained() {
+    // FEBRL 4, rec-4069: no birth date, another postcode digit, one id digit mistyped: no
+    // name, date or postcode key in common; the id's one-slip neighbourhood finds it.
+    let mut a = latin("1", "matthews", "jeremy", "19700526", "6692221");
+    a.addresses[0] = PostalAddress {
+        text: "70 spensley place pandora orchard cecil park act".into(),
+        postal_code: Some("3030".into()),
+    };
+    let index = index_of(&[(1, a.clone())]);
+    let mut b = a.clone();
+    b.local_id = "2".into();
+    b.birth_date = None;
+    b.identifiers = vec![OtherId::National {
+        system: "ssn".into(),
+        value: "6692321".into(),
+    }];
+    b.addresses[0] = PostalAddress {
+        text: "70 spensley place pandoraoorchard cecig park act".into(),
+        postal_code: Some("3035".into()),
+    };
+    let d = decide(&index, &b);
+    assert_eq!(d.grade, Grade::Probable, "{d:?}");
+    let level = |f: FieldKind| {
+        d.candidates[0]
+            .contributions
+            .iter()
+            .find(|c| c.field == f)
+            .map(|c| (c.level, c.weight > 0.0))
+    };
+    assert_eq!(
+        level(FieldKind::NationalId),
+        Some((Some(Level::Close), true))
+    );
+    assert_eq!(level(FieldKind::Address), Some((Some(Level::Exact), true)));
+    assert_eq!(level(FieldKind::BirthDate), Some((None, false)));
+    // Every field is named in the explanation, compared or not.
+    assert_eq!(d.candidates[0].contributions.len(), FieldKind::ALL.len());
+}
+
+#[test]
+fn a_lost_space_in_the_address_still_agrees_in_part() {
+    // FEBRL 4, rec-606: both names replaced, another house number, two words run together;
+    // the equal id and birth date with the same street make it one for a human.
+    let mut a = latin("1", "morrison", "taliah", "19090828", "3519655");
+    a.addresses[0] = PostalAddress {
+        text: "7 cope place strawberry fields dover nsw".into(),
+        postal_code: Some("6714".into()),
+    };
+    let index = index_of(&[(1, a.clone())]);
+    let mut b = latin("2", "nguyen", "samantha", "19090828", "3519655");
+    b.addresses[0] = PostalAddress {
+        text: "18 copeplace strawberrmyfields dover nsw".into(),
+        postal_code: Some("6774".into()),
+    };
+    let d = decide(&index, &b);
+    let address = d.candidates[0]
+        .contributions
+        .iter()
+        .find(|c| c.field == FieldKind::Address)
+        .unwrap();
+    assert_eq!(address.level, Some(Level::Partial), "{d:?}");
+    assert_eq!(d.grade, Grade::Probable, "{d:?}");
 }
 
 #[test]
@@ -269,6 +427,28 @@ fn a_wrong_birth_date_under_the_same_name_is_for_a_human_a_parents_is_not() {
     parent.names.push(PersonName::parts("ferris", "jacky"));
     let d = decide(&index, &parent);
     assert!(d.grade >= Grade::Possible, "{d:?}");
+    assert!(
+        d.candidates
+            .iter()
+            .all(|c| c.findings.contains(&PairFinding::HouseholdPattern)),
+        "{d:?}"
+    );
+    // Only the household agrees: at most possible even where the thresholds would make the
+    // score probable, or link above it.
+    let low = Matcher::new(
+        Weights::default(),
+        Thresholds {
+            auto_link: Some(1.0),
+            probable: 1.0,
+            possible: 0.5,
+        },
+    )
+    .unwrap();
+    let d = low.decide(&parent, &index);
+    let c = &d.candidates[0];
+    assert!(c.score >= 1.0, "{d:?}");
+    assert_eq!((c.grade, c.rule), (Grade::Possible, None));
+    assert!(finding_codes(c).contains(&"household_pattern".to_owned()));
 }
 
 #[test]
@@ -469,13 +649,22 @@ fn the_synthetic_chinese_population_meets_the_targets() {
     let e = ev.evaluation();
     assert!(e.certain_pairs > 500, "{e:?}");
     assert!(e.certain_precision() >= 0.999, "{e:?}");
+    // Zero auto-links between twins, parent and child, siblings; such pairs may reach
+    // `probable` (a human decides) but each says why.
     assert_eq!(e.twin_auto_links, 0, "{e:?}");
     assert_eq!(e.parent_child_auto_links, 0, "{e:?}");
-    assert_eq!(e.twin_predicted, 0, "twins are never probable: {e:?}");
-    assert_eq!(e.parent_child_predicted, 0, "{e:?}");
-    assert!(e.precision() >= 0.999, "{e:?}");
+    assert_eq!(e.sibling_auto_links, 0, "{e:?}");
+    assert!(e.twin_predicted > 0, "twins reach the queue: {e:?}");
+    assert_eq!(e.guard_unexplained, 0, "{e:?}");
+    // Twins (and siblings born one date component apart) queued as probable are the price
+    // of the twin pattern's cap at probable (2026-12, 5,000 people: 141 twin and 3 sibling
+    // pairs, precision 0.952); the other predicted pairs are as precise as before.
+    let household = e.twin_predicted + e.parent_child_predicted + e.sibling_predicted;
+    let others = e.predicted_pairs - household;
+    assert!(e.true_positives * 1000 >= others * 999, "{e:?}");
+    assert!(e.precision() >= 0.94, "{e:?}");
     assert!(e.recall() >= 0.96, "{e:?}");
-    assert!(e.f1() >= 0.98, "{e:?}");
+    assert!(e.f1() >= 0.95, "{e:?}");
     assert!(records.iter().any(|r| r.truth.role == Role::Twin));
 }
 
@@ -521,13 +710,47 @@ fn febrl4_links_with_em_weights() {
     for r in &a {
         ev.preload(&r.demographics, truth(r.person));
     }
+    let mut twin_pattern_queued = 0;
     for r in &b {
-        ev.decide(&r.demographics, truth(r.person));
+        let d = ev.decide(&r.demographics, truth(r.person));
+        let original = format!("rec-{}-org", r.person);
+        // The original found under the twin pattern with no identifier agreeing: nothing
+        // but a human tells it from a twin's record.
+        twin_pattern_queued += usize::from(d.candidates.iter().any(|c| {
+            let id_agrees = c.contributions.iter().any(|x| {
+                x.field == FieldKind::NationalId
+                    && matches!(x.level, Some(Level::Exact | Level::Close))
+            });
+            c.local_id == original
+                && c.grade == Grade::Probable
+                && c.findings.contains(&PairFinding::TwinPattern)
+                && !id_agrees
+        }));
     }
     let e = ev.evaluation();
     assert_eq!(e.true_pairs, 5_000);
+    assert_eq!(twin_pattern_queued, 13, "{e:?}");
     assert_eq!(e.certain_pairs, 0, "no rule applies and auto-link is off");
-    assert!(e.precision() >= 0.999, "{e:?}");
-    assert!(e.recall() >= 0.995, "{e:?}");
-    assert!(e.f1() >= 0.997, "{e:?}");
+    // 2026-12: 4,999 of 5,000 found, no false link (F1 0.9999). 13 of them are duplicates
+    // whose given name and id were both replaced, which nothing tells from twins (same
+    // family name, birth date and street, other given name, other id): the twin pattern,
+    // queued as probable with its finding, never certain. The one missed has no birth date
+    // (a household member's pattern, score 17.4).
+    assert!(e.precision() >= 0.9995, "{e:?}");
+    assert!(e.recall() >= 0.9998, "{e:?}");
+    assert!(e.f1() >= 0.9998, "{e:?}");
+    // Blocking loses no true pair: every original is among its duplicate's candidates.
+    let missed: Vec<&str> = b
+        .iter()
+        .zip(&incoming)
+        .filter(|(r, n)| {
+            let original = format!("rec-{}-org", r.person);
+            !index
+                .candidates(&blocking_keys(n), matcher.candidate_limit)
+                .iter()
+                .any(|c| c.person.local_id == original)
+        })
+        .map(|(r, _)| r.demographics.local_id.as_str())
+        .collect();
+    assert!(missed.is_empty(), "never compared: {missed:?}");
 }

@@ -36,6 +36,8 @@ impl BlockingKey {
 /// least one key despite typical errors:
 ///
 /// * `rid:` resident id, `psn:` region + 医保 number, `nid:` system + national id, `tel:` phone;
+///   `nid1:` system + the national id and each of its one-character deletions (one keying
+///   slip apart still shares a key, see [`id_neighbourhood`]);
 /// * `nm:` name key (pinyin/Latin letters, in each order) + birth year; `nmd:` name key +
 ///   birth month/day (a typo in the year);
 /// * `nt:` each part of the name (family, given, token) + birth date, whatever its role (a
@@ -76,6 +78,7 @@ fn for_each_key(p: &NormalizedPerson, emit: &mut dyn FnMut(&[&str])) {
     }
     for n in &p.national_ids {
         emit(&["nid", &n.system, &n.value]);
+        id_neighbourhood(&n.value, &mut |v| emit(&["nid1", &n.system, v]));
     }
     for t in &p.phones {
         emit(&["tel", t]);
@@ -153,6 +156,31 @@ fn for_each_key(p: &NormalizedPerson, emit: &mut dyn FnMut(&[&str])) {
         for pc in &postcodes {
             emit(&["dp", date, pc]);
         }
+    }
+}
+
+/// The symmetric deletion neighbourhood of an identifier: the value itself and the value
+/// with each one character left out. Two values one keying slip apart (a substitution, an
+/// adjacent transposition, an insertion or a deletion: the [`super::compare`] level `close`)
+/// always share one of these, so a mistyped identifier still finds its record, through a
+/// handful of exact keys rather than a scan. Values shorter than six characters get none
+/// (too many neighbours would collide). Plain national identifiers only: a resident id has a
+/// check digit that catches a slip at entry, and its record is also found by name and date.
+fn id_neighbourhood(value: &str, emit: &mut dyn FnMut(&str)) {
+    if value.chars().count() < 6 {
+        return;
+    }
+    emit(value);
+    let mut buf = String::with_capacity(value.len());
+    for (i, c) in value.char_indices() {
+        // Deleting one of a run of equal characters gives the same value: emit it once.
+        if value.get(..i).and_then(|s| s.chars().next_back()) == Some(c) {
+            continue;
+        }
+        buf.clear();
+        buf.push_str(value.get(..i).unwrap_or_default());
+        buf.push_str(value.get(i + c.len_utf8()..).unwrap_or_default());
+        emit(&buf);
     }
 }
 
@@ -537,6 +565,49 @@ mod tests {
         );
     }
 
+    fn with_national_id(value: &str) -> Vec<BlockingKey> {
+        blocking_keys(&normalize(&Demographics {
+            facility: "A".into(),
+            local_id: "1".into(),
+            identifiers: vec![crate::identity::OtherId::National {
+                system: "ssn".into(),
+                value: value.into(),
+            }],
+            ..Demographics::default()
+        }))
+    }
+
+    #[test]
+    fn a_national_id_one_keying_slip_apart_shares_a_key() {
+        let shared = |a: &str, b: &str| {
+            let (ka, kb) = (with_national_id(a), with_national_id(b));
+            ka.iter().filter(|k| kb.contains(k)).count()
+        };
+        // A substitution, an adjacent transposition, an insertion, a deletion.
+        for (a, b) in [
+            ("6692221", "6692321"),
+            ("6692221", "6692212"),
+            ("6692221", "66922210"),
+            ("6692221", "692221"),
+        ] {
+            assert!(shared(a, b) >= 1, "{a} {b}");
+        }
+        assert_eq!(shared("6692221", "3284048"), 0);
+        // Two slips apart: no key in common.
+        assert_eq!(shared("6692221", "6692345"), 0);
+        let keys = with_national_id("1233456");
+        // The value, six deletions (the run `33` gives one), and the plain `nid:` key.
+        assert_eq!(keys.iter().filter(|k| k.0.starts_with("nid1:")).count(), 7);
+        assert!(keys.contains(&BlockingKey("nid1:ssn:123456".into())));
+        assert!(keys.contains(&BlockingKey("nid:ssn:1233456".into())));
+        // Short values have no neighbourhood (too many would collide).
+        assert!(
+            !with_national_id("12345")
+                .iter()
+                .any(|k| k.0.starts_with("nid1:"))
+        );
+    }
+
     #[test]
     fn hashed_keys_are_the_hashes_of_the_key_texts() {
         let mut febrl_like = person("A", "1", "", "19330122", "");
@@ -548,6 +619,15 @@ mod tests {
             vec!["stanley".into()],
             Some("4223".into()),
         )];
+        febrl_like.national_ids = normalize(&Demographics {
+            identifiers: vec![crate::identity::OtherId::National {
+                system: "febrl-ssn".into(),
+                value: "5304218".into(),
+            }],
+            ..Demographics::default()
+        })
+        .national_ids;
+        assert_eq!(febrl_like.national_ids.len(), 1);
         for p in [
             person("A", "1", "张伟", "1985-03-12", "13800138000"),
             person("B", "9", "Wei Zhang", "12/03/1985", "+86 138 0013 8000"),

@@ -5,7 +5,9 @@
 //! A *predicted link* is a pair (incoming record, earlier record) whose person the decision
 //! graded `certain` or `probable`; a *true link* is a pair of records of the same real person.
 //! Precision, recall and F1 are over pairs. Auto-links (`certain`) are counted apart, with
-//! those joining twins or a parent and child, which must never happen.
+//! those joining twins or a parent and child, which must never happen. Twins and parent and
+//! child may reach `probable` (a human decides), but only with the guard's finding in the
+//! explanation (`twin_pattern`, `household_pattern`), so the reviewer sees why.
 
 use std::collections::HashMap;
 
@@ -13,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::blocking::MemoryIndex;
 use super::demographics::Demographics;
-use super::matcher::{Grade, MatchDecision, Matcher};
+use super::matcher::{Grade, MatchDecision, Matcher, PairFinding};
 use super::normalize::normalize;
 use super::synth::{Relation, Truth, relation};
 
@@ -40,6 +42,17 @@ pub struct Evaluation {
     pub twin_predicted: u64,
     /// Predicted pairs between a parent and their child.
     pub parent_child_predicted: u64,
+    /// Certain pairs between siblings (not twins).
+    #[serde(default)]
+    pub sibling_auto_links: u64,
+    /// Predicted pairs between siblings (not twins).
+    #[serde(default)]
+    pub sibling_predicted: u64,
+    /// Predicted pairs between twins, a parent and child, or siblings whose explanation
+    /// names neither guard ([`PairFinding::TwinPattern`], [`PairFinding::HouseholdPattern`]):
+    /// queued without telling the reviewer why they may be two people.
+    #[serde(default)]
+    pub guard_unexplained: u64,
 }
 
 #[allow(clippy::cast_precision_loss)]
@@ -131,13 +144,22 @@ impl<'m> Evaluator<'m> {
                         Relation::Same => self.eval.certain_true += 1,
                         Relation::Twins => self.eval.twin_auto_links += 1,
                         Relation::ParentChild => self.eval.parent_child_auto_links += 1,
-                        _ => {}
+                        Relation::Siblings => self.eval.sibling_auto_links += 1,
+                        Relation::Other => {}
                     }
                 }
                 match rel {
                     Relation::Twins => self.eval.twin_predicted += 1,
                     Relation::ParentChild => self.eval.parent_child_predicted += 1,
-                    _ => {}
+                    Relation::Siblings => self.eval.sibling_predicted += 1,
+                    Relation::Same | Relation::Other => continue,
+                }
+                let explained = c
+                    .findings
+                    .iter()
+                    .any(|f| matches!(f, PairFinding::TwinPattern | PairFinding::HouseholdPattern));
+                if !explained {
+                    self.eval.guard_unexplained += 1;
                 }
             }
         }

@@ -10,17 +10,24 @@
 //! 2. **Score**: the sum of the log2 m/u weights of every field both records have.
 //! 3. **Guards**: a conflicting sex or a clearly different birth date (not a swap, a keying
 //!    slip or one component off) blocks `certain` (except for the same local id, which *is*
-//!    the record). Household members share phone, address and family name, so without an
-//!    agreeing identifier (resident id, 医保 number or national id equal or one typo apart)
-//!    the grade is capped at `possible` for the twin pattern (the same family name, a near
-//!    birth date, and different given names: another pronunciation when both are hanzi,
-//!    another syllable when either is, more than one edit for Latin letters; or homophone
-//!    names with conflicting sexes) and for a clearly different birth date unless the whole
-//!    name agrees (a parent or sibling has another given name; the same name with another
-//!    date is more likely a wrong date, left to the score and a human). An equal resident id
-//!    whose names disagree or that contradicts a stated birth date counts for nothing (an
-//!    infant under a parent's number); two different persons both `certain` are both
-//!    lowered to `probable` for a human.
+//!    the record). Household members share phone, address and family name:
+//!    * the **twin pattern** (the same family name, a near birth date, and different given
+//!      names: another pronunciation when both are hanzi, another syllable when either is,
+//!      more than one edit for Latin letters; or homophone names with conflicting sexes) is
+//!      never `certain`, whatever identifier agrees (a shared 医保 card, an id one typo from
+//!      the twin's) and whatever the score (`auto_link_above` included). It is graded by its
+//!      score, so a pair reaching `probable` goes to a human with the finding
+//!      [`PairFinding::TwinPattern`]: the data cannot tell twins from a duplicate whose given
+//!      name was replaced, a reviewer can;
+//!    * the **household pattern** (a clearly different birth date, another name, no agreeing
+//!      identifier: a parent and child, siblings born apart) is capped at `possible`
+//!      ([`PairFinding::HouseholdPattern`]): the person's own fields disagree and only the
+//!      household's agree. The same name with another date is more likely a wrong date, left
+//!      to the score and a human.
+//!
+//!    An equal resident id whose names disagree or that contradicts a stated birth date
+//!    counts for nothing (an infant under a parent's number); two different persons both
+//!    `certain` are both lowered to `probable` for a human.
 //!
 //! Records of the same person are grouped: the person's grade and score are those of its best
 //! record.
@@ -81,13 +88,20 @@ pub enum Rule {
 pub enum PairFinding {
     /// The sexes conflict: never `certain`.
     SexConflict,
-    /// Both birth dates are present and clearly different: never `certain`, and at most
-    /// `possible` unless an identifier or the whole name agrees.
+    /// Both birth dates are present and clearly different: never `certain`.
     BirthDateConflict,
-    /// Same family name, the same or a nearly the same birth date (exact, swapped, a slip,
-    /// one component off), two different given names (or homophone names with conflicting
-    /// sexes), no agreeing identifier (twins, siblings): at most `possible`.
+    /// Same family name, the same or nearly the same birth date (exact, swapped, a slip,
+    /// one component off) and two different given names (or homophone names with
+    /// conflicting sexes): twins look like this, and so does a duplicate whose given name
+    /// was replaced. Never `certain` (no rule but the resident id with the same name, which
+    /// this pattern never meets, nor `auto_link_above`); `probable` when the score reaches
+    /// the threshold, so a human tells twins from a duplicate.
     TwinPattern,
+    /// A clearly different birth date under another name and no agreeing identifier: a
+    /// parent and child, or siblings born apart, sharing the household's phone, address
+    /// and family name. Never `certain`, and at most `possible`: nothing of the person
+    /// agrees, only the household.
+    HouseholdPattern,
     /// An equal resident id was not counted: the names disagree or the id contradicts a
     /// stated birth date or sex (an infant registered under a parent's number).
     SharedIdIgnored,
@@ -387,6 +401,9 @@ impl Matcher {
             if x.twin {
                 findings.push(PairFinding::TwinPattern);
             }
+            if x.household {
+                findings.push(PairFinding::HouseholdPattern);
+            }
             if x.comparison.shared_id_ignored {
                 findings.push(PairFinding::SharedIdIgnored);
             }
@@ -409,13 +426,12 @@ impl Matcher {
                 sex_conflict: false,
                 dob_conflict: false,
                 twin: false,
+                household: false,
             };
         }
         let name = cmp.vector.get(FieldKind::Name);
         let sex_conflict = cmp.vector.get(FieldKind::Sex) == Some(Level::Disagree);
         let dob_conflict = cmp.vector.get(FieldKind::BirthDate) == Some(Level::Disagree);
-        // Twins have different ids: an agreeing id (a replaced given name, a nickname)
-        // lifts the twin guard.
         let id_agrees = [
             FieldKind::ResidentId,
             FieldKind::Insurance,
@@ -431,7 +447,12 @@ impl Matcher {
         // Boy–girl twins may have homophone names (许晶/许静): different hanzi, the same
         // pinyin, and the sexes conflict.
         let homophone_other_sex = sex_conflict && name == Some(Level::Phonetic) && hanzi;
-        let twin = near_birth && !id_agrees && (cmp.given_names_differ || homophone_other_sex);
+        // The twin pattern, with or without an agreeing identifier: a twin's record is
+        // exactly this, and so is a duplicate whose given name was replaced (FEBRL). An
+        // agreeing id speaks for the duplicate but is no proof (parents hand one twin's 医保
+        // card in for both; a mistyped id may land on the twin's), so the pattern is never
+        // `certain` and its score decides between `probable` (a human looks) and less.
+        let twin = near_birth && (cmp.given_names_differ || homophone_other_sex);
         // The whole name agrees (the same hanzi, or the same or nearly the same letters
         // when neither side has hanzi): a different birth date is then more likely a wrong
         // date than a parent or sibling, whose given names differ.
@@ -443,6 +464,12 @@ impl Matcher {
             }
             _ => false,
         };
+        // A parent, child or sibling born apart: a clearly different birth date under
+        // another name, no agreeing identifier. What agrees is the household's (phone,
+        // address, family name), not the person's.
+        let household = dob_conflict && !id_agrees && !whole_name_agrees;
+        // The resident-id rule needs the same name, so it never meets the twin pattern
+        // (whose given names differ); the other rules and the score threshold would.
         let blocked = sex_conflict || dob_conflict || twin;
         let mut rule = None;
         if !blocked {
@@ -476,11 +503,7 @@ impl Matcher {
         } else {
             Grade::New
         };
-        // Household members share phone, address and family name: without an agreeing
-        // identifier, a different given name (twins, siblings) or a clearly different birth
-        // date under a different name (a parent, a sibling) keeps the pair out of the
-        // work-queue.
-        let household = twin || (dob_conflict && !id_agrees && !whole_name_agrees);
+        // Nothing but the household agrees: kept out of the `probable` queue.
         if household && grade < Grade::Possible {
             grade = Grade::Possible;
         }
@@ -492,6 +515,7 @@ impl Matcher {
             sex_conflict,
             dob_conflict,
             twin,
+            household,
         }
     }
 
@@ -530,6 +554,7 @@ struct Assessment {
     sex_conflict: bool,
     dob_conflict: bool,
     twin: bool,
+    household: bool,
 }
 
 /// The grade of one record pair, with its explanation.

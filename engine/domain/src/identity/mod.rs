@@ -39,5 +39,5 @@ pub use matcher::{
 pub use normalize::{NormalizedPerson, RecordFinding, normalize};
 pub use weights::{
     EmEstimate, EmOptions, LevelWeight, Thresholds, Weights, WeightsError, estimate_em,
-    estimate_em_with, u_from_random_pairs,
+    estimate_em_with, monotone_levels, u_from_random_pairs,
 };

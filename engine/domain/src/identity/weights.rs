@@ -57,8 +57,9 @@ pub struct Thresholds {
 impl Default for Thresholds {
     /// No auto-link; probable ≥ 22, possible ≥ 10. With the default weights a record needs
     /// about two strong agreements (name and birth date, or an id) plus a third field to be
-    /// probable; parent and child (different birth dates) and twins (the twin guard) stay
-    /// below.
+    /// probable; parent and child (different birth dates, the household guard) stay below,
+    /// twins sharing a household's phone and address may reach probable (the twin guard
+    /// keeps them from `certain` and names the pattern for the reviewer).
     fn default() -> Self {
         Thresholds {
             auto_link: None,
@@ -284,6 +285,10 @@ pub struct EmOptions {
     /// from [`u_from_random_pairs`] when the blocked pairs hold too few non-matches for EM
     /// to learn u from.
     pub fix_u: bool,
+    /// Make the weights of each field's levels non-increasing from the best level to the
+    /// worst (see [`monotone_levels`]): a closer agreement never counts less than a looser
+    /// one, whatever the sampling noise or a level the data never showed.
+    pub monotone: bool,
 }
 
 impl Default for EmOptions {
@@ -293,6 +298,7 @@ impl Default for EmOptions {
             tolerance: 1e-6,
             initial_match_proportion: 0.1,
             fix_u: false,
+            monotone: true,
         }
     }
 }
@@ -324,6 +330,8 @@ pub fn estimate_em(
 /// two-class latent mixture with conditionally independent fields; a missing field is left
 /// out of a vector's likelihood). Identical vectors are pooled, so millions of pairs cost
 /// little. Probabilities are kept in [1e-6, 1 - 1e-6] so that no level becomes impossible.
+/// With [`EmOptions::monotone`] (the default) the result's levels are then put in order by
+/// [`monotone_levels`].
 pub fn estimate_em_with(
     vectors: &[ComparisonVector],
     initial: &Weights,
@@ -409,7 +417,7 @@ pub fn estimate_em_with(
     }
     let mut fields = BTreeMap::new();
     for field in FieldKind::ALL {
-        let levels = field
+        let mut levels: Vec<(Level, LevelWeight)> = field
             .levels()
             .iter()
             .map(|l| {
@@ -422,7 +430,10 @@ pub fn estimate_em_with(
                 )
             })
             .collect();
-        fields.insert(field, levels);
+        if options.monotone {
+            monotone_levels(&mut levels);
+        }
+        fields.insert(field, levels.into_iter().collect());
     }
     Ok(EmEstimate {
         weights: Weights { fields },
@@ -430,6 +441,44 @@ pub fn estimate_em_with(
         iterations,
         converged,
     })
+}
+
+/// Makes the weights `log2(m/u)` of a field's levels (best first) non-increasing by pooling
+/// adjacent violators: a run of levels whose weights rise is given its pooled ratio
+/// `Σm / Σu`, each level keeping its m and taking `u = m · Σu / Σm` (so the run's u still sum
+/// to the same). EM on few pairs can rank levels backwards (an identifier one typo apart
+/// weighing more than an equal one, because random pairs held a few true matches with equal
+/// ids), and a level never observed among matches (pinyin homophones in Latin data) gets a
+/// weight below a looser level's; the agreement levels are ordered by construction, so the
+/// order is imposed (isotonic regression of the likelihood ratio).
+pub fn monotone_levels(levels: &mut [(Level, LevelWeight)]) {
+    // Blocks of consecutive levels: (first index, end index, Σm, Σu).
+    let mut blocks: Vec<(usize, usize, f64, f64)> = Vec::with_capacity(levels.len());
+    for (i, (_, w)) in levels.iter().enumerate() {
+        blocks.push((i, i + 1, w.m, w.u));
+        // Merge while the previous block's ratio is below the last one's.
+        while blocks.len() >= 2 {
+            let n = blocks.len();
+            let (Some(&(s0, _, m0, u0)), Some(&(_, e1, m1, u1))) =
+                (blocks.get(n - 2), blocks.get(n - 1))
+            else {
+                break;
+            };
+            if m0 * u1 >= m1 * u0 {
+                break;
+            }
+            blocks.truncate(n - 2);
+            blocks.push((s0, e1, m0 + m1, u0 + u1));
+        }
+    }
+    for (start, end, m, u) in blocks {
+        if end - start < 2 || m <= 0.0 {
+            continue;
+        }
+        for (_, w) in levels.iter_mut().take(end).skip(start) {
+            w.u = w.m * u / m;
+        }
+    }
 }
 
 /// Replaces the u probabilities of `initial` by the level frequencies among comparison
@@ -559,6 +608,59 @@ mod tests {
         assert!(serde_json::from_str::<Weights>(bad).is_err());
     }
 
+    fn lw(m: f64, u: f64) -> LevelWeight {
+        LevelWeight { m, u }
+    }
+
+    #[test]
+    fn monotone_levels_pool_a_run_of_rising_weights() {
+        // An identifier: `close` weighs more than `exact` (random pairs held true matches).
+        let mut levels = vec![
+            (Level::Exact, lw(0.84, 0.000_117)),
+            (Level::Close, lw(0.045, 0.000_002)),
+            (Level::Disagree, lw(0.115, 0.999_881)),
+        ];
+        monotone_levels(&mut levels);
+        let w: Vec<f64> = levels.iter().map(|(_, x)| x.weight()).collect();
+        assert!((w[0] - w[1]).abs() < 1e-9, "{w:?}");
+        let pooled = ((0.84 + 0.045) / (0.000_117 + 0.000_002f64)).log2();
+        assert!((w[0] - pooled).abs() < 1e-9, "{w:?}");
+        assert!(w[1] > w[2]);
+        // m untouched, the u of the run still sum to the same.
+        assert_eq!(levels[0].1.m, 0.84);
+        let u: f64 = levels.iter().map(|(_, x)| x.u).sum();
+        assert!((u - 1.0).abs() < 1e-9);
+        // A level never seen among matches (m at the floor) joins the looser level after it,
+        // and a run of three pools at once.
+        let mut levels = vec![
+            (Level::Exact, lw(0.5, 0.000_06)),
+            (Level::Phonetic, lw(0.000_001, 0.000_003)),
+            (Level::Fuzzy, lw(0.27, 0.000_26)),
+            (Level::Partial, lw(0.2, 0.01)),
+            (Level::Disagree, lw(0.03, 0.989)),
+        ];
+        monotone_levels(&mut levels);
+        let w: Vec<f64> = levels.iter().map(|(_, x)| x.weight()).collect();
+        assert!(w.windows(2).all(|p| p[0] >= p[1] - 1e-9), "{w:?}");
+        assert!((w[1] - w[2]).abs() < 1e-9 && w[0] > w[1], "{w:?}");
+        // Already ordered: unchanged.
+        let ordered = vec![
+            (Level::Exact, lw(0.9, 0.01)),
+            (Level::Partial, lw(0.08, 0.09)),
+            (Level::Disagree, lw(0.02, 0.9)),
+        ];
+        let mut same = ordered.clone();
+        monotone_levels(&mut same);
+        assert_eq!(same, ordered);
+        let mut pooled = vec![
+            (Level::Exact, lw(0.3, 0.3)),
+            (Level::Partial, lw(0.3, 0.2)),
+            (Level::Disagree, lw(0.4, 0.5)),
+        ];
+        monotone_levels(&mut pooled);
+        assert!((pooled[0].1.weight() - pooled[1].1.weight()).abs() < 1e-9);
+    }
+
     #[test]
     fn em_recovers_the_generating_probabilities() {
         // 1,000 matches: name exact 90 %, else fuzzy; 9,000 non-matches: name exact 1 %,
@@ -626,6 +728,11 @@ mod tests {
         );
         let dob = &est.weights.fields[&FieldKind::BirthDate];
         assert!((dob[&Level::Exact].m - 0.95).abs() < 0.03);
+        // Every field's weights fall from its best level to its worst (monotone by default).
+        for (field, levels) in &est.weights.fields {
+            let w: Vec<f64> = field.levels().iter().map(|l| levels[l].weight()).collect();
+            assert!(w.windows(2).all(|p| p[0] >= p[1] - 1e-9), "{field:?} {w:?}");
+        }
         // A field absent from every vector keeps its initial values.
         assert_eq!(
             est.weights.fields[&FieldKind::Phone],

@@ -10,8 +10,12 @@ use chrono::Datelike;
 use serde::{Deserialize, Serialize};
 use strsim::{jaro_winkler, osa_distance};
 
+mod address;
+
+use address::compare_addresses;
+
 use super::demographics::BirthDate;
-use super::normalize::{NormalizedAddress, NormalizedName, NormalizedPerson, TokenHash};
+use super::normalize::{NormalizedName, NormalizedPerson};
 
 /// A compared field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -84,7 +88,8 @@ impl FieldKind {
 pub enum Level {
     /// The same value after normalisation (for names: the same hanzi, or the same Latin
     /// letters in some order when neither has hanzi; for addresses: most tokens and every
-    /// house number in common).
+    /// house number in common, a Latin word one typo apart or written with a space lost or
+    /// moved counting as in common, see `address.rs`).
     Exact,
     /// Names: the same pinyin, not the same hanzi (a homophone, or hanzi vs pinyin).
     Phonetic,
@@ -451,118 +456,6 @@ fn compare_dates(a: BirthDate, b: BirthDate) -> Level {
         [1] => Level::Typo,
         [_] => Level::OneOff,
         _ => Level::Disagree,
-    }
-}
-
-/// Address agreement: the Dice share of tokens in common (a Latin word of five letters or
-/// more also counts when one typo apart), `exact` at 0.8 only when the house numbers agree
-/// too (most of a Chinese address is the province, city and road that neighbours share; the
-/// numbers, 号 栋 室, are the household's), `partial` at 0.45.
-fn compare_addresses(a: &NormalizedPerson, b: &NormalizedPerson) -> Option<Level> {
-    let mut level = None;
-    for x in a.addresses.iter().filter(|x| !x.tokens.is_empty()) {
-        for y in b.addresses.iter().filter(|y| !y.tokens.is_empty()) {
-            level = best(level, Some(address_level(x, y)));
-        }
-    }
-    level
-}
-
-fn address_level(x: &NormalizedAddress, y: &NormalizedAddress) -> Level {
-    let (hx, hy) = (x.token_hashes(), y.token_hashes());
-    // Both sorted by hash: merge.
-    let (mut i, mut j) = (0, 0);
-    let mut common = 0usize;
-    let (mut numbers_common, mut numbers_x, mut numbers_y) = (0usize, 0usize, 0usize);
-    // Unmatched Latin words of five letters or more, for the typo pass.
-    let mut unmatched_x: [u32; 16] = [0; 16];
-    let mut unmatched_y: [u32; 16] = [0; 16];
-    let (mut ux, mut uy) = (0usize, 0usize);
-    let long_word = |a: &NormalizedAddress, t: &TokenHash| {
-        !t.number
-            && a.tokens
-                .get(t.index as usize)
-                .is_some_and(|w| w.len() >= 5 && w.is_ascii())
-    };
-    loop {
-        let order = match (hx.get(i), hy.get(j)) {
-            (Some(p), Some(q)) => p.hash.cmp(&q.hash),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (None, None) => break,
-        };
-        match order {
-            std::cmp::Ordering::Equal => {
-                common += 1;
-                if hx.get(i).is_some_and(|t| t.number) {
-                    numbers_common += 1;
-                    numbers_x += 1;
-                    numbers_y += 1;
-                }
-                i += 1;
-                j += 1;
-            }
-            std::cmp::Ordering::Less => {
-                if let Some(t) = hx.get(i) {
-                    if t.number {
-                        numbers_x += 1;
-                    } else if long_word(x, t)
-                        && let Some(slot) = unmatched_x.get_mut(ux)
-                    {
-                        *slot = t.index;
-                        ux += 1;
-                    }
-                }
-                i += 1;
-            }
-            std::cmp::Ordering::Greater => {
-                if let Some(t) = hy.get(j) {
-                    if t.number {
-                        numbers_y += 1;
-                    } else if long_word(y, t)
-                        && let Some(slot) = unmatched_y.get_mut(uy)
-                    {
-                        *slot = t.index;
-                        uy += 1;
-                    }
-                }
-                j += 1;
-            }
-        }
-    }
-    // Latin words one typo apart (`warrumbul`/`warrumbmul`), each used once.
-    let mut used_y = [false; 16];
-    for &xi in unmatched_x.iter().take(ux) {
-        let Some(t) = x.tokens.get(xi as usize) else {
-            continue;
-        };
-        for (k, &yi) in unmatched_y.iter().take(uy).enumerate() {
-            if used_y.get(k).copied().unwrap_or(true) {
-                continue;
-            }
-            if y.tokens
-                .get(yi as usize)
-                .is_some_and(|u| within_one_edit(t, u))
-            {
-                if let Some(slot) = used_y.get_mut(k) {
-                    *slot = true;
-                }
-                common += 1;
-                break;
-            }
-        }
-    }
-    #[allow(clippy::cast_precision_loss)]
-    let dice = 2.0 * common as f64 / (hx.len() + hy.len()).max(1) as f64;
-    // At least 80 % of the house numbers in common (Dice), when both have some.
-    let numbers_agree =
-        numbers_x == 0 || numbers_y == 0 || 20 * numbers_common >= 8 * (numbers_x + numbers_y);
-    if dice >= 0.8 && numbers_agree {
-        Level::Exact
-    } else if dice >= 0.45 {
-        Level::Partial
-    } else {
-        Level::Disagree
     }
 }
 
