@@ -10,6 +10,7 @@
 
 pub mod anchor;
 pub mod audit;
+pub mod care;
 pub mod cluster;
 pub mod experts;
 mod feed;
@@ -516,6 +517,7 @@ impl Store {
                     "expert sync",
                     include_str!("migrations/sqlite/0009_expert_sync.sql"),
                 ),
+                (12, "care", include_str!("migrations/sqlite/0012_care.sql")),
             ],
             Backend::Postgres => &[
                 (
@@ -562,6 +564,11 @@ impl Store {
                     9,
                     "expert sync",
                     include_str!("migrations/postgres/0009_expert_sync.sql"),
+                ),
+                (
+                    12,
+                    "care",
+                    include_str!("migrations/postgres/0012_care.sql"),
                 ),
             ],
         };
