@@ -10,6 +10,7 @@
 pub mod duration;
 mod error;
 mod interpolate;
+pub mod workflow;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -75,6 +76,9 @@ pub struct RootConfig {
     /// Scale-out settings used with a broker `queue` (see `crate::cluster`).
     #[serde(default)]
     pub cluster: crate::cluster::ClusterConfig,
+    /// The care workflow: prescriptions, appointments, case library, statistics export.
+    #[serde(default)]
+    pub workflow: workflow::WorkflowConfig,
 }
 
 fn default_work_queue() -> String {
@@ -93,6 +97,7 @@ impl Default for RootConfig {
             security: crate::security::SecurityConfig::default(),
             queue: default_work_queue(),
             cluster: crate::cluster::ClusterConfig::default(),
+            workflow: workflow::WorkflowConfig::default(),
         }
     }
 }
@@ -702,9 +707,15 @@ pub fn validate_paths(paths: &[PathBuf]) -> Result<usize, ConfigErrors> {
     }
 }
 
-/// Checks of the root file beyond its types: the work queue and the cluster block.
+/// Checks of the root file beyond its types: the work queue, the cluster block and the
+/// workflow settings.
 fn check_root(root: &RootConfig, file: &Path) -> Vec<ConfigError> {
-    let mut errors = Vec::new();
+    let mut errors: Vec<ConfigError> = root
+        .workflow
+        .check()
+        .into_iter()
+        .map(|e| ConfigError::file(file, e))
+        .collect();
     if !crate::cluster::is_local(&root.queue) {
         if let Err(e) = crate::cluster::work_queue(&root.queue, &root.cluster, &[]) {
             errors.push(ConfigError::file(file, e));

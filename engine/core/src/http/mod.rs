@@ -17,6 +17,7 @@
 //! | … | /api/patients/… | the patient identity index: see `http/patients.rs` |
 //! | POST | /api/experts/match, /api/experts/heartbeat; GET /api/experts/fairness | expert matching ([`experts`]) |
 //! | GET, POST | /api/match-decisions/{id}, /api/match-decisions/{id}/override | match explanations and overrides |
+//! | … | /api/prescriptions, /api/appointments, /api/experts/{id}/queue, /api/cases, /api/stats | the care workflow ([`care`]) |
 //!
 //! Every error is JSON: `{"error": "…"}`. Bodies are limited to `http.max_body_bytes` and
 //! requests to `http.request_timeout`.
@@ -179,6 +180,7 @@ async fn audit(store: &Store, e: &AuditEvent) -> Result<(), ApiError> {
 }
 
 mod audit;
+mod care;
 mod experts;
 mod guard;
 mod ingest;
@@ -241,6 +243,7 @@ pub fn router(state: AppState, cfg: &HttpConfig, security: Arc<Security>) -> Rou
             "/api/match-decisions/{id}/override",
             post(experts::override_decision),
         )
+        .merge(care::routes())
         .route_layer(middleware::from_fn_with_state(security, guard))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))

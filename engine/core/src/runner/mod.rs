@@ -75,6 +75,8 @@ pub enum EngineError {
     Extension(String),
     #[error("{0}")]
     Cluster(String),
+    #[error("{0}")]
+    Workflow(String),
     #[error("pipeline {pipeline} ({file}): {message}")]
     Build {
         pipeline: String,
@@ -149,6 +151,10 @@ impl Engine {
         extensions.start_hooks().map_err(EngineError::Extension)?;
         // Steps that keep state of their own (`match_patient`) find the store here when they run.
         let _ = extensions.get_or_try_init(|| Ok::<_, std::convert::Infallible>(store.clone()));
+        // The care workflow's settings, for its API and jobs.
+        let care = extensions
+            .get_or_try_init(|| crate::care::Care::from_config(&root.workflow))
+            .map_err(EngineError::Workflow)?;
         // Scale-out: the broker the pipelines dispatch through, and this node's name.
         let specs: Vec<QueueSpec> = loaded
             .pipelines
@@ -230,6 +236,8 @@ impl Engine {
             built.push((handle, source));
         }
         router.set(pipelines.clone());
+        care.check_pipelines(|p| pipelines.contains_key(p))
+            .map_err(EngineError::Workflow)?;
 
         let mut cluster = None;
         if let Some(r) = &remote {
@@ -259,6 +267,12 @@ impl Engine {
         for p in pipelines.values() {
             workers.spawn(p.clone().feeder(loaded.root.journal.scheduler_poll));
         }
+        workers.spawn(crate::care::jobs::run(
+            store.clone(),
+            care.clone(),
+            pipelines.clone(),
+            shutdown.clone(),
+        ));
         workers.spawn(housekeeping(
             store.clone(),
             pipelines.clone(),
