@@ -1,6 +1,7 @@
 //! The care workflow's scheduled jobs, run by the engine ([`run`], one task per engine):
 //!
-//! * the **outbox relay** every 2 s ([`super::relay_outbox`]);
+//! * the **outbox relay** every 2 s when an outbound pipeline is configured
+//!   ([`super::relay_outbox`]);
 //! * the **no-show sweep** every minute ([`sweep_no_shows`]): bookings whose start plus the
 //!   grace period passed with a side absent become no-shows (audited);
 //! * the **statistics export** on `workflow.stats_export.schedule` ([`run_stats_export`]): the
@@ -190,7 +191,9 @@ pub async fn run(
         .as_ref()
         .and_then(|x| x.schedule.upcoming(Utc).next());
     loop {
-        super::relay_outbox(&store, &pipelines).await;
+        if care.outbound_pipeline.is_some() {
+            super::relay_outbox(&store, &pipelines).await;
+        }
         if tokio::time::Instant::now() >= next_sweep {
             next_sweep = tokio::time::Instant::now() + Duration::from_secs(60);
             if let Err(e) = sweep_no_shows(&store, &care, Utc::now()).await {
