@@ -448,6 +448,48 @@ async fn pharmacist_gate_and_delivery_callbacks(backend: Backend) {
         .await;
     assert_eq!(st, 404, "{v}");
 
+    // Six pharmacists approve at once: one approval, one outbound event; the others find it
+    // active (409) when they decide again.
+    let (st, _) = api
+        .post(
+            "/api/prescriptions",
+            &expert,
+            draft("rx-3", vec![line("A1", "阿托伐他汀钙片")]),
+        )
+        .await;
+    assert_eq!(st, 201);
+    let (st, _) = api
+        .post(
+            "/api/prescriptions/rx-3/submit",
+            &expert,
+            json!({ "signature": signature("Dr E-1") }),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let tokens: Vec<String> = (0..6)
+        .map(|i| token(&format!("ph-{i}"), Role::Pharmacist, "H-CITY-1"))
+        .collect();
+    let approvals = tokens.iter().map(|t| async {
+        api.post("/api/prescriptions/rx-3/approve", t, json!({}))
+            .await
+            .0
+    });
+    let mut statuses = futures::future::join_all(approvals).await;
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409, 409, 409, 409, 409]);
+    let history = store.prescription_history("rx-3").await.unwrap();
+    let approved = history
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.event,
+                huizhen_domain::prescription::PrescriptionEvent::Approved { .. }
+            )
+        })
+        .count();
+    assert_eq!((approved, history.len()), (1, 3));
+    assert_eq!(store.outbox_of("rx-3").await.unwrap().len(), 1);
+
     // Patient data is sealed at rest; every change and refusal is audited; the chain holds.
     let pool = sqlx::AnyPool::connect(&api.db.url).await.unwrap();
     let bodies: Vec<String> = sqlx::query_scalar("SELECT body FROM prescription_events")
