@@ -490,6 +490,55 @@ async fn pharmacist_gate_and_delivery_callbacks(backend: Backend) {
     assert_eq!((approved, history.len()), (1, 3));
     assert_eq!(store.outbox_of("rx-3").await.unwrap().len(), 1);
 
+    // With a signature verifier in the engine (CN-21), a submission's signature must verify
+    // over the canonical form the prescriber was shown.
+    api.engine
+        .extensions
+        .get_or_try_init(|| {
+            Ok::<_, std::convert::Infallible>(huizhen_core::care::PrescriptionSignatures(
+                std::sync::Arc::new(DigestVerifier),
+            ))
+        })
+        .unwrap();
+    let (st, _) = api
+        .post(
+            "/api/prescriptions",
+            &expert,
+            draft("rx-4", vec![line("A1", "阿托伐他汀钙片")]),
+        )
+        .await;
+    assert_eq!(st, 201);
+    let (st, v) = api
+        .post(
+            "/api/prescriptions/rx-4/submit",
+            &expert,
+            json!({ "signature": signature("Dr E-1") }),
+        )
+        .await;
+    assert_eq!((st, v["code"].as_str()), (422, Some("signature")), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("does not match"),
+        "{v}"
+    );
+    let (_, v) = api.get("/api/prescriptions/rx-4", &expert).await;
+    let canonical = v["canonical"].as_str().unwrap().to_owned();
+    let mut good = signature("Dr E-1");
+    good["value"] = json!(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        canonical.as_bytes()
+    )));
+    let (st, v) = api
+        .post(
+            "/api/prescriptions/rx-4/submit",
+            &expert,
+            json!({ "signature": good }),
+        )
+        .await;
+    assert_eq!(
+        (st, v["state"].as_str()),
+        (200, Some("pending-review")),
+        "{v}"
+    );
+
     // Patient data is sealed at rest; every change and refusal is audited; the chain holds.
     let pool = sqlx::AnyPool::connect(&api.db.url).await.unwrap();
     let bodies: Vec<String> = sqlx::query_scalar("SELECT body FROM prescription_events")
@@ -533,4 +582,23 @@ async fn pharmacist_gate_and_delivery_callbacks(backend: Backend) {
     let report = store.verify_audit().await.unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     api.stop().await;
+}
+
+/// Accepts a signature whose value is the SHA-256 of the document (a stand-in for a CA-backed
+/// verifier).
+struct DigestVerifier;
+
+impl huizhen_domain::signature::SignatureVerifier for DigestVerifier {
+    fn verify(
+        &self,
+        document: &[u8],
+        signature: &huizhen_domain::signature::Signature,
+    ) -> Result<String, huizhen_domain::signature::SignatureError> {
+        use sha2::Digest;
+        if signature.value[..] == sha2::Sha256::digest(document)[..] {
+            Ok(signature.signer.clone())
+        } else {
+            Err(huizhen_domain::signature::SignatureError::Mismatch)
+        }
+    }
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use huizhen_domain::appointment::AppointmentConfig;
 use huizhen_domain::case_library::RecommendWeights;
 use huizhen_domain::prescription::PrescriptionPolicy;
+use huizhen_domain::signature::SignatureVerifier;
 
 pub use outbox::{OUTBOX_LEASE_MS, relay_outbox};
 
@@ -33,6 +34,13 @@ pub struct Care {
     /// The scheduled statistics export.
     pub stats_export: Option<StatsExport>,
 }
+
+/// The verifier of prescribers' signatures (CN-21): when the engine's `Extensions` hold one
+/// (put there by what holds the trusted roots, `extensions.get_or_try_init`), `sign` and
+/// `submit` also verify the signature over the prescription's canonical bytes (the value, the
+/// chain, validity at the signing time); without one, the domain's checks of the signature's
+/// shape and time are all there is.
+pub struct PrescriptionSignatures(pub Arc<dyn SignatureVerifier>);
 
 /// `workflow.stats_export`, parsed.
 #[derive(Debug, Clone)]

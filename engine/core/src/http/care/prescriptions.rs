@@ -353,6 +353,27 @@ fn command(
     })
 }
 
+/// A submission's signature checked by the engine's verifier, when it has one (CN-21): over
+/// the canonical bytes of the content signed, which the submission does not change.
+fn verified(
+    s: &AppState,
+    rx: &Prescription,
+    cmd: &PrescriptionCommand,
+) -> Result<(), PrescriptionError> {
+    let (PrescriptionCommand::Submit { signature, .. }, Some(v)) = (
+        cmd,
+        s.extensions.get::<crate::care::PrescriptionSignatures>(),
+    ) else {
+        return Ok(());
+    };
+    v.0.verify(&rx.canonical_bytes(), signature)
+        .map(|_| ())
+        .map_err(|e| PrescriptionError::Signature {
+            id: rx.id.clone(),
+            problem: e.to_string(),
+        })
+}
+
 /// The outbound event of an approval (`prescription.approved`): the whole prescription, for
 /// the pharmacy and the logistics partner.
 fn approved_event(rx: &Prescription, facility: &str, pipeline: Option<String>) -> NewOutboxEvent {
@@ -410,7 +431,11 @@ pub(super) async fn act(
             actor_of(&caller),
             stored.pending_signature.as_ref(),
         )?;
-        let events = match care.policy.decide(rx, &cmd, Utc::now()) {
+        let decided = care
+            .policy
+            .decide(rx, &cmd, Utc::now())
+            .and_then(|events| verified(&s, rx, &cmd).map(|()| events));
+        let events = match decided {
             Ok(e) => e,
             Err(e) => {
                 return Err(refused(
