@@ -100,3 +100,31 @@ impl Care {
             .unwrap_or_else(|| Arc::new(Care::default()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_checked_and_the_outbound_pipeline_must_exist() {
+        let mut cfg = WorkflowConfig::default();
+        cfg.prescriptions.deny.codes = vec!["X1".into()];
+        cfg.prescriptions.outbound_pipeline = Some(" rx-out ".into());
+        let care = Care::from_config(&cfg).unwrap();
+        assert_eq!(care.policy.deny_list.codes, ["X1"]);
+        assert!(care.check_pipelines(|p| p == "rx-out").is_ok());
+        let err = care.check_pipelines(|_| false).unwrap_err();
+        assert!(err.contains("\"rx-out\""), "{err}");
+        cfg.prescriptions.deny.categories = vec![" ".into()];
+        cfg.appointments.grace_minutes = 999;
+        let err = Care::from_config(&cfg).unwrap_err();
+        assert!(
+            err.contains("workflow.prescriptions.deny.categories[0] is blank"),
+            "{err}"
+        );
+        assert!(
+            err.contains("workflow.appointments.grace_minutes: 999"),
+            "{err}"
+        );
+    }
+}

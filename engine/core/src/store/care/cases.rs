@@ -252,3 +252,28 @@ impl Store {
         rows.iter().map(Self::case_from_row).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pre-selection's prefix is the domain's normalised prefix whenever it is plain ASCII
+    /// (so `LIKE 'P%'` keeps every case the domain's search keeps), and absent otherwise.
+    #[test]
+    fn code_prefixes_fold_like_the_domain_or_not_at_all() {
+        for (text, want) in [
+            ("I25", Some("I25")),
+            ("i25.1", Some("I251")),
+            ("ｉ２５．１", Some("I251")),
+            (" I 2 ", Some("I2")),
+            ("①", None),
+            ("心", None),
+            ("I25%", None),
+            ("", None),
+        ] {
+            assert_eq!(ascii_prefix(text).as_deref(), want, "{text:?}");
+        }
+        assert_eq!(top_level(" 03.02 "), "03");
+        assert_eq!(top_level("05"), "05");
+    }
+}
