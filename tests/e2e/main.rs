@@ -14,6 +14,8 @@ mod buffer;
 mod care;
 mod cli;
 mod cluster;
+mod consultation_sla;
+mod consultations;
 mod crash;
 mod edge;
 mod engine;

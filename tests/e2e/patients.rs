@@ -26,6 +26,7 @@ both_backends!(
     sealed_demographics_and_blind_keys,
     turning_encryption_on_then_reseal,
     a_batch_links_as_one_by_one_does,
+    records_of_an_older_version_get_their_keys,
 );
 
 /// A person as a facility knows them.
@@ -198,6 +199,40 @@ async fn a_batch_links_as_one_by_one_does(b: Backend) {
         .unwrap();
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].action, "match");
+}
+
+/// Records written before the keys moved into their rows (`keys_seq = 0`) get their keys
+/// computed from their demographics on first use, and are found.
+async fn records_of_an_older_version_get_their_keys(b: Backend) {
+    let Some(db) = fresh_db(b).await else { return };
+    let s = store(&db).await;
+    let first = link(
+        &s,
+        &person("hosp-a", "A1", "张伟", Some(RID), "1949-12-31", None),
+    )
+    .await;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&db.url).await.unwrap();
+    sqlx::query("UPDATE identities SET keys = '', keys_seq = 0")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // A new engine process (a fresh store) on that database.
+    let s = store(&db).await;
+    let again = link(
+        &s,
+        &person("hosp-b", "B1", "张伟", Some(RID), "1949-12-31", None),
+    )
+    .await;
+    assert_eq!(again.decision.grade, Grade::Certain);
+    assert_eq!(again.recorded.person_id, first.recorded.person_id);
+    use sqlx::Row;
+    let left: i64 = sqlx::query("SELECT COUNT(*) FROM identities WHERE keys_seq = 0")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
 }
 
 async fn upsert_prefetch_and_certain_link(b: Backend) {
@@ -544,14 +579,21 @@ async fn sealed_demographics_and_blind_keys(b: Backend) {
         let p: String = r.get("person");
         assert!(p.starts_with("hze:"), "{p}");
     }
-    for r in sqlx::query("SELECT key FROM identity_keys")
+    // The blocking keys are hashes of their blind indexes, not of the keys themselves.
+    let fnv = |text: &str| {
+        text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    };
+    let plain_key = format!("{:016x}", fnv(&format!("rid:{RID}")));
+    for r in sqlx::query("SELECT keys FROM identities")
         .fetch_all(&pool)
         .await
         .unwrap()
     {
-        let k: String = r.get("key");
-        assert!(k.starts_with("hmac:"), "{k}");
-        assert!(!k.contains(RID));
+        let k: String = r.get("keys");
+        assert!(!k.is_empty() && k.len().is_multiple_of(16), "{k}");
+        assert!(!k.contains(&plain_key), "a plain key's hash is stored: {k}");
     }
     // Without the keys, the demographics do not open.
     let plain = store(&db).await;

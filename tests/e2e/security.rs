@@ -453,6 +453,38 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
             "/api/stats",
             [ALL, ALL, ALL, NO, NO, NO, NO, NO],
         ),
+        // The consultation workflow: the probe body is not a request (422); no consultation
+        // exists (404); lists and the live stream answer every reading role.
+        (
+            "POST",
+            "/api/consultations",
+            "/api/consultations",
+            [UNFIT, UNFIT, NO, NO, UNFIT, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/api/consultations",
+            "/api/consultations",
+            [ALL, ALL, ALL, ALL, ALL, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/api/consultations/events",
+            "/api/consultations/events",
+            [ALL, ALL, ALL, ALL, ALL, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/api/consultations/{id}",
+            "/api/consultations/no-such-consultation",
+            [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
+        ),
+        (
+            "POST",
+            "/api/consultations/{id}/{action}",
+            "/api/consultations/no-such-consultation/submit",
+            [GONE, GONE, NO, GONE, GONE, NO, NO, NO],
+        ),
     ];
     let mut wrong = Vec::new();
     for (method, pattern, _) in huizhen_core::security::ROUTES {

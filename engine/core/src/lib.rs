@@ -6,6 +6,7 @@
 //! [`sources::SourceConfig`], [`steps::StepConfig`] and [`sinks::SinkConfig`].
 
 pub mod care;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod crypto;
@@ -23,5 +24,6 @@ pub mod steps;
 pub mod store;
 pub mod tls;
 pub mod work;
+pub mod workflow;
 
 pub use runner::Engine;

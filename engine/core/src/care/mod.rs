@@ -56,7 +56,7 @@ pub struct StatsExport {
 impl Care {
     /// The settings of `cfg`; every problem at once, each named by its path.
     pub fn from_config(cfg: &WorkflowConfig) -> Result<Care, String> {
-        let errors = cfg.check();
+        let errors = cfg.care_problems();
         if !errors.is_empty() {
             return Err(errors.join("; "));
         }

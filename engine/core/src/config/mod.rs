@@ -76,9 +76,10 @@ pub struct RootConfig {
     /// Scale-out settings used with a broker `queue` (see `crate::cluster`).
     #[serde(default)]
     pub cluster: crate::cluster::ClusterConfig,
-    /// The care workflow: prescriptions, appointments, case library, statistics export.
+    /// The consultation workflow: SLA, assignment matching, signature roots (see
+    /// `crate::workflow`).
     #[serde(default)]
-    pub workflow: workflow::WorkflowConfig,
+    pub workflow: crate::workflow::WorkflowConfig,
 }
 
 fn default_work_queue() -> String {
@@ -97,7 +98,7 @@ impl Default for RootConfig {
             security: crate::security::SecurityConfig::default(),
             queue: default_work_queue(),
             cluster: crate::cluster::ClusterConfig::default(),
-            workflow: workflow::WorkflowConfig::default(),
+            workflow: crate::workflow::WorkflowConfig::default(),
         }
     }
 }
@@ -708,13 +709,13 @@ pub fn validate_paths(paths: &[PathBuf]) -> Result<usize, ConfigErrors> {
 }
 
 /// Checks of the root file beyond its types: the work queue, the cluster block and the
-/// workflow settings.
+/// workflow's SLA and matching settings.
 fn check_root(root: &RootConfig, file: &Path) -> Vec<ConfigError> {
     let mut errors: Vec<ConfigError> = root
         .workflow
-        .check()
+        .problems()
         .into_iter()
-        .map(|e| ConfigError::file(file, e))
+        .map(|p| ConfigError::file(file, p))
         .collect();
     if !crate::cluster::is_local(&root.queue) {
         if let Err(e) = crate::cluster::work_queue(&root.queue, &root.cluster, &[]) {

@@ -1,5 +1,6 @@
-//! `workflow:` in the root file: the settings of the care workflow (prescriptions,
-//! appointments, the case library's ranking, the scheduled statistics export). The rules they
+//! The care workflow's part of `workflow:` in the root file (prescriptions, appointments, the
+//! case library's ranking, the scheduled statistics export); the consultation workflow's part
+//! (`sla`, `matching`, `signing_roots`, `sweep_interval`) is in `crate::workflow`. The rules they
 //! tune are the domain's; the types of the domain are used as they are where they fit, so a key
 //! means the same here as in `huizhen_domain`.
 //!
@@ -20,33 +21,18 @@
 //! ```
 //!
 //! Unknown keys are errors with their position, like everywhere else; values out of range are
-//! reported by [`WorkflowConfig::check`] (through `huizhen validate` and at start).
+//! reported by [`WorkflowConfig::care_problems`] (through `huizhen validate` and at start).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use huizhen_domain::appointment::AppointmentConfig;
 use huizhen_domain::case_library::RecommendWeights;
 use huizhen_domain::prescription::{DenyList, PrescriptionPolicy};
 use serde::Deserialize;
 
-/// The `workflow:` block.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WorkflowConfig {
-    /// Electronic prescriptions (CN-20).
-    #[serde(default)]
-    pub prescriptions: PrescriptionsConfig,
-    /// Appointment slots, the no-show grace period and the local time zone of schedules.
-    #[serde(default)]
-    pub appointments: AppointmentConfig,
-    /// The case library's recommendation ranking.
-    #[serde(default)]
-    pub case_library: CaseLibraryConfig,
-    /// The scheduled CSV export of the statistics; none: no export.
-    #[serde(default)]
-    pub stats_export: Option<StatsExportConfig>,
-}
+/// The `workflow:` block: the consultation workflow's settings (`sla`, `matching`,
+/// `signing_roots`, `sweep_interval`) and the care workflow's below.
+pub use crate::workflow::WorkflowConfig;
 
 /// `workflow.prescriptions`.
 #[derive(Debug, Clone, Deserialize)]
@@ -129,8 +115,9 @@ fn default_export_period() -> Duration {
 }
 
 impl WorkflowConfig {
-    /// What is out of range, each named by its path under `workflow.`.
-    pub fn check(&self) -> Vec<String> {
+    /// What is out of range in the care workflow's settings, each named by its path under
+    /// `workflow.` (part of [`WorkflowConfig::problems`]).
+    pub fn care_problems(&self) -> Vec<String> {
         let mut errors = Vec::new();
         let rx = &self.prescriptions;
         if let Err(e) = rx.deny.validate() {

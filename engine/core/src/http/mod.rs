@@ -17,6 +17,7 @@
 //! | … | /api/patients/… | the patient identity index: see `http/patients.rs` |
 //! | POST | /api/experts/match, /api/experts/heartbeat; GET /api/experts/fairness | expert matching ([`experts`]) |
 //! | GET, POST | /api/match-decisions/{id}, /api/match-decisions/{id}/override | match explanations and overrides |
+//! | … | /api/consultations/… | the consultation workflow and its live stream: see `http/consultations/` |
 //! | … | /api/prescriptions, /api/appointments, /api/experts/{id}/queue, /api/cases, /api/stats | the care workflow ([`care`]) |
 //!
 //! Every error is JSON: `{"error": "…"}`. Bodies are limited to `http.max_body_bytes` and
@@ -181,6 +182,7 @@ async fn audit(store: &Store, e: &AuditEvent) -> Result<(), ApiError> {
 
 mod audit;
 mod care;
+mod consultations;
 mod experts;
 mod guard;
 mod ingest;
@@ -191,6 +193,7 @@ mod plugins;
 mod server;
 
 use audit::{audit_events, audit_verify};
+pub use consultations::domain_role;
 pub use guard::guard;
 use ingest::ingest;
 pub use messages::message_detail;
@@ -216,6 +219,16 @@ fn patient_routes() -> Router<AppState> {
         .route("/api/patients/{person_id}/relink", post(relink))
 }
 
+/// `/api/consultations` (see `http/consultations/`).
+fn consultation_routes() -> Router<AppState> {
+    use consultations::*;
+    Router::new()
+        .route("/api/consultations", post(create).get(list))
+        .route("/api/consultations/events", get(events))
+        .route("/api/consultations/{id}", get(get_one))
+        .route("/api/consultations/{id}/{action}", post(act))
+}
+
 /// Builds the router. Every route but the public ones goes through [`guard`].
 pub fn router(state: AppState, cfg: &HttpConfig, security: Arc<Security>) -> Router {
     let timeout = cfg.request_timeout;
@@ -235,6 +248,7 @@ pub fn router(state: AppState, cfg: &HttpConfig, security: Arc<Security>) -> Rou
         .route("/api/plugins", get(plugins))
         .route("/api/plugins/{name}/reload", post(reload_plugin))
         .merge(patient_routes())
+        .merge(consultation_routes())
         .route("/api/experts/match", post(experts::match_case))
         .route("/api/experts/heartbeat", post(experts::heartbeat))
         .route("/api/experts/fairness", get(experts::fairness))

@@ -114,6 +114,15 @@ impl Engine {
     /// Opens the store (running migrations), builds every pipeline, recovers messages a previous
     /// run left in flight, and starts workers, sources and the scheduler.
     pub async fn start(loaded: Loaded) -> Result<Engine, EngineError> {
+        Engine::start_with_clock(loaded, Arc::new(crate::clock::SystemClock)).await
+    }
+
+    /// [`Engine::start`] with the consultation workflow's time taken from `clock` (a
+    /// [`crate::clock::FakeClock`] in tests that drive SLA deadlines).
+    pub async fn start_with_clock(
+        loaded: Loaded,
+        clock: Arc<dyn crate::clock::Clock>,
+    ) -> Result<Engine, EngineError> {
         let root = &loaded.root;
         let store = Store::open(&StoreOptions {
             url: root.store.url.clone(),
@@ -134,7 +143,8 @@ impl Engine {
         .map_err(EngineError::Security)?;
         let store = store
             .with_keyring(keyring)
-            .with_audit_anchor(Some(Arc::new(anchor)));
+            .with_audit_anchor(Some(Arc::new(anchor)))
+            .with_clock(clock);
         let journal = Journal::start(
             store.clone(),
             JournalOptions {
@@ -151,10 +161,32 @@ impl Engine {
         extensions.start_hooks().map_err(EngineError::Extension)?;
         // Steps that keep state of their own (`match_patient`) find the store here when they run.
         let _ = extensions.get_or_try_init(|| Ok::<_, std::convert::Infallible>(store.clone()));
-        // The care workflow's settings, for its API and jobs.
+        // The consultation workflow: the API, the `consultation_create` step and the sweep.
+        let workflow = extensions
+            .get_or_try_init(|| {
+                crate::workflow::Workflow::new(
+                    store.clone(),
+                    root.workflow.clone(),
+                    extensions.clone(),
+                )
+                .map(|w| w.with_stop(shutdown.clone()))
+            })
+            .map_err(EngineError::Extension)?;
+        // The care workflow's settings, for its API and jobs. Prescribers' signatures are
+        // verified against the same roots as the experts' opinions (CN-21).
         let care = extensions
             .get_or_try_init(|| crate::care::Care::from_config(&root.workflow))
             .map_err(EngineError::Workflow)?;
+        if let Some(path) = &root.workflow.signing_roots {
+            let verifier = huizhen_signing::ChainVerifier::from_pem_file(path).map_err(|e| {
+                EngineError::Workflow(format!("workflow.signing_roots: {}: {e}", path.display()))
+            })?;
+            let _ = extensions.get_or_try_init(|| {
+                Ok::<_, std::convert::Infallible>(crate::care::PrescriptionSignatures(Arc::new(
+                    verifier,
+                )))
+            });
+        }
         // Scale-out: the broker the pipelines dispatch through, and this node's name.
         let specs: Vec<QueueSpec> = loaded
             .pipelines
@@ -264,6 +296,8 @@ impl Engine {
         }
         let wake = Arc::new(Notify::new());
         workers.spawn(store.clone().run_checkpointer(shutdown.clone()));
+        // The SLA sweep; its first run fires the timers that fell due while the engine was down.
+        workers.spawn(workflow.clone().run(shutdown.clone()));
         for p in pipelines.values() {
             workers.spawn(p.clone().feeder(loaded.root.journal.scheduler_poll));
         }
@@ -317,6 +351,13 @@ impl Engine {
             sources,
             wake,
         })
+    }
+
+    /// The consultation workflow service.
+    pub fn workflow(&self) -> Arc<crate::workflow::Workflow> {
+        self.extensions
+            .get::<crate::workflow::Workflow>()
+            .expect("Engine::start puts the workflow into the extensions")
     }
 
     pub fn pipelines(&self) -> &BTreeMap<String, PipelineHandle> {

@@ -125,6 +125,12 @@ pub enum Action {
     ReadFairness,
     /// An expert's presence heartbeat.
     ExpertHeartbeat,
+    /// Read consultations, their timelines and the live stream (facility-scoped).
+    ReadConsultations,
+    /// Create a consultation (for the caller's own facility).
+    CreateConsultations,
+    /// Act on a consultation (the domain decides which action each role may take).
+    ActOnConsultations,
     /// Draft a prescription: a physician personally (CN-20).
     DraftPrescription,
     /// Revise, sign, submit, approve, reject or cancel a prescription (the domain checks who
@@ -169,6 +175,9 @@ impl Action {
             Action::OverrideMatch => &[Admin, Integrator],
             Action::ReadFairness => &[Admin, Integrator, Auditor],
             Action::ExpertHeartbeat => &[Expert],
+            Action::ReadConsultations => &[Admin, Integrator, Auditor, Expert, LocalDoctor],
+            Action::CreateConsultations => &[Admin, Integrator, LocalDoctor],
+            Action::ActOnConsultations => &[Admin, Integrator, Expert, LocalDoctor],
             Action::DraftPrescription => &[Expert, LocalDoctor],
             Action::ActOnPrescription => &[Admin, Integrator, Expert, LocalDoctor, Pharmacist],
             Action::ReadPrescriptions => {
@@ -201,6 +210,9 @@ impl Action {
             Action::OverrideMatch => "match-decision.override",
             Action::ReadFairness => "expert.fairness",
             Action::ExpertHeartbeat => "expert.heartbeat",
+            Action::ReadConsultations => "consultation.read",
+            Action::CreateConsultations => "consultation.create",
+            Action::ActOnConsultations => "consultation.act",
             Action::DraftPrescription => "prescription.draft",
             Action::ActOnPrescription => "prescription.act",
             Action::ReadPrescriptions => "prescription.read",
@@ -275,6 +287,20 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
         "POST",
         "/api/match-decisions/{id}/override",
         Action::OverrideMatch,
+    ),
+    // The consultation workflow (http/consultations/).
+    ("POST", "/api/consultations", Action::CreateConsultations),
+    ("GET", "/api/consultations", Action::ReadConsultations),
+    (
+        "GET",
+        "/api/consultations/events",
+        Action::ReadConsultations,
+    ),
+    ("GET", "/api/consultations/{id}", Action::ReadConsultations),
+    (
+        "POST",
+        "/api/consultations/{id}/{action}",
+        Action::ActOnConsultations,
     ),
     // The care workflow (http/care/).
     ("POST", "/api/prescriptions", Action::DraftPrescription),

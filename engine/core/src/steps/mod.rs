@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 use crate::runner::BuildContext;
 use crate::work::{Flow, StepError, Work};
 
+pub mod consultation_create;
 mod filter;
 mod log;
 mod map;

@@ -12,6 +12,7 @@ pub mod anchor;
 pub mod audit;
 pub mod care;
 pub mod cluster;
+pub mod consultations;
 pub mod experts;
 mod feed;
 pub mod identity;
@@ -157,9 +158,14 @@ pub struct Store {
     anchor: Option<std::sync::Arc<anchor::AuditAnchor>>,
     /// Decoded registry entries by id and version (see [`experts`]).
     experts_cache: std::sync::Arc<experts::ExpertCache>,
-    /// Identity blocking keys (as stored) known to be shared by more than
-    /// [`identity::MAX_POSTINGS`] records: skipped at lookup without counting them again.
-    identity_common: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// The identity blocking index in memory (see [`identity`]'s `postings`).
+    identity_postings: std::sync::Arc<tokio::sync::Mutex<identity::Postings>>,
+    /// Set once the records of an older version have their keys (see `postings`).
+    identity_backfill: std::sync::Arc<tokio::sync::OnceCell<()>>,
+    /// Where "now" comes from for the consultation workflow (see [`crate::clock`]).
+    clock: std::sync::Arc<dyn crate::clock::Clock>,
+    /// Wakes the consultation event streams after a commit (see [`consultations`]).
+    consultation_feed: tokio::sync::broadcast::Sender<i64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -280,7 +286,10 @@ impl Store {
                 keyring: None,
                 anchor: None,
                 experts_cache: Default::default(),
-                identity_common: Default::default(),
+                identity_postings: Default::default(),
+                identity_backfill: Default::default(),
+                clock: std::sync::Arc::new(crate::clock::SystemClock),
+                consultation_feed: consultations::feed(),
             })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = AnyPoolOptions::new()
@@ -299,7 +308,10 @@ impl Store {
                 keyring: None,
                 anchor: None,
                 experts_cache: Default::default(),
-                identity_common: Default::default(),
+                identity_postings: Default::default(),
+                identity_backfill: Default::default(),
+                clock: std::sync::Arc::new(crate::clock::SystemClock),
+                consultation_feed: consultations::feed(),
             })
         } else {
             Err(StoreError::UnsupportedUrl(redact_url(url)))
@@ -330,6 +342,17 @@ impl Store {
     ) -> Store {
         self.anchor = anchor;
         self
+    }
+
+    /// Takes "now" for the consultation workflow from `clock` (a fake one in tests).
+    pub fn with_clock(mut self, clock: std::sync::Arc<dyn crate::clock::Clock>) -> Store {
+        self.clock = clock;
+        self
+    }
+
+    /// The workflow's clock.
+    pub fn clock(&self) -> &std::sync::Arc<dyn crate::clock::Clock> {
+        &self.clock
     }
 
     pub fn audit_anchor(&self) -> Option<&std::sync::Arc<anchor::AuditAnchor>> {
@@ -517,6 +540,16 @@ impl Store {
                     "expert sync",
                     include_str!("migrations/sqlite/0009_expert_sync.sql"),
                 ),
+                (
+                    10,
+                    "identity keys inline",
+                    include_str!("migrations/sqlite/0010_identity_keys_inline.sql"),
+                ),
+                (
+                    11,
+                    "consultations",
+                    include_str!("migrations/sqlite/0011_consultations.sql"),
+                ),
                 (12, "care", include_str!("migrations/sqlite/0012_care.sql")),
             ],
             Backend::Postgres => &[
@@ -564,6 +597,16 @@ impl Store {
                     9,
                     "expert sync",
                     include_str!("migrations/postgres/0009_expert_sync.sql"),
+                ),
+                (
+                    10,
+                    "identity keys inline",
+                    include_str!("migrations/postgres/0010_identity_keys_inline.sql"),
+                ),
+                (
+                    11,
+                    "consultations",
+                    include_str!("migrations/postgres/0011_consultations.sql"),
                 ),
                 (
                     12,

@@ -18,9 +18,10 @@ use super::event::Offeree;
 use super::request::{FieldProblem, Urgency};
 use super::state::State;
 
-/// The SLA values in force for one consultation.
+/// The SLA values in force for one consultation. In configuration, a value left out keeps
+/// its default.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct SlaRule {
     /// Minutes a critical offer stays open.
     pub critical_minutes: u32,

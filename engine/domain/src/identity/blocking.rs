@@ -206,8 +206,8 @@ pub struct IndexedIdentity {
 }
 
 /// The port to the identity index: records filed under [`blocking_keys`]. The store
-/// implements it with SQL (`SELECT … FROM identity_keys k JOIN identities i … WHERE k.key IN
-/// (…) GROUP BY i.id ORDER BY count(*) DESC LIMIT ?`).
+/// implements it with postings in memory (key hash → record ids, kept current from the
+/// database) and reads the candidate records by id.
 pub trait CandidateIndex {
     /// Records sharing at least one key, those sharing the most keys first, at most `limit`.
     fn candidates(&self, keys: &[BlockingKey], limit: usize) -> Vec<IndexedIdentity>;

@@ -16,15 +16,15 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use huizhen_domain::identity::{
-    Grade, IndexedIdentity, MatchDecision, NormalizedPerson, PersonId, blocking_keys,
-};
+use huizhen_domain::identity::{Grade, IndexedIdentity, MatchDecision, NormalizedPerson, PersonId};
 use sqlx::{AnyConnection, Row};
 
 use super::super::audit::{self, AuditEvent};
 use super::super::sql::Sql;
 use super::super::{Backend, Result, Store, StoreError, q};
-use super::{IDENTITY_COLUMNS, MAX_POSTINGS, Prefetched, Recorded, grade_name, identity_row};
+use super::{
+    IDENTITY_COLUMNS, MAX_POSTINGS, Postings, Prefetched, Recorded, grade_name, identity_row,
+};
 use crate::message::{new_id, now_ms};
 
 /// The advisory lock that serialises identity decisions on PostgreSQL (an arbitrary constant
@@ -119,12 +119,14 @@ impl Store {
         D: FnMut(&NormalizedPerson, &Prefetched) -> MatchDecision,
         A: FnMut(&MatchDecision) -> Audited,
     {
+        self.ensure_identity_keys().await?;
         let mut conn = self.write.acquire().await.map_err(q("acquire writer"))?;
         let mut tx = sqlx::Connection::begin(&mut *conn)
             .await
             .map_err(q("begin identity batch"))?;
-        if self.backend == Backend::Postgres {
-            let mut s = Sql::new("SELECT pg_advisory_xact_lock(".into());
+        let backend = self.backend;
+        if backend == Backend::Postgres {
+            let mut s = Sql::for_backend("SELECT pg_advisory_xact_lock(".into(), backend);
             s.bind(PG_IDENTITY_LOCK);
             s.push(")");
             s.query()
@@ -133,51 +135,57 @@ impl Store {
                 .map_err(q("lock the identity index"))?;
         }
 
-        // Read: keys, postings, known records.
-        let keys: Vec<Vec<String>> = persons
+        // Read: keys, the postings (brought up to date), known records.
+        let keys: Vec<Vec<u64>> = persons
             .iter()
-            .map(|p| {
-                blocking_keys(p)
-                    .iter()
-                    .map(|k| self.identity_key_text(k))
-                    .collect()
-            })
+            .map(|p| self.identity_key_hashes(p))
             .collect();
-        let postings = self.postings(&mut tx, &keys).await?;
-        let existing = existing_records(&mut tx, persons).await?;
+        let (all_ranked, crowded) = self
+            .with_postings(&mut tx, |p| {
+                let ranked: Vec<Vec<(i64, u32)>> = keys.iter().map(|k| rank(p, k)).collect();
+                // Keys already shared by the most records the index looks at.
+                let crowded: HashSet<u64> = keys
+                    .iter()
+                    .flatten()
+                    .filter(|k| p.get(**k).len() >= MAX_POSTINGS_USIZE)
+                    .copied()
+                    .collect();
+                (ranked, crowded)
+            })
+            .await?;
+        let existing = existing_records(&mut tx, backend, persons).await?;
+        // The candidate rows of the whole batch in a few statements (a record needing more,
+        // because some of its first candidates are inactive, reads them itself).
         let mut loaded: HashMap<i64, Loaded> = HashMap::new();
+        let mut wanted: Vec<i64> = all_ranked
+            .iter()
+            .flat_map(|r| r.iter().take(limit + 8).map(|(id, _)| *id))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        self.load_records(&mut tx, &wanted, &mut loaded).await?;
 
         // Decide, one record at a time.
         let mut overlay: Vec<Overlay> = Vec::with_capacity(persons.len());
-        let mut overlay_keys: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut overlay_keys: HashMap<u64, Vec<usize>> = HashMap::new();
         let mut superseded: HashSet<i64> = HashSet::new();
         let mut decided: Vec<(MatchDecision, u64, Audited)> = Vec::with_capacity(persons.len());
         let mut next_provisional = PROVISIONAL;
         for (j, person) in persons.iter().enumerate() {
             // Stored candidates: most shared keys first, then the oldest record.
-            let mut hits: HashMap<i64, u32> = HashMap::new();
-            for k in &keys[j] {
-                if let Some(ids) = postings.get(k) {
-                    for id in ids {
-                        *hits.entry(*id).or_default() += 1;
-                    }
-                }
-            }
-            let mut ranked: Vec<(i64, u32)> = hits
-                .into_iter()
+            let ranked: Vec<(i64, u32)> = all_ranked[j]
+                .iter()
                 .filter(|(id, _)| !superseded.contains(id))
+                .copied()
                 .collect();
-            ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
             let stored = self
-                .take_active(&mut tx, &ranked, limit, &mut loaded)
+                .take_active(&mut tx, &ranked, limit, None, &mut loaded)
                 .await?;
             // Earlier records of this batch sharing keys.
             let mut near: HashMap<usize, u32> = HashMap::new();
             for k in &keys[j] {
-                if postings
-                    .get(k)
-                    .is_none_or(|ids| ids.len() < MAX_POSTINGS_USIZE)
-                    && let Some(list) = overlay_keys.get(k.as_str())
+                if !crowded.contains(k)
+                    && let Some(list) = overlay_keys.get(k)
                 {
                     for i in list {
                         *near.entry(*i).or_default() += 1;
@@ -218,7 +226,7 @@ impl Store {
                 superseded.insert(row.id);
             }
             for k in &keys[j] {
-                overlay_keys.entry(k.as_str()).or_default().push(j);
+                overlay_keys.entry(*k).or_default().push(j);
             }
             overlay.push(Overlay {
                 entry: IndexedIdentity {
@@ -232,7 +240,7 @@ impl Store {
 
         // Write.
         let provisional_count = next_provisional - PROVISIONAL;
-        let real = allocate_persons(&mut tx, provisional_count).await?;
+        let real = allocate_persons(&mut tx, backend, provisional_count).await?;
         let resolve = |p: PersonId| -> Result<i64> {
             if p > PROVISIONAL {
                 let i = usize::try_from(p - PROVISIONAL - 1).unwrap_or(usize::MAX);
@@ -255,13 +263,10 @@ impl Store {
             }
             targets.push(resolve(*target)?);
         }
-        let ids = self.upsert_records(&mut tx, persons, &targets).await?;
-        let replaced: Vec<i64> = persons
-            .iter()
-            .filter_map(|p| existing.get(&(p.facility.clone(), p.local_id.clone())))
-            .map(|row| row.id)
-            .collect();
-        write_keys(&mut tx, &ids, &keys, &replaced).await?;
+        let seq = super::postings::next_seq(&mut tx).await?;
+        let ids = self
+            .upsert_records(&mut tx, persons, &targets, &keys, seq)
+            .await?;
         let batches: Vec<String> = persons.iter().map(|_| new_id()).collect();
         let mut history = Vec::with_capacity(persons.len());
         for (j, (decision, _, audit)) in decided.iter().enumerate() {
@@ -280,14 +285,22 @@ impl Store {
                 reason: audit.reason,
             });
         }
-        insert_history(&mut tx, &history, actor).await?;
-        let reviews = queue_reviews(&mut tx, &decided, &ids, &targets).await?;
+        insert_history(&mut tx, backend, &history, actor).await?;
+        let reviews = queue_reviews(&mut tx, backend, &decided, &ids, &targets).await?;
         for (_, _, audit) in &decided {
             if let Some(e) = &audit.event {
                 audit::append(&mut tx, e, self.anchor.as_deref()).await?;
             }
         }
         tx.commit().await.map_err(q("commit identity batch"))?;
+        self.postings_written(
+            seq,
+            ids.iter()
+                .zip(&keys)
+                .map(|(id, k)| (*id, k.clone().into_boxed_slice()))
+                .collect(),
+        )
+        .await;
 
         let mut out = Vec::with_capacity(persons.len());
         let mut reviews = reviews;
@@ -308,70 +321,14 @@ impl Store {
         Ok(out)
     }
 
-    /// The postings (record ids) of each distinct key of the batch; keys shared by more than
-    /// [`MAX_POSTINGS`] records are remembered and dropped (as the matcher's own index does).
-    async fn postings(
-        &self,
-        conn: &mut AnyConnection,
-        keys: &[Vec<String>],
-    ) -> Result<HashMap<String, Vec<i64>>> {
-        let mut wanted: Vec<&str> = {
-            let common = self.identity_common.lock().map_err(|_| {
-                StoreError::Inconsistent("identity: the common-key cache is poisoned".into())
-            })?;
-            keys.iter()
-                .flatten()
-                .map(String::as_str)
-                .filter(|k| !common.contains(*k))
-                .collect()
-        };
-        wanted.sort_unstable();
-        wanted.dedup();
-        let mut postings: HashMap<String, Vec<i64>> = HashMap::with_capacity(wanted.len());
-        for chunk in wanted.chunks(IN_LIST) {
-            let mut s =
-                Sql::new("SELECT key, identity_id FROM identity_keys WHERE key IN (".into());
-            for (i, k) in chunk.iter().enumerate() {
-                if i > 0 {
-                    s.push(", ");
-                }
-                s.bind((*k).to_owned());
-            }
-            s.push(")");
-            let rows = s
-                .query()
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(q("read identity postings"))?;
-            for r in rows {
-                let key: String = r.try_get(0).map_err(q("decode identity posting"))?;
-                let id: i64 = r.try_get(1).map_err(q("decode identity posting"))?;
-                postings.entry(key).or_default().push(id);
-            }
-        }
-        let over: Vec<String> = postings
-            .iter()
-            .filter(|(_, ids)| ids.len() > MAX_POSTINGS_USIZE)
-            .map(|(k, _)| k.clone())
-            .collect();
-        if !over.is_empty() {
-            let mut common = self.identity_common.lock().map_err(|_| {
-                StoreError::Inconsistent("identity: the common-key cache is poisoned".into())
-            })?;
-            for k in over {
-                postings.remove(&k);
-                common.insert(k);
-            }
-        }
-        Ok(postings)
-    }
-
-    /// The first `limit` active records of `ranked`, reading those not yet loaded.
-    async fn take_active(
+    /// The first `limit` active records of `ranked` (of `facilities` when given), reading
+    /// those not yet loaded.
+    pub(super) async fn take_active(
         &self,
         conn: &mut AnyConnection,
         ranked: &[(i64, u32)],
         limit: usize,
+        facilities: Option<&[String]>,
         loaded: &mut HashMap<i64, Loaded>,
     ) -> Result<Vec<(IndexedIdentity, u32)>> {
         let mut out = Vec::with_capacity(limit.min(ranked.len()));
@@ -390,7 +347,9 @@ impl Store {
             }
             for (id, hits) in ranked[at..].iter().take(want) {
                 at += 1;
-                if let Some(Some(entry)) = loaded.get(id) {
+                if let Some(Some(entry)) = loaded.get(id)
+                    && facilities.is_none_or(|f| f.contains(&entry.person.facility))
+                {
                     out.push((entry.clone(), *hits));
                     if out.len() == limit {
                         break;
@@ -407,10 +366,12 @@ impl Store {
         ids: &[i64],
         loaded: &mut HashMap<i64, Loaded>,
     ) -> Result<()> {
+        let backend = self.backend;
         for chunk in ids.chunks(IN_LIST) {
-            let mut s = Sql::new(
+            let mut s = Sql::for_backend(
                 "SELECT id, facility, local_id, person_id, person, active FROM identities WHERE id IN ("
                     .into(),
+                backend,
             );
             for (i, id) in chunk.iter().enumerate() {
                 if i > 0 {
@@ -440,7 +401,7 @@ impl Store {
                 loaded.insert(
                     id,
                     Some(IndexedIdentity {
-                        person_id: person_id as u64,
+                        person_id: super::to_person(person_id),
                         person: Arc::new(person),
                     }),
                 );
@@ -459,15 +420,20 @@ impl Store {
         conn: &mut AnyConnection,
         persons: &[NormalizedPerson],
         targets: &[i64],
+        keys: &[Vec<u64>],
+        seq: i64,
     ) -> Result<Vec<i64>> {
         let now = now_ms();
+        let backend = self.backend;
         let mut by_key: HashMap<(String, String), i64> = HashMap::with_capacity(persons.len());
-        for (chunk, chunk_targets) in persons
+        for ((chunk, chunk_targets), chunk_keys) in persons
             .chunks(ROWS_PER_STATEMENT)
             .zip(targets.chunks(ROWS_PER_STATEMENT))
+            .zip(keys.chunks(ROWS_PER_STATEMENT))
         {
-            let mut s = Sql::new("INSERT INTO identities (facility, local_id, person_id, person, active, created_at, updated_at) VALUES ".into());
-            for (i, (p, target)) in chunk.iter().zip(chunk_targets).enumerate() {
+            let mut s = Sql::for_backend("INSERT INTO identities (facility, local_id, person_id, person, keys, keys_seq, active, created_at, updated_at) VALUES ".into(), backend);
+            for (i, ((p, target), k)) in chunk.iter().zip(chunk_targets).zip(chunk_keys).enumerate()
+            {
                 s.push(if i == 0 { "(" } else { ", (" });
                 s.bind(p.facility.clone());
                 s.push(", ");
@@ -476,13 +442,17 @@ impl Store {
                 s.bind(*target);
                 s.push(", ");
                 s.bind(self.seal_person(p)?);
+                s.push(", ");
+                s.bind(super::postings::encode_keys(k));
+                s.push(", ");
+                s.bind(seq);
                 s.push(", 1, ");
                 s.bind(now);
                 s.push(", ");
                 s.bind(now);
                 s.push(")");
             }
-            s.push(" ON CONFLICT (facility, local_id) DO UPDATE SET person_id = excluded.person_id, person = excluded.person, active = 1, updated_at = excluded.updated_at RETURNING id, facility, local_id");
+            s.push(" ON CONFLICT (facility, local_id) DO UPDATE SET person_id = excluded.person_id, person = excluded.person, keys = excluded.keys, keys_seq = excluded.keys_seq, active = 1, updated_at = excluded.updated_at RETURNING id, facility, local_id");
             let rows = s
                 .query()
                 .fetch_all(&mut *conn)
@@ -513,12 +483,31 @@ impl Store {
     }
 }
 
+/// The records sharing `keys` (hashes), most shared keys first, then the oldest; keys shared by
+/// more than [`MAX_POSTINGS`] records are skipped (as the matcher's own index does).
+pub(super) fn rank(postings: &Postings, keys: &[u64]) -> Vec<(i64, u32)> {
+    let mut hits: HashMap<i64, u32> = HashMap::new();
+    for k in keys {
+        let ids = postings.get(*k);
+        if ids.len() > MAX_POSTINGS_USIZE {
+            continue;
+        }
+        for id in ids {
+            *hits.entry(*id).or_default() += 1;
+        }
+    }
+    let mut ranked: Vec<(i64, u32)> = hits.into_iter().collect();
+    ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    ranked
+}
+
 /// [`MAX_POSTINGS`] as a length.
 const MAX_POSTINGS_USIZE: usize = MAX_POSTINGS as usize;
 
 /// The stored records with the facility identifiers of `persons`.
 async fn existing_records(
     conn: &mut AnyConnection,
+    backend: Backend,
     persons: &[NormalizedPerson],
 ) -> Result<HashMap<(String, String), super::IdentityRow>> {
     let mut by_facility: HashMap<&str, Vec<&str>> = HashMap::new();
@@ -531,9 +520,10 @@ async fn existing_records(
     let mut out = HashMap::new();
     for (facility, local_ids) in by_facility {
         for chunk in local_ids.chunks(IN_LIST) {
-            let mut s = Sql::new(format!(
-                "SELECT {IDENTITY_COLUMNS} FROM identities WHERE facility = "
-            ));
+            let mut s = Sql::for_backend(
+                format!("SELECT {IDENTITY_COLUMNS} FROM identities WHERE facility = "),
+                backend,
+            );
             s.bind(facility.to_owned());
             s.push(" AND local_id IN (");
             for (i, id) in chunk.iter().enumerate() {
@@ -559,13 +549,13 @@ async fn existing_records(
 
 /// `n` new person ids. Which new row gets which id does not matter (a person row is only an
 /// id and a time), so the ids are taken in whatever order `RETURNING` gives them.
-async fn allocate_persons(conn: &mut AnyConnection, n: u64) -> Result<Vec<i64>> {
+async fn allocate_persons(conn: &mut AnyConnection, backend: Backend, n: u64) -> Result<Vec<i64>> {
     let mut ids = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
     let now = now_ms();
     let mut left = n;
     while left > 0 {
         let take = left.min(ROWS_PER_STATEMENT as u64);
-        let mut s = Sql::new("INSERT INTO persons (created_at) VALUES ".into());
+        let mut s = Sql::for_backend("INSERT INTO persons (created_at) VALUES ".into(), backend);
         for i in 0..take {
             s.push(if i == 0 { "(" } else { ", (" });
             s.bind(now);
@@ -591,50 +581,6 @@ async fn allocate_persons(conn: &mut AnyConnection, n: u64) -> Result<Vec<i64>> 
     Ok(ids)
 }
 
-/// Replaces the keys of the records that existed (`replaced`) and files every record's keys.
-async fn write_keys(
-    conn: &mut AnyConnection,
-    ids: &[i64],
-    keys: &[Vec<String>],
-    replaced: &[i64],
-) -> Result<()> {
-    for chunk in replaced.chunks(IN_LIST) {
-        let mut d = Sql::new("DELETE FROM identity_keys WHERE identity_id IN (".into());
-        for (i, id) in chunk.iter().enumerate() {
-            if i > 0 {
-                d.push(", ");
-            }
-            d.bind(*id);
-        }
-        d.push(")");
-        d.query()
-            .execute(&mut *conn)
-            .await
-            .map_err(q("replace identity keys"))?;
-    }
-    let pairs: Vec<(&String, i64)> = ids
-        .iter()
-        .zip(keys)
-        .flat_map(|(id, ks)| ks.iter().map(move |k| (k, *id)))
-        .collect();
-    for chunk in pairs.chunks(ROWS_PER_STATEMENT * 5) {
-        let mut s = Sql::new("INSERT INTO identity_keys (key, identity_id) VALUES ".into());
-        for (i, (k, id)) in chunk.iter().enumerate() {
-            s.push(if i == 0 { "(" } else { ", (" });
-            s.bind((*k).clone());
-            s.push(", ");
-            s.bind(*id);
-            s.push(")");
-        }
-        s.push(" ON CONFLICT DO NOTHING");
-        s.query()
-            .execute(&mut *conn)
-            .await
-            .map_err(q("insert identity keys"))?;
-    }
-    Ok(())
-}
-
 /// A `match` row of the history.
 struct HistoryInsert<'a> {
     batch: &'a str,
@@ -650,12 +596,13 @@ struct HistoryInsert<'a> {
 
 async fn insert_history(
     conn: &mut AnyConnection,
+    backend: Backend,
     rows: &[HistoryInsert<'_>],
     actor: &str,
 ) -> Result<()> {
     let now = now_ms();
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut s = Sql::new("INSERT INTO identity_history (batch, identity_id, action, from_person, to_person, from_active, to_active, grade, score, decision, actor, reason, undone, at) VALUES ".into());
+        let mut s = Sql::for_backend("INSERT INTO identity_history (batch, identity_id, action, from_person, to_person, from_active, to_active, grade, score, decision, actor, reason, undone, at) VALUES ".into(), backend);
         for (i, h) in chunk.iter().enumerate() {
             s.push(if i == 0 { "(" } else { ", (" });
             s.bind(h.batch.to_owned());
@@ -698,6 +645,7 @@ async fn insert_history(
 /// pending entry for the same pair); returns the entry ids per record id.
 async fn queue_reviews(
     conn: &mut AnyConnection,
+    backend: Backend,
     decided: &[(MatchDecision, u64, Audited)],
     ids: &[i64],
     targets: &[i64],
@@ -722,7 +670,7 @@ async fn queue_reviews(
     }
     let mut out: HashMap<i64, Vec<i64>> = HashMap::new();
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut s = Sql::new("INSERT INTO identity_reviews (identity_id, candidate_person, grade, score, decision, state, created_at) VALUES ".into());
+        let mut s = Sql::for_backend("INSERT INTO identity_reviews (identity_id, candidate_person, grade, score, decision, state, created_at) VALUES ".into(), backend);
         for (i, (identity, person, grade, score, json)) in chunk.iter().enumerate() {
             s.push(if i == 0 { "(" } else { ", (" });
             s.bind(*identity);

@@ -5,7 +5,8 @@
 //! * `identities`: one row per facility identifier (facility + local id, unique together),
 //!   linked to a person, with the normalised demographics as JSON and an `active` flag (a
 //!   record retired by an ADT^A40 merge stays, inactive, pointing at the surviving person).
-//! * `identity_keys`: the blocking keys of each record, so a lookup never scans the index.
+//! * `identities.keys`: the blocking keys of each record (hashed), which every engine process
+//!   keeps as postings in memory (`postings.rs`), so a lookup never scans the index.
 //! * `identity_history`: every decision and every change of a link (match, unlink, relink,
 //!   merge, accept, reject, undo) with the person before and after, the matcher's JSON (grades,
 //!   scores, per-field contributions) and who did it and why. Rows of one operation share a
@@ -24,8 +25,8 @@
 //! --reencrypt` covers messages and effects only).
 //!
 //! The domain's matcher is synchronous, so the store *prefetches*: [`Store::identity_prefetch`]
-//! reads the candidates of a record's keys in one query and hands back a [`Prefetched`] index
-//! that implements [`CandidateIndex`] in memory.
+//! ranks the records sharing a record's keys from the postings and reads them by id, and hands
+//! back a [`Prefetched`] index that implements [`CandidateIndex`] in memory.
 
 use std::collections::BTreeMap;
 
@@ -41,8 +42,10 @@ use super::{Result, Store, StoreError, q};
 use crate::message::{new_id, now_ms};
 
 mod batch;
+mod postings;
 
 pub use batch::{Audited, BatchLinked};
+pub(crate) use postings::Postings;
 
 /// A key shared by more records than this is skipped at lookup (a clinic's switchboard number,
 /// a very common name in one year), as [`huizhen_domain::identity::MemoryIndex`] does.
@@ -403,6 +406,25 @@ impl Store {
         }
     }
 
+    /// The hashes of a record's blocking keys as stored (sorted, no repeats).
+    pub(crate) fn identity_key_hashes(&self, person: &NormalizedPerson) -> Vec<u64> {
+        let mut hashes: Vec<u64> = huizhen_domain::identity::blocking_keys(person)
+            .iter()
+            .map(|k| postings::key_hash(&self.identity_key_text(k)))
+            .collect();
+        hashes.sort_unstable();
+        hashes.dedup();
+        hashes
+    }
+
+    /// Computes the keys of records of an older version once per store (see `postings`).
+    pub(crate) async fn ensure_identity_keys(&self) -> Result<()> {
+        self.identity_backfill
+            .get_or_try_init(|| async { self.backfill_identity_keys().await.map(|_| ()) })
+            .await
+            .map(|_| ())
+    }
+
     fn identity_binding(facility: &str, local_id: &str) -> String {
         format!("identity/{}/{facility}/{local_id}", facility.len())
     }
@@ -453,52 +475,24 @@ impl Store {
         if keys.is_empty() || limit == 0 || facilities.is_some_and(<[String]>::is_empty) {
             return Ok(Prefetched::default());
         }
-        let mut texts: Vec<String> = keys.iter().map(|k| self.identity_key_text(k)).collect();
-        let mut s = Sql::new("SELECT key FROM identity_keys WHERE key".into());
-        push_in(&mut s, &texts);
-        s.push(" GROUP BY key HAVING COUNT(*) > ");
-        s.bind(MAX_POSTINGS);
-        let common: Vec<String> = s
-            .query()
-            .fetch_all(&self.read)
-            .await
-            .map_err(q("count identity keys"))?
+        self.ensure_identity_keys().await?;
+        let mut hashes: Vec<u64> = keys
             .iter()
-            .filter_map(|r| r.try_get("key").ok())
+            .map(|k| postings::key_hash(&self.identity_key_text(k)))
             .collect();
-        texts.retain(|t| !common.contains(t));
-        if texts.is_empty() {
-            return Ok(Prefetched::default());
-        }
-        let mut s = Sql::new("SELECT i.id, i.facility, i.local_id, i.person_id, i.person, h.hits FROM identities i JOIN (SELECT k.identity_id, COUNT(*) AS hits FROM identity_keys k JOIN identities j ON j.id = k.identity_id AND j.active = 1".into());
-        if let Some(f) = facilities {
-            s.push(" AND j.facility");
-            push_in(&mut s, f);
-        }
-        s.push(" WHERE k.key");
-        push_in(&mut s, &texts);
-        s.push(" GROUP BY k.identity_id ORDER BY hits DESC, k.identity_id LIMIT ");
-        s.bind(i64::try_from(limit).unwrap_or(i64::MAX));
-        s.push(") h ON h.identity_id = i.id ORDER BY h.hits DESC, i.id");
-        let rows = s
-            .query()
-            .fetch_all(&self.read)
-            .await
-            .map_err(q("prefetch identity candidates"))?;
-        let mut entries = Vec::with_capacity(rows.len());
-        for r in rows {
-            let d = || q("decode identity candidate");
-            let row: i64 = r.try_get("id").map_err(d())?;
-            let facility: String = r.try_get("facility").map_err(d())?;
-            let local_id: String = r.try_get("local_id").map_err(d())?;
-            let person_id: i64 = r.try_get("person_id").map_err(d())?;
-            let raw: String = r.try_get("person").map_err(d())?;
-            let person = self.open_person(row, &facility, &local_id, raw)?;
-            entries.push(IndexedIdentity {
-                person_id: to_person(person_id),
-                person: std::sync::Arc::new(person),
-            });
-        }
+        hashes.sort_unstable();
+        hashes.dedup();
+        let mut conn = self.read.acquire().await.map_err(q("acquire a reader"))?;
+        let ranked = self
+            .with_postings(&mut conn, |p| batch::rank(p, &hashes))
+            .await?;
+        let mut loaded = std::collections::HashMap::new();
+        let entries = self
+            .take_active(&mut conn, &ranked, limit, facilities, &mut loaded)
+            .await?
+            .into_iter()
+            .map(|(entry, _)| entry)
+            .collect();
         Ok(Prefetched { entries })
     }
 
@@ -611,38 +605,25 @@ impl Store {
         Ok(id)
     }
 
-    /// Replaces the blocking keys of record `id` with those of `person`.
+    /// Replaces the blocking keys of record `id` with those of `person`, stamped with the
+    /// next value of the keys counter (the postings of every store pick them up).
     async fn write_keys(
         &self,
         conn: &mut AnyConnection,
         id: i64,
         person: &NormalizedPerson,
     ) -> Result<()> {
-        let mut d = Sql::new("DELETE FROM identity_keys WHERE identity_id = ".into());
-        d.bind(id);
-        d.query()
+        let seq = postings::next_seq(conn).await?;
+        let mut u = Sql::new("UPDATE identities SET keys = ".into());
+        u.bind(postings::encode_keys(&self.identity_key_hashes(person)));
+        u.push(", keys_seq = ");
+        u.bind(seq);
+        u.push(" WHERE id = ");
+        u.bind(id);
+        u.query()
             .execute(&mut *conn)
             .await
-            .map_err(q("replace identity keys"))?;
-        let keys = huizhen_domain::identity::blocking_keys(person);
-        for chunk in keys.chunks(200) {
-            let mut s = Sql::new("INSERT INTO identity_keys (key, identity_id) VALUES ".into());
-            for (i, k) in chunk.iter().enumerate() {
-                if i > 0 {
-                    s.push(", ");
-                }
-                s.push("(");
-                s.bind(self.identity_key_text(k));
-                s.push(", ");
-                s.bind(id);
-                s.push(")");
-            }
-            s.push(" ON CONFLICT DO NOTHING");
-            s.query()
-                .execute(&mut *conn)
-                .await
-                .map_err(q("insert identity keys"))?;
-        }
+            .map_err(q("store identity keys"))?;
         Ok(())
     }
 
@@ -767,7 +748,8 @@ impl Store {
     }
 
     /// An ADT^A40 merge: the record `facility`/`retired_local_id` is retired (inactive) and it
-    /// and every record of its person are re-pointed to `survivor`. Returns the history batch
+    /// and every record of its person are re-pointed to `survivor`, and so are the person's
+    /// open consultations (a `patient_repointed` event each, audited, in the same transaction). Returns the history batch
     /// (for [`Store::identity_undo`]) and how many records moved; `None` when the retired
     /// record is unknown or already merged into `survivor`.
     pub async fn identity_merge(
@@ -816,10 +798,28 @@ impl Store {
             .await?;
             moved += 1;
         }
+        // The retired person's open consultations follow the records (MATCH-05), audited, in
+        // this transaction.
+        let repointed = if retired.person_id == survivor {
+            0
+        } else {
+            super::consultations::repoint_in(
+                &mut tx,
+                self,
+                retired.person_id as u64,
+                survivor as u64,
+                by.actor,
+                by.reason,
+            )
+            .await?
+        };
         if let Some(e) = by.audit {
             audit::append(&mut tx, e, self.anchor.as_deref()).await?;
         }
         tx.commit().await.map_err(q("commit identity merge"))?;
+        if repointed > 0 {
+            self.notify_consultations();
+        }
         Ok(Some((batch, moved)))
     }
 
