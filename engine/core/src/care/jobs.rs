@@ -9,7 +9,8 @@
 //!   audited (`stats.export`). A tick is claimed in the store first, so with several engine
 //!   processes it runs once. Ticks that fall while the engine is stopped are not run later.
 //!
-//! Each job takes `now` as an argument, so tests run them at a fixed time.
+//! Each job takes `now` as an argument, so tests run them at a fixed time; the loop takes it
+//! from the store's clock (`crate::clock`), like the consultation workflow.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -189,19 +190,19 @@ pub async fn run(
     let mut next_export = care
         .stats_export
         .as_ref()
-        .and_then(|x| x.schedule.upcoming(Utc).next());
+        .and_then(|x| x.schedule.after(&store.clock().now()).next());
     loop {
         if care.outbound_pipeline.is_some() {
             super::relay_outbox(&store, &pipelines).await;
         }
         if tokio::time::Instant::now() >= next_sweep {
             next_sweep = tokio::time::Instant::now() + Duration::from_secs(60);
-            if let Err(e) = sweep_no_shows(&store, &care, Utc::now()).await {
+            if let Err(e) = sweep_no_shows(&store, &care, store.clock().now()).await {
                 tracing::warn!(error = %e, "no-show sweep failed");
             }
         }
         if let (Some(x), Some(tick)) = (&care.stats_export, next_export)
-            && Utc::now() >= tick
+            && store.clock().now() >= tick
         {
             export_tick(&store, x, tick).await;
             next_export = x.schedule.after(&tick).next();

@@ -197,7 +197,13 @@ pub(super) async fn book(
     let care = care(&s);
     match s
         .store
-        .book_appointment(&request, &facility, &care.appointments, Utc::now(), &audit)
+        .book_appointment(
+            &request,
+            &facility,
+            &care.appointments,
+            s.store.clock().now(),
+            &audit,
+        )
         .await?
     {
         Ok(booking) => {
@@ -302,7 +308,7 @@ pub(super) async fn cancel(
             &caller.principal.sub,
             &b.reason,
             &care.appointments,
-            Utc::now(),
+            s.store.clock().now(),
             &audit,
         )
         .await?
@@ -358,7 +364,13 @@ pub(super) async fn join(
     let care = care(&s);
     match s
         .store
-        .record_appointment_join(&id, participant, Utc::now(), &care.appointments, &audit)
+        .record_appointment_join(
+            &id,
+            participant,
+            s.store.clock().now(),
+            &care.appointments,
+            &audit,
+        )
         .await?
     {
         Ok(stored) => Ok(Json(json!(stored)).into_response()),
@@ -381,7 +393,7 @@ pub(super) async fn queue(
                 format!("date: {d:?} is not YYYY-MM-DD"),
             )
         })?,
-        None => care.appointments.local_date(Utc::now()),
+        None => care.appointments.local_date(s.store.clock().now()),
     };
     let p = &caller.principal;
     let allowed = if p.role == Role::Expert {

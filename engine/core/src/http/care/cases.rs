@@ -3,7 +3,6 @@
 //! patient data (the store keeps only the domain's de-identified records), so it is shared
 //! across facilities, like a teaching file; nothing here is scoped or audited per read.
 
-use chrono::Utc;
 use huizhen_domain::case_library::{
     CaseFlags, CaseLibrary, CaseLibraryError, CaseQuery, DoctorProfile, RecommendQuery, chapter,
 };
@@ -155,7 +154,7 @@ pub(super) async fn recommend(
         // Ids are unique in the table.
         let _ = library.add_record(record);
     }
-    let recommendations = library.recommend(&profile, &query, Utc::now());
+    let recommendations = library.recommend(&profile, &query, s.store.clock().now());
     Ok(Json(json!({
         "doctor": profile.doctor_id,
         "departments": profile.departments,

@@ -8,7 +8,6 @@
 //! and changed by callers whose write scope does (others 403). The logistics partner's token
 //! names the facilities it delivers for (or `*`).
 
-use chrono::Utc;
 use huizhen_domain::prescription::{
     DeliveryCallback, Prescription, PrescriptionCommand, PrescriptionError, PrescriptionEvent,
     PrescriptionLine, PrescriptionState, allowed_actions,
@@ -198,7 +197,7 @@ pub(super) async fn draft(
     };
     let care = care(&s);
     let rx = Prescription::default();
-    let events = match care.policy.decide(&rx, &command, Utc::now()) {
+    let events = match care.policy.decide(&rx, &command, s.store.clock().now()) {
         Ok(e) => e,
         Err(e) => {
             return Err(refused(
@@ -433,7 +432,7 @@ pub(super) async fn act(
         )?;
         let decided = care
             .policy
-            .decide(rx, &cmd, Utc::now())
+            .decide(rx, &cmd, s.store.clock().now())
             .and_then(|events| verified(&s, rx, &cmd).map(|()| events));
         let events = match decided {
             Ok(e) => e,
@@ -526,7 +525,7 @@ pub(super) async fn delivery(
         let cmd = PrescriptionCommand::Delivery {
             callback: callback.clone(),
         };
-        let events = match care.policy.decide(rx, &cmd, Utc::now()) {
+        let events = match care.policy.decide(rx, &cmd, s.store.clock().now()) {
             Ok(e) => e,
             Err(e) => {
                 return Err(refused(&s, &caller, action, &id, &stored.facility, refusal(&e)).await);

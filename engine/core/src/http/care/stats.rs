@@ -4,7 +4,6 @@
 //! consultation facts of the caller's facilities. Default period: the 30 days before now.
 //! There is no per-prescriber figure (CN-20 forbids 统方).
 
-use chrono::Utc;
 use huizhen_domain::stats::{StatsPeriod, compute_stats, to_csv};
 
 use super::*;
@@ -20,7 +19,7 @@ pub(super) async fn stats(
     let pairs = params(pairs, &["from", "to", "facility", "format"])?;
     let to = match param(&pairs, "to") {
         Some(t) => instant("to", t)?,
-        None => Utc::now(),
+        None => s.store.clock().now(),
     };
     let from = match param(&pairs, "from") {
         Some(t) => instant("from", t)?,
