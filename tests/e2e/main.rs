@@ -11,6 +11,7 @@
 mod amqp;
 mod audit;
 mod buffer;
+mod care;
 mod cli;
 mod cluster;
 mod consultation_sla;

@@ -631,7 +631,7 @@ async fn sealed_demographics_and_blind_keys(b: Backend) {
         .unwrap()
     {
         let k: String = r.get("keys");
-        assert!(!k.is_empty() && k.len() % 16 == 0, "{k}");
+        assert!(!k.is_empty() && k.len().is_multiple_of(16), "{k}");
         assert!(!k.contains(&plain_key), "a plain key's hash is stored: {k}");
     }
     // Without the keys, the demographics do not open.

@@ -180,6 +180,7 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
         LocalDoctor,
         Pharmacist,
         Patient,
+        Logistics,
     ];
     const NO: [u16; 4] = [403, 403, 403, 403];
     const ALL: [u16; 4] = [200, 200, 200, 200];
@@ -188,30 +189,30 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
     const UNFIT: [u16; 4] = [422, 422, 422, 422];
     const GONE: [u16; 4] = [404, 404, 404, 404];
     // (method, route pattern, concrete path, [[A, B, C, *] per role in the order above])
-    let table: Vec<(&str, &str, &str, [[u16; 4]; 7])> = vec![
+    let table: Vec<(&str, &str, &str, [[u16; 4]; 8])> = vec![
         (
             "GET",
             "/api/pipelines",
             "/api/pipelines",
-            [ALL, ALL, ALL, NO, NO, NO, NO],
+            [ALL, ALL, ALL, NO, NO, NO, NO, NO],
         ),
         (
             "GET",
             "/api/backlog",
             "/api/backlog",
-            [ALL, ALL, ALL, NO, NO, NO, NO],
+            [ALL, ALL, ALL, NO, NO, NO, NO, NO],
         ),
         (
             "GET",
             "/api/cluster",
             "/api/cluster",
-            [PLATFORM, PLATFORM, PLATFORM, NO, NO, NO, NO],
+            [PLATFORM, PLATFORM, PLATFORM, NO, NO, NO, NO, NO],
         ),
         (
             "GET",
             "/api/messages",
             "/api/messages",
-            [ALL, ALL, ALL, NO, NO, NO, NO],
+            [ALL, ALL, ALL, NO, NO, NO, NO, NO],
         ),
         (
             "GET",
@@ -225,6 +226,7 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
                 NO,
                 NO,
                 NO,
+                NO,
             ],
         ),
         (
@@ -234,6 +236,7 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
             [
                 [200, 404, 403, 200],
                 [200, 404, 403, 200],
+                NO,
                 NO,
                 NO,
                 NO,
@@ -253,38 +256,39 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
                 NO,
                 NO,
                 NO,
+                NO,
             ],
         ),
         (
             "GET",
             "/api/audit",
             "/api/audit",
-            [ALL, NO, ALL, NO, NO, NO, NO],
+            [ALL, NO, ALL, NO, NO, NO, NO, NO],
         ),
         (
             "GET",
             "/api/audit/verify",
             "/api/audit/verify",
-            [PLATFORM, NO, PLATFORM, NO, NO, NO, NO],
+            [PLATFORM, NO, PLATFORM, NO, NO, NO, NO, NO],
         ),
         (
             "GET",
             "/api/plugins",
             "/api/plugins",
-            [ALL, ALL, ALL, NO, NO, NO, NO],
+            [ALL, ALL, ALL, NO, NO, NO, NO, NO],
         ),
         (
             "POST",
             "/api/plugins/{name}/reload",
             "/api/plugins/no-such-plugin/reload",
             // Platform admins get as far as the registry: no such plugin.
-            [[403, 403, 403, 404], NO, NO, NO, NO, NO, NO],
+            [[403, 403, 403, 404], NO, NO, NO, NO, NO, NO, NO],
         ),
         (
             "GET",
             "/metrics",
             "/metrics",
-            [ALL, ALL, ALL, NO, NO, NO, NO],
+            [ALL, ALL, ALL, NO, NO, NO, NO, NO],
         ),
         // Patient identity: bodies and queries that pass the guard answer 400 (the matrix's
         // body is no demographics, no reason) or 404 (no such person).
@@ -292,80 +296,162 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
             "POST",
             "/api/patients/match",
             "/api/patients/match",
-            [BAD, BAD, BAD, NO, BAD, NO, NO],
+            [BAD, BAD, BAD, NO, BAD, NO, NO, NO],
         ),
         (
             "GET",
             "/api/patients/identifiers",
             "/api/patients/identifiers",
-            [BAD, BAD, BAD, NO, BAD, NO, NO],
+            [BAD, BAD, BAD, NO, BAD, NO, NO, NO],
         ),
         (
             "GET",
             "/api/patients/{person_id}/identifiers",
             "/api/patients/999999/identifiers",
-            [GONE, GONE, GONE, NO, GONE, NO, NO],
+            [GONE, GONE, GONE, NO, GONE, NO, NO, NO],
         ),
         (
             "GET",
             "/api/patients/review",
             "/api/patients/review",
-            [ALL, ALL, ALL, NO, ALL, NO, NO],
+            [ALL, ALL, ALL, NO, ALL, NO, NO, NO],
         ),
         (
             "POST",
             "/api/patients/review/{id}/accept",
             "/api/patients/review/1/accept",
-            [BAD, BAD, NO, NO, NO, NO, NO],
+            [BAD, BAD, NO, NO, NO, NO, NO, NO],
         ),
         (
             "POST",
             "/api/patients/review/{id}/reject",
             "/api/patients/review/1/reject",
-            [BAD, BAD, NO, NO, NO, NO, NO],
+            [BAD, BAD, NO, NO, NO, NO, NO, NO],
         ),
         (
             "POST",
             "/api/patients/{person_id}/unlink",
             "/api/patients/1/unlink",
-            [BAD, BAD, NO, NO, NO, NO, NO],
+            [BAD, BAD, NO, NO, NO, NO, NO, NO],
         ),
         (
             "POST",
             "/api/patients/{person_id}/relink",
             "/api/patients/1/relink",
-            [BAD, BAD, NO, NO, NO, NO, NO],
+            [BAD, BAD, NO, NO, NO, NO, NO, NO],
         ),
         // Expert matching: the probe body is not a case (422) and no decision exists (404).
         (
             "POST",
             "/api/experts/match",
             "/api/experts/match",
-            [UNFIT, UNFIT, NO, NO, UNFIT, NO, NO],
+            [UNFIT, UNFIT, NO, NO, UNFIT, NO, NO, NO],
         ),
         (
             "POST",
             "/api/experts/heartbeat",
             "/api/experts/heartbeat",
-            [NO, NO, NO, UNFIT, NO, NO, NO],
+            [NO, NO, NO, UNFIT, NO, NO, NO, NO],
         ),
         (
             "GET",
             "/api/experts/fairness",
             "/api/experts/fairness",
-            [ALL, ALL, ALL, NO, NO, NO, NO],
+            [ALL, ALL, ALL, NO, NO, NO, NO, NO],
         ),
         (
             "GET",
             "/api/match-decisions/{id}",
             "/api/match-decisions/no-such-decision",
-            [GONE, GONE, GONE, NO, GONE, NO, NO],
+            [GONE, GONE, GONE, NO, GONE, NO, NO, NO],
         ),
         (
             "POST",
             "/api/match-decisions/{id}/override",
             "/api/match-decisions/no-such-decision/override",
-            [UNFIT, UNFIT, NO, NO, NO, NO, NO],
+            [UNFIT, UNFIT, NO, NO, NO, NO, NO, NO],
+        ),
+        // The care workflow (http/care/): probe bodies are not what the endpoints take (422),
+        // and the ids do not exist (404).
+        (
+            "POST",
+            "/api/prescriptions",
+            "/api/prescriptions",
+            [NO, NO, NO, UNFIT, UNFIT, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/api/prescriptions",
+            "/api/prescriptions",
+            [ALL, ALL, ALL, ALL, ALL, ALL, NO, NO],
+        ),
+        (
+            "GET",
+            "/api/prescriptions/{id}",
+            "/api/prescriptions/no-such",
+            [GONE, GONE, GONE, GONE, GONE, GONE, NO, NO],
+        ),
+        (
+            "POST",
+            "/api/prescriptions/{id}/delivery",
+            "/api/prescriptions/no-such/delivery",
+            [NO, NO, NO, NO, NO, NO, NO, UNFIT],
+        ),
+        (
+            "POST",
+            "/api/prescriptions/{id}/{action}",
+            "/api/prescriptions/no-such/approve",
+            [UNFIT, UNFIT, NO, UNFIT, UNFIT, UNFIT, NO, NO],
+        ),
+        (
+            "POST",
+            "/api/appointments",
+            "/api/appointments",
+            [UNFIT, UNFIT, NO, UNFIT, UNFIT, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/api/appointments/{id}",
+            "/api/appointments/no-such",
+            [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
+        ),
+        (
+            "POST",
+            "/api/appointments/{id}/cancel",
+            "/api/appointments/no-such/cancel",
+            [UNFIT, UNFIT, NO, UNFIT, UNFIT, NO, NO, NO],
+        ),
+        (
+            "POST",
+            "/api/appointments/{id}/join",
+            "/api/appointments/no-such/join",
+            [NO, NO, NO, GONE, GONE, NO, GONE, NO],
+        ),
+        // The queue of an unregistered expert: platform staff only; an expert reads its own.
+        (
+            "GET",
+            "/api/experts/{id}/queue",
+            "/api/experts/no-such/queue",
+            [PLATFORM, PLATFORM, NO, NO, NO, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/api/cases",
+            "/api/cases",
+            [ALL, ALL, ALL, ALL, ALL, NO, NO, NO],
+        ),
+        // The callers are not in the expert registry and name no department.
+        (
+            "GET",
+            "/api/cases/recommend",
+            "/api/cases/recommend",
+            [UNFIT, UNFIT, UNFIT, UNFIT, UNFIT, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/api/stats",
+            "/api/stats",
+            [ALL, ALL, ALL, NO, NO, NO, NO, NO],
         ),
         // The consultation workflow: the probe body is not a request (422); no consultation
         // exists (404); lists and the live stream answer every reading role.
@@ -373,31 +459,31 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
             "POST",
             "/api/consultations",
             "/api/consultations",
-            [UNFIT, UNFIT, NO, NO, UNFIT, NO, NO],
+            [UNFIT, UNFIT, NO, NO, UNFIT, NO, NO, NO],
         ),
         (
             "GET",
             "/api/consultations",
             "/api/consultations",
-            [ALL, ALL, ALL, ALL, ALL, NO, NO],
+            [ALL, ALL, ALL, ALL, ALL, NO, NO, NO],
         ),
         (
             "GET",
             "/api/consultations/events",
             "/api/consultations/events",
-            [ALL, ALL, ALL, ALL, ALL, NO, NO],
+            [ALL, ALL, ALL, ALL, ALL, NO, NO, NO],
         ),
         (
             "GET",
             "/api/consultations/{id}",
             "/api/consultations/no-such-consultation",
-            [GONE, GONE, GONE, GONE, GONE, NO, NO],
+            [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
         ),
         (
             "POST",
             "/api/consultations/{id}/{action}",
             "/api/consultations/no-such-consultation/submit",
-            [GONE, GONE, NO, GONE, GONE, NO, NO],
+            [GONE, GONE, NO, GONE, GONE, NO, NO, NO],
         ),
     ];
     let mut wrong = Vec::new();

@@ -22,7 +22,7 @@ pub struct IssueArgs {
     /// Who the token is for (a person or a system).
     #[arg(long)]
     sub: String,
-    /// admin, integrator, auditor, expert, local-doctor, pharmacist or patient.
+    /// admin, integrator, auditor, expert, local-doctor, pharmacist, patient or logistics.
     #[arg(long)]
     role: String,
     /// The facility the holder acts for; `*` for every facility (platform staff).

@@ -10,6 +10,7 @@
 pub mod duration;
 mod error;
 mod interpolate;
+pub mod workflow;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -18,6 +18,7 @@
 //! | POST | /api/experts/match, /api/experts/heartbeat; GET /api/experts/fairness | expert matching ([`experts`]) |
 //! | GET, POST | /api/match-decisions/{id}, /api/match-decisions/{id}/override | match explanations and overrides |
 //! | … | /api/consultations/… | the consultation workflow and its live stream: see `http/consultations/` |
+//! | … | /api/prescriptions, /api/appointments, /api/experts/{id}/queue, /api/cases, /api/stats | the care workflow ([`care`]) |
 //!
 //! Every error is JSON: `{"error": "…"}`. Bodies are limited to `http.max_body_bytes` and
 //! requests to `http.request_timeout`.
@@ -180,6 +181,7 @@ async fn audit(store: &Store, e: &AuditEvent) -> Result<(), ApiError> {
 }
 
 mod audit;
+mod care;
 mod consultations;
 mod experts;
 mod guard;
@@ -255,6 +257,7 @@ pub fn router(state: AppState, cfg: &HttpConfig, security: Arc<Security>) -> Rou
             "/api/match-decisions/{id}/override",
             post(experts::override_decision),
         )
+        .merge(care::routes())
         .route_layer(middleware::from_fn_with_state(security, guard))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))

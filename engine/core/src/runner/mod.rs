@@ -75,6 +75,8 @@ pub enum EngineError {
     Extension(String),
     #[error("{0}")]
     Cluster(String),
+    #[error("{0}")]
+    Workflow(String),
     #[error("pipeline {pipeline} ({file}): {message}")]
     Build {
         pipeline: String,
@@ -170,6 +172,21 @@ impl Engine {
                 .map(|w| w.with_stop(shutdown.clone()))
             })
             .map_err(EngineError::Extension)?;
+        // The care workflow's settings, for its API and jobs. Prescribers' signatures are
+        // verified against the same roots as the experts' opinions (CN-21).
+        let care = extensions
+            .get_or_try_init(|| crate::care::Care::from_config(&root.workflow))
+            .map_err(EngineError::Workflow)?;
+        if let Some(path) = &root.workflow.signing_roots {
+            let verifier = huizhen_signing::ChainVerifier::from_pem_file(path).map_err(|e| {
+                EngineError::Workflow(format!("workflow.signing_roots: {}: {e}", path.display()))
+            })?;
+            let _ = extensions.get_or_try_init(|| {
+                Ok::<_, std::convert::Infallible>(crate::care::PrescriptionSignatures(Arc::new(
+                    verifier,
+                )))
+            });
+        }
         // Scale-out: the broker the pipelines dispatch through, and this node's name.
         let specs: Vec<QueueSpec> = loaded
             .pipelines
@@ -251,6 +268,8 @@ impl Engine {
             built.push((handle, source));
         }
         router.set(pipelines.clone());
+        care.check_pipelines(|p| pipelines.contains_key(p))
+            .map_err(EngineError::Workflow)?;
 
         let mut cluster = None;
         if let Some(r) = &remote {
@@ -282,6 +301,12 @@ impl Engine {
         for p in pipelines.values() {
             workers.spawn(p.clone().feeder(loaded.root.journal.scheduler_poll));
         }
+        workers.spawn(crate::care::jobs::run(
+            store.clone(),
+            care.clone(),
+            pipelines.clone(),
+            shutdown.clone(),
+        ));
         workers.spawn(housekeeping(
             store.clone(),
             pipelines.clone(),

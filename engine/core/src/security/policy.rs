@@ -16,10 +16,13 @@ pub enum Role {
     LocalDoctor,
     Pharmacist,
     Patient,
+    /// A drug-delivery partner (药品配送): reports delivery statuses of prescriptions, nothing
+    /// else.
+    Logistics,
 }
 
 impl Role {
-    pub const ALL: [Role; 7] = [
+    pub const ALL: [Role; 8] = [
         Role::Admin,
         Role::Integrator,
         Role::Auditor,
@@ -27,6 +30,7 @@ impl Role {
         Role::LocalDoctor,
         Role::Pharmacist,
         Role::Patient,
+        Role::Logistics,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -38,6 +42,7 @@ impl Role {
             Role::LocalDoctor => "local-doctor",
             Role::Pharmacist => "pharmacist",
             Role::Patient => "patient",
+            Role::Logistics => "logistics",
         }
     }
 
@@ -126,6 +131,27 @@ pub enum Action {
     CreateConsultations,
     /// Act on a consultation (the domain decides which action each role may take).
     ActOnConsultations,
+    /// Draft a prescription: a physician personally (CN-20).
+    DraftPrescription,
+    /// Revise, sign, submit, approve, reject or cancel a prescription (the domain checks who
+    /// may do which).
+    ActOnPrescription,
+    /// Read prescriptions and the pharmacist's queue.
+    ReadPrescriptions,
+    /// A logistics partner's delivery callback.
+    PrescriptionDelivery,
+    /// Book or cancel an appointment.
+    BookAppointment,
+    /// Read an appointment.
+    ReadAppointments,
+    /// Record joining a booked session.
+    JoinAppointment,
+    /// An expert's daily waiting queue.
+    ReadExpertQueue,
+    /// Search the de-identified case library and read recommendations.
+    ReadCases,
+    /// Consultation statistics (no per-prescriber figures exist: CN-20).
+    ReadStats,
 }
 
 impl Action {
@@ -152,6 +178,18 @@ impl Action {
             Action::ReadConsultations => &[Admin, Integrator, Auditor, Expert, LocalDoctor],
             Action::CreateConsultations => &[Admin, Integrator, LocalDoctor],
             Action::ActOnConsultations => &[Admin, Integrator, Expert, LocalDoctor],
+            Action::DraftPrescription => &[Expert, LocalDoctor],
+            Action::ActOnPrescription => &[Admin, Integrator, Expert, LocalDoctor, Pharmacist],
+            Action::ReadPrescriptions => {
+                &[Admin, Integrator, Auditor, Expert, LocalDoctor, Pharmacist]
+            }
+            Action::PrescriptionDelivery => &[Logistics],
+            Action::BookAppointment => &[Admin, Integrator, Expert, LocalDoctor],
+            Action::ReadAppointments => &[Admin, Integrator, Auditor, Expert, LocalDoctor],
+            Action::JoinAppointment => &[Expert, LocalDoctor, Patient],
+            Action::ReadExpertQueue => &[Admin, Integrator, Expert],
+            Action::ReadCases => &[Admin, Integrator, Auditor, Expert, LocalDoctor],
+            Action::ReadStats => &[Admin, Integrator, Auditor],
         }
     }
 
@@ -175,6 +213,16 @@ impl Action {
             Action::ReadConsultations => "consultation.read",
             Action::CreateConsultations => "consultation.create",
             Action::ActOnConsultations => "consultation.act",
+            Action::DraftPrescription => "prescription.draft",
+            Action::ActOnPrescription => "prescription.act",
+            Action::ReadPrescriptions => "prescription.read",
+            Action::PrescriptionDelivery => "prescription.delivery",
+            Action::BookAppointment => "appointment.book",
+            Action::ReadAppointments => "appointment.read",
+            Action::JoinAppointment => "appointment.join",
+            Action::ReadExpertQueue => "expert.queue",
+            Action::ReadCases => "case.read",
+            Action::ReadStats => "stats.read",
         }
     }
 }
@@ -254,6 +302,36 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
         "/api/consultations/{id}/{action}",
         Action::ActOnConsultations,
     ),
+    // The care workflow (http/care/).
+    ("POST", "/api/prescriptions", Action::DraftPrescription),
+    ("GET", "/api/prescriptions", Action::ReadPrescriptions),
+    ("GET", "/api/prescriptions/{id}", Action::ReadPrescriptions),
+    (
+        "POST",
+        "/api/prescriptions/{id}/delivery",
+        Action::PrescriptionDelivery,
+    ),
+    (
+        "POST",
+        "/api/prescriptions/{id}/{action}",
+        Action::ActOnPrescription,
+    ),
+    ("POST", "/api/appointments", Action::BookAppointment),
+    ("GET", "/api/appointments/{id}", Action::ReadAppointments),
+    (
+        "POST",
+        "/api/appointments/{id}/cancel",
+        Action::BookAppointment,
+    ),
+    (
+        "POST",
+        "/api/appointments/{id}/join",
+        Action::JoinAppointment,
+    ),
+    ("GET", "/api/experts/{id}/queue", Action::ReadExpertQueue),
+    ("GET", "/api/cases", Action::ReadCases),
+    ("GET", "/api/cases/recommend", Action::ReadCases),
+    ("GET", "/api/stats", Action::ReadStats),
 ];
 
 /// Endpoints open to anyone.

@@ -16,6 +16,7 @@ mod cron;
 mod file;
 mod http;
 
+pub(crate) use cron::parse_schedule;
 pub use http::HttpSourceConfig;
 
 /// A way to cut a file into messages, for the `file` source's `split:` (besides the built-in

@@ -10,6 +10,7 @@
 
 pub mod anchor;
 pub mod audit;
+pub mod care;
 pub mod cluster;
 pub mod consultations;
 pub mod experts;
@@ -549,6 +550,7 @@ impl Store {
                     "consultations",
                     include_str!("migrations/sqlite/0011_consultations.sql"),
                 ),
+                (12, "care", include_str!("migrations/sqlite/0012_care.sql")),
             ],
             Backend::Postgres => &[
                 (
@@ -605,6 +607,11 @@ impl Store {
                     11,
                     "consultations",
                     include_str!("migrations/postgres/0011_consultations.sql"),
+                ),
+                (
+                    12,
+                    "care",
+                    include_str!("migrations/postgres/0012_care.sql"),
                 ),
             ],
         };

@@ -64,6 +64,19 @@ pub struct WorkflowConfig {
     /// How often the SLA sweep looks for due timers.
     #[serde(default = "default_sweep", with = "crate::config::duration")]
     pub sweep_interval: Duration,
+    /// Electronic prescriptions (CN-20): the deny list, lines, signature skew, the outbound
+    /// pipeline (see `crate::config::workflow`).
+    #[serde(default)]
+    pub prescriptions: crate::config::workflow::PrescriptionsConfig,
+    /// Appointment slots, the no-show grace period and the local time of schedules.
+    #[serde(default)]
+    pub appointments: huizhen_domain::appointment::AppointmentConfig,
+    /// The case library's recommendation ranking.
+    #[serde(default)]
+    pub case_library: crate::config::workflow::CaseLibraryConfig,
+    /// The scheduled CSV export of the statistics; none: no export.
+    #[serde(default)]
+    pub stats_export: Option<crate::config::workflow::StatsExportConfig>,
 }
 
 fn default_sweep() -> Duration {
@@ -77,6 +90,10 @@ impl Default for WorkflowConfig {
             matching: MatchConfig::default(),
             signing_roots: None,
             sweep_interval: default_sweep(),
+            prescriptions: Default::default(),
+            appointments: Default::default(),
+            case_library: Default::default(),
+            stats_export: None,
         }
     }
 }
@@ -98,6 +115,7 @@ impl WorkflowConfig {
         if self.sweep_interval.is_zero() {
             out.push("workflow.sweep_interval: must be more than 0".into());
         }
+        out.extend(self.care_problems());
         out
     }
 }

@@ -198,7 +198,7 @@ pub fn domain_role(role: Role) -> Option<DomainRole> {
         Role::Admin | Role::Integrator => Some(DomainRole::Coordinator),
         Role::LocalDoctor => Some(DomainRole::LocalDoctor),
         Role::Expert => Some(DomainRole::Expert),
-        Role::Auditor | Role::Pharmacist | Role::Patient => None,
+        Role::Auditor | Role::Pharmacist | Role::Patient | Role::Logistics => None,
     }
 }
 

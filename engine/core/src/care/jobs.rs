@@ -1,0 +1,215 @@
+//! The care workflow's scheduled jobs, run by the engine ([`run`], one task per engine):
+//!
+//! * the **outbox relay** every 2 s when an outbound pipeline is configured
+//!   ([`super::relay_outbox`]);
+//! * the **no-show sweep** every minute ([`sweep_no_shows`]): bookings whose start plus the
+//!   grace period passed with a side absent become no-shows (audited);
+//! * the **statistics export** on `workflow.stats_export.schedule` ([`run_stats_export`]): the
+//!   report over the period ending at the tick, as CSV, into `workflow.stats_export.dir`,
+//!   audited (`stats.export`). A tick is claimed in the store first, so with several engine
+//!   processes it runs once. Ticks that fall while the engine is stopped are not run later.
+//!
+//! Each job takes `now` as an argument, so tests run them at a fixed time; the loop takes it
+//! from the store's clock (`crate::clock`), like the consultation workflow.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use huizhen_domain::appointment::NoShow;
+use huizhen_domain::stats::{StatsPeriod, compute_stats, to_csv};
+use tokio_util::sync::CancellationToken;
+
+use super::{Care, StatsExport};
+use crate::runner::PipelineHandle;
+use crate::store::audit::AuditEvent;
+use crate::store::{Store, StoreError};
+
+/// The job name of the statistics export in `workflow_job_runs`.
+pub const STATS_EXPORT_JOB: &str = "stats-export";
+
+/// Why an export failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("statistics export: {0}")]
+    Stats(#[from] huizhen_domain::stats::StatsError),
+    #[error("statistics export: cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exported {
+    /// The file.
+    pub path: PathBuf,
+    /// Report rows (the `all` row included).
+    pub rows: usize,
+    /// Consultations counted.
+    pub volume: u64,
+}
+
+/// Marks the no-shows due at `now` (see `Store::sweep_no_shows`) and logs them; returns them
+/// for the consultation workflow to fail (`no-show`).
+pub async fn sweep_no_shows(
+    store: &Store,
+    care: &Care,
+    now: DateTime<Utc>,
+) -> Result<Vec<NoShow>, StoreError> {
+    let marked = store.sweep_no_shows(now, &care.appointments).await?;
+    for n in &marked {
+        tracing::info!(booking = %n.booking_id, consultation = %n.consultation_id, absent = ?n.absent, "appointment no-show");
+    }
+    Ok(marked)
+}
+
+fn stamp(t: DateTime<Utc>) -> String {
+    t.format("%Y%m%dT%H%M%SZ").to_string()
+}
+
+/// Writes the statistics of the period ending at `at` to
+/// `<dir>/consultation-stats-<from>-<to>.csv` (written to a temporary name, then renamed, so a
+/// reader never sees half a file) and audits it (`stats.export`, actor `engine`).
+pub async fn run_stats_export(
+    store: &Store,
+    export: &StatsExport,
+    at: DateTime<Utc>,
+) -> Result<Exported, ExportError> {
+    let period = StatsPeriod {
+        from: at - export.period,
+        to: at,
+    };
+    let facts = store.consultation_facts(period.from, period.to).await?;
+    let rows = compute_stats(&facts, period)?;
+    let csv = to_csv(&rows);
+    let name = format!(
+        "consultation-stats-{}-{}.csv",
+        stamp(period.from),
+        stamp(period.to)
+    );
+    let path = export.dir.join(&name);
+    let tmp = export.dir.join(format!(".{name}.tmp"));
+    let write = |p: &PathBuf, source| ExportError::Write {
+        path: p.clone(),
+        source,
+    };
+    tokio::fs::create_dir_all(&export.dir)
+        .await
+        .map_err(|e| write(&export.dir, e))?;
+    tokio::fs::write(&tmp, csv.as_bytes())
+        .await
+        .map_err(|e| write(&tmp, e))?;
+    tokio::fs::rename(&tmp, &path)
+        .await
+        .map_err(|e| write(&path, e))?;
+    let volume = rows.first().map_or(0, |r| r.volume);
+    let event = AuditEvent {
+        actor: "engine".into(),
+        role: "system".into(),
+        action: "stats.export".into(),
+        resource_type: "StatsExport".into(),
+        resource_id: name,
+        outcome: "success".into(),
+        source: "scheduler".into(),
+        detail: format!(
+            "{} rows, {volume} consultations created from {} to {}",
+            rows.len(),
+            period.from.to_rfc3339_opts(SecondsFormat::Secs, true),
+            period.to.to_rfc3339_opts(SecondsFormat::Secs, true)
+        ),
+        ..AuditEvent::default()
+    };
+    store.audit(&event).await?;
+    Ok(Exported {
+        path,
+        rows: rows.len(),
+        volume,
+    })
+}
+
+/// Runs tick `tick` of the export unless another process claimed it; records the outcome. A
+/// failure is logged and audited (`stats.export`, outcome `failed`).
+pub async fn export_tick(store: &Store, export: &StatsExport, tick: DateTime<Utc>) {
+    let key = tick.to_rfc3339_opts(SecondsFormat::Secs, true);
+    match store.claim_job_tick(STATS_EXPORT_JOB, &key).await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, tick = %key, "statistics export tick not claimed");
+            return;
+        }
+    }
+    let outcome = match run_stats_export(store, export, tick).await {
+        Ok(x) => {
+            tracing::info!(file = %x.path.display(), rows = x.rows, "statistics exported");
+            format!("ok: {}", x.path.display())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, tick = %key, "statistics export failed");
+            let event = AuditEvent {
+                actor: "engine".into(),
+                role: "system".into(),
+                action: "stats.export".into(),
+                resource_type: "StatsExport".into(),
+                resource_id: key.clone(),
+                outcome: "failed".into(),
+                source: "scheduler".into(),
+                detail: e.to_string(),
+                ..AuditEvent::default()
+            };
+            if let Err(err) = store.audit(&event).await {
+                tracing::error!(error = %err, "failed statistics export not audited");
+            }
+            format!("failed: {e}")
+        }
+    };
+    if let Err(e) = store
+        .finish_job_tick(STATS_EXPORT_JOB, &key, &outcome)
+        .await
+    {
+        tracing::warn!(error = %e, tick = %key, "statistics export outcome not recorded");
+    }
+}
+
+/// The jobs loop of one engine: relay every 2 s, sweep every minute, export on schedule, until
+/// `shutdown`.
+pub async fn run(
+    store: Store,
+    care: Arc<Care>,
+    pipelines: BTreeMap<String, PipelineHandle>,
+    shutdown: CancellationToken,
+) {
+    let mut next_sweep = tokio::time::Instant::now();
+    let mut next_export = care
+        .stats_export
+        .as_ref()
+        .and_then(|x| x.schedule.after(&store.clock().now()).next());
+    loop {
+        if care.outbound_pipeline.is_some() {
+            super::relay_outbox(&store, &pipelines).await;
+        }
+        if tokio::time::Instant::now() >= next_sweep {
+            next_sweep = tokio::time::Instant::now() + Duration::from_secs(60);
+            if let Err(e) = sweep_no_shows(&store, &care, store.clock().now()).await {
+                tracing::warn!(error = %e, "no-show sweep failed");
+            }
+        }
+        if let (Some(x), Some(tick)) = (&care.stats_export, next_export)
+            && store.clock().now() >= tick
+        {
+            export_tick(&store, x, tick).await;
+            next_export = x.schedule.after(&tick).next();
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The care workflow at run time (issue 15 items 4, 7, 8, 9): the settings the API and the
+//! jobs share ([`Care`], made from `workflow:` and kept in the engine's `Extensions`), the
+//! relay that submits outbox events to their pipelines ([`relay_outbox`]), and the scheduled
+//! jobs ([`jobs`]: the no-show sweep every minute, the statistics CSV export on its cron
+//! schedule). State is in `store::care`, rules in `huizhen_domain`, the API in `http::care`.
+
+pub mod jobs;
+mod outbox;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use huizhen_domain::appointment::AppointmentConfig;
+use huizhen_domain::case_library::RecommendWeights;
+use huizhen_domain::prescription::PrescriptionPolicy;
+use huizhen_domain::signature::SignatureVerifier;
+
+pub use outbox::{OUTBOX_LEASE_MS, relay_outbox};
+
+use crate::config::workflow::WorkflowConfig;
+use crate::extensions::Extensions;
+
+/// The care workflow's settings, checked.
+#[derive(Debug, Clone, Default)]
+pub struct Care {
+    /// The prescription rules (deny list, lines, signature skew).
+    pub policy: PrescriptionPolicy,
+    /// Where approved prescriptions are announced.
+    pub outbound_pipeline: Option<String>,
+    /// Slots, grace period, local offset.
+    pub appointments: AppointmentConfig,
+    /// The case library's ranking.
+    pub weights: RecommendWeights,
+    /// The scheduled statistics export.
+    pub stats_export: Option<StatsExport>,
+}
+
+/// The verifier of prescribers' signatures (CN-21): when the engine's `Extensions` hold one
+/// (put there by what holds the trusted roots, `extensions.get_or_try_init`), `sign` and
+/// `submit` also verify the signature over the prescription's canonical bytes (the value, the
+/// chain, validity at the signing time); without one, the domain's checks of the signature's
+/// shape and time are all there is.
+pub struct PrescriptionSignatures(pub Arc<dyn SignatureVerifier>);
+
+/// `workflow.stats_export`, parsed.
+#[derive(Debug, Clone)]
+pub struct StatsExport {
+    /// When (UTC).
+    pub schedule: cron::Schedule,
+    /// Where the files go.
+    pub dir: PathBuf,
+    /// The period each file covers, ending at the tick.
+    pub period: chrono::Duration,
+}
+
+impl Care {
+    /// The settings of `cfg`; every problem at once, each named by its path.
+    pub fn from_config(cfg: &WorkflowConfig) -> Result<Care, String> {
+        let errors = cfg.care_problems();
+        if !errors.is_empty() {
+            return Err(errors.join("; "));
+        }
+        let stats_export = match &cfg.stats_export {
+            Some(x) => Some(StatsExport {
+                schedule: crate::sources::parse_schedule(&x.schedule)?,
+                dir: x.dir.clone(),
+                period: chrono::Duration::from_std(x.period)
+                    .map_err(|e| format!("workflow.stats_export.period: {e}"))?,
+            }),
+            None => None,
+        };
+        Ok(Care {
+            policy: cfg.prescriptions.policy(),
+            outbound_pipeline: cfg
+                .prescriptions
+                .outbound_pipeline
+                .as_deref()
+                .map(|p| p.trim().to_owned()),
+            appointments: cfg.appointments,
+            weights: cfg.case_library.weights,
+            stats_export,
+        })
+    }
+
+    /// Refuses an outbound pipeline that is not among the engine's pipelines.
+    pub fn check_pipelines(&self, exists: impl Fn(&str) -> bool) -> Result<(), String> {
+        match &self.outbound_pipeline {
+            Some(p) if !exists(p) => Err(format!(
+                "workflow.prescriptions.outbound_pipeline: no pipeline named {p:?}"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The engine's settings (put into its `Extensions` at start), or the defaults when the
+    /// extensions were made without an engine (tests of the router alone).
+    pub fn of(extensions: &Extensions) -> Arc<Care> {
+        extensions
+            .get::<Care>()
+            .unwrap_or_else(|| Arc::new(Care::default()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_checked_and_the_outbound_pipeline_must_exist() {
+        let mut cfg = WorkflowConfig::default();
+        cfg.prescriptions.deny.codes = vec!["X1".into()];
+        cfg.prescriptions.outbound_pipeline = Some(" rx-out ".into());
+        let care = Care::from_config(&cfg).unwrap();
+        assert_eq!(care.policy.deny_list.codes, ["X1"]);
+        assert!(care.check_pipelines(|p| p == "rx-out").is_ok());
+        let err = care.check_pipelines(|_| false).unwrap_err();
+        assert!(err.contains("\"rx-out\""), "{err}");
+        cfg.prescriptions.deny.categories = vec![" ".into()];
+        cfg.appointments.grace_minutes = 999;
+        let err = Care::from_config(&cfg).unwrap_err();
+        assert!(
+            err.contains("workflow.prescriptions.deny.categories[0] is blank"),
+            "{err}"
+        );
+        assert!(
+            err.contains("workflow.appointments.grace_minutes: 999"),
+            "{err}"
+        );
+    }
+}
