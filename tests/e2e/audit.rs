@@ -510,7 +510,6 @@ async fn auditors_see_events_about_their_facility_and_the_engine_checkpoints() {
     }
     assert!(checkpointed, "a checkpoint after 3 events");
     // The witness got checkpoint lines as the file has them.
-    let (cps, _) = huizhen_core::store::anchor::read_checkpoints(&cp_file).unwrap();
     let mut witnessed = Vec::new();
     for _ in 0..100 {
         witnessed = huizhen_core::store::anchor::read_checkpoints(&witness)
@@ -522,6 +521,9 @@ async fn auditors_see_events_about_their_facility_and_the_engine_checkpoints() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!witnessed.is_empty(), "the witness got a checkpoint");
+    // Read after the witness: a checkpoint written meanwhile is in the file before it is
+    // handed to the witness.
+    let (cps, _) = huizhen_core::store::anchor::read_checkpoints(&cp_file).unwrap();
     assert!(
         witnessed
             .iter()
