@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 use crate::consultations::{
-    EXP, REQ, Wf, doctor, expert, offerees, request, seed_registry, start, start_on, token,
+    EXP, REQ, Wf, cardiologist, doctor, expert, offerees, request, seed_registry, start, start_on,
+    token,
 };
 use crate::support::{Backend, both_backends, wait_for};
 
@@ -26,6 +27,7 @@ both_backends!(
     the_stream_delivers_each_change_once_per_subscriber,
     a_patient_merge_repoints_open_consultations,
     an_hl7_order_creates_and_cancels_a_consultation,
+    a_no_show_fails_the_scheduled_consultation,
 );
 
 /// The consultation as the local doctor sees it.
@@ -520,6 +522,139 @@ async fn an_hl7_order_creates_and_cancels_a_consultation(b: Backend) {
     assert_eq!(
         (v["state"].as_str(), v["status_reason"].as_str()),
         (Some("cancelled"), Some("患者已转院"))
+    );
+    wf.stop().await;
+}
+
+/// A booked, scheduled consultation whose appointment nobody joined: the no-show sweep at a
+/// fixed time after the grace period fails it with `no-show` as the `system` actor, audited,
+/// and the statistics count it failed. Within the grace period nothing happens.
+async fn a_no_show_fails_the_scheduled_consultation(b: Backend) {
+    use chrono::{TimeZone, Utc};
+    use huizhen_core::care::Care;
+    use huizhen_core::care::jobs::{NO_SHOW_ACTOR, sweep_no_shows};
+    use huizhen_core::store::audit::AuditEvent;
+    use huizhen_domain::appointment::{BookingRequest, Urgency};
+    use huizhen_domain::expert::{Agreement, AgreementKind, Title};
+
+    let Some(wf) = start(b).await else { return };
+    // E1, bookable all day, and the agreement F-REQ → F-EXP.
+    let mut e1 = cardiologist("E1", Title::Chief);
+    e1.schedule.windows = vec![
+        serde_json::from_value(json!({"days": "daily", "from": "00:00", "to": "00:00"})).unwrap(),
+    ];
+    let agreement = Agreement {
+        id: "AG-1".into(),
+        requesting_facility: REQ.into(),
+        expert_facility: EXP.into(),
+        kind: AgreementKind::MedicalConsortium,
+        valid_from: chrono::NaiveDate::from_ymd_opt(2020, 1, 1).unwrap(),
+        valid_to: None,
+    };
+    let store = wf.engine.store.clone();
+    store
+        .upsert_experts(&[e1], &[agreement], None)
+        .await
+        .unwrap();
+    let (id, v) = wf.approved(request(2001)).await;
+    assert_eq!(offerees(&v), ["E1"], "{v}");
+    let version = current(&wf, &id).await["version"].as_u64().unwrap();
+    let (s, v, _) = wf
+        .call(
+            "POST",
+            &format!("/api/consultations/{id}/accept"),
+            &expert("E1"),
+            None,
+            Some(version),
+        )
+        .await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("scheduled")), "{v}");
+
+    // Booked tomorrow on the minute (the engine's own sweep, at the real time, leaves it).
+    let care = Care::of(&wf.engine.extensions);
+    let now0 = wf.clock.now();
+    let begin = Utc
+        .timestamp_opt((now0 + TimeDelta::days(1)).timestamp() / 60 * 60, 0)
+        .unwrap();
+    let booking = BookingRequest {
+        booking_id: "nb1".into(),
+        consultation_id: id.clone(),
+        expert_id: "E1".into(),
+        patient_id: "2001".into(),
+        start: begin,
+        end: begin + TimeDelta::minutes(30),
+        urgency: Urgency::Urgent,
+    };
+    let audit = AuditEvent {
+        action: "appointment.book".into(),
+        actor: "test".into(),
+        ..AuditEvent::default()
+    };
+    store
+        .book_appointment(&booking, REQ, &care.appointments, now0, &audit)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        sweep_no_shows(&store, &care, begin + TimeDelta::minutes(14))
+            .await
+            .unwrap()
+            .is_empty(),
+        "within the grace period"
+    );
+    assert_eq!(current(&wf, &id).await["state"], "scheduled");
+
+    let marked = sweep_no_shows(&store, &care, begin + TimeDelta::minutes(46))
+        .await
+        .unwrap();
+    assert_eq!(marked.len(), 1, "{marked:?}");
+    let v = current(&wf, &id).await;
+    assert_eq!(v["status"], "failed", "{v}");
+    let last = v["timeline"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (
+            last["event"].as_str(),
+            last["actor"]["id"].as_str(),
+            last["actor"]["role"].as_str(),
+        ),
+        (Some("failed"), Some(NO_SHOW_ACTOR), Some("system")),
+        "{last}"
+    );
+    assert!(last["reason"].as_str().unwrap().contains("nb1"), "{last}");
+    let failed: Vec<_> = store
+        .audit_events(&AuditFilter {
+            resource_id: Some(id.clone()),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event.action == "consultation.failed")
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        (
+            failed[0].event.actor.as_str(),
+            failed[0].event.role.as_str()
+        ),
+        (NO_SHOW_ACTOR, "system")
+    );
+    // The statistics' facts followed: failed, not open.
+    let facts = store
+        .consultation_facts(now0 - TimeDelta::days(1), now0 + TimeDelta::days(2))
+        .await
+        .unwrap();
+    assert_eq!(facts.len(), 1);
+    assert!(
+        facts[0].failed && facts[0].accepted_at.is_some(),
+        "{facts:?}"
+    );
+    // A second sweep finds nothing more.
+    assert!(
+        sweep_no_shows(&store, &care, begin + TimeDelta::minutes(90))
+            .await
+            .unwrap()
+            .is_empty()
     );
     wf.stop().await;
 }

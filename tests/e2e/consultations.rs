@@ -17,6 +17,7 @@ use huizhen_domain::consultation::{Consultation, Diagnosis, Opinion, sign_opinio
 use huizhen_domain::expert::{
     Agreement, AgreementKind, Expert, IcdCode, Load, Presence, ResponseHistory, Schedule, Title,
 };
+use huizhen_domain::identity::{Demographics, PersonName, normalize};
 use huizhen_signing::testca::TestCa;
 use serde_json::{Value, json};
 
@@ -299,7 +300,27 @@ pub(crate) fn offerees(v: &Value) -> Vec<String> {
 async fn a_consultation_walks_from_request_to_signed_opinion(b: Backend) {
     let Some(wf) = start(b).await else { return };
     seed_registry(&wf, 3).await;
-    let (id, v) = wf.approved(request(1001)).await;
+    // The patient as the requesting facility knows them: the case library must not keep any of
+    // this, though the summary names them.
+    let patient = normalize(&Demographics {
+        facility: REQ.into(),
+        local_id: "MRN-7731".into(),
+        identifiers: vec![],
+        names: vec![PersonName::text("李建国")],
+        birth_date: Some("1964-05-02".into()),
+        sex: None,
+        phones: vec!["13912345678".into()],
+        addresses: vec![],
+    });
+    let (_, person) = wf
+        .engine
+        .store
+        .identity_upsert(&patient, None)
+        .await
+        .unwrap();
+    let mut req = request(person as u64);
+    req["case_summary"] = json!("李建国，男，62岁，反复胸痛3天，电话13912345678，病历号MRN-7731。");
+    let (id, v) = wf.approved(req).await;
     // Approval ran the assignment: the best-ranked candidate has the offer, with a deadline
     // 10 minutes out (urgent).
     assert_eq!(v["state"], "offered", "{v}");
@@ -348,6 +369,8 @@ async fn a_consultation_walks_from_request_to_signed_opinion(b: Backend) {
     assert_eq!(s, 400);
 
     wf.ok(&id, "open", &expert(&e), json!({})).await;
+    // Three minutes from the request to the acceptance (the statistics read it below).
+    wf.clock.advance(TimeDelta::minutes(3));
     // Accept needs the version the expert saw; a stale one is refused; then it wins.
     let (s, v) = wf.act(&id, "accept", &expert(&e), json!({})).await;
     assert_eq!(s, 428, "{v}");
@@ -509,6 +532,58 @@ async fn a_consultation_walks_from_request_to_signed_opinion(b: Backend) {
         assert!(v["milestones"][m].is_string(), "milestone {m}: {v}");
     }
     assert_eq!(v["timeline"][12]["reason"], "网络中断");
+
+    // The statistics' facts were written with the events: one consultation, accepted three
+    // minutes after the request, completed.
+    let day = wf.clock.now().date_naive();
+    let (s, stats) = wf
+        .get(
+            &format!(
+                "/api/stats?from={}&to={}",
+                day.pred_opt().unwrap(),
+                day.succ_opt().unwrap().succ_opt().unwrap()
+            ),
+            &token(Role::Admin, "admin", "*"),
+        )
+        .await;
+    assert_eq!(s, 200, "{stats}");
+    let all = &stats["rows"][0];
+    assert_eq!(
+        (
+            all["volume"].as_u64(),
+            all["accepted"].as_u64(),
+            all["median_accept_seconds"].as_u64(),
+            all["p90_accept_seconds"].as_u64(),
+            all["completed"].as_u64(),
+            all["sla_breaches"].as_u64(),
+        ),
+        (Some(1), Some(1), Some(180), Some(180), Some(1), Some(0)),
+        "{stats}"
+    );
+
+    // The completion put the de-identified case in the library, searchable by its code, with
+    // nothing that identifies the patient.
+    let (s, cases) = wf.get("/api/cases?icd=I25", &doctor()).await;
+    assert_eq!(s, 200, "{cases}");
+    let case = &cases["cases"][0];
+    assert_eq!(case["case_id"], id.as_str(), "{cases}");
+    assert_eq!(case["department"], "03.02");
+    assert_eq!(case["diagnoses"], json!(["I25.1"]));
+    assert_eq!(case["flags"]["emergency"], true, "an urgent request");
+    assert_eq!(case["expert_id"], e.as_str());
+    let stored = wf
+        .engine
+        .store
+        .search_cases(&huizhen_domain::case_library::CaseQuery::default(), 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    let body = serde_json::to_string(&stored[0]).unwrap();
+    for secret in ["李建国", "13912345678", "MRN-7731", "1964-05-02"] {
+        assert!(!body.contains(secret), "{secret} stored: {body}");
+    }
+    assert!(stored[0].summary.contains("[姓名]"), "{body}");
 
     // The stored events replay to the stored snapshot.
     let history = wf.engine.store.consultation_history(&id).await.unwrap();

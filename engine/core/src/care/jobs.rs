@@ -3,7 +3,8 @@
 //! * the **outbox relay** every 2 s when an outbound pipeline is configured
 //!   ([`super::relay_outbox`]);
 //! * the **no-show sweep** every minute ([`sweep_no_shows`]): bookings whose start plus the
-//!   grace period passed with a side absent become no-shows (audited);
+//!   grace period passed with a side absent become no-shows (audited), and their scheduled
+//!   consultations fail with `no-show` as the `system` actor;
 //! * the **statistics export** on `workflow.stats_export.schedule` ([`run_stats_export`]): the
 //!   report over the period ending at the tick, as CSV, into `workflow.stats_export.dir`,
 //!   audited (`stats.export`). A tick is claimed in the store first, so with several engine
@@ -19,12 +20,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use huizhen_domain::appointment::NoShow;
+use huizhen_domain::consultation::{Actor, Command, FailReason, Role, decide};
 use huizhen_domain::stats::{StatsPeriod, compute_stats, to_csv};
 use tokio_util::sync::CancellationToken;
 
 use super::{Care, StatsExport};
 use crate::runner::PipelineHandle;
 use crate::store::audit::AuditEvent;
+use crate::store::consultations::CommandBy;
 use crate::store::{Store, StoreError};
 
 /// The job name of the statistics export in `workflow_job_runs`.
@@ -66,8 +69,41 @@ pub async fn sweep_no_shows(
     let marked = store.sweep_no_shows(now, &care.appointments).await?;
     for n in &marked {
         tracing::info!(booking = %n.booking_id, consultation = %n.consultation_id, absent = ?n.absent, "appointment no-show");
+        fail_no_show(store, n).await;
     }
     Ok(marked)
+}
+
+/// The actor a no-show failure is recorded under.
+pub const NO_SHOW_ACTOR: &str = "huizhen-no-show-sweep";
+
+/// Fails the no-show's consultation with `no-show` as the `system` actor (an event and its
+/// audit row in one transaction). The domain decides: FHIR-10 allows it from `scheduled` only,
+/// so a consultation that moved on (started, cancelled) or is unknown is left as it is and
+/// logged. Runs after the sweep committed the booking's no-show: a crash in between leaves the
+/// consultation scheduled (the booking is not swept again), for a coordinator to fail.
+async fn fail_no_show(store: &Store, n: &NoShow) {
+    let absent: Vec<String> = n.absent.iter().map(ToString::to_string).collect();
+    let reason = format!(
+        "appointment {} was a no-show (absent: {})",
+        n.booking_id,
+        absent.join(", ")
+    );
+    let system = Actor::new(NO_SHOW_ACTOR, Role::System);
+    let mut by = CommandBy::new(&system);
+    by.source = "no-show-sweep";
+    let command = Command::Fail {
+        code: FailReason::NoShow,
+        reason,
+    };
+    let result = store
+        .consultation_command(&n.consultation_id, None, &by, |s, ctx| {
+            decide(&s.consultation, &command, ctx)
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::warn!(consultation = %n.consultation_id, booking = %n.booking_id, error = %e, "no-show: the consultation was not failed");
+    }
 }
 
 fn stamp(t: DateTime<Utc>) -> String {

@@ -16,6 +16,7 @@
 //! Pure: the store loads the records; `now` is a parameter.
 
 mod deid;
+mod from_consultation;
 mod library;
 pub mod similarity;
 
@@ -26,6 +27,7 @@ pub use deid::{
     AgeBand, CaseFlags, CaseRecord, CompletedCase, DeidError, PatientFacts, deidentify,
     redact_digit_runs, redact_text,
 };
+pub use from_consultation::library_record;
 pub use library::{
     CaseLibrary, CaseLibraryError, CaseQuery, DoctorProfile, Reason, ReasonKind, RecommendQuery,
     RecommendWeights, Recommendation,

@@ -19,6 +19,7 @@
 //! here to leak.
 
 mod csv;
+mod project;
 
 #[cfg(test)]
 mod tests;

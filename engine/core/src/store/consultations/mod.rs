@@ -28,6 +28,7 @@
 //! change reaches each subscriber once, and a client resumes with `Last-Event-ID`.
 
 mod read;
+mod wire;
 mod write;
 
 use chrono::{DateTime, Utc};

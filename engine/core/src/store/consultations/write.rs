@@ -6,12 +6,14 @@ use huizhen_domain::consultation::{
     decide,
 };
 use huizhen_domain::identity::PersonId;
+use huizhen_domain::stats::ConsultationFacts;
 use sqlx::{AnyConnection, Connection, Row};
 
 use super::read::{self, load_in};
 use super::{CommandBy, Committed, ConsultationError, Result, StoredConsultation, role_code};
 use crate::clock::ceil_ms;
 use crate::store::audit::{self, AuditEvent};
+use crate::store::care::upsert_consultation_facts;
 use crate::store::sql::Sql;
 use crate::store::{Store, StoreError, q};
 
@@ -235,6 +237,10 @@ impl Store {
             return Ok(None);
         }
         refresh_timers(conn, &c).await?;
+        let completed = steps
+            .iter()
+            .any(|(e, _, _)| matches!(e.kind, EventKind::Completed));
+        self.wire_in(conn, &c, completed, by).await?;
         for (e, _, _) in &steps {
             if let EventKind::Offered { offerees, .. } = &e.kind {
                 for o in offerees {
@@ -355,6 +361,7 @@ impl Store {
             );
         }
         grant(&mut tx, &id, r.requesting_facility.trim()).await?;
+        upsert_consultation_facts(&mut tx, &ConsultationFacts::of(&c)).await?;
         tx.commit().await.map_err(q("commit consultation create"))?;
         Ok(Some(id))
     }

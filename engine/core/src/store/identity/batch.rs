@@ -118,7 +118,7 @@ impl Store {
     {
         self.ensure_identity_keys().await?;
         let mut conn = self.write.acquire().await.map_err(q("acquire writer"))?;
-        let mut tx = super::begin_write(self.backend, &mut *conn, "begin identity batch").await?;
+        let mut tx = super::begin_write(self.backend, &mut conn, "begin identity batch").await?;
         let backend = self.backend;
         if backend == Backend::Postgres {
             let mut s = Sql::for_backend("SELECT pg_advisory_xact_lock(".into(), backend);

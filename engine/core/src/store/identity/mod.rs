@@ -737,7 +737,7 @@ impl Store {
         by: ChangeBy<'_>,
     ) -> Result<Option<(String, i64)>> {
         let mut conn = self.write.acquire().await.map_err(q("acquire writer"))?;
-        let mut tx = begin_write(self.backend, &mut *conn, "begin identity relink").await?;
+        let mut tx = begin_write(self.backend, &mut conn, "begin identity relink").await?;
         let Some(row) = identity_in(&mut tx, facility, local_id).await? else {
             return Ok(None);
         };
@@ -779,7 +779,7 @@ impl Store {
         by: ChangeBy<'_>,
     ) -> Result<Option<(String, usize)>> {
         let mut conn = self.write.acquire().await.map_err(q("acquire writer"))?;
-        let mut tx = begin_write(self.backend, &mut *conn, "begin identity merge").await?;
+        let mut tx = begin_write(self.backend, &mut conn, "begin identity merge").await?;
         let Some(retired) = identity_in(&mut tx, facility, retired_local_id).await? else {
             return Ok(None);
         };
@@ -850,7 +850,7 @@ impl Store {
         by: ChangeBy<'_>,
     ) -> Result<Option<(String, usize)>> {
         let mut conn = self.write.acquire().await.map_err(q("acquire writer"))?;
-        let mut tx = begin_write(self.backend, &mut *conn, "begin identity undo").await?;
+        let mut tx = begin_write(self.backend, &mut conn, "begin identity undo").await?;
         let mut s = Sql::new(
             "SELECT id, identity_id, from_person, to_person, from_active, to_active FROM identity_history WHERE undone = 0 AND action <> 'reject' AND batch = "
                 .into(),
@@ -977,7 +977,7 @@ impl Store {
         by: ChangeBy<'_>,
     ) -> Result<Option<ReviewRow>> {
         let mut conn = self.write.acquire().await.map_err(q("acquire writer"))?;
-        let mut tx = begin_write(self.backend, &mut *conn, "begin review decision").await?;
+        let mut tx = begin_write(self.backend, &mut conn, "begin review decision").await?;
         let mut s = Sql::new(format!(
             "SELECT {REVIEW_COLUMNS}, i.active FROM identity_reviews r JOIN identities i ON i.id = r.identity_id WHERE r.state = 'pending' AND r.id = "
         ));

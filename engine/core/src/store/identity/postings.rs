@@ -26,6 +26,9 @@ use sqlx::{AnyConnection, Row};
 use super::super::sql::Sql;
 use super::super::{Result, Store, StoreError, q};
 
+/// A record just written: its row id, blocking keys, person and demographics.
+pub(crate) type WrittenRecord = (i64, Box<[u64]>, i64, Arc<NormalizedPerson>);
+
 /// Record ids of one key: most keys belong to one record.
 #[derive(Debug, Clone)]
 enum Ids {
@@ -255,11 +258,7 @@ impl Store {
 
     /// Files records just written and committed with counter value `seq` (their keys, person
     /// and demographics) in the index the caller holds.
-    pub(crate) fn postings_written(
-        postings: &mut Postings,
-        seq: i64,
-        records: Vec<(i64, Box<[u64]>, i64, Arc<NormalizedPerson>)>,
-    ) {
+    pub(crate) fn postings_written(postings: &mut Postings, seq: i64, records: Vec<WrittenRecord>) {
         // Only when this store has seen everything before `seq`: otherwise the next refresh
         // reads these rows with the rest.
         if postings.seen == Some(seq - 1) {
