@@ -529,7 +529,7 @@ fn every_failed_constraint_is_recorded_with_a_text() {
     let got: Vec<(&str, &str)> = x
         .reasons
         .iter()
-        .map(|r| (r.code.as_str(), r.text.as_str()))
+        .map(|r| (r.code.as_str(), &*r.text))
         .collect();
     assert_eq!(
         got,
@@ -705,7 +705,10 @@ fn case_features_hold_no_protected_attribute() {
     c.min_title = Some(Title::AssociateChief);
     c.language = Some("ug".into());
     c.follow_up_of = Some("e".into());
-    let names: Vec<String> = case_features(&c).into_iter().map(|f| f.name).collect();
+    let names: Vec<String> = case_features(&c)
+        .into_iter()
+        .map(|f| f.name.into_owned())
+        .collect();
     assert_eq!(
         names,
         [
@@ -872,13 +875,13 @@ fn the_same_inputs_give_the_same_decision_and_replay_is_identical() {
     assert_eq!(stored.snapshot.experts.len(), stored.ranked.len());
     let mut tampered = stored.clone();
     let who = tampered.ranked[0].expert_id.clone();
-    tampered
+    let shared = tampered
         .snapshot
         .experts
         .iter_mut()
         .find(|e| e.id == who)
-        .unwrap()
-        .registration_active = false;
+        .unwrap();
+    std::sync::Arc::make_mut(shared).registration_active = false;
     let r = tampered.replay(&DefaultScorer).unwrap();
     assert_eq!(
         r.differences[0],
@@ -935,6 +938,117 @@ impl Scorer for Broken {
             budget: Some("fuel=1000000, deadline=50ms".into()),
         }
     }
+}
+
+#[test]
+fn the_snapshot_shares_the_index_experts_and_later_state_leaves_it_alone() {
+    let mut index = MemoryExpertIndex::new(varied_experts(), agreements());
+    let cfg = MatchConfig::default();
+    let d = match_experts(&case(), &index, &DefaultScorer, &cfg, now(), 3).unwrap();
+    assert!(!d.snapshot.experts.is_empty());
+    for e in &d.snapshot.experts {
+        let filed = index.experts().iter().find(|x| x.id == e.id).unwrap();
+        assert!(
+            std::sync::Arc::ptr_eq(e, filed),
+            "{} is shared, not copied",
+            e.id
+        );
+    }
+    // A later load change copies the expert in the index; the decision keeps what it saw.
+    let who = d.snapshot.experts[0].id.clone();
+    let seen = d.snapshot.experts[0].load;
+    let busier = Load {
+        open_consultations: seen.open_consultations + 1,
+        sessions_today: 0,
+    };
+    assert!(index.set_load(&who, busier));
+    assert_eq!(d.snapshot.experts[0].load, seen);
+    assert_eq!(index.get(&who).unwrap().load, busier);
+    assert!(d.replay(&DefaultScorer).unwrap().is_identical());
+}
+
+#[test]
+fn a_reason_shared_by_many_exclusions_is_written_once_per_case() {
+    // Three experts of a facility without an agreement, two unverified, two at the cap.
+    let experts: Vec<Expert> = (0..3)
+        .map(|i| {
+            let mut e = expert(&format!("x{i}"));
+            e.facility = "H-FAR".into();
+            e.licence_verified = i == 0;
+            e.load.open_consultations = if i == 0 { 1 } else { 5 };
+            e
+        })
+        .collect();
+    let d = decide_with(
+        &case(),
+        experts,
+        agreements(),
+        &MatchConfig::default(),
+        now(),
+    );
+    assert_eq!(d.exclusions.len(), 3);
+    let text = |x: &Exclusion, code: ReasonCode| {
+        x.reasons
+            .iter()
+            .find(|r| r.code == code)
+            .map(|r| r.text.clone())
+            .unwrap()
+    };
+    let (a, b, c) = (&d.exclusions[0], &d.exclusions[1], &d.exclusions[2]);
+    let none = text(a, ReasonCode::NoActiveAgreement);
+    assert_eq!(&*none, "no cooperation agreement H-COUNTY → H-FAR (CN-02)");
+    for x in [b, c] {
+        assert!(std::sync::Arc::ptr_eq(
+            &none,
+            &text(x, ReasonCode::NoActiveAgreement)
+        ));
+    }
+    let cap = text(b, ReasonCode::AtLoadCap);
+    assert_eq!(&*cap, "at the load cap: 5 open consultations (cap 5)");
+    assert!(std::sync::Arc::ptr_eq(
+        &cap,
+        &text(c, ReasonCode::AtLoadCap)
+    ));
+    assert!(std::sync::Arc::ptr_eq(
+        &text(b, ReasonCode::LicenceNotVerified),
+        &text(c, ReasonCode::LicenceNotVerified)
+    ));
+    // Serialised, a shared text is a plain string, as before.
+    let json = serde_json::to_value(a).unwrap();
+    assert_eq!(json["reasons"][0]["text"], *none);
+}
+
+#[test]
+fn candidates_out_of_id_order_or_repeated_are_each_considered_once() {
+    let mut experts = varied_experts();
+    experts.reverse();
+    experts.push(experts[0].clone());
+    let index = ListIndex {
+        experts,
+        agreements: agreements(),
+    };
+    let d = match_experts(
+        &case(),
+        &index,
+        &DefaultScorer,
+        &MatchConfig::default(),
+        now(),
+        7,
+    )
+    .unwrap();
+    assert_eq!(d.ranked.len() + d.exclusions.len(), 12);
+    let sorted = MemoryExpertIndex::new(varied_experts(), agreements());
+    let e = match_experts(
+        &case(),
+        &sorted,
+        &DefaultScorer,
+        &MatchConfig::default(),
+        now(),
+        7,
+    )
+    .unwrap();
+    assert_eq!(d.ranked, e.ranked);
+    assert_eq!(d.selected, e.selected);
 }
 
 #[test]
@@ -1411,6 +1525,38 @@ mod property {
         );
     }
 
+    /// `e` with facts that do not fit a card inline (a long id, more department keys, codes,
+    /// filings and windows than the card holds, padded texts), half the time.
+    fn stretch(r: &mut Rng, e: &mut Expert) {
+        if r.chance(50) {
+            return;
+        }
+        if r.chance(50) {
+            e.id = format!("{}-with-a-longer-id", e.id);
+        }
+        if r.chance(50) {
+            e.departments.push(" 09.01.02.03 ".into());
+        }
+        if r.chance(50) {
+            e.departments[0] = format!(" {} ", e.departments[0]);
+        }
+        if r.chance(50) {
+            for c in ["K35", "K35.1", "J45", "I20.0", "I25.10"] {
+                e.expertise.push(icd(c));
+            }
+        }
+        if r.chance(50) {
+            e.multi_site_filings = if r.chance(50) {
+                vec![" F0 ".into()]
+            } else {
+                vec!["A".into(), "B".into(), " F0 ".into()]
+            };
+        }
+        if r.chance(50) {
+            e.schedule.windows.extend((0..5).map(|_| gen_window(r)));
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(300))]
 
@@ -1443,6 +1589,36 @@ mod property {
             prop_assert_eq!(&m.ranked, &d.ranked);
             // And a replay reproduces the decision.
             prop_assert!(m.replay(&DefaultScorer).unwrap().is_identical());
+        }
+
+        #[test]
+        fn cards_give_the_verdicts_of_the_experts_own_fields(seed in any::<u64>(), n in 1usize..30) {
+            let Scenario { now, mut experts, ags, case: mut c, cfg } = scenario(seed, n);
+            let mut r = Rng(seed ^ 0x5eed);
+            for e in &mut experts {
+                stretch(&mut r, e);
+            }
+            // Departments that are prefixes of keys without being keys.
+            if r.chance(20) {
+                c.department = (*r.pick(&["03.0", "0", " 03.02 "])).to_owned();
+            }
+            let filter = CaseFilter::new(&c, &ags, &cfg, now);
+            let verdict = |v: Result<Eligible<'_>, Vec<Reason>>| {
+                v.map(|el| (el.specificity, el.agreement.map(|a| a.id.clone()), el.practice_years))
+            };
+            for e in &experts {
+                let inline = verdict(filter.check_profiled(e, &card::Profile::of(e)));
+                let fields = verdict(filter.check_profiled(e, &card::Profile::unprepared(e)));
+                prop_assert_eq!(inline, fields, "{}", e.id);
+            }
+            // The card index finds what a scan finds, in id order.
+            let full = ListIndex { experts: experts.clone(), agreements: ags.clone() };
+            let d = match_experts(&c, &full, &DefaultScorer, &cfg, now, seed).unwrap();
+            let index = MemoryExpertIndex::new(experts.clone(), ags.clone());
+            let m = match_experts(&c, &index, &DefaultScorer, &cfg, now, seed).unwrap();
+            prop_assert_eq!(&m.ranked, &d.ranked);
+            let ids: Vec<&str> = m.exclusions.iter().map(|x| x.expert_id.as_str()).collect();
+            prop_assert!(ids.windows(2).all(|w| w[0] < w[1]));
         }
     }
 }
