@@ -19,7 +19,7 @@ use super::card::Profile;
 use super::case::{CaseError, CaseRequest};
 use super::config::{ConfigError, MatchConfig};
 use super::features::{Feature, case_features, expert_features};
-use super::filter::{CaseFilter, Reason};
+use super::filter::{CaseFilter, Reason, ReasonCode};
 use super::icd::Specificity;
 use super::index::{Candidates, ExpertIndex};
 use super::model::{Agreement, Expert};
@@ -438,5 +438,22 @@ impl MatchDecision {
     /// The exclusion of an expert, if excluded.
     pub fn exclusion(&self, expert_id: &str) -> Option<&Exclusion> {
         self.exclusions.iter().find(|x| x.expert_id == expert_id)
+    }
+
+    /// How many excluded experts failed each constraint (an expert that failed two counts
+    /// under both): the summary of a long exclusion list (a first-level department case can
+    /// exclude a thousand experts), in filter order.
+    pub fn exclusion_counts(&self) -> Vec<(ReasonCode, usize)> {
+        let mut counts = [0usize; ReasonCode::ALL.len()];
+        for r in self.exclusions.iter().flat_map(|x| &x.reasons) {
+            if let Some(i) = ReasonCode::ALL.iter().position(|c| *c == r.code) {
+                counts[i] += 1;
+            }
+        }
+        ReasonCode::ALL
+            .into_iter()
+            .zip(counts)
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 }
