@@ -30,7 +30,7 @@ use std::sync::Arc;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::card::{ExpertCard, Profile};
+use super::card::Profile;
 use super::case::{CaseRequest, Urgency};
 use super::config::MatchConfig;
 use super::icd::{Specificity, best_specificity, specificity_of};
@@ -339,15 +339,6 @@ impl<'a> CaseFilter<'a> {
         'a: 'e,
     {
         self.check_profiled(expert, &Profile::of(expert))
-    }
-
-    /// [`CaseFilter::check`] on a card: the facts the filters read come from the card (laid
-    /// out for this), the expert is read only for what the card does not hold.
-    pub fn check_card<'e>(&self, card: &'e ExpertCard) -> Result<Eligible<'e>, Vec<Reason>>
-    where
-        'a: 'e,
-    {
-        self.check_profiled(card, card.profile())
     }
 
     /// The filters on `expert`, reading its facts from `p` (its profile).
