@@ -25,6 +25,7 @@ both_backends!(
     import_upserts_and_keeps_runtime_state,
     prefetch_never_misses_an_eligible_expert,
     decisions_and_overrides_round_trip,
+    another_nodes_changes_reach_the_registry_copy,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -195,7 +196,7 @@ struct FullScan<'a>(&'a MemoryExpertIndex);
 
 impl ExpertIndex for FullScan<'_> {
     fn candidates(&self, _case: &CaseRequest) -> Vec<Expert> {
-        self.0.experts().to_vec()
+        self.0.experts().iter().map(|e| Expert::clone(e)).collect()
     }
     fn agreements(&self, facility: &str) -> Vec<Agreement> {
         self.0.agreements(facility)
@@ -276,6 +277,84 @@ async fn import_upserts_and_keeps_runtime_state(backend: Backend) {
         .map(|e| e.id)
         .collect();
     assert_eq!(listed, ["e-1", "e-2"]);
+}
+
+/// Two `Store`s on one database stand for two nodes: each keeps its own registry copy, and
+/// what the other writes (a heartbeat, a load change, an import that moves an expert, a new
+/// agreement, an assignment) reaches it at its next lookup through the change counter.
+async fn another_nodes_changes_reach_the_registry_copy(backend: Backend) {
+    let Some(db) = fresh_db(backend).await else {
+        return;
+    };
+    let (a, b) = (store(&db).await, store(&db).await);
+    let e1 = expert("e-1", "CITY-1", "03.02", &["I25"], Title::Chief, 2005);
+    let e2 = expert("e-2", "CITY-2", "03.02", &["I25.1"], Title::Chief, 2005);
+    b.upsert_experts(&[e1.clone(), e2.clone()], &[], None)
+        .await
+        .unwrap();
+    let mut c = case(&mut Rng(3), 0);
+    c.department = "03".into();
+    c.icd10 = Some(IcdCode::parse("I25.1").unwrap());
+    c.requesting_facility = "COUNTY-1".into();
+    c.min_title = None;
+    c.urgency = Urgency::Routine;
+    let ids = |p: &huizhen_core::store::experts::PrefetchedExperts| -> Vec<String> {
+        p.experts.iter().map(|e| e.id.clone()).collect()
+    };
+    // A's copy is filled and current.
+    let p = a.prefetch_experts(&c).await.unwrap();
+    assert_eq!(ids(&p), ["e-1", "e-2"]);
+    assert!(p.agreements.is_empty());
+    assert_eq!(p.experts[0].presence.last_heartbeat, None);
+
+    // State written by B: A's next lookup has it, in every list the expert is in.
+    assert!(b.expert_heartbeat("e-1", now()).await.unwrap());
+    let busy = Load {
+        open_consultations: 3,
+        sessions_today: 2,
+    };
+    assert!(b.set_expert_load("e-2", busy).await.unwrap());
+    for department in ["03", "03.02"] {
+        c.department = department.into();
+        let p = a.prefetch_experts(&c).await.unwrap();
+        assert_eq!(
+            p.experts[0].presence.last_heartbeat,
+            Some(now()),
+            "{department}"
+        );
+        assert_eq!(p.experts[1].load, busy, "{department}");
+    }
+    // What A handed out before is not changed under its holder.
+    assert_eq!(p.experts[0].presence.last_heartbeat, None);
+
+    // Facts written by B: e-2 moves to 04.01 and J45; a new agreement for COUNTY-1.
+    let mut moved = e2.clone();
+    moved.departments = vec!["04.01".into()];
+    moved.expertise = vec![IcdCode::parse("J45").unwrap()];
+    let ag = agreement("COUNTY-1", "CITY-2", AgreementKind::MedicalConsortium);
+    b.upsert_experts(&[moved], std::slice::from_ref(&ag), None)
+        .await
+        .unwrap();
+    c.department = "03".into();
+    let p = a.prefetch_experts(&c).await.unwrap();
+    assert_eq!(ids(&p), ["e-1"]);
+    assert_eq!(p.agreements, vec![ag]);
+    c.department = "04".into();
+    c.icd10 = Some(IcdCode::parse("J45.0").unwrap());
+    let p = a.prefetch_experts(&c).await.unwrap();
+    assert_eq!(ids(&p), ["e-2"]);
+    // The re-import kept e-2's state.
+    assert_eq!(p.experts[0].load, busy);
+
+    // A decision stored by A assigns e-2, whose open consultations B then sees.
+    let d = match_experts(&c, &p, &DefaultScorer, &MatchConfig::default(), now(), 1).unwrap();
+    assert_eq!(d.selected, ["e-2"]);
+    a.save_match_decision(&d, None).await.unwrap();
+    let p = b.prefetch_experts(&c).await.unwrap();
+    assert_eq!(
+        p.experts[0].load.open_consultations,
+        busy.open_consultations + 1
+    );
 }
 
 async fn prefetch_never_misses_an_eligible_expert(backend: Backend) {

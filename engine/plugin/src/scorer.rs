@@ -92,9 +92,9 @@ impl PluginScorer {
 
 fn to_wit(f: &Feature) -> wit::Feature {
     wit::Feature {
-        name: f.name.clone(),
+        name: f.name.clone().into_owned(),
         value: f.value,
-        text: f.text.clone(),
+        text: f.text.clone().map(|t| t.into_owned()),
     }
 }
 
@@ -105,7 +105,7 @@ fn from_wit(s: wit::Score) -> Score {
             .contributions
             .into_iter()
             .map(|c| Contribution {
-                name: c.feature,
+                name: c.feature.into(),
                 value: c.points,
             })
             .collect(),

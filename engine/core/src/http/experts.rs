@@ -44,15 +44,29 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, A
         .map_err(|e| bad(StatusCode::UNPROCESSABLE_ENTITY, format!("{what}: {e}")))
 }
 
-/// The response of a match: the ranking with contributions, the exclusions with reasons.
+/// How many exclusions a match response lists in full. The stored decision keeps every one
+/// with its reasons (GET /api/match-decisions/{id}); the response counts them all.
+const RESPONSE_EXCLUSIONS: usize = 200;
+
+/// The response of a match: the ranking with contributions, the exclusions with reasons (the
+/// first [`RESPONSE_EXCLUSIONS`], in index order), how many there are in all and per reason
+/// code.
 fn match_view(id: &str, d: &MatchDecision) -> serde_json::Value {
+    let counts: serde_json::Map<String, serde_json::Value> = d
+        .exclusion_counts()
+        .into_iter()
+        .map(|(code, n)| (code.as_str().to_owned(), json!(n)))
+        .collect();
     json!({
         "decision_id": id,
         "case_id": d.case.id,
         "decided_at": d.now,
         "selected": d.selected,
         "ranked": d.ranked,
-        "exclusions": d.exclusions,
+        "exclusions": &d.exclusions[..d.exclusions.len().min(RESPONSE_EXCLUSIONS)],
+        "exclusions_total": d.exclusions.len(),
+        "exclusions_truncated": d.exclusions.len() > RESPONSE_EXCLUSIONS,
+        "exclusion_counts": counts,
         "scorer": d.scorer,
         "fallback": d.fallback,
     })
@@ -364,4 +378,64 @@ pub(super) async fn heartbeat(
     let now = Utc::now();
     s.store.expert_heartbeat(&me, now).await?;
     Ok(Json(json!({ "expert_id": me, "last_heartbeat": now })))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::DateTime;
+    use huizhen_domain::expert::synth::{Rng, departments, gen_agreements, gen_cases, gen_experts};
+    use huizhen_domain::expert::{DefaultScorer, MemoryExpertIndex};
+
+    use super::*;
+
+    #[test]
+    fn a_long_exclusion_list_is_cut_in_the_response_and_counted_in_full() {
+        let now = DateTime::parse_from_rfc3339("2026-01-15T10:00:00+08:00")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut r = Rng(7);
+        let depts = departments();
+        let index = MemoryExpertIndex::new(
+            gen_experts(&mut r, 3_000, now, &depts),
+            gen_agreements(&mut r),
+        );
+        let mut case = gen_cases(&mut r, 1, now, &depts).remove(0);
+        case.department = "03".into();
+        case.icd10 = None;
+        let d = match_experts(
+            &case,
+            &index,
+            &DefaultScorer,
+            &MatchConfig::default(),
+            now,
+            1,
+        )
+        .unwrap();
+        assert!(
+            d.exclusions.len() > RESPONSE_EXCLUSIONS,
+            "{}",
+            d.exclusions.len()
+        );
+        let v = match_view("d-1", &d);
+        let listed = v["exclusions"].as_array().unwrap();
+        assert_eq!(listed.len(), RESPONSE_EXCLUSIONS);
+        assert_eq!(listed[0]["expert_id"], d.exclusions[0].expert_id.as_str());
+        assert_eq!(v["exclusions_total"], d.exclusions.len());
+        assert_eq!(v["exclusions_truncated"], true);
+        // Every exclusion is counted under each of its reasons.
+        let counted: u64 = v["exclusion_counts"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum();
+        let reasons: usize = d.exclusions.iter().map(|x| x.reasons.len()).sum();
+        assert_eq!(counted, reasons as u64);
+        assert!(
+            v["exclusion_counts"]["no-active-agreement"]
+                .as_u64()
+                .unwrap()
+                > 0
+        );
+    }
 }

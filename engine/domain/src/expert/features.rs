@@ -33,6 +33,8 @@
 //! | `continuity` | 1 the follow-up's earlier expert, 0 not (when a follow-up) | – |
 //! | `preferred` | 1 the preferred expert, 0 not (when one is named) | – |
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -42,34 +44,42 @@ use super::filter::{Eligible, relationship};
 
 /// A named feature: a number and, for categorical features, a text. The same record as the
 /// `feature` of the WIT `scorer` world.
+///
+/// Names and most texts are fixed words (`title`, `主任医师`), so they are borrowed
+/// (`Cow::Borrowed` of a `&'static str`) rather than allocated for every candidate of every
+/// case; a feature read back from JSON owns its strings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Feature {
     /// The feature name (see the module tables).
-    pub name: String,
+    pub name: Cow<'static, str>,
     /// The number.
     pub value: f64,
     /// The text, for categorical features.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub text: Option<String>,
+    pub text: Option<Cow<'static, str>>,
 }
 
 impl Feature {
-    /// A numeric feature.
-    pub fn num(name: &str, value: f64) -> Feature {
+    /// A numeric feature. A `&'static str` name is borrowed, a `String` moved in.
+    pub fn num(name: impl Into<Cow<'static, str>>, value: f64) -> Feature {
         Feature {
-            name: name.to_owned(),
+            name: name.into(),
             value,
             text: None,
         }
     }
 
     /// A feature with a text (and a number).
-    pub fn text(name: &str, value: f64, text: &str) -> Feature {
+    pub fn text(
+        name: impl Into<Cow<'static, str>>,
+        value: f64,
+        text: impl Into<Cow<'static, str>>,
+    ) -> Feature {
         Feature {
-            name: name.to_owned(),
+            name: name.into(),
             value,
-            text: Some(text.to_owned()),
+            text: Some(text.into()),
         }
     }
 }
@@ -91,15 +101,23 @@ pub fn case_features(case: &CaseRequest) -> Vec<Feature> {
         flag(case.urgency == Urgency::Urgent),
         case.urgency.as_str(),
     ));
-    out.push(Feature::text("department", 0.0, case.department.trim()));
+    out.push(Feature::text(
+        "department",
+        0.0,
+        case.department.trim().to_owned(),
+    ));
     if let Some(code) = &case.icd10 {
-        out.push(Feature::text("icd10_category", 0.0, code.category()));
+        out.push(Feature::text(
+            "icd10_category",
+            0.0,
+            code.category().to_owned(),
+        ));
     }
     if let Some(t) = case.min_title {
         out.push(Feature::text("min_title", t.rank(), t.chinese()));
     }
     if let Some(l) = &case.language {
-        out.push(Feature::text("language", 0.0, l.trim()));
+        out.push(Feature::text("language", 0.0, l.trim().to_owned()));
     }
     if case.follow_up_of.is_some() {
         out.push(Feature::num("follow_up", 1.0));
@@ -156,7 +174,11 @@ pub fn expert_features(
     let (priority, kind) = relationship(eligible.agreement);
     out.push(Feature::text("relationship", priority, kind));
     if let Some(l) = &case.language {
-        out.push(Feature::text("language", flag(e.speaks(l)), l.trim()));
+        out.push(Feature::text(
+            "language",
+            flag(e.speaks(l)),
+            l.trim().to_owned(),
+        ));
     }
     let is = |x: &Option<String>| x.as_deref().map(|x| x.trim() == e.id.trim());
     if let Some(same) = is(&case.follow_up_of) {

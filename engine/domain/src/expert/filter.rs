@@ -22,15 +22,21 @@
 //!
 //! A routine case without a window does not need the expert online: the offer waits for them.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
-use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::card::Profile;
 use super::case::{CaseRequest, Urgency};
 use super::config::MatchConfig;
-use super::icd::{Specificity, best_specificity};
-use super::model::{Agreement, Expert, Schedule};
+use super::icd::{Specificity, best_specificity, specificity_of};
+use super::model::{Agreement, Expert, Title, online, practice_years_since};
+use super::schedule::{Clock, Span, in_windows_at, windows_overlap};
+pub use super::schedule::{in_schedule_at, overlaps};
 
 /// Why an expert was excluded: a stable machine-readable code (kebab-case in JSON).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -125,8 +131,11 @@ impl ReasonCode {
 pub struct Reason {
     /// The machine-readable code.
     pub code: ReasonCode,
-    /// What was wrong, for the coordinator and the explanation.
-    pub text: String,
+    /// What was wrong, for the coordinator and the explanation. Shared (`Arc<str>`): a first-
+    /// level department case can exclude a thousand experts for the same few reasons (no
+    /// agreement with facility F, outside the schedule at 10:00), and each such text is
+    /// written once per case, not once per expert. Serialised as a plain string.
+    pub text: Arc<str>,
 }
 
 /// An expert that passed every hard filter, with what the filters learnt on the way.
@@ -184,7 +193,9 @@ pub fn check_expert<'a>(
 
 /// The hard filters of one case at one time. What does not depend on the expert (local time,
 /// the best agreement per expert facility, the texts of per-case reasons) is computed once, so
-/// checking thousands of candidates stays cheap.
+/// checking thousands of candidates stays cheap; texts that depend on a few expert facts only
+/// (the facility's agreements, the title, the load) are written the first time they are
+/// needed and shared after.
 #[derive(Debug)]
 pub struct CaseFilter<'a> {
     case: &'a CaseRequest,
@@ -194,11 +205,80 @@ pub struct CaseFilter<'a> {
     local_now: NaiveDateTime,
     today: NaiveDate,
     window: Option<(NaiveDateTime, NaiveDateTime)>,
+    /// `local_now` and `window` prepared for the schedule checks (see [`super::schedule`]).
+    clock: Option<Clock>,
+    span: Option<Span>,
+    /// The requesting facility, trimmed.
+    requesting: &'a str,
+    /// The requested department, trimmed.
+    department: &'a str,
+    /// The platform facility (trimmed), when a multi-site filing there is required.
+    platform: Option<&'a str>,
     /// The best agreement in force today per expert facility.
-    active: HashMap<&'a str, &'a Agreement>,
-    expertise_text: String,
-    outside_text: String,
-    window_text: String,
+    active: FacilityMap<&'a [u8], &'a Agreement>,
+    texts: Texts,
+    /// `no-active-agreement` texts by expert facility (trimmed).
+    agreement_texts: RefCell<FacilityMap<String, Arc<str>>>,
+    /// `at-load-cap` texts by open consultations, then by sessions today.
+    open_cap_texts: RefCell<Vec<(u32, Arc<str>)>>,
+    sessions_cap_texts: RefCell<Vec<(u32, Arc<str>)>>,
+}
+
+/// FNV-1a, for the per-case maps keyed by facility: a lookup for every candidate, on short
+/// keys that come from the registry, where SipHash's resistance to chosen keys buys nothing
+/// and costs more than the rest of the lookup.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+type FacilityMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
+
+/// The reason texts that are the same for every expert of a case.
+#[derive(Debug)]
+struct Texts {
+    expertise: Arc<str>,
+    outside: Arc<str>,
+    window: Arc<str>,
+    licence: Arc<str>,
+    registration: Arc<str>,
+    excluded: Arc<str>,
+    never_connected: Arc<str>,
+    /// `multi-site-filing-missing`, when the filing is required.
+    multi_site: Option<Arc<str>>,
+    /// `title-below-minimum` by the expert's title (only titles below the minimum).
+    title: [Option<Arc<str>>; 4],
+}
+
+/// The shared text of `key` in `memo`, written by `make` the first time.
+fn memo<K: PartialEq>(
+    memo: &RefCell<Vec<(K, Arc<str>)>>,
+    key: K,
+    make: impl FnOnce() -> String,
+) -> Arc<str> {
+    let mut m = memo.borrow_mut();
+    if let Some((_, t)) = m.iter().find(|(k, _)| *k == key) {
+        return t.clone();
+    }
+    let t: Arc<str> = make().into();
+    m.push((key, t.clone()));
+    t
 }
 
 impl<'a> CaseFilter<'a> {
@@ -211,14 +291,15 @@ impl<'a> CaseFilter<'a> {
     ) -> CaseFilter<'a> {
         let local_now = config.local(now);
         let today = local_now.date();
-        let mut active: HashMap<&str, &Agreement> = HashMap::new();
+        let requesting = case.requesting_facility.trim();
+        let mut active: FacilityMap<&[u8], &Agreement> = FacilityMap::default();
         for a in agreements {
-            if a.requesting_facility.trim() != case.requesting_facility.trim()
-                || !a.is_active_on(today)
-            {
+            if a.requesting_facility.trim() != requesting || !a.is_active_on(today) {
                 continue;
             }
-            let slot = active.entry(a.expert_facility.trim()).or_insert(a);
+            let slot = active
+                .entry(a.expert_facility.trim().as_bytes())
+                .or_insert(a);
             if (a.kind, &a.id) < (slot.kind, &slot.id) {
                 *slot = a;
             }
@@ -226,29 +307,7 @@ impl<'a> CaseFilter<'a> {
         let window = case
             .window
             .map(|w| (config.local(w.from), config.local(w.to)));
-        let expertise_text = case
-            .icd10
-            .as_ref()
-            .map(|code| {
-                format!(
-                    "declares no expertise in category {} (case code {code})",
-                    code.category()
-                )
-            })
-            .unwrap_or_default();
-        let outside_text = format!(
-            "urgent case: outside the schedule windows at {} local time and not on call",
-            local_now.format("%a %H:%M")
-        );
-        let window_text = window
-            .map(|(from, to)| {
-                format!(
-                    "no schedule window overlaps the requested {} – {} local time",
-                    from.format("%Y-%m-%d %a %H:%M"),
-                    to.format("%Y-%m-%d %a %H:%M")
-                )
-            })
-            .unwrap_or_default();
+        let texts = Texts::new(case, config, local_now, window);
         CaseFilter {
             case,
             config,
@@ -257,10 +316,20 @@ impl<'a> CaseFilter<'a> {
             local_now,
             today,
             window,
+            clock: Clock::new(local_now),
+            span: window.and_then(|(from, to)| Span::new(from, to)),
+            requesting,
+            department: case.department.trim(),
+            platform: config
+                .platform_facility
+                .as_deref()
+                .map(str::trim)
+                .filter(|_| config.require_multi_site_filing),
             active,
-            expertise_text,
-            outside_text,
-            window_text,
+            texts,
+            agreement_texts: RefCell::default(),
+            open_cap_texts: RefCell::default(),
+            sessions_cap_texts: RefCell::default(),
         }
     }
 
@@ -269,107 +338,121 @@ impl<'a> CaseFilter<'a> {
     where
         'a: 'e,
     {
-        let (case, config) = (self.case, self.config);
-        let mut out = Vec::new();
-        let mut fail = |code: ReasonCode, text: String| out.push(Reason { code, text });
+        self.check_profiled(expert, &Profile::of(expert))
+    }
 
-        if !expert.in_department(&case.department) {
+    /// The filters on `expert`, reading its facts from `p` (its profile).
+    pub(crate) fn check_profiled<'e>(
+        &self,
+        expert: &'e Expert,
+        p: &Profile,
+    ) -> Result<Eligible<'e>, Vec<Reason>>
+    where
+        'a: 'e,
+    {
+        let (case, config, texts) = (self.case, self.config, &self.texts);
+        let mut out = Vec::new();
+        let mut fail = |code: ReasonCode, text: Arc<str>| out.push(Reason { code, text });
+
+        if !p.in_department(expert, self.department) {
             fail(
                 ReasonCode::DepartmentMismatch,
                 format!(
                     "not in department {} (departments: {})",
-                    case.department.trim(),
+                    self.department,
                     expert.departments.join(", ")
-                ),
+                )
+                .into(),
             );
         }
         let specificity = match &case.icd10 {
             None => Some(Specificity::DepartmentOnly),
-            Some(code) => best_specificity(&expert.expertise, code),
+            Some(code) => match &p.codes {
+                Some(codes) => codes
+                    .iter()
+                    .filter_map(|declared| specificity_of(declared, code.normalized().as_bytes()))
+                    .max(),
+                None => best_specificity(&expert.expertise, code),
+            },
         };
         if specificity.is_none() {
-            fail(ReasonCode::ExpertiseMismatch, self.expertise_text.clone());
+            fail(ReasonCode::ExpertiseMismatch, texts.expertise.clone());
         }
         if let Some(min) = case.min_title
-            && expert.title < min
+            && p.title < min
+            && let Some(text) = &texts.title[title_slot(p.title)]
         {
-            fail(
-                ReasonCode::TitleBelowMinimum,
-                format!("title {} is below the required {}", expert.title, min),
-            );
+            fail(ReasonCode::TitleBelowMinimum, text.clone());
         }
-        if !expert.licence_verified {
-            fail(
-                ReasonCode::LicenceNotVerified,
-                "licence and real-name verification not done (CN-11)".to_owned(),
-            );
+        if !p.licence_verified {
+            fail(ReasonCode::LicenceNotVerified, texts.licence.clone());
         }
-        if !expert.registration_active {
-            fail(
-                ReasonCode::RegistrationInactive,
-                "practice registration not active (CN-11)".to_owned(),
-            );
+        if !p.registration_active {
+            fail(ReasonCode::RegistrationInactive, texts.registration.clone());
         }
-        let practice_years = expert.practice_years(self.today);
+        let practice_years = practice_years_since(p.since, self.today);
         if practice_years < config.min_practice_years {
             fail(
                 ReasonCode::PracticeUnderMinimumYears,
                 format!(
                     "{practice_years} years of independent practice (since {}), {} required \
                      (CN-06)",
-                    expert.independent_practice_since, config.min_practice_years
-                ),
+                    p.since, config.min_practice_years
+                )
+                .into(),
             );
         }
-        if config.require_multi_site_filing
-            && let Some(platform) = config.platform_facility.as_deref().map(str::trim)
-            && expert.facility.trim() != platform
-            && !expert
-                .multi_site_filings
-                .iter()
-                .any(|f| f.trim() == platform)
+        let facility = p.facility(expert);
+        if let Some(text) = &texts.multi_site
+            && let Some(platform) = self.platform
+            && facility != platform.as_bytes()
+            && !p.filed_at(expert, platform)
         {
-            fail(
-                ReasonCode::MultiSiteFilingMissing,
-                format!("no 多机构执业 filing at the platform facility {platform} (CN-11)"),
-            );
+            fail(ReasonCode::MultiSiteFilingMissing, text.clone());
         }
-        let same_facility = expert.facility.trim() == case.requesting_facility.trim();
+        let same_facility = facility == self.requesting.as_bytes();
         let agreement = if same_facility {
             None
         } else {
-            let found = self.active.get(expert.facility.trim()).copied();
+            let found = self.active.get(facility).copied();
             if found.is_none() {
-                fail(
-                    ReasonCode::NoActiveAgreement,
-                    agreement_text(self.agreements, case, expert, self.today),
-                );
+                fail(ReasonCode::NoActiveAgreement, self.agreement_text(facility));
             }
             found
         };
-        if case.urgency == Urgency::Urgent && !expert.schedule.on_call {
-            if !in_schedule_at(&expert.schedule, self.local_now) {
-                fail(ReasonCode::OutsideSchedule, self.outside_text.clone());
+        if case.urgency == Urgency::Urgent && !p.on_call {
+            let windows = p.windows(expert);
+            let inside = match self.clock {
+                Some(clock) => clock.in_windows(windows),
+                None => in_windows_at(windows, self.local_now),
+            };
+            if !inside {
+                fail(ReasonCode::OutsideSchedule, texts.outside.clone());
             }
-            if !expert
-                .presence
-                .is_online(self.now, config.presence_staleness_seconds)
-            {
-                let text = match expert.presence.last_heartbeat {
+            if !online(
+                p.last_heartbeat,
+                self.now,
+                config.presence_staleness_seconds,
+            ) {
+                let text = match p.last_heartbeat {
                     Some(t) => format!(
                         "urgent case: offline, last heartbeat {} s ago (limit {} s), not on call",
                         (self.now - t).num_seconds(),
                         config.presence_staleness_seconds
-                    ),
-                    None => "urgent case: offline, never connected, not on call".to_owned(),
+                    )
+                    .into(),
+                    None => texts.never_connected.clone(),
                 };
                 fail(ReasonCode::Offline, text);
             }
         }
         if let Some((from, to)) = self.window
-            && !overlaps(&expert.schedule, from, to)
+            && !match self.span {
+                Some(span) => span.overlaps(p.windows(expert)),
+                None => windows_overlap(p.windows(expert), from, to),
+            }
         {
-            fail(ReasonCode::NoWindowOverlap, self.window_text.clone());
+            fail(ReasonCode::NoWindowOverlap, texts.window.clone());
         }
         if same_facility && case.require_external {
             fail(
@@ -377,37 +460,33 @@ impl<'a> CaseFilter<'a> {
                 format!(
                     "same facility as the requester ({}) and an external opinion is required",
                     expert.facility
-                ),
+                )
+                .into(),
             );
         }
-        if case
-            .exclude_experts
-            .iter()
-            .any(|x| x.trim() == expert.id.trim())
-        {
-            fail(
-                ReasonCode::ExcludedDoctor,
-                "excluded by the case (e.g. the patient's prior treating doctor)".to_owned(),
-            );
+        if !case.exclude_experts.is_empty() {
+            let id = p.id(expert).trim();
+            if case.exclude_experts.iter().any(|x| x.trim() == id) {
+                fail(ReasonCode::ExcludedDoctor, texts.excluded.clone());
+            }
         }
-        if expert.load.open_consultations >= config.max_open_consultations {
-            fail(
-                ReasonCode::AtLoadCap,
+        let open = p.load.open_consultations;
+        if open >= config.max_open_consultations {
+            let text = memo(&self.open_cap_texts, open, || {
                 format!(
-                    "at the load cap: {} open consultations (cap {})",
-                    expert.load.open_consultations, config.max_open_consultations
-                ),
-            );
+                    "at the load cap: {open} open consultations (cap {})",
+                    config.max_open_consultations
+                )
+            });
+            fail(ReasonCode::AtLoadCap, text);
         } else if let Some(cap) = config.max_sessions_today
-            && expert.load.sessions_today >= cap
+            && p.load.sessions_today >= cap
         {
-            fail(
-                ReasonCode::AtLoadCap,
-                format!(
-                    "at the load cap: {} sessions today (cap {cap})",
-                    expert.load.sessions_today
-                ),
-            );
+            let today = p.load.sessions_today;
+            let text = memo(&self.sessions_cap_texts, today, || {
+                format!("at the load cap: {today} sessions today (cap {cap})")
+            });
+            fail(ReasonCode::AtLoadCap, text);
         }
         match specificity {
             Some(specificity) if out.is_empty() => Ok(Eligible {
@@ -419,24 +498,106 @@ impl<'a> CaseFilter<'a> {
             _ => Err(out),
         }
     }
+
+    /// The `no-active-agreement` text for an expert facility (trimmed): written once per
+    /// facility.
+    fn agreement_text(&self, facility: &[u8]) -> Arc<str> {
+        // The bytes are a trimmed `&str`'s.
+        let facility = std::str::from_utf8(facility).unwrap_or_default();
+        let mut texts = self.agreement_texts.borrow_mut();
+        if let Some(t) = texts.get(facility) {
+            return t.clone();
+        }
+        let t: Arc<str> = agreement_text(self.agreements, self.case, facility, self.today).into();
+        texts.insert(facility.to_owned(), t.clone());
+        t
+    }
 }
 
+/// The position of a title in [`Title::ALL`].
+fn title_slot(title: Title) -> usize {
+    match title {
+        Title::Resident => 0,
+        Title::Attending => 1,
+        Title::AssociateChief => 2,
+        Title::Chief => 3,
+    }
+}
+
+impl Texts {
+    fn new(
+        case: &CaseRequest,
+        config: &MatchConfig,
+        local_now: NaiveDateTime,
+        window: Option<(NaiveDateTime, NaiveDateTime)>,
+    ) -> Texts {
+        let expertise = case
+            .icd10
+            .as_ref()
+            .map(|code| {
+                format!(
+                    "declares no expertise in category {} (case code {code})",
+                    code.category()
+                )
+            })
+            .unwrap_or_default();
+        let outside = format!(
+            "urgent case: outside the schedule windows at {} local time and not on call",
+            local_now.format("%a %H:%M")
+        );
+        let window = window
+            .map(|(from, to)| {
+                format!(
+                    "no schedule window overlaps the requested {} – {} local time",
+                    from.format("%Y-%m-%d %a %H:%M"),
+                    to.format("%Y-%m-%d %a %H:%M")
+                )
+            })
+            .unwrap_or_default();
+        let multi_site = config
+            .platform_facility
+            .as_deref()
+            .filter(|_| config.require_multi_site_filing)
+            .map(|platform| {
+                format!(
+                    "no 多机构执业 filing at the platform facility {} (CN-11)",
+                    platform.trim()
+                )
+                .into()
+            });
+        let title = Title::ALL.map(|t| {
+            case.min_title
+                .filter(|min| t < *min)
+                .map(|min| format!("title {t} is below the required {min}").into())
+        });
+        Texts {
+            expertise: expertise.into(),
+            outside: outside.into(),
+            window: window.into(),
+            licence: "licence and real-name verification not done (CN-11)".into(),
+            registration: "practice registration not active (CN-11)".into(),
+            excluded: "excluded by the case (e.g. the patient's prior treating doctor)".into(),
+            never_connected: "urgent case: offline, never connected, not on call".into(),
+            multi_site,
+            title,
+        }
+    }
+}
+
+/// Why no agreement routes `case` to `expert_facility` (trimmed): none at all, or the ones
+/// there are and why they are not in force today.
 fn agreement_text(
     agreements: &[Agreement],
     case: &CaseRequest,
-    expert: &Expert,
+    expert_facility: &str,
     today: NaiveDate,
 ) -> String {
-    let pair = format!(
-        "{} → {}",
-        case.requesting_facility.trim(),
-        expert.facility.trim()
-    );
+    let pair = format!("{} → {}", case.requesting_facility.trim(), expert_facility);
     let of_pair: Vec<&Agreement> = agreements
         .iter()
         .filter(|a| {
             a.requesting_facility.trim() == case.requesting_facility.trim()
-                && a.expert_facility.trim() == expert.facility.trim()
+                && a.expert_facility.trim() == expert_facility
         })
         .collect();
     match of_pair.as_slice() {
@@ -455,51 +616,4 @@ fn agreement_text(
             )
         }
     }
-}
-
-/// The occurrences of the schedule's windows that start on `day`, as local intervals.
-fn occurrences(
-    schedule: &Schedule,
-    day: NaiveDate,
-) -> impl Iterator<Item = (NaiveDateTime, NaiveDateTime)> + '_ {
-    schedule
-        .windows
-        .iter()
-        .filter(move |w| w.days.contains(day.weekday()))
-        .map(move |w| {
-            let start = day.and_time(chrono::NaiveTime::MIN)
-                + Duration::minutes(i64::from(w.from.minutes()));
-            (start, start + Duration::minutes(w.length_minutes()))
-        })
-}
-
-/// True when the local time `t` is inside one of the schedule's windows.
-pub fn in_schedule_at(schedule: &Schedule, t: NaiveDateTime) -> bool {
-    let day = t.date();
-    [day.pred_opt(), Some(day)]
-        .into_iter()
-        .flatten()
-        .any(|d| occurrences(schedule, d).any(|(a, b)| a <= t && t < b))
-}
-
-/// True when one of the schedule's windows overlaps the local interval `[from, to)`.
-pub fn overlaps(schedule: &Schedule, from: NaiveDateTime, to: NaiveDateTime) -> bool {
-    if to <= from {
-        return false;
-    }
-    // Past a week every window has an occurrence inside; bound the walk.
-    if to - from >= Duration::days(8) {
-        return schedule.windows.iter().any(|w| !w.days.is_empty());
-    }
-    let mut day = from.date().pred_opt().unwrap_or(from.date());
-    while day <= to.date() {
-        if occurrences(schedule, day).any(|(a, b)| a < to && from < b) {
-            return true;
-        }
-        match day.succ_opt() {
-            Some(next) => day = next,
-            None => break,
-        }
-    }
-    false
 }

@@ -95,7 +95,7 @@ impl IcdCode {
     /// The three-character category (`I25`): the key of the category index.
     pub fn category(&self) -> &str {
         // Valid codes start with three ASCII characters (checked in `parse`).
-        self.0.get(..3).unwrap_or(&self.0)
+        category_of(&self.0)
     }
 
     /// True when this code is the category itself (three characters).
@@ -112,15 +112,32 @@ impl IcdCode {
     /// How well this declared expertise fits a case's `code`, or `None` when it does not fit
     /// (a different category).
     pub fn specificity_for(&self, code: &IcdCode) -> Option<Specificity> {
-        if self.category() != code.category() {
-            None
-        } else if self.0 == code.0 {
-            Some(Specificity::Exact)
-        } else if self.covers(code) && !self.is_category() {
-            Some(Specificity::Subcategory)
-        } else {
-            Some(Specificity::Category)
-        }
+        specificity_of(self.0.as_bytes(), code.0.as_bytes())
+    }
+}
+
+/// The category of a normalised code: its first three characters.
+fn category_of(normalized: &str) -> &str {
+    normalized.get(..3).unwrap_or(normalized)
+}
+
+/// [`category_of`] on the bytes of a normalised code (ASCII, so bytes are characters).
+pub(crate) fn category_bytes(normalized: &[u8]) -> &[u8] {
+    normalized.get(..3).unwrap_or(normalized)
+}
+
+/// [`IcdCode::specificity_for`] on normalised codes (`declared` expertise, the case's
+/// `code`), as bytes: also what matching runs on the codes an expert card keeps inline.
+/// Normalised codes are ASCII, so comparing bytes is comparing characters.
+pub(crate) fn specificity_of(declared: &[u8], code: &[u8]) -> Option<Specificity> {
+    if category_bytes(declared) != category_bytes(code) {
+        None
+    } else if declared == code {
+        Some(Specificity::Exact)
+    } else if code.starts_with(declared) && declared.len() != 3 {
+        Some(Specificity::Subcategory)
+    } else {
+        Some(Specificity::Category)
     }
 }
 

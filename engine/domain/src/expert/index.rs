@@ -1,20 +1,30 @@
-//! Where candidates come from: the [`ExpertIndex`] port (the store implements it with SQL:
-//! pre-filter by department and ICD category from an index) and [`MemoryExpertIndex`], the pure
-//! in-memory implementation with hash indexes, for tests, the bench and small deployments.
+//! Where candidates come from: the [`ExpertIndex`] port, [`CardIndex`] (experts filed as
+//! [`ExpertCard`]s under their department keys and ICD-10 categories: the lookup of the store's
+//! registry copy and of [`MemoryExpertIndex`]), and [`MemoryExpertIndex`], the pure in-memory
+//! directory for tests, the bench and small deployments.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use super::card::{ExpertCard, Profile, department_key_iter, department_keys, expertise_keys};
 use super::case::CaseRequest;
+use super::icd::category_bytes;
 use super::model::{Agreement, Expert, ExpertRegistry, Load, Presence};
 
-/// The candidates of one lookup: borrowed from an in-memory directory, or owned (built by a
-/// store query). Matching clones only the eligible ones (into the decision's snapshot).
+/// The candidates of one lookup. The decision's snapshot keeps the eligible ones: shared
+/// candidates (cards, `Arc`s) by reference count, the others by a copy.
 #[derive(Debug)]
 pub enum Candidates<'a> {
     /// References into the index.
     Borrowed(Vec<&'a Expert>),
     /// Owned experts.
     Owned(Vec<Expert>),
+    /// Experts shared with the index: neither the lookup nor the snapshot copies one.
+    Shared(Cow<'a, [Arc<Expert>]>),
+    /// Cards shared with the index ([`CardIndex::lookup`]): the filters read each expert's
+    /// facts from its card, laid out for that, instead of from the expert.
+    Cards(Arc<Vec<ExpertCard>>),
 }
 
 impl Candidates<'_> {
@@ -23,7 +33,42 @@ impl Candidates<'_> {
         match self {
             Candidates::Borrowed(v) => Box::new(v.iter().copied()),
             Candidates::Owned(v) => Box::new(v.iter()),
+            Candidates::Shared(v) => Box::new(v.iter().map(|e| &**e)),
+            Candidates::Cards(v) => Box::new(v.iter().map(|c| &**c)),
         }
+    }
+
+    /// The expert at position `i`.
+    pub fn get(&self, i: usize) -> Option<&Expert> {
+        match self {
+            Candidates::Borrowed(v) => v.get(i).copied(),
+            Candidates::Owned(v) => v.get(i),
+            Candidates::Shared(v) => v.get(i).map(|e| &**e),
+            Candidates::Cards(v) => v.get(i).map(|c| &**c),
+        }
+    }
+
+    /// The expert at position `i` to keep (in a decision's snapshot): the index's own when
+    /// shared, else a copy.
+    pub fn share(&self, i: usize) -> Option<Arc<Expert>> {
+        match self {
+            Candidates::Shared(v) => v.get(i).cloned(),
+            Candidates::Cards(v) => v.get(i).map(|c| c.expert().clone()),
+            _ => self.get(i).map(|e| Arc::new(e.clone())),
+        }
+    }
+
+    /// The card's profile at position `i`, when the candidates are cards.
+    pub(crate) fn profile(&self, i: usize) -> Option<&Profile> {
+        match self {
+            Candidates::Cards(v) => v.get(i).map(ExpertCard::profile),
+            _ => None,
+        }
+    }
+
+    /// True when the candidates are cards (each with its profile).
+    pub(crate) fn has_profiles(&self) -> bool {
+        matches!(self, Candidates::Cards(_))
     }
 
     /// How many.
@@ -31,6 +76,8 @@ impl Candidates<'_> {
         match self {
             Candidates::Borrowed(v) => v.len(),
             Candidates::Owned(v) => v.len(),
+            Candidates::Shared(v) => v.len(),
+            Candidates::Cards(v) => v.len(),
         }
     }
 
@@ -66,24 +113,137 @@ pub trait ExpertIndex {
     }
 }
 
-/// An in-memory directory: experts indexed by department (each dotted ancestor too: an expert
-/// in `03.02` is found under `03`) and by ICD-10 category of their expertise, so that a lookup
-/// touches only the experts of the case's department and category instead of scanning all.
+/// Experts filed as [`ExpertCard`]s under each department key (each department and its dotted
+/// ancestors: an expert in `03.02` is found under `03`) and each ICD-10 category of their
+/// expertise, every list sorted by id and shared (`Arc`), so that a lookup touches only the
+/// experts of the case's department and category, and one without a code copies nothing.
+///
+/// The lookup of both the store's registry copy and [`MemoryExpertIndex`], so that they give
+/// the same candidates in the same order. Changing a list while a lookup's result still holds
+/// it copies that list first.
+#[derive(Clone, Debug, Default)]
+pub struct CardIndex {
+    by_department: HashMap<String, Arc<Vec<ExpertCard>>>,
+    by_category: HashMap<String, Arc<Vec<ExpertCard>>>,
+}
+
+/// Puts `card` into the id-sorted `list`, replacing the card with its id.
+fn file_in(list: &mut Vec<ExpertCard>, card: &ExpertCard) {
+    match list.binary_search_by(|c| c.id.as_str().cmp(&card.id)) {
+        Ok(i) => list[i] = card.clone(),
+        Err(i) => list.insert(i, card.clone()),
+    }
+}
+
+fn file_under(
+    index: &mut HashMap<String, Arc<Vec<ExpertCard>>>,
+    keys: Vec<String>,
+    card: &ExpertCard,
+) {
+    for k in keys {
+        file_in(Arc::make_mut(index.entry(k).or_default()), card);
+    }
+}
+
+fn unfile_under(index: &mut HashMap<String, Arc<Vec<ExpertCard>>>, keys: Vec<String>, id: &str) {
+    for k in keys {
+        let Some(list) = index.get_mut(&k) else {
+            continue;
+        };
+        if let Ok(i) = list.binary_search_by(|c| c.id.as_str().cmp(id)) {
+            Arc::make_mut(list).remove(i);
+        }
+        if list.is_empty() {
+            index.remove(&k);
+        }
+    }
+}
+
+/// True when the card is filed under department key `key` (see [`department_keys`]).
+fn under_department(card: &ExpertCard, key: &str) -> bool {
+    match &card.profile().departments {
+        Some(keys) => keys.iter().any(|k| k == key.as_bytes()),
+        None => department_key_iter(card).any(|k| k == key),
+    }
+}
+
+/// True when the card is filed under ICD-10 category `key` (see [`expertise_keys`]).
+fn under_category(card: &ExpertCard, key: &str) -> bool {
+    match &card.profile().codes {
+        Some(codes) => codes.iter().any(|c| category_bytes(c) == key.as_bytes()),
+        None => card.expertise.iter().any(|c| c.category() == key),
+    }
+}
+
+impl CardIndex {
+    /// Files `card` under its expert's keys, replacing the card with the same id there. When
+    /// the expert's facts (departments, expertise) changed, [`CardIndex::unfile`] the old
+    /// expert first.
+    pub fn file(&mut self, card: &ExpertCard) {
+        file_under(&mut self.by_department, department_keys(card), card);
+        file_under(&mut self.by_category, expertise_keys(card), card);
+    }
+
+    /// Takes `expert` (as it was filed: its keys come from its facts) out of every list.
+    pub fn unfile(&mut self, expert: &Expert) {
+        unfile_under(&mut self.by_department, department_keys(expert), &expert.id);
+        unfile_under(&mut self.by_category, expertise_keys(expert), &expert.id);
+    }
+
+    /// The candidates of `case`, by id: the experts filed under its department and, when it
+    /// has an ICD-10 code, under the code's category. Without a code, the department's list
+    /// itself (shared); with one, the shorter of the two lists is walked and each of its
+    /// experts tested for the other key on its card.
+    pub fn lookup(&self, case: &CaseRequest) -> Arc<Vec<ExpertCard>> {
+        let department = case.department.trim();
+        let Some(dept) = self.by_department.get(department) else {
+            return Arc::default();
+        };
+        let Some(code) = &case.icd10 else {
+            return dept.clone();
+        };
+        let category = code.category();
+        let Some(cat) = self.by_category.get(category) else {
+            return Arc::default();
+        };
+        let found: Vec<ExpertCard> = if cat.len() < dept.len() {
+            cat.iter()
+                .filter(|c| under_department(c, department))
+                .cloned()
+                .collect()
+        } else {
+            dept.iter()
+                .filter(|c| under_category(c, category))
+                .cloned()
+                .collect()
+        };
+        Arc::new(found)
+    }
+
+    /// How many lists there are (department keys, categories): for tests and diagnostics.
+    pub fn key_counts(&self) -> (usize, usize) {
+        (self.by_department.len(), self.by_category.len())
+    }
+}
+
+/// An in-memory directory: experts filed in a [`CardIndex`], so that a lookup touches only the
+/// experts of the case's department and category instead of scanning all. Candidates come in
+/// id order.
 #[derive(Clone, Debug, Default)]
 pub struct MemoryExpertIndex {
-    experts: Vec<Expert>,
+    /// Shared with the cards and the snapshots of decisions.
+    experts: Vec<Arc<Expert>>,
     by_id: HashMap<String, usize>,
-    by_department: HashMap<String, Vec<usize>>,
-    by_category: HashMap<String, Vec<usize>>,
+    cards: CardIndex,
     agreements: HashMap<String, Vec<Agreement>>,
 }
 
 impl MemoryExpertIndex {
     /// Builds the indexes. A later expert with an id already seen replaces the earlier one.
     pub fn new(experts: Vec<Expert>, agreements: Vec<Agreement>) -> MemoryExpertIndex {
-        let mut unique: Vec<Expert> = Vec::with_capacity(experts.len());
+        let mut unique: Vec<Arc<Expert>> = Vec::with_capacity(experts.len());
         let mut by_id = HashMap::with_capacity(experts.len());
-        for e in experts {
+        for e in experts.into_iter().map(Arc::new) {
             match by_id.get(&e.id) {
                 Some(&i) => unique[i] = e,
                 None => {
@@ -92,31 +252,9 @@ impl MemoryExpertIndex {
                 }
             }
         }
-        let mut by_department: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut by_category: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, e) in unique.iter().enumerate() {
-            let mut keys: Vec<&str> = Vec::new();
-            for d in &e.departments {
-                let d = d.trim();
-                keys.push(d);
-                // Every dotted ancestor: 03.02.01 → 03.02, 03.
-                let mut rest = d;
-                while let Some((head, _)) = rest.rsplit_once('.') {
-                    keys.push(head);
-                    rest = head;
-                }
-            }
-            keys.sort_unstable();
-            keys.dedup();
-            for k in keys {
-                by_department.entry(k.to_owned()).or_default().push(i);
-            }
-            let mut cats: Vec<&str> = e.expertise.iter().map(|c| c.category()).collect();
-            cats.sort_unstable();
-            cats.dedup();
-            for c in cats {
-                by_category.entry(c.to_owned()).or_default().push(i);
-            }
+        let mut cards = CardIndex::default();
+        for e in &unique {
+            cards.file(&ExpertCard::new(e.clone()));
         }
         let mut by_facility: HashMap<String, Vec<Agreement>> = HashMap::new();
         for a in agreements {
@@ -128,8 +266,7 @@ impl MemoryExpertIndex {
         MemoryExpertIndex {
             experts: unique,
             by_id,
-            by_department,
-            by_category,
+            cards,
             agreements: by_facility,
         }
     }
@@ -140,79 +277,49 @@ impl MemoryExpertIndex {
     }
 
     /// All experts, in insertion order.
-    pub fn experts(&self) -> &[Expert] {
+    pub fn experts(&self) -> &[Arc<Expert>] {
         &self.experts
     }
 
     /// One expert by id.
     pub fn get(&self, id: &str) -> Option<&Expert> {
-        self.by_id.get(id).map(|&i| &self.experts[i])
+        self.by_id.get(id).map(|&i| &*self.experts[i])
     }
 
-    /// Replaces an expert's load (runtime state; the indexes do not depend on it). False when
+    /// Replaces an expert's load (runtime state; the keys do not depend on it). False when
     /// the id is unknown.
     pub fn set_load(&mut self, id: &str, load: Load) -> bool {
-        self.state_mut(id).map(|e| e.load = load).is_some()
+        self.change_state(id, |e| e.load = load)
     }
 
     /// Replaces an expert's presence (runtime state). False when the id is unknown.
     pub fn set_presence(&mut self, id: &str, presence: Presence) -> bool {
-        self.state_mut(id).map(|e| e.presence = presence).is_some()
+        self.change_state(id, |e| e.presence = presence)
     }
 
-    fn state_mut(&mut self, id: &str) -> Option<&mut Expert> {
-        let i = *self.by_id.get(id)?;
-        self.experts.get_mut(i)
-    }
-
-    /// The positions of the candidates, ascending.
-    fn candidate_positions(&self, case: &CaseRequest) -> Vec<usize> {
-        let Some(dept) = self.by_department.get(case.department.trim()) else {
-            return Vec::new();
+    /// Changes an expert's state (copying it first when a decision's snapshot still shares it)
+    /// and files its new card under the same keys.
+    fn change_state(&mut self, id: &str, change: impl FnOnce(&mut Expert)) -> bool {
+        let Some(e) = self.by_id.get(id).and_then(|&i| self.experts.get_mut(i)) else {
+            return false;
         };
-        let Some(code) = &case.icd10 else {
-            return dept.clone();
-        };
-        let Some(cat) = self.by_category.get(code.category()) else {
-            return Vec::new();
-        };
-        // Both lists are ascending: merge-intersect.
-        let (mut a, mut b) = (dept.iter().peekable(), cat.iter().peekable());
-        let mut out = Vec::with_capacity(dept.len().min(cat.len()));
-        while let (Some(&&x), Some(&&y)) = (a.peek(), b.peek()) {
-            match x.cmp(&y) {
-                std::cmp::Ordering::Less => {
-                    a.next();
-                }
-                std::cmp::Ordering::Greater => {
-                    b.next();
-                }
-                std::cmp::Ordering::Equal => {
-                    out.push(x);
-                    a.next();
-                    b.next();
-                }
-            }
-        }
-        out
+        change(Arc::make_mut(e));
+        self.cards.file(&ExpertCard::new(e.clone()));
+        true
     }
 }
 
 impl ExpertIndex for MemoryExpertIndex {
     fn candidates(&self, case: &CaseRequest) -> Vec<Expert> {
-        self.candidate_positions(case)
-            .into_iter()
-            .map(|i| self.experts[i].clone())
+        self.cards
+            .lookup(case)
+            .iter()
+            .map(|c| Expert::clone(c))
             .collect()
     }
 
     fn candidate_refs(&self, case: &CaseRequest) -> Candidates<'_> {
-        Candidates::Borrowed(
-            self.candidate_positions(case)
-                .into_iter()
-                .map(|i| &self.experts[i])
-                .collect(),
-        )
+        Candidates::Cards(self.cards.lookup(case))
     }
 
     fn agreements(&self, requesting_facility: &str) -> Vec<Agreement> {

@@ -8,15 +8,20 @@
 //! versions and platforms: no `std` hasher, no randomness); then the expert id. The same inputs
 //! always give the same ranking.
 
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::card::Profile;
 use super::case::{CaseError, CaseRequest};
 use super::config::{ConfigError, MatchConfig};
 use super::features::{Feature, case_features, expert_features};
-use super::filter::{CaseFilter, Reason};
+use super::filter::{CaseFilter, Reason, ReasonCode};
 use super::icd::Specificity;
-use super::index::ExpertIndex;
+use super::index::{Candidates, ExpertIndex};
 use super::model::{Agreement, Expert};
 use super::scorer::{Contribution, DefaultScorer, Score, Scorer, ScorerError, ScorerIdentity};
 
@@ -78,8 +83,9 @@ pub struct Fallback {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Snapshot {
-    /// The eligible experts, with their state at decision time.
-    pub experts: Vec<Expert>,
+    /// The eligible experts, with their state at decision time: shared with the index that
+    /// gave them when it shares (an expert's later state is a new value, never this one).
+    pub experts: Vec<Arc<Expert>>,
     /// The requesting facility's agreements.
     pub agreements: Vec<Agreement>,
 }
@@ -185,38 +191,61 @@ pub fn match_experts(
     case.validate()?;
     config.validate()?;
     let found = index.candidate_refs(case);
-    let experts: Vec<&Expert> = found.iter().collect();
     let agreements = index.agreements(&case.requesting_facility);
-    decide(case, &experts, agreements, scorer, config, now, seed)
+    decide(case, &found, agreements, scorer, config, now, seed)
 }
 
 fn decide(
     case: &CaseRequest,
-    experts: &[&Expert],
+    found: &Candidates<'_>,
     agreements: Vec<Agreement>,
     scorer: &(impl Scorer + ?Sized),
     config: &MatchConfig,
     now: DateTime<Utc>,
     seed: u64,
 ) -> Result<MatchDecision, MatchError> {
+    let experts: Vec<&Expert> = found.iter().collect();
+    // What the filters read: from the cards, or prepared here for candidates without one.
+    let prepared: Vec<Profile> = if found.has_profiles() {
+        Vec::new()
+    } else {
+        experts.iter().map(|e| Profile::of(e)).collect()
+    };
+    let profile = |i: usize| found.profile(i).or_else(|| prepared.get(i));
+    let profiles: Vec<&Profile> = (0..experts.len()).filter_map(profile).collect();
     // Each expert once, the first occurrence (the index contract says so; a store bug must
-    // not double an offer).
-    let mut seen = std::collections::HashSet::with_capacity(experts.len());
+    // not double an offer). Ids that strictly ascend (what an index sorted by id gives) are
+    // checked in one pass instead of hashing every one.
+    let ids: Vec<&str> = experts
+        .iter()
+        .zip(&profiles)
+        .map(|(e, p)| p.id(e))
+        .collect();
+    let ascending = ids.windows(2).all(|w| w[0] < w[1]);
+    let mut seen = (!ascending).then(|| HashSet::with_capacity(experts.len()));
     let mut eligible = Vec::new();
+    // Positions in `found` of the eligible experts (for the snapshot).
+    let mut positions = Vec::new();
     let mut exclusions = Vec::new();
     let filter = CaseFilter::new(case, &agreements, config, now);
-    for &e in experts {
-        if !seen.insert(e.id.as_str()) {
+    for (i, (&e, &p)) in experts.iter().zip(&profiles).enumerate() {
+        if let Some(seen) = &mut seen
+            && !seen.insert(ids[i])
+        {
             continue;
         }
-        match filter.check(e) {
-            Ok(ok) => eligible.push(ok),
+        match filter.check_profiled(e, p) {
+            Ok(ok) => {
+                eligible.push(ok);
+                positions.push(i);
+            }
             Err(reasons) => exclusions.push(Exclusion {
-                expert_id: e.id.clone(),
+                expert_id: ids[i].to_owned(),
                 reasons,
             }),
         }
     }
+    drop(filter);
     let case_features = case_features(case);
     let features: Vec<Vec<Feature>> = eligible
         .iter()
@@ -284,6 +313,8 @@ fn decide(
         .take(config.top_n)
         .map(|r| r.expert_id.clone())
         .collect();
+    let snapshot_experts = positions.iter().filter_map(|&i| found.share(i)).collect();
+    drop(eligible);
     Ok(MatchDecision {
         case: case.clone(),
         now,
@@ -296,8 +327,8 @@ fn decide(
         scorer: identity,
         fallback,
         snapshot: Snapshot {
-            experts: eligible.iter().map(|el| el.expert.clone()).collect(),
-            agreements: agreements.clone(),
+            experts: snapshot_experts,
+            agreements,
         },
     })
 }
@@ -326,10 +357,10 @@ impl MatchDecision {
     /// same inputs and plugin hash → identical ranking). The stored exclusions are carried
     /// over.
     pub fn replay(&self, scorer: &(impl Scorer + ?Sized)) -> Result<Replay, MatchError> {
-        let experts: Vec<&Expert> = self.snapshot.experts.iter().collect();
+        let found = Candidates::Shared(Cow::Borrowed(&self.snapshot.experts));
         let mut again = decide(
             &self.case,
-            &experts,
+            &found,
             self.snapshot.agreements.clone(),
             scorer,
             &self.config,
@@ -407,5 +438,22 @@ impl MatchDecision {
     /// The exclusion of an expert, if excluded.
     pub fn exclusion(&self, expert_id: &str) -> Option<&Exclusion> {
         self.exclusions.iter().find(|x| x.expert_id == expert_id)
+    }
+
+    /// How many excluded experts failed each constraint (an expert that failed two counts
+    /// under both): the summary of a long exclusion list (a first-level department case can
+    /// exclude a thousand experts), in filter order.
+    pub fn exclusion_counts(&self) -> Vec<(ReasonCode, usize)> {
+        let mut counts = [0usize; ReasonCode::ALL.len()];
+        for r in self.exclusions.iter().flat_map(|x| &x.reasons) {
+            if let Some(i) = ReasonCode::ALL.iter().position(|c| *c == r.code) {
+                counts[i] += 1;
+            }
+        }
+        ReasonCode::ALL
+            .into_iter()
+            .zip(counts)
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 }

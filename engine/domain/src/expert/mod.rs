@@ -5,7 +5,8 @@
 //! The flow of [`match_experts`]:
 //!
 //! 1. [`ExpertIndex::candidates`] narrows the directory to the case's department and ICD-10
-//!    category (the store with SQL, [`MemoryExpertIndex`] with hash indexes);
+//!    category (the store's registry copy and [`MemoryExpertIndex`] with a [`CardIndex`]:
+//!    each expert as an [`ExpertCard`], the facts the filters read prepared once, [`card`]);
 //! 2. the hard filters ([`filter`]) run on every candidate; each exclusion keeps every failed
 //!    constraint as a [`ReasonCode`] and a text;
 //! 3. [`features`] turns the case and each eligible expert into named features (the case
@@ -21,6 +22,7 @@
 //! [`fairness`] reports how work and waiting are spread (MATCH-30); [`import`] reads the CSV
 //! registry, [`model`] documents the YAML one.
 
+pub mod card;
 pub mod case;
 pub mod config;
 pub mod fairness;
@@ -32,12 +34,14 @@ pub mod index;
 pub mod matching;
 pub mod model;
 pub mod overrides;
+pub mod schedule;
 pub mod scorer;
 pub mod synth;
 
 #[cfg(test)]
 mod tests;
 
+pub use card::{ExpertCard, department_key_iter, department_keys, expertise_keys};
 pub use case::{CaseError, CaseRequest, TimeWindow, Urgency};
 pub use config::{ConfigError, MatchConfig};
 pub use fairness::{
@@ -48,7 +52,7 @@ pub use features::{Feature, case_features, expert_features};
 pub use filter::{CaseFilter, Eligible, Reason, ReasonCode, check_expert};
 pub use icd::{IcdCode, IcdError, Specificity};
 pub use import::{ImportError, ImportProblem, parse_csv};
-pub use index::{Candidates, ExpertIndex, MemoryExpertIndex};
+pub use index::{Candidates, CardIndex, ExpertIndex, MemoryExpertIndex};
 pub use matching::{
     Exclusion, Fallback, MatchDecision, MatchError, RankedCandidate, Replay, Snapshot,
     match_experts, tie_break_key,

@@ -313,6 +313,9 @@ pub struct ClockTime(u16);
 pub struct ClockTimeError(pub String);
 
 impl ClockTime {
+    /// `00:00`.
+    pub const MIDNIGHT: ClockTime = ClockTime(0);
+
     /// The time `h:m`, or `None` past `24:00`.
     pub fn new(hour: u16, minute: u16) -> Option<ClockTime> {
         let m = hour.checked_mul(60)?.checked_add(minute)?;
@@ -413,9 +416,17 @@ impl Presence {
     /// Online when the last heartbeat is at most `staleness_seconds` before `now` (a heartbeat
     /// slightly in the future, from clock skew, counts as online).
     pub fn is_online(&self, now: DateTime<Utc>, staleness_seconds: u32) -> bool {
-        self.last_heartbeat
-            .is_some_and(|t| (now - t).num_seconds() <= i64::from(staleness_seconds))
+        online(self.last_heartbeat, now, staleness_seconds)
     }
+}
+
+/// [`Presence::is_online`] on the last heartbeat alone.
+pub(crate) fn online(
+    last_heartbeat: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    staleness_seconds: u32,
+) -> bool {
+    last_heartbeat.is_some_and(|t| (now - t).num_seconds() <= i64::from(staleness_seconds))
 }
 
 /// The expert's current work: what the load cap and the load-aware ranking read.
@@ -498,9 +509,7 @@ pub struct Expert {
 impl Expert {
     /// Whole years of independent practice on `today` (0 when the start is in the future).
     pub fn practice_years(&self, today: NaiveDate) -> u32 {
-        today
-            .years_since(self.independent_practice_since)
-            .unwrap_or(0)
+        practice_years_since(self.independent_practice_since, today)
     }
 
     /// True when one of the expert's departments is `department` or below it (`03` matches
@@ -521,6 +530,11 @@ impl Expert {
             .iter()
             .any(|l| l.trim().eq_ignore_ascii_case(want))
     }
+}
+
+/// Whole years from `since` to `today` (0 when `since` is later).
+pub(crate) fn practice_years_since(since: NaiveDate, today: NaiveDate) -> u32 {
+    today.years_since(since).unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------------------------------

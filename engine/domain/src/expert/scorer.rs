@@ -12,6 +12,8 @@
 //! [`ScorerError`] (out of fuel, deadline, trap, an error string). Matching then falls back to
 //! [`DefaultScorer`] and the decision records that and why.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use super::features::{Feature, feature};
@@ -31,8 +33,9 @@ pub struct Score {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Contribution {
-    /// The contribution's name (usually the feature's).
-    pub name: String,
+    /// The contribution's name (usually the feature's): borrowed when it is a fixed word (the
+    /// built-in scorer's), owned when a plugin or JSON gave it.
+    pub name: Cow<'static, str>,
     /// Its points.
     pub value: f64,
 }
@@ -169,14 +172,15 @@ impl DefaultScorer {
     /// Scores one candidate.
     pub fn score_one(&self, case: &[Feature], expert: &[Feature]) -> Result<Score, ScorerError> {
         let mut parts: Vec<Contribution> = Vec::with_capacity(10);
-        let mut add = |name: &str, value: f64| {
+        let mut add = |name: &'static str, value: f64| {
             parts.push(Contribution {
-                name: name.to_owned(),
+                name: Cow::Borrowed(name),
                 value,
             })
         };
         let urgent = feature(case, "urgency").is_some_and(|f| f.value >= 1.0);
-        if let Some(f) = feature(expert, "title") {
+        let read = Read::of(expert);
+        if let Some(f) = read.title {
             let title = f.text.as_deref().and_then(|t| t.parse::<Title>().ok());
             add(
                 "title",
@@ -187,37 +191,37 @@ impl DefaultScorer {
                 },
             );
         }
-        if let Some(years) = number(expert, "years")? {
+        if let Some(years) = number(read.years)? {
             add("years", (years * 2.0).min(40.0));
         }
-        if let Some(minutes) = number(expert, "median_response_minutes")? {
+        if let Some(minutes) = number(read.median_response_minutes)? {
             let points = ((30.0 - minutes) * 2.0).clamp(-60.0, 60.0);
             add("response", if urgent { points * 2.0 } else { points });
         }
-        if let Some(s) = number(expert, "specificity")? {
+        if let Some(s) = number(read.specificity)? {
             add("specificity", s * 10.0);
         }
-        let open = number(expert, "open_consultations")?;
-        let today = number(expert, "sessions_today")?;
+        let open = number(read.open_consultations)?;
+        let today = number(read.sessions_today)?;
         if open.is_some() || today.is_some() {
             add(
                 "load",
                 -5.0 * open.unwrap_or(0.0) - 2.0 * today.unwrap_or(0.0),
             );
         }
-        if let Some(rate) = number(expert, "acceptance_rate")? {
+        if let Some(rate) = number(read.acceptance_rate)? {
             add("acceptance", (rate.min(1.0) - 0.5) * 40.0);
         }
-        if let Some(l) = number(expert, "language")? {
+        if let Some(l) = number(read.language)? {
             add("language", if l >= 1.0 { 15.0 } else { 0.0 });
         }
-        if let Some(p) = number(expert, "relationship")? {
+        if let Some(p) = number(read.relationship)? {
             add("relationship", p.min(1.0) * 20.0);
         }
-        if let Some(c) = number(expert, "continuity")? {
+        if let Some(c) = number(read.continuity)? {
             add("continuity", if c >= 1.0 { 40.0 } else { 0.0 });
         }
-        if let Some(p) = number(expert, "preferred")? {
+        if let Some(p) = number(read.preferred)? {
             add("preference", if p >= 1.0 { 25.0 } else { 0.0 });
         }
         Ok(Score {
@@ -227,13 +231,56 @@ impl DefaultScorer {
     }
 }
 
-/// A numeric feature that must be finite and not negative.
-fn number(features: &[Feature], name: &str) -> Result<Option<f64>, ScorerError> {
-    match feature(features, name) {
+/// The expert features the built-in rule reads, found in one pass over the list (the first of
+/// each name, as [`feature`] finds it) instead of one search per name.
+#[derive(Default)]
+struct Read<'a> {
+    title: Option<&'a Feature>,
+    years: Option<&'a Feature>,
+    median_response_minutes: Option<&'a Feature>,
+    specificity: Option<&'a Feature>,
+    open_consultations: Option<&'a Feature>,
+    sessions_today: Option<&'a Feature>,
+    acceptance_rate: Option<&'a Feature>,
+    language: Option<&'a Feature>,
+    relationship: Option<&'a Feature>,
+    continuity: Option<&'a Feature>,
+    preferred: Option<&'a Feature>,
+}
+
+impl<'a> Read<'a> {
+    fn of(features: &'a [Feature]) -> Read<'a> {
+        let mut r = Read::default();
+        for f in features {
+            let slot = match &*f.name {
+                "title" => &mut r.title,
+                "years" => &mut r.years,
+                "median_response_minutes" => &mut r.median_response_minutes,
+                "specificity" => &mut r.specificity,
+                "open_consultations" => &mut r.open_consultations,
+                "sessions_today" => &mut r.sessions_today,
+                "acceptance_rate" => &mut r.acceptance_rate,
+                "language" => &mut r.language,
+                "relationship" => &mut r.relationship,
+                "continuity" => &mut r.continuity,
+                "preferred" => &mut r.preferred,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(f);
+            }
+        }
+        r
+    }
+}
+
+/// A numeric feature, when present, that must be finite and not negative.
+fn number(found: Option<&Feature>) -> Result<Option<f64>, ScorerError> {
+    match found {
         None => Ok(None),
         Some(f) if f.value.is_finite() && f.value >= 0.0 => Ok(Some(f.value)),
         Some(f) => Err(ScorerError::InvalidFeature {
-            feature: name.to_owned(),
+            feature: f.name.to_string(),
             value: f.value.to_string(),
         }),
     }
@@ -276,7 +323,7 @@ mod tests {
         ];
         let s = DefaultScorer.score_one(&[], &expert).unwrap();
         assert_eq!(s.total, 50.0 + 40.0 + 36.0);
-        let names: Vec<&str> = s.contributions.iter().map(|c| c.name.as_str()).collect();
+        let names: Vec<&str> = s.contributions.iter().map(|c| &*c.name).collect();
         assert_eq!(names, ["title", "years", "response"]);
         assert_eq!(
             total(&[], &[Feature::text("title", 3.0, "副主任医师")]),

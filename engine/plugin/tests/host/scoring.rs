@@ -246,7 +246,7 @@ fn a_plugin_scorer_ranks_and_records_its_identity() {
     // The plugin's rule: title, years, response (median 10 min), urgency (urgent).
     let top = &d.ranked[0];
     assert_eq!(top.expert_id, "E-1");
-    let names: Vec<&str> = top.contributions.iter().map(|c| c.name.as_str()).collect();
+    let names: Vec<&str> = top.contributions.iter().map(|c| &*c.name).collect();
     assert_eq!(names, ["title", "years", "response", "urgency"]);
     assert!(d.replay(&scorer).unwrap().is_identical());
     // The same ranking from a 0.1.0 build through the per-candidate path.
