@@ -118,6 +118,32 @@ pub(super) fn actor_of(caller: &Caller) -> Actor {
 
 /// Parses a JSON body into `T`: 400 when it is not JSON, 422 when it does not fit (naming the
 /// field). An empty body is `{}`.
+/// The facility a care request is made for: the body's `facility`, else the caller's own; a
+/// platform token (facility `*`) must name one. `purpose` completes the error ("the facility
+/// the prescription is issued for").
+pub(super) fn requesting_facility(
+    caller: &Caller,
+    given: Option<&str>,
+    purpose: &str,
+) -> Result<String, Refusal> {
+    match given.map(str::trim).filter(|f| !f.is_empty()) {
+        Some(f) => Ok(f.to_owned()),
+        None if caller.principal.facility == "*" => Err(Refusal::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("facility: a platform token (facility *) must name {purpose}"),
+        )),
+        None => Ok(caller.principal.facility.clone()),
+    }
+}
+
+/// The client's id for a new record when it gave one (idempotent retries), else a new one.
+pub(super) fn id_or_new(given: Option<&str>) -> String {
+    given
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+        .map_or_else(crate::message::new_id, str::to_owned)
+}
+
 pub(super) fn parse<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Refusal> {
     let v: serde_json::Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})

@@ -152,26 +152,12 @@ pub(super) async fn draft(
     body: Bytes,
 ) -> Reply {
     let b: DraftBody = parse(&body, "prescription")?;
-    let facility = match b
-        .facility
-        .as_deref()
-        .map(str::trim)
-        .filter(|f| !f.is_empty())
-    {
-        Some(f) => f.to_owned(),
-        None if caller.principal.facility == "*" => {
-            return Err(Refusal::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "facility: a platform token (facility *) must name the facility the prescription is issued for",
-            ));
-        }
-        None => caller.principal.facility.clone(),
-    };
-    let id =
-        b.id.as_deref()
-            .map(str::trim)
-            .filter(|i| !i.is_empty())
-            .map_or_else(crate::message::new_id, str::to_owned);
+    let facility = requesting_facility(
+        &caller,
+        b.facility.as_deref(),
+        "the facility the prescription is issued for",
+    )?;
+    let id = id_or_new(b.id.as_deref());
     if !caller.write_scope.allows(&facility) {
         let r = Refusal::new(
             StatusCode::FORBIDDEN,

@@ -330,17 +330,7 @@ impl Store {
             .fetch_all(&self.read)
             .await
             .map_err(q("read due consultation timers"))?;
-        let d = || q("decode a consultation timer");
-        rows.iter()
-            .map(|r| {
-                Ok(DueTimer {
-                    consultation: r.try_get("consultation_id").map_err(d())?,
-                    kind: r.try_get("kind").map_err(d())?,
-                    attempt: r.try_get("attempt").map_err(d())?,
-                    due_at: r.try_get("due_at").map_err(d())?,
-                })
-            })
-            .collect()
+        rows.iter().map(due_timer).collect()
     }
 
     /// The open timers of a consultation (kind, attempt, due), for tests and the API.
@@ -356,17 +346,7 @@ impl Store {
             .fetch_all(&self.read)
             .await
             .map_err(q("read consultation timers"))?;
-        let d = || q("decode a consultation timer");
-        rows.iter()
-            .map(|r| {
-                Ok(DueTimer {
-                    consultation: r.try_get("consultation_id").map_err(d())?,
-                    kind: r.try_get("kind").map_err(d())?,
-                    attempt: r.try_get("attempt").map_err(d())?,
-                    due_at: r.try_get("due_at").map_err(d())?,
-                })
-            })
-            .collect()
+        rows.iter().map(due_timer).collect()
     }
 }
 
@@ -377,4 +357,15 @@ impl From<ConsultationError> for StoreError {
             other => StoreError::Inconsistent(other.to_string()),
         }
     }
+}
+
+/// A `consultation_timers` row.
+fn due_timer(r: &sqlx::any::AnyRow) -> Result<DueTimer> {
+    let d = || q("decode a consultation timer");
+    Ok(DueTimer {
+        consultation: r.try_get("consultation_id").map_err(d())?,
+        kind: r.try_get("kind").map_err(d())?,
+        attempt: r.try_get("attempt").map_err(d())?,
+        due_at: r.try_get("due_at").map_err(d())?,
+    })
 }
