@@ -13,6 +13,8 @@
 //!   escalation) under the [`SlaPolicy`] ([`sla`]).
 //! * [`Consultation::timeline`] and [`Consultation::milestones`] give the history and the
 //!   MATCH-21 timestamps.
+//! * [`announcements`] ([`outbound`]) turns appended events into what the engine announces
+//!   outside: the signed opinion for the HIS on completion, notices of the other turns.
 //!
 //! docs/workflow.md has the state table for integrators.
 
@@ -23,6 +25,7 @@ mod error;
 pub mod event;
 pub mod gates;
 pub mod opinion;
+pub mod outbound;
 pub mod request;
 pub mod sla;
 pub mod state;
@@ -44,6 +47,7 @@ pub use opinion::{
     CANONICAL_VERSION, DecisionOutcome, Diagnosis, LocalDecision, Opinion, SignedOpinion,
     sign_opinion, verify_opinion,
 };
+pub use outbound::{Announcement, HisOrder, KnownPatient, Notice, OutboundOpinion, announcements};
 pub use request::{
     Attachments, ConsultationRequest, FieldProblem, RequestError, RequestedTime, ServiceType,
     TriageOutput, Urgency,

@@ -15,6 +15,7 @@ use crate::expert::{CaseRequest, IcdCode, TimeWindow, Title, Urgency as MatchUrg
 use crate::identity::PersonId;
 
 use super::event::PluginRef;
+use super::outbound::HisOrder;
 
 /// How soon the consultation is needed (MATCH-20, CN-80; FHIR ServiceRequest.priority:
 /// routine, urgent, stat).
@@ -144,6 +145,10 @@ pub struct ConsultationRequest {
     /// The 远程医疗合作协议 id (CN-02); required for institution-to-institution.
     #[serde(default)]
     pub agreement: Option<String>,
+    /// The HIS order the consultation answers (its order numbers and the HIS's patient ids),
+    /// for the signed opinion going back to the HIS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub his_order: Option<Box<HisOrder>>,
 }
 
 /// One problem in a request, at a field path.
@@ -178,7 +183,8 @@ impl RequestError {
 impl ConsultationRequest {
     /// Checks what serde cannot: required texts not blank, the time window in order, study
     /// UIDs well formed, references not blank, the agreement present for
-    /// institution-to-institution (CN-02), triage identity complete. Reports all problems.
+    /// institution-to-institution (CN-02), triage identity complete, the HIS order's ids one line
+    /// each. Reports all problems.
     pub fn validate(&self) -> Result<(), RequestError> {
         let mut problems = Vec::new();
         let mut blank = |path: &str, value: &str| {
@@ -237,6 +243,9 @@ impl ConsultationRequest {
                 problem: "is blank".into(),
             }),
             _ => {}
+        }
+        if let Some(order) = &self.his_order {
+            problems.extend(order.problems());
         }
         if problems.is_empty() {
             Ok(())

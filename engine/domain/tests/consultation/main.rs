@@ -4,6 +4,7 @@
 
 mod gates;
 mod opinion;
+mod outbound;
 mod props;
 mod rules;
 mod sla;
