@@ -1,7 +1,7 @@
 //! The care workflow's scheduled jobs, run by the engine ([`run`], one task per engine):
 //!
-//! * the **outbox relay** every 2 s when an outbound pipeline is configured
-//!   ([`super::relay_outbox`]);
+//! * the **outbox relay** every 2 s when an outbound pipeline is configured (prescriptions'
+//!   or consultations'; [`super::relay_outbox`]);
 //! * the **no-show sweep** every minute ([`sweep_no_shows`]): bookings whose start plus the
 //!   grace period passed with a side absent become no-shows (audited), and their scheduled
 //!   consultations fail with `no-show` as the `system` actor;
@@ -228,7 +228,7 @@ pub async fn run(
         .as_ref()
         .and_then(|x| x.schedule.after(&store.clock().now()).next());
     loop {
-        if care.outbound_pipeline.is_some() {
+        if care.outbound_pipeline.is_some() || store.announces_consultations() {
             super::relay_outbox(&store, &pipelines).await;
         }
         if tokio::time::Instant::now() >= next_sweep {

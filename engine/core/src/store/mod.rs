@@ -166,6 +166,8 @@ pub struct Store {
     clock: std::sync::Arc<dyn crate::clock::Clock>,
     /// Wakes the consultation event streams after a commit (see [`consultations`]).
     consultation_feed: tokio::sync::broadcast::Sender<i64>,
+    /// Where a consultation's commit announces its events (see [`consultations`]).
+    consultation_outbound: std::sync::Arc<consultations::OutboundSettings>,
 }
 
 impl std::fmt::Debug for Store {
@@ -290,6 +292,7 @@ impl Store {
                 identity_backfill: Default::default(),
                 clock: std::sync::Arc::new(crate::clock::SystemClock),
                 consultation_feed: consultations::feed(),
+                consultation_outbound: Default::default(),
             })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = AnyPoolOptions::new()
@@ -312,6 +315,7 @@ impl Store {
                 identity_backfill: Default::default(),
                 clock: std::sync::Arc::new(crate::clock::SystemClock),
                 consultation_feed: consultations::feed(),
+                consultation_outbound: Default::default(),
             })
         } else {
             Err(StoreError::UnsupportedUrl(redact_url(url)))
@@ -347,6 +351,16 @@ impl Store {
     /// Takes "now" for the consultation workflow from `clock` (a fake one in tests).
     pub fn with_clock(mut self, clock: std::sync::Arc<dyn crate::clock::Clock>) -> Store {
         self.clock = clock;
+        self
+    }
+
+    /// Announces the consultation's events as `settings` say (the pipeline of
+    /// `workflow.consultations.outbound_pipeline`, the local offset of the times).
+    pub fn with_consultation_outbound(
+        mut self,
+        settings: consultations::OutboundSettings,
+    ) -> Store {
+        self.consultation_outbound = std::sync::Arc::new(settings);
         self
     }
 

@@ -4,7 +4,7 @@
 //! |---|---|---|---|
 //! | POST | /api/consultations | create from the domain's `ConsultationRequest` (201, `drafting`) | admin, integrator, local-doctor |
 //! | GET | /api/consultations?state=&facility=&department=&patient=&limit=&cursor= | a page, newest first | admin, integrator, auditor, expert, local-doctor |
-//! | GET | /api/consultations/{id} | state, Task status and businessStatus, version (`ETag: W/"n"`), the timeline | as above |
+//! | GET | /api/consultations/{id} | state, Task status and businessStatus, version (`ETag: W/"n"`), the timeline, the outbound events | as above |
 //! | POST | /api/consultations/{id}/{action} | every action of the domain (`submit`, `accept`, `record_consent`, …; `-` or `_`) | admin, integrator, expert, local-doctor |
 //! | GET | /api/consultations/events | Server-Sent Events of the changes the caller may see ([`stream`]) | as for reads |
 //!
@@ -268,7 +268,12 @@ fn view(s: &StoredConsultation) -> serde_json::Value {
 }
 
 fn respond(status: StatusCode, s: &StoredConsultation) -> Response {
-    let mut r = (status, Json(view(s))).into_response();
+    respond_with(status, s, view(s))
+}
+
+/// `body` (the view of `s`, with more) and the ETag of `s`.
+fn respond_with(status: StatusCode, s: &StoredConsultation, body: serde_json::Value) -> Response {
+    let mut r = (status, Json(body)).into_response();
     if let Ok(v) = axum::http::HeaderValue::from_str(&etag(s.consultation.version())) {
         r.headers_mut().insert(header::ETAG, v);
     }
@@ -367,7 +372,11 @@ pub(super) async fn get_one(
             .about(&facility),
     )
     .await?;
-    Ok(respond(StatusCode::OK, &stored))
+    // What it announced (the signed opinion for the HIS, notices), with when each reached
+    // its pipeline's journal and as which message.
+    let mut body = view(&stored);
+    body["outbound"] = json!(s.store.outbox_of(&id).await?);
+    Ok(respond_with(StatusCode::OK, &stored, body))
 }
 
 #[derive(Debug, Deserialize)]

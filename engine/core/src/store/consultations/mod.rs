@@ -23,10 +23,15 @@
 //! transaction is rolled back and the closure decides again against the new state, which is
 //! how the losers of an acceptance race get the domain's `Taken` (HTTP 412) on both backends.
 //!
+//! The same transaction files what the change announces outside (`outbound.rs`: the signed
+//! opinion on completion, notices of acceptance, escalation, cancellation and failure) in
+//! `workflow_outbox`, for the relay to submit to `workflow.consultations.outbound_pipeline`.
+//!
 //! After a commit the store wakes the live streams ([`Store::subscribe_consultations`]); a
 //! stream reads what changed with [`Store::consultation_changes`] from its last `seq`, so each
 //! change reaches each subscriber once, and a client resumes with `Last-Event-ID`.
 
+mod outbound;
 mod read;
 mod wire;
 mod write;
@@ -40,6 +45,7 @@ use huizhen_domain::signature::SignatureVerifier;
 
 use super::{Store, StoreError};
 
+pub use outbound::OutboundSettings;
 pub use read::{ConsultationFilter, ConsultationPage, ConsultationSummary, DueTimer, StreamChange};
 pub(crate) use write::repoint_in;
 

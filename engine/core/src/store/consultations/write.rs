@@ -163,7 +163,7 @@ fn audit_of(c: &Consultation, e: &Event, from: State, to: State, by: &CommandBy<
 impl Store {
     /// Appends `events` to `before` on `conn` (in a transaction): audit rows first (holding the
     /// chain's head orders `seq` by commit), then the events, the snapshot (`WHERE version =
-    /// old`), the facilities of new offers and the timers. `None`: a concurrent writer won.
+    /// old`), the facilities of new offers, the timers, the care side and the outbox. `None`: a concurrent writer won.
     pub(super) async fn append_in(
         &self,
         conn: &mut AnyConnection,
@@ -241,6 +241,7 @@ impl Store {
             .iter()
             .any(|(e, _, _)| matches!(e.kind, EventKind::Completed));
         self.wire_in(conn, &c, completed, by).await?;
+        self.announce_in(conn, &c, events).await?;
         for (e, _, _) in &steps {
             if let EventKind::Offered { offerees, .. } = &e.kind {
                 for o in offerees {
