@@ -19,6 +19,7 @@ use huizhen_hl7 as _;
 mod experts;
 mod export;
 mod hl7;
+mod opinion;
 mod patients;
 mod plugin;
 mod security;
@@ -79,6 +80,9 @@ enum Command {
     /// The expert registry: import from YAML or CSV (upsert by id), list.
     #[command(subcommand)]
     Experts(experts::ExpertsCommand),
+    /// Signed opinions for the demo: a test CA (never for production), signing an opinion.
+    #[command(subcommand)]
+    Opinion(opinion::OpinionCommand),
 }
 
 #[derive(Debug, Args)]
@@ -180,6 +184,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Hl7(cmd) => hl7::run(cmd).await,
+        Command::Opinion(cmd) => opinion::run(cmd),
         Command::Token(cmd) => {
             let root = root_config(cli.config.as_deref(), cli.database_url.clone())?;
             let store = open_store(cli.config.as_deref(), cli.database_url).await?;
