@@ -21,6 +21,7 @@ mod edge;
 mod engine;
 mod experts;
 mod export;
+mod hl7_consultation;
 mod http;
 mod mllp;
 mod patients;
