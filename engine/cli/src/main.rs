@@ -54,7 +54,8 @@ enum Command {
     Backlog,
     /// Create or upgrade the journal's tables (also done by `run`).
     Migrate,
-    /// HL7 v2 tools: send messages over MLLP, print a message's fields.
+    /// HL7 v2 tools: send messages over MLLP, receive them as a HIS would, print a message's
+    /// fields.
     #[command(subcommand)]
     Hl7(hl7::Hl7Command),
     /// Issue JWTs for the API (signed with the engine's secret).
