@@ -42,7 +42,7 @@ fn read(path: &str) -> Vec<u8> {
     std::fs::read(format!("{ROOT}/{path}")).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -50,7 +50,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn doctor() -> String {
+pub(crate) fn doctor() -> String {
     token(Role::LocalDoctor, "D001", FACILITY)
 }
 
@@ -61,7 +61,7 @@ fn expert() -> String {
 /// The demo engine: the shipped pipelines with the intake on `intake` and the HIS on `his`,
 /// the test CA's root as `workflow.signing_roots`, the consultation's events announced to
 /// `consultation-events` as demo/huizhen.yaml says, the registry of demo/experts.yaml.
-async fn start_demo(b: Backend, intake: u16, his: u16) -> Option<Wf> {
+pub(crate) async fn start_demo(b: Backend, intake: u16, his: u16) -> Option<Wf> {
     let db: TestDb = fresh_db(b).await?;
     let text = String::from_utf8(read("pipelines/demo.yaml"))
         .unwrap()

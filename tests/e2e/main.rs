@@ -14,6 +14,7 @@ mod buffer;
 mod care;
 mod cli;
 mod cluster;
+mod consultation_events;
 mod consultation_sla;
 mod consultations;
 mod crash;
