@@ -10,6 +10,7 @@
 
 mod accept_race;
 mod refusals;
+mod reoffer;
 mod walk;
 
 use std::sync::Arc;

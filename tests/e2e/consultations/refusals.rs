@@ -1,5 +1,6 @@
 //! Refusals name what to fix: invalid fields (422 with paths), a facility requesting for
-//! another, invalid transitions (409 with the allowed actions), missing reasons, roles, an
+//! another, a local doctor requesting in another doctor's name (a coordinator may), invalid
+//! transitions (409 with the allowed actions), missing reasons, roles, an
 //! unknown action, a stale `If-Match`; refusals are audited.
 
 use huizhen_core::security::Role;
@@ -45,6 +46,62 @@ async fn refusals_name_what_to_fix(b: Backend) {
         .call("POST", "/api/consultations", &doctor(), Some(other), None)
         .await;
     assert_eq!(s, 403);
+
+    // A local doctor asks as themself; a coordinator of the facility on a doctor's behalf.
+    let mut theirs = request(3003);
+    theirs["requesting_doctor"] = json!("D2");
+    let (s, v, _) = wf
+        .call(
+            "POST",
+            "/api/consultations",
+            &doctor(),
+            Some(theirs.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (403, Some("not-requesting-doctor")),
+        "{v}"
+    );
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("D1 may not request a consultation as D2"),
+        "{v}"
+    );
+    let denied = wf
+        .engine
+        .store
+        .audit_events(&AuditFilter {
+            action: Some("consultation.create".into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        denied.iter().any(|r| r.event.outcome == "denied"
+            && r.event.actor == "D1"
+            && r.event.detail.contains("as D2")),
+        "{denied:?}"
+    );
+    for coordinator in [
+        token(Role::Integrator, "dispatch", REQ),
+        token(Role::Admin, "admin", "*"),
+    ] {
+        let (s, v, _) = wf
+            .call(
+                "POST",
+                "/api/consultations",
+                &coordinator,
+                Some(theirs.clone()),
+                None,
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        assert_eq!(v["request"]["requesting_doctor"], "D2", "{v}");
+    }
 
     let id = wf.create(request(3003)).await;
     // 409 with the allowed actions.
