@@ -9,6 +9,7 @@
 //! tokens, the request, the registry); each test module is one seam of the workflow.
 
 mod accept_race;
+mod no_show;
 mod refusals;
 mod reoffer;
 mod walk;
