@@ -11,6 +11,7 @@
 mod accept_race;
 mod no_show;
 mod refusals;
+mod rekey;
 mod reoffer;
 mod walk;
 
