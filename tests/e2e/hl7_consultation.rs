@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use chrono::TimeDelta;
 use huizhen_core::clock::{Clock, FakeClock};
-use huizhen_core::security::{Role, Security, SecurityConfig};
+use huizhen_core::security::{Role, SecurityConfig};
 use huizhen_core::store::ListFilter;
 use huizhen_domain::consultation::{Opinion, sign_opinion};
 use huizhen_domain::expert::ExpertRegistry;
@@ -94,24 +94,17 @@ pub(crate) async fn start_demo(b: Backend, intake: u16, his: u16) -> Option<Wf> 
         .upsert_experts(&registry.experts, &registry.agreements, None)
         .await
         .unwrap();
-    let security = Security::new(
+    let base = crate::support::serve(
+        &engine,
         &SecurityConfig {
             jwt_secret: Some(SECRET.into()),
             ..SecurityConfig::default()
         },
-        engine.store.clone(),
     )
-    .unwrap();
-    let http = huizhen_core::config::HttpConfig::default();
-    let app = huizhen_core::http::router(engine.app_state(), &http, Arc::new(security));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = engine.shutdown_token();
-    tokio::spawn(async move { huizhen_core::http::serve(listener, app, &http, None, stop).await });
+    .await;
     Some(Wf {
         engine,
-        base: format!("http://{addr}"),
-        client: reqwest::Client::new(),
+        api: crate::support::JsonApi::new(base),
         clock,
         ca,
         db,

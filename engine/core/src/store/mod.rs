@@ -565,6 +565,11 @@ impl Store {
                     include_str!("migrations/sqlite/0011_consultations.sql"),
                 ),
                 (12, "care", include_str!("migrations/sqlite/0012_care.sql")),
+                (
+                    13,
+                    "reseal workflow events",
+                    include_str!("migrations/sqlite/0013_reseal_workflow_events.sql"),
+                ),
             ],
             Backend::Postgres => &[
                 (
@@ -626,6 +631,11 @@ impl Store {
                     12,
                     "care",
                     include_str!("migrations/postgres/0012_care.sql"),
+                ),
+                (
+                    13,
+                    "reseal workflow events",
+                    include_str!("migrations/postgres/0013_reseal_workflow_events.sql"),
                 ),
             ],
         };

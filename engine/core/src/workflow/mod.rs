@@ -7,16 +7,20 @@
 //!   transaction per command ([`Store::consultation_command`]);
 //! * approval (→ `pending-match`) files an `assign` timer and runs the assignment at once
 //!   ([`assign`]): expert matching on the domain request's `case_request()`, the decision
-//!   stored, the best expert offered with the SLA deadline, or an escalation when nobody is
+//!   stored with the offer to the best expert (SLA deadline), or an escalation when nobody is
 //!   eligible;
 //! * what a command announces (the signed opinion on completion, notices of acceptance,
 //!   escalation, cancellation and failure) is filed in the outbox by the store in the
 //!   command's transaction; the service relays it to `workflow.consultations.outbound_pipeline`
 //!   right after the commit ([`Workflow::relay`]), the engine's jobs loop every 2 s after;
-//! * the sweep ([`sweep`]) fires due timers: the domain's `on_deadline` re-offers to the next
-//!   ranked candidate, fans out, or escalates to a coordinator, each step an audited event. It
-//!   runs every `workflow.sweep_interval` (default 1 s) and once at start, so timers that fell
-//!   due while the engine was down fire after a restart.
+//! * the sweep ([`sweep`]) fires due timers: after a passed deadline or a decline it matches
+//!   the case again (the experts offered before left out), then the domain's `on_deadline`
+//!   re-offers to the best of that match, fans out to the on-call pool, or escalates to a
+//!   coordinator, each step an audited event. It runs every `workflow.sweep_interval`
+//!   (default 1 s) and once at start, so timers that fell due while the engine was down fire
+//!   after a restart;
+//! * every command moves the experts' open-case load as the domain's `load_changes` says, in
+//!   its own transaction (`store/consultations/write.rs`).
 //!
 //! ```yaml
 //! workflow:

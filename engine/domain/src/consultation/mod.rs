@@ -10,7 +10,8 @@
 //!   event carries who, in which role, when, why and which plugin version decided, and the
 //!   consultation's version after it (one more per event).
 //! * [`on_deadline`] turns an offer's passed deadline into the next step (re-offer, fan-out,
-//!   escalation) under the [`SlaPolicy`] ([`sla`]).
+//!   escalation) under the [`SlaPolicy`] ([`sla`]), from a fresh match's candidates.
+//! * [`load_changes`] says whose open-case load a change took or gave back (MATCH-30).
 //! * [`Consultation::timeline`] and [`Consultation::milestones`] give the history and the
 //!   MATCH-21 timestamps.
 //! * [`announcements`] ([`outbound`]) turns appended events into what the engine announces
@@ -24,6 +25,7 @@ mod decide;
 mod error;
 pub mod event;
 pub mod gates;
+mod load;
 pub mod opinion;
 pub mod outbound;
 pub mod request;
@@ -43,6 +45,7 @@ pub use gates::{
     Consent, ConsentSigner, EvidenceKind, GateRecords, LocalPhysician, PriorDiagnosis, Requirement,
     Subject, Verification, VerificationMethod, VerificationResult,
 };
+pub use load::load_changes;
 pub use opinion::{
     CANONICAL_VERSION, DecisionOutcome, Diagnosis, LocalDecision, Opinion, SignedOpinion,
     sign_opinion, verify_opinion,
@@ -52,6 +55,9 @@ pub use request::{
     Attachments, ConsultationRequest, FieldProblem, RequestError, RequestedTime, ServiceType,
     TriageOutput, Urgency,
 };
-pub use sla::{NextStep, SlaKey, SlaOverride, SlaPolicy, SlaRule, SlaScope, on_deadline};
+pub use sla::{
+    NextCandidates, NextStep, SlaKey, SlaOverride, SlaPolicy, SlaRule, SlaScope, needs_candidates,
+    on_deadline,
+};
 pub use state::{Action, FailReason, State, TaskStatus};
 pub use timeline::{Milestones, TimelineEntry};

@@ -11,35 +11,15 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::expert::{CaseRequest, IcdCode, TimeWindow, Title, Urgency as MatchUrgency};
+use crate::expert::{CaseRequest, IcdCode, TimeWindow, Title};
 use crate::identity::PersonId;
 
 use super::event::PluginRef;
 use super::outbound::HisOrder;
 
-/// How soon the consultation is needed (MATCH-20, CN-80; FHIR ServiceRequest.priority:
-/// routine, urgent, stat).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Urgency {
-    /// 普通会诊: accept within the routine window (default 24 h).
-    Routine,
-    /// 急会诊: accept within minutes (default 10).
-    Urgent,
-    /// 危重: life-threatening; the same 10-minute default unless configured tighter.
-    Critical,
-}
-
-impl Urgency {
-    /// The kebab-case code.
-    pub fn code(self) -> &'static str {
-        match self {
-            Urgency::Routine => "routine",
-            Urgency::Urgent => "urgent",
-            Urgency::Critical => "critical",
-        }
-    }
-}
+/// How soon the consultation is needed: the domain's one [`Urgency`](crate::Urgency)
+/// (routine, urgent, critical; parsed from HL7 priority codes and the Chinese words too).
+pub use crate::urgency::Urgency;
 
 /// The service type decides which rules apply (CN-01).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -254,14 +234,6 @@ impl ConsultationRequest {
         }
     }
 
-    /// The urgency expert matching uses: critical and urgent are both 急会诊.
-    pub fn match_urgency(&self) -> MatchUrgency {
-        match self.urgency {
-            Urgency::Routine => MatchUrgency::Routine,
-            Urgency::Urgent | Urgency::Critical => MatchUrgency::Urgent,
-        }
-    }
-
     /// The case as expert matching sees it (no patient attribute: MATCH-30), for the
     /// consultation `id`.
     pub fn case_request(&self, id: &str) -> CaseRequest {
@@ -270,7 +242,7 @@ impl ConsultationRequest {
             department: self.department.clone(),
             icd10: self.icd10.clone(),
             min_title: Some(self.min_title),
-            urgency: self.match_urgency(),
+            urgency: self.urgency,
             requesting_facility: self.requesting_facility.clone(),
             window: match self.requested_time {
                 RequestedTime::AsSoonAsPossible => None,

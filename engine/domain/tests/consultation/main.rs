@@ -3,6 +3,7 @@
 //! reasons, versions, gates, SLA escalation, patient merges, the signed opinion.
 
 mod gates;
+mod load;
 mod opinion;
 mod outbound;
 mod props;

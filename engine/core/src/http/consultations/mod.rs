@@ -11,7 +11,9 @@
 //! **Who acts.** The actor is the token's subject, its domain role from the token's role:
 //! `local-doctor` → local doctor, `expert` → expert (the subject is the expert id, so an
 //! expert can only open or accept an offer made to them), `admin` and `integrator` →
-//! coordinator (the dispatch desk). The domain decides what each may do.
+//! coordinator (the dispatch desk). The domain decides what each may do; a local doctor
+//! creates a consultation only as its `requesting_doctor` (403 `not-requesting-doctor`
+//! otherwise), a coordinator on a doctor's behalf.
 //!
 //! **Scope.** A consultation is visible to the facilities in its access list: the requesting
 //! facility and the facility of every expert it was offered to; others get 404 (audited as
@@ -343,7 +345,27 @@ pub(super) async fn create(
     }
     let actor = actor_of(&caller)?;
     let id = crate::message::new_id();
-    let (stored, _) = wf.create(&id, request, &by(&caller, &actor), None).await?;
+    // The domain refuses a local doctor asking in another doctor's name (403) and an invalid
+    // request (422); each refusal is audited like a refused action.
+    let (stored, _) = match wf.create(&id, request, &by(&caller, &actor), None).await {
+        Ok(created) => created,
+        Err(e) => {
+            let e = WfError::from(e);
+            let outcome = if e.status() == StatusCode::FORBIDDEN {
+                "denied"
+            } else {
+                "failed"
+            };
+            audit(
+                &s.store,
+                &caller
+                    .event("consultation.create", "Consultation", "", outcome, e.text())
+                    .about(&facility),
+            )
+            .await?;
+            return Err(e);
+        }
+    };
     let mut r = respond(StatusCode::CREATED, &stored);
     if let Ok(v) = axum::http::HeaderValue::from_str(&format!("/api/consultations/{id}")) {
         r.headers_mut().insert(header::LOCATION, v);

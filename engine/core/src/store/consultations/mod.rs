@@ -41,8 +41,10 @@ use huizhen_domain::consultation::{
     Actor, ConsultError, Consultation, ConsultationRequest, Context, Event, Offeree, PluginRef,
     Role, State,
 };
+use huizhen_domain::expert::MatchDecision;
 use huizhen_domain::signature::SignatureVerifier;
 
+use super::audit::AuditEvent;
 use super::{Store, StoreError};
 
 pub use outbound::OutboundSettings;
@@ -103,6 +105,21 @@ pub struct CommandBy<'a> {
     /// Replaces the stored ranked candidates (and their match decision) in the same
     /// transaction: the assignment after matching.
     pub candidates: Option<(&'a [Offeree], Option<&'a str>)>,
+    /// A match decision to store (with its assignment and audit row, taking no load) in the
+    /// same transaction, if the command appends events: a match whose step is no longer due
+    /// (another sweep took it first) is not kept.
+    pub decision: Option<NewDecision<'a>>,
+}
+
+/// A match decision the workflow made for a command (see [`CommandBy::decision`]).
+#[derive(Clone, Copy)]
+pub struct NewDecision<'a> {
+    /// Its id (the candidates name it).
+    pub id: &'a str,
+    /// The decision.
+    pub decision: &'a MatchDecision,
+    /// Its audit row (`expert.match`).
+    pub audit: &'a AuditEvent,
 }
 
 impl<'a> CommandBy<'a> {
@@ -117,6 +134,7 @@ impl<'a> CommandBy<'a> {
             source: "",
             purpose: "",
             candidates: None,
+            decision: None,
         }
     }
 
