@@ -15,6 +15,7 @@
 //! **Errors** name the element path (`name[0].given`, `birthDate`, `resourceType`) and say
 //! what is wrong, never the value: a FHIR resource is patient data.
 
+pub mod convert;
 pub mod error;
 pub mod patient;
 
