@@ -97,8 +97,12 @@ fn service_request(tx: &mut Tx, ctx: &Ctx<'_>, o: &ConsultationOrder) -> Result<
         o.requested_service.as_ref(),
         "unknown",
     )?);
+    // The department read from OBR-4 only when the service text named one (`远程心内科会诊`
+    // → `心内科`); for a lab order the "department" is the test itself.
+    let service_text = o.requested_service.as_ref().and_then(|s| s.text.as_deref());
     if let Some(d) = &o.requested_department
-        && (d.code.is_some() || d.name.is_some())
+        && d.name.is_some()
+        && d.name.as_deref() != service_text
     {
         let c = Coded {
             code: d.code.clone(),
