@@ -19,7 +19,9 @@ use serde_json::Value;
 mod support;
 
 fn fixture(name: &str) -> Message {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hl7").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hl7")
+        .join(name);
     let bytes = std::fs::read(&path).unwrap();
     let decoded = huizhen_hl7::expr::decode_body(&bytes, &BTreeMap::new()).unwrap();
     Message::from_decoded(decoded).unwrap()
@@ -150,7 +152,9 @@ fn replays_are_the_same_conditional_bundle() {
     for e in entries(&v) {
         let req = &e["request"];
         let conditional = req["url"].as_str().unwrap().contains("?identifier=")
-            || req["ifNoneExist"].as_str().is_some_and(|s| s.starts_with("identifier="));
+            || req["ifNoneExist"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("identifier="));
         assert!(conditional, "{req}");
     }
 }
@@ -172,14 +176,23 @@ fn code_maps_add_standard_codings() {
     assert_eq!(obs["code"]["coding"][1]["code"], "GLU");
     assert_eq!(obs["status"], "amended");
     let p = &of_type(&v, "Patient")[0]["resource"];
-    assert_eq!(p["identifier"][0]["system"], "http://county.example.cn/fhir/sid/mrn");
+    assert_eq!(
+        p["identifier"][0]["system"],
+        "http://county.example.cn/fhir/sid/mrn"
+    );
 }
 
 #[test]
 fn what_cannot_be_converted_names_the_path() {
     let cases = [
-        ("MSH|^~\\&|A|F|||||ADT^A99|1|P|2.5\rPID|1||X", "MSH-9: ADT^A99 is not"),
-        ("MSH|^~\\&|A|F|||||ADT^A01|1|P|2.5\rPID|1", "PID-3: no patient identifier"),
+        (
+            "MSH|^~\\&|A|F|||||ADT^A99|1|P|2.5\rPID|1||X",
+            "MSH-9: ADT^A99 is not",
+        ),
+        (
+            "MSH|^~\\&|A|F|||||ADT^A01|1|P|2.5\rPID|1",
+            "PID-3: no patient identifier",
+        ),
         (
             "MSH|^~\\&|A|F|||||ORU^R01|1|P|2.5\rPID|1||A\rOBR|1||F1|X\rOBX|1|NM|G||1\rPID|2\rPV1|1",
             "PATIENT_RESULT[2]: OBR:",
@@ -188,11 +201,16 @@ fn what_cannot_be_converted_names_the_path() {
             "MSH|^~\\&|A|F|||||SIU^S12|1|P|2.5\rSCH|P1|F1\rPID|1||A",
             "TQ1-7: no start time",
         ),
-        ("MSH|^~\\&|A|F|||||MDM^T02|1|P|2.5\rPID|1||A\rTXA|1|CN", "OBX: no document content"),
+        (
+            "MSH|^~\\&|A|F|||||MDM^T02|1|P|2.5\rPID|1||A\rTXA|1|CN",
+            "OBX: no document content",
+        ),
     ];
     for (text, want) in cases {
         let m = Message::parse(text).unwrap();
-        let e = convert(&m, &Options::default(), "x").unwrap_err().to_string();
+        let e = convert(&m, &Options::default(), "x")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with(want), "{e}");
     }
 }

@@ -50,8 +50,66 @@ pub fn round_trip(value: &Value) -> Result<Value, FhirError> {
 /// patient data. Empty when they are equal.
 pub fn differences(want: &Value, got: &Value) -> Vec<String> {
     let mut out = Vec::new();
-    diff(want, got, String::new(), &mut out);
+    diff(want, got, String::new(), &mut |p, a, b| {
+        out.push(describe(p, a, b))
+    });
     out
+}
+
+/// A difference between R4 JSON and what the R4B model writes back that is not a loss: the
+/// same value in another spelling. docs/fhir.md lists them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum WireException {
+    /// `decimal` is an f64 in the model: `100` comes back as `100.0` and `1.50` as `1.5`
+    /// (same number; the precision its digits implied is not kept).
+    Decimal,
+    /// `dateTime`/`instant` with an offset of zero: `+00:00` comes back as `Z` (same instant).
+    UtcOffset,
+    /// `base64Binary` with whitespace inside (allowed by R4) comes back without it (same bytes).
+    Base64Whitespace,
+}
+
+/// Like [`differences`], but the [`WireException`]s are counted apart instead of listed:
+/// what is left is a real difference.
+pub fn r4_differences(want: &Value, got: &Value) -> (Vec<String>, Vec<(String, WireException)>) {
+    let mut real = Vec::new();
+    let mut known = Vec::new();
+    diff(
+        want,
+        got,
+        String::new(),
+        &mut |p, a, b| match exception(a, b) {
+            Some(x) => known.push((p.to_owned(), x)),
+            None => real.push(describe(p, a, b)),
+        },
+    );
+    (real, known)
+}
+
+fn exception(want: Option<&Value>, got: Option<&Value>) -> Option<WireException> {
+    match (want?, got?) {
+        (Value::Number(a), Value::Number(b)) if a.as_f64() == b.as_f64() => {
+            Some(WireException::Decimal)
+        }
+        (Value::String(a), Value::String(b)) => {
+            let instant = |s: &str| chrono::DateTime::parse_from_rfc3339(s).ok();
+            if let (Some(x), Some(y)) = (instant(a), instant(b))
+                && x == y
+                && a.ends_with("+00:00")
+                && b.ends_with('Z')
+            {
+                return Some(WireException::UtcOffset);
+            }
+            let squeezed: String = a.chars().filter(|c| !c.is_whitespace()).collect();
+            let base64 = |s: &str| {
+                s.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"+/=".contains(&c))
+            };
+            (squeezed == *b && base64(b) && squeezed.len() != a.len())
+                .then_some(WireException::Base64Whitespace)
+        }
+        _ => None,
+    }
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -66,27 +124,38 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-fn diff(want: &Value, got: &Value, path: String, out: &mut Vec<String>) {
+fn describe(path: &str, want: Option<&Value>, got: Option<&Value>) -> String {
+    match (want, got) {
+        (Some(_), None) => format!("{path}: dropped"),
+        (None, Some(_)) => format!("{path}: added"),
+        (Some(Value::Array(a)), Some(Value::Array(b))) if a.len() != b.len() => {
+            format!("{path}: {} items became {}", a.len(), b.len())
+        }
+        (Some(a), Some(b)) => format!("{path}: {} changed (now {})", kind(a), kind(b)),
+        (None, None) => format!("{path}: ?"),
+    }
+}
+
+type Sink<'a> = dyn FnMut(&str, Option<&Value>, Option<&Value>) + 'a;
+
+fn diff(want: &Value, got: &Value, path: String, out: &mut Sink<'_>) {
+    let join = |k: &str| {
+        if path.is_empty() {
+            k.to_owned()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
     match (want, got) {
         (Value::Object(a), Value::Object(b)) => {
             for (k, va) in a {
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
                 match b.get(k) {
-                    Some(vb) => diff(va, vb, p, out),
-                    None => out.push(format!("{p}: dropped")),
+                    Some(vb) => diff(va, vb, join(k), out),
+                    None => out(&join(k), Some(va), None),
                 }
             }
-            for k in b.keys().filter(|k| !a.contains_key(*k)) {
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                out.push(format!("{p}: added"));
+            for (k, vb) in b.iter().filter(|(k, _)| !a.contains_key(*k)) {
+                out(&join(k), None, Some(vb));
             }
         }
         (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
@@ -94,15 +163,8 @@ fn diff(want: &Value, got: &Value, path: String, out: &mut Vec<String>) {
                 diff(va, vb, format!("{path}[{i}]"), out);
             }
         }
-        (Value::Array(a), Value::Array(b)) => {
-            out.push(format!("{path}: {} items became {}", a.len(), b.len()));
-        }
         _ if want == got => {}
-        _ => out.push(format!(
-            "{path}: {} changed (now {})",
-            kind(want),
-            kind(got)
-        )),
+        _ => out(&path, Some(want), Some(got)),
     }
 }
 
