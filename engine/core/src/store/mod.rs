@@ -13,6 +13,7 @@ pub mod audit;
 pub mod care;
 pub mod cluster;
 pub mod consultations;
+mod cursors;
 pub mod experts;
 mod feed;
 pub mod identity;
@@ -551,6 +552,11 @@ impl Store {
                     include_str!("migrations/sqlite/0011_consultations.sql"),
                 ),
                 (12, "care", include_str!("migrations/sqlite/0012_care.sql")),
+                (
+                    15,
+                    "source_cursors",
+                    include_str!("migrations/sqlite/0015_source_cursors.sql"),
+                ),
             ],
             Backend::Postgres => &[
                 (
@@ -612,6 +618,11 @@ impl Store {
                     12,
                     "care",
                     include_str!("migrations/postgres/0012_care.sql"),
+                ),
+                (
+                    15,
+                    "source_cursors",
+                    include_str!("migrations/postgres/0015_source_cursors.sql"),
                 ),
             ],
         };
