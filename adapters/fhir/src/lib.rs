@@ -20,6 +20,8 @@ pub mod client;
 pub mod convert;
 pub mod error;
 pub mod patient;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::FhirError;
 pub use patient::{demographics, parse_patient, patient_demographics};
