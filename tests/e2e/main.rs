@@ -21,6 +21,7 @@ mod edge;
 mod engine;
 mod experts;
 mod export;
+mod fhir;
 mod http;
 mod mllp;
 mod patients;
@@ -34,4 +35,6 @@ mod tls;
 
 // Link the HL7 adapter's registrations (the `mllp` source, `hl7v2` expressions).
 use huizhen_amqp as _;
+// The FHIR adapter's registrations (`fhir_poll`, `fhir`, `hl7v2_to_fhir`, kind `fhir+json`).
+use huizhen_fhir as _;
 use huizhen_hl7 as _;

@@ -98,6 +98,17 @@ impl FakeFhir {
         create(&mut g, resource)
     }
 
+    /// Replaces resource `type_/id` as an update would (a new version, a later
+    /// `lastUpdated`); `false` when there is no such resource.
+    pub fn update(&self, type_: &str, id: &str, mut resource: Value) -> bool {
+        let mut g = self.lock();
+        if matches(&g, type_, &format!("_id={id}")).is_empty() {
+            return false;
+        }
+        resource["id"] = json!(id);
+        write(&mut g, type_, Some(&format!("_id={id}")), None, resource).is_ok()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
