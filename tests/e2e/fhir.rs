@@ -43,24 +43,42 @@ async fn fhir_poll_journals_each_version_once_and_resumes_from_its_cursor(backen
     }
     let yaml = poll_pipeline(&fake.base());
     let engine = Engine::start(loaded(&db, &[&yaml])).await.unwrap();
-    wait_for("five patients journaled", Duration::from_secs(20), || async {
-        let m = messages(&engine, "fhir-in").await;
-        (m.iter().filter(|m| m.state == State::Done).count() == 5).then_some(())
-    })
+    wait_for(
+        "five patients journaled",
+        Duration::from_secs(20),
+        || async {
+            let m = messages(&engine, "fhir-in").await;
+            (m.iter().filter(|m| m.state == State::Done).count() == 5).then_some(())
+        },
+    )
     .await;
     // An update is a new version: one more message.
     let first = fake.resources("Patient")[0].clone();
     let id = first["id"].as_str().unwrap().to_owned();
-    assert!(fake.update("Patient", &id, json!({"resourceType": "Patient", "gender": "female"})));
-    let all = wait_for("the new version journaled", Duration::from_secs(20), || async {
-        let m = messages(&engine, "fhir-in").await;
-        (m.len() == 6).then_some(m)
-    })
+    assert!(fake.update(
+        "Patient",
+        &id,
+        json!({"resourceType": "Patient", "gender": "female"})
+    ));
+    let all = wait_for(
+        "the new version journaled",
+        Duration::from_secs(20),
+        || async {
+            let m = messages(&engine, "fhir-in").await;
+            (m.len() == 6).then_some(m)
+        },
+    )
     .await;
     let mut keys: Vec<String> = all.iter().filter_map(|m| m.dedup_key.clone()).collect();
     keys.sort();
-    assert!(keys.contains(&format!("fhir:Patient/{id}/_history/1")), "{keys:?}");
-    assert!(keys.contains(&format!("fhir:Patient/{id}/_history/2")), "{keys:?}");
+    assert!(
+        keys.contains(&format!("fhir:Patient/{id}/_history/1")),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&format!("fhir:Patient/{id}/_history/2")),
+        "{keys:?}"
+    );
     assert!(all.iter().all(|m| m.kind == "fhir+json"));
     let newest = fake
         .resources("Patient")
@@ -69,7 +87,11 @@ async fn fhir_poll_journals_each_version_once_and_resumes_from_its_cursor(backen
         .max()
         .unwrap();
     let cursor = wait_for("the cursor stored", Duration::from_secs(10), || async {
-        let c = engine.store.source_cursor("fhir_poll:fhir-in:Patient").await.unwrap();
+        let c = engine
+            .store
+            .source_cursor("fhir_poll:fhir-in:Patient")
+            .await
+            .unwrap();
         (c.as_deref() == Some(newest.as_str())).then_some(c)
     })
     .await;
@@ -78,16 +100,22 @@ async fn fhir_poll_journals_each_version_once_and_resumes_from_its_cursor(backen
     // Restarted, it searches from the stored cursor (less the overlap) and journals nothing new.
     let before = fake.seen().len();
     let engine = Engine::start(loaded(&db, &[&yaml])).await.unwrap();
-    wait_for("polls after the restart", Duration::from_secs(20), || async {
-        (fake.seen().len() >= before + 3).then_some(())
-    })
+    wait_for(
+        "polls after the restart",
+        Duration::from_secs(20),
+        || async { (fake.seen().len() >= before + 3).then_some(()) },
+    )
     .await;
     let after = &fake.seen()[before];
     assert!(after.target.contains("_lastUpdated=gt"), "{}", after.target);
     assert_eq!(after.headers["authorization"], "Bearer t0k");
     assert_eq!(messages(&engine, "fhir-in").await.len(), 6);
     assert_eq!(
-        engine.store.source_cursor("fhir_poll:fhir-in:Patient").await.unwrap(),
+        engine
+            .store
+            .source_cursor("fhir_poll:fhir-in:Patient")
+            .await
+            .unwrap(),
         cursor
     );
     engine.shutdown(Duration::from_secs(5)).await;
@@ -108,9 +136,14 @@ async fn an_oru_reaches_the_fhir_server_once(backend: Backend) {
     // The same ORU twice under different control ids: two messages, the same resources.
     for control in ["L-1", "L-2"] {
         let body = oru.replace("|L-1|", &format!("|{control}|"));
-        p.submit(NewMessage::new("results-fhir", "hub", "hl7v2", body.into_bytes()))
-            .await
-            .unwrap();
+        p.submit(NewMessage::new(
+            "results-fhir",
+            "hub",
+            "hl7v2",
+            body.into_bytes(),
+        ))
+        .await
+        .unwrap();
     }
     wait_for("both delivered", Duration::from_secs(20), || async {
         let m = messages(&engine, "results-fhir").await;
@@ -122,7 +155,12 @@ async fn an_oru_reaches_the_fhir_server_once(backend: Backend) {
     assert_eq!(fake.resources("Observation").len(), 2);
     let report = &fake.resources("DiagnosticReport")[0];
     assert_eq!(report["code"]["text"], "血糖");
-    assert!(report["subject"]["reference"].as_str().unwrap().starts_with("Patient/"));
+    assert!(
+        report["subject"]["reference"]
+            .as_str()
+            .unwrap()
+            .starts_with("Patient/")
+    );
     engine.shutdown(Duration::from_secs(5)).await;
 }
 

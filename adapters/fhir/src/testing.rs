@@ -118,11 +118,21 @@ fn outcome(status: StatusCode, code: &str, text: &str) -> Response {
     let body = json!({"resourceType": "OperationOutcome", "issue": [
         {"severity": "error", "code": code, "diagnostics": text}
     ]});
-    (status, [("content-type", "application/fhir+json")], body.to_string()).into_response()
+    (
+        status,
+        [("content-type", "application/fhir+json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn json_response(status: StatusCode, body: &Value, location: Option<String>) -> Response {
-    let mut r = (status, [("content-type", "application/fhir+json")], body.to_string()).into_response();
+    let mut r = (
+        status,
+        [("content-type", "application/fhir+json")],
+        body.to_string(),
+    )
+        .into_response();
     if let Some(l) = location
         && let Ok(v) = l.parse()
     {
@@ -144,7 +154,9 @@ async fn handle(State(fake): State<FakeFhir>, req: Request) -> Response {
         .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("?").to_owned()))
         .collect();
     let hm: HeaderMap = req.headers().clone();
-    let body = to_bytes(req.into_body(), 64 << 20).await.unwrap_or_default();
+    let body = to_bytes(req.into_body(), 64 << 20)
+        .await
+        .unwrap_or_default();
     let response = answer(&fake, &method, &target, &hm, &body);
     fake.lock().seen.push(Seen {
         method: method.to_string(),
@@ -155,18 +167,29 @@ async fn handle(State(fake): State<FakeFhir>, req: Request) -> Response {
     response
 }
 
-fn answer(fake: &FakeFhir, method: &Method, target: &str, headers: &HeaderMap, body: &[u8]) -> Response {
+fn answer(
+    fake: &FakeFhir,
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
     if let Some(t) = &fake.token {
         let want = format!("Bearer {t}");
         if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(want.as_str()) {
-            return outcome(StatusCode::UNAUTHORIZED, "login", "a bearer token is required");
+            return outcome(
+                StatusCode::UNAUTHORIZED,
+                "login",
+                "a bearer token is required",
+            );
         }
     }
     let mut g = fake.lock();
     if g.throttle > 0 {
         g.throttle -= 1;
         let mut r = outcome(StatusCode::TOO_MANY_REQUESTS, "throttled", "slow down");
-        r.headers_mut().insert("retry-after", "1".parse().expect("header"));
+        r.headers_mut()
+            .insert("retry-after", "1".parse().expect("header"));
         return r;
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
@@ -251,9 +274,11 @@ fn matches(g: &Inner, t: &str, cond: &str) -> Vec<usize> {
             "_id" => r["id"] == v.as_str(),
             "identifier" => {
                 let (sys, val) = v.split_once('|').unwrap_or(("", v.as_str()));
-                r["identifier"].as_array().into_iter().flatten().any(|i| {
-                    i["value"] == val && (sys.is_empty() || i["system"] == sys)
-                })
+                r["identifier"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|i| i["value"] == val && (sys.is_empty() || i["system"] == sys))
             }
             "_tag" => {
                 let (sys, code) = v.split_once('|').unwrap_or(("", v.as_str()));
@@ -280,7 +305,11 @@ fn write(
     body: Value,
 ) -> Result<(StatusCode, Value), Response> {
     if body["resourceType"] != t {
-        return Err(outcome(StatusCode::BAD_REQUEST, "invalid", "resourceType does not match the URL"));
+        return Err(outcome(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "resourceType does not match the URL",
+        ));
     }
     if t == "Patient"
         && let Some(gender) = body["gender"].as_str()
@@ -296,7 +325,13 @@ fn write(
         match matches(g, t, cond).as_slice() {
             [] => {}
             [i] => return Ok((StatusCode::OK, g.resources[*i].clone())),
-            _ => return Err(outcome(StatusCode::PRECONDITION_FAILED, "duplicate", "several matches")),
+            _ => {
+                return Err(outcome(
+                    StatusCode::PRECONDITION_FAILED,
+                    "duplicate",
+                    "several matches",
+                ));
+            }
         }
         return Ok((StatusCode::CREATED, create(g, body)));
     }
@@ -325,7 +360,13 @@ fn write(
                 g.resources[i] = body.clone();
                 return Ok((StatusCode::OK, body));
             }
-            _ => return Err(outcome(StatusCode::PRECONDITION_FAILED, "duplicate", "several matches")),
+            _ => {
+                return Err(outcome(
+                    StatusCode::PRECONDITION_FAILED,
+                    "duplicate",
+                    "several matches",
+                ));
+            }
         }
     }
     Ok((StatusCode::CREATED, create(g, body)))
@@ -348,7 +389,11 @@ fn rewrite(v: &mut Value, refs: &BTreeMap<String, String>) {
 fn bundle(g: &mut Inner, body: Value) -> Response {
     let kind = body["type"].as_str().unwrap_or_default().to_owned();
     if kind != "transaction" && kind != "batch" {
-        return outcome(StatusCode::BAD_REQUEST, "invalid", "POST to the base takes a transaction or batch Bundle");
+        return outcome(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "POST to the base takes a transaction or batch Bundle",
+        );
     }
     let entries = body["entry"].as_array().cloned().unwrap_or_default();
     // First the ids every entry resolves to (so references in any order resolve).
@@ -363,9 +408,12 @@ fn bundle(g: &mut Inner, body: Value) -> Response {
         rewrite(&mut r, &refs);
         let outcome_of = match method {
             "PUT" => {
-                let cond = url.split_once('?').map(|(_, c)| c.to_owned()).unwrap_or_else(|| {
-                    format!("_id={}", url.rsplit('/').next().unwrap_or_default())
-                });
+                let cond = url
+                    .split_once('?')
+                    .map(|(_, c)| c.to_owned())
+                    .unwrap_or_else(|| {
+                        format!("_id={}", url.rsplit('/').next().unwrap_or_default())
+                    });
                 write(g, &t, Some(&cond), None, r)
             }
             "POST" => write(g, &t, None, e["request"]["ifNoneExist"].as_str(), r),
@@ -401,7 +449,8 @@ fn bundle(g: &mut Inner, body: Value) -> Response {
     for r in g.resources.iter_mut() {
         rewrite(r, &refs);
     }
-    let response = json!({"resourceType": "Bundle", "type": format!("{kind}-response"), "entry": results});
+    let response =
+        json!({"resourceType": "Bundle", "type": format!("{kind}-response"), "entry": results});
     json_response(StatusCode::OK, &response, None)
 }
 
@@ -418,7 +467,9 @@ fn search(g: &Inner, base: &str, t: &str, query: &str) -> Response {
             _ => {}
         }
     }
-    let since = gt.as_deref().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
+    let since = gt
+        .as_deref()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
     let mut hits: Vec<&Value> = g
         .resources
         .iter()
@@ -431,7 +482,11 @@ fn search(g: &Inner, base: &str, t: &str, query: &str) -> Response {
                 .is_some_and(|l| l > s),
         })
         .collect();
-    hits.sort_by(|a, b| a["meta"]["lastUpdated"].as_str().cmp(&b["meta"]["lastUpdated"].as_str()));
+    hits.sort_by(|a, b| {
+        a["meta"]["lastUpdated"]
+            .as_str()
+            .cmp(&b["meta"]["lastUpdated"].as_str())
+    });
     let count = count.max(1);
     let total = hits.len();
     let entries: Vec<Value> = hits
@@ -442,7 +497,10 @@ fn search(g: &Inner, base: &str, t: &str, query: &str) -> Response {
         .collect();
     let mut links = vec![json!({"relation": "self", "url": format!("{base}/{t}?{query}")})];
     if (page + 1) * count < total {
-        let q: Vec<&str> = query.split('&').filter(|s| !s.starts_with("_page=") && !s.is_empty()).collect();
+        let q: Vec<&str> = query
+            .split('&')
+            .filter(|s| !s.starts_with("_page=") && !s.is_empty())
+            .collect();
         links.push(json!({"relation": "next", "url": format!("{base}/{t}?{}&_page={}", q.join("&"), page + 1)}));
     }
     let b = json!({"resourceType": "Bundle", "type": "searchset", "total": total, "link": links, "entry": entries});
@@ -470,4 +528,3 @@ fn decode(s: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
-

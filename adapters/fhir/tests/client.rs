@@ -43,7 +43,10 @@ async fn a_conditional_create_replays_without_a_duplicate() {
     assert_eq!(h["accept"], FHIR_R4_JSON);
     assert_eq!(h["if-none-exist"], "identifier=urn:huizhen:id:HIS|MR1");
     assert_eq!(h["x-request-id"], "m1");
-    assert_eq!((seen[0].method.as_str(), seen[0].target.as_str()), ("POST", "/fhir/Patient"));
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].target.as_str()),
+        ("POST", "/fhir/Patient")
+    );
 }
 
 #[tokio::test]
@@ -57,7 +60,10 @@ async fn a_resource_without_identifier_is_made_conditional_by_its_message_tag() 
     let stored = fake.resources("Observation");
     assert_eq!(stored.len(), 2, "one per message, none per replay");
     assert_eq!(stored[0]["meta"]["tag"][0]["code"], "m7");
-    assert_eq!(fake.seen()[0].headers["if-none-exist"], "_tag=urn:huizhen:message|m7");
+    assert_eq!(
+        fake.seen()[0].headers["if-none-exist"],
+        "_tag=urn:huizhen:message|m7"
+    );
 }
 
 #[tokio::test]
@@ -81,25 +87,30 @@ async fn a_resource_with_an_id_is_an_update() {
 async fn a_converted_oru_transaction_replays_to_the_same_resources() {
     let fake = FakeFhir::start(None).await;
     let c = client(&fake, None, 0);
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hl7/oru_r01_two_patients.hl7");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hl7/oru_r01_two_patients.hl7");
     let decoded =
         huizhen_hl7::expr::decode_body(&std::fs::read(path).unwrap(), &BTreeMap::new()).unwrap();
     let message = huizhen_hl7::Message::from_decoded(decoded).unwrap();
-    let bundle = serde_json::to_value(convert(&message, &Options::default(), "m1").unwrap().bundle).unwrap();
-    let count = |f: &FakeFhir| {
-        ["Patient", "DiagnosticReport", "Observation"].map(|t| f.resources(t).len())
-    };
+    let bundle =
+        serde_json::to_value(convert(&message, &Options::default(), "m1").unwrap().bundle).unwrap();
+    let count =
+        |f: &FakeFhir| ["Patient", "DiagnosticReport", "Observation"].map(|t| f.resources(t).len());
     write(&c, "m1", bundle.clone()).await.unwrap();
     assert_eq!(count(&fake), [2, 2, 5]);
     // A replay (a retried delivery, a reprocessed message) changes nothing in number.
-    let again = serde_json::to_value(convert(&message, &Options::default(), "m2").unwrap().bundle).unwrap();
+    let again =
+        serde_json::to_value(convert(&message, &Options::default(), "m2").unwrap().bundle).unwrap();
     write(&c, "m2", again).await.unwrap();
     assert_eq!(count(&fake), [2, 2, 5]);
     // The references between entries were resolved to the stored resources.
     let reports = fake.resources("DiagnosticReport");
     let subject = reports[0]["subject"]["reference"].as_str().unwrap();
     let patients = fake.resources("Patient");
-    assert_eq!(subject, format!("Patient/{}", patients[0]["id"].as_str().unwrap()));
+    assert_eq!(
+        subject,
+        format!("Patient/{}", patients[0]["id"].as_str().unwrap())
+    );
 }
 
 #[tokio::test]
@@ -120,7 +131,12 @@ async fn a_server_that_keeps_throttling_is_a_retryable_error() {
     let e = write(&c, "m1", patient()).await.unwrap_err();
     assert!(e.retryable, "{e:?}");
     assert_eq!(e.status, Some(429));
-    assert!(e.message.contains("429 Too Many Requests: error throttled: slow down"), "{}", e.message);
+    assert!(
+        e.message
+            .contains("429 Too Many Requests: error throttled: slow down"),
+        "{}",
+        e.message
+    );
     assert!(e.message.contains("Retry-After 1 s"), "{}", e.message);
 }
 
@@ -149,7 +165,11 @@ async fn without_the_token_the_server_refuses() {
     let e = write(&c, "m1", patient()).await.unwrap_err();
     assert_eq!(e.status, Some(401));
     assert!(!e.retryable);
-    assert!(e.message.contains("a bearer token is required"), "{}", e.message);
+    assert!(
+        e.message.contains("a bearer token is required"),
+        "{}",
+        e.message
+    );
 }
 
 #[tokio::test]
@@ -158,8 +178,14 @@ async fn what_is_not_fhir_is_refused_before_sending() {
     let c = client(&fake, None, 0);
     for (body, want) in [
         (json!({"a": 1}), "no resourceType"),
-        (json!({"resourceType": "Patiant"}), "not a FHIR resource type"),
-        (json!({"resourceType": "Bundle", "type": "searchset"}), "only transaction and batch"),
+        (
+            json!({"resourceType": "Patiant"}),
+            "not a FHIR resource type",
+        ),
+        (
+            json!({"resourceType": "Bundle", "type": "searchset"}),
+            "only transaction and batch",
+        ),
     ] {
         let e = write(&c, "m1", body).await.unwrap_err();
         assert!(e.message.contains(want), "{}", e.message);
@@ -180,7 +206,12 @@ async fn an_unreachable_server_is_a_retryable_error() {
     let e = write(&c, "m1", patient()).await.unwrap_err();
     assert!(e.retryable);
     assert_eq!(e.status, None);
-    assert!(e.message.starts_with("POST http://127.0.0.1:9/fhir/Patient: cannot connect"), "{}", e.message);
+    assert!(
+        e.message
+            .starts_with("POST http://127.0.0.1:9/fhir/Patient: cannot connect"),
+        "{}",
+        e.message
+    );
 }
 
 #[tokio::test]
@@ -195,7 +226,12 @@ async fn search_pages_follow_next_links() {
     while let Some(u) = url.take() {
         let b = c.get(&u).await.unwrap();
         for e in b["entry"].as_array().unwrap() {
-            ids.push(e["resource"]["identifier"][0]["value"].as_str().unwrap().to_owned());
+            ids.push(
+                e["resource"]["identifier"][0]["value"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
         }
         url = b["link"]
             .as_array()

@@ -69,16 +69,21 @@ pub fn errors(resources: &[&Value]) -> Option<Vec<Vec<String>>> {
     Some(serde_json::from_slice(&out.stdout).expect("validate.js prints JSON"))
 }
 
-/// Validates a Bundle and each resource in it; panics with the schema's errors.
-pub fn bundle(name: &str, bundle: &Value) {
-    let mut all = vec![bundle];
-    if let Some(entries) = bundle["entry"].as_array() {
-        all.extend(entries.iter().map(|e| &e["resource"]));
+/// Validates Bundles and each resource in them (one run of the validator); panics with the
+/// schema's errors.
+pub fn bundles(bundles: &[(&str, Value)]) {
+    let mut all: Vec<(&str, &Value)> = Vec::new();
+    for (name, b) in bundles {
+        all.push((name, b));
+        if let Some(entries) = b["entry"].as_array() {
+            all.extend(entries.iter().map(|e| (*name, &e["resource"])));
+        }
     }
-    let Some(errors) = errors(&all) else {
+    let values: Vec<&Value> = all.iter().map(|(_, v)| *v).collect();
+    let Some(errors) = errors(&values) else {
         return;
     };
-    for (r, e) in all.iter().zip(errors) {
+    for ((name, r), e) in all.iter().zip(errors) {
         assert!(
             e.is_empty(),
             "{name}: {} is not valid FHIR R4: {e:?}",

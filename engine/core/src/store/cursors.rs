@@ -24,7 +24,8 @@ impl Store {
 
     /// Stores the cursor of `source` (replacing the one before).
     pub async fn set_source_cursor(&self, source: &str, cursor: &str) -> Result<()> {
-        let mut s = Sql::new("INSERT INTO source_cursors (source, cursor, updated_at) VALUES (".into());
+        let mut s =
+            Sql::new("INSERT INTO source_cursors (source, cursor, updated_at) VALUES (".into());
         s.bind(source);
         s.push(", ");
         s.bind(cursor);
