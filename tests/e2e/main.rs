@@ -21,7 +21,7 @@ mod edge;
 mod engine;
 mod experts;
 mod export;
-mod fhir;
+mod fhir_client;
 mod http;
 mod mllp;
 mod patients;
