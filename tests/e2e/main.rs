@@ -22,6 +22,7 @@ mod edge;
 mod engine;
 mod experts;
 mod export;
+mod fhir_client;
 mod hl7_consultation;
 mod http;
 mod mllp;
@@ -36,4 +37,6 @@ mod tls;
 
 // Link the HL7 adapter's registrations (the `mllp` source, `hl7v2` expressions).
 use huizhen_amqp as _;
+// The FHIR adapter's registrations (`fhir_poll`, `fhir`, `hl7v2_to_fhir`, kind `fhir+json`).
+use huizhen_fhir as _;
 use huizhen_hl7 as _;

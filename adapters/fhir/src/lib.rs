@@ -1,10 +1,11 @@
-//! Huizhen's FHIR adapter: FHIR R4/R4B resources, read with the fhir-sdk model (R4B, models
-//! only), turned into the domain's types.
+//! Huizhen's FHIR adapter: FHIR R4 on the wire, held in the fhir-sdk R4B model (models and
+//! their builders, not its client).
 //!
-//! Today it holds [`patient`]: one FHIR `Patient` resource (JSON) into the matcher's
-//! [`huizhen_domain::identity::Demographics`], used by `huizhen patients import`. The FHIR
-//! issue adds the REST client, the FHIR sink and the facade here, one module each, beside
-//! `patient`.
+//! [`patient`]: one FHIR `Patient` resource (JSON) into the matcher's
+//! [`huizhen_domain::identity::Demographics`], used by `huizhen patients import`;
+//! [`convert`]: the `hl7v2_to_fhir` step (HL7 v2 → FHIR R4 transaction Bundles) and the R4
+//! wire functions; [`client`]: the FHIR REST client, the `fhir_poll` source and the `fhir`
+//! sink.
 //!
 //! **Why one crate owns the model.** fhir-model is the slowest crate of the stack to compile
 //! (≈100 s debug, ≈200 s release; reference/CRATES.md §3.2–3.3), and every crate that calls
@@ -15,8 +16,12 @@
 //! **Errors** name the element path (`name[0].given`, `birthDate`, `resourceType`) and say
 //! what is wrong, never the value: a FHIR resource is patient data.
 
+pub mod client;
+pub mod convert;
 pub mod error;
 pub mod patient;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::FhirError;
 pub use patient::{demographics, parse_patient, patient_demographics};

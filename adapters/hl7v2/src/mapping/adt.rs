@@ -241,7 +241,7 @@ pub(super) fn map_adt(message: &Message, h: Header) -> Result<PatientRecord, Map
 
 /// A `PID` as the patient of a result or an order: identifiers (possibly none; the caller
 /// decides whether that is an error), names, birth date and sex, cross-checked as for ADT.
-pub(super) fn summary_of(pid: Segment<'_>, warnings: &mut Vec<String>) -> PatientSummary {
+pub fn summary_of(pid: Segment<'_>, warnings: &mut Vec<String>) -> PatientSummary {
     let (label, ids) = patient_identifiers(pid, warnings);
     let birth_date = one(pid, 7, timestamp_of);
     warn_bad_time(birth_date.as_ref(), "PID-7", warnings);
@@ -256,7 +256,7 @@ pub(super) fn summary_of(pid: Segment<'_>, warnings: &mut Vec<String>) -> Patien
 }
 
 /// `PV1`: class, location, attending doctors, service, visit number, admit time.
-pub(super) fn visit_of(pv1: Segment<'_>, warnings: &mut Vec<String>) -> Visit {
+pub fn visit_of(pv1: Segment<'_>, warnings: &mut Vec<String>) -> Visit {
     let s = Some(pv1);
     let v = Visit {
         patient_class: tri_one(s, 2, text_of),

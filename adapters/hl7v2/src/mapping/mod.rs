@@ -51,6 +51,17 @@ pub use oru::{Observation, ObservationValue, Observations, Order};
 
 use crate::parse::Message;
 use adt::map_adt;
+
+/// The element and segment readers the mappings share, for adapters that read segments these
+/// mappings do not (huizhen-fhir's `hl7v2_to_fhir` reads `SCH`/`AIP`/`TXA` with them), so a
+/// `PID`, a date or a coded value reads the same everywhere.
+pub mod readers {
+    pub use super::adt::{summary_of, visit_of};
+    pub use super::read::{
+        clean, coded_of, comp, doctor_of, entity_of, identifier_of, list, location_of, note_of,
+        one, text_of, timestamp_of,
+    };
+}
 use order::map_order;
 use oru::map_oru;
 use read::{hd, one, text_of, timestamp_of};

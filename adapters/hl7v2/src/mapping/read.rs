@@ -40,7 +40,7 @@ pub(super) fn phone_digits(number: &str) -> Option<String> {
 
 /// The decoded, trimmed text of an element with content; `None` for missing, empty, `""` or
 /// blank.
-pub(super) fn clean(e: Option<Element<'_>>) -> Option<String> {
+pub fn clean(e: Option<Element<'_>>) -> Option<String> {
     match e?.value() {
         Value::Data(d) => {
             let t = d.text();
@@ -51,7 +51,7 @@ pub(super) fn clean(e: Option<Element<'_>>) -> Option<String> {
     }
 }
 
-pub(super) fn comp(e: Element<'_>, c: usize) -> Option<String> {
+pub fn comp(e: Element<'_>, c: usize) -> Option<String> {
     clean(e.component(c))
 }
 
@@ -123,7 +123,7 @@ pub(super) fn tri_one<'m, T>(
 }
 
 /// The first usable repetition of a field, or `None`.
-pub(super) fn one<'m, T>(
+pub fn one<'m, T>(
     seg: Segment<'m>,
     n: usize,
     f: impl FnMut(Element<'m>) -> Option<T>,
@@ -132,11 +132,7 @@ pub(super) fn one<'m, T>(
 }
 
 /// Every usable repetition of a field (empty when not sent or null).
-pub(super) fn list<'m, T>(
-    seg: Segment<'m>,
-    n: usize,
-    f: impl FnMut(Element<'m>) -> Option<T>,
-) -> Vec<T> {
+pub fn list<'m, T>(seg: Segment<'m>, n: usize, f: impl FnMut(Element<'m>) -> Option<T>) -> Vec<T> {
     tri_list(Some(seg), n, f).into_value().unwrap_or_default()
 }
 
@@ -160,15 +156,15 @@ pub(super) fn standard_encoding(rep: Element<'_>) -> String {
     components.join("^")
 }
 
-pub(super) fn text_of(e: Element<'_>) -> Option<String> {
+pub fn text_of(e: Element<'_>) -> Option<String> {
     comp(e, 1)
 }
 
-pub(super) fn timestamp_of(e: Element<'_>) -> Option<Timestamp> {
+pub fn timestamp_of(e: Element<'_>) -> Option<Timestamp> {
     comp(e, 1).map(|raw| Timestamp::parse(&raw))
 }
 
-pub(super) fn coded_of(e: Element<'_>) -> Option<Coded> {
+pub fn coded_of(e: Element<'_>) -> Option<Coded> {
     let c = Coded {
         code: comp(e, 1),
         text: comp(e, 2),
@@ -180,7 +176,7 @@ pub(super) fn coded_of(e: Element<'_>) -> Option<Coded> {
     (c != Coded::default()).then_some(c)
 }
 
-pub(super) fn identifier_of(e: Element<'_>) -> Option<Identifier> {
+pub fn identifier_of(e: Element<'_>) -> Option<Identifier> {
     Some(Identifier {
         id: comp(e, 1)?,
         assigning_authority: hd(e, 4),
@@ -259,7 +255,7 @@ pub(super) fn telecom_of(e: Element<'_>) -> Option<Telecom> {
     })
 }
 
-pub(super) fn location_of(e: Element<'_>) -> Option<Location> {
+pub fn location_of(e: Element<'_>) -> Option<Location> {
     let l = Location {
         point_of_care: comp(e, 1),
         room: comp(e, 2),
@@ -279,7 +275,7 @@ pub(super) fn location_of(e: Element<'_>) -> Option<Location> {
     any.then_some(l)
 }
 
-pub(super) fn doctor_of(e: Element<'_>) -> Option<Doctor> {
+pub fn doctor_of(e: Element<'_>) -> Option<Doctor> {
     let id = comp(e, 1);
     let family = sub(e, 2, 1);
     let given = comp(e, 3);
@@ -296,7 +292,7 @@ pub(super) fn doctor_of(e: Element<'_>) -> Option<Doctor> {
     })
 }
 
-pub(super) fn entity_of(e: Element<'_>) -> Option<EntityId> {
+pub fn entity_of(e: Element<'_>) -> Option<EntityId> {
     Some(EntityId {
         id: comp(e, 1)?,
         namespace: comp(e, 2),
@@ -328,7 +324,7 @@ pub(super) fn free_text(seg: Segment<'_>, n: usize) -> Option<String> {
 }
 
 /// `NTE-3`, the comment.
-pub(super) fn note_of(nte: Segment<'_>) -> Option<String> {
+pub fn note_of(nte: Segment<'_>) -> Option<String> {
     free_text(nte, 3)
 }
 

@@ -13,6 +13,7 @@ pub mod audit;
 pub mod care;
 pub mod cluster;
 pub mod consultations;
+mod cursors;
 pub mod experts;
 mod feed;
 pub mod identity;
@@ -570,6 +571,11 @@ impl Store {
                     "reseal workflow events",
                     include_str!("migrations/sqlite/0013_reseal_workflow_events.sql"),
                 ),
+                (
+                    15,
+                    "source_cursors",
+                    include_str!("migrations/sqlite/0015_source_cursors.sql"),
+                ),
             ],
             Backend::Postgres => &[
                 (
@@ -636,6 +642,11 @@ impl Store {
                     13,
                     "reseal workflow events",
                     include_str!("migrations/postgres/0013_reseal_workflow_events.sql"),
+                ),
+                (
+                    15,
+                    "source_cursors",
+                    include_str!("migrations/postgres/0015_source_cursors.sql"),
                 ),
             ],
         };

@@ -1,0 +1,3 @@
+//! Helpers shared by the integration tests of huizhen-fhir.
+
+pub mod validate;
