@@ -21,6 +21,8 @@ mod edge;
 mod engine;
 mod experts;
 mod export;
+mod fhir;
+mod fhir_mllp;
 mod http;
 mod mllp;
 mod patients;
@@ -34,4 +36,6 @@ mod tls;
 
 // Link the HL7 adapter's registrations (the `mllp` source, `hl7v2` expressions).
 use huizhen_amqp as _;
+// The FHIR adapter's registrations (the `fhir_store` sink, the /fhir/r4 facade).
+use huizhen_fhir as _;
 use huizhen_hl7 as _;

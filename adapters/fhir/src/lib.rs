@@ -16,7 +16,9 @@
 //! what is wrong, never the value: a FHIR resource is patient data.
 
 pub mod error;
+pub mod facade;
 pub mod patient;
+pub mod store;
 
 pub use error::FhirError;
 pub use patient::{demographics, parse_patient, patient_demographics};

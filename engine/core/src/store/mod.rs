@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod consultations;
 pub mod experts;
 mod feed;
+pub mod fhir;
 pub mod identity;
 pub mod journal;
 pub mod rekey;
@@ -551,6 +552,7 @@ impl Store {
                     include_str!("migrations/sqlite/0011_consultations.sql"),
                 ),
                 (12, "care", include_str!("migrations/sqlite/0012_care.sql")),
+                (14, "fhir", include_str!("migrations/sqlite/0014_fhir.sql")),
             ],
             Backend::Postgres => &[
                 (
@@ -612,6 +614,11 @@ impl Store {
                     12,
                     "care",
                     include_str!("migrations/postgres/0012_care.sql"),
+                ),
+                (
+                    14,
+                    "fhir",
+                    include_str!("migrations/postgres/0014_fhir.sql"),
                 ),
             ],
         };
