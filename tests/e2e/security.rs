@@ -683,6 +683,42 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
             "/fhir/r4/Provenance/no-such",
             [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
         ),
+        (
+            "GET",
+            "/fhir/r4/Practitioner",
+            "/fhir/r4/Practitioner",
+            [ALL, ALL, ALL, ALL, ALL, ALL, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Practitioner/{id}",
+            "/fhir/r4/Practitioner/no-such",
+            [GONE, GONE, GONE, GONE, GONE, GONE, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/PractitionerRole",
+            "/fhir/r4/PractitionerRole",
+            [ALL, ALL, ALL, ALL, ALL, ALL, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/PractitionerRole/{id}",
+            "/fhir/r4/PractitionerRole/no-such",
+            [GONE, GONE, GONE, GONE, GONE, GONE, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Organization",
+            "/fhir/r4/Organization",
+            [ALL, ALL, ALL, ALL, ALL, ALL, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Organization/{id}",
+            "/fhir/r4/Organization/no-such",
+            [GONE, GONE, GONE, GONE, GONE, GONE, NO, NO],
+        ),
     ];
     let mut wrong = Vec::new();
     for (method, pattern, _) in huizhen_core::security::ROUTES {

@@ -350,6 +350,41 @@ async fn a_consultation_is_a_task_a_service_request_and_an_encounter(b: Backend)
         "{signed_event}"
     );
 
+    // The owner is a PractitionerRole of the registry, at its Organization.
+    let with = ok(
+        &wf,
+        &format!("/fhir/r4/Task?_id={id}&_include=Task:owner"),
+        &d,
+    )
+    .await;
+    assert_eq!(ids(&with, "include"), [format!("PractitionerRole/{e}")]);
+    let role = ok(&wf, &format!("/fhir/r4/PractitionerRole/{e}"), &d).await;
+    assert_eq!(role["organization"]["reference"], "Organization/F-EXP");
+    ok(&wf, "/fhir/r4/Organization/F-EXP", &d).await;
+    ok(&wf, &format!("/fhir/r4/Practitioner/{e}"), &d).await;
+    assert_eq!(
+        ok(
+            &wf,
+            "/fhir/r4/PractitionerRole?specialty=03.02&active=true",
+            &d
+        )
+        .await["total"],
+        2
+    );
+    assert_eq!(
+        ok(
+            &wf,
+            "/fhir/r4/PractitionerRole?organization=F-EXP&role=chief-physician",
+            &d
+        )
+        .await["total"],
+        2
+    );
+    assert_eq!(
+        ok(&wf, "/fhir/r4/Organization?name=f-req", &d).await["total"],
+        1
+    );
+
     // $everything: the assigned expert gets the case packet (their consultation and the
     // requesting hospital's results); an expert with no consultation of the patient gets 403.
     let all = ok(

@@ -11,7 +11,7 @@ use tokio::sync::OnceCell;
 use super::outcome::Fail;
 use super::search::SearchRequest;
 use super::table::{ResourceDef, Source, prefix};
-use super::{consult, patient, stored};
+use super::{consult, directory, patient, stored};
 
 /// The base of the facade's URLs.
 pub const BASE_PATH: &str = "/fhir/r4";
@@ -141,6 +141,7 @@ pub async fn read(
         Source::Stored => stored::read(ctx, def, id, version).await,
         Source::Consultation => consult::read(ctx, def, id, version).await,
         Source::Person => patient::read(ctx, id, version).await,
+        Source::Directory if version.is_none() => directory::read(ctx, def, id).await,
         Source::Directory | Source::Booking | Source::Prescription | Source::Audit => Ok(None),
     }
 }
@@ -158,9 +159,8 @@ async fn search_source(
         Source::Stored => stored::search(ctx, def, req, need).await,
         Source::Consultation => consult::search(ctx, def, req, need).await,
         Source::Person => patient::search(ctx, req, need).await,
-        Source::Directory | Source::Booking | Source::Prescription | Source::Audit => {
-            Ok((Vec::new(), 0))
-        }
+        Source::Directory => directory::search(ctx, def, req, need).await,
+        Source::Booking | Source::Prescription | Source::Audit => Ok((Vec::new(), 0)),
     }
 }
 

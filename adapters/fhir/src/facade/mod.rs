@@ -23,6 +23,7 @@
 pub mod capability;
 mod consult;
 mod context;
+mod directory;
 mod everything;
 pub mod index;
 pub mod model;

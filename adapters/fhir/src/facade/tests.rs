@@ -193,3 +193,36 @@ fn bundles_and_outcomes_read_back_through_the_model() {
     round_trip(&b).unwrap();
     round_trip(&Fail::invalid("colour", "unknown search parameter").outcome()).unwrap();
 }
+
+#[test]
+fn the_directory_reads_back_through_the_model() {
+    use chrono::NaiveDate;
+    use huizhen_domain::expert::{
+        Expert, IcdCode, Load, Presence, ResponseHistory, Schedule, Title,
+    };
+    let e = Expert {
+        id: "E1".into(),
+        name: "王医生".into(),
+        facility: "F-EXP".into(),
+        departments: vec!["03.02".into()],
+        expertise: vec![IcdCode::parse("I25").unwrap()],
+        title: Title::Chief,
+        independent_practice_since: NaiveDate::from_ymd_opt(2005, 7, 1).unwrap(),
+        licence_verified: true,
+        registration_active: true,
+        multi_site_filings: vec![],
+        languages: vec!["zh".into()],
+        schedule: Schedule {
+            windows: vec![],
+            on_call: true,
+        },
+        presence: Presence::default(),
+        load: Load::default(),
+        response: ResponseHistory::default(),
+    };
+    round_trip(&super::directory::practitioner(&e)).unwrap();
+    let role = super::directory::practitioner_role(&e);
+    round_trip(&role).unwrap();
+    assert_eq!(role["organization"]["reference"], "Organization/F-EXP");
+    round_trip(&super::directory::organization("F-EXP")).unwrap();
+}

@@ -418,6 +418,16 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
         "/fhir/r4/Appointment/{id}/_history/{vid}",
         Action::ReadAppointments,
     ),
+    ("GET", "/fhir/r4/Practitioner", Action::ReadDirectory),
+    ("GET", "/fhir/r4/Practitioner/{id}", Action::ReadDirectory),
+    ("GET", "/fhir/r4/PractitionerRole", Action::ReadDirectory),
+    (
+        "GET",
+        "/fhir/r4/PractitionerRole/{id}",
+        Action::ReadDirectory,
+    ),
+    ("GET", "/fhir/r4/Organization", Action::ReadDirectory),
+    ("GET", "/fhir/r4/Organization/{id}", Action::ReadDirectory),
 ];
 
 /// Endpoints open to anyone (the FHIR CapabilityStatement is public, as SMART clients expect:
