@@ -32,6 +32,7 @@
 //! transaction-response Bundle is the sink's effect (`GET /api/messages/{id}`).
 
 mod bundle;
+mod entries;
 mod model;
 
 use std::sync::Arc;
