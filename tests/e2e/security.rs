@@ -719,6 +719,48 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
             "/fhir/r4/Organization/no-such",
             [GONE, GONE, GONE, GONE, GONE, GONE, NO, NO],
         ),
+        (
+            "GET",
+            "/fhir/r4/Consent",
+            "/fhir/r4/Consent",
+            [ALL, ALL, ALL, ALL, ALL, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Consent/{id}",
+            "/fhir/r4/Consent/no-such",
+            [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Consent/{id}/_history/{vid}",
+            "/fhir/r4/Consent/no-such/_history/1",
+            [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/MedicationRequest",
+            "/fhir/r4/MedicationRequest",
+            [ALL, ALL, ALL, ALL, ALL, ALL, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/MedicationRequest/{id}",
+            "/fhir/r4/MedicationRequest/no-such",
+            [GONE, GONE, GONE, GONE, GONE, GONE, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/AuditEvent",
+            "/fhir/r4/AuditEvent",
+            [ALL, NO, ALL, NO, NO, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/AuditEvent/{id}",
+            "/fhir/r4/AuditEvent/no-such",
+            [GONE, NO, GONE, NO, NO, NO, NO, NO],
+        ),
     ];
     let mut wrong = Vec::new();
     for (method, pattern, _) in huizhen_core::security::ROUTES {

@@ -212,6 +212,20 @@ async fn a_consultation_is_a_task_a_service_request_and_an_encounter(b: Backend)
     for who in [e.as_str(), "D1"] {
         wf.ok(&id, "record_verification", &d, json!({"verification": {"subject": {"kind": "physician", "practitioner": who}, "method": "ca-certificate", "verified_at": before, "result": "passed", "provider_reference": format!("ca-{who}")}})).await;
     }
+    let consent = ok(&wf, &format!("/fhir/r4/Consent/cn-{id}"), &d).await;
+    assert_eq!(
+        consent["sourceReference"]["reference"],
+        "DocumentReference/consent-1"
+    );
+    assert_eq!(
+        ok(
+            &wf,
+            &format!("/fhir/r4/Consent?patient=person-{person}&status=active"),
+            &d
+        )
+        .await["total"],
+        1
+    );
     let start = wf.clock.now() + TimeDelta::minutes(5);
     wf.ok(
         &id,
@@ -481,6 +495,32 @@ async fn a_consultation_is_a_task_a_service_request_and_an_encounter(b: Backend)
     )
     .await;
     assert_eq!(g.status, 404);
+    // "Who viewed my record": the reads of the patient are AuditEvents about them.
+    let views = ok(
+        &wf,
+        &format!(
+            "/fhir/r4/AuditEvent?patient=Patient/person-{person}&subtype=fhir.everything&agent=D1"
+        ),
+        &admin,
+    )
+    .await;
+    assert!(views["total"].as_u64().unwrap() >= 1, "{views}");
+    assert_eq!(
+        views["entry"][0]["resource"]["agent"][0]["who"]["identifier"]["value"],
+        "D1"
+    );
+    let auditor = token(Role::Auditor, "au", "*");
+    assert!(
+        ok(
+            &wf,
+            &format!("/fhir/r4/AuditEvent?entity=Task/{id}"),
+            &auditor
+        )
+        .await["total"]
+            .as_u64()
+            .unwrap()
+            > 10
+    );
     let person_patient = ok(&wf, &format!("/fhir/r4/Patient/person-{person}"), &admin).await;
     assert_eq!(person_patient["identifier"][0]["value"], "MRN-7731");
 }

@@ -11,7 +11,7 @@ use tokio::sync::OnceCell;
 use super::outcome::Fail;
 use super::search::SearchRequest;
 use super::table::{ResourceDef, Source, prefix};
-use super::{consult, directory, patient, stored};
+use super::{audit, care, consult, directory, patient, stored};
 
 /// The base of the facade's URLs.
 pub const BASE_PATH: &str = "/fhir/r4";
@@ -142,7 +142,12 @@ pub async fn read(
         Source::Consultation => consult::read(ctx, def, id, version).await,
         Source::Person => patient::read(ctx, id, version).await,
         Source::Directory if version.is_none() => directory::read(ctx, def, id).await,
-        Source::Directory | Source::Booking | Source::Prescription | Source::Audit => Ok(None),
+        Source::Booking => Ok(care::read_booking(ctx, id)
+            .await?
+            .filter(|s| version.is_none_or(|v| s.json["meta"]["versionId"] == v.to_string()))),
+        Source::Prescription if version.is_none() => care::read_medication(ctx, id).await,
+        Source::Audit if version.is_none() => audit::read(ctx, id).await,
+        Source::Directory | Source::Prescription | Source::Audit => Ok(None),
     }
 }
 
@@ -160,7 +165,9 @@ async fn search_source(
         Source::Consultation => consult::search(ctx, def, req, need).await,
         Source::Person => patient::search(ctx, req, need).await,
         Source::Directory => directory::search(ctx, def, req, need).await,
-        Source::Booking | Source::Prescription | Source::Audit => Ok((Vec::new(), 0)),
+        Source::Booking => care::search_bookings(ctx, def, req, need).await,
+        Source::Prescription => care::search_medications(ctx, def, req, need).await,
+        Source::Audit => audit::search(ctx, def, req, need).await,
     }
 }
 

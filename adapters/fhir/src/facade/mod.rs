@@ -20,7 +20,9 @@
 //! reads clinical data only of the patients of consultations they own or owned (FHIR-22), and
 //! every read and search is audited (the search with its parameter names, not its values).
 
+mod audit;
 pub mod capability;
+mod care;
 mod consult;
 mod context;
 mod directory;

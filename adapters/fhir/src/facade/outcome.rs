@@ -79,6 +79,15 @@ impl Fail {
     }
 }
 
+/// 400 `too-costly`: more `what` to look at than a search projects; narrow it with `by`.
+pub fn too_costly(what: &str, by: &str) -> Fail {
+    Fail::new(
+        StatusCode::BAD_REQUEST,
+        "too-costly",
+        format!("more than 2000 {what} to look at; narrow the search ({by})"),
+    )
+}
+
 impl From<StoreError> for Fail {
     fn from(e: StoreError) -> Fail {
         Fail::store(&e)

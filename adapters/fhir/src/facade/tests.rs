@@ -226,3 +226,98 @@ fn the_directory_reads_back_through_the_model() {
     assert_eq!(role["organization"]["reference"], "Organization/F-EXP");
     round_trip(&super::directory::organization("F-EXP")).unwrap();
 }
+
+#[test]
+fn care_consent_and_audit_read_back_through_the_model() {
+    use huizhen_core::store::audit::{AuditEvent, AuditRow};
+    use huizhen_core::store::care::{StoredBooking, StoredPrescription};
+    let booking: huizhen_domain::appointment::Booking = serde_json::from_value(json!({
+        "id": "b1", "consultation_id": "c-1", "expert_id": "E1", "patient_id": "7",
+        "start": "2026-03-05T09:00:00Z", "end": "2026-03-05T09:30:00Z", "urgency": "urgent",
+        "status": "cancelled", "booked_at": "2026-03-05T08:00:00Z",
+        "cancellation": {"by": "D1", "reason": "改期", "at": "2026-03-05T08:10:00Z"}
+    }))
+    .unwrap();
+    let a = super::care::appointment(&StoredBooking {
+        booking,
+        facility: "F-REQ".into(),
+    });
+    round_trip(&a).unwrap();
+    assert_eq!(
+        (
+            a["status"].as_str(),
+            a["participant"][1]["actor"]["reference"].as_str()
+        ),
+        (Some("cancelled"), Some("Patient/person-7"))
+    );
+    let rx: huizhen_domain::prescription::Prescription = serde_json::from_value(json!({
+        "id": "rx1", "consultation_id": "c-1", "patient_id": "7", "state": "active",
+        "prescriber": {"id": "E1", "role": "expert"}, "drafted_at": "2026-03-05T10:00:00Z",
+        "lines": [{"drug_code": "X01", "drug_name": "阿司匹林肠溶片", "dose": "100", "dose_unit": "mg",
+                   "route": "oral", "frequency": "qd", "days": 30, "quantity": 30, "quantity_unit": "片"}]
+    }))
+    .unwrap();
+    let stored = StoredPrescription {
+        prescription: rx,
+        facility: "F-EXP".into(),
+        pending_signature: None,
+        created_at: 0,
+        updated_at: 0,
+    };
+    let meds = super::care::medication_requests(&stored);
+    assert_eq!(meds.len(), 1);
+    round_trip(&meds[0]).unwrap();
+    assert_eq!(meds[0]["id"], "rx1-1");
+    let row = AuditRow {
+        seq: 42,
+        at: 1_772_700_000_000,
+        event: AuditEvent {
+            actor: "D1".into(),
+            role: "local-doctor".into(),
+            facility: "F-REQ".into(),
+            action: "fhir.read".into(),
+            resource_type: "Patient".into(),
+            resource_id: "7".into(),
+            outcome: "success".into(),
+            source: "127.0.0.1:5000".into(),
+            purpose: "TREAT".into(),
+            detail: String::new(),
+            subject_facility: String::new(),
+        },
+        prev_hash: String::new(),
+        hash: String::new(),
+        mac: String::new(),
+    };
+    let e = super::audit::audit_event(&row);
+    round_trip(&e).unwrap();
+    assert_eq!(
+        (
+            e["action"].as_str(),
+            e["entity"][0]["what"]["reference"].as_str()
+        ),
+        (Some("R"), Some("Patient/person-7"))
+    );
+}
+
+#[test]
+fn the_consent_reads_back_through_the_model() {
+    let (c, _) = accepted();
+    let t0 = Utc.with_ymd_and_hms(2026, 3, 5, 8, 10, 0).unwrap();
+    let doctor = Actor::new("D1", Role::LocalDoctor);
+    let cmd: Command = serde_json::from_value(json!({"action": "record_consent", "consent": {"signer": "guardian", "document": "DocumentReference/consent-1", "signed_at": "2026-03-05T08:09:00Z", "not_suitable_to_inform_patient": true}})).unwrap();
+    let ctx = Context {
+        now: t0,
+        actor: &doctor,
+        reason: None,
+        plugin: None,
+        verifier: None,
+    };
+    let (c, _) = c.execute(&cmd, &ctx).unwrap();
+    let consent = super::consult::consent(&c).expect("recorded");
+    round_trip(&consent).unwrap();
+    assert_eq!(
+        consent["sourceReference"]["reference"],
+        "DocumentReference/consent-1"
+    );
+    assert_eq!(consent["patient"]["reference"], "Patient/person-7");
+}

@@ -428,6 +428,25 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
     ),
     ("GET", "/fhir/r4/Organization", Action::ReadDirectory),
     ("GET", "/fhir/r4/Organization/{id}", Action::ReadDirectory),
+    ("GET", "/fhir/r4/Consent", Action::ReadClinical),
+    ("GET", "/fhir/r4/Consent/{id}", Action::ReadClinical),
+    (
+        "GET",
+        "/fhir/r4/Consent/{id}/_history/{vid}",
+        Action::ReadClinical,
+    ),
+    (
+        "GET",
+        "/fhir/r4/MedicationRequest",
+        Action::ReadPrescriptions,
+    ),
+    (
+        "GET",
+        "/fhir/r4/MedicationRequest/{id}",
+        Action::ReadPrescriptions,
+    ),
+    ("GET", "/fhir/r4/AuditEvent", Action::ReadAudit),
+    ("GET", "/fhir/r4/AuditEvent/{id}", Action::ReadAudit),
 ];
 
 /// Endpoints open to anyone (the FHIR CapabilityStatement is public, as SMART clients expect:

@@ -16,7 +16,8 @@
 mod project;
 
 pub use project::{
-    BUSINESS_STATUS, DEPARTMENT, USER, encounter, opinion_report, provenance, service_request, task,
+    BUSINESS_STATUS, DEPARTMENT, USER, consent, encounter, opinion_report, provenance,
+    service_request, task,
 };
 
 use huizhen_core::store::fhir::ConsultationSelect;
@@ -46,6 +47,7 @@ fn project(ty: &str, c: &Consultation, created: i64, events: &[Event]) -> Vec<(V
         "ServiceRequest" => one(Some(service_request(c, created))),
         "Encounter" => one(encounter(c)),
         "DiagnosticReport" => one(opinion_report(c)),
+        "Consent" => one(consent(c)),
         "Provenance" => events
             .iter()
             .map(|e| {
@@ -68,6 +70,7 @@ fn parse_id(ty: &str, id: &str) -> Option<(String, Option<i64>)> {
         "ServiceRequest" => id.strip_prefix("cr-").map(|c| (c.to_owned(), None)),
         "Encounter" => id.strip_prefix("cs-").map(|c| (c.to_owned(), None)),
         "DiagnosticReport" => id.strip_prefix("co-").map(|c| (c.to_owned(), None)),
+        "Consent" => id.strip_prefix("cn-").map(|c| (c.to_owned(), None)),
         "Provenance" => {
             let rest = id.strip_prefix("ev-")?;
             let (c, v) = rest.rsplit_once('-')?;
@@ -169,7 +172,7 @@ fn select(ctx: &Ctx, def: &ResourceDef, req: &SearchRequest) -> ConsultationSele
         );
     }
     let patient_param = match def.name {
-        "Task" | "ServiceRequest" | "Encounter" | "DiagnosticReport" => Some("patient"),
+        "Task" | "ServiceRequest" | "Encounter" | "DiagnosticReport" | "Consent" => Some("patient"),
         _ => None,
     };
     if let Some(pp) = patient_param {
@@ -320,7 +323,13 @@ pub async fn about_persons(
             continue;
         };
         let facility = stored.consultation.request().requesting_facility.clone();
-        for ty in ["Task", "ServiceRequest", "Encounter", "DiagnosticReport"] {
+        for ty in [
+            "Task",
+            "ServiceRequest",
+            "Encounter",
+            "DiagnosticReport",
+            "Consent",
+        ] {
             for (json, last_updated) in project(ty, &stored.consultation, stored.created_at, &[]) {
                 out.push(Served {
                     json,

@@ -321,3 +321,40 @@ pub fn provenance(c: &Consultation, e: &Event) -> Value {
     }
     p
 }
+
+/// The informed consent on record (CN-05), once recorded: `Consent/cn-{id}`.
+pub fn consent(c: &Consultation) -> Option<Value> {
+    let k = c.gates().consent.as_ref()?;
+    let id = c.id();
+    let signer = serde_json::to_value(k.signer)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let status = if c.state() == State::EnteredInError {
+        "entered-in-error"
+    } else {
+        "active"
+    };
+    let mut r = json!({
+        "resourceType": "Consent",
+        "id": format!("cn-{id}"),
+        "identifier": identifier(id),
+        "status": status,
+        "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "treatment" }] },
+        "category": [{ "coding": [{ "system": "http://loinc.org", "code": "59284-0", "display": "Patient Consent" }] }],
+        "patient": patient_ref(c),
+        "dateTime": ts(k.signed_at),
+        "performer": [{ "display": signer }],
+        "policyRule": { "text": "远程医疗服务知情同意 (CN-05)" },
+        "provision": { "type": "permit", "data": [{ "meaning": "related", "reference": { "reference": format!("ServiceRequest/cr-{id}") } }] },
+    });
+    if super::super::index::reference_text(&k.document).is_some() {
+        r["sourceReference"] = json!({ "reference": k.document });
+    } else {
+        r["sourceAttachment"] = json!({ "title": k.document });
+    }
+    if k.not_suitable_to_inform_patient {
+        r["extension"] = json!([{ "url": "urn:huizhen:fhir:not-suitable-to-inform-patient", "valueBoolean": true }]);
+    }
+    Some(r)
+}

@@ -171,4 +171,127 @@ impl Store {
             .map(|r| r.try_get("person_id").map_err(q("decode a person id")))
             .collect()
     }
+
+    /// The ids of bookings (appointments) of these experts and statuses, in `scope` (`None`:
+    /// all), most recently changed first, at most `limit`.
+    pub async fn fhir_booking_ids(
+        &self,
+        experts: Option<&[String]>,
+        statuses: Option<&[String]>,
+        scope: Option<&[String]>,
+        limit: i64,
+    ) -> Result<Vec<String>> {
+        let mut s = Sql::new("SELECT id FROM appointments WHERE 1=1".into());
+        if let Some(e) = experts {
+            in_list(&mut s, "expert_id", e);
+        }
+        if let Some(st) = statuses {
+            in_list(&mut s, "status", st);
+        }
+        if let Some(fs) = scope {
+            in_list(&mut s, "facility", fs);
+        }
+        s.push(" ORDER BY updated_at DESC, id DESC LIMIT ");
+        s.bind(limit.max(0));
+        let rows = s
+            .query()
+            .fetch_all(&self.read)
+            .await
+            .map_err(q("select appointments"))?;
+        rows.iter()
+            .map(|r| r.try_get("id").map_err(q("decode an appointment id")))
+            .collect()
+    }
+
+    /// Audit events newest first (a page: `limit` after skipping `offset`), by `actor` and
+    /// about one of `resource_ids` when given, of `facilities` as `/api/audit` scopes them (an actor
+    /// of, or a resource about, one of them; `None`: all); and how many there are.
+    pub async fn fhir_audit_page(
+        &self,
+        actor: Option<&str>,
+        resource_ids: Option<&[String]>,
+        facilities: Option<&[String]>,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(Vec<crate::store::audit::AuditRow>, i64)> {
+        let cols = crate::store::audit::AUDIT_COLUMNS;
+        let mut s = Sql::new(format!("SELECT {cols} FROM audit_events WHERE 1=1"));
+        let mut n = Sql::new("SELECT COUNT(*) AS n FROM audit_events WHERE 1=1".into());
+        for s in [&mut s, &mut n] {
+            if let Some(a) = actor {
+                s.push(" AND actor = ");
+                s.bind(a.to_owned());
+            }
+            if let Some(r) = resource_ids {
+                in_list(s, "resource_id", r);
+            }
+            if let Some(fs) = facilities {
+                if fs.is_empty() {
+                    s.push(" AND 1=0");
+                } else {
+                    s.push(" AND (1=0");
+                    in_or(s, "facility", fs);
+                    in_or(s, "subject_facility", fs);
+                    s.push(")");
+                }
+            }
+        }
+        s.push(" ORDER BY seq DESC LIMIT ");
+        s.bind(limit.max(0));
+        s.push(" OFFSET ");
+        s.bind(offset.max(0));
+        let rows = s
+            .query()
+            .fetch_all(&self.read)
+            .await
+            .map_err(q("list audit events"))?;
+        let total: i64 = n
+            .query()
+            .fetch_one(&self.read)
+            .await
+            .map_err(q("count audit events"))?
+            .try_get("n")
+            .map_err(q("count audit events"))?;
+        let rows = rows
+            .iter()
+            .map(crate::store::audit::audit_row)
+            .collect::<Result<Vec<_>>>()?;
+        Ok((rows, total))
+    }
+}
+
+impl Store {
+    /// One booking with its version and last change (ms).
+    pub async fn appointment_row(
+        &self,
+        id: &str,
+    ) -> Result<Option<(crate::store::care::StoredBooking, i64, i64)>> {
+        let mut s = Sql::new(
+            "SELECT id, facility, version, body, updated_at FROM appointments WHERE id = ".into(),
+        );
+        s.bind(id.to_owned());
+        let Some(r) = s
+            .query()
+            .fetch_optional(&self.read)
+            .await
+            .map_err(q("read an appointment"))?
+        else {
+            return Ok(None);
+        };
+        let (b, version) = self.booking_from_row(&r)?;
+        let updated: i64 = r.try_get("updated_at").map_err(q("read an appointment"))?;
+        Ok(Some((b, version, updated)))
+    }
+}
+
+/// ` OR <col> IN (…)`.
+fn in_or(s: &mut Sql, col: &str, values: &[String]) {
+    s.push(&format!(" OR {col} IN ("));
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            s.push(", ");
+        }
+        s.bind(v.clone());
+    }
+    s.push(")");
 }
