@@ -203,7 +203,7 @@ pub async fn search_bookings(
         }
     }
     let total = out.len();
-    out.sort_by(|a, b| b.last_updated.cmp(&a.last_updated));
+    out.sort_by_key(|s| std::cmp::Reverse(s.last_updated));
     out.truncate(need);
     Ok((out, total))
 }
@@ -278,7 +278,7 @@ pub async fn search_medications(
         }
     }
     let total = out.len();
-    out.sort_by(|a, b| b.last_updated.cmp(&a.last_updated));
+    out.sort_by_key(|s| std::cmp::Reverse(s.last_updated));
     out.truncate(need);
     Ok((out, total))
 }

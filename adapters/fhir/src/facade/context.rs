@@ -142,9 +142,11 @@ pub async fn read(
         Source::Consultation => consult::read(ctx, def, id, version).await,
         Source::Person => patient::read(ctx, id, version).await,
         Source::Directory if version.is_none() => directory::read(ctx, def, id).await,
-        Source::Booking => Ok(care::read_booking(ctx, id)
-            .await?
-            .filter(|s| version.is_none_or(|v| s.json["meta"]["versionId"] == v.to_string()))),
+        Source::Booking => Ok(care::read_booking(ctx, id).await?.filter(|s| {
+            version.is_none_or(|v| {
+                s.json["meta"]["versionId"].as_str() == Some(v.to_string().as_str())
+            })
+        })),
         Source::Prescription if version.is_none() => care::read_medication(ctx, id).await,
         Source::Audit if version.is_none() => audit::read(ctx, id).await,
         Source::Directory | Source::Prescription | Source::Audit => Ok(None),

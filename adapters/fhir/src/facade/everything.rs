@@ -152,7 +152,7 @@ pub async fn patient(ctx: &Ctx, id: &str, pairs: &[(String, String)]) -> Result<
             true
         }
     });
-    all.sort_by(|a, b| b.last_updated.cmp(&a.last_updated));
+    all.sort_by_key(|s| std::cmp::Reverse(s.last_updated));
     let total = all.len();
     ctx.audit(&ctx.event(
         "fhir.everything",

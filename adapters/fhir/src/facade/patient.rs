@@ -313,7 +313,7 @@ pub async fn search(
         }
     }
     let total = matched.len();
-    matched.sort_by(|a, b| b.last_updated.cmp(&a.last_updated));
+    matched.sort_by_key(|s| std::cmp::Reverse(s.last_updated));
     matched.truncate(need);
     Ok((matched, total))
 }

@@ -93,7 +93,8 @@ async fn decide(
     let mut checks = Vec::new();
     let mut decisions: Vec<Decision> = Vec::new();
     // Conditions already resolved in this Bundle (the same ifNoneExist twice → one resource).
-    let mut resolved: Vec<(&'static str, String, String)> = Vec::new();
+    // With the id and the version the first one left it at.
+    let mut resolved: Vec<(&'static str, String, String, i64)> = Vec::new();
     for e in entries {
         let at = format!("entry[{}]", e.index);
         let conditional = |crit: &Vec<Criterion>| FhirCheck {
@@ -110,13 +111,13 @@ async fn decide(
                 created: true,
             },
             Kind::Create(Some((crit, text))) => {
-                if let Some((_, _, id)) = resolved
+                if let Some((_, _, id, version)) = resolved
                     .iter()
-                    .find(|(t, c, _)| *t == e.resource_type && c == text)
+                    .find(|(t, c, ..)| *t == e.resource_type && c == text)
                 {
                     Decision {
                         id: id.clone(),
-                        current: None,
+                        current: Some((*version, String::new())),
                         write: false,
                         created: false,
                     }
@@ -143,7 +144,8 @@ async fn decide(
                         },
                         many => return Err(ambiguous(&at, e.resource_type, "ifNoneExist", many)),
                     };
-                    resolved.push((e.resource_type, text.clone(), d.id.clone()));
+                    let version = d.current.as_ref().map_or(1, |(v, _)| *v);
+                    resolved.push((e.resource_type, text.clone(), d.id.clone(), version));
                     d
                 }
             }

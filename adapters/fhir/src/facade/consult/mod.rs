@@ -286,7 +286,7 @@ pub async fn search(
         }
     }
     let total = matched.len();
-    matched.sort_by(|a, b| b.last_updated.cmp(&a.last_updated));
+    matched.sort_by_key(|s| std::cmp::Reverse(s.last_updated));
     matched.truncate(need);
     Ok((matched, total))
 }
@@ -301,7 +301,7 @@ pub async fn about_persons(
         return Ok(Vec::new());
     }
     let sel = ConsultationSelect {
-        patients: Some(persons.iter().map(|p| *p as i64).collect()),
+        patients: Some(persons.to_vec()),
         ids: only.map(<[String]>::to_vec),
         scope: if ctx.is_expert() {
             None

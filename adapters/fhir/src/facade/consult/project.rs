@@ -215,13 +215,13 @@ pub fn encounter(c: &Consultation) -> Option<Value> {
         }],
         "serviceProvider": organization_ref(&c.request().requesting_facility),
     });
-    if let Some(p) = &c.gates().physician {
-        e["participant"].as_array_mut().map(|ps| {
-            ps.push(json!({
+    if let Some(p) = &c.gates().physician
+        && let Some(ps) = e["participant"].as_array_mut()
+    {
+        ps.push(json!({
                 "type": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "ATND", "display": "attender" }] }],
                 "individual": { "identifier": { "system": USER, "value": p.practitioner } },
-            }))
-        });
+            }));
     }
     let (start, end) = session(c);
     if start.is_some() || end.is_some() {

@@ -249,9 +249,10 @@ impl Store {
         id: &str,
         version: i64,
     ) -> Result<Option<FhirRow>> {
-        let mut s = Sql::new(format!(
+        let mut s = Sql::new(
             "SELECT v.res_type, v.id, v.version, r.facility, r.patient, v.last_updated, v.body FROM fhir_versions v JOIN fhir_resources r ON r.res_type = v.res_type AND r.id = v.id WHERE v.res_type = "
-        ));
+                .into(),
+        );
         s.bind(resource_type.to_owned());
         s.push(" AND v.id = ");
         s.bind(id.to_owned());
