@@ -12,10 +12,13 @@ use huizhen_domain::identity::{Demographics, PersonName, normalize};
 use serde_json::{Value, json};
 
 use super::{Got, fhir, ids, lab_bundle, ok, send, start};
-use crate::consultations::{REQ, Wf, doctor, expert, offerees, request, seed_registry, token};
+use crate::consultations::{EXP, REQ, Wf, doctor, expert, offerees, request, seed_registry, token};
 use crate::support::{Backend, both_backends};
 
-both_backends!(a_consultation_is_a_task_a_service_request_and_an_encounter);
+both_backends!(
+    a_consultation_is_a_task_a_service_request_and_an_encounter,
+    concurrent_task_accepts_have_one_winner,
+);
 
 /// `PUT Task/{id}` with `status`/`businessStatus` (and a reason) under `If-Match`.
 async fn put_task(wf: &Wf, id: &str, bearer: &str, version: &str, change: Value) -> Got {
@@ -523,4 +526,51 @@ async fn a_consultation_is_a_task_a_service_request_and_an_encounter(b: Backend)
     );
     let person_patient = ok(&wf, &format!("/fhir/r4/Patient/person-{person}"), &admin).await;
     assert_eq!(person_patient["identifier"][0]["value"], "MRN-7731");
+}
+
+/// FHIR-11 through the facade: twenty experts of a fan-out accept the same Task version at
+/// once with `PUT Task` — exactly one 200, every other one 412 with an OperationOutcome.
+async fn concurrent_task_accepts_have_one_winner(b: Backend) {
+    let Some(wf) = start(b).await else { return };
+    // No registry: the assignment escalates; the coordinator fans out.
+    let (id, _) = wf.approved(request(3003)).await;
+    let pool: Vec<Value> = (0..20)
+        .map(|i| json!({"expert": format!("X{i}"), "facility": EXP}))
+        .collect();
+    let coordinator = token(Role::Integrator, "dispatch", REQ);
+    wf.ok(&id, "fan-out", &coordinator, json!({ "pool": pool }))
+        .await;
+    let version = etag(&wf, &id, &coordinator).await;
+    let accepts = (0..20).map(|i| {
+        let wf = &wf;
+        let (id, version) = (id.clone(), version.clone());
+        async move {
+            put_task(
+                wf,
+                &id,
+                &expert(&format!("X{i}")),
+                &version,
+                json!({"status": "accepted"}),
+            )
+            .await
+        }
+    });
+    let results = futures::future::join_all(accepts).await;
+    let statuses: Vec<u16> = results.iter().map(|g| g.status).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 412).count(),
+        19,
+        "{statuses:?}"
+    );
+    for g in results.iter().filter(|g| g.status == 412) {
+        assert_eq!(g.body["resourceType"], "OperationOutcome", "{}", g.body);
+        assert_eq!(g.body["issue"][0]["code"], "conflict");
+    }
+    let task = ok(&wf, &format!("/fhir/r4/Task/{id}"), &coordinator).await;
+    assert_eq!(task["status"], "accepted");
 }
