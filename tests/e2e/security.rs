@@ -761,6 +761,30 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
             "/fhir/r4/AuditEvent/no-such",
             [GONE, NO, GONE, NO, NO, NO, NO, NO],
         ),
+        (
+            "GET",
+            "/fhir/r4/Schedule",
+            "/fhir/r4/Schedule",
+            [ALL, ALL, ALL, ALL, ALL, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Schedule/{id}",
+            "/fhir/r4/Schedule/no-such",
+            [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Slot",
+            "/fhir/r4/Slot",
+            [ALL, ALL, ALL, ALL, ALL, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Slot/{id}",
+            "/fhir/r4/Slot/no-such",
+            [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
+        ),
     ];
     let mut wrong = Vec::new();
     for (method, pattern, _) in huizhen_core::security::ROUTES {

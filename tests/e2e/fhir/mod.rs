@@ -8,6 +8,7 @@
 //! (`huizhen_fhir::facade::model::round_trip`).
 
 mod capability;
+mod care;
 mod consultation;
 mod store;
 

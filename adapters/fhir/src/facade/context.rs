@@ -11,7 +11,7 @@ use tokio::sync::OnceCell;
 use super::outcome::Fail;
 use super::search::SearchRequest;
 use super::table::{ResourceDef, Source, prefix};
-use super::{audit, care, consult, directory, patient, stored};
+use super::{audit, care, consult, directory, patient, schedule, stored};
 
 /// The base of the facade's URLs.
 pub const BASE_PATH: &str = "/fhir/r4";
@@ -149,7 +149,8 @@ pub async fn read(
         })),
         Source::Prescription if version.is_none() => care::read_medication(ctx, id).await,
         Source::Audit if version.is_none() => audit::read(ctx, id).await,
-        Source::Directory | Source::Prescription | Source::Audit => Ok(None),
+        Source::Schedule if version.is_none() => schedule::read(ctx, def, id).await,
+        Source::Directory | Source::Prescription | Source::Audit | Source::Schedule => Ok(None),
     }
 }
 
@@ -170,6 +171,7 @@ async fn search_source(
         Source::Booking => care::search_bookings(ctx, def, req, need).await,
         Source::Prescription => care::search_medications(ctx, def, req, need).await,
         Source::Audit => audit::search(ctx, def, req, need).await,
+        Source::Schedule => schedule::search(ctx, def, req, need).await,
     }
 }
 

@@ -32,6 +32,7 @@ pub mod model;
 pub mod outcome;
 mod patient;
 mod routes;
+mod schedule;
 pub mod search;
 mod stored;
 pub mod table;

@@ -447,6 +447,10 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
     ),
     ("GET", "/fhir/r4/AuditEvent", Action::ReadAudit),
     ("GET", "/fhir/r4/AuditEvent/{id}", Action::ReadAudit),
+    ("GET", "/fhir/r4/Schedule", Action::ReadAppointments),
+    ("GET", "/fhir/r4/Schedule/{id}", Action::ReadAppointments),
+    ("GET", "/fhir/r4/Slot", Action::ReadAppointments),
+    ("GET", "/fhir/r4/Slot/{id}", Action::ReadAppointments),
 ];
 
 /// Endpoints open to anyone (the FHIR CapabilityStatement is public, as SMART clients expect:

@@ -99,6 +99,8 @@ pub enum Source {
     Prescription,
     /// The audit trail: AuditEvent `{seq}`.
     Audit,
+    /// The experts' availability: Schedule `{expert id}`, Slot `{expert id}.{start ms}`.
+    Schedule,
 }
 
 /// The id prefix of a projection in a type the store also holds (`None`: the source owns
