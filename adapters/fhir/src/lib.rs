@@ -1,10 +1,13 @@
 //! Huizhen's FHIR adapter: FHIR R4/R4B resources, read with the fhir-sdk model (R4B, models
 //! only), turned into the domain's types.
 //!
-//! Today it holds [`patient`]: one FHIR `Patient` resource (JSON) into the matcher's
-//! [`huizhen_domain::identity::Demographics`], used by `huizhen patients import`. The FHIR
-//! issue adds the REST client, the FHIR sink and the facade here, one module each, beside
-//! `patient`.
+//! * [`patient`]: one FHIR `Patient` resource (JSON) into the matcher's
+//!   [`huizhen_domain::identity::Demographics`], used by `huizhen patients import`;
+//! * [`store`]: the `fhir_store` sink, a transaction Bundle into the engine's FHIR resource
+//!   store with FHIR-20 conditional semantics;
+//! * [`facade`]: the FHIR R4 facade at `/fhir/r4` over the store and the engine's own data
+//!   (consultations, identity index, registry, bookings, prescriptions, audit trail),
+//!   registered into the engine's router and route table (docs/fhir.md).
 //!
 //! **Why one crate owns the model.** fhir-model is the slowest crate of the stack to compile
 //! (≈100 s debug, ≈200 s release; reference/CRATES.md §3.2–3.3), and every crate that calls
