@@ -1,4 +1,4 @@
-//! `huizhen hl7 send` and `huizhen hl7 parse`.
+//! `huizhen hl7 send`, `huizhen hl7 receive` and `huizhen hl7 parse`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,8 +18,24 @@ pub enum Hl7Command {
     /// Send HL7 v2 messages over MLLP, one at a time, printing each ACK. Exit code: 0 when
     /// every message got AA/CA, 1 when one got AE/AR/CE/CR, 2 when one got no ACK.
     Send(SendArgs),
+    /// Listen for HL7 v2 over MLLP as a HIS would (for the demo and tests): print each
+    /// message as it arrives and answer AA.
+    Receive(ReceiveArgs),
     /// Print every field of an HL7 v2 message with its path and decoded value.
     Parse(ParseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReceiveArgs {
+    /// Where to listen: HOST:PORT (port 0: any free port; the address is printed first).
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: String,
+    /// Character set of messages whose MSH-18 is empty.
+    #[arg(long, default_value = "UTF-8")]
+    charset: String,
+    /// Stop after this many messages (default: run until stopped).
+    #[arg(long)]
+    count: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +92,7 @@ fn humantime_parse(s: &str) -> Result<Duration, String> {
 pub async fn run(cmd: Hl7Command) -> Result<ExitCode> {
     match cmd {
         Hl7Command::Send(a) => send(a).await,
+        Hl7Command::Receive(a) => receive(a).await,
         Hl7Command::Parse(a) => parse(a),
     }
 }
@@ -170,6 +187,90 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     Ok(ExitCode::from(worst))
+}
+
+/// Accepts connections on `--listen`; each message is printed (a `#` line with its number,
+/// type, control id and peer, then its segments one per line) and answered AA in its own
+/// charset. A frame that is not HL7 is reported on stderr and gets no ACK.
+async fn receive(a: ReceiveArgs) -> Result<ExitCode> {
+    let default = encoding(&a.charset)?;
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", a.listen))?;
+    let local = listener.local_addr()?;
+    eprintln!("listening on {local} (MLLP); every message is printed and answered AA");
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => r.context("accept")?,
+            _ = done_rx.recv() => return Ok(ExitCode::SUCCESS),
+        };
+        let received = received.clone();
+        let done = done_tx.clone();
+        let count = a.count;
+        tokio::spawn(async move {
+            if let Err(e) = answer(stream, peer, default, &received, count, &done).await {
+                eprintln!("{peer}: {e:#}");
+            }
+        });
+    }
+}
+
+/// One connection of [`receive`].
+async fn answer(
+    mut stream: TcpStream,
+    peer: std::net::SocketAddr,
+    default: &'static encoding_rs::Encoding,
+    received: &std::sync::atomic::AtomicU64,
+    count: Option<u64>,
+    done: &tokio::sync::mpsc::Sender<()>,
+) -> Result<()> {
+    let mut deframer = Deframer::new(16 * 1024 * 1024);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        for ev in deframer.push(&buf[..n]) {
+            let Event::Frame(raw) = ev else { continue };
+            let decoded = match charset::decode(&raw, default, OnInvalid::Replace) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("{peer}: a frame that cannot be decoded ({e}); no ACK");
+                    continue;
+                }
+            };
+            let encoding = decoded.encoding;
+            let text = decoded.text.clone();
+            let m = match Message::from_decoded(decoded) {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("{peer}: a frame that is not HL7 v2 ({e}); no ACK");
+                    continue;
+                }
+            };
+            let h = m.header();
+            let k = received.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            let mut out = format!(
+                "# {k} {}^{} MSH-10={} from {peer}\n",
+                h.message_type, h.trigger, h.control_id
+            );
+            for seg in text.split(['\r', '\n']).filter(|s| !s.is_empty()) {
+                out.push_str(seg);
+                out.push('\n');
+            }
+            print!("{out}");
+            let now = chrono::Local::now().format("%Y%m%d%H%M%S").to_string();
+            let ack = huizhen_hl7::ack::build(&h, AckCode::AA, None, &format!("ACK{k}"), &now);
+            let (bytes, _, _) = encoding.encode(&ack);
+            stream.write_all(&frame(&bytes)).await?;
+            if count.is_some_and(|c| k >= c) {
+                let _ = done.send(()).await;
+            }
+        }
+    }
 }
 
 fn control_id(msg: &[u8], default: &'static encoding_rs::Encoding) -> String {

@@ -21,6 +21,7 @@ use huizhen_hl7 as _;
 mod experts;
 mod export;
 mod hl7;
+mod opinion;
 mod patients;
 mod plugin;
 mod security;
@@ -55,7 +56,8 @@ enum Command {
     Backlog,
     /// Create or upgrade the journal's tables (also done by `run`).
     Migrate,
-    /// HL7 v2 tools: send messages over MLLP, print a message's fields.
+    /// HL7 v2 tools: send messages over MLLP, receive them as a HIS would, print a message's
+    /// fields.
     #[command(subcommand)]
     Hl7(hl7::Hl7Command),
     /// Issue JWTs for the API (signed with the engine's secret).
@@ -81,6 +83,9 @@ enum Command {
     /// The expert registry: import from YAML or CSV (upsert by id), list.
     #[command(subcommand)]
     Experts(experts::ExpertsCommand),
+    /// Signed opinions for the demo: a test CA (never for production), signing an opinion.
+    #[command(subcommand)]
+    Opinion(opinion::OpinionCommand),
 }
 
 #[derive(Debug, Args)]
@@ -182,6 +187,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Hl7(cmd) => hl7::run(cmd).await,
+        Command::Opinion(cmd) => opinion::run(cmd),
         Command::Token(cmd) => {
             let root = root_config(cli.config.as_deref(), cli.database_url.clone())?;
             let store = open_store(cli.config.as_deref(), cli.database_url).await?;

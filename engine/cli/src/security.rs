@@ -471,7 +471,7 @@ pub async fn rotate(
         if pass == 2 {
             tokio::time::sleep(Duration::from_secs(3)).await;
         }
-        for table in ["messages", "effects"] {
+        for table in huizhen_core::store::rekey::REKEY_TABLES.iter().copied() {
             let total = store.count_rows(table).await?;
             let (mut scanned, mut rewritten, mut after) = (0u64, 0u64, None::<String>);
             loop {
@@ -495,11 +495,13 @@ pub async fn rotate(
             "keys.rotate",
             "DataKey",
             &id,
-            format!("{total_rewritten} rows re-sealed (bodies, header values, errors, dedup keys)"),
+            format!(
+                "{total_rewritten} rows re-sealed (bodies, header values, errors, dedup keys, consultations, prescriptions, bookings, the workflow outbox)"
+            ),
         ))
         .await?;
     println!(
-        "active data key: {id}; {total_rewritten} rows re-sealed (bodies, header values, errors, dedup keys), bound to their message and field; older keys stay in the file for anything not yet rewritten"
+        "active data key: {id}; {total_rewritten} rows re-sealed (bodies, header values, errors, dedup keys, consultations and their events, prescriptions and their events, bookings, the workflow outbox), bound to their record and field; older keys stay in the file for anything not yet rewritten"
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -14,5 +14,7 @@ pub mod prescription;
 pub mod resident_id;
 pub mod signature;
 pub mod stats;
+pub mod urgency;
 
 pub use resident_id::check_resident_id;
+pub use urgency::Urgency;

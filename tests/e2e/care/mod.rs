@@ -8,15 +8,14 @@ mod library;
 mod prescriptions;
 mod stats;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use huizhen_core::Engine;
 use huizhen_core::config::workflow::WorkflowConfig;
-use huizhen_core::security::{Role, Security, SecurityConfig};
+use huizhen_core::security::{Role, SecurityConfig};
 use serde_json::Value;
 
-use crate::support::{Backend, TestDb, fresh_db, loaded};
+use crate::support::{Backend, JsonApi, TestDb, fresh_db, loaded, serve};
 
 const SECRET: &str = "e2e-care-secret-0123456789abcdef0123";
 
@@ -47,12 +46,19 @@ fn token(sub: &str, role: Role, facility: &str) -> String {
     .token
 }
 
-/// A running engine with its API on a loopback port.
+/// A running engine with its API on a loopback port; the API calls through [`JsonApi`].
 struct Api {
     engine: Engine,
-    base: String,
-    client: reqwest::Client,
+    api: JsonApi,
     db: TestDb,
+}
+
+impl std::ops::Deref for Api {
+    type Target = JsonApi;
+
+    fn deref(&self) -> &JsonApi {
+        &self.api
+    }
 }
 
 impl Api {
@@ -63,69 +69,12 @@ impl Api {
         let mut config = loaded(&db, pipelines);
         config.root.workflow = workflow;
         let engine = Engine::start(config).await.unwrap();
-        let security = Security::new(&security_config(), engine.store.clone()).unwrap();
-        let app = huizhen_core::http::router(
-            engine.app_state(),
-            &huizhen_core::config::HttpConfig::default(),
-            Arc::new(security),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let cfg = huizhen_core::config::HttpConfig::default();
-        let stop = engine.shutdown_token();
-        tokio::spawn(
-            async move { huizhen_core::http::serve(listener, app, &cfg, None, stop).await },
-        );
+        let base = serve(&engine, &security_config()).await;
         Some(Api {
             engine,
-            base,
-            client: reqwest::Client::new(),
+            api: JsonApi::new(base),
             db,
         })
-    }
-
-    async fn post(&self, path: &str, bearer: &str, body: Value) -> (u16, Value) {
-        let r = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(bearer)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn get(&self, path: &str, bearer: &str) -> (u16, Value) {
-        let r = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(bearer)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
-    /// `GET path` as text, with its content type.
-    async fn get_text(&self, path: &str, bearer: &str) -> (u16, String, String) {
-        let r = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(bearer)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        let kind = r
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        (status, kind, r.text().await.unwrap())
     }
 
     async fn stop(self) {

@@ -165,7 +165,7 @@ pub fn build(
 ) -> Result<Built, BuildError> {
     options.check()?;
     opinion::line("control_id", control_id)?;
-    let checked = opinion.check()?;
+    let checked = opinion::check(opinion)?;
     let message_time = message_time.unwrap_or(checked.signed_at);
     let parts = messages::Parts {
         checked,

@@ -1,10 +1,11 @@
 //! The care workflow's scheduled jobs, run by the engine ([`run`], one task per engine):
 //!
-//! * the **outbox relay** every 2 s when an outbound pipeline is configured
-//!   ([`super::relay_outbox`]);
-//! * the **no-show sweep** every minute ([`sweep_no_shows`]): bookings whose start plus the
-//!   grace period passed with a side absent become no-shows (audited), and their scheduled
-//!   consultations fail with `no-show` as the `system` actor;
+//! * the **outbox relay** every 2 s when an outbound pipeline is configured (prescriptions'
+//!   or consultations'; [`super::relay_outbox`]);
+//! * the **no-show sweep** every minute and at start ([`sweep_no_shows`]): bookings whose
+//!   start plus the grace period passed with a side absent become no-shows (audited), and
+//!   their scheduled consultations fail with `no-show` as the `system` actor, also those a
+//!   sweep marked before the engine stopped;
 //! * the **statistics export** on `workflow.stats_export.schedule` ([`run_stats_export`]): the
 //!   report over the period ending at the tick, as CSV, into `workflow.stats_export.dir`,
 //!   audited (`stats.export`). A tick is claimed in the store first, so with several engine
@@ -59,8 +60,11 @@ pub struct Exported {
     pub volume: u64,
 }
 
-/// Marks the no-shows due at `now` (see `Store::sweep_no_shows`) and logs them; returns them
-/// for the consultation workflow to fail (`no-show`).
+/// Marks the no-shows due at `now` (see `Store::sweep_no_shows`) and logs them, then fails
+/// the consultation (`no-show`) of every no-show whose consultation is still scheduled: those
+/// just marked, and those an earlier sweep marked before the engine stopped
+/// (`Store::unfinished_no_shows`). Idempotent: a failed consultation is not found again.
+/// Returns the bookings marked now.
 pub async fn sweep_no_shows(
     store: &Store,
     care: &Care,
@@ -69,7 +73,12 @@ pub async fn sweep_no_shows(
     let marked = store.sweep_no_shows(now, &care.appointments).await?;
     for n in &marked {
         tracing::info!(booking = %n.booking_id, consultation = %n.consultation_id, absent = ?n.absent, "appointment no-show");
-        fail_no_show(store, n).await;
+    }
+    for n in store.unfinished_no_shows().await? {
+        if !marked.iter().any(|m| m.booking_id == n.booking_id) {
+            tracing::info!(booking = %n.booking_id, consultation = %n.consultation_id, "no-show marked before a restart: failing its consultation now");
+        }
+        fail_no_show(store, &n).await;
     }
     Ok(marked)
 }
@@ -79,9 +88,10 @@ pub const NO_SHOW_ACTOR: &str = "huizhen-no-show-sweep";
 
 /// Fails the no-show's consultation with `no-show` as the `system` actor (an event and its
 /// audit row in one transaction). The domain decides: FHIR-10 allows it from `scheduled` only,
-/// so a consultation that moved on (started, cancelled) or is unknown is left as it is and
-/// logged. Runs after the sweep committed the booking's no-show: a crash in between leaves the
-/// consultation scheduled (the booking is not swept again), for a coordinator to fail.
+/// so a consultation that moved on meanwhile (another engine's sweep failed it first) is left
+/// as it is and logged. Runs after the sweep committed the booking's no-show: a crash in
+/// between leaves the consultation scheduled, and the next sweep (the engine runs one at
+/// start) finds it among the unfinished no-shows and fails it then.
 async fn fail_no_show(store: &Store, n: &NoShow) {
     let absent: Vec<String> = n.absent.iter().map(ToString::to_string).collect();
     let reason = format!(
@@ -228,7 +238,7 @@ pub async fn run(
         .as_ref()
         .and_then(|x| x.schedule.after(&store.clock().now()).next());
     loop {
-        if care.outbound_pipeline.is_some() {
+        if care.outbound_pipeline.is_some() || store.announces_consultations() {
             super::relay_outbox(&store, &pipelines).await;
         }
         if tokio::time::Instant::now() >= next_sweep {

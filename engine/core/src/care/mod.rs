@@ -82,16 +82,6 @@ impl Care {
         })
     }
 
-    /// Refuses an outbound pipeline that is not among the engine's pipelines.
-    pub fn check_pipelines(&self, exists: impl Fn(&str) -> bool) -> Result<(), String> {
-        match &self.outbound_pipeline {
-            Some(p) if !exists(p) => Err(format!(
-                "workflow.prescriptions.outbound_pipeline: no pipeline named {p:?}"
-            )),
-            _ => Ok(()),
-        }
-    }
-
     /// The engine's settings (put into its `Extensions` at start), or the defaults when the
     /// extensions were made without an engine (tests of the router alone).
     pub fn of(extensions: &Extensions) -> Arc<Care> {
@@ -106,15 +96,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn settings_are_checked_and_the_outbound_pipeline_must_exist() {
+    fn settings_are_checked_and_the_outbound_pipelines_must_exist() {
         let mut cfg = WorkflowConfig::default();
         cfg.prescriptions.deny.codes = vec!["X1".into()];
         cfg.prescriptions.outbound_pipeline = Some(" rx-out ".into());
+        cfg.consultations.outbound_pipeline = Some("his-out".into());
         let care = Care::from_config(&cfg).unwrap();
         assert_eq!(care.policy.deny_list.codes, ["X1"]);
-        assert!(care.check_pipelines(|p| p == "rx-out").is_ok());
-        let err = care.check_pipelines(|_| false).unwrap_err();
-        assert!(err.contains("\"rx-out\""), "{err}");
+        assert_eq!(care.outbound_pipeline.as_deref(), Some("rx-out"));
+        let names = ["rx-out", "his-out"];
+        assert!(
+            cfg.unknown_outbound_pipelines(names.iter().copied())
+                .is_empty()
+        );
+        let err = cfg.unknown_outbound_pipelines(["rx-out", "his-oru"].iter().copied());
+        assert_eq!(
+            err,
+            [
+                "workflow.consultations.outbound_pipeline: no pipeline named \"his-out\"; did you mean \"his-oru\"?"
+            ]
+        );
+        cfg.consultations.outbound_pipeline = Some(" ".into());
         cfg.prescriptions.deny.categories = vec![" ".into()];
         cfg.appointments.grace_minutes = 999;
         let err = Care::from_config(&cfg).unwrap_err();
@@ -124,6 +126,10 @@ mod tests {
         );
         assert!(
             err.contains("workflow.appointments.grace_minutes: 999"),
+            "{err}"
+        );
+        assert!(
+            err.contains("workflow.consultations.outbound_pipeline: is blank"),
             "{err}"
         );
     }

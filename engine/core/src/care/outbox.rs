@@ -1,9 +1,11 @@
-//! The outbox relay: workflow events (an approved prescription) go from `workflow_outbox` into
-//! their pipeline's journal as `json` messages, source `workflow:<topic's first word>`, dedup
-//! key `workflow-outbox:<id>`, header `x-huizhen-event: <topic>`. The pipeline then delivers them
-//! like any message (a `journal` sink, an HTTP webhook, MLLP, AMQP …), with its retries and dead
-//! letters. An approval relays at once from the request that made it; the jobs loop relays what
-//! a crash or a full pipeline left behind every few seconds.
+//! The outbox relay: workflow events (an approved prescription, a completed consultation's
+//! signed opinion, a consultation's escalation …) go from `workflow_outbox` into their
+//! pipeline's journal as `json` messages, source `workflow:<topic's first word>`
+//! (`workflow:prescription`, `workflow:consultation`), dedup key `workflow-outbox:<id>`, header
+//! `x-huizhen-event: <topic>`. The pipeline then delivers them like any message (a `journal`
+//! sink, an HTTP webhook, MLLP, AMQP …), with its retries and dead letters. A change relays at
+//! once after its commit (the prescription's request, the consultation workflow's command);
+//! the jobs loop relays what a crash or a full pipeline left behind every few seconds.
 
 use std::collections::BTreeMap;
 

@@ -627,6 +627,11 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigErrors> {
         &pipelines,
         &crate::extensions::Extensions::new(&root.plugins),
     ));
+    errors.extend(check_outbound(
+        &root,
+        root_file.as_deref().unwrap_or(Path::new("huizhen.yaml")),
+        &pipelines,
+    ));
     if errors.is_empty() {
         Ok(Loaded {
             root,
@@ -640,7 +645,8 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigErrors> {
 
 /// What `huizhen validate PATH...` checks: files and folders (every `*.yaml`/`*.yml` inside).
 /// A file named `huizhen.yaml`/`huizhen.yml` is read as a root config, anything else as a
-/// pipeline. Returns how many files were checked.
+/// pipeline; a root checked together with pipelines must name its outbound pipelines among
+/// them. Returns how many files were checked.
 pub fn validate_paths(paths: &[PathBuf]) -> Result<usize, ConfigErrors> {
     let mut files = BTreeSet::new();
     let mut errors = Vec::new();
@@ -667,6 +673,7 @@ pub fn validate_paths(paths: &[PathBuf]) -> Result<usize, ConfigErrors> {
     let count = files.len();
     let mut pipelines = Vec::new();
     let mut plugins = PluginsConfig::default();
+    let mut roots = Vec::new();
     for f in files {
         let is_root = matches!(
             f.file_name().and_then(|n| n.to_str()),
@@ -683,7 +690,8 @@ pub fn validate_paths(paths: &[PathBuf]) -> Result<usize, ConfigErrors> {
             match parse_yaml::<RootConfig>(&f, &text) {
                 Ok(root) => {
                     errors.extend(check_root(&root, &f));
-                    plugins = root.plugins;
+                    plugins = root.plugins.clone();
+                    roots.push((root, f.clone()));
                 }
                 Err(e) => errors.push(e),
             }
@@ -701,6 +709,13 @@ pub fn validate_paths(paths: &[PathBuf]) -> Result<usize, ConfigErrors> {
         &pipelines,
         &crate::extensions::Extensions::new(&plugins),
     ));
+    // A root checked with pipelines names outbound pipelines among them; checked alone, its
+    // pipelines are elsewhere.
+    if !pipelines.is_empty() {
+        for (root, file) in &roots {
+            errors.extend(check_outbound(root, file, &pipelines));
+        }
+    }
     if errors.is_empty() {
         Ok(count)
     } else {
@@ -726,6 +741,20 @@ fn check_root(root: &RootConfig, file: &Path) -> Vec<ConfigError> {
         }
     }
     errors
+}
+
+/// The outbound pipelines `workflow:` names (consultations', prescriptions') must be among
+/// `pipelines`.
+fn check_outbound(
+    root: &RootConfig,
+    file: &Path,
+    pipelines: &[LoadedPipeline],
+) -> Vec<ConfigError> {
+    root.workflow
+        .unknown_outbound_pipelines(pipelines.iter().map(|p| p.config.name.value.as_str()))
+        .into_iter()
+        .map(|e| ConfigError::file(file, e))
+        .collect()
 }
 
 fn valid_name(name: &str) -> bool {

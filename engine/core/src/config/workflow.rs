@@ -1,11 +1,15 @@
 //! The care workflow's part of `workflow:` in the root file (prescriptions, appointments, the
-//! case library's ranking, the scheduled statistics export); the consultation workflow's part
-//! (`sla`, `matching`, `signing_roots`, `sweep_interval`) is in `crate::workflow`. The rules they
+//! case library's ranking, the scheduled statistics export) and where the consultation's
+//! events are announced (`consultations`); the consultation workflow's part (`sla`,
+//! `matching`, `signing_roots`, `sweep_interval`) is in `crate::workflow`. The rules they
 //! tune are the domain's; the types of the domain are used as they are where they fit, so a key
 //! means the same here as in `huizhen_domain`.
 //!
 //! ```yaml
 //! workflow:
+//!   consultations:
+//!     outbound_pipeline: consultation-events  # consultation.completed (the signed opinion for
+//!                                             # the HIS), .accepted, .escalated, .cancelled, .failed
 //!   prescriptions:
 //!     deny:                                   # controlled drugs (CN-20), never prescribable
 //!       codes: [XN02AAM001A001010100000]
@@ -83,6 +87,18 @@ impl PrescriptionsConfig {
     }
 }
 
+/// `workflow.consultations`: where the consultation workflow announces its events.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsultationsConfig {
+    /// The pipeline the consultation's events are submitted to (`json` messages from source
+    /// `workflow:consultation`, header `x-huizhen-event`: `consultation.completed` with the
+    /// signed opinion `hl7_build` reads, `.accepted`, `.escalated`, `.cancelled`, `.failed`);
+    /// none: the events are kept in the outbox only.
+    #[serde(default)]
+    pub outbound_pipeline: Option<String>,
+}
+
 /// `workflow.case_library`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -131,6 +147,11 @@ impl WorkflowConfig {
         {
             errors.push("workflow.prescriptions.outbound_pipeline: is blank".into());
         }
+        if let Some(p) = &self.consultations.outbound_pipeline
+            && p.trim().is_empty()
+        {
+            errors.push("workflow.consultations.outbound_pipeline: is blank".into());
+        }
         if let Err(e) = self.appointments.validate() {
             errors.push(format!(
                 "workflow.appointments.{}: {} is out of range ({})",
@@ -152,5 +173,46 @@ impl WorkflowConfig {
             }
         }
         errors
+    }
+
+    /// The outbound pipelines named under `workflow:` (consultations, prescriptions), each with
+    /// its key: they must name pipelines the engine runs.
+    pub fn outbound_pipelines(&self) -> Vec<(&'static str, &str)> {
+        [
+            (
+                "workflow.consultations.outbound_pipeline",
+                &self.consultations.outbound_pipeline,
+            ),
+            (
+                "workflow.prescriptions.outbound_pipeline",
+                &self.prescriptions.outbound_pipeline,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, p)| {
+            p.as_deref()
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(|p| (key, p))
+        })
+        .collect()
+    }
+
+    /// An error per outbound pipeline that is not among `names` (the pipelines loaded with
+    /// this root), with the closest name when one is close.
+    pub fn unknown_outbound_pipelines<'a>(
+        &self,
+        names: impl Iterator<Item = &'a str> + Clone,
+    ) -> Vec<String> {
+        self.outbound_pipelines()
+            .into_iter()
+            .filter(|(_, p)| !names.clone().any(|n| n == *p))
+            .map(|(key, p)| {
+                let hint = super::error::did_you_mean(p, names.clone())
+                    .map(|s| format!("; did you mean {s:?}?"))
+                    .unwrap_or_default();
+                format!("{key}: no pipeline named {p:?}{hint}")
+            })
+            .collect()
     }
 }

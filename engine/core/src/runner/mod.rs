@@ -59,6 +59,11 @@ impl Router {
         self.inner.get().and_then(|m| m.get(name).cloned())
     }
 
+    /// Every pipeline, once the engine has built them.
+    pub fn pipelines(&self) -> Option<&BTreeMap<String, PipelineHandle>> {
+        self.inner.get()
+    }
+
     fn set(&self, pipelines: BTreeMap<String, PipelineHandle>) {
         let _ = self.inner.set(pipelines);
     }
@@ -144,7 +149,16 @@ impl Engine {
         let store = store
             .with_keyring(keyring)
             .with_audit_anchor(Some(Arc::new(anchor)))
-            .with_clock(clock);
+            .with_clock(clock)
+            .with_consultation_outbound(crate::store::consultations::OutboundSettings {
+                pipeline: root
+                    .workflow
+                    .consultations
+                    .outbound_pipeline
+                    .as_deref()
+                    .map(|p| p.trim().to_owned()),
+                utc_offset_minutes: root.workflow.matching.utc_offset_minutes,
+            });
         let journal = Journal::start(
             store.clone(),
             JournalOptions {
@@ -169,7 +183,7 @@ impl Engine {
                     root.workflow.clone(),
                     extensions.clone(),
                 )
-                .map(|w| w.with_stop(shutdown.clone()))
+                .map(|w| w.with_stop(shutdown.clone()).with_router(router.clone()))
             })
             .map_err(EngineError::Extension)?;
         // The care workflow's settings, for its API and jobs. Prescribers' signatures are
@@ -268,8 +282,12 @@ impl Engine {
             built.push((handle, source));
         }
         router.set(pipelines.clone());
-        care.check_pipelines(|p| pipelines.contains_key(p))
-            .map_err(EngineError::Workflow)?;
+        let unknown = root
+            .workflow
+            .unknown_outbound_pipelines(pipelines.keys().map(String::as_str));
+        if !unknown.is_empty() {
+            return Err(EngineError::Workflow(unknown.join("; ")));
+        }
 
         let mut cluster = None;
         if let Some(r) = &remote {

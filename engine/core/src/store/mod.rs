@@ -167,6 +167,8 @@ pub struct Store {
     clock: std::sync::Arc<dyn crate::clock::Clock>,
     /// Wakes the consultation event streams after a commit (see [`consultations`]).
     consultation_feed: tokio::sync::broadcast::Sender<i64>,
+    /// Where a consultation's commit announces its events (see [`consultations`]).
+    consultation_outbound: std::sync::Arc<consultations::OutboundSettings>,
 }
 
 impl std::fmt::Debug for Store {
@@ -291,6 +293,7 @@ impl Store {
                 identity_backfill: Default::default(),
                 clock: std::sync::Arc::new(crate::clock::SystemClock),
                 consultation_feed: consultations::feed(),
+                consultation_outbound: Default::default(),
             })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = AnyPoolOptions::new()
@@ -313,6 +316,7 @@ impl Store {
                 identity_backfill: Default::default(),
                 clock: std::sync::Arc::new(crate::clock::SystemClock),
                 consultation_feed: consultations::feed(),
+                consultation_outbound: Default::default(),
             })
         } else {
             Err(StoreError::UnsupportedUrl(redact_url(url)))
@@ -348,6 +352,16 @@ impl Store {
     /// Takes "now" for the consultation workflow from `clock` (a fake one in tests).
     pub fn with_clock(mut self, clock: std::sync::Arc<dyn crate::clock::Clock>) -> Store {
         self.clock = clock;
+        self
+    }
+
+    /// Announces the consultation's events as `settings` say (the pipeline of
+    /// `workflow.consultations.outbound_pipeline`, the local offset of the times).
+    pub fn with_consultation_outbound(
+        mut self,
+        settings: consultations::OutboundSettings,
+    ) -> Store {
+        self.consultation_outbound = std::sync::Arc::new(settings);
         self
     }
 
@@ -552,6 +566,11 @@ impl Store {
                     include_str!("migrations/sqlite/0011_consultations.sql"),
                 ),
                 (12, "care", include_str!("migrations/sqlite/0012_care.sql")),
+                (
+                    13,
+                    "reseal workflow events",
+                    include_str!("migrations/sqlite/0013_reseal_workflow_events.sql"),
+                ),
                 (14, "fhir", include_str!("migrations/sqlite/0014_fhir.sql")),
             ],
             Backend::Postgres => &[
@@ -614,6 +633,11 @@ impl Store {
                     12,
                     "care",
                     include_str!("migrations/postgres/0012_care.sql"),
+                ),
+                (
+                    13,
+                    "reseal workflow events",
+                    include_str!("migrations/postgres/0013_reseal_workflow_events.sql"),
                 ),
                 (
                     14,

@@ -7,12 +7,20 @@
 //!   transaction per command ([`Store::consultation_command`]);
 //! * approval (→ `pending-match`) files an `assign` timer and runs the assignment at once
 //!   ([`assign`]): expert matching on the domain request's `case_request()`, the decision
-//!   stored, the best expert offered with the SLA deadline, or an escalation when nobody is
+//!   stored with the offer to the best expert (SLA deadline), or an escalation when nobody is
 //!   eligible;
-//! * the sweep ([`sweep`]) fires due timers: the domain's `on_deadline` re-offers to the next
-//!   ranked candidate, fans out, or escalates to a coordinator, each step an audited event. It
-//!   runs every `workflow.sweep_interval` (default 1 s) and once at start, so timers that fell
-//!   due while the engine was down fire after a restart.
+//! * what a command announces (the signed opinion on completion, notices of acceptance,
+//!   escalation, cancellation and failure) is filed in the outbox by the store in the
+//!   command's transaction; the service relays it to `workflow.consultations.outbound_pipeline`
+//!   right after the commit ([`Workflow::relay`]), the engine's jobs loop every 2 s after;
+//! * the sweep ([`sweep`]) fires due timers: after a passed deadline or a decline it matches
+//!   the case again (the experts offered before left out), then the domain's `on_deadline`
+//!   re-offers to the best of that match, fans out to the on-call pool, or escalates to a
+//!   coordinator, each step an audited event. It runs every `workflow.sweep_interval`
+//!   (default 1 s) and once at start, so timers that fell due while the engine was down fire
+//!   after a restart;
+//! * every command moves the experts' open-case load as the domain's `load_changes` says, in
+//!   its own transaction (`store/consultations/write.rs`).
 //!
 //! ```yaml
 //! workflow:
@@ -33,6 +41,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use huizhen_domain::consultation::outbound::announces;
 use huizhen_domain::consultation::{
     Command, ConsultationRequest, EventKind, SlaPolicy, State, decide,
 };
@@ -64,6 +73,10 @@ pub struct WorkflowConfig {
     /// How often the SLA sweep looks for due timers.
     #[serde(default = "default_sweep", with = "crate::config::duration")]
     pub sweep_interval: Duration,
+    /// Where the consultation's events are announced (`outbound_pipeline`; see
+    /// `crate::config::workflow`).
+    #[serde(default)]
+    pub consultations: crate::config::workflow::ConsultationsConfig,
     /// Electronic prescriptions (CN-20): the deny list, lines, signature skew, the outbound
     /// pipeline (see `crate::config::workflow`).
     #[serde(default)]
@@ -90,6 +103,7 @@ impl Default for WorkflowConfig {
             matching: MatchConfig::default(),
             signing_roots: None,
             sweep_interval: default_sweep(),
+            consultations: Default::default(),
             prescriptions: Default::default(),
             appointments: Default::default(),
             case_library: Default::default(),
@@ -129,6 +143,8 @@ pub struct Workflow {
     wake: Arc<Notify>,
     /// Cancelled when the engine stops: ends the live streams.
     stop: tokio_util::sync::CancellationToken,
+    /// The engine's pipelines, for relaying announced events right after a commit.
+    router: Option<crate::runner::Router>,
 }
 
 impl std::fmt::Debug for Workflow {
@@ -165,6 +181,7 @@ impl Workflow {
             verifier,
             wake: Arc::new(Notify::new()),
             stop: tokio_util::sync::CancellationToken::new(),
+            router: None,
         })
     }
 
@@ -178,6 +195,25 @@ impl Workflow {
     pub fn with_stop(mut self, stop: tokio_util::sync::CancellationToken) -> Workflow {
         self.stop = stop;
         self
+    }
+
+    /// Relays announced events through `router`'s pipelines right after a commit.
+    pub fn with_router(mut self, router: crate::runner::Router) -> Workflow {
+        self.router = Some(router);
+        self
+    }
+
+    /// Submits the outbox's pending events to their pipelines (when the store announces the
+    /// consultation's events and the pipelines are built); returns how many were journaled.
+    /// At least once: the jobs loop relays what this leaves.
+    pub async fn relay(&self) -> usize {
+        if !self.store.announces_consultations() {
+            return 0;
+        }
+        match self.router.as_ref().and_then(|r| r.pipelines()) {
+            Some(pipelines) => crate::care::relay_outbox(&self.store, pipelines).await,
+            None => 0,
+        }
     }
 
     /// A token cancelled when the engine stops.
@@ -252,12 +288,17 @@ impl Workflow {
             .events
             .iter()
             .any(|e| matches!(e.kind, EventKind::Approved));
+        if announces(&committed.events) {
+            self.relay().await;
+        }
         match committed.stored.consultation.state() {
             State::PendingMatch if approved => {
                 // The assignment runs now; if it fails, its timer retries it.
                 if let Err(e) = self.assign(id).await {
                     tracing::warn!(consultation = id, error = %e, "assignment failed; the sweep retries it");
                 }
+                // An assignment that found nobody escalated: announce it.
+                self.relay().await;
                 // The caller sees the consultation as the assignment left it.
                 let stored = self.store.consultation(id).await?;
                 Ok(match stored {
@@ -281,7 +322,11 @@ impl Workflow {
     pub async fn run(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         loop {
             match self.sweep().await {
-                Ok(n) if n > 0 => tracing::debug!(fired = n, "consultation timers fired"),
+                Ok(n) if n > 0 => {
+                    tracing::debug!(fired = n, "consultation timers fired");
+                    // An escalation is announced at once.
+                    self.relay().await;
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "consultation sweep failed"),
             }

@@ -14,21 +14,9 @@ use serde::{Deserialize, Serialize};
 use super::slots::{AppointmentConfig, AppointmentConfigError, Slot, availability, slots};
 use crate::expert::model::Schedule;
 
-/// How soon the consultation is needed: orders bookings that start at the same time in the
-/// waiting queue (critical first).
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum Urgency {
-    /// 常规.
-    #[default]
-    Routine,
-    /// 急.
-    Urgent,
-    /// 危重.
-    Critical,
-}
+/// How soon the consultation is needed: the domain's one [`Urgency`](crate::Urgency). It
+/// orders bookings that start at the same time in the waiting queue (critical first).
+pub use crate::urgency::Urgency;
 
 /// Who joins a session. The patient side is present when the patient or the accompanying
 /// local doctor joined (for an institution-to-institution session the patient sits with the

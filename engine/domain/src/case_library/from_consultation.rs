@@ -3,7 +3,7 @@
 //! and opinion redacted against every record the patient has (a person may be known under
 //! several names and numbers across facilities).
 
-use crate::consultation::{Consultation, State, Urgency};
+use crate::consultation::{Consultation, State};
 
 use super::deid::{CaseFlags, CaseRecord, CompletedCase, DeidError, PatientFacts, deidentify};
 use super::redact_text;
@@ -43,7 +43,7 @@ pub fn library_record(
         department: r.department.clone(),
         diagnoses: opinion.diagnoses.iter().map(|d| d.code.clone()).collect(),
         flags: CaseFlags {
-            emergency: r.urgency != Urgency::Routine,
+            emergency: r.urgency.is_urgent(),
             ..CaseFlags::default()
         },
         patient: primary,

@@ -175,7 +175,9 @@ pub enum ReplayError {
 
 impl Consultation {
     /// Validates a request and returns the `created` event (version 1). Local doctors,
-    /// coordinators and the engine (a pipeline from an HIS order) create consultations.
+    /// coordinators and the engine (a pipeline from an HIS order) create consultations; a local
+    /// doctor only as the requesting doctor (`NotRequestingDoctor` otherwise), the others on a
+    /// doctor's behalf.
     pub fn create(
         id: &str,
         request: ConsultationRequest,
@@ -189,6 +191,18 @@ impl Consultation {
             return Err(ConsultError::RoleNotAllowed {
                 action: "create",
                 role: ctx.actor.role,
+            });
+        }
+        // A local doctor asks for themself; a coordinator or the engine (an HIS order) asks on
+        // a doctor's behalf. A blank doctor is the validation's to report.
+        let doctor = request.requesting_doctor.trim();
+        if ctx.actor.role == Role::LocalDoctor
+            && !doctor.is_empty()
+            && doctor != ctx.actor.id.trim()
+        {
+            return Err(ConsultError::NotRequestingDoctor {
+                actor: ctx.actor.id.clone(),
+                doctor: doctor.to_owned(),
             });
         }
         if id.trim().is_empty() {

@@ -65,6 +65,19 @@ pub enum ConsultError {
         /// Who may.
         why: String,
     },
+    /// A local doctor asked for a consultation in another doctor's name: a local doctor
+    /// requests as themself; coordinators (and the engine, for an HIS order) request on a
+    /// doctor's behalf. HTTP 403.
+    #[error(
+        "{actor} may not request a consultation as {doctor}: a local doctor requests as themself \
+         (requesting_doctor must be {actor}); a coordinator may request on a doctor's behalf"
+    )]
+    NotRequestingDoctor {
+        /// The actor id.
+        actor: String,
+        /// The `requesting_doctor` of the request.
+        doctor: String,
+    },
     /// Records required before the action are missing (gates: CN-05, CN-06, CN-10, CN-11,
     /// CN-12; completion: CN-07, CN-21). HTTP 409.
     #[error("cannot {action}: {}", missing.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
@@ -150,7 +163,9 @@ impl ConsultError {
             | ConsultError::FailReasonNotAllowed { .. }
             | ConsultError::PatientMismatch { .. } => 409,
             ConsultError::VersionConflict { .. } | ConsultError::Taken { .. } => 412,
-            ConsultError::RoleNotAllowed { .. } | ConsultError::NotAssigned { .. } => 403,
+            ConsultError::RoleNotAllowed { .. }
+            | ConsultError::NotAssigned { .. }
+            | ConsultError::NotRequestingDoctor { .. } => 403,
             ConsultError::MissingReason { .. }
             | ConsultError::Request(_)
             | ConsultError::Invalid { .. }
@@ -168,6 +183,7 @@ impl ConsultError {
             ConsultError::Taken { .. } => "taken",
             ConsultError::RoleNotAllowed { .. } => "role-not-allowed",
             ConsultError::NotAssigned { .. } => "not-assigned",
+            ConsultError::NotRequestingDoctor { .. } => "not-requesting-doctor",
             ConsultError::Missing { .. } => "missing-requirements",
             ConsultError::OfferStillOpen { .. } => "offer-still-open",
             ConsultError::FailReasonNotAllowed { .. } => "fail-reason-not-allowed",

@@ -10,9 +10,12 @@
 //!   event carries who, in which role, when, why and which plugin version decided, and the
 //!   consultation's version after it (one more per event).
 //! * [`on_deadline`] turns an offer's passed deadline into the next step (re-offer, fan-out,
-//!   escalation) under the [`SlaPolicy`] ([`sla`]).
+//!   escalation) under the [`SlaPolicy`] ([`sla`]), from a fresh match's candidates.
+//! * [`load_changes`] says whose open-case load a change took or gave back (MATCH-30).
 //! * [`Consultation::timeline`] and [`Consultation::milestones`] give the history and the
 //!   MATCH-21 timestamps.
+//! * [`announcements`] ([`outbound`]) turns appended events into what the engine announces
+//!   outside: the signed opinion for the HIS on completion, notices of the other turns.
 //!
 //! docs/workflow.md has the state table for integrators.
 
@@ -22,7 +25,9 @@ mod decide;
 mod error;
 pub mod event;
 pub mod gates;
+mod load;
 pub mod opinion;
+pub mod outbound;
 pub mod request;
 pub mod sla;
 pub mod state;
@@ -40,14 +45,19 @@ pub use gates::{
     Consent, ConsentSigner, EvidenceKind, GateRecords, LocalPhysician, PriorDiagnosis, Requirement,
     Subject, Verification, VerificationMethod, VerificationResult,
 };
+pub use load::load_changes;
 pub use opinion::{
     CANONICAL_VERSION, DecisionOutcome, Diagnosis, LocalDecision, Opinion, SignedOpinion,
     sign_opinion, verify_opinion,
 };
+pub use outbound::{Announcement, HisOrder, KnownPatient, Notice, OutboundOpinion, announcements};
 pub use request::{
     Attachments, ConsultationRequest, FieldProblem, RequestError, RequestedTime, ServiceType,
     TriageOutput, Urgency,
 };
-pub use sla::{NextStep, SlaKey, SlaOverride, SlaPolicy, SlaRule, SlaScope, on_deadline};
+pub use sla::{
+    NextCandidates, NextStep, SlaKey, SlaOverride, SlaPolicy, SlaRule, SlaScope, needs_candidates,
+    on_deadline,
+};
 pub use state::{Action, FailReason, State, TaskStatus};
 pub use timeline::{Milestones, TimelineEntry};

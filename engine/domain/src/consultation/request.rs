@@ -11,34 +11,15 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::expert::{CaseRequest, IcdCode, TimeWindow, Title, Urgency as MatchUrgency};
+use crate::expert::{CaseRequest, IcdCode, TimeWindow, Title};
 use crate::identity::PersonId;
 
 use super::event::PluginRef;
+use super::outbound::HisOrder;
 
-/// How soon the consultation is needed (MATCH-20, CN-80; FHIR ServiceRequest.priority:
-/// routine, urgent, stat).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Urgency {
-    /// 普通会诊: accept within the routine window (default 24 h).
-    Routine,
-    /// 急会诊: accept within minutes (default 10).
-    Urgent,
-    /// 危重: life-threatening; the same 10-minute default unless configured tighter.
-    Critical,
-}
-
-impl Urgency {
-    /// The kebab-case code.
-    pub fn code(self) -> &'static str {
-        match self {
-            Urgency::Routine => "routine",
-            Urgency::Urgent => "urgent",
-            Urgency::Critical => "critical",
-        }
-    }
-}
+/// How soon the consultation is needed: the domain's one [`Urgency`](crate::Urgency)
+/// (routine, urgent, critical; parsed from HL7 priority codes and the Chinese words too).
+pub use crate::urgency::Urgency;
 
 /// The service type decides which rules apply (CN-01).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -144,6 +125,10 @@ pub struct ConsultationRequest {
     /// The 远程医疗合作协议 id (CN-02); required for institution-to-institution.
     #[serde(default)]
     pub agreement: Option<String>,
+    /// The HIS order the consultation answers (its order numbers and the HIS's patient ids),
+    /// for the signed opinion going back to the HIS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub his_order: Option<Box<HisOrder>>,
 }
 
 /// One problem in a request, at a field path.
@@ -178,7 +163,8 @@ impl RequestError {
 impl ConsultationRequest {
     /// Checks what serde cannot: required texts not blank, the time window in order, study
     /// UIDs well formed, references not blank, the agreement present for
-    /// institution-to-institution (CN-02), triage identity complete. Reports all problems.
+    /// institution-to-institution (CN-02), triage identity complete, the HIS order's ids one line
+    /// each. Reports all problems.
     pub fn validate(&self) -> Result<(), RequestError> {
         let mut problems = Vec::new();
         let mut blank = |path: &str, value: &str| {
@@ -238,18 +224,13 @@ impl ConsultationRequest {
             }),
             _ => {}
         }
+        if let Some(order) = &self.his_order {
+            problems.extend(order.problems());
+        }
         if problems.is_empty() {
             Ok(())
         } else {
             Err(RequestError(problems))
-        }
-    }
-
-    /// The urgency expert matching uses: critical and urgent are both 急会诊.
-    pub fn match_urgency(&self) -> MatchUrgency {
-        match self.urgency {
-            Urgency::Routine => MatchUrgency::Routine,
-            Urgency::Urgent | Urgency::Critical => MatchUrgency::Urgent,
         }
     }
 
@@ -261,7 +242,7 @@ impl ConsultationRequest {
             department: self.department.clone(),
             icd10: self.icd10.clone(),
             min_title: Some(self.min_title),
-            urgency: self.match_urgency(),
+            urgency: self.urgency,
             requesting_facility: self.requesting_facility.clone(),
             window: match self.requested_time {
                 RequestedTime::AsSoonAsPossible => None,

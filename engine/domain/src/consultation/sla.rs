@@ -353,8 +353,61 @@ impl NextStep {
     }
 }
 
-/// What to do at `now` for `c`, given the ranked candidates still available
-/// (`candidates_left`, best first; experts offered before are skipped here).
+/// Who the next step may go to: the eligible experts of a match made at the deadline
+/// (MATCH-20: availability and load may have changed since the last one), best first, and
+/// which of them are on the on-call roster. Experts offered this consultation before are
+/// skipped by [`on_deadline`] whatever the match says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextCandidates<'a> {
+    /// The eligible experts, best first: a re-offer goes to the first one not offered before.
+    pub ranked: &'a [Offeree],
+    /// The experts of `ranked` on the on-call roster: a fan-out goes to them first.
+    pub on_call: &'a [String],
+}
+
+impl<'a> From<&'a [Offeree]> for NextCandidates<'a> {
+    /// Ranked candidates, nobody known to be on call.
+    fn from(ranked: &'a [Offeree]) -> Self {
+        NextCandidates {
+            ranked,
+            on_call: &[],
+        }
+    }
+}
+
+impl<'a> From<&'a Vec<Offeree>> for NextCandidates<'a> {
+    fn from(ranked: &'a Vec<Offeree>) -> Self {
+        ranked.as_slice().into()
+    }
+}
+
+impl<'a, const N: usize> From<&'a [Offeree; N]> for NextCandidates<'a> {
+    fn from(ranked: &'a [Offeree; N]) -> Self {
+        ranked.as_slice().into()
+    }
+}
+
+/// Whether [`on_deadline`] at `now` depends on the candidates: an offer whose deadline passed
+/// or a declined attempt, not escalated, with fewer failed offers than `escalate_after`. The
+/// engine matches again only then; every other case waits, idles or escalates without one.
+pub fn needs_candidates(c: &Consultation, now: DateTime<Utc>, policy: &SlaPolicy) -> bool {
+    let Some(attempt) = c.current_attempt() else {
+        return false;
+    };
+    if attempt.escalated_to.is_some() {
+        return false;
+    }
+    let due = match c.state() {
+        State::Offered => now >= attempt.deadline,
+        State::Declined => true,
+        _ => false,
+    };
+    due && (c.attempts().len() as u32) < policy.resolve(&c.sla_key(None)).escalate_after
+}
+
+/// What to do at `now` for `c`, given the candidates still available (`candidates`: the
+/// ranked experts, best first, and who of them is on call; experts offered before are skipped
+/// here).
 ///
 /// * Offered: before the deadline, wait; after it, the next step below.
 /// * Reviewing (an expert opened the case): FHIR-10 allows no re-offer once the Task is
@@ -363,14 +416,16 @@ impl NextStep {
 /// * Otherwise, or once the current attempt was escalated: idle.
 ///
 /// The next step after `n` failed offers: `n >= escalate_after` → escalate; `n >=
-/// fan_out_after` and two or more candidates left → fan out; a candidate left → re-offer;
-/// none → escalate.
-pub fn on_deadline(
+/// fan_out_after` and two or more candidates left → fan out to the on-call pool (MATCH-20):
+/// the candidates on call, best first, topped up with the best of the others, at most
+/// `fan_out_size`; a candidate left → re-offer to the best; none → escalate.
+pub fn on_deadline<'a>(
     c: &Consultation,
     now: DateTime<Utc>,
-    candidates_left: &[Offeree],
+    candidates: impl Into<NextCandidates<'a>>,
     policy: &SlaPolicy,
 ) -> NextStep {
+    let candidates = candidates.into();
     let Some(attempt) = c.current_attempt() else {
         return NextStep::Idle;
     };
@@ -394,7 +449,8 @@ pub fn on_deadline(
                     .iter()
                     .any(|a| a.offerees.iter().any(|p| p.expert == o.expert))
             };
-            let fresh: Vec<&Offeree> = candidates_left
+            let fresh: Vec<&Offeree> = candidates
+                .ranked
                 .iter()
                 .filter(|o| !offered_before(o))
                 .collect();
@@ -402,8 +458,15 @@ pub fn on_deadline(
             if failed >= rule.escalate_after {
                 escalate
             } else if failed >= rule.fan_out_after && fresh.len() >= 2 {
-                let pool: Vec<Offeree> =
-                    fresh.into_iter().take(rule.fan_out_size).cloned().collect();
+                let on_call = |o: &Offeree| candidates.on_call.contains(&o.expert);
+                let (first, rest): (Vec<&Offeree>, Vec<&Offeree>) =
+                    fresh.iter().partition(|o| on_call(o));
+                let pool: Vec<Offeree> = first
+                    .into_iter()
+                    .chain(rest)
+                    .take(rule.fan_out_size)
+                    .cloned()
+                    .collect();
                 NextStep::FanOut {
                     pool,
                     deadline: policy.deadline(&c.sla_key(None), urgency, now),

@@ -16,27 +16,10 @@ use serde::{Deserialize, Serialize};
 use super::icd::IcdCode;
 use super::model::Title;
 
-/// How soon the consultation is needed (MATCH-20).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Urgency {
-    /// Within the routine window (default 24 h): the expert needs a schedule overlapping the
-    /// requested window, if one is given.
-    #[default]
-    Routine,
-    /// 急会诊: needed now; only experts online inside a schedule window, or on call.
-    Urgent,
-}
-
-impl Urgency {
-    /// `routine` or `urgent`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Urgency::Routine => "routine",
-            Urgency::Urgent => "urgent",
-        }
-    }
-}
+/// How soon the consultation is needed (MATCH-20): the domain's one
+/// [`Urgency`](crate::Urgency). Urgent and critical cases are 急会诊 alike for matching
+/// ([`Urgency::is_urgent`]): only experts on call, or online inside a schedule window.
+pub use crate::urgency::Urgency;
 
 /// A requested time window for the consultation (UTC; `to` exclusive).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,7 +61,8 @@ pub struct CaseRequest {
     /// Exclude experts of the requesting facility (an external opinion is required).
     #[serde(default)]
     pub require_external: bool,
-    /// Experts who must not be offered the case (e.g. the patient's prior treating doctor).
+    /// Experts who must not be offered the case (e.g. the patient's prior treating doctor; the
+    /// workflow adds the experts it offered the consultation before when it matches again).
     #[serde(default)]
     pub exclude_experts: Vec<String>,
     /// For a follow-up: the expert of the earlier consultation (continuity is scored).

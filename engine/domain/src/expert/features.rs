@@ -6,7 +6,7 @@
 //!
 //! | name | value | text |
 //! |---|---|---|
-//! | `urgency` | 0 routine, 1 urgent | `routine` / `urgent` |
+//! | `urgency` | 0 routine, 1 urgent or critical | `routine` / `urgent` (critical too) |
 //! | `department` | 0 | the requested department |
 //! | `icd10_category` | 0 | the case code's category (`I25`), when a code is given |
 //! | `min_title` | rank 1–4 | Chinese title, when given |
@@ -38,7 +38,7 @@ use std::borrow::Cow;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::case::{CaseRequest, Urgency};
+use super::case::CaseRequest;
 use super::config::MatchConfig;
 use super::filter::{Eligible, relationship};
 
@@ -96,10 +96,13 @@ fn flag(b: bool) -> f64 {
 /// The case's features (see the module table).
 pub fn case_features(case: &CaseRequest) -> Vec<Feature> {
     let mut out = Vec::with_capacity(6);
+    // The scorer contract keeps two values: a critical case is `urgent` to a plugin, as it
+    // always was (the number is the stable signal).
+    let urgent = case.urgency.is_urgent();
     out.push(Feature::text(
         "urgency",
-        flag(case.urgency == Urgency::Urgent),
-        case.urgency.as_str(),
+        flag(urgent),
+        if urgent { "urgent" } else { "routine" },
     ));
     out.push(Feature::text(
         "department",

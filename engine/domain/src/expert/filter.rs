@@ -17,7 +17,7 @@
 //! | `offline` | urgent: a fresh heartbeat, or on call |
 //! | `no-window-overlap` | a requested window: some schedule window overlaps it |
 //! | `same-facility` | external opinion required: another facility than the requester |
-//! | `excluded-doctor` | not in the case's exclusion list (e.g. the prior treating doctor) |
+//! | `excluded-doctor` | not in the case's exclusion list (e.g. the prior treating doctor, or an expert offered the consultation before) |
 //! | `at-load-cap` | below the load cap (open consultations, optionally today's sessions) |
 //!
 //! A routine case without a window does not need the expert online: the offer waits for them.
@@ -31,7 +31,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::card::Profile;
-use super::case::{CaseRequest, Urgency};
+use super::case::CaseRequest;
 use super::config::MatchConfig;
 use super::icd::{Specificity, best_specificity, specificity_of};
 use super::model::{Agreement, Expert, Title, online, practice_years_since};
@@ -420,7 +420,7 @@ impl<'a> CaseFilter<'a> {
             }
             found
         };
-        if case.urgency == Urgency::Urgent && !p.on_call {
+        if case.urgency.is_urgent() && !p.on_call {
             let windows = p.windows(expert);
             let inside = match self.clock {
                 Some(clock) => clock.in_windows(windows),
@@ -576,7 +576,9 @@ impl Texts {
             window: window.into(),
             licence: "licence and real-name verification not done (CN-11)".into(),
             registration: "practice registration not active (CN-11)".into(),
-            excluded: "excluded by the case (e.g. the patient's prior treating doctor)".into(),
+            excluded: "excluded by the case (the requesting doctor, the patient's prior treating \
+                       doctor, or an expert offered this consultation before)"
+                .into(),
             never_connected: "urgent case: offline, never connected, not on call".into(),
             multi_site,
             title,

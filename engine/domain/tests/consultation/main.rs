@@ -3,7 +3,9 @@
 //! reasons, versions, gates, SLA escalation, patient merges, the signed opinion.
 
 mod gates;
+mod load;
 mod opinion;
+mod outbound;
 mod props;
 mod rules;
 mod sla;

@@ -1,6 +1,7 @@
 //! Random command sequences (FHIR-10 AT (a)): the engine accepts exactly what an independent
-//! model of the table and its guards accepts, each event raises the version by one, and the
-//! events replay (also through JSON) to the same consultation.
+//! model of the table and its guards accepts, each event raises the version by one, the
+//! events replay (also through JSON) to the same consultation, and the experts' open-case
+//! load kept from `load_changes` is what the model says it is after every step.
 
 use std::cell::Cell;
 
@@ -108,6 +109,26 @@ struct Model {
 }
 
 impl Model {
+    /// Whose open-case load the case is, by the model: the offerees who have not declined
+    /// while an offer is open, the accepted expert until the case ends.
+    fn load_holders(&self) -> Vec<String> {
+        let mut out: Vec<String> = match self.state {
+            State::Offered | State::Reviewing => self
+                .offerees
+                .iter()
+                .filter(|o| !self.declined.contains(o))
+                .cloned()
+                .collect(),
+            State::Scheduled | State::InSession | State::Paused | State::ReportPending => {
+                self.accepted.iter().cloned().collect()
+            }
+            _ => vec![],
+        };
+        out.sort();
+        out.dedup();
+        out
+    }
+
     fn open_to(&self, who: &str) -> bool {
         matches!(self.state, State::Offered | State::Reviewing)
             && self.offerees.iter().any(|o| o == who)
@@ -325,6 +346,8 @@ fn check(ops: &[Op]) -> Result<u32, TestCaseError> {
     };
     let verifier = FakeVerifier;
     let mut visited = 0u32;
+    // Each expert's open consultations, kept only from `load_changes` (MATCH-30).
+    let mut load: std::collections::BTreeMap<String, i64> = Default::default();
     let bit = |s: State| 1u32 << State::ALL.iter().position(|x| *x == s).expect("a state");
     for op in ops {
         k.now += TimeDelta::minutes(op.advance) + TimeDelta::seconds(1);
@@ -343,6 +366,20 @@ fn check(ops: &[Op]) -> Result<u32, TestCaseError> {
                 }
                 prop_assert_eq!(next.version(), before.version() + events.len() as u64);
                 prop_assert_eq!(next.patient(), model.patient);
+                for (expert, delta) in load_changes(&before, &next) {
+                    let n = load.entry(expert).or_default();
+                    *n += delta;
+                    prop_assert!(*n == 0 || *n == 1, "{} in {}: load {}", action, m.state, n);
+                }
+                let holding: Vec<String> = load
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(e, _)| e.clone())
+                    .collect();
+                prop_assert_eq!(&holding, &model.load_holders(), "{} in {}", action, m.state);
+                let holders: Vec<String> =
+                    next.load_holders().into_iter().map(str::to_owned).collect();
+                prop_assert_eq!(&holders, &holding);
                 k.c = next;
                 k.events.extend(events);
                 m = model;

@@ -591,6 +591,25 @@ fn creation_validates_with_field_paths() {
     r.agreement = None;
     r.service_type = ServiceType::DirectToPatient;
     assert!(Consultation::create(ID, r, &Context::new(t0(), &actor)).is_ok());
+    // A local doctor asks as themself; a coordinator and the engine on a doctor's behalf.
+    let other = Actor::new("dr-zhao", Role::LocalDoctor);
+    let e = Consultation::create(ID, request(), &Context::new(t0(), &other)).unwrap_err();
+    assert_eq!(
+        e,
+        ConsultError::NotRequestingDoctor {
+            actor: "dr-zhao".into(),
+            doctor: REQUESTING_DOCTOR.into()
+        }
+    );
+    assert_eq!((e.status(), e.code()), (403, "not-requesting-doctor"));
+    assert!(
+        e.to_string()
+            .contains("a local doctor requests as themself (requesting_doctor must be dr-zhao)"),
+        "{e}"
+    );
+    for on_behalf in [coordinator(), system()] {
+        assert!(Consultation::create(ID, request(), &Context::new(t0(), &on_behalf)).is_ok());
+    }
     // Only doctors, coordinators and the engine create.
     let e = Consultation::create(ID, request(), &Context::new(t0(), &expert("E1"))).unwrap_err();
     assert_eq!(
@@ -611,19 +630,19 @@ fn the_request_refuses_unknown_fields() {
 }
 
 #[test]
-fn matching_urgency_folds_critical_into_urgent() {
-    use huizhen_domain::expert::Urgency as Match;
-    for (urgency, want) in [
-        (Urgency::Routine, Match::Routine),
-        (Urgency::Urgent, Match::Urgent),
-        (Urgency::Critical, Match::Urgent),
-    ] {
+fn one_urgency_for_the_request_matching_and_appointments() {
+    // The same type everywhere: what the request says is what matching and a booking get.
+    let _: huizhen_domain::expert::Urgency = Urgency::Critical;
+    let _: huizhen_domain::appointment::Urgency = Urgency::Critical;
+    for urgency in Urgency::ALL {
         let r = ConsultationRequest {
             urgency,
             ..request()
         };
-        assert_eq!(r.match_urgency(), want, "{urgency:?}");
-        assert_eq!(r.case_request(ID).urgency, want);
+        let case = r.case_request(ID);
+        assert_eq!(case.urgency, urgency);
+        // Matching treats critical as urgent (急会诊), as it always did.
+        assert_eq!(case.urgency.is_urgent(), urgency != Urgency::Routine);
     }
     let case = request().case_request(ID);
     assert_eq!(case.exclude_experts, [REQUESTING_DOCTOR]);

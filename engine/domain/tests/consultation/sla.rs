@@ -337,3 +337,113 @@ fn a_bad_policy_is_reported_with_paths() {
     let e = serde_json::from_str::<SlaPolicy>(r#"{"defaults": {}}"#).unwrap_err();
     assert!(e.to_string().contains("unknown field `defaults`"), "{e}");
 }
+
+#[test]
+fn a_fan_out_goes_to_the_on_call_pool_first() {
+    let policy = SlaPolicy::default();
+    let mut k = reach(State::PendingMatch);
+    let t = k.now + minutes(1);
+    for (i, e) in ["E1", "E2"].into_iter().enumerate() {
+        let at = t + minutes(10 * i as i64);
+        k.try_run_at(
+            at,
+            &system(),
+            Command::Offer {
+                to: offeree(e),
+                deadline: at + minutes(10),
+            },
+        )
+        .unwrap();
+    }
+    // Two failed offers; a fresh match ranks E1 (offered before), E3 … E7; E6 and E4 are on
+    // call. The pool: the on-call experts in rank order, then the best of the others.
+    let at = t + minutes(20);
+    let ranked = ["E1", "E3", "E4", "E5", "E6", "E7"].map(offeree);
+    let on_call = ["E6".to_owned(), "E4".to_owned(), "E1".to_owned()];
+    let policy3 = SlaPolicy {
+        default: SlaRule {
+            fan_out_size: 3,
+            ..SlaRule::default()
+        },
+        ..policy.clone()
+    };
+    let step = on_deadline(
+        &k.c,
+        at,
+        NextCandidates {
+            ranked: &ranked,
+            on_call: &on_call,
+        },
+        &policy3,
+    );
+    assert_eq!(
+        step,
+        NextStep::FanOut {
+            pool: ["E4", "E6", "E3"].map(offeree).to_vec(),
+            deadline: at + minutes(10)
+        }
+    );
+    // Without anyone on call, the best candidates.
+    assert_eq!(
+        on_deadline(&k.c, at, &ranked, &policy3),
+        NextStep::FanOut {
+            pool: ["E3", "E4", "E5"].map(offeree).to_vec(),
+            deadline: at + minutes(10)
+        }
+    );
+}
+
+#[test]
+fn a_fresh_match_is_needed_only_for_a_re_offer_or_a_fan_out() {
+    let policy = SlaPolicy::default();
+    let mut k = reach(State::PendingMatch);
+    assert!(!needs_candidates(&k.c, k.now, &policy), "no attempt yet");
+    let t = k.now;
+    k.try_run_at(
+        t,
+        &system(),
+        Command::Offer {
+            to: offeree("E1"),
+            deadline: t + minutes(10),
+        },
+    )
+    .unwrap();
+    assert!(!needs_candidates(&k.c, t + minutes(9), &policy), "open");
+    assert!(needs_candidates(&k.c, t + minutes(10), &policy), "passed");
+    // A decline needs the next candidate at once.
+    k.try_run_at(
+        t + minutes(1),
+        &expert("E1"),
+        Command::Reject {
+            reason: "手术中".into(),
+        },
+    )
+    .unwrap();
+    assert!(needs_candidates(&k.c, t + minutes(1), &policy));
+    // Opened cases and escalations do not; nor does the attempt that reaches escalate_after.
+    let mut k = reach(State::Reviewing);
+    assert!(!needs_candidates(&k.c, k.now + minutes(60), &policy));
+    let at = k.now;
+    k.try_run_at(at, &coordinator(), Command::Escalate { to: "duty".into() })
+        .unwrap();
+    assert!(!needs_candidates(&k.c, at + minutes(60), &policy));
+    let mut k = reach(State::PendingMatch);
+    let t = k.now;
+    for i in 0..3 {
+        let at = t + minutes(10 * i);
+        k.try_run_at(
+            at,
+            &system(),
+            Command::Offer {
+                to: offeree(["E1", "E2", "E3"][i as usize]),
+                deadline: at + minutes(10),
+            },
+        )
+        .unwrap();
+    }
+    assert!(!needs_candidates(&k.c, t + minutes(30), &policy));
+    assert!(matches!(
+        on_deadline(&k.c, t + minutes(30), &candidates(), &policy),
+        NextStep::Escalate { .. }
+    ));
+}

@@ -74,6 +74,7 @@ pub fn request() -> ConsultationRequest {
         }),
         service_type: ServiceType::InstitutionToInstitution,
         agreement: Some("AG-1".into()),
+        his_order: None,
     }
 }
 

@@ -176,35 +176,10 @@ impl OrderAction {
     }
 }
 
-/// How soon a consultation is needed (MATCH-20, CN-80 set the acceptance windows).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Urgency {
-    /// `R` routine, `C` callback, `PRN`; 常规, 普通.
-    #[default]
-    Routine,
-    /// `A` ASAP, `P` preop, `T` timing critical; 急, 加急, 紧急 (急会诊).
-    Urgent,
-    /// `S` stat; 危急, 特急, 抢救.
-    Critical,
-}
-
-impl Urgency {
-    /// The urgency of a priority code (HL7 table 0027, or the Chinese words HIS send);
-    /// `None` for a code it does not know.
-    pub fn of(code: &str) -> Option<Urgency> {
-        match code.trim().to_ascii_uppercase().as_str() {
-            "S" | "STAT" | "危急" | "特急" | "抢救" | "急救" => Some(Urgency::Critical),
-            "A" | "ASAP" | "P" | "T" | "URGENT" | "急" | "加急" | "紧急" | "急诊" => {
-                Some(Urgency::Urgent)
-            }
-            "R" | "ROUTINE" | "C" | "PRN" | "常规" | "普通" | "一般" => {
-                Some(Urgency::Routine)
-            }
-            _ => None,
-        }
-    }
-}
+/// How soon a consultation is needed: the domain's one urgency (routine, urgent, critical).
+/// [`Urgency::parse`] reads the order's priority code (HL7 table 0027: `S` stat, `A` ASAP,
+/// `R` routine, …) or the Chinese word a HIS sends (急会诊, 危急, 常规, …).
+pub use huizhen_domain::Urgency;
 
 /// A priority code as sent and the path it came from (`TQ1-9`, `ORC-7.6`, `OBR-27.6`, `OBR-5`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -368,9 +343,9 @@ mod tests {
             ("PRN", Urgency::Routine),
             ("常规", Urgency::Routine),
         ] {
-            assert_eq!(Urgency::of(code), Some(want), "{code}");
+            assert_eq!(Urgency::parse(code), Some(want), "{code}");
         }
-        assert_eq!(Urgency::of("Z"), None);
+        assert_eq!(Urgency::parse("Z"), None);
     }
 
     #[test]

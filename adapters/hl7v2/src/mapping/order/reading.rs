@@ -277,14 +277,14 @@ fn urgency(
     let Some((path, code)) = iter.next() else {
         return (Urgency::Routine, None);
     };
-    let urgency = Urgency::of(&code).unwrap_or_else(|| {
+    let urgency = Urgency::parse(&code).unwrap_or_else(|| {
         warnings.push(format!(
             "{path}: priority not in HL7 table 0027 (S, A, R, P, C, T, PRN); read as routine, kept as sent"
         ));
         Urgency::Routine
     });
     for (other, code) in iter {
-        if Urgency::of(&code).is_some_and(|u| u != urgency) {
+        if Urgency::parse(&code).is_some_and(|u| u != urgency) {
             warnings.push(format!(
                 "{other}: the priority differs from {path}; {path} is used"
             ));

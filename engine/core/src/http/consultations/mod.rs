@@ -4,14 +4,16 @@
 //! |---|---|---|---|
 //! | POST | /api/consultations | create from the domain's `ConsultationRequest` (201, `drafting`) | admin, integrator, local-doctor |
 //! | GET | /api/consultations?state=&facility=&department=&patient=&limit=&cursor= | a page, newest first | admin, integrator, auditor, expert, local-doctor |
-//! | GET | /api/consultations/{id} | state, Task status and businessStatus, version (`ETag: W/"n"`), the timeline | as above |
+//! | GET | /api/consultations/{id} | state, Task status and businessStatus, version (`ETag: W/"n"`), the timeline, the outbound events | as above |
 //! | POST | /api/consultations/{id}/{action} | every action of the domain (`submit`, `accept`, `record_consent`, …; `-` or `_`) | admin, integrator, expert, local-doctor |
 //! | GET | /api/consultations/events | Server-Sent Events of the changes the caller may see ([`stream`]) | as for reads |
 //!
 //! **Who acts.** The actor is the token's subject, its domain role from the token's role:
 //! `local-doctor` → local doctor, `expert` → expert (the subject is the expert id, so an
 //! expert can only open or accept an offer made to them), `admin` and `integrator` →
-//! coordinator (the dispatch desk). The domain decides what each may do.
+//! coordinator (the dispatch desk). The domain decides what each may do; a local doctor
+//! creates a consultation only as its `requesting_doctor` (403 `not-requesting-doctor`
+//! otherwise), a coordinator on a doctor's behalf.
 //!
 //! **Scope.** A consultation is visible to the facilities in its access list: the requesting
 //! facility and the facility of every expert it was offered to; others get 404 (audited as
@@ -268,7 +270,12 @@ fn view(s: &StoredConsultation) -> serde_json::Value {
 }
 
 fn respond(status: StatusCode, s: &StoredConsultation) -> Response {
-    let mut r = (status, Json(view(s))).into_response();
+    respond_with(status, s, view(s))
+}
+
+/// `body` (the view of `s`, with more) and the ETag of `s`.
+fn respond_with(status: StatusCode, s: &StoredConsultation, body: serde_json::Value) -> Response {
+    let mut r = (status, Json(body)).into_response();
     if let Ok(v) = axum::http::HeaderValue::from_str(&etag(s.consultation.version())) {
         r.headers_mut().insert(header::ETAG, v);
     }
@@ -338,7 +345,27 @@ pub(super) async fn create(
     }
     let actor = actor_of(&caller)?;
     let id = crate::message::new_id();
-    let (stored, _) = wf.create(&id, request, &by(&caller, &actor), None).await?;
+    // The domain refuses a local doctor asking in another doctor's name (403) and an invalid
+    // request (422); each refusal is audited like a refused action.
+    let (stored, _) = match wf.create(&id, request, &by(&caller, &actor), None).await {
+        Ok(created) => created,
+        Err(e) => {
+            let e = WfError::from(e);
+            let outcome = if e.status() == StatusCode::FORBIDDEN {
+                "denied"
+            } else {
+                "failed"
+            };
+            audit(
+                &s.store,
+                &caller
+                    .event("consultation.create", "Consultation", "", outcome, e.text())
+                    .about(&facility),
+            )
+            .await?;
+            return Err(e);
+        }
+    };
     let mut r = respond(StatusCode::CREATED, &stored);
     if let Ok(v) = axum::http::HeaderValue::from_str(&format!("/api/consultations/{id}")) {
         r.headers_mut().insert(header::LOCATION, v);
@@ -367,7 +394,11 @@ pub(super) async fn get_one(
             .about(&facility),
     )
     .await?;
-    Ok(respond(StatusCode::OK, &stored))
+    // What it announced (the signed opinion for the HIS, notices), with when each reached
+    // its pipeline's journal and as which message.
+    let mut body = view(&stored);
+    body["outbound"] = json!(s.store.outbox_of(&id).await?);
+    Ok(respond_with(StatusCode::OK, &stored, body))
 }
 
 #[derive(Debug, Deserialize)]

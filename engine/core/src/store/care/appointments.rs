@@ -417,4 +417,44 @@ impl Store {
         tx.commit().await.map_err(q("commit no-show sweep"))?;
         Ok(marked)
     }
+
+    /// The no-shows whose consultation is still `scheduled`: a sweep marked the booking but the
+    /// consultation's failure did not follow (the engine stopped in between), at most
+    /// [`SWEEP_BATCH`], oldest first. A consultation booked again since (another booking still
+    /// `booked` or `attended`) is left out. Failing the consultation takes it off this list, so
+    /// finishing them is idempotent. Reads from the scheduled consultations (few), not the
+    /// no-shows (all of them, ever).
+    pub async fn unfinished_no_shows(&self) -> Result<Vec<NoShow>> {
+        let mut s = Sql::new(
+            "SELECT a.id, a.facility, a.version, a.body FROM consultations c \
+             JOIN appointments a ON a.consultation_id = c.id WHERE c.state = "
+                .into(),
+        );
+        s.bind(huizhen_domain::consultation::State::Scheduled.code());
+        s.push(" AND a.status = ");
+        s.bind(BookingStatus::NoShow.as_str());
+        s.push(
+            " AND NOT EXISTS (SELECT 1 FROM appointments b WHERE b.consultation_id = a.consultation_id AND b.status IN (",
+        );
+        s.bind(BookingStatus::Booked.as_str());
+        s.push(", ");
+        s.bind(BookingStatus::Attended.as_str());
+        s.push(")) ORDER BY a.start_at, a.id LIMIT ");
+        s.bind(SWEEP_BATCH);
+        let rows = s
+            .query()
+            .fetch_all(&self.read)
+            .await
+            .map_err(q("read unfinished no-shows"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let (b, _) = self.booking_from_row(r)?;
+            out.push(NoShow {
+                booking_id: b.booking.id,
+                consultation_id: b.booking.consultation_id,
+                absent: b.booking.absent,
+            });
+        }
+        Ok(out)
+    }
 }

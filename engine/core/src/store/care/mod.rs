@@ -63,6 +63,7 @@ mod prescriptions;
 pub use appointments::StoredBooking;
 pub use cases::{MAX_RECOMMEND_CANDIDATES, case_library_insert};
 pub use facts::upsert_consultation_facts;
+pub(crate) use outbox::insert_outbox;
 pub use outbox::{NewOutboxEvent, OutboxEntry};
 pub use prescriptions::{
     PrescriptionChange, PrescriptionEventRow, PrescriptionFilter, StoredPrescription,

@@ -55,7 +55,7 @@ pub struct OutboxEntry {
 const COLUMNS: &str = "id, topic, resource_id, facility, pipeline, body, created_at, attempts, last_error, sent_at, message_id";
 
 /// Writes `e` on `conn` (in the caller's transaction). Returns the row id.
-pub(super) async fn insert_outbox(
+pub(crate) async fn insert_outbox(
     conn: &mut AnyConnection,
     store: &Store,
     e: &NewOutboxEvent,

@@ -23,10 +23,15 @@
 //! transaction is rolled back and the closure decides again against the new state, which is
 //! how the losers of an acceptance race get the domain's `Taken` (HTTP 412) on both backends.
 //!
+//! The same transaction files what the change announces outside (`outbound.rs`: the signed
+//! opinion on completion, notices of acceptance, escalation, cancellation and failure) in
+//! `workflow_outbox`, for the relay to submit to `workflow.consultations.outbound_pipeline`.
+//!
 //! After a commit the store wakes the live streams ([`Store::subscribe_consultations`]); a
 //! stream reads what changed with [`Store::consultation_changes`] from its last `seq`, so each
 //! change reaches each subscriber once, and a client resumes with `Last-Event-ID`.
 
+mod outbound;
 mod read;
 mod wire;
 mod write;
@@ -36,10 +41,13 @@ use huizhen_domain::consultation::{
     Actor, ConsultError, Consultation, ConsultationRequest, Context, Event, Offeree, PluginRef,
     Role, State,
 };
+use huizhen_domain::expert::MatchDecision;
 use huizhen_domain::signature::SignatureVerifier;
 
+use super::audit::AuditEvent;
 use super::{Store, StoreError};
 
+pub use outbound::OutboundSettings;
 pub use read::{ConsultationFilter, ConsultationPage, ConsultationSummary, DueTimer, StreamChange};
 pub(crate) use write::repoint_in;
 
@@ -97,6 +105,21 @@ pub struct CommandBy<'a> {
     /// Replaces the stored ranked candidates (and their match decision) in the same
     /// transaction: the assignment after matching.
     pub candidates: Option<(&'a [Offeree], Option<&'a str>)>,
+    /// A match decision to store (with its assignment and audit row, taking no load) in the
+    /// same transaction, if the command appends events: a match whose step is no longer due
+    /// (another sweep took it first) is not kept.
+    pub decision: Option<NewDecision<'a>>,
+}
+
+/// A match decision the workflow made for a command (see [`CommandBy::decision`]).
+#[derive(Clone, Copy)]
+pub struct NewDecision<'a> {
+    /// Its id (the candidates name it).
+    pub id: &'a str,
+    /// The decision.
+    pub decision: &'a MatchDecision,
+    /// Its audit row (`expert.match`).
+    pub audit: &'a AuditEvent,
 }
 
 impl<'a> CommandBy<'a> {
@@ -111,6 +134,7 @@ impl<'a> CommandBy<'a> {
             source: "",
             purpose: "",
             candidates: None,
+            decision: None,
         }
     }
 

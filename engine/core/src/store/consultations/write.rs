@@ -3,7 +3,7 @@
 
 use huizhen_domain::consultation::{
     Actor, Command, ConsultError, Consultation, Context, Event, EventKind, Role, State, apply,
-    decide,
+    decide, load_changes,
 };
 use huizhen_domain::identity::PersonId;
 use huizhen_domain::stats::ConsultationFacts;
@@ -14,6 +14,7 @@ use super::{CommandBy, Committed, ConsultationError, Result, StoredConsultation,
 use crate::clock::ceil_ms;
 use crate::store::audit::{self, AuditEvent};
 use crate::store::care::upsert_consultation_facts;
+use crate::store::experts::bump_open;
 use crate::store::sql::Sql;
 use crate::store::{Store, StoreError, q};
 
@@ -161,9 +162,11 @@ fn audit_of(c: &Consultation, e: &Event, from: State, to: State, by: &CommandBy<
 }
 
 impl Store {
-    /// Appends `events` to `before` on `conn` (in a transaction): audit rows first (holding the
-    /// chain's head orders `seq` by commit), then the events, the snapshot (`WHERE version =
-    /// old`), the facilities of new offers and the timers. `None`: a concurrent writer won.
+    /// Appends `events` to `before` on `conn` (in a transaction): the experts' load changes,
+    /// the match decision the command came with, audit rows (holding the chain's head orders
+    /// `seq` by commit), then the events, the snapshot (`WHERE version = old`), the facilities
+    /// of new offers, the timers, the care side and the outbox. `None`: a concurrent writer won
+    /// (and the caller rolls everything back).
     pub(super) async fn append_in(
         &self,
         conn: &mut AnyConnection,
@@ -178,6 +181,15 @@ impl Store {
             let from = c.state();
             c = apply(c, e);
             steps.push((e, from, c.state()));
+        }
+        // The experts' open-case load follows the change (MATCH-30), before the audit rows:
+        // every writer takes the registry's change counter before the audit chain's head.
+        for (expert, delta) in load_changes(&before.consultation, &c) {
+            bump_open(conn, &expert, delta).await?;
+        }
+        if let Some(d) = by.decision {
+            self.save_decision_in(conn, d.id, d.decision, Some(d.audit), false)
+                .await?;
         }
         for (e, from, to) in &steps {
             audit::append(
@@ -241,6 +253,7 @@ impl Store {
             .iter()
             .any(|(e, _, _)| matches!(e.kind, EventKind::Completed));
         self.wire_in(conn, &c, completed, by).await?;
+        self.announce_in(conn, &c, events).await?;
         for (e, _, _) in &steps {
             if let EventKind::Offered { offerees, .. } = &e.kind {
                 for o in offerees {

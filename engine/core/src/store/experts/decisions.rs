@@ -32,16 +32,35 @@ impl Store {
         decision: &MatchDecision,
         audit: Option<&AuditEvent>,
     ) -> Result<()> {
-        let now = now_ms();
-        let body =
-            serde_json::to_string(decision).map_err(|err| json_err("encode decision", id, &err))?;
-        let case = &decision.case;
         let mut conn = self
             .write_pool()
             .acquire()
             .await
             .map_err(q("acquire writer connection"))?;
         let mut tx = conn.begin().await.map_err(q("begin match decision"))?;
+        self.save_decision_in(&mut tx, id, decision, audit, true)
+            .await?;
+        tx.commit().await.map_err(q("commit match decision"))?;
+        Ok(())
+    }
+
+    /// Stores decision `id` and its assignment (the first selected expert, what the fairness
+    /// report counts) with `audit`, on the caller's transaction. With `take_load` the assigned
+    /// expert's open consultations go up by one. The consultation workflow passes `false` and
+    /// writes its decisions in the transaction of the offer they lead to: that offer takes
+    /// the load, and its end gives it back (`huizhen_domain::consultation::load_changes`).
+    pub(crate) async fn save_decision_in(
+        &self,
+        conn: &mut AnyConnection,
+        id: &str,
+        decision: &MatchDecision,
+        audit: Option<&AuditEvent>,
+        take_load: bool,
+    ) -> Result<()> {
+        let now = now_ms();
+        let body =
+            serde_json::to_string(decision).map_err(|err| json_err("encode decision", id, &err))?;
+        let case = &decision.case;
         let mut s = Sql::new(
             "INSERT INTO match_decisions (id, case_id, requesting_facility, department, decided_at, body) VALUES ("
                 .into(),
@@ -58,7 +77,7 @@ impl Store {
         s.push(", ");
         s.bind(body);
         s.push(")");
-        exec(&mut tx, s, "store match decision").await?;
+        exec(conn, s, "store match decision").await?;
         if let Some(first) = decision.selected.first() {
             let mut s = Sql::new(
                 "INSERT INTO expert_assignments (decision_id, expert_id, department, requesting_facility, assigned_at) VALUES ("
@@ -74,13 +93,14 @@ impl Store {
             s.push(", ");
             s.bind(now);
             s.push(")");
-            exec(&mut tx, s, "assign case").await?;
-            bump_open(&mut tx, first, 1).await?;
+            exec(conn, s, "assign case").await?;
+            if take_load {
+                bump_open(conn, first, 1).await?;
+            }
         }
         if let Some(e) = audit {
-            audit::append(&mut tx, e, self.anchor.as_deref()).await?;
+            audit::append(conn, e, self.anchor.as_deref()).await?;
         }
-        tx.commit().await.map_err(q("commit match decision"))?;
         Ok(())
     }
 
@@ -353,8 +373,9 @@ impl Store {
     }
 }
 
-/// Adds `delta` to an expert's open consultations (never below zero).
-async fn bump_open(conn: &mut AnyConnection, expert_id: &str, delta: i64) -> Result<()> {
+/// Adds `delta` to an expert's open consultations (never below zero), stamped with the next
+/// registry change so every store's copy sees it. No row for an expert not in the registry.
+pub(crate) async fn bump_open(conn: &mut AnyConnection, expert_id: &str, delta: i64) -> Result<()> {
     let mut s =
         Sql::new("UPDATE experts SET open_consultations = CASE WHEN open_consultations + ".into());
     s.bind(delta);

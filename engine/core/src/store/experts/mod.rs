@@ -29,7 +29,11 @@
 //! **Assignments.** Each decision assigns its case to its first selected expert (or, after an
 //! override, to the coordinator's choice): one `expert_assignments` row per decision, which is
 //! what the fairness report counts, and the assigned expert's open consultations go up by one
-//! (an offered consultation counts as load, see the domain's `Load`).
+//! (an offered consultation counts as load, see the domain's `Load`). The consultation
+//! workflow keeps the load itself instead: its decisions take none and are stored in the
+//! transaction of the offer they lead to; each consultation change adds or gives back what
+//! the domain's `load_changes` says, in the change's transaction
+//! (`store/consultations/write.rs`).
 
 //!
 //! **Layout.** The in-memory copy and its sync (`registry.rs`); the
@@ -52,6 +56,7 @@ use sqlx::{AnyConnection, Row};
 use super::sql::Sql;
 use super::{Result, StoreError, q};
 
+pub(crate) use decisions::bump_open;
 pub use huizhen_domain::expert::{department_keys, expertise_keys};
 pub use registry::ExpertCache;
 

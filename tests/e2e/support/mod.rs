@@ -1,6 +1,7 @@
 //! Shared helpers: fresh databases on both backends, configs from YAML text, waiting, the
 //! hold tests take on the shared broker (shared to use it, exclusive to stop it), and the
-//! report that tells a message that ended `dead` from one that was lost.
+//! report that tells a message that ended `dead` from one that was lost; `api.rs` serves an
+//! engine's API and calls it.
 
 use std::future::Future;
 use std::path::Path;
@@ -8,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use huizhen_core::config::{self, Loaded, LoadedPipeline, RootConfig};
 use huizhen_core::store::{Store, StoreOptions};
+
+mod api;
+pub use api::{JsonApi, serve};
 
 /// The backends every store test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

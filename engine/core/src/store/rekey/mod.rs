@@ -12,6 +12,13 @@
 //! change under a running engine. Every value is therefore rewritten with `UPDATE … WHERE
 //! <column> = <what was read>`: a value that changed in between is left for the next pass,
 //! never overwritten.
+//!
+//! The consultation workflow's sealed rows get the same passes ([`workflow`]): consultation
+//! snapshots and events, prescriptions and their events, bookings (and a booking's patient
+//! key, a blind index), and the workflow outbox. [`REKEY_TABLES`] lists every table a
+//! rotation walks.
+
+mod workflow;
 
 use std::collections::BTreeMap;
 
@@ -32,23 +39,37 @@ pub struct RekeyBatch {
     pub next: Option<String>,
 }
 
+/// Every table with sealed values, in the order `huizhen keys rotate` walks them.
+pub const REKEY_TABLES: &[&str] = &[
+    "messages",
+    "effects",
+    "consultations",
+    "consultation_events",
+    "prescriptions",
+    "prescription_events",
+    "appointments",
+    "workflow_outbox",
+];
+
 impl Store {
-    /// Rows in `table` (`messages` or `effects`).
+    /// Rows in `table` (one of [`REKEY_TABLES`]).
     pub async fn count_rows(&self, table: &str) -> Result<i64> {
-        let sql = match table {
-            "messages" => "SELECT COUNT(*) AS n FROM messages",
-            _ => "SELECT COUNT(*) AS n FROM effects",
+        let Some(table) = REKEY_TABLES.iter().find(|t| **t == table) else {
+            return Err(StoreError::Inconsistent(format!(
+                "no sealed values in table {table:?}"
+            )));
         };
-        let r = sqlx::query(sql)
+        let r = Sql::new(format!("SELECT COUNT(*) AS n FROM {table}"))
+            .query()
             .fetch_one(&self.read)
             .await
             .map_err(q("count rows"))?;
         r.try_get::<i64, _>("n").map_err(q("count rows"))
     }
 
-    /// Re-encrypts the sealed values of up to `limit` rows of `table` (`messages` or
-    /// `effects`) after the cursor `after` that are in clear, unbound, or sealed with another
-    /// key than the active one.
+    /// Re-encrypts the sealed values of up to `limit` rows of `table` (one of
+    /// [`REKEY_TABLES`]) after the cursor `after` that are in clear, unbound, or sealed with
+    /// another key than the active one.
     pub async fn rekey_batch(
         &self,
         table: &str,
@@ -62,10 +83,11 @@ impl Store {
         };
         let cipher = ring.cipher();
         let limit = limit.max(1);
-        let mut out = match table {
-            "messages" => self.rekey_messages(&cipher, after, limit).await?,
-            "effects" => self.rekey_effects(&cipher, after, limit).await?,
-            other => {
+        let mut out = match (table, workflow::target(table)) {
+            ("messages", _) => self.rekey_messages(&cipher, after, limit).await?,
+            ("effects", _) => self.rekey_effects(&cipher, after, limit).await?,
+            (_, Some(target)) => self.rekey_workflow(&cipher, target, after, limit).await?,
+            (other, None) => {
                 return Err(StoreError::Inconsistent(format!(
                     "no sealed values in table {other:?}"
                 )));

@@ -36,6 +36,11 @@
 //! as references to this message's `OBX`). A missing required value is a permanent error
 //! naming the HL7 field.
 //!
+//! **For the result.** The order's numbers (`ORC-2`, `ORC-3`), the HIS's own patient ids
+//! (`PID-3` without national numbers), the ordering doctor's name and the service (`OBR-4`)
+//! are kept with the request (`his_order`), so the signed opinion announced on completion
+//! carries them back to the HIS (`hl7_build`).
+//!
 //! **Idempotent.** The consultation is keyed by the facility and the placer order number
 //! (`ORC-2`, else the message id): a resent or retried order finds its consultation, and the
 //! step carries it on to `submit`/`approve` where a retry left it. The message gets the header
@@ -45,7 +50,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta, Utc};
+mod order;
+
+use chrono::TimeDelta;
 use futures::future::BoxFuture;
 use huizhen_domain::consultation::{
     Actor, Attachments, Command, ConsultError, ConsultationRequest, RequestedTime, Role,
@@ -60,6 +67,7 @@ use crate::runner::BuildContext;
 use crate::store::consultations::{CommandBy, ConsultationError};
 use crate::work::{Flow, StepError, Work};
 use crate::workflow::Workflow;
+use order::{Coded, Order, his_order, local_patient_id, parse_time};
 
 /// The header with the consultation id.
 pub const CONSULTATION_HEADER: &str = "consultation-id";
@@ -172,105 +180,6 @@ struct ConsultationCreate {
     extensions: Extensions,
 }
 
-/// The parts of `hl7_map`'s order record the step reads.
-#[derive(Debug, Deserialize)]
-struct Order {
-    record: Option<String>,
-    control: Control,
-    #[serde(default)]
-    control_reason: Option<Coded>,
-    #[serde(default)]
-    placer_order_number: Option<EntityId>,
-    patient: Patient,
-    #[serde(default)]
-    ordering_provider: Option<Doctor>,
-    urgency: Urgency,
-    #[serde(default)]
-    requested_time: Option<Timestamp>,
-    #[serde(default)]
-    requested_service: Option<Coded>,
-    #[serde(default)]
-    requested_department: Option<Department>,
-    #[serde(default)]
-    reason_for_study: Vec<Coded>,
-    #[serde(default)]
-    diagnoses: Vec<Diagnosis>,
-    #[serde(default)]
-    clinical_info: Option<String>,
-    #[serde(default)]
-    case_summary: Option<String>,
-    #[serde(default)]
-    attachments: Vec<serde_json::Value>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Control {
-    code: String,
-    action: String,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct Coded {
-    #[serde(default)]
-    code: Option<String>,
-    #[serde(default)]
-    text: Option<String>,
-}
-
-impl Coded {
-    fn text_or_code(&self) -> Option<&str> {
-        self.text
-            .as_deref()
-            .or(self.code.as_deref())
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-    }
-}
-
-#[derive(Debug, Deserialize)]
-struct EntityId {
-    id: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct Patient {
-    #[serde(default)]
-    identifiers: Vec<Identifier>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Identifier {
-    id: String,
-    #[serde(default)]
-    type_code: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Doctor {
-    #[serde(default)]
-    id: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Timestamp {
-    #[serde(default)]
-    iso: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Department {
-    #[serde(default)]
-    code: Option<String>,
-    #[serde(default)]
-    name: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Diagnosis {
-    #[serde(default)]
-    icd10: Option<String>,
-}
-
 fn permanent(work: &Work, what: impl std::fmt::Display) -> StepError {
     StepError::permanent(format!("message {}: consultation_create: {what}", work.id))
 }
@@ -296,47 +205,6 @@ fn step_error(work: &Work, e: ConsultationError) -> StepError {
         ),
         other => permanent(work, other),
     }
-}
-
-/// The order's local patient id: the first identifier that is not a resident id, an insurance
-/// number or another national number (the rule of identity matching).
-fn local_patient_id(order: &Order) -> Option<&str> {
-    order
-        .patient
-        .identifiers
-        .iter()
-        .find(|i| {
-            !matches!(
-                i.type_code
-                    .as_deref()
-                    .map(str::to_ascii_uppercase)
-                    .as_deref(),
-                Some("NI" | "PSN_NO" | "PSN" | "SS" | "PPN" | "HC")
-            ) && !i.id.trim().is_empty()
-        })
-        .map(|i| i.id.trim())
-}
-
-/// A date-time as `hl7_map` writes it (`2026-01-15T08:30`, with or without seconds and
-/// offset; a date alone), in the local time zone when no offset is given.
-fn parse_time(iso: &str, offset_minutes: i32) -> Option<(DateTime<Utc>, bool)> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(iso) {
-        return Some((t.with_timezone(&Utc), false));
-    }
-    let offset = TimeDelta::minutes(i64::from(offset_minutes));
-    for f in [
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M:%S",
-        "%Y-%m-%dT%H:%M",
-    ] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(iso, f) {
-            return Some((t.and_utc() - offset, false));
-        }
-    }
-    NaiveDate::parse_from_str(iso, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|t| (t.and_utc() - offset, true))
 }
 
 impl ConsultationCreate {
@@ -603,6 +471,7 @@ impl ConsultationCreate {
             triage,
             service_type: self.config.service_type,
             agreement: self.agreement(wf, work).await?,
+            his_order: his_order(order).map(Box::new),
         })
     }
 
@@ -706,36 +575,6 @@ impl Step for ConsultationCreate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
-
-    #[test]
-    fn order_times_are_local_unless_they_say_otherwise() {
-        let (t, day) = parse_time("2026-01-15T08:30", 480).unwrap();
-        assert_eq!(t, Utc.with_ymd_and_hms(2026, 1, 15, 0, 30, 0).unwrap());
-        assert!(!day);
-        let (t, _) = parse_time("2026-01-15T08:30:00+00:00", 480).unwrap();
-        assert_eq!(t, Utc.with_ymd_and_hms(2026, 1, 15, 8, 30, 0).unwrap());
-        let (t, day) = parse_time("2026-01-15", 480).unwrap();
-        assert_eq!(t, Utc.with_ymd_and_hms(2026, 1, 14, 16, 0, 0).unwrap());
-        assert!(day);
-        assert!(parse_time("2026-13-40", 480).is_none());
-    }
-
-    #[test]
-    fn the_local_patient_id_skips_national_numbers() {
-        let order: Order = serde_json::from_value(serde_json::json!({
-            "record": "order",
-            "control": {"code": "NW", "action": "new"},
-            "urgency": "urgent",
-            "patient": {"identifiers": [
-                {"id": "110101199003077777", "type_code": "NI"},
-                {"id": " ", "type_code": "MR"},
-                {"id": "MRN-1", "type_code": "MR"}
-            ]}
-        }))
-        .unwrap();
-        assert_eq!(local_patient_id(&order), Some("MRN-1"));
-    }
 
     #[test]
     fn config_is_checked_at_build() {
