@@ -10,6 +10,7 @@
 mod capability;
 mod care;
 mod consultation;
+mod rekey;
 mod store;
 
 use std::sync::Arc;

@@ -21,7 +21,9 @@ CREATE INDEX fhir_resources_patient ON fhir_resources (patient, res_type);
 
 -- Every version of every resource (`_history/{vid}`), append-only. `body` is the resource
 -- JSON, sealed (`hze:…`, bound to the resource and version) when encryption is on; the
--- message that wrote it is kept for tracing.
+-- message that wrote it is kept for tracing. The one UPDATE let through is key rotation's:
+-- nothing changes but `body`, to another sealed value (as migration 0013 does for the
+-- workflow's event logs).
 CREATE TABLE fhir_versions (
     res_type     TEXT NOT NULL,
     id           TEXT NOT NULL,
@@ -32,7 +34,13 @@ CREATE TABLE fhir_versions (
     PRIMARY KEY (res_type, id, version)
 );
 CREATE TRIGGER fhir_versions_no_update BEFORE UPDATE ON fhir_versions
-BEGIN SELECT RAISE(ABORT, 'fhir_versions is append-only'); END;
+WHEN NEW.res_type IS NOT OLD.res_type
+  OR NEW.id IS NOT OLD.id
+  OR NEW.version IS NOT OLD.version
+  OR NEW.last_updated IS NOT OLD.last_updated
+  OR NEW.message_id IS NOT OLD.message_id
+  OR substr(NEW.body, 1, 4) <> 'hze:'
+BEGIN SELECT RAISE(ABORT, 'fhir_versions is append-only (key rotation may only re-seal `body`)'); END;
 CREATE TRIGGER fhir_versions_no_delete BEFORE DELETE ON fhir_versions
 BEGIN SELECT RAISE(ABORT, 'fhir_versions is append-only'); END;
 
