@@ -22,7 +22,9 @@ mod edge;
 mod engine;
 mod experts;
 mod export;
+mod fhir;
 mod fhir_client;
+mod fhir_mllp;
 mod hl7_consultation;
 mod http;
 mod mllp;
@@ -37,6 +39,7 @@ mod tls;
 
 // Link the HL7 adapter's registrations (the `mllp` source, `hl7v2` expressions).
 use huizhen_amqp as _;
-// The FHIR adapter's registrations (`fhir_poll`, `fhir`, `hl7v2_to_fhir`, kind `fhir+json`).
+// The FHIR adapter's registrations (`fhir_poll`, `fhir`, `hl7v2_to_fhir`, kind `fhir+json`, the
+// `fhir_store` sink, the /fhir/r4 facade).
 use huizhen_fhir as _;
 use huizhen_hl7 as _;

@@ -1,11 +1,16 @@
 //! Huizhen's FHIR adapter: FHIR R4 on the wire, held in the fhir-sdk R4B model (models and
 //! their builders, not its client).
 //!
-//! [`patient`]: one FHIR `Patient` resource (JSON) into the matcher's
-//! [`huizhen_domain::identity::Demographics`], used by `huizhen patients import`;
-//! [`convert`]: the `hl7v2_to_fhir` step (HL7 v2 → FHIR R4 transaction Bundles) and the R4
-//! wire functions; [`client`]: the FHIR REST client, the `fhir_poll` source and the `fhir`
-//! sink.
+//! * [`patient`]: one FHIR `Patient` resource (JSON) into the matcher's
+//!   [`huizhen_domain::identity::Demographics`], used by `huizhen patients import`;
+//! * [`store`]: the `fhir_store` sink, a transaction Bundle into the engine's FHIR resource
+//!   store with FHIR-20 conditional semantics;
+//! * [`facade`]: the FHIR R4 facade at `/fhir/r4` over the store and the engine's own data
+//!   (consultations, identity index, registry, bookings, prescriptions, audit trail),
+//!   registered into the engine's router and route table (docs/fhir.md).
+//! * [`convert`]: the `hl7v2_to_fhir` step (HL7 v2 → FHIR R4 transaction Bundles) and the R4
+//!   wire functions;
+//! * [`client`]: the FHIR REST client, the `fhir_poll` source and the `fhir` sink.
 //!
 //! **Why one crate owns the model.** fhir-model is the slowest crate of the stack to compile
 //! (≈100 s debug, ≈200 s release; reference/CRATES.md §3.2–3.3), and every crate that calls
@@ -19,7 +24,9 @@
 pub mod client;
 pub mod convert;
 pub mod error;
+pub mod facade;
 pub mod patient;
+pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 

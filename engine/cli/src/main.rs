@@ -14,6 +14,8 @@ use huizhen_core::store::{ListFilter, Store, StoreOptions};
 use huizhen_core::{Engine, http};
 // Adapters: each is named once so the linker keeps its sources, steps and sinks.
 use huizhen_amqp as _;
+// The FHIR adapter's registrations: `fhir_poll`, `fhir`, `hl7v2_to_fhir`, the `fhir_store` sink
+// and the /fhir/r4 facade routes.
 use huizhen_fhir as _;
 use huizhen_hl7 as _;
 

@@ -4,7 +4,8 @@
 //! `inventory`, like the typetag step registry) that the engine runs before it builds the
 //! pipelines, and puts its registry into the engine's [`Extensions`]. Steps find it there through
 //! their [`crate::runner::BuildContext`]; the HTTP API finds the [`PluginCatalog`] there for
-//! `GET /api/plugins` and `POST /api/plugins/{name}/reload`.
+//! `GET /api/plugins` and `POST /api/plugins/{name}/reload`. Adapters add HTTP routes the same
+//! way ([`HttpRoutes`]: the FHIR facade at `/fhir/r4`).
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
@@ -91,6 +92,20 @@ pub struct EngineHook {
 }
 
 inventory::collect!(EngineHook);
+
+/// HTTP routes a crate outside the core adds to the API (the FHIR facade of `huizhen-fhir`),
+/// registered through `inventory`. [`crate::http::router`] merges them before the guard layer,
+/// so each goes through the same authentication and the same route table
+/// ([`crate::security::ROUTES`]) as the core's own routes: a route missing from the table is
+/// refused (403) like any other.
+pub struct HttpRoutes {
+    /// Who adds them (for errors and logs).
+    pub name: &'static str,
+    /// The routes, with the shared [`crate::http::AppState`].
+    pub routes: fn() -> axum::Router<crate::http::AppState>,
+}
+
+inventory::collect!(HttpRoutes);
 
 /// A type map of engine-wide services, shared by every pipeline of one engine.
 #[derive(Clone, Default)]

@@ -70,6 +70,7 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
     const BAD: [u16; 4] = [400, 400, 400, 400];
     const UNFIT: [u16; 4] = [422, 422, 422, 422];
     const GONE: [u16; 4] = [404, 404, 404, 404];
+    const PRECONDITION: [u16; 4] = [428, 428, 428, 428];
     // (method, route pattern, concrete path, [[A, B, C, *] per role in the order above])
     let table: Vec<(&str, &str, &str, [[u16; 4]; 8])> = vec![
         (
@@ -366,6 +367,300 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
             "/api/consultations/{id}/{action}",
             "/api/consultations/no-such-consultation/submit",
             [GONE, GONE, NO, GONE, GONE, NO, NO, NO],
+        ),
+        // The FHIR facade (adapters/fhir): searches answer an empty Bundle, unknown ids 404,
+        // operations without their parameters 400, a Task update without If-Match 428; an
+        // expert's $everything of a patient of none of their consultations is 403 (FHIR-22).
+        (
+            "GET",
+            "/fhir/r4/Patient",
+            "/fhir/r4/Patient",
+            [ALL, ALL, ALL, NO, ALL, NO, NO, NO],
+        ),
+        (
+            "POST",
+            "/fhir/r4/Patient/$match",
+            "/fhir/r4/Patient/$match",
+            [BAD, BAD, BAD, NO, BAD, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Patient/$ihe-pix",
+            "/fhir/r4/Patient/$ihe-pix",
+            [BAD, BAD, BAD, NO, BAD, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Patient/{id}",
+            "/fhir/r4/Patient/no-such-patient",
+            [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Patient/{id}/_history/{vid}",
+            "/fhir/r4/Patient/no-such-patient/_history/1",
+            [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Patient/{id}/$everything",
+            "/fhir/r4/Patient/no-such-patient/$everything",
+            [GONE, GONE, GONE, NO, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Observation",
+            "/fhir/r4/Observation",
+            [ALL, ALL, ALL, ALL, ALL, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Observation/{id}",
+            "/fhir/r4/Observation/no-such",
+            [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Observation/{id}/_history/{vid}",
+            "/fhir/r4/Observation/no-such/_history/1",
+            [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/DiagnosticReport",
+            "/fhir/r4/DiagnosticReport",
+            [ALL, ALL, ALL, ALL, ALL, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/DiagnosticReport/{id}",
+            "/fhir/r4/DiagnosticReport/no-such",
+            [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/DiagnosticReport/{id}/_history/{vid}",
+            "/fhir/r4/DiagnosticReport/no-such/_history/1",
+            [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/ServiceRequest",
+            "/fhir/r4/ServiceRequest",
+            [ALL, ALL, ALL, ALL, ALL, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/ServiceRequest/{id}",
+            "/fhir/r4/ServiceRequest/no-such",
+            [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/ServiceRequest/{id}/_history/{vid}",
+            "/fhir/r4/ServiceRequest/no-such/_history/1",
+            [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Encounter",
+            "/fhir/r4/Encounter",
+            [ALL, ALL, ALL, ALL, ALL, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Encounter/{id}",
+            "/fhir/r4/Encounter/no-such",
+            [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Encounter/{id}/_history/{vid}",
+            "/fhir/r4/Encounter/no-such/_history/1",
+            [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/DocumentReference",
+            "/fhir/r4/DocumentReference",
+            [ALL, ALL, ALL, ALL, ALL, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/DocumentReference/{id}",
+            "/fhir/r4/DocumentReference/no-such",
+            [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/DocumentReference/{id}/_history/{vid}",
+            "/fhir/r4/DocumentReference/no-such/_history/1",
+            [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Appointment",
+            "/fhir/r4/Appointment",
+            [ALL, ALL, ALL, ALL, ALL, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Appointment/{id}",
+            "/fhir/r4/Appointment/no-such",
+            [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Appointment/{id}/_history/{vid}",
+            "/fhir/r4/Appointment/no-such/_history/1",
+            [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Task",
+            "/fhir/r4/Task",
+            [ALL, ALL, ALL, ALL, ALL, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Task/{id}",
+            "/fhir/r4/Task/no-such",
+            [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Task/{id}/_history/{vid}",
+            "/fhir/r4/Task/no-such/_history/1",
+            [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
+        ),
+        (
+            "PUT",
+            "/fhir/r4/Task/{id}",
+            "/fhir/r4/Task/no-such",
+            [
+                PRECONDITION,
+                PRECONDITION,
+                NO,
+                PRECONDITION,
+                PRECONDITION,
+                NO,
+                NO,
+                NO,
+            ],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Provenance",
+            "/fhir/r4/Provenance",
+            [ALL, ALL, ALL, ALL, ALL, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Provenance/{id}",
+            "/fhir/r4/Provenance/no-such",
+            [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Practitioner",
+            "/fhir/r4/Practitioner",
+            [ALL, ALL, ALL, ALL, ALL, ALL, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Practitioner/{id}",
+            "/fhir/r4/Practitioner/no-such",
+            [GONE, GONE, GONE, GONE, GONE, GONE, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/PractitionerRole",
+            "/fhir/r4/PractitionerRole",
+            [ALL, ALL, ALL, ALL, ALL, ALL, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/PractitionerRole/{id}",
+            "/fhir/r4/PractitionerRole/no-such",
+            [GONE, GONE, GONE, GONE, GONE, GONE, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Organization",
+            "/fhir/r4/Organization",
+            [ALL, ALL, ALL, ALL, ALL, ALL, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Organization/{id}",
+            "/fhir/r4/Organization/no-such",
+            [GONE, GONE, GONE, GONE, GONE, GONE, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Consent",
+            "/fhir/r4/Consent",
+            [ALL, ALL, ALL, ALL, ALL, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Consent/{id}",
+            "/fhir/r4/Consent/no-such",
+            [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Consent/{id}/_history/{vid}",
+            "/fhir/r4/Consent/no-such/_history/1",
+            [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/MedicationRequest",
+            "/fhir/r4/MedicationRequest",
+            [ALL, ALL, ALL, ALL, ALL, ALL, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/MedicationRequest/{id}",
+            "/fhir/r4/MedicationRequest/no-such",
+            [GONE, GONE, GONE, GONE, GONE, GONE, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/AuditEvent",
+            "/fhir/r4/AuditEvent",
+            [ALL, NO, ALL, NO, NO, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/AuditEvent/{id}",
+            "/fhir/r4/AuditEvent/no-such",
+            [GONE, NO, GONE, NO, NO, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Schedule",
+            "/fhir/r4/Schedule",
+            [ALL, ALL, ALL, ALL, ALL, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Schedule/{id}",
+            "/fhir/r4/Schedule/no-such",
+            [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Slot",
+            "/fhir/r4/Slot",
+            [ALL, ALL, ALL, ALL, ALL, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Slot/{id}",
+            "/fhir/r4/Slot/no-such",
+            [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
         ),
     ];
     let mut wrong = Vec::new();

@@ -75,6 +75,11 @@ impl Server {
         let url = format!("{}{path}", self.base);
         let mut req = match method {
             "GET" => self.client.get(url),
+            "PUT" => self
+                .client
+                .put(url)
+                .header("content-type", "application/json")
+                .body(r#"{"patient":"P1"}"#),
             _ => self
                 .client
                 .post(url)

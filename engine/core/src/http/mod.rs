@@ -19,6 +19,7 @@
 //! | GET, POST | /api/match-decisions/{id}, /api/match-decisions/{id}/override | match explanations and overrides |
 //! | … | /api/consultations/… | the consultation workflow and its live stream: see `http/consultations/` |
 //! | … | /api/prescriptions, /api/appointments, /api/experts/{id}/queue, /api/cases, /api/stats | the care workflow ([`care`]) |
+//! | … | /fhir/r4/… | the FHIR facade of `huizhen-fhir`, added through [`crate::extensions::HttpRoutes`] |
 //!
 //! Every error is JSON: `{"error": "…"}`. Bodies are limited to `http.max_body_bytes` and
 //! requests to `http.request_timeout`.
@@ -77,6 +78,11 @@ impl HttpIngress {
         self.routes.read().ok().and_then(|r| r.get(path).cloned())
     }
 }
+
+/// The scheme a request came in with (`https` on a TLS listener), put into each request's
+/// extensions by [`serve`]; for absolute links in responses (FHIR Bundle paging).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scheme(pub &'static str);
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -193,7 +199,7 @@ mod plugins;
 mod server;
 
 use audit::{audit_events, audit_verify};
-pub use consultations::domain_role;
+pub use consultations::{ActRefusal, act_as, domain_role};
 pub use guard::guard;
 use ingest::ingest;
 pub use messages::message_detail;
@@ -232,7 +238,7 @@ fn consultation_routes() -> Router<AppState> {
 /// Builds the router. Every route but the public ones goes through [`guard`].
 pub fn router(state: AppState, cfg: &HttpConfig, security: Arc<Security>) -> Router {
     let timeout = cfg.request_timeout;
-    Router::new()
+    let mut app = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -257,8 +263,12 @@ pub fn router(state: AppState, cfg: &HttpConfig, security: Arc<Security>) -> Rou
             "/api/match-decisions/{id}/override",
             post(experts::override_decision),
         )
-        .merge(care::routes())
-        .route_layer(middleware::from_fn_with_state(security, guard))
+        .merge(care::routes());
+    // Routes of adapters (the FHIR facade): before the guard, like every route above.
+    for extra in inventory::iter::<crate::extensions::HttpRoutes> {
+        app = app.merge((extra.routes)());
+    }
+    app.route_layer(middleware::from_fn_with_state(security, guard))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
         .layer(middleware::from_fn(

@@ -79,11 +79,11 @@ pub async fn serve(
         tokio::spawn(async move {
             let _permit = permit;
             match tls {
-                None => serve_one(tcp, peer, app, header_timeout, watcher).await,
+                None => serve_one(tcp, peer, app, header_timeout, watcher, "http").await,
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
-                            serve_one(stream, peer, app, header_timeout, watcher).await
+                            serve_one(stream, peer, app, header_timeout, watcher, "https").await
                         }
                         Ok(Err(e)) => {
                             stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
@@ -114,11 +114,13 @@ async fn serve_one<S>(
     app: Router,
     header_timeout: Duration,
     watcher: hyper_util::server::graceful::Watcher,
+    scheme: &'static str,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
+        req.extensions_mut().insert(super::Scheme(scheme));
         let mut app = app.clone();
         async move { Ok::<_, Infallible>(app.call(req).await.unwrap_or_else(|e| match e {})) }
     });

@@ -152,6 +152,12 @@ pub enum Action {
     ReadCases,
     /// Consultation statistics (no per-prescriber figures exist: CN-20).
     ReadStats,
+    /// Read clinical resources through the FHIR facade (stored Observations, reports,
+    /// documents, encounters, orders, a Patient by id, `$everything`): facility-scoped, and an
+    /// expert only for the patients of consultations they own or owned (FHIR-22).
+    ReadClinical,
+    /// Read the directory through the FHIR facade: practitioners, their roles, organizations.
+    ReadDirectory,
 }
 
 impl Action {
@@ -190,6 +196,8 @@ impl Action {
             Action::ReadExpertQueue => &[Admin, Integrator, Expert],
             Action::ReadCases => &[Admin, Integrator, Auditor, Expert, LocalDoctor],
             Action::ReadStats => &[Admin, Integrator, Auditor],
+            Action::ReadClinical => &[Admin, Integrator, Auditor, Expert, LocalDoctor],
+            Action::ReadDirectory => &[Admin, Integrator, Auditor, Expert, LocalDoctor, Pharmacist],
         }
     }
 
@@ -223,6 +231,8 @@ impl Action {
             Action::ReadExpertQueue => "expert.queue",
             Action::ReadCases => "case.read",
             Action::ReadStats => "stats.read",
+            Action::ReadClinical => "clinical.read",
+            Action::ReadDirectory => "directory.read",
         }
     }
 }
@@ -332,7 +342,117 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
     ("GET", "/api/cases", Action::ReadCases),
     ("GET", "/api/cases/recommend", Action::ReadCases),
     ("GET", "/api/stats", Action::ReadStats),
+    // The FHIR facade (huizhen-fhir, adapters/fhir/src/facade/table.rs; its unit test holds
+    // these rows equal to the routes it mounts).
+    ("GET", "/fhir/r4/Patient", Action::ReadPatients),
+    ("POST", "/fhir/r4/Patient/$match", Action::ReadPatients),
+    ("GET", "/fhir/r4/Patient/$ihe-pix", Action::ReadPatients),
+    ("GET", "/fhir/r4/Patient/{id}", Action::ReadClinical),
+    (
+        "GET",
+        "/fhir/r4/Patient/{id}/_history/{vid}",
+        Action::ReadClinical,
+    ),
+    (
+        "GET",
+        "/fhir/r4/Patient/{id}/$everything",
+        Action::ReadClinical,
+    ),
+    ("GET", "/fhir/r4/Observation", Action::ReadClinical),
+    ("GET", "/fhir/r4/Observation/{id}", Action::ReadClinical),
+    (
+        "GET",
+        "/fhir/r4/Observation/{id}/_history/{vid}",
+        Action::ReadClinical,
+    ),
+    ("GET", "/fhir/r4/DiagnosticReport", Action::ReadClinical),
+    (
+        "GET",
+        "/fhir/r4/DiagnosticReport/{id}",
+        Action::ReadClinical,
+    ),
+    (
+        "GET",
+        "/fhir/r4/DiagnosticReport/{id}/_history/{vid}",
+        Action::ReadClinical,
+    ),
+    ("GET", "/fhir/r4/ServiceRequest", Action::ReadClinical),
+    ("GET", "/fhir/r4/ServiceRequest/{id}", Action::ReadClinical),
+    (
+        "GET",
+        "/fhir/r4/ServiceRequest/{id}/_history/{vid}",
+        Action::ReadClinical,
+    ),
+    ("GET", "/fhir/r4/Task", Action::ReadConsultations),
+    ("GET", "/fhir/r4/Task/{id}", Action::ReadConsultations),
+    ("PUT", "/fhir/r4/Task/{id}", Action::ActOnConsultations),
+    (
+        "GET",
+        "/fhir/r4/Task/{id}/_history/{vid}",
+        Action::ReadConsultations,
+    ),
+    ("GET", "/fhir/r4/Encounter", Action::ReadClinical),
+    ("GET", "/fhir/r4/Encounter/{id}", Action::ReadClinical),
+    (
+        "GET",
+        "/fhir/r4/Encounter/{id}/_history/{vid}",
+        Action::ReadClinical,
+    ),
+    ("GET", "/fhir/r4/Provenance", Action::ReadConsultations),
+    ("GET", "/fhir/r4/Provenance/{id}", Action::ReadConsultations),
+    ("GET", "/fhir/r4/DocumentReference", Action::ReadClinical),
+    (
+        "GET",
+        "/fhir/r4/DocumentReference/{id}",
+        Action::ReadClinical,
+    ),
+    (
+        "GET",
+        "/fhir/r4/DocumentReference/{id}/_history/{vid}",
+        Action::ReadClinical,
+    ),
+    ("GET", "/fhir/r4/Appointment", Action::ReadAppointments),
+    ("GET", "/fhir/r4/Appointment/{id}", Action::ReadAppointments),
+    (
+        "GET",
+        "/fhir/r4/Appointment/{id}/_history/{vid}",
+        Action::ReadAppointments,
+    ),
+    ("GET", "/fhir/r4/Practitioner", Action::ReadDirectory),
+    ("GET", "/fhir/r4/Practitioner/{id}", Action::ReadDirectory),
+    ("GET", "/fhir/r4/PractitionerRole", Action::ReadDirectory),
+    (
+        "GET",
+        "/fhir/r4/PractitionerRole/{id}",
+        Action::ReadDirectory,
+    ),
+    ("GET", "/fhir/r4/Organization", Action::ReadDirectory),
+    ("GET", "/fhir/r4/Organization/{id}", Action::ReadDirectory),
+    ("GET", "/fhir/r4/Consent", Action::ReadClinical),
+    ("GET", "/fhir/r4/Consent/{id}", Action::ReadClinical),
+    (
+        "GET",
+        "/fhir/r4/Consent/{id}/_history/{vid}",
+        Action::ReadClinical,
+    ),
+    (
+        "GET",
+        "/fhir/r4/MedicationRequest",
+        Action::ReadPrescriptions,
+    ),
+    (
+        "GET",
+        "/fhir/r4/MedicationRequest/{id}",
+        Action::ReadPrescriptions,
+    ),
+    ("GET", "/fhir/r4/AuditEvent", Action::ReadAudit),
+    ("GET", "/fhir/r4/AuditEvent/{id}", Action::ReadAudit),
+    ("GET", "/fhir/r4/Schedule", Action::ReadAppointments),
+    ("GET", "/fhir/r4/Schedule/{id}", Action::ReadAppointments),
+    ("GET", "/fhir/r4/Slot", Action::ReadAppointments),
+    ("GET", "/fhir/r4/Slot/{id}", Action::ReadAppointments),
 ];
 
-/// Endpoints open to anyone.
-pub const PUBLIC: &[&str] = &["/health", "/ready"];
+/// Endpoints open to anyone (the FHIR CapabilityStatement is public, as SMART clients expect:
+/// it says what the facade does, never what data there is).
+pub const PUBLIC: &[&str] = &["/health", "/ready", "/fhir/r4/metadata"];

@@ -183,9 +183,9 @@ pub struct AuditFilter {
     pub facilities: Option<Vec<String>>,
 }
 
-const AUDIT_COLUMNS: &str = "seq, at, actor, role, facility, action, resource_type, resource_id, outcome, source, purpose, detail, prev_hash, hash, subject_facility, mac";
+pub(crate) const AUDIT_COLUMNS: &str = "seq, at, actor, role, facility, action, resource_type, resource_id, outcome, source, purpose, detail, prev_hash, hash, subject_facility, mac";
 
-fn audit_row(r: &sqlx::any::AnyRow) -> Result<AuditRow> {
+pub(crate) fn audit_row(r: &sqlx::any::AnyRow) -> Result<AuditRow> {
     let d = q("decode audit event");
     let t = |c: &str| r.try_get::<String, _>(c);
     Ok(AuditRow {

@@ -16,6 +16,7 @@ pub mod consultations;
 mod cursors;
 pub mod experts;
 mod feed;
+pub mod fhir;
 pub mod identity;
 pub mod journal;
 pub mod rekey;
@@ -571,6 +572,7 @@ impl Store {
                     "reseal workflow events",
                     include_str!("migrations/sqlite/0013_reseal_workflow_events.sql"),
                 ),
+                (14, "fhir", include_str!("migrations/sqlite/0014_fhir.sql")),
                 (
                     15,
                     "source_cursors",
@@ -642,6 +644,11 @@ impl Store {
                     13,
                     "reseal workflow events",
                     include_str!("migrations/postgres/0013_reseal_workflow_events.sql"),
+                ),
+                (
+                    14,
+                    "fhir",
+                    include_str!("migrations/postgres/0014_fhir.sql"),
                 ),
                 (
                     15,

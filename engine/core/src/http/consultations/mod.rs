@@ -552,14 +552,62 @@ pub(super) async fn act(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, WfError> {
-    let wf = workflow(&s)?;
     let action = action_of(&name)?;
+    let input = if_match(&headers).and_then(|expected| Ok((expected, body_object(&body)?)));
+    let done = act_parsed(&s, &caller, &id, action, input).await?;
+    Ok(respond(StatusCode::OK, &done))
+}
+
+/// Why [`act_as`] refused: the status and the JSON body `POST /api/consultations/{id}/{action}`
+/// answers with (`error`, `code`, and `allowed`, `problems`, `taken_by`, `version` as they
+/// apply).
+#[derive(Debug, Clone)]
+pub struct ActRefusal {
+    pub status: StatusCode,
+    pub body: serde_json::Value,
+}
+
+/// Runs `action` on consultation `id` for `caller` exactly as
+/// `POST /api/consultations/{id}/{action}` does — read scope (404), write scope (403), the
+/// domain's decision, the audit of a refusal — with `expected` as its `If-Match` and `body` as
+/// its JSON body. For other front ends of the workflow (the FHIR facade's Task update).
+pub async fn act_as(
+    s: &AppState,
+    caller: &Caller,
+    id: &str,
+    action: Action,
+    expected: Option<u64>,
+    body: serde_json::Map<String, serde_json::Value>,
+) -> Result<StoredConsultation, ActRefusal> {
+    act_parsed(s, caller, id, action, Ok((expected, body)))
+        .await
+        .map_err(|e| {
+            let status = e.status();
+            let body = match e {
+                WfError::Api(ApiError(_, text)) => json!({ "error": text }),
+                WfError::Domain(d) => domain_body(&d),
+                WfError::Body(_, b) => b,
+            };
+            ActRefusal { status, body }
+        })
+}
+
+type ActInput = Result<(Option<u64>, serde_json::Map<String, serde_json::Value>), WfError>;
+
+async fn act_parsed(
+    s: &AppState,
+    caller: &Caller,
+    id: &str,
+    action: Action,
+    input: ActInput,
+) -> Result<StoredConsultation, WfError> {
+    let wf = workflow(s)?;
     let audit_action = format!("consultation.{}", action.name());
-    let stored = readable(&s, &wf, &caller, &id, &audit_action).await?;
+    let stored = readable(s, &wf, caller, id, &audit_action).await?;
     let facility = stored.consultation.request().requesting_facility.clone();
-    let result = run_action(&wf, &caller, &stored, action, &headers, &body).await;
+    let result = run_action(&wf, caller, &stored, action, input).await;
     match result {
-        Ok(done) => Ok(respond(StatusCode::OK, &done)),
+        Ok(done) => Ok(done),
         Err(e) => {
             let outcome = if e.status() == StatusCode::FORBIDDEN {
                 "denied"
@@ -569,7 +617,7 @@ pub(super) async fn act(
             audit(
                 &s.store,
                 &caller
-                    .event(&audit_action, "Consultation", &id, outcome, e.text())
+                    .event(&audit_action, "Consultation", id, outcome, e.text())
                     .about(&facility),
             )
             .await?;
@@ -583,8 +631,7 @@ async fn run_action(
     caller: &Caller,
     stored: &StoredConsultation,
     action: Action,
-    headers: &HeaderMap,
-    body: &[u8],
+    input: ActInput,
 ) -> Result<StoredConsultation, WfError> {
     if !may_write(caller, stored) {
         return Err(ApiError(
@@ -598,12 +645,11 @@ async fn run_action(
         .into());
     }
     let actor = actor_of(caller)?;
-    let body = body_object(body)?;
+    let (expected, body) = input?;
     let reason = body
         .get("reason")
         .and_then(serde_json::Value::as_str)
         .map(str::to_owned);
-    let expected = if_match(headers)?;
     let command = command_of(wf, stored, action, body, expected)?;
     let mut by = by(caller, &actor);
     if !action.needs_reason() {

@@ -36,7 +36,7 @@ fn ms(t: DateTime<Utc>) -> i64 {
 }
 
 impl Store {
-    fn booking_from_row(&self, r: &AnyRow) -> Result<(StoredBooking, i64)> {
+    pub(crate) fn booking_from_row(&self, r: &AnyRow) -> Result<(StoredBooking, i64)> {
         let d = || q("decode appointment");
         let id: String = r.try_get("id").map_err(d())?;
         let body = self.open_care(&id, "booking", r.try_get("body").map_err(d())?)?;

@@ -15,7 +15,8 @@
 //!
 //! The consultation workflow's sealed rows get the same passes ([`workflow`]): consultation
 //! snapshots and events, prescriptions and their events, bookings (and a booking's patient
-//! key, a blind index), and the workflow outbox. [`REKEY_TABLES`] lists every table a
+//! key, a blind index), the workflow outbox, and the FHIR store's versions (`fhir_versions`,
+//! bound to `Type/id` and `fhir/v<n>`). [`REKEY_TABLES`] lists every table a
 //! rotation walks.
 
 mod workflow;
@@ -49,6 +50,7 @@ pub const REKEY_TABLES: &[&str] = &[
     "prescription_events",
     "appointments",
     "workflow_outbox",
+    "fhir_versions",
 ];
 
 impl Store {

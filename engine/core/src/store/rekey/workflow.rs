@@ -75,6 +75,15 @@ pub(super) const TARGETS: &[Target] = &[
         column: "body",
         field: |_| "outbox".into(),
     },
+    // The FHIR store's versions: bound to `Type/id` and `fhir/v<n>` (store/fhir/); the id is
+    // the expression, which the walk orders and guards by like a column.
+    Target {
+        table: "fhir_versions",
+        id: "res_type || '/' || id",
+        version: Some("version"),
+        column: "body",
+        field: |v| format!("fhir/v{v}"),
+    },
 ];
 
 /// The target of `table`, if it is a workflow table.
