@@ -13,6 +13,7 @@ pub mod audit;
 pub mod care;
 pub mod cluster;
 pub mod consultations;
+pub mod dicom;
 pub mod experts;
 mod feed;
 pub mod identity;
@@ -482,7 +483,7 @@ impl Store {
         self.sqlite_file.as_deref()
     }
 
-    pub(crate) fn durability(&self) -> Durability {
+    pub fn durability(&self) -> Durability {
         self.durability
     }
 
@@ -551,6 +552,11 @@ impl Store {
                     include_str!("migrations/sqlite/0011_consultations.sql"),
                 ),
                 (12, "care", include_str!("migrations/sqlite/0012_care.sql")),
+                (
+                    16,
+                    "dicom",
+                    include_str!("migrations/sqlite/0016_dicom.sql"),
+                ),
             ],
             Backend::Postgres => &[
                 (
@@ -612,6 +618,11 @@ impl Store {
                     12,
                     "care",
                     include_str!("migrations/postgres/0012_care.sql"),
+                ),
+                (
+                    16,
+                    "dicom",
+                    include_str!("migrations/postgres/0016_dicom.sql"),
                 ),
             ],
         };
