@@ -17,6 +17,7 @@ mod cluster;
 mod consultation_sla;
 mod consultations;
 mod crash;
+mod dicom;
 mod edge;
 mod engine;
 mod experts;
@@ -32,6 +33,7 @@ mod store;
 mod support;
 mod tls;
 
-// Link the HL7 adapter's registrations (the `mllp` source, `hl7v2` expressions).
+// Link the adapters' registrations (the `mllp` and `dicom` sources, `hl7v2` expressions).
 use huizhen_amqp as _;
+use huizhen_dicom as _;
 use huizhen_hl7 as _;

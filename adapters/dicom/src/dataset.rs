@@ -277,7 +277,12 @@ pub fn read_file_meta<R: Read>(r: &mut R) -> Result<FileMeta, ScanError> {
         r: &mut *r,
         syntax: Syntax::ExplicitLe,
     };
-    if !rd.fill(&mut head, 0)? || &head[128..] != b"DICM" {
+    let complete = match rd.fill(&mut head, 0) {
+        Ok(c) => c,
+        Err(ScanError::Truncated(_)) => false,
+        Err(e) => return Err(e),
+    };
+    if !complete || &head[128..] != b"DICM" {
         return Err(ScanError::Malformed(
             0,
             "not a DICOM Part 10 file (no DICM after the 128-byte preamble)".into(),
