@@ -56,11 +56,11 @@ pub async fn sweep_once(
     let now = now_ms();
     let quiet_since = now - after.as_millis() as i64;
     let studies = store
-        .dicom_quiet_studies(quiet_since, BATCH)
+        .dicom_quiet_studies(pipeline.name(), quiet_since, BATCH)
         .await
         .map_err(|e| e.to_string())?;
     let mut reported = 0;
-    for study in studies.iter().filter(|s| s.pipeline == pipeline.name()) {
+    for study in &studies {
         let series = store
             .dicom_series(&study.study_uid)
             .await

@@ -20,6 +20,9 @@ use tokio::io::AsyncWriteExt;
 
 use crate::dataset::{self, Element, ScanError, Syntax, Want};
 
+/// Bytes of an instance gathered before they are written (per association being received).
+const WRITE_BUFFER: usize = 256 * 1024;
+
 /// Where instances are kept.
 #[derive(Debug, Clone)]
 pub struct Objects {
@@ -39,7 +42,7 @@ pub struct Meta<'a> {
 /// An instance being received.
 #[derive(Debug)]
 pub struct Incoming {
-    file: tokio::fs::File,
+    file: tokio::io::BufWriter<tokio::fs::File>,
     tmp: PathBuf,
     hasher: Sha256,
     dataset_bytes: u64,
@@ -75,14 +78,22 @@ impl Objects {
     }
 
     /// Creates the folders and removes what an interrupted run left in `.incoming` (never
-    /// acknowledged, so the sender still has it).
-    pub async fn prepare(&self) -> io::Result<()> {
+    /// acknowledged, so the sender still has it): partial files not written to for
+    /// `stale_after` (another engine process sharing the folder may be writing the fresh ones).
+    pub async fn prepare(&self, stale_after: std::time::Duration) -> io::Result<()> {
         let incoming = self.incoming_dir();
         tokio::fs::create_dir_all(&incoming).await?;
         tokio::fs::create_dir_all(self.root.join(".rejected")).await?;
         let mut dir = tokio::fs::read_dir(&incoming).await?;
         while let Some(e) = dir.next_entry().await? {
-            if e.file_name().to_string_lossy().ends_with(".part") {
+            let stale = e
+                .metadata()
+                .await
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= stale_after);
+            if stale && e.file_name().to_string_lossy().ends_with(".part") {
                 let _ = tokio::fs::remove_file(e.path()).await;
             }
         }
@@ -95,7 +106,9 @@ impl Objects {
         let tmp = self
             .incoming_dir()
             .join(format!("{}.part", huizhen_core::message::new_id()));
-        let mut file = tokio::fs::File::create(&tmp).await?;
+        // Senders' PDUs are often 16 KiB: gathered into larger writes, each a blocking-pool hop.
+        let mut file =
+            tokio::io::BufWriter::with_capacity(WRITE_BUFFER, tokio::fs::File::create(&tmp).await?);
         file.write_all(&header).await?;
         Ok(Incoming {
             file,
@@ -193,7 +206,7 @@ impl Incoming {
     pub async fn finish(mut self) -> io::Result<Received> {
         self.file.flush().await?;
         if self.sync {
-            self.file.sync_all().await?;
+            self.file.get_ref().sync_all().await?;
         }
         Ok(Received {
             tmp: self.tmp,
@@ -263,12 +276,13 @@ impl Received {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn an_instance_is_streamed_read_and_placed() {
         let dir = tempfile::tempdir().unwrap();
         let objects = Objects::new(dir.path().join("dicom"), true);
-        objects.prepare().await.unwrap();
+        objects.prepare(Duration::ZERO).await.unwrap();
         let mut inc = objects
             .begin(&Meta {
                 sop_class_uid: "1.2.840.10008.5.1.4.1.1.7",
@@ -309,7 +323,12 @@ mod tests {
             .unwrap();
         let r = inc.finish().await.unwrap();
         assert!(objects.place(&r, "..", "1", "2").await.is_err());
-        objects.prepare().await.unwrap();
+        objects.prepare(Duration::from_secs(3600)).await.unwrap();
+        let left = std::fs::read_dir(dir.path().join("dicom/.incoming"))
+            .unwrap()
+            .count();
+        assert_eq!(left, 1, "a fresh partial file may be another process's");
+        objects.prepare(Duration::ZERO).await.unwrap();
         let left = std::fs::read_dir(dir.path().join("dicom/.incoming"))
             .unwrap()
             .count();

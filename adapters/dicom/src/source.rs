@@ -322,7 +322,9 @@ impl Source for DicomSource {
                 .ok_or("the dicom source needs the engine's store (it indexes studies)")?;
             let sync = store.durability() == huizhen_core::store::Durability::PowerLoss;
             let objects = crate::objects::Objects::new(&self.config.storage, sync);
-            objects.prepare().await.map_err(|e| {
+            // Partial files idle longer than a PDU may take were left by a stopped process.
+            let stale = (self.config.idle_timeout + self.config.pdu_timeout) * 2;
+            objects.prepare(stale).await.map_err(|e| {
                 format!(
                     "storage: cannot prepare {}: {e}",
                     self.config.storage.display()

@@ -189,7 +189,13 @@ async fn searches_completion_and_the_patient_link(b: Backend) {
     assert_eq!(mine, ["2.1"]);
 
     // Completion: quiet since 1 500 ms → 2.1 only; marked once; a late instance reopens it.
-    let quiet = s.dicom_quiet_studies(1_500, 10).await.unwrap();
+    let quiet = s.dicom_quiet_studies("imaging", 1_500, 10).await.unwrap();
+    assert!(
+        s.dicom_quiet_studies("other", 1_500, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(
         quiet
             .iter()
@@ -203,7 +209,7 @@ async fn searches_completion_and_the_patient_link(b: Backend) {
         "once"
     );
     assert!(
-        s.dicom_quiet_studies(10_000, 10)
+        s.dicom_quiet_studies("imaging", 10_000, 10)
             .await
             .unwrap()
             .iter()

@@ -327,10 +327,11 @@ impl Store {
         rows.iter().map(|r| self.study_row(r)).collect()
     }
 
-    /// Studies no instance came for since `quiet_since` (ms) that are not complete yet, oldest
-    /// first: those a study-complete sweep reports.
+    /// Studies of `pipeline` no instance came for since `quiet_since` (ms) that are not
+    /// complete yet, oldest first: those its study-complete sweep reports.
     pub async fn dicom_quiet_studies(
         &self,
+        pipeline: &str,
         quiet_since: i64,
         limit: i64,
     ) -> Result<Vec<DicomStudy>> {
@@ -338,6 +339,8 @@ impl Store {
             "SELECT {STUDY_COLUMNS} FROM dicom_studies WHERE completed_at IS NULL AND last_received_at <= "
         ));
         s.bind(quiet_since);
+        s.push(" AND pipeline = ");
+        s.bind(pipeline.to_owned());
         s.push(" ORDER BY last_received_at LIMIT ");
         s.bind(limit);
         let rows = s

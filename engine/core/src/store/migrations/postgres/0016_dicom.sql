@@ -36,7 +36,7 @@ CREATE TABLE dicom_studies (
 CREATE INDEX dicom_studies_patient ON dicom_studies (facility, patient_id);
 CREATE INDEX dicom_studies_accession ON dicom_studies (accession);
 CREATE INDEX dicom_studies_date ON dicom_studies (study_date);
-CREATE INDEX dicom_studies_open ON dicom_studies (completed_at, last_received_at);
+CREATE INDEX dicom_studies_open ON dicom_studies (pipeline, completed_at, last_received_at);
 
 CREATE TABLE dicom_series (
     series_uid     TEXT PRIMARY KEY NOT NULL,
