@@ -18,6 +18,7 @@ mod consultation_events;
 mod consultation_sla;
 mod consultations;
 mod crash;
+mod dicom;
 mod edge;
 mod engine;
 mod experts;
@@ -37,8 +38,9 @@ mod store;
 mod support;
 mod tls;
 
-// Link the HL7 adapter's registrations (the `mllp` source, `hl7v2` expressions).
+// Link the adapters' registrations (the `mllp` and `dicom` sources, `hl7v2` expressions).
 use huizhen_amqp as _;
+use huizhen_dicom as _;
 // The FHIR adapter's registrations (`fhir_poll`, `fhir`, `hl7v2_to_fhir`, kind `fhir+json`, the
 // `fhir_store` sink, the /fhir/r4 facade).
 use huizhen_fhir as _;

@@ -4,7 +4,7 @@
 //! sinks:
 //!   - journal: {}
 //!   - hl7_app_ack: { to: 10.0.0.5:6662 }   # the sender's own listener
-//!   # or over TLS, as for the `mllp` sink (crate::tls::connect is shared):
+//!   # or over TLS, as for the `mllp` sink (huizhen_core::tls::connect is shared):
 //!   - hl7_app_ack: { to: his.example:6662, tls: { ca: hospital-ca.pem } }
 //! ```
 //! A sender that set `MSH-16` got a CA when its message was journaled; this sink sends the
@@ -29,7 +29,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::ack::{self, AckCode, ErrorCode, ErrorDetail};
 use crate::mllp::frame;
-use crate::tls::{ClientTls, ClientTlsConfig};
+use huizhen_core::tls::{ClientTls, ClientTlsConfig};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -110,7 +110,7 @@ impl AppAckSink {
                 self.config.to
             ))
         };
-        let mut stream = crate::tls::connect(self.config.to.trim(), self.tls.as_ref(), t)
+        let mut stream = huizhen_core::tls::connect(self.config.to.trim(), self.tls.as_ref(), t)
             .await
             .map_err(fail)?;
         stream

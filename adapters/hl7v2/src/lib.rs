@@ -23,7 +23,6 @@ pub mod parse;
 pub mod path;
 pub mod sink;
 pub mod source;
-pub mod tls;
 
 pub use charset::{
     CharsetError, Decoded, OnInvalid, decode, encode, encoding_for_msh18, sniff_msh18,

@@ -67,7 +67,7 @@ use crate::charset::{self, CharsetError, OnInvalid};
 use crate::escape::escape;
 use crate::mllp::{Deframer, EB, Event, SB, frame};
 use crate::parse::Message;
-use crate::tls::{ClientTls, ClientTlsConfig, Io};
+use huizhen_core::tls::{ClientTls, ClientTlsConfig, Io};
 
 /// Largest ACK frame read back; a larger one drops the connection.
 const MAX_ACK_BYTES: usize = 4 * 1024 * 1024;
@@ -558,7 +558,7 @@ impl MllpSink {
     }
 
     async fn connect(&self) -> Result<Conn, StepError> {
-        let stream = crate::tls::connect(&self.to, self.tls.as_ref(), self.connect_timeout)
+        let stream = huizhen_core::tls::connect(&self.to, self.tls.as_ref(), self.connect_timeout)
             .await
             .map_err(|e| {
                 tracing::warn!(sink = %self.name, destination = %self.to, error = %e, "MLLP connection failed");

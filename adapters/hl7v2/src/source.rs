@@ -23,7 +23,7 @@
 //! `hl7-sending-application`, `hl7-sending-facility`, and `hl7-app-ack` when the sender asked
 //! for an application ACK (enhanced mode).
 //!
-//! Limits (the plumbing is [`huizhen_core::listener`]): `max_connections` served at once, each
+//! Limits (the plumbing, shared with the `dicom` source, is [`huizhen_core::listener`]): `max_connections` served at once, each
 //! frame at most `max_frame_bytes` and complete within `frame_timeout` of its first byte (the
 //! `idle_timeout` between frames restarts with every byte, so it alone cannot stop a trickle),
 //! and at most `max_buffered_bytes` held in unfinished frames by all connections together: a
@@ -38,14 +38,14 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use huizhen_core::config::duration;
-use huizhen_core::listener::{AllowList, ByteBudget, UnitClock, open_to_all_warning, read_some};
+use huizhen_core::listener::{
+    Accepted, ByteBudget, ListenerSpec, NoRefusal, TcpServer, UnitClock, WhenFull, read_some,
+};
 use huizhen_core::message::NewMessage;
 use huizhen_core::runner::{BuildContext, PipelineHandle};
 use huizhen_core::sources::{Source, SourceConfig, SourceContext};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use crate::ack::{self, AckCode, ErrorCode, ErrorDetail, Outcome};
 use crate::charset::{self, OnInvalid};
@@ -105,7 +105,7 @@ pub struct MllpSourceConfig {
     pub accept_types: Vec<String>,
     /// TLS (1.2+): certificate, key and, for mutual TLS, the CA of client certificates.
     #[serde(default)]
-    pub tls: Option<crate::tls::TlsConfig>,
+    pub tls: Option<huizhen_core::tls::TlsConfig>,
     /// With `MSH-18` empty, bytes that are valid UTF-8 but that `charset` would misread (a
     /// multi-byte charset swallowing a delimiter, or invalid sequences) are read as UTF-8 and
     /// flagged `hl7-charset-detected: UTF-8` (default). `false`: answered AE instead.
@@ -167,19 +167,7 @@ impl SourceConfig for MllpSourceConfig {
                 self.charset
             )
         })?;
-        let _: SocketAddr = self.listen.parse().map_err(|_| {
-            format!(
-                "listen: {:?} is not an address like 127.0.0.1:2575",
-                self.listen
-            )
-        })?;
-        let allow = AllowList::parse(&self.allow)?;
-        if self.max_connections == 0 {
-            return Err("max_connections must be at least 1".into());
-        }
-        if self.frame_timeout.is_zero() || self.idle_timeout.is_zero() {
-            return Err("frame_timeout and idle_timeout must be longer than 0".into());
-        }
+        let server = self.listener().build()?;
         let need = self.max_frame_bytes.saturating_add(self.read_chunk());
         if self.max_buffered_bytes < need {
             return Err(format!(
@@ -196,23 +184,15 @@ impl SourceConfig for MllpSourceConfig {
                 ));
             }
         }
-        let tls = self.tls.as_ref().map(crate::tls::acceptor).transpose()?;
         Ok(Box::new(MllpSource {
             config: Arc::new(self.clone()),
             default_charset,
-            allow: Arc::new(allow),
-            tls,
+            server,
         }))
     }
 
     fn warnings(&self) -> Vec<String> {
-        match AllowList::parse(&self.allow) {
-            Ok(allow) => open_to_all_warning(&self.listen, &allow)
-                .map(|w| format!("mllp: {w}"))
-                .into_iter()
-                .collect(),
-            Err(_) => Vec::new(),
-        }
+        self.listener().warnings()
     }
 }
 
@@ -221,85 +201,54 @@ impl MllpSourceConfig {
     fn read_chunk(&self) -> usize {
         READ_CHUNK.min(self.max_frame_bytes.saturating_add(2))
     }
+
+    /// The listener settings, checked by the shared plumbing.
+    fn listener(&self) -> ListenerSpec<'_> {
+        ListenerSpec {
+            kind: "mllp",
+            listen: &self.listen,
+            allow: &self.allow,
+            tls: self.tls.as_ref(),
+            max_connections: self.max_connections,
+            timeouts: [
+                ("frame_timeout", self.frame_timeout),
+                ("idle_timeout", self.idle_timeout),
+            ],
+        }
+    }
 }
 
 struct MllpSource {
     config: Arc<MllpSourceConfig>,
     default_charset: &'static encoding_rs::Encoding,
-    allow: Arc<AllowList>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    server: TcpServer,
 }
 
 impl Source for MllpSource {
     fn describe(&self) -> String {
-        let tls = if self.tls.is_some() { " (TLS)" } else { "" };
-        format!("mllp {}{tls}", self.config.listen)
+        self.server.describe()
     }
 
     fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), String>> {
         Box::pin(async move {
-            let listener = TcpListener::bind(&self.config.listen)
-                .await
-                .map_err(|e| format!("cannot listen on {}: {e}", self.config.listen))?;
-            tracing::info!(pipeline = ctx.pipeline.name(), listen = %self.config.listen, "MLLP listener started");
-            let permits = Arc::new(Semaphore::new(self.config.max_connections));
             let shared = Arc::new(Shared {
                 config: self.config.clone(),
                 default_charset: self.default_charset,
                 pipeline: ctx.pipeline.clone(),
                 budget: ByteBudget::new(self.config.max_buffered_bytes),
             });
-            loop {
-                let permit = tokio::select! {
-                    _ = ctx.shutdown.cancelled() => return Ok(()),
-                    p = permits.clone().acquire_owned() => p.map_err(|e| e.to_string())?,
-                };
-                let (stream, peer) = tokio::select! {
-                    _ = ctx.shutdown.cancelled() => return Ok(()),
-                    r = listener.accept() => match r {
-                        Ok(x) => x,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "MLLP accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
+            // Over max_connections a sender waits in the listen backlog (it retries nothing).
+            self.server
+                .run(
+                    ctx.pipeline.name(),
+                    ctx.shutdown,
+                    WhenFull::<NoRefusal>::Wait,
+                    move |conn: Accepted, shutdown| {
+                        let shared = shared.clone();
+                        async move { serve(conn.stream, conn.peer, &shared, shutdown).await }
                     },
-                };
-                if !self.allow.admits(peer.ip()) {
-                    tracing::warn!(pipeline = ctx.pipeline.name(), %peer, "MLLP connection refused: peer not in the allow list");
-                    drop(stream);
-                    continue;
-                }
-                let shared = shared.clone();
-                let shutdown = ctx.shutdown.clone();
-                let tls = self.tls.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    let _ = stream.set_nodelay(true);
-                    let result = match tls {
-                        None => serve(stream, peer, &shared, shutdown).await,
-                        Some(acceptor) => {
-                            let handshake = tokio::time::timeout(
-                                Duration::from_secs(10),
-                                acceptor.accept(stream),
-                            )
-                            .await;
-                            match handshake {
-                                Ok(Ok(tls_stream)) => {
-                                    serve(tls_stream, peer, &shared, shutdown).await
-                                }
-                                Ok(Err(e)) => Err(format!(
-                                    "TLS handshake failed (a plaintext client on a TLS port?): {e}"
-                                )),
-                                Err(_) => Err("TLS handshake timed out".to_owned()),
-                            }
-                        }
-                    };
-                    if let Err(e) = result {
-                        tracing::warn!(pipeline = shared.pipeline.name(), %peer, error = %e, "MLLP connection ended");
-                    }
-                });
-            }
+                )
+                .await
         })
     }
 }
@@ -320,7 +269,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(), String> {
     let mut deframer = Deframer::new(s.config.max_frame_bytes);
     let mut buf = vec![0u8; s.config.read_chunk()];
-    let mut clock = UnitClock::new(s.config.frame_timeout);
+    let mut clock = UnitClock::new(s.config.frame_timeout, "frame");
     let mut hold = s.budget.hold();
     let mut conn = Conn {
         peer,

@@ -124,8 +124,8 @@ async fn send(a: SendArgs) -> Result<ExitCode> {
         _ => None,
     };
     let connector =
-        huizhen_hl7::tls::connector(a.ca.as_deref(), identity).map_err(|e| anyhow::anyhow!(e))?;
-    let name = huizhen_hl7::tls::server_name(&a.to).map_err(|e| anyhow::anyhow!(e))?;
+        huizhen_core::tls::connector(a.ca.as_deref(), identity).map_err(|e| anyhow::anyhow!(e))?;
+    let name = huizhen_core::tls::server_name(&a.to).map_err(|e| anyhow::anyhow!(e))?;
     let tls = connector
         .connect(name, stream)
         .await

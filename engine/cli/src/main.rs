@@ -14,11 +14,13 @@ use huizhen_core::store::{ListFilter, Store, StoreOptions};
 use huizhen_core::{Engine, http};
 // Adapters: each is named once so the linker keeps its sources, steps and sinks.
 use huizhen_amqp as _;
+use huizhen_dicom as _;
 // The FHIR adapter's registrations: `fhir_poll`, `fhir`, `hl7v2_to_fhir`, the `fhir_store` sink
 // and the /fhir/r4 facade routes.
 use huizhen_fhir as _;
 use huizhen_hl7 as _;
 
+mod dicom;
 mod experts;
 mod export;
 mod hl7;
@@ -61,6 +63,9 @@ enum Command {
     /// fields.
     #[command(subcommand)]
     Hl7(hl7::Hl7Command),
+    /// DICOM tools: C-ECHO, C-STORE files, C-FIND (an SCU for checks and tests).
+    #[command(subcommand)]
+    Dicom(dicom::DicomCommand),
     /// Issue JWTs for the API (signed with the engine's secret).
     #[command(subcommand)]
     Token(security::TokenCommand),
@@ -189,6 +194,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Hl7(cmd) => hl7::run(cmd).await,
         Command::Opinion(cmd) => opinion::run(cmd),
+        Command::Dicom(cmd) => dicom::run(cmd).await,
         Command::Token(cmd) => {
             let root = root_config(cli.config.as_deref(), cli.database_url.clone())?;
             let store = open_store(cli.config.as_deref(), cli.database_url).await?;

@@ -1,9 +1,14 @@
-//! TLS for the listeners (HTTP, MLLP; STANDARDS HL7-04, CN-31): rustls with the ring provider
-//! only, TLS 1.2 and 1.3.
+//! TLS for the listeners (HTTP, MLLP, DICOM; STANDARDS HL7-04, CN-31) and for outbound
+//! connections: rustls with the ring provider only, TLS 1.2 and 1.3.
 //!
 //! The listener takes a certificate chain and key (PEM files) and, for mutual TLS (node
 //! authentication between facilities), a CA bundle that client certificates must chain to.
-//! A plaintext client on a TLS port fails the handshake and gets no ACK.
+//! A plaintext client on a TLS port fails the handshake and gets no answer.
+//!
+//! [`connect`] is the one outbound connection routine of the senders (the `mllp` and
+//! `hl7_app_ack` sinks, DICOM SCUs): TCP within the connect timeout, then, with TLS, the
+//! handshake within the same timeout, the server's certificate checked against `tls.ca` and the
+//! server name (webpki).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,10 +16,49 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::Deserialize;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
 pub use tokio_rustls::TlsAcceptor;
 use tokio_rustls::TlsConnector;
 
-/// `tls:` under `http` (root config) or an `mllp` source.
+/// A byte stream to a peer, plain or TLS.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Connects to `to` (`HOST:PORT`) and, with `tls`, runs the handshake; both within `limit`.
+/// The error says which step failed and why (`TLS handshake with 10.0.0.5:6661 failed:
+/// invalid peer certificate: UnknownIssuer`).
+pub async fn connect(
+    to: &str,
+    tls: Option<&ClientTls>,
+    limit: Duration,
+) -> Result<Box<dyn Io>, String> {
+    let deadline = Instant::now() + limit;
+    let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(to)).await {
+        Err(_) => return Err(format!("cannot connect to {to} within {limit:?}")),
+        Ok(Err(e)) => return Err(format!("cannot connect to {to}: {e}")),
+        Ok(Ok(s)) => s,
+    };
+    let _ = stream.set_nodelay(true);
+    let Some(tls) = tls else {
+        return Ok(Box::new(stream));
+    };
+    match tokio::time::timeout_at(deadline, tls.connect(stream)).await {
+        Err(_) => Err(format!(
+            "TLS handshake with {to} not complete within {limit:?}"
+        )),
+        Ok(Err(e)) => Err(format!(
+            "TLS handshake with {to} (server name {:?}) failed: {e}",
+            tls.server_name()
+        )),
+        Ok(Ok(s)) => Ok(Box::new(s)),
+    }
+}
+
+/// `tls:` under `http` (root config) or a listener source (`mllp`, `dicom`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {

@@ -14,6 +14,7 @@ pub mod care;
 pub mod cluster;
 pub mod consultations;
 mod cursors;
+pub mod dicom;
 pub mod experts;
 mod feed;
 pub mod fhir;
@@ -498,7 +499,7 @@ impl Store {
         self.sqlite_file.as_deref()
     }
 
-    pub(crate) fn durability(&self) -> Durability {
+    pub fn durability(&self) -> Durability {
         self.durability
     }
 
@@ -578,6 +579,11 @@ impl Store {
                     "source_cursors",
                     include_str!("migrations/sqlite/0015_source_cursors.sql"),
                 ),
+                (
+                    16,
+                    "dicom",
+                    include_str!("migrations/sqlite/0016_dicom.sql"),
+                ),
             ],
             Backend::Postgres => &[
                 (
@@ -654,6 +660,11 @@ impl Store {
                     15,
                     "source_cursors",
                     include_str!("migrations/postgres/0015_source_cursors.sql"),
+                ),
+                (
+                    16,
+                    "dicom",
+                    include_str!("migrations/postgres/0016_dicom.sql"),
                 ),
             ],
         };

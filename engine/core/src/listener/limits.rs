@@ -1,15 +1,7 @@
-//! Plumbing for the engine's own TCP listeners (MLLP today; DICOM next), free of any protocol:
-//! who may connect ([`AllowList`]), how long one unit of the protocol (an MLLP frame, a DICOM
-//! PDU) may take to arrive ([`UnitClock`], [`read_some`]), and how many bytes all connections of
-//! one listener may hold in buffers at once ([`ByteBudget`]).
-//!
-//! What these defend against (docs/security.md, "MLLP limits"): an idle timeout alone resets on
-//! every byte, so a client trickling one byte a second holds a connection slot forever; the
-//! unit deadline counts from the unit's first byte instead. Per-connection size limits alone let
-//! `max_connections × max_frame_bytes` bytes pile up (256 × 16 MiB = 4 GiB); the budget caps
-//! the sum: a connection whose next read would pass it stops reading (TCP back-pressure reaches
-//! the sender) until other connections release bytes, and its unit deadline still runs, so a
-//! crowd of half-sent frames ends in closed connections, not in memory exhaustion.
+//! The limits every listener applies to its connections: who may connect ([`AllowList`]), how
+//! long one unit of the protocol may take to arrive ([`UnitClock`], [`read_some`]), and how many
+//! bytes all connections of one listener may hold in buffers at once ([`ByteBudget`]). See the
+//! module above for what these defend against.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -115,13 +107,17 @@ impl Cidr {
 pub struct UnitClock {
     limit: Duration,
     started: Option<Instant>,
+    /// What a unit is called in errors (`frame`, `PDU`).
+    unit: &'static str,
 }
 
 impl UnitClock {
-    pub fn new(limit: Duration) -> UnitClock {
+    /// A clock for units called `unit` in errors (`frame`, `PDU`).
+    pub fn new(limit: Duration, unit: &'static str) -> UnitClock {
         UnitClock {
             limit,
             started: None,
+            unit,
         }
     }
 
@@ -152,8 +148,8 @@ impl UnitClock {
 pub enum ReadStop {
     /// Nothing arrived for the idle timeout, between units.
     Idle(Duration),
-    /// The unit in progress was not complete by its deadline.
-    Unfinished(Duration),
+    /// The unit in progress (named) was not complete by its deadline.
+    Unfinished(Duration, &'static str),
     Io(std::io::Error),
 }
 
@@ -161,10 +157,10 @@ impl std::fmt::Display for ReadStop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ReadStop::Idle(d) => write!(f, "idle for {d:?}, closed"),
-            ReadStop::Unfinished(d) => {
+            ReadStop::Unfinished(d, unit) => {
                 write!(
                     f,
-                    "a frame was not complete {d:?} after its first byte, closed"
+                    "a {unit} was not complete {d:?} after its first byte, closed"
                 )
             }
             ReadStop::Io(e) => write!(f, "{e}"),
@@ -182,7 +178,7 @@ pub async fn read_some<R: AsyncRead + Unpin>(
 ) -> Result<usize, ReadStop> {
     let idle_at = Instant::now() + idle;
     let (at, stop) = match clock.deadline() {
-        Some(d) if d <= idle_at => (d, ReadStop::Unfinished(clock.limit)),
+        Some(d) if d <= idle_at => (d, ReadStop::Unfinished(clock.limit, clock.unit)),
         _ => (idle_at, ReadStop::Idle(idle)),
     };
     match tokio::time::timeout_at(at, stream.read(buf)).await {
@@ -419,7 +415,7 @@ mod tests {
     #[tokio::test]
     async fn a_unit_deadline_does_not_move_with_trickled_bytes() {
         let (mut client, mut server) = tokio::io::duplex(64);
-        let mut clock = UnitClock::new(Duration::from_millis(300));
+        let mut clock = UnitClock::new(Duration::from_millis(300), "frame");
         let idle = Duration::from_millis(200);
         let trickle = tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
@@ -439,7 +435,7 @@ mod tests {
                 Err(e) => break e,
             }
         };
-        assert!(matches!(stop, ReadStop::Unfinished(_)), "{stop}");
+        assert!(matches!(stop, ReadStop::Unfinished(..)), "{stop}");
         let took = started.elapsed();
         assert!(
             took >= Duration::from_millis(290) && took < Duration::from_millis(1500),
