@@ -5,11 +5,14 @@
 //! ServiceRequest + Encounter + opinion, moved by `PUT Task` under `If-Match`, `$everything`,
 //! `$match` and `$ihe-pix` ([`consultation`]); the CapabilityStatement against the routes
 //! ([`capability`]). Every resource the facade answers is read back through fhir-sdk's model
-//! (`huizhen_fhir::facade::model::round_trip`).
+//! (`huizhen_fhir::facade::model::round_trip`). The `fhir_poll` source and the `fhir` sink of
+//! another engine against this facade ([`client_facade`]).
 
 mod capability;
 mod care;
+mod client_facade;
 mod consultation;
+mod encounter;
 mod rekey;
 mod store;
 

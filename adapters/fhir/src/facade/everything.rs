@@ -179,3 +179,140 @@ pub async fn patient(ctx: &Ctx, id: &str, pairs: &[(String, String)]) -> Result<
         page,
     ))
 }
+
+/// `GET Encounter/{id}/$everything` (FHIR-22): the Encounter the caller may read, its Patient,
+/// the stored resources that name it as their `encounter`, and for a consultation's session
+/// (`cs-{c}`) the consultation's Task, ServiceRequest and opinion — each only if the caller may
+/// read it (an expert: their own consultations' patients). An Encounter the caller may not read
+/// is 404, as a read. Parameters: `_since`, `_type`, `_count` (and `_offset`, the links').
+pub async fn encounter(ctx: &Ctx, id: &str, pairs: &[(String, String)]) -> Result<Value, Fail> {
+    let mut since = None;
+    let mut types: Option<Vec<String>> = None;
+    let mut req = SearchRequest {
+        count: search::DEFAULT_COUNT,
+        ..SearchRequest::default()
+    };
+    for (k, v) in pairs {
+        match k.as_str() {
+            "_since" => {
+                since = Some(date_range(v).ok_or_else(|| {
+                    Fail::invalid("_since", format!("_since: {v:?} is not a FHIR date"))
+                })?);
+            }
+            "_type" => {
+                let list: Vec<String> = v.split(',').map(|t| t.trim().to_owned()).collect();
+                if let Some(bad) = list.iter().find(|t| def(t).is_none()) {
+                    return Err(Fail::invalid(
+                        "_type",
+                        format!("_type: {bad:?} is not served here"),
+                    ));
+                }
+                types = Some(list);
+            }
+            "_count" => {
+                req.count = v
+                    .parse::<usize>()
+                    .map_err(|_| Fail::invalid("_count", "_count: not a number"))?
+                    .min(search::MAX_COUNT);
+            }
+            "_offset" => {
+                req.offset = v
+                    .parse()
+                    .map_err(|_| Fail::invalid("_offset", "_offset: not a number"))?;
+                continue;
+            }
+            other => {
+                return Err(Fail::invalid(
+                    other,
+                    format!("unknown $everything parameter {other:?} (_since, _type, _count)"),
+                ));
+            }
+        }
+        req.params.push((k.clone(), v.clone()));
+    }
+    let def_of = |t: &str| def(t).unwrap_or_else(|| unreachable!("{t} is in the table"));
+    let Some(enc) = context::read(ctx, def_of("Encounter"), id, None).await? else {
+        return Err(Fail::not_found("Encounter", id));
+    };
+    let mut all = Vec::new();
+    if let Some(p) = enc.json["subject"]["reference"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("Patient/"))
+        && let Some(s) = context::read(ctx, def_of("Patient"), p, None).await?
+    {
+        all.push(s);
+    }
+    if let Some(c) = id.strip_prefix("cs-") {
+        for (t, rid) in [
+            ("Task", c.to_owned()),
+            ("ServiceRequest", format!("cr-{c}")),
+            ("DiagnosticReport", format!("co-{c}")),
+        ] {
+            if let Some(s) = context::read(ctx, def_of(t), &rid, None).await? {
+                all.push(s);
+            }
+        }
+    }
+    let reference = format!("Encounter/{id}");
+    for d in TABLE.iter().filter(|d| {
+        d.name != "Encounter"
+            && d.sources.contains(&Source::Stored)
+            && d.param("encounter").is_some()
+    }) {
+        let sub = SearchRequest {
+            criteria: vec![huizhen_core::store::fhir::Criterion::Terms {
+                param: "encounter".into(),
+                any_of: vec![reference.clone()],
+            }],
+            count: PER_TYPE,
+            ..SearchRequest::default()
+        };
+        all.extend(context::search(ctx, d, &sub).await?.0);
+    }
+    all.insert(0, enc);
+    let wanted = |s: &Served| {
+        types.as_ref().is_none_or(|l| {
+            l.iter()
+                .any(|x| Some(x.as_str()) == s.json["resourceType"].as_str())
+        })
+    };
+    all.retain(|s| wanted(s) && since.is_none_or(|(lo, _)| s.last_updated >= lo));
+    let mut seen = Vec::new();
+    all.retain(|s| {
+        let k = format!(
+            "{}/{}",
+            s.json["resourceType"].as_str().unwrap_or(""),
+            s.json["id"].as_str().unwrap_or("")
+        );
+        !seen.contains(&k) && {
+            seen.push(k);
+            true
+        }
+    });
+    all.sort_by_key(|s| std::cmp::Reverse(s.last_updated));
+    let total = all.len();
+    ctx.audit(&ctx.event(
+        "fhir.everything",
+        "Encounter",
+        id,
+        "success",
+        format!("{total} resources"),
+    ))
+    .await?;
+    let page: Vec<Entry> = all
+        .into_iter()
+        .skip(req.offset)
+        .take(req.count)
+        .map(|s| Entry {
+            resource: s.json,
+            mode: "match",
+        })
+        .collect();
+    Ok(search::bundle(
+        &ctx.base,
+        &format!("Encounter/{id}/$everything"),
+        &req,
+        total,
+        page,
+    ))
+}

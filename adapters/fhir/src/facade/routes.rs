@@ -3,9 +3,10 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
+use axum::http::Method;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, any, get, post};
 use axum::{Extension, Router};
 use huizhen_core::http::{AppState, Caller, Scheme};
 use huizhen_core::security::Action;
@@ -23,7 +24,13 @@ type Pairs = Query<Vec<(String, String)>>;
 /// Every route the facade answers: (method, axum pattern, action). `None` for the public
 /// `metadata`. The engine's route table must hold each with the same action.
 pub fn route_rows() -> Vec<(&'static str, String, Option<Action>)> {
-    let mut rows = vec![("GET", format!("{BASE_PATH}/metadata"), None)];
+    let mut rows = vec![
+        ("GET", format!("{BASE_PATH}/metadata"), None),
+        // Every other path under the base: an OperationOutcome ([`unknown`]), public like the
+        // engine's own 404 (it says nothing about data).
+        ("*", BASE_PATH.to_owned(), None),
+        ("*", format!("{BASE_PATH}/{{*rest}}"), None),
+    ];
     for d in TABLE {
         let base = format!("{BASE_PATH}/{}", d.name);
         rows.push(("GET", base.clone(), Some(d.search)));
@@ -58,15 +65,18 @@ fn ctx(s: AppState, caller: Caller, headers: &HeaderMap, scheme: Option<Extensio
 
 /// The facade's router (merged into the engine's before its guard).
 pub fn routes() -> Router<AppState> {
-    let mut r = Router::new().route(
-        &format!("{BASE_PATH}/metadata"),
-        get(
-            |headers: HeaderMap, scheme: Option<Extension<Scheme>>| async move {
-                let base = Ctx::base_of(&headers, scheme.map(|e| e.0));
-                fhir_json(StatusCode::OK, &capability::statement(&base))
-            },
-        ),
-    );
+    let mut r = Router::new()
+        .route(BASE_PATH, any(unknown))
+        .route(&format!("{BASE_PATH}/{{*rest}}"), any(unknown))
+        .route(
+            &format!("{BASE_PATH}/metadata"),
+            get(
+                |headers: HeaderMap, scheme: Option<Extension<Scheme>>| async move {
+                    let base = Ctx::base_of(&headers, scheme.map(|e| e.0));
+                    fhir_json(StatusCode::OK, &capability::statement(&base))
+                },
+            ),
+        );
     for d in TABLE {
         let base = format!("{BASE_PATH}/{}", d.name);
         r = r.route(
@@ -187,6 +197,23 @@ pub fn routes() -> Router<AppState> {
                         },
                     ),
                 ),
+                ("Encounter", "everything") => r.route(
+                    &path,
+                    get(
+                        |State(s): State<AppState>,
+                         Extension(c): Extension<Caller>,
+                         headers: HeaderMap,
+                         scheme: Option<Extension<Scheme>>,
+                         Path(id): Path<String>,
+                         Query(q): Pairs| async move {
+                            let cx = ctx(s, c, &headers, scheme);
+                            everything::encounter(&cx, &id, &q)
+                                .await
+                                .map(|b| fhir_json(StatusCode::OK, &b))
+                                .unwrap_or_else(IntoResponse::into_response)
+                        },
+                    ),
+                ),
                 (t, o) => unreachable!(
                     "no handler for {t}/${o}: the table lists an operation the router does not have"
                 ),
@@ -194,6 +221,37 @@ pub fn routes() -> Router<AppState> {
         }
     }
     r
+}
+
+/// A path under the base that the facade does not serve, as an OperationOutcome: 405
+/// `not-supported` for a write to the base itself (the facade is read-mostly: transaction and
+/// batch Bundles are not taken; `Allow` is empty, the base has no interaction), else 404
+/// `not-found`.
+async fn unknown(method: Method, uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    if path.trim_end_matches('/') == BASE_PATH && !matches!(method, Method::GET | Method::HEAD) {
+        let mut r = Fail::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "not-supported",
+            format!(
+                "{method} {path}: the FHIR facade takes no transaction or batch Bundles (it is read-only but for PUT Task/{{id}}); send them through a pipeline with the fhir_store sink"
+            ),
+        )
+        .into_response();
+        r.headers_mut().insert(
+            axum::http::header::ALLOW,
+            axum::http::HeaderValue::from_static(""),
+        );
+        return r;
+    }
+    Fail::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        format!(
+            "{method} {path}: not served by the FHIR facade (the CapabilityStatement at {BASE_PATH}/metadata lists what is)"
+        ),
+    )
+    .into_response()
 }
 
 async fn read_handler(

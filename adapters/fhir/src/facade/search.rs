@@ -7,7 +7,11 @@
 //! every token, reference and string parameter, `:exact` on strings (matching is on whole
 //! normalised words either way), `:{Type}` on references. Result parameters: `_count` (default
 //! 20, at most 200), `_offset` (the paging links'), `_include` and `_revinclude` where the type
-//! lists them, `_format=json`.
+//! lists them, `_format=json`, and `_sort` on `_lastUpdated`: the facade's one order is the
+//! newest change first (`-_lastUpdated`, applied and kept in the links); `_sort=_lastUpdated`
+//! (what FHIR clients that poll send) is answered in that order too, with a warning
+//! OperationOutcome entry (search mode `outcome`) saying so, and left out of the `self` link
+//! (FHIR: the link shows what was applied). Any other `_sort` is refused.
 
 use axum::http::StatusCode;
 use huizhen_core::store::fhir::{Criterion, DatePrefix};
@@ -31,6 +35,8 @@ pub struct SearchRequest {
     pub revincludes: Vec<RevInclude>,
     /// The parameters as given, but paging (for the links).
     pub params: Vec<(String, String)>,
+    /// What was asked but not applied as asked, for a warning entry.
+    pub warnings: Vec<String>,
 }
 
 impl SearchRequest {
@@ -116,6 +122,21 @@ pub fn parse(def: &ResourceDef, pairs: &[(String, String)]) -> Result<SearchRequ
                 })?;
                 continue;
             }
+            "_sort" => {
+                match value {
+                    "-_lastUpdated" => req.params.push((key.clone(), value.to_owned())),
+                    "_lastUpdated" => req.warnings.push(
+                        "_sort=_lastUpdated: not applied; results are sorted by -_lastUpdated (newest change first), the only order the facade serves".into(),
+                    ),
+                    _ => {
+                        return Err(Fail::invalid(
+                            "_sort",
+                            format!("_sort: {value:?} is not supported (supported: -_lastUpdated; _lastUpdated is answered newest first)"),
+                        ));
+                    }
+                }
+                continue;
+            }
             "_format" => {
                 if !matches!(value, "json" | "application/json" | "application/fhir+json") {
                     return Err(Fail {
@@ -189,7 +210,14 @@ pub fn parse(def: &ResourceDef, pairs: &[(String, String)]) -> Result<SearchRequ
                     def.params
                         .iter()
                         .map(|p| p.name)
-                        .chain(["_id", "_lastUpdated", "_count", "_include", "_revinclude"])
+                        .chain([
+                            "_id",
+                            "_lastUpdated",
+                            "_count",
+                            "_sort",
+                            "_include",
+                            "_revinclude",
+                        ])
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
@@ -321,9 +349,24 @@ pub fn bundle(
             json!({"relation": "previous", "url": link(req.offset.saturating_sub(req.count))}),
         );
     }
+    let warning = (!req.warnings.is_empty()).then(|| Entry {
+        resource: json!({
+            "resourceType": "OperationOutcome",
+            "issue": req.warnings.iter().map(|w| json!({
+                "severity": "warning",
+                "code": "not-supported",
+                "diagnostics": w,
+            })).collect::<Vec<_>>(),
+        }),
+        mode: "outcome",
+    });
     let entries: Vec<Value> = entries
         .into_iter()
+        .chain(warning)
         .map(|e| {
+            if e.mode == "outcome" {
+                return json!({"resource": e.resource, "search": {"mode": e.mode}});
+            }
             let ty = e.resource["resourceType"].as_str().unwrap_or_default();
             let id = e.resource["id"].as_str().unwrap_or_default();
             json!({
@@ -414,6 +457,28 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn sort_on_last_updated_is_newest_first_and_says_so() {
+        let d = def("Observation").unwrap();
+        let r = parse(d, &pairs(&[("_sort", "-_lastUpdated")])).unwrap();
+        assert!(r.warnings.is_empty());
+        let b = bundle("http://h/fhir/r4", "Observation", &r, 0, vec![]);
+        assert!(
+            b["link"][0]["url"]
+                .as_str()
+                .unwrap()
+                .contains("_sort=-_lastUpdated")
+        );
+        assert!(b.get("entry").is_none(), "{b}");
+        let r = parse(d, &pairs(&[("_sort", "_lastUpdated")])).unwrap();
+        let b = bundle("http://h/fhir/r4", "Observation", &r, 0, vec![]);
+        assert!(!b["link"][0]["url"].as_str().unwrap().contains("_sort"));
+        assert_eq!(b["entry"][0]["search"]["mode"], "outcome");
+        assert_eq!(b["entry"][0]["resource"]["issue"][0]["severity"], "warning");
+        let e = parse(d, &pairs(&[("_sort", "date")])).unwrap_err();
+        assert_eq!(e.expression.as_deref(), Some("_sort"));
     }
 
     #[test]

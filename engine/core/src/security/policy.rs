@@ -398,6 +398,11 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
         "/fhir/r4/Encounter/{id}/_history/{vid}",
         Action::ReadClinical,
     ),
+    (
+        "GET",
+        "/fhir/r4/Encounter/{id}/$everything",
+        Action::ReadClinical,
+    ),
     ("GET", "/fhir/r4/Provenance", Action::ReadConsultations),
     ("GET", "/fhir/r4/Provenance/{id}", Action::ReadConsultations),
     ("GET", "/fhir/r4/DocumentReference", Action::ReadClinical),
@@ -455,4 +460,13 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
 
 /// Endpoints open to anyone (the FHIR CapabilityStatement is public, as SMART clients expect:
 /// it says what the facade does, never what data there is).
-pub const PUBLIC: &[&str] = &["/health", "/ready", "/fhir/r4/metadata"];
+///
+/// The FHIR facade's catch-alls (`/fhir/r4`, `/fhir/r4/{*rest}`) only ever answer an
+/// OperationOutcome 404/405, like the engine's own 404 for an unknown path.
+pub const PUBLIC: &[&str] = &[
+    "/health",
+    "/ready",
+    "/fhir/r4/metadata",
+    "/fhir/r4",
+    "/fhir/r4/{*rest}",
+];

@@ -315,7 +315,14 @@ pub const TABLE: &[ResourceDef] = &[
             target: "Patient",
         }],
         revincludes: &[],
-        operations: &[],
+        operations: &[Operation {
+            name: "everything",
+            method: "GET",
+            instance: true,
+            action: Action::ReadClinical,
+            definition: "http://hl7.org/fhir/OperationDefinition/Encounter-everything",
+            doc: "the encounter, its patient, the stored resources of the encounter and, for a consultation's session, its Task, ServiceRequest and opinion, as far as the caller may read them",
+        }],
         doc: "stored encounters and the session of each consultation (cs-{id}, class VR)",
     },
     ResourceDef {
