@@ -10,6 +10,7 @@
 
 mod amqp;
 mod audit;
+mod billing;
 mod buffer;
 mod care;
 mod cli;

@@ -10,6 +10,7 @@
 
 pub mod anchor;
 pub mod audit;
+pub mod billing;
 pub mod care;
 pub mod cluster;
 pub mod consultations;
@@ -570,6 +571,11 @@ impl Store {
                     "reseal workflow events",
                     include_str!("migrations/sqlite/0013_reseal_workflow_events.sql"),
                 ),
+                (
+                    18,
+                    "billing",
+                    include_str!("migrations/sqlite/0018_billing.sql"),
+                ),
             ],
             Backend::Postgres => &[
                 (
@@ -636,6 +642,11 @@ impl Store {
                     13,
                     "reseal workflow events",
                     include_str!("migrations/postgres/0013_reseal_workflow_events.sql"),
+                ),
+                (
+                    18,
+                    "billing",
+                    include_str!("migrations/postgres/0018_billing.sql"),
                 ),
             ],
         };
