@@ -29,6 +29,8 @@ pub fn bill(consultation: &str, total: i64) -> FeeBill {
             facility: INSTITUTION.into(),
             province: Some("44".into()),
             service_type: ServiceType::InstitutionToInstitution,
+            department: "cardiology".into(),
+            diagnoses: Vec::new(),
             expert: "E1".into(),
             expert_title: Title::Chief,
             expert_facility: Some("H11010100001".into()),

@@ -367,6 +367,37 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
             "/api/consultations/no-such-consultation/submit",
             [GONE, GONE, NO, GONE, GONE, NO, NO, NO],
         ),
+        // Billing (http/billing.rs): not configured on this server, and nothing to bill (404).
+        (
+            "POST",
+            "/api/consultations/{id}/settlement",
+            "/api/consultations/no-such-consultation/settlement",
+            [GONE, GONE, NO, NO, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/api/consultations/{id}/settlement",
+            "/api/consultations/no-such-consultation/settlement",
+            [GONE, GONE, GONE, NO, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/api/settlements/{id}",
+            "/api/settlements/no-such",
+            [GONE, GONE, GONE, NO, GONE, NO, NO, NO],
+        ),
+        (
+            "POST",
+            "/api/settlements/{id}/confirm",
+            "/api/settlements/no-such/confirm",
+            [GONE, GONE, NO, NO, GONE, NO, NO, NO],
+        ),
+        (
+            "POST",
+            "/api/settlements/{id}/cancel",
+            "/api/settlements/no-such/cancel",
+            [GONE, GONE, NO, NO, GONE, NO, NO, NO],
+        ),
     ];
     let mut wrong = Vec::new();
     for (method, pattern, _) in huizhen_core::security::ROUTES {

@@ -181,6 +181,7 @@ async fn audit(store: &Store, e: &AuditEvent) -> Result<(), ApiError> {
 }
 
 mod audit;
+mod billing;
 mod care;
 mod consultations;
 mod experts;
@@ -258,6 +259,7 @@ pub fn router(state: AppState, cfg: &HttpConfig, security: Arc<Security>) -> Rou
             post(experts::override_decision),
         )
         .merge(care::routes())
+        .merge(billing::routes())
         .route_layer(middleware::from_fn_with_state(security, guard))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))

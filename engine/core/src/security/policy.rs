@@ -152,6 +152,10 @@ pub enum Action {
     ReadCases,
     /// Consultation statistics (no per-prescriber figures exist: CN-20).
     ReadStats,
+    /// Read settlements, their calls, invoices and ledger entries (facility-scoped).
+    ReadSettlements,
+    /// Open, confirm or cancel a settlement (for the billing facility).
+    Settle,
 }
 
 impl Action {
@@ -190,6 +194,8 @@ impl Action {
             Action::ReadExpertQueue => &[Admin, Integrator, Expert],
             Action::ReadCases => &[Admin, Integrator, Auditor, Expert, LocalDoctor],
             Action::ReadStats => &[Admin, Integrator, Auditor],
+            Action::ReadSettlements => &[Admin, Integrator, Auditor, LocalDoctor],
+            Action::Settle => &[Admin, Integrator, LocalDoctor],
         }
     }
 
@@ -223,6 +229,8 @@ impl Action {
             Action::ReadExpertQueue => "expert.queue",
             Action::ReadCases => "case.read",
             Action::ReadStats => "stats.read",
+            Action::ReadSettlements => "settlement.read",
+            Action::Settle => "settlement.act",
         }
     }
 }
@@ -332,6 +340,16 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
     ("GET", "/api/cases", Action::ReadCases),
     ("GET", "/api/cases/recommend", Action::ReadCases),
     ("GET", "/api/stats", Action::ReadStats),
+    // Billing (http/billing.rs).
+    ("POST", "/api/consultations/{id}/settlement", Action::Settle),
+    (
+        "GET",
+        "/api/consultations/{id}/settlement",
+        Action::ReadSettlements,
+    ),
+    ("GET", "/api/settlements/{id}", Action::ReadSettlements),
+    ("POST", "/api/settlements/{id}/confirm", Action::Settle),
+    ("POST", "/api/settlements/{id}/cancel", Action::Settle),
 ];
 
 /// Endpoints open to anyone.

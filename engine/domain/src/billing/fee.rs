@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::money::{Fen, MoneyError};
 use super::schedule::{FeeSchedule, ItemCodes, service_code};
-use crate::consultation::{Consultation, ServiceType, State};
+use crate::consultation::{Consultation, Diagnosis, ServiceType, State};
 use crate::expert::Title;
 use crate::identity::PersonId;
 
@@ -24,6 +24,13 @@ pub struct Billable {
     pub province: Option<String>,
     /// CN-01 service type.
     pub service_type: ServiceType,
+    /// The requested department (诊疗科目 or local code), for registration (2201).
+    #[serde(default)]
+    pub department: String,
+    /// The expert's diagnoses, primary first (ICD-10 国家临床版 as signed; visit upload,
+    /// 2203).
+    #[serde(default)]
+    pub diagnoses: Vec<Diagnosis>,
     /// The expert who gave the opinion.
     pub expert: String,
     /// Their title when the consultation completed.
@@ -136,6 +143,11 @@ impl Billable {
             facility: r.requesting_facility.clone(),
             province: r.province.clone(),
             service_type: r.service_type,
+            department: r.department.clone(),
+            diagnoses: c
+                .opinion()
+                .map(|o| o.signed.opinion.diagnoses.clone())
+                .unwrap_or_default(),
             expert: expert.to_owned(),
             expert_title,
             expert_facility,
@@ -232,6 +244,8 @@ mod tests {
             facility: "H44010600001".into(),
             province: Some("44".into()),
             service_type: ServiceType::InstitutionToInstitution,
+            department: "cardiology".into(),
+            diagnoses: Vec::new(),
             expert: "E1".into(),
             expert_title: title,
             expert_facility: Some("H11010100001".into()),

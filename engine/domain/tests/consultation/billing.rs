@@ -66,6 +66,11 @@ fn session_minutes_exclude_pauses_and_price_the_extra_time() {
     assert_eq!(b.expert, "E1");
     assert_eq!(b.patient, PATIENT);
     assert_eq!(b.completed_at, at(72));
+    assert_eq!(b.department, k.c.request().department);
+    assert!(
+        !b.diagnoses.is_empty(),
+        "the signed opinion's diagnoses are billed"
+    );
     let schedule = FeeSchedule::parse("fees.yaml", SCHEDULE).unwrap();
     let bill = compute_fees(&schedule, &b).unwrap();
     // 300 yuan + one started 15-minute block of 50.

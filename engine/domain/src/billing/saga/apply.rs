@@ -81,7 +81,10 @@ impl Settlement {
             rec.outcome = Some(outcome.clone());
             rec.outcome_at = Some(now);
         }
-        if call.txn == Txn::Reversal {
+        if let Outcome::NotSent { .. } = outcome {
+            // Nothing happened at the platform: `next` asks for the same step again (a 2601
+            // stays due).
+        } else if call.txn == Txn::Reversal {
             self.reversal_outcome(outcome);
         } else {
             match outcome {
@@ -90,6 +93,7 @@ impl Settlement {
                     let why = format!("{} refused: {code} {message}", call.txn);
                     self.refused(call.txn, why);
                 }
+                Outcome::NotSent { .. } => {}
                 Outcome::Uncertain { why } => {
                     if call.txn.has_effect() {
                         // Never a blind retry: reverse it first (CN-62).
@@ -145,6 +149,7 @@ impl Settlement {
                     target.txn, target.msgid
                 ));
             }
+            Outcome::NotSent { .. } => {}
             Outcome::Uncertain { why } => {
                 self.reversal_attempts += 1;
                 if self.reversal_attempts >= MAX_REVERSAL_ATTEMPTS {

@@ -50,6 +50,8 @@ pub(crate) fn bill(total: i64) -> FeeBill {
             facility: "H44010600001".into(),
             province: Some("44".into()),
             service_type: ServiceType::InstitutionToInstitution,
+            department: "cardiology".into(),
+            diagnoses: Vec::new(),
             expert: "E1".into(),
             expert_title: Title::Chief,
             expert_facility: Some("H11010100001".into()),
@@ -367,6 +369,33 @@ fn read_only_steps_are_asked_again() {
     });
     assert_eq!(sent, ["1101", "1101", "1101"]);
     assert_eq!(s.phase(), Phase::Aborted);
+}
+
+#[test]
+fn a_request_that_never_left_is_asked_again() {
+    let mut s = insured();
+    let mut ids = Ids::default();
+    let mut refused = 0;
+    let sent = drive(&mut s, &mut ids, |c| match c.txn {
+        Txn::Settle | Txn::Reversal if refused < 2 => {
+            refused += 1;
+            Outcome::NotSent {
+                why: "connection refused".into(),
+            }
+        }
+        t => ok(t),
+    });
+    assert_eq!(
+        sent,
+        [
+            "1101", "2201", "2203", "2204", "2206", "confirm", "2207", "2207", "2207"
+        ]
+    );
+    assert_eq!(s.phase(), Phase::Settled);
+    assert!(
+        s.reversals.is_empty(),
+        "nothing to reverse: nothing reached the platform"
+    );
 }
 
 #[test]

@@ -255,6 +255,12 @@ pub enum Outcome {
         /// `err_msg`.
         message: String,
     },
+    /// The request certainly never reached the platform (the connection was refused before
+    /// anything was sent). The step is asked again later under a new msgid.
+    NotSent {
+        /// Why.
+        why: String,
+    },
     /// No answer that can be trusted: a timeout, a lost connection, an answer that does not
     /// parse, or a restart with the call in flight.
     Uncertain {

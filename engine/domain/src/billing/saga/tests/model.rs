@@ -53,6 +53,8 @@ enum Fate {
     CrashAfter,
     /// The engine died after persisting, before sending.
     CrashBefore,
+    /// The connection was refused: nothing reached the platform.
+    Refused503,
 }
 
 fn fates() -> impl Strategy<Value = Fate> {
@@ -63,6 +65,7 @@ fn fates() -> impl Strategy<Value = Fate> {
         1 => Just(Fate::LostBefore),
         1 => Just(Fate::CrashAfter),
         1 => Just(Fate::CrashBefore),
+        1 => Just(Fate::Refused503),
     ]
 }
 
@@ -123,6 +126,9 @@ fn step(s: &mut Settlement, p: &mut Platform, ids: &mut Ids, fate: Fate) -> bool
                     return true;
                 }
                 Fate::CrashBefore => return true,
+                Fate::Refused503 => Outcome::NotSent {
+                    why: "connection refused".into(),
+                },
             };
             s.complete(&call.msgid, outcome, t0()).unwrap();
             true
