@@ -38,3 +38,4 @@ mod tls;
 // Link the HL7 adapter's registrations (the `mllp` source, `hl7v2` expressions).
 use huizhen_amqp as _;
 use huizhen_hl7 as _;
+use huizhen_insurer as _;

@@ -15,6 +15,7 @@ use huizhen_core::{Engine, http};
 // Adapters: each is named once so the linker keeps its sources, steps and sinks.
 use huizhen_amqp as _;
 use huizhen_hl7 as _;
+use huizhen_insurer as _;
 
 mod experts;
 mod export;

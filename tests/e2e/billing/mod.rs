@@ -1,6 +1,7 @@
-//! Billing (issue 19): the store's settlements, calls, msgids, invoices and ledger on both
-//! backends (store.rs).
+//! Billing (issue 19) on both backends: the store's settlements, calls, msgids, invoices and
+//! ledger (store.rs); the engine, the API and the stand-in platform (engine.rs).
 
+mod engine;
 mod store;
 
 use chrono::{DateTime, Utc};

@@ -65,7 +65,7 @@ pub enum BillingError {
 pub struct Billing {
     store: Store,
     settings: BillingSettings,
-    /// This runner's name on leases.
+    /// This runner's name on leases (each drive adds an id of its own).
     owner: String,
 }
 
@@ -219,20 +219,28 @@ impl Billing {
     /// for a person) and returns it. `Busy` when another runner holds it.
     pub async fn drive(&self, id: &str) -> Result<Settlement, BillingError> {
         let lease_ms = i64::try_from(self.settings.lease.as_millis()).unwrap_or(i64::MAX);
-        let result = self.drive_leased(id, lease_ms).await;
-        if let Err(e) = self.store.release_settlement(id, &self.owner).await {
+        // Each drive is a holder of its own: two requests in this process exclude each other
+        // as two processes do.
+        let holder = format!("{}/{}", self.owner, crate::message::new_id());
+        let result = self.drive_leased(id, &holder, lease_ms).await;
+        if let Err(e) = self.store.release_settlement(id, &holder).await {
             tracing::warn!(settlement = id, error = %e, "the settlement lease was not released; it runs out by itself");
         }
         result
     }
 
-    async fn drive_leased(&self, id: &str, lease_ms: i64) -> Result<Settlement, BillingError> {
+    async fn drive_leased(
+        &self,
+        id: &str,
+        holder: &str,
+        lease_ms: i64,
+    ) -> Result<Settlement, BillingError> {
         loop {
             let now = self.now();
             let now_ms = now.timestamp_millis();
             if !self
                 .store
-                .lease_settlement(id, &self.owner, now_ms, now_ms.saturating_add(lease_ms))
+                .lease_settlement(id, holder, now_ms, now_ms.saturating_add(lease_ms))
                 .await?
             {
                 return Err(BillingError::Busy(id.to_owned()));
