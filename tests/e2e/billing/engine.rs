@@ -29,7 +29,12 @@ use crate::support::{Backend, JsonApi, TestDb, both_backends, fresh_db, loaded, 
 both_backends!(
     settled_once_a_timeout_after_commit_reversed_and_refunded,
     a_crash_between_answer_and_commit_is_reconciled_on_restart,
+    the_completed_event_opens_the_settlement,
 );
+
+/// The demo's outbound pipeline, reduced to billing: `consultation.completed` opens the
+/// settlement.
+const EVENTS: &str = "version: 1\nname: consultation-events\nfacility: F-REQ\nsource:\n  http: { path: /in/consultation-events, kind: json }\nsteps:\n  - settle: { voucher_identifier: NI }\nsinks:\n  - journal: {}\n";
 
 const SCHEDULE: &str = r#"version: 1
 facility: F-REQ
@@ -71,9 +76,23 @@ fn billing_config(db: &TestDb, platform: &str) -> BillingConfig {
 
 /// The workflow engine with billing through the stand-in at `platform`.
 async fn start(db: TestDb, ca: Arc<TestCa>, clock: Arc<FakeClock>, platform: &str) -> Wf {
+    start_with(db, ca, clock, platform, None).await
+}
+
+/// [`start`] with an outbound pipeline for the consultation's events.
+async fn start_with(
+    db: TestDb,
+    ca: Arc<TestCa>,
+    clock: Arc<FakeClock>,
+    platform: &str,
+    outbound: Option<&str>,
+) -> Wf {
     let roots = db.dir.path().join("ca-roots.pem");
     ca.write_root_pem(&roots).unwrap();
-    let mut cfg = loaded(&db, &[]);
+    let mut cfg = loaded(&db, outbound.as_slice());
+    if outbound.is_some() {
+        cfg.root.workflow.consultations.outbound_pipeline = Some("consultation-events".into());
+    }
     cfg.root.workflow.signing_roots = Some(roots);
     cfg.root.billing = Some(billing_config(&db, platform));
     let engine = Engine::start_with_clock(cfg, clock.clone()).await.unwrap();
@@ -96,8 +115,12 @@ async fn start(db: TestDb, ca: Arc<TestCa>, clock: Arc<FakeClock>, platform: &st
 
 /// A consultation walked from the request to the completed report; its id.
 async fn completed(wf: &Wf) -> String {
+    completed_from(wf, request(4711)).await
+}
+
+async fn completed_from(wf: &Wf, request: Value) -> String {
     seed_registry(wf, 1).await;
-    let (id, v) = wf.approved(request(4711)).await;
+    let (id, v) = wf.approved(request).await;
     let e = offerees(&v)[0].clone();
     let (_, v, _) = wf
         .call(
@@ -396,4 +419,89 @@ async fn a_crash_between_answer_and_commit_is_reconciled_on_restart(b: Backend) 
     );
     assert_eq!(platform.problems(), Vec::<String>::new());
     wf.stop().await;
+}
+
+async fn the_completed_event_opens_the_settlement(b: Backend) {
+    let Some(db) = fresh_db(b).await else { return };
+    let platform = StandIn::start().await.unwrap();
+    let ca = Arc::new(TestCa::generate("Huizhen E2E CA").unwrap());
+    let wf = start_with(
+        db,
+        ca,
+        Arc::new(FakeClock::new(t0())),
+        &platform.url,
+        Some(EVENTS),
+    )
+    .await;
+    let mut req = request(4711);
+    req["his_order"] = json!({
+        "placer": {"id": "P-778", "namespace": "HIS"},
+        "patient_identifiers": [
+            {"id": "0001234567", "assigning_authority": "HXXRMYY", "type_code": "MR"},
+            {"id": "450103199001011234", "type_code": "NI"}
+        ]
+    });
+    let id = completed_from(&wf, req).await;
+    // The relay hands `consultation.completed` to the pipeline; `settle` opens the saga and it
+    // runs to the patient's confirmation in the background.
+    let store = wf.engine.store.clone();
+    let s = wait_for(
+        "the settlement opened and pre-settled",
+        Duration::from_secs(20),
+        || {
+            let store = store.clone();
+            let id = id.clone();
+            async move {
+                let s = store
+                    .settlement_of_consultation(&id)
+                    .await
+                    .unwrap()?
+                    .settlement;
+                (s.phase() == Phase::AwaitingConfirmation).then_some(s)
+            }
+        },
+    )
+    .await;
+    assert!(
+        matches!(&s.kind, huizhen_domain::billing::Kind::Insured { voucher } if voucher.cert_no == "450103199001011234")
+    );
+    assert_eq!(platform.infnos(), ["1101", "2201", "2203", "2204", "2206"]);
+    assert_eq!(platform.problems(), Vec::<String>::new());
+    // The event delivered again (a reprocess) opens nothing new.
+    let msgs = store
+        .list(&huizhen_core::store::ListFilter {
+            pipeline: Some("consultation-events".into()),
+            limit: Some(10),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let completed = msgs
+        .messages
+        .iter()
+        .find(|m| {
+            m.headers.get("x-huizhen-event").map(String::as_str) == Some("consultation.completed")
+        })
+        .expect("the completed event was journaled");
+    // Reprocessing puts it back to `received`: done again means processed again.
+    let back = store.reprocess(&completed.id).await.unwrap();
+    assert_eq!(back.state, huizhen_core::message::State::Received);
+    wf.engine.wake_scheduler();
+    wait_for("the event processed again", Duration::from_secs(20), || {
+        let store = store.clone();
+        let mid = completed.id.clone();
+        async move {
+            let m = store.get(&mid).await.unwrap()?;
+            (m.state == huizhen_core::message::State::Done).then_some(())
+        }
+    })
+    .await;
+    let again = store
+        .settlement_of_consultation(&id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.settlement.id, s.id);
+    assert_eq!(again.attempt, 1);
+    assert_eq!(platform.infnos().len(), 5);
 }
