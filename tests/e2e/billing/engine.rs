@@ -11,7 +11,9 @@ use std::time::Duration;
 use chrono::TimeDelta;
 use futures::future::join_all;
 use huizhen_core::Engine;
-use huizhen_core::billing::{Billing, BillingConfig, CoverageConfig, InsurerConfig};
+use huizhen_core::billing::{
+    Billing, BillingConfig, CoverageConfig, InsurerConfig, ReconciliationConfig,
+};
 use huizhen_core::clock::{Clock, FakeClock};
 use huizhen_core::security::{Role, SecurityConfig};
 use huizhen_core::store::billing::{CallWrite, SettlementChange};
@@ -71,6 +73,11 @@ fn billing_config(db: &TestDb, platform: &str) -> BillingConfig {
         lease: Duration::from_secs(60),
         resume_interval: Duration::from_secs(3600),
         insurer: Some(insurer),
+        reconciliation: Some(ReconciliationConfig {
+            // 16:00 UTC: local midnight (+08:00), reconciling the day that ended.
+            schedule: "0 0 16 * * *".into(),
+            statements: db.dir.path().join("statements"),
+        }),
     }
 }
 
@@ -302,6 +309,51 @@ async fn settled_once_a_timeout_after_commit_reversed_and_refunded(b: Backend) {
     );
     assert_eq!(wf.post(&path, &outsider, voucher()).await.0, 403);
 
+    // The day's reconciliation against the platform's statement, with planted differences:
+    // a settlement the engine never made, and the amount of ours changed.
+    let day = (wf.clock.now() + TimeDelta::hours(8)).date_naive();
+    let ours = platform
+        .settlements()
+        .into_iter()
+        .find(|s| s.active)
+        .unwrap()
+        .setl_id;
+    let planted = platform
+        .statement()
+        .replace(&format!("{ours},MD"), &format!("{ours}-X,MD"))
+        + "SETL999999,MD999999,100.00,80.00,0.00,20.00,0\n";
+    let ops = token(Role::Admin, "ops", "*");
+    let recon = format!("/api/billing/reconciliation/{day}");
+    let r = JsonApi::send(wf.api.request("POST", &recon, &ops, None).body(planted)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let kinds: Vec<&str> = r.body["report"]["discrepancies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["missing-at-platform", "missing-locally", "missing-locally"],
+        "{}",
+        r.body
+    );
+    let (s, stored) = wf.get(&recon, &ops).await;
+    assert_eq!(s, 200);
+    assert_eq!(stored["report"], r.body["report"]);
+    assert_eq!(
+        wf.get(&recon, &doctor()).await.0,
+        403,
+        "platform staff only"
+    );
+    let r = JsonApi::send(
+        wf.api
+            .request("POST", &recon, &ops, None)
+            .body("setl_id,medfee_sumamt\nX,1\n"),
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+
     // A refund: 2208, then fee details and registration revoked; the share reversed.
     let (s, v) = wf
         .post(
@@ -329,6 +381,42 @@ async fn settled_once_a_timeout_after_commit_reversed_and_refunded(b: Backend) {
         )
         .await;
     assert_eq!(s, 409);
+
+    // The scheduled run at the next local midnight reads the day's statement file; the
+    // refunded settlement is revoked on both sides, the reversed one only ever at the
+    // platform: the day balances.
+    let dir = wf.db.dir.path().join("statements");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(format!("{}.csv", day.format("%Y%m%d"))),
+        platform.statement(),
+    )
+    .unwrap();
+    let next_local_midnight = day
+        .succ_opt()
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        - TimeDelta::hours(8);
+    wf.clock.set(next_local_midnight + TimeDelta::minutes(1));
+    let store = wf.engine.store.clone();
+    let report = wait_for(
+        "the scheduled reconciliation",
+        Duration::from_secs(20),
+        || {
+            let store = store.clone();
+            let day = day.to_string();
+            async move {
+                let (file, body) = store.reconciliation(&day).await.unwrap()?;
+                file.ends_with(".csv").then_some(body)
+            }
+        },
+    )
+    .await;
+    let report: Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["discrepancies"], json!([]), "{report}");
+    assert_eq!(report["matched"], 1);
 }
 
 async fn a_crash_between_answer_and_commit_is_reconciled_on_restart(b: Backend) {

@@ -398,6 +398,37 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
             "/api/settlements/no-such/cancel",
             [GONE, GONE, NO, NO, GONE, NO, NO, NO],
         ),
+        // The reconciliation covers every facility: platform tokens only; nothing stored.
+        (
+            "POST",
+            "/api/billing/reconciliation/{day}",
+            "/api/billing/reconciliation/2026-01-15",
+            [
+                [403, 403, 403, 404],
+                [403, 403, 403, 404],
+                NO,
+                NO,
+                NO,
+                NO,
+                NO,
+                NO,
+            ],
+        ),
+        (
+            "GET",
+            "/api/billing/reconciliation/{day}",
+            "/api/billing/reconciliation/2026-01-15",
+            [
+                [403, 403, 403, 404],
+                [403, 403, 403, 404],
+                [403, 403, 403, 404],
+                NO,
+                NO,
+                NO,
+                NO,
+                NO,
+            ],
+        ),
     ];
     let mut wrong = Vec::new();
     for (method, pattern, _) in huizhen_core::security::ROUTES {

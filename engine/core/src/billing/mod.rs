@@ -16,9 +16,11 @@
 //!   resume_interval: 30s             # how often sagas left unfinished are taken up again
 //!   insurer:                         # the platform adapter; none: self-pay only
 //!     nhsa: { url: "http://…/fsi/api", timeout: 10s, … }
+//!   reconciliation: { schedule: "0 30 1 * * *", statements: billing/statements/ }
 //! ```
 
 mod insurer;
+mod reconcile;
 mod runner;
 
 use std::collections::BTreeMap;
@@ -31,6 +33,7 @@ use huizhen_domain::billing::{FeeSchedule, Fen, Rate, SimplePolicy};
 use serde::Deserialize;
 
 pub use insurer::{Answer, Insurer, InsurerConfig, InsurerContext};
+pub use reconcile::{Reconciliation, ReconciliationConfig};
 pub use runner::{Billing, BillingError};
 
 /// The `billing:` block of the root file.
@@ -59,6 +62,9 @@ pub struct BillingConfig {
     /// The insurance platform adapter; none: only self-pay settlements.
     #[serde(default)]
     pub insurer: Option<Box<dyn InsurerConfig>>,
+    /// The daily reconciliation against the platform's statement files.
+    #[serde(default)]
+    pub reconciliation: Option<ReconciliationConfig>,
 }
 
 fn default_offset() -> i32 {
@@ -121,6 +127,8 @@ pub struct BillingSettings {
     pub resume_interval: Duration,
     /// The platform adapter.
     pub insurer: Option<Arc<dyn Insurer>>,
+    /// The daily reconciliation.
+    pub reconciliation: Option<Reconciliation>,
 }
 
 impl std::fmt::Debug for BillingSettings {
@@ -210,6 +218,22 @@ impl BillingConfig {
             },
             None => None,
         };
+        let reconciliation = match &self.reconciliation {
+            Some(r) => match crate::sources::parse_schedule(&r.schedule) {
+                Ok(schedule) => Some(Reconciliation {
+                    schedule,
+                    statements: match base {
+                        Some(b) if r.statements.is_relative() => b.join(&r.statements),
+                        _ => r.statements.clone(),
+                    },
+                }),
+                Err(e) => {
+                    problems.push(format!("billing.reconciliation.schedule: {e}"));
+                    None
+                }
+            },
+            None => None,
+        };
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -225,6 +249,7 @@ impl BillingConfig {
             lease: self.lease,
             resume_interval: self.resume_interval,
             insurer,
+            reconciliation,
         })
     }
 }

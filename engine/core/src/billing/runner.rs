@@ -53,6 +53,9 @@ pub enum BillingError {
         /// Why.
         reason: String,
     },
+    /// The statement file does not read (each problem as `file:line:column`).
+    #[error("the statement does not read: {}", .0.join("; "))]
+    Statement(Vec<String>),
     /// Another runner holds the saga.
     #[error("settlement {0} is being worked on by another runner; try again shortly")]
     Busy(String),
@@ -91,6 +94,11 @@ impl Billing {
     /// The settings.
     pub fn settings(&self) -> &BillingSettings {
         &self.settings
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -380,13 +388,34 @@ impl Billing {
         n
     }
 
-    /// Resumes unfinished sagas at start and every `resume_interval` until `stop`.
+    /// Resumes unfinished sagas at start and every `resume_interval`, and reconciles on
+    /// `billing.reconciliation.schedule` (the engine's clock), until `stop`.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut next_resume = tokio::time::Instant::now();
+        let mut next_tick = self
+            .settings
+            .reconciliation
+            .as_ref()
+            .and_then(|r| r.schedule.after(&self.now()).next());
         loop {
-            self.resume().await;
+            if tokio::time::Instant::now() >= next_resume {
+                self.resume().await;
+                next_resume = tokio::time::Instant::now() + self.settings.resume_interval;
+            }
+            // Every tick that fell due (a long stop runs the days it missed, in order).
+            while let (Some(r), Some(tick)) = (&self.settings.reconciliation, next_tick)
+                && self.now() >= tick
+            {
+                self.reconcile_tick(r, tick).await;
+                next_tick = r.schedule.after(&tick).next();
+            }
+            let nap = self
+                .settings
+                .resume_interval
+                .min(std::time::Duration::from_secs(2));
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = tokio::time::sleep(self.settings.resume_interval) => {}
+                () = tokio::time::sleep(nap) => {}
             }
         }
     }

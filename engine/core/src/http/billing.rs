@@ -7,6 +7,8 @@
 //! | GET | /api/settlements/{id} | a settlement with its calls (msgid, infno, outcome), invoices and ledger entries | as above |
 //! | POST | /api/settlements/{id}/confirm | the patient's confirmation of the pre-settlement (`{"by", "amounts"}`), then settlement | admin, integrator, local-doctor |
 //! | POST | /api/settlements/{id}/cancel | cancel (`{"reason"}`): back out before settlement, 2208 and refund after it | as above |
+//! | POST | /api/billing/reconciliation/{day} | reconcile a local day (`yyyy-mm-dd`) against the platform's statement (the CSV body); the report | admin, integrator (facility `*`) |
+//! | GET | /api/billing/reconciliation/{day} | the day's report (the scheduled run's or the last POST's) | admin, integrator, auditor (facility `*`) |
 //!
 //! **Scope.** A settlement belongs to the billing facility (the consultation's requesting
 //! facility, which charges the patient: CN-63). Reading needs it in the caller's read scope
@@ -28,6 +30,10 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/api/settlements/{id}", get(detail))
         .route("/api/settlements/{id}/confirm", post(confirm))
         .route("/api/settlements/{id}/cancel", post(cancel))
+        .route(
+            "/api/billing/reconciliation/{day}",
+            post(reconcile).get(reconciliation),
+        )
 }
 
 fn billing(s: &AppState) -> Result<std::sync::Arc<Billing>, ApiError> {
@@ -47,7 +53,8 @@ fn status_of(e: &BillingError) -> StatusCode {
         BillingError::Fee(_)
         | BillingError::NoSchedule(_)
         | BillingError::NoInsurer
-        | BillingError::Request { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        | BillingError::Request { .. }
+        | BillingError::Statement(_) => StatusCode::UNPROCESSABLE_ENTITY,
         BillingError::Saga(SagaError::AmountsDiffer { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
         BillingError::Saga(_) | BillingError::Busy(_) => StatusCode::CONFLICT,
         BillingError::Coverage(_) => StatusCode::BAD_GATEWAY,
@@ -402,4 +409,86 @@ async fn cancel(
         Ok(st) => Ok(Json(view(&st)).into_response()),
         Err(e) => Err(refused(&s, &caller, "settlement.cancel", &id, &facility, e).await),
     }
+}
+
+/// The reconciliation covers every facility of the institution: platform staff only.
+async fn platform_only(
+    s: &AppState,
+    caller: &Caller,
+    action: &str,
+    day: &str,
+) -> Result<(), ApiError> {
+    if caller.principal.facility == "*" {
+        return Ok(());
+    }
+    let e = caller.event(action, "Reconciliation", day, "denied", String::new());
+    audit(&s.store, &e).await?;
+    Err(ApiError(
+        StatusCode::FORBIDDEN,
+        "the reconciliation covers every facility: a platform token (facility *) is needed".into(),
+    ))
+}
+
+fn day_of(day: &str) -> Result<chrono::NaiveDate, ApiError> {
+    chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("day: {day:?} is not yyyy-mm-dd"),
+        )
+    })
+}
+
+async fn reconcile(
+    State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(day): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    platform_only(&s, &caller, "reconciliation.run", &day).await?;
+    let b = billing(&s)?;
+    let date = day_of(&day)?;
+    let text = std::str::from_utf8(&body).map_err(|_| {
+        ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "statement: the body is not UTF-8 CSV".into(),
+        )
+    })?;
+    let report = b
+        .reconcile_day(date, &format!("request of {}", caller.principal.sub), text)
+        .await
+        .map_err(refuse)?;
+    let e = caller.event(
+        "reconciliation.run",
+        "Reconciliation",
+        &day,
+        "success",
+        format!("{} discrepancies", report.discrepancies.len()),
+    );
+    audit(&s.store, &e).await?;
+    Ok(Json(json!({ "day": day, "report": report })).into_response())
+}
+
+async fn reconciliation(
+    State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(day): Path<String>,
+) -> Result<Response, ApiError> {
+    platform_only(&s, &caller, "reconciliation.read", &day).await?;
+    day_of(&day)?;
+    let Some((statement, body)) = s.store.reconciliation(&day).await? else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no reconciliation for {day}"),
+        ));
+    };
+    let e = caller.event(
+        "reconciliation.read",
+        "Reconciliation",
+        &day,
+        "success",
+        String::new(),
+    );
+    audit(&s.store, &e).await?;
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    Ok(Json(json!({ "day": day, "statement": statement, "report": report })).into_response())
 }

@@ -156,6 +156,10 @@ pub enum Action {
     ReadSettlements,
     /// Open, confirm or cancel a settlement (for the billing facility).
     Settle,
+    /// Run the daily reconciliation (platform staff).
+    Reconcile,
+    /// Read reconciliation reports (platform staff).
+    ReadReconciliation,
 }
 
 impl Action {
@@ -196,6 +200,8 @@ impl Action {
             Action::ReadStats => &[Admin, Integrator, Auditor],
             Action::ReadSettlements => &[Admin, Integrator, Auditor, LocalDoctor],
             Action::Settle => &[Admin, Integrator, LocalDoctor],
+            Action::Reconcile => &[Admin, Integrator],
+            Action::ReadReconciliation => &[Admin, Integrator, Auditor],
         }
     }
 
@@ -231,6 +237,8 @@ impl Action {
             Action::ReadStats => "stats.read",
             Action::ReadSettlements => "settlement.read",
             Action::Settle => "settlement.act",
+            Action::Reconcile => "reconciliation.run",
+            Action::ReadReconciliation => "reconciliation.read",
         }
     }
 }
@@ -350,6 +358,16 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
     ("GET", "/api/settlements/{id}", Action::ReadSettlements),
     ("POST", "/api/settlements/{id}/confirm", Action::Settle),
     ("POST", "/api/settlements/{id}/cancel", Action::Settle),
+    (
+        "POST",
+        "/api/billing/reconciliation/{day}",
+        Action::Reconcile,
+    ),
+    (
+        "GET",
+        "/api/billing/reconciliation/{day}",
+        Action::ReadReconciliation,
+    ),
 ];
 
 /// Endpoints open to anyone.

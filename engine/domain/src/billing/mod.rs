@@ -13,11 +13,13 @@
 //!   reversal (2601) on an uncertain outcome, never a blind retry.
 //! * [`split`]: CN-63's three records: province price items, payer split, inter-institution
 //!   ledger.
+//! * [`reconcile`]: the day's settlements against the platform's statement (3201/3202).
 
 pub mod coverage;
 pub mod fee;
 pub mod money;
 pub mod msgid;
+pub mod reconcile;
 pub mod saga;
 pub mod schedule;
 pub mod split;

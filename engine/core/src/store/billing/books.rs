@@ -234,3 +234,47 @@ impl Store {
             .collect()
     }
 }
+
+impl Store {
+    /// Keeps the reconciliation report of `day` (`yyyy-mm-dd`), replacing an earlier run's.
+    /// `statement` names the statement file it read.
+    pub async fn save_reconciliation(&self, day: &str, statement: &str, body: &str) -> Result<()> {
+        let mut s = Sql::new(
+            "INSERT INTO reconciliation_reports (day, statement, body, created_at) VALUES (".into(),
+        );
+        s.bind(day);
+        s.push(", ");
+        s.bind(statement);
+        s.push(", ");
+        s.bind(body);
+        s.push(", ");
+        s.bind(crate::message::now_ms());
+        s.push(
+            ") ON CONFLICT (day) DO UPDATE SET statement = excluded.statement, body = excluded.body, created_at = excluded.created_at",
+        );
+        s.query()
+            .execute(&self.write)
+            .await
+            .map_err(q("save reconciliation"))?;
+        Ok(())
+    }
+
+    /// The reconciliation report of `day`: the statement file's name and the report JSON.
+    pub async fn reconciliation(&self, day: &str) -> Result<Option<(String, String)>> {
+        let mut s =
+            Sql::new("SELECT statement, body FROM reconciliation_reports WHERE day = ".into());
+        s.bind(day);
+        let row = s
+            .query()
+            .fetch_optional(&self.read)
+            .await
+            .map_err(q("read reconciliation"))?;
+        row.map(|r| {
+            Ok((
+                r.try_get("statement").map_err(q("decode reconciliation"))?,
+                r.try_get("body").map_err(q("decode reconciliation"))?,
+            ))
+        })
+        .transpose()
+    }
+}

@@ -348,6 +348,23 @@ impl Phase {
         }
     }
 
+    /// The phase of a code.
+    pub fn code_parse(code: &str) -> Option<Phase> {
+        [
+            Phase::InProgress,
+            Phase::AwaitingConfirmation,
+            Phase::Reversing,
+            Phase::Settled,
+            Phase::Aborting,
+            Phase::Aborted,
+            Phase::Cancelling,
+            Phase::Cancelled,
+            Phase::Attention,
+        ]
+        .into_iter()
+        .find(|p| p.code() == code)
+    }
+
     /// True when the saga has nothing more to send by itself (settled can still be cancelled).
     pub fn is_at_rest(self) -> bool {
         matches!(

@@ -101,3 +101,12 @@ END;
 $$ LANGUAGE plpgsql;
 CREATE TRIGGER billing_ledger_no_change BEFORE UPDATE OR DELETE ON billing_ledger
 FOR EACH ROW EXECUTE FUNCTION billing_ledger_append_only();
+
+-- The daily reconciliation's report per local day (`yyyy-mm-dd`): the local settlements of the
+-- day against the platform's statement (3201/3202), as JSON. A run again replaces it.
+CREATE TABLE reconciliation_reports (
+    day         TEXT PRIMARY KEY NOT NULL,
+    statement   TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    created_at  BIGINT NOT NULL
+);

@@ -95,3 +95,12 @@ CREATE TRIGGER billing_ledger_no_update BEFORE UPDATE ON billing_ledger
 BEGIN SELECT RAISE(ABORT, 'billing_ledger is append-only'); END;
 CREATE TRIGGER billing_ledger_no_delete BEFORE DELETE ON billing_ledger
 BEGIN SELECT RAISE(ABORT, 'billing_ledger is append-only'); END;
+
+-- The daily reconciliation's report per local day (`yyyy-mm-dd`): the local settlements of the
+-- day against the platform's statement (3201/3202), as JSON. A run again replaces it.
+CREATE TABLE reconciliation_reports (
+    day         TEXT PRIMARY KEY NOT NULL,
+    statement   TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+);
