@@ -10,6 +10,7 @@
 
 mod amqp;
 mod audit;
+mod billing;
 mod buffer;
 mod care;
 mod cli;
@@ -45,3 +46,4 @@ use huizhen_dicom as _;
 // `fhir_store` sink, the /fhir/r4 facade).
 use huizhen_fhir as _;
 use huizhen_hl7 as _;
+use huizhen_insurer as _;

@@ -19,6 +19,7 @@ use huizhen_dicom as _;
 // and the /fhir/r4 facade routes.
 use huizhen_fhir as _;
 use huizhen_hl7 as _;
+use huizhen_insurer as _;
 
 mod dicom;
 mod experts;

@@ -5,6 +5,7 @@
 //! adapters live in `adapters/` and plug in through the typetag registries of
 //! [`sources::SourceConfig`], [`steps::StepConfig`] and [`sinks::SinkConfig`].
 
+pub mod billing;
 pub mod care;
 pub mod clock;
 pub mod cluster;

@@ -1,9 +1,11 @@
 //! Huizhen's domain: the patient record, identity numbers and (as it grows) identity matching,
-//! expert matching, the consultation workflow and money. Pure code: no I/O, no clock read, no
+//! expert matching, the consultation workflow and money (billing: fees, coverage, the
+//! settlement saga). Pure code: no I/O, no clock read, no
 //! async runtime. What it needs from outside (a candidate index, match weights, a scorer) are
 //! traits here that the store and the plugin host implement.
 
 pub mod appointment;
+pub mod billing;
 pub mod case_library;
 pub mod consultation;
 pub mod datetime;

@@ -368,6 +368,68 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
             "/api/consultations/no-such-consultation/submit",
             [GONE, GONE, NO, GONE, GONE, NO, NO, NO],
         ),
+        // Billing (http/billing.rs): not configured on this server, and nothing to bill (404).
+        (
+            "POST",
+            "/api/consultations/{id}/settlement",
+            "/api/consultations/no-such-consultation/settlement",
+            [GONE, GONE, NO, NO, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/api/consultations/{id}/settlement",
+            "/api/consultations/no-such-consultation/settlement",
+            [GONE, GONE, GONE, NO, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/api/settlements/{id}",
+            "/api/settlements/no-such",
+            [GONE, GONE, GONE, NO, GONE, NO, NO, NO],
+        ),
+        (
+            "POST",
+            "/api/settlements/{id}/confirm",
+            "/api/settlements/no-such/confirm",
+            [GONE, GONE, NO, NO, GONE, NO, NO, NO],
+        ),
+        (
+            "POST",
+            "/api/settlements/{id}/cancel",
+            "/api/settlements/no-such/cancel",
+            [GONE, GONE, NO, NO, GONE, NO, NO, NO],
+        ),
+        // The reconciliation covers every facility: platform tokens only; nothing stored.
+        (
+            "POST",
+            "/api/billing/reconciliation/{day}",
+            "/api/billing/reconciliation/2026-01-15",
+            [
+                [403, 403, 403, 404],
+                [403, 403, 403, 404],
+                NO,
+                NO,
+                NO,
+                NO,
+                NO,
+                NO,
+            ],
+        ),
+        (
+            "GET",
+            "/api/billing/reconciliation/{day}",
+            "/api/billing/reconciliation/2026-01-15",
+            [
+                [403, 403, 403, 404],
+                [403, 403, 403, 404],
+                [403, 403, 403, 404],
+                NO,
+                NO,
+                NO,
+                NO,
+                NO,
+            ],
+        ),
         // The FHIR facade (adapters/fhir): searches answer an empty Bundle, unknown ids 404,
         // operations without their parameters 400, a Task update without If-Match 428; an
         // expert's $everything of a patient of none of their consultations is 403 (FHIR-22).
@@ -477,6 +539,12 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
             "GET",
             "/fhir/r4/Encounter/{id}/_history/{vid}",
             "/fhir/r4/Encounter/no-such/_history/1",
+            [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/fhir/r4/Encounter/{id}/$everything",
+            "/fhir/r4/Encounter/no-such/$everything",
             [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
         ),
         (

@@ -80,6 +80,9 @@ pub struct RootConfig {
     /// `crate::workflow`).
     #[serde(default)]
     pub workflow: crate::workflow::WorkflowConfig,
+    /// Billing and insurance settlement (see `crate::billing`); none: no billing.
+    #[serde(default)]
+    pub billing: Option<crate::billing::BillingConfig>,
 }
 
 fn default_work_queue() -> String {
@@ -99,6 +102,7 @@ impl Default for RootConfig {
             queue: default_work_queue(),
             cluster: crate::cluster::ClusterConfig::default(),
             workflow: crate::workflow::WorkflowConfig::default(),
+            billing: None,
         }
     }
 }
@@ -632,6 +636,12 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigErrors> {
         root_file.as_deref().unwrap_or(Path::new("huizhen.yaml")),
         &pipelines,
     ));
+    if let Some(billing) = &root.billing
+        && let Err(problems) = billing.load(Some(&base))
+    {
+        let file = root_file.as_deref().unwrap_or(Path::new("huizhen.yaml"));
+        errors.extend(problems.into_iter().map(|p| ConfigError::file(file, p)));
+    }
     if errors.is_empty() {
         Ok(Loaded {
             root,

@@ -187,6 +187,7 @@ async fn audit(store: &Store, e: &AuditEvent) -> Result<(), ApiError> {
 }
 
 mod audit;
+mod billing;
 mod care;
 mod consultations;
 mod experts;
@@ -263,7 +264,8 @@ pub fn router(state: AppState, cfg: &HttpConfig, security: Arc<Security>) -> Rou
             "/api/match-decisions/{id}/override",
             post(experts::override_decision),
         )
-        .merge(care::routes());
+        .merge(care::routes())
+        .merge(billing::routes());
     // Routes of adapters (the FHIR facade): before the guard, like every route above.
     for extra in inventory::iter::<crate::extensions::HttpRoutes> {
         app = app.merge((extra.routes)());

@@ -191,6 +191,31 @@ impl Engine {
         let care = extensions
             .get_or_try_init(|| crate::care::Care::from_config(&root.workflow))
             .map_err(EngineError::Workflow)?;
+        // Billing (issue 19): the saga runner, for the API, the `settle` step and the resume loop.
+        let billing = match &root.billing {
+            Some(cfg) => {
+                let base = loaded
+                    .root_file
+                    .as_deref()
+                    .and_then(std::path::Path::parent);
+                let settings = cfg
+                    .load(base)
+                    .map_err(|p| EngineError::Workflow(p.join("; ")))?;
+                let node = root.cluster.node_id();
+                let made = extensions.get_or_try_init(|| {
+                    Ok::<_, std::convert::Infallible>(crate::billing::Billing::new(
+                        store.clone(),
+                        settings,
+                        &node,
+                    ))
+                });
+                match made {
+                    Ok(b) => Some(b),
+                    Err(never) => match never {},
+                }
+            }
+            None => None,
+        };
         if let Some(path) = &root.workflow.signing_roots {
             let verifier = huizhen_signing::ChainVerifier::from_pem_file(path).map_err(|e| {
                 EngineError::Workflow(format!("workflow.signing_roots: {}: {e}", path.display()))
@@ -318,6 +343,9 @@ impl Engine {
         workers.spawn(workflow.clone().run(shutdown.clone()));
         for p in pipelines.values() {
             workers.spawn(p.clone().feeder(loaded.root.journal.scheduler_poll));
+        }
+        if let Some(b) = &billing {
+            workers.spawn(b.clone().run(shutdown.clone()));
         }
         workers.spawn(crate::care::jobs::run(
             store.clone(),

@@ -158,6 +158,14 @@ pub enum Action {
     ReadClinical,
     /// Read the directory through the FHIR facade: practitioners, their roles, organizations.
     ReadDirectory,
+    /// Read settlements, their calls, invoices and ledger entries (facility-scoped).
+    ReadSettlements,
+    /// Open, confirm or cancel a settlement (for the billing facility).
+    Settle,
+    /// Run the daily reconciliation (platform staff).
+    Reconcile,
+    /// Read reconciliation reports (platform staff).
+    ReadReconciliation,
 }
 
 impl Action {
@@ -198,6 +206,10 @@ impl Action {
             Action::ReadStats => &[Admin, Integrator, Auditor],
             Action::ReadClinical => &[Admin, Integrator, Auditor, Expert, LocalDoctor],
             Action::ReadDirectory => &[Admin, Integrator, Auditor, Expert, LocalDoctor, Pharmacist],
+            Action::ReadSettlements => &[Admin, Integrator, Auditor, LocalDoctor],
+            Action::Settle => &[Admin, Integrator, LocalDoctor],
+            Action::Reconcile => &[Admin, Integrator],
+            Action::ReadReconciliation => &[Admin, Integrator, Auditor],
         }
     }
 
@@ -233,6 +245,10 @@ impl Action {
             Action::ReadStats => "stats.read",
             Action::ReadClinical => "clinical.read",
             Action::ReadDirectory => "directory.read",
+            Action::ReadSettlements => "settlement.read",
+            Action::Settle => "settlement.act",
+            Action::Reconcile => "reconciliation.run",
+            Action::ReadReconciliation => "reconciliation.read",
         }
     }
 }
@@ -456,6 +472,26 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
     ("GET", "/fhir/r4/Schedule/{id}", Action::ReadAppointments),
     ("GET", "/fhir/r4/Slot", Action::ReadAppointments),
     ("GET", "/fhir/r4/Slot/{id}", Action::ReadAppointments),
+    // Billing (http/billing.rs).
+    ("POST", "/api/consultations/{id}/settlement", Action::Settle),
+    (
+        "GET",
+        "/api/consultations/{id}/settlement",
+        Action::ReadSettlements,
+    ),
+    ("GET", "/api/settlements/{id}", Action::ReadSettlements),
+    ("POST", "/api/settlements/{id}/confirm", Action::Settle),
+    ("POST", "/api/settlements/{id}/cancel", Action::Settle),
+    (
+        "POST",
+        "/api/billing/reconciliation/{day}",
+        Action::Reconcile,
+    ),
+    (
+        "GET",
+        "/api/billing/reconciliation/{day}",
+        Action::ReadReconciliation,
+    ),
 ];
 
 /// Endpoints open to anyone (the FHIR CapabilityStatement is public, as SMART clients expect:

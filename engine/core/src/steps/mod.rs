@@ -19,6 +19,7 @@ pub mod match_experts;
 pub mod match_patient;
 mod route;
 mod set;
+pub mod settle;
 
 /// The YAML side of a step: `- <type>: {…}` in a pipeline's `steps:` list.
 #[typetag::deserialize]

@@ -10,6 +10,7 @@
 
 pub mod anchor;
 pub mod audit;
+pub mod billing;
 pub mod care;
 pub mod cluster;
 pub mod consultations;
@@ -584,6 +585,11 @@ impl Store {
                     "dicom",
                     include_str!("migrations/sqlite/0016_dicom.sql"),
                 ),
+                (
+                    18,
+                    "billing",
+                    include_str!("migrations/sqlite/0018_billing.sql"),
+                ),
             ],
             Backend::Postgres => &[
                 (
@@ -665,6 +671,11 @@ impl Store {
                     16,
                     "dicom",
                     include_str!("migrations/postgres/0016_dicom.sql"),
+                ),
+                (
+                    18,
+                    "billing",
+                    include_str!("migrations/postgres/0018_billing.sql"),
                 ),
             ],
         };

@@ -2,6 +2,7 @@
 //! MATCH-21, CN-01 … CN-12, CN-21, CN-80): the transition table, random command sequences,
 //! reasons, versions, gates, SLA escalation, patient merges, the signed opinion.
 
+mod billing;
 mod gates;
 mod load;
 mod opinion;

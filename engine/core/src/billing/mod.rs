@@ -1,0 +1,255 @@
+//! Billing at run time (issue 19; STANDARDS CN-60 … CN-63): the `billing:` settings, the
+//! [`Insurer`] port an insurance-platform adapter implements (`adapters/insurer`: NHSA-style
+//! HTTP JSON), and the saga runner ([`Billing`]) that opens a settlement for a completed
+//! consultation and drives the domain's saga through the insurer, persisting it before every
+//! call. Rules are the domain's (`huizhen_domain::billing`), state is `store::billing`, the API
+//! `http::billing`.
+//!
+//! ```yaml
+//! billing:
+//!   institution: H44010600001        # 定点医药机构编号 (12): msgid prefix, fixmedins_code
+//!   institution_name: 某某人民医院
+//!   schedules: [billing/fees.yaml]   # fee schedules, one per facility (relative to the root file)
+//!   utc_offset_minutes: 480          # the institution's local time (msgid, inf_time)
+//!   coverage: { rate_percent: 80, cap_per_visit: "150.00" }   # the local estimate
+//!   lease: 2m                        # a runner's hold on a saga (longer than a call)
+//!   resume_interval: 30s             # how often sagas left unfinished are taken up again
+//!   insurer:                         # the platform adapter; none: self-pay only
+//!     nhsa: { url: "http://…/fsi/api", timeout: 10s, … }
+//!   reconciliation: { schedule: "0 30 1 * * *", statements: billing/statements/ }
+//! ```
+
+mod insurer;
+mod reconcile;
+mod runner;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::FixedOffset;
+use huizhen_domain::billing::{FeeSchedule, Fen, Rate, SimplePolicy};
+use serde::Deserialize;
+
+pub use insurer::{Answer, Insurer, InsurerConfig, InsurerContext};
+pub use reconcile::{Reconciliation, ReconciliationConfig};
+pub use runner::{Billing, BillingError};
+
+/// The `billing:` block of the root file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BillingConfig {
+    /// 定点医药机构编号: 12 letters or digits (the msgid prefix, `fixmedins_code`).
+    pub institution: String,
+    /// 定点医药机构名称 (`fixmedins_name`).
+    pub institution_name: String,
+    /// Fee schedule files, one per facility (relative paths are relative to the root file).
+    #[serde(default)]
+    pub schedules: Vec<PathBuf>,
+    /// The institution's local time offset in minutes (default +480, Beijing).
+    #[serde(default = "default_offset")]
+    pub utc_offset_minutes: i32,
+    /// The local coverage estimate.
+    #[serde(default)]
+    pub coverage: CoverageConfig,
+    /// How long a runner holds a saga (default 2 minutes; longer than the insurer's timeout).
+    #[serde(default = "default_lease", with = "crate::config::duration")]
+    pub lease: Duration,
+    /// How often unfinished sagas are taken up again (default 30 s).
+    #[serde(default = "default_resume", with = "crate::config::duration")]
+    pub resume_interval: Duration,
+    /// The insurance platform adapter; none: only self-pay settlements.
+    #[serde(default)]
+    pub insurer: Option<Box<dyn InsurerConfig>>,
+    /// The daily reconciliation against the platform's statement files.
+    #[serde(default)]
+    pub reconciliation: Option<ReconciliationConfig>,
+}
+
+fn default_offset() -> i32 {
+    480
+}
+
+fn default_lease() -> Duration {
+    Duration::from_secs(120)
+}
+
+fn default_resume() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// `billing.coverage`: the built-in policy's terms.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoverageConfig {
+    /// Percent covered (default 80).
+    #[serde(default = "default_rate")]
+    pub rate_percent: u32,
+    /// Most covered per visit, yuan as text (default `"150.00"`).
+    #[serde(default = "default_cap")]
+    pub cap_per_visit: String,
+}
+
+fn default_rate() -> u32 {
+    80
+}
+
+fn default_cap() -> String {
+    "150.00".into()
+}
+
+impl Default for CoverageConfig {
+    fn default() -> Self {
+        CoverageConfig {
+            rate_percent: default_rate(),
+            cap_per_visit: default_cap(),
+        }
+    }
+}
+
+/// The settings, checked and loaded.
+#[derive(Clone)]
+pub struct BillingSettings {
+    /// 定点医药机构编号.
+    pub institution: String,
+    /// Its name.
+    pub institution_name: String,
+    /// Its local time.
+    pub offset: FixedOffset,
+    /// The local estimate's policy.
+    pub policy: SimplePolicy,
+    /// Fee schedules by facility.
+    pub schedules: BTreeMap<String, FeeSchedule>,
+    /// A runner's hold on a saga.
+    pub lease: Duration,
+    /// How often unfinished sagas are taken up again.
+    pub resume_interval: Duration,
+    /// The platform adapter.
+    pub insurer: Option<Arc<dyn Insurer>>,
+    /// The daily reconciliation.
+    pub reconciliation: Option<Reconciliation>,
+}
+
+impl std::fmt::Debug for BillingSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BillingSettings")
+            .field("institution", &self.institution)
+            .field("schedules", &self.schedules.keys().collect::<Vec<_>>())
+            .field(
+                "insurer",
+                &self.insurer.as_ref().map(|i| i.name().to_owned()),
+            )
+            .finish()
+    }
+}
+
+impl BillingConfig {
+    /// Checks the settings and reads the schedules (relative to `base`); every problem at once,
+    /// each named by its path or as `file:line:column`.
+    pub fn load(&self, base: Option<&Path>) -> Result<BillingSettings, Vec<String>> {
+        let mut problems = Vec::new();
+        if let Err(e) = huizhen_domain::billing::msgid::check_institution(&self.institution) {
+            problems.push(format!("billing.institution: {e}"));
+        }
+        if self.institution_name.trim().is_empty() {
+            problems.push("billing.institution_name: is blank".into());
+        }
+        let offset = FixedOffset::east_opt(self.utc_offset_minutes.saturating_mul(60));
+        if offset.is_none() {
+            problems.push(format!(
+                "billing.utc_offset_minutes: {} is not an offset",
+                self.utc_offset_minutes
+            ));
+        }
+        let rate = Rate::percent(self.coverage.rate_percent);
+        if rate.is_err() {
+            problems.push(format!(
+                "billing.coverage.rate_percent: {} is over 100",
+                self.coverage.rate_percent
+            ));
+        }
+        let cap = self.coverage.cap_per_visit.parse::<Fen>();
+        if let Err(e) = &cap {
+            problems.push(format!("billing.coverage.cap_per_visit: {e}"));
+        }
+        let mut schedules = BTreeMap::new();
+        for (i, file) in self.schedules.iter().enumerate() {
+            let path = match base {
+                Some(b) if file.is_relative() => b.join(file),
+                _ => file.clone(),
+            };
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    problems.push(format!(
+                        "billing.schedules[{i}]: cannot read {}: {e}",
+                        path.display()
+                    ));
+                    continue;
+                }
+            };
+            match FeeSchedule::parse(&path.display().to_string(), &text) {
+                Ok(s) => {
+                    if schedules.contains_key(&s.facility) {
+                        problems.push(format!(
+                            "billing.schedules[{i}]: facility {} has a schedule already",
+                            s.facility
+                        ));
+                    }
+                    schedules.insert(s.facility.clone(), s);
+                }
+                Err(e) => problems.extend(e.0.iter().map(ToString::to_string)),
+            }
+        }
+        let offset = offset.unwrap_or_else(|| FixedOffset::east_opt(0).expect("UTC"));
+        let insurer = match &self.insurer {
+            Some(cfg) => match cfg.build(&InsurerContext {
+                institution: self.institution.clone(),
+                institution_name: self.institution_name.clone(),
+                offset,
+                base_dir: base.map(Path::to_path_buf),
+            }) {
+                Ok(i) => Some(i),
+                Err(e) => {
+                    problems.push(format!("billing.insurer: {e}"));
+                    None
+                }
+            },
+            None => None,
+        };
+        let reconciliation = match &self.reconciliation {
+            Some(r) => match crate::sources::parse_schedule(&r.schedule) {
+                Ok(schedule) => Some(Reconciliation {
+                    schedule,
+                    statements: match base {
+                        Some(b) if r.statements.is_relative() => b.join(&r.statements),
+                        _ => r.statements.clone(),
+                    },
+                }),
+                Err(e) => {
+                    problems.push(format!("billing.reconciliation.schedule: {e}"));
+                    None
+                }
+            },
+            None => None,
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(BillingSettings {
+            institution: self.institution.clone(),
+            institution_name: self.institution_name.clone(),
+            offset,
+            policy: SimplePolicy {
+                rate: rate.unwrap_or(Rate::NONE),
+                cap_per_visit: cap.unwrap_or(Fen::ZERO),
+            },
+            schedules,
+            lease: self.lease,
+            resume_interval: self.resume_interval,
+            insurer,
+            reconciliation,
+        })
+    }
+}
