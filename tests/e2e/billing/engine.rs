@@ -12,13 +12,16 @@ use chrono::TimeDelta;
 use futures::future::join_all;
 use huizhen_core::Engine;
 use huizhen_core::billing::{
-    Billing, BillingConfig, CoverageConfig, InsurerConfig, ReconciliationConfig,
+    Billing, BillingConfig, CoverageConfig, InsurerConfig, InvoicePlatformConfig,
+    ReconciliationConfig,
 };
 use huizhen_core::clock::{Clock, FakeClock};
 use huizhen_core::security::{Role, SecurityConfig};
+use huizhen_core::store::billing::InvoiceKind;
 use huizhen_core::store::billing::{CallWrite, SettlementChange};
 use huizhen_domain::billing::{Amounts, Fen, Phase};
 use huizhen_domain::consultation::{Opinion, sign_opinion};
+use huizhen_insurer::testing::finance::{FinanceFault, FinanceStandIn};
 use huizhen_insurer::testing::{Fault, StandIn};
 use huizhen_signing::testca::TestCa;
 use serde_json::{Value, json};
@@ -54,7 +57,7 @@ agreements:
     invited_share_percent: 60
 "#;
 
-fn billing_config(db: &TestDb, platform: &str) -> BillingConfig {
+fn billing_config(db: &TestDb, platform: &str, finance: Option<&str>) -> BillingConfig {
     let file = db.dir.path().join("fees.yaml");
     std::fs::write(&file, SCHEDULE).unwrap();
     let insurer: Box<dyn InsurerConfig> = huizhen_core::config::parse_yaml(
@@ -64,6 +67,14 @@ fn billing_config(db: &TestDb, platform: &str) -> BillingConfig {
         ),
     )
     .unwrap();
+    let invoices = finance.map(|url| {
+        let cfg: Box<dyn InvoicePlatformConfig> = huizhen_core::config::parse_yaml(
+            std::path::Path::new("invoices.yaml"),
+            &format!("finance-einvoice:\n  url: {url}\n  timeout: 2s\n  agency_code: \"450103\"\n"),
+        )
+        .unwrap();
+        cfg
+    });
     BillingConfig {
         institution: "H45010300001".into(),
         institution_name: "某某人民医院".into(),
@@ -78,12 +89,13 @@ fn billing_config(db: &TestDb, platform: &str) -> BillingConfig {
             schedule: "0 0 16 * * *".into(),
             statements: db.dir.path().join("statements"),
         }),
+        invoices,
     }
 }
 
 /// The workflow engine with billing through the stand-in at `platform`.
 async fn start(db: TestDb, ca: Arc<TestCa>, clock: Arc<FakeClock>, platform: &str) -> Wf {
-    start_with(db, ca, clock, platform, None).await
+    start_with(db, ca, clock, platform, None, None).await
 }
 
 /// [`start`] with an outbound pipeline for the consultation's events.
@@ -93,6 +105,7 @@ async fn start_with(
     clock: Arc<FakeClock>,
     platform: &str,
     outbound: Option<&str>,
+    finance: Option<&str>,
 ) -> Wf {
     let roots = db.dir.path().join("ca-roots.pem");
     ca.write_root_pem(&roots).unwrap();
@@ -101,7 +114,7 @@ async fn start_with(
         cfg.root.workflow.consultations.outbound_pipeline = Some("consultation-events".into());
     }
     cfg.root.workflow.signing_roots = Some(roots);
-    cfg.root.billing = Some(billing_config(&db, platform));
+    cfg.root.billing = Some(billing_config(&db, platform, finance));
     let engine = Engine::start_with_clock(cfg, clock.clone()).await.unwrap();
     let base = serve(
         &engine,
@@ -209,8 +222,17 @@ fn pre(v: &Value) -> Value {
 async fn settled_once_a_timeout_after_commit_reversed_and_refunded(b: Backend) {
     let Some(db) = fresh_db(b).await else { return };
     let platform = StandIn::start().await.unwrap();
+    let finance = FinanceStandIn::start().await.unwrap();
     let ca = Arc::new(TestCa::generate("Huizhen E2E CA").unwrap());
-    let wf = start(db, ca, Arc::new(FakeClock::new(t0())), &platform.url).await;
+    let wf = start_with(
+        db,
+        ca,
+        Arc::new(FakeClock::new(t0())),
+        &platform.url,
+        None,
+        Some(&finance.url),
+    )
+    .await;
     let id = completed(&wf).await;
     let path = format!("/api/consultations/{id}/settlement");
 
@@ -234,8 +256,10 @@ async fn settled_once_a_timeout_after_commit_reversed_and_refunded(b: Backend) {
         "each step once"
     );
 
-    // The patient confirms; the 2207 times out after the platform committed it.
+    // The patient confirms; the 2207 times out after the platform committed it; the finance
+    // platform issues the invoice but its answer is lost.
     platform.fault_next("2207", Fault::TimeoutAfterCommit(Duration::from_secs(3)));
+    finance.fault_next(FinanceFault::LoseAnswer);
     let (s, v) = wf
         .post(
             &format!("/api/settlements/{sid}/confirm"),
@@ -262,6 +286,20 @@ async fn settled_once_a_timeout_after_commit_reversed_and_refunded(b: Backend) {
         "the books hold one settlement"
     );
     assert_eq!(platform.problems(), Vec::<String>::new());
+
+    // The invoice: nothing recorded while its answer was lost; asked again (five times at once,
+    // as the resume loop and requests may), the platform's one invoice is recorded once.
+    let store = wf.engine.store.clone();
+    assert!(store.invoices(&sid).await.unwrap().is_empty());
+    let billing = wf.engine.extensions.get::<Billing>().unwrap();
+    let settled = store.settlement(&sid).await.unwrap().unwrap().settlement;
+    join_all((0..5).map(|_| billing.invoice(&settled))).await;
+    let invoices = store.invoices(&sid).await.unwrap();
+    assert_eq!(invoices.len(), 1, "{invoices:?}");
+    assert_eq!(finance.issued().len(), 1);
+    assert_eq!(invoices[0].bill_number, finance.issued()[0].bill_number);
+    assert_eq!(invoices[0].amount_fen, 25_000);
+    assert_eq!(finance.issued()[0].total, "250.00");
 
     // What the engine recorded: every call with its outcome, the ledger share (60 % of 250).
     let (s, d) = wf.get(&format!("/api/settlements/{sid}"), &doctor()).await;
@@ -369,6 +407,24 @@ async fn settled_once_a_timeout_after_commit_reversed_and_refunded(b: Backend) {
     assert_eq!(platform.registrations_in_force(), 0);
     let ledger = wf.engine.store.ledger(Some(&sid)).await.unwrap();
     assert_eq!(ledger.len(), 2);
+    // Exactly one 冲红, linked to the invoice; asking again issues nothing more.
+    let invoices = store.invoices(&sid).await.unwrap();
+    assert_eq!(invoices.len(), 2, "{invoices:?}");
+    let red = invoices
+        .iter()
+        .find(|i| i.kind == InvoiceKind::Red)
+        .unwrap();
+    assert_eq!(red.original_id.as_deref(), Some(invoices[0].id.as_str()));
+    assert_eq!(red.amount_fen, -25_000);
+    let cancelled = store.settlement(&sid).await.unwrap().unwrap().settlement;
+    join_all((0..3).map(|_| billing.invoice(&cancelled))).await;
+    assert_eq!(store.invoices(&sid).await.unwrap().len(), 2);
+    assert_eq!(finance.issued().len(), 2);
+    assert_eq!(
+        finance.issued()[1].original.as_deref(),
+        Some(invoices[0].bill_number.as_str())
+    );
+    assert_eq!(finance.problems(), Vec::<String>::new());
     assert_eq!(
         Fen::sum(ledger.iter().map(|e| e.amount)).unwrap(),
         Fen::ZERO
@@ -519,6 +575,7 @@ async fn the_completed_event_opens_the_settlement(b: Backend) {
         Arc::new(FakeClock::new(t0())),
         &platform.url,
         Some(EVENTS),
+        None,
     )
     .await;
     let mut req = request(4711);
