@@ -22,10 +22,12 @@
 //!     fields: billing/gd.yaml        # optional province field map
 //! ```
 //!
-//! With feature `testing`, [`testing`] is a stand-in platform (an axum service) for tests and
-//! the demo.
+//! [`invoice`] is the provincial finance platform's e-invoice interface (CN-70,
+//! `billing.invoices: { finance-einvoice: {…} }`). With feature `testing`, [`testing`] holds the
+//! stand-in platforms (axum services) for tests and the demo.
 
 pub mod fields;
+pub mod invoice;
 pub mod json;
 pub mod wire;
 

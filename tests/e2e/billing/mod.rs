@@ -1,7 +1,10 @@
 //! Billing (issue 19) on both backends: the store's settlements, calls, msgids, invoices and
-//! ledger (store.rs); the engine, the API and the stand-in platform (engine.rs).
+//! ledger (store.rs); the engine, the API and the stand-in platforms (engine.rs, with
+//! harness.rs); the `settle` step on the workflow's completed event (events.rs).
 
 mod engine;
+mod events;
+mod harness;
 mod store;
 
 use chrono::{DateTime, Utc};

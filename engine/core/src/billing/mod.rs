@@ -17,9 +17,12 @@
 //!   insurer:                         # the platform adapter; none: self-pay only
 //!     nhsa: { url: "http://…/fsi/api", timeout: 10s, … }
 //!   reconciliation: { schedule: "0 30 1 * * *", statements: billing/statements/ }
+//!   invoices:                        # the finance e-invoice platform (CN-70); none: no invoices
+//!     finance-einvoice: { url: "http://…/einvoice", agency_code: "450103", … }
 //! ```
 
 mod insurer;
+mod invoice;
 mod reconcile;
 mod runner;
 
@@ -33,6 +36,7 @@ use huizhen_domain::billing::{FeeSchedule, Fen, Rate, SimplePolicy};
 use serde::Deserialize;
 
 pub use insurer::{Answer, Insurer, InsurerConfig, InsurerContext};
+pub use invoice::{InvoicePlatform, InvoicePlatformConfig, InvoiceRequest, IssuedInvoice};
 pub use reconcile::{Reconciliation, ReconciliationConfig};
 pub use runner::{Billing, BillingError};
 
@@ -65,6 +69,9 @@ pub struct BillingConfig {
     /// The daily reconciliation against the platform's statement files.
     #[serde(default)]
     pub reconciliation: Option<ReconciliationConfig>,
+    /// The finance platform that issues e-invoices (CN-70); none: no invoices.
+    #[serde(default)]
+    pub invoices: Option<Box<dyn InvoicePlatformConfig>>,
 }
 
 fn default_offset() -> i32 {
@@ -129,6 +136,8 @@ pub struct BillingSettings {
     pub insurer: Option<Arc<dyn Insurer>>,
     /// The daily reconciliation.
     pub reconciliation: Option<Reconciliation>,
+    /// The e-invoice platform.
+    pub invoices: Option<Arc<dyn InvoicePlatform>>,
 }
 
 impl std::fmt::Debug for BillingSettings {
@@ -203,13 +212,24 @@ impl BillingConfig {
             }
         }
         let offset = offset.unwrap_or_else(|| FixedOffset::east_opt(0).expect("UTC"));
+        let ctx = InsurerContext {
+            institution: self.institution.clone(),
+            institution_name: self.institution_name.clone(),
+            offset,
+            base_dir: base.map(Path::to_path_buf),
+        };
+        let invoices = match &self.invoices {
+            Some(cfg) => match cfg.build(&ctx) {
+                Ok(i) => Some(i),
+                Err(e) => {
+                    problems.push(format!("billing.invoices: {e}"));
+                    None
+                }
+            },
+            None => None,
+        };
         let insurer = match &self.insurer {
-            Some(cfg) => match cfg.build(&InsurerContext {
-                institution: self.institution.clone(),
-                institution_name: self.institution_name.clone(),
-                offset,
-                base_dir: base.map(Path::to_path_buf),
-            }) {
+            Some(cfg) => match cfg.build(&ctx) {
                 Ok(i) => Some(i),
                 Err(e) => {
                     problems.push(format!("billing.insurer: {e}"));
@@ -250,6 +270,7 @@ impl BillingConfig {
             resume_interval: self.resume_interval,
             insurer,
             reconciliation,
+            invoices,
         })
     }
 }

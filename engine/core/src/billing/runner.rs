@@ -234,6 +234,11 @@ impl Billing {
         if let Err(e) = self.store.release_settlement(id, &holder).await {
             tracing::warn!(settlement = id, error = %e, "the settlement lease was not released; it runs out by itself");
         }
+        if let Ok(s) = &result
+            && let Err(e) = self.invoice(s).await
+        {
+            tracing::warn!(settlement = id, error = %e, "e-invoice not issued; the resume loop asks again");
+        }
         result
     }
 
@@ -400,6 +405,7 @@ impl Billing {
         loop {
             if tokio::time::Instant::now() >= next_resume {
                 self.resume().await;
+                self.invoice_missing().await;
                 next_resume = tokio::time::Instant::now() + self.settings.resume_interval;
             }
             // Every tick that fell due (a long stop runs the days it missed, in order).

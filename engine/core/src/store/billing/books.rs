@@ -181,13 +181,33 @@ impl Store {
         Ok(stored)
     }
 
+    /// Settlements owed an e-invoice: settled without an invoice, or cancelled with an invoice
+    /// and no 冲红; oldest change first.
+    pub async fn settlements_owed_invoices(&self, limit: i64) -> Result<Vec<String>> {
+        let mut s = Sql::new(
+            "SELECT s.id FROM settlements s WHERE (s.phase = 'settled' AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.settlement_id = s.id AND i.kind = 'invoice')) OR (s.phase = 'cancelled' AND EXISTS (SELECT 1 FROM invoices i WHERE i.settlement_id = s.id AND i.kind = 'invoice') AND NOT EXISTS (SELECT 1 FROM invoices r WHERE r.settlement_id = s.id AND r.kind = 'red')) ORDER BY s.updated_at LIMIT ".into(),
+        );
+        s.bind(limit.clamp(1, 1000));
+        let rows = s
+            .query()
+            .fetch_all(&self.read)
+            .await
+            .map_err(q("list settlements owed invoices"))?;
+        rows.iter()
+            .map(|r| {
+                r.try_get::<String, _>("id")
+                    .map_err(q("decode settlement id"))
+            })
+            .collect()
+    }
+
     /// A settlement's invoices: the invoice, then its 冲红.
     pub async fn invoices(&self, settlement_id: &str) -> Result<Vec<StoredInvoice>> {
         let mut s = Sql::new(format!(
             "SELECT {INVOICE_COLUMNS} FROM invoices WHERE settlement_id = "
         ));
         s.bind(settlement_id);
-        s.push(" ORDER BY issued_at, kind DESC");
+        s.push(" ORDER BY kind, issued_at");
         let rows = s
             .query()
             .fetch_all(&self.read)

@@ -8,6 +8,10 @@
 //!
 //! The platform's pricing: the fund pays 80 % of the total, at most 150 yuan; the personal
 //! account nothing; the patient the rest in cash.
+//!
+//! [`finance`] is the stand-in finance e-invoice platform.
+
+pub mod finance;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};

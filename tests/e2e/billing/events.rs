@@ -1,0 +1,108 @@
+//! The workflow's `consultation.completed` event opens the settlement (the `settle` step), on
+//! both backends: the person from the HIS order's identifier, the saga run in the background to
+//! the patient's confirmation, a redelivery opening nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use huizhen_core::clock::FakeClock;
+use huizhen_domain::billing::Phase;
+use huizhen_insurer::testing::StandIn;
+use huizhen_signing::testca::TestCa;
+use serde_json::json;
+
+use super::harness::{completed_from, start_with};
+use crate::consultations::{request, t0};
+use crate::support::{Backend, both_backends, fresh_db, wait_for};
+
+both_backends!(the_completed_event_opens_the_settlement);
+
+/// The demo's outbound pipeline, reduced to billing: `consultation.completed` opens the
+/// settlement.
+const EVENTS: &str = "version: 1\nname: consultation-events\nfacility: F-REQ\nsource:\n  http: { path: /in/consultation-events, kind: json }\nsteps:\n  - settle: { voucher_identifier: NI }\nsinks:\n  - journal: {}\n";
+
+async fn the_completed_event_opens_the_settlement(b: Backend) {
+    let Some(db) = fresh_db(b).await else { return };
+    let platform = StandIn::start().await.unwrap();
+    let ca = Arc::new(TestCa::generate("Huizhen E2E CA").unwrap());
+    let wf = start_with(
+        db,
+        ca,
+        Arc::new(FakeClock::new(t0())),
+        &platform.url,
+        Some(EVENTS),
+        None,
+    )
+    .await;
+    let mut req = request(4711);
+    req["his_order"] = json!({
+        "placer": {"id": "P-778", "namespace": "HIS"},
+        "patient_identifiers": [
+            {"id": "0001234567", "assigning_authority": "HXXRMYY", "type_code": "MR"},
+            {"id": "450103199001011234", "type_code": "NI"}
+        ]
+    });
+    let id = completed_from(&wf, req).await;
+    // The relay hands `consultation.completed` to the pipeline; `settle` opens the saga and it
+    // runs to the patient's confirmation in the background.
+    let store = wf.engine.store.clone();
+    let s = wait_for(
+        "the settlement opened and pre-settled",
+        Duration::from_secs(20),
+        || {
+            let store = store.clone();
+            let id = id.clone();
+            async move {
+                let s = store
+                    .settlement_of_consultation(&id)
+                    .await
+                    .unwrap()?
+                    .settlement;
+                (s.phase() == Phase::AwaitingConfirmation).then_some(s)
+            }
+        },
+    )
+    .await;
+    assert!(
+        matches!(&s.kind, huizhen_domain::billing::Kind::Insured { voucher } if voucher.cert_no == "450103199001011234")
+    );
+    assert_eq!(platform.infnos(), ["1101", "2201", "2203", "2204", "2206"]);
+    assert_eq!(platform.problems(), Vec::<String>::new());
+    // The event delivered again (a reprocess) opens nothing new.
+    let msgs = store
+        .list(&huizhen_core::store::ListFilter {
+            pipeline: Some("consultation-events".into()),
+            limit: Some(10),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let completed = msgs
+        .messages
+        .iter()
+        .find(|m| {
+            m.headers.get("x-huizhen-event").map(String::as_str) == Some("consultation.completed")
+        })
+        .expect("the completed event was journaled");
+    // Reprocessing puts it back to `received`: done again means processed again.
+    let back = store.reprocess(&completed.id).await.unwrap();
+    assert_eq!(back.state, huizhen_core::message::State::Received);
+    wf.engine.wake_scheduler();
+    wait_for("the event processed again", Duration::from_secs(20), || {
+        let store = store.clone();
+        let mid = completed.id.clone();
+        async move {
+            let m = store.get(&mid).await.unwrap()?;
+            (m.state == huizhen_core::message::State::Done).then_some(())
+        }
+    })
+    .await;
+    let again = store
+        .settlement_of_consultation(&id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.settlement.id, s.id);
+    assert_eq!(again.attempt, 1);
+    assert_eq!(platform.infnos().len(), 5);
+}
