@@ -322,10 +322,14 @@ async fn legacy_his_as_documented_accepts_a_burst_of_50000_at_intake_speed_and_d
         "legacy HIS: {N} accepted in {accepted:?} ({intake:.0} msg/s); {} delivered by then",
         arrivals.len()
     );
-    // The senders were not held to the HIS's pace, and the HIS was.
+    // The senders were not held to the HIS's pace, and the HIS was: when the last of the burst
+    // was acknowledged, the HIS had received less than half of it. (A rate comparison with
+    // the HIS's RATE failed on a machine so loaded that intake and delivery both crawled.)
     assert!(
-        intake > 3.0 * RATE as f64,
-        "intake {intake:.0} msg/s is held near the HIS's {RATE} msg/s"
+        arrivals.len() * 2 < N,
+        "intake {intake:.0} msg/s is held near the HIS's pace: {} of {N} delivered by the time \
+         the last was accepted",
+        arrivals.len()
     );
     let span = arrivals
         .last()

@@ -14,7 +14,8 @@
 //! [`bindings`]. Components built for 0.1.0 keep working: the worlds that changed in 0.1.1
 //! (`scorer` gained `score-many`, `match-weights` three thresholds) are detected from the
 //! component's exports and called through their 0.1.0 form ([`legacy`]). A loaded `scorer`
-//! serves the domain's `Scorer` port through [`scorer::PluginScorer`]. Packages and signatures: [`package`]; the registry and hot reload:
+//! serves the domain's `Scorer` port through [`scorer::PluginScorer`]. Calls made from async code
+//! run on a pool of their own, off the tokio workers ([`pool`]). Packages and signatures: [`package`]; the registry and hot reload:
 //! [`registry`]; JSON forms of every world's input and output: [`json`].
 
 use std::collections::{BTreeMap, HashMap};
@@ -32,6 +33,7 @@ pub mod json;
 pub mod legacy;
 pub mod names;
 pub mod package;
+pub mod pool;
 pub mod registry;
 pub mod scorer;
 pub mod stats;

@@ -145,10 +145,13 @@ impl Scorer for PluginScorer {
             .iter()
             .map(|c| c.iter().map(to_wit).collect())
             .collect();
-        let mut session = plugin.scorer(&call).map_err(scorer_error)?;
-        let scores = session
-            .score_many(&case, &candidates)
-            .map_err(scorer_error)?;
+        // The port is synchronous (the domain does no I/O); when it is called from the
+        // engine's async code, the worker hands its other tasks over while the plugin runs.
+        let scores = crate::pool::blocking(|| {
+            let mut session = plugin.scorer(&call)?;
+            session.score_many(&case, &candidates)
+        })
+        .map_err(scorer_error)?;
         Ok(scores.into_iter().map(from_wit).collect())
     }
 

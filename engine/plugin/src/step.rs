@@ -158,7 +158,14 @@ impl Step for PluginStep {
                 now_ms: work.received_at,
                 ..self.call.clone()
             };
-            let decision = plugin.decide(&msg, &call).map_err(|e| {
+            // On the plugin call pool: a plugin spinning to its deadline holds a pool thread,
+            // never an async worker (the listeners of other pipelines keep answering).
+            let decision = crate::pool::offload({
+                let plugin = plugin.clone();
+                move || plugin.decide(&msg, &call)
+            })
+            .await
+            .map_err(|e| {
                 if e.is_permanent() {
                     StepError::permanent(e.to_string())
                 } else {

@@ -864,3 +864,76 @@ fn an_unauthenticated_manifest_is_never_parsed() {
     assert!(e.contains("plugin.toml:1:"), "{e}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The worst gap between the ticks of a 5 ms timer task on this runtime while four `loop`
+/// calls of `p` run to their deadline, on the plugin call pool (`pooled`) or on the async
+/// workers themselves.
+async fn worst_tick_gap(p: &Arc<huizhen_plugin::Plugin>, call: &CallOptions, pooled: bool) -> Duration {
+    let stop = Arc::new(AtomicBool::new(false));
+    let ticker = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut worst = Duration::ZERO;
+            let mut last = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let now = Instant::now();
+                worst = worst.max(now - last);
+                last = now;
+            }
+            worst
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let spinners: Vec<_> = (0..4)
+        .map(|_| {
+            let (p, call) = (p.clone(), call.clone());
+            tokio::spawn(async move {
+                let spin = move || p.decide(&msg("text", b"loop"), &call);
+                if pooled {
+                    huizhen_plugin::pool::offload(spin).await
+                } else {
+                    spin()
+                }
+            })
+        })
+        .collect();
+    for s in spinners {
+        let e = s.await.unwrap().unwrap_err();
+        assert!(matches!(e, CallError::Deadline { .. }), "{e}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    ticker.await.unwrap()
+}
+
+/// A plugin spinning to its deadline holds a thread of the plugin call pool, not an async
+/// worker: a timer task on a two-worker runtime keeps its pace while four such calls run
+/// through the pool (as the `plugin` step makes them), and stalls for the whole deadline when
+/// the same calls run on the workers (the control, proving the measurement can fail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spinning_plugin_does_not_hold_the_async_workers() {
+    let dir = temp("spin");
+    signed(&dir, "misbehave.wasm", "misbehave", "1.0.0", World::Rule);
+    let reg = Registry::open(&config(&dir)).unwrap();
+    let p = reg.slot("misbehave").unwrap().current().unwrap();
+    let call = CallOptions {
+        limits: Limits {
+            deadline: Duration::from_secs(1),
+            memory: 64 << 20,
+            fuel: None,
+        },
+        ..CallOptions::default()
+    };
+    let on_workers = worst_tick_gap(&p, &call, false).await;
+    assert!(
+        on_workers >= Duration::from_millis(900),
+        "the control: spinning on both workers should stall the timer for the deadline, \
+         the worst gap was {on_workers:?}"
+    );
+    let pooled = worst_tick_gap(&p, &call, true).await;
+    assert!(
+        pooled < Duration::from_millis(400),
+        "spinning plugins on the call pool stalled a timer task for {pooled:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
