@@ -174,9 +174,12 @@ fn self_pay_has_no_in1() {
     );
 }
 
+/// A change that spoils a charge.
+type Change = fn(&mut Value);
+
 #[test]
 fn bad_charges_are_refused_naming_the_path() {
-    let cases: Vec<(fn(&mut Value), &str)> = vec![
+    let cases: Vec<(Change, &str)> = vec![
         (|c| c["items"] = json!([]), "items:"),
         (
             |c| c["items"][1]["amount_fen"] = json!(10000),
