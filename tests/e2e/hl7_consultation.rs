@@ -62,6 +62,25 @@ fn expert() -> String {
 /// the test CA's root as `workflow.signing_roots`, the consultation's events announced to
 /// `consultation-events` as demo/huizhen.yaml says, the registry of demo/experts.yaml.
 pub(crate) async fn start_demo(b: Backend, intake: u16, his: u16) -> Option<Wf> {
+    start_demo_with(b, intake, his, None).await
+}
+
+/// Where the demo's billing goes in a test: the stand-in platforms' URLs and the statements
+/// folder, for `127.0.0.1:8091`, `127.0.0.1:8092` and `data/billing/statements` of
+/// demo/huizhen.yaml.
+pub(crate) struct DemoBilling<'a> {
+    pub insurer: &'a str,
+    pub finance: &'a str,
+    pub statements: &'a std::path::Path,
+}
+
+/// [`start_demo`], with demo/huizhen.yaml's `billing:` when `billing` says where it goes.
+pub(crate) async fn start_demo_with(
+    b: Backend,
+    intake: u16,
+    his: u16,
+    billing: Option<DemoBilling<'_>>,
+) -> Option<Wf> {
     let db: TestDb = fresh_db(b).await?;
     let text = String::from_utf8(read("pipelines/demo.yaml"))
         .unwrap()
@@ -73,15 +92,29 @@ pub(crate) async fn start_demo(b: Backend, intake: u16, his: u16) -> Option<Wf> 
     let docs: Vec<&str> = text.split("\n---\n").collect();
     let mut cfg = loaded(&db, &docs);
     let file = std::path::PathBuf::from(format!("{ROOT}/demo/huizhen.yaml"));
-    let root: huizhen_core::config::RootConfig = huizhen_core::config::parse_yaml(
-        &file,
-        &String::from_utf8(read("demo/huizhen.yaml")).unwrap(),
-    )
-    .unwrap();
+    let mut root_text = String::from_utf8(read("demo/huizhen.yaml")).unwrap();
+    if let Some(bl) = &billing {
+        root_text = root_text
+            .replace("http://127.0.0.1:8091/fsi/api", bl.insurer)
+            .replace("http://127.0.0.1:8092/einvoice/issue", bl.finance)
+            .replace(
+                "../data/billing/statements/",
+                &bl.statements.display().to_string(),
+            )
+            .replace(
+                "schedules: [billing/fees.yaml]",
+                &format!("schedules: [\"{ROOT}/demo/billing/fees.yaml\"]"),
+            );
+    }
+    let root: huizhen_core::config::RootConfig =
+        huizhen_core::config::parse_yaml(&file, &root_text).unwrap();
     let ca = Arc::new(TestCa::generate("Huizhen E2E CA").unwrap());
     let roots = db.dir.path().join("ca-roots.pem");
     ca.write_root_pem(&roots).unwrap();
     cfg.root.workflow.consultations = root.workflow.consultations;
+    if billing.is_some() {
+        cfg.root.billing = root.billing;
+    }
     cfg.root.workflow.signing_roots = Some(roots);
     let clock = Arc::new(FakeClock::new(t0()));
     let engine = huizhen_core::Engine::start_with_clock(cfg, clock.clone())
@@ -142,12 +175,12 @@ async fn mllp_send(port: u16, file: &str) -> Vec<String> {
 /// The HIS: an MLLP receiver that keeps every message (decoded as its MSH-18 says, GB18030
 /// when it says nothing) and answers AA.
 #[derive(Clone, Default)]
-struct His {
+pub(crate) struct His {
     got: Arc<Mutex<Vec<String>>>,
 }
 
 impl His {
-    async fn listen(port: u16) -> His {
+    pub(crate) async fn listen(port: u16) -> His {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap();
@@ -193,7 +226,7 @@ impl His {
         his
     }
 
-    fn messages(&self) -> Vec<String> {
+    pub(crate) fn messages(&self) -> Vec<String> {
         self.got.lock().unwrap().clone()
     }
 
@@ -263,7 +296,7 @@ fn golden(name: &str, got: &str) {
 
 /// The ADT registers the patient, the ORM creates the consultation; its id once it is
 /// offered.
-async fn order(wf: &Wf, intake: u16) -> String {
+pub(crate) async fn order(wf: &Wf, intake: u16) -> String {
     assert_eq!(
         mllp_send(intake, "tests/fixtures/hl7/adt_a01_gb18030.hl7").await,
         ["AA"]
@@ -292,7 +325,7 @@ async fn order(wf: &Wf, intake: u16) -> String {
 }
 
 /// From the offer to the completed report, as the expert and the local doctor do it.
-async fn walk(wf: &Wf, id: &str) {
+pub(crate) async fn walk(wf: &Wf, id: &str) {
     let (_, v, etag) = wf
         .call(
             "GET",

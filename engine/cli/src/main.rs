@@ -21,6 +21,7 @@ use huizhen_fhir as _;
 use huizhen_hl7 as _;
 use huizhen_insurer as _;
 
+mod billing;
 mod dicom;
 mod experts;
 mod export;
@@ -93,6 +94,10 @@ enum Command {
     /// Signed opinions for the demo: a test CA (never for production), signing an opinion.
     #[command(subcommand)]
     Opinion(opinion::OpinionCommand),
+    /// Billing for the demo: the stand-in insurance and e-invoice platforms (never for
+    /// production).
+    #[command(subcommand)]
+    Billing(billing::BillingCommand),
 }
 
 #[derive(Debug, Args)]
@@ -196,6 +201,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Hl7(cmd) => hl7::run(cmd).await,
         Command::Opinion(cmd) => opinion::run(cmd),
         Command::Dicom(cmd) => dicom::run(cmd).await,
+        Command::Billing(cmd) => billing::run(cmd).await,
         Command::Token(cmd) => {
             let root = root_config(cli.config.as_deref(), cli.database_url.clone())?;
             let store = open_store(cli.config.as_deref(), cli.database_url).await?;

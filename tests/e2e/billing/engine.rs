@@ -330,6 +330,7 @@ async fn a_crash_between_answer_and_commit_is_reconciled_on_restart(b: Backend) 
                 }),
                 ledger: &[],
                 audit: None,
+                outbox: None,
             })
             .await
             .unwrap()

@@ -67,6 +67,7 @@ pub(super) fn billing_config(db: &TestDb, platform: &str, finance: Option<&str>)
             statements: db.dir.path().join("statements"),
         }),
         invoices,
+        outbound_pipeline: None,
     }
 }
 

@@ -2,6 +2,8 @@
 //! ledger (store.rs); the engine, the API and the stand-in platforms (engine.rs, with
 //! harness.rs); the `settle` step on the workflow's completed event (events.rs).
 
+mod demo;
+mod dft;
 mod engine;
 mod events;
 mod harness;

@@ -64,6 +64,7 @@ async fn one_live_settlement_per_consultation(backend: Backend) {
                 call: None,
                 ledger: &[],
                 audit: Some(&audit("settlement.cancel", &s.id)),
+                outbox: None,
             })
             .await
             .unwrap()
@@ -122,6 +123,7 @@ async fn saves_are_version_guarded_and_calls_persisted_first(backend: Backend) {
         }),
         ledger: &[],
         audit: None,
+        outbox: None,
     };
     assert!(store.save_settlement(begin(&s)).await.unwrap());
     // A second writer with the same expected version loses and writes nothing.
@@ -154,6 +156,7 @@ async fn saves_are_version_guarded_and_calls_persisted_first(backend: Backend) {
         }),
         ledger: &[],
         audit: None,
+        outbox: None,
     };
     assert!(store.save_settlement(answer).await.unwrap());
     let calls = store.settlement_calls("S-1").await.unwrap();
@@ -171,6 +174,7 @@ async fn saves_are_version_guarded_and_calls_persisted_first(backend: Backend) {
         }),
         ledger: &[],
         audit: None,
+        outbox: None,
     };
     assert!(store.save_settlement(again).await.is_err());
     assert_eq!(
@@ -206,6 +210,7 @@ async fn saves_are_version_guarded_and_calls_persisted_first(backend: Backend) {
                     call: None,
                     ledger: std::slice::from_ref(&entry),
                     audit: None,
+                    outbox: None,
                 })
                 .await
                 .unwrap()

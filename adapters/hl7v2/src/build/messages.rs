@@ -271,5 +271,7 @@ pub(super) fn segments(p: &Parts<'_>) -> Vec<Seg> {
     match p.options.kind {
         OutboundKind::OruR01 => oru_r01(p),
         OutboundKind::MdmT02 => mdm_t02(p),
+        // A charge is not an opinion: `build` refuses it before getting here.
+        OutboundKind::DftP03 => Vec::new(),
     }
 }

@@ -17,16 +17,22 @@
 //! receiver can drop a duplicate.
 //!
 //! The segment layout and `OBX-3` codes are listed in `messages`; the input and its checks in
-//! [`OutboundOpinion`].
+//! [`OutboundOpinion`]. A `DFT^P03` ([`build_charge`]) is built from billing's charge
+//! ([`OutboundCharge`]); its layout is in `charge`.
 
 use chrono::{DateTime, FixedOffset};
 use serde::Deserialize;
 
+mod charge;
 mod messages;
 mod opinion;
 pub mod step;
 mod writer;
 
+pub use charge::{
+    ChargeInsurance, ChargeItem, ChargePayers, ChargeTransaction, NHSA_ITEMS, OutboundCharge,
+    build_charge,
+};
 pub use opinion::{
     Clinician, OpinionDiagnosis, OrderNumber, OutboundOpinion, OutboundPatient, PatientIdentifier,
     PersonName, ServiceCode,
@@ -61,6 +67,9 @@ pub enum OutboundKind {
     OruR01,
     /// `MDM^T02`: the opinion as a document (original document notification and content).
     MdmT02,
+    /// `DFT^P03`: a settled consultation's charge (or its credit) for the HIS's accounts,
+    /// built from billing's `settlement.settled` / `.cancelled` body ([`OutboundCharge`]).
+    DftP03,
 }
 
 impl OutboundKind {
@@ -69,6 +78,7 @@ impl OutboundKind {
         match self {
             OutboundKind::OruR01 => "ORU^R01",
             OutboundKind::MdmT02 => "MDM^T02",
+            OutboundKind::DftP03 => "DFT^P03",
         }
     }
 }
@@ -164,6 +174,12 @@ pub fn build(
     message_time: Option<DateTime<FixedOffset>>,
 ) -> Result<Built, BuildError> {
     options.check()?;
+    if options.kind == OutboundKind::DftP03 {
+        return Err(BuildError::new(
+            "as",
+            "dft_p03 is built from a charge (build_charge), not from an opinion",
+        ));
+    }
     opinion::line("control_id", control_id)?;
     let checked = opinion::check(opinion)?;
     let message_time = message_time.unwrap_or(checked.signed_at);

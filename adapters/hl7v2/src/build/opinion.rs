@@ -103,19 +103,19 @@ pub(super) fn line(path: &str, value: &str) -> Result<(), BuildError> {
     Ok(())
 }
 
-fn optional_line(path: &str, value: &Option<String>) -> Result<(), BuildError> {
+pub(super) fn optional_line(path: &str, value: &Option<String>) -> Result<(), BuildError> {
     match value {
         Some(v) => line(path, v),
         None => Ok(()),
     }
 }
 
-fn order_number(path: &str, n: &OrderNumber) -> Result<(), BuildError> {
+pub(super) fn order_number(path: &str, n: &OrderNumber) -> Result<(), BuildError> {
     line(&format!("{path}.id"), &n.id)?;
     optional_line(&format!("{path}.namespace"), &n.namespace)
 }
 
-fn clinician(path: &str, c: &Clinician) -> Result<(), BuildError> {
+pub(super) fn clinician(path: &str, c: &Clinician) -> Result<(), BuildError> {
     line(&format!("{path}.id"), &c.id)?;
     line(&format!("{path}.name"), &c.name)
 }

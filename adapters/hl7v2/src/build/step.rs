@@ -1,6 +1,7 @@
 //! `hl7_build`: the pipeline step that replaces a JSON [`OutboundOpinion`] body with the HL7
-//! v2.5.1 message [`super::build`] makes of it, so the `mllp` sink after it sends that message
-//! to the HIS and waits for its ACK. The message kind becomes `hl7v2`; the headers
+//! v2.5.1 message [`super::build`] makes of it (or, with `as: dft_p03`, a billing charge
+//! [`OutboundCharge`] with the `DFT^P03` of [`super::build_charge`]), so the `mllp` sink after
+//! it sends that message to the HIS and waits for its ACK. The message kind becomes `hl7v2`; the headers
 //! `hl7-type`, `hl7-control-id`, `hl7-version` and `hl7-charset` (`UTF-8`) describe it, and
 //! `hl7-build-seq` counts the `hl7_build` steps the message has passed (the `n` of
 //! [`super::control_id`]).
@@ -8,7 +9,7 @@
 //! ```yaml
 //! steps:
 //!   - hl7_build:
-//!       as: oru_r01                 # or mdm_t02
+//!       as: oru_r01                 # or mdm_t02, or dft_p03 (billing's charges)
 //!       sending_application: HUIZHEN
 //!       sending_facility: GXYCHZ
 //!       receiving_application: HIS
@@ -30,7 +31,10 @@ use huizhen_core::steps::{Step, StepConfig};
 use huizhen_core::work::{Flow, StepError, Work};
 use serde::Deserialize;
 
-use super::{BuildOptions, OutboundKind, OutboundOpinion, TextType, build, control_id};
+use super::{
+    BuildOptions, OutboundCharge, OutboundKind, OutboundOpinion, TextType, build, build_charge,
+    control_id,
+};
 
 /// The header counting `hl7_build` steps per message.
 pub const SEQ_HEADER: &str = "hl7-build-seq";
@@ -39,7 +43,7 @@ pub const SEQ_HEADER: &str = "hl7-build-seq";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Hl7BuildConfig {
-    /// `oru_r01` (default) or `mdm_t02`.
+    /// `oru_r01` (default), `mdm_t02`, or `dft_p03` (the body is a billing charge).
     #[serde(rename = "as", default)]
     pub kind: OutboundKind,
     /// `MSH-3`, this engine as the HIS knows it (e.g. `HUIZHEN`).
@@ -59,8 +63,9 @@ pub struct Hl7BuildConfig {
     /// `TXA-2` of an `MDM` (table 0270); default `CN`, consultation.
     #[serde(default = "default_document_type")]
     pub document_type: String,
-    /// `MSH-7`: `signed_at` (default), the signing time with its own offset, or `received`,
-    /// when the message entered the engine, at `utc_offset`.
+    /// `MSH-7`: `signed_at` (default), the signing time with its own offset (a charge's
+    /// posting time for `dft_p03`), or `received`, when the message entered the engine, at
+    /// `utc_offset`.
     #[serde(default)]
     pub time: MessageTime,
     /// The offset `MSH-7` is written in for `time: received`; default `+08:00`.
@@ -174,7 +179,6 @@ impl Hl7Build {
             ));
         }
         let id = work.id.clone();
-        let opinion = read_opinion(work.body()).map_err(|e| fail(&id, e))?;
         let n = work
             .headers
             .get(SEQ_HEADER)
@@ -190,8 +194,14 @@ impl Hl7Build {
                 })?)
             }
         };
-        let built = build(&opinion, &self.options, &control, message_time)
-            .map_err(|e| fail(&id, format!("body: {e}")))?;
+        let built = if self.options.kind == OutboundKind::DftP03 {
+            let charge: OutboundCharge = read_body(work.body()).map_err(|e| fail(&id, e))?;
+            build_charge(&charge, &self.options, &control, message_time)
+        } else {
+            let opinion: OutboundOpinion = read_body(work.body()).map_err(|e| fail(&id, e))?;
+            build(&opinion, &self.options, &control, message_time)
+        }
+        .map_err(|e| fail(&id, format!("body: {e}")))?;
         work.set_body(built.text.into_bytes());
         work.kind = "hl7v2".into();
         let headers = [
@@ -209,7 +219,7 @@ impl Hl7Build {
 }
 
 /// Reads the body, naming the JSON path of what is wrong.
-fn read_opinion(body: &[u8]) -> Result<OutboundOpinion, String> {
+fn read_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     let mut de = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -245,7 +255,7 @@ mod tests {
 
     #[test]
     fn body_errors_name_the_path() {
-        let e = read_opinion(
+        let e = read_body::<OutboundOpinion>(
             br#"{"consultation_id": "C1", "patient": {"identifiers": [{"id": "1", "typ": "MR"}]}}"#,
         )
         .unwrap_err();
@@ -253,7 +263,7 @@ mod tests {
             e.starts_with("body: patient.identifiers[0].typ: unknown field `typ`"),
             "{e}"
         );
-        let e = read_opinion(b"not json").unwrap_err();
+        let e = read_body::<OutboundOpinion>(b"not json").unwrap_err();
         assert!(e.starts_with("body: expected"), "{e}");
     }
 }

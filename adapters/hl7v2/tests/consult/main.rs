@@ -6,6 +6,7 @@
 //!
 //! `UPDATE_GOLDEN=1 cargo test -p huizhen-hl7 --test consult` rewrites the golden files.
 
+mod charge;
 mod mllp;
 mod order;
 mod outbound;

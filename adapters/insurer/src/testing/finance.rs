@@ -67,8 +67,13 @@ impl Drop for FinanceStandIn {
 impl FinanceStandIn {
     /// Starts on a free loopback port.
     pub async fn start() -> std::io::Result<FinanceStandIn> {
+        FinanceStandIn::start_at("127.0.0.1:0").await
+    }
+
+    /// Starts listening on `addr` (port 0: a free one).
+    pub async fn start_at(addr: &str) -> std::io::Result<FinanceStandIn> {
         let books = Arc::new(Mutex::new(Books::default()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let b = books.clone();
         let app = Router::new().route(

@@ -116,8 +116,13 @@ impl Drop for StandIn {
 impl StandIn {
     /// Starts on a free loopback port.
     pub async fn start() -> std::io::Result<StandIn> {
+        StandIn::start_at("127.0.0.1:0").await
+    }
+
+    /// Starts listening on `addr` (`127.0.0.1:8091` for the demo; port 0: a free one).
+    pub async fn start_at(addr: &str) -> std::io::Result<StandIn> {
         let platform = Arc::new(Mutex::new(Platform::default()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let p = platform.clone();
         let app = Router::new().route(

@@ -19,6 +19,7 @@
 //!   reconciliation: { schedule: "0 30 1 * * *", statements: billing/statements/ }
 //!   invoices:                        # the finance e-invoice platform (CN-70); none: no invoices
 //!     finance-einvoice: { url: "http://…/einvoice", agency_code: "450103", … }
+//!   outbound_pipeline: his-charges   # settlement.settled / .cancelled (the DFT^P03 body)
 //! ```
 
 mod insurer;
@@ -72,6 +73,11 @@ pub struct BillingConfig {
     /// The finance platform that issues e-invoices (CN-70); none: no invoices.
     #[serde(default)]
     pub invoices: Option<Box<dyn InvoicePlatformConfig>>,
+    /// The pipeline a settled (or cancelled) settlement's charge is announced to
+    /// (`settlement.settled`, `settlement.cancelled`: the body `hl7_build` makes a `DFT^P03`
+    /// of); none: kept in the outbox only.
+    #[serde(default)]
+    pub outbound_pipeline: Option<String>,
 }
 
 fn default_offset() -> i32 {
@@ -138,6 +144,8 @@ pub struct BillingSettings {
     pub reconciliation: Option<Reconciliation>,
     /// The e-invoice platform.
     pub invoices: Option<Arc<dyn InvoicePlatform>>,
+    /// Where charges are announced.
+    pub outbound_pipeline: Option<String>,
 }
 
 impl std::fmt::Debug for BillingSettings {
@@ -254,6 +262,13 @@ impl BillingConfig {
             },
             None => None,
         };
+        let outbound_pipeline = match self.outbound_pipeline.as_deref().map(str::trim) {
+            Some("") => {
+                problems.push("billing.outbound_pipeline: is blank".into());
+                None
+            }
+            other => other.map(str::to_owned),
+        };
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -271,6 +286,24 @@ impl BillingConfig {
             insurer,
             reconciliation,
             invoices,
+            outbound_pipeline,
         })
+    }
+
+    /// `billing.outbound_pipeline` when it names none of `names`, with the closest name.
+    pub fn unknown_outbound_pipeline<'a>(
+        &self,
+        names: impl Iterator<Item = &'a str> + Clone,
+    ) -> Option<String> {
+        let p = self.outbound_pipeline.as_deref().map(str::trim)?;
+        if p.is_empty() || names.clone().any(|n| n == p) {
+            return None;
+        }
+        let hint = crate::config::did_you_mean(p, names)
+            .map(|s| format!("; did you mean {s:?}?"))
+            .unwrap_or_default();
+        Some(format!(
+            "billing.outbound_pipeline: no pipeline named {p:?}{hint}"
+        ))
     }
 }

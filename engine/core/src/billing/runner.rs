@@ -11,17 +11,20 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use huizhen_domain::billing::outbound::{ChargeContext, charge_announcement};
 use huizhen_domain::billing::{
     Amounts, Billable, CoverageError, CoverageItem, CoveragePolicy, Eligibility, FeeError, Kind,
-    LedgerEntry, Next, Outcome, PatientCoverage, RevenueShare, SagaError, Settlement, compute_fees,
-    split,
+    LedgerEntry, Next, Outcome, PatientCoverage, Phase, RevenueShare, SagaError, Settlement,
+    compute_fees, split,
 };
+use huizhen_domain::consultation::outbound::KnownPatient;
 use tokio_util::sync::CancellationToken;
 
 use super::BillingSettings;
 use super::insurer::Answer;
 use crate::store::audit::AuditEvent;
 use crate::store::billing::{CallWrite, Opened, SettlementChange, StoredSettlement};
+use crate::store::care::NewOutboxEvent;
 use crate::store::{Store, StoreError};
 
 /// Why billing refused or failed.
@@ -117,7 +120,7 @@ impl Billing {
             .store
             .settlement_of_consultation(consultation_id)
             .await?
-            && existing.settlement.phase() != huizhen_domain::billing::Phase::Aborted
+            && existing.settlement.phase() != Phase::Aborted
         {
             return Ok((existing, false));
         }
@@ -196,12 +199,14 @@ impl Billing {
 
     async fn save(
         &self,
+        before: Phase,
         s: &Settlement,
         expected: u64,
         call: Option<CallWrite<'_>>,
         audit: Option<&AuditEvent>,
     ) -> Result<bool, BillingError> {
         let ledger = self.ledger(s);
+        let outbox = self.charge_event(before, s).await?;
         Ok(self
             .store
             .save_settlement(SettlementChange {
@@ -210,8 +215,59 @@ impl Billing {
                 call,
                 ledger: &ledger,
                 audit,
+                outbox: outbox.as_ref(),
             })
             .await?)
+    }
+
+    /// The charge a change from `before` to `s` announces to the HIS (`settlement.settled`,
+    /// `.cancelled`; see `huizhen_domain::billing::outbound`), with the consultation's HIS order
+    /// and the patient as the identity index knows them.
+    async fn charge_event(
+        &self,
+        before: Phase,
+        s: &Settlement,
+    ) -> Result<Option<NewOutboxEvent>, BillingError> {
+        let now = s.phase();
+        if now == before || !matches!(now, Phase::Settled | Phase::Cancelled) {
+            return Ok(None);
+        }
+        let cid = &s.bill.billable.consultation_id;
+        let consultation = match self.store.consultation(cid).await {
+            Ok(c) => c.map(|c| c.consultation),
+            Err(crate::store::consultations::ConsultationError::Store(e)) => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(settlement = %s.id, consultation = %cid, error = %e, "the consultation does not read; the charge goes without the HIS order");
+                None
+            }
+        };
+        let patient = match &consultation {
+            Some(c) => self.store.known_patient(c).await?,
+            None => KnownPatient::default(),
+        };
+        let expert_name = match self.store.expert(&s.bill.billable.expert).await? {
+            Some(e) => Some(e.name),
+            None => None,
+        };
+        let ctx = ChargeContext {
+            consultation: consultation.as_ref(),
+            patient: &patient,
+            expert_name: expert_name.as_deref(),
+            offset: self.settings.offset,
+        };
+        let Some((topic, body)) = charge_announcement(before, s, &ctx) else {
+            return Ok(None);
+        };
+        let body = serde_json::to_value(&body).map_err(|e| {
+            StoreError::Inconsistent(format!("settlement {}: cannot encode {topic}: {e}", s.id))
+        })?;
+        Ok(Some(NewOutboxEvent {
+            topic: topic.to_owned(),
+            resource_id: s.id.clone(),
+            facility: s.facility.clone(),
+            pipeline: self.settings.outbound_pipeline.clone(),
+            body,
+        }))
     }
 
     async fn load(&self, id: &str) -> Result<Settlement, BillingError> {
@@ -260,6 +316,7 @@ impl Billing {
             }
             let mut s = self.load(id).await?;
             let expected = s.version;
+            let before = s.phase();
             match s.next() {
                 Next::Send { .. } => {
                     let insurer = self
@@ -282,12 +339,13 @@ impl Billing {
                         call: &call,
                         request: &request,
                     };
-                    if !self.save(&s, expected, Some(begin), None).await? {
+                    if !self.save(before, &s, expected, Some(begin), None).await? {
                         continue;
                     }
                     // Persisted: from here a crash leaves the call in flight, uncertain.
                     let Answer { outcome, response } = insurer.send(&call, &request).await;
                     let expected = s.version;
+                    let before = s.phase();
                     let code = outcome_code(&outcome);
                     let unreachable = matches!(outcome, Outcome::NotSent { .. });
                     s.complete(&call.msgid, outcome, self.now())?;
@@ -296,7 +354,7 @@ impl Billing {
                         outcome: code,
                         response: response.as_deref(),
                     };
-                    if !self.save(&s, expected, Some(answer), None).await? {
+                    if !self.save(before, &s, expected, Some(answer), None).await? {
                         tracing::warn!(settlement = id, msgid = %call.msgid, "the saga changed while its call was in flight; the call is treated as uncertain");
                     } else if unreachable {
                         // The platform is not reachable: the resume loop asks again later.
@@ -323,7 +381,7 @@ impl Billing {
                         outcome: "uncertain",
                         response: None,
                     };
-                    self.save(&s, expected, Some(answer), None).await?;
+                    self.save(before, &s, expected, Some(answer), None).await?;
                 }
                 Next::WaitForPatient | Next::Finished(_) => return Ok(s),
             }
@@ -342,8 +400,9 @@ impl Billing {
         for _ in 0..3 {
             let mut s = self.load(id).await?;
             let expected = s.version;
+            let before = s.phase();
             s.confirm(by, amounts, self.now())?;
-            if self.save(&s, expected, None, Some(audit)).await? {
+            if self.save(before, &s, expected, None, Some(audit)).await? {
                 return self.drive(id).await;
             }
         }
@@ -360,8 +419,9 @@ impl Billing {
         for _ in 0..3 {
             let mut s = self.load(id).await?;
             let expected = s.version;
+            let before = s.phase();
             s.cancel(reason, self.now())?;
-            if self.save(&s, expected, None, Some(audit)).await? {
+            if self.save(before, &s, expected, None, Some(audit)).await? {
                 return self.drive(id).await;
             }
         }

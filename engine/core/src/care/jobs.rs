@@ -225,11 +225,13 @@ pub async fn export_tick(store: &Store, export: &StatsExport, tick: DateTime<Utc
 }
 
 /// The jobs loop of one engine: relay every 2 s, sweep every minute, export on schedule, until
-/// `shutdown`.
+/// `shutdown`. `relay_billing`: billing announces charges to a pipeline (relay even when the
+/// workflow announces nothing).
 pub async fn run(
     store: Store,
     care: Arc<Care>,
     pipelines: BTreeMap<String, PipelineHandle>,
+    relay_billing: bool,
     shutdown: CancellationToken,
 ) {
     let mut next_sweep = tokio::time::Instant::now();
@@ -238,7 +240,7 @@ pub async fn run(
         .as_ref()
         .and_then(|x| x.schedule.after(&store.clock().now()).next());
     loop {
-        if care.outbound_pipeline.is_some() || store.announces_consultations() {
+        if relay_billing || care.outbound_pipeline.is_some() || store.announces_consultations() {
             super::relay_outbox(&store, &pipelines).await;
         }
         if tokio::time::Instant::now() >= next_sweep {

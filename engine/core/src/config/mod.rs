@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use serde_saphyr::Spanned;
 
-pub use error::{ConfigError, ConfigErrors};
+pub use error::{ConfigError, ConfigErrors, did_you_mean};
 use error::{first_quoted, tidy_build_error};
 use interpolate::interpolate;
 
@@ -760,9 +760,15 @@ fn check_outbound(
     file: &Path,
     pipelines: &[LoadedPipeline],
 ) -> Vec<ConfigError> {
+    let names = pipelines.iter().map(|p| p.config.name.value.as_str());
     root.workflow
-        .unknown_outbound_pipelines(pipelines.iter().map(|p| p.config.name.value.as_str()))
+        .unknown_outbound_pipelines(names.clone())
         .into_iter()
+        .chain(
+            root.billing
+                .as_ref()
+                .and_then(|b| b.unknown_outbound_pipeline(names)),
+        )
         .map(|e| ConfigError::file(file, e))
         .collect()
 }

@@ -307,9 +307,14 @@ impl Engine {
             built.push((handle, source));
         }
         router.set(pipelines.clone());
-        let unknown = root
+        let mut unknown = root
             .workflow
             .unknown_outbound_pipelines(pipelines.keys().map(String::as_str));
+        unknown.extend(
+            root.billing
+                .as_ref()
+                .and_then(|b| b.unknown_outbound_pipeline(pipelines.keys().map(String::as_str))),
+        );
         if !unknown.is_empty() {
             return Err(EngineError::Workflow(unknown.join("; ")));
         }
@@ -351,6 +356,9 @@ impl Engine {
             store.clone(),
             care.clone(),
             pipelines.clone(),
+            billing
+                .as_ref()
+                .is_some_and(|b| b.settings().outbound_pipeline.is_some()),
             shutdown.clone(),
         ));
         workers.spawn(housekeeping(

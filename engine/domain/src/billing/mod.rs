@@ -9,6 +9,8 @@
 //! * [`coverage`]: the [`CoveragePolicy`] port (the `coverage` plugin implements it) and the
 //!   built-in [`SimplePolicy`]; every answer is checked to add up.
 //! * [`msgid`]: the 30-character NHSA message id and its persisted cursor (CN-61).
+//! * [`outbound`]: what a settled (or cancelled) settlement announces to the HIS, the body of
+//!   the `DFT^P03` `hl7_build` makes.
 //! * [`saga`]: the settlement saga's state machine (CN-62): persisted before every call,
 //!   reversal (2601) on an uncertain outcome, never a blind retry.
 //! * [`split`]: CN-63's three records: province price items, payer split, inter-institution
@@ -19,6 +21,7 @@ pub mod coverage;
 pub mod fee;
 pub mod money;
 pub mod msgid;
+pub mod outbound;
 pub mod reconcile;
 pub mod saga;
 pub mod schedule;

@@ -8,6 +8,7 @@ use sqlx::{AnyConnection, Connection, Row};
 
 use super::{json_err, ms, to_i64};
 use crate::store::audit::{self, AuditEvent};
+use crate::store::care::{NewOutboxEvent, insert_outbox};
 use crate::store::sql::Sql;
 use crate::store::{Result, Store, StoreError, q};
 
@@ -79,6 +80,10 @@ pub struct SettlementChange<'a> {
     pub ledger: &'a [LedgerEntry],
     /// The audit event, if the change is audited (opening, confirmation, cancellation).
     pub audit: Option<&'a AuditEvent>,
+    /// The charge the change announces (`settlement.settled`, `.cancelled`), written to the
+    /// outbox in the same transaction: a committed change never loses it, a lost race never
+    /// writes it.
+    pub outbox: Option<&'a NewOutboxEvent>,
 }
 
 /// A stored call.
@@ -429,6 +434,9 @@ impl Store {
             s.bind(now);
             s.push(") ON CONFLICT (settlement_id, kind) DO NOTHING");
             exec(&mut tx, s, "append ledger entry").await?;
+        }
+        if let Some(e) = change.outbox {
+            insert_outbox(&mut tx, self, e).await?;
         }
         if let Some(a) = change.audit {
             audit::append(&mut tx, a, self.anchor.as_deref()).await?;

@@ -66,7 +66,7 @@ impl Store {
     /// The patient as the identity index knows them: their active records at the requesting
     /// facility as identifiers (namespace = that facility), and the first name recorded there
     /// (else at any facility).
-    async fn known_patient(&self, c: &Consultation) -> Result<KnownPatient, StoreError> {
+    pub(crate) async fn known_patient(&self, c: &Consultation) -> Result<KnownPatient, StoreError> {
         let Ok(person) = i64::try_from(c.patient()) else {
             return Ok(KnownPatient::default());
         };

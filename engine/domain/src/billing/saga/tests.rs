@@ -138,7 +138,7 @@ fn uncertain() -> Outcome {
 
 /// Sends what the saga asks for with `answer` deciding each outcome, confirming when asked,
 /// until it rests. Returns the transactions sent.
-fn drive(
+pub(crate) fn drive(
     s: &mut Settlement,
     ids: &mut Ids,
     mut answer: impl FnMut(&CallRef) -> Outcome,
