@@ -384,8 +384,17 @@ impl Deidentifier {
                     .unwrap_or_default();
                 DataElement::new(tag, vr, PrimitiveValue::Strs(vals.into()))
             }
-            // Whole days are shifted: times of day and the timezone offset stay.
-            VR::TM | VR::SH if tag == Tag(0x0008, 0x0201) || vr == VR::TM => e,
+            // Whole days are shifted: times of day stay, and the timezone offset when it is
+            // one (`+0800`); anything else there is emptied.
+            VR::TM => e,
+            _ if tag == Tag(0x0008, 0x0201) => {
+                let v = e.to_str().map(|s| s.trim().to_owned()).unwrap_or_default();
+                let b = v.as_bytes();
+                let offset = b.len() == 5
+                    && (b[0] == b'+' || b[0] == b'-')
+                    && b[1..].iter().all(u8::is_ascii_digit);
+                if offset { e } else { empty(tag, vr) }
+            }
             VR::LO | VR::SH | VR::ST | VR::LT | VR::UT | VR::UC | VR::PN | VR::CS => {
                 let s = e.to_str().map(|s| s.into_owned()).unwrap_or_default();
                 let mut cleaned = s;

@@ -167,6 +167,10 @@ fn every_table_attribute_gets_its_action_under_each_option_set() {
                 Act::U => after.as_deref().is_some_and(|v| {
                     v.starts_with("2.25.") && Some(v) != before.as_deref() && v.len() <= 64
                 }),
+                // Whole days are shifted: times of day stay; a timezone offset stays when it
+                // is one (this corpus's is not: it is emptied).
+                Act::C if matches!(vr_of(t), VR::TM) => after == before,
+                Act::C if t == Tag(0x0008, 0x0201) => after.as_deref() == Some(""),
                 Act::D | Act::ZD | Act::XD | Act::XZD | Act::C | Act::XZU => {
                     if is_seq {
                         // Kept as a sequence, its items de-identified.
@@ -209,8 +213,13 @@ fn every_table_attribute_gets_its_action_under_each_option_set() {
         assert_eq!(codes.len(), 1 + opts.len(), "{opts:?}");
         assert_eq!(text(&codes[0], Tag(0x0008, 0x0100)).as_deref(), Some("113100"));
         // No name, no patient id, anywhere (no option keeps them).
+        // Attributes an option keeps keep their (test) values; everything else is scanned.
+        let mut scanned = out.clone();
+        for row in TABLE.iter().filter(|r| action(r, &opts) == Act::K) {
+            scanned.remove_element(Tag(row.0, row.1));
+        }
         let mut all = String::new();
-        all_text(&out, &mut all);
+        all_text(&scanned, &mut all);
         for leak in ["XiaoDong", "小东", "P-12345"] {
             if all.contains(leak) {
                 failures.push(format!("{opts:?}: {leak:?} still in the output"));

@@ -290,3 +290,34 @@ pub async fn audit(
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every DICOMweb route is in the engine's route table with the same action, and the table
+    /// has no DICOMweb row that is not a route.
+    #[test]
+    fn the_route_table_holds_every_route() {
+        let rows = route_rows();
+        for (m, p, a) in &rows {
+            assert!(
+                huizhen_core::security::ROUTES
+                    .iter()
+                    .any(|r| r.0 == *m && r.1 == p && r.2 == *a),
+                "{m} {p} {a:?} missing from ROUTES"
+            );
+        }
+        for r in huizhen_core::security::ROUTES
+            .iter()
+            .filter(|r| r.1.starts_with(BASE))
+        {
+            assert!(
+                rows.iter().any(|(m, p, a)| r.0 == *m && r.1 == p && r.2 == *a),
+                "{} {} is in ROUTES but not a route",
+                r.0,
+                r.1
+            );
+        }
+    }
+}
