@@ -222,7 +222,10 @@ impl Incoming {
 
     /// Appends bytes of the Part 10 header (before any data set byte: not hashed, not counted).
     pub async fn write_header(&mut self, data: &[u8]) -> io::Result<()> {
-        debug_assert_eq!(self.dataset_bytes, 0, "the header comes before the data set");
+        debug_assert_eq!(
+            self.dataset_bytes, 0,
+            "the header comes before the data set"
+        );
         self.dataset_offset += data.len() as u64;
         self.file.write_all(data).await
     }

@@ -112,7 +112,11 @@ mod tests {
             VR::PN,
             PrimitiveValue::from("Wang^XiaoDong"),
         ));
-        o.put(DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(2_u16)));
+        o.put(DataElement::new(
+            tags::ROWS,
+            VR::US,
+            PrimitiveValue::from(2_u16),
+        ));
         o.put(DataElement::new(
             tags::COLUMNS,
             VR::US,
@@ -189,7 +193,10 @@ mod tests {
             choose(IMPLICIT_LE, &Wanted::List(vec![EXPLICIT_LE.into()])),
             Ok(Plan::ToExplicitLe)
         );
-        assert_eq!(choose(IMPLICIT_LE, &Wanted::Default), Ok(Plan::ToExplicitLe));
+        assert_eq!(
+            choose(IMPLICIT_LE, &Wanted::Default),
+            Ok(Plan::ToExplicitLe)
+        );
         assert_eq!(choose(EXPLICIT_LE, &Wanted::Default), Ok(Plan::AsStored));
         // Asking for a compressed syntax of an uncompressed instance: not done (no encoder).
         assert!(choose(EXPLICIT_LE, &Wanted::List(vec![JPEG_LOSSLESS.into()])).is_err());

@@ -7,6 +7,7 @@ mod cli;
 mod files;
 mod index;
 mod memory;
+mod web;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

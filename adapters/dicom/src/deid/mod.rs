@@ -158,7 +158,10 @@ impl Deidentifier {
 
     /// De-identifies an object read from a Part 10 file (its file meta group follows the SOP
     /// Instance UID). `Err` when the object must not be exported (burned-in annotation).
-    pub fn apply_file(&self, file: FileDicomObject<InMemDicomObject>) -> Result<FileDicomObject<InMemDicomObject>, String> {
+    pub fn apply_file(
+        &self,
+        file: FileDicomObject<InMemDicomObject>,
+    ) -> Result<FileDicomObject<InMemDicomObject>, String> {
         let mut meta = file.meta().clone();
         let obj = file.into_inner();
         let out = self.apply(obj)?;
@@ -410,7 +413,11 @@ impl Deidentifier {
 
 fn empty(tag: Tag, vr: VR) -> Elem {
     if vr == VR::SQ {
-        DataElement::new(tag, VR::SQ, DataSetSequence::from(Vec::<InMemDicomObject>::new()))
+        DataElement::new(
+            tag,
+            VR::SQ,
+            DataSetSequence::from(Vec::<InMemDicomObject>::new()),
+        )
     } else {
         DataElement::new(tag, vr, PrimitiveValue::Empty)
     }

@@ -117,7 +117,8 @@ impl Step for DeidentifyDicom {
     fn apply<'a>(&'a self, work: &'a mut Work) -> BoxFuture<'a, Result<Flow, StepError>> {
         Box::pin(async move {
             let id = work.id.to_string();
-            let fail = |m: String| StepError::permanent(format!("message {id}: deidentify_dicom: {m}"));
+            let fail =
+                |m: String| StepError::permanent(format!("message {id}: deidentify_dicom: {m}"));
             let body = work.json()?.clone();
             let store = self
                 .store
@@ -146,7 +147,9 @@ impl Step for DeidentifyDicom {
                 instances.retain(|i| &i.sop_instance_uid == sop);
             }
             if instances.is_empty() {
-                return Err(fail(format!("study {study}: no such instance in the index")));
+                return Err(fail(format!(
+                    "study {study}: no such instance in the index"
+                )));
             }
             let d = self.d.clone();
             let output = self.output.clone();
@@ -186,9 +189,14 @@ impl Step for DeidentifyDicom {
                 "excluded": excluded,
                 "method": method,
             }));
-            work.headers.insert("dicom-deidentified".into(), "yes".into());
+            work.headers
+                .insert("dicom-deidentified".into(), "yes".into());
             // The originals' identifying headers do not travel with the copy.
-            for h in ["dicom-study-uid", "dicom-sop-instance-uid", "dicom-calling-ae"] {
+            for h in [
+                "dicom-study-uid",
+                "dicom-sop-instance-uid",
+                "dicom-calling-ae",
+            ] {
                 work.headers.remove(h);
             }
             Ok(Flow::Continue)
@@ -202,7 +210,11 @@ enum Exclude {
 }
 
 /// De-identifies one stored file into `output` (blocking).
-fn one(d: &Deidentifier, path: &std::path::Path, output: &std::path::Path) -> Result<serde_json::Value, Exclude> {
+fn one(
+    d: &Deidentifier,
+    path: &std::path::Path,
+    output: &std::path::Path,
+) -> Result<serde_json::Value, Exclude> {
     let obj = dicom_object::OpenFileOptions::new()
         .open_file(path)
         .map_err(|e| Exclude::Io(format!("{}: cannot be read: {e}", path.display())))?;
@@ -219,7 +231,9 @@ fn one(d: &Deidentifier, path: &std::path::Path, output: &std::path::Path) -> Re
     let sop = uid(dicom_core::Tag(0x0008, 0x0018));
     for u in [&study, &series, &sop] {
         if !crate::uids::is_valid(u) {
-            return Err(Exclude::Policy(format!("the object has no valid UID ({u:?})")));
+            return Err(Exclude::Policy(format!(
+                "the object has no valid UID ({u:?})"
+            )));
         }
     }
     let dir = output.join(&study).join(&series);

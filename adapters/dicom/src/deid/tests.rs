@@ -64,27 +64,69 @@ fn corpus() -> InMemDicomObject {
         }
         let vr = vr_of(t);
         if vr == VR::SQ {
-            o.put(DataElement::new(t, VR::SQ, DataSetSequence::from(vec![item(n)])));
+            o.put(DataElement::new(
+                t,
+                VR::SQ,
+                DataSetSequence::from(vec![item(n)]),
+            ));
         } else {
             o.put(DataElement::new(t, vr, value(vr, n)));
         }
     }
-    o.put(DataElement::new(Tag(0x0010, 0x0020), VR::LO, PrimitiveValue::from("P-12345")));
-    o.put(DataElement::new(Tag(0x0008, 0x0060), VR::CS, PrimitiveValue::from("CT")));
-    o.put(DataElement::new(Tag(0x0028, 0x0301), VR::CS, PrimitiveValue::from("NO")));
+    o.put(DataElement::new(
+        Tag(0x0010, 0x0020),
+        VR::LO,
+        PrimitiveValue::from("P-12345"),
+    ));
+    o.put(DataElement::new(
+        Tag(0x0008, 0x0060),
+        VR::CS,
+        PrimitiveValue::from("CT"),
+    ));
+    o.put(DataElement::new(
+        Tag(0x0028, 0x0301),
+        VR::CS,
+        PrimitiveValue::from("NO"),
+    ));
     // Private attributes, a curve and an overlay.
-    o.put(DataElement::new(Tag(0x0009, 0x0010), VR::LO, PrimitiveValue::from("ACME 1.0")));
-    o.put(DataElement::new(Tag(0x0009, 0x1001), VR::LO, PrimitiveValue::from("XiaoDong")));
-    o.put(DataElement::new(Tag(0x5000, 0x3000), VR::OW, PrimitiveValue::U8(vec![0; 4].into())));
-    o.put(DataElement::new(Tag(0x6000, 0x3000), VR::OW, PrimitiveValue::U8(vec![0; 4].into())));
-    o.put(DataElement::new(Tag(0x6000, 0x4000), VR::LT, PrimitiveValue::from("XiaoDong")));
+    o.put(DataElement::new(
+        Tag(0x0009, 0x0010),
+        VR::LO,
+        PrimitiveValue::from("ACME 1.0"),
+    ));
+    o.put(DataElement::new(
+        Tag(0x0009, 0x1001),
+        VR::LO,
+        PrimitiveValue::from("XiaoDong"),
+    ));
+    o.put(DataElement::new(
+        Tag(0x5000, 0x3000),
+        VR::OW,
+        PrimitiveValue::U8(vec![0; 4].into()),
+    ));
+    o.put(DataElement::new(
+        Tag(0x6000, 0x3000),
+        VR::OW,
+        PrimitiveValue::U8(vec![0; 4].into()),
+    ));
+    o.put(DataElement::new(
+        Tag(0x6000, 0x4000),
+        VR::LT,
+        PrimitiveValue::from("XiaoDong"),
+    ));
     // Not in the table: kept.
-    o.put(DataElement::new(Tag(0x0018, 0x0050), VR::DS, PrimitiveValue::from("1.25")));
+    o.put(DataElement::new(
+        Tag(0x0018, 0x0050),
+        VR::DS,
+        PrimitiveValue::from("1.25"),
+    ));
     o
 }
 
 fn text(o: &InMemDicomObject, t: Tag) -> Option<String> {
-    o.element(t).ok().map(|e| e.to_str().map(|s| s.into_owned()).unwrap_or_default())
+    o.element(t)
+        .ok()
+        .map(|e| e.to_str().map(|s| s.into_owned()).unwrap_or_default())
 }
 
 fn all_text(o: &InMemDicomObject, out: &mut String) {
@@ -159,7 +201,8 @@ fn every_table_attribute_gets_its_action_under_each_option_set() {
                 }
                 Act::Z | Act::XZ => {
                     if is_seq {
-                        out.element(t).is_ok_and(|e| e.items().is_some_and(|i| i.is_empty()))
+                        out.element(t)
+                            .is_ok_and(|e| e.items().is_some_and(|i| i.is_empty()))
                     } else {
                         after.as_deref() == Some("")
                     }
@@ -176,9 +219,9 @@ fn every_table_attribute_gets_its_action_under_each_option_set() {
                         // Kept as a sequence, its items de-identified.
                         out.element(t).is_ok_and(|e| {
                             e.items().is_some_and(|items| {
-                                items.iter().all(|i| {
-                                    text(i, Tag(0x0010, 0x0010)).as_deref() != Some(NAME)
-                                })
+                                items
+                                    .iter()
+                                    .all(|i| text(i, Tag(0x0010, 0x0010)).as_deref() != Some(NAME))
                             })
                         })
                     } else {
@@ -211,7 +254,10 @@ fn every_table_attribute_gets_its_action_under_each_option_set() {
         assert!(text(&out, Tag(0x0012, 0x0063)).is_some_and(|m| m.contains("Basic")));
         let codes = out.element(Tag(0x0012, 0x0064)).unwrap().items().unwrap();
         assert_eq!(codes.len(), 1 + opts.len(), "{opts:?}");
-        assert_eq!(text(&codes[0], Tag(0x0008, 0x0100)).as_deref(), Some("113100"));
+        assert_eq!(
+            text(&codes[0], Tag(0x0008, 0x0100)).as_deref(),
+            Some("113100")
+        );
         // No name, no patient id, anywhere (no option keeps them).
         // Attributes an option keeps keep their (test) values; everything else is scanned.
         let mut scanned = out.clone();
@@ -226,7 +272,12 @@ fn every_table_attribute_gets_its_action_under_each_option_set() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// Identifying attributes listed by hand from PS3.15 E.1-1 (not from `TABLE`): under the basic
@@ -271,7 +322,11 @@ fn uids_map_consistently_within_a_project_and_differ_across_projects() {
     // A reference inside a sequence maps like the instance it points to (KOS/SR integrity).
     let mut o = corpus();
     let sop = "1.2.826.0.1.3680043.2.1125.999";
-    o.put(DataElement::new(Tag(0x0008, 0x0018), VR::UI, PrimitiveValue::from(sop)));
+    o.put(DataElement::new(
+        Tag(0x0008, 0x0018),
+        VR::UI,
+        PrimitiveValue::from(sop),
+    ));
     o.put(DataElement::new(
         Tag(0x0008, 0x1140),
         VR::SQ,
@@ -309,7 +364,10 @@ fn modified_dates_shift_and_full_dates_stay() {
         Deidentifier::new(
             "p",
             SECRET,
-            [Opt::RetainLongitudinalFullDates, Opt::RetainLongitudinalModifiedDates]
+            [
+                Opt::RetainLongitudinalFullDates,
+                Opt::RetainLongitudinalModifiedDates
+            ]
         )
         .is_err()
     );
@@ -319,10 +377,18 @@ fn modified_dates_shift_and_full_dates_stay() {
 fn burned_in_annotation_is_excluded() {
     let d = Deidentifier::new("p", SECRET, []).unwrap();
     let mut o = corpus();
-    o.put(DataElement::new(Tag(0x0028, 0x0301), VR::CS, PrimitiveValue::from("YES")));
+    o.put(DataElement::new(
+        Tag(0x0028, 0x0301),
+        VR::CS,
+        PrimitiveValue::from("YES"),
+    ));
     assert!(d.apply(o).unwrap_err().contains("Burned In Annotation"));
     let mut us = corpus();
-    us.put(DataElement::new(Tag(0x0008, 0x0060), VR::CS, PrimitiveValue::from("US")));
+    us.put(DataElement::new(
+        Tag(0x0008, 0x0060),
+        VR::CS,
+        PrimitiveValue::from("US"),
+    ));
     us.remove_element(Tag(0x0028, 0x0301));
     assert!(d.apply(us).unwrap_err().contains("US"));
 }

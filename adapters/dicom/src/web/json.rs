@@ -3,8 +3,8 @@
 //! a `BulkDataURI` (pixel data and values over 1 KiB) or `InlineBinary` (base64).
 
 use base64::Engine as _;
-use dicom_core::value::Value as DValue;
 use dicom_core::header::HasLength;
+use dicom_core::value::Value as DValue;
 use dicom_core::{Tag, VR};
 use dicom_object::InMemDicomObject;
 use serde_json::{Map, Value, json};
@@ -18,7 +18,10 @@ pub fn put(m: &mut Map<String, Value>, tag: Tag, vr: VR, value: Option<&str>) {
         let values: Vec<Value> = match vr {
             VR::PN => v.split('\\').map(pn).collect(),
             VR::IS | VR::DS => v.split('\\').map(number).collect(),
-            _ => v.split('\\').map(|s| Value::String(s.trim_end().to_owned())).collect(),
+            _ => v
+                .split('\\')
+                .map(|s| Value::String(s.trim_end().to_owned()))
+                .collect(),
         };
         a.insert("Value".into(), Value::Array(values));
     }
@@ -75,7 +78,10 @@ pub fn dataset(o: &InMemDicomObject, bulk: &str) -> Value {
                 }
             }
             DValue::PixelSequence(_) => {
-                a.insert("BulkDataURI".into(), Value::String(format!("{bulk}/bulk/{key}")));
+                a.insert(
+                    "BulkDataURI".into(),
+                    Value::String(format!("{bulk}/bulk/{key}")),
+                );
             }
             DValue::Primitive(p) => {
                 if p.is_empty() {
@@ -86,7 +92,10 @@ pub fn dataset(o: &InMemDicomObject, bulk: &str) -> Value {
                 ) {
                     let bytes = p.to_bytes();
                     if tag == Tag(0x7FE0, 0x0010) || bytes.len() > 1024 {
-                        a.insert("BulkDataURI".into(), Value::String(format!("{bulk}/bulk/{key}")));
+                        a.insert(
+                            "BulkDataURI".into(),
+                            Value::String(format!("{bulk}/bulk/{key}")),
+                        );
                     } else {
                         a.insert(
                             "InlineBinary".into(),
@@ -102,13 +111,19 @@ pub fn dataset(o: &InMemDicomObject, bulk: &str) -> Value {
                             .unwrap_or_default(),
                         VR::FL | VR::FD => p
                             .to_multi_float64()
-                            .map(|v| v.into_iter().map(|f| if f.is_finite() { json!(f) } else { Value::Null }).collect())
+                            .map(|v| {
+                                v.into_iter()
+                                    .map(|f| if f.is_finite() { json!(f) } else { Value::Null })
+                                    .collect()
+                            })
                             .unwrap_or_default(),
                         VR::IS | VR::DS => p.to_multi_str().iter().map(|s| number(s)).collect(),
                         VR::AT => match p {
                             dicom_core::PrimitiveValue::Tags(v) => v
                                 .iter()
-                                .map(|t| Value::String(format!("{:04X}{:04X}", t.group(), t.element())))
+                                .map(|t| {
+                                    Value::String(format!("{:04X}{:04X}", t.group(), t.element()))
+                                })
                                 .collect(),
                             _ => Vec::new(),
                         },

@@ -61,18 +61,14 @@ pub fn register(ext: &Extensions, pipeline: &str, storage: &Path, rules: &Rules)
             facilities.push((r.facility.clone(), r.charset.clone()));
         }
     }
-    targets
-        .0
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(
-            pipeline.to_owned(),
-            Target {
-                pipeline: pipeline.to_owned(),
-                storage: storage.to_path_buf(),
-                facilities,
-            },
-        );
+    targets.0.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        pipeline.to_owned(),
+        Target {
+            pipeline: pipeline.to_owned(),
+            storage: storage.to_path_buf(),
+            facilities,
+        },
+    );
 }
 
 impl Targets {
@@ -214,7 +210,11 @@ impl Reach {
             .map_err(|e| Fail::store(&e))?;
         let mut persons: Vec<i64> = Vec::new();
         for cid in ids {
-            let Some(stored) = s.store.consultation(&cid).await.map_err(|e| Fail::store(&e))?
+            let Some(stored) = s
+                .store
+                .consultation(&cid)
+                .await
+                .map_err(|e| Fail::store(&e))?
             else {
                 continue;
             };
@@ -313,7 +313,8 @@ mod tests {
             .filter(|r| r.1.starts_with(BASE))
         {
             assert!(
-                rows.iter().any(|(m, p, a)| r.0 == *m && r.1 == p && r.2 == *a),
+                rows.iter()
+                    .any(|(m, p, a)| r.0 == *m && r.1 == p && r.2 == *a),
                 "{} {} is in ROUTES but not a route",
                 r.0,
                 r.1

@@ -129,9 +129,9 @@ impl Reader {
                             .map_err(|_| "a part's headers are not text")?;
                         let mut headers = Vec::new();
                         for line in text.split("\r\n").filter(|l| !l.is_empty()) {
-                            let (k, v) = line
-                                .split_once(':')
-                                .ok_or_else(|| format!("a part's header line {line:?} has no colon"))?;
+                            let (k, v) = line.split_once(':').ok_or_else(|| {
+                                format!("a part's header line {line:?} has no colon")
+                            })?;
                             headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
                         }
                         out.push(Event::Part(headers));
@@ -188,7 +188,9 @@ impl Reader {
                 self.state = State::Headers;
                 Ok(true)
             }
-            None if self.buf.len() > 1024 => Err("unexpected bytes after a multipart delimiter".into()),
+            None if self.buf.len() > 1024 => {
+                Err("unexpected bytes after a multipart delimiter".into())
+            }
             None => Ok(false),
         }
     }
@@ -265,7 +267,11 @@ mod tests {
         let all = body(&[&p1, &p2, &p3], b);
         for chunk in [1, 2, 3, 7, 64, 4096, 1 << 20] {
             let got = run(&all, b, chunk);
-            assert_eq!(got, vec![p1.clone(), p2.clone(), p3.clone()], "chunk {chunk}");
+            assert_eq!(
+                got,
+                vec![p1.clone(), p2.clone(), p3.clone()],
+                "chunk {chunk}"
+            );
         }
     }
 

@@ -96,9 +96,7 @@ fn parse(q: &[(String, String)], level: Level) -> Result<Query_, Fail> {
     let mut out = Query_::default();
     for (k, v) in q {
         match k.as_str() {
-            "limit" => {
-                out.limit = Some(v.parse().map_err(|_| Fail::bad(format!("limit={v:?}")))?)
-            }
+            "limit" => out.limit = Some(v.parse().map_err(|_| Fail::bad(format!("limit={v:?}")))?),
             "offset" => out.offset = v.parse().map_err(|_| Fail::bad(format!("offset={v:?}")))?,
             "fuzzymatching" => {
                 if v == "true" {
@@ -111,8 +109,9 @@ fn parse(q: &[(String, String)], level: Level) -> Result<Query_, Fail> {
                     if f == "all" {
                         out.include_all = true;
                     } else {
-                        let t = tag_of(f)
-                            .ok_or_else(|| Fail::bad(format!("includefield: unknown attribute {f:?}")))?;
+                        let t = tag_of(f).ok_or_else(|| {
+                            Fail::bad(format!("includefield: unknown attribute {f:?}"))
+                        })?;
                         out.include.push(t);
                     }
                 }
@@ -121,7 +120,9 @@ fn parse(q: &[(String, String)], level: Level) -> Result<Query_, Fail> {
                 let t = tag_of(k).ok_or_else(|| Fail::bad(format!("unknown query key {k:?}")))?;
                 let vr = vr_of(t);
                 if vr == VR::SQ {
-                    return Err(Fail::bad(format!("{k}: sequence matching is not supported")));
+                    return Err(Fail::bad(format!(
+                        "{k}: sequence matching is not supported"
+                    )));
                 }
                 if known(t, level).is_none() {
                     out.warnings
@@ -240,7 +241,11 @@ impl Hit<'_> {
         let mut m = Map::new();
         for (g, e) in tags {
             let t = Tag(g, e);
-            let vr = if t == Tag(0x0008, 0x1190) { VR::UR } else { vr_of(t) };
+            let vr = if t == Tag(0x0008, 0x1190) {
+                VR::UR
+            } else {
+                vr_of(t)
+            };
             let v = self.value(t, base);
             match (vr, v) {
                 (VR::IS | VR::US | VR::UL, Some(n)) if n.parse::<i64>().is_ok() => {
@@ -273,7 +278,12 @@ fn accepts_json(headers: &HeaderMap) -> Result<(), Fail> {
         return Ok(());
     };
     let ok = a.split(',').any(|m| {
-        let m = m.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let m = m
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         matches!(
             m.as_str(),
             "application/dicom+json" | "application/json" | "*/*" | "application/*" | ""
@@ -318,7 +328,8 @@ impl Search<'_> {
                         .map(|k| k.2.clone())
                         .filter(|v| !v.is_empty() && !v.contains(['*', '?', '\\']))
                 };
-                let (date_from, date_to) = match q.keys.iter().find(|k| k.0 == Tag(0x0008, 0x0020)) {
+                let (date_from, date_to) = match q.keys.iter().find(|k| k.0 == Tag(0x0008, 0x0020))
+                {
                     Some((_, _, v)) if v.len() == 8 && !v.contains('-') => {
                         (Some(v.clone()), Some(v.clone()))
                     }
@@ -335,7 +346,12 @@ impl Search<'_> {
                     .keys
                     .iter()
                     .find(|k| k.0 == Tag(0x0020, 0x000D))
-                    .map(|k| k.2.split('\\').map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect())
+                    .map(|k| {
+                        k.2.split('\\')
+                            .map(|u| u.trim().to_owned())
+                            .filter(|u| !u.is_empty())
+                            .collect()
+                    })
                     .unwrap_or_default();
                 let filter = StudyFilter {
                     facilities: f.clone(),
@@ -358,7 +374,11 @@ impl Search<'_> {
         let mut matched = 0usize;
         'studies: for st in &studies {
             if self.level == Level::Study {
-                let hit = Hit { study: st, series: None, instance: None };
+                let hit = Hit {
+                    study: st,
+                    series: None,
+                    instance: None,
+                };
                 if hit.matches(&q, &self.base) {
                     matched += 1;
                     if matched > q.offset && answers.len() < limit {
@@ -381,7 +401,11 @@ impl Search<'_> {
             }
             for se in &series {
                 if self.level == Level::Series {
-                    let hit = Hit { study: st, series: Some(se), instance: None };
+                    let hit = Hit {
+                        study: st,
+                        series: Some(se),
+                        instance: None,
+                    };
                     if hit.matches(&q, &self.base) {
                         matched += 1;
                         if matched > q.offset && answers.len() < limit {
@@ -390,9 +414,20 @@ impl Search<'_> {
                     }
                     continue;
                 }
-                let hit = Hit { study: st, series: Some(se), instance: None };
+                let hit = Hit {
+                    study: st,
+                    series: Some(se),
+                    instance: None,
+                };
                 if !q.keys.iter().all(|k| {
-                    known(k.0, Level::Series).is_none() || hit.matches(&Query_ { keys: vec![k.clone()], ..Default::default() }, &self.base)
+                    known(k.0, Level::Series).is_none()
+                        || hit.matches(
+                            &Query_ {
+                                keys: vec![k.clone()],
+                                ..Default::default()
+                            },
+                            &self.base,
+                        )
                 }) {
                     continue;
                 }
@@ -403,7 +438,11 @@ impl Search<'_> {
                     .await
                     .map_err(|e| Fail::store(&e))?;
                 for i in &instances {
-                    let hit = Hit { study: st, series: Some(se), instance: Some(i) };
+                    let hit = Hit {
+                        study: st,
+                        series: Some(se),
+                        instance: Some(i),
+                    };
                     if hit.matches(&q, &self.base) {
                         matched += 1;
                         if matched > q.offset && answers.len() < limit {
@@ -478,7 +517,17 @@ pub async fn instances_of_series(
     Path((study, series)): Path<(String, String)>,
     Query(q): Pairs,
 ) -> Response {
-    nested(s, c, scheme, headers, q, Level::Instance, Some(study), Some(series)).await
+    nested(
+        s,
+        c,
+        scheme,
+        headers,
+        q,
+        Level::Instance,
+        Some(study),
+        Some(series),
+    )
+    .await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -500,7 +549,10 @@ async fn nested(
         study,
         series,
     };
-    search.run(&q, &headers).await.unwrap_or_else(IntoResponse::into_response)
+    search
+        .run(&q, &headers)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn top(

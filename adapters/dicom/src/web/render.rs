@@ -16,7 +16,11 @@ fn crc32(data: &[u8]) -> u32 {
     for b in data {
         c ^= u32::from(*b);
         for _ in 0..8 {
-            c = if c & 1 == 1 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 == 1 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
         }
     }
     !c
@@ -57,7 +61,14 @@ pub fn png(path: &str) -> Result<Vec<u8>, Failure> {
         .open_file(path)
         .map_err(|e| internal(format!("{path}: {e}")))?;
     let int = |t: Tag| -> Option<i64> { obj.element(t).ok()?.to_int::<i64>().ok() };
-    let float = |t: Tag| -> Option<f64> { obj.element(t).ok()?.to_multi_float64().ok()?.first().copied() };
+    let float = |t: Tag| -> Option<f64> {
+        obj.element(t)
+            .ok()?
+            .to_multi_float64()
+            .ok()?
+            .first()
+            .copied()
+    };
     let text = |t: Tag| -> String {
         obj.element(t)
             .ok()
@@ -72,13 +83,17 @@ pub fn png(path: &str) -> Result<Vec<u8>, Failure> {
     let signed = int(Tag(0x0028, 0x0103)).unwrap_or(0) == 1;
     let planar = int(Tag(0x0028, 0x0006)).unwrap_or(0) == 1;
     let photometric = text(Tag(0x0028, 0x0004));
-    let px = obj
-        .element(Tag(0x7FE0, 0x0010))
-        .map_err(|_| (StatusCode::NOT_FOUND, "the instance has no pixel data".to_owned()))?;
+    let px = obj.element(Tag(0x7FE0, 0x0010)).map_err(|_| {
+        (
+            StatusCode::NOT_FOUND,
+            "the instance has no pixel data".to_owned(),
+        )
+    })?;
     let DValue::Primitive(p) = px.value() else {
         return Err((
             StatusCode::NOT_ACCEPTABLE,
-            "compressed pixel data is not rendered here; retrieve the frames or the instance".into(),
+            "compressed pixel data is not rendered here; retrieve the frames or the instance"
+                .into(),
         ));
     };
     let bytes = p.to_bytes();
@@ -92,7 +107,9 @@ pub fn png(path: &str) -> Result<Vec<u8>, Failure> {
                 return Err(internal("pixel data shorter than one frame".into()));
             }
             let rgb: Vec<u8> = if planar {
-                (0..n).flat_map(|i| [bytes[i], bytes[n + i], bytes[2 * n + i]]).collect()
+                (0..n)
+                    .flat_map(|i| [bytes[i], bytes[n + i], bytes[2 * n + i]])
+                    .collect()
             } else {
                 bytes[..n * 3].to_vec()
             };
@@ -103,7 +120,16 @@ pub fn png(path: &str) -> Result<Vec<u8>, Failure> {
                 if bytes.len() < n {
                     return Err(internal("pixel data shorter than one frame".into()));
                 }
-                bytes[..n].iter().map(|b| if signed { f64::from(*b as i8) } else { f64::from(*b) }).collect()
+                bytes[..n]
+                    .iter()
+                    .map(|b| {
+                        if signed {
+                            f64::from(*b as i8)
+                        } else {
+                            f64::from(*b)
+                        }
+                    })
+                    .collect()
             } else {
                 if bytes.len() < n * 2 {
                     return Err(internal("pixel data shorter than one frame".into()));
@@ -112,7 +138,11 @@ pub fn png(path: &str) -> Result<Vec<u8>, Failure> {
                     .chunks(2)
                     .map(|c| {
                         let u = u16::from_le_bytes([c[0], c[1]]);
-                        if signed { f64::from(u as i16) } else { f64::from(u) }
+                        if signed {
+                            f64::from(u as i16)
+                        } else {
+                            f64::from(u)
+                        }
                     })
                     .collect()
             };
@@ -120,7 +150,9 @@ pub fn png(path: &str) -> Result<Vec<u8>, Failure> {
             let intercept = float(Tag(0x0028, 0x1052)).unwrap_or(0.0);
             let values: Vec<f64> = values.iter().map(|v| v * slope + intercept).collect();
             let (lo, hi) = match (float(Tag(0x0028, 0x1050)), float(Tag(0x0028, 0x1051))) {
-                (Some(c), Some(w)) if w >= 1.0 => (c - 0.5 - (w - 1.0) / 2.0, c - 0.5 + (w - 1.0) / 2.0),
+                (Some(c), Some(w)) if w >= 1.0 => {
+                    (c - 0.5 - (w - 1.0) / 2.0, c - 0.5 + (w - 1.0) / 2.0)
+                }
                 _ => {
                     let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
                     let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);

@@ -121,10 +121,12 @@ async fn run(
         return Err(Fail::bad(format!("{st:?} is not a UID")));
     }
     let facility = c.principal.facility.clone();
-    let targets = s
-        .extensions
-        .get::<Targets>()
-        .ok_or_else(|| Fail::new(StatusCode::SERVICE_UNAVAILABLE, "no dicom source stores studies in this engine"))?;
+    let targets = s.extensions.get::<Targets>().ok_or_else(|| {
+        Fail::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no dicom source stores studies in this engine",
+        )
+    })?;
     let (target, charset) = targets.for_facility(&facility).ok_or_else(|| {
         Fail::new(
             StatusCode::FORBIDDEN,
@@ -133,7 +135,11 @@ async fn run(
     })?;
     // Platform staff ("*") store for the source's first facility.
     let facility = if facility == "*" {
-        target.facilities.first().map(|f| f.0.clone()).unwrap_or_default()
+        target
+            .facilities
+            .first()
+            .map(|f| f.0.clone())
+            .unwrap_or_default()
     } else {
         facility
     };
@@ -141,7 +147,10 @@ async fn run(
         return Err(Fail::forbidden());
     }
     if !s.pipelines.contains_key(&target.pipeline) {
-        return Err(Fail::new(StatusCode::SERVICE_UNAVAILABLE, "the dicom pipeline is not running"));
+        return Err(Fail::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the dicom pipeline is not running",
+        ));
     }
     let sync = s.store.durability() == huizhen_core::store::Durability::PowerLoss;
     let filing = Filing {
@@ -179,7 +188,10 @@ async fn run(
         for ev in events {
             match ev {
                 Event::Part(h) => {
-                    let ct = h.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.to_ascii_lowercase());
+                    let ct = h
+                        .iter()
+                        .find(|(k, _)| k == "content-type")
+                        .map(|(_, v)| v.to_ascii_lowercase());
                     part = Some(match ct {
                         Some(t) if !t.starts_with("application/dicom") => Part::Skip(refused(
                             reason::CANNOT_UNDERSTAND,
@@ -204,7 +216,10 @@ async fn run(
                                     sop_instance: meta.sop_instance_uid.clone(),
                                     study: String::new(),
                                     series: String::new(),
-                                    failure: Some((reason::OUT_OF_RESOURCES, "the instance could not be written to storage".into())),
+                                    failure: Some((
+                                        reason::OUT_OF_RESOURCES,
+                                        "the instance could not be written to storage".into(),
+                                    )),
                                 }))
                             }
                         },
@@ -242,14 +257,22 @@ async fn run(
     let stored = outcomes.iter().filter(|o| o.failure.is_none()).count();
     let study_for_audit = study
         .clone()
-        .or_else(|| outcomes.iter().find(|o| !o.study.is_empty()).map(|o| o.study.clone()))
+        .or_else(|| {
+            outcomes
+                .iter()
+                .find(|o| !o.study.is_empty())
+                .map(|o| o.study.clone())
+        })
         .unwrap_or_else(|| "*".into());
     super::audit(
         &s,
         &c,
         "dicomweb.store",
         &study_for_audit,
-        format!("STOW-RS: {stored} stored, {} failed", outcomes.len() - stored),
+        format!(
+            "STOW-RS: {stored} stored, {} failed",
+            outcomes.len() - stored
+        ),
     )
     .await?;
     let base = base_url(&headers, scheme.as_ref().map(|e| &e.0));
@@ -262,7 +285,10 @@ async fn run(
         StatusCode::CONFLICT
     };
     let mut r = (status, answer.to_string()).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/dicom+json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/dicom+json"),
+    );
     Ok(r)
 }
 
@@ -290,7 +316,10 @@ impl Filing<'_> {
         }
         let group = u32::from_le_bytes([buf[140], buf[141], buf[142], buf[143]]) as usize;
         if group > MAX_META {
-            return Part::Skip(refused(reason::CANNOT_UNDERSTAND, format!("a file meta group of {group} bytes")));
+            return Part::Skip(refused(
+                reason::CANNOT_UNDERSTAND,
+                format!("a file meta group of {group} bytes"),
+            ));
         }
         let head_len = 144 + group;
         if buf.len() < head_len {
@@ -299,7 +328,10 @@ impl Filing<'_> {
         let meta = match crate::dataset::read_file_meta(&mut &buf[..head_len]) {
             Ok(m) => m,
             Err(e) => {
-                return Part::Skip(refused(reason::CANNOT_UNDERSTAND, format!("the file meta group: {e}")));
+                return Part::Skip(refused(
+                    reason::CANNOT_UNDERSTAND,
+                    format!("the file meta group: {e}"),
+                ));
             }
         };
         let mut inc = match self.objects.begin_raw().await {
@@ -311,7 +343,10 @@ impl Filing<'_> {
                     sop_instance: meta.sop_instance_uid,
                     study: String::new(),
                     series: String::new(),
-                    failure: Some((reason::OUT_OF_RESOURCES, "the instance could not be written to storage".into())),
+                    failure: Some((
+                        reason::OUT_OF_RESOURCES,
+                        "the instance could not be written to storage".into(),
+                    )),
                 });
             }
         };
@@ -328,7 +363,10 @@ impl Filing<'_> {
                 sop_instance: meta.sop_instance_uid,
                 study: String::new(),
                 series: String::new(),
-                failure: Some((reason::OUT_OF_RESOURCES, "the instance could not be written to storage".into())),
+                failure: Some((
+                    reason::OUT_OF_RESOURCES,
+                    "the instance could not be written to storage".into(),
+                )),
             });
         }
         Part::Body(inc, meta)
@@ -351,7 +389,11 @@ impl Filing<'_> {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "STOW-RS: an instance cannot be written");
-                return fail(out, reason::OUT_OF_RESOURCES, "the instance could not be written to storage".into());
+                return fail(
+                    out,
+                    reason::OUT_OF_RESOURCES,
+                    "the instance could not be written to storage".into(),
+                );
             }
         };
         let ts = meta.transfer_syntax.clone();
@@ -372,7 +414,10 @@ impl Filing<'_> {
             )),
             Ok(r) if self.study.as_deref().is_some_and(|s| s != r.study_uid) => Some((
                 reason::MISMATCH,
-                format!("the instance belongs to study {}, not to the study of the URL", r.study_uid),
+                format!(
+                    "the instance belongs to study {}, not to the study of the URL",
+                    r.study_uid
+                ),
             )),
             Ok(_) => None,
         };
@@ -387,25 +432,42 @@ impl Filing<'_> {
         match self.s.store.dicom_study(&record.study_uid).await {
             Ok(Some(st)) if st.facility != self.facility => {
                 received.discard().await;
-                return fail(out, reason::CANNOT_UNDERSTAND, "the study belongs to another facility".into());
+                return fail(
+                    out,
+                    reason::CANNOT_UNDERSTAND,
+                    "the study belongs to another facility".into(),
+                );
             }
             Ok(_) => {}
             Err(e) => {
                 tracing::error!(error = %e, "STOW-RS: the study index failed");
                 received.discard().await;
-                return fail(out, reason::PROCESSING_FAILURE, "the study index is not available".into());
+                return fail(
+                    out,
+                    reason::PROCESSING_FAILURE,
+                    "the study index is not available".into(),
+                );
             }
         }
         let path = match self
             .objects
-            .place(&received, &record.study_uid, &record.series_uid, &record.sop_instance_uid)
+            .place(
+                &received,
+                &record.study_uid,
+                &record.series_uid,
+                &record.sop_instance_uid,
+            )
             .await
         {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "STOW-RS: an instance cannot be placed");
                 received.discard().await;
-                return fail(out, reason::OUT_OF_RESOURCES, "the instance could not be written to storage".into());
+                return fail(
+                    out,
+                    reason::OUT_OF_RESOURCES,
+                    "the instance could not be written to storage".into(),
+                );
             }
         };
         let mut flags = Vec::new();
@@ -424,7 +486,10 @@ impl Filing<'_> {
             sop_instance_uid: record.sop_instance_uid.clone(),
             sop_class_uid: record.sop_class_uid.clone(),
             transfer_syntax: meta.transfer_syntax.clone(),
-            instance_number: record.instance_number.as_deref().and_then(|n| n.trim().parse().ok()),
+            instance_number: record
+                .instance_number
+                .as_deref()
+                .and_then(|n| n.trim().parse().ok()),
             patient_id: record.patient_id.clone(),
             patient: DicomPatient {
                 name: record.patient_name.clone(),
@@ -437,7 +502,10 @@ impl Filing<'_> {
             study_id: record.study_id.clone(),
             study_description: record.study_description.clone(),
             modality: record.modality.clone(),
-            series_number: record.series_number.as_deref().and_then(|n| n.trim().parse().ok()),
+            series_number: record
+                .series_number
+                .as_deref()
+                .and_then(|n| n.trim().parse().ok()),
             series_description: record.series_description.clone(),
             charset: if record.charset_assumed {
                 self.charset.name.clone()
@@ -455,7 +523,11 @@ impl Filing<'_> {
             Ok(i) => i,
             Err(e) => {
                 tracing::error!(error = %e, "STOW-RS: an instance cannot be indexed");
-                return fail(out, reason::PROCESSING_FAILURE, "the instance could not be indexed; send it again".into());
+                return fail(
+                    out,
+                    reason::PROCESSING_FAILURE,
+                    "the instance could not be indexed; send it again".into(),
+                );
             }
         };
         let body = serde_json::json!({
@@ -471,23 +543,52 @@ impl Filing<'_> {
             "instance": record,
             "flags": flags,
         });
-        let mut m = NewMessage::new(&self.pipeline, &self.facility, "json", body.to_string().into_bytes());
+        let mut m = NewMessage::new(
+            &self.pipeline,
+            &self.facility,
+            "json",
+            body.to_string().into_bytes(),
+        );
         m.source = format!("dicomweb:{}", self.caller.source);
-        m.dedup_key = Some(format!("dicom-instance:{}:{}", record.sop_instance_uid, received.sha256));
-        crate::scp::headers(&mut m, "instance", &record.study_uid, record.modality.as_deref(), "STOW-RS");
-        m.headers.insert("dicom-sop-instance-uid".into(), record.sop_instance_uid.clone());
+        m.dedup_key = Some(format!(
+            "dicom-instance:{}:{}",
+            record.sop_instance_uid, received.sha256
+        ));
+        crate::scp::headers(
+            &mut m,
+            "instance",
+            &record.study_uid,
+            record.modality.as_deref(),
+            "STOW-RS",
+        );
+        m.headers.insert(
+            "dicom-sop-instance-uid".into(),
+            record.sop_instance_uid.clone(),
+        );
         if !flags.is_empty() {
             m.headers.insert("dicom-flags".into(), flags.join(","));
         }
         let Some(p) = self.s.pipelines.get(&self.pipeline) else {
-            return fail(out, reason::PROCESSING_FAILURE, "the dicom pipeline is not running".into());
+            return fail(
+                out,
+                reason::PROCESSING_FAILURE,
+                "the dicom pipeline is not running".into(),
+            );
         };
         match p.submit(m).await {
             Ok(_) => out,
-            Err(e) if e.is_backlog() => fail(out, reason::OUT_OF_RESOURCES, "backlog limit reached; send it again later".into()),
+            Err(e) if e.is_backlog() => fail(
+                out,
+                reason::OUT_OF_RESOURCES,
+                "backlog limit reached; send it again later".into(),
+            ),
             Err(e) => {
                 tracing::error!(error = %e, "STOW-RS: an instance was not journaled");
-                fail(out, reason::PROCESSING_FAILURE, "the engine could not journal the instance; send it again".into())
+                fail(
+                    out,
+                    reason::PROCESSING_FAILURE,
+                    "the engine could not journal the instance; send it again".into(),
+                )
             }
         }
     }
@@ -496,18 +597,31 @@ impl Filing<'_> {
 /// The Store Instances Response Module.
 fn response(outcomes: &[Outcome], base: &str, study: Option<&str>) -> Value {
     let mut m = Map::new();
-    let study = study
-        .map(str::to_owned)
-        .or_else(|| outcomes.iter().find(|o| o.failure.is_none()).map(|o| o.study.clone()));
+    let study = study.map(str::to_owned).or_else(|| {
+        outcomes
+            .iter()
+            .find(|o| o.failure.is_none())
+            .map(|o| o.study.clone())
+    });
     if let Some(st) = &study {
-        json::put(&mut m, Tag(0x0008, 0x1190), VR::UR, Some(&format!("{base}/studies/{st}")));
+        json::put(
+            &mut m,
+            Tag(0x0008, 0x1190),
+            VR::UR,
+            Some(&format!("{base}/studies/{st}")),
+        );
     }
     let mut ok = Vec::new();
     let mut failed = Vec::new();
     for o in outcomes {
         let mut item = Map::new();
         json::put(&mut item, Tag(0x0008, 0x1150), VR::UI, Some(&o.sop_class));
-        json::put(&mut item, Tag(0x0008, 0x1155), VR::UI, Some(&o.sop_instance));
+        json::put(
+            &mut item,
+            Tag(0x0008, 0x1155),
+            VR::UI,
+            Some(&o.sop_instance),
+        );
         match &o.failure {
             None => {
                 json::put(
@@ -529,10 +643,16 @@ fn response(outcomes: &[Outcome], base: &str, study: Option<&str>) -> Value {
         }
     }
     if !failed.is_empty() {
-        m.insert("00081198".into(), serde_json::json!({"vr": "SQ", "Value": failed}));
+        m.insert(
+            "00081198".into(),
+            serde_json::json!({"vr": "SQ", "Value": failed}),
+        );
     }
     if !ok.is_empty() {
-        m.insert("00081199".into(), serde_json::json!({"vr": "SQ", "Value": ok}));
+        m.insert(
+            "00081199".into(),
+            serde_json::json!({"vr": "SQ", "Value": ok}),
+        );
     }
     Value::Object(m)
 }

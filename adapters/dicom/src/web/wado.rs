@@ -115,7 +115,10 @@ async fn instances_of(
         list.retain(|x| x.sop_instance_uid == i);
     }
     if list.is_empty() {
-        return Err(Fail::new(StatusCode::NOT_FOUND, "no such series or instance"));
+        return Err(Fail::new(
+            StatusCode::NOT_FOUND,
+            "no such series or instance",
+        ));
     }
     Ok(list)
 }
@@ -154,7 +157,10 @@ async fn retrieve(
                 return None;
             }
             let Some((path, ts, plan)) = it.next() else {
-                return Some((Ok::<Bytes, std::io::Error>(Bytes::from(multipart::close(&b))), (it, true)));
+                return Some((
+                    Ok::<Bytes, std::io::Error>(Bytes::from(multipart::close(&b))),
+                    (it, true),
+                ));
             };
             let (bytes, ts) = match plan {
                 Plan::AsStored => (tokio::fs::read(&path).await, ts),
@@ -174,11 +180,8 @@ async fn retrieve(
                     return Some((Err(e), (it, true)));
                 }
             };
-            let mut out = multipart::part_head(
-                &b,
-                &format!("application/dicom; transfer-syntax={ts}"),
-                &[],
-            );
+            let mut out =
+                multipart::part_head(&b, &format!("application/dicom; transfer-syntax={ts}"), &[]);
             out.extend_from_slice(&bytes);
             out.extend_from_slice(b"\r\n");
             Some((Ok(Bytes::from(out)), (it, false)))
@@ -267,7 +270,10 @@ async fn metadata(
     .map_err(|e| Fail::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
     .map_err(|e| {
         tracing::error!(error = %e, "WADO-RS metadata: a stored instance cannot be read");
-        Fail::new(StatusCode::INTERNAL_SERVER_ERROR, "a stored instance cannot be read")
+        Fail::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "a stored instance cannot be read",
+        )
     })?;
     let mut r = (StatusCode::OK, out.to_string()).into_response();
     r.headers_mut().insert(
@@ -316,7 +322,9 @@ pub async fn instance_metadata(
 /// The media type of a compressed frame of a transfer syntax.
 fn frame_type(ts: &str) -> &'static str {
     match ts {
-        "1.2.840.10008.1.2.4.50" | "1.2.840.10008.1.2.4.51" | "1.2.840.10008.1.2.4.57"
+        "1.2.840.10008.1.2.4.50"
+        | "1.2.840.10008.1.2.4.51"
+        | "1.2.840.10008.1.2.4.57"
         | "1.2.840.10008.1.2.4.70" => "image/jpeg",
         "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" => "image/jls",
         "1.2.840.10008.1.2.4.90" | "1.2.840.10008.1.2.4.91" => "image/jp2",
@@ -329,19 +337,34 @@ fn frame_type(ts: &str) -> &'static str {
 }
 
 /// The frames of an instance (1-based numbers), with their media type.
-fn read_frames(path: &str, numbers: &[usize]) -> Result<(Vec<Vec<u8>>, String), (StatusCode, String)> {
+fn read_frames(
+    path: &str,
+    numbers: &[usize],
+) -> Result<(Vec<Vec<u8>>, String), (StatusCode, String)> {
     let obj = dicom_object::OpenFileOptions::new()
         .open_file(path)
         .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{path}: {e}")))?;
     let ts = obj.meta().transfer_syntax().to_owned();
-    let int = |t: Tag| -> Option<usize> { obj.element(t).ok()?.to_int::<i64>().ok().map(|v| v.max(0) as usize) };
+    let int = |t: Tag| -> Option<usize> {
+        obj.element(t)
+            .ok()?
+            .to_int::<i64>()
+            .ok()
+            .map(|v| v.max(0) as usize)
+    };
     let count = int(Tag(0x0028, 0x0008)).unwrap_or(1).max(1);
     if let Some(n) = numbers.iter().find(|n| **n == 0 || **n > count) {
-        return Err((StatusCode::NOT_FOUND, format!("frame {n}: the instance has {count} frames")));
+        return Err((
+            StatusCode::NOT_FOUND,
+            format!("frame {n}: the instance has {count} frames"),
+        ));
     }
-    let px = obj
-        .element(Tag(0x7FE0, 0x0010))
-        .map_err(|_| (StatusCode::NOT_FOUND, "the instance has no pixel data".to_owned()))?;
+    let px = obj.element(Tag(0x7FE0, 0x0010)).map_err(|_| {
+        (
+            StatusCode::NOT_FOUND,
+            "the instance has no pixel data".to_owned(),
+        )
+    })?;
     match px.value() {
         DValue::PixelSequence(seq) => {
             let frags = seq.fragments();
@@ -366,12 +389,27 @@ fn read_frames(path: &str, numbers: &[usize]) -> Result<(Vec<Vec<u8>>, String), 
             let size = rows * cols * spp * bits / 8;
             let bytes = p.to_bytes();
             if size == 0 || bytes.len() < size * count {
-                return Err((StatusCode::INTERNAL_SERVER_ERROR, "pixel data shorter than its frames".into()));
+                return Err((
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "pixel data shorter than its frames".into(),
+                ));
             }
-            let out = numbers.iter().map(|n| bytes[(n - 1) * size..n * size].to_vec()).collect();
-            Ok((out, format!("application/octet-stream; transfer-syntax={}", transcode::EXPLICIT_LE)))
+            let out = numbers
+                .iter()
+                .map(|n| bytes[(n - 1) * size..n * size].to_vec())
+                .collect();
+            Ok((
+                out,
+                format!(
+                    "application/octet-stream; transfer-syntax={}",
+                    transcode::EXPLICIT_LE
+                ),
+            ))
         }
-        DValue::Sequence(_) => Err((StatusCode::INTERNAL_SERVER_ERROR, "pixel data is a sequence".into())),
+        DValue::Sequence(_) => Err((
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "pixel data is a sequence".into(),
+        )),
     }
 }
 
@@ -385,10 +423,21 @@ pub async fn frames(
             .split(',')
             .map(|f| f.trim().parse::<usize>())
             .collect::<Result<_, _>>()
-            .map_err(|_| Fail::bad(format!("frames {frames:?}: a comma-separated list of numbers")))?;
+            .map_err(|_| {
+                Fail::bad(format!(
+                    "frames {frames:?}: a comma-separated list of numbers"
+                ))
+            })?;
         let list = instances_of(&s, &c, &study, Some(&series), Some(&instance)).await?;
         let path = list[0].path.clone();
-        super::audit(&s, &c, "dicomweb.frames", &study, format!("WADO-RS frames {frames} of {instance}")).await?;
+        super::audit(
+            &s,
+            &c,
+            "dicomweb.frames",
+            &study,
+            format!("WADO-RS frames {frames} of {instance}"),
+        )
+        .await?;
         let (frames, ct) = tokio::task::spawn_blocking(move || read_frames(&path, &numbers))
             .await
             .map_err(|e| Fail::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
@@ -405,8 +454,10 @@ pub async fn frames(
         let mut r = (StatusCode::OK, body).into_response();
         r.headers_mut().insert(
             header::CONTENT_TYPE,
-            HeaderValue::from_str(&format!("multipart/related; type=\"{ty}\"; boundary={boundary}"))
-                .map_err(|e| Fail::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+            HeaderValue::from_str(&format!(
+                "multipart/related; type=\"{ty}\"; boundary={boundary}"
+            ))
+            .map_err(|e| Fail::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
         );
         Ok::<_, Fail>(r)
     }
@@ -423,22 +474,38 @@ pub async fn instance_rendered(
     async move {
         if let Some(a) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) {
             let ok = a.split(',').any(|m| {
-                let m = m.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+                let m = m
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
                 matches!(m.as_str(), "image/png" | "image/*" | "*/*" | "")
             });
             if !ok {
-                return Err(Fail::new(StatusCode::NOT_ACCEPTABLE, "rendered instances are served as image/png"));
+                return Err(Fail::new(
+                    StatusCode::NOT_ACCEPTABLE,
+                    "rendered instances are served as image/png",
+                ));
             }
         }
         let list = instances_of(&s, &c, &study, Some(&series), Some(&instance)).await?;
         let path = list[0].path.clone();
-        super::audit(&s, &c, "dicomweb.rendered", &study, format!("WADO-RS rendered {instance}")).await?;
+        super::audit(
+            &s,
+            &c,
+            "dicomweb.rendered",
+            &study,
+            format!("WADO-RS rendered {instance}"),
+        )
+        .await?;
         let png = tokio::task::spawn_blocking(move || super::render::png(&path))
             .await
             .map_err(|e| Fail::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
             .map_err(|(st, m)| Fail::new(st, m))?;
         let mut r = (StatusCode::OK, png).into_response();
-        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("image/png"));
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("image/png"));
         Ok(r)
     }
     .await

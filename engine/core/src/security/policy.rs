@@ -509,10 +509,26 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
     ("GET", "/dicomweb/instances", Action::ReadStudies),
     ("GET", "/dicomweb/studies/{study}", Action::ReadStudies),
     ("POST", "/dicomweb/studies/{study}", Action::StoreStudies),
-    ("GET", "/dicomweb/studies/{study}/metadata", Action::ReadStudies),
-    ("GET", "/dicomweb/studies/{study}/series", Action::ReadStudies),
-    ("GET", "/dicomweb/studies/{study}/instances", Action::ReadStudies),
-    ("GET", "/dicomweb/studies/{study}/series/{series}", Action::ReadStudies),
+    (
+        "GET",
+        "/dicomweb/studies/{study}/metadata",
+        Action::ReadStudies,
+    ),
+    (
+        "GET",
+        "/dicomweb/studies/{study}/series",
+        Action::ReadStudies,
+    ),
+    (
+        "GET",
+        "/dicomweb/studies/{study}/instances",
+        Action::ReadStudies,
+    ),
+    (
+        "GET",
+        "/dicomweb/studies/{study}/series/{series}",
+        Action::ReadStudies,
+    ),
     (
         "GET",
         "/dicomweb/studies/{study}/series/{series}/metadata",

@@ -1,0 +1,605 @@
+//! DICOMweb (DCM-03) through the engine's real router and security: STOW-RS with a chunked
+//! body then WADO-RS returns the same bytes; transcoding to Explicit VR Little Endian and 406
+//! for compressed pixel data (DCM-02); QIDO-RS matching, paging and includefield; metadata,
+//! frames and rendered; an expert reaches only the studies of their consultation's patient
+//! (403 otherwise).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use huizhen_core::clock::FakeClock;
+use huizhen_core::security::Role;
+use huizhen_domain::identity::{Demographics, PersonName, normalize};
+use huizhen_signing::testca::TestCa;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::files::{Spec, dataset_bytes, write, write_j2k};
+use super::free_port;
+use crate::consultations::{
+    REQ, Wf, doctor, expert, offerees, request, seed_registry, start_on, t0, token,
+};
+use crate::support::{Backend, fresh_db};
+
+/// An engine with a `dicom` pipeline of the requesting facility and the real API.
+pub(crate) async fn engine() -> Option<Wf> {
+    let db = fresh_db(Backend::Sqlite).await?;
+    let storage = db.dir.path().join("dicom");
+    let yaml = format!(
+        "version: 1\nname: imaging\nfacility: {REQ}\nsource:\n  dicom:\n    listen: \"127.0.0.1:{}\"\n    storage: \"{}\"\n    accept:\n      - calling: [\"*\"]\nsinks:\n  - journal: {{}}\n",
+        free_port(),
+        storage.display()
+    );
+    let ca = Arc::new(TestCa::generate("Huizhen DICOMweb E2E CA").unwrap());
+    Some(start_on(db, ca, Arc::new(FakeClock::new(t0())), &[&yaml]).await)
+}
+
+/// A person of the patient index with record (REQ, `mrn`).
+pub(crate) async fn person(wf: &Wf, mrn: &str, name: &str) -> i64 {
+    let (_, p) = wf
+        .engine
+        .store
+        .identity_upsert(
+            &normalize(&Demographics {
+                facility: REQ.into(),
+                local_id: mrn.into(),
+                identifiers: vec![],
+                names: vec![PersonName::text(name)],
+                birth_date: Some("1964-05-02".into()),
+                sex: None,
+                phones: vec![],
+                addresses: vec![],
+            }),
+            None,
+        )
+        .await
+        .unwrap();
+    p
+}
+
+/// A raw HTTP/1.1 exchange (so the body can go chunked, in `chunk`-byte pieces): status,
+/// headers (lower-case names), body.
+pub(crate) async fn http(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Option<(&[u8], usize)>,
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if body.is_some() {
+        head.push_str("Transfer-Encoding: chunked\r\n");
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    if let Some((b, chunk)) = body {
+        for c in b.chunks(chunk) {
+            s.write_all(format!("{:x}\r\n", c.len()).as_bytes())
+                .await
+                .unwrap();
+            s.write_all(c).await.unwrap();
+            s.write_all(b"\r\n").await.unwrap();
+        }
+        s.write_all(b"0\r\n\r\n").await.unwrap();
+    }
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let text = String::from_utf8_lossy(&raw[..end]).to_string();
+    let mut lines = text.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let hs: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    if hs
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
+        let mut out = Vec::new();
+        let mut i = 0;
+        loop {
+            let nl = body[i..].windows(2).position(|w| w == b"\r\n").unwrap() + i;
+            let n = usize::from_str_radix(std::str::from_utf8(&body[i..nl]).unwrap().trim(), 16)
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&body[nl + 2..nl + 2 + n]);
+            i = nl + 2 + n + 2;
+        }
+        body = out;
+    }
+    (status, hs, body)
+}
+
+pub(crate) fn header<'a>(hs: &'a [(String, String)], name: &str) -> &'a str {
+    hs.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("")
+}
+
+/// A STOW-RS body of `files`; its Content-Type.
+pub(crate) fn stow_body(files: &[Vec<u8>]) -> (Vec<u8>, String) {
+    let b = "stow-test-boundary-8d7f";
+    let mut body = Vec::new();
+    for f in files {
+        body.extend_from_slice(
+            format!("--{b}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes(),
+        );
+        body.extend_from_slice(f);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{b}--\r\n").as_bytes());
+    (
+        body,
+        format!("multipart/related; type=\"application/dicom\"; boundary={b}"),
+    )
+}
+
+/// The parts of a multipart/related answer: (content type, bytes).
+pub(crate) fn parts(content_type: &str, body: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let (boundary, _) = huizhen_dicom::web::multipart::parse_content_type(content_type).unwrap();
+    let mut r = huizhen_dicom::web::multipart::Reader::new(&boundary);
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    for e in r.push(body).unwrap() {
+        match e {
+            huizhen_dicom::web::multipart::Event::Part(h) => out.push((
+                h.iter()
+                    .find(|(k, _)| k == "content-type")
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default(),
+                Vec::new(),
+            )),
+            huizhen_dicom::web::multipart::Event::Data(d) => {
+                out.last_mut().unwrap().1.extend_from_slice(&d)
+            }
+            huizhen_dicom::web::multipart::Event::End => {}
+        }
+    }
+    assert!(r.done(), "no closing delimiter");
+    out
+}
+
+/// Rewrites a file in another uncompressed transfer syntax (the values unchanged).
+pub(crate) fn as_syntax(from: &Path, to: &Path, ts: &str) -> PathBuf {
+    let mut obj = dicom_object::open_file(from).unwrap();
+    obj.update_meta(|m| {
+        m.transfer_syntax = ts.to_owned();
+        m.update_information_group_length();
+    });
+    obj.write_to_file(to).unwrap();
+    to.to_path_buf()
+}
+
+fn uid(v: &Value, tag: &str) -> String {
+    v[tag]["Value"][0].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stow_then_wado_returns_the_same_bytes_and_transcodes_only_when_exact() {
+    let Some(wf) = engine().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let study = "1.2.826.0.1.3680043.9.7001.1";
+    let series = "1.2.826.0.1.3680043.9.7001.1.1";
+    let mut spec = Spec::new(study, series, 1);
+    spec.patient_id = "MRN-WEB-1".into();
+    spec.size = 64;
+    let explicit = dir.path().join("e.dcm");
+    write(&explicit, &spec);
+    let implicit = as_syntax(&explicit, &dir.path().join("i.dcm"), "1.2.840.10008.1.2");
+    let mut spec2 = Spec::new(study, series, 2);
+    spec2.patient_id = "MRN-WEB-1".into();
+    let j2k = dir.path().join("j.dcm");
+    write_j2k(&j2k, &spec2);
+    let originals = [
+        std::fs::read(&implicit).unwrap(),
+        std::fs::read(&j2k).unwrap(),
+    ];
+    let garbage = b"this is not DICOM at all".to_vec();
+    let (body, ct) = stow_body(&[originals[0].clone(), originals[1].clone(), garbage]);
+    let d = doctor();
+    let auth = ("Authorization", format!("Bearer {d}"));
+    // Chunked, in pieces smaller than a file meta group and than the delimiter.
+    let (st, hs, out) = http(
+        &wf.base,
+        "POST",
+        "/dicomweb/studies",
+        &[
+            auth.clone(),
+            ("Content-Type", ct.clone()),
+            ("Accept", "application/dicom+json".into()),
+        ],
+        Some((&body, 37)),
+    )
+    .await;
+    let v: Value = serde_json::from_slice(&out).unwrap_or(Value::Null);
+    assert_eq!(st, 202, "{v}");
+    assert_eq!(header(&hs, "content-type"), "application/dicom+json");
+    let ok = v["00081199"]["Value"].as_array().unwrap();
+    assert_eq!(ok.len(), 2, "{v}");
+    assert!(
+        uid(&v, "00081190").ends_with(&format!("/dicomweb/studies/{study}")),
+        "{v}"
+    );
+    let failed = v["00081198"]["Value"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{v}");
+    assert_eq!(failed[0]["00081197"]["Value"][0], 0xC000, "{v}");
+    // The stored instance comes back byte for byte (transfer-syntax=*: as stored).
+    let sop1 = format!("{series}.1");
+    let inst = format!("/dicomweb/studies/{study}/series/{series}/instances/{sop1}");
+    let (st, hs, out) = http(
+        &wf.base,
+        "GET",
+        &inst,
+        &[
+            auth.clone(),
+            (
+                "Accept",
+                "multipart/related; type=\"application/dicom\"; transfer-syntax=*".into(),
+            ),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&out));
+    let p = parts(header(&hs, "content-type"), &out);
+    assert_eq!(p.len(), 1);
+    assert_eq!(
+        p[0].0,
+        "application/dicom; transfer-syntax=1.2.840.10008.1.2"
+    );
+    assert!(
+        p[0].1 == originals[0],
+        "WADO-RS returned other bytes than STOW-RS sent"
+    );
+    // The whole study, as stored: both instances, byte for byte.
+    let (st, hs, out) = http(
+        &wf.base,
+        "GET",
+        &format!("/dicomweb/studies/{study}"),
+        &[
+            auth.clone(),
+            (
+                "Accept",
+                "multipart/related; type=\"application/dicom\"; transfer-syntax=*".into(),
+            ),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    let mut got: Vec<Vec<u8>> = parts(header(&hs, "content-type"), &out)
+        .into_iter()
+        .map(|p| p.1)
+        .collect();
+    got.sort();
+    let mut want = originals.to_vec();
+    want.sort();
+    assert!(got == want, "the study came back different");
+    // Explicit VR Little Endian asked: the implicit one is transcoded (same data set as the
+    // explicit original), the JPEG 2000 one cannot be → 406 for the study, 200 for the one.
+    let explicit_le = (
+        "Accept",
+        "multipart/related; type=\"application/dicom\"; transfer-syntax=1.2.840.10008.1.2.1"
+            .to_owned(),
+    );
+    let (st, hs, out) = http(
+        &wf.base,
+        "GET",
+        &inst,
+        &[auth.clone(), explicit_le.clone()],
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    let p = parts(header(&hs, "content-type"), &out);
+    assert_eq!(
+        p[0].0,
+        "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"
+    );
+    let back = dir.path().join("back.dcm");
+    std::fs::write(&back, &p[0].1).unwrap();
+    assert_eq!(
+        dataset_bytes(&back),
+        dataset_bytes(&explicit),
+        "transcoded data set differs"
+    );
+    let (st, _, out) = http(
+        &wf.base,
+        "GET",
+        &format!("/dicomweb/studies/{study}"),
+        &[auth.clone(), explicit_le],
+        None,
+    )
+    .await;
+    assert_eq!(st, 406, "{}", String::from_utf8_lossy(&out));
+    // Frames: the uncompressed frame is the pixel data; the J2K frame is its codestream.
+    let (st, hs, out) = http(
+        &wf.base,
+        "GET",
+        &format!("{inst}/frames/1"),
+        &[auth.clone()],
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    let p = parts(header(&hs, "content-type"), &out);
+    assert_eq!(p[0].1.len(), 64 * 64 * 2);
+    let sop2 = format!("{series}.2");
+    let (st, hs, out) = http(
+        &wf.base,
+        "GET",
+        &format!("/dicomweb/studies/{study}/series/{series}/instances/{sop2}/frames/1"),
+        &[auth.clone()],
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    let p = parts(header(&hs, "content-type"), &out);
+    assert!(p[0].0.starts_with("image/jp2"), "{}", p[0].0);
+    assert_eq!(&p[0].1[..4], &[0xFF, 0x4F, 0xFF, 0x51]);
+    let (st, _, _) = http(
+        &wf.base,
+        "GET",
+        &format!("{inst}/frames/2"),
+        &[auth.clone()],
+        None,
+    )
+    .await;
+    assert_eq!(st, 404);
+    // Rendered: a PNG of the frame's size.
+    let (st, hs, out) = http(
+        &wf.base,
+        "GET",
+        &format!("{inst}/rendered"),
+        &[auth.clone(), ("Accept", "image/png".into())],
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(header(&hs, "content-type"), "image/png");
+    assert_eq!(&out[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(u32::from_be_bytes(out[16..20].try_into().unwrap()), 64);
+    let (st, _, _) = http(
+        &wf.base,
+        "GET",
+        &format!("/dicomweb/studies/{study}/series/{series}/instances/{sop2}/rendered"),
+        &[auth.clone()],
+        None,
+    )
+    .await;
+    assert_eq!(st, 406);
+    // Metadata: DICOM JSON, the name as PN, no pixel data.
+    let (st, hs, out) = http(
+        &wf.base,
+        "GET",
+        &format!("{inst}/metadata"),
+        &[auth.clone()],
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(header(&hs, "content-type"), "application/dicom+json");
+    let m: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(m[0]["00100010"]["Value"][0]["Alphabetic"], "Li^Si", "{m}");
+    assert_eq!(m[0]["00280010"]["Value"][0], 64);
+    assert!(m[0].get("7FE00010").is_none());
+    // STOW into the wrong study's URL: refused per instance (A900 = 43264), 409 when none.
+    let (body, ct) = stow_body(&[originals[0].clone()]);
+    let (st, _, out) = http(
+        &wf.base,
+        "POST",
+        "/dicomweb/studies/1.2.3.4",
+        &[auth.clone(), ("Content-Type", ct)],
+        Some((&body, 4096)),
+    )
+    .await;
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(st, 409, "{v}");
+    assert_eq!(v["00081198"]["Value"][0]["00081197"]["Value"][0], 0xA900);
+    // Not multipart: 415.
+    let (st, _, _) = http(
+        &wf.base,
+        "POST",
+        "/dicomweb/studies",
+        &[auth.clone(), ("Content-Type", "application/dicom".into())],
+        Some((&originals[0], 4096)),
+    )
+    .await;
+    assert_eq!(st, 415);
+    // The journal has the instance events of the pipeline.
+    let msgs = crate::support::journaled(&wf.engine.store, "imaging").await;
+    assert_eq!(msgs.len(), 2, "one message per stored instance");
+    let _ = wf.stop().await;
+}
+
+/// QIDO-RS over the index, and who reaches which study.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qido_matches_and_an_expert_reaches_only_their_consultations_studies() {
+    let Some(wf) = engine().await else { return };
+    seed_registry(&wf, 2).await;
+    let mine = person(&wf, "MRN-A", "王小东").await;
+    let _other = person(&wf, "MRN-B", "李四").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (k, (mrn, date, modality)) in [
+        ("MRN-A", "20260110", "CT"),
+        ("MRN-A", "20250301", "MR"),
+        ("MRN-B", "20260111", "CT"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let study = format!("1.2.826.0.1.3680043.9.7002.{k}");
+        let mut s = Spec::new(&study, &format!("{study}.1"), 1);
+        s.patient_id = (*mrn).into();
+        s.date = (*date).into();
+        s.modality = (*modality).into();
+        s.accession = format!("ACC-{k}");
+        let p = dir.path().join(format!("{k}.dcm"));
+        write(&p, &s);
+        files.push(std::fs::read(&p).unwrap());
+    }
+    let d = doctor();
+    let (body, ct) = stow_body(&files);
+    let (st, _, out) = http(
+        &wf.base,
+        "POST",
+        "/dicomweb/studies",
+        &[
+            ("Authorization", format!("Bearer {d}")),
+            ("Content-Type", ct),
+        ],
+        Some((&body, 65536)),
+    )
+    .await;
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&out));
+    let q = |path: String, bearer: String| {
+        let base = wf.base.clone();
+        async move {
+            let (st, hs, out) = http(
+                &base,
+                "GET",
+                &path,
+                &[("Authorization", format!("Bearer {bearer}"))],
+                None,
+            )
+            .await;
+            (
+                st,
+                hs,
+                serde_json::from_slice::<Value>(&out).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (st, _, v) = q("/dicomweb/studies?PatientID=MRN-A".into(), d.clone()).await;
+    assert_eq!(st, 200);
+    assert_eq!(v.as_array().unwrap().len(), 2, "{v}");
+    let (_, _, v) = q(
+        "/dicomweb/studies?PatientID=MRN-A&StudyDate=20260101-".into(),
+        d.clone(),
+    )
+    .await;
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(uid(&v[0], "00080050"), "ACC-0");
+    let (_, _, v) = q("/dicomweb/studies?ModalitiesInStudy=MR".into(), d.clone()).await;
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    let (_, _, v) = q(
+        "/dicomweb/studies?00100020=MRN-*&includefield=StudyDescription,00081030".into(),
+        d.clone(),
+    )
+    .await;
+    assert_eq!(v.as_array().unwrap().len(), 3, "{v}");
+    assert!(v[0].get("00081030").is_some(), "{v}");
+    let (_, hs, v) = q("/dicomweb/studies?limit=2&offset=0".into(), d.clone()).await;
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    assert!(header(&hs, "warning").contains("more results"));
+    let (_, _, v) = q("/dicomweb/studies?limit=2&offset=2".into(), d.clone()).await;
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    let (_, _, v) = q("/dicomweb/instances?PatientID=MRN-B".into(), d.clone()).await;
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(uid(&v[0], "00080018"), "1.2.826.0.1.3680043.9.7002.2.1.1");
+    let (_, hs, _) = q(
+        "/dicomweb/studies?fuzzymatching=true&PatientName=wang".into(),
+        d.clone(),
+    )
+    .await;
+    assert!(header(&hs, "warning").contains("fuzzymatching"));
+    let (st, _, _) = q("/dicomweb/studies?NoSuchKeyword=1".into(), d.clone()).await;
+    assert_eq!(st, 400);
+    // Another facility's doctor sees none of them; its WADO is 403.
+    let stranger = token(Role::LocalDoctor, "D9", "F-OTHER");
+    let (_, _, v) = q("/dicomweb/studies".into(), stranger.clone()).await;
+    assert_eq!(v.as_array().unwrap().len(), 0, "{v}");
+    let (st, _, _) = q(
+        "/dicomweb/studies/1.2.826.0.1.3680043.9.7002.0/metadata".into(),
+        stranger,
+    )
+    .await;
+    assert_eq!(st, 403);
+
+    // A consultation for MRN-A's person: the offered expert reaches MRN-A's two studies only.
+    let (_, c) = wf.approved(request(mine as u64)).await;
+    let e = offerees(&c)[0].clone();
+    let other = if e == "E1" { "E2" } else { "E1" };
+    let me = expert(&e);
+    let (st, _, v) = q("/dicomweb/studies".into(), me.clone()).await;
+    assert_eq!(st, 200);
+    let mut uids: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| uid(s, "0020000D"))
+        .collect();
+    uids.sort();
+    assert_eq!(
+        uids,
+        [
+            "1.2.826.0.1.3680043.9.7002.0",
+            "1.2.826.0.1.3680043.9.7002.1"
+        ],
+        "{v}"
+    );
+    let (st, _, _) = q(
+        "/dicomweb/studies/1.2.826.0.1.3680043.9.7002.0/series".into(),
+        me.clone(),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let (st, _, _) = q(
+        "/dicomweb/studies/1.2.826.0.1.3680043.9.7002.0/metadata".into(),
+        me.clone(),
+    )
+    .await;
+    assert_eq!(st, 200);
+    // The other patient's study, and a study that does not exist: 403 alike.
+    for path in [
+        "/dicomweb/studies/1.2.826.0.1.3680043.9.7002.2",
+        "/dicomweb/studies/1.2.826.0.1.3680043.9.7002.2/metadata",
+        "/dicomweb/studies/1.2.826.0.1.3680043.9.7002.2/series/1.2.826.0.1.3680043.9.7002.2.1/instances/1.2.826.0.1.3680043.9.7002.2.1.1/frames/1",
+        "/dicomweb/studies/1.2.826.0.1.3680043.9.7002.99/metadata",
+    ] {
+        let (st, _, _) = q(path.into(), me.clone()).await;
+        assert_eq!(st, 403, "{path}");
+    }
+    let (_, _, v) = q("/dicomweb/instances?PatientID=MRN-B".into(), me.clone()).await;
+    assert_eq!(v.as_array().unwrap().len(), 0, "{v}");
+    // An expert with no part in the consultation: nothing, 403.
+    let (_, _, v) = q("/dicomweb/studies".into(), expert(other)).await;
+    assert_eq!(v.as_array().unwrap().len(), 0, "{v}");
+    let (st, _, _) = q(
+        "/dicomweb/studies/1.2.826.0.1.3680043.9.7002.0/metadata".into(),
+        expert(other),
+    )
+    .await;
+    assert_eq!(st, 403);
+    // Experts do not store.
+    let (st, _, _) = http(
+        &wf.base,
+        "POST",
+        "/dicomweb/studies",
+        &[
+            ("Authorization", format!("Bearer {me}")),
+            ("Content-Type", "multipart/related; boundary=x".into()),
+        ],
+        Some((b"--x--\r\n", 16)),
+    )
+    .await;
+    assert_eq!(st, 403);
+    let _ = wf.stop().await;
+}
