@@ -8,6 +8,7 @@ mod files;
 mod index;
 mod memory;
 mod web;
+mod web_client;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
