@@ -4,6 +4,7 @@
 
 mod access;
 mod cli;
+mod deid;
 mod files;
 mod index;
 mod memory;

@@ -23,10 +23,22 @@ use crate::support::{Backend, fresh_db};
 
 /// An engine with a `dicom` pipeline of the requesting facility and the real API.
 pub(crate) async fn engine() -> Option<Wf> {
+    engine_with("").await
+}
+
+/// The same with `steps` (YAML lines of the pipeline's `steps:` list; `{dir}` is the test's
+/// folder).
+pub(crate) async fn engine_with(steps: &str) -> Option<Wf> {
     let db = fresh_db(Backend::Sqlite).await?;
     let storage = db.dir.path().join("dicom");
+    let steps = steps.replace("{dir}", &db.dir.path().display().to_string());
+    let steps = if steps.is_empty() {
+        String::new()
+    } else {
+        format!("steps:\n{steps}")
+    };
     let yaml = format!(
-        "version: 1\nname: imaging\nfacility: {REQ}\nsource:\n  dicom:\n    listen: \"127.0.0.1:{}\"\n    storage: \"{}\"\n    accept:\n      - calling: [\"*\"]\nsinks:\n  - journal: {{}}\n",
+        "version: 1\nname: imaging\nfacility: {REQ}\nsource:\n  dicom:\n    listen: \"127.0.0.1:{}\"\n    storage: \"{}\"\n    accept:\n      - calling: [\"*\"]\n{steps}sinks:\n  - journal: {{}}\n",
         free_port(),
         storage.display()
     );

@@ -20,7 +20,9 @@ fn python() -> Option<String> {
         return Some(py);
     }
     if crate::support::under_ci() {
-        panic!("DICOMWEB_PYTHON must name a Python with tests/e2e/dicom/python/requirements.txt installed under CI");
+        panic!(
+            "DICOMWEB_PYTHON must name a Python with tests/e2e/dicom/python/requirements.txt installed under CI"
+        );
     }
     eprintln!("skipping: no Python with dicomweb-client (set DICOMWEB_PYTHON)");
     None
@@ -41,11 +43,20 @@ async fn dicomweb_client_stores_searches_and_retrieves() {
         write(&p, &s);
         files.push(p.display().to_string());
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/e2e/dicom/python/dicomweb_client_check.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/e2e/dicom/python/dicomweb_client_check.py"
+    );
     let base = wf.base.clone();
     let token = doctor();
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(py).arg(script).arg(base).arg(token).args(files).output().unwrap()
+        Command::new(py)
+            .arg(script)
+            .arg(base)
+            .arg(token)
+            .args(files)
+            .output()
+            .unwrap()
     })
     .await
     .unwrap();

@@ -6,7 +6,8 @@
 //! * [`Deidentifier`]: applies it to a data set, recursively into sequences: every listed
 //!   attribute gets its action, private attributes (odd groups) are removed, curves (50xx) and
 //!   overlay data and comments (60xx,3000 / 60xx,4000) are removed; then (0012,0062) Patient
-//!   Identity Removed = `YES`, (0012,0063) De-identification Method and (0012,0064) its code
+//!   Identity Removed = `YES`, (0012,0063) De-identification Method (one value per profile and
+//!   option) and (0012,0064) its code
 //!   sequence (CID 7050: 113100 and one code per option) and (0028,0303) Longitudinal Temporal
 //!   Information Modified are set.
 //! * UIDs (`U`) are replaced by `2.25.<128-bit integer>` from HMAC-SHA-256(secret, project key
@@ -251,17 +252,17 @@ impl Deidentifier {
             VR::CS,
             PrimitiveValue::from("YES"),
         ));
-        let mut method = String::from("PS3.15 E.1 Basic Application Level Confidentiality Profile");
+        // One LO value (≤ 64 characters) per profile and option: the CID 7050 meanings.
+        let mut method = vec![method_code(None).1.to_owned()];
         let mut codes = vec![code_item(None)];
         for o in &self.options {
-            method.push_str("; ");
-            method.push_str(method_code(Some(*o)).1);
+            method.push(method_code(Some(*o)).1.to_owned());
             codes.push(code_item(Some(*o)));
         }
         out.put(DataElement::new(
             Tag(0x0012, 0x0063),
             VR::LO,
-            PrimitiveValue::from(method.chars().take(64).collect::<String>()),
+            PrimitiveValue::Strs(method.into()),
         ));
         out.put(DataElement::new(
             Tag(0x0012, 0x0064),
