@@ -9,6 +9,7 @@ mod files;
 mod index;
 mod memory;
 mod web;
+mod web_access;
 mod web_client;
 
 use std::path::{Path, PathBuf};

@@ -336,11 +336,11 @@ fn frame_type(ts: &str) -> &'static str {
     }
 }
 
+/// Frames and their media type.
+type Frames = (Vec<Vec<u8>>, String);
+
 /// The frames of an instance (1-based numbers), with their media type.
-fn read_frames(
-    path: &str,
-    numbers: &[usize],
-) -> Result<(Vec<Vec<u8>>, String), (StatusCode, String)> {
+fn read_frames(path: &str, numbers: &[usize]) -> Result<Frames, (StatusCode, String)> {
     let obj = dicom_object::OpenFileOptions::new()
         .open_file(path)
         .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{path}: {e}")))?;
