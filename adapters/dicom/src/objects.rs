@@ -120,6 +120,24 @@ impl Objects {
         })
     }
 
+    /// Starts an instance whose Part 10 header comes as sent (STOW-RS keeps the sender's file
+    /// meta group): write it with [`Incoming::write_header`], then the data set.
+    pub async fn begin_raw(&self) -> io::Result<Incoming> {
+        let tmp = self
+            .incoming_dir()
+            .join(format!("{}.part", huizhen_core::message::new_id()));
+        let file =
+            tokio::io::BufWriter::with_capacity(WRITE_BUFFER, tokio::fs::File::create(&tmp).await?);
+        Ok(Incoming {
+            file,
+            tmp,
+            hasher: Sha256::new(),
+            dataset_bytes: 0,
+            dataset_offset: 0,
+            sync: self.sync,
+        })
+    }
+
     /// Where an instance lives.
     pub fn path_of(&self, study: &str, series: &str, instance: &str) -> PathBuf {
         self.root
@@ -199,6 +217,16 @@ impl Incoming {
     pub async fn write(&mut self, data: &[u8]) -> io::Result<()> {
         self.hasher.update(data);
         self.dataset_bytes += data.len() as u64;
+        self.file.write_all(data).await
+    }
+
+    /// Appends bytes of the Part 10 header (before any data set byte: not hashed, not counted).
+    pub async fn write_header(&mut self, data: &[u8]) -> io::Result<()> {
+        debug_assert_eq!(
+            self.dataset_bytes, 0,
+            "the header comes before the data set"
+        );
+        self.dataset_offset += data.len() as u64;
         self.file.write_all(data).await
     }
 

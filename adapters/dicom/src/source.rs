@@ -274,6 +274,8 @@ impl SourceConfig for DicomSourceConfig {
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Source>, String> {
         let server = self.listener().build()?;
         let rules = self.rules(&ctx.facility)?;
+        // STOW-RS stores into this source's object store, index and pipeline (src/web/).
+        crate::web::register(&ctx.extensions, &ctx.pipeline, &self.storage, &rules);
         Ok(Box::new(DicomSource {
             config: Arc::new(self.clone()),
             rules: Arc::new(rules),

@@ -4,9 +4,13 @@
 
 mod access;
 mod cli;
+mod deid;
 mod files;
 mod index;
 mod memory;
+mod web;
+mod web_access;
+mod web_client;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

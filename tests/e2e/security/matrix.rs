@@ -71,6 +71,7 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
     const UNFIT: [u16; 4] = [422, 422, 422, 422];
     const GONE: [u16; 4] = [404, 404, 404, 404];
     const PRECONDITION: [u16; 4] = [428, 428, 428, 428];
+    const UNSUPPORTED: [u16; 4] = [415, 415, 415, 415];
     // (method, route pattern, concrete path, [[A, B, C, *] per role in the order above])
     let table: Vec<(&str, &str, &str, [[u16; 4]; 8])> = vec![
         (
@@ -729,6 +730,105 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
             "/fhir/r4/Slot/{id}",
             "/fhir/r4/Slot/no-such",
             [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
+        ),
+        // DICOMweb (huizhen-dicom): no dicom source here, no study. A study that does not
+        // exist is 404 for staff, 403 for an expert (who learns nothing of studies outside
+        // their consultations); STOW-RS of a JSON body is 415.
+        (
+            "GET",
+            "/dicomweb/studies",
+            "/dicomweb/studies",
+            [ALL, ALL, ALL, ALL, ALL, NO, NO, NO],
+        ),
+        (
+            "POST",
+            "/dicomweb/studies",
+            "/dicomweb/studies",
+            [UNSUPPORTED, UNSUPPORTED, NO, NO, UNSUPPORTED, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/dicomweb/series",
+            "/dicomweb/series",
+            [ALL, ALL, ALL, ALL, ALL, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/dicomweb/instances",
+            "/dicomweb/instances",
+            [ALL, ALL, ALL, ALL, ALL, NO, NO, NO],
+        ),
+        (
+            "POST",
+            "/dicomweb/studies/{study}",
+            "/dicomweb/studies/1.2.3",
+            [UNSUPPORTED, UNSUPPORTED, NO, NO, UNSUPPORTED, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/dicomweb/studies/{study}",
+            "/dicomweb/studies/1.2.3",
+            [GONE, GONE, GONE, NO, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/dicomweb/studies/{study}/metadata",
+            "/dicomweb/studies/1.2.3/metadata",
+            [GONE, GONE, GONE, NO, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/dicomweb/studies/{study}/series",
+            "/dicomweb/studies/1.2.3/series",
+            [GONE, GONE, GONE, NO, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/dicomweb/studies/{study}/instances",
+            "/dicomweb/studies/1.2.3/instances",
+            [GONE, GONE, GONE, NO, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/dicomweb/studies/{study}/series/{series}",
+            "/dicomweb/studies/1.2.3/series/1.2.3.4",
+            [GONE, GONE, GONE, NO, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/dicomweb/studies/{study}/series/{series}/metadata",
+            "/dicomweb/studies/1.2.3/series/1.2.3.4/metadata",
+            [GONE, GONE, GONE, NO, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/dicomweb/studies/{study}/series/{series}/instances",
+            "/dicomweb/studies/1.2.3/series/1.2.3.4/instances",
+            [GONE, GONE, GONE, NO, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/dicomweb/studies/{study}/series/{series}/instances/{instance}",
+            "/dicomweb/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5",
+            [GONE, GONE, GONE, NO, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/dicomweb/studies/{study}/series/{series}/instances/{instance}/metadata",
+            "/dicomweb/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5/metadata",
+            [GONE, GONE, GONE, NO, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/dicomweb/studies/{study}/series/{series}/instances/{instance}/rendered",
+            "/dicomweb/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5/rendered",
+            [GONE, GONE, GONE, NO, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
+            "/dicomweb/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5/frames/1",
+            [GONE, GONE, GONE, NO, GONE, NO, NO, NO],
         ),
     ];
     let mut wrong = Vec::new();

@@ -166,6 +166,11 @@ pub enum Action {
     Reconcile,
     /// Read reconciliation reports (platform staff).
     ReadReconciliation,
+    /// Search and retrieve imaging studies through DICOMweb (QIDO-RS, WADO-RS): staff for
+    /// their facility scope, an expert only the studies of their consultations' patients.
+    ReadStudies,
+    /// Store imaging studies through DICOMweb (STOW-RS) into the caller's facility.
+    StoreStudies,
 }
 
 impl Action {
@@ -210,6 +215,8 @@ impl Action {
             Action::Settle => &[Admin, Integrator, LocalDoctor],
             Action::Reconcile => &[Admin, Integrator],
             Action::ReadReconciliation => &[Admin, Integrator, Auditor],
+            Action::ReadStudies => &[Admin, Integrator, Auditor, Expert, LocalDoctor],
+            Action::StoreStudies => &[Admin, Integrator, LocalDoctor],
         }
     }
 
@@ -249,6 +256,8 @@ impl Action {
             Action::Settle => "settlement.act",
             Action::Reconcile => "reconciliation.run",
             Action::ReadReconciliation => "reconciliation.read",
+            Action::ReadStudies => "study.read",
+            Action::StoreStudies => "study.store",
         }
     }
 }
@@ -491,6 +500,64 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
         "GET",
         "/api/billing/reconciliation/{day}",
         Action::ReadReconciliation,
+    ),
+    // DICOMweb (huizhen-dicom, adapters/dicom/src/web; its unit test holds route_rows()
+    // against this table).
+    ("GET", "/dicomweb/studies", Action::ReadStudies),
+    ("POST", "/dicomweb/studies", Action::StoreStudies),
+    ("GET", "/dicomweb/series", Action::ReadStudies),
+    ("GET", "/dicomweb/instances", Action::ReadStudies),
+    ("GET", "/dicomweb/studies/{study}", Action::ReadStudies),
+    ("POST", "/dicomweb/studies/{study}", Action::StoreStudies),
+    (
+        "GET",
+        "/dicomweb/studies/{study}/metadata",
+        Action::ReadStudies,
+    ),
+    (
+        "GET",
+        "/dicomweb/studies/{study}/series",
+        Action::ReadStudies,
+    ),
+    (
+        "GET",
+        "/dicomweb/studies/{study}/instances",
+        Action::ReadStudies,
+    ),
+    (
+        "GET",
+        "/dicomweb/studies/{study}/series/{series}",
+        Action::ReadStudies,
+    ),
+    (
+        "GET",
+        "/dicomweb/studies/{study}/series/{series}/metadata",
+        Action::ReadStudies,
+    ),
+    (
+        "GET",
+        "/dicomweb/studies/{study}/series/{series}/instances",
+        Action::ReadStudies,
+    ),
+    (
+        "GET",
+        "/dicomweb/studies/{study}/series/{series}/instances/{instance}",
+        Action::ReadStudies,
+    ),
+    (
+        "GET",
+        "/dicomweb/studies/{study}/series/{series}/instances/{instance}/metadata",
+        Action::ReadStudies,
+    ),
+    (
+        "GET",
+        "/dicomweb/studies/{study}/series/{series}/instances/{instance}/rendered",
+        Action::ReadStudies,
+    ),
+    (
+        "GET",
+        "/dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
+        Action::ReadStudies,
     ),
 ];
 
