@@ -17,6 +17,7 @@ pub mod dataset;
 pub mod dimse;
 pub mod find;
 pub mod objects;
+pub mod qr;
 pub mod record;
 pub mod scp;
 pub mod scu;
