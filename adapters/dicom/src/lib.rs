@@ -16,6 +16,7 @@ pub mod complete;
 pub mod dataset;
 pub mod dimse;
 pub mod find;
+pub mod forward;
 pub mod objects;
 pub mod qr;
 pub mod record;

@@ -7,6 +7,8 @@ mod cli;
 mod files;
 mod index;
 mod memory;
+mod pacs;
+mod retrieve;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -134,7 +134,8 @@ pub fn context_for<'a>(
     })
 }
 
-/// Sends one stored instance as a C-STORE-RQ on `pc` and waits for its C-STORE-RSP. A
+/// Sends one stored instance as a C-STORE-RQ on `pc` and waits for its C-STORE-RSP (its
+/// status and error comment). A
 /// C-CANCEL-RQ for `cancel_of` received meanwhile (C-GET: on the same link) sets `cancelled`.
 pub async fn store_one(
     link: &mut Link,
@@ -144,7 +145,7 @@ pub async fn store_one(
     originator: Option<(String, u16)>,
     cancel_of: Option<u16>,
     cancelled: &mut bool,
-) -> Result<u16, SendError> {
+) -> Result<(u16, Option<String>), SendError> {
     let path = Path::new(&inst.path);
     let meta = crate::scu::read_meta(path).map_err(SendError::Local)?;
     if meta.sop_instance != inst.sop_instance_uid {
@@ -184,7 +185,7 @@ pub async fn store_one(
             .map_err(SendError::Link)?;
         match rsp.field {
             field::C_STORE_RSP if rsp.responding_to == Some(message_id) => {
-                return Ok(rsp.status.unwrap_or(0xFFFF));
+                return Ok((rsp.status.unwrap_or(0xFFFF), rsp.error_comment));
             }
             field::C_CANCEL_RQ if cancel_of.is_some() && rsp.responding_to == cancel_of => {
                 *cancelled = true;

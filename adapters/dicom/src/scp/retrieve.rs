@@ -77,7 +77,7 @@ impl Association<'_> {
                             )
                             .await
                             {
-                                Ok(st) => Some(st),
+                                Ok((st, _)) => Some(st),
                                 Err(SendError::Local(e)) => {
                                     tracing::error!(pipeline = self.scp.pipeline.name(), error = %e, "C-GET: an instance could not be read");
                                     None
@@ -179,7 +179,7 @@ impl Association<'_> {
                     )
                     .await
                     {
-                        Ok(st) => Some(st),
+                        Ok((st, _)) => Some(st),
                         Err(SendError::Local(e)) => {
                             tracing::error!(pipeline = self.scp.pipeline.name(), error = %e, "C-MOVE: an instance could not be read");
                             None
