@@ -5,6 +5,7 @@
 mod access;
 mod cli;
 mod files;
+mod forward;
 mod index;
 mod memory;
 mod pacs;
@@ -39,13 +40,18 @@ pub struct Scp {
 
 impl Scp {
     pub async fn start(extra: &str) -> Scp {
+        Scp::start_with(extra, "sinks:\n  - journal: {}\n").await
+    }
+
+    /// With `tail` (top-level keys: `sinks:`, `retry:` …) instead of a journal sink.
+    pub async fn start_with(extra: &str, tail: &str) -> Scp {
         let db = fresh_db(Backend::Sqlite)
             .await
             .expect("SQLite needs no service");
         let port = free_port();
         let storage = db.dir.path().join("dicom");
         let yaml = format!(
-            "version: 1\nname: imaging\nfacility: county-1\nsource:\n  dicom:\n    listen: \"127.0.0.1:{port}\"\n    storage: \"{}\"\n{extra}\nsinks:\n  - journal: {{}}\n",
+            "version: 1\nname: imaging\nfacility: county-1\nsource:\n  dicom:\n    listen: \"127.0.0.1:{port}\"\n    storage: \"{}\"\n{extra}\n{tail}",
             storage.display()
         );
         let engine = Engine::start(loaded(&db, &[&yaml])).await.unwrap();
