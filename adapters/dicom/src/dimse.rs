@@ -275,16 +275,14 @@ impl Command {
         let failed = us(tags::NUMBER_OF_FAILED_SUBOPERATIONS)?;
         let warning = us(tags::NUMBER_OF_WARNING_SUBOPERATIONS)?;
         let remaining = us(tags::NUMBER_OF_REMAINING_SUBOPERATIONS)?;
-        let sub_operations = (completed.is_some()
-            || failed.is_some()
-            || warning.is_some()
-            || remaining.is_some())
-        .then(|| SubOperations {
-            remaining,
-            completed: completed.unwrap_or(0),
-            failed: failed.unwrap_or(0),
-            warning: warning.unwrap_or(0),
-        });
+        let sub_operations =
+            (completed.is_some() || failed.is_some() || warning.is_some() || remaining.is_some())
+                .then(|| SubOperations {
+                    remaining,
+                    completed: completed.unwrap_or(0),
+                    failed: failed.unwrap_or(0),
+                    warning: warning.unwrap_or(0),
+                });
         Ok(Command {
             field,
             message_id: us(tags::MESSAGE_ID)?,

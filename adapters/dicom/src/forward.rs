@@ -97,7 +97,9 @@ fn uids_of(body: &serde_json::Value) -> Result<Option<[String; 3]>, StepError> {
         i.get(k)
             .and_then(|v| v.as_str())
             .map(str::to_owned)
-            .ok_or_else(|| StepError::permanent(format!("the instance message has no instance.{k}")))
+            .ok_or_else(|| {
+                StepError::permanent(format!("the instance message has no instance.{k}"))
+            })
     };
     Ok(Some([
         get("study_uid")?,
@@ -121,14 +123,22 @@ impl DicomSink {
             .map_err(|e| StepError::new(format!("the study index could not be read: {e}")))?
             .into_iter()
             .find(|i| i.sop_instance_uid == sop)
-            .ok_or_else(|| StepError::permanent(format!("instance {sop} is not in the study index")))?;
+            .ok_or_else(|| {
+                StepError::permanent(format!("instance {sop} is not in the study index"))
+            })?;
         let peer = self
             .to
             .peer(&self.calling, self.timeout)
             .map_err(StepError::permanent)?;
-        let proposed = vec![(inst.sop_class_uid.clone(), vec![inst.transfer_syntax.clone()])];
+        let proposed = vec![(
+            inst.sop_class_uid.clone(),
+            vec![inst.transfer_syntax.clone()],
+        )];
         let (mut link, accepted) = peer.associate(&proposed, &[]).await.map_err(|e| {
-            StepError::new(format!("cannot associate with {} at {}: {e}", self.to.title, peer.addr))
+            StepError::new(format!(
+                "cannot associate with {} at {}: {e}",
+                self.to.title, peer.addr
+            ))
         })?;
         let Some(pc) = accepted.first().map(|a| a.id) else {
             let _ = link.release().await;
@@ -199,8 +209,9 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(ok[2], "1.2.1.1");
-        let e = uids_of(&serde_json::json!({"event": "instance", "instance": {"study_uid": "1.2"}}))
-            .unwrap_err();
+        let e =
+            uids_of(&serde_json::json!({"event": "instance", "instance": {"study_uid": "1.2"}}))
+                .unwrap_err();
         assert!(!e.retryable);
         assert!(e.message.contains("instance.series_uid"), "{}", e.message);
     }

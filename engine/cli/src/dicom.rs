@@ -89,7 +89,11 @@ impl RetrieveArgs {
             "STUDY" => Level::Study,
             "SERIES" => Level::Series,
             "IMAGE" => Level::Image,
-            other => return Err(anyhow!("--level {other}: STUDY, SERIES, IMAGE or PATIENT (--patient-root)")),
+            other => {
+                return Err(anyhow!(
+                    "--level {other}: STUDY, SERIES, IMAGE or PATIENT (--patient-root)"
+                ));
+            }
         };
         Ok(huizhen_dicom::qr::Selection {
             level,
@@ -104,11 +108,14 @@ impl RetrieveArgs {
     fn peer(&self, args: &PeerArgs) -> Result<Peer> {
         match (&self.ae, &self.registry) {
             (Some(ae), Some(file)) => {
-                let reg = huizhen_dicom::qr::remote::Registry::load(file).map_err(|e| anyhow!(e))?;
+                let reg =
+                    huizhen_dicom::qr::remote::Registry::load(file).map_err(|e| anyhow!(e))?;
                 let remote = reg
                     .by_title(ae)
                     .ok_or_else(|| anyhow!("{ae} is not in {}", file.display()))?;
-                remote.peer(&args.calling, args.timeout).map_err(|e| anyhow!(e))
+                remote
+                    .peer(&args.calling, args.timeout)
+                    .map_err(|e| anyhow!(e))
             }
             _ => args.peer(),
         }
@@ -119,7 +126,10 @@ fn report(what: &str, o: &huizhen_dicom::qr::scu::Outcome) -> ExitCode {
     println!(
         "{what}: status {:#06x}{}: {} completed, {} failed, {} warning",
         o.status,
-        o.comment.as_deref().map(|c| format!(" ({c})")).unwrap_or_default(),
+        o.comment
+            .as_deref()
+            .map(|c| format!(" ({c})"))
+            .unwrap_or_default(),
         o.completed,
         o.failed,
         o.warning
@@ -277,9 +287,15 @@ pub async fn run(cmd: DicomCommand) -> Result<ExitCode> {
         DicomCommand::Get(a) => {
             let peer = a.sel.peer(&a.peer)?;
             let sel = a.sel.selection()?;
-            let o = huizhen_dicom::qr::scu::get(&peer, a.sel.patient_root, &sel, &a.out, &a.sop_classes)
-                .await
-                .map_err(|e| anyhow!(e))?;
+            let o = huizhen_dicom::qr::scu::get(
+                &peer,
+                a.sel.patient_root,
+                &sel,
+                &a.out,
+                &a.sop_classes,
+            )
+            .await
+            .map_err(|e| anyhow!(e))?;
             for f in &o.files {
                 println!("received {}", f.display());
             }

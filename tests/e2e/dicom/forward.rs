@@ -49,14 +49,22 @@ async fn instances_are_forwarded_as_received_and_refusals_dead_lettered() {
     // storescp accepts only uncompressed transfer syntaxes by default: JPEG-LS is refused.
     let _archive = Archive(
         Command::new("storescp")
-            .args(["-aet", "ARCHIVE", "-od", out.to_str().unwrap(), &port.to_string()])
+            .args([
+                "-aet",
+                "ARCHIVE",
+                "-od",
+                out.to_str().unwrap(),
+                &port.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
     wait_for("storescp", Duration::from_secs(10), || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
     })
     .await;
     let scp = Scp::start_with("    accept:\n      - calling: [\"*\"]\n", &sink(port)).await;
@@ -72,22 +80,32 @@ async fn instances_are_forwarded_as_received_and_refusals_dead_lettered() {
     write(&src, &Spec::new(study, &series, 3));
     let jls = convert("dcmcjpls", &[], &src, &d.join("f3-jls.dcm"));
     send(&scp, &plain, "-x=").await;
-    send(&scp, &[jls], files::storescu_option("1.2.840.10008.1.2.4.80")).await;
+    send(
+        &scp,
+        &[jls],
+        files::storescu_option("1.2.840.10008.1.2.4.80"),
+    )
+    .await;
 
     let store = scp.store().await;
     let msgs = wait_for("the sink's outcomes", Duration::from_secs(30), || {
         let store = store.clone();
         async move {
             let m = journaled(&store, "imaging").await;
-            (m.len() == 3 && m.iter().all(|m| matches!(m.state, State::Done | State::Dead)))
-                .then_some(m)
+            (m.len() == 3
+                && m.iter()
+                    .all(|m| matches!(m.state, State::Done | State::Dead)))
+            .then_some(m)
         }
     })
     .await;
     let dead: Vec<_> = msgs.iter().filter(|m| m.state == State::Dead).collect();
     assert_eq!(dead.len(), 1, "{msgs:?}");
     let reason = dead[0].last_error.clone().unwrap_or_default();
-    assert!(reason.contains("does not accept") && reason.contains("JPEG-LS"), "{reason}");
+    assert!(
+        reason.contains("does not accept") && reason.contains("JPEG-LS"),
+        "{reason}"
+    );
     assert_eq!(dead[0].attempts, 1, "a refusal is not retried");
     // The two others arrived byte for byte.
     let mut got: Vec<Vec<u8>> = std::fs::read_dir(&out)
@@ -110,7 +128,14 @@ async fn an_unreachable_archive_is_retried_then_dead_with_the_reason() {
     let closed = free_port();
     let scp = Scp::start_with("    accept:\n      - calling: [\"*\"]\n", &sink(closed)).await;
     let p = dir.path().join("one.dcm");
-    write(&p, &Spec::new("1.2.826.0.1.3680043.10.96", "1.2.826.0.1.3680043.10.96.1", 1));
+    write(
+        &p,
+        &Spec::new(
+            "1.2.826.0.1.3680043.10.96",
+            "1.2.826.0.1.3680043.10.96.1",
+            1,
+        ),
+    );
     send(&scp, &[p], "-x=").await;
     let store = scp.store().await;
     let m = wait_for("dead", Duration::from_secs(30), || {

@@ -54,7 +54,11 @@ impl Pacs {
         let mut args = vec![db.display().to_string()];
         args.extend(files.iter().map(|f| f.display().to_string()));
         let out = Command::new("dcmqridx").args(&args).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let child = Command::new("dcmqrscp")
             .args(["-c", cfg.to_str().unwrap()])
             .stdout(Stdio::null())
@@ -62,7 +66,9 @@ impl Pacs {
             .spawn()
             .unwrap();
         super::wait_for("dcmqrscp", Duration::from_secs(10), || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
         })
         .await;
         Pacs {
@@ -237,8 +243,18 @@ async fn the_cli_moves_and_gets_by_registry() {
     assert_eq!(out.matches("received ").count(), 3, "{out}");
 
     // A registry mistake is reported with file:line:column.
-    std::fs::write(&registry, "remote_aes:\n  - title: PACS\n    host: 127.0.0.1\n    port: lots\n    facility: x\n").unwrap();
-    let (ok, out) = huizhen(base("get").into_iter().chain(["--out".into(), "x".into()]).collect()).await;
+    std::fs::write(
+        &registry,
+        "remote_aes:\n  - title: PACS\n    host: 127.0.0.1\n    port: lots\n    facility: x\n",
+    )
+    .unwrap();
+    let (ok, out) = huizhen(
+        base("get")
+            .into_iter()
+            .chain(["--out".into(), "x".into()])
+            .collect(),
+    )
+    .await;
     assert!(!ok);
     assert!(out.contains("aes.yaml:4:"), "{out}");
     scp.engine.shutdown(Duration::from_secs(5)).await;

@@ -77,7 +77,10 @@ fn same_datasets(got: &[PathBuf], want: &[&PathBuf]) {
     a.sort();
     b.sort();
     assert_eq!(a.len(), b.len(), "{got:?}");
-    assert!(a == b, "the retrieved data sets are not the stored ones byte for byte");
+    assert!(
+        a == b,
+        "the retrieved data sets are not the stored ones byte for byte"
+    );
 }
 
 const ACCEPT: &str = "    accept:\n      - calling: [\"*\"]\n";
@@ -107,7 +110,13 @@ async fn a_workstation_retrieves_with_getscu_at_every_level() {
     std::fs::create_dir_all(&out).unwrap();
     let (ok, log) = get(
         &out,
-        &["-S", "-k", "QueryRetrieveLevel=STUDY", "-k", &format!("StudyInstanceUID={}", a.study)],
+        &[
+            "-S",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            &format!("StudyInstanceUID={}", a.study),
+        ],
     )
     .await;
     assert!(ok, "{log}");
@@ -158,7 +167,13 @@ async fn a_workstation_retrieves_with_getscu_at_every_level() {
     std::fs::create_dir_all(&out).unwrap();
     let (ok, log) = get(
         &out,
-        &["-P", "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=P071"],
+        &[
+            "-P",
+            "-k",
+            "QueryRetrieveLevel=PATIENT",
+            "-k",
+            "PatientID=P071",
+        ],
     )
     .await;
     assert!(ok, "{log}");
@@ -169,7 +184,14 @@ async fn a_workstation_retrieves_with_getscu_at_every_level() {
     std::fs::create_dir_all(&out).unwrap();
     let (_, log) = get(
         &out,
-        &["-S", "-v", "-k", "QueryRetrieveLevel=SERIES", "-k", &format!("StudyInstanceUID={}", a.study)],
+        &[
+            "-S",
+            "-v",
+            "-k",
+            "QueryRetrieveLevel=SERIES",
+            "-k",
+            &format!("StudyInstanceUID={}", a.study),
+        ],
     )
     .await;
     assert!(received(&out).is_empty());

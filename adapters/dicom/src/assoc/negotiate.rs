@@ -2,10 +2,10 @@
 //! contexts this SCP accepts, with which transfer syntax, and when it rejects the association.
 
 use dicom_ul::pdu::{
-    AssociationAC, RequestorRoles, UserVariableItem, AssociationRJ, AssociationRJResult,
+    AssociationAC, AssociationRJ, AssociationRJResult,
     AssociationRJServiceProviderPresentationReason, AssociationRJServiceUserReason,
     AssociationRJSource, AssociationRQ, Pdu, PresentationContextResult,
-    PresentationContextResultReason,
+    PresentationContextResultReason, RequestorRoles, UserVariableItem,
 };
 
 use super::{peer_max, user_variables};
@@ -169,9 +169,9 @@ pub fn negotiate(
             // sends its instances to a requestor that is SCP).
             if let Some(r) = role
                 && service == Service::Storage
-                && !role_replies.iter().any(|v| {
-                    matches!(v, UserVariableItem::ScuScpRoleSelectionSubItem(u, _) if u == abs)
-                })
+                && !role_replies.iter().any(
+                    |v| matches!(v, UserVariableItem::ScuScpRoleSelectionSubItem(u, _) if u == abs),
+                )
             {
                 role_replies.push(UserVariableItem::ScuScpRoleSelectionSubItem(
                     abs.to_owned(),

@@ -177,9 +177,7 @@ impl Selection {
         let studies = store.dicom_studies(&filter).await.map_err(failed)?;
         let mut out = Vec::new();
         for st in studies.iter().filter(|s| {
-            facilities
-                .as_ref()
-                .is_none_or(|f| f.contains(&s.facility))
+            facilities.as_ref().is_none_or(|f| f.contains(&s.facility))
                 && self
                     .patient_id
                     .as_ref()
@@ -218,7 +216,11 @@ pub fn level_code(l: Level) -> &'static str {
 mod tests {
     use super::*;
 
-    fn parse(level: &str, keys: &[(u32, VR, &str)], patient_root: bool) -> Result<Selection, Failure> {
+    fn parse(
+        level: &str,
+        keys: &[(u32, VR, &str)],
+        patient_root: bool,
+    ) -> Result<Selection, Failure> {
         let mut ids = vec![(QUERY_RETRIEVE_LEVEL, VR::CS, level.to_owned())];
         ids.extend(keys.iter().map(|(t, v, s)| (*t, *v, (*s).to_owned())));
         ids.sort_by_key(|(t, _, _)| *t);
@@ -228,7 +230,12 @@ mod tests {
 
     #[test]
     fn identifiers_name_their_unique_keys_by_level() {
-        let s = parse("STUDY", &[(STUDY_INSTANCE_UID, VR::UI, "1.2.3\\1.2.4")], false).unwrap();
+        let s = parse(
+            "STUDY",
+            &[(STUDY_INSTANCE_UID, VR::UI, "1.2.3\\1.2.4")],
+            false,
+        )
+        .unwrap();
         assert_eq!(s.studies, ["1.2.3", "1.2.4"]);
         let s = parse(
             "IMAGE",

@@ -152,7 +152,10 @@ mod tests {
             .unwrap()
             .peer("HUIZHEN", Duration::from_secs(1))
             .unwrap();
-        assert_eq!((p.called.as_str(), p.calling.as_str()), ("WS01", "HZ_EXPERT"));
+        assert_eq!(
+            (p.called.as_str(), p.calling.as_str()),
+            ("WS01", "HZ_EXPERT")
+        );
 
         let bad = dir.path().join("bad.yaml");
         std::fs::write(
@@ -167,9 +170,16 @@ mod tests {
             "remote_aes:\n  - {title: A, host: h, port: 1, facility: f}\n  - {title: A, host: h, port: 2, facility: f}\n",
         )
         .unwrap();
-        assert!(Registry::load(&bad).unwrap_err().contains("remote_aes[1].title"));
-        std::fs::write(&bad, "remote_aes:\n  - {title: A, host: h, port: 1, facilty: f}\n")
-            .unwrap();
+        assert!(
+            Registry::load(&bad)
+                .unwrap_err()
+                .contains("remote_aes[1].title")
+        );
+        std::fs::write(
+            &bad,
+            "remote_aes:\n  - {title: A, host: h, port: 1, facilty: f}\n",
+        )
+        .unwrap();
         let e = Registry::load(&bad).unwrap_err();
         assert!(e.contains("bad.yaml:2:"), "{e}");
     }

@@ -243,7 +243,10 @@ mod tests {
         assert_eq!(c.field, field::C_GET_RSP);
         assert_eq!(c.status, Some(status::SUB_OPERATIONS_WARNING));
         let n = c.sub_operations.unwrap();
-        assert_eq!((n.remaining, n.completed, n.failed, n.warning), (None, 1, 1, 1));
+        assert_eq!(
+            (n.remaining, n.completed, n.failed, n.warning),
+            (None, 1, 1, 1)
+        );
         let back = Command::decode(&c.encode()).unwrap();
         assert_eq!(back.sub_operations, c.sub_operations);
         let data = data.unwrap();
@@ -261,6 +264,13 @@ mod tests {
         assert_eq!(c.status, Some(status::CANCEL));
         assert_eq!(c.sub_operations.unwrap().remaining, Some(3));
         assert!(data.is_none());
-        assert_eq!(Tally::new(0).last(&rq, "1.2.840.10008.1.2").unwrap().0.status, Some(0));
+        assert_eq!(
+            Tally::new(0)
+                .last(&rq, "1.2.840.10008.1.2")
+                .unwrap()
+                .0
+                .status,
+            Some(0)
+        );
     }
 }

@@ -54,7 +54,10 @@ fn model(patient_root: bool, get: bool) -> &'static str {
 }
 
 fn plain() -> Vec<String> {
-    vec![uids::EXPLICIT_VR_LE.to_owned(), uids::IMPLICIT_VR_LE.to_owned()]
+    vec![
+        uids::EXPLICIT_VR_LE.to_owned(),
+        uids::IMPLICIT_VR_LE.to_owned(),
+    ]
 }
 
 async fn send_request(
@@ -176,7 +179,10 @@ pub async fn get(
         let pdvs = match link.recv().await.map_err(|e| e.to_string())? {
             Incoming::Data(p) => p,
             Incoming::Other(p) => {
-                return Err(format!("unexpected {} during a C-GET", p.short_description()));
+                return Err(format!(
+                    "unexpected {} during a C-GET",
+                    p.short_description()
+                ));
             }
         };
         for p in &pdvs {

@@ -97,7 +97,16 @@ impl Association<'_> {
                     .await?;
             }
         }
-        tracing::info!(pipeline = self.scp.pipeline.name(), calling = self.calling, destination = cmd.move_destination.as_deref().unwrap_or(self.calling), completed = tally.completed, failed = tally.failed, warning = tally.warning, cancelled = tally.cancelled, "{what} answered");
+        tracing::info!(
+            pipeline = self.scp.pipeline.name(),
+            calling = self.calling,
+            destination = cmd.move_destination.as_deref().unwrap_or(self.calling),
+            completed = tally.completed,
+            failed = tally.failed,
+            warning = tally.warning,
+            cancelled = tally.cancelled,
+            "{what} answered"
+        );
         let (rsp, data) = tally.last(cmd, &pc.transfer_syntax)?;
         send(link, pc.id, &rsp, data.as_deref()).await
     }
