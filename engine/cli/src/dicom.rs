@@ -21,10 +21,10 @@ pub enum DicomCommand {
     /// C-GET (Study Root, or Patient Root with --patient-root): the selected instances come
     /// back on the same association and are written to --out as <SOP Instance UID>.dcm. Exit
     /// code 0 when every sub-operation completed.
-    Get(GetArgs),
+    Get(Box<GetArgs>),
     /// C-MOVE: asks the peer to send the selected instances to --dest (an AE title the peer
     /// knows, e.g. this engine's SCP). Exit code 0 when every sub-operation completed.
-    Move(MoveArgs),
+    Move(Box<MoveArgs>),
 }
 
 #[derive(Debug, Args)]

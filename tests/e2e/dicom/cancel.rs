@@ -9,9 +9,9 @@ use huizhen_dicom::find::Level;
 use huizhen_dicom::qr::Selection;
 use huizhen_dicom::uids;
 
+use super::Scp;
 use super::files::{self, CT, EXPLICIT};
 use super::retrieve::store_study;
-use super::Scp;
 
 /// The next message's command (its data set, if any, skipped).
 async fn next(link: &mut Link) -> (Command, u8) {
@@ -73,8 +73,16 @@ async fn a_cancelled_c_get_stops_after_the_sub_operation_under_way() {
         )
         .await
         .unwrap();
-    let get = accepted.iter().find(|c| c.abstract_syntax == uids::STUDY_ROOT_GET).unwrap();
-    assert!(accepted.iter().any(|c| c.abstract_syntax == CT && c.requestor_scp), "role accepted");
+    let get = accepted
+        .iter()
+        .find(|c| c.abstract_syntax == uids::STUDY_ROOT_GET)
+        .unwrap();
+    assert!(
+        accepted
+            .iter()
+            .any(|c| c.abstract_syntax == CT && c.requestor_scp),
+        "role accepted"
+    );
     let sel = Selection {
         level: Level::Study,
         patient_id: None,
@@ -84,7 +92,9 @@ async fn a_cancelled_c_get_stops_after_the_sub_operation_under_way() {
     };
     let ds = huizhen_dicom::find::encode(&sel.identifier(), EXPLICIT).unwrap();
     let rq = Command::request(field::C_GET_RQ, 7, uids::STUDY_ROOT_GET, true);
-    link.send_message_part(get.id, true, &rq.encode()).await.unwrap();
+    link.send_message_part(get.id, true, &rq.encode())
+        .await
+        .unwrap();
     link.send_message_part(get.id, false, &ds).await.unwrap();
 
     // The first C-STORE-RQ: cancel, then answer it.
@@ -95,9 +105,13 @@ async fn a_cancelled_c_get_stops_after_the_sub_operation_under_way() {
         responding_to: Some(7),
         ..Command::default()
     };
-    link.send_message_part(get.id, true, &cancel.encode()).await.unwrap();
+    link.send_message_part(get.id, true, &cancel.encode())
+        .await
+        .unwrap();
     let rsp = Command::response(&store, status::SUCCESS, false);
-    link.send_message_part(pc, true, &rsp.encode()).await.unwrap();
+    link.send_message_part(pc, true, &rsp.encode())
+        .await
+        .unwrap();
 
     let (last, _) = next(&mut link).await;
     assert_eq!(last.field, field::C_GET_RSP);
