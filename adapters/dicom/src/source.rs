@@ -18,8 +18,8 @@
 //! ```
 //!
 //! Services: Verification (C-ECHO), every standard storage SOP class (C-STORE, transfer
-//! syntaxes as received: DCM-02), and C-FIND over the study index (Patient Root and Study
-//! Root). Each stored instance is written to the object store, filed in the study index and
+//! syntaxes as received: DCM-02), and C-FIND, C-GET and C-MOVE over the study index (Patient
+//! Root and Study Root; C-MOVE only to the registered `remote_aes`, see [`crate::qr`]). Each stored instance is written to the object store, filed in the study index and
 //! journaled as a `json` message (its attributes, not its pixels: `event: instance`) before the
 //! C-STORE-RSP says success; a study with no new instance for `study_complete_after` becomes a
 //! `study_complete` message on the same pipeline. The listener (allow-list, TLS, association
