@@ -14,9 +14,11 @@ pub mod field {
     pub const C_STORE_RQ: u16 = 0x0001;
     pub const C_STORE_RSP: u16 = 0x8001;
     pub const C_GET_RQ: u16 = 0x0010;
+    pub const C_GET_RSP: u16 = 0x8010;
     pub const C_FIND_RQ: u16 = 0x0020;
     pub const C_FIND_RSP: u16 = 0x8020;
     pub const C_MOVE_RQ: u16 = 0x0021;
+    pub const C_MOVE_RSP: u16 = 0x8021;
     pub const C_ECHO_RQ: u16 = 0x0030;
     pub const C_ECHO_RSP: u16 = 0x8030;
     pub const C_CANCEL_RQ: u16 = 0x0FFF;
@@ -43,6 +45,15 @@ pub mod status {
     pub const FIND_UNABLE: u16 = 0xC001;
     /// Warning (C-FIND): matching terminated, more matches than the limit.
     pub const FIND_OUT_OF_RESOURCES: u16 = 0xA700;
+
+    /// C-MOVE failed: Move Destination unknown.
+    pub const MOVE_DESTINATION_UNKNOWN: u16 = 0xA801;
+    /// C-GET/C-MOVE: sub-operations complete, one or more failures or warnings.
+    pub const SUB_OPERATIONS_WARNING: u16 = 0xB000;
+    /// C-GET/C-MOVE refused: out of resources, unable to perform sub-operations.
+    pub const SUB_OPERATIONS_UNABLE: u16 = 0xA702;
+    /// C-GET/C-MOVE refused: out of resources, unable to calculate the number of matches.
+    pub const MATCHES_UNABLE: u16 = 0xA701;
 
     /// Whether `s` ends an operation successfully (success or a warning class).
     pub fn is_ok(s: u16) -> bool {
@@ -77,6 +88,20 @@ pub struct Command {
     /// (0000,1030) Move Originator AE Title and (0000,1031) its Message ID (C-STORE
     /// sub-operations of a C-MOVE).
     pub move_originator: Option<(String, u16)>,
+    /// (0000,0600) Move Destination (C-MOVE-RQ).
+    pub move_destination: Option<String>,
+    /// (0000,1020)…(0000,1023) Number of Remaining, Completed, Failed and Warning
+    /// Sub-operations (C-GET-RSP, C-MOVE-RSP; remaining absent in a final response).
+    pub sub_operations: Option<SubOperations>,
+}
+
+/// The sub-operation counts of a C-GET or C-MOVE response.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubOperations {
+    pub remaining: Option<u16>,
+    pub completed: u16,
+    pub failed: u16,
+    pub warning: u16,
 }
 
 impl Command {
@@ -180,8 +205,23 @@ impl Command {
                 PrimitiveValue::from(c.as_str()),
             ));
         }
+        if let Some(d) = &self.move_destination {
+            els.push(DataElement::new(
+                tags::MOVE_DESTINATION,
+                VR::AE,
+                PrimitiveValue::from(d.as_str()),
+            ));
+        }
         if let Some(i) = &self.sop_instance {
             els.push(ui(tags::AFFECTED_SOP_INSTANCE_UID, i));
+        }
+        if let Some(n) = &self.sub_operations {
+            if let Some(r) = n.remaining {
+                els.push(us(tags::NUMBER_OF_REMAINING_SUBOPERATIONS, r));
+            }
+            els.push(us(tags::NUMBER_OF_COMPLETED_SUBOPERATIONS, n.completed));
+            els.push(us(tags::NUMBER_OF_FAILED_SUBOPERATIONS, n.failed));
+            els.push(us(tags::NUMBER_OF_WARNING_SUBOPERATIONS, n.warning));
         }
         if let Some((ae, id)) = &self.move_originator {
             els.push(DataElement::new(
@@ -231,6 +271,18 @@ impl Command {
             (Some(ae), Some(id)) => Some((ae, id)),
             _ => None,
         };
+        let completed = us(tags::NUMBER_OF_COMPLETED_SUBOPERATIONS)?;
+        let failed = us(tags::NUMBER_OF_FAILED_SUBOPERATIONS)?;
+        let warning = us(tags::NUMBER_OF_WARNING_SUBOPERATIONS)?;
+        let remaining = us(tags::NUMBER_OF_REMAINING_SUBOPERATIONS)?;
+        let sub_operations =
+            (completed.is_some() || failed.is_some() || warning.is_some() || remaining.is_some())
+                .then(|| SubOperations {
+                    remaining,
+                    completed: completed.unwrap_or(0),
+                    failed: failed.unwrap_or(0),
+                    warning: warning.unwrap_or(0),
+                });
         Ok(Command {
             field,
             message_id: us(tags::MESSAGE_ID)?,
@@ -242,6 +294,8 @@ impl Command {
             status: us(tags::STATUS)?,
             error_comment: text(tags::ERROR_COMMENT),
             move_originator,
+            move_destination: text(tags::MOVE_DESTINATION),
+            sub_operations,
         })
     }
 }

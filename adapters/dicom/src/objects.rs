@@ -194,7 +194,7 @@ async fn sync_dir(dir: PathBuf) -> io::Result<()> {
 }
 
 /// Preamble, `DICM` and the file meta group.
-fn file_header(meta: &Meta<'_>) -> io::Result<Vec<u8>> {
+pub(crate) fn file_header(meta: &Meta<'_>) -> io::Result<Vec<u8>> {
     let table = FileMetaTableBuilder::new()
         .media_storage_sop_class_uid(meta.sop_class_uid)
         .media_storage_sop_instance_uid(meta.sop_instance_uid)

@@ -33,9 +33,11 @@ pub struct Peer {
 }
 
 impl Peer {
-    async fn associate(
+    /// Associates, proposing `proposed` and the SCP role for the abstract syntaxes `scp_role`.
+    pub(crate) async fn associate(
         &self,
         proposed: &[(String, Vec<String>)],
+        scp_role: &[String],
     ) -> Result<(Link, Vec<Accepted>), String> {
         let stream =
             huizhen_core::tls::connect(&self.addr, self.tls.as_ref(), self.timeout).await?;
@@ -48,7 +50,7 @@ impl Peer {
             },
         );
         let accepted = link
-            .request(&self.calling, &self.called, proposed)
+            .request_roles(&self.calling, &self.called, proposed, scp_role)
             .await
             .map_err(|e| format!("{}: {e}", self.addr))?;
         Ok((link, accepted))
@@ -57,7 +59,7 @@ impl Peer {
 
 /// Receives one DIMSE message: the command and its data set, if any (in memory: answers are
 /// small).
-async fn recv_message(link: &mut Link) -> Result<(Command, Option<Vec<u8>>), String> {
+pub(crate) async fn recv_message(link: &mut Link) -> Result<(Command, Option<Vec<u8>>), String> {
     let mut command = Vec::new();
     let mut data = Vec::new();
     let mut cmd: Option<Command> = None;
@@ -110,7 +112,7 @@ pub async fn echo(peer: &Peer) -> Result<u16, String> {
             uids::IMPLICIT_VR_LE.to_owned(),
         ],
     )];
-    let (mut link, accepted) = peer.associate(&proposed).await?;
+    let (mut link, accepted) = peer.associate(&proposed, &[]).await?;
     let pc = accepted
         .first()
         .ok_or("the peer did not accept Verification")?
@@ -135,13 +137,14 @@ pub struct Stored {
     pub detail: String,
 }
 
-struct FileToSend {
-    path: PathBuf,
-    sop_class: String,
-    sop_instance: String,
-    ts: String,
-    offset: u64,
-    len: u64,
+pub(crate) struct FileToSend {
+    pub(crate) path: PathBuf,
+    pub(crate) sop_class: String,
+    pub(crate) sop_instance: String,
+    pub(crate) ts: String,
+    /// Where the data set starts (after the file meta group) and its length.
+    pub(crate) offset: u64,
+    pub(crate) len: u64,
 }
 
 /// Files under `paths` (folders are walked), in name order.
@@ -171,7 +174,7 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     Ok(out)
 }
 
-fn read_meta(path: &Path) -> Result<FileToSend, String> {
+pub(crate) fn read_meta(path: &Path) -> Result<FileToSend, String> {
     use std::io::Seek;
     let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let len = f
@@ -231,7 +234,7 @@ pub async fn store(peer: &Peer, files: &[PathBuf]) -> Result<Vec<Stored>, String
             proposed.len()
         ));
     }
-    let (mut link, accepted) = peer.associate(&proposed).await?;
+    let (mut link, accepted) = peer.associate(&proposed, &[]).await?;
     for (n, f) in sendable.iter().enumerate() {
         let pc = accepted
             .iter()
@@ -334,7 +337,7 @@ pub async fn find(
             uids::IMPLICIT_VR_LE.to_owned(),
         ],
     )];
-    let (mut link, accepted) = peer.associate(&proposed).await?;
+    let (mut link, accepted) = peer.associate(&proposed, &[]).await?;
     let pc = accepted
         .first()
         .ok_or_else(|| format!("the peer did not accept {}", uids::name(model)))?

@@ -18,8 +18,8 @@
 //! ```
 //!
 //! Services: Verification (C-ECHO), every standard storage SOP class (C-STORE, transfer
-//! syntaxes as received: DCM-02), and C-FIND over the study index (Patient Root and Study
-//! Root). Each stored instance is written to the object store, filed in the study index and
+//! syntaxes as received: DCM-02), and C-FIND, C-GET and C-MOVE over the study index (Patient
+//! Root and Study Root; C-MOVE only to the registered `remote_aes`, see [`crate::qr`]). Each stored instance is written to the object store, filed in the study index and
 //! journaled as a `json` message (its attributes, not its pixels: `event: instance`) before the
 //! C-STORE-RSP says success; a study with no new instance for `study_complete_after` becomes a
 //! `study_complete` message on the same pipeline. The listener (allow-list, TLS, association
@@ -84,6 +84,9 @@ pub struct DicomSourceConfig {
     /// it.
     #[serde(default = "default_max_find")]
     pub max_find_results: usize,
+    /// Known remote AEs: C-MOVE destinations (see [`crate::qr::remote`]).
+    #[serde(default)]
+    pub remote_aes: Vec<crate::qr::remote::RemoteAe>,
 }
 
 /// One `accept` entry.
@@ -107,6 +110,9 @@ pub struct AcceptConfig {
     /// for all.
     #[serde(default)]
     pub find: Option<Vec<String>>,
+    /// The registered AEs (`remote_aes`) these callers may C-MOVE to (default: any of them).
+    #[serde(default)]
+    pub move_to: Option<Vec<String>>,
 }
 
 fn default_ae_title() -> String {
@@ -161,6 +167,7 @@ pub struct Rule {
     pub facility: String,
     pub charset: Charset,
     pub find: Option<Vec<String>>,
+    pub move_to: Option<Vec<String>>,
 }
 
 impl Rule {
@@ -194,6 +201,11 @@ impl Rules {
 }
 
 impl DicomSourceConfig {
+    /// The checked registry of remote AEs.
+    pub fn registry(&self) -> Result<crate::qr::remote::Registry, String> {
+        crate::qr::remote::Registry::new(self.remote_aes.clone())
+    }
+
     fn listener(&self) -> ListenerSpec<'_> {
         ListenerSpec {
             kind: "dicom",
@@ -251,7 +263,18 @@ impl DicomSourceConfig {
                 facility,
                 charset,
                 find,
+                move_to: a.move_to.clone(),
             });
+        }
+        let remote = self.registry()?;
+        for (i, a) in self.accept.iter().enumerate() {
+            for t in a.move_to.iter().flatten() {
+                if remote.by_title(t).is_none() {
+                    return Err(format!(
+                        "accept[{i}].move_to: {t:?} is not in remote_aes (C-MOVE goes only to registered AEs)"
+                    ));
+                }
+            }
         }
         if !(4096..=16 * 1024 * 1024).contains(&self.max_pdu_bytes) {
             return Err(format!(
@@ -279,6 +302,7 @@ impl SourceConfig for DicomSourceConfig {
         Ok(Box::new(DicomSource {
             config: Arc::new(self.clone()),
             rules: Arc::new(rules),
+            remote: Arc::new(self.registry()?),
             server,
             store: ctx.extensions.get::<Store>(),
         }))
@@ -307,6 +331,7 @@ impl SourceConfig for DicomSourceConfig {
 struct DicomSource {
     config: Arc<DicomSourceConfig>,
     rules: Arc<Rules>,
+    remote: Arc<crate::qr::remote::Registry>,
     server: TcpServer,
     store: Option<Arc<Store>>,
 }
@@ -338,6 +363,7 @@ impl Source for DicomSource {
                 pipeline: ctx.pipeline.clone(),
                 store: store.clone(),
                 objects,
+                remote: self.remote.clone(),
             });
             let sweep = tokio::spawn(crate::complete::sweep(
                 store,

@@ -1,4 +1,4 @@
-//! `huizhen dicom echo|store|find`: small SCU tools (huizhen-dicom's requestor side).
+//! `huizhen dicom echo|store|find|get|move`: small SCU tools (huizhen-dicom's requestor side).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,12 +18,133 @@ pub enum DicomCommand {
     /// C-FIND (Study Root, or Patient Root with --patient-root); prints each match as one JSON
     /// object per line.
     Find(FindArgs),
+    /// C-GET (Study Root, or Patient Root with --patient-root): the selected instances come
+    /// back on the same association and are written to --out as <SOP Instance UID>.dcm. Exit
+    /// code 0 when every sub-operation completed.
+    Get(Box<GetArgs>),
+    /// C-MOVE: asks the peer to send the selected instances to --dest (an AE title the peer
+    /// knows, e.g. this engine's SCP). Exit code 0 when every sub-operation completed.
+    Move(Box<MoveArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct RetrieveArgs {
+    /// The peer by its AE title in a registry of remote AEs (a YAML file with `remote_aes:`),
+    /// instead of --to/--called.
+    #[arg(long, value_name = "AE", requires = "registry")]
+    ae: Option<String>,
+    /// The registry file for --ae.
+    #[arg(long, value_name = "FILE")]
+    registry: Option<PathBuf>,
+    /// STUDY, SERIES, IMAGE, or PATIENT (patient root only).
+    #[arg(long, default_value = "STUDY")]
+    level: String,
+    /// Use the Patient Root model instead of Study Root.
+    #[arg(long)]
+    patient_root: bool,
+    /// Patient ID (PATIENT level; optional with --patient-root at the others).
+    #[arg(long)]
+    patient: Option<String>,
+    /// Study Instance UID(s).
+    #[arg(long = "study")]
+    studies: Vec<String>,
+    /// Series Instance UID(s) (SERIES, IMAGE).
+    #[arg(long = "series")]
+    series: Vec<String>,
+    /// SOP Instance UID(s) (IMAGE).
+    #[arg(long = "instance")]
+    instances: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    peer: PeerArgs,
+    #[command(flatten)]
+    sel: RetrieveArgs,
+    /// Where the instances are written.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// A storage SOP class UID to receive (repeatable; default: the common image classes).
+    #[arg(long = "sop-class", value_name = "UID")]
+    sop_classes: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MoveArgs {
+    #[command(flatten)]
+    peer: PeerArgs,
+    #[command(flatten)]
+    sel: RetrieveArgs,
+    /// The Move Destination AE title.
+    #[arg(long, value_name = "AE")]
+    dest: String,
+}
+
+impl RetrieveArgs {
+    fn selection(&self) -> Result<huizhen_dicom::qr::Selection> {
+        use huizhen_dicom::find::Level;
+        let level = match self.level.to_uppercase().as_str() {
+            "PATIENT" if self.patient_root => Level::Patient,
+            "STUDY" => Level::Study,
+            "SERIES" => Level::Series,
+            "IMAGE" => Level::Image,
+            other => {
+                return Err(anyhow!(
+                    "--level {other}: STUDY, SERIES, IMAGE or PATIENT (--patient-root)"
+                ));
+            }
+        };
+        Ok(huizhen_dicom::qr::Selection {
+            level,
+            patient_id: self.patient.clone(),
+            studies: self.studies.clone(),
+            series: self.series.clone(),
+            instances: self.instances.clone(),
+        })
+    }
+
+    /// The peer: from the registry by --ae, or --to/--called.
+    fn peer(&self, args: &PeerArgs) -> Result<Peer> {
+        match (&self.ae, &self.registry) {
+            (Some(ae), Some(file)) => {
+                let reg =
+                    huizhen_dicom::qr::remote::Registry::load(file).map_err(|e| anyhow!(e))?;
+                let remote = reg
+                    .by_title(ae)
+                    .ok_or_else(|| anyhow!("{ae} is not in {}", file.display()))?;
+                remote
+                    .peer(&args.calling, args.timeout)
+                    .map_err(|e| anyhow!(e))
+            }
+            _ => args.peer(),
+        }
+    }
+}
+
+fn report(what: &str, o: &huizhen_dicom::qr::scu::Outcome) -> ExitCode {
+    println!(
+        "{what}: status {:#06x}{}: {} completed, {} failed, {} warning",
+        o.status,
+        o.comment
+            .as_deref()
+            .map(|c| format!(" ({c})"))
+            .unwrap_or_default(),
+        o.completed,
+        o.failed,
+        o.warning
+    );
+    if o.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 #[derive(Debug, Args)]
 pub struct PeerArgs {
     /// Where: HOST:PORT.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", default_value = "")]
     to: String,
     /// The peer's AE title (called).
     #[arg(long, default_value = "HUIZHEN", value_name = "AE")]
@@ -82,6 +203,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 impl PeerArgs {
     fn peer(&self) -> Result<Peer> {
+        if self.to.is_empty() {
+            return Err(anyhow!("--to HOST:PORT is required"));
+        }
         for (what, t) in [("--called", &self.called), ("--calling", &self.calling)] {
             huizhen_dicom::source::check_ae_title(what, t).map_err(|e| anyhow!(e))?;
         }
@@ -159,6 +283,31 @@ pub async fn run(cmd: DicomCommand) -> Result<ExitCode> {
             }
             eprintln!("{} match(es)", rows.len());
             Ok(ExitCode::SUCCESS)
+        }
+        DicomCommand::Get(a) => {
+            let peer = a.sel.peer(&a.peer)?;
+            let sel = a.sel.selection()?;
+            let o = huizhen_dicom::qr::scu::get(
+                &peer,
+                a.sel.patient_root,
+                &sel,
+                &a.out,
+                &a.sop_classes,
+            )
+            .await
+            .map_err(|e| anyhow!(e))?;
+            for f in &o.files {
+                println!("received {}", f.display());
+            }
+            Ok(report("C-GET", &o))
+        }
+        DicomCommand::Move(a) => {
+            let peer = a.sel.peer(&a.peer)?;
+            let sel = a.sel.selection()?;
+            let o = huizhen_dicom::qr::scu::move_to(&peer, a.sel.patient_root, &sel, &a.dest)
+                .await
+                .map_err(|e| anyhow!(e))?;
+            Ok(report("C-MOVE", &o))
         }
     }
 }

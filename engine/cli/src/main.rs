@@ -65,7 +65,8 @@ enum Command {
     /// fields.
     #[command(subcommand)]
     Hl7(hl7::Hl7Command),
-    /// DICOM tools: C-ECHO, C-STORE files, C-FIND (an SCU for checks and tests).
+    /// DICOM tools: C-ECHO, C-STORE files, C-FIND, C-GET, C-MOVE (an SCU for checks, tests and
+    /// pulling priors from a PACS).
     #[command(subcommand)]
     Dicom(dicom::DicomCommand),
     /// Issue JWTs for the API (signed with the engine's secret).

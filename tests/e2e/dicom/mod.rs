@@ -3,14 +3,18 @@
 //! (STANDARDS DCM-01, DCM-02, DCM-04; issue 17).
 
 mod access;
+mod cancel;
 mod cli;
 mod deid;
 mod files;
+mod forward;
 mod index;
 mod memory;
 mod web;
 mod web_access;
 mod web_client;
+mod pacs;
+mod retrieve;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -41,13 +45,18 @@ pub struct Scp {
 
 impl Scp {
     pub async fn start(extra: &str) -> Scp {
+        Scp::start_with(extra, "sinks:\n  - journal: {}\n").await
+    }
+
+    /// With `tail` (top-level keys: `sinks:`, `retry:` …) instead of a journal sink.
+    pub async fn start_with(extra: &str, tail: &str) -> Scp {
         let db = fresh_db(Backend::Sqlite)
             .await
             .expect("SQLite needs no service");
         let port = free_port();
         let storage = db.dir.path().join("dicom");
         let yaml = format!(
-            "version: 1\nname: imaging\nfacility: county-1\nsource:\n  dicom:\n    listen: \"127.0.0.1:{port}\"\n    storage: \"{}\"\n{extra}\nsinks:\n  - journal: {{}}\n",
+            "version: 1\nname: imaging\nfacility: county-1\nsource:\n  dicom:\n    listen: \"127.0.0.1:{port}\"\n    storage: \"{}\"\n{extra}\n{tail}",
             storage.display()
         );
         let engine = Engine::start(loaded(&db, &[&yaml])).await.unwrap();

@@ -304,6 +304,19 @@ impl Link {
         called: &str,
         proposed: &[(String, Vec<String>)],
     ) -> Result<Vec<Accepted>, LinkError> {
+        self.request_roles(calling, called, proposed, &[]).await
+    }
+
+    /// [`Link::request`], proposing the SCP role (as well as SCU) for the abstract syntaxes
+    /// `scp_role` (SCP/SCU role selection, PS3.7 D.3.3.4: the storage classes a C-GET brings
+    /// back). An accepted context's `requestor_scp` says whether the acceptor agreed.
+    pub async fn request_roles(
+        &mut self,
+        calling: &str,
+        called: &str,
+        proposed: &[(String, Vec<String>)],
+        scp_role: &[String],
+    ) -> Result<Vec<Accepted>, LinkError> {
         let contexts: Vec<PresentationContextProposed> = proposed
             .iter()
             .enumerate()
@@ -324,12 +337,30 @@ impl Link {
             called_ae_title: called.to_owned(),
             application_context_name: uids::APPLICATION_CONTEXT.to_owned(),
             presentation_contexts: contexts.clone(),
-            user_variables: user_variables(self.limits.max_pdu),
+            user_variables: {
+                let mut v = user_variables(self.limits.max_pdu);
+                for a in scp_role {
+                    v.push(UserVariableItem::ScuScpRoleSelectionSubItem(
+                        a.clone(),
+                        dicom_ul::pdu::RequestorRoles {
+                            scu: true,
+                            scp: true,
+                        },
+                    ));
+                }
+                v
+            },
         }))
         .await?;
         match self.recv().await? {
             Incoming::Other(Pdu::AssociationAC(ac)) => {
                 self.peer_max_pdu = peer_max(&ac.user_variables);
+                let scp_ok = |a: &str| {
+                    ac.user_variables.iter().any(|v| {
+                        matches!(v, UserVariableItem::ScuScpRoleSelectionSubItem(u, r)
+                            if u.trim_end_matches('\0') == a && r.scp)
+                    })
+                };
                 Ok(ac
                     .presentation_contexts
                     .iter()
@@ -341,6 +372,7 @@ impl Link {
                             abstract_syntax: p.abstract_syntax.clone(),
                             transfer_syntax: r.transfer_syntax.trim_end_matches('\0').to_owned(),
                             service: Service::Other,
+                            requestor_scp: scp_ok(&p.abstract_syntax),
                         })
                     })
                     .collect())

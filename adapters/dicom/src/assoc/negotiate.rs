@@ -5,7 +5,7 @@ use dicom_ul::pdu::{
     AssociationAC, AssociationRJ, AssociationRJResult,
     AssociationRJServiceProviderPresentationReason, AssociationRJServiceUserReason,
     AssociationRJSource, AssociationRQ, Pdu, PresentationContextResult,
-    PresentationContextResultReason,
+    PresentationContextResultReason, RequestorRoles, UserVariableItem,
 };
 
 use super::{peer_max, user_variables};
@@ -17,6 +17,14 @@ pub enum Service {
     Verification,
     /// C-FIND, patient root (`true`) or study root.
     Find {
+        patient_root: bool,
+    },
+    /// C-MOVE, patient root (`true`) or study root.
+    Move {
+        patient_root: bool,
+    },
+    /// C-GET, patient root (`true`) or study root.
+    Get {
         patient_root: bool,
     },
     Storage,
@@ -31,6 +39,9 @@ pub struct Accepted {
     pub abstract_syntax: String,
     pub transfer_syntax: String,
     pub service: Service,
+    /// A storage context on which the requestor takes the SCP role (SCP/SCU role selection,
+    /// PS3.7 D.3.3.4): C-STORE sub-operations of a C-GET go to it.
+    pub requestor_scp: bool,
 }
 
 /// What the acceptor accepts.
@@ -88,6 +99,18 @@ pub fn negotiate(
             ),
         );
     }
+    // SCP/SCU role selection proposed by the requestor, per abstract syntax.
+    let roles: Vec<(&str, RequestorRoles)> = rq
+        .user_variables
+        .iter()
+        .filter_map(|v| match v {
+            UserVariableItem::ScuScpRoleSelectionSubItem(uid, r) => {
+                Some((uid.trim_end_matches('\0'), *r))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut role_replies: Vec<UserVariableItem> = Vec::new();
     let mut results = Vec::with_capacity(rq.presentation_contexts.len());
     let mut accepted = Vec::new();
     for pc in &rq.presentation_contexts {
@@ -98,6 +121,14 @@ pub fn negotiate(
                 patient_root: false,
             }),
             uids::PATIENT_ROOT_FIND => Some(Service::Find { patient_root: true }),
+            uids::STUDY_ROOT_MOVE => Some(Service::Move {
+                patient_root: false,
+            }),
+            uids::PATIENT_ROOT_MOVE => Some(Service::Move { patient_root: true }),
+            uids::STUDY_ROOT_GET => Some(Service::Get {
+                patient_root: false,
+            }),
+            uids::PATIENT_ROOT_GET => Some(Service::Get { patient_root: true }),
             a if uids::is_storage_sop_class(a) => Some(Service::Storage),
             a if policy.any_sop_class && uids::is_valid(a) => Some(Service::Storage),
             _ => None,
@@ -132,11 +163,27 @@ pub fn negotiate(
         if reason == PresentationContextResultReason::Acceptance
             && let Some(service) = service
         {
+            let role = roles.iter().find(|(u, _)| *u == abs).map(|(_, r)| *r);
+            let requestor_scp = service == Service::Storage && role.is_some_and(|r| r.scp);
+            // Accepted as proposed: the requestor may be SCU, SCP or both for storage (C-GET
+            // sends its instances to a requestor that is SCP).
+            if let Some(r) = role
+                && service == Service::Storage
+                && !role_replies.iter().any(
+                    |v| matches!(v, UserVariableItem::ScuScpRoleSelectionSubItem(u, _) if u == abs),
+                )
+            {
+                role_replies.push(UserVariableItem::ScuScpRoleSelectionSubItem(
+                    abs.to_owned(),
+                    r,
+                ));
+            }
             accepted.push(Accepted {
                 id: pc.id,
                 abstract_syntax: abs.to_owned(),
                 transfer_syntax: ts.clone(),
                 service,
+                requestor_scp,
             });
         }
         results.push(PresentationContextResult {
@@ -151,7 +198,11 @@ pub fn negotiate(
         called_ae_title: rq.called_ae_title.clone(),
         application_context_name: uids::APPLICATION_CONTEXT.to_owned(),
         presentation_contexts: results,
-        user_variables: user_variables(policy.max_pdu),
+        user_variables: {
+            let mut v = user_variables(policy.max_pdu);
+            v.extend(role_replies);
+            v
+        },
     };
     Ok((ac, accepted, peer_max(&rq.user_variables)))
 }
@@ -168,7 +219,7 @@ pub fn busy() -> Pdu {
 
 #[cfg(test)]
 mod tests {
-    use dicom_ul::pdu::{PresentationContextProposed, UserVariableItem};
+    use dicom_ul::pdu::PresentationContextProposed;
 
     use super::*;
 
@@ -211,7 +262,7 @@ mod tests {
                 (uids::VERIFICATION, &[uids::IMPLICIT_VR_LE]),
                 (ct, &[jls, uids::EXPLICIT_VR_LE]),
                 (ct, &["1.2.3.4.5.6"]),
-                ("1.2.840.10008.5.1.4.1.2.2.2", &[uids::IMPLICIT_VR_LE]),
+                ("1.2.840.10008.5.1.4.31", &[uids::IMPLICIT_VR_LE]),
                 (
                     uids::STUDY_ROOT_FIND,
                     &["1.2.840.10008.1.2.4.50", uids::EXPLICIT_VR_LE],

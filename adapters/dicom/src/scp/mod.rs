@@ -16,6 +16,7 @@ use crate::dimse::{Command, field, status};
 use crate::objects::{Incoming as Part, Meta, Objects};
 use crate::source::{DicomSourceConfig, Rule, Rules};
 
+mod retrieve;
 mod store;
 
 /// What every association of one source shares.
@@ -25,6 +26,8 @@ pub struct Scp {
     pub pipeline: PipelineHandle,
     pub store: Arc<Store>,
     pub objects: Objects,
+    /// Known remote AEs (C-MOVE destinations).
+    pub remote: Arc<crate::qr::remote::Registry>,
 }
 
 /// A command set may be this long at most.
@@ -251,7 +254,7 @@ impl Association<'_> {
             }
             State::Collecting { buf, .. } => {
                 if buf.len() + data.len() > MAX_IDENTIFIER {
-                    return Err(format!("a C-FIND identifier over {MAX_IDENTIFIER} bytes"));
+                    return Err(format!("an identifier over {MAX_IDENTIFIER} bytes"));
                 }
                 buf.extend_from_slice(data);
             }
@@ -349,6 +352,25 @@ impl Association<'_> {
                     buf: Vec::new(),
                 })
             }
+            field::C_GET_RQ | field::C_MOVE_RQ => {
+                if !matches!(pc.service, Service::Get { .. } | Service::Move { .. })
+                    || (cmd.field == field::C_GET_RQ) != matches!(pc.service, Service::Get { .. })
+                {
+                    return if cmd.has_dataset {
+                        wrong_service(cmd, "other")
+                    } else {
+                        Err(format!("{} without an identifier", cmd.name()))
+                    };
+                }
+                if !cmd.has_dataset {
+                    return Err(format!("{} without an identifier", cmd.name()));
+                }
+                Ok(State::Collecting {
+                    cmd,
+                    pc,
+                    buf: Vec::new(),
+                })
+            }
             // Answered synchronously, so there is nothing left to cancel.
             field::C_CANCEL_RQ => Ok(State::Idle),
             _ => {
@@ -380,7 +402,12 @@ impl Association<'_> {
                 }
                 send(link, pc.id, &rsp, None).await
             }
-            State::Collecting { cmd, pc, buf } => self.find(link, &cmd, &pc, &buf).await,
+            State::Collecting { cmd, pc, buf } => match pc.service {
+                Service::Get { .. } | Service::Move { .. } => {
+                    self.retrieve(link, &cmd, &pc, &buf).await
+                }
+                _ => self.find(link, &cmd, &pc, &buf).await,
+            },
             State::Discarding {
                 cmd,
                 pc,
