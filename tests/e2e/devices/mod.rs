@@ -83,7 +83,7 @@ pub(crate) fn bp(device: &str, at: &str, sys: u32, dia: u32, pulse: u32) -> Stri
     .to_string()
 }
 
-/// An engine's files: config (no encryption, so the test's store reads bodies), pipelines.
+/// An engine's files: config (bodies encrypted at rest, as by default), pipelines.
 pub(crate) struct Engine {
     pub config: PathBuf,
     pub port: u16,
@@ -131,9 +131,10 @@ impl Engine {
         std::fs::write(
             dir.join("huizhen.yaml"),
             format!(
-                "version: 1\nstore:\n  url: \"{}\"\nhttp:\n  bind: 127.0.0.1:{port}\njournal:\n  scheduler_poll: 100ms\nsecurity:\n  jwt_secret: \"{}\"\npipelines: [\"pipelines/*.yaml\"]\n",
+                "version: 1\nstore:\n  url: \"{}\"\nhttp:\n  bind: 127.0.0.1:{port}\njournal:\n  scheduler_poll: 100ms\nsecurity:\n  jwt_secret: \"{}\"\n  encryption: {{ keys_file: \"{}\" }}\npipelines: [\"pipelines/*.yaml\"]\n",
                 db.url,
-                crate::crash::TEST_SECRET
+                crate::crash::TEST_SECRET,
+                dir.join("keys").display()
             ),
         )
         .unwrap();
@@ -212,30 +213,31 @@ impl Engine {
         }
     }
 
-    pub(crate) async fn get(&self, path: &str) -> Value {
-        let r = self
-            .http
-            .get(format!("http://127.0.0.1:{}{path}", self.port))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        let body: Value = r.json().await.unwrap_or(Value::Null);
-        assert!(status.is_success(), "GET {path}: {status} {body}");
-        body
-    }
-
-    /// The vital-sign Observations of `person` (every page).
+    /// The vital-sign Observations of `person` (every page, following `next`).
     pub(crate) async fn observations(&self, person: &str) -> Vec<Value> {
-        let b = self
-            .get(&format!(
-                "/fhir/r4/Observation?patient={person}&category=vital-signs&_count=1000"
-            ))
-            .await;
-        b["entry"]
-            .as_array()
-            .map(|e| e.iter().map(|x| x["resource"].clone()).collect())
-            .unwrap_or_default()
+        let mut out = Vec::new();
+        let mut url = format!(
+            "http://127.0.0.1:{}/fhir/r4/Observation?patient={person}&category=vital-signs&_count=200",
+            self.port
+        );
+        loop {
+            let r = self.http.get(&url).send().await.unwrap();
+            let status = r.status();
+            let b: Value = r.json().await.unwrap_or(Value::Null);
+            assert!(status.is_success(), "GET {url}: {status} {b}");
+            if let Some(e) = b["entry"].as_array() {
+                out.extend(e.iter().map(|x| x["resource"].clone()));
+            }
+            let next = b["link"].as_array().and_then(|l| {
+                l.iter()
+                    .find(|x| x["relation"] == "next")
+                    .and_then(|x| x["url"].as_str().map(str::to_owned))
+            });
+            match next {
+                Some(n) => url = n,
+                None => return out,
+            }
+        }
     }
 
     pub(crate) fn log_text(&self) -> String {
@@ -246,5 +248,36 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The test's own store on the engine's database, with its key file (to read bodies).
+pub(crate) async fn open_store(db: &TestDb) -> huizhen_core::store::Store {
+    let keyring = huizhen_core::crypto::Keyring::from_config(&huizhen_core::crypto::EncryptionConfig {
+        keys_file: db.dir.path().join("keys"),
+        ..Default::default()
+    })
+    .unwrap();
+    crate::support::store(db).await.with_keyring(keyring)
+}
+
+/// Publishes `payload` every half second until `person` has `expect` Observations: the
+/// source subscribes once connected, and a reading published before that has no subscriber
+/// (the dedup key makes the repeats harmless). Then the session exists on the broker.
+pub(crate) async fn prime(e: &Engine, topic: &str, payload: &str, person: &str, expect: usize) {
+    let start = std::time::Instant::now();
+    loop {
+        publish(topic, payload);
+        for _ in 0..10 {
+            if e.observations(person).await.len() >= expect {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the first reading never arrived:\n{}",
+            e.log_text()
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use huizhen_core::message::State;
 
 use super::{Engine, bp, broker_ready, publish, unique};
-use crate::support::{Backend, fresh_db, journaled, store, wait_for};
+use crate::support::{Backend, fresh_db, journaled, wait_for};
 
 /// `n` distinct readings of `device`, a minute apart from `base_minute`.
 fn readings(device: &str, from: usize, n: usize) -> Vec<String> {
@@ -31,13 +31,7 @@ async fn readings_sent_while_stopped_arrive_once_after_restart() {
     let person = e.patient_with_device("MR-2001", "BP-2001", "2026-01-01T00:00:00+08:00");
     e.start().await;
     let t = format!("{topic}/gw/vitals");
-    for r in readings("BP-2001", 0, 1) {
-        publish(&t, &r);
-    }
-    wait_for("the first reading", Duration::from_secs(30), || async {
-        (e.observations(&person).await.len() == 2).then_some(())
-    })
-    .await;
+    super::prime(&e, &t, &readings("BP-2001", 0, 1)[0], &person, 2).await;
     e.stop();
     // The engine is down: the broker keeps these in the session.
     for r in readings("BP-2001", 1, 5) {
@@ -52,7 +46,7 @@ async fn readings_sent_while_stopped_arrive_once_after_restart() {
     e.stop();
     e.start().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let s = store(&db).await;
+    let s = super::open_store(&db).await;
     let all = journaled(&s, "devices").await;
     assert_eq!(all.len(), 6, "each reading journaled once");
     assert!(all.iter().all(|m| m.state == State::Done));
@@ -73,12 +67,8 @@ async fn sigkill_mid_stream_loses_no_reading_and_duplicates_no_effect() {
     e.start().await;
     let t = format!("{topic}/gw/vitals");
     // The first reading makes sure the subscription exists before the stream.
-    publish(&t, &readings("BP-3001", 0, 1)[0]);
-    wait_for("the first reading", Duration::from_secs(30), || async {
-        (e.observations(&person).await.len() == 2).then_some(())
-    })
-    .await;
-    let s = store(&db).await;
+    super::prime(&e, &t, &readings("BP-3001", 0, 1)[0], &person, 2).await;
+    let s = super::open_store(&db).await;
     // One publisher process for the stream (-l: one message per line of stdin).
     let mut lines = readings("BP-3001", 1, N - 1).join("\n");
     lines.push('\n');

@@ -7,7 +7,7 @@ use std::time::Duration;
 use huizhen_core::message::State;
 
 use super::{Engine, bp, broker_ready, publish, unique};
-use crate::support::{Backend, fresh_db, journaled, store, wait_for};
+use crate::support::{Backend, fresh_db, journaled, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_pub_reading_becomes_an_observation_and_high_bp_an_alert() {
@@ -22,17 +22,12 @@ async fn mosquitto_pub_reading_becomes_an_observation_and_high_bp_an_alert() {
     let other = e.patient_with_device("MR-1002", "BP-0002", "2026-01-01T00:00:00+08:00");
     assert_ne!(person, other);
     e.start().await;
-    let s = store(&db).await;
+    let s = super::open_store(&db).await;
     // The subscription is in place once a first reading went through.
-    publish(
-        &format!("{topic}/gw-1/vitals"),
-        &bp("BP-0001", "2026-03-01T08:00:00+08:00", 128, 82, 70),
-    );
-    let first = wait_for("the first reading's Observations", Duration::from_secs(30), || async {
-        let o = e.observations(&person).await;
-        (o.len() == 2).then_some(o)
-    })
-    .await;
+    let topic1 = format!("{topic}/gw-1/vitals");
+    super::prime(&e, &topic1, &bp("BP-0001", "2026-03-01T08:00:00+08:00", 128, 82, 70), &person, 2).await;
+    let first = e.observations(&person).await;
+    assert_eq!(first.len(), 2);
     let panel = first
         .iter()
         .find(|o| o["code"]["coding"][0]["code"] == "85354-9")
