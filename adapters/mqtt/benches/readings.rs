@@ -92,7 +92,11 @@ async fn baseline(n: usize, tag: &str) -> Res<f64> {
     let publisher = tokio::spawn({
         let topic = topic.clone();
         let tag = tag.to_owned();
-        async move { publish_all(&topic, n, &tag).await.map_err(|e| e.to_string()) }
+        async move {
+            publish_all(&topic, n, &tag)
+                .await
+                .map_err(|e| e.to_string())
+        }
     });
     let mut got = 0;
     while got < n {

@@ -120,7 +120,9 @@ pub fn parse_url(url: &str) -> Result<Address, String> {
         return Err("url: put the credentials in `username` and `password`, not in the URL".into());
     }
     if rest.contains('/') || rest.contains('?') {
-        return Err(format!("url: {url:?} has a path; an MQTT URL is scheme://host:port"));
+        return Err(format!(
+            "url: {url:?} has a path; an MQTT URL is scheme://host:port"
+        ));
     }
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
@@ -147,7 +149,9 @@ impl BrokerConfig {
     pub fn check(&self) -> Result<Address, String> {
         let a = parse_url(&self.url)?;
         if self.client_id.trim().is_empty() {
-            return Err("client_id: must not be empty (a persistent session is bound to it)".into());
+            return Err(
+                "client_id: must not be empty (a persistent session is bound to it)".into(),
+            );
         }
         if self.client_id.len() > 23 && self.protocol == Protocol::V311 {
             // 3.1.1 §3.1.3.1: brokers MUST accept 1–23 characters; longer ones MAY be refused.
@@ -202,7 +206,9 @@ enum AckToken {
 /// What the event loop reports to its owner.
 pub enum Event {
     /// The broker accepted the connection; `session_present` says whether it kept our session.
-    Connected { session_present: bool },
+    Connected {
+        session_present: bool,
+    },
     Publish(Incoming),
     /// The broker acked one of our publishes (PUBACK for QoS 1, PUBCOMP for QoS 2).
     Acked(u16),
@@ -433,12 +439,10 @@ impl EventLoop {
                     }
                     E::Incoming(Packet::PubComp(a)) => Ok(Event::Acked(a.pkid)),
                     E::Incoming(Packet::SubAck(s)) => {
-                        if s.return_codes.iter().any(|c| {
-                            !matches!(
-                                c,
-                                p5::SubscribeReasonCode::Success(_)
-                            )
-                        }) {
+                        if s.return_codes
+                            .iter()
+                            .any(|c| !matches!(c, p5::SubscribeReasonCode::Success(_)))
+                        {
                             return Err(format!(
                                 "the broker refused a subscription: {:?}",
                                 s.return_codes
@@ -505,12 +509,20 @@ mod tests {
     fn urls() {
         assert_eq!(
             parse_url("mqtt://127.0.0.1:1883").unwrap(),
-            Address { host: "127.0.0.1".into(), port: 1883, tls: false }
+            Address {
+                host: "127.0.0.1".into(),
+                port: 1883,
+                tls: false
+            }
         );
         assert_eq!(parse_url("mqtts://broker.example").unwrap().port, 8883);
         assert_eq!(parse_url("mqtt://h").unwrap().port, 1883);
         assert_eq!(parse_url("mqtt://[::1]:1884").unwrap().host, "::1");
-        assert!(parse_url("http://h").unwrap_err().contains("not an MQTT URL"));
+        assert!(
+            parse_url("http://h")
+                .unwrap_err()
+                .contains("not an MQTT URL")
+        );
         assert!(parse_url("mqtt://u:p@h").unwrap_err().contains("username"));
         assert!(parse_url("mqtt://h:x").unwrap_err().contains("port"));
         assert!(parse_url("mqtt://h/a").unwrap_err().contains("path"));

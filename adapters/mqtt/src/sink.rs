@@ -165,10 +165,7 @@ impl Sink for MqttSink {
                 (None, Some(h)) => {
                     let t = work.headers.get(h).cloned().unwrap_or_default();
                     crate::check_topic(&t).map_err(|e| {
-                        StepError::permanent(format!(
-                            "{}: header {h:?}: {e}",
-                            self.name
-                        ))
+                        StepError::permanent(format!("{}: header {h:?}: {e}", self.name))
                     })?;
                     t
                 }
@@ -246,9 +243,17 @@ async fn publisher(cfg: MqttSinkConfig, qos: Qos, mut rx: mpsc::Receiver<Request
         let Some((client, events)) = conn.as_mut() else {
             continue;
         };
-        let r = tokio::time::timeout(cfg.ack_timeout, publish_one(client, events, qos, &cfg, &req))
-            .await
-            .unwrap_or_else(|_| Err(format!("no ack from the broker within {:?}", cfg.ack_timeout)));
+        let r = tokio::time::timeout(
+            cfg.ack_timeout,
+            publish_one(client, events, qos, &cfg, &req),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "no ack from the broker within {:?}",
+                cfg.ack_timeout
+            ))
+        });
         if r.is_err() {
             // A fresh connection for the retry: the lost ack's state goes with the old one.
             conn = None;
@@ -270,7 +275,10 @@ async fn open(cfg: &MqttSinkConfig) -> Result<(Client, EventLoop), String> {
     match connected {
         Ok(Ok(())) => Ok((client, events)),
         Ok(Err(e)) => Err(format!("cannot connect to {}: {e}", cfg.url)),
-        Err(_) => Err(format!("cannot connect to {} within {:?}", cfg.url, cfg.ack_timeout)),
+        Err(_) => Err(format!(
+            "cannot connect to {} within {:?}",
+            cfg.url, cfg.ack_timeout
+        )),
     }
 }
 

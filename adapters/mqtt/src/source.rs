@@ -169,11 +169,7 @@ struct MqttSource {
 
 impl Source for MqttSource {
     fn describe(&self) -> String {
-        format!(
-            "mqtt {} {}",
-            self.config.url,
-            self.config.topics.join(" ")
-        )
+        format!("mqtt {} {}", self.config.url, self.config.topics.join(" "))
     }
 
     fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), String>> {
@@ -212,13 +208,8 @@ async fn session(
     pipeline: &PipelineHandle,
     shutdown: &CancellationToken,
 ) -> Result<(), String> {
-    let (client, mut events) = crate::connect(
-        &cfg.broker(),
-        true,
-        cfg.session_expiry,
-        true,
-        cfg.inflight,
-    )?;
+    let (client, mut events) =
+        crate::connect(&cfg.broker(), true, cfg.session_expiry, true, cfg.inflight)?;
     // The acker: acks in the order the broker sent, each once its reading is committed. It
     // ends when this connection does; what it had not acked the broker sends again.
     let (tx, rx) = mpsc::unbounded_channel::<Pending>();
@@ -349,7 +340,13 @@ fn to_message(cfg: &MqttSourceConfig, pipeline: &PipelineHandle, m: &Incoming) -
     for (k, v) in &m.user_properties {
         let name: String = k
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
             .collect();
         if k == "traceparent"
             && let Some(t) = v.split('-').nth(1)
@@ -358,12 +355,7 @@ fn to_message(cfg: &MqttSourceConfig, pipeline: &PipelineHandle, m: &Incoming) -
         }
         n.headers.insert(format!("mqtt-up-{name}"), v.clone());
     }
-    n.dedup_key = dedup_key(
-        cfg.dedup,
-        &m.topic,
-        &m.payload,
-        m.correlation.as_deref(),
-    );
+    n.dedup_key = dedup_key(cfg.dedup, &m.topic, &m.payload, m.correlation.as_deref());
     n
 }
 

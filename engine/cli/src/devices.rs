@@ -112,7 +112,9 @@ pub async fn run(store: &Store, cmd: DevicesCommand) -> Result<ExitCode> {
             {
                 Ok(ExitCode::SUCCESS)
             } else {
-                eprintln!("error: device {device} has no open binding in facility {facility} before that time");
+                eprintln!(
+                    "error: device {device} has no open binding in facility {facility} before that time"
+                );
                 Ok(ExitCode::FAILURE)
             }
         }

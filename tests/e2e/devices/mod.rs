@@ -39,15 +39,15 @@ pub(crate) fn broker_ready() -> bool {
         Duration::from_secs(2),
     )
     .is_ok();
-    let tool = Command::new("mosquitto_pub")
-        .arg("--help")
-        .output()
-        .is_ok();
+    let tool = Command::new("mosquitto_pub").arg("--help").output().is_ok();
     if up && tool {
         return true;
     }
     let why = format!("MQTT broker up: {up}, mosquitto_pub found: {tool}");
-    assert!(!under_ci(), "the device tests need Mosquitto under CI: {why}");
+    assert!(
+        !under_ci(),
+        "the device tests need Mosquitto under CI: {why}"
+    );
     eprintln!("skipping: {why}");
     false
 }
@@ -174,8 +174,24 @@ impl Engine {
             "identifier": [{"type": {"coding": [{"code": "MR"}]}, "value": local_id}],
             "name": [{"family": "王", "given": ["芳"]}], "birthDate": "1956-04-02", "gender": "female"});
         std::fs::write(&file, p.to_string()).unwrap();
-        self.cli(&["patients", "import", "--facility", FACILITY, file.to_str().unwrap()]);
-        self.cli(&["devices", "bind", device, "--facility", FACILITY, "--patient", local_id, "--from", from]);
+        self.cli(&[
+            "patients",
+            "import",
+            "--facility",
+            FACILITY,
+            file.to_str().unwrap(),
+        ]);
+        self.cli(&[
+            "devices",
+            "bind",
+            device,
+            "--facility",
+            FACILITY,
+            "--patient",
+            local_id,
+            "--from",
+            from,
+        ]);
         let links = self.cli(&["patients", "links"]);
         let person = links
             .lines()
@@ -253,11 +269,12 @@ impl Drop for Engine {
 
 /// The test's own store on the engine's database, with its key file (to read bodies).
 pub(crate) async fn open_store(db: &TestDb) -> huizhen_core::store::Store {
-    let keyring = huizhen_core::crypto::Keyring::from_config(&huizhen_core::crypto::EncryptionConfig {
-        keys_file: db.dir.path().join("keys"),
-        ..Default::default()
-    })
-    .unwrap();
+    let keyring =
+        huizhen_core::crypto::Keyring::from_config(&huizhen_core::crypto::EncryptionConfig {
+            keys_file: db.dir.path().join("keys"),
+            ..Default::default()
+        })
+        .unwrap();
     crate::support::store(db).await.with_keyring(keyring)
 }
 

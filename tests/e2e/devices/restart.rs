@@ -14,8 +14,19 @@ use crate::support::{Backend, fresh_db, journaled, wait_for};
 fn readings(device: &str, from: usize, n: usize) -> Vec<String> {
     (from..from + n)
         .map(|i| {
-            let at = format!("2026-04-0{}T{:02}:{:02}:00+08:00", 1 + i / 1440, (i / 60) % 24, i % 60);
-            bp(device, &at, 110 + (i % 40) as u32, 70 + (i % 20) as u32, 60 + (i % 30) as u32)
+            let at = format!(
+                "2026-04-0{}T{:02}:{:02}:00+08:00",
+                1 + i / 1440,
+                (i / 60) % 24,
+                i % 60
+            );
+            bp(
+                device,
+                &at,
+                110 + (i % 40) as u32,
+                70 + (i % 20) as u32,
+                60 + (i % 30) as u32,
+            )
         })
         .collect()
 }
@@ -38,9 +49,11 @@ async fn readings_sent_while_stopped_arrive_once_after_restart() {
         publish(&t, &r);
     }
     e.start().await;
-    wait_for("the readings sent while stopped", Duration::from_secs(60), || async {
-        (e.observations(&person).await.len() == 12).then_some(())
-    })
+    wait_for(
+        "the readings sent while stopped",
+        Duration::from_secs(60),
+        || async { (e.observations(&person).await.len() == 12).then_some(()) },
+    )
     .await;
     // Started again: nothing is delivered a second time.
     e.stop();
@@ -85,9 +98,11 @@ async fn sigkill_mid_stream_loses_no_reading_and_duplicates_no_effect() {
         .spawn()
         .unwrap();
     // Kill the engine once part of the stream is journaled.
-    wait_for("some of the stream journaled", Duration::from_secs(60), || async {
-        (journaled(&s, "devices").await.len() > N / 5).then_some(())
-    })
+    wait_for(
+        "some of the stream journaled",
+        Duration::from_secs(60),
+        || async { (journaled(&s, "devices").await.len() > N / 5).then_some(()) },
+    )
     .await;
     e.kill();
     let out = publisher.wait_with_output().unwrap();

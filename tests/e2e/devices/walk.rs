@@ -25,7 +25,14 @@ async fn mosquitto_pub_reading_becomes_an_observation_and_high_bp_an_alert() {
     let s = super::open_store(&db).await;
     // The subscription is in place once a first reading went through.
     let topic1 = format!("{topic}/gw-1/vitals");
-    super::prime(&e, &topic1, &bp("BP-0001", "2026-03-01T08:00:00+08:00", 128, 82, 70), &person, 2).await;
+    super::prime(
+        &e,
+        &topic1,
+        &bp("BP-0001", "2026-03-01T08:00:00+08:00", 128, 82, 70),
+        &person,
+        2,
+    )
+    .await;
     let first = e.observations(&person).await;
     assert_eq!(first.len(), 2);
     let panel = first
@@ -44,7 +51,11 @@ async fn mosquitto_pub_reading_becomes_an_observation_and_high_bp_an_alert() {
         .find(|o| o["code"]["coding"][0]["code"] == "8867-4")
         .expect("the heart rate");
     assert_eq!(hr["valueQuantity"]["code"], "/min");
-    assert_eq!(journaled(&s, "device-alerts").await.len(), 0, "128/82 raises no alert");
+    assert_eq!(
+        journaled(&s, "device-alerts").await.len(),
+        0,
+        "128/82 raises no alert"
+    );
 
     // High blood pressure: an alert message in device-alerts, the Observation stored as well.
     publish(
@@ -62,11 +73,17 @@ async fn mosquitto_pub_reading_becomes_an_observation_and_high_bp_an_alert() {
     assert_eq!(alert["alerts"][0]["name"], "bp-high");
     assert_eq!(alert["patient"]["person"], person);
     assert_eq!(alert["values"]["systolic"], 172.0);
-    wait_for("the high reading's Observations", Duration::from_secs(30), || async {
-        (e.observations(&person).await.len() == 4).then_some(())
-    })
+    wait_for(
+        "the high reading's Observations",
+        Duration::from_secs(30),
+        || async { (e.observations(&person).await.len() == 4).then_some(()) },
+    )
     .await;
-    assert_eq!(e.observations(&other).await.len(), 0, "nothing under the other patient");
+    assert_eq!(
+        e.observations(&other).await.len(),
+        0,
+        "nothing under the other patient"
+    );
 
     // The same reading again (a gateway resend): no second Observation, no second alert.
     publish(
@@ -97,14 +114,27 @@ async fn mosquitto_pub_reading_becomes_an_observation_and_high_bp_an_alert() {
         .iter()
         .map(|m| m.last_error.clone().unwrap_or_default())
         .collect();
-    assert!(reasons.iter().any(|r| r.contains("not JSON")), "{reasons:?}");
     assert!(
-        reasons.iter().any(|r| r.contains("systolic") && r.contains("plausible") && !r.contains("900")),
+        reasons.iter().any(|r| r.contains("not JSON")),
         "{reasons:?}"
     );
-    assert!(reasons.iter().any(|r| r.contains("bound to no patient")), "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("systolic") && r.contains("plausible") && !r.contains("900")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("bound to no patient")),
+        "{reasons:?}"
+    );
     let all = journaled(&s, "devices").await;
-    assert_eq!(all.len(), 5, "the resend was taken as a duplicate: {}", all.len());
+    assert_eq!(
+        all.len(),
+        5,
+        "the resend was taken as a duplicate: {}",
+        all.len()
+    );
     assert_eq!(e.observations(&person).await.len(), 4);
     assert_eq!(journaled(&s, "device-alerts").await.len(), 1);
     e.stop();

@@ -133,14 +133,23 @@ impl StepConfig for DeviceReadingConfig {
         }
         if let Some(to) = &self.alert_to {
             if to == &ctx.pipeline {
-                return Err("device_reading: alert_to would loop back into the same pipeline".into());
+                return Err(
+                    "device_reading: alert_to would loop back into the same pipeline".into(),
+                );
             }
             if self.thresholds.is_empty() {
                 return Err("device_reading: alert_to without thresholds raises nothing".into());
             }
         }
-        if self.facility.as_deref().is_some_and(|f| f.trim().is_empty()) {
-            return Err("device_reading: facility must not be empty (leave it out to use the pipeline's)".into());
+        if self
+            .facility
+            .as_deref()
+            .is_some_and(|f| f.trim().is_empty())
+        {
+            return Err(
+                "device_reading: facility must not be empty (leave it out to use the pipeline's)"
+                    .into(),
+            );
         }
         Ok(Arc::new(DeviceReading {
             mapping,
@@ -186,9 +195,10 @@ impl Step for DeviceReading {
                 ))
             })?;
             let now = chrono::Utc::now().fixed_offset();
-            let reading = self.mapping.read(&json, now).map_err(|e| {
-                StepError::permanent(format!("message {id}: device_reading: {e}"))
-            })?;
+            let reading = self
+                .mapping
+                .read(&json, now)
+                .map_err(|e| StepError::permanent(format!("message {id}: device_reading: {e}")))?;
             let store = self.extensions.get::<Store>().ok_or_else(|| {
                 StepError::permanent("device_reading: no store (the step runs inside an engine)")
             })?;
@@ -221,7 +231,8 @@ impl Step for DeviceReading {
                 })?;
             let person = identity.person_id;
             let rec = record(&reading, &binding.facility, &binding.local_id, person);
-            work.headers.insert("device-id".into(), reading.device.clone());
+            work.headers
+                .insert("device-id".into(), reading.device.clone());
             work.headers.insert("person-id".into(), person.to_string());
             work.headers
                 .insert("measured-at".into(), reading.measured_at.to_rfc3339());
@@ -235,7 +246,9 @@ impl Step for DeviceReading {
                     Ok(cel::Value::Bool(true)) => fired.push(t),
                     Ok(_) => {}
                     // A rule that reads a value this reading lacks (no such key) is not met.
-                    Err(e) if e.message.contains("No such key") || e.message.contains("no such key") => {}
+                    Err(e)
+                        if e.message.contains("No such key")
+                            || e.message.contains("no such key") => {}
                     Err(e) => {
                         work.kind = kind;
                         return Err(StepError::permanent(format!(
@@ -251,14 +264,18 @@ impl Step for DeviceReading {
                 work.headers.insert("vital-alerts".into(), names.join(","));
                 if let Some(to) = &self.config.alert_to {
                     let target = self.router.get(to).ok_or_else(|| {
-                        StepError::new(format!("device_reading: alert pipeline {to:?} is not running"))
+                        StepError::new(format!(
+                            "device_reading: alert pipeline {to:?} is not running"
+                        ))
                     })?;
                     let mut alert = rec.clone();
                     alert["record"] = json!("vital_alert");
-                    alert["alerts"] = json!(fired
-                        .iter()
-                        .map(|t| json!({ "name": t.name, "severity": t.severity }))
-                        .collect::<Vec<_>>());
+                    alert["alerts"] = json!(
+                        fired
+                            .iter()
+                            .map(|t| json!({ "name": t.name, "severity": t.severity }))
+                            .collect::<Vec<_>>()
+                    );
                     alert["message"] = json!(work.id);
                     let mut m = NewMessage::new(
                         to,
@@ -274,8 +291,10 @@ impl Step for DeviceReading {
                     let accepted = target.submit(m).await.map_err(|e| {
                         StepError::new(format!("device_reading: alert to {to:?}: {e}"))
                     })?;
-                    work.headers
-                        .insert("vital-alert-message".into(), format!("{to}:{}", accepted.id));
+                    work.headers.insert(
+                        "vital-alert-message".into(),
+                        format!("{to}:{}", accepted.id),
+                    );
                 }
             }
             match self.config.output {

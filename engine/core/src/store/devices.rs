@@ -37,7 +37,10 @@ fn row(r: &sqlx::any::AnyRow) -> Result<BindingRow> {
             device: get("device")?,
             facility: get("facility")?,
             local_id: get("local_id")?,
-            valid_from: time(r.try_get("valid_from").map_err(q("decode device binding"))?)?,
+            valid_from: time(
+                r.try_get("valid_from")
+                    .map_err(q("decode device binding"))?,
+            )?,
             valid_to: to.map(time).transpose()?,
         },
         created_by: get("created_by")?,
@@ -138,7 +141,12 @@ impl Store {
 
     /// Ends the open binding of `device` at `at` (the device was handed back). Returns whether
     /// there was one open at that time.
-    pub async fn device_unbind(&self, facility: &str, device: &str, at: DateTime<Utc>) -> Result<bool> {
+    pub async fn device_unbind(
+        &self,
+        facility: &str,
+        device: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
         let mut s = Sql::new("UPDATE device_bindings SET valid_to = ".into());
         s.bind(ms(at));
         s.push(" WHERE facility = ");

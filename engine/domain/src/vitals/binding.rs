@@ -28,16 +28,23 @@ impl DeviceBinding {
 pub enum BindingError {
     #[error("device is bound to no patient")]
     Unbound,
-    #[error("device is bound to no patient at the measurement time ({0} binding(s) at other times)")]
+    #[error(
+        "device is bound to no patient at the measurement time ({0} binding(s) at other times)"
+    )]
     NotAtThatTime(usize),
-    #[error("device has {0} bindings at the measurement time; a reading is filed under one patient only")]
+    #[error(
+        "device has {0} bindings at the measurement time; a reading is filed under one patient only"
+    )]
     Ambiguous(usize),
     #[error("valid_to is not after valid_from")]
     EmptyPeriod,
 }
 
 /// The binding of the device at `at`, among the device's bindings.
-pub fn binding_at(bindings: &[DeviceBinding], at: DateTime<Utc>) -> Result<&DeviceBinding, BindingError> {
+pub fn binding_at(
+    bindings: &[DeviceBinding],
+    at: DateTime<Utc>,
+) -> Result<&DeviceBinding, BindingError> {
     if bindings.is_empty() {
         return Err(BindingError::Unbound);
     }
@@ -92,13 +99,26 @@ mod tests {
             b("A", "2026-01-01T00:00:00Z", Some("2026-06-01T00:00:00Z")),
             b("B", "2026-06-01T00:00:00Z", None),
         ];
-        assert_eq!(binding_at(&all, t("2026-05-31T23:59:59Z")).unwrap().local_id, "A");
-        assert_eq!(binding_at(&all, t("2026-06-01T00:00:00Z")).unwrap().local_id, "B");
+        assert_eq!(
+            binding_at(&all, t("2026-05-31T23:59:59Z"))
+                .unwrap()
+                .local_id,
+            "A"
+        );
+        assert_eq!(
+            binding_at(&all, t("2026-06-01T00:00:00Z"))
+                .unwrap()
+                .local_id,
+            "B"
+        );
         assert_eq!(
             binding_at(&all, t("2025-12-31T00:00:00Z")).unwrap_err(),
             BindingError::NotAtThatTime(2)
         );
-        assert_eq!(binding_at(&[], t("2026-01-01T00:00:00Z")).unwrap_err(), BindingError::Unbound);
+        assert_eq!(
+            binding_at(&[], t("2026-01-01T00:00:00Z")).unwrap_err(),
+            BindingError::Unbound
+        );
     }
 
     #[test]
@@ -106,7 +126,19 @@ mod tests {
         let all = [b("A", "2026-01-01T00:00:00Z", Some("2026-06-01T00:00:00Z"))];
         check_new(&all, &b("B", "2026-06-01T00:00:00Z", None)).unwrap();
         assert!(check_new(&all, &b("B", "2026-05-01T00:00:00Z", None)).is_err());
-        assert!(check_new(&all, &b("B", "2025-05-01T00:00:00Z", Some("2026-01-02T00:00:00Z"))).is_err());
-        assert!(check_new(&[], &b("B", "2026-05-01T00:00:00Z", Some("2026-05-01T00:00:00Z"))).is_err());
+        assert!(
+            check_new(
+                &all,
+                &b("B", "2025-05-01T00:00:00Z", Some("2026-01-02T00:00:00Z"))
+            )
+            .is_err()
+        );
+        assert!(
+            check_new(
+                &[],
+                &b("B", "2026-05-01T00:00:00Z", Some("2026-05-01T00:00:00Z"))
+            )
+            .is_err()
+        );
     }
 }

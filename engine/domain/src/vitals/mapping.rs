@@ -109,7 +109,10 @@ impl FieldMap {
         self.zone()?;
         for (k, path) in [("device", &self.device), ("time", &self.time)] {
             if path.trim().is_empty() {
-                return Err(ReadingError::new(format!("mapping.{k}"), "must not be empty"));
+                return Err(ReadingError::new(
+                    format!("mapping.{k}"),
+                    "must not be empty",
+                ));
             }
         }
         if let Some(values) = &self.values {
@@ -180,7 +183,10 @@ impl FieldMap {
             Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_owned(),
             Some(Value::Number(n)) => n.to_string(),
             Some(_) => {
-                return Err(ReadingError::new(&self.device, "the device id is not a string"));
+                return Err(ReadingError::new(
+                    &self.device,
+                    "the device id is not a string",
+                ));
             }
             None => return Err(ReadingError::new(&self.device, "the device id is missing")),
         };
@@ -220,7 +226,8 @@ impl FieldMap {
                 },
                 (None, None) => String::new(),
             };
-            let q = convert(&name, number, &unit).map_err(|e| ReadingError::new(&f.path, e.what))?;
+            let q =
+                convert(&name, number, &unit).map_err(|e| ReadingError::new(&f.path, e.what))?;
             plausible(&name, &q).map_err(|e| ReadingError::new(&f.path, e.what))?;
             values.insert(name, q);
         }
@@ -240,10 +247,16 @@ impl FieldMap {
             }
             (None, None) => {}
             (Some(_), None) => {
-                return Err(ReadingError::new("diastolic", "missing beside the systolic"));
+                return Err(ReadingError::new(
+                    "diastolic",
+                    "missing beside the systolic",
+                ));
             }
             (None, Some(_)) => {
-                return Err(ReadingError::new("systolic", "missing beside the diastolic"));
+                return Err(ReadingError::new(
+                    "systolic",
+                    "missing beside the diastolic",
+                ));
             }
         }
         if let Some(rate) = values.remove("heart_rate") {
@@ -282,17 +295,33 @@ fn read_ecg(v: &Value, path: &str) -> Result<Measurement, ReadingError> {
         .get("period_ms")
         .and_then(Value::as_f64)
         .filter(|p| p.is_finite() && *p > 0.0)
-        .ok_or_else(|| ReadingError::new(format!("{path}.period_ms"), "missing or not a positive number"))?;
+        .ok_or_else(|| {
+            ReadingError::new(
+                format!("{path}.period_ms"),
+                "missing or not a positive number",
+            )
+        })?;
     let leads_v = v
         .get("leads")
         .and_then(Value::as_object)
         .filter(|l| !l.is_empty())
-        .ok_or_else(|| ReadingError::new(format!("{path}.leads"), "missing or empty (an object of lead → samples)"))?;
+        .ok_or_else(|| {
+            ReadingError::new(
+                format!("{path}.leads"),
+                "missing or empty (an object of lead → samples)",
+            )
+        })?;
     let mut leads = Vec::new();
     for (name, samples) in leads_v {
-        let arr = samples.as_array().filter(|a| !a.is_empty()).ok_or_else(|| {
-            ReadingError::new(format!("{path}.leads.{name}"), "not a non-empty array of samples")
-        })?;
+        let arr = samples
+            .as_array()
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| {
+                ReadingError::new(
+                    format!("{path}.leads.{name}"),
+                    "not a non-empty array of samples",
+                )
+            })?;
         let samples_uv = arr
             .iter()
             .map(|s| s.as_f64().filter(|x| x.is_finite()))
@@ -330,7 +359,12 @@ fn parse_time(v: &Value, zone: FixedOffset) -> Result<DateTime<FixedOffset>, &'s
             if let Ok(t) = DateTime::parse_from_rfc3339(s) {
                 return Ok(t);
             }
-            for f in ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S%.f", "%Y%m%d%H%M%S"] {
+            for f in [
+                "%Y-%m-%d %H:%M:%S",
+                "%Y-%m-%dT%H:%M:%S",
+                "%Y-%m-%d %H:%M:%S%.f",
+                "%Y%m%d%H%M%S",
+            ] {
                 if let Ok(n) = NaiveDateTime::parse_from_str(s, f) {
                     return zone
                         .from_local_datetime(&n)
@@ -343,8 +377,12 @@ fn parse_time(v: &Value, zone: FixedOffset) -> Result<DateTime<FixedOffset>, &'s
         Value::Number(n) => {
             let x = n.as_i64().ok_or("an epoch time must be a whole number")?;
             // Epoch seconds until the year 5138; larger numbers are milliseconds.
-            let ms = if x.abs() < 100_000_000_000 { x.checked_mul(1000) } else { Some(x) }
-                .ok_or("out of range")?;
+            let ms = if x.abs() < 100_000_000_000 {
+                x.checked_mul(1000)
+            } else {
+                Some(x)
+            }
+            .ok_or("out of range")?;
             let utc = DateTime::from_timestamp_millis(ms).ok_or("out of range")?;
             Ok(utc.fixed_offset())
         }

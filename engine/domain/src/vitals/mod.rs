@@ -268,11 +268,7 @@ impl ReadingError {
 }
 
 /// Units a gateway may send, per value, with the factor to the canonical unit.
-pub(crate) fn convert(
-    value_name: &str,
-    value: f64,
-    unit: &str,
-) -> Result<Quantity, ReadingError> {
+pub(crate) fn convert(value_name: &str, value: f64, unit: &str) -> Result<Quantity, ReadingError> {
     let bad_unit = |accepted: &str| {
         ReadingError::new(
             value_name,
