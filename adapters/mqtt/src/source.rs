@@ -249,7 +249,7 @@ async fn session(
                 if m.qos == Qos::AtMostOnce {
                     continue;
                 }
-                if tx.send((task, m)).is_err() {
+                if tx.send((task, *m)).is_err() {
                     return Err("the acker stopped".into());
                 }
             }
