@@ -20,8 +20,10 @@ use huizhen_dicom as _;
 use huizhen_fhir as _;
 use huizhen_hl7 as _;
 use huizhen_insurer as _;
+use huizhen_mqtt as _;
 
 mod billing;
+mod devices;
 mod dicom;
 mod experts;
 mod export;
@@ -89,6 +91,9 @@ enum Command {
     /// The patient identity index: import FHIR Patients, print links and candidate pairs.
     #[command(subcommand)]
     Patients(patients::PatientsCommand),
+    /// Device → patient bindings (which patient a device measures for, and when).
+    #[command(subcommand)]
+    Devices(devices::DevicesCommand),
     /// The expert registry: import from YAML or CSV (upsert by id), list.
     #[command(subcommand)]
     Experts(experts::ExpertsCommand),
@@ -254,6 +259,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let store = open_store(cli.config.as_deref(), cli.database_url).await?;
             store.migrate().await?;
             patients::run(&store, cmd).await
+        }
+        Command::Devices(cmd) => {
+            let store = open_store(cli.config.as_deref(), cli.database_url).await?;
+            store.migrate().await?;
+            devices::run(&store, cmd).await
         }
         Command::Experts(cmd) => {
             let store = open_store(cli.config.as_deref(), cli.database_url).await?;

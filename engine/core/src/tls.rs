@@ -208,6 +208,24 @@ impl ClientTlsConfig {
     /// Reads the files and builds the client for destination `to` (`HOST:PORT`). Errors name
     /// the key (`tls.ca`, `tls.cert`, …) and quote the file, so `validate` can point at it.
     pub fn client(&self, to: &str) -> Result<ClientTls, String> {
+        let config = self.client_config()?;
+        let name = match &self.server_name {
+            Some(n) => ServerName::try_from(n.trim().to_owned()).map_err(|e| {
+                format!("tls.server_name: {n:?} is not a DNS name or IP address: {e}")
+            })?,
+            None => server_name(to).map_err(|e| format!("tls: {e} (set tls.server_name)"))?,
+        };
+        Ok(ClientTls {
+            connector: TlsConnector::from(config),
+            name,
+        })
+    }
+
+    /// The rustls client configuration alone (roots, client certificate; ring, TLS 1.2/1.3),
+    /// for a client library that runs the handshake itself (the `mqtt` adapter's rumqttc,
+    /// which checks the certificate against the broker's host name). `server_name` is not
+    /// part of it.
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
         let quoted = |p: &Path| format!("{:?}", p.display().to_string());
         let read_certs = |key: &str, p: &Path| {
             let certs = CertificateDer::pem_file_iter(p)
@@ -264,16 +282,7 @@ impl ClientTlsConfig {
             (Some(_), None) => return Err("tls.cert: needs tls.key beside it".into()),
             (None, Some(_)) => return Err("tls.key: needs tls.cert beside it".into()),
         };
-        let name = match &self.server_name {
-            Some(n) => ServerName::try_from(n.trim().to_owned()).map_err(|e| {
-                format!("tls.server_name: {n:?} is not a DNS name or IP address: {e}")
-            })?,
-            None => server_name(to).map_err(|e| format!("tls: {e} (set tls.server_name)"))?,
-        };
-        Ok(ClientTls {
-            connector: TlsConnector::from(Arc::new(config)),
-            name,
-        })
+        Ok(Arc::new(config))
     }
 }
 

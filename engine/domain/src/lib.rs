@@ -17,6 +17,7 @@ pub mod resident_id;
 pub mod signature;
 pub mod stats;
 pub mod urgency;
+pub mod vitals;
 
 pub use resident_id::check_resident_id;
 pub use urgency::Urgency;

@@ -12,6 +12,7 @@ use crate::runner::BuildContext;
 use crate::work::{Flow, StepError, Work};
 
 pub mod consultation_create;
+pub mod device_reading;
 mod filter;
 mod log;
 mod map;

@@ -15,6 +15,7 @@ pub mod care;
 pub mod cluster;
 pub mod consultations;
 mod cursors;
+pub mod devices;
 pub mod dicom;
 pub mod experts;
 mod feed;
@@ -590,6 +591,11 @@ impl Store {
                     "billing",
                     include_str!("migrations/sqlite/0018_billing.sql"),
                 ),
+                (
+                    22,
+                    "devices",
+                    include_str!("migrations/sqlite/0022_devices.sql"),
+                ),
             ],
             Backend::Postgres => &[
                 (
@@ -676,6 +682,11 @@ impl Store {
                     18,
                     "billing",
                     include_str!("migrations/postgres/0018_billing.sql"),
+                ),
+                (
+                    22,
+                    "devices",
+                    include_str!("migrations/postgres/0022_devices.sql"),
                 ),
             ],
         };
