@@ -29,6 +29,7 @@ mod fhir_client;
 mod fhir_mllp;
 mod hl7_consultation;
 mod http;
+mod media;
 mod mllp;
 mod patients;
 mod plugins;
@@ -47,3 +48,5 @@ use huizhen_dicom as _;
 use huizhen_fhir as _;
 use huizhen_hl7 as _;
 use huizhen_insurer as _;
+// The call's signaling (/ws/signal) and SFU.
+use huizhen_media as _;

@@ -20,6 +20,7 @@ use huizhen_dicom as _;
 use huizhen_fhir as _;
 use huizhen_hl7 as _;
 use huizhen_insurer as _;
+use huizhen_media as _;
 
 mod dicom;
 mod experts;

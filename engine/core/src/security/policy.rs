@@ -166,6 +166,9 @@ pub enum Action {
     Reconcile,
     /// Read reconciliation reports (platform staff).
     ReadReconciliation,
+    /// Get the room tokens of a consultation's call (RTC-04; the handler narrows an expert to
+    /// their own token).
+    IssueRoomTokens,
 }
 
 impl Action {
@@ -210,6 +213,7 @@ impl Action {
             Action::Settle => &[Admin, Integrator, LocalDoctor],
             Action::Reconcile => &[Admin, Integrator],
             Action::ReadReconciliation => &[Admin, Integrator, Auditor],
+            Action::IssueRoomTokens => &[Admin, Integrator, Expert, LocalDoctor],
         }
     }
 
@@ -249,6 +253,7 @@ impl Action {
             Action::Settle => "settlement.act",
             Action::Reconcile => "reconciliation.run",
             Action::ReadReconciliation => "reconciliation.read",
+            Action::IssueRoomTokens => "room.token.issue",
         }
     }
 }
@@ -492,6 +497,12 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
         "/api/billing/reconciliation/{day}",
         Action::ReadReconciliation,
     ),
+    // The consultation's call (http/consultations/room.rs).
+    (
+        "POST",
+        "/api/consultations/{id}/room/tokens",
+        Action::IssueRoomTokens,
+    ),
 ];
 
 /// Endpoints open to anyone (the FHIR CapabilityStatement is public, as SMART clients expect:
@@ -505,4 +516,8 @@ pub const PUBLIC: &[&str] = &[
     "/fhir/r4/metadata",
     "/fhir/r4",
     "/fhir/r4/{*rest}",
+    // The call's signaling and page (huizhen-media): authenticated by the room token each
+    // carries (RTC-04), not by a bearer token.
+    "/ws/signal",
+    "/call/{room}",
 ];
