@@ -63,12 +63,12 @@ pub(in crate::http) async fn issue_tokens(
     body: Bytes,
 ) -> Result<Response, WfError> {
     let wf = workflow(&s)?;
+    let stored = readable(&s, &wf, &caller, &id, "room.token.issue").await?;
     let request: TokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
         TokenRequest::default()
     } else {
         from_json(serde_json::Value::Object(body_object(&body)?))?
     };
-    let stored = readable(&s, &wf, &caller, &id, "room.token.issue").await?;
     let c = &stored.consultation;
     let facility = c.request().requesting_facility.clone();
     if !may_write(&caller, &stored) {
