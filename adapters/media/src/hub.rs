@@ -157,6 +157,7 @@ impl Hub {
         out
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn audit(
         &self,
         claims: Option<&RoomClaims>,

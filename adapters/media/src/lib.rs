@@ -12,6 +12,9 @@
 //! `huizhen_core::security::RoomTokens`) and the admission rules are the domain's
 //! (`huizhen_domain::consultation::room`).
 
+// Signaling errors are whole `ServerMsg`s, sent as they are; their size does not matter.
+#![allow(clippy::result_large_err)]
+
 pub mod hub;
 pub mod protocol;
 pub mod session;

@@ -81,7 +81,7 @@ impl Hub {
                     .map(|e| ServerMsg::error("bad-sdp", format!("answer for {pc}: {e}")))
             }
             ClientMsg::Candidate { pc, candidate } => {
-                let Some(c) = candidate else { return None };
+                let c = candidate?;
                 let peer = self.peer_of(room, session, &pc).await?;
                 let init = to_init(c);
                 peer.add_ice_candidate(init)
@@ -141,7 +141,6 @@ impl Hub {
         let offer = match peer
             .create_offer(Some(rtc::peer_connection::configuration::RTCOfferOptions {
                 ice_restart: true,
-                ..Default::default()
             }))
             .await
         {
