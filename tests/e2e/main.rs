@@ -30,6 +30,7 @@ mod fhir_client;
 mod fhir_mllp;
 mod hl7_consultation;
 mod http;
+mod media;
 mod mllp;
 mod patients;
 mod plugins;
@@ -49,3 +50,5 @@ use huizhen_fhir as _;
 use huizhen_hl7 as _;
 use huizhen_insurer as _;
 use huizhen_mqtt as _;
+// The call's signaling (/ws/signal) and SFU.
+use huizhen_media as _;

@@ -21,6 +21,7 @@ use huizhen_fhir as _;
 use huizhen_hl7 as _;
 use huizhen_insurer as _;
 use huizhen_mqtt as _;
+use huizhen_media as _;
 
 mod billing;
 mod devices;

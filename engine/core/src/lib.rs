@@ -15,6 +15,7 @@ pub mod expr;
 pub mod extensions;
 pub mod http;
 pub mod listener;
+pub mod media;
 pub mod message;
 pub mod patients;
 pub mod runner;

@@ -400,6 +400,13 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
             "/api/settlements/no-such/cancel",
             [GONE, GONE, NO, NO, GONE, NO, NO, NO],
         ),
+        // The call's room tokens (http/consultations/room.rs): nothing to issue for (404).
+        (
+            "POST",
+            "/api/consultations/{id}/room/tokens",
+            "/api/consultations/no-such-consultation/room/tokens",
+            [GONE, GONE, NO, GONE, GONE, NO, NO, NO],
+        ),
         // The reconciliation covers every facility: platform tokens only; nothing stored.
         (
             "POST",

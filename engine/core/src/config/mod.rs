@@ -83,6 +83,9 @@ pub struct RootConfig {
     /// Billing and insurance settlement (see `crate::billing`); none: no billing.
     #[serde(default)]
     pub billing: Option<crate::billing::BillingConfig>,
+    /// The consultation call: room tokens, the SFU, STUN/TURN (see `crate::media`).
+    #[serde(default)]
+    pub media: crate::media::MediaConfig,
 }
 
 fn default_work_queue() -> String {
@@ -103,6 +106,7 @@ impl Default for RootConfig {
             cluster: crate::cluster::ClusterConfig::default(),
             workflow: crate::workflow::WorkflowConfig::default(),
             billing: None,
+            media: crate::media::MediaConfig::default(),
         }
     }
 }

@@ -234,11 +234,17 @@ fn consultation_routes() -> Router<AppState> {
         .route("/api/consultations/events", get(events))
         .route("/api/consultations/{id}", get(get_one))
         .route("/api/consultations/{id}/{action}", post(act))
+        .route("/api/consultations/{id}/room/tokens", post(issue_tokens))
 }
 
 /// Builds the router. Every route but the public ones goes through [`guard`].
 pub fn router(state: AppState, cfg: &HttpConfig, security: Arc<Security>) -> Router {
     let timeout = cfg.request_timeout;
+    // Room tokens (RTC-04): issued by the consultation API, verified by the signaling of
+    // `huizhen-media`, both through the engine's extensions.
+    let _ = state
+        .extensions
+        .get_or_try_init(|| Ok::<_, std::convert::Infallible>(security.room_tokens().clone()));
     let mut app = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))

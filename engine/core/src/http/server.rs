@@ -76,14 +76,16 @@ pub async fn serve(
         let tls = tls.clone();
         let stats = stats.clone();
         let watcher = graceful.watcher();
+        let stop = shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
             match tls {
-                None => serve_one(tcp, peer, app, header_timeout, watcher, "http").await,
+                None => serve_one(tcp, peer, app, header_timeout, (watcher, stop), "http").await,
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
-                            serve_one(stream, peer, app, header_timeout, watcher, "https").await
+                            serve_one(stream, peer, app, header_timeout, (watcher, stop), "https")
+                                .await
                         }
                         Ok(Err(e)) => {
                             stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
@@ -113,7 +115,7 @@ async fn serve_one<S>(
     peer: SocketAddr,
     app: Router,
     header_timeout: Duration,
-    watcher: hyper_util::server::graceful::Watcher,
+    (watcher, stop): (hyper_util::server::graceful::Watcher, CancellationToken),
     scheme: &'static str,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -129,8 +131,22 @@ async fn serve_one<S>(
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
-    if let Err(e) = watcher.watch(conn).await {
+    // With upgrades: the call's signaling is a WebSocket (`/ws/signal`, huizhen-media). The
+    // graceful watcher takes no upgradeable connection, so the shutdown is told to it here; the
+    // watcher, held until the connection ends, still makes the server wait for it.
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    drop(watcher);
+    if let Err(e) = ended {
         tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
     }
 }

@@ -175,6 +175,10 @@ impl Engine {
         extensions.start_hooks().map_err(EngineError::Extension)?;
         // Steps that keep state of their own (`match_patient`) find the store here when they run.
         let _ = extensions.get_or_try_init(|| Ok::<_, std::convert::Infallible>(store.clone()));
+        // The call's configuration, for the SFU of `huizhen-media` (and the room-token API).
+        root.media.check().map_err(EngineError::Extension)?;
+        let _ =
+            extensions.get_or_try_init(|| Ok::<_, std::convert::Infallible>(root.media.clone()));
         // The consultation workflow: the API, the `consultation_create` step and the sweep.
         let workflow = extensions
             .get_or_try_init(|| {

@@ -28,6 +28,7 @@ mod config;
 mod keys;
 mod layout;
 mod policy;
+mod room;
 
 pub use config::{RateLimit, Secret, SecurityConfig, Sharing};
 pub(crate) use keys::create_file_once;
@@ -35,6 +36,7 @@ pub use keys::{Issued, issue_from_config, issue_with, load_secret, new_api_key};
 use keys::{load_jwks, same};
 pub use layout::{check_layout, check_private};
 pub use policy::{Action, PUBLIC, Principal, ROUTES, Role, Scope};
+pub use room::{MAX_ROOM_TOKEN_TTL, ROOM_AUDIENCE, RoomTokens};
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -140,6 +142,8 @@ pub struct Security {
     rate: RateLimit,
     buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
     store: Store,
+    /// Room tokens (RTC-04), keyed from the same secret.
+    room: RoomTokens,
 }
 
 impl std::fmt::Debug for Security {
@@ -181,11 +185,17 @@ impl Security {
             rate: cfg.rate_limit,
             buckets: Mutex::new(HashMap::new()),
             store,
+            room: RoomTokens::from_secret(&secret),
         })
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The signer and verifier of room tokens (RTC-04).
+    pub fn room_tokens(&self) -> &RoomTokens {
+        &self.room
     }
 
     /// Whether a route needs no token.

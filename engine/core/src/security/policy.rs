@@ -171,6 +171,9 @@ pub enum Action {
     ReadStudies,
     /// Store imaging studies through DICOMweb (STOW-RS) into the caller's facility.
     StoreStudies,
+    /// Get the room tokens of a consultation's call (RTC-04; the handler narrows an expert to
+    /// their own token).
+    IssueRoomTokens,
 }
 
 impl Action {
@@ -217,6 +220,7 @@ impl Action {
             Action::ReadReconciliation => &[Admin, Integrator, Auditor],
             Action::ReadStudies => &[Admin, Integrator, Auditor, Expert, LocalDoctor],
             Action::StoreStudies => &[Admin, Integrator, LocalDoctor],
+            Action::IssueRoomTokens => &[Admin, Integrator, Expert, LocalDoctor],
         }
     }
 
@@ -258,6 +262,7 @@ impl Action {
             Action::ReadReconciliation => "reconciliation.read",
             Action::ReadStudies => "study.read",
             Action::StoreStudies => "study.store",
+            Action::IssueRoomTokens => "room.token.issue",
         }
     }
 }
@@ -559,6 +564,12 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
         "/dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
         Action::ReadStudies,
     ),
+    // The consultation's call (http/consultations/room.rs).
+    (
+        "POST",
+        "/api/consultations/{id}/room/tokens",
+        Action::IssueRoomTokens,
+    ),
 ];
 
 /// Endpoints open to anyone (the FHIR CapabilityStatement is public, as SMART clients expect:
@@ -572,4 +583,8 @@ pub const PUBLIC: &[&str] = &[
     "/fhir/r4/metadata",
     "/fhir/r4",
     "/fhir/r4/{*rest}",
+    // The call's signaling and page (huizhen-media): authenticated by the room token each
+    // carries (RTC-04), not by a bearer token.
+    "/ws/signal",
+    "/call/{room}",
 ];

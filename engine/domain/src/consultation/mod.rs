@@ -29,6 +29,7 @@ mod load;
 pub mod opinion;
 pub mod outbound;
 pub mod request;
+pub mod room;
 pub mod sla;
 pub mod state;
 pub mod timeline;

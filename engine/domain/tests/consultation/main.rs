@@ -8,6 +8,7 @@ mod load;
 mod opinion;
 mod outbound;
 mod props;
+mod room;
 mod rules;
 mod sla;
 mod support;

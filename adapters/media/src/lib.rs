@@ -1,0 +1,37 @@
+//! The consultation call (issue 18; STANDARDS §5 RTC-01…RTC-31, CN-05, CN-06): WebSocket
+//! signaling at `/ws/signal` authenticated by room tokens, and a selective forwarding unit on
+//! the `webrtc` crate that forwards every participant's RTP to the others without transcoding.
+//!
+//! - [`protocol`]: the signaling messages (docs/media.md specifies them for client authors);
+//! - [`signal`]: the WebSocket endpoint (join first, size and rate limits, reconnect);
+//! - [`hub`]: rooms, the lobby (CN-06), publications and subscriptions, join/leave audit;
+//! - [`sfu`]: peer connections and RTP forwarding;
+//! - [`turn`]: STUN/TURN servers and TURN REST credentials (RTC-02, RTC-03).
+//!
+//! The room tokens are issued by the engine (`POST /api/consultations/{id}/room/tokens`,
+//! `huizhen_core::security::RoomTokens`) and the admission rules are the domain's
+//! (`huizhen_domain::consultation::room`).
+
+// Signaling errors are whole `ServerMsg`s, sent as they are; their size does not matter.
+#![allow(clippy::result_large_err)]
+
+pub mod hub;
+pub mod protocol;
+pub mod session;
+pub mod sfu;
+pub mod signal;
+pub mod turn;
+
+use axum::routing::get;
+
+/// The routes of the call: `/ws/signal`.
+pub fn routes() -> axum::Router<huizhen_core::http::AppState> {
+    axum::Router::new().route("/ws/signal", get(signal::ws_signal))
+}
+
+inventory::submit! {
+    huizhen_core::extensions::HttpRoutes {
+        name: "media signaling",
+        routes,
+    }
+}
