@@ -20,8 +20,8 @@ use huizhen_dicom as _;
 use huizhen_fhir as _;
 use huizhen_hl7 as _;
 use huizhen_insurer as _;
-use huizhen_mqtt as _;
 use huizhen_media as _;
+use huizhen_mqtt as _;
 
 mod billing;
 mod devices;

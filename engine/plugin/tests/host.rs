@@ -868,7 +868,11 @@ fn an_unauthenticated_manifest_is_never_parsed() {
 /// The worst gap between the ticks of a 5 ms timer task on this runtime while four `loop`
 /// calls of `p` run to their deadline, on the plugin call pool (`pooled`) or on the async
 /// workers themselves.
-async fn worst_tick_gap(p: &Arc<huizhen_plugin::Plugin>, call: &CallOptions, pooled: bool) -> Duration {
+async fn worst_tick_gap(
+    p: &Arc<huizhen_plugin::Plugin>,
+    call: &CallOptions,
+    pooled: bool,
+) -> Duration {
     let stop = Arc::new(AtomicBool::new(false));
     let ticker = tokio::spawn({
         let stop = stop.clone();

@@ -10,11 +10,11 @@ mod files;
 mod forward;
 mod index;
 mod memory;
+mod pacs;
+mod retrieve;
 mod web;
 mod web_access;
 mod web_client;
-mod pacs;
-mod retrieve;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
