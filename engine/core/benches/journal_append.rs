@@ -417,13 +417,12 @@ async fn prepare_pg_database(admin_url: &str) -> Res<String> {
     Ok(url)
 }
 
-/// Drops the journal tables of the benchmark database and migrates it again.
+/// Empties the benchmark database (every table the migrations make, not only the journal's)
+/// and migrates it again.
 async fn fresh_postgres(url: &str) -> Res<Store> {
     let mut conn = PgConnection::connect_with(&PgConnectOptions::from_str(url)?).await?;
-    conn.execute(
-        "DROP TABLE IF EXISTS messages, message_errors, effects, _sqlx_migrations; CHECKPOINT",
-    )
-    .await?;
+    conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public; CHECKPOINT")
+        .await?;
     conn.close().await?;
     let store = Store::open(&StoreOptions {
         url: url.to_owned(),
