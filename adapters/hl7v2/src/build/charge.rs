@@ -27,7 +27,7 @@ pub use huizhen_domain::billing::outbound::{
 use huizhen_domain::billing::{Fen, MoneyError};
 
 use super::messages::dtm;
-use super::opinion::{clinician, line, optional_line, order_number};
+use super::opinion::{clinician, line, optional_line, order_number, patient};
 use super::writer::{Seg, components, esc, subcomponents};
 use super::{BuildError, BuildOptions, Built};
 
@@ -59,23 +59,7 @@ fn check(c: &OutboundCharge) -> Result<Checked<'_>, BuildError> {
     if let Some(n) = &c.placer_order_number {
         order_number("placer_order_number", n)?;
     }
-    if c.patient.identifiers.is_empty() {
-        return Err(BuildError::new(
-            "patient.identifiers",
-            "at least one identifier is needed (PID-3)",
-        ));
-    }
-    for (i, id) in c.patient.identifiers.iter().enumerate() {
-        let at = format!("patient.identifiers[{i}]");
-        line(&format!("{at}.id"), &id.id)?;
-        optional_line(
-            &format!("{at}.assigning_authority"),
-            &id.assigning_authority,
-        )?;
-        optional_line(&format!("{at}.type_code"), &id.type_code)?;
-    }
-    line("patient.name.family", &c.patient.name.family)?;
-    optional_line("patient.name.given", &c.patient.name.given)?;
+    patient(&c.patient)?;
     if let Some(e) = &c.expert {
         clinician("expert", e)?;
     }

@@ -29,23 +29,7 @@ pub(super) fn check(o: &OutboundOpinion) -> Result<Checked<'_>, BuildError> {
     if let Some(n) = &o.filler_order_number {
         order_number("filler_order_number", n)?;
     }
-    if o.patient.identifiers.is_empty() {
-        return Err(BuildError::new(
-            "patient.identifiers",
-            "at least one identifier is needed (PID-3)",
-        ));
-    }
-    for (i, id) in o.patient.identifiers.iter().enumerate() {
-        let at = format!("patient.identifiers[{i}]");
-        line(&format!("{at}.id"), &id.id)?;
-        optional_line(
-            &format!("{at}.assigning_authority"),
-            &id.assigning_authority,
-        )?;
-        optional_line(&format!("{at}.type_code"), &id.type_code)?;
-    }
-    line("patient.name.family", &o.patient.name.family)?;
-    optional_line("patient.name.given", &o.patient.name.given)?;
+    patient(&o.patient)?;
     clinician("expert", &o.expert)?;
     clinician("signer", &o.signer)?;
     if let Some(d) = &o.local_doctor {
@@ -113,6 +97,27 @@ pub(super) fn optional_line(path: &str, value: &Option<String>) -> Result<(), Bu
 pub(super) fn order_number(path: &str, n: &OrderNumber) -> Result<(), BuildError> {
     line(&format!("{path}.id"), &n.id)?;
     optional_line(&format!("{path}.namespace"), &n.namespace)
+}
+
+/// The patient as the HIS knows them (PID-3, PID-5): at least one identifier, one-line values.
+pub(super) fn patient(p: &OutboundPatient) -> Result<(), BuildError> {
+    if p.identifiers.is_empty() {
+        return Err(BuildError::new(
+            "patient.identifiers",
+            "at least one identifier is needed (PID-3)",
+        ));
+    }
+    for (i, id) in p.identifiers.iter().enumerate() {
+        let at = format!("patient.identifiers[{i}]");
+        line(&format!("{at}.id"), &id.id)?;
+        optional_line(
+            &format!("{at}.assigning_authority"),
+            &id.assigning_authority,
+        )?;
+        optional_line(&format!("{at}.type_code"), &id.type_code)?;
+    }
+    line("patient.name.family", &p.name.family)?;
+    optional_line("patient.name.given", &p.name.given)
 }
 
 pub(super) fn clinician(path: &str, c: &Clinician) -> Result<(), BuildError> {
