@@ -484,6 +484,9 @@ pub fn apply(mut c: Consultation, e: &Event) -> Consultation {
         }
         EventKind::AppointmentBooked { appointment } => c.appointment = Some(appointment.clone()),
         EventKind::ConsentRecorded { consent } => c.gates.consent = Some(consent.clone()),
+        EventKind::RecordingConsentRecorded { consent } => {
+            c.gates.recording_consents.push(consent.clone())
+        }
         EventKind::PhysicianAttached { physician } => c.gates.physician = Some(physician.clone()),
         EventKind::VerificationRecorded { verification } => {
             c.gates.verifications.push(verification.clone())

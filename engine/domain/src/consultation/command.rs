@@ -9,7 +9,7 @@ use crate::identity::PersonId;
 use crate::signature::SignatureVerifier;
 
 use super::event::{Actor, Appointment, Offeree, PluginRef, Role};
-use super::gates::{Consent, LocalPhysician, PriorDiagnosis, Verification};
+use super::gates::{Consent, LocalPhysician, PriorDiagnosis, RecordingConsent, Verification};
 use super::opinion::{LocalDecision, SignedOpinion};
 use super::state::{Action, FailReason};
 
@@ -62,6 +62,11 @@ pub enum Command {
     RecordConsent {
         /// The consent.
         consent: Consent,
+    },
+    /// Record a participant's consent to recording the call, or its withdrawal (RTC-30).
+    RecordRecordingConsent {
+        /// The consent.
+        consent: RecordingConsent,
     },
     /// Attach the accompanying local physician.
     AttachPhysician {
@@ -135,6 +140,7 @@ impl Command {
             Command::Escalate { .. } => Action::Escalate,
             Command::Schedule { .. } => Action::Schedule,
             Command::RecordConsent { .. } => Action::RecordConsent,
+            Command::RecordRecordingConsent { .. } => Action::RecordRecordingConsent,
             Command::AttachPhysician { .. } => Action::AttachPhysician,
             Command::RecordVerification { .. } => Action::RecordVerification,
             Command::RecordPriorDiagnosis { .. } => Action::RecordPriorDiagnosis,
@@ -239,6 +245,7 @@ impl Action {
             Action::Schedule => &[Expert, LocalDoctor, Coordinator, System],
             Action::RecordConsent | Action::AttachPhysician => &[LocalDoctor, Coordinator],
             Action::RecordVerification => &[LocalDoctor, Coordinator, System],
+            Action::RecordRecordingConsent => &[Expert, LocalDoctor, Coordinator],
             Action::RecordPriorDiagnosis => &[LocalDoctor, Expert, Coordinator],
             Action::Start
             | Action::Pause

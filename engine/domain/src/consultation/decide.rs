@@ -12,7 +12,9 @@ use super::aggregate::{Attempt, Consultation};
 use super::command::{Command, Context};
 use super::error::ConsultError;
 use super::event::{Appointment, Event, EventKind, Offeree, Role};
-use super::gates::{Consent, ConsentSigner, LocalPhysician, PriorDiagnosis, Subject, Verification};
+use super::gates::{
+    Consent, ConsentSigner, LocalPhysician, PriorDiagnosis, RecordingConsent, Subject, Verification,
+};
 use super::opinion::{LocalDecision, SignedOpinion, verify_opinion};
 use super::request::FieldProblem;
 use super::state::{Action, State};
@@ -121,6 +123,19 @@ fn kinds(
         Command::RecordConsent { consent } => {
             check_consent(consent, ctx)?;
             vec![EventKind::ConsentRecorded {
+                consent: consent.clone(),
+            }]
+        }
+        Command::RecordRecordingConsent { consent } => {
+            if actor.role == Role::Expert && consent.participant != actor.id {
+                return Err(not_assigned(
+                    action,
+                    actor,
+                    "an expert records only their own recording consent",
+                ));
+            }
+            check_recording_consent(c, consent, ctx)?;
+            vec![EventKind::RecordingConsentRecorded {
                 consent: consent.clone(),
             }]
         }
@@ -443,6 +458,36 @@ fn check_consent(consent: &Consent, ctx: &Context<'_>) -> Result<(), ConsultErro
             action,
             "consent.not_suitable_to_inform_patient",
             "must be set when a guardian or relative signs instead of the patient (CN-05)",
+        ));
+    }
+    Ok(())
+}
+
+fn check_recording_consent(
+    c: &Consultation,
+    consent: &RecordingConsent,
+    ctx: &Context<'_>,
+) -> Result<(), ConsultError> {
+    let action = Action::RecordRecordingConsent;
+    blank(action, "consent.document", &consent.document)?;
+    blank(action, "consent.participant", &consent.participant)?;
+    if consent.signed_at > ctx.now {
+        return Err(ConsultError::invalid(
+            Some(action),
+            "consent.signed_at",
+            format!("{} is in the future", consent.signed_at),
+        ));
+    }
+    if consent.role != super::room::RoomRole::Observer
+        && super::room::participant(c, consent.role).as_deref() != Some(&consent.participant)
+    {
+        return Err(ConsultError::invalid(
+            Some(action),
+            "consent.participant",
+            format!(
+                "{} is not this consultation's {}",
+                consent.participant, consent.role
+            ),
         ));
     }
     Ok(())

@@ -11,7 +11,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::gates::{Consent, LocalPhysician, PriorDiagnosis, Verification};
+use super::gates::{Consent, LocalPhysician, PriorDiagnosis, RecordingConsent, Verification};
 use super::opinion::{LocalDecision, SignedOpinion};
 use super::request::ConsultationRequest;
 use super::state::FailReason;
@@ -178,6 +178,11 @@ pub enum EventKind {
         /// The consent.
         consent: Consent,
     },
+    /// A participant's recording consent (or its withdrawal) recorded (RTC-30).
+    RecordingConsentRecorded {
+        /// The consent.
+        consent: RecordingConsent,
+    },
     /// The accompanying local physician attached (CN-06).
     PhysicianAttached {
         /// The physician.
@@ -249,6 +254,7 @@ impl EventKind {
             EventKind::Escalated { .. } => "escalated",
             EventKind::AppointmentBooked { .. } => "appointment_booked",
             EventKind::ConsentRecorded { .. } => "consent_recorded",
+            EventKind::RecordingConsentRecorded { .. } => "recording_consent_recorded",
             EventKind::PhysicianAttached { .. } => "physician_attached",
             EventKind::VerificationRecorded { .. } => "verification_recorded",
             EventKind::PriorDiagnosisRecorded { .. } => "prior_diagnosis_recorded",

@@ -143,11 +143,33 @@ pub struct PriorDiagnosis {
     pub document: String,
 }
 
+/// One participant's consent to the call being recorded (CN-05, RTC-30), or its withdrawal.
+/// Each participant of the room gives their own: the patient (or who signed the informed
+/// consent for them), the local physician, the expert.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingConsent {
+    /// The participant's role in the room.
+    pub role: super::room::RoomRole,
+    /// The participant: a practitioner id, the patient's person id, an observer's user id.
+    pub participant: String,
+    /// The signed document or e-signature (a Consent/DocumentReference id).
+    pub document: String,
+    /// When it was given (or withdrawn).
+    pub signed_at: DateTime<Utc>,
+    /// `true` records a withdrawal: recordings stop needing this participant's consent again.
+    #[serde(default)]
+    pub withdrawn: bool,
+}
+
 /// The gate records of one consultation.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GateRecords {
     /// The latest consent.
     pub consent: Option<Consent>,
+    /// Every recording consent and withdrawal, in order (the latest per participant counts).
+    #[serde(default)]
+    pub recording_consents: Vec<RecordingConsent>,
     /// The attached local physician (the latest).
     pub physician: Option<LocalPhysician>,
     /// Every verification, in order.

@@ -43,8 +43,8 @@ pub use decide::decide;
 pub use error::ConsultError;
 pub use event::{Actor, Appointment, Event, EventKind, Offeree, PluginRef, Role};
 pub use gates::{
-    Consent, ConsentSigner, EvidenceKind, GateRecords, LocalPhysician, PriorDiagnosis, Requirement,
-    Subject, Verification, VerificationMethod, VerificationResult,
+    Consent, ConsentSigner, EvidenceKind, GateRecords, LocalPhysician, PriorDiagnosis,
+    RecordingConsent, Requirement, Subject, Verification, VerificationMethod, VerificationResult,
 };
 pub use load::load_changes;
 pub use opinion::{

@@ -15,10 +15,11 @@
 
 use std::fmt;
 
+use chrono::{DateTime, Months, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::aggregate::Consultation;
-use super::gates::Subject;
+use super::gates::{RecordingConsent, Subject};
 use super::request::ServiceType;
 use super::state::State;
 
@@ -294,6 +295,122 @@ pub fn admission(
     } else {
         Admission::Admit
     }
+}
+
+/// The retention class of a call recording (CN-30: process records — text/image chat, audio
+/// and video — are kept at least three years; the China rules enforce the purge).
+pub const RECORDING_RETENTION_CLASS: &str = "process-record-audio-video";
+
+/// The minimum retention of [`RECORDING_RETENTION_CLASS`], in months (CN-30: 3 years).
+pub const RECORDING_RETENTION_MONTHS: u32 = 36;
+
+/// Until when a recording started at `at` must be kept (CN-30).
+pub fn recording_retained_until(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.checked_add_months(Months::new(RECORDING_RETENTION_MONTHS))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// Why a recording may not start, or must stop (CN-05, RTC-04, RTC-30).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "refusal", rename_all = "kebab-case")]
+pub enum RecordingRefusal {
+    /// The token does not allow recording (a patient's never does).
+    NotPermitted {
+        /// The role of the token.
+        role: RoomRole,
+    },
+    /// The room is not open (the consultation is not scheduled, in session or paused).
+    NotOpen {
+        /// The consultation's state code.
+        state: String,
+    },
+    /// No informed consent on record (CN-05).
+    NoConsent,
+    /// A participant in the room has not consented to recording (or withdrew).
+    NoRecordingConsent {
+        /// Their role.
+        role: RoomRole,
+        /// Who.
+        participant: String,
+    },
+}
+
+impl fmt::Display for RecordingRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecordingRefusal::NotPermitted { role } => {
+                write!(f, "a {role}'s room token does not allow recording (RTC-04)")
+            }
+            RecordingRefusal::NotOpen { state } => {
+                write!(
+                    f,
+                    "the consultation is {state}: nothing is recorded outside an open room"
+                )
+            }
+            RecordingRefusal::NoConsent => {
+                f.write_str("no informed consent recorded: nothing is recorded before it (CN-05)")
+            }
+            RecordingRefusal::NoRecordingConsent { role, participant } => write!(
+                f,
+                "the {role} {participant} has no recording consent on file (RTC-30): nothing is recorded without everyone's"
+            ),
+        }
+    }
+}
+
+/// The recording consent of `participant` in `role` that counts: the latest, unless withdrawn.
+pub fn recording_consent<'a>(
+    c: &'a Consultation,
+    role: RoomRole,
+    participant: &str,
+) -> Option<&'a RecordingConsent> {
+    c.gates()
+        .recording_consents
+        .iter()
+        .rev()
+        .find(|r| r.role == role && r.participant == participant)
+        .filter(|r| !r.withdrawn)
+}
+
+/// Whether `permissions` may have the call of `c` recorded while `present` (role,
+/// participant) are in the room: the token allows it, the room is open, the informed consent is
+/// on record (CN-05) and every one present has a recording consent on file (RTC-30). The same
+/// check runs again whenever someone joins a room that records: the recording stops when it
+/// fails.
+pub fn may_record(
+    c: &Consultation,
+    by: RoomRole,
+    permissions: Permissions,
+    present: &[(RoomRole, String)],
+) -> Result<(), RecordingRefusal> {
+    if !permissions.record {
+        return Err(RecordingRefusal::NotPermitted { role: by });
+    }
+    recording_allowed(c, present)
+}
+
+/// [`may_record`] without the starter's permission: whether a running recording may go on.
+pub fn recording_allowed(
+    c: &Consultation,
+    present: &[(RoomRole, String)],
+) -> Result<(), RecordingRefusal> {
+    if !room_open(c.state()) {
+        return Err(RecordingRefusal::NotOpen {
+            state: c.state().code().to_owned(),
+        });
+    }
+    if c.gates().consent.is_none() {
+        return Err(RecordingRefusal::NoConsent);
+    }
+    for (role, participant) in present {
+        if recording_consent(c, *role, participant).is_none() {
+            return Err(RecordingRefusal::NoRecordingConsent {
+                role: *role,
+                participant: participant.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

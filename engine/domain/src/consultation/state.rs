@@ -160,6 +160,9 @@ pub enum Action {
     Schedule,
     /// Record the informed consent (CN-05); records only.
     RecordConsent,
+    /// Record a participant's recording consent or its withdrawal (RTC-30); records only,
+    /// from acceptance until the session ends.
+    RecordRecordingConsent,
     /// Attach the accompanying local physician (CN-06); records only.
     AttachPhysician,
     /// Record a real-name verification (CN-11, CN-12); records only.
@@ -192,7 +195,7 @@ pub enum Action {
 
 impl Action {
     /// Every action, in declaration order.
-    pub const ALL: [Action; 24] = [
+    pub const ALL: [Action; 25] = [
         Action::Submit,
         Action::Approve,
         Action::Offer,
@@ -203,6 +206,7 @@ impl Action {
         Action::Escalate,
         Action::Schedule,
         Action::RecordConsent,
+        Action::RecordRecordingConsent,
         Action::AttachPhysician,
         Action::RecordVerification,
         Action::RecordPriorDiagnosis,
@@ -232,6 +236,7 @@ impl Action {
             Action::Escalate => "escalate",
             Action::Schedule => "schedule",
             Action::RecordConsent => "record_consent",
+            Action::RecordRecordingConsent => "record_recording_consent",
             Action::AttachPhysician => "attach_physician",
             Action::RecordVerification => "record_verification",
             Action::RecordPriorDiagnosis => "record_prior_diagnosis",
@@ -381,6 +386,9 @@ impl State {
         };
         if self.before_session() {
             out.extend(GATE_RECORDS);
+        }
+        if matches!(self, State::Scheduled | State::InSession | State::Paused) {
+            out.push(A::RecordRecordingConsent);
         }
         if !self.is_terminal() {
             out.push(A::RepointPatient);

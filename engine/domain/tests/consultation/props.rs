@@ -62,6 +62,7 @@ fn ends_or_records(a: Action) -> bool {
             | Action::MarkEnteredInError
             | Action::RepointPatient
             | Action::RecordConsent
+            | Action::RecordRecordingConsent
             | Action::AttachPhysician
             | Action::RecordVerification
             | Action::RecordPriorDiagnosis
@@ -225,6 +226,18 @@ fn command(
                     document: "DocumentReference/c".into(),
                     signed_at: now,
                     not_suitable_to_inform_patient: false,
+                },
+            },
+        ),
+        Action::RecordRecordingConsent => (
+            local_doctor(),
+            Command::RecordRecordingConsent {
+                consent: RecordingConsent {
+                    role: room::RoomRole::Patient,
+                    participant: m.patient.to_string(),
+                    document: "DocumentReference/recording-consent".into(),
+                    signed_at: now,
+                    withdrawn: false,
                 },
             },
         ),

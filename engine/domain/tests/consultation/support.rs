@@ -432,15 +432,15 @@ pub const TABLE: &[(&str, &str)] = &[
     ),
     (
         "scheduled",
-        "schedule:= start:in-session cancel:cancelled fail:failed GATES LIVE",
+        "schedule:= start:in-session cancel:cancelled fail:failed GATES record_recording_consent:= LIVE",
     ),
     (
         "in-session",
-        "pause:paused request_report:report-pending sign_opinion:= record_local_decision:= complete:report-signed fail:failed cancel:cancelled LIVE",
+        "pause:paused request_report:report-pending sign_opinion:= record_local_decision:= complete:report-signed fail:failed cancel:cancelled record_recording_consent:= LIVE",
     ),
     (
         "paused",
-        "resume:in-session cancel:cancelled fail:failed LIVE",
+        "resume:in-session cancel:cancelled fail:failed record_recording_consent:= LIVE",
     ),
     (
         "report-pending",
