@@ -16,6 +16,7 @@ pub mod extensions;
 pub mod http;
 pub mod listener;
 pub mod media;
+pub mod objects;
 pub mod message;
 pub mod patients;
 pub mod runner;

@@ -407,6 +407,19 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
             "/api/consultations/no-such-consultation/room/tokens",
             [GONE, GONE, NO, GONE, GONE, NO, NO, NO],
         ),
+        // The call's recordings (http/consultations/recordings.rs): nothing recorded (404).
+        (
+            "GET",
+            "/api/consultations/{id}/recordings",
+            "/api/consultations/no-such-consultation/recordings",
+            [GONE, NO, GONE, GONE, GONE, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/api/consultations/{id}/recordings/{recording}",
+            "/api/consultations/no-such-consultation/recordings/no-such-recording",
+            [GONE, NO, GONE, GONE, GONE, NO, NO, NO],
+        ),
         // The reconciliation covers every facility: platform tokens only; nothing stored.
         (
             "POST",

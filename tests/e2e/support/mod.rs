@@ -144,6 +144,7 @@ pub fn loaded(db: &TestDb, pipelines: &[&str]) -> Loaded {
     root.security.encryption.keys_file = db.dir.path().join("keys");
     root.security.audit.key_file = db.dir.path().join("audit.key");
     root.security.audit.checkpoint_file = db.dir.path().join("audit.checkpoints");
+    root.objects.dir = db.dir.path().join("objects");
     let mut list = Vec::new();
     for (i, text) in pipelines.iter().enumerate() {
         let file = db.dir.path().join(format!("p{i}.yaml"));

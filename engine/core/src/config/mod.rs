@@ -86,6 +86,10 @@ pub struct RootConfig {
     /// The consultation call: room tokens, the SFU, STUN/TURN (see `crate::media`).
     #[serde(default)]
     pub media: crate::media::MediaConfig,
+    /// The object store: large objects such as the call's recordings, sealed with the data
+    /// keys (see `crate::objects`).
+    #[serde(default)]
+    pub objects: crate::objects::ObjectsConfig,
 }
 
 fn default_work_queue() -> String {
@@ -107,6 +111,7 @@ impl Default for RootConfig {
             workflow: crate::workflow::WorkflowConfig::default(),
             billing: None,
             media: crate::media::MediaConfig::default(),
+            objects: crate::objects::ObjectsConfig::default(),
         }
     }
 }

@@ -235,6 +235,11 @@ fn consultation_routes() -> Router<AppState> {
         .route("/api/consultations/{id}", get(get_one))
         .route("/api/consultations/{id}/{action}", post(act))
         .route("/api/consultations/{id}/room/tokens", post(issue_tokens))
+        .route("/api/consultations/{id}/recordings", get(list_recordings))
+        .route(
+            "/api/consultations/{id}/recordings/{recording}",
+            get(download_recording),
+        )
 }
 
 /// Builds the router. Every route but the public ones goes through [`guard`].

@@ -179,6 +179,16 @@ impl Engine {
         root.media.check().map_err(EngineError::Extension)?;
         let _ =
             extensions.get_or_try_init(|| Ok::<_, std::convert::Infallible>(root.media.clone()));
+        // The object store (recordings), sealed with the same data keys as the journal.
+        let objects_dir = root.objects.dir.clone();
+        let objects_keys = store.keyring().cloned();
+        extensions
+            .get_or_try_init(|| {
+                crate::objects::ObjectStore::open(&objects_dir, objects_keys).map_err(|e| {
+                    format!("objects.dir {}: {e}", objects_dir.display())
+                })
+            })
+            .map_err(EngineError::Extension)?;
         // The consultation workflow: the API, the `consultation_create` step and the sweep.
         let workflow = extensions
             .get_or_try_init(|| {

@@ -174,6 +174,8 @@ pub enum Action {
     /// Get the room tokens of a consultation's call (RTC-04; the handler narrows an expert to
     /// their own token).
     IssueRoomTokens,
+    /// List and download the call's recordings (RTC-30; decrypted, audited).
+    ReadRecordings,
 }
 
 impl Action {
@@ -221,6 +223,7 @@ impl Action {
             Action::ReadStudies => &[Admin, Integrator, Auditor, Expert, LocalDoctor],
             Action::StoreStudies => &[Admin, Integrator, LocalDoctor],
             Action::IssueRoomTokens => &[Admin, Integrator, Expert, LocalDoctor],
+            Action::ReadRecordings => &[Admin, Auditor, Expert, LocalDoctor],
         }
     }
 
@@ -263,6 +266,7 @@ impl Action {
             Action::ReadStudies => "study.read",
             Action::StoreStudies => "study.store",
             Action::IssueRoomTokens => "room.token.issue",
+            Action::ReadRecordings => "recording.read",
         }
     }
 }
@@ -569,6 +573,16 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
         "POST",
         "/api/consultations/{id}/room/tokens",
         Action::IssueRoomTokens,
+    ),
+    (
+        "GET",
+        "/api/consultations/{id}/recordings",
+        Action::ReadRecordings,
+    ),
+    (
+        "GET",
+        "/api/consultations/{id}/recordings/{recording}",
+        Action::ReadRecordings,
     ),
 ];
 

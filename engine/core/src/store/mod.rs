@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod consultations;
 mod cursors;
 pub mod devices;
+pub mod recordings;
 pub mod dicom;
 pub mod experts;
 mod feed;
@@ -596,6 +597,11 @@ impl Store {
                     "devices",
                     include_str!("migrations/sqlite/0022_devices.sql"),
                 ),
+                (
+                    23,
+                    "recordings",
+                    include_str!("migrations/sqlite/0023_recordings.sql"),
+                ),
             ],
             Backend::Postgres => &[
                 (
@@ -687,6 +693,11 @@ impl Store {
                     22,
                     "devices",
                     include_str!("migrations/postgres/0022_devices.sql"),
+                ),
+                (
+                    23,
+                    "recordings",
+                    include_str!("migrations/postgres/0023_recordings.sql"),
                 ),
             ],
         };

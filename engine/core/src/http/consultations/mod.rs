@@ -7,6 +7,8 @@
 //! | GET | /api/consultations/{id} | state, Task status and businessStatus, version (`ETag: W/"n"`), the timeline, the outbound events | as above |
 //! | POST | /api/consultations/{id}/{action} | every action of the domain (`submit`, `accept`, `record_consent`, …; `-` or `_`) | admin, integrator, expert, local-doctor |
 //! | POST | /api/consultations/{id}/room/tokens | the call's room tokens, one per participant ([`room`], RTC-04) | admin, integrator, expert (own), local-doctor |
+//! | GET | /api/consultations/{id}/recordings | the call's recorded tracks ([`recordings`], RTC-30, CN-30) | admin, auditor, expert, local-doctor |
+//! | GET | /api/consultations/{id}/recordings/{recording} | one track, decrypted (`x-content-sha256`) | as above |
 //! | GET | /api/consultations/events | Server-Sent Events of the changes the caller may see ([`stream`]) | as for reads |
 //!
 //! **Who acts.** The actor is the token's subject, its domain role from the token's role:
@@ -27,6 +29,7 @@
 //! an `accept` without a version. Every change is audited by the store in its transaction;
 //! every read and every refusal is audited here.
 
+mod recordings;
 mod room;
 mod stream;
 
@@ -41,6 +44,7 @@ use crate::store::consultations::{
 };
 use crate::workflow::Workflow;
 
+pub(super) use recordings::{download_recording, list_recordings};
 pub(super) use room::issue_tokens;
 pub(super) use stream::events;
 
