@@ -43,7 +43,7 @@ pub(crate) struct Member {
     pub(crate) out: Outbox,
     /// Bumped at each (re)connection; a grace timer only removes the link it was set for.
     link: u64,
-    source: String,
+    pub(crate) source: String,
     pub(crate) publications: HashMap<String, (Arc<Peer>, Arc<Publication>)>,
     pub(crate) subscriptions: HashMap<String, Subscription>,
 }
@@ -64,13 +64,15 @@ pub(crate) struct RoomState {
     pub(crate) members: HashMap<String, Member>,
     /// Publications whose tracks all arrived, by key (`session/pc`).
     pub(crate) ready: HashMap<String, Arc<Publication>>,
+    /// The recording in progress (RTC-30).
+    pub(crate) recording: Option<crate::record::Active>,
 }
 
 /// One consultation's room.
 pub struct Room {
     pub id: String,
     pub consultation: String,
-    facility: String,
+    pub(crate) facility: String,
     local_physician_first: bool,
     pub(crate) state: Mutex<RoomState>,
 }
@@ -101,9 +103,11 @@ impl Room {
 /// Every room of this engine.
 pub struct Hub {
     cfg: MediaConfig,
-    store: Store,
+    pub(crate) store: Store,
     tokens: RoomTokens,
     pub(crate) factory: PcFactory,
+    /// Where recordings go (none: recording is refused).
+    pub(crate) objects: Option<Arc<huizhen_core::objects::ObjectStore>>,
     rooms: StdMutex<HashMap<String, Arc<Room>>>,
 }
 
@@ -130,7 +134,14 @@ impl Hub {
             store,
             tokens,
             rooms: StdMutex::new(HashMap::new()),
+            objects: None,
         }
+    }
+
+    /// Records into `objects` (RTC-30).
+    pub fn with_objects(mut self, objects: Arc<huizhen_core::objects::ObjectStore>) -> Hub {
+        self.objects = Some(objects);
+        self
     }
 
     pub fn config(&self) -> &MediaConfig {
@@ -158,7 +169,7 @@ impl Hub {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn audit(
+    pub(crate) async fn audit(
         &self,
         claims: Option<&RoomClaims>,
         action: &str,
@@ -381,6 +392,12 @@ impl Hub {
             },
         );
         Room::presence(&st, &session, if admitted { "joined" } else { "held" });
+        let recording = st.recording.is_some();
+        if recording {
+            let _ = st.members[&session]
+                .out
+                .send(ServerMsg::Recording { active: true });
+        }
         let mut newly = Vec::new();
         if admitted {
             newly.push(session.clone());
@@ -422,6 +439,10 @@ impl Hub {
             ),
         )
         .await;
+        if recording {
+            // Recording goes on only with the newcomer's recording consent too (RTC-30).
+            self.recheck_recording(&room, c).await;
+        }
         for s in newly {
             for p in ready.iter().filter(|p| p.owner != s) {
                 self.clone().subscribe(room.clone(), s.clone(), p.clone());
@@ -497,6 +518,7 @@ impl Hub {
         .await;
         let empty = room.state.lock().await.members.is_empty();
         if empty {
+            self.stop_recording(room, "everyone left the room").await;
             let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
             if rooms.get(&room.id).is_some_and(|r| Arc::ptr_eq(r, room)) {
                 rooms.remove(&room.id);

@@ -47,6 +47,9 @@ pub enum ClientMsg {
     },
     /// Stop publishing `pc`.
     Unpublish { pc: String },
+    /// Start (`true`) or stop (`false`) recording the call: a token with the `record`
+    /// permission, and every participant's recording consent on file (RTC-30).
+    Record { active: bool },
     /// Leave the room.
     Leave,
     /// Keep-alive; answered by `pong`.
@@ -135,6 +138,10 @@ pub enum ServerMsg {
         fatal: bool,
     },
     Pong,
+    /// The call is being recorded (`true`) or no longer (`false`): sent to everyone in the room
+    /// when a recording starts or stops, and to whoever joins while one runs (the recording
+    /// indicator, RTC-30).
+    Recording { active: bool },
 }
 
 /// The signaling limits, told to the client at join.

@@ -28,6 +28,7 @@ impl Hub {
                 "this connection already joined a room",
             )),
             ClientMsg::Ping => Some(ServerMsg::Pong),
+            ClientMsg::Record { active } => self.record(room, session, active).await,
             ClientMsg::Leave => {
                 self.leave(room, session, "left").await;
                 None
@@ -327,6 +328,8 @@ impl Hub {
                     return;
                 }
                 st.ready.insert(key.clone(), publication.clone());
+                hub.record_publication(&room, &mut st, &key, &publication)
+                    .await;
                 st.members
                     .iter()
                     .filter(|(s, m)| **s != publication.owner && m.info.admitted)

@@ -33,8 +33,14 @@ pub fn hub(s: &AppState) -> Result<Arc<Hub>, String> {
         .extensions
         .get::<huizhen_core::security::RoomTokens>()
         .ok_or("room tokens are not available in this engine")?;
-    s.extensions
-        .get_or_try_init(|| Ok(Hub::new(cfg, s.store.clone(), (*tokens).clone())))
+    let objects = s.extensions.get::<huizhen_core::objects::ObjectStore>();
+    s.extensions.get_or_try_init(|| {
+        let hub = Hub::new(cfg, s.store.clone(), (*tokens).clone());
+        Ok(match objects {
+            Some(o) => hub.with_objects(o),
+            None => hub,
+        })
+    })
 }
 
 pub async fn ws_signal(
