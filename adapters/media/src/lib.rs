@@ -6,6 +6,7 @@
 //! - [`signal`]: the WebSocket endpoint (join first, size and rate limits, reconnect);
 //! - [`hub`]: rooms, the lobby (CN-06), publications and subscriptions, join/leave audit;
 //! - [`sfu`]: peer connections and RTP forwarding;
+//! - [`layers`]: simulcast layer choice per receiver, audio first, key-frame switching (pure);
 //! - [`record`]: recording with everyone's consent, per-track files into the object store;
 //! - [`turn`]: STUN/TURN servers and TURN REST credentials (RTC-02, RTC-03).
 //!
@@ -17,6 +18,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod hub;
+pub mod layers;
 pub mod protocol;
 pub mod record;
 pub mod session;

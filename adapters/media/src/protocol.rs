@@ -141,7 +141,9 @@ pub enum ServerMsg {
     /// The call is being recorded (`true`) or no longer (`false`): sent to everyone in the room
     /// when a recording starts or stops, and to whoever joins while one runs (the recording
     /// indicator, RTC-30).
-    Recording { active: bool },
+    Recording {
+        active: bool,
+    },
 }
 
 /// The signaling limits, told to the client at join.

@@ -81,7 +81,10 @@ pub(crate) struct Context {
 struct Shared(Rc<RefCell<Option<ObjectWriter>>>);
 
 impl Shared {
-    fn with<T>(&self, f: impl FnOnce(&mut ObjectWriter) -> std::io::Result<T>) -> std::io::Result<T> {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut ObjectWriter) -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
         match self.0.borrow_mut().as_mut() {
             Some(w) => f(w),
             None => Err(std::io::Error::other("the object is finished")),
@@ -319,9 +322,13 @@ impl Hub {
                 ));
             }
             let stopped = self
-                .stop_recording(room, &format!("stopped by {} ({})", claims.sub, claims.role))
+                .stop_recording(
+                    room,
+                    &format!("stopped by {} ({})", claims.sub, claims.role),
+                )
                 .await;
-            return (!stopped).then(|| ServerMsg::error("not-recording", "nothing is being recorded"));
+            return (!stopped)
+                .then(|| ServerMsg::error("not-recording", "nothing is being recorded"));
         }
         let Some(objects) = self.objects.clone() else {
             return Some(ServerMsg::error(
@@ -340,7 +347,10 @@ impl Hub {
         };
         let mut st = room.state.lock().await;
         if st.recording.is_some() {
-            return Some(ServerMsg::error("already-recording", "the call is being recorded"));
+            return Some(ServerMsg::error(
+                "already-recording",
+                "the call is being recorded",
+            ));
         }
         let present: Vec<(RoomRole, String)> = st
             .members
@@ -376,8 +386,11 @@ impl Hub {
             stop: tokio::sync::watch::channel(false).0,
         };
         let ctx = self.recording_context(room, &active, objects);
-        let ready: Vec<(String, Arc<Publication>)> =
-            st.ready.iter().map(|(k, p)| (k.clone(), p.clone())).collect();
+        let ready: Vec<(String, Arc<Publication>)> = st
+            .ready
+            .iter()
+            .map(|(k, p)| (k.clone(), p.clone()))
+            .collect();
         for (key, p) in &ready {
             let role = st
                 .members
@@ -432,7 +445,13 @@ impl Hub {
     }
 
     /// A publication became ready: recorded too if the room records.
-    pub(crate) async fn record_publication(&self, room: &Room, st: &mut RoomState, key: &str, p: &Arc<Publication>) {
+    pub(crate) async fn record_publication(
+        &self,
+        room: &Room,
+        st: &mut RoomState,
+        key: &str,
+        p: &Arc<Publication>,
+    ) {
         let Some(objects) = self.objects.clone() else {
             return;
         };

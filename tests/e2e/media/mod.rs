@@ -9,6 +9,7 @@
 mod admission;
 mod call;
 pub(crate) mod peer;
+mod recording;
 
 use std::sync::Arc;
 

@@ -184,7 +184,44 @@ impl Participant {
 
     /// Publishes one VP8 track (`cam`) and sends ~50 packets/s of synthetic RTP until dropped.
     pub async fn publish(&mut self) {
+        self.publish_inner(false).await
+    }
+
+    /// [`Participant::publish`] with an Opus track too (synthetic 20 ms frames).
+    pub async fn publish_with_audio(&mut self) {
+        self.publish_inner(true).await
+    }
+
+    async fn publish_inner(&mut self, audio: bool) {
         let (pc, gathered) = pc("publish", self.received.clone()).await;
+        let mic = if audio {
+            let ssrc = rand_ssrc().wrapping_add(1);
+            let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+                "stream".into(),
+                "mic-audio".into(),
+                "mic-audio".into(),
+                RtpCodecKind::Audio,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    codec: RTCRtpCodec {
+                        mime_type: "audio/opus".into(),
+                        clock_rate: 48_000,
+                        channels: 2,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                }],
+            )));
+            pc.add_track(track.clone() as Arc<dyn TrackLocal>)
+                .await
+                .unwrap();
+            Some((track, ssrc))
+        } else {
+            None
+        };
         let ssrc: u32 = rand_ssrc();
         let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
             "stream".into(),
@@ -222,16 +259,67 @@ impl Participant {
         .unwrap();
         // The negotiated VP8 payload type of the sender leg.
         let pt = {
-            let senders = pc.get_senders().await;
-            let params = senders[0].get_parameters().await.unwrap();
-            params
-                .rtp_parameters
-                .codecs
-                .iter()
-                .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case("video/VP8"))
-                .map(|c| c.payload_type)
-                .unwrap_or(96)
+            let mut pt = 96;
+            for sender in pc.get_senders().await {
+                if let Ok(params) = sender.get_parameters().await
+                    && let Some(c) = params
+                        .rtp_parameters
+                        .codecs
+                        .iter()
+                        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case("video/VP8"))
+                {
+                    pt = c.payload_type;
+                }
+            }
+            pt
         };
+        if let Some((track, ssrc)) = mic {
+            let pt = {
+                let mut pt = 111;
+                for sender in pc.get_senders().await {
+                    if let Ok(params) = sender.get_parameters().await
+                        && let Some(c) = params
+                            .rtp_parameters
+                            .codecs
+                            .iter()
+                            .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case("audio/opus"))
+                    {
+                        pt = c.payload_type;
+                    }
+                }
+                pt
+            };
+            let stop = self.stop.clone();
+            tokio::spawn(async move {
+                let mut seq: u16 = 0;
+                let mut ts: u32 = 0;
+                loop {
+                    // A TOC byte (config 31: CELT FB 20 ms, mono, one frame) and a body.
+                    let mut payload = vec![0u8; 80];
+                    payload[0] = 0xf8;
+                    payload[1] = seq as u8;
+                    let packet = rtp::Packet {
+                        header: rtp::header::Header {
+                            version: 2,
+                            marker: seq == 0,
+                            payload_type: pt,
+                            sequence_number: seq,
+                            timestamp: ts,
+                            ssrc,
+                            ..Default::default()
+                        },
+                        payload: payload.into(),
+                    };
+                    let _ = track.write_rtp(packet).await;
+                    seq = seq.wrapping_add(1);
+                    ts = ts.wrapping_add(960);
+                    tokio::select! {
+                        _ = stop.notified() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    }
+                }
+            });
+        }
         let stop = self.stop.clone();
         tokio::spawn(async move {
             let mut seq: u16 = 0;

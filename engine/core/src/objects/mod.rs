@@ -314,7 +314,10 @@ impl ObjectWriter {
             let rec = self.record(n, &self.current, true);
             if self.chunks == 0 {
                 let at = HEADER + self.first_record_len();
-                self.file().map_err(io)?.seek(SeekFrom::Start(at)).map_err(io)?;
+                self.file()
+                    .map_err(io)?
+                    .seek(SeekFrom::Start(at))
+                    .map_err(io)?;
             }
             self.file().map_err(io)?.write_all(&rec).map_err(io)?;
         }

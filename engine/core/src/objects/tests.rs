@@ -108,7 +108,10 @@ fn tampered_cut_or_moved_objects_do_not_open() {
     // A wrong recorded hash is an error too.
     assert!(store.read_all(&a.id, Some(&"0".repeat(64))).is_err());
     // Ids that would leave the folder are refused.
-    assert!(matches!(store.read("../etc"), Err(ObjectError::BadId { .. })));
+    assert!(matches!(
+        store.read("../etc"),
+        Err(ObjectError::BadId { .. })
+    ));
 }
 
 #[test]

@@ -184,9 +184,8 @@ impl Engine {
         let objects_keys = store.keyring().cloned();
         extensions
             .get_or_try_init(|| {
-                crate::objects::ObjectStore::open(&objects_dir, objects_keys).map_err(|e| {
-                    format!("objects.dir {}: {e}", objects_dir.display())
-                })
+                crate::objects::ObjectStore::open(&objects_dir, objects_keys)
+                    .map_err(|e| format!("objects.dir {}: {e}", objects_dir.display()))
             })
             .map_err(EngineError::Extension)?;
         // The consultation workflow: the API, the `consultation_create` step and the sweep.

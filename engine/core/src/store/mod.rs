@@ -16,13 +16,13 @@ pub mod cluster;
 pub mod consultations;
 mod cursors;
 pub mod devices;
-pub mod recordings;
 pub mod dicom;
 pub mod experts;
 mod feed;
 pub mod fhir;
 pub mod identity;
 pub mod journal;
+pub mod recordings;
 pub mod rekey;
 mod sql;
 
