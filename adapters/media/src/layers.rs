@@ -361,11 +361,11 @@ mod tests {
         // With X, I (15-bit picture id), L, T/K: the tag after five descriptor bytes.
         assert!(is_keyframe(
             VideoCodec::Vp8,
-            &[0x90, 0xf0, 0x80, 0x01, 0x00, 0x00, 0x9d]
+            &[0x90, 0xf0, 0x80, 0x01, 0x00, 0x00, 0x50]
         ));
         assert!(!is_keyframe(
             VideoCodec::Vp8,
-            &[0x90, 0xf0, 0x80, 0x01, 0x00, 0x00, 0x01]
+            &[0x90, 0xf0, 0x80, 0x01, 0x00, 0x00, 0x51]
         ));
         // H.264: an IDR slice, an SPS in a STAP-A, an FU-A start of an IDR; not a P slice.
         assert!(is_keyframe(VideoCodec::H264, &[0x65, 0x88]));
