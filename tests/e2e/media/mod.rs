@@ -144,3 +144,28 @@ pub(crate) async fn tokens(
 pub(crate) fn signal_url(wf: &Wf) -> String {
     format!("{}/ws/signal", wf.api.base.replacen("http://", "ws://", 1))
 }
+
+/// Waits (10 s at most) until the audit trail of consultation `id` satisfies `check`.
+pub(crate) async fn wait_audit<T>(
+    wf: &Wf,
+    id: &str,
+    what: &str,
+    check: impl Fn(&[huizhen_core::store::audit::AuditRow]) -> Option<T>,
+) -> T {
+    let check = &check;
+    crate::support::wait_for(what, std::time::Duration::from_secs(10), || {
+        let store = wf.engine.store.clone();
+        let id = id.to_owned();
+        async move {
+            let rows = store
+                .audit_events(&huizhen_core::store::audit::AuditFilter {
+                    resource_id: Some(id),
+                    ..Default::default()
+                })
+                .await
+                .ok()?;
+            check(&rows)
+        }
+    })
+    .await
+}

@@ -258,97 +258,23 @@ impl Participant {
         .await
         .unwrap();
         // The negotiated VP8 payload type of the sender leg.
-        let pt = {
-            let mut pt = 96;
-            for sender in pc.get_senders().await {
-                if let Ok(params) = sender.get_parameters().await
-                    && let Some(c) = params
-                        .rtp_parameters
-                        .codecs
-                        .iter()
-                        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case("video/VP8"))
-                {
-                    pt = c.payload_type;
-                }
-            }
-            pt
-        };
+        let pt = negotiated_pt(&pc, "video/VP8", 96).await;
         if let Some((track, ssrc)) = mic {
-            let pt = {
-                let mut pt = 111;
-                for sender in pc.get_senders().await {
-                    if let Ok(params) = sender.get_parameters().await
-                        && let Some(c) = params
-                            .rtp_parameters
-                            .codecs
-                            .iter()
-                            .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case("audio/opus"))
-                    {
-                        pt = c.payload_type;
-                    }
-                }
-                pt
-            };
-            let stop = self.stop.clone();
-            tokio::spawn(async move {
-                let mut seq: u16 = 0;
-                let mut ts: u32 = 0;
-                loop {
-                    // A TOC byte (config 31: CELT FB 20 ms, mono, one frame) and a body.
-                    let mut payload = vec![0u8; 80];
-                    payload[0] = 0xf8;
-                    payload[1] = seq as u8;
-                    let packet = rtp::Packet {
-                        header: rtp::header::Header {
-                            version: 2,
-                            marker: seq == 0,
-                            payload_type: pt,
-                            sequence_number: seq,
-                            timestamp: ts,
-                            ssrc,
-                            ..Default::default()
-                        },
-                        payload: payload.into(),
-                    };
-                    let _ = track.write_rtp(packet).await;
-                    seq = seq.wrapping_add(1);
-                    ts = ts.wrapping_add(960);
-                    tokio::select! {
-                        _ = stop.notified() => break,
-                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                    }
-                }
+            let pt = negotiated_pt(&pc, "audio/opus", 111).await;
+            // A TOC byte (config 31: CELT FB 20 ms, mono, one frame) and a body.
+            send_synthetic(track, ssrc, pt, 960, self.stop.clone(), |seq| {
+                let mut payload = vec![0u8; 80];
+                payload[0] = 0xf8;
+                payload[1] = seq as u8;
+                (payload, seq == 0)
             });
         }
-        let stop = self.stop.clone();
-        tokio::spawn(async move {
-            let mut seq: u16 = 0;
-            let mut ts: u32 = 0;
-            loop {
-                let mut payload = vec![0u8; 300];
-                // A VP8 payload descriptor (S bit) and a key-frame header byte.
-                payload[0] = 0x10;
-                payload[1] = 0x00;
-                let packet = rtp::Packet {
-                    header: rtp::header::Header {
-                        version: 2,
-                        marker: true,
-                        payload_type: pt,
-                        sequence_number: seq,
-                        timestamp: ts,
-                        ssrc,
-                        ..Default::default()
-                    },
-                    payload: payload.into(),
-                };
-                let _ = track.write_rtp(packet).await;
-                seq = seq.wrapping_add(1);
-                ts = ts.wrapping_add(1800);
-                tokio::select! {
-                    _ = stop.notified() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                }
-            }
+        // A VP8 payload descriptor (S bit) and a key-frame header byte.
+        send_synthetic(track, ssrc, pt, 1800, self.stop.clone(), |_| {
+            let mut payload = vec![0u8; 300];
+            payload[0] = 0x10;
+            payload[1] = 0x00;
+            (payload, true)
         });
         self.publish = Some(pc);
     }
@@ -392,6 +318,60 @@ impl Participant {
             let _ = p.close().await;
         }
     }
+}
+
+/// The payload type `pc`'s senders negotiated for `mime` (`default` if none).
+async fn negotiated_pt(pc: &Arc<dyn PeerConnection>, mime: &str, default: u8) -> u8 {
+    for sender in pc.get_senders().await {
+        if let Ok(params) = sender.get_parameters().await
+            && let Some(c) = params
+                .rtp_parameters
+                .codecs
+                .iter()
+                .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
+        {
+            return c.payload_type;
+        }
+    }
+    default
+}
+
+/// Sends a synthetic packet every 20 ms on `track` (payload and marker from `frame(seq)`,
+/// timestamps `step` apart) until `stop`.
+fn send_synthetic(
+    track: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    pt: u8,
+    step: u32,
+    stop: Arc<Notify>,
+    frame: impl Fn(u16) -> (Vec<u8>, bool) + Send + 'static,
+) {
+    tokio::spawn(async move {
+        let mut seq: u16 = 0;
+        let mut ts: u32 = 0;
+        loop {
+            let (payload, marker) = frame(seq);
+            let packet = rtp::Packet {
+                header: rtp::header::Header {
+                    version: 2,
+                    marker,
+                    payload_type: pt,
+                    sequence_number: seq,
+                    timestamp: ts,
+                    ssrc,
+                    ..Default::default()
+                },
+                payload: payload.into(),
+            };
+            let _ = track.write_rtp(packet).await;
+            seq = seq.wrapping_add(1);
+            ts = ts.wrapping_add(step);
+            tokio::select! {
+                _ = stop.notified() => break,
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+    });
 }
 
 fn rand_ssrc() -> u32 {

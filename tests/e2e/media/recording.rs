@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use chrono::TimeDelta;
 use huizhen_core::clock::Clock;
-use huizhen_core::store::audit::AuditFilter;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::peer::{Participant, Signal};
-use super::{consultation, signal_url, start, tokens};
+use super::{consultation, signal_url, start, tokens, wait_audit};
 use crate::consultations::{Wf, doctor, expert};
 use crate::support::Backend;
 
@@ -304,32 +303,12 @@ async fn recording_needs_everyones_consent_and_produces_sealed_per_track_files()
         .await;
     assert_eq!(s, 403);
     // Start (with the consents it relied on), the refusals, stop and each download audited.
-    crate::support::wait_for("the stop audited", Duration::from_secs(10), || {
-        let store = wf.engine.store.clone();
-        let id = id.clone();
-        async move {
-            let rows = store
-                .audit_events(&AuditFilter {
-                    resource_id: Some(id),
-                    ..AuditFilter::default()
-                })
-                .await
-                .ok()?;
-            rows.iter()
-                .any(|r| r.event.action == "recording.stop")
-                .then_some(())
-        }
+    let rows = wait_audit(&wf, &id, "the stop audited", |rows| {
+        rows.iter()
+            .any(|r| r.event.action == "recording.stop")
+            .then(|| rows.to_vec())
     })
     .await;
-    let rows = wf
-        .engine
-        .store
-        .audit_events(&AuditFilter {
-            resource_id: Some(id.clone()),
-            ..AuditFilter::default()
-        })
-        .await
-        .unwrap();
     let of = |action: &str, outcome: &str| {
         rows.iter()
             .filter(|r| r.event.action == action && r.event.outcome == outcome)
@@ -395,20 +374,10 @@ async fn someone_joining_without_recording_consent_stops_the_recording() {
     );
     let _ = &mut patient_side;
     // The stop is audited right after everyone is told.
-    let stop = crate::support::wait_for("the stop audited", Duration::from_secs(10), || {
-        let store = wf.engine.store.clone();
-        let id = id.clone();
-        async move {
-            let rows = store
-                .audit_events(&AuditFilter {
-                    resource_id: Some(id),
-                    ..AuditFilter::default()
-                })
-                .await
-                .ok()?;
-            rows.into_iter()
-                .find(|r| r.event.action == "recording.stop")
-        }
+    let stop = wait_audit(&wf, &id, "the stop audited", |rows| {
+        rows.iter()
+            .find(|r| r.event.action == "recording.stop")
+            .cloned()
     })
     .await;
     assert!(
