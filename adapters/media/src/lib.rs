@@ -6,7 +6,8 @@
 //! - [`signal`]: the WebSocket endpoint (join first, size and rate limits, reconnect);
 //! - [`hub`]: rooms, the lobby (CN-06), publications and subscriptions, join/leave audit;
 //! - [`sfu`]: peer connections and RTP forwarding;
-//! - [`turn`]: STUN/TURN servers and TURN REST credentials (RTC-02, RTC-03).
+//! - [`turn`]: STUN/TURN servers and TURN REST credentials (RTC-02, RTC-03);
+//! - [`page`]: the call page `/call/{room}` (HTML + JS in the binary).
 //!
 //! The room tokens are issued by the engine (`POST /api/consultations/{id}/room/tokens`,
 //! `huizhen_core::security::RoomTokens`) and the admission rules are the domain's
@@ -16,6 +17,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod hub;
+pub mod page;
 pub mod protocol;
 pub mod session;
 pub mod sfu;
@@ -24,9 +26,11 @@ pub mod turn;
 
 use axum::routing::get;
 
-/// The routes of the call: `/ws/signal`.
+/// The routes of the call: `/ws/signal` and the call page `/call/{room}`.
 pub fn routes() -> axum::Router<huizhen_core::http::AppState> {
-    axum::Router::new().route("/ws/signal", get(signal::ws_signal))
+    axum::Router::new()
+        .route("/ws/signal", get(signal::ws_signal))
+        .route("/call/{room}", get(page::call_page))
 }
 
 inventory::submit! {

@@ -23,6 +23,7 @@ mod aggregate;
 mod command;
 mod decide;
 mod error;
+pub mod call_quality;
 pub mod event;
 pub mod gates;
 mod load;
