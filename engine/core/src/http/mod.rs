@@ -235,6 +235,7 @@ fn consultation_routes() -> Router<AppState> {
         .route("/api/consultations/{id}", get(get_one))
         .route("/api/consultations/{id}/{action}", post(act))
         .route("/api/consultations/{id}/room/tokens", post(issue_tokens))
+        .route("/api/consultations/{id}/call", get(call_view))
 }
 
 /// Builds the router. Every route but the public ones goes through [`guard`].

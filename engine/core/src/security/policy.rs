@@ -570,6 +570,7 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
         "/api/consultations/{id}/room/tokens",
         Action::IssueRoomTokens,
     ),
+    ("GET", "/api/consultations/{id}/call", Action::ReadConsultations),
 ];
 
 /// Endpoints open to anyone (the FHIR CapabilityStatement is public, as SMART clients expect:

@@ -11,6 +11,7 @@
 pub mod anchor;
 pub mod audit;
 pub mod billing;
+pub mod calls;
 pub mod care;
 pub mod cluster;
 pub mod consultations;
@@ -591,6 +592,7 @@ impl Store {
                     "billing",
                     include_str!("migrations/sqlite/0018_billing.sql"),
                 ),
+                (21, "calls", include_str!("migrations/sqlite/0021_calls.sql")),
                 (
                     22,
                     "devices",
@@ -683,6 +685,7 @@ impl Store {
                     "billing",
                     include_str!("migrations/postgres/0018_billing.sql"),
                 ),
+                (21, "calls", include_str!("migrations/postgres/0021_calls.sql")),
                 (
                     22,
                     "devices",

@@ -7,6 +7,7 @@
 //! | GET | /api/consultations/{id} | state, Task status and businessStatus, version (`ETag: W/"n"`), the timeline, the outbound events | as above |
 //! | POST | /api/consultations/{id}/{action} | every action of the domain (`submit`, `accept`, `record_consent`, …; `-` or `_`) | admin, integrator, expert, local-doctor |
 //! | POST | /api/consultations/{id}/room/tokens | the call's room tokens, one per participant ([`room`], RTC-04) | admin, integrator, expert (own), local-doctor |
+//! | GET | /api/consultations/{id}/call | the call: who joined when and left, the quality per session and track, the alerts ([`call`], RTC-20) | as for reads |
 //! | GET | /api/consultations/events | Server-Sent Events of the changes the caller may see ([`stream`]) | as for reads |
 //!
 //! **Who acts.** The actor is the token's subject, its domain role from the token's role:
@@ -27,6 +28,7 @@
 //! an `accept` without a version. Every change is audited by the store in its transaction;
 //! every read and every refusal is audited here.
 
+mod call;
 mod room;
 mod stream;
 
@@ -41,6 +43,7 @@ use crate::store::consultations::{
 };
 use crate::workflow::Workflow;
 
+pub(super) use call::call_view;
 pub(super) use room::issue_tokens;
 pub(super) use stream::events;
 
