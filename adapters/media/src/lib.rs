@@ -6,6 +6,8 @@
 //! - [`signal`]: the WebSocket endpoint (join first, size and rate limits, reconnect);
 //! - [`hub`]: rooms, the lobby (CN-06), publications and subscriptions, join/leave audit;
 //! - [`sfu`]: peer connections and RTP forwarding;
+//! - [`qos`]: the call's quality: client `stats`, the SFU's RTCP receiver reports, summaries,
+//!   /metrics and the RTC-21 alerts (RTC-20, RTC-21);
 //! - [`turn`]: STUN/TURN servers and TURN REST credentials (RTC-02, RTC-03);
 //! - [`page`]: the call page `/call/{room}` (HTML + JS in the binary).
 //!
@@ -19,6 +21,7 @@
 pub mod hub;
 pub mod page;
 pub mod protocol;
+pub mod qos;
 pub mod session;
 pub mod sfu;
 pub mod signal;

@@ -5,6 +5,7 @@ use huizhen_domain::consultation::room::{Permissions, RoomRole};
 use serde::{Deserialize, Serialize};
 
 use crate::turn::IceServer;
+pub use huizhen_domain::consultation::call_quality::Sample;
 
 /// A message from a client.
 #[derive(Debug, Clone, Deserialize)]
@@ -47,6 +48,9 @@ pub enum ClientMsg {
     },
     /// Stop publishing `pc`.
     Unpublish { pc: String },
+    /// Quality samples of the tracks of `pc` from the client's `getStats()` (RTC-20), every
+    /// few seconds.
+    Stats { pc: String, samples: Vec<Sample> },
     /// Leave the room.
     Leave,
     /// Keep-alive; answered by `pong`.
@@ -135,6 +139,21 @@ pub enum ServerMsg {
         fatal: bool,
     },
     Pong,
+    /// A quality alert raised (`active`) or cleared at the RTC-21 thresholds, on a track of
+    /// `session` as `source` (`client` or `sfu`) measured it; sent to everyone in the room.
+    QualityAlert {
+        session: String,
+        role: RoomRole,
+        pc: String,
+        track: String,
+        kind: String,
+        direction: String,
+        source: &'static str,
+        metric: &'static str,
+        value: f64,
+        threshold: f64,
+        active: bool,
+    },
 }
 
 /// The signaling limits, told to the client at join.

@@ -21,6 +21,7 @@ use crate::protocol::{ClientMsg, ServerMsg};
 /// The engine's hub, made on first use from the engine's `media:` block and room-token keys.
 pub fn hub(s: &AppState) -> Result<Arc<Hub>, String> {
     if let Some(h) = s.extensions.get::<Hub>() {
+        h.start_quality();
         return Ok(h);
     }
     // Read outside `get_or_try_init`, which holds the extensions' lock while it makes the hub.
@@ -33,8 +34,11 @@ pub fn hub(s: &AppState) -> Result<Arc<Hub>, String> {
         .extensions
         .get::<huizhen_core::security::RoomTokens>()
         .ok_or("room tokens are not available in this engine")?;
-    s.extensions
-        .get_or_try_init(|| Ok(Hub::new(cfg, s.store.clone(), (*tokens).clone())))
+    let h = s
+        .extensions
+        .get_or_try_init(|| Ok::<_, String>(Hub::new(cfg, s.store.clone(), (*tokens).clone())))?;
+    h.start_quality();
+    Ok(h)
 }
 
 pub async fn ws_signal(
