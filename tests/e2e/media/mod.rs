@@ -3,11 +3,15 @@
 //! local physician, verifications), its tokens issued, then webrtc-crate peers join.
 //!
 //! - `call.rs`: three peers publish and each receives the other two's RTP through the SFU;
+//! - `browser.rs`: the call page in headless Chromium exchanges media with a Rust peer;
+//! - `quality.rs`: stats samples, alerts at the RTC-21 thresholds, the call view;
 //! - `admission.rs`: the lobby (expert before the local physician), a wrong-room token, an
 //!   expired token, a token after the session, join/leave in the audit trail.
 
 mod admission;
+mod browser;
 mod call;
+mod quality;
 pub(crate) mod peer;
 
 use std::sync::Arc;
