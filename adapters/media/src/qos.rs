@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 
 use huizhen_core::runner::call_metrics;
 use huizhen_core::store::calls::QualityKey;
-use huizhen_domain::consultation::call_quality::{
-    AlertChange, MAX_SAMPLES, Sample, TrackQuality,
-};
+use huizhen_domain::consultation::call_quality::{AlertChange, MAX_SAMPLES, Sample, TrackQuality};
 use huizhen_domain::consultation::room::RoomRole;
 use rtc::statistics::report::RTCStatsReportEntry;
 use webrtc::peer_connection::StatsSelector;

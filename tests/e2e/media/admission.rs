@@ -42,6 +42,31 @@ async fn the_expert_waits_in_the_lobby_until_the_local_physician_is_present() {
     assert_eq!(joined["admission"], "admitted", "{joined}");
     let admitted = ex.next_of("admitted").await;
     assert_eq!(admitted["type"], "admitted");
+    // The call view: the expert joined first and was admitted when the local physician came.
+    let view = crate::support::wait_for(
+        "the expert's admission stored",
+        std::time::Duration::from_secs(10),
+        || {
+            let api = wf.api.clone();
+            let id = id.clone();
+            async move {
+                let (_, v) = api
+                    .get(&format!("/api/consultations/{id}/call"), &doctor())
+                    .await;
+                let rows = v["participation"].as_array()?;
+                (rows.len() == 3 && rows[0]["admitted_at"].is_i64()).then(|| v.clone())
+            }
+        },
+    )
+    .await;
+    let rows = view["participation"].as_array().unwrap();
+    let roles: Vec<&str> = rows.iter().map(|r| r["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["expert", "patient", "local-physician"], "{view}");
+    assert!(
+        rows[0]["admitted_at"].as_i64() >= rows[2]["joined_at"].as_i64(),
+        "{view}"
+    );
+    assert_eq!(rows[1]["admitted_at"], rows[1]["joined_at"], "{view}");
     // The expert's own token only, from the API.
     let (s, v) = wf
         .post(

@@ -99,10 +99,14 @@ async fn the_call_page_exchanges_media_with_a_rust_peer() {
         let api = wf.api.clone();
         let id = id.clone();
         async move {
-            let (s, v) = api.get(&format!("/api/consultations/{id}/call"), &doctor()).await;
+            let (s, v) = api
+                .get(&format!("/api/consultations/{id}/call"), &doctor())
+                .await;
             assert_eq!(s, 200, "{v}");
             let client = v["quality"].as_array()?.iter().any(|q: &Value| {
-                q["source"] == "client" && q["role"] == "patient" && q["summary"]["samples"].as_u64() > Some(0)
+                q["source"] == "client"
+                    && q["role"] == "patient"
+                    && q["summary"]["samples"].as_u64() > Some(0)
             });
             client.then_some(v)
         }
@@ -111,7 +115,11 @@ async fn the_call_page_exchanges_media_with_a_rust_peer() {
     let people = view["participation"].as_array().unwrap();
     let roles: Vec<&str> = people.iter().map(|p| p["role"].as_str().unwrap()).collect();
     assert_eq!(roles, ["local-physician", "patient"], "{view}");
-    assert!(people.iter().all(|p| p["left_at"].is_null() && p["admitted_at"].is_i64()));
+    assert!(
+        people
+            .iter()
+            .all(|p| p["left_at"].is_null() && p["admitted_at"].is_i64())
+    );
     assert_eq!(view["room"], room.as_str());
 
     // Leaving from the page is recorded.
@@ -122,8 +130,14 @@ async fn the_call_page_exchanges_media_with_a_rust_peer() {
         let api = wf.api.clone();
         let id = id.clone();
         async move {
-            let (_, v) = api.get(&format!("/api/consultations/{id}/call"), &doctor()).await;
-            v["participation"].as_array()?.iter().any(|p: &Value| p["role"] == "patient" && p["left_reason"] == "left").then_some(())
+            let (_, v) = api
+                .get(&format!("/api/consultations/{id}/call"), &doctor())
+                .await;
+            v["participation"]
+                .as_array()?
+                .iter()
+                .any(|p: &Value| p["role"] == "patient" && p["left_reason"] == "left")
+                .then_some(())
         }
     })
     .await;

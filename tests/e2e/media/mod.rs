@@ -11,8 +11,8 @@
 mod admission;
 mod browser;
 mod call;
-mod quality;
 pub(crate) mod peer;
+mod quality;
 
 use std::sync::Arc;
 

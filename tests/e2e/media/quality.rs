@@ -13,8 +13,17 @@ use crate::consultations::doctor;
 use crate::support::Backend;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stats_are_summarised_alerted_and_shown_on_the_consultation() {
-    let Some(wf) = start(Backend::Sqlite).await else {
+async fn stats_are_summarised_alerted_and_shown_on_the_consultation_sqlite() {
+    stats_are_summarised_alerted_and_shown(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_are_summarised_alerted_and_shown_on_the_consultation_postgres() {
+    stats_are_summarised_alerted_and_shown(Backend::Postgres).await;
+}
+
+async fn stats_are_summarised_alerted_and_shown(b: Backend) {
+    let Some(wf) = start(b).await else {
         return;
     };
     let (id, _, _) = consultation(&wf, true, true).await;
@@ -41,7 +50,13 @@ async fn stats_are_summarised_alerted_and_shown_on_the_consultation() {
         .await;
     let e = doctor_peer.signal.next_of("error").await;
     assert_eq!(e["code"], "bad-message", "{e}");
-    assert!(e["message"].as_str().unwrap().contains("samples[0].loss_pct"), "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("samples[0].loss_pct"),
+        "{e}"
+    );
     doctor_peer
         .signal
         .send(json!({"type": "stats", "pc": "nope", "samples": []}))
@@ -64,24 +79,27 @@ async fn stats_are_summarised_alerted_and_shown_on_the_consultation() {
         assert_eq!(a["role"], "local-physician");
         assert_eq!(a["source"], "client");
     }
-    assert_eq!(
-        huizhen_core::runner::call_metrics::call_alerts_raised("video", "rtt"),
-        before + 1
-    );
+    // Process-wide (other tests raise alerts too): at least this one.
+    assert!(huizhen_core::runner::call_metrics::call_alerts_raised("video", "rtt") > before);
     // Back under: cleared.
     people[0]
         .signal
         .send(json!({"type": "stats", "pc": "cam", "samples": [{"track": "cam-video", "kind": "video", "direction": "outbound", "rtt_ms": 80.0}]}))
         .await;
     let a = people[1].signal.next_of("quality_alert").await;
-    assert_eq!((a["metric"].as_str(), a["active"].as_bool()), (Some("rtt"), Some(false)));
+    assert_eq!(
+        (a["metric"].as_str(), a["active"].as_bool()),
+        (Some("rtt"), Some(false))
+    );
 
     // The view: the client's summary and the SFU's own samples of the legs.
     let view = crate::support::wait_for("the summaries stored", Duration::from_secs(20), || {
         let api = wf.api.clone();
         let id = id.clone();
         async move {
-            let (s, v) = api.get(&format!("/api/consultations/{id}/call"), &doctor()).await;
+            let (s, v) = api
+                .get(&format!("/api/consultations/{id}/call"), &doctor())
+                .await;
             assert_eq!(s, 200, "{v}");
             let q = v["quality"].as_array()?;
             let client = q.iter().find(|q: &&Value| q["source"] == "client")?;

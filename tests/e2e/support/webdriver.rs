@@ -34,9 +34,13 @@ impl Browser {
             tool("CHROMEDRIVER", "/usr/bin/chromedriver"),
         ) else {
             if super::under_ci() {
-                panic!("chromium and chromedriver are required under CI (apt-get install chromium chromium-driver)");
+                panic!(
+                    "chromium and chromedriver are required under CI (apt-get install chromium chromium-driver)"
+                );
             }
-            eprintln!("skipped: chromium or chromedriver not installed (apt-get install chromium chromium-driver)");
+            eprintln!(
+                "skipped: chromium or chromedriver not installed (apt-get install chromium chromium-driver)"
+            );
             return None;
         };
         let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -87,7 +87,11 @@ pub(crate) fn register(registry: &mut Registry) {
         "Call quality alerts raised and not cleared yet",
         m.active.clone(),
     );
-    registry.register("call_rooms", "Call rooms with someone in them", m.rooms.clone());
+    registry.register(
+        "call_rooms",
+        "Call rooms with someone in them",
+        m.rooms.clone(),
+    );
 }
 
 /// The worst figures of `room`'s tracks of `kind` (`None`: not measured this round).
@@ -102,7 +106,11 @@ pub fn set_call_quality(
         room: room.to_owned(),
         kind: kind.to_owned(),
     };
-    for (fam, v) in [(&m().rtt, rtt_ms), (&m().loss, loss_pct), (&m().jitter, jitter_ms)] {
+    for (fam, v) in [
+        (&m().rtt, rtt_ms),
+        (&m().loss, loss_pct),
+        (&m().jitter, jitter_ms),
+    ] {
         if let Some(v) = v {
             fam.get_or_create(&l).set(v);
         }

@@ -570,7 +570,11 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
         "/api/consultations/{id}/room/tokens",
         Action::IssueRoomTokens,
     ),
-    ("GET", "/api/consultations/{id}/call", Action::ReadConsultations),
+    (
+        "GET",
+        "/api/consultations/{id}/call",
+        Action::ReadConsultations,
+    ),
 ];
 
 /// Endpoints open to anyone (the FHIR CapabilityStatement is public, as SMART clients expect:

@@ -94,8 +94,9 @@ impl Store {
 
     /// Counts a reconnect of a session (RTC-12).
     pub async fn call_reconnected(&self, session: &str) -> Result<()> {
-        let mut sql =
-            Sql::new("UPDATE call_sessions SET reconnects = reconnects + 1 WHERE session = ".into());
+        let mut sql = Sql::new(
+            "UPDATE call_sessions SET reconnects = reconnects + 1 WHERE session = ".into(),
+        );
         sql.bind(session);
         sql.query()
             .execute(self.write_pool())

@@ -592,7 +592,11 @@ impl Store {
                     "billing",
                     include_str!("migrations/sqlite/0018_billing.sql"),
                 ),
-                (21, "calls", include_str!("migrations/sqlite/0021_calls.sql")),
+                (
+                    21,
+                    "calls",
+                    include_str!("migrations/sqlite/0021_calls.sql"),
+                ),
                 (
                     22,
                     "devices",
@@ -685,7 +689,11 @@ impl Store {
                     "billing",
                     include_str!("migrations/postgres/0018_billing.sql"),
                 ),
-                (21, "calls", include_str!("migrations/postgres/0021_calls.sql")),
+                (
+                    21,
+                    "calls",
+                    include_str!("migrations/postgres/0021_calls.sql"),
+                ),
                 (
                     22,
                     "devices",

@@ -260,13 +260,19 @@ mod tests {
     #[test]
     fn rtt_jitter_and_freeze_alert_at_once_and_clear_below_the_threshold() {
         let mut q = TrackQuality::default();
-        assert!(q.add(&s(Some(300.0), None, Some(50.0), Some(2000.0)), 0).is_empty());
+        assert!(
+            q.add(&s(Some(300.0), None, Some(50.0), Some(2000.0)), 0)
+                .is_empty()
+        );
         let up = q.add(&s(Some(301.0), None, Some(51.0), Some(2100.0)), 1000);
         let metrics: Vec<Metric> = up.iter().map(|c| c.metric).collect();
         assert_eq!(metrics, [Metric::Rtt, Metric::Jitter, Metric::Freeze]);
         assert!(up.iter().all(|c| c.active));
         // Still over: no new change; the count stays one per episode.
-        assert!(q.add(&s(Some(400.0), None, Some(60.0), None), 2000).is_empty());
+        assert!(
+            q.add(&s(Some(400.0), None, Some(60.0), None), 2000)
+                .is_empty()
+        );
         let down = q.add(&s(Some(100.0), None, Some(10.0), Some(0.0)), 3000);
         assert_eq!(down.len(), 3);
         assert!(down.iter().all(|c| !c.active));

@@ -20,10 +20,10 @@
 //! docs/workflow.md has the state table for integrators.
 
 mod aggregate;
+pub mod call_quality;
 mod command;
 mod decide;
 mod error;
-pub mod call_quality;
 pub mod event;
 pub mod gates;
 mod load;

@@ -38,10 +38,7 @@ pub(in crate::http) async fn call_view(
     let quality = s.store.call_quality(&id).await?;
     let mut alerts = serde_json::Map::new();
     for (i, m) in Metric::ALL.into_iter().enumerate() {
-        let n: u64 = quality
-            .iter()
-            .map(|q| u64::from(q.summary.alerts[i]))
-            .sum();
+        let n: u64 = quality.iter().map(|q| u64::from(q.summary.alerts[i])).sum();
         alerts.insert(
             m.code().into(),
             json!({"threshold": m.threshold(), "raised": n}),
