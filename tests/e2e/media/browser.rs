@@ -1,8 +1,8 @@
-//! The call page in a real browser (issue 18): a headless Chromium with fake camera and
-//! microphone opens `/call/{room}?token=…` as the patient, a webrtc-crate peer joins as the
-//! local physician, and media flows both ways through the SFU (RTP packets counted on each
-//! side). The page posts its getStats() samples: the consultation's call view shows them with
-//! the participation.
+//! The call page in real browsers (issue 18's "done when"): two headless Chromiums with fake
+//! camera and microphone open `/call/{room}?token=…` as the patient and the expert, a
+//! webrtc-crate peer joins as the local physician, and each of the three receives the other
+//! two's RTP through the SFU (packets counted on each side). The pages post their getStats()
+//! samples: the consultation's call view shows them with the participation.
 
 use std::time::Duration;
 
@@ -14,9 +14,41 @@ use crate::consultations::doctor;
 use crate::support::Backend;
 use crate::support::webdriver::Browser;
 
+/// RTP packets each subscription of the page received so far (inbound-rtp packetsReceived).
+const RECEIVED: &str = "const out = {}; \
+    for (const [id, s] of Object.entries(window.huizhen.quality)) if (id.startsWith('sub:')) \
+    out[id] = s.filter(x => x.direction === 'inbound').reduce((a, x) => a + (x.packets || 0), 0); \
+    return out;";
+
+const STATE: &str = "return JSON.stringify({m: window.huizhen.messages, pcs: Object.keys(window.huizhen.pcs), \
+    q: window.huizhen.quality, status: document.getElementById('status').textContent})";
+
+/// Waits until the page received at least 25 packets on each of `n` subscriptions.
+async fn receives(b: &Browser, n: usize, what: &str) -> Value {
+    crate::support::wait_for_or(
+        what,
+        Duration::from_secs(40),
+        || async move {
+            let v = b.eval(RECEIVED).await;
+            let ok = v
+                .as_object()?
+                .values()
+                .filter(|c| c.as_u64() >= Some(25))
+                .count()
+                >= n;
+            ok.then_some(v)
+        },
+        async || format!("{}", b.eval(STATE).await),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_call_page_exchanges_media_with_a_rust_peer() {
-    let Some(browser) = Browser::launch().await else {
+async fn two_call_pages_and_a_rust_peer_hold_a_call() {
+    let Some(patient) = Browser::launch().await else {
+        return;
+    };
+    let Some(expert) = Browser::launch().await else {
         return;
     };
     let Some(wf) = start(Backend::Sqlite).await else {
@@ -41,61 +73,69 @@ async fn the_call_page_exchanges_media_with_a_rust_peer() {
     let mut rust = Participant::new(s);
     rust.publish().await;
 
-    browser
-        .goto(&format!(
+    for (b, role) in [(&patient, "patient"), (&expert, "expert")] {
+        b.goto(&format!(
             "{}/call/{room}?token={}",
-            wf.api.base, tokens["patient"]
+            wf.api.base, tokens[role]
         ))
         .await;
-    // The browser's publication reaches the Rust peer through the SFU.
-    let (sub, publisher) = rust.accept_subscription().await;
-    let page_session = browser
-        .eval("return window.huizhen && window.huizhen.session")
-        .await;
-    assert_eq!(page_session.as_str(), Some(publisher.as_str()));
-    let from_browser = crate::support::wait_for_or(
-        "RTP from the browser",
-        Duration::from_secs(20),
+    }
+    // Both pages' publications reach the Rust peer through the SFU.
+    let mut subs = Vec::new();
+    let mut publishers = Vec::new();
+    for _ in 0..2 {
+        let (sub, publisher) = rust.accept_subscription().await;
+        subs.push(sub);
+        publishers.push(publisher);
+    }
+    let mut pages = Vec::new();
+    for b in [&patient, &expert] {
+        let s = b
+            .eval("return window.huizhen && window.huizhen.session")
+            .await;
+        pages.push(s.as_str().unwrap_or_default().to_owned());
+    }
+    publishers.sort();
+    pages.sort();
+    assert_eq!(publishers, pages);
+    let from_pages = crate::support::wait_for_or(
+        "RTP from both pages",
+        Duration::from_secs(30),
         || {
             let counts = rust.counts();
-            let sub = sub.clone();
-            async move { counts.await.get(&sub).copied().filter(|n| *n >= 25) }
+            let subs = subs.clone();
+            async move {
+                let c = counts.await;
+                let n: Vec<u64> = subs
+                    .iter()
+                    .map(|s| c.get(s).copied().unwrap_or(0))
+                    .collect();
+                n.iter().all(|n| *n >= 25).then_some(n)
+            }
         },
         async || format!("{:?}", rust.counts().await),
     )
     .await;
-    // The Rust peer's publication reaches the browser (inbound-rtp packetsReceived).
-    let script = "const q = window.huizhen.quality; let n = 0; \
-        for (const [id, s] of Object.entries(q)) if (id.startsWith('sub:')) \
-        for (const x of s) if (x.direction === 'inbound') n += x.packets || 0; return n;";
-    let to_browser = crate::support::wait_for_or(
-        "RTP in the browser",
-        Duration::from_secs(30),
-        || {
-            let b = &browser;
-            async move { b.eval(script).await.as_u64().filter(|n| *n >= 25) }
-        },
-        async || {
-            let state = browser
-                .eval("return JSON.stringify({m: window.huizhen.messages, pcs: Object.keys(window.huizhen.pcs), q: window.huizhen.quality, status: document.getElementById('status').textContent})")
-                .await;
-            format!("{state}")
-        },
-    )
-    .await;
-    eprintln!("RTP packets: browser → Rust {from_browser}, Rust → browser {to_browser}");
-    // The page shows the others' video and its live quality.
-    let tiles = browser
-        .eval("return document.querySelectorAll('figure.tile[data-pc]').length")
-        .await;
-    assert_eq!(tiles.as_u64(), Some(1));
-    let status = browser
-        .eval("return document.getElementById('status').textContent")
-        .await;
-    assert_eq!(status.as_str(), Some("In call"));
+    // Each page receives the Rust peer and the other page.
+    let to_patient = receives(&patient, 2, "RTP in the patient's page").await;
+    let to_expert = receives(&expert, 2, "RTP in the expert's page").await;
+    eprintln!(
+        "RTP packets: pages → Rust {from_pages:?}, → patient {to_patient}, → expert {to_expert}"
+    );
+    for b in [&patient, &expert] {
+        // The two others' videos, and the live quality.
+        let tiles = b
+            .eval("return document.querySelectorAll('figure.tile[data-pc]').length")
+            .await;
+        assert_eq!(tiles.as_u64(), Some(2));
+        let status = b
+            .eval("return document.getElementById('status').textContent")
+            .await;
+        assert_eq!(status.as_str(), Some("In call"));
+    }
 
-    // The page's stats reached the engine: the call view has them, with who joined.
-    let view = crate::support::wait_for("the page's stats stored", Duration::from_secs(20), || {
+    // The pages' stats reached the engine: the call view has them, with who joined.
+    let view = crate::support::wait_for("the pages' stats stored", Duration::from_secs(20), || {
         let api = wf.api.clone();
         let id = id.clone();
         async move {
@@ -103,18 +143,23 @@ async fn the_call_page_exchanges_media_with_a_rust_peer() {
                 .get(&format!("/api/consultations/{id}/call"), &doctor())
                 .await;
             assert_eq!(s, 200, "{v}");
-            let client = v["quality"].as_array()?.iter().any(|q: &Value| {
-                q["source"] == "client"
-                    && q["role"] == "patient"
-                    && q["summary"]["samples"].as_u64() > Some(0)
-            });
-            client.then_some(v)
+            let from = |role: &str| {
+                v["quality"].as_array().is_some_and(|q| {
+                    q.iter().any(|q: &Value| {
+                        q["source"] == "client"
+                            && q["role"] == role
+                            && q["summary"]["samples"].as_u64() > Some(0)
+                    })
+                })
+            };
+            (from("patient") && from("expert")).then_some(v)
         }
     })
     .await;
     let people = view["participation"].as_array().unwrap();
-    let roles: Vec<&str> = people.iter().map(|p| p["role"].as_str().unwrap()).collect();
-    assert_eq!(roles, ["local-physician", "patient"], "{view}");
+    let mut roles: Vec<&str> = people.iter().map(|p| p["role"].as_str().unwrap()).collect();
+    roles.sort();
+    assert_eq!(roles, ["expert", "local-physician", "patient"], "{view}");
     assert!(
         people
             .iter()
@@ -123,7 +168,7 @@ async fn the_call_page_exchanges_media_with_a_rust_peer() {
     assert_eq!(view["room"], room.as_str());
 
     // Leaving from the page is recorded.
-    browser
+    patient
         .eval("document.getElementById('btn-leave').click(); return true")
         .await;
     crate::support::wait_for("the page's leave stored", Duration::from_secs(10), || {
@@ -143,6 +188,7 @@ async fn the_call_page_exchanges_media_with_a_rust_peer() {
     .await;
     rust.signal.send(serde_json::json!({"type": "leave"})).await;
     rust.close().await;
-    browser.close().await;
+    patient.close().await;
+    expert.close().await;
     wf.stop().await;
 }
