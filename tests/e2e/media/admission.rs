@@ -8,7 +8,7 @@ use huizhen_domain::consultation::room::{RoomClaims, RoomRole, room_id};
 use serde_json::json;
 
 use super::peer::Signal;
-use super::{consultation, signal_url, start, tokens};
+use super::{call_view_when, consultation, signal_url, start, tokens};
 use crate::consultations::{SECRET, doctor, expert};
 use crate::support::Backend;
 
@@ -43,21 +43,11 @@ async fn the_expert_waits_in_the_lobby_until_the_local_physician_is_present() {
     let admitted = ex.next_of("admitted").await;
     assert_eq!(admitted["type"], "admitted");
     // The call view: the expert joined first and was admitted when the local physician came.
-    let view = crate::support::wait_for(
-        "the expert's admission stored",
-        std::time::Duration::from_secs(10),
-        || {
-            let api = wf.api.clone();
-            let id = id.clone();
-            async move {
-                let (_, v) = api
-                    .get(&format!("/api/consultations/{id}/call"), &doctor())
-                    .await;
-                let rows = v["participation"].as_array()?;
-                (rows.len() == 3 && rows[0]["admitted_at"].is_i64()).then(|| v.clone())
-            }
-        },
-    )
+    let view = call_view_when(&wf, &id, "the expert's admission stored", |v| {
+        v["participation"]
+            .as_array()
+            .is_some_and(|r| r.len() == 3 && r[0]["admitted_at"].is_i64())
+    })
     .await;
     let rows = view["participation"].as_array().unwrap();
     let roles: Vec<&str> = rows.iter().map(|r| r["role"].as_str().unwrap()).collect();

@@ -9,8 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::peer::{Participant, Signal};
-use super::{consultation, signal_url, start, tokens};
-use crate::consultations::doctor;
+use super::{call_view_when, consultation, signal_url, start, tokens};
 use crate::support::Backend;
 use crate::support::webdriver::Browser;
 
@@ -135,25 +134,17 @@ async fn two_call_pages_and_a_rust_peer_hold_a_call() {
     }
 
     // The pages' stats reached the engine: the call view has them, with who joined.
-    let view = crate::support::wait_for("the pages' stats stored", Duration::from_secs(20), || {
-        let api = wf.api.clone();
-        let id = id.clone();
-        async move {
-            let (s, v) = api
-                .get(&format!("/api/consultations/{id}/call"), &doctor())
-                .await;
-            assert_eq!(s, 200, "{v}");
-            let from = |role: &str| {
-                v["quality"].as_array().is_some_and(|q| {
-                    q.iter().any(|q: &Value| {
-                        q["source"] == "client"
-                            && q["role"] == role
-                            && q["summary"]["samples"].as_u64() > Some(0)
-                    })
+    let view = call_view_when(&wf, &id, "the pages' stats stored", |v| {
+        let from = |role: &str| {
+            v["quality"].as_array().is_some_and(|q| {
+                q.iter().any(|q: &Value| {
+                    q["source"] == "client"
+                        && q["role"] == role
+                        && q["summary"]["samples"].as_u64() > Some(0)
                 })
-            };
-            (from("patient") && from("expert")).then_some(v)
-        }
+            })
+        };
+        from("patient") && from("expert")
     })
     .await;
     let people = view["participation"].as_array().unwrap();
@@ -171,19 +162,11 @@ async fn two_call_pages_and_a_rust_peer_hold_a_call() {
     patient
         .eval("document.getElementById('btn-leave').click(); return true")
         .await;
-    crate::support::wait_for("the page's leave stored", Duration::from_secs(10), || {
-        let api = wf.api.clone();
-        let id = id.clone();
-        async move {
-            let (_, v) = api
-                .get(&format!("/api/consultations/{id}/call"), &doctor())
-                .await;
-            v["participation"]
-                .as_array()?
-                .iter()
-                .any(|p: &Value| p["role"] == "patient" && p["left_reason"] == "left")
-                .then_some(())
-        }
+    call_view_when(&wf, &id, "the page's leave stored", |v| {
+        v["participation"].as_array().is_some_and(|p| {
+            p.iter()
+                .any(|p| p["role"] == "patient" && p["left_reason"] == "left")
+        })
     })
     .await;
     rust.signal.send(serde_json::json!({"type": "leave"})).await;

@@ -147,3 +147,25 @@ pub(crate) async fn tokens(
 pub(crate) fn signal_url(wf: &Wf) -> String {
     format!("{}/ws/signal", wf.api.base.replacen("http://", "ws://", 1))
 }
+
+/// The consultation's call view (`GET /api/consultations/{id}/call` as the local doctor) once
+/// `ready` holds for it, within 20 s.
+pub(crate) async fn call_view_when(
+    wf: &Wf,
+    id: &str,
+    what: &str,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
+    let path = format!("/api/consultations/{id}/call");
+    crate::support::wait_for(what, std::time::Duration::from_secs(20), || {
+        let api = wf.api.clone();
+        let path = path.clone();
+        let ready = &ready;
+        async move {
+            let (s, v) = api.get(&path, &crate::consultations::doctor()).await;
+            assert_eq!(s, 200, "{v}");
+            ready(&v).then_some(v)
+        }
+    })
+    .await
+}

@@ -3,13 +3,10 @@
 //! room (and the alert metric); the SFU adds its own samples of every leg; the consultation's
 //! call view shows the participation, the summaries and the alerts.
 
-use std::time::Duration;
-
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::peer::{Participant, Signal};
-use super::{consultation, signal_url, start, tokens};
-use crate::consultations::doctor;
+use super::{call_view_when, consultation, signal_url, start, tokens};
 use crate::support::Backend;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,19 +90,12 @@ async fn stats_are_summarised_alerted_and_shown(b: Backend) {
     );
 
     // The view: the client's summary and the SFU's own samples of the legs.
-    let view = crate::support::wait_for("the summaries stored", Duration::from_secs(20), || {
-        let api = wf.api.clone();
-        let id = id.clone();
-        async move {
-            let (s, v) = api
-                .get(&format!("/api/consultations/{id}/call"), &doctor())
-                .await;
-            assert_eq!(s, 200, "{v}");
-            let q = v["quality"].as_array()?;
-            let client = q.iter().find(|q: &&Value| q["source"] == "client")?;
-            (client["summary"]["samples"] == 3 && q.iter().any(|q| q["source"] == "sfu"))
-                .then(|| v.clone())
-        }
+    let view = call_view_when(&wf, &id, "the summaries stored", |v| {
+        v["quality"].as_array().is_some_and(|q| {
+            q.iter()
+                .any(|q| q["source"] == "client" && q["summary"]["samples"] == 3)
+                && q.iter().any(|q| q["source"] == "sfu")
+        })
     })
     .await;
     let client = view["quality"]

@@ -386,22 +386,17 @@
   }
 
   // --- buttons ---
-  $("btn-mic").onclick = () => {
-    st.audio = !st.audio;
-    if (st.camera) for (const t of st.camera.getAudioTracks()) t.enabled = st.audio;
-    $("btn-mic").textContent = st.audio ? L.mic : L.micOn;
-    $("btn-mic").setAttribute("aria-pressed", String(!st.audio));
+  // Mute / camera off: the track stays published (disabled), the others see the state.
+  function toggle(field, button, tracks, onLabel, offLabel) {
+    st[field] = !st[field];
+    if (st.camera) for (const t of st.camera[tracks]()) t.enabled = st[field];
+    $(button).textContent = st[field] ? onLabel : offLabel;
+    $(button).setAttribute("aria-pressed", String(!st[field]));
     $("local-flags").textContent = [st.audio ? "" : L.muted, st.video ? "" : L.camOff].filter(Boolean).join(" · ");
-    send({ type: "state", audio: st.audio });
-  };
-  $("btn-cam").onclick = () => {
-    st.video = !st.video;
-    if (st.camera) for (const t of st.camera.getVideoTracks()) t.enabled = st.video;
-    $("btn-cam").textContent = st.video ? L.cam : L.camOn;
-    $("btn-cam").setAttribute("aria-pressed", String(!st.video));
-    $("local-flags").textContent = [st.audio ? "" : L.muted, st.video ? "" : L.camOff].filter(Boolean).join(" · ");
-    send({ type: "state", video: st.video });
-  };
+    send({ type: "state", [field]: st[field] });
+  }
+  $("btn-mic").onclick = () => toggle("audio", "btn-mic", "getAudioTracks", L.mic, L.micOn);
+  $("btn-cam").onclick = () => toggle("video", "btn-cam", "getVideoTracks", L.cam, L.camOn);
   async function stopShare() {
     if (!st.screen) return;
     const id = st.screen.id;

@@ -19,21 +19,7 @@ pub(in crate::http) async fn call_view(
     Path(id): Path<String>,
 ) -> Result<Response, WfError> {
     let wf = workflow(&s)?;
-    let stored = readable(&s, &wf, &caller, &id, "consultation.call.read").await?;
-    let facility = stored.consultation.request().requesting_facility.clone();
-    audit(
-        &s.store,
-        &caller
-            .event(
-                "consultation.call.read",
-                "Consultation",
-                &id,
-                "success",
-                String::new(),
-            )
-            .about(&facility),
-    )
-    .await?;
+    let stored = read_audited(&s, &wf, &caller, &id, "consultation.call.read").await?;
     let sessions = s.store.call_sessions(&id).await?;
     let quality = s.store.call_quality(&id).await?;
     let mut alerts = serde_json::Map::new();

@@ -320,6 +320,26 @@ async fn readable(
     Ok(stored)
 }
 
+/// A consultation the caller may see, its read audited as `action`.
+async fn read_audited(
+    s: &AppState,
+    wf: &Workflow,
+    caller: &Caller,
+    id: &str,
+    action: &str,
+) -> Result<StoredConsultation, WfError> {
+    let stored = readable(s, wf, caller, id, action).await?;
+    let facility = stored.consultation.request().requesting_facility.clone();
+    audit(
+        &s.store,
+        &caller
+            .event(action, "Consultation", id, "success", String::new())
+            .about(&facility),
+    )
+    .await?;
+    Ok(stored)
+}
+
 pub(super) async fn create(
     State(s): State<AppState>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -385,21 +405,7 @@ pub(super) async fn get_one(
     Path(id): Path<String>,
 ) -> Result<Response, WfError> {
     let wf = workflow(&s)?;
-    let stored = readable(&s, &wf, &caller, &id, "consultation.read").await?;
-    let facility = stored.consultation.request().requesting_facility.clone();
-    audit(
-        &s.store,
-        &caller
-            .event(
-                "consultation.read",
-                "Consultation",
-                &id,
-                "success",
-                String::new(),
-            )
-            .about(&facility),
-    )
-    .await?;
+    let stored = read_audited(&s, &wf, &caller, &id, "consultation.read").await?;
     // What it announced (the signed opinion for the HIS, notices), with when each reached
     // its pipeline's journal and as which message.
     let mut body = view(&stored);
