@@ -158,6 +158,31 @@ async fn two_call_pages_and_a_rust_peer_hold_a_call() {
     );
     assert_eq!(view["room"], room.as_str());
 
+    // Mute on the patient's page: the Rust peer gets the state, the expert's page shows it.
+    patient
+        .eval("document.getElementById('btn-mic').click(); return true")
+        .await;
+    // (The page's first state, sent when it published, may come first.)
+    loop {
+        let p = rust.signal.next_of("presence").await;
+        if p["event"] == "state" && p["peer"]["role"] == "patient" && p["peer"]["audio"] == false {
+            assert_eq!(p["peer"]["video"], true, "{p}");
+            break;
+        }
+    }
+    let label = patient
+        .eval("return document.getElementById('btn-mic').textContent")
+        .await;
+    assert_eq!(label.as_str(), Some("Unmute"));
+    let shown = crate::support::wait_for("the mute shown to the expert", Duration::from_secs(10), || async {
+        let flags = expert
+            .eval("return Array.from(document.querySelectorAll('figure.tile[data-pc] .flags')).map(f => f.textContent).join('|')")
+            .await;
+        flags.as_str().filter(|f| f.contains("muted")).map(str::to_owned)
+    })
+    .await;
+    assert!(!shown.contains("camera off"), "{shown}");
+
     // Leaving from the page is recorded.
     patient
         .eval("document.getElementById('btn-leave').click(); return true")
