@@ -183,6 +183,24 @@ async fn two_call_pages_and_a_rust_peer_hold_a_call() {
     .await;
     assert!(!shown.contains("camera off"), "{shown}");
 
+    // The expert shares a screen: a second publication (`source: screen`) the others receive.
+    expert.click("#btn-share").await;
+    let offer = rust.signal.next_of("offer").await;
+    assert_eq!(offer["source"], "screen", "{offer}");
+    rust.signal.pending_push_front(offer);
+    let (screen, _) = rust.accept_subscription().await;
+    crate::support::wait_for_or(
+        "the screen share's RTP",
+        Duration::from_secs(30),
+        || {
+            let counts = rust.counts();
+            let screen = screen.clone();
+            async move { counts.await.get(&screen).copied().filter(|n| *n >= 10) }
+        },
+        async || format!("{:?}", rust.counts().await),
+    )
+    .await;
+
     // Leaving from the page is recorded.
     patient
         .eval("document.getElementById('btn-leave').click(); return true")

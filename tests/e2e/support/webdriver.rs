@@ -130,6 +130,22 @@ impl Browser {
         self.command("url", json!({"url": url})).await;
     }
 
+    /// Clicks the element `css` as a user would (a click that counts as user activation,
+    /// which `getDisplayMedia` needs).
+    pub async fn click(&self, css: &str) {
+        let el = self
+            .command("element", json!({"using": "css selector", "value": css}))
+            .await;
+        let id = el
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no element {css}: {el}"))
+            .to_owned();
+        self.command(&format!("element/{id}/click"), json!({}))
+            .await;
+    }
+
     /// Runs `script` (a function body: `return …`) in the page; its value.
     pub async fn eval(&self, script: &str) -> Value {
         self.command("execute/sync", json!({"script": script, "args": []}))
