@@ -75,6 +75,8 @@ pub struct Room {
     pub(crate) facility: String,
     local_physician_first: bool,
     pub(crate) state: Mutex<RoomState>,
+    /// The tracks' quality summaries and alerts (RTC-20, RTC-21).
+    pub(crate) quality: StdMutex<crate::qos::RoomQuality>,
 }
 
 impl Room {
@@ -109,6 +111,7 @@ pub struct Hub {
     /// Where recordings go (none: recording is refused).
     pub(crate) objects: Option<Arc<huizhen_core::objects::ObjectStore>>,
     rooms: StdMutex<HashMap<String, Arc<Room>>>,
+    pub(crate) quality_started: std::sync::atomic::AtomicBool,
 }
 
 fn now() -> u64 {
@@ -135,6 +138,29 @@ impl Hub {
             tokens,
             rooms: StdMutex::new(HashMap::new()),
             objects: None,
+            quality_started: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The rooms with someone in them now.
+    pub(crate) fn rooms_now(&self) -> Vec<Arc<Room>> {
+        self.rooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Persists the participation (the call view of the consultation); a failure is logged,
+    /// the audit trail has the join and leave in any case.
+    async fn participation(&self, what: &str, r: huizhen_core::store::Result<()>) {
+        if let Err(e) = r {
+            tracing::error!(error = %e, what, "call participation not stored");
         }
     }
 
@@ -282,6 +308,7 @@ impl Hub {
                         facility: facility.clone(),
                         local_physician_first: room::needs_local_physician(c),
                         state: Mutex::new(RoomState::default()),
+                        quality: StdMutex::default(),
                     })
                 })
                 .clone()
@@ -328,6 +355,8 @@ impl Hub {
             ));
             Room::presence(&st, &session, "reconnected");
             drop(st);
+            self.participation("reconnect", self.store.call_reconnected(&session).await)
+                .await;
             self.audit(
                 Some(&claims),
                 "room.join",
@@ -421,6 +450,25 @@ impl Hub {
         }
         let ready: Vec<Arc<Publication>> = st.ready.values().cloned().collect();
         drop(st);
+        let at = huizhen_core::message::now_ms();
+        let row = huizhen_core::store::calls::CallSession {
+            session: session.clone(),
+            consultation: claims.consultation.clone(),
+            room: room_id.to_owned(),
+            participant: claims.sub.clone(),
+            role: claims.role.code().to_owned(),
+            joined_at: at,
+            admitted_at: admitted.then_some(at),
+            left_at: None,
+            left_reason: None,
+            reconnects: 0,
+        };
+        self.participation("join", self.store.call_joined(&row).await)
+            .await;
+        for s in newly.iter().filter(|s| **s != session) {
+            self.participation("admission", self.store.call_admitted(s, at).await)
+                .await;
+        }
         self.audit(
             Some(&claims),
             "room.join",
@@ -506,6 +554,13 @@ impl Hub {
         let claims = member.claims.clone();
         let source = member.source.clone();
         drop(member);
+        self.participation(
+            "leave",
+            self.store
+                .call_left(session, huizhen_core::message::now_ms(), reason)
+                .await,
+        )
+        .await;
         self.audit(
             Some(&claims),
             "room.leave",
@@ -519,6 +574,7 @@ impl Hub {
         let empty = room.state.lock().await.members.is_empty();
         if empty {
             self.stop_recording(room, "everyone left the room").await;
+            self.close_quality(room).await;
             let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
             if rooms.get(&room.id).is_some_and(|r| Arc::ptr_eq(r, room)) {
                 rooms.remove(&room.id);

@@ -8,7 +8,10 @@
 //! - [`sfu`]: peer connections and RTP forwarding;
 //! - [`layers`]: simulcast layer choice per receiver, audio first, key-frame switching (pure);
 //! - [`record`]: recording with everyone's consent, per-track files into the object store;
-//! - [`turn`]: STUN/TURN servers and TURN REST credentials (RTC-02, RTC-03).
+//! - [`qos`]: the call's quality: client `stats`, the SFU's RTCP receiver reports, summaries,
+//!   /metrics and the RTC-21 alerts (RTC-20, RTC-21);
+//! - [`turn`]: STUN/TURN servers and TURN REST credentials (RTC-02, RTC-03);
+//! - [`page`]: the call page `/call/{room}` (HTML + JS in the binary).
 //!
 //! The room tokens are issued by the engine (`POST /api/consultations/{id}/room/tokens`,
 //! `huizhen_core::security::RoomTokens`) and the admission rules are the domain's
@@ -19,7 +22,9 @@
 
 pub mod hub;
 pub mod layers;
+pub mod page;
 pub mod protocol;
+pub mod qos;
 pub mod record;
 pub mod session;
 pub mod sfu;
@@ -28,9 +33,11 @@ pub mod turn;
 
 use axum::routing::get;
 
-/// The routes of the call: `/ws/signal`.
+/// The routes of the call: `/ws/signal` and the call page `/call/{room}`.
 pub fn routes() -> axum::Router<huizhen_core::http::AppState> {
-    axum::Router::new().route("/ws/signal", get(signal::ws_signal))
+    axum::Router::new()
+        .route("/ws/signal", get(signal::ws_signal))
+        .route("/call/{room}", get(page::call_page))
 }
 
 inventory::submit! {

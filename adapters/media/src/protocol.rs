@@ -5,6 +5,7 @@ use huizhen_domain::consultation::room::{Permissions, RoomRole};
 use serde::{Deserialize, Serialize};
 
 use crate::turn::IceServer;
+pub use huizhen_domain::consultation::call_quality::Sample;
 
 /// A message from a client.
 #[derive(Debug, Clone, Deserialize)]
@@ -50,6 +51,9 @@ pub enum ClientMsg {
     /// Start (`true`) or stop (`false`) recording the call: a token with the `record`
     /// permission, and every participant's recording consent on file (RTC-30).
     Record { active: bool },
+    /// Quality samples of the tracks of `pc` from the client's `getStats()` (RTC-20), every
+    /// few seconds.
+    Stats { pc: String, samples: Vec<Sample> },
     /// Leave the room.
     Leave,
     /// Keep-alive; answered by `pong`.
@@ -142,6 +146,21 @@ pub enum ServerMsg {
     /// when a recording starts or stops, and to whoever joins while one runs (the recording
     /// indicator, RTC-30).
     Recording {
+        active: bool,
+    },
+    /// A quality alert raised (`active`) or cleared at the RTC-21 thresholds, on a track of
+    /// `session` as `source` (`client` or `sfu`) measured it; sent to everyone in the room.
+    QualityAlert {
+        session: String,
+        role: RoomRole,
+        pc: String,
+        track: String,
+        kind: String,
+        direction: String,
+        source: &'static str,
+        metric: &'static str,
+        value: f64,
+        threshold: f64,
         active: bool,
     },
 }

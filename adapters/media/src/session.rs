@@ -110,6 +110,7 @@ impl Hub {
                 tokio::spawn(async move { hub.restart(room, session, pc, peer).await });
                 None
             }
+            ClientMsg::Stats { pc, samples } => self.stats(room, session, pc, samples).await,
             ClientMsg::Unpublish { pc } => {
                 let key = publication_key(session, &pc);
                 let mut st = room.state.lock().await;

@@ -21,6 +21,7 @@ use crate::protocol::{ClientMsg, ServerMsg};
 /// The engine's hub, made on first use from the engine's `media:` block and room-token keys.
 pub fn hub(s: &AppState) -> Result<Arc<Hub>, String> {
     if let Some(h) = s.extensions.get::<Hub>() {
+        h.start_quality();
         return Ok(h);
     }
     // Read outside `get_or_try_init`, which holds the extensions' lock while it makes the hub.
@@ -34,13 +35,15 @@ pub fn hub(s: &AppState) -> Result<Arc<Hub>, String> {
         .get::<huizhen_core::security::RoomTokens>()
         .ok_or("room tokens are not available in this engine")?;
     let objects = s.extensions.get::<huizhen_core::objects::ObjectStore>();
-    s.extensions.get_or_try_init(|| {
+    let h = s.extensions.get_or_try_init(|| {
         let hub = Hub::new(cfg, s.store.clone(), (*tokens).clone());
-        Ok(match objects {
+        Ok::<_, String>(match objects {
             Some(o) => hub.with_objects(o),
             None => hub,
         })
-    })
+    })?;
+    h.start_quality();
+    Ok(h)
 }
 
 pub async fn ws_signal(

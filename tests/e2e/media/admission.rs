@@ -8,7 +8,7 @@ use huizhen_domain::consultation::room::{RoomClaims, RoomRole, room_id};
 use serde_json::json;
 
 use super::peer::Signal;
-use super::{consultation, signal_url, start, tokens};
+use super::{call_view_when, consultation, signal_url, start, tokens};
 use crate::consultations::{SECRET, doctor, expert};
 use crate::support::Backend;
 
@@ -42,6 +42,21 @@ async fn the_expert_waits_in_the_lobby_until_the_local_physician_is_present() {
     assert_eq!(joined["admission"], "admitted", "{joined}");
     let admitted = ex.next_of("admitted").await;
     assert_eq!(admitted["type"], "admitted");
+    // The call view: the expert joined first and was admitted when the local physician came.
+    let view = call_view_when(&wf, &id, "the expert's admission stored", |v| {
+        v["participation"]
+            .as_array()
+            .is_some_and(|r| r.len() == 3 && r[0]["admitted_at"].is_i64())
+    })
+    .await;
+    let rows = view["participation"].as_array().unwrap();
+    let roles: Vec<&str> = rows.iter().map(|r| r["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["expert", "patient", "local-physician"], "{view}");
+    assert!(
+        rows[0]["admitted_at"].as_i64() >= rows[2]["joined_at"].as_i64(),
+        "{view}"
+    );
+    assert_eq!(rows[1]["admitted_at"], rows[1]["joined_at"], "{view}");
     // The expert's own token only, from the API.
     let (s, v) = wf
         .post(

@@ -3,12 +3,16 @@
 //! local physician, verifications), its tokens issued, then webrtc-crate peers join.
 //!
 //! - `call.rs`: three peers publish and each receives the other two's RTP through the SFU;
+//! - `browser.rs`: the call page in headless Chromium exchanges media with a Rust peer;
+//! - `quality.rs`: stats samples, alerts at the RTC-21 thresholds, the call view;
 //! - `admission.rs`: the lobby (expert before the local physician), a wrong-room token, an
 //!   expired token, a token after the session, join/leave in the audit trail.
 
 mod admission;
+mod browser;
 mod call;
 pub(crate) mod peer;
+mod quality;
 mod recording;
 
 use std::sync::Arc;
@@ -165,6 +169,28 @@ pub(crate) async fn wait_audit<T>(
                 .await
                 .ok()?;
             check(&rows)
+        }
+    })
+    .await
+}
+
+/// The consultation's call view (`GET /api/consultations/{id}/call` as the local doctor) once
+/// `ready` holds for it, within 20 s.
+pub(crate) async fn call_view_when(
+    wf: &Wf,
+    id: &str,
+    what: &str,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
+    let path = format!("/api/consultations/{id}/call");
+    crate::support::wait_for(what, std::time::Duration::from_secs(20), || {
+        let api = wf.api.clone();
+        let path = path.clone();
+        let ready = &ready;
+        async move {
+            let (s, v) = api.get(&path, &crate::consultations::doctor()).await;
+            assert_eq!(s, 200, "{v}");
+            ready(&v).then_some(v)
         }
     })
     .await

@@ -85,6 +85,11 @@ impl Signal {
         .unwrap_or_else(|_| panic!("no {kind} within 10 s"))
     }
 
+    /// Puts a message back, to be the next one read.
+    pub fn pending_push_front(&mut self, m: Value) {
+        self.pending.push_front(m);
+    }
+
     /// The next message, whatever it is, within 10 s (`None`: the connection closed).
     pub async fn next(&mut self) -> Option<Value> {
         if let Some(m) = self.pending.pop_front() {

@@ -420,6 +420,13 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
             "/api/consultations/no-such-consultation/recordings/no-such-recording",
             [GONE, NO, GONE, GONE, GONE, NO, NO, NO],
         ),
+        // The call's view (http/consultations/call.rs): read like the consultation (404).
+        (
+            "GET",
+            "/api/consultations/{id}/call",
+            "/api/consultations/no-such-consultation/call",
+            [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
+        ),
         // The reconciliation covers every facility: platform tokens only; nothing stored.
         (
             "POST",

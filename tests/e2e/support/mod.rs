@@ -11,6 +11,7 @@ use huizhen_core::config::{self, Loaded, LoadedPipeline, RootConfig};
 use huizhen_core::store::{Store, StoreOptions};
 
 mod api;
+pub mod webdriver;
 pub use api::{JsonApi, serve};
 
 /// The backends every store test runs against.

@@ -240,6 +240,7 @@ fn consultation_routes() -> Router<AppState> {
             "/api/consultations/{id}/recordings/{recording}",
             get(download_recording),
         )
+        .route("/api/consultations/{id}/call", get(call_view))
 }
 
 /// Builds the router. Every route but the public ones goes through [`guard`].

@@ -149,6 +149,7 @@ impl Metrics {
             "Expert matches where the scorer plugin failed and the built-in scorer ranked instead",
             super::match_alerts::scorer_fallbacks().clone(),
         );
+        super::call_metrics::register(&mut registry);
         registry.register(
             "step_duration_seconds",
             "Time spent in each step and sink",

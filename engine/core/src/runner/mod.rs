@@ -15,6 +15,7 @@
 //! each partition runs one message at a time and retries in place, so later messages with the
 //! same key wait for the earlier one (ADT events for one patient stay in order).
 
+pub mod call_metrics;
 pub mod match_alerts;
 mod metrics;
 mod pipeline;

@@ -584,6 +584,11 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
         "/api/consultations/{id}/recordings/{recording}",
         Action::ReadRecordings,
     ),
+    (
+        "GET",
+        "/api/consultations/{id}/call",
+        Action::ReadConsultations,
+    ),
 ];
 
 /// Endpoints open to anyone (the FHIR CapabilityStatement is public, as SMART clients expect:

@@ -11,6 +11,7 @@
 pub mod anchor;
 pub mod audit;
 pub mod billing;
+pub mod calls;
 pub mod care;
 pub mod cluster;
 pub mod consultations;
@@ -593,6 +594,11 @@ impl Store {
                     include_str!("migrations/sqlite/0018_billing.sql"),
                 ),
                 (
+                    21,
+                    "calls",
+                    include_str!("migrations/sqlite/0021_calls.sql"),
+                ),
+                (
                     22,
                     "devices",
                     include_str!("migrations/sqlite/0022_devices.sql"),
@@ -688,6 +694,11 @@ impl Store {
                     18,
                     "billing",
                     include_str!("migrations/postgres/0018_billing.sql"),
+                ),
+                (
+                    21,
+                    "calls",
+                    include_str!("migrations/postgres/0021_calls.sql"),
                 ),
                 (
                     22,

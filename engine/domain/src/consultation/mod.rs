@@ -20,6 +20,7 @@
 //! docs/workflow.md has the state table for integrators.
 
 mod aggregate;
+pub mod call_quality;
 mod command;
 mod decide;
 mod error;

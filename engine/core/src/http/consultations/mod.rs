@@ -9,6 +9,7 @@
 //! | POST | /api/consultations/{id}/room/tokens | the call's room tokens, one per participant ([`room`], RTC-04) | admin, integrator, expert (own), local-doctor |
 //! | GET | /api/consultations/{id}/recordings | the call's recorded tracks ([`recordings`], RTC-30, CN-30) | admin, auditor, expert, local-doctor |
 //! | GET | /api/consultations/{id}/recordings/{recording} | one track, decrypted (`x-content-sha256`) | as above |
+//! | GET | /api/consultations/{id}/call | the call: who joined when and left, the quality per session and track, the alerts ([`call`], RTC-20) | as for reads |
 //! | GET | /api/consultations/events | Server-Sent Events of the changes the caller may see ([`stream`]) | as for reads |
 //!
 //! **Who acts.** The actor is the token's subject, its domain role from the token's role:
@@ -29,6 +30,7 @@
 //! an `accept` without a version. Every change is audited by the store in its transaction;
 //! every read and every refusal is audited here.
 
+mod call;
 mod recordings;
 mod room;
 mod stream;
@@ -44,6 +46,7 @@ use crate::store::consultations::{
 };
 use crate::workflow::Workflow;
 
+pub(super) use call::call_view;
 pub(super) use recordings::{download_recording, list_recordings};
 pub(super) use room::issue_tokens;
 pub(super) use stream::events;
@@ -321,6 +324,26 @@ async fn readable(
     Ok(stored)
 }
 
+/// A consultation the caller may see, its read audited as `action`.
+async fn read_audited(
+    s: &AppState,
+    wf: &Workflow,
+    caller: &Caller,
+    id: &str,
+    action: &str,
+) -> Result<StoredConsultation, WfError> {
+    let stored = readable(s, wf, caller, id, action).await?;
+    let facility = stored.consultation.request().requesting_facility.clone();
+    audit(
+        &s.store,
+        &caller
+            .event(action, "Consultation", id, "success", String::new())
+            .about(&facility),
+    )
+    .await?;
+    Ok(stored)
+}
+
 pub(super) async fn create(
     State(s): State<AppState>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -386,21 +409,7 @@ pub(super) async fn get_one(
     Path(id): Path<String>,
 ) -> Result<Response, WfError> {
     let wf = workflow(&s)?;
-    let stored = readable(&s, &wf, &caller, &id, "consultation.read").await?;
-    let facility = stored.consultation.request().requesting_facility.clone();
-    audit(
-        &s.store,
-        &caller
-            .event(
-                "consultation.read",
-                "Consultation",
-                &id,
-                "success",
-                String::new(),
-            )
-            .about(&facility),
-    )
-    .await?;
+    let stored = read_audited(&s, &wf, &caller, &id, "consultation.read").await?;
     // What it announced (the signed opinion for the HIS, notices), with when each reached
     // its pipeline's journal and as which message.
     let mut body = view(&stored);
