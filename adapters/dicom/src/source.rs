@@ -36,6 +36,7 @@ use huizhen_core::listener::{Accepted, ListenerSpec, TcpServer, WhenFull};
 use huizhen_core::runner::BuildContext;
 use huizhen_core::sources::{Source, SourceConfig, SourceContext};
 use huizhen_core::store::Store;
+use huizhen_core::workflow::Workflow;
 use serde::Deserialize;
 
 use crate::charset::Charset;
@@ -305,6 +306,7 @@ impl SourceConfig for DicomSourceConfig {
             remote: Arc::new(self.registry()?),
             server,
             store: ctx.extensions.get::<Store>(),
+            workflow: ctx.extensions.get::<Workflow>(),
         }))
     }
 
@@ -333,6 +335,8 @@ struct DicomSource {
     rules: Arc<Rules>,
     remote: Arc<crate::qr::remote::Registry>,
     server: TcpServer,
+    /// Attaches completed studies to their consultations (none outside an engine).
+    workflow: Option<Arc<Workflow>>,
     store: Option<Arc<Store>>,
 }
 
@@ -367,6 +371,7 @@ impl Source for DicomSource {
             });
             let sweep = tokio::spawn(crate::complete::sweep(
                 store,
+                self.workflow.clone(),
                 ctx.pipeline.clone(),
                 self.config.study_complete_after,
                 ctx.shutdown.clone(),

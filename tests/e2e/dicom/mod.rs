@@ -3,6 +3,7 @@
 //! (STANDARDS DCM-01, DCM-02, DCM-04; issue 17).
 
 mod access;
+mod attach;
 mod cancel;
 mod cli;
 mod deid;

@@ -26,6 +26,11 @@ pub(crate) async fn engine() -> Option<Wf> {
 /// The same with `steps` (YAML lines of the pipeline's `steps:` list; `{dir}` is the test's
 /// folder).
 pub(crate) async fn engine_with(steps: &str) -> Option<Wf> {
+    engine_of("", steps).await
+}
+
+/// The same with `source` (YAML lines of the `dicom:` source, indented by 4) too.
+pub(crate) async fn engine_of(source: &str, steps: &str) -> Option<Wf> {
     let db = fresh_db(Backend::Sqlite).await?;
     let storage = db.dir.path().join("dicom");
     let steps = steps.replace("{dir}", &db.dir.path().display().to_string());
@@ -35,7 +40,7 @@ pub(crate) async fn engine_with(steps: &str) -> Option<Wf> {
         format!("steps:\n{steps}")
     };
     let yaml = format!(
-        "version: 1\nname: imaging\nfacility: {REQ}\nsource:\n  dicom:\n    listen: \"127.0.0.1:{}\"\n    storage: \"{}\"\n    accept:\n      - calling: [\"*\"]\n{steps}sinks:\n  - journal: {{}}\n",
+        "version: 1\nname: imaging\nfacility: {REQ}\nsource:\n  dicom:\n    listen: \"127.0.0.1:{}\"\n    storage: \"{}\"\n    accept:\n      - calling: [\"*\"]\n{source}{steps}sinks:\n  - journal: {{}}\n",
         free_port(),
         storage.display()
     );

@@ -5,11 +5,12 @@
 //! [`huizhen_core::extensions::HttpRoutes`], so they pass the same authentication and route
 //! table (`ROUTES`: `study.read` and `study.store`) as every other route.
 //!
-//! Who reaches which study ([`Reach`]): an expert only the studies of the patients of the
-//! consultations they accepted or that are open to their offer (the consultation's patient is a
-//! person of the patient index; a study belongs to the person whose (facility, patient id) record
-//! it carries) — any other study answers 403; staff the studies of the facilities in their
-//! scope (their own and those sharing with it; platform staff all).
+//! Who reaches which study ([`Reach`]): an expert only the studies of the consultations they
+//! accepted or that are open to their offer — those attached to it (`study_attached`: the
+//! study-complete match by accession or patient, the prefetched priors) and those its request
+//! names (`attachments.studies`) — any other study answers 403, even another study of the same
+//! patient; staff the studies of the facilities in their scope (their own and those sharing
+//! with it; platform staff all).
 
 pub mod json;
 pub mod multipart;
@@ -208,7 +209,7 @@ impl Reach {
             .fhir_expert_consultation_ids(me, scope.as_deref())
             .await
             .map_err(|e| Fail::store(&e))?;
-        let mut persons: Vec<i64> = Vec::new();
+        let mut uids: Vec<String> = Vec::new();
         for cid in ids {
             let Some(stored) = s
                 .store
@@ -221,23 +222,24 @@ impl Reach {
             let c = &stored.consultation;
             let open_to_me = c.current_attempt().is_some_and(|a| a.is_open_to(me));
             if c.accepted_by() == Some(me.as_str()) || open_to_me {
-                let p = c.patient() as i64;
-                if !persons.contains(&p) {
-                    persons.push(p);
+                let attached = c.studies().iter().map(|a| &a.study_uid);
+                let requested = c.request().attachments.studies.iter();
+                for uid in attached.chain(requested) {
+                    if !uids.contains(uid) {
+                        uids.push(uid.clone());
+                    }
                 }
             }
         }
         let mut studies: Vec<DicomStudy> = Vec::new();
-        for p in persons {
-            for st in s
+        for uid in &uids {
+            if let Some(st) = s
                 .store
-                .dicom_studies_of_person(p)
+                .dicom_study(uid)
                 .await
                 .map_err(|e| Fail::store(&e))?
             {
-                if !studies.iter().any(|x| x.study_uid == st.study_uid) {
-                    studies.push(st);
-                }
+                studies.push(st);
             }
         }
         Ok(Reach::Studies(studies))
