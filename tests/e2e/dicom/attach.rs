@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::files::{Spec, write};
-use super::web::{engine_of, http, person, stow_body, uid};
+use super::web::{engine_of, get_json as get, http, person, stow_body, uid};
 use crate::consultations::{doctor, expert, offerees, request, seed_registry};
 
 const PRIOR: &str = "1.2.826.0.1.3680043.9.7017.1";
@@ -42,18 +42,6 @@ async fn stow(base: &str, files: &[Vec<u8>]) {
     )
     .await;
     assert_eq!(st, 200, "{}", String::from_utf8_lossy(&out));
-}
-
-async fn get(base: &str, path: &str, bearer: &str) -> (u16, Value) {
-    let (st, _, out) = http(
-        base,
-        "GET",
-        path,
-        &[("Authorization", format!("Bearer {bearer}"))],
-        None,
-    )
-    .await;
-    (st, serde_json::from_slice(&out).unwrap_or(Value::Null))
 }
 
 fn attached(v: &Value) -> Vec<(String, String, bool)> {

@@ -13,6 +13,7 @@ mod index;
 mod memory;
 mod pacs;
 mod retrieve;
+mod walk;
 mod web;
 mod web_access;
 mod web_client;

@@ -45,6 +45,9 @@ pub struct Target {
     pub storage: PathBuf,
     /// The facilities of its `accept` entries, with each one's default charset.
     pub facilities: Vec<(String, Charset)>,
+    /// Its AE title (the C-MOVE destination of a prefetch) and its registry of remote AEs.
+    pub ae_title: String,
+    pub remote: std::sync::Arc<crate::qr::remote::Registry>,
 }
 
 /// The `dicom` sources of an engine, by pipeline.
@@ -52,7 +55,14 @@ pub struct Target {
 pub struct Targets(Mutex<BTreeMap<String, Target>>);
 
 /// Called by the `dicom` source when it is built.
-pub fn register(ext: &Extensions, pipeline: &str, storage: &Path, rules: &Rules) {
+pub fn register(
+    ext: &Extensions,
+    pipeline: &str,
+    storage: &Path,
+    rules: &Rules,
+    ae_title: &str,
+    remote: std::sync::Arc<crate::qr::remote::Registry>,
+) {
     let targets = ext
         .get_or_try_init::<Targets, std::convert::Infallible>(|| Ok(Targets::default()))
         .unwrap_or_else(|e| match e {});
@@ -68,11 +78,22 @@ pub fn register(ext: &Extensions, pipeline: &str, storage: &Path, rules: &Rules)
             pipeline: pipeline.to_owned(),
             storage: storage.to_path_buf(),
             facilities,
+            ae_title: ae_title.to_owned(),
+            remote,
         },
     );
 }
 
 impl Targets {
+    /// The source of `pipeline`.
+    pub fn of_pipeline(&self, pipeline: &str) -> Option<Target> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(pipeline)
+            .cloned()
+    }
+
     /// The source a STOW-RS of `facility` goes to: the one whose `accept` names the facility
     /// (the first by pipeline name), or the only one there is.
     pub fn for_facility(&self, facility: &str) -> Option<(Target, Charset)> {

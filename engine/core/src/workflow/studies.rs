@@ -5,19 +5,104 @@
 //! id) record links to) — and attached as the domain's `study_attached` event: one audited
 //! transaction per consultation, announced to the expert who has the case
 //! (`consultation.study_attached` in the outbox).
+//!
+//! Prefetch (DCM-05): on approval, when an imaging pipeline pulls the priors of the
+//! requesting facility ([`Prefetchers`], filled by the `dicom` source for the facilities
+//! with a PACS marked `prefetch` in its registry), a `prefetch` message is journaled into it
+//! (dedup key `dicom-prefetch:<consultation>`): the journal makes it a durable job — it
+//! survives a restart, is retried with backoff and ends as a dead letter with its reason,
+//! visible in `/api/messages` — which the pipeline's `dicom_prefetch` step carries out
+//! (C-FIND the patient's studies at the PACS, C-MOVE them to the engine's SCP, attach them as
+//! priors).
 
 use huizhen_domain::consultation::{
     Actor, AttachedStudy, Consultation, Role, StudyMatch, attach_study,
 };
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
 use super::Workflow;
+use crate::message::NewMessage;
 use crate::store::consultations::{CommandBy, Committed, ConsultationError, ConsultationFilter};
 use crate::store::dicom::DicomStudy;
 
 /// The actor of attachments the engine makes.
 pub const ACTOR: &str = "dicom:studies";
 
+/// Which pipeline pulls the priors of each facility's patients (facility → pipeline).
+#[derive(Debug, Default)]
+pub struct Prefetchers(Mutex<BTreeMap<String, String>>);
+
+impl Prefetchers {
+    /// `pipeline` prefetches for `facility` (the first registration wins).
+    pub fn register(&self, facility: &str, pipeline: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(facility.to_owned())
+            .or_insert_with(|| pipeline.to_owned());
+    }
+
+    /// The pipeline that prefetches for `facility`.
+    pub fn pipeline_for(&self, facility: &str) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(facility)
+            .cloned()
+    }
+}
+
+/// The body of a prefetch job.
+pub fn prefetch_body(consultation: &str, person: i64, facility: &str) -> serde_json::Value {
+    serde_json::json!({
+        "event": "prefetch",
+        "consultation_id": consultation,
+        "person_id": person,
+        "facility": facility,
+    })
+}
+
 impl Workflow {
+    /// Journals the prefetch job of consultation `id` into the pipeline that prefetches for
+    /// its requesting facility; false when none does.
+    pub async fn request_prefetch(&self, id: &str) -> Result<bool, String> {
+        let Some(stored) = self
+            .store
+            .consultation(id)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Err(format!("no consultation {id}"));
+        };
+        let c = &stored.consultation;
+        let facility = c.request().requesting_facility.trim().to_owned();
+        let Some(name) = self
+            .extensions
+            .get::<Prefetchers>()
+            .and_then(|p| p.pipeline_for(&facility))
+        else {
+            return Ok(false);
+        };
+        let Some(pipeline) = self
+            .router
+            .as_ref()
+            .and_then(|r| r.pipelines())
+            .and_then(|p| p.get(&name))
+        else {
+            return Err(format!("prefetch pipeline {name} is not running"));
+        };
+        let body = prefetch_body(id, c.patient() as i64, &facility);
+        let mut m = NewMessage::new(&name, &facility, "json", body.to_string().into_bytes());
+        m.source = "workflow prefetch".into();
+        m.dedup_key = Some(format!("dicom-prefetch:{id}"));
+        m.headers.insert("dicom-event".into(), "prefetch".into());
+        m.headers.insert("consultation-id".into(), id.to_owned());
+        pipeline.submit(m).await.map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+
     /// Attaches `study` to consultation `id` as `by` (audited, announced). Attaching it again
     /// with the same counts appends nothing.
     pub async fn attach_study(
@@ -36,6 +121,25 @@ impl Workflow {
             self.relay().await;
         }
         Ok(committed)
+    }
+
+    /// Attaches a study of the index pulled from the requesting facility's PACS as a prior
+    /// (`matched_by: prefetch`), as the engine; `source` names the job in the audit row.
+    pub async fn attach_prefetched(
+        &self,
+        id: &str,
+        study: &DicomStudy,
+        source: &str,
+    ) -> Result<Committed, ConsultationError> {
+        let actor = Actor::new(ACTOR, Role::System);
+        let by = CommandBy {
+            facility: &study.facility,
+            source,
+            purpose: "TREAT",
+            ..CommandBy::new(&actor)
+        };
+        let a = attached_of(study, StudyMatch::Prefetch, true);
+        self.attach_study(id, &a, &by).await
     }
 
     /// Attaches a completed study of the index to the open consultations it belongs to (see
