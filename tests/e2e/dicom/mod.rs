@@ -6,6 +6,7 @@ mod access;
 mod attach;
 mod cancel;
 mod cli;
+mod deadline;
 mod deid;
 mod files;
 mod forward;

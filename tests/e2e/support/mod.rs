@@ -11,7 +11,7 @@ use huizhen_core::config::{self, Loaded, LoadedPipeline, RootConfig};
 use huizhen_core::store::{Store, StoreOptions};
 
 mod api;
-pub use api::{JsonApi, serve};
+pub use api::{JsonApi, serve, serve_with};
 
 /// The backends every store test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -167,6 +167,11 @@ inventory::submit! {
     huizhen_core::extensions::HttpRoutes { name: "dicomweb", routes }
 }
 
+// STOW-RS and WADO-RS move whole studies: `http.transfer_timeout`, not `request_timeout`.
+inventory::submit! {
+    huizhen_core::extensions::TransferRoutes { prefix: BASE }
+}
+
 /// An error answer: a status and a reason (PS3.18 says little about bodies; a short text).
 #[derive(Debug)]
 pub struct Fail(pub StatusCode, pub String);
