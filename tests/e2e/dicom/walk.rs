@@ -14,7 +14,22 @@ use super::free_port;
 use super::pacs::{Pacs, prior};
 use super::retrieve::{received, s, tool};
 use super::web::{engine_at, get_json, person};
-use crate::consultations::{REQ, doctor, expert, offerees, request, seed_registry};
+use crate::consultations::{REQ, Wf, doctor, expert, offerees, request, seed_registry};
+
+/// The journaled prefetch job(s) of consultation `id`.
+async fn prefetch_jobs(wf: &Wf, id: &str) -> Vec<huizhen_core::message::Message> {
+    wf.engine
+        .store
+        .list(&huizhen_core::store::ListFilter {
+            pipeline: Some("imaging".into()),
+            q: Some(format!("dicom-prefetch:{id}")),
+            limit: Some(10),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .messages
+}
 
 const NEW: &str = "1.2.826.0.1.3680043.9.7018.1";
 const PRIOR: &str = "1.2.826.0.1.3680043.9.7018.9";
@@ -92,18 +107,7 @@ async fn a_modality_study_and_a_pacs_prior_reach_the_expert_of_the_consultation(
     // The prefetch job is a journaled message of the imaging pipeline, done once.
     let started = Instant::now();
     loop {
-        let jobs = wf
-            .engine
-            .store
-            .list(&huizhen_core::store::ListFilter {
-                pipeline: Some("imaging".into()),
-                q: Some(format!("dicom-prefetch:{id}")),
-                limit: Some(10),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .messages;
+        let jobs = prefetch_jobs(&wf, &id).await;
         assert_eq!(jobs.len(), 1, "{jobs:?}");
         if jobs[0].state == huizhen_core::message::State::Done {
             break;
@@ -159,18 +163,7 @@ async fn an_unreachable_pacs_leaves_a_failed_prefetch_job_with_its_reason() {
     assert_eq!(c["state"], "offered", "{c}");
     let started = Instant::now();
     let job = loop {
-        let jobs = wf
-            .engine
-            .store
-            .list(&huizhen_core::store::ListFilter {
-                pipeline: Some("imaging".into()),
-                q: Some(format!("dicom-prefetch:{id}")),
-                limit: Some(10),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .messages;
+        let jobs = prefetch_jobs(&wf, &id).await;
         if let Some(j) = jobs
             .into_iter()
             .find(|j| j.state == huizhen_core::message::State::Failed)

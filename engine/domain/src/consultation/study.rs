@@ -129,8 +129,9 @@ pub(crate) fn fold(studies: &mut Vec<AttachedStudy>, study: &AttachedStudy) {
     }
 }
 
-/// A DICOM UID: 1–64 characters, digits and dots, components without leading zeros.
-fn is_uid(s: &str) -> bool {
+/// A DICOM UID (PS3.5 9.1): 1–64 characters, digits and dots, components without leading
+/// zeros. The DICOM adapter's check too.
+pub fn is_uid(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.split('.').all(|c| {
