@@ -4,6 +4,11 @@
 //! consultation by accession number or patient (`body.study.accession`, `body.person_id`,
 //! the person of the patient index; `Store::dicom_studies_of_person`).
 //!
+//! With the engine's workflow, the study is also attached to its open consultations
+//! ([`Workflow::attach_completed_study`]: by accession number, else by patient; audited, the
+//! expert notified) before it is marked complete; an attachment that fails leaves the study
+//! for the next sweep.
+//!
 //! The state is in the index, not in memory: the sweep asks the store for quiet studies that
 //! are not complete, journals the event (dedup key: study UID and the time of its last
 //! instance, so a second process or a retry adds nothing), then marks the study complete only
@@ -17,6 +22,7 @@ use huizhen_core::message::{NewMessage, now_ms};
 use huizhen_core::runner::PipelineHandle;
 use huizhen_core::store::Store;
 use huizhen_core::store::dicom::DicomStudy;
+use huizhen_core::workflow::Workflow;
 use tokio_util::sync::CancellationToken;
 
 /// Studies reported per sweep at most (the rest wait for the next one).
@@ -30,6 +36,7 @@ fn period(after: Duration) -> Duration {
 /// Runs until `stop`.
 pub async fn sweep(
     store: Arc<Store>,
+    workflow: Option<Arc<Workflow>>,
     pipeline: PipelineHandle,
     after: Duration,
     stop: CancellationToken,
@@ -41,7 +48,7 @@ pub async fn sweep(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = sweep_once(&store, &pipeline, after).await {
+        if let Err(e) = sweep_once(&store, workflow.as_deref(), &pipeline, after).await {
             tracing::warn!(pipeline = pipeline.name(), error = %e, "study-complete sweep failed; it runs again");
         }
     }
@@ -50,6 +57,7 @@ pub async fn sweep(
 /// One sweep: the number of studies reported.
 pub async fn sweep_once(
     store: &Store,
+    workflow: Option<&Workflow>,
     pipeline: &PipelineHandle,
     after: Duration,
 ) -> Result<usize, String> {
@@ -79,6 +87,20 @@ pub async fn sweep_once(
             Ok(_) => {}
             Err(e) if e.is_backlog() => return Ok(reported),
             Err(e) => return Err(e.to_string()),
+        }
+        if let Some(wf) = workflow {
+            let ids = wf
+                .attach_completed_study(study, person_id)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "study {}: attaching it to its consultations: {e}",
+                        study.study_uid
+                    )
+                })?;
+            if !ids.is_empty() {
+                tracing::info!(study = %study.study_uid, consultations = ?ids, "DICOM study attached");
+            }
         }
         if store
             .dicom_mark_complete(&study.study_uid, study.last_received_at, now)

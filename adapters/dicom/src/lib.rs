@@ -19,6 +19,7 @@ pub mod dimse;
 pub mod find;
 pub mod forward;
 pub mod objects;
+pub mod prefetch;
 pub mod qr;
 pub mod record;
 pub mod scp;

@@ -36,6 +36,8 @@ use huizhen_core::listener::{Accepted, ListenerSpec, TcpServer, WhenFull};
 use huizhen_core::runner::BuildContext;
 use huizhen_core::sources::{Source, SourceConfig, SourceContext};
 use huizhen_core::store::Store;
+use huizhen_core::workflow::Workflow;
+use huizhen_core::workflow::studies::Prefetchers;
 use serde::Deserialize;
 
 use crate::charset::Charset;
@@ -298,13 +300,30 @@ impl SourceConfig for DicomSourceConfig {
         let server = self.listener().build()?;
         let rules = self.rules(&ctx.facility)?;
         // STOW-RS stores into this source's object store, index and pipeline (src/web/).
-        crate::web::register(&ctx.extensions, &ctx.pipeline, &self.storage, &rules);
+        let remote = Arc::new(self.registry()?);
+        crate::web::register(
+            &ctx.extensions,
+            &ctx.pipeline,
+            &self.storage,
+            &rules,
+            &self.ae_title,
+            remote.clone(),
+        );
+        // The priors of the facilities whose PACS is marked `prefetch` are pulled here.
+        let prefetchers = ctx
+            .extensions
+            .get_or_try_init::<Prefetchers, std::convert::Infallible>(|| Ok(Prefetchers::default()))
+            .unwrap_or_else(|e| match e {});
+        for ae in remote.0.iter().filter(|a| a.prefetch) {
+            prefetchers.register(&ae.facility, &ctx.pipeline);
+        }
         Ok(Box::new(DicomSource {
             config: Arc::new(self.clone()),
             rules: Arc::new(rules),
-            remote: Arc::new(self.registry()?),
+            remote,
             server,
             store: ctx.extensions.get::<Store>(),
+            workflow: ctx.extensions.get::<Workflow>(),
         }))
     }
 
@@ -333,6 +352,8 @@ struct DicomSource {
     rules: Arc<Rules>,
     remote: Arc<crate::qr::remote::Registry>,
     server: TcpServer,
+    /// Attaches completed studies to their consultations (none outside an engine).
+    workflow: Option<Arc<Workflow>>,
     store: Option<Arc<Store>>,
 }
 
@@ -367,6 +388,7 @@ impl Source for DicomSource {
             });
             let sweep = tokio::spawn(crate::complete::sweep(
                 store,
+                self.workflow.clone(),
                 ctx.pipeline.clone(),
                 self.config.study_complete_after,
                 ctx.shutdown.clone(),

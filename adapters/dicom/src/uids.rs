@@ -88,13 +88,7 @@ pub fn name(uid: &str) -> String {
 /// Whether `uid` is a well-formed UID (PS3.5 9.1: digits and dots, components without leading
 /// zeros, at most 64 characters). Only such UIDs become file names.
 pub fn is_valid(uid: &str) -> bool {
-    !uid.is_empty()
-        && uid.len() <= 64
-        && uid.split('.').all(|c| {
-            !c.is_empty()
-                && c.bytes().all(|b| b.is_ascii_digit())
-                && (c == "0" || !c.starts_with('0'))
-        })
+    huizhen_domain::consultation::study::is_uid(uid)
 }
 
 #[cfg(test)]

@@ -107,6 +107,24 @@ pub struct HttpRoutes {
 
 inventory::collect!(HttpRoutes);
 
+/// A path prefix of an adapter's routes that carry long transfers (DICOMweb's STOW-RS and
+/// WADO-RS: a CT study is hundreds of MB over a 10 Mbit/s uplink). Its requests run under
+/// `http.transfer_timeout` instead of `http.request_timeout`.
+pub struct TransferRoutes {
+    /// The prefix (`/dicomweb`): the path itself and everything under it.
+    pub prefix: &'static str,
+}
+
+inventory::collect!(TransferRoutes);
+
+/// True when `path` is under a [`TransferRoutes`] prefix.
+pub fn is_transfer_path(path: &str) -> bool {
+    inventory::iter::<TransferRoutes>.into_iter().any(|t| {
+        path.strip_prefix(t.prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
+}
+
 /// A type map of engine-wide services, shared by every pipeline of one engine.
 #[derive(Clone, Default)]
 pub struct Extensions {

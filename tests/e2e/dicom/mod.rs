@@ -3,8 +3,10 @@
 //! (STANDARDS DCM-01, DCM-02, DCM-04; issue 17).
 
 mod access;
+mod attach;
 mod cancel;
 mod cli;
+mod deadline;
 mod deid;
 mod files;
 mod forward;
@@ -12,6 +14,7 @@ mod index;
 mod memory;
 mod pacs;
 mod retrieve;
+mod walk;
 mod web;
 mod web_access;
 mod web_client;

@@ -62,7 +62,7 @@ pub async fn store_study(scp: &Scp, dir: &Path, study: &str, patient: &str) -> S
 }
 
 /// The received files of `dir` (getscu/movescu name them by modality and SOP Instance UID).
-fn received(dir: &Path) -> Vec<PathBuf> {
+pub fn received(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();

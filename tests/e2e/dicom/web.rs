@@ -26,6 +26,16 @@ pub(crate) async fn engine() -> Option<Wf> {
 /// The same with `steps` (YAML lines of the pipeline's `steps:` list; `{dir}` is the test's
 /// folder).
 pub(crate) async fn engine_with(steps: &str) -> Option<Wf> {
+    engine_of("", steps).await
+}
+
+/// The same with `source` (YAML lines of the `dicom:` source, indented by 4) too.
+pub(crate) async fn engine_of(source: &str, steps: &str) -> Option<Wf> {
+    engine_at(free_port(), source, steps).await
+}
+
+/// The same with the SCP on `port`.
+pub(crate) async fn engine_at(port: u16, source: &str, steps: &str) -> Option<Wf> {
     let db = fresh_db(Backend::Sqlite).await?;
     let storage = db.dir.path().join("dicom");
     let steps = steps.replace("{dir}", &db.dir.path().display().to_string());
@@ -35,8 +45,8 @@ pub(crate) async fn engine_with(steps: &str) -> Option<Wf> {
         format!("steps:\n{steps}")
     };
     let yaml = format!(
-        "version: 1\nname: imaging\nfacility: {REQ}\nsource:\n  dicom:\n    listen: \"127.0.0.1:{}\"\n    storage: \"{}\"\n    accept:\n      - calling: [\"*\"]\n{steps}sinks:\n  - journal: {{}}\n",
-        free_port(),
+        "version: 1\nname: imaging\nfacility: {REQ}\nsource:\n  dicom:\n    listen: \"127.0.0.1:{}\"\n    storage: \"{}\"\n    accept:\n      - calling: [\"*\"]\n{source}{steps}sinks:\n  - journal: {{}}\n",
+        port,
         storage.display()
     );
     let ca = Arc::new(TestCa::generate("Huizhen DICOMweb E2E CA").unwrap());
@@ -133,6 +143,19 @@ pub(crate) async fn http(
         body = out;
     }
     (status, hs, body)
+}
+
+/// A GET with a bearer: status and JSON body (null when the body is not JSON).
+pub(crate) async fn get_json(base: &str, path: &str, bearer: &str) -> (u16, Value) {
+    let (st, _, out) = http(
+        base,
+        "GET",
+        path,
+        &[("Authorization", format!("Bearer {bearer}"))],
+        None,
+    )
+    .await;
+    (st, serde_json::from_slice(&out).unwrap_or(Value::Null))
 }
 
 pub(crate) fn header<'a>(hs: &'a [(String, String)], name: &str) -> &'a str {

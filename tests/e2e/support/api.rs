@@ -10,8 +10,21 @@ use serde_json::{Value, json};
 /// Serves `engine`'s router behind `security` on a free loopback port until the engine shuts
 /// down; the base URL (`http://127.0.0.1:PORT`).
 pub async fn serve(engine: &Engine, security: &SecurityConfig) -> String {
+    serve_with(
+        engine,
+        security,
+        huizhen_core::config::HttpConfig::default(),
+    )
+    .await
+}
+
+/// The same with `http` settings (deadlines, body limits).
+pub async fn serve_with(
+    engine: &Engine,
+    security: &SecurityConfig,
+    http: huizhen_core::config::HttpConfig,
+) -> String {
     let security = Security::new(security, engine.store.clone()).unwrap();
-    let http = huizhen_core::config::HttpConfig::default();
     let app = huizhen_core::http::router(engine.app_state(), &http, Arc::new(security));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

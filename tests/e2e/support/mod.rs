@@ -12,7 +12,7 @@ use huizhen_core::store::{Store, StoreOptions};
 
 mod api;
 pub mod webdriver;
-pub use api::{JsonApi, serve};
+pub use api::{JsonApi, serve, serve_with};
 
 /// The backends every store test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -38,6 +38,10 @@ pub struct RemoteAe {
     pub calling: Option<String>,
     #[serde(default)]
     pub tls: Option<ClientTlsConfig>,
+    /// The facility's PACS the priors of its consultations' patients are pulled from (DCM-05:
+    /// C-FIND, then C-MOVE to this engine's SCP, which the PACS must know by its AE title).
+    #[serde(default)]
+    pub prefetch: bool,
 }
 
 impl RemoteAe {

@@ -5,11 +5,12 @@
 //! [`huizhen_core::extensions::HttpRoutes`], so they pass the same authentication and route
 //! table (`ROUTES`: `study.read` and `study.store`) as every other route.
 //!
-//! Who reaches which study ([`Reach`]): an expert only the studies of the patients of the
-//! consultations they accepted or that are open to their offer (the consultation's patient is a
-//! person of the patient index; a study belongs to the person whose (facility, patient id) record
-//! it carries) — any other study answers 403; staff the studies of the facilities in their
-//! scope (their own and those sharing with it; platform staff all).
+//! Who reaches which study ([`Reach`]): an expert only the studies of the consultations they
+//! accepted or that are open to their offer — those attached to it (`study_attached`: the
+//! study-complete match by accession or patient, the prefetched priors) and those its request
+//! names (`attachments.studies`) — any other study answers 403, even another study of the same
+//! patient; staff the studies of the facilities in their scope (their own and those sharing
+//! with it; platform staff all).
 
 pub mod json;
 pub mod multipart;
@@ -44,6 +45,9 @@ pub struct Target {
     pub storage: PathBuf,
     /// The facilities of its `accept` entries, with each one's default charset.
     pub facilities: Vec<(String, Charset)>,
+    /// Its AE title (the C-MOVE destination of a prefetch) and its registry of remote AEs.
+    pub ae_title: String,
+    pub remote: std::sync::Arc<crate::qr::remote::Registry>,
 }
 
 /// The `dicom` sources of an engine, by pipeline.
@@ -51,7 +55,14 @@ pub struct Target {
 pub struct Targets(Mutex<BTreeMap<String, Target>>);
 
 /// Called by the `dicom` source when it is built.
-pub fn register(ext: &Extensions, pipeline: &str, storage: &Path, rules: &Rules) {
+pub fn register(
+    ext: &Extensions,
+    pipeline: &str,
+    storage: &Path,
+    rules: &Rules,
+    ae_title: &str,
+    remote: std::sync::Arc<crate::qr::remote::Registry>,
+) {
     let targets = ext
         .get_or_try_init::<Targets, std::convert::Infallible>(|| Ok(Targets::default()))
         .unwrap_or_else(|e| match e {});
@@ -67,11 +78,22 @@ pub fn register(ext: &Extensions, pipeline: &str, storage: &Path, rules: &Rules)
             pipeline: pipeline.to_owned(),
             storage: storage.to_path_buf(),
             facilities,
+            ae_title: ae_title.to_owned(),
+            remote,
         },
     );
 }
 
 impl Targets {
+    /// The source of `pipeline`.
+    pub fn of_pipeline(&self, pipeline: &str) -> Option<Target> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(pipeline)
+            .cloned()
+    }
+
     /// The source a STOW-RS of `facility` goes to: the one whose `accept` names the facility
     /// (the first by pipeline name), or the only one there is.
     pub fn for_facility(&self, facility: &str) -> Option<(Target, Charset)> {
@@ -145,6 +167,11 @@ inventory::submit! {
     huizhen_core::extensions::HttpRoutes { name: "dicomweb", routes }
 }
 
+// STOW-RS and WADO-RS move whole studies: `http.transfer_timeout`, not `request_timeout`.
+inventory::submit! {
+    huizhen_core::extensions::TransferRoutes { prefix: BASE }
+}
+
 /// An error answer: a status and a reason (PS3.18 says little about bodies; a short text).
 #[derive(Debug)]
 pub struct Fail(pub StatusCode, pub String);
@@ -208,7 +235,7 @@ impl Reach {
             .fhir_expert_consultation_ids(me, scope.as_deref())
             .await
             .map_err(|e| Fail::store(&e))?;
-        let mut persons: Vec<i64> = Vec::new();
+        let mut uids: Vec<String> = Vec::new();
         for cid in ids {
             let Some(stored) = s
                 .store
@@ -221,23 +248,24 @@ impl Reach {
             let c = &stored.consultation;
             let open_to_me = c.current_attempt().is_some_and(|a| a.is_open_to(me));
             if c.accepted_by() == Some(me.as_str()) || open_to_me {
-                let p = c.patient() as i64;
-                if !persons.contains(&p) {
-                    persons.push(p);
+                let attached = c.studies().iter().map(|a| &a.study_uid);
+                let requested = c.request().attachments.studies.iter();
+                for uid in attached.chain(requested) {
+                    if !uids.contains(uid) {
+                        uids.push(uid.clone());
+                    }
                 }
             }
         }
         let mut studies: Vec<DicomStudy> = Vec::new();
-        for p in persons {
-            for st in s
+        for uid in &uids {
+            if let Some(st) = s
                 .store
-                .dicom_studies_of_person(p)
+                .dicom_study(uid)
                 .await
                 .map_err(|e| Fail::store(&e))?
             {
-                if !studies.iter().any(|x| x.study_uid == st.study_uid) {
-                    studies.push(st);
-                }
+                studies.push(st);
             }
         }
         Ok(Reach::Studies(studies))

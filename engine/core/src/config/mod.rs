@@ -174,6 +174,10 @@ pub struct HttpConfig {
     /// A request that takes longer than this is answered 408 (slow clients).
     #[serde(default = "default_request_timeout", with = "duration")]
     pub request_timeout: Duration,
+    /// The deadline of requests to routes that carry long transfers (DICOMweb STOW-RS and
+    /// WADO-RS under `/dicomweb`), instead of `request_timeout`. Default 1h.
+    #[serde(default = "default_transfer_timeout", with = "duration")]
+    pub transfer_timeout: Duration,
     /// HTTPS (TLS 1.2+, rustls): certificate, key and, for mutual TLS, the CA of client
     /// certificates. A plaintext client is refused.
     #[serde(default)]
@@ -197,6 +201,7 @@ impl Default for HttpConfig {
             bind: default_bind(),
             max_body_bytes: default_max_body(),
             request_timeout: default_request_timeout(),
+            transfer_timeout: default_transfer_timeout(),
             tls: None,
             max_connections: default_http_connections(),
             header_timeout: default_header_timeout(),
@@ -220,6 +225,9 @@ fn default_max_body() -> usize {
 }
 fn default_request_timeout() -> Duration {
     Duration::from_secs(30)
+}
+fn default_transfer_timeout() -> Duration {
+    Duration::from_secs(3600)
 }
 
 /// Where WASM plugin packages are loaded from, and whose signatures are trusted.

@@ -245,7 +245,7 @@ fn consultation_routes() -> Router<AppState> {
 
 /// Builds the router. Every route but the public ones goes through [`guard`].
 pub fn router(state: AppState, cfg: &HttpConfig, security: Arc<Security>) -> Router {
-    let timeout = cfg.request_timeout;
+    let (request_timeout, transfer_timeout) = (cfg.request_timeout, cfg.transfer_timeout);
     // Room tokens (RTC-04): issued by the consultation API, verified by the signaling of
     // `huizhen-media`, both through the engine's extensions.
     let _ = state
@@ -287,6 +287,12 @@ pub fn router(state: AppState, cfg: &HttpConfig, security: Arc<Security>) -> Rou
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
         .layer(middleware::from_fn(
             move |req: Request, next: Next| async move {
+                // Long transfers (DICOMweb) have their own deadline (`http.transfer_timeout`).
+                let timeout = if crate::extensions::is_transfer_path(req.uri().path()) {
+                    transfer_timeout
+                } else {
+                    request_timeout
+                };
                 match tokio::time::timeout(timeout, next.run(req)).await {
                     Ok(r) => r,
                     Err(_) => ApiError(

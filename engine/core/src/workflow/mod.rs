@@ -34,6 +34,7 @@
 //! ```
 
 mod assign;
+pub mod studies;
 mod sweep;
 
 use std::path::PathBuf;
@@ -293,6 +294,14 @@ impl Workflow {
         }
         match committed.stored.consultation.state() {
             State::PendingMatch if approved => {
+                // The patient's studies already here join the packet before any offer.
+                if let Err(e) = self.attach_known_studies(id).await {
+                    tracing::warn!(consultation = id, error = %e, "attaching the patient's studies failed");
+                }
+                // Their priors at the requesting facility's PACS are pulled (DCM-05).
+                if let Err(e) = self.request_prefetch(id).await {
+                    tracing::warn!(consultation = id, error = %e, "the prior-study prefetch could not be journaled");
+                }
                 // The assignment runs now; if it fails, its timer retries it.
                 if let Err(e) = self.assign(id).await {
                     tracing::warn!(consultation = id, error = %e, "assignment failed; the sweep retries it");

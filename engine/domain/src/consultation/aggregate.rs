@@ -15,6 +15,7 @@ use super::gates::{GateRecords, Requirement};
 use super::opinion::{LocalDecision, SignedOpinion};
 use super::request::ConsultationRequest;
 use super::state::{Action, State};
+use super::study::AttachedStudy;
 use super::timeline::{Milestones, TimelineEntry};
 
 /// One attempt to find an expert: a FHIR Task of its own with the consultation's `focus` and
@@ -145,6 +146,9 @@ pub struct Consultation {
     last_modified: DateTime<Utc>,
     milestones: Milestones,
     timeline: Vec<TimelineEntry>,
+    /// The imaging studies attached (DCM-07).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    studies: Vec<AttachedStudy>,
 }
 
 /// Why a list of events does not make a consultation.
@@ -243,6 +247,7 @@ impl Consultation {
                 ..Milestones::default()
             },
             timeline: Vec::new(),
+            studies: Vec::new(),
         };
         c.timeline
             .push(entry(event, State::Drafting, State::Drafting));
@@ -321,6 +326,11 @@ impl Consultation {
     /// The latest attempt.
     pub fn current_attempt(&self) -> Option<&Attempt> {
         self.attempts.last()
+    }
+
+    /// The imaging studies attached, in the order they were first attached (DCM-07).
+    pub fn studies(&self) -> &[AttachedStudy] {
+        &self.studies
     }
 
     /// The expert who accepted.
@@ -533,6 +543,7 @@ pub fn apply(mut c: Consultation, e: &Event) -> Consultation {
             c.status_reason = e.reason.clone();
         }
         EventKind::PatientRepointed { to, .. } => c.request.patient = *to,
+        EventKind::StudyAttached { study } => super::study::fold(&mut c.studies, study),
     }
     c.version = e.version;
     c.last_modified = e.at;

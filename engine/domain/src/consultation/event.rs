@@ -237,6 +237,11 @@ pub enum EventKind {
         /// The surviving person id.
         to: PersonId,
     },
+    /// An imaging study joined the consultation packet (DCM-07; [`super::study`]).
+    StudyAttached {
+        /// The study.
+        study: super::study::AttachedStudy,
+    },
 }
 
 impl EventKind {
@@ -269,6 +274,7 @@ impl EventKind {
             EventKind::Failed { .. } => "failed",
             EventKind::EnteredInError => "entered_in_error",
             EventKind::PatientRepointed { .. } => "patient_repointed",
+            EventKind::StudyAttached { .. } => "study_attached",
         }
     }
 }

@@ -33,6 +33,7 @@ pub mod request;
 pub mod room;
 pub mod sla;
 pub mod state;
+pub mod study;
 pub mod timeline;
 
 pub use aggregate::{
@@ -62,4 +63,5 @@ pub use sla::{
     on_deadline,
 };
 pub use state::{Action, FailReason, State, TaskStatus};
+pub use study::{AttachedStudy, StudyMatch, attach_study};
 pub use timeline::{Milestones, TimelineEntry};

@@ -33,6 +33,9 @@ pub const ESCALATED: &str = "consultation.escalated";
 pub const CANCELLED: &str = "consultation.cancelled";
 /// Failed (SLA breached, technical failure, no-show).
 pub const FAILED: &str = "consultation.failed";
+/// An imaging study was attached while an expert has the case (accepted or offered): the
+/// expert is told there is something new to read (DCM-07).
+pub const STUDY_ATTACHED: &str = "consultation.study_attached";
 
 /// The signed consultation opinion as the HIS receives it (unknown fields are refused).
 ///
@@ -304,6 +307,9 @@ pub struct Notice {
     /// `failed`: the failure code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<FailReason>,
+    /// The Study Instance UID, for `study_attached`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub study: Option<String>,
 }
 
 /// One event to announce.
@@ -324,6 +330,7 @@ impl Announcement {
                 "accepted" => ACCEPTED,
                 "escalated" => ESCALATED,
                 "cancelled" => CANCELLED,
+                "study_attached" => STUDY_ATTACHED,
                 _ => FAILED,
             },
         }
@@ -341,6 +348,7 @@ pub fn announces(events: &[Event]) -> bool {
                 | EventKind::Escalated { .. }
                 | EventKind::Cancelled
                 | EventKind::Failed { .. }
+                | EventKind::StudyAttached { .. }
         )
     })
 }
@@ -381,6 +389,7 @@ pub fn announcements(
             escalated_to: None,
             failed_offers: None,
             failure: None,
+            study: None,
         };
         let a = match &e.kind {
             EventKind::Completed => match opinion_of(c, ctx) {
@@ -401,6 +410,14 @@ pub fn announcements(
                 failure: Some(*code),
                 ..notice("failed")
             })),
+            EventKind::StudyAttached { study } => match expert_of(c) {
+                Some(expert) => Announcement::Notice(Box::new(Notice {
+                    expert: Some(expert),
+                    study: Some(study.study_uid.clone()),
+                    ..notice("study_attached")
+                })),
+                None => continue,
+            },
             _ => continue,
         };
         out.push(a);
@@ -425,6 +442,18 @@ fn accepted_in(c: &Consultation, attempt: u32) -> Option<String> {
 }
 
 /// Offers that expired or were declined.
+/// The expert who has the case: the accepted one, else the one an open single offer went to.
+fn expert_of(c: &Consultation) -> Option<String> {
+    if let Some(e) = c.accepted_by() {
+        return Some(e.to_owned());
+    }
+    let a = c.current_attempt()?;
+    match (&a.outcome, a.offerees.as_slice()) {
+        (None, [one]) => Some(one.expert.clone()),
+        _ => None,
+    }
+}
+
 fn failed_offers(c: &Consultation) -> u32 {
     let n = c
         .attempts()

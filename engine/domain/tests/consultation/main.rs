@@ -11,5 +11,6 @@ mod props;
 mod room;
 mod rules;
 mod sla;
+mod studies;
 mod support;
 mod table;

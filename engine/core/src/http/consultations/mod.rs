@@ -271,6 +271,7 @@ fn view(s: &StoredConsultation) -> serde_json::Value {
             .collect::<Vec<_>>()
     );
     v["milestones"] = serde_json::to_value(c.milestones()).unwrap_or_default();
+    v["studies"] = serde_json::to_value(c.studies()).unwrap_or_default();
     v["facilities"] = json!(s.facilities);
     v["candidates"] = json!(s.candidates);
     v["match_decision"] = json!(s.match_decision);
