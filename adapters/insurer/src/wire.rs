@@ -363,8 +363,9 @@ fn reply(map: &FieldMap, txn: Txn, out: &RawValue) -> Result<Reply, String> {
                     plan: field("insutype").unwrap_or_default(),
                     active: status == "1",
                     eligibility: Eligibility::Eligible,
-                    deductible_remaining: huizhen_domain::billing::Fen::ZERO,
-                    annual_remaining: None,
+                    deductible: huizhen_domain::billing::Fen::ZERO,
+                    annual_limit: None,
+                    year_to_date: Default::default(),
                 },
             })
         }

@@ -68,8 +68,9 @@ fn settlement() -> Settlement {
         plan: "y".into(),
         active: true,
         eligibility: Eligibility::Eligible,
-        deductible_remaining: Fen::ZERO,
-        annual_remaining: None,
+        deductible: Fen::ZERO,
+        annual_limit: None,
+        year_to_date: Default::default(),
     };
     let estimate = SimplePolicy::default()
         .cover(&CoverageItem::of_bill(&bill), &cov)

@@ -69,8 +69,9 @@ pub fn settlement(id: &str, consultation: &str) -> Settlement {
         plan: "门诊统筹".into(),
         active: true,
         eligibility: Eligibility::Eligible,
-        deductible_remaining: Fen::ZERO,
-        annual_remaining: None,
+        deductible: Fen::ZERO,
+        annual_limit: None,
+        year_to_date: Default::default(),
     };
     let estimate = SimplePolicy::default()
         .cover(&CoverageItem::of_bill(&bill), &coverage)

@@ -158,8 +158,9 @@ impl Billing {
             plan: String::new(),
             active: matches!(kind, Kind::Insured { .. }),
             eligibility: Eligibility::Eligible,
-            deductible_remaining: huizhen_domain::billing::Fen::ZERO,
-            annual_remaining: None,
+            deductible: huizhen_domain::billing::Fen::ZERO,
+            annual_limit: None,
+            year_to_date: Default::default(),
         };
         let estimate = self.settings.policy.cover(&items, &assumed)?;
         estimate.check(&items, &assumed)?;

@@ -24,8 +24,9 @@ pub(crate) fn coverage() -> PatientCoverage {
         plan: "门诊统筹".into(),
         active: true,
         eligibility: Eligibility::Eligible,
-        deductible_remaining: Fen::ZERO,
-        annual_remaining: None,
+        deductible: Fen::ZERO,
+        annual_limit: None,
+        year_to_date: Default::default(),
     }
 }
 
