@@ -230,6 +230,18 @@ impl DomainPlugins for RegistryDomain {
         Ok(Arc::new(PluginScorer::from_slot(slot, budget)))
     }
 
+    fn coverage(
+        &self,
+        name: &str,
+        budget: PluginBudget,
+        config: BTreeMap<String, String>,
+    ) -> Result<Arc<dyn huizhen_domain::billing::CoveragePolicy + Send + Sync>, String> {
+        let slot = self.slot(name, World::Coverage)?;
+        Ok(Arc::new(crate::coverage::PluginCoverage::from_slot(
+            slot, budget, config,
+        )))
+    }
+
     fn match_weights(&self, name: &str) -> Result<PluginWeights, String> {
         let slot = self.slot(name, World::MatchWeights)?;
         let plugin = slot

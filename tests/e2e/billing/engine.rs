@@ -329,6 +329,7 @@ async fn a_crash_between_answer_and_commit_is_reconciled_on_restart(b: Backend) 
                     request: &request,
                 }),
                 ledger: &[],
+                usage: None,
                 audit: None,
                 outbox: None,
             })

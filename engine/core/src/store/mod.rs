@@ -592,6 +592,11 @@ impl Store {
                     include_str!("migrations/sqlite/0018_billing.sql"),
                 ),
                 (
+                    19,
+                    "coverage_usage",
+                    include_str!("migrations/sqlite/0019_coverage_usage.sql"),
+                ),
+                (
                     22,
                     "devices",
                     include_str!("migrations/sqlite/0022_devices.sql"),
@@ -682,6 +687,11 @@ impl Store {
                     18,
                     "billing",
                     include_str!("migrations/postgres/0018_billing.sql"),
+                ),
+                (
+                    19,
+                    "coverage_usage",
+                    include_str!("migrations/postgres/0019_coverage_usage.sql"),
                 ),
                 (
                     22,

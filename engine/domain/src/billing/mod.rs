@@ -42,5 +42,5 @@ pub use saga::{
     Settlement, Txn, Voucher,
 };
 pub use schedule::{FeeSchedule, ItemCodes, ScheduleErrors, ScheduleProblem, ServiceFee};
-pub use usage::{UsageEntry, UsageKind, insurance_year, usage_change, year_to_date};
 pub use split::{LedgerEntry, LedgerKind, PayerSplit, PriceItem, RevenueShare, Split, split};
+pub use usage::{UsageEntry, UsageKind, insurance_year, usage_change, year_to_date};

@@ -131,22 +131,24 @@ fn patients() -> impl Strategy<Value = PatientCoverage> {
         prop::option::of(0i64..100_000),
         (0i64..100_000, 0i64..100_000),
     )
-        .prop_map(|(active, eligible, deductible, annual, (used, met))| PatientCoverage {
-            insurer: "i".into(),
-            plan: "p".into(),
-            active,
-            eligibility: if eligible {
-                Eligibility::Eligible
-            } else {
-                Eligibility::NotEligible { reason: "x".into() }
+        .prop_map(
+            |(active, eligible, deductible, annual, (used, met))| PatientCoverage {
+                insurer: "i".into(),
+                plan: "p".into(),
+                active,
+                eligibility: if eligible {
+                    Eligibility::Eligible
+                } else {
+                    Eligibility::NotEligible { reason: "x".into() }
+                },
+                deductible: Fen(deductible),
+                annual_limit: annual.map(Fen),
+                year_to_date: YearToDate {
+                    covered: Fen(used),
+                    deductible_met: Fen(met),
+                },
             },
-            deductible: Fen(deductible),
-            annual_limit: annual.map(Fen),
-            year_to_date: YearToDate {
-                covered: Fen(used),
-                deductible_met: Fen(met),
-            },
-        })
+        )
 }
 
 proptest! {
