@@ -1,6 +1,7 @@
 //! The workflow's `consultation.completed` event opens the settlement (the `settle` step), on
 //! both backends: the person from the HIS order's identifier, the saga run in the background to
-//! the patient's confirmation, a redelivery opening nothing.
+//! the patient's confirmation, a redelivery opening nothing; an HL7 order's national number
+//! (kept apart from the ids the result goes back with) makes it an insured settlement.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +16,10 @@ use super::harness::{completed_from, start_with};
 use crate::consultations::{request, t0};
 use crate::support::{Backend, both_backends, fresh_db, wait_for};
 
-both_backends!(the_completed_event_opens_the_settlement);
+both_backends!(
+    the_completed_event_opens_the_settlement,
+    an_hl7_orders_national_number_settles_with_insurance,
+);
 
 /// The demo's outbound pipeline, reduced to billing: `consultation.completed` opens the
 /// settlement.
@@ -105,4 +109,77 @@ async fn the_completed_event_opens_the_settlement(b: Backend) {
     assert_eq!(again.settlement.id, s.id);
     assert_eq!(again.attempt, 1);
     assert_eq!(platform.infnos().len(), 5);
+}
+
+/// An HL7 order's `PID-3` as `consultation_create` keeps it: the HIS's own id for the result
+/// going back, the resident identity number apart (`national_identifiers`). The settlement is
+/// insured by that number, not self-pay; the ids the result goes back with stay the HIS's own.
+async fn an_hl7_orders_national_number_settles_with_insurance(b: Backend) {
+    let Some(db) = fresh_db(b).await else { return };
+    let platform = StandIn::start().await.unwrap();
+    let ca = Arc::new(TestCa::generate("Huizhen E2E CA").unwrap());
+    let wf = start_with(
+        db,
+        ca,
+        Arc::new(FakeClock::new(t0())),
+        &platform.url,
+        Some(EVENTS),
+        None,
+    )
+    .await;
+    let mut req = request(4712);
+    req["his_order"] = json!({
+        "placer": {"id": "P-779", "namespace": "HIS"},
+        "patient_identifiers": [
+            {"id": "0001234568", "assigning_authority": "HXXRMYY", "type_code": "MR"}
+        ],
+        "national_identifiers": [
+            {"id": "450103199001011234", "assigning_authority": "CHN", "type_code": "NI"}
+        ]
+    });
+    let id = completed_from(&wf, req).await;
+    let store = wf.engine.store.clone();
+    let s = wait_for(
+        "the insured settlement pre-settled",
+        Duration::from_secs(20),
+        || {
+            let store = store.clone();
+            let id = id.clone();
+            async move {
+                let s = store
+                    .settlement_of_consultation(&id)
+                    .await
+                    .unwrap()?
+                    .settlement;
+                (s.phase() == Phase::AwaitingConfirmation).then_some(s)
+            }
+        },
+    )
+    .await;
+    assert!(
+        matches!(&s.kind, huizhen_domain::billing::Kind::Insured { voucher } if voucher.cert_no == "450103199001011234"),
+        "{:?}",
+        s.kind
+    );
+    assert_eq!(platform.infnos(), ["1101", "2201", "2203", "2204", "2206"]);
+    // The completed event (the ORU's body) carries the HIS's own id only.
+    let msgs = store
+        .list(&huizhen_core::store::ListFilter {
+            pipeline: Some("consultation-events".into()),
+            limit: Some(10),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let completed = msgs
+        .messages
+        .iter()
+        .find(|m| {
+            m.headers.get("x-huizhen-event").map(String::as_str) == Some("consultation.completed")
+        })
+        .expect("the completed event was journaled");
+    let full = store.get(&completed.id).await.unwrap().unwrap();
+    let body = String::from_utf8_lossy(&full.body);
+    assert!(body.contains("0001234568"), "{body}");
+    assert!(!body.contains("450103199001011234"), "{body}");
 }

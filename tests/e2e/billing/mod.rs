@@ -7,6 +7,7 @@ mod dft;
 mod engine;
 mod events;
 mod harness;
+mod rekey;
 mod store;
 
 use chrono::{DateTime, Utc};

@@ -22,3 +22,23 @@ END;
 $$ LANGUAGE plpgsql;
 CREATE TRIGGER coverage_usage_no_change BEFORE UPDATE OR DELETE ON coverage_usage
 FOR EACH ROW EXECUTE FUNCTION coverage_usage_append_only();
+
+-- Key rotation for billing (`huizhen keys rotate` re-seals settlements, their calls and
+-- e-invoices with the active data key). Invoices are never changed (CN-70); the trigger
+-- function now lets exactly one kind of UPDATE through: one that changes nothing but the sealed
+-- `body`, to another sealed value (`hze:…`). Every other UPDATE, and every DELETE, is still
+-- refused, as migration 0013 does for the workflow's event logs.
+CREATE OR REPLACE FUNCTION invoices_append_only() RETURNS trigger AS $$
+BEGIN
+    IF TG_OP = 'UPDATE'
+       AND (NEW.id, NEW.settlement_id, NEW.kind, NEW.original_id, NEW.bill_code,
+            NEW.bill_number, NEW.check_code, NEW.amount_fen, NEW.issued_at)
+           IS NOT DISTINCT FROM
+           (OLD.id, OLD.settlement_id, OLD.kind, OLD.original_id, OLD.bill_code,
+            OLD.bill_number, OLD.check_code, OLD.amount_fen, OLD.issued_at)
+       AND left(NEW.body, 4) = 'hze:' THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION 'invoices are never changed or deleted (CN-70; key rotation may only re-seal `body`)';
+END;
+$$ LANGUAGE plpgsql;

@@ -1,4 +1,4 @@
--- The patient's year-to-date coverage usage (issue 19; sqlite): what insurance paid and what
+-- Billing, continued (issue 19; sqlite). The patient's year-to-date coverage usage: what insurance paid and what
 -- of the deductible the patient met, per patient and insurance year, so a coverage policy sees
 -- the annual limit and the deductible left. One entry per settlement and kind, written in the
 -- same transaction as the saga change that makes it due (huizhen_domain::billing::usage): a
@@ -19,3 +19,22 @@ CREATE TRIGGER coverage_usage_no_update BEFORE UPDATE ON coverage_usage
 BEGIN SELECT RAISE(ABORT, 'coverage_usage is append-only'); END;
 CREATE TRIGGER coverage_usage_no_delete BEFORE DELETE ON coverage_usage
 BEGIN SELECT RAISE(ABORT, 'coverage_usage is append-only'); END;
+
+-- Key rotation for billing (`huizhen keys rotate` re-seals settlements, their calls and
+-- e-invoices with the active data key). Invoices are never changed (CN-70); their update
+-- trigger now lets exactly one kind of UPDATE through: one that changes nothing but the sealed
+-- `body`, to another sealed value (`hze:…`). Every other UPDATE, and every DELETE, is still
+-- refused, as migration 0013 does for the workflow's event logs.
+DROP TRIGGER invoices_no_update;
+CREATE TRIGGER invoices_no_update BEFORE UPDATE ON invoices
+WHEN NEW.id IS NOT OLD.id
+  OR NEW.settlement_id IS NOT OLD.settlement_id
+  OR NEW.kind IS NOT OLD.kind
+  OR NEW.original_id IS NOT OLD.original_id
+  OR NEW.bill_code IS NOT OLD.bill_code
+  OR NEW.bill_number IS NOT OLD.bill_number
+  OR NEW.check_code IS NOT OLD.check_code
+  OR NEW.amount_fen IS NOT OLD.amount_fen
+  OR NEW.issued_at IS NOT OLD.issued_at
+  OR substr(NEW.body, 1, 4) <> 'hze:'
+BEGIN SELECT RAISE(ABORT, 'invoices are never changed (CN-70; key rotation may only re-seal `body`)'); END;
