@@ -19,22 +19,13 @@ use huizhen_domain::billing::{
 };
 
 use crate::bindings::coverage as wit;
-use crate::registry::Slot;
+use crate::registry::{Serving, Slot};
 use crate::{CallOptions, Limits, Plugin};
-
-/// Where a [`PluginCoverage`] finds its plugin.
-#[derive(Clone)]
-enum Source {
-    /// The version serving in a registry slot (follows reloads).
-    Slot(Arc<Slot>),
-    /// One loaded version.
-    Fixed(Arc<Plugin>),
-}
 
 /// A `coverage` plugin serving the domain's [`CoveragePolicy`] port.
 #[derive(Clone)]
 pub struct PluginCoverage {
-    source: Source,
+    source: Serving,
     budget: PluginBudget,
     config: Arc<BTreeMap<String, String>>,
 }
@@ -56,7 +47,7 @@ impl PluginCoverage {
         config: BTreeMap<String, String>,
     ) -> PluginCoverage {
         PluginCoverage {
-            source: Source::Fixed(plugin),
+            source: Serving::Fixed(plugin),
             budget,
             config: Arc::new(config),
         }
@@ -69,23 +60,19 @@ impl PluginCoverage {
         config: BTreeMap<String, String>,
     ) -> PluginCoverage {
         PluginCoverage {
-            source: Source::Slot(slot),
+            source: Serving::Slot(slot),
             budget,
             config: Arc::new(config),
         }
     }
 
     fn plugin(&self) -> Result<Arc<Plugin>, CoverageError> {
-        match &self.source {
-            Source::Fixed(p) => Ok(p.clone()),
-            Source::Slot(s) => s.current().ok_or_else(|| CoverageError::Failed {
-                policy: format!("plugin {}", s.name()),
-                reason: format!(
-                    "not loaded ({})",
-                    s.last_error().unwrap_or_else(|| "no package".into())
-                ),
-            }),
-        }
+        self.source
+            .current()
+            .map_err(|reason| CoverageError::Failed {
+                policy: format!("plugin {}", self.source.name()),
+                reason,
+            })
     }
 }
 
@@ -139,10 +126,7 @@ impl CoveragePolicy for PluginCoverage {
     fn name(&self) -> String {
         match self.plugin() {
             Ok(p) => format!("plugin {} (contract {})", p.label(), p.world_version()),
-            Err(_) => match &self.source {
-                Source::Slot(s) => format!("plugin {} (not loaded)", s.name()),
-                Source::Fixed(p) => format!("plugin {}", p.label()),
-            },
+            Err(_) => format!("plugin {} (not loaded)", self.source.name()),
         }
     }
 

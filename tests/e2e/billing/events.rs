@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use huizhen_core::clock::FakeClock;
-use huizhen_domain::billing::Phase;
+use huizhen_core::store::Store;
+use huizhen_domain::billing::{Phase, Settlement};
 use huizhen_insurer::testing::StandIn;
 use huizhen_signing::testca::TestCa;
 use serde_json::json;
@@ -24,6 +25,47 @@ both_backends!(
 /// The demo's outbound pipeline, reduced to billing: `consultation.completed` opens the
 /// settlement.
 const EVENTS: &str = "version: 1\nname: consultation-events\nfacility: F-REQ\nsource:\n  http: { path: /in/consultation-events, kind: json }\nsteps:\n  - settle: { voucher_identifier: NI }\nsinks:\n  - journal: {}\n";
+
+/// The consultation's settlement once it waits for the patient's confirmation.
+async fn pre_settled(store: &Store, id: &str) -> Settlement {
+    wait_for(
+        "the settlement opened and pre-settled",
+        Duration::from_secs(20),
+        || {
+            let store = store.clone();
+            let id = id.to_owned();
+            async move {
+                let s = store
+                    .settlement_of_consultation(&id)
+                    .await
+                    .unwrap()?
+                    .settlement;
+                (s.phase() == Phase::AwaitingConfirmation).then_some(s)
+            }
+        },
+    )
+    .await
+}
+
+/// The id of the journaled `consultation.completed` event.
+async fn completed_event(store: &Store) -> String {
+    let msgs = store
+        .list(&huizhen_core::store::ListFilter {
+            pipeline: Some("consultation-events".into()),
+            limit: Some(10),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    msgs.messages
+        .iter()
+        .find(|m| {
+            m.headers.get("x-huizhen-event").map(String::as_str) == Some("consultation.completed")
+        })
+        .expect("the completed event was journaled")
+        .id
+        .to_string()
+}
 
 async fn the_completed_event_opens_the_settlement(b: Backend) {
     let Some(db) = fresh_db(b).await else { return };
@@ -50,51 +92,21 @@ async fn the_completed_event_opens_the_settlement(b: Backend) {
     // The relay hands `consultation.completed` to the pipeline; `settle` opens the saga and it
     // runs to the patient's confirmation in the background.
     let store = wf.engine.store.clone();
-    let s = wait_for(
-        "the settlement opened and pre-settled",
-        Duration::from_secs(20),
-        || {
-            let store = store.clone();
-            let id = id.clone();
-            async move {
-                let s = store
-                    .settlement_of_consultation(&id)
-                    .await
-                    .unwrap()?
-                    .settlement;
-                (s.phase() == Phase::AwaitingConfirmation).then_some(s)
-            }
-        },
-    )
-    .await;
+    let s = pre_settled(&store, &id).await;
     assert!(
         matches!(&s.kind, huizhen_domain::billing::Kind::Insured { voucher } if voucher.cert_no == "450103199001011234")
     );
     assert_eq!(platform.infnos(), ["1101", "2201", "2203", "2204", "2206"]);
     assert_eq!(platform.problems(), Vec::<String>::new());
     // The event delivered again (a reprocess) opens nothing new.
-    let msgs = store
-        .list(&huizhen_core::store::ListFilter {
-            pipeline: Some("consultation-events".into()),
-            limit: Some(10),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let completed = msgs
-        .messages
-        .iter()
-        .find(|m| {
-            m.headers.get("x-huizhen-event").map(String::as_str) == Some("consultation.completed")
-        })
-        .expect("the completed event was journaled");
+    let completed = completed_event(&store).await;
     // Reprocessing puts it back to `received`: done again means processed again.
-    let back = store.reprocess(&completed.id).await.unwrap();
+    let back = store.reprocess(&completed).await.unwrap();
     assert_eq!(back.state, huizhen_core::message::State::Received);
     wf.engine.wake_scheduler();
     wait_for("the event processed again", Duration::from_secs(20), || {
         let store = store.clone();
-        let mid = completed.id.clone();
+        let mid = completed.clone();
         async move {
             let m = store.get(&mid).await.unwrap()?;
             (m.state == huizhen_core::message::State::Done).then_some(())
@@ -139,23 +151,7 @@ async fn an_hl7_orders_national_number_settles_with_insurance(b: Backend) {
     });
     let id = completed_from(&wf, req).await;
     let store = wf.engine.store.clone();
-    let s = wait_for(
-        "the insured settlement pre-settled",
-        Duration::from_secs(20),
-        || {
-            let store = store.clone();
-            let id = id.clone();
-            async move {
-                let s = store
-                    .settlement_of_consultation(&id)
-                    .await
-                    .unwrap()?
-                    .settlement;
-                (s.phase() == Phase::AwaitingConfirmation).then_some(s)
-            }
-        },
-    )
-    .await;
+    let s = pre_settled(&store, &id).await;
     assert!(
         matches!(&s.kind, huizhen_domain::billing::Kind::Insured { voucher } if voucher.cert_no == "450103199001011234"),
         "{:?}",
@@ -163,22 +159,8 @@ async fn an_hl7_orders_national_number_settles_with_insurance(b: Backend) {
     );
     assert_eq!(platform.infnos(), ["1101", "2201", "2203", "2204", "2206"]);
     // The completed event (the ORU's body) carries the HIS's own id only.
-    let msgs = store
-        .list(&huizhen_core::store::ListFilter {
-            pipeline: Some("consultation-events".into()),
-            limit: Some(10),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let completed = msgs
-        .messages
-        .iter()
-        .find(|m| {
-            m.headers.get("x-huizhen-event").map(String::as_str) == Some("consultation.completed")
-        })
-        .expect("the completed event was journaled");
-    let full = store.get(&completed.id).await.unwrap().unwrap();
+    let completed = completed_event(&store).await;
+    let full = store.get(&completed).await.unwrap().unwrap();
     let body = String::from_utf8_lossy(&full.body);
     assert!(body.contains("0001234568"), "{body}");
     assert!(!body.contains("450103199001011234"), "{body}");

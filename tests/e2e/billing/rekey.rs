@@ -4,7 +4,7 @@
 //! afterwards a key ring without it reads them all. Invoices stay never changed otherwise.
 
 use chrono::FixedOffset;
-use huizhen_core::crypto::{Cipher, EncryptionConfig, Keyring};
+use huizhen_core::crypto::{EncryptionConfig, Keyring};
 use huizhen_core::store::Store;
 use huizhen_core::store::billing::{CallWrite, InvoiceKind, NewInvoice, SettlementChange};
 use huizhen_core::store::rekey::REKEY_TABLES;
@@ -14,7 +14,7 @@ use huizhen_domain::billing::{
 use sqlx::Row;
 
 use super::{INSTITUTION, audit, settlement, t0};
-use crate::support::{Backend, TestDb, both_backends, fresh_db, store};
+use crate::support::{Backend, TestDb, both_backends, fresh_db, rekey_pass, sealed_keys, store};
 
 both_backends!(key_rotation_re_seals_the_billing_rows);
 
@@ -35,47 +35,13 @@ fn ring(keys_file: std::path::PathBuf) -> std::sync::Arc<Keyring> {
     .unwrap()
 }
 
-/// The data key of every sealed value of billing, per (table, column).
-async fn keys_in(url: &str) -> Vec<(String, Vec<Option<String>>)> {
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(url).await.unwrap();
-    let mut out = Vec::new();
-    for (table, column) in SEALED {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {column} AS v FROM {table} WHERE {column} IS NOT NULL"
-        )))
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-        let keys = rows
-            .iter()
-            .map(|r| Cipher::key_of_text(&r.get::<String, _>("v")))
-            .collect();
-        out.push((format!("{table}.{column}"), keys));
-    }
-    pool.close().await;
-    out
-}
-
 /// One pass over billing's tables in batches of 2; rows rewritten.
 async fn rotate(s: &Store) -> u64 {
-    let mut total = 0;
-    for table in ["settlements", "settlement_calls", "invoices"] {
-        assert!(
-            REKEY_TABLES.contains(&table),
-            "{table} is walked by keys rotate"
-        );
-        let mut after = None::<String>;
-        loop {
-            let b = s.rekey_batch(table, after.as_deref(), 2).await.unwrap();
-            total += b.rewritten;
-            match b.next {
-                Some(n) => after = Some(n),
-                None => break,
-            }
-        }
+    let tables = ["settlements", "settlement_calls", "invoices"];
+    for t in tables {
+        assert!(REKEY_TABLES.contains(&t), "{t} is walked by keys rotate");
     }
-    total
+    rekey_pass(s, &tables, 2).await
 }
 
 async fn key_rotation_re_seals_the_billing_rows(b: Backend) {
@@ -164,7 +130,7 @@ async fn key_rotation_re_seals_the_billing_rows(b: Backend) {
     })
     .await
     .unwrap();
-    let before = keys_in(&db.url).await;
+    let before = sealed_keys(&db.url, &SEALED).await;
     let old_key = before[0].1[0].clone().unwrap();
     for (what, ks) in &before {
         assert!(!ks.is_empty(), "{what}");
@@ -180,7 +146,7 @@ async fn key_rotation_re_seals_the_billing_rows(b: Backend) {
     // 3 settlements, 3 calls (request and response in one row), 1 invoice.
     assert_eq!(rotate(&s).await, 7);
     assert_eq!(rotate(&s).await, 0, "nothing left on the old key");
-    for (what, ks) in keys_in(&db.url).await {
+    for (what, ks) in sealed_keys(&db.url, &SEALED).await {
         assert!(
             ks.iter().all(|k| k.as_deref() == Some(new_key.as_str())),
             "{what}: {ks:?}"
