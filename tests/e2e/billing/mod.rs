@@ -85,6 +85,7 @@ pub fn settlement(id: &str, consultation: &str) -> Settlement {
                 cert_type: "02".into(),
                 cert_no: "440106199001011234".into(),
                 insuplc_admdvs: None,
+                qr: None,
             },
         },
         bill,

@@ -84,6 +84,7 @@ impl Settle {
                     cert_type: "02".into(),
                     cert_no: no.trim().to_owned(),
                     insuplc_admdvs: None,
+                    qr: None,
                 },
             },
             None => Kind::SelfPay,
