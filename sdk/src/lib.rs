@@ -218,6 +218,8 @@ macro_rules! scorer_plugin {
 /// (`testing::insured`, `testing::check_coverage` for native tests).
 #[cfg(feature = "coverage")]
 pub mod coverage {
+    // The generated export shim takes the 0.1.2 `patient-coverage` record flattened.
+    #![allow(clippy::too_many_arguments)]
     wit_bindgen::generate!({
         world: "coverage",
         path: "wit",
