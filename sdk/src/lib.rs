@@ -1,4 +1,4 @@
-//! Write Huizhen plugins in Rust: the bindings of each world of `huizhen:plugin@0.1.1`
+//! Write Huizhen plugins in Rust: the bindings of each world of `huizhen:plugin@0.1.2`
 //! (`wit/plugin.wit`), one entry macro per world, the host calls, an HL7 v2 reader and a native
 //! test harness.
 //!
@@ -213,9 +213,13 @@ macro_rules! scorer_plugin {
     };
 }
 
-/// `coverage`: covered and self-pay amounts of fee items, in integer fen.
+/// `coverage`: covered and self-pay amounts of fee items, in integer fen; since contract 0.1.2
+/// with the patient's eligibility, the plan's deductible and annual limit and the year's usage
+/// (`testing::insured`, `testing::check_coverage` for native tests).
 #[cfg(feature = "coverage")]
 pub mod coverage {
+    // The generated export shim takes the 0.1.2 `patient-coverage` record flattened.
+    #![allow(clippy::too_many_arguments)]
     wit_bindgen::generate!({
         world: "coverage",
         path: "wit",

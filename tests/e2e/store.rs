@@ -3,7 +3,7 @@
 use huizhen_core::message::{NewMessage, REUSED_KEY_HEADER, State, now_ms};
 use huizhen_core::store::{Effect, Journal, JournalOptions, ListFilter, Transition};
 
-use crate::support::{Backend, both_backends, fresh_db, store};
+use crate::support::{Backend, both_backends, fresh_db, rekey_pass, store};
 
 both_backends!(
     append_and_read_back,
@@ -808,21 +808,8 @@ async fn rotation_reseals_every_field_and_seals_what_was_clear(b: Backend) {
     let new_key = huizhen_core::crypto::add_key(&db.dir.path().join("keys")).unwrap();
     let (s, ring) = keyed(&db).await;
     assert_eq!(ring.cipher().active(), new_key);
-    let rekey = async |s: &huizhen_core::store::Store| {
-        let mut total = 0;
-        for table in ["messages", "effects"] {
-            let mut after = None::<String>;
-            loop {
-                let b = s.rekey_batch(table, after.as_deref(), 2).await.unwrap();
-                total += b.rewritten;
-                match b.next {
-                    Some(n) => after = Some(n),
-                    None => break,
-                }
-            }
-        }
-        total
-    };
+    let rekey =
+        async |s: &huizhen_core::store::Store| rekey_pass(s, &["messages", "effects"], 2).await;
     assert_eq!(rekey(&s).await, 4, "three messages and one effect");
     assert_eq!(
         rekey(&s).await,

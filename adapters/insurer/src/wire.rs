@@ -11,6 +11,7 @@
 use chrono::{DateTime, FixedOffset, Utc};
 use huizhen_domain::billing::{
     Amounts, CallRef, Eligibility, Kind, Outcome, PatientCoverage, Person, Reply, Settlement, Txn,
+    Voucher,
 };
 use serde_json::value::RawValue;
 
@@ -150,6 +151,21 @@ fn input(map: &FieldMap, s: &Settlement, call: &CallRef, time: &str) -> Result<J
         )])
     };
     Ok(match txn {
+        // The provincial 医保电子凭证 interface (CN-60): the QR code the patient shows.
+        Txn::VoucherDecode => {
+            let qr = match &s.kind {
+                Kind::Insured { voucher } => voucher.qr.clone(),
+                Kind::SelfPay => None,
+            };
+            data(vec![
+                ("businessType", J::s("01101")),
+                (
+                    "ecQrCode",
+                    J::s(need(qr.as_ref(), "the 医保电子凭证 QR code", txn)?),
+                ),
+                ("orgId", J::s(&b.facility)),
+            ])
+        }
         Txn::PersonInfo => data(vec![
             ("mdtrt_cert_type", J::s(&cert_type)),
             ("mdtrt_cert_no", J::s(&cert_no)),
@@ -350,6 +366,12 @@ fn reply(map: &FieldMap, txn: Txn, out: &RawValue) -> Result<Reply, String> {
         get(path).and_then(|v| text(v).ok_or_else(|| format!("{} is not text", path.join("."))))
     };
     Ok(match txn {
+        Txn::VoucherDecode => Reply::Voucher(Voucher {
+            cert_type: "01".into(),
+            cert_no: string(&[n("data"), n("ecToken")])?,
+            insuplc_admdvs: string(&[n("data"), n("insuOrg")]).ok(),
+            qr: None,
+        }),
         Txn::PersonInfo => {
             let psn_no = string(&[n("baseinfo"), n("psn_no")])?;
             let insu = [n("insuinfo"), "0"];
@@ -363,8 +385,9 @@ fn reply(map: &FieldMap, txn: Txn, out: &RawValue) -> Result<Reply, String> {
                     plan: field("insutype").unwrap_or_default(),
                     active: status == "1",
                     eligibility: Eligibility::Eligible,
-                    deductible_remaining: huizhen_domain::billing::Fen::ZERO,
-                    annual_remaining: None,
+                    deductible: huizhen_domain::billing::Fen::ZERO,
+                    annual_limit: None,
+                    year_to_date: Default::default(),
                 },
             })
         }

@@ -68,8 +68,9 @@ fn settlement() -> Settlement {
         plan: "y".into(),
         active: true,
         eligibility: Eligibility::Eligible,
-        deductible_remaining: Fen::ZERO,
-        annual_remaining: None,
+        deductible: Fen::ZERO,
+        annual_limit: None,
+        year_to_date: Default::default(),
     };
     let estimate = SimplePolicy::default()
         .cover(&CoverageItem::of_bill(&bill), &cov)
@@ -79,6 +80,7 @@ fn settlement() -> Settlement {
             cert_type: "02".into(),
             cert_no: "440106199001011234".into(),
             insuplc_admdvs: None,
+            qr: None,
         },
     };
     Settlement::open("S-1", INST, kind, bill, estimate, t0())
@@ -144,6 +146,59 @@ async fn the_happy_path_has_the_shape_the_platform_checks() {
     assert_eq!(settled.amounts.total, booked.amounts[0]);
     assert_eq!(settled.setl_id.as_deref(), Some(booked.setl_id.as_str()));
     assert_eq!(s.patient_pays(), Fen(10_000));
+}
+
+/// CN-60: the 医保电子凭证 QR code is decoded through the provincial interface (`ec.query`) as
+/// the saga's first step; 1101 and the rest carry the certificate it answered, never the QR
+/// code, which the saga forgets. A QR code that does not decode backs out before anything is
+/// in effect.
+#[tokio::test]
+async fn a_qr_voucher_is_decoded_first() {
+    let p = StandIn::start().await.unwrap();
+    let insurer = client(&p.url, "5s", None);
+    let mut cursor = None;
+    let mut s = settlement();
+    s.kind = Kind::Insured {
+        voucher: Voucher {
+            cert_type: String::new(),
+            cert_no: String::new(),
+            insuplc_admdvs: None,
+            qr: Some("HZQR-450103199001011234".into()),
+        },
+    };
+    drive(&mut s, insurer.as_ref(), &mut cursor).await;
+    assert_eq!(p.problems(), Vec::<String>::new());
+    assert_eq!(s.phase(), Phase::Settled);
+    assert_eq!(
+        p.infnos(),
+        ["ec.query", "1101", "2201", "2203", "2204", "2206", "2207"]
+    );
+    let Kind::Insured { voucher } = &s.kind else {
+        panic!("{:?}", s.kind)
+    };
+    assert_eq!(
+        (voucher.cert_type.as_str(), voucher.cert_no.as_str()),
+        ("01", "EC450103199001011234")
+    );
+    assert_eq!(voucher.qr, None);
+    // 1101 as built from the saga: the certificate, not the QR code.
+    let request = insurer.request(&s, &s.calls[1].call, t0()).unwrap();
+    assert!(request.contains(r#""mdtrt_cert_type":"01""#), "{request}");
+    assert!(request.contains("EC450103199001011234"), "{request}");
+    assert!(!request.contains("HZQR-"), "{request}");
+    // A QR code the provincial interface does not decode: nothing in effect, backed out.
+    let mut s = settlement();
+    s.kind = Kind::Insured {
+        voucher: Voucher {
+            cert_type: String::new(),
+            cert_no: String::new(),
+            insuplc_admdvs: None,
+            qr: Some("garbage".into()),
+        },
+    };
+    drive(&mut s, insurer.as_ref(), &mut cursor).await;
+    assert_eq!(s.phase(), Phase::Aborted);
+    assert_eq!(p.infnos().last().map(String::as_str), Some("ec.query"));
 }
 
 #[tokio::test]

@@ -73,6 +73,17 @@ pub trait DomainPlugins: Send + Sync {
 
     /// Calls the `match-weights` plugin `name` once.
     fn match_weights(&self, name: &str) -> Result<PluginWeights, String>;
+
+    /// The `coverage` plugin `name` as the domain's
+    /// [`huizhen_domain::billing::CoveragePolicy`] (billing's estimate), each call under
+    /// `budget` with the plugin's `config` values. Errors when no such plugin is loaded or it
+    /// is not a `coverage` plugin.
+    fn coverage(
+        &self,
+        name: &str,
+        budget: PluginBudget,
+        config: std::collections::BTreeMap<String, String>,
+    ) -> Result<Arc<dyn huizhen_domain::billing::CoveragePolicy + Send + Sync>, String>;
 }
 
 /// Makes the [`DomainPlugins`] of an engine (the plugin host submits one through `inventory`),

@@ -5,13 +5,13 @@
 //! |---|---|---|
 //! | rule | `{"message": {"id", "pipeline", "facility", "kind", "body" (text), "headers": {}}}` | `"pass"`, `{"drop": r}`, `{"route": p}`, `{"transform": body}`, `{"annotate": {}}` |
 //! | scorer | `{"case": {feature: number or text}, "expert": {…}}` | `{"total", "contributions": [{"feature", "points"}]}` |
-//! | coverage | `{"items": [{"code", "amount_fen"}], "patient": {"insurer", "active", "plan"}}` | `[{"code", "covered_fen", "self_pay_fen", "reason"}]` |
+//! | coverage | `{"items": [{"code", "amount_fen"}], "patient": {"insurer", "active", "plan", "not_eligible", "deductible_fen", "annual_limit_fen", "year_to_date": {"covered_fen", "deductible_met_fen"}}}` (the 0.1.2 fields optional: eligible, no deductible, no limit, nothing used) | 0.1.2: `{"lines": [{"code", "covered_fen", "self_pay_fen", "reason"}], "deductible_met_fen"}`; a 0.1.0/0.1.1 plugin: the lines alone |
 //! | match-weights | `{}` | `{"fields": {name: [agree, disagree]}, "auto_link_threshold", "probable_threshold", "possible_threshold"}` (a 0.1.0 plugin's two thresholds mapped) |
 //! | triage | `{"complaint": text}` | `{"symptoms": [], "department": text or null, "questions": []}` |
 
 use serde_json::{Map, Value, json};
 
-use crate::bindings::coverage::{FeeItem, PatientCoverage};
+use crate::bindings::coverage::{FeeItem, PatientCoverage, Usage};
 use crate::bindings::huizhen::plugin::types::{Decision, Message};
 use crate::bindings::scorer::Feature;
 use crate::{CallError, CallOptions, Plugin, World};
@@ -143,12 +143,38 @@ pub fn fee_items(input: &Value) -> Result<Vec<FeeItem>, JsonError> {
 
 pub fn patient(input: &Value) -> Result<PatientCoverage, JsonError> {
     let p = field(input, "input", "patient")?;
+    let path = "input.patient";
+    let opt_int = |v: &Value, path: &str, key: &str| -> Result<Option<i64>, JsonError> {
+        match v.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(x) => x.as_i64().map(Some).ok_or_else(|| {
+                JsonError::Input(format!("{path}.{key}: an integer expected (fen)"))
+            }),
+        }
+    };
+    let ytd = p.get("year_to_date").unwrap_or(&Value::Null);
+    let ytd_path = "input.patient.year_to_date";
     Ok(PatientCoverage {
-        insurer: text(p, "input.patient", "insurer")?,
-        active: field(p, "input.patient", "active")?
+        insurer: text(p, path, "insurer")?,
+        active: field(p, path, "active")?
             .as_bool()
             .ok_or_else(|| JsonError::Input("input.patient.active: true or false".into()))?,
-        plan: text(p, "input.patient", "plan")?,
+        plan: text(p, path, "plan")?,
+        not_eligible: match p.get("not_eligible") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => {
+                return Err(JsonError::Input(format!(
+                    "input.patient.not_eligible: a reason (text) or null expected, found {other}"
+                )));
+            }
+        },
+        deductible_fen: opt_int(p, path, "deductible_fen")?.unwrap_or(0),
+        annual_limit_fen: opt_int(p, path, "annual_limit_fen")?,
+        year_to_date: Usage {
+            covered_fen: opt_int(ytd, ytd_path, "covered_fen")?.unwrap_or(0),
+            deductible_met_fen: opt_int(ytd, ytd_path, "deductible_met_fen")?.unwrap_or(0),
+        },
     })
 }
 
@@ -166,9 +192,10 @@ pub fn call(plugin: &Plugin, input: &Value, opts: &CallOptions) -> Result<Value,
             })
         }
         World::Coverage => {
-            let lines = plugin.cover(&fee_items(input)?, &patient(input)?, opts)?;
-            Value::Array(
-                lines
+            let answer = plugin.cover(&fee_items(input)?, &patient(input)?, opts)?;
+            let lines = Value::Array(
+                answer
+                    .lines
                     .iter()
                     .map(|l| {
                         json!({
@@ -179,7 +206,13 @@ pub fn call(plugin: &Plugin, input: &Value, opts: &CallOptions) -> Result<Value,
                         })
                     })
                     .collect(),
-            )
+            );
+            if plugin.world_version() == crate::CONTRACT {
+                json!({ "lines": lines, "deductible_met_fen": answer.deductible_met_fen })
+            } else {
+                // An older plugin's fixtures expect its own answer: the lines.
+                lines
+            }
         }
         World::MatchWeights => {
             let w = plugin.weights(opts)?;

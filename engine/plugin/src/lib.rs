@@ -10,10 +10,13 @@
 //! no arguments; the clocks with `clock`, real random numbers with `random`; what they print
 //! reaches the engine's log with `log` and is dropped (and counted) without it.
 //!
-//! The contract is `sdk/wit/plugin.wit` (`huizhen:plugin@0.1.1`); all `bindgen!` calls are in
-//! [`bindings`]. Components built for 0.1.0 keep working: the worlds that changed in 0.1.1
-//! (`scorer` gained `score-many`, `match-weights` three thresholds) are detected from the
-//! component's exports and called through their 0.1.0 form ([`legacy`]). A loaded `scorer`
+//! The contract is `sdk/wit/plugin.wit` (`huizhen:plugin@0.1.2`); all `bindgen!` calls are in
+//! [`bindings`]. Components built for 0.1.0 and 0.1.1 keep working: the worlds that changed in
+//! 0.1.1 (`scorer` gained `score-many`, `match-weights` three thresholds) and in 0.1.2
+//! (`coverage` gained eligibility, deductible, annual limit and the year's usage) are detected
+//! from the component's exports and called through their older form ([`legacy`]). A loaded
+//! `coverage` plugin serves the domain's `CoveragePolicy` port through
+//! [`coverage::PluginCoverage`]. A loaded `scorer`
 //! serves the domain's `Scorer` port through [`scorer::PluginScorer`]. Calls made from async code
 //! run on a pool of their own, off the tokio workers ([`pool`]). Packages and signatures: [`package`]; the registry and hot reload:
 //! [`registry`]; JSON forms of every world's input and output: [`json`].
@@ -29,6 +32,7 @@ use wasmtime::{
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+pub mod coverage;
 pub mod json;
 pub mod legacy;
 pub mod names;
@@ -97,7 +101,7 @@ use bindings::huizhen::plugin::host::Level;
 use bindings::huizhen::plugin::types::{Decision, Message};
 
 /// The contract version this engine implements (`huizhen:plugin@…`).
-pub const CONTRACT: &str = "0.1.1";
+pub const CONTRACT: &str = "0.1.2";
 
 /// How long one epoch tick lasts: deadlines are counted in ticks.
 const TICK: Duration = Duration::from_millis(1);
@@ -342,6 +346,8 @@ enum Compiled {
     /// A 0.1.0 scorer (exports `score` only).
     ScorerV0(wasmtime::component::InstancePre<CallState>),
     Coverage(bindings::coverage::CoveragePre<CallState>),
+    /// A 0.1.0/0.1.1 `coverage` plugin (`patient-coverage` without the year's usage).
+    CoverageV1(wasmtime::component::InstancePre<CallState>),
     MatchWeights(bindings::match_weights::MatchWeightsPre<CallState>),
     /// A 0.1.0 `match-weights` plugin (two thresholds).
     MatchWeightsV0(wasmtime::component::InstancePre<CallState>),
@@ -385,7 +391,12 @@ fn link(
             bindings::coverage::Coverage::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
                 .map_err(host)?;
             let pre = linker.instantiate_pre(component).map_err(fit)?;
-            Compiled::Coverage(bindings::coverage::CoveragePre::new(pre).map_err(fit)?)
+            if legacy::is_v1_coverage(component, engine) {
+                legacy::check_v1_coverage(&pre).map_err(fit)?;
+                Compiled::CoverageV1(pre)
+            } else {
+                Compiled::Coverage(bindings::coverage::CoveragePre::new(pre).map_err(fit)?)
+            }
         }
         World::MatchWeights => {
             bindings::match_weights::MatchWeights::add_to_linker::<_, HasSelf<_>>(
@@ -700,30 +711,36 @@ impl Plugin {
         })
     }
 
-    /// `coverage`: the covered and self-pay amounts of fee items (a fresh store per call).
+    /// `coverage`: the covered and self-pay amounts of fee items and the deductible met (a
+    /// fresh store per call), in the 0.1.2 form whatever the plugin's contract version (an
+    /// older plugin is called through [`legacy::call_v1_cover`]).
     pub fn cover(
         &self,
         items: &[bindings::coverage::FeeItem],
         patient: &bindings::coverage::PatientCoverage,
         call: &CallOptions,
-    ) -> Result<Vec<bindings::coverage::ResultLine>, CallError> {
-        let Compiled::Coverage(pre) = &self.compiled else {
-            return Err(self.wrong(World::Coverage));
-        };
+    ) -> Result<bindings::coverage::CoverageAnswer, CallError> {
         let mut sb = self.sandbox(call);
         Self::arm(&mut sb);
         let started = Instant::now();
-        let r = pre
-            .instantiate(&mut sb.store)
-            .and_then(|w| w.call_cover(&mut sb.store, items, patient));
+        let r = match &self.compiled {
+            Compiled::Coverage(pre) => pre
+                .instantiate(&mut sb.store)
+                .and_then(|w| w.call_cover(&mut sb.store, items, patient)),
+            Compiled::CoverageV1(pre) => legacy::call_v1_cover(pre, &mut sb.store, items, patient),
+            _ => return Err(self.wrong(World::Coverage)),
+        };
         self.finish(&mut sb, started, r)
     }
 
     /// The contract version of this component's world: `0.1.0` for a scorer without
-    /// `score-many` or a `match-weights` plugin with two thresholds, else [`CONTRACT`].
+    /// `score-many` or a `match-weights` plugin with two thresholds, `0.1.1` for a `coverage`
+    /// plugin without the year's usage (0.1.0 and 0.1.1 had the same `coverage`), else
+    /// [`CONTRACT`].
     pub fn world_version(&self) -> &'static str {
         match self.compiled {
             Compiled::ScorerV0(_) | Compiled::MatchWeightsV0(_) => "0.1.0",
+            Compiled::CoverageV1(_) => "0.1.1",
             _ => CONTRACT,
         }
     }

@@ -591,3 +591,37 @@ fn start(ext: &Extensions) -> Result<(), String> {
 inventory::submit! {
     EngineHook { name: "plugins", start }
 }
+
+/// Where a domain port served by a plugin finds it: the version serving in a registry slot
+/// (follows reloads), or one loaded version.
+#[derive(Clone)]
+pub enum Serving {
+    /// The version serving in a slot.
+    Slot(Arc<Slot>),
+    /// One loaded version.
+    Fixed(Arc<Plugin>),
+}
+
+impl Serving {
+    /// The version serving now, or why there is none.
+    pub fn current(&self) -> Result<Arc<Plugin>, String> {
+        match self {
+            Serving::Fixed(p) => Ok(p.clone()),
+            Serving::Slot(s) => s.current().ok_or_else(|| {
+                format!(
+                    "plugin {} is not loaded ({})",
+                    s.name(),
+                    s.last_error().unwrap_or_else(|| "no package".into())
+                )
+            }),
+        }
+    }
+
+    /// The plugin's name.
+    pub fn name(&self) -> String {
+        match self {
+            Serving::Slot(s) => s.name().to_owned(),
+            Serving::Fixed(p) => p.name().to_owned(),
+        }
+    }
+}

@@ -21,22 +21,13 @@ use huizhen_core::extensions::{DomainPlugins, Extensions, PluginBudget, PluginWe
 use huizhen_domain::expert::{Contribution, Feature, Score, Scorer, ScorerError, ScorerIdentity};
 
 use crate::bindings::scorer as wit;
-use crate::registry::{Slot, registry};
+use crate::registry::{Serving, Slot, registry};
 use crate::{CallError, CallOptions, Limits, Plugin, World};
-
-/// Where a [`PluginScorer`] finds its plugin.
-#[derive(Clone)]
-enum Source {
-    /// The version serving in a registry slot (follows reloads).
-    Slot(Arc<Slot>),
-    /// One loaded version.
-    Fixed(Arc<Plugin>),
-}
 
 /// A `scorer` plugin serving the domain's [`Scorer`] port.
 #[derive(Clone)]
 pub struct PluginScorer {
-    source: Source,
+    source: Serving,
     budget: PluginBudget,
     config: Arc<BTreeMap<String, String>>,
 }
@@ -53,7 +44,7 @@ impl PluginScorer {
     /// A scorer over one loaded plugin version.
     pub fn new(plugin: Arc<Plugin>, budget: PluginBudget) -> PluginScorer {
         PluginScorer {
-            source: Source::Fixed(plugin),
+            source: Serving::Fixed(plugin),
             budget,
             config: Arc::default(),
         }
@@ -62,23 +53,14 @@ impl PluginScorer {
     /// A scorer over the version serving in `slot`.
     pub fn from_slot(slot: Arc<Slot>, budget: PluginBudget) -> PluginScorer {
         PluginScorer {
-            source: Source::Slot(slot),
+            source: Serving::Slot(slot),
             budget,
             config: Arc::default(),
         }
     }
 
     fn plugin(&self) -> Result<Arc<Plugin>, ScorerError> {
-        match &self.source {
-            Source::Fixed(p) => Ok(p.clone()),
-            Source::Slot(s) => s.current().ok_or_else(|| {
-                ScorerError::Unavailable(format!(
-                    "plugin {} is not loaded ({})",
-                    s.name(),
-                    s.last_error().unwrap_or_else(|| "no package".into())
-                ))
-            }),
-        }
+        self.source.current().map_err(ScorerError::Unavailable)
     }
 
     /// The budget as decisions record it.
@@ -164,10 +146,7 @@ impl Scorer for PluginScorer {
                 budget: Some(self.budget_text()),
             },
             Err(_) => {
-                let name = match &self.source {
-                    Source::Slot(s) => s.name().to_owned(),
-                    Source::Fixed(p) => p.name().to_owned(),
-                };
+                let name = self.source.name();
                 ScorerIdentity {
                     name,
                     version: "unloaded".into(),
@@ -228,6 +207,18 @@ impl DomainPlugins for RegistryDomain {
     ) -> Result<Arc<dyn Scorer + Send + Sync>, String> {
         let slot = self.slot(name, World::Scorer)?;
         Ok(Arc::new(PluginScorer::from_slot(slot, budget)))
+    }
+
+    fn coverage(
+        &self,
+        name: &str,
+        budget: PluginBudget,
+        config: BTreeMap<String, String>,
+    ) -> Result<Arc<dyn huizhen_domain::billing::CoveragePolicy + Send + Sync>, String> {
+        let slot = self.slot(name, World::Coverage)?;
+        Ok(Arc::new(crate::coverage::PluginCoverage::from_slot(
+            slot, budget, config,
+        )))
     }
 
     fn match_weights(&self, name: &str) -> Result<PluginWeights, String> {

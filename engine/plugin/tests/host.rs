@@ -17,6 +17,8 @@ use huizhen_plugin::bindings::huizhen::plugin::types::{Decision, Message};
 use huizhen_plugin::package::{self, Trust};
 use huizhen_plugin::{CallError, CallOptions, Capability, Limits, Registry, World};
 
+#[path = "host/coverage.rs"]
+mod coverage;
 #[path = "host/scoring.rs"]
 mod scoring;
 
@@ -33,6 +35,7 @@ fn plugins() -> &'static PathBuf {
             "route-by-facility",
             "expert-score",
             "weights-basic",
+            "coverage-basic",
         ] {
             let out = std::process::Command::new(env!("CARGO"))
                 .args(["build", "--release", "--target", "wasm32-wasip2", "-p", p])
@@ -362,7 +365,7 @@ fn unsigned_tampered_and_foreign_packages_are_refused() {
     package::sign_package(&future, &package::parse_private_key(&vendor().0).unwrap()).unwrap();
     let e = package::read_package(&future, &trust).unwrap_err();
     assert!(
-        e.contains("built for huizhen:plugin@0.2.0; this engine implements huizhen:plugin@0.1.1"),
+        e.contains("built for huizhen:plugin@0.2.0; this engine implements huizhen:plugin@0.1.2"),
         "{e}"
     );
 

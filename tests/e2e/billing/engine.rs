@@ -4,18 +4,20 @@
 //! with its msgid and infno) and settled again, and the platform's books hold one settlement;
 //! a refund revokes it and reverses the ledger share; a crash between the platform's answer and
 //! the local commit is reconciled when the engine starts again; the day's reconciliation finds
-//! planted discrepancies; e-invoices and 冲红 are issued once.
+//! planted discrepancies; e-invoices and 冲红 are issued once; the patient's year-to-date
+//! coverage usage is added by the settlement and taken back by its refund.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::FixedOffset;
 use chrono::TimeDelta;
 use futures::future::join_all;
 use huizhen_core::billing::Billing;
 use huizhen_core::clock::{Clock, FakeClock};
 use huizhen_core::security::Role;
 use huizhen_core::store::billing::{CallWrite, InvoiceKind, SettlementChange};
-use huizhen_domain::billing::{Amounts, Fen, Phase};
+use huizhen_domain::billing::{Amounts, Fen, Phase, UsageKind, YearToDate, insurance_year};
 use huizhen_insurer::testing::finance::{FinanceFault, FinanceStandIn};
 use huizhen_insurer::testing::{Fault, StandIn};
 use huizhen_signing::testca::TestCa;
@@ -97,6 +99,29 @@ async fn settled_once_a_timeout_after_commit_reversed_and_refunded(b: Backend) {
         "the books hold one settlement"
     );
     assert_eq!(platform.problems(), Vec::<String>::new());
+
+    // The patient's year: what the fund paid and the deductible the estimate met (20 yuan of
+    // the plan's), written once with the settling change however many answers came.
+    let ytd_store = wf.engine.store.clone();
+    let settled_now = ytd_store
+        .settlement(&sid)
+        .await
+        .unwrap()
+        .unwrap()
+        .settlement;
+    let patient = settled_now.bill.billable.patient;
+    let year = insurance_year(
+        settled_now.settled.as_ref().unwrap().at,
+        FixedOffset::east_opt(8 * 3600).unwrap(),
+    );
+    assert_eq!(settled_now.estimate.deductible_met, Fen(2_000));
+    assert_eq!(
+        ytd_store.year_to_date(patient, year).await.unwrap(),
+        YearToDate {
+            covered: Fen(15_000),
+            deductible_met: Fen(2_000)
+        }
+    );
 
     // The invoice: nothing recorded while its answer was lost; asked again (five times at once,
     // as the resume loop and requests may), the platform's one invoice is recorded once.
@@ -218,6 +243,19 @@ async fn settled_once_a_timeout_after_commit_reversed_and_refunded(b: Backend) {
     assert_eq!(platform.registrations_in_force(), 0);
     let ledger = wf.engine.store.ledger(Some(&sid)).await.unwrap();
     assert_eq!(ledger.len(), 2);
+    // The refund takes the year's usage back: an entry of its own, never a deletion.
+    assert_eq!(
+        ytd_store.year_to_date(patient, year).await.unwrap(),
+        YearToDate::default()
+    );
+    let kinds: Vec<_> = ytd_store
+        .coverage_usage(patient, year)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, [UsageKind::Settled, UsageKind::Refunded]);
     // Exactly one 冲红, linked to the invoice; asking again issues nothing more.
     let invoices = store.invoices(&sid).await.unwrap();
     assert_eq!(invoices.len(), 2, "{invoices:?}");
@@ -329,6 +367,7 @@ async fn a_crash_between_answer_and_commit_is_reconciled_on_restart(b: Backend) 
                     request: &request,
                 }),
                 ledger: &[],
+                usage: None,
                 audit: None,
                 outbox: None,
             })

@@ -57,7 +57,13 @@ pub(super) fn billing_config(db: &TestDb, platform: &str, finance: Option<&str>)
         institution_name: "某某人民医院".into(),
         schedules: vec![file],
         utc_offset_minutes: 480,
-        coverage: CoverageConfig::default(),
+        // The plan's yearly terms the estimate assumes: the patient's usage (the store's books)
+        // says what is left of them.
+        coverage: CoverageConfig {
+            deductible: Some("20.00".into()),
+            annual_limit: Some("3000.00".into()),
+            ..CoverageConfig::default()
+        },
         lease: Duration::from_secs(60),
         resume_interval: Duration::from_secs(3600),
         insurer: Some(insurer),

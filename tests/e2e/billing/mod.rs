@@ -7,6 +7,7 @@ mod dft;
 mod engine;
 mod events;
 mod harness;
+mod rekey;
 mod store;
 
 use chrono::{DateTime, Utc};
@@ -69,8 +70,9 @@ pub fn settlement(id: &str, consultation: &str) -> Settlement {
         plan: "门诊统筹".into(),
         active: true,
         eligibility: Eligibility::Eligible,
-        deductible_remaining: Fen::ZERO,
-        annual_remaining: None,
+        deductible: Fen::ZERO,
+        annual_limit: None,
+        year_to_date: Default::default(),
     };
     let estimate = SimplePolicy::default()
         .cover(&CoverageItem::of_bill(&bill), &coverage)
@@ -83,6 +85,7 @@ pub fn settlement(id: &str, consultation: &str) -> Settlement {
                 cert_type: "02".into(),
                 cert_no: "440106199001011234".into(),
                 insuplc_admdvs: None,
+                qr: None,
             },
         },
         bill,

@@ -63,6 +63,7 @@ async fn one_live_settlement_per_consultation(backend: Backend) {
                 expected_version: v,
                 call: None,
                 ledger: &[],
+                usage: None,
                 audit: Some(&audit("settlement.cancel", &s.id)),
                 outbox: None,
             })
@@ -122,6 +123,7 @@ async fn saves_are_version_guarded_and_calls_persisted_first(backend: Backend) {
             request,
         }),
         ledger: &[],
+        usage: None,
         audit: None,
         outbox: None,
     };
@@ -155,6 +157,7 @@ async fn saves_are_version_guarded_and_calls_persisted_first(backend: Backend) {
             response: None,
         }),
         ledger: &[],
+        usage: None,
         audit: None,
         outbox: None,
     };
@@ -173,6 +176,7 @@ async fn saves_are_version_guarded_and_calls_persisted_first(backend: Backend) {
             response: Some("{}"),
         }),
         ledger: &[],
+        usage: None,
         audit: None,
         outbox: None,
     };
@@ -209,6 +213,7 @@ async fn saves_are_version_guarded_and_calls_persisted_first(backend: Backend) {
                     expected_version: v,
                     call: None,
                     ledger: std::slice::from_ref(&entry),
+                    usage: None,
                     audit: None,
                     outbox: None,
                 })

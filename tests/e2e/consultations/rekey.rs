@@ -7,7 +7,7 @@
 use chrono::{TimeDelta, TimeZone, Utc};
 use huizhen_core::care::Care;
 use huizhen_core::clock::Clock;
-use huizhen_core::crypto::{Cipher, EncryptionConfig, Keyring};
+use huizhen_core::crypto::{EncryptionConfig, Keyring};
 use huizhen_core::store::audit::AuditEvent;
 use huizhen_core::store::care::{NewOutboxEvent, PrescriptionChange};
 use huizhen_domain::appointment::{BookingRequest, Urgency};
@@ -16,10 +16,9 @@ use huizhen_domain::prescription::{
     Actor as RxActor, Prescription, PrescriptionCommand, PrescriptionPolicy, Role as RxRole,
 };
 use serde_json::json;
-use sqlx::Row;
 
 use super::{REQ, SECRET, cardiologist, expert, offerees, request, seed_registry, start};
-use crate::support::{Backend, both_backends};
+use crate::support::{Backend, both_backends, sealed_keys};
 
 both_backends!(key_rotation_re_seals_the_workflow_rows);
 
@@ -34,25 +33,8 @@ const SEALED: [(&str, &str); 6] = [
 ];
 
 /// The data key each sealed value of the workflow is sealed with, per table.
-async fn keys_in(url: &str) -> Vec<(&'static str, Vec<Option<String>>)> {
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(url).await.unwrap();
-    let mut out = Vec::new();
-    for (table, column) in SEALED {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {column} AS v FROM {table}"
-        )))
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-        let keys = rows
-            .iter()
-            .map(|r| Cipher::key_of_text(&r.get::<String, _>("v")))
-            .collect();
-        out.push((table, keys));
-    }
-    pool.close().await;
-    out
+async fn keys_in(url: &str) -> Vec<(String, Vec<Option<String>>)> {
+    sealed_keys(url, &SEALED).await
 }
 
 async fn key_rotation_re_seals_the_workflow_rows(b: Backend) {

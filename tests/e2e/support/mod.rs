@@ -11,8 +11,10 @@ use huizhen_core::config::{self, Loaded, LoadedPipeline, RootConfig};
 use huizhen_core::store::{Store, StoreOptions};
 
 mod api;
+mod rekey;
 pub mod webdriver;
 pub use api::{JsonApi, serve, serve_with};
+pub use rekey::{rekey_pass, sealed_keys};
 
 /// The backends every store test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -332,6 +332,7 @@ fn check(body: &str) -> (Option<Txn>, String, Vec<String>) {
         problems.push("insuplc_admdvs is required when psn_no is sent".into());
     }
     let need: &[&[&str]] = match txn {
+        Some(Txn::VoucherDecode) => &[&["data", "ecQrCode"], &["data", "businessType"]],
         Some(Txn::PersonInfo) => &[&["data", "mdtrt_cert_type"], &["data", "mdtrt_cert_no"]],
         Some(Txn::Register) => &[
             &["data", "psn_no"],
@@ -393,6 +394,25 @@ fn commit(pl: &mut Platform, txn: Txn, msgid: &str, body: &str) -> String {
         pl.effects.insert(msgid.to_owned(), e);
     };
     match txn {
+        // The provincial 医保电子凭证 interface: a QR code `HZQR-<id number>` stands for an
+        // electronic voucher token of that person; anything else is refused.
+        Txn::VoucherDecode => match data("ecQrCode").strip_prefix("HZQR-") {
+            Some(idno) if !idno.is_empty() => answer(
+                "0",
+                "",
+                J::obj([(
+                    "data",
+                    J::obj([
+                        ("ecToken", J::s(format!("EC{idno}"))),
+                        ("idNo", J::s(idno)),
+                        ("idType", J::s("01")),
+                        ("insuOrg", J::s("450100")),
+                        ("userName", J::s("张三")),
+                    ]),
+                )]),
+            ),
+            _ => refusal("-1", "the 医保电子凭证 QR code does not decode"),
+        },
         Txn::PersonInfo => answer(
             "0",
             "",

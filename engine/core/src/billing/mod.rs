@@ -11,7 +11,13 @@
 //!   institution_name: 某某人民医院
 //!   schedules: [billing/fees.yaml]   # fee schedules, one per facility (relative to the root file)
 //!   utc_offset_minutes: 480          # the institution's local time (msgid, inf_time)
-//!   coverage: { rate_percent: 80, cap_per_visit: "150.00" }   # the local estimate
+//!   coverage:                        # the local estimate
+//!     rate_percent: 80                 # the built-in policy: 80 %, at most 150 yuan a visit
+//!     cap_per_visit: "150.00"
+//!     deductible: "0.00"               # the plan's terms the estimate assumes: 起付线 per year
+//!     annual_limit: "3000.00"          # 年度限额 (absent: none)
+//!     plugin: coverage-basic           # a `coverage` plugin instead of the built-in policy
+//!     config: { rate: "80", cap_fen: "15000" }   # the plugin's config values
 //!   lease: 2m                        # a runner's hold on a saga (longer than a call)
 //!   resume_interval: 30s             # how often sagas left unfinished are taken up again
 //!   insurer:                         # the platform adapter; none: self-pay only
@@ -33,7 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::FixedOffset;
-use huizhen_domain::billing::{FeeSchedule, Fen, Rate, SimplePolicy};
+use huizhen_domain::billing::{CoveragePolicy, FeeSchedule, Fen, Rate, SimplePolicy};
 use serde::Deserialize;
 
 pub use insurer::{Answer, Insurer, InsurerConfig, InsurerContext};
@@ -102,6 +108,20 @@ pub struct CoverageConfig {
     /// Most covered per visit, yuan as text (default `"150.00"`).
     #[serde(default = "default_cap")]
     pub cap_per_visit: String,
+    /// The deductible (起付线) per insurance year the estimate assumes, yuan as text (default
+    /// none). The patient's year-to-date usage (the store's books) says how much is left.
+    #[serde(default)]
+    pub deductible: Option<String>,
+    /// The most insurance pays per insurance year (年度限额), yuan as text; none: no limit.
+    #[serde(default)]
+    pub annual_limit: Option<String>,
+    /// A `coverage` plugin (by name, from the plugin folder) that computes the estimate instead
+    /// of the built-in policy; its answers are checked like the built-in one's.
+    #[serde(default)]
+    pub plugin: Option<String>,
+    /// The plugin's `config:` values (`host.config`), e.g. `{ rate: "80", cap_fen: "15000" }`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
 }
 
 fn default_rate() -> u32 {
@@ -117,6 +137,10 @@ impl Default for CoverageConfig {
         CoverageConfig {
             rate_percent: default_rate(),
             cap_per_visit: default_cap(),
+            deductible: None,
+            annual_limit: None,
+            plugin: None,
+            config: BTreeMap::new(),
         }
     }
 }
@@ -130,8 +154,11 @@ pub struct BillingSettings {
     pub institution_name: String,
     /// Its local time.
     pub offset: FixedOffset,
-    /// The local estimate's policy.
-    pub policy: SimplePolicy,
+    /// The local estimate's policy: the built-in [`SimplePolicy`], or a `coverage` plugin
+    /// (`billing.coverage.plugin`, set by the engine once its plugin host has started).
+    pub policy: Arc<dyn CoveragePolicy + Send + Sync>,
+    /// The plan's terms the estimate assumes (deductible, annual limit).
+    pub terms: CoverageTerms,
     /// Fee schedules by facility.
     pub schedules: BTreeMap<String, FeeSchedule>,
     /// A runner's hold on a saga.
@@ -148,10 +175,20 @@ pub struct BillingSettings {
     pub outbound_pipeline: Option<String>,
 }
 
+/// The plan's terms the local estimate assumes (`billing.coverage.deductible`, `.annual_limit`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoverageTerms {
+    /// The deductible per insurance year.
+    pub deductible: Fen,
+    /// The annual limit; none: no limit.
+    pub annual_limit: Option<Fen>,
+}
+
 impl std::fmt::Debug for BillingSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BillingSettings")
             .field("institution", &self.institution)
+            .field("policy", &self.policy.name())
             .field("schedules", &self.schedules.keys().collect::<Vec<_>>())
             .field(
                 "insurer",
@@ -189,6 +226,29 @@ impl BillingConfig {
         let cap = self.coverage.cap_per_visit.parse::<Fen>();
         if let Err(e) = &cap {
             problems.push(format!("billing.coverage.cap_per_visit: {e}"));
+        }
+        let mut yuan = |key: &str, v: &Option<String>| -> Option<Fen> {
+            let v = v.as_deref()?;
+            match v.parse::<Fen>() {
+                Ok(f) if f.0 >= 0 => Some(f),
+                Ok(f) => {
+                    problems.push(format!("billing.coverage.{key}: {f} is negative"));
+                    None
+                }
+                Err(e) => {
+                    problems.push(format!("billing.coverage.{key}: {e}"));
+                    None
+                }
+            }
+        };
+        let terms = CoverageTerms {
+            deductible: yuan("deductible", &self.coverage.deductible).unwrap_or(Fen::ZERO),
+            annual_limit: yuan("annual_limit", &self.coverage.annual_limit),
+        };
+        if let Some(p) = &self.coverage.plugin
+            && p.trim().is_empty()
+        {
+            problems.push("billing.coverage.plugin: is blank".into());
         }
         let mut schedules = BTreeMap::new();
         for (i, file) in self.schedules.iter().enumerate() {
@@ -276,10 +336,11 @@ impl BillingConfig {
             institution: self.institution.clone(),
             institution_name: self.institution_name.clone(),
             offset,
-            policy: SimplePolicy {
+            policy: Arc::new(SimplePolicy {
                 rate: rate.unwrap_or(Rate::NONE),
                 cap_per_visit: cap.unwrap_or(Fen::ZERO),
-            },
+            }),
+            terms,
             schedules,
             lease: self.lease,
             resume_interval: self.resume_interval,
@@ -288,6 +349,29 @@ impl BillingConfig {
             invoices,
             outbound_pipeline,
         })
+    }
+
+    /// The `coverage` plugin `billing.coverage.plugin` names, through the engine's plugin host,
+    /// in place of the built-in policy; nothing to do without one.
+    pub fn resolve_coverage_plugin(
+        &self,
+        settings: &mut BillingSettings,
+        extensions: &crate::extensions::Extensions,
+    ) -> Result<(), String> {
+        let Some(name) = self.coverage.plugin.as_deref().map(str::trim) else {
+            return Ok(());
+        };
+        let host = extensions.domain_plugins().ok_or_else(|| {
+            format!("billing.coverage.plugin: {name:?} needs the plugin host, which this engine was built without")
+        })?;
+        let budget = crate::extensions::PluginBudget {
+            fuel: None,
+            deadline: Duration::from_millis(200),
+        };
+        settings.policy = host
+            .coverage(name, budget, self.coverage.config.clone())
+            .map_err(|e| format!("billing.coverage.plugin: {e}"))?;
+        Ok(())
     }
 
     /// `billing.outbound_pipeline` when it names none of `names`, with the closest name.

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use huizhen_domain::billing::outbound::{ChargeContext, charge_announcement};
 use huizhen_domain::billing::{
-    Amounts, Billable, CoverageError, CoverageItem, CoveragePolicy, Eligibility, FeeError, Kind,
-    LedgerEntry, Next, Outcome, PatientCoverage, Phase, RevenueShare, SagaError, Settlement,
-    compute_fees, split,
+    Amounts, Billable, CoverageError, CoverageItem, Eligibility, FeeError, Kind, LedgerEntry, Next,
+    Outcome, PatientCoverage, Phase, RevenueShare, SagaError, Settlement, compute_fees, split,
+    usage_change,
 };
 use huizhen_domain::consultation::outbound::KnownPatient;
 use tokio_util::sync::CancellationToken;
@@ -150,6 +150,11 @@ impl Billing {
             .ok_or_else(|| BillingError::NoSchedule(billable.facility.clone()))?;
         let bill = compute_fees(schedule, &billable)?;
         let items = CoverageItem::of_bill(&bill);
+        let year = huizhen_domain::billing::insurance_year(self.now(), self.settings.offset);
+        let year_to_date = match &kind {
+            Kind::Insured { .. } => self.store.year_to_date(bill.billable.patient, year).await?,
+            Kind::SelfPay => Default::default(),
+        };
         let assumed = PatientCoverage {
             insurer: match &kind {
                 Kind::Insured { .. } => "medical insurance (to be confirmed by 1101)".into(),
@@ -158,10 +163,11 @@ impl Billing {
             plan: String::new(),
             active: matches!(kind, Kind::Insured { .. }),
             eligibility: Eligibility::Eligible,
-            deductible_remaining: huizhen_domain::billing::Fen::ZERO,
-            annual_remaining: None,
+            deductible: self.settings.terms.deductible,
+            annual_limit: self.settings.terms.annual_limit,
+            year_to_date,
         };
-        let estimate = self.settings.policy.cover(&items, &assumed)?;
+        let estimate = self.estimate(items.clone(), assumed.clone()).await?;
         estimate.check(&items, &assumed)?;
         let id = crate::message::new_id();
         let facility = bill.billable.facility.clone();
@@ -176,6 +182,26 @@ impl Billing {
             Opened::New(s) => Ok((s, true)),
             Opened::Existing(s) => Ok((s, false)),
         }
+    }
+
+    /// The coverage estimate of the items for this patient, off the async workers (a plugin
+    /// call blocks for up to its deadline).
+    async fn estimate(
+        &self,
+        items: Vec<CoverageItem>,
+        patient: PatientCoverage,
+    ) -> Result<huizhen_domain::billing::CoverageResult, BillingError> {
+        let policy = self.settings.policy.clone();
+        let name = policy.name();
+        tokio::task::spawn_blocking(move || policy.cover(&items, &patient))
+            .await
+            .map_err(|e| {
+                BillingError::Coverage(CoverageError::Failed {
+                    policy: name,
+                    reason: e.to_string(),
+                })
+            })?
+            .map_err(BillingError::Coverage)
     }
 
     /// The ledger entries the saga's state makes due (CN-63).
@@ -206,6 +232,7 @@ impl Billing {
         audit: Option<&AuditEvent>,
     ) -> Result<bool, BillingError> {
         let ledger = self.ledger(s);
+        let usage = usage_change(before, s, self.settings.offset);
         let outbox = self.charge_event(before, s).await?;
         Ok(self
             .store
@@ -214,6 +241,7 @@ impl Billing {
                 expected_version: expected,
                 call,
                 ledger: &ledger,
+                usage: usage.as_ref(),
                 audit,
                 outbox: outbox.as_ref(),
             })

@@ -105,6 +105,9 @@ fn view(st: &Settlement) -> serde_json::Value {
     let mut v = serde_json::to_value(st).unwrap_or_default();
     if let Kind::Insured { voucher } = &st.kind {
         v["kind"]["voucher"]["cert_no"] = json!(mask(&voucher.cert_no));
+        if let Some(qr) = &voucher.qr {
+            v["kind"]["voucher"]["qr"] = json!(mask(qr));
+        }
     }
     v["phase"] = json!(st.phase());
     v["patient_pays_fen"] = json!(st.patient_pays().0);
@@ -121,8 +124,9 @@ fn view(st: &Settlement) -> serde_json::Value {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SettleBody {
-    /// The person's 医保电子凭证 identity (CN-60), as decoded by the provincial interface, or
-    /// their identity card: never the QR token.
+    /// The person's 医保电子凭证 (CN-60): the QR code they show (`qr`, decoded through the
+    /// provincial interface as the saga's first step), or the certificate type and number
+    /// (their identity card).
     #[serde(default)]
     voucher: Option<Voucher>,
     /// No insurance: the patient pays all.
@@ -155,13 +159,17 @@ async fn settle(
     let body: SettleBody = parse(&body, "settlement")?;
     let kind = match (body.voucher, body.self_pay) {
         (Some(v), false) => {
-            if v.cert_type.trim().is_empty() || v.cert_no.trim().is_empty() {
+            let qr = v.qr.as_deref().map(str::trim).filter(|q| !q.is_empty());
+            if qr.is_none() && (v.cert_type.trim().is_empty() || v.cert_no.trim().is_empty()) {
                 return Err(ApiError(
                     StatusCode::UNPROCESSABLE_ENTITY,
-                    "settlement: voucher: cert_type and cert_no are required".into(),
+                    "settlement: voucher: give the 医保电子凭证 `qr` code, or `cert_type` and `cert_no`".into(),
                 ));
             }
-            Kind::Insured { voucher: v }
+            let qr = qr.map(str::to_owned);
+            Kind::Insured {
+                voucher: Voucher { qr, ..v },
+            }
         }
         (None, true) => Kind::SelfPay,
         _ => {

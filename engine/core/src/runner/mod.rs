@@ -212,9 +212,11 @@ impl Engine {
                     .root_file
                     .as_deref()
                     .and_then(std::path::Path::parent);
-                let settings = cfg
+                let mut settings = cfg
                     .load(base)
                     .map_err(|p| EngineError::Workflow(p.join("; ")))?;
+                cfg.resolve_coverage_plugin(&mut settings, &extensions)
+                    .map_err(EngineError::Workflow)?;
                 let node = root.cluster.node_id();
                 let made = extensions.get_or_try_init(|| {
                     Ok::<_, std::convert::Infallible>(crate::billing::Billing::new(

@@ -2,10 +2,12 @@
 //! event passes (issue 19; the event the workflow outbox relays to
 //! `workflow.consultations.outbound_pipeline`). Other messages pass untouched.
 //!
-//! The person is identified to the insurance platform by the patient identifier of the HIS
-//! order whose type code is `voucher_identifier` (default `NI`: the national identity number,
-//! sent as certificate type `02`, CN-60); without one the settlement is self-pay and waits for
-//! the patient's confirmation. Opening is idempotent (a consultation has one live settlement,
+//! The person is identified to the insurance platform by the patient identifier whose type
+//! code is `voucher_identifier` (default `NI`: the national identity number, sent as
+//! certificate type `02`, CN-60): in the event's patient identifiers, else among the national
+//! numbers of the consultation's HIS order (`his_order.national_identifiers`: an HL7 order's
+//! `PID-3` national numbers, which the result going back leaves out); without one the
+//! settlement is self-pay and waits for the patient's confirmation. Opening is idempotent (a consultation has one live settlement,
 //! however often the event is delivered); the saga then runs in the background, so a slow or
 //! unreachable platform never holds up the pipeline (the ORU still goes out), and the resume
 //! loop takes over after a restart. A consultation that cannot be billed (no fee schedule, a
@@ -70,26 +72,52 @@ struct Settle {
 }
 
 impl Settle {
-    fn kind(&self, body: &serde_json::Value) -> Kind {
-        let ids = body["patient"]["identifiers"].as_array();
-        let id = ids.and_then(|ids| {
-            ids.iter().find(|i| {
-                i["type_code"].as_str() == Some(self.identifier.as_str())
-                    || i["type"].as_str() == Some(self.identifier.as_str())
-            })
-        });
-        match id
-            .and_then(|i| i["id"].as_str())
-            .filter(|s| !s.trim().is_empty())
-        {
-            Some(no) => Kind::Insured {
+    /// Insured by the first identifier of the voucher's type among `ids` (id, type code);
+    /// self-pay without one.
+    fn kind<'i>(&self, ids: impl IntoIterator<Item = (&'i str, Option<&'i str>)>) -> Kind {
+        let found = ids
+            .into_iter()
+            .find(|(id, ty)| *ty == Some(self.identifier.as_str()) && !id.trim().is_empty());
+        match found {
+            Some((no, _)) => Kind::Insured {
                 voucher: Voucher {
                     cert_type: "02".into(),
                     cert_no: no.trim().to_owned(),
                     insuplc_admdvs: None,
+                    qr: None,
                 },
             },
             None => Kind::SelfPay,
+        }
+    }
+
+    /// From the event's patient identifiers, else the HIS order's national numbers.
+    async fn kind_of(&self, billing: &Billing, body: &serde_json::Value, cid: &str) -> Kind {
+        let empty = Vec::new();
+        let ids = body["patient"]["identifiers"].as_array().unwrap_or(&empty);
+        let kind = self.kind(ids.iter().map(|i| {
+            (
+                i["id"].as_str().unwrap_or_default(),
+                i["type_code"].as_str().or_else(|| i["type"].as_str()),
+            )
+        }));
+        if kind != Kind::SelfPay {
+            return kind;
+        }
+        match billing.store().consultation(cid).await {
+            Ok(Some(c)) => match c.consultation.request().his_order.as_deref() {
+                Some(o) => self.kind(
+                    o.national_identifiers
+                        .iter()
+                        .map(|i| (i.id.as_str(), i.type_code.as_deref())),
+                ),
+                None => Kind::SelfPay,
+            },
+            Ok(None) => Kind::SelfPay,
+            Err(e) => {
+                tracing::warn!(consultation = cid, error = %e, "settle: the consultation does not read; its HIS order's national numbers are not looked at");
+                Kind::SelfPay
+            }
         }
     }
 }
@@ -114,7 +142,7 @@ impl Step for Settle {
                     work.id
                 )));
             };
-            let mut kind = self.kind(&body);
+            let mut kind = self.kind_of(&billing, &body, &cid).await;
             if matches!(kind, Kind::Insured { .. }) && billing.settings().insurer.is_none() {
                 kind = Kind::SelfPay;
             }

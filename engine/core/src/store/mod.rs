@@ -594,6 +594,11 @@ impl Store {
                     include_str!("migrations/sqlite/0018_billing.sql"),
                 ),
                 (
+                    19,
+                    "coverage_usage",
+                    include_str!("migrations/sqlite/0019_coverage_usage.sql"),
+                ),
+                (
                     21,
                     "calls",
                     include_str!("migrations/sqlite/0021_calls.sql"),
@@ -694,6 +699,11 @@ impl Store {
                     18,
                     "billing",
                     include_str!("migrations/postgres/0018_billing.sql"),
+                ),
+                (
+                    19,
+                    "coverage_usage",
+                    include_str!("migrations/postgres/0019_coverage_usage.sql"),
                 ),
                 (
                     21,

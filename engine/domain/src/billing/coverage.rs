@@ -64,12 +64,44 @@ pub struct PatientCoverage {
     pub active: bool,
     /// Whether it covers this service.
     pub eligibility: Eligibility,
+    /// The deductible (起付线) per insurance year: what the patient pays alone before
+    /// insurance pays; 0: none.
+    #[serde(default)]
+    pub deductible: Fen,
+    /// The most insurance pays per insurance year (年度限额); none: no annual limit.
+    #[serde(default)]
+    pub annual_limit: Option<Fen>,
+    /// What this insurance year has used so far (the store's books of settled visits).
+    #[serde(default)]
+    pub year_to_date: YearToDate,
+}
+
+/// A patient's usage of one insurance year: settled visits add to it, refunds take back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct YearToDate {
+    /// What insurance has paid.
+    pub covered: Fen,
+    /// What the patient has paid towards the deductible.
+    pub deductible_met: Fen,
+}
+
+impl PatientCoverage {
     /// What the patient still pays alone this year before insurance pays (起付线 left).
-    #[serde(default)]
-    pub deductible_remaining: Fen,
+    pub fn deductible_remaining(&self) -> Fen {
+        self.deductible
+            .sub(self.year_to_date.deductible_met)
+            .unwrap_or(Fen::ZERO)
+            .max(Fen::ZERO)
+    }
+
     /// What insurance may still pay this year (年度限额 left); none: no annual limit.
-    #[serde(default)]
-    pub annual_remaining: Option<Fen>,
+    pub fn annual_remaining(&self) -> Option<Fen> {
+        self.annual_limit.map(|l| {
+            l.sub(self.year_to_date.covered)
+                .unwrap_or(Fen::ZERO)
+                .max(Fen::ZERO)
+        })
+    }
 }
 
 /// Why a line is what it is.
@@ -136,6 +168,10 @@ pub struct CoverageResult {
     pub self_pay: Fen,
     /// What applied to the bill as a whole (deductible, cap, annual limit).
     pub reasons: Vec<Reason>,
+    /// What of the year's deductible this visit met (added to the year's usage when it
+    /// settles).
+    #[serde(default)]
+    pub deductible_met: Fen,
     /// The policy that decided (`simple`, `plugin coverage-basic@1.2.0`).
     pub policy: String,
 }
@@ -226,11 +262,24 @@ impl CoverageResult {
                 "{covered} covered for an inactive or ineligible insurance"
             )));
         }
-        if let Some(left) = patient.annual_remaining
+        if let Some(left) = patient.annual_remaining()
             && covered > left
         {
             return Err(bad(format!(
                 "{covered} covered, over the annual limit left ({left})"
+            )));
+        }
+        let deductible_left = patient.deductible_remaining();
+        if self.deductible_met.0 < 0 || self.deductible_met > deductible_left {
+            return Err(bad(format!(
+                "{} of the deductible met, the deductible left is {deductible_left}",
+                self.deductible_met
+            )));
+        }
+        if self.deductible_met > self_pay {
+            return Err(bad(format!(
+                "{} of the deductible met, more than the patient pays ({self_pay})",
+                self.deductible_met
             )));
         }
         Ok(())
@@ -280,14 +329,13 @@ impl CoveragePolicy for SimplePolicy {
         } else {
             None
         };
+        let mut deductible_met = Fen::ZERO;
         let covered = if let Some(r) = &whole {
             reasons.push(r.clone());
             Fen::ZERO
         } else {
-            let deductible = patient
-                .deductible_remaining
-                .max(Fen::ZERO)
-                .min(eligible_total);
+            let deductible = patient.deductible_remaining().min(eligible_total);
+            deductible_met = deductible;
             if !deductible.is_zero() {
                 reasons.push(Reason::Deductible { amount: deductible });
             }
@@ -300,7 +348,7 @@ impl CoveragePolicy for SimplePolicy {
                     cap: self.cap_per_visit,
                 });
             }
-            if let Some(left) = patient.annual_remaining
+            if let Some(left) = patient.annual_remaining()
                 && covered > left
             {
                 covered = left.max(Fen::ZERO);
@@ -329,6 +377,7 @@ impl CoveragePolicy for SimplePolicy {
             covered,
             self_pay,
             reasons,
+            deductible_met,
             policy: self.name(),
         })
     }

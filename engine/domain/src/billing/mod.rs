@@ -16,6 +16,8 @@
 //! * [`split`]: CN-63's three records: province price items, payer split, inter-institution
 //!   ledger.
 //! * [`reconcile`]: the day's settlements against the platform's statement (3201/3202).
+//! * [`usage`]: the patient's year-to-date coverage usage (covered, deductible met) that a
+//!   settlement adds to and its refund takes back.
 
 pub mod coverage;
 pub mod fee;
@@ -26,10 +28,11 @@ pub mod reconcile;
 pub mod saga;
 pub mod schedule;
 pub mod split;
+pub mod usage;
 
 pub use coverage::{
     CoverageError, CoverageItem, CoverageLine, CoveragePolicy, CoverageResult, Eligibility,
-    PatientCoverage, Reason, SimplePolicy,
+    PatientCoverage, Reason, SimplePolicy, YearToDate,
 };
 pub use fee::{Billable, FeeBill, FeeError, FeeLine, compute_fees, session_minutes};
 pub use money::{Fen, MoneyError, Rate};
@@ -40,3 +43,4 @@ pub use saga::{
 };
 pub use schedule::{FeeSchedule, ItemCodes, ScheduleErrors, ScheduleProblem, ServiceFee};
 pub use split::{LedgerEntry, LedgerKind, PayerSplit, PriceItem, RevenueShare, Split, split};
+pub use usage::{UsageEntry, UsageKind, insurance_year, usage_change, year_to_date};

@@ -193,6 +193,11 @@ pub struct HisOrder {
     /// `PID-3` as the HIS sent it: its own patient ids (national numbers are left out).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub patient_identifiers: Vec<PatientIdentifier>,
+    /// `PID-3`'s national numbers (resident identity number `NI`, insurance numbers): kept for
+    /// billing, which identifies the person to the insurance platform by them (CN-60); never
+    /// sent back in a result.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub national_identifiers: Vec<PatientIdentifier>,
     /// `ORC-12`/`OBR-16`, the ordering doctor with the name as sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordering_provider: Option<Clinician>,
@@ -229,14 +234,19 @@ impl HisOrder {
         if let Some(f) = &self.filler {
             number("filler", f);
         }
-        for (i, id) in self.patient_identifiers.iter().enumerate() {
-            line(format!("his_order.patient_identifiers[{i}].id"), &id.id);
-            for (k, v) in [
-                ("assigning_authority", &id.assigning_authority),
-                ("type_code", &id.type_code),
-            ] {
-                if let Some(v) = v {
-                    line(format!("his_order.patient_identifiers[{i}].{k}"), v);
+        for (list, ids) in [
+            ("patient_identifiers", &self.patient_identifiers),
+            ("national_identifiers", &self.national_identifiers),
+        ] {
+            for (i, id) in ids.iter().enumerate() {
+                line(format!("his_order.{list}[{i}].id"), &id.id);
+                for (k, v) in [
+                    ("assigning_authority", &id.assigning_authority),
+                    ("type_code", &id.type_code),
+                ] {
+                    if let Some(v) = v {
+                        line(format!("his_order.{list}[{i}].{k}"), v);
+                    }
                 }
             }
         }

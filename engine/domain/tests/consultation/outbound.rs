@@ -25,6 +25,7 @@ fn order() -> HisOrder {
             assigning_authority: Some("HXXRMYY".into()),
             type_code: Some("MR".into()),
         }],
+        national_identifiers: vec![],
         ordering_provider: Some(Clinician {
             id: REQUESTING_DOCTOR.into(),
             name: "王建国".into(),

@@ -31,11 +31,23 @@ fn v0(file: &str) -> Vec<u8> {
 
 /// Loads `bytes` as a signed package `name@version` of `world`, declaring `contract`.
 fn load(bytes: &[u8], name: &str, version: &str, world: World, contract: &str) -> Arc<Plugin> {
+    load_with(bytes, name, version, world, contract, vec![])
+}
+
+/// [`load`] with these capabilities granted.
+pub(super) fn load_with(
+    bytes: &[u8],
+    name: &str,
+    version: &str,
+    world: World,
+    contract: &str,
+    caps: Vec<huizhen_plugin::Capability>,
+) -> Arc<Plugin> {
     // One folder per load: tests run in parallel.
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = temp(&format!("scoring-{name}-{version}-{n}"));
-    let (pkg, _) = package::write_package(&dir, bytes, name, version, world, vec![], None).unwrap();
+    let (pkg, _) = package::write_package(&dir, bytes, name, version, world, caps, None).unwrap();
     // The manifest says which contract the component was built for.
     let toml = pkg.join("plugin.toml");
     let text = std::fs::read_to_string(&toml).unwrap();
@@ -88,7 +100,10 @@ fn both_scorer_contracts_score_a_batch() {
     let case = vec![wf("urgency", 0.0, Some("routine"))];
     let call = CallOptions::default();
     let mut totals = Vec::new();
-    for (plugin, version) in [(current_scorer(), "0.1.1"), (old_scorer(), "0.1.0")] {
+    for (plugin, version) in [
+        (current_scorer(), huizhen_plugin::CONTRACT),
+        (old_scorer(), "0.1.0"),
+    ] {
         assert_eq!(plugin.world_version(), version, "{}", plugin.label());
         let mut session = plugin.scorer(&call).unwrap();
         let many = session.score_many(&case, &candidates()).unwrap();
@@ -132,7 +147,7 @@ fn both_weights_contracts_give_three_thresholds() {
         "0.1.0",
     );
     let w = plugin_weights(&new).unwrap();
-    assert_eq!(w.contract, "0.1.1");
+    assert_eq!(w.contract, huizhen_plugin::CONTRACT);
     assert_eq!(
         (w.auto_link, w.probable, w.possible),
         (Some(40.0), 25.0, 12.0)

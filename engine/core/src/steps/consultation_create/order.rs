@@ -181,7 +181,8 @@ pub(super) fn local_patient_id(order: &Order) -> Option<&str> {
 
 /// The order as the HIS identified it, for the result going back (none without `ORC-2`): its
 /// order numbers, its own patient ids (not national numbers), the ordering doctor with the
-/// name sent, the service ordered.
+/// name sent, the service ordered; and, apart, the national numbers of `PID-3`, which billing
+/// identifies the person by to the insurance platform (never sent back).
 pub(super) fn his_order(order: &Order) -> Option<HisOrder> {
     let placer = order.placer_order_number.as_ref()?.number()?;
     Some(HisOrder {
@@ -190,17 +191,8 @@ pub(super) fn his_order(order: &Order) -> Option<HisOrder> {
             .filler_order_number
             .as_ref()
             .and_then(EntityId::number),
-        patient_identifiers: order
-            .patient
-            .identifiers
-            .iter()
-            .filter(|i| !i.is_national() && !i.id.trim().is_empty())
-            .map(|i| PatientIdentifier {
-                id: i.id.trim().to_owned(),
-                assigning_authority: nonblank(i.assigning_authority.as_deref()),
-                type_code: nonblank(i.type_code.as_deref()),
-            })
-            .collect(),
+        patient_identifiers: identifiers(order, false),
+        national_identifiers: identifiers(order, true),
         ordering_provider: order.ordering_provider.as_ref().and_then(Doctor::clinician),
         service: order.requested_service.as_ref().and_then(|s| {
             Some(ServiceCode {
@@ -210,6 +202,21 @@ pub(super) fn his_order(order: &Order) -> Option<HisOrder> {
             })
         }),
     })
+}
+
+/// The order's patient identifiers that are (or are not) national numbers, as sent.
+fn identifiers(order: &Order, national: bool) -> Vec<PatientIdentifier> {
+    order
+        .patient
+        .identifiers
+        .iter()
+        .filter(|i| i.is_national() == national && !i.id.trim().is_empty())
+        .map(|i| PatientIdentifier {
+            id: i.id.trim().to_owned(),
+            assigning_authority: nonblank(i.assigning_authority.as_deref()),
+            type_code: nonblank(i.type_code.as_deref()),
+        })
+        .collect()
 }
 
 /// A date-time as `hl7_map` writes it (`2026-01-15T08:30`, with or without seconds and
@@ -292,6 +299,9 @@ mod tests {
                 "filler": {"id": "F-1", "namespace": null},
                 "patient_identifiers": [
                     {"id": "MRN-1", "assigning_authority": "HXXRMYY", "type_code": "MR"}
+                ],
+                "national_identifiers": [
+                    {"id": "110101199003077777", "assigning_authority": "CHN", "type_code": "NI"}
                 ],
                 "ordering_provider": {"id": "D0456", "name": "王建国"},
                 "service": {"code": "HZ-XNK", "text": "远程心内科会诊", "system": "L"}

@@ -19,10 +19,14 @@
 //! * [`invoices`](Store::record_invoice) (CN-70) and [`billing_ledger`](Store::ledger)
 //!   (CN-63): append-only (triggers refuse updates and deletes); one invoice and one 冲红 per
 //!   settlement, one share and one share reversal.
+//! * [`coverage_usage`](Store::year_to_date) (migration 0019): the patient's usage of each
+//!   insurance year (covered, deductible met), one entry per settlement and kind written with
+//!   the saga change that settles or refunds it.
 
 mod books;
 mod msgids;
 mod settlements;
+mod usage;
 
 pub use books::{InvoiceKind, NewInvoice, StoredInvoice};
 pub use settlements::{

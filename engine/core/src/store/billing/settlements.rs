@@ -2,7 +2,7 @@
 //! save that persists the saga with the call it begins or answers and the ledger entries due, and
 //! the runner's lease. See the module docs of [`super`].
 
-use huizhen_domain::billing::{CallRef, LedgerEntry, Phase, Settlement};
+use huizhen_domain::billing::{CallRef, LedgerEntry, Phase, Settlement, UsageEntry};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Connection, Row};
 
@@ -80,6 +80,9 @@ pub struct SettlementChange<'a> {
     pub ledger: &'a [LedgerEntry],
     /// The audit event, if the change is audited (opening, confirmation, cancellation).
     pub audit: Option<&'a AuditEvent>,
+    /// The change of the patient's year-to-date coverage usage it makes due (a settlement adds,
+    /// its refund takes back), written once in the same transaction.
+    pub usage: Option<&'a UsageEntry>,
     /// The charge the change announces (`settlement.settled`, `.cancelled`), written to the
     /// outbox in the same transaction: a committed change never loses it, a lost race never
     /// writes it.
@@ -434,6 +437,9 @@ impl Store {
             s.bind(now);
             s.push(") ON CONFLICT (settlement_id, kind) DO NOTHING");
             exec(&mut tx, s, "append ledger entry").await?;
+        }
+        if let Some(e) = change.usage {
+            super::usage::insert_usage(&mut tx, e, now).await?;
         }
         if let Some(e) = change.outbox {
             insert_outbox(&mut tx, self, e).await?;

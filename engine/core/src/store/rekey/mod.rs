@@ -16,7 +16,8 @@
 //! The consultation workflow's sealed rows get the same passes ([`workflow`]): consultation
 //! snapshots and events, prescriptions and their events, bookings (and a booking's patient
 //! key, a blind index), the workflow outbox, and the FHIR store's versions (`fhir_versions`,
-//! bound to `Type/id` and `fhir/v<n>`). [`REKEY_TABLES`] lists every table a
+//! bound to `Type/id` and `fhir/v<n>`), and billing's (settlements, the requests and responses
+//! of their calls to the insurance platform, e-invoices). [`REKEY_TABLES`] lists every table a
 //! rotation walks.
 
 mod workflow;
@@ -51,6 +52,9 @@ pub const REKEY_TABLES: &[&str] = &[
     "appointments",
     "workflow_outbox",
     "fhir_versions",
+    "settlements",
+    "settlement_calls",
+    "invoices",
 ];
 
 impl Store {

@@ -1,5 +1,7 @@
-//! Re-sealing the consultation workflow's rows with the active data key: one sealed text
-//! column per table, bound to its row as it was written (see each table's writer). Event logs
+//! Re-sealing the consultation workflow's rows (and billing's: settlements, their calls'
+//! requests and responses, e-invoices) with the active data key: one sealed text column per
+//! table (and for a call, a second, nullable one), bound to its row as it was written (see
+//! each table's writer). Event logs
 //! are walked by (id, version), the others by id. A booking also has its patient kept as a
 //! blind index (`patient_key`); a booking written before encryption was turned on has it in
 //! clear, and the pass replaces it with the blind index of the booking's patient (the
@@ -8,7 +10,7 @@
 //! Every write is guarded like the journal's (`WHERE <column> = <what was read>`): a row a
 //! command changed in between keeps the command's value (sealed with the active key anyway)
 //! and is looked at again by the next pass. The event logs are append-only; migration 0013
-//! lets exactly this re-sealing through their triggers.
+//! lets exactly this re-sealing through their triggers, as migration 0019 does for invoices.
 
 use sqlx::Row;
 
@@ -29,6 +31,8 @@ pub(super) struct Target {
     column: &'static str,
     /// The binding's field for a row of this version (0 without one).
     field: fn(i64) -> String,
+    /// A second sealed column that may be NULL, bound to the same id, with its field.
+    also: Option<(&'static str, &'static str)>,
 }
 
 /// The workflow's sealed columns.
@@ -39,6 +43,7 @@ pub(super) const TARGETS: &[Target] = &[
         version: None,
         column: "snapshot",
         field: |_| "consultation/snapshot".into(),
+        also: None,
     },
     Target {
         table: "consultation_events",
@@ -46,6 +51,7 @@ pub(super) const TARGETS: &[Target] = &[
         version: Some("version"),
         column: "event",
         field: |v| format!("consultation/event/{v}"),
+        also: None,
     },
     Target {
         table: "prescriptions",
@@ -53,6 +59,7 @@ pub(super) const TARGETS: &[Target] = &[
         version: None,
         column: "body",
         field: |_| "prescription".into(),
+        also: None,
     },
     Target {
         table: "prescription_events",
@@ -60,6 +67,7 @@ pub(super) const TARGETS: &[Target] = &[
         version: Some("version"),
         column: "body",
         field: |v| format!("event/{v}"),
+        also: None,
     },
     Target {
         table: "appointments",
@@ -67,6 +75,7 @@ pub(super) const TARGETS: &[Target] = &[
         version: None,
         column: "body",
         field: |_| "booking".into(),
+        also: None,
     },
     Target {
         table: "workflow_outbox",
@@ -74,6 +83,7 @@ pub(super) const TARGETS: &[Target] = &[
         version: None,
         column: "body",
         field: |_| "outbox".into(),
+        also: None,
     },
     // The FHIR store's versions: bound to `Type/id` and `fhir/v<n>` (store/fhir/); the id is
     // the expression, which the walk orders and guards by like a column.
@@ -83,6 +93,33 @@ pub(super) const TARGETS: &[Target] = &[
         version: Some("version"),
         column: "body",
         field: |v| format!("fhir/v{v}"),
+        also: None,
+    },
+    // Billing (store/billing/): the saga bound to its id, a call's request and response to its
+    // msgid, an e-invoice to its id.
+    Target {
+        table: "settlements",
+        id: "id",
+        version: None,
+        column: "body",
+        field: |_| "settlement".into(),
+        also: None,
+    },
+    Target {
+        table: "settlement_calls",
+        id: "msgid",
+        version: None,
+        column: "request",
+        field: |_| "request".into(),
+        also: Some(("response", "response")),
+    },
+    Target {
+        table: "invoices",
+        id: "id",
+        version: None,
+        column: "body",
+        field: |_| "invoice".into(),
+        also: None,
     },
 ];
 
@@ -105,11 +142,14 @@ impl Store {
     ) -> Result<RekeyBatch> {
         let booking = t.table == "appointments";
         let mut s = Sql::new(format!(
-            "SELECT {} AS k, {} AS sealed{}{} FROM {} WHERE ",
+            "SELECT {} AS k, {} AS sealed{}{}{} FROM {} WHERE ",
             t.id,
             t.column,
             t.version.map(|v| format!(", {v} AS v")).unwrap_or_default(),
             if booking { ", patient_key" } else { "" },
+            t.also
+                .map(|(c, _)| format!(", {c} AS also"))
+                .unwrap_or_default(),
             t.table
         ));
         match (t.version, after) {
@@ -177,6 +217,16 @@ impl Store {
                         Value::Text(raw.clone()),
                     )
                     .await?;
+            }
+            if let Some((column, field)) = t.also {
+                let raw: Option<String> = r.try_get("also").map_err(d())?;
+                if let Some(raw) = raw
+                    && let Some(new) = self.reseal_text(c, &id, field, &raw)?
+                {
+                    n += self
+                        .update_guarded(t.table, column, Value::Text(new), &key, Value::Text(raw))
+                        .await?;
+                }
             }
             if booking {
                 let patient_key: String = r.try_get("patient_key").map_err(d())?;

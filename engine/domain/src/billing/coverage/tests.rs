@@ -8,8 +8,9 @@ fn patient() -> PatientCoverage {
         plan: "县级".into(),
         active: true,
         eligibility: Eligibility::Eligible,
-        deductible_remaining: Fen::ZERO,
-        annual_remaining: None,
+        deductible: Fen::ZERO,
+        annual_limit: None,
+        year_to_date: YearToDate::default(),
     }
 }
 
@@ -64,15 +65,18 @@ fn inactive_or_ineligible_insurance_covers_nothing() {
 #[test]
 fn deductible_then_rate_then_annual_limit() {
     let mut p = patient();
-    p.deductible_remaining = Fen(5_000);
+    p.deductible = Fen(8_000);
+    p.year_to_date.deductible_met = Fen(3_000);
     let r = cover(&[item("A", 10_000, true)], &p);
-    // 50 yuan deductible, 80 % of the other 50.
+    // 50 yuan of the deductible left, 80 % of the other 50.
     assert_eq!(r.covered, Fen(4_000));
+    assert_eq!(r.deductible_met, Fen(5_000));
     assert!(
         r.reasons
             .contains(&Reason::Deductible { amount: Fen(5_000) })
     );
-    p.annual_remaining = Some(Fen(1_000));
+    p.annual_limit = Some(Fen(50_000));
+    p.year_to_date.covered = Fen(49_000);
     let r = cover(&[item("A", 10_000, true)], &p);
     assert_eq!(r.covered, Fen(1_000));
     assert!(r.reasons.contains(&Reason::AnnualLimit {
@@ -125,19 +129,26 @@ fn patients() -> impl Strategy<Value = PatientCoverage> {
         any::<bool>(),
         0i64..100_000,
         prop::option::of(0i64..100_000),
+        (0i64..100_000, 0i64..100_000),
     )
-        .prop_map(|(active, eligible, deductible, annual)| PatientCoverage {
-            insurer: "i".into(),
-            plan: "p".into(),
-            active,
-            eligibility: if eligible {
-                Eligibility::Eligible
-            } else {
-                Eligibility::NotEligible { reason: "x".into() }
+        .prop_map(
+            |(active, eligible, deductible, annual, (used, met))| PatientCoverage {
+                insurer: "i".into(),
+                plan: "p".into(),
+                active,
+                eligibility: if eligible {
+                    Eligibility::Eligible
+                } else {
+                    Eligibility::NotEligible { reason: "x".into() }
+                },
+                deductible: Fen(deductible),
+                annual_limit: annual.map(Fen),
+                year_to_date: YearToDate {
+                    covered: Fen(used),
+                    deductible_met: Fen(met),
+                },
             },
-            deductible_remaining: Fen(deductible),
-            annual_remaining: annual.map(Fen),
-        })
+        )
 }
 
 proptest! {
@@ -155,9 +166,10 @@ proptest! {
         prop_assert_eq!(r.covered.add(r.self_pay).unwrap(), total);
         prop_assert!(r.covered <= Fen(cap));
         prop_assert!(r.covered.0 >= 0);
-        if let Some(left) = p.annual_remaining {
+        if let Some(left) = p.annual_remaining() {
             prop_assert!(r.covered <= left);
         }
+        prop_assert!(r.deductible_met <= p.deductible_remaining());
         let eligible = Fen::sum(items.iter().filter(|i| i.covered).map(|i| i.amount)).unwrap();
         prop_assert!(r.covered <= Rate::basis_points(rate).unwrap().of(eligible));
         if !p.active || p.eligibility != Eligibility::Eligible {
@@ -166,6 +178,40 @@ proptest! {
         for (line, item) in r.lines.iter().zip(&items) {
             prop_assert_eq!(line.covered.add(line.self_pay).unwrap(), item.amount);
             prop_assert!(line.covered.0 >= 0 && line.self_pay.0 >= 0);
+        }
+    }
+
+    /// Visit after visit of one insurance year, the year's usage carried from each settled
+    /// visit to the next (as the store keeps it): insurance never pays more than the annual
+    /// limit in total, the deductible is met once, and every visit balances.
+    #[test]
+    fn the_annual_limit_holds_across_visits(
+        visits in prop::collection::vec(items(), 1..12),
+        deductible in 0i64..200_000,
+        limit in prop::option::of(0i64..300_000),
+        rate in 0u32..=10_000,
+        cap in 0i64..1_000_000,
+    ) {
+        let policy = SimplePolicy { rate: Rate::basis_points(rate).unwrap(), cap_per_visit: Fen(cap) };
+        let mut p = patient();
+        p.deductible = Fen(deductible);
+        p.annual_limit = limit.map(Fen);
+        for items in &visits {
+            let r = policy.cover(items, &p).unwrap();
+            r.check(items, &p).unwrap();
+            let total = Fen::sum(items.iter().map(|i| i.amount)).unwrap();
+            prop_assert_eq!(r.covered.add(r.self_pay).unwrap(), total);
+            prop_assert!(r.covered <= Fen(cap));
+            p.year_to_date.covered = p.year_to_date.covered.add(r.covered).unwrap();
+            p.year_to_date.deductible_met = p.year_to_date.deductible_met.add(r.deductible_met).unwrap();
+            if let Some(l) = limit {
+                prop_assert!(p.year_to_date.covered <= Fen(l));
+            }
+            prop_assert!(p.year_to_date.deductible_met <= Fen(deductible));
+        }
+        // Until the deductible is met, insurance pays nothing.
+        if p.year_to_date.deductible_met < Fen(deductible) {
+            prop_assert!(p.year_to_date.covered.is_zero());
         }
     }
 

@@ -167,6 +167,11 @@ impl Settlement {
         self.query_retries = 0;
         let txn = call.txn;
         match (txn, reply) {
+            (Txn::VoucherDecode, Reply::Voucher(mut v)) => {
+                // Only the certificate is kept, never the QR code.
+                v.qr = None;
+                self.kind = Kind::Insured { voucher: v };
+            }
             (Txn::PersonInfo, Reply::Person(p)) => self.person = Some(p),
             (Txn::Register, Reply::Registered { mdtrt_id }) => self.mdtrt_id = Some(mdtrt_id),
             (Txn::PreSettle, Reply::PreSettled(a)) => {
@@ -219,7 +224,7 @@ impl Settlement {
     /// cancellation that fails needs a person.
     fn refused(&mut self, txn: Txn, why: String) {
         match (&self.goal, txn) {
-            (Goal::Settle, _) if Txn::FORWARD.contains(&txn) => {
+            (Goal::Settle, _) if self.forward().contains(&txn) => {
                 self.goal = Goal::Abort { reason: why };
             }
             _ => self.attention = Some(why),

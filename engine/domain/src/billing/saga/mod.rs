@@ -3,7 +3,8 @@
 //! before every external call.
 //!
 //! ```text
-//! 1101 person → 2201 register → 2203 visit → 2204 fee details → 2206 pre-settle
+//! [ec.query: a 医保电子凭证 QR code decoded, CN-60] → 1101 person → 2201 register
+//!      → 2203 visit → 2204 fee details → 2206 pre-settle
 //!      → patient confirms → 2207 settle → settled
 //! uncertain outcome (timeout, lost answer, restart with a call in flight)
 //!      → 2601 reversal with omsgid + oinfno of that call, then the step again with a new msgid
@@ -170,7 +171,12 @@ impl Settlement {
 
     /// The forward steps of this kind of settlement.
     pub fn forward(&self) -> &'static [Txn] {
-        match self.kind {
+        match &self.kind {
+            Kind::Insured { voucher }
+                if voucher.qr.is_some() || self.is_done(Txn::VoucherDecode) =>
+            {
+                &Txn::FORWARD_QR
+            }
             Kind::Insured { .. } => &Txn::FORWARD,
             Kind::SelfPay => &[],
         }

@@ -24,8 +24,9 @@ pub(crate) fn coverage() -> PatientCoverage {
         plan: "门诊统筹".into(),
         active: true,
         eligibility: Eligibility::Eligible,
-        deductible_remaining: Fen::ZERO,
-        annual_remaining: None,
+        deductible: Fen::ZERO,
+        annual_limit: None,
+        year_to_date: Default::default(),
     }
 }
 
@@ -78,6 +79,7 @@ pub(crate) fn insured() -> Settlement {
             cert_type: "02".into(),
             cert_no: "440106199001011234".into(),
             insuplc_admdvs: None,
+            qr: None,
         },
     })
 }
@@ -189,6 +191,66 @@ fn the_insured_path_in_order() {
     // open, then begin + complete per call, and the confirmation.
     assert_eq!(s.version, 1 + 2 * 6 + 1);
     assert!(s.calls.iter().all(|c| c.call.msgid.as_str().len() == 30));
+}
+
+#[test]
+fn a_qr_voucher_is_decoded_first_and_forgotten() {
+    let mut s = insured();
+    s.kind = Kind::Insured {
+        voucher: Voucher {
+            cert_type: String::new(),
+            cert_no: String::new(),
+            insuplc_admdvs: None,
+            qr: Some("QR-TOKEN".into()),
+        },
+    };
+    let mut ids = Ids::default();
+    let decoded = Voucher {
+        cert_type: "01".into(),
+        cert_no: "EC-TOKEN".into(),
+        insuplc_admdvs: Some("450100".into()),
+        qr: Some("echoed back".into()),
+    };
+    let mut first_query = true;
+    let sent = drive(&mut s, &mut ids, |c| match c.txn {
+        // An uncertain decode is asked again (it changes nothing at the platform).
+        Txn::VoucherDecode if std::mem::take(&mut first_query) => uncertain(),
+        Txn::VoucherDecode => Outcome::Ok {
+            reply: Reply::Voucher(decoded.clone()),
+        },
+        t => ok(t),
+    });
+    assert_eq!(
+        sent,
+        [
+            "ec.query", "ec.query", "1101", "2201", "2203", "2204", "2206", "confirm", "2207"
+        ]
+    );
+    assert_eq!(s.phase(), Phase::Settled);
+    let Kind::Insured { voucher } = &s.kind else {
+        panic!("{:?}", s.kind)
+    };
+    assert_eq!(voucher.cert_no, "EC-TOKEN");
+    assert_eq!(voucher.qr, None, "never the QR code");
+    // A refused decode backs out before anything is in effect.
+    let mut s = insured();
+    s.kind = Kind::Insured {
+        voucher: Voucher {
+            cert_type: String::new(),
+            cert_no: String::new(),
+            insuplc_admdvs: None,
+            qr: Some("QR".into()),
+        },
+    };
+    let sent = drive(&mut s, &mut Ids::default(), |c| match c.txn {
+        Txn::VoucherDecode => Outcome::Refused {
+            code: "-1".into(),
+            message: "does not decode".into(),
+        },
+        t => ok(t),
+    });
+    assert_eq!(sent, ["ec.query"]);
+    assert_eq!(s.phase(), Phase::Aborted);
 }
 
 #[test]

@@ -13,6 +13,10 @@ use crate::billing::msgid::MsgId;
 /// The NHSA transactions the saga uses (CN-62), serialised as their 4-character `infno`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Txn {
+    /// 医保电子凭证 decoding through the provincial interface (`ec.query`, CN-60): the QR
+    /// code the patient shows → the certificate the platform's calls carry.
+    #[serde(rename = "ec.query")]
+    VoucherDecode,
     /// 1101 人员信息获取.
     #[serde(rename = "1101")]
     PersonInfo,
@@ -56,8 +60,20 @@ impl Txn {
         Txn::Settle,
     ];
 
+    /// The forward steps of an insured settlement that starts from a 医保电子凭证 QR code.
+    pub const FORWARD_QR: [Txn; 7] = [
+        Txn::VoucherDecode,
+        Txn::PersonInfo,
+        Txn::Register,
+        Txn::VisitUpload,
+        Txn::FeeUpload,
+        Txn::PreSettle,
+        Txn::Settle,
+    ];
+
     /// Every transaction.
-    pub const ALL: [Txn; 10] = [
+    pub const ALL: [Txn; 11] = [
+        Txn::VoucherDecode,
         Txn::PersonInfo,
         Txn::Register,
         Txn::RegisterRevoke,
@@ -73,6 +89,7 @@ impl Txn {
     /// The `infno`.
     pub fn code(self) -> &'static str {
         match self {
+            Txn::VoucherDecode => "ec.query",
             Txn::PersonInfo => "1101",
             Txn::Register => "2201",
             Txn::RegisterRevoke => "2202",
@@ -91,10 +108,10 @@ impl Txn {
         Txn::ALL.into_iter().find(|t| t.code() == code)
     }
 
-    /// False for queries and trial calculations (1101, 2206), which change nothing at the
-    /// platform and may be asked again after an uncertain outcome.
+    /// False for queries and trial calculations (ec.query, 1101, 2206), which change nothing at
+    /// the platform and may be asked again after an uncertain outcome.
     pub fn has_effect(self) -> bool {
-        !matches!(self, Txn::PersonInfo | Txn::PreSettle)
+        !matches!(self, Txn::VoucherDecode | Txn::PersonInfo | Txn::PreSettle)
     }
 }
 
@@ -109,13 +126,20 @@ impl fmt::Display for Txn {
 /// kept, never the QR token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Voucher {
-    /// `mdtrt_cert_type`: `01` 医保电子凭证, `02` 居民身份证, `03` 社会保障卡.
+    /// `mdtrt_cert_type`: `01` 医保电子凭证, `02` 居民身份证, `03` 社会保障卡 (blank until a QR
+    /// code is decoded).
+    #[serde(default)]
     pub cert_type: String,
-    /// `mdtrt_cert_no` / `certno`.
+    /// `mdtrt_cert_no` / `certno` (blank until a QR code is decoded).
+    #[serde(default)]
     pub cert_no: String,
     /// The insured region (参保地, `insuplc_admdvs`) when already known.
     #[serde(default)]
     pub insuplc_admdvs: Option<String>,
+    /// The 医保电子凭证 QR code the patient showed, until the provincial interface has decoded
+    /// it (`ec.query`, the saga's first step); then gone, replaced by the certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qr: Option<String>,
 }
 
 /// Insured through the platform, or self-pay.
@@ -273,6 +297,8 @@ pub enum Outcome {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "kebab-case")]
 pub enum Reply {
+    /// `ec.query`: the certificate the QR code stands for (without the QR code).
+    Voucher(Voucher),
     /// 1101.
     Person(Person),
     /// 2201: the visit id.
