@@ -174,6 +174,10 @@ pub enum Action {
     /// Get the room tokens of a consultation's call (RTC-04; the handler narrows an expert to
     /// their own token).
     IssueRoomTokens,
+    /// Read the device → patient bindings (facility-scoped).
+    ReadDevices,
+    /// Bind a device to a patient record or end its binding (in the caller's facility).
+    ManageDevices,
 }
 
 impl Action {
@@ -221,6 +225,8 @@ impl Action {
             Action::ReadStudies => &[Admin, Integrator, Auditor, Expert, LocalDoctor],
             Action::StoreStudies => &[Admin, Integrator, LocalDoctor],
             Action::IssueRoomTokens => &[Admin, Integrator, Expert, LocalDoctor],
+            Action::ReadDevices => &[Admin, Integrator, Auditor, LocalDoctor],
+            Action::ManageDevices => &[Admin, Integrator, LocalDoctor],
         }
     }
 
@@ -263,6 +269,8 @@ impl Action {
             Action::ReadStudies => "study.read",
             Action::StoreStudies => "study.store",
             Action::IssueRoomTokens => "room.token.issue",
+            Action::ReadDevices => "device.read",
+            Action::ManageDevices => "device.manage",
         }
     }
 }
@@ -569,6 +577,14 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
         "POST",
         "/api/consultations/{id}/room/tokens",
         Action::IssueRoomTokens,
+    ),
+    // Device → patient bindings (http/devices.rs, issue 25).
+    ("GET", "/api/devices/bindings", Action::ReadDevices),
+    ("POST", "/api/devices/bindings", Action::ManageDevices),
+    (
+        "POST",
+        "/api/devices/{device}/unbind",
+        Action::ManageDevices,
     ),
 ];
 

@@ -530,6 +530,7 @@ pub fn apply(mut c: Consultation, e: &Event) -> Consultation {
             c.status_reason = e.reason.clone();
         }
         EventKind::PatientRepointed { to, .. } => c.request.patient = *to,
+        EventKind::VitalAlertRaised { .. } => {}
     }
     c.version = e.version;
     c.last_modified = e.at;

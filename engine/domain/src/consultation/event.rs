@@ -15,6 +15,7 @@ use super::gates::{Consent, LocalPhysician, PriorDiagnosis, Verification};
 use super::opinion::{LocalDecision, SignedOpinion};
 use super::request::ConsultationRequest;
 use super::state::FailReason;
+use super::vital_alert::VitalAlert;
 use crate::identity::PersonId;
 
 /// The role an actor acts in. A plugin is never a physician (CN-11, CN-20): the role matrix
@@ -232,6 +233,11 @@ pub enum EventKind {
         /// The surviving person id.
         to: PersonId,
     },
+    /// A device reading of the patient crossed a threshold (issue 25); records only.
+    VitalAlertRaised {
+        /// The reading and the rules that fired.
+        alert: VitalAlert,
+    },
 }
 
 impl EventKind {
@@ -263,6 +269,7 @@ impl EventKind {
             EventKind::Failed { .. } => "failed",
             EventKind::EnteredInError => "entered_in_error",
             EventKind::PatientRepointed { .. } => "patient_repointed",
+            EventKind::VitalAlertRaised { .. } => super::vital_alert::EVENT,
         }
     }
 }

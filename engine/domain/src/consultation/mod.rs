@@ -16,6 +16,8 @@
 //!   MATCH-21 timestamps.
 //! * [`announcements`] ([`outbound`]) turns appended events into what the engine announces
 //!   outside: the signed opinion for the HIS on completion, notices of the other turns.
+//! * [`record_vital_alert`] ([`vital_alert`]) records a device reading's threshold alert on an
+//!   open consultation of the patient (issue 25), once per reading.
 //!
 //! docs/workflow.md has the state table for integrators.
 
@@ -33,6 +35,7 @@ pub mod room;
 pub mod sla;
 pub mod state;
 pub mod timeline;
+pub mod vital_alert;
 
 pub use aggregate::{
     Attempt, AttemptOutcome, Consultation, Decline, RecordedDecision, RecordedOpinion, ReplayError,
@@ -62,3 +65,4 @@ pub use sla::{
 };
 pub use state::{Action, FailReason, State, TaskStatus};
 pub use timeline::{Milestones, TimelineEntry};
+pub use vital_alert::{FiredRule, VitalAlert, record_vital_alert};

@@ -13,3 +13,4 @@ mod rules;
 mod sla;
 mod support;
 mod table;
+mod vital_alert;
