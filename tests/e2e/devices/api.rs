@@ -6,33 +6,13 @@
 use std::time::Duration;
 
 use huizhen_core::Engine;
-use huizhen_core::security::{Role, SecurityConfig};
+use huizhen_core::security::Role;
 use huizhen_domain::identity::{Demographics, PersonName};
 use huizhen_domain::patient::Sex;
 use serde_json::json;
 
+use crate::security::{security_config, token};
 use crate::support::{Backend, JsonApi, both_backends, fresh_db, loaded, serve};
-
-const SECRET: &str = "e2e-devices-secret-0123456789abcdef01";
-
-fn security() -> SecurityConfig {
-    SecurityConfig {
-        jwt_secret: Some(SECRET.into()),
-        ..SecurityConfig::default()
-    }
-}
-
-fn token(sub: &str, role: Role, facility: &str) -> String {
-    huizhen_core::security::issue_from_config(
-        &security(),
-        sub,
-        role,
-        facility,
-        Duration::from_secs(600),
-    )
-    .unwrap()
-    .token
-}
 
 both_backends!(device_bindings_over_the_api);
 
@@ -59,10 +39,10 @@ async fn device_bindings_over_the_api(b: Backend) {
     )
     .await
     .unwrap();
-    let api = JsonApi::new(serve(&engine, &security()).await);
-    let doctor = token("dr-li", Role::LocalDoctor, "clinic-7");
-    let other = token("dr-zhou", Role::LocalDoctor, "clinic-9");
-    let auditor = token("aud", Role::Auditor, "*");
+    let api = JsonApi::new(serve(&engine, &security_config()).await);
+    let doctor = token(Role::LocalDoctor, "clinic-7");
+    let other = token(Role::LocalDoctor, "clinic-9");
+    let auditor = token(Role::Auditor, "*");
 
     let bind = json!({"device": "BP-3001", "facility": "clinic-7", "local_id": "MR-3001",
         "valid_from": "2026-01-01T00:00:00+08:00"});
@@ -113,7 +93,7 @@ async fn device_bindings_over_the_api(b: Backend) {
     assert_eq!(list.len(), 1, "{v}");
     assert_eq!(list[0]["id"], id.as_str());
     assert_eq!(list[0]["local_id"], "MR-3001");
-    assert_eq!(list[0]["created_by"], "dr-li");
+    assert_eq!(list[0]["created_by"], "local-doctor@clinic-7");
     assert!(list[0]["valid_to"].is_null(), "{v}");
 
     // Unbind: ends the open binding; a second unbind finds none open.
@@ -165,6 +145,6 @@ async fn device_bindings_over_the_api(b: Backend) {
         .unwrap();
     assert_eq!(unbind["resource_id"], "BP-3001");
     assert_eq!(unbind["subject_facility"], "clinic-7");
-    assert_eq!(unbind["actor"], "dr-li");
+    assert_eq!(unbind["actor"], "local-doctor@clinic-7");
     engine.shutdown(Duration::from_secs(5)).await;
 }

@@ -272,13 +272,8 @@ pub fn build_charge(
     line("control_id", control_id)?;
     let checked = check(charge)?;
     let message_time = message_time.unwrap_or(checked.posted_at);
-    let mut text = String::new();
-    for seg in segments(&checked, options, control_id, &message_time) {
-        text.push_str(&seg.render());
-        text.push('\r');
-    }
-    Ok(Built {
-        text,
-        message_type: "DFT^P03",
-    })
+    Ok(super::built(
+        segments(&checked, options, control_id, &message_time),
+        "DFT^P03",
+    ))
 }

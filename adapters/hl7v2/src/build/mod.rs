@@ -203,15 +203,20 @@ pub fn build(
         control_id,
         message_time,
     };
+    Ok(built(
+        messages::segments(&parts),
+        options.kind.message_type(),
+    ))
+}
+
+/// The message of `segs`: each rendered and ended by CR.
+fn built(segs: Vec<writer::Seg>, message_type: &'static str) -> Built {
     let mut text = String::new();
-    for seg in messages::segments(&parts) {
+    for seg in segs {
         text.push_str(&seg.render());
         text.push('\r');
     }
-    Ok(Built {
-        text,
-        message_type: options.kind.message_type(),
-    })
+    Built { text, message_type }
 }
 
 #[cfg(test)]

@@ -104,15 +104,7 @@ pub fn build_vitals(
                 .set(18, esc(reading.device.trim())),
         );
     }
-    let mut text = String::new();
-    for seg in segs {
-        text.push_str(&seg.render());
-        text.push('\r');
-    }
-    Ok(Built {
-        text,
-        message_type: "ORU^R01",
-    })
+    Ok(super::built(segs, "ORU^R01"))
 }
 
 #[cfg(test)]
