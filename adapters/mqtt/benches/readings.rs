@@ -27,6 +27,9 @@ use huizhen_core::runner::Engine;
 use huizhen_domain::identity::{Matcher, Thresholds, Weights};
 use huizhen_domain::vitals::binding::DeviceBinding;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+// The `mqtt` source registers itself through typetag: the bench names the crate so the linker
+// keeps it (as the binary does).
+use huizhen_mqtt as _;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -171,6 +174,7 @@ sinks:
                 valid_to: None,
             },
             "bench",
+            None,
         )
         .await?
         .map_err(|e| e.to_string())?;

@@ -90,7 +90,7 @@ pub async fn run(store: &Store, cmd: DevicesCommand) -> Result<ExitCode> {
                 &device,
                 format!("device {device} bound in facility {facility}"),
             );
-            match store.device_bind(&b, &event.actor).await? {
+            match store.device_bind(&b, &event.actor, Some(&event)).await? {
                 Ok(id) => {
                     println!("{id}");
                     Ok(ExitCode::SUCCESS)
@@ -106,8 +106,14 @@ pub async fn run(store: &Store, cmd: DevicesCommand) -> Result<ExitCode> {
             facility,
             at,
         } => {
+            let event = cli_event(
+                "device.unbind",
+                "Device",
+                &device,
+                format!("device {device} handed back in facility {facility}"),
+            );
             if store
-                .device_unbind(&facility, &device, time(at.as_deref(), "at")?)
+                .device_unbind(&facility, &device, time(at.as_deref(), "at")?, Some(&event))
                 .await?
             {
                 Ok(ExitCode::SUCCESS)

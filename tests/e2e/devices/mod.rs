@@ -8,6 +8,8 @@
 //! Each test has its own topic prefix and client id, so tests share the broker. Without a
 //! broker or `mosquitto_pub` the tests skip, except under CI, where they fail.
 
+mod api;
+mod consult;
 mod restart;
 mod walk;
 

@@ -427,6 +427,25 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
             "/api/consultations/no-such-consultation/call",
             [GONE, GONE, GONE, GONE, GONE, NO, NO, NO],
         ),
+        // Device bindings (issue 25): an empty body is a 400 before anything is looked up.
+        (
+            "GET",
+            "/api/devices/bindings",
+            "/api/devices/bindings",
+            [ALL, ALL, ALL, NO, ALL, NO, NO, NO],
+        ),
+        (
+            "POST",
+            "/api/devices/bindings",
+            "/api/devices/bindings",
+            [BAD, BAD, NO, NO, BAD, NO, NO, NO],
+        ),
+        (
+            "POST",
+            "/api/devices/{device}/unbind",
+            "/api/devices/BP-0001/unbind",
+            [BAD, BAD, NO, NO, BAD, NO, NO, NO],
+        ),
         // The reconciliation covers every facility: platform tokens only; nothing stored.
         (
             "POST",

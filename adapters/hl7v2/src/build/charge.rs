@@ -29,7 +29,7 @@ use huizhen_domain::billing::{Fen, MoneyError};
 use super::messages::dtm;
 use super::opinion::{clinician, line, optional_line, order_number, patient};
 use super::writer::{Seg, components, esc, subcomponents};
-use super::{BuildError, BuildOptions, Built};
+use super::{BuildError, BuildOptions, Built, header};
 
 /// The coding system of NHSA 医疗服务项目 codes (a locally defined table, `99zzz`).
 pub const NHSA_ITEMS: &str = "99NHSA";
@@ -159,23 +159,6 @@ fn segments(
     let credit = c.transaction == ChargeTransaction::Credit;
     let posted = dtm(&k.posted_at);
     let service = dtm(&k.service_at);
-    let ids: Vec<String> = c
-        .patient
-        .identifiers
-        .iter()
-        .map(|i| {
-            components(&[
-                esc(i.id.trim()),
-                String::new(),
-                String::new(),
-                i.assigning_authority
-                    .as_deref()
-                    .map(esc)
-                    .unwrap_or_default(),
-                i.type_code.as_deref().map(esc).unwrap_or_default(),
-            ])
-        })
-        .collect();
     let visit = components(&[
         esc(c.consultation_id.trim()),
         String::new(),
@@ -210,25 +193,9 @@ fn segments(
         .map(|s| esc(s.trim()))
         .unwrap_or_default();
     let mut segs = vec![
-        Seg::new("MSH")
-            .set(3, esc(&options.sending_application))
-            .set(4, esc(&options.sending_facility))
-            .set(5, esc(&options.receiving_application))
-            .set(6, esc(&options.receiving_facility))
-            .set(7, dtm(message_time))
-            .set(9, "DFT^P03^DFT_P03")
-            .set(10, esc(control_id))
-            .set(11, esc(&options.processing_id))
-            .set(12, "2.5.1")
-            .set(18, "UNICODE UTF-8"),
+        header::msh(options, "DFT^P03^DFT_P03", control_id, message_time),
         Seg::new("EVN").set(1, "P03").set(2, posted.clone()),
-        Seg::new("PID").set(1, "1").set(3, ids.join("~")).set(
-            5,
-            components(&[
-                esc(&c.patient.name.family),
-                c.patient.name.given.as_deref().map(esc).unwrap_or_default(),
-            ]),
-        ),
+        header::pid(&c.patient),
         Seg::new("PV1").set(1, "1").set(2, "N").set(19, visit),
     ];
     for (i, it) in c.items.iter().enumerate() {
@@ -305,13 +272,8 @@ pub fn build_charge(
     line("control_id", control_id)?;
     let checked = check(charge)?;
     let message_time = message_time.unwrap_or(checked.posted_at);
-    let mut text = String::new();
-    for seg in segments(&checked, options, control_id, &message_time) {
-        text.push_str(&seg.render());
-        text.push('\r');
-    }
-    Ok(Built {
-        text,
-        message_type: "DFT^P03",
-    })
+    Ok(super::built(
+        segments(&checked, options, control_id, &message_time),
+        "DFT^P03",
+    ))
 }

@@ -80,47 +80,16 @@ impl Parts<'_> {
     }
 
     fn msh(&self, message_type: &str) -> Seg {
-        let o = self.options;
-        Seg::new("MSH")
-            .set(3, esc(&o.sending_application))
-            .set(4, esc(&o.sending_facility))
-            .set(5, esc(&o.receiving_application))
-            .set(6, esc(&o.receiving_facility))
-            .set(7, dtm(&self.message_time))
-            .set(9, message_type)
-            .set(10, esc(self.control_id))
-            .set(11, esc(&o.processing_id))
-            .set(12, "2.5.1")
-            // The body is UTF-8; the mllp sink rewrites MSH-18 for the destination charset.
-            .set(18, "UNICODE UTF-8")
+        super::header::msh(
+            self.options,
+            message_type,
+            self.control_id,
+            &self.message_time,
+        )
     }
 
     fn pid(&self) -> Seg {
-        let p = &self.checked.opinion.patient;
-        let ids: Vec<String> = p
-            .identifiers
-            .iter()
-            .map(|i| {
-                components(&[
-                    esc(i.id.trim()),
-                    String::new(),
-                    String::new(),
-                    i.assigning_authority
-                        .as_deref()
-                        .map(esc)
-                        .unwrap_or_default(),
-                    i.type_code.as_deref().map(esc).unwrap_or_default(),
-                ])
-            })
-            .collect();
-        let name = components(&[
-            esc(&p.name.family),
-            p.name.given.as_deref().map(esc).unwrap_or_default(),
-        ]);
-        Seg::new("PID")
-            .set(1, "1")
-            .set(3, ids.join("~"))
-            .set(5, name)
+        super::header::pid(&self.checked.opinion.patient)
     }
 
     fn obx(&self, set_id: usize, value_type: &str, code: &[&str; 3]) -> Seg {
@@ -271,7 +240,7 @@ pub(super) fn segments(p: &Parts<'_>) -> Vec<Seg> {
     match p.options.kind {
         OutboundKind::OruR01 => oru_r01(p),
         OutboundKind::MdmT02 => mdm_t02(p),
-        // A charge is not an opinion: `build` refuses it before getting here.
-        OutboundKind::DftP03 => Vec::new(),
+        // A charge or a reading is not an opinion: `build` refuses it before getting here.
+        OutboundKind::DftP03 | OutboundKind::OruR01Vitals => Vec::new(),
     }
 }

@@ -18,15 +18,18 @@
 //!
 //! The segment layout and `OBX-3` codes are listed in `messages`; the input and its checks in
 //! [`OutboundOpinion`]. A `DFT^P03` ([`build_charge`]) is built from billing's charge
-//! ([`OutboundCharge`]); its layout is in `charge`.
+//! ([`OutboundCharge`]); its layout is in `charge`. A device reading's `ORU^R01`
+//! ([`build_vitals`], `as: oru_r01_vitals`) is built from [`OutboundReading`]; see `vitals`.
 
 use chrono::{DateTime, FixedOffset};
 use serde::Deserialize;
 
 mod charge;
+mod header;
 mod messages;
 mod opinion;
 pub mod step;
+mod vitals;
 mod writer;
 
 pub use charge::{
@@ -37,6 +40,7 @@ pub use opinion::{
     Clinician, OpinionDiagnosis, OrderNumber, OutboundOpinion, OutboundPatient, PatientIdentifier,
     PersonName, ServiceCode,
 };
+pub use vitals::{OutboundReading, OutboundValue, build_vitals};
 
 /// Why a message cannot be built: the JSON path (or config key) at fault and what is wrong,
 /// never the value.
@@ -70,6 +74,9 @@ pub enum OutboundKind {
     /// `DFT^P03`: a settled consultation's charge (or its credit) for the HIS's accounts,
     /// built from billing's `settlement.settled` / `.cancelled` body ([`OutboundCharge`]).
     DftP03,
+    /// `ORU^R01` of a device reading (issue 25), built from `device_reading`'s `output: hl7`
+    /// body ([`OutboundReading`]): one `OBX` per value with its LOINC code and UCUM unit.
+    OruR01Vitals,
 }
 
 impl OutboundKind {
@@ -79,6 +86,7 @@ impl OutboundKind {
             OutboundKind::OruR01 => "ORU^R01",
             OutboundKind::MdmT02 => "MDM^T02",
             OutboundKind::DftP03 => "DFT^P03",
+            OutboundKind::OruR01Vitals => "ORU^R01",
         }
     }
 }
@@ -180,6 +188,12 @@ pub fn build(
             "dft_p03 is built from a charge (build_charge), not from an opinion",
         ));
     }
+    if options.kind == OutboundKind::OruR01Vitals {
+        return Err(BuildError::new(
+            "as",
+            "oru_r01_vitals is built from a reading (build_vitals), not from an opinion",
+        ));
+    }
     opinion::line("control_id", control_id)?;
     let checked = opinion::check(opinion)?;
     let message_time = message_time.unwrap_or(checked.signed_at);
@@ -189,15 +203,20 @@ pub fn build(
         control_id,
         message_time,
     };
+    Ok(built(
+        messages::segments(&parts),
+        options.kind.message_type(),
+    ))
+}
+
+/// The message of `segs`: each rendered and ended by CR.
+fn built(segs: Vec<writer::Seg>, message_type: &'static str) -> Built {
     let mut text = String::new();
-    for seg in messages::segments(&parts) {
+    for seg in segs {
         text.push_str(&seg.render());
         text.push('\r');
     }
-    Ok(Built {
-        text,
-        message_type: options.kind.message_type(),
-    })
+    Built { text, message_type }
 }
 
 #[cfg(test)]

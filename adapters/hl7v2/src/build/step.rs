@@ -9,7 +9,7 @@
 //! ```yaml
 //! steps:
 //!   - hl7_build:
-//!       as: oru_r01                 # or mdm_t02, or dft_p03 (billing's charges)
+//!       as: oru_r01                 # or mdm_t02, dft_p03 (billing's charges), oru_r01_vitals (device readings)
 //!       sending_application: HUIZHEN
 //!       sending_facility: GXYCHZ
 //!       receiving_application: HIS
@@ -32,8 +32,8 @@ use huizhen_core::work::{Flow, StepError, Work};
 use serde::Deserialize;
 
 use super::{
-    BuildOptions, OutboundCharge, OutboundKind, OutboundOpinion, TextType, build, build_charge,
-    control_id,
+    BuildOptions, OutboundCharge, OutboundKind, OutboundOpinion, OutboundReading, TextType, build,
+    build_charge, build_vitals, control_id,
 };
 
 /// The header counting `hl7_build` steps per message.
@@ -43,7 +43,8 @@ pub const SEQ_HEADER: &str = "hl7-build-seq";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Hl7BuildConfig {
-    /// `oru_r01` (default), `mdm_t02`, or `dft_p03` (the body is a billing charge).
+    /// `oru_r01` (default), `mdm_t02`, `dft_p03` (the body is a billing charge) or
+    /// `oru_r01_vitals` (the body is `device_reading`'s `output: hl7`).
     #[serde(rename = "as", default)]
     pub kind: OutboundKind,
     /// `MSH-3`, this engine as the HIS knows it (e.g. `HUIZHEN`).
@@ -197,6 +198,9 @@ impl Hl7Build {
         let built = if self.options.kind == OutboundKind::DftP03 {
             let charge: OutboundCharge = read_body(work.body()).map_err(|e| fail(&id, e))?;
             build_charge(&charge, &self.options, &control, message_time)
+        } else if self.options.kind == OutboundKind::OruR01Vitals {
+            let reading: OutboundReading = read_body(work.body()).map_err(|e| fail(&id, e))?;
+            build_vitals(&reading, &self.options, &control, message_time)
         } else {
             let opinion: OutboundOpinion = read_body(work.body()).map_err(|e| fail(&id, e))?;
             build(&opinion, &self.options, &control, message_time)

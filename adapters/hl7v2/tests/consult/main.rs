@@ -10,6 +10,7 @@ mod charge;
 mod mllp;
 mod order;
 mod outbound;
+mod vitals;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

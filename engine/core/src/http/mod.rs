@@ -18,6 +18,7 @@
 //! | POST | /api/experts/match, /api/experts/heartbeat; GET /api/experts/fairness | expert matching ([`experts`]) |
 //! | GET, POST | /api/match-decisions/{id}, /api/match-decisions/{id}/override | match explanations and overrides |
 //! | … | /api/consultations/… | the consultation workflow and its live stream: see `http/consultations/` |
+//! | … | /api/devices/… | device → patient bindings (issue 25): see `http/devices.rs` |
 //! | … | /api/prescriptions, /api/appointments, /api/experts/{id}/queue, /api/cases, /api/stats | the care workflow ([`care`]) |
 //! | … | /fhir/r4/… | the FHIR facade of `huizhen-fhir`, added through [`crate::extensions::HttpRoutes`] |
 //!
@@ -190,6 +191,7 @@ mod audit;
 mod billing;
 mod care;
 mod consultations;
+mod devices;
 mod experts;
 mod guard;
 mod ingest;
@@ -277,7 +279,12 @@ pub fn router(state: AppState, cfg: &HttpConfig, security: Arc<Security>) -> Rou
             post(experts::override_decision),
         )
         .merge(care::routes())
-        .merge(billing::routes());
+        .merge(billing::routes())
+        .route(
+            "/api/devices/bindings",
+            get(devices::list_bindings).post(devices::bind),
+        )
+        .route("/api/devices/{device}/unbind", post(devices::unbind));
     // Routes of adapters (the FHIR facade): before the guard, like every route above.
     for extra in inventory::iter::<crate::extensions::HttpRoutes> {
         app = app.merge((extra.routes)());

@@ -23,12 +23,15 @@ use huizhen_domain::identity::{Demographics, normalize};
 use super::*;
 use crate::store::identity::{ChangeBy, IdentityRow, ReviewRow};
 
-fn bad(msg: impl Into<String>) -> ApiError {
+pub(super) fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
 /// Reads a JSON body into `T`; errors name the field path (`names[0].given`).
-fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
+pub(super) fn parse_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    what: &str,
+) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -343,7 +346,7 @@ fn required_reason(r: &str) -> Result<&str, ApiError> {
 
 /// Read scope → 404 (audited), write scope → 403 (audited) for a change of a record of
 /// `facility`.
-async fn check_write(
+pub(super) async fn check_write(
     s: &AppState,
     caller: &Caller,
     action: &str,

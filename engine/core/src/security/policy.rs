@@ -176,6 +176,10 @@ pub enum Action {
     IssueRoomTokens,
     /// List and download the call's recordings (RTC-30; decrypted, audited).
     ReadRecordings,
+    /// Read the device → patient bindings (facility-scoped).
+    ReadDevices,
+    /// Bind a device to a patient record or end its binding (in the caller's facility).
+    ManageDevices,
 }
 
 impl Action {
@@ -224,6 +228,8 @@ impl Action {
             Action::StoreStudies => &[Admin, Integrator, LocalDoctor],
             Action::IssueRoomTokens => &[Admin, Integrator, Expert, LocalDoctor],
             Action::ReadRecordings => &[Admin, Auditor, Expert, LocalDoctor],
+            Action::ReadDevices => &[Admin, Integrator, Auditor, LocalDoctor],
+            Action::ManageDevices => &[Admin, Integrator, LocalDoctor],
         }
     }
 
@@ -267,6 +273,8 @@ impl Action {
             Action::StoreStudies => "study.store",
             Action::IssueRoomTokens => "room.token.issue",
             Action::ReadRecordings => "recording.read",
+            Action::ReadDevices => "device.read",
+            Action::ManageDevices => "device.manage",
         }
     }
 }
@@ -588,6 +596,14 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
         "GET",
         "/api/consultations/{id}/call",
         Action::ReadConsultations,
+    ),
+    // Device → patient bindings (http/devices.rs, issue 25).
+    ("GET", "/api/devices/bindings", Action::ReadDevices),
+    ("POST", "/api/devices/bindings", Action::ManageDevices),
+    (
+        "POST",
+        "/api/devices/{device}/unbind",
+        Action::ManageDevices,
     ),
 ];
 

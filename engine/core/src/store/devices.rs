@@ -7,6 +7,7 @@ use huizhen_domain::vitals::binding::{DeviceBinding, check_new};
 use sqlx::{Connection, Row};
 
 use crate::message::{new_id, now_ms};
+use crate::store::audit::{self, AuditEvent};
 use crate::store::sql::Sql;
 use crate::store::{Result, Store, StoreError, q};
 
@@ -85,11 +86,13 @@ impl Store {
     }
 
     /// Adds a binding; refused (`Ok(Err(why))`) when its period is empty or overlaps another
-    /// binding of the device. The check and the insert are one transaction.
+    /// binding of the device. The check, the insert and the audit row (`audit`, when given)
+    /// are one transaction.
     pub async fn device_bind(
         &self,
         b: &DeviceBinding,
         by: &str,
+        audit: Option<&AuditEvent>,
     ) -> Result<std::result::Result<String, String>> {
         let mut conn = self
             .write_pool()
@@ -135,18 +138,31 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(q("insert device binding"))?;
+        if let Some(e) = audit {
+            let mut e = e.clone();
+            e.detail = format!("{}; binding {id}", e.detail);
+            audit::append(&mut tx, &e, self.anchor.as_deref()).await?;
+        }
         tx.commit().await.map_err(q("commit device binding"))?;
         Ok(Ok(id))
     }
 
-    /// Ends the open binding of `device` at `at` (the device was handed back). Returns whether
-    /// there was one open at that time.
+    /// Ends the open binding of `device` at `at` (the device was handed back), with the audit
+    /// row (`audit`, when given) in the same transaction. Returns whether there was one open
+    /// at that time (nothing is written when there was not).
     pub async fn device_unbind(
         &self,
         facility: &str,
         device: &str,
         at: DateTime<Utc>,
+        audit: Option<&AuditEvent>,
     ) -> Result<bool> {
+        let mut conn = self
+            .write_pool()
+            .acquire()
+            .await
+            .map_err(q("acquire writer connection"))?;
+        let mut tx = conn.begin().await.map_err(q("begin device unbinding"))?;
         let mut s = Sql::new("UPDATE device_bindings SET valid_to = ".into());
         s.bind(ms(at));
         s.push(" WHERE facility = ");
@@ -157,10 +173,17 @@ impl Store {
         s.bind(ms(at));
         let n = s
             .query()
-            .execute(&self.write)
+            .execute(&mut *tx)
             .await
             .map_err(q("end device binding"))?
             .rows_affected();
-        Ok(n > 0)
+        if n == 0 {
+            return Ok(false);
+        }
+        if let Some(e) = audit {
+            audit::append(&mut tx, e, self.anchor.as_deref()).await?;
+        }
+        tx.commit().await.map_err(q("commit device unbinding"))?;
+        Ok(true)
     }
 }

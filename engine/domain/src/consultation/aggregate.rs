@@ -544,6 +544,7 @@ pub fn apply(mut c: Consultation, e: &Event) -> Consultation {
         }
         EventKind::PatientRepointed { to, .. } => c.request.patient = *to,
         EventKind::StudyAttached { study } => super::study::fold(&mut c.studies, study),
+        EventKind::VitalAlertRaised { .. } => {}
     }
     c.version = e.version;
     c.last_modified = e.at;

@@ -15,6 +15,7 @@ use super::gates::{Consent, LocalPhysician, PriorDiagnosis, RecordingConsent, Ve
 use super::opinion::{LocalDecision, SignedOpinion};
 use super::request::ConsultationRequest;
 use super::state::FailReason;
+use super::vital_alert::VitalAlert;
 use crate::identity::PersonId;
 
 /// The role an actor acts in. A plugin is never a physician (CN-11, CN-20): the role matrix
@@ -242,6 +243,11 @@ pub enum EventKind {
         /// The study.
         study: super::study::AttachedStudy,
     },
+    /// A device reading of the patient crossed a threshold (issue 25); records only.
+    VitalAlertRaised {
+        /// The reading and the rules that fired.
+        alert: VitalAlert,
+    },
 }
 
 impl EventKind {
@@ -275,6 +281,7 @@ impl EventKind {
             EventKind::EnteredInError => "entered_in_error",
             EventKind::PatientRepointed { .. } => "patient_repointed",
             EventKind::StudyAttached { .. } => "study_attached",
+            EventKind::VitalAlertRaised { .. } => super::vital_alert::EVENT,
         }
     }
 }

@@ -16,6 +16,8 @@
 //!   MATCH-21 timestamps.
 //! * [`announcements`] ([`outbound`]) turns appended events into what the engine announces
 //!   outside: the signed opinion for the HIS on completion, notices of the other turns.
+//! * [`record_vital_alert`] ([`vital_alert`]) records a device reading's threshold alert on an
+//!   open consultation of the patient (issue 25), once per reading.
 //!
 //! docs/workflow.md has the state table for integrators.
 
@@ -35,6 +37,7 @@ pub mod sla;
 pub mod state;
 pub mod study;
 pub mod timeline;
+pub mod vital_alert;
 
 pub use aggregate::{
     Attempt, AttemptOutcome, Consultation, Decline, RecordedDecision, RecordedOpinion, ReplayError,
@@ -65,3 +68,4 @@ pub use sla::{
 pub use state::{Action, FailReason, State, TaskStatus};
 pub use study::{AttachedStudy, StudyMatch, attach_study};
 pub use timeline::{Milestones, TimelineEntry};
+pub use vital_alert::{FiredRule, VitalAlert, record_vital_alert};

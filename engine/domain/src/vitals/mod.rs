@@ -24,6 +24,7 @@
 pub mod binding;
 pub mod fhir;
 pub mod mapping;
+pub mod outbound;
 
 use chrono::{DateTime, FixedOffset};
 use serde::Serialize;

@@ -14,3 +14,4 @@ mod sla;
 mod studies;
 mod support;
 mod table;
+mod vital_alert;

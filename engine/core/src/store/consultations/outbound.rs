@@ -92,6 +92,19 @@ impl Store {
         Ok(known)
     }
 
+    /// The name of a record of the identity index as PID-5 carries it (a device reading's
+    /// patient for the HIS, issue 25); `None` when the record is unknown or has no name.
+    pub async fn record_name(
+        &self,
+        facility: &str,
+        local_id: &str,
+    ) -> Result<Option<PersonName>, StoreError> {
+        Ok(self
+            .identity_person(facility, local_id)
+            .await?
+            .and_then(|p| p.names.iter().find_map(pid5)))
+    }
+
     /// Files the announcements of `events` (just appended to the consultation, which `c` is
     /// after them) on `conn`, the command's transaction.
     pub(super) async fn announce_in(

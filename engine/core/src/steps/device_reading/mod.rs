@@ -13,7 +13,7 @@
 //!         - { name: bp-high, when: "body.values.systolic >= 160.0 || body.values.diastolic >= 100.0" }
 //!         - { name: spo2-low, when: "body.values.spo2 < 90.0" }
 //!       alert_to: device-alerts         # pipeline that gets an alert message per alerting reading
-//!       output: bundle                  # bundle (default: a transaction Bundle for fhir_store) or record
+//!       output: bundle                  # bundle (default: a transaction Bundle for fhir_store), record, or hl7 (for hl7_build as: oru_r01_vitals)
 //! sinks:
 //!   - fhir_store: {}
 //! ```
@@ -38,18 +38,29 @@
 //! journaled in that pipeline with the dedup key `alert:<message id>` (a retry never raises
 //! it twice).
 //!
-//! Headers set: `device-id`, `person-id`, `measured-at`, `vital-alerts` (when any).
+//! **Consultations.** When rules fire, every open consultation of the patient gets a
+//! `vital_alert_raised` event (the rules, the device, the measurement time, the message id;
+//! audited, in its timeline), once per reading ([`consult`]); the alert message lists them in
+//! `consultations`.
+//!
+//! Headers set: `device-id`, `person-id`, `measured-at`, `vital-alerts` (when any),
+//! `vital-alert-consultations` (the consultations that took the alert).
 
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use huizhen_domain::consultation::outbound::{OutboundPatient, PatientIdentifier};
+use huizhen_domain::consultation::{FiredRule, VitalAlert};
 use huizhen_domain::vitals::binding::binding_at;
 use huizhen_domain::vitals::mapping::FieldMap;
+use huizhen_domain::vitals::outbound::outbound_reading;
 use huizhen_domain::vitals::{Reading, fhir};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::{Step, StepConfig};
+
+mod consult;
 use crate::expr::Expr;
 use crate::extensions::Extensions;
 use crate::message::NewMessage;
@@ -104,6 +115,10 @@ pub enum Output {
     Bundle,
     /// The typed record (JSON).
     Record,
+    /// The reading for the HIS (the domain's `OutboundReading`: the binding's record as PID-3,
+    /// its name from the identity index as PID-5, one value per OBX) for `hl7_build`
+    /// (`as: oru_r01_vitals`).
+    Hl7,
 }
 
 #[typetag::deserialize(name = "device_reading")]
@@ -262,6 +277,24 @@ impl Step for DeviceReading {
             if !fired.is_empty() {
                 let names: Vec<&str> = fired.iter().map(|t| t.name.as_str()).collect();
                 work.headers.insert("vital-alerts".into(), names.join(","));
+                // The patient's open consultations get the alert in their timeline.
+                let on = VitalAlert {
+                    message: work.id.to_string(),
+                    device: reading.device.clone(),
+                    measured_at: reading.measured_at,
+                    rules: fired
+                        .iter()
+                        .map(|t| FiredRule {
+                            name: t.name.clone(),
+                            severity: t.severity.clone(),
+                        })
+                        .collect(),
+                };
+                let consultations = consult::raise(&store, work, person, &on).await?;
+                if !consultations.is_empty() {
+                    work.headers
+                        .insert("vital-alert-consultations".into(), consultations.join(","));
+                }
                 if let Some(to) = &self.config.alert_to {
                     let target = self.router.get(to).ok_or_else(|| {
                         StepError::new(format!(
@@ -277,6 +310,7 @@ impl Step for DeviceReading {
                             .collect::<Vec<_>>()
                     );
                     alert["message"] = json!(work.id);
+                    alert["consultations"] = json!(consultations);
                     let mut m = NewMessage::new(
                         to,
                         &work.facility,
@@ -301,6 +335,29 @@ impl Step for DeviceReading {
                 Output::Record => {
                     work.kind = "json".into();
                     work.set_json(rec);
+                }
+                Output::Hl7 => {
+                    let name = store
+                        .record_name(&binding.facility, &binding.local_id)
+                        .await
+                        .map_err(|e| StepError::new(format!("message {id}: device_reading: {e}")))?
+                        .ok_or_else(|| {
+                            StepError::permanent(format!(
+                                "message {id}: device_reading: output hl7: the identity index has no name for the binding's record (PID-5)"
+                            ))
+                        })?;
+                    let patient = OutboundPatient {
+                        identifiers: vec![PatientIdentifier {
+                            id: binding.local_id.clone(),
+                            assigning_authority: Some(binding.facility.clone()),
+                            type_code: Some("MR".into()),
+                        }],
+                        name,
+                    };
+                    let out =
+                        outbound_reading(&reading, &id.to_string(), &binding.facility, patient);
+                    work.kind = "json".into();
+                    work.set_json(serde_json::to_value(&out).unwrap_or_default());
                 }
                 Output::Bundle => {
                     work.kind = "json".into();
