@@ -54,14 +54,33 @@ fn reading(i: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Publishes `n` readings at QoS 1 (the event loop polled until every PUBACK came back).
-async fn publish_all(topic: &str, n: usize, tag: &str) -> Res<()> {
+/// Readings the publisher keeps ahead of the consumer at most. Mosquitto queues at most
+/// `max_queued_messages` (default 1000) QoS 1 messages per session beyond those in flight and
+/// drops the rest silently, so an unpaced publisher faster than the consumer loses readings
+/// and the run never completes (docs/devices.md).
+const WINDOW: usize = 500;
+
+/// Publishes `n` readings at QoS 1 (the event loop polled until every PUBACK came back), never
+/// more than [`WINDOW`] ahead of what `consumed` reports.
+async fn publish_all<F: std::future::Future<Output = usize> + Send + 'static>(
+    topic: &str,
+    n: usize,
+    tag: &str,
+    consumed: impl Fn() -> F + Send + 'static,
+) -> Res<()> {
     let mut o = MqttOptions::new(format!("bench-pub-{tag}"), host(), port());
     o.set_inflight(100);
     let (c, mut l) = AsyncClient::new(o, 200);
     let topic = topic.to_owned();
     let sender = tokio::spawn(async move {
+        let mut allowed = 0;
         for i in 0..n {
+            while i >= allowed {
+                allowed = consumed().await + WINDOW;
+                if i >= allowed {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
             c.publish(topic.as_str(), QoS::AtLeastOnce, false, reading(i))
                 .await
                 .unwrap();
@@ -91,20 +110,24 @@ async fn baseline(n: usize, tag: &str) -> Res<f64> {
             break;
         }
     }
+    let got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
     let publisher = tokio::spawn({
         let topic = topic.clone();
         let tag = tag.to_owned();
+        let got = got.clone();
         async move {
-            publish_all(&topic, n, &tag)
-                .await
-                .map_err(|e| e.to_string())
+            publish_all(&topic, n, &tag, move || {
+                let got = got.clone();
+                async move { got.load(std::sync::atomic::Ordering::Relaxed) }
+            })
+            .await
+            .map_err(|e| e.to_string())
         }
     });
-    let mut got = 0;
-    while got < n {
+    while got.load(std::sync::atomic::Ordering::Relaxed) < n {
         if let Event::Incoming(Packet::Publish(_)) = l.poll().await? {
-            got += 1;
+            got.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
     let secs = start.elapsed().as_secs_f64();
@@ -181,7 +204,19 @@ sinks:
     // Let the source connect and subscribe.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let start = Instant::now();
-    publish_all(&topic, n, tag).await?;
+    let store = engine.store.clone();
+    publish_all(&topic, n, tag, move || {
+        let store = store.clone();
+        // Journaled in any state: what the source has taken from the broker.
+        async move {
+            store
+                .counts()
+                .await
+                .map(|c| c.iter().map(|(_, _, k)| *k as usize).sum())
+                .unwrap_or(0)
+        }
+    })
+    .await?;
     let done = loop {
         let counts = engine.store.counts().await?;
         let done: i64 = counts
