@@ -26,6 +26,22 @@ both_backends!(
 /// settlement.
 const EVENTS: &str = "version: 1\nname: consultation-events\nfacility: F-REQ\nsource:\n  http: { path: /in/consultation-events, kind: json }\nsteps:\n  - settle: { voucher_identifier: NI }\nsinks:\n  - journal: {}\n";
 
+/// The stand-in insurer and an engine running [`EVENTS`] against it.
+async fn engine(db: crate::support::TestDb) -> (StandIn, crate::consultations::Wf) {
+    let platform = StandIn::start().await.unwrap();
+    let ca = Arc::new(TestCa::generate("Huizhen E2E CA").unwrap());
+    let wf = start_with(
+        db,
+        ca,
+        Arc::new(FakeClock::new(t0())),
+        &platform.url,
+        Some(EVENTS),
+        None,
+    )
+    .await;
+    (platform, wf)
+}
+
 /// The consultation's settlement once it waits for the patient's confirmation.
 async fn pre_settled(store: &Store, id: &str) -> Settlement {
     wait_for(
@@ -69,17 +85,7 @@ async fn completed_event(store: &Store) -> String {
 
 async fn the_completed_event_opens_the_settlement(b: Backend) {
     let Some(db) = fresh_db(b).await else { return };
-    let platform = StandIn::start().await.unwrap();
-    let ca = Arc::new(TestCa::generate("Huizhen E2E CA").unwrap());
-    let wf = start_with(
-        db,
-        ca,
-        Arc::new(FakeClock::new(t0())),
-        &platform.url,
-        Some(EVENTS),
-        None,
-    )
-    .await;
+    let (platform, wf) = engine(db).await;
     let mut req = request(4711);
     req["his_order"] = json!({
         "placer": {"id": "P-778", "namespace": "HIS"},
@@ -128,17 +134,7 @@ async fn the_completed_event_opens_the_settlement(b: Backend) {
 /// insured by that number, not self-pay; the ids the result goes back with stay the HIS's own.
 async fn an_hl7_orders_national_number_settles_with_insurance(b: Backend) {
     let Some(db) = fresh_db(b).await else { return };
-    let platform = StandIn::start().await.unwrap();
-    let ca = Arc::new(TestCa::generate("Huizhen E2E CA").unwrap());
-    let wf = start_with(
-        db,
-        ca,
-        Arc::new(FakeClock::new(t0())),
-        &platform.url,
-        Some(EVENTS),
-        None,
-    )
-    .await;
+    let (platform, wf) = engine(db).await;
     let mut req = request(4712);
     req["his_order"] = json!({
         "placer": {"id": "P-779", "namespace": "HIS"},
