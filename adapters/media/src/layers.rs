@@ -141,6 +141,16 @@ pub fn publisher_cap(layers: &[Layer], taken: &[Option<usize>]) -> Option<u64> {
         .map(|l| l.bps)
 }
 
+/// The bitrate hint (REMB) for a simulcast publisher: it encodes every layer up to the one it is
+/// capped at, so the hint is the sum of the layers up to the highest any receiver takes
+/// ([`publisher_cap`]); when nobody takes any, the lowest layer alone (kept alive so a receiver
+/// coming back gets video at once). `None` for a track without layers.
+pub fn publisher_budget(layers: &[Layer], taken: &[Option<usize>]) -> Option<u64> {
+    let top = taken.iter().flatten().max().copied().unwrap_or(0);
+    let top = top.min(layers.len().checked_sub(1)?);
+    Some(layers[..=top].iter().map(|l| l.bps).sum())
+}
+
 /// The codec of a video track, for key-frame detection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VideoCodec {
@@ -344,6 +354,17 @@ mod tests {
         assert_eq!(publisher_cap(&v.layers, &[Some(0), Some(1)]), Some(500_000));
         assert_eq!(publisher_cap(&v.layers, &[None, Some(0)]), Some(150_000));
         assert_eq!(publisher_cap(&v.layers, &[None, None]), None);
+        // The REMB a simulcast publisher gets covers every layer up to the cap.
+        assert_eq!(
+            publisher_budget(&v.layers, &[Some(0), Some(1)]),
+            Some(650_000)
+        );
+        assert_eq!(
+            publisher_budget(&v.layers, &[Some(2), None]),
+            Some(1_850_000)
+        );
+        assert_eq!(publisher_budget(&v.layers, &[None, None]), Some(150_000));
+        assert_eq!(publisher_budget(&[], &[Some(1)]), None);
     }
 
     #[test]

@@ -5,7 +5,11 @@
 //! - [`protocol`]: the signaling messages (docs/media.md specifies them for client authors);
 //! - [`signal`]: the WebSocket endpoint (join first, size and rate limits, reconnect);
 //! - [`hub`]: rooms, the lobby (CN-06), publications and subscriptions, join/leave audit;
-//! - [`sfu`]: peer connections and RTP forwarding;
+//! - [`sfu`]: peer connections, publications and their layers, publisher bitrate hints;
+//! - [`forward`]: a subscription's forwarding: one layer per video, chosen per receiver;
+//! - [`simulcast`]: rids and rejected sections in the SDP (pure);
+//! - [`rewrite`]: SSRC, sequence numbers and timestamps continuous across switches (pure);
+//! - [`feedback`]: the REMB, receiver reports and PLIs a peer connection's remote sends;
 //! - [`layers`]: simulcast layer choice per receiver, audio first, key-frame switching (pure);
 //! - [`record`]: recording with everyone's consent, per-track files into the object store;
 //! - [`qos`]: the call's quality: client `stats`, the SFU's RTCP receiver reports, summaries,
@@ -20,15 +24,19 @@
 // Signaling errors are whole `ServerMsg`s, sent as they are; their size does not matter.
 #![allow(clippy::result_large_err)]
 
+pub mod feedback;
+pub mod forward;
 pub mod hub;
 pub mod layers;
 pub mod page;
 pub mod protocol;
 pub mod qos;
 pub mod record;
+pub mod rewrite;
 pub mod session;
 pub mod sfu;
 pub mod signal;
+pub mod simulcast;
 pub mod turn;
 
 use axum::routing::get;

@@ -8,7 +8,6 @@ use std::time::Duration;
 use huizhen_domain::consultation::room::Permissions;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
-use tokio::sync::Mutex;
 
 use crate::hub::{Hub, Room, RoomState, Subscription, publication_key, subscription_id};
 use crate::protocol::{CandidateInit, ClientMsg, ServerMsg};
@@ -70,16 +69,27 @@ impl Hub {
                         format!("no subscription {pc}"),
                     ));
                 };
+                let rejected = crate::simulcast::rejected_sections(&sdp);
                 let desc = match RTCSessionDescription::answer(sdp) {
                     Ok(d) => d,
                     Err(e) => {
                         return Some(ServerMsg::error("bad-sdp", format!("answer for {pc}: {e}")));
                     }
                 };
-                peer.set_remote_description(desc)
-                    .await
-                    .err()
-                    .map(|e| ServerMsg::error("bad-sdp", format!("answer for {pc}: {e}")))
+                if let Err(e) = peer.set_remote_description(desc).await {
+                    return Some(ServerMsg::error("bad-sdp", format!("answer for {pc}: {e}")));
+                }
+                // RTC-11: a subscriber that decodes none of the codecs offered (the publisher's)
+                // rejects the section; it is told what it will not get, and why.
+                (!rejected.is_empty()).then(|| {
+                    ServerMsg::error(
+                        "codec-unsupported",
+                        format!(
+                            "{pc}: your answer rejected the {} of this publication: the publisher sends a codec your client does not decode (the engine forwards without transcoding; publish H.264 or VP8)",
+                            rejected.join(" and ")
+                        ),
+                    )
+                })
             }
             ClientMsg::Candidate { pc, candidate } => {
                 let c = candidate?;
@@ -246,15 +256,13 @@ impl Hub {
                 .unwrap_or_default();
             return Some(ServerMsg::Answer { pc, sdp });
         }
-        let publication = Arc::new(Publication {
-            pc_id: pc.clone(),
-            owner: session.to_owned(),
-            participant,
-            source: source.clone(),
-            expected: sfu::sending_sections(&sdp),
-            tracks: Mutex::new(Vec::new()),
-            complete: tokio::sync::Notify::new(),
-        });
+        let publication = Arc::new(Publication::new(
+            &pc,
+            session,
+            &participant,
+            &source,
+            &sdp,
+        ));
         if publication.expected == 0 {
             return Some(ServerMsg::error(
                 "bad-sdp",
@@ -364,7 +372,8 @@ impl Hub {
             };
             let tracks = publication.tracks.lock().await.clone();
             let made = async {
-                let tasks = sfu::attach(&peer.pc, &publication.owner, &tracks).await?;
+                let screen = publication.source == "screen";
+                let tasks = sfu::attach(&peer, &publication.owner, screen, &tracks).await?;
                 let offer = peer
                     .pc
                     .create_offer(None)

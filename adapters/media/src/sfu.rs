@@ -1,37 +1,53 @@
-//! The selective forwarding unit (STANDARDS RTC-01): every participant publishes to the engine
-//! on a peer connection of its own, and each other admitted participant gets one subscription
-//! peer connection per publication, offered by the engine, carrying the publisher's tracks.
-//! RTP is forwarded as received — no decoding, no transcoding: only the SSRC and the payload
-//! type are rewritten to what the subscriber's leg negotiated, and header extensions (not
-//! negotiated on that leg) are dropped.
+//! The selective forwarding unit (STANDARDS RTC-01, RTC-11): every participant publishes to
+//! the engine on a peer connection of its own, and each other admitted participant gets one
+//! subscription peer connection per publication, offered by the engine, carrying the
+//! publisher's tracks. RTP is forwarded without decoding or transcoding.
+//!
+//! A simulcast publication (`a=simulcast:send q;h;f`, one SSRC per rid) arrives on one remote
+//! track; its packets are told apart by SSRC (each layer's SSRC learnt from its rid header
+//! extension when the layer opens) and broadcast with their layer index. Each subscription
+//! forwards one layer per video track ([`crate::forward`]), chosen from the subscriber's
+//! bandwidth estimate ([`crate::layers`]), on one SSRC with continuous sequence numbers and
+//! timestamps ([`crate::rewrite`]). Every second each video track's publisher gets a REMB
+//! bitrate hint covering the layers its receivers take.
 
+use std::collections::HashMap;
 use std::net::UdpSocket;
 use std::sync::Arc;
+use std::sync::Mutex as StdMutex;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use huizhen_core::media::MediaConfig;
 use rtc::interceptor::Registry;
-use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
-use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_nack, configure_rtcp_reports, register_default_interceptors,
+};
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_AV1, MIME_TYPE_G722, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_PCMA, MIME_TYPE_PCMU,
+    MIME_TYPE_RTX, MIME_TYPE_VP8, MIME_TYPE_VP9, MediaEngine,
+};
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::transport::RTCIceCandidateType;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
 };
 use tokio::sync::{Notify, broadcast};
-use webrtc::media_stream::track_local::TrackLocal;
-use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
     RTCPeerConnectionState,
 };
-use webrtc::rtp_transceiver::RtpSender;
+
+use crate::feedback::{Feedback, Tap};
+use crate::layers::{self, Layer};
+use crate::simulcast;
+
+pub use crate::forward::attach;
 
 /// A peer connection as the rooms keep it.
 pub type Pc = Arc<dyn PeerConnection>;
@@ -73,6 +89,8 @@ pub struct Peer {
     pub pc: Pc,
     gathered: Arc<Notify>,
     pub state: tokio::sync::watch::Receiver<RTCPeerConnectionState>,
+    /// What the remote reports over RTCP (REMB, receiver reports, key-frame requests).
+    pub feedback: Arc<Feedback>,
 }
 
 impl Peer {
@@ -121,9 +139,19 @@ impl PcFactory {
     /// A new peer connection; `publication` receives its remote tracks.
     pub async fn build(&self, publication: Option<Arc<Publication>>) -> Result<Peer, String> {
         let mut media = MediaEngine::default();
-        media.register_default_codecs().map_err(|e| e.to_string())?;
-        let registry = register_default_interceptors(Registry::new(), &mut media)
-            .map_err(|e| e.to_string())?;
+        register_codecs(&mut media).map_err(|e| e.to_string())?;
+        let feedback = Arc::new(Feedback::default());
+        let registry = if publication.is_some() {
+            // A publication: the crate's defaults (NACK, reports, the simulcast header
+            // extensions, TWCC feedback to the publisher).
+            register_default_interceptors(Registry::new(), &mut media)
+                .map_err(|e| e.to_string())?
+        } else {
+            // A subscription: no transport-cc offered, so the subscriber reports its estimate
+            // as REMB (goog-remb), which the tap reads.
+            configure_rtcp_reports(configure_nack(Registry::new(), &mut media))
+        };
+        let registry = Tap::install(registry, feedback.clone());
         let servers = self
             .cfg
             .ice_servers
@@ -173,8 +201,111 @@ impl PcFactory {
             pc: Arc::new(pc),
             gathered,
             state: rx,
+            feedback,
         })
     }
+}
+
+/// The codecs of every engine peer connection, in order of preference (RTC-11): H.264
+/// constrained baseline with packetization-mode=1 (profile 42e01f) first, for hardware
+/// decoders and Safari/iOS, then VP8 as the fallback, then the rest; Opus first for audio.
+pub fn register_codecs(media: &mut MediaEngine) -> rtc::shared::error::Result<()> {
+    let audio = |mime: &str, clock_rate, channels, fmtp: &str, pt| RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: mime.to_owned(),
+            clock_rate,
+            channels,
+            sdp_fmtp_line: fmtp.to_owned(),
+            rtcp_feedback: vec![],
+        },
+        payload_type: pt,
+    };
+    for c in [
+        audio(MIME_TYPE_OPUS, 48_000, 2, "minptime=10;useinbandfec=1", 111),
+        audio(MIME_TYPE_G722, 8000, 0, "", 9),
+        audio(MIME_TYPE_PCMU, 8000, 0, "", 0),
+        audio(MIME_TYPE_PCMA, 8000, 0, "", 8),
+    ] {
+        media.register_codec(c, RtpCodecKind::Audio)?;
+    }
+    let feedback = ["goog-remb:", "ccm:fir", "nack:", "nack:pli"]
+        .iter()
+        .map(|f| {
+            let (typ, parameter) = f.split_once(':').unwrap_or((f, ""));
+            RTCPFeedback {
+                typ: typ.to_owned(),
+                parameter: parameter.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>();
+    let video = |mime: &str, fmtp: &str, pt| RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: mime.to_owned(),
+            clock_rate: 90_000,
+            channels: 0,
+            sdp_fmtp_line: fmtp.to_owned(),
+            rtcp_feedback: feedback.clone(),
+        },
+        payload_type: pt,
+    };
+    let rtx = |pt, apt: u8| RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: MIME_TYPE_RTX.to_owned(),
+            clock_rate: 90_000,
+            channels: 0,
+            sdp_fmtp_line: format!("apt={apt}"),
+            rtcp_feedback: vec![],
+        },
+        payload_type: pt,
+    };
+    for (codec, rtx_pt) in [
+        (
+            video(
+                MIME_TYPE_H264,
+                "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+                102,
+            ),
+            103,
+        ),
+        (video(MIME_TYPE_VP8, "", 96), 97),
+        (
+            video(
+                MIME_TYPE_H264,
+                "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f",
+                125,
+            ),
+            105,
+        ),
+        (
+            video(
+                MIME_TYPE_H264,
+                "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=640032",
+                123,
+            ),
+            124,
+        ),
+        (video(MIME_TYPE_VP9, "profile-id=0", 98), 99),
+        (video(MIME_TYPE_AV1, "profile-id=0", 41), 106),
+    ] {
+        let apt = codec.payload_type;
+        media.register_codec(codec, RtpCodecKind::Video)?;
+        media.register_codec(rtx(rtx_pt, apt), RtpCodecKind::Video)?;
+    }
+    Ok(())
+}
+
+/// A packet of a forwarded track with its layer (0 without simulcast).
+pub struct LayerPacket {
+    pub layer: usize,
+    pub packet: rtp::Packet,
+}
+
+/// What one subscription wants of a video track: the layer it aims at (`None`: paused) and
+/// its bandwidth estimate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Demand {
+    pub layer: Option<usize>,
+    pub estimate_bps: u64,
 }
 
 /// One forwarded track of a publication.
@@ -182,11 +313,111 @@ pub struct Forwarded {
     pub id: String,
     pub kind: RtpCodecKind,
     pub codec: RTCRtpCodec,
+    /// The packets of one stream — the highest layer of a simulcast track — for the recorder.
     pub tx: broadcast::Sender<rtp::Packet>,
+    /// Every packet with its layer, for the subscriptions.
+    pub layered: broadcast::Sender<Arc<LayerPacket>>,
     pub remote: Arc<dyn TrackRemote>,
+    /// The SSRC of the first packet (of the first layer to arrive).
     pub media_ssrc: u32,
+    /// The simulcast rids, lowest first (empty: one stream).
+    pub rids: Vec<String>,
+    /// Each layer's SSRC once it arrived.
+    pub ssrcs: StdMutex<Vec<Option<u32>>>,
+    /// Bytes received per layer since the last rate measurement.
+    bytes: Vec<AtomicU64>,
+    /// Each layer's rate, measured on arrival (the default until measured).
+    rates: StdMutex<Vec<u64>>,
+    /// What each subscription wants of this track (video), by subscription.
+    pub demand: StdMutex<HashMap<u64, Demand>>,
     /// RTP packets received from the publisher.
     pub received: AtomicU64,
+}
+
+impl Forwarded {
+    /// The number of layers (1 without simulcast).
+    pub fn layer_count(&self) -> usize {
+        self.rids.len().max(1)
+    }
+
+    /// The layers as [`layers::allocate`] takes them, lowest first, at their measured rates.
+    pub fn layers(&self) -> Vec<Layer> {
+        let rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        (0..self.layer_count())
+            .map(|i| Layer {
+                rid: self.rids.get(i).cloned().unwrap_or_default(),
+                bps: rates.get(i).copied().unwrap_or(simulcast::DEFAULT_SINGLE_BPS),
+            })
+            .collect()
+    }
+
+    /// The layer of a packet of `ssrc`, if known.
+    fn layer_of(&self, ssrc: u32) -> Option<usize> {
+        let ssrcs = self.ssrcs.lock().unwrap_or_else(|p| p.into_inner());
+        ssrcs.iter().position(|s| *s == Some(ssrc))
+    }
+
+    /// Notes that `ssrc` carries `rid` (a layer opened).
+    fn learn(&self, ssrc: u32, rid: Option<&str>) -> Option<usize> {
+        let layer = if self.rids.is_empty() {
+            0
+        } else {
+            self.rids.iter().position(|r| Some(r.as_str()) == rid)?
+        };
+        let mut ssrcs = self.ssrcs.lock().unwrap_or_else(|p| p.into_inner());
+        ssrcs[layer] = Some(ssrc);
+        Some(layer)
+    }
+
+    /// Measures each layer's rate over `elapsed` (a layer that sent nothing keeps its last
+    /// rate: it may be paused by the publisher until a receiver wants it).
+    fn measure(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64().max(0.001);
+        let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, b) in self.bytes.iter().enumerate() {
+            let bytes = b.swap(0, Ordering::Relaxed);
+            if bytes > 0 {
+                let now = (bytes as f64 * 8.0 / secs) as u64;
+                // Smoothed: half the last measurement, half the previous figure.
+                rates[i] = (rates[i] + now) / 2;
+            }
+        }
+    }
+
+    /// Asks the publisher for a key frame of `layer` (PLI).
+    pub async fn request_key_frame(&self, layer: usize) {
+        let ssrc = {
+            let ssrcs = self.ssrcs.lock().unwrap_or_else(|p| p.into_inner());
+            ssrcs.get(layer).copied().flatten()
+        };
+        if let Some(media_ssrc) = ssrc {
+            let _ = self
+                .remote
+                .write_rtcp(vec![Box::new(PictureLossIndication {
+                    sender_ssrc: 0,
+                    media_ssrc,
+                })])
+                .await;
+        }
+    }
+
+    /// The bitrate hint for the publisher of this (video) track: a simulcast track's layers up
+    /// to the highest any subscription wants; a single stream the lowest estimate of its
+    /// subscriptions. `None`: nobody subscribes.
+    pub fn publisher_hint(&self) -> Option<u64> {
+        let demand: Vec<Demand> = {
+            let d = self.demand.lock().unwrap_or_else(|p| p.into_inner());
+            d.values().copied().collect()
+        };
+        if demand.is_empty() {
+            return None;
+        }
+        if self.rids.is_empty() {
+            return demand.iter().map(|d| d.estimate_bps).min();
+        }
+        let taken: Vec<Option<usize>> = demand.iter().map(|d| d.layer).collect();
+        layers::publisher_budget(&self.layers(), &taken)
+    }
 }
 
 /// What a participant publishes on one peer connection (camera and microphone, or a screen).
@@ -197,12 +428,31 @@ pub struct Publication {
     pub source: String,
     /// The tracks the offer announced (sendonly/sendrecv audio and video sections).
     pub expected: usize,
+    /// The simulcast rids of the offer's video, lowest first (empty: no simulcast).
+    pub rids: Vec<String>,
     pub tracks: tokio::sync::Mutex<Vec<Arc<Forwarded>>>,
     /// Wakes the room when every expected track arrived.
     pub complete: Notify,
 }
 
+/// How often a video publisher gets its bitrate hint (and its layers' rates are measured).
+pub const HINT_ROUND: Duration = Duration::from_secs(1);
+
 impl Publication {
+    /// A publication of `sdp`, the publisher's offer.
+    pub fn new(pc_id: &str, owner: &str, participant: &str, source: &str, sdp: &str) -> Publication {
+        Publication {
+            pc_id: pc_id.to_owned(),
+            owner: owner.to_owned(),
+            participant: participant.to_owned(),
+            source: source.to_owned(),
+            expected: sending_sections(sdp),
+            rids: simulcast::send_rids(sdp),
+            tracks: tokio::sync::Mutex::new(Vec::new()),
+            complete: Notify::new(),
+        }
+    }
+
     async fn add_track(&self, track: Arc<dyn TrackRemote>) {
         let Some(ssrc) = track.ssrcs().await.first().copied() else {
             return;
@@ -211,25 +461,73 @@ impl Publication {
             return;
         };
         let kind = track.kind().await;
+        let rids = if kind == RtpCodecKind::Video {
+            self.rids.clone()
+        } else {
+            Vec::new()
+        };
+        let n = rids.len().max(1);
+        let rates = if kind == RtpCodecKind::Audio {
+            vec![simulcast::DEFAULT_AUDIO_BPS]
+        } else {
+            simulcast::default_rates(rids.len())
+        };
         let (tx, _) = broadcast::channel(512);
+        let (layered, _) = broadcast::channel(1024);
         let f = Arc::new(Forwarded {
             id: track.track_id().await,
             kind,
             codec,
             tx: tx.clone(),
+            layered,
             remote: track.clone(),
             media_ssrc: ssrc,
+            rids,
+            ssrcs: StdMutex::new(vec![None; n]),
+            bytes: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            rates: StdMutex::new(rates),
+            demand: StdMutex::new(HashMap::new()),
             received: AtomicU64::new(0),
         });
+        // The first layer's SSRC is known now (its rid with it).
+        let rid = track.rid(ssrc).await;
+        f.learn(ssrc, rid.as_deref());
         let fwd = f.clone();
         tokio::spawn(async move {
+            let top = fwd.layer_count() - 1;
             while let Some(evt) = track.poll().await {
-                if let TrackRemoteEvent::OnRtpPacket(packet) = evt {
-                    fwd.received.fetch_add(1, Ordering::Relaxed);
-                    let _ = fwd.tx.send(packet);
+                match evt {
+                    TrackRemoteEvent::OnOpen(init) => {
+                        fwd.learn(init.ssrc, init.rid.as_deref());
+                    }
+                    TrackRemoteEvent::OnRtpPacket(packet) => {
+                        fwd.received.fetch_add(1, Ordering::Relaxed);
+                        let ssrc = packet.header.ssrc;
+                        let layer = match fwd.layer_of(ssrc) {
+                            Some(l) => l,
+                            None => {
+                                let rid = track.rid(ssrc).await;
+                                match fwd.learn(ssrc, rid.as_deref()) {
+                                    Some(l) => l,
+                                    // A stream of no announced rid: not forwarded.
+                                    None => continue,
+                                }
+                            }
+                        };
+                        fwd.bytes[layer]
+                            .fetch_add(packet.payload.len() as u64 + 12, Ordering::Relaxed);
+                        if layer == top {
+                            let _ = fwd.tx.send(packet.clone());
+                        }
+                        let _ = fwd.layered.send(Arc::new(LayerPacket { layer, packet }));
+                    }
+                    _ => {}
                 }
             }
         });
+        if kind == RtpCodecKind::Video {
+            tokio::spawn(hints(Arc::downgrade(&f)));
+        }
         let mut tracks = self.tracks.lock().await;
         tracks.push(f);
         if tracks.len() >= self.expected {
@@ -238,18 +536,41 @@ impl Publication {
         }
     }
 
-    /// Asks the publisher for a key frame of each video track (a new subscriber).
+    /// Asks the publisher for a key frame of each video track and layer (a new subscriber).
     pub async fn request_key_frames(&self) {
         for t in self.tracks.lock().await.iter() {
             if t.kind == RtpCodecKind::Video {
-                let _ = t
-                    .remote
-                    .write_rtcp(vec![Box::new(PictureLossIndication {
-                        sender_ssrc: 0,
-                        media_ssrc: t.media_ssrc,
-                    })])
-                    .await;
+                for layer in 0..t.layer_count() {
+                    t.request_key_frame(layer).await;
+                }
             }
+        }
+    }
+}
+
+/// Every [`HINT_ROUND`] while the track lives: measures its layers' rates and sends the
+/// publisher a REMB with [`Forwarded::publisher_hint`] (RTC-10, RTC-11).
+async fn hints(track: std::sync::Weak<Forwarded>) {
+    let mut last = Instant::now();
+    loop {
+        tokio::time::sleep(HINT_ROUND).await;
+        let Some(f) = track.upgrade() else { return };
+        f.measure(last.elapsed());
+        last = Instant::now();
+        let Some(bps) = f.publisher_hint() else {
+            continue;
+        };
+        let ssrcs: Vec<u32> = {
+            let s = f.ssrcs.lock().unwrap_or_else(|p| p.into_inner());
+            s.iter().flatten().copied().collect()
+        };
+        let remb = ReceiverEstimatedMaximumBitrate {
+            sender_ssrc: 0,
+            bitrate: bps as f32,
+            ssrcs,
+        };
+        if f.remote.write_rtcp(vec![Box::new(remb)]).await.is_err() {
+            return;
         }
     }
 }
@@ -276,74 +597,3 @@ pub fn sending_sections(sdp: &str) -> usize {
     count
 }
 
-/// Adds `tracks` to the subscription `pc` (one sender each) and starts forwarding once the
-/// subscriber answered; returns the forwarding tasks.
-pub async fn attach(
-    pc: &Pc,
-    stream: &str,
-    tracks: &[Arc<Forwarded>],
-) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
-    let mut tasks = Vec::new();
-    for f in tracks {
-        let ssrc: u32 = rand::random();
-        let local = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-            stream.to_owned(),
-            f.id.clone(),
-            f.id.clone(),
-            f.kind,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                codec: f.codec.clone(),
-                ..Default::default()
-            }],
-        )));
-        let sender = pc
-            .add_track(local.clone() as Arc<dyn TrackLocal>)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut rx = f.tx.subscribe();
-        let codec = f.codec.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut pt: Option<u8> = None;
-            loop {
-                let mut packet = match rx.recv().await {
-                    Ok(p) => p,
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => break,
-                };
-                if pt.is_none() {
-                    pt = negotiated_pt(&sender, &codec).await;
-                }
-                let Some(pt) = pt else { continue };
-                packet.header.ssrc = ssrc;
-                packet.header.payload_type = pt;
-                packet.header.extension = false;
-                packet.header.extensions.clear();
-                if local.write_rtp(packet).await.is_err() {
-                    // Not bound yet (the answer is not in): drop, the next packet may pass.
-                    tokio::task::yield_now().await;
-                }
-            }
-        }));
-    }
-    Ok(tasks)
-}
-
-/// The payload type `sender`'s leg negotiated for `codec` (same MIME type; for H.264 the same
-/// format parameters first).
-async fn negotiated_pt(sender: &Arc<dyn RtpSender>, codec: &RTCRtpCodec) -> Option<u8> {
-    let params = sender.get_parameters().await.ok()?;
-    let same = |c: &&rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters| {
-        c.rtp_codec.mime_type.eq_ignore_ascii_case(&codec.mime_type)
-    };
-    let codecs = &params.rtp_parameters.codecs;
-    codecs
-        .iter()
-        .filter(same)
-        .find(|c| c.rtp_codec.sdp_fmtp_line == codec.sdp_fmtp_line)
-        .or_else(|| codecs.iter().find(same))
-        .map(|c| c.payload_type)
-}
