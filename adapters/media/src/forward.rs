@@ -1,10 +1,11 @@
 //! A subscription's forwarding (RTC-10, RTC-11): one local track per forwarded track, fed from
-//! the publication's layered broadcast. For each video track exactly one layer flows, chosen
+//! the publication's layered broadcast. For each simulcast video exactly one layer flows, chosen
 //! every [`ROUND`] from the subscriber's bandwidth estimate ([`layers::estimate`] over the REMB
 //! and receiver reports its leg sends, [`layers::allocate`] audio first) and switched only on a
 //! key frame of the new layer ([`layers::Switcher`]), the publisher being asked for one (PLI)
 //! while the switch waits. Every packet leaves on the subscription's own SSRC with sequence
-//! numbers and timestamps that continue across switches ([`Rewriter`]). Audio always flows.
+//! numbers and timestamps that continue across switches ([`Rewriter`]). Audio always flows, and
+//! so does a video without simulcast (only its publisher's bitrate hint follows the estimates).
 
 use std::sync::Arc;
 use std::sync::Mutex as StdMutex;
@@ -216,6 +217,9 @@ async fn choose(
         let subscriber_asks = asked != requests;
         requests = asked;
         for ((f, s), layer) in videos.iter().zip(alloc.video) {
+            // A video without simulcast has nothing to step down to: it is not paused here
+            // (its publisher is asked, by REMB, for the lowest estimate of its subscribers).
+            let layer = if f.rids.is_empty() { Some(0) } else { layer };
             let (wanted, current) = {
                 let mut s = s.lock().unwrap_or_else(|p| p.into_inner());
                 if s.target != layer {

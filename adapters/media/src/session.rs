@@ -241,18 +241,14 @@ impl Hub {
             if let Err(e) = peer.set_remote_description(desc).await {
                 return Some(ServerMsg::error("bad-sdp", format!("offer for {pc}: {e}")));
             }
-            let answer = match peer.create_answer(None).await {
-                Ok(a) => a,
-                Err(e) => return Some(ServerMsg::error("bad-sdp", e.to_string())),
-            };
-            if let Err(e) = peer.set_local_description(answer).await {
-                return Some(ServerMsg::error("bad-sdp", e.to_string()));
+            if let Err(e) = sfu::answer(&peer).await {
+                return Some(ServerMsg::error("bad-sdp", e));
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
             let sdp = peer
                 .local_description()
                 .await
-                .map(|d| d.sdp)
+                .map(|d| sfu::answer_for_client(&d.sdp))
                 .unwrap_or_default();
             return Some(ServerMsg::Answer { pc, sdp });
         }
@@ -278,16 +274,8 @@ impl Hub {
                 .set_remote_description(desc)
                 .await
                 .map_err(|e| e.to_string())?;
-            let a = peer
-                .pc
-                .create_answer(None)
-                .await
-                .map_err(|e| e.to_string())?;
-            peer.pc
-                .set_local_description(a)
-                .await
-                .map_err(|e| e.to_string())?;
-            peer.local_sdp().await
+            sfu::answer(&peer.pc).await?;
+            peer.local_sdp().await.map(|s| sfu::answer_for_client(&s))
         }
         .await;
         let answer = match answer {

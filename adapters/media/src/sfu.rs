@@ -294,6 +294,20 @@ pub fn register_codecs(media: &mut MediaEngine) -> rtc::shared::error::Result<()
     Ok(())
 }
 
+/// The engine's answer to an offer on `pc`, created and set as the local description.
+pub async fn answer(pc: &Pc) -> Result<(), String> {
+    let a = pc.create_answer(None).await.map_err(|e| e.to_string())?;
+    pc.set_local_description(a).await.map_err(|e| e.to_string())
+}
+
+/// The answer as sent to the client: the engine's codec preference first
+/// ([`simulcast::prefer_h264`]). The `rtc` crate answers in the offer's order and will not set a
+/// changed local description; the order only tells the publisher what to send, and the engine
+/// receives every format it answered in any case.
+pub fn answer_for_client(local: &str) -> String {
+    simulcast::prefer_h264(local)
+}
+
 /// A packet of a forwarded track with its layer (0 without simulcast).
 pub struct LayerPacket {
     pub layer: usize,

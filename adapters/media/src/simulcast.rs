@@ -87,6 +87,56 @@ pub fn rejected_sections(answer: &str) -> Vec<String> {
         .collect()
 }
 
+/// `sdp` with, on each `m=video` line, H.264 constrained baseline with packetization-mode=1
+/// (profile-level-id 42e01f) moved first and VP8 second (RTC-11), the other formats after in
+/// their order. The `rtc` crate answers in the offer's order; a publisher sends the first codec
+/// of the answer, so the answer the engine sends states its preference.
+pub fn prefer_h264(sdp: &str) -> String {
+    let fmtp = |pt: &str| {
+        sdp.lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("a=fmtp:{pt} ")))
+            .unwrap_or("")
+            .to_ascii_lowercase()
+    };
+    let rtpmap = |pt: &str| {
+        sdp.lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("a=rtpmap:{pt} ")))
+            .unwrap_or("")
+            .to_ascii_lowercase()
+    };
+    let rank = |pt: &str| {
+        let map = rtpmap(pt);
+        let f = fmtp(pt);
+        if map.starts_with("h264/")
+            && f.contains("packetization-mode=1")
+            && f.contains("profile-level-id=42e01f")
+        {
+            0
+        } else if map.starts_with("vp8/") {
+            1
+        } else {
+            2
+        }
+    };
+    let eol = if sdp.contains("\r\n") { "\r\n" } else { "\n" };
+    let mut out: Vec<String> = Vec::new();
+    for line in sdp.split(eol) {
+        if let Some(m) = line.strip_prefix("m=video ") {
+            let mut f: Vec<&str> = m.split(' ').collect();
+            if f.len() > 3 {
+                let mut formats = f.split_off(2);
+                // Stable: equal ranks keep their order.
+                formats.sort_by_key(|pt| rank(pt));
+                f.extend(formats);
+                out.push(format!("m=video {}", f.join(" ")));
+                continue;
+            }
+        }
+        out.push(line.to_owned());
+    }
+    out.join(eol)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +161,18 @@ mod tests {
         assert_eq!(default_rates(3), vec![150_000, 500_000, 1_200_000]);
         assert_eq!(default_rates(2), vec![150_000, 1_200_000]);
         assert_eq!(default_rates(1), vec![DEFAULT_SINGLE_BPS]);
+    }
+
+    #[test]
+    fn h264_then_vp8_first_in_video_sections() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\na=rtpmap:111 opus/48000/2\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 98 102 127 97\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:98 VP9/90000\r\na=rtpmap:102 H264/90000\r\na=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\na=rtpmap:127 H264/90000\r\na=fmtp:127 packetization-mode=0;profile-level-id=42e01f\r\na=rtpmap:97 rtx/90000\r\n";
+        let out = prefer_h264(sdp);
+        assert!(out.contains("\r\nm=video 9 UDP/TLS/RTP/SAVPF 102 96 98 127 97\r\n"), "{out}");
+        assert!(out.contains("\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\n"), "{out}");
+        assert_eq!(out.len(), sdp.len());
+        // No H.264 offered: VP8 first, the rest as it was.
+        let vp8 = "m=video 9 X 98 96\na=rtpmap:98 VP9/90000\na=rtpmap:96 VP8/90000\n";
+        assert!(prefer_h264(vp8).starts_with("m=video 9 X 96 98\n"));
     }
 
     #[test]

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use huizhen_media::feedback::Feedback;
 use huizhen_media::sfu::{PcFactory, Publication};
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
 use support::{Client, remb_loop};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,4 +131,92 @@ async fn receivers_get_the_layer_their_estimate_allows_and_switch_on_key_frames(
     strong.close().await;
     publisher.close().await;
     let _ = sfu_pub.pc.close().await;
+}
+
+/// The first video payload type of `sdp`'s m=video line and its rtpmap / fmtp lines.
+fn first_video_codec(sdp: &str) -> (String, String) {
+    let m = sdp
+        .lines()
+        .find(|l| l.starts_with("m=video"))
+        .expect("a video section");
+    let pt = m.split_whitespace().nth(3).expect("a payload type").to_owned();
+    let find = |prefix: &str| {
+        sdp.lines()
+            .find_map(|l| l.strip_prefix(&format!("{prefix}:{pt} ")))
+            .unwrap_or("")
+            .trim()
+            .to_owned()
+    };
+    (find("a=rtpmap"), find("a=fmtp"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_answers_h264_first_and_vp8_to_a_vp8_only_publisher() {
+    let factory = PcFactory::new(support::loopback());
+    // A publisher offering the crate's default set (VP8 listed first, H.264 further down) on
+    // a video transceiver without a track yet.
+    let publisher = Client::new(None).await;
+    publisher
+        .pc
+        .add_transceiver_from_kind(RtpCodecKind::Video, None)
+        .await
+        .unwrap();
+    let offer = publisher.offer().await;
+    assert!(offer.contains("H264/90000"), "{offer}");
+    assert!(
+        first_video_codec(&offer).0.starts_with("VP8"),
+        "{offer}"
+    );
+    let publication = Arc::new(Publication::new("cam", "P", "publisher", "camera", &offer));
+    let sfu = factory.build(Some(publication)).await.unwrap();
+    let answer = support::answer(&sfu, &offer).await;
+    let (rtpmap, fmtp) = first_video_codec(&answer);
+    assert!(rtpmap.starts_with("H264/90000"), "{answer}");
+    assert!(
+        fmtp.contains("profile-level-id=42e01f") && fmtp.contains("packetization-mode=1"),
+        "{answer}"
+    );
+    // The publisher takes the reordered answer.
+    publisher.accept(&answer).await;
+    publisher.close().await;
+    let _ = sfu.pc.close().await;
+
+    // A publisher that sends VP8 only (the fallback) is answered VP8.
+    let mut media = MediaEngine::default();
+    media
+        .register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: RTCRtpCodec {
+                    mime_type: "video/VP8".into(),
+                    clock_rate: 90_000,
+                    ..Default::default()
+                },
+                payload_type: 96,
+            },
+            RtpCodecKind::Video,
+        )
+        .unwrap();
+    media
+        .register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: RTCRtpCodec {
+                    mime_type: "audio/opus".into(),
+                    clock_rate: 48_000,
+                    channels: 2,
+                    ..Default::default()
+                },
+                payload_type: 111,
+            },
+            RtpCodecKind::Audio,
+        )
+        .unwrap();
+    let publisher = Client::with_engine(None, true, media).await;
+    publisher.add_simulcast(&[]).await;
+    let offer = publisher.offer().await;
+    let publication = Arc::new(Publication::new("cam", "P", "publisher", "camera", &offer));
+    let sfu = factory.build(Some(publication)).await.unwrap();
+    let answer = support::answer(&sfu, &offer).await;
+    assert!(first_video_codec(&answer).0.starts_with("VP8/90000"), "{answer}");
+    publisher.close().await;
+    let _ = sfu.pc.close().await;
 }

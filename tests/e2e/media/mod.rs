@@ -3,6 +3,7 @@
 //! local physician, verifications), its tokens issued, then webrtc-crate peers join.
 //!
 //! - `call.rs`: three peers publish and each receives the other two's RTP through the SFU;
+//! - `codecs.rs`: a subscriber that cannot decode the video is told (`codec-unsupported`);
 //! - `browser.rs`: the call page in headless Chromium exchanges media with a Rust peer;
 //! - `quality.rs`: stats samples, alerts at the RTC-21 thresholds, the call view;
 //! - `admission.rs`: the lobby (expert before the local physician), a wrong-room token, an
@@ -11,6 +12,7 @@
 mod admission;
 mod browser;
 mod call;
+mod codecs;
 pub(crate) mod peer;
 mod quality;
 mod recording;

@@ -156,6 +156,15 @@ impl Client {
     pub async fn with(feedback: Option<Arc<Feedback>>, keep: bool) -> Client {
         let mut media = MediaEngine::default();
         media.register_default_codecs().unwrap();
+        Client::with_engine(feedback, keep, media).await
+    }
+
+    /// A client whose codecs are `media`'s.
+    pub async fn with_engine(
+        feedback: Option<Arc<Feedback>>,
+        keep: bool,
+        mut media: MediaEngine,
+    ) -> Client {
         let mut registry = register_default_interceptors(Registry::new(), &mut media).unwrap();
         if let Some(f) = feedback {
             registry = Tap::install(registry, f);
@@ -431,15 +440,14 @@ fn video_mid(sdp: &str) -> Option<String> {
     None
 }
 
-/// The SFU's answer to a publisher's `offer` on `peer`.
+/// The SFU's answer to a publisher's `offer` on `peer` (as the engine answers one).
 pub async fn answer(peer: &Peer, offer: &str) -> String {
     peer.pc
         .set_remote_description(RTCSessionDescription::offer(offer.into()).unwrap())
         .await
         .unwrap();
-    let a = peer.pc.create_answer(None).await.unwrap();
-    peer.pc.set_local_description(a).await.unwrap();
-    peer.local_sdp().await.unwrap()
+    huizhen_media::sfu::answer(&peer.pc).await.unwrap();
+    huizhen_media::sfu::answer_for_client(&peer.local_sdp().await.unwrap())
 }
 
 /// A subscriber of `tracks` through the SFU.
