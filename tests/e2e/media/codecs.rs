@@ -3,48 +3,20 @@
 //! the `rtc` crate and browsers write it) and is told so with a
 //! `codec-unsupported` error naming the subscription; the publication's audio still reaches it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
 use serde_json::json;
-use tokio::sync::Notify;
-use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
-use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
-};
+use tokio::sync::Mutex;
 
-use super::peer::{Participant, Signal};
+use super::peer::{Participant, Signal, gathered_sdp, pc_with_engine};
 use super::{consultation, signal_url, start, tokens};
 use crate::support::Backend;
-
-struct Counting {
-    gathered: Arc<Notify>,
-    packets: Arc<AtomicU64>,
-}
-
-#[async_trait::async_trait]
-impl PeerConnectionEventHandler for Counting {
-    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
-        if state == RTCIceGatheringState::Complete {
-            self.gathered.notify_one();
-        }
-    }
-
-    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        let packets = self.packets.clone();
-        tokio::spawn(async move {
-            while let Some(evt) = track.poll().await {
-                if let TrackRemoteEvent::OnRtpPacket(_) = evt {
-                    packets.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        });
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_rejecting_the_video_codec_is_told_and_still_gets_the_audio() {
@@ -81,20 +53,8 @@ async fn a_subscriber_rejecting_the_video_codec_is_told_and_still_gets_the_audio
             RtpCodecKind::Audio,
         )
         .unwrap();
-    let gathered = Arc::new(Notify::new());
-    let packets = Arc::new(AtomicU64::new(0));
-    let pc: Arc<dyn PeerConnection> = Arc::new(
-        PeerConnectionBuilder::new()
-            .with_media_engine(media)
-            .with_handler(Arc::new(Counting {
-                gathered: gathered.clone(),
-                packets: packets.clone(),
-            }) as Arc<dyn PeerConnectionEventHandler>)
-            .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
-            .build()
-            .await
-            .unwrap(),
-    );
+    let received = Arc::new(Mutex::new(HashMap::new()));
+    let (pc, gathered) = pc_with_engine("patient", received.clone(), media).await;
     pc.set_remote_description(
         RTCSessionDescription::offer(offer["sdp"].as_str().unwrap().into()).unwrap(),
     )
@@ -102,8 +62,7 @@ async fn a_subscriber_rejecting_the_video_codec_is_told_and_still_gets_the_audio
     .unwrap();
     let answer = pc.create_answer(None).await.unwrap();
     pc.set_local_description(answer).await.unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(5), gathered.notified()).await;
-    let sdp = pc.local_description().await.unwrap().sdp;
+    let sdp = gathered_sdp(&pc, &gathered).await;
     assert!(sdp.contains("m=video 0 "), "{sdp}");
     patient
         .send(json!({"type": "answer", "pc": pc_id, "sdp": sdp}))
@@ -118,8 +77,11 @@ async fn a_subscriber_rejecting_the_video_codec_is_told_and_still_gets_the_audio
     );
     // The audio of the publication still arrives.
     crate::support::wait_for("the audio arrives", Duration::from_secs(15), || {
-        let packets = packets.clone();
-        async move { (packets.load(Ordering::Relaxed) >= 25).then_some(()) }
+        let received = received.clone();
+        async move {
+            let n = received.lock().await.get("patient")?.load(Ordering::Relaxed);
+            (n >= 25).then_some(())
+        }
     })
     .await;
     let _ = pc.close().await;

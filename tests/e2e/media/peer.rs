@@ -156,6 +156,15 @@ async fn pc(
 ) -> (Arc<dyn PeerConnection>, Arc<Notify>) {
     let mut media = MediaEngine::default();
     media.register_default_codecs().unwrap();
+    pc_with_engine(label, received, media).await
+}
+
+/// A peer connection with `media`'s codecs; the RTP it receives counted under `label`.
+pub(crate) async fn pc_with_engine(
+    label: &str,
+    received: Arc<Mutex<HashMap<String, Arc<AtomicU64>>>>,
+    media: MediaEngine,
+) -> (Arc<dyn PeerConnection>, Arc<Notify>) {
     let gathered = Arc::new(Notify::new());
     let pc = PeerConnectionBuilder::new()
         .with_media_engine(media)
@@ -171,7 +180,7 @@ async fn pc(
     (Arc::new(pc), gathered)
 }
 
-async fn gathered_sdp(pc: &Arc<dyn PeerConnection>, gathered: &Notify) -> String {
+pub(crate) async fn gathered_sdp(pc: &Arc<dyn PeerConnection>, gathered: &Notify) -> String {
     let _ = tokio::time::timeout(Duration::from_secs(5), gathered.notified()).await;
     pc.local_description().await.unwrap().sdp
 }

@@ -38,7 +38,7 @@ pub fn epoch() -> Instant {
     *E.get_or_init(Instant::now)
 }
 
-fn now_ns() -> u64 {
+pub fn now_ns() -> u64 {
     epoch().elapsed().as_nanos() as u64
 }
 
@@ -67,8 +67,8 @@ pub struct Received {
     pub audio: AtomicU64,
     /// Video packets received (also when `keep` is off).
     pub video_packets: AtomicU64,
-    /// Publisher-to-subscriber delay of each video packet, in µs.
-    pub latency_us: Mutex<Vec<u32>>,
+    /// Each video packet's send time (ns since [`epoch`]) and publisher-to-subscriber delay (µs).
+    pub samples: Mutex<Vec<(u64, u32)>>,
     /// Keep every video packet (tests) or only count them (benches).
     pub keep: bool,
     pub remotes: Mutex<Vec<Arc<dyn TrackRemote>>>,
@@ -125,7 +125,7 @@ impl PeerConnectionEventHandler for Handler {
                 r.video_packets.fetch_add(1, Ordering::Relaxed);
                 let sent = u64::from_be_bytes(b[3..11].try_into().unwrap());
                 let delay = now_ns().saturating_sub(sent) / 1000;
-                r.latency_us.lock().unwrap().push(delay as u32);
+                r.samples.lock().unwrap().push((sent, delay as u32));
                 if r.keep {
                     r.video.lock().unwrap().push(Pkt {
                         seq: p.header.sequence_number,
