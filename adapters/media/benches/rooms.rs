@@ -42,7 +42,11 @@ fn cpu_ticks() -> u64 {
     // fields 14 and 15.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let n = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let n = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     n(14) + n(15)
 }
 
@@ -218,7 +222,7 @@ async fn udp_room(stop: Arc<Notify>) -> (Vec<Arc<AtomicU64>>, Vec<Arc<Received>>
                 video[12 + 3..12 + 11].copy_from_slice(&at.to_be_bytes());
                 let _ = tx.send_to(&video, fwd_addr).await;
                 count.fetch_add(1, Ordering::Relaxed);
-                if t % 2 == 0 {
+                if t.is_multiple_of(2) {
                     let _ = tx.send_to(&[0u8; 92], fwd_addr).await;
                 }
                 t += 1;
@@ -276,7 +280,7 @@ fn main() {
                 .collect();
             let w = window(&sent, &receivers, secs).await;
             print_row(n, "SFU", &w);
-            eprintln!("({n} rooms set up in {:.1} s)", setup.as_secs_f64());
+            println!("({n} rooms set up in {:.1} s)", setup.as_secs_f64());
             if w.loss() > 0.01 || w.cpu > 0.95 {
                 println!(
                     "stopped at {n} rooms: loss {:.2} %, CPU {:.0} %",

@@ -108,7 +108,10 @@ impl Tap {
     }
 
     /// Adds a tap filling `sink` to `registry`.
-    pub fn install(registry: rtc::interceptor::Registry, sink: Arc<Feedback>) -> rtc::interceptor::Registry {
+    pub fn install(
+        registry: rtc::interceptor::Registry,
+        sink: Arc<Feedback>,
+    ) -> rtc::interceptor::Registry {
         registry.with(Slot::from(TAP_SLOT), Tap::new(sink))
     }
 }

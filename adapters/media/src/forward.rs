@@ -129,8 +129,7 @@ async fn forward(
         if let Some(s) = &switcher {
             let mut s = s.lock().unwrap_or_else(|p| p.into_inner());
             let waits = s.target == Some(item.layer) && s.current != Some(item.layer);
-            let key = waits
-                && codec.is_none_or(|c| layers::is_keyframe(c, &item.packet.payload));
+            let key = waits && codec.is_none_or(|c| layers::is_keyframe(c, &item.packet.payload));
             let pass = s.forward(item.layer, key);
             if s.current != current {
                 current = s.current;

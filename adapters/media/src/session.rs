@@ -252,13 +252,7 @@ impl Hub {
                 .unwrap_or_default();
             return Some(ServerMsg::Answer { pc, sdp });
         }
-        let publication = Arc::new(Publication::new(
-            &pc,
-            session,
-            &participant,
-            &source,
-            &sdp,
-        ));
+        let publication = Arc::new(Publication::new(&pc, session, &participant, &source, &sdp));
         if publication.expected == 0 {
             return Some(ServerMsg::error(
                 "bad-sdp",

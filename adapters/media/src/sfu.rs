@@ -144,8 +144,7 @@ impl PcFactory {
         let registry = if publication.is_some() {
             // A publication: the crate's defaults (NACK, reports, the simulcast header
             // extensions, TWCC feedback to the publisher).
-            register_default_interceptors(Registry::new(), &mut media)
-                .map_err(|e| e.to_string())?
+            register_default_interceptors(Registry::new(), &mut media).map_err(|e| e.to_string())?
         } else {
             // A subscription: no transport-cc offered, so the subscriber reports its estimate
             // as REMB (goog-remb), which the tap reads.
@@ -360,7 +359,10 @@ impl Forwarded {
         (0..self.layer_count())
             .map(|i| Layer {
                 rid: self.rids.get(i).cloned().unwrap_or_default(),
-                bps: rates.get(i).copied().unwrap_or(simulcast::DEFAULT_SINGLE_BPS),
+                bps: rates
+                    .get(i)
+                    .copied()
+                    .unwrap_or(simulcast::DEFAULT_SINGLE_BPS),
             })
             .collect()
     }
@@ -454,7 +456,13 @@ pub const HINT_ROUND: Duration = Duration::from_secs(1);
 
 impl Publication {
     /// A publication of `sdp`, the publisher's offer.
-    pub fn new(pc_id: &str, owner: &str, participant: &str, source: &str, sdp: &str) -> Publication {
+    pub fn new(
+        pc_id: &str,
+        owner: &str,
+        participant: &str,
+        source: &str,
+        sdp: &str,
+    ) -> Publication {
         Publication {
             pc_id: pc_id.to_owned(),
             owner: owner.to_owned(),
@@ -610,4 +618,3 @@ pub fn sending_sections(sdp: &str) -> usize {
     }
     count
 }
-

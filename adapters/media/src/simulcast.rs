@@ -167,8 +167,14 @@ mod tests {
     fn h264_then_vp8_first_in_video_sections() {
         let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\na=rtpmap:111 opus/48000/2\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 98 102 127 97\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:98 VP9/90000\r\na=rtpmap:102 H264/90000\r\na=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\na=rtpmap:127 H264/90000\r\na=fmtp:127 packetization-mode=0;profile-level-id=42e01f\r\na=rtpmap:97 rtx/90000\r\n";
         let out = prefer_h264(sdp);
-        assert!(out.contains("\r\nm=video 9 UDP/TLS/RTP/SAVPF 102 96 98 127 97\r\n"), "{out}");
-        assert!(out.contains("\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\n"), "{out}");
+        assert!(
+            out.contains("\r\nm=video 9 UDP/TLS/RTP/SAVPF 102 96 98 127 97\r\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\n"),
+            "{out}"
+        );
         assert_eq!(out.len(), sdp.len());
         // No H.264 offered: VP8 first, the rest as it was.
         let vp8 = "m=video 9 X 98 96\na=rtpmap:98 VP9/90000\na=rtpmap:96 VP8/90000\n";

@@ -102,7 +102,11 @@ async fn receivers_get_the_layer_their_estimate_allows_and_switch_on_key_frames(
             }
             if w[1].layer != w[0].layer {
                 switches += 1;
-                assert!(w[1].key, "{who}: switch to {} not on a key frame", w[1].layer);
+                assert!(
+                    w[1].key,
+                    "{who}: switch to {} not on a key frame",
+                    w[1].layer
+                );
                 assert_eq!(
                     w[1].seq,
                     w[0].seq.wrapping_add(1),
@@ -139,7 +143,11 @@ fn first_video_codec(sdp: &str) -> (String, String) {
         .lines()
         .find(|l| l.starts_with("m=video"))
         .expect("a video section");
-    let pt = m.split_whitespace().nth(3).expect("a payload type").to_owned();
+    let pt = m
+        .split_whitespace()
+        .nth(3)
+        .expect("a payload type")
+        .to_owned();
     let find = |prefix: &str| {
         sdp.lines()
             .find_map(|l| l.strip_prefix(&format!("{prefix}:{pt} ")))
@@ -163,10 +171,7 @@ async fn the_engine_answers_h264_first_and_vp8_to_a_vp8_only_publisher() {
         .unwrap();
     let offer = publisher.offer().await;
     assert!(offer.contains("H264/90000"), "{offer}");
-    assert!(
-        first_video_codec(&offer).0.starts_with("VP8"),
-        "{offer}"
-    );
+    assert!(first_video_codec(&offer).0.starts_with("VP8"), "{offer}");
     let publication = Arc::new(Publication::new("cam", "P", "publisher", "camera", &offer));
     let sfu = factory.build(Some(publication)).await.unwrap();
     let answer = support::answer(&sfu, &offer).await;
@@ -216,7 +221,10 @@ async fn the_engine_answers_h264_first_and_vp8_to_a_vp8_only_publisher() {
     let publication = Arc::new(Publication::new("cam", "P", "publisher", "camera", &offer));
     let sfu = factory.build(Some(publication)).await.unwrap();
     let answer = support::answer(&sfu, &offer).await;
-    assert!(first_video_codec(&answer).0.starts_with("VP8/90000"), "{answer}");
+    assert!(
+        first_video_codec(&answer).0.starts_with("VP8/90000"),
+        "{answer}"
+    );
     publisher.close().await;
     let _ = sfu.pc.close().await;
 }

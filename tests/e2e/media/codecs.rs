@@ -79,7 +79,11 @@ async fn a_subscriber_rejecting_the_video_codec_is_told_and_still_gets_the_audio
     crate::support::wait_for("the audio arrives", Duration::from_secs(15), || {
         let received = received.clone();
         async move {
-            let n = received.lock().await.get("patient")?.load(Ordering::Relaxed);
+            let n = received
+                .lock()
+                .await
+                .get("patient")?
+                .load(Ordering::Relaxed);
             (n >= 25).then_some(())
         }
     })

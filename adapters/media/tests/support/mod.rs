@@ -321,7 +321,11 @@ impl Sending {
     }
 
     /// [`Sending::start`], with the count of video packets sent.
-    pub async fn start_counted(self, client: &Client, offer: &str) -> (Arc<Notify>, Arc<AtomicU64>) {
+    pub async fn start_counted(
+        self,
+        client: &Client,
+        offer: &str,
+    ) -> (Arc<Notify>, Arc<AtomicU64>) {
         let stop = Arc::new(Notify::new());
         let sent = Arc::new(AtomicU64::new(0));
         let counter = sent.clone();
@@ -362,10 +366,10 @@ impl Sending {
                 }
                 for (l, (rid, ssrc)) in self.layers.iter().enumerate() {
                     let (size, every) = shape(n, l);
-                    if t % every != 0 {
+                    if !t.is_multiple_of(every) {
                         continue;
                     }
-                    let key = count[l] % 25 == 0;
+                    let key = count[l].is_multiple_of(25);
                     count[l] += 1;
                     let mut payload = vec![0u8; size];
                     payload[0] = 0x10;
@@ -382,12 +386,14 @@ impl Sending {
                         ..Default::default()
                     };
                     if let (Some(id), Some(mid)) = (mid_id, &video_mid) {
-                        let _ = header.set_extension(id, bytes::Bytes::from(mid.clone().into_bytes()));
+                        let _ =
+                            header.set_extension(id, bytes::Bytes::from(mid.clone().into_bytes()));
                     }
                     if let Some(id) = rid_id
                         && !rid.is_empty()
                     {
-                        let _ = header.set_extension(id, bytes::Bytes::from(rid.clone().into_bytes()));
+                        let _ =
+                            header.set_extension(id, bytes::Bytes::from(rid.clone().into_bytes()));
                     }
                     let _ = self
                         .video
@@ -400,7 +406,7 @@ impl Sending {
                     seq[l] = seq[l].wrapping_add(1);
                     ts[l] = ts[l].wrapping_add(900 * every as u32);
                 }
-                if t % 2 == 0 {
+                if t.is_multiple_of(2) {
                     let mut payload = vec![0u8; 80];
                     payload[0] = 0xf8;
                     let _ = self
