@@ -20,7 +20,7 @@ const RECEIVED: &str = "const out = {}; \
     out[id] = {}; for (const x of s) if (x.direction === 'inbound') out[id][x.kind + ':' + x.track] = x.packets || 0; } \
     return out;";
 
-const STATE: &str = "return JSON.stringify({m: window.huizhen.messages, pcs: Object.keys(window.huizhen.pcs), \
+pub(super) const STATE: &str = "return JSON.stringify({m: window.huizhen.messages, pcs: Object.keys(window.huizhen.pcs), \
     q: window.huizhen.quality, status: document.getElementById('status').textContent})";
 
 /// Waits until the page received at least 25 packets on each track of `n` subscriptions with
