@@ -54,7 +54,7 @@ pub(crate) fn doctor() -> String {
     token(Role::LocalDoctor, "D001", FACILITY)
 }
 
-fn expert() -> String {
+pub(crate) fn expert() -> String {
     token(Role::Expert, "E1001", EXPERT_FACILITY)
 }
 
@@ -112,6 +112,7 @@ pub(crate) async fn start_demo_with(
     let roots = db.dir.path().join("ca-roots.pem");
     ca.write_root_pem(&roots).unwrap();
     cfg.root.workflow.consultations = root.workflow.consultations;
+    cfg.root.media = root.media;
     if billing.is_some() {
         cfg.root.billing = root.billing;
     }
@@ -326,6 +327,13 @@ pub(crate) async fn order(wf: &Wf, intake: u16) -> String {
 
 /// From the offer to the completed report, as the expert and the local doctor do it.
 pub(crate) async fn walk(wf: &Wf, id: &str) {
+    to_session(wf, id).await;
+    finish(wf, id).await;
+}
+
+/// From the offer to `in-session`: accepted, the gates recorded (the informed consent, the
+/// local physician D001, both verifications), started.
+pub(crate) async fn to_session(wf: &Wf, id: &str) {
     let (_, v, etag) = wf
         .call(
             "GET",
@@ -363,6 +371,10 @@ pub(crate) async fn walk(wf: &Wf, id: &str) {
         wf.ok(id, "record_verification", &doctor(), json!({"verification": {"subject": {"kind": "physician", "practitioner": who}, "method": "ca-certificate", "verified_at": before, "result": "passed", "provider_reference": format!("ca-{who}")}})).await;
     }
     wf.ok(id, "start", &expert(), json!({})).await;
+}
+
+/// From `in-session` to the completed report: the opinion signed, the local decision, complete.
+async fn finish(wf: &Wf, id: &str) {
     // The demo's opinion, signed with the expert's certificate from the test CA (CN-21).
     let mut opinion: Value = serde_json::from_slice(&read("demo/opinion.json")).unwrap();
     opinion["consultation"] = json!(id);

@@ -205,11 +205,38 @@ impl Hub {
         source: &str,
         detail: String,
     ) {
+        let (actor, role) = claims
+            .map(|c| (c.sub.as_str(), c.role.code()))
+            .unwrap_or(("anonymous", ""));
+        self.audit_as(
+            actor,
+            role,
+            action,
+            consultation,
+            facility,
+            outcome,
+            source,
+            detail,
+        )
+        .await;
+    }
+
+    /// [`Hub::audit`] by `actor` in room role `role` (an API user: no room token).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn audit_as(
+        &self,
+        actor: &str,
+        role: &str,
+        action: &str,
+        consultation: &str,
+        facility: &str,
+        outcome: &str,
+        source: &str,
+        detail: String,
+    ) {
         let e = AuditEvent {
-            actor: claims
-                .map(|c| c.sub.clone())
-                .unwrap_or_else(|| "anonymous".into()),
-            role: claims.map(|c| c.role.code().to_owned()).unwrap_or_default(),
+            actor: actor.to_owned(),
+            role: role.to_owned(),
             facility: String::new(),
             action: action.into(),
             resource_type: "Consultation".into(),
@@ -573,7 +600,15 @@ impl Hub {
         .await;
         let empty = room.state.lock().await.members.is_empty();
         if empty {
-            self.stop_recording(room, "everyone left the room").await;
+            self.stop_recording(
+                room,
+                crate::record::Stopped {
+                    by: String::new(),
+                    role: None,
+                    reason: "everyone left the room".into(),
+                },
+            )
+            .await;
             self.close_quality(room).await;
             let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
             if rooms.get(&room.id).is_some_and(|r| Arc::ptr_eq(r, room)) {

@@ -4,6 +4,7 @@
 //!
 //! - [`protocol`]: the signaling messages (docs/media.md specifies them for client authors);
 //! - [`signal`]: the WebSocket endpoint (join first, size and rate limits, reconnect);
+//! - [`control`]: the consultation API's hold on the rooms (recording start/stop, the live call);
 //! - [`hub`]: rooms, the lobby (CN-06), publications and subscriptions, join/leave audit;
 //! - [`sfu`]: peer connections, publications and their layers, publisher bitrate hints;
 //! - [`forward`]: a subscription's forwarding: one layer per video, chosen per receiver;
@@ -24,6 +25,7 @@
 // Signaling errors are whole `ServerMsg`s, sent as they are; their size does not matter.
 #![allow(clippy::result_large_err)]
 
+pub mod control;
 pub mod feedback;
 pub mod forward;
 pub mod hub;

@@ -53,6 +53,55 @@ pub(crate) struct RoomQuality {
     tracks: HashMap<Key, Entry>,
 }
 
+impl RoomQuality {
+    /// The alerts raised and not cleared, per track: (session, pc, track, direction, source,
+    /// kind, metric, the metric's last figure, when it came).
+    pub(crate) fn active_alerts(&self) -> Vec<ActiveTrackAlert> {
+        let mut out: Vec<ActiveTrackAlert> = self
+            .tracks
+            .iter()
+            .flat_map(|(k, e)| {
+                e.quality
+                    .active()
+                    .into_iter()
+                    .map(move |m| ActiveTrackAlert {
+                        session: k.session.clone(),
+                        pc: k.pc.clone(),
+                        track: k.track.clone(),
+                        direction: k.direction.clone(),
+                        source: k.source,
+                        kind: e.kind.clone(),
+                        metric: m,
+                        value: m.value(&e.last),
+                        at: e.last_at,
+                    })
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (&a.session, &a.pc, &a.track, a.metric.code()).cmp(&(
+                &b.session,
+                &b.pc,
+                &b.track,
+                b.metric.code(),
+            ))
+        });
+        out
+    }
+}
+
+/// One alert of [`RoomQuality::active_alerts`].
+pub(crate) struct ActiveTrackAlert {
+    pub(crate) session: String,
+    pub(crate) pc: String,
+    pub(crate) track: String,
+    pub(crate) direction: String,
+    pub(crate) source: &'static str,
+    pub(crate) kind: String,
+    pub(crate) metric: huizhen_domain::consultation::call_quality::Metric,
+    pub(crate) value: Option<f64>,
+    pub(crate) at: i64,
+}
+
 fn now_ms() -> i64 {
     huizhen_core::message::now_ms()
 }
@@ -185,6 +234,36 @@ impl Hub {
         for room in rooms {
             self.sample_sfu(&room).await;
             self.store_quality(&room).await;
+            self.role_alert_metrics(&room).await;
+        }
+    }
+
+    /// The active alerts of `room` per participant role in /metrics (every role present, 0
+    /// when none; the series go with the room).
+    async fn role_alert_metrics(&self, room: &Arc<Room>) {
+        let roles: HashMap<String, RoomRole> = {
+            let st = room.state.lock().await;
+            st.members
+                .iter()
+                .map(|(s, m)| (s.clone(), m.claims.role))
+                .collect()
+        };
+        let mut counts: HashMap<RoomRole, i64> = roles.values().map(|r| (*r, 0)).collect();
+        let alerts = room
+            .quality
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .active_alerts();
+        for a in alerts {
+            if let Some(r) = roles.get(&a.session) {
+                *counts.entry(*r).or_default() += 1;
+            }
+        }
+        for role in RoomRole::ALL {
+            match counts.get(&role) {
+                Some(n) => call_metrics::set_call_role_alerts(&room.id, role.code(), *n),
+                None => call_metrics::forget_call_role_alerts(&room.id, role.code()),
+            }
         }
     }
 

@@ -20,10 +20,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use huizhen_core::media::RecordError;
 use huizhen_core::objects::{ObjectInfo, ObjectStore, ObjectWriter};
 use huizhen_core::store::Store;
 use huizhen_core::store::recordings::RecordingRow;
-use huizhen_domain::consultation::room::{self, RoomRole};
+use huizhen_domain::consultation::room::{self, Permissions, RoomRole};
 use rtc::media::io::Writer;
 use rtc::media::io::h26x_writer::H26xWriter;
 use rtc::media::io::ivf_reader::IVFFileHeader;
@@ -56,8 +57,36 @@ pub(crate) struct Active {
     pub(crate) started_at: DateTime<Utc>,
     /// The recorded tracks, by `publication key/track id`.
     pub(crate) tracks: std::collections::HashMap<String, TrackJob>,
-    /// Set to `true` to stop every track.
-    pub(crate) stop: tokio::sync::watch::Sender<bool>,
+    /// Set to who stopped it and why to stop every track.
+    pub(crate) stop: tokio::sync::watch::Sender<Option<Stopped>>,
+}
+
+/// Who stopped a recording (empty: the engine) and why.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Stopped {
+    pub(crate) by: String,
+    pub(crate) role: Option<RoomRole>,
+    pub(crate) reason: String,
+}
+
+/// Who starts or stops a recording: a participant with their room token, or an API user in
+/// the room role their user role stands for (`POST /api/consultations/{id}/recording`).
+#[derive(Clone, Debug)]
+pub(crate) struct Starter {
+    pub(crate) sub: String,
+    pub(crate) role: RoomRole,
+    pub(crate) perms: Permissions,
+    /// The client's address (audit).
+    pub(crate) source: String,
+    /// How the request came: `` (signaling) or ` through the API`.
+    pub(crate) via: &'static str,
+}
+
+fn refused(code: &'static str, message: impl Into<String>) -> RecordError {
+    RecordError {
+        code,
+        message: message.into(),
+    }
 }
 
 pub(crate) struct TrackJob {
@@ -187,7 +216,7 @@ pub(crate) fn start_track(
     publication: &Publication,
     role: RoomRole,
     f: &Arc<Forwarded>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut stop: tokio::sync::watch::Receiver<Option<Stopped>>,
 ) -> Option<TrackJob> {
     let Some(container) = container(&f.codec.mime_type) else {
         tracing::warn!(codec = %f.codec.mime_type, "a track in this codec is not recorded");
@@ -219,7 +248,7 @@ pub(crate) fn start_track(
     let done = tokio::spawn(async move {
         let started = Utc::now();
         loop {
-            if *stop.borrow_and_update() {
+            if stop.borrow_and_update().is_some() {
                 break;
             }
             tokio::select! {
@@ -239,6 +268,11 @@ pub(crate) fn start_track(
         }
         drop(tx);
         let ended = Utc::now();
+        let stopped = stop.borrow().clone().unwrap_or_else(|| Stopped {
+            by: String::new(),
+            role: None,
+            reason: "the track ended".into(),
+        });
         let (info, packets) = match writer.await {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => {
@@ -271,6 +305,8 @@ pub(crate) fn start_track(
             started_by: ctx.started_by.clone(),
             retention_class: room::RECORDING_RETENTION_CLASS.to_owned(),
             retain_until: ms(room::recording_retained_until(started)),
+            stopped_by: stopped.by,
+            stop_reason: stopped.reason,
         };
         // The object is kept whatever happens to the row: it is found by its id in the log.
         if let Err(e) = ctx.store.recording_insert(&row).await {
@@ -309,29 +345,52 @@ impl Hub {
         session: &str,
         active: bool,
     ) -> Option<ServerMsg> {
-        let (claims, source) = {
+        let starter = {
             let st = room.state.lock().await;
             let m = st.members.get(session)?;
-            (m.claims.clone(), m.source.clone())
+            Starter {
+                sub: m.claims.sub.clone(),
+                role: m.claims.role,
+                perms: m.claims.perms,
+                source: m.source.clone(),
+                via: "",
+            }
         };
+        self.set_recording(room, &starter, active)
+            .await
+            .err()
+            .map(|e| ServerMsg::error(e.code, e.message))
+    }
+
+    /// Starts (`active`) or stops the room's recording for `by`: the same rules whether it
+    /// comes from signaling or the API. The recording's id.
+    pub(crate) async fn set_recording(
+        &self,
+        room: &Arc<Room>,
+        by: &Starter,
+        active: bool,
+    ) -> Result<String, RecordError> {
         if !active {
-            if !claims.perms.record {
-                return Some(ServerMsg::error(
+            if !by.perms.record {
+                return Err(refused(
                     "not-permitted",
-                    "this token may not stop a recording",
+                    format!("a {} may not stop a recording", by.role),
                 ));
             }
-            let stopped = self
+            return self
                 .stop_recording(
                     room,
-                    &format!("stopped by {} ({})", claims.sub, claims.role),
+                    Stopped {
+                        by: by.sub.clone(),
+                        role: Some(by.role),
+                        reason: format!("stopped by {} ({}){}", by.sub, by.role, by.via),
+                    },
                 )
-                .await;
-            return (!stopped)
-                .then(|| ServerMsg::error("not-recording", "nothing is being recorded"));
+                .await
+                .ok_or_else(|| refused("not-recording", "nothing is being recorded"));
         }
         let Some(objects) = self.objects.clone() else {
-            return Some(ServerMsg::error(
+            return Err(refused(
                 "recording-unavailable",
                 "this engine has no object store to record into",
             ));
@@ -339,7 +398,7 @@ impl Hub {
         let stored = match self.store.consultation(&room.consultation).await {
             Ok(Some(s)) => s,
             _ => {
-                return Some(ServerMsg::error(
+                return Err(refused(
                     "unavailable",
                     "the consultation cannot be read; try again",
                 ));
@@ -347,43 +406,39 @@ impl Hub {
         };
         let mut st = room.state.lock().await;
         if st.recording.is_some() {
-            return Some(ServerMsg::error(
-                "already-recording",
-                "the call is being recorded",
-            ));
+            return Err(refused("already-recording", "the call is being recorded"));
         }
         let present: Vec<(RoomRole, String)> = st
             .members
             .values()
             .map(|m| (m.claims.role, m.claims.sub.clone()))
             .collect();
-        if let Err(refusal) =
-            room::may_record(&stored.consultation, claims.role, claims.perms, &present)
-        {
+        if let Err(refusal) = room::may_record(&stored.consultation, by.role, by.perms, &present) {
             drop(st);
-            self.audit(
-                Some(&claims),
+            self.audit_as(
+                &by.sub,
+                by.role.code(),
                 "recording.start",
                 &room.consultation,
                 &room.facility,
                 "denied",
-                &source,
-                format!("room {}: {refusal}", room.id),
+                &by.source,
+                format!("room {}{}: {refusal}", room.id, by.via),
             )
             .await;
             let code = match refusal {
                 room::RecordingRefusal::NotPermitted { .. } => "not-permitted",
                 _ => "no-recording-consent",
             };
-            return Some(ServerMsg::error(code, refusal.to_string()));
+            return Err(refused(code, refusal.to_string()));
         }
         let id = huizhen_core::message::new_id();
         let mut active = Active {
             id: id.clone(),
-            started_by: claims.sub.clone(),
+            started_by: by.sub.clone(),
             started_at: Utc::now(),
             tracks: Default::default(),
-            stop: tokio::sync::watch::channel(false).0,
+            stop: tokio::sync::watch::channel(None).0,
         };
         let ctx = self.recording_context(room, &active, objects);
         let ready: Vec<(String, Arc<Publication>)> = st
@@ -406,16 +461,18 @@ impl Hub {
         for (_, p) in &ready {
             p.request_key_frames().await;
         }
-        self.audit(
-            Some(&claims),
+        self.audit_as(
+            &by.sub,
+            by.role.code(),
             "recording.start",
             &room.consultation,
             &room.facility,
             "success",
-            &source,
+            &by.source,
             format!(
-                "room {}, recording {id}: every participant's recording consent on file ({})",
+                "room {}, recording {id}{}: every participant's recording consent on file ({})",
                 room.id,
+                by.via,
                 present
                     .iter()
                     .map(|(r, p)| format!("{r} {p}"))
@@ -424,7 +481,7 @@ impl Hub {
             ),
         )
         .await;
-        None
+        Ok(id)
     }
 
     pub(crate) fn recording_context(
@@ -488,20 +545,27 @@ impl Hub {
                 Err(r) => r,
             }
         };
-        self.stop_recording(room, &refusal.to_string()).await;
+        self.stop_recording(
+            room,
+            Stopped {
+                by: String::new(),
+                role: None,
+                reason: refusal.to_string(),
+            },
+        )
+        .await;
     }
 
     /// Stops the room's recording, if any: every track's file finished and its row written,
-    /// then everyone told and the stop audited. Whether one was running.
-    pub(crate) async fn stop_recording(&self, room: &Room, reason: &str) -> bool {
+    /// then everyone told and the stop audited. The id of the recording stopped.
+    pub(crate) async fn stop_recording(&self, room: &Room, stopped: Stopped) -> Option<String> {
         let active = {
             let mut st = room.state.lock().await;
-            let Some(a) = st.recording.take() else {
-                return false;
-            };
-            a
+            st.recording.take()?
         };
-        let _ = active.stop.send(true);
+        let reason = stopped.reason.clone();
+        let (actor, role) = (stopped.by.clone(), stopped.role);
+        let _ = active.stop.send(Some(stopped));
         let mut rows = Vec::new();
         for (_, job) in active.tracks {
             if let Ok(Some(row)) = job.done.await {
@@ -512,8 +576,13 @@ impl Hub {
             let st = room.state.lock().await;
             Room::send_all(&st, "", &ServerMsg::Recording { active: false });
         }
-        self.audit(
-            None,
+        self.audit_as(
+            if actor.is_empty() {
+                "anonymous"
+            } else {
+                &actor
+            },
+            role.map(RoomRole::code).unwrap_or_default(),
             "recording.stop",
             &room.consultation,
             &room.facility,
@@ -533,6 +602,6 @@ impl Hub {
             ),
         )
         .await;
-        true
+        Some(active.id)
     }
 }

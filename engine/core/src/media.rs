@@ -146,3 +146,96 @@ fn default_reconnect_grace() -> Duration {
 fn default_turn_ttl() -> Duration {
     Duration::from_secs(3600)
 }
+
+/// Who asks for a recording to start or stop through the API (`POST
+/// /api/consultations/{id}/recording`), in the room role their user role stands for.
+#[derive(Debug, Clone)]
+pub struct RecordRequest {
+    pub consultation: String,
+    /// The API user (`sub`).
+    pub by: String,
+    /// The room role the user acts in: the accepted expert, or a local doctor of the
+    /// requesting facility as the local physician.
+    pub role: huizhen_domain::consultation::room::RoomRole,
+    /// Start (`true`) or stop.
+    pub active: bool,
+    /// The client's address (audit).
+    pub source: String,
+}
+
+/// Why a recording did not start or stop: the signaling error code (`no-recording-consent`,
+/// `not-permitted`, `already-recording`, `not-recording`, `not-in-call`,
+/// `recording-unavailable`, `unavailable`) and a message naming what is missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// The recording a room is making now.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LiveRecording {
+    pub id: String,
+    pub started_by: String,
+    /// Milliseconds since the epoch.
+    pub started_at: i64,
+    /// Tracks being recorded.
+    pub tracks: usize,
+}
+
+/// A quality alert raised at an RTC-21 threshold and not cleared yet.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ActiveAlert {
+    pub session: String,
+    pub participant: String,
+    pub role: String,
+    pub pc: String,
+    pub track: String,
+    pub kind: String,
+    pub direction: String,
+    pub source: String,
+    pub metric: &'static str,
+    pub threshold: f64,
+    /// The figure of the last sample.
+    pub value: Option<f64>,
+    /// When the last sample came (milliseconds since the epoch).
+    pub at: i64,
+}
+
+/// What a consultation's room is doing now (empty when nobody is in it).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LiveCall {
+    pub recording: Option<LiveRecording>,
+    pub alerts: Vec<ActiveAlert>,
+}
+
+/// The engine's rooms as the consultation API sees them (`huizhen-media` provides it through a
+/// [`CallControlFactory`]): start or stop a room's recording under the same consent rules as the
+/// `record` signaling message, and what a room is doing now for the call view.
+pub trait CallControl: Send + Sync {
+    /// Starts or stops the recording of the consultation's room; the id of the recording.
+    fn record(
+        &self,
+        req: RecordRequest,
+    ) -> futures::future::BoxFuture<'_, Result<String, RecordError>>;
+    /// The consultation's room now.
+    fn live<'a>(&'a self, consultation: &'a str) -> futures::future::BoxFuture<'a, LiveCall>;
+}
+
+/// Makes (or finds) the engine's [`CallControl`]; `huizhen-media` submits one through
+/// `inventory`.
+pub struct CallControlFactory {
+    pub make: fn(&crate::http::AppState) -> Result<std::sync::Arc<dyn CallControl>, String>,
+}
+
+inventory::collect!(CallControlFactory);
+
+/// The engine's [`CallControl`], if the media adapter is linked in.
+pub fn call_control(
+    s: &crate::http::AppState,
+) -> Option<Result<std::sync::Arc<dyn CallControl>, String>> {
+    inventory::iter::<CallControlFactory>
+        .into_iter()
+        .next()
+        .map(|f| (f.make)(s))
+}

@@ -13,17 +13,19 @@ use super::{call_view_when, consultation, signal_url, start, tokens};
 use crate::support::Backend;
 use crate::support::webdriver::Browser;
 
-/// RTP packets each subscription of the page received so far (inbound-rtp packetsReceived).
+/// RTP packets each track of each subscription of the page received so far (getStats
+/// inbound-rtp packetsReceived): `{pc: {"kind:track": packets}}`.
 const RECEIVED: &str = "const out = {}; \
-    for (const [id, s] of Object.entries(window.huizhen.quality)) if (id.startsWith('sub:')) \
-    out[id] = s.filter(x => x.direction === 'inbound').reduce((a, x) => a + (x.packets || 0), 0); \
+    for (const [id, s] of Object.entries(window.huizhen.quality)) if (id.startsWith('sub:')) { \
+    out[id] = {}; for (const x of s) if (x.direction === 'inbound') out[id][x.kind + ':' + x.track] = x.packets || 0; } \
     return out;";
 
-const STATE: &str = "return JSON.stringify({m: window.huizhen.messages, pcs: Object.keys(window.huizhen.pcs), \
+pub(super) const STATE: &str = "return JSON.stringify({m: window.huizhen.messages, pcs: Object.keys(window.huizhen.pcs), \
     q: window.huizhen.quality, status: document.getElementById('status').textContent})";
 
-/// Waits until the page received at least 25 packets on each of `n` subscriptions.
-async fn receives(b: &Browser, n: usize, what: &str) -> Value {
+/// Waits until the page received at least 25 packets on each track of `n` subscriptions with
+/// at least `tracks` tracks each; the packets per track of every subscription.
+pub(super) async fn receives(b: &Browser, n: usize, tracks: usize, what: &str) -> Value {
     crate::support::wait_for_or(
         what,
         Duration::from_secs(40),
@@ -32,7 +34,8 @@ async fn receives(b: &Browser, n: usize, what: &str) -> Value {
             let ok = v
                 .as_object()?
                 .values()
-                .filter(|c| c.as_u64() >= Some(25))
+                .filter_map(Value::as_object)
+                .filter(|t| t.len() >= tracks && t.values().all(|c| c.as_u64() >= Some(25)))
                 .count()
                 >= n;
             ok.then_some(v)
@@ -116,8 +119,8 @@ async fn two_call_pages_and_a_rust_peer_hold_a_call() {
     )
     .await;
     // Each page receives the Rust peer and the other page.
-    let to_patient = receives(&patient, 2, "RTP in the patient's page").await;
-    let to_expert = receives(&expert, 2, "RTP in the expert's page").await;
+    let to_patient = receives(&patient, 2, 1, "RTP in the patient's page").await;
+    let to_expert = receives(&expert, 2, 1, "RTP in the expert's page").await;
     eprintln!(
         "RTP packets: pages → Rust {from_pages:?}, → patient {to_patient}, → expert {to_expert}"
     );

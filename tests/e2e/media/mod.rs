@@ -5,6 +5,8 @@
 //! - `call.rs`: three peers publish and each receives the other two's RTP through the SFU;
 //! - `codecs.rs`: a subscriber that cannot decode the video is told (`codec-unsupported`);
 //! - `browser.rs`: the call page in headless Chromium exchanges media with a Rust peer;
+//! - `demo.rs`: issue 18's "done when" on the demo configuration: two Chromiums and a Rust
+//!   peer, the recording started and stopped through the API, the call view afterwards;
 //! - `quality.rs`: stats samples, alerts at the RTC-21 thresholds, the call view;
 //! - `admission.rs`: the lobby (expert before the local physician), a wrong-room token, an
 //!   expired token, a token after the session, join/leave in the audit trail.
@@ -13,6 +15,7 @@ mod admission;
 mod browser;
 mod call;
 mod codecs;
+mod demo;
 pub(crate) mod peer;
 mod quality;
 mod recording;
@@ -184,13 +187,24 @@ pub(crate) async fn call_view_when(
     what: &str,
     ready: impl Fn(&Value) -> bool,
 ) -> Value {
+    call_view_as(wf, id, &crate::consultations::doctor(), what, ready).await
+}
+
+/// [`call_view_when`] as `bearer`.
+pub(crate) async fn call_view_as(
+    wf: &Wf,
+    id: &str,
+    bearer: &str,
+    what: &str,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
     let path = format!("/api/consultations/{id}/call");
     crate::support::wait_for(what, std::time::Duration::from_secs(20), || {
         let api = wf.api.clone();
         let path = path.clone();
         let ready = &ready;
         async move {
-            let (s, v) = api.get(&path, &crate::consultations::doctor()).await;
+            let (s, v) = api.get(&path, bearer).await;
             assert_eq!(s, 200, "{v}");
             ready(&v).then_some(v)
         }

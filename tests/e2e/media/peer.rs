@@ -63,12 +63,13 @@ impl Signal {
             .unwrap();
     }
 
-    /// The next message of `kind` (others are kept for later), within 10 s.
+    /// The next message of `kind` (others are kept for later), within 30 s (a loaded machine
+    /// starting a browser page takes long).
     pub async fn next_of(&mut self, kind: &str) -> Value {
         if let Some(i) = self.pending.iter().position(|m| m["type"] == kind) {
             return self.pending.remove(i).unwrap();
         }
-        tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::time::timeout(Duration::from_secs(30), async {
             loop {
                 let m = self
                     .rx
@@ -82,7 +83,7 @@ impl Signal {
             }
         })
         .await
-        .unwrap_or_else(|_| panic!("no {kind} within 10 s"))
+        .unwrap_or_else(|_| panic!("no {kind} within 30 s"))
     }
 
     /// Puts a message back, to be the next one read.

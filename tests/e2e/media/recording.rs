@@ -33,7 +33,11 @@ fn parse_ivf(b: &[u8]) -> (u32, Vec<usize>, bool) {
     assert!(b.len() >= 32, "an IVF header");
     assert_eq!(&b[..4], b"DKIF");
     assert_eq!(u16::from_le_bytes([b[6], b[7]]), 32, "IVF header size");
-    assert_eq!(&b[8..12], b"VP80");
+    let four_cc = &b[8..12];
+    assert!(
+        four_cc == b"VP80" || four_cc == b"VP90" || four_cc == b"AV01",
+        "an IVF FourCC: {four_cc:?}"
+    );
     let count = u32::from_le_bytes(b[24..28].try_into().unwrap());
     let mut at = 32;
     let mut frames = Vec::new();
@@ -121,6 +125,82 @@ async fn download(wf: &Wf, href: &str, bearer: &str) -> (u16, Vec<u8>, String) {
         .unwrap_or_default()
         .to_owned();
     (status, r.bytes().await.unwrap().to_vec(), sha)
+}
+
+/// The NAL unit types of an H.264 Annex B byte stream (after checking it starts with a start
+/// code).
+fn parse_annex_b(b: &[u8]) -> Vec<u8> {
+    assert!(
+        b.starts_with(&[0, 0, 0, 1]) || b.starts_with(&[0, 0, 1]),
+        "an Annex B start code"
+    );
+    let mut types = Vec::new();
+    let mut i = 0;
+    while i + 3 < b.len() {
+        if b[i] == 0 && b[i + 1] == 0 && b[i + 2] == 1 {
+            types.push(b[i + 3] & 0x1f);
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    types
+}
+
+/// What a downloaded track holds: video frames (IVF), audio pages after the two headers
+/// (Ogg), or NAL units (H.264), with its parsed Ogg pages when it is Ogg.
+pub(super) struct Track {
+    pub(super) units: usize,
+    pub(super) ogg_pages: Vec<Vec<u8>>,
+}
+
+/// Downloads a listed track (`r`, from the recordings list or the call view), checks that its
+/// bytes are the recorded size and hash to the recorded SHA-256, and that it decodes as its
+/// container says: an IVF header whose frame count is the frames' and a first key frame; Ogg
+/// pages with good CRCs starting with the Opus headers; an Annex B stream with a key frame.
+pub(super) async fn check_track(wf: &Wf, r: &serde_json::Value, bearer: &str) -> Track {
+    let (s, body, sha) = download(wf, r["href"].as_str().unwrap(), bearer).await;
+    assert_eq!(s, 200, "{r}");
+    let hash = hex::encode(Sha256::digest(&body));
+    assert_eq!(hash, r["sha256"].as_str().unwrap(), "{r}");
+    assert_eq!(sha, hash);
+    assert_eq!(body.len() as u64, r["bytes"].as_u64().unwrap());
+    match r["container"].as_str().unwrap() {
+        "ivf" => {
+            let (header_count, frames, key) = parse_ivf(&body);
+            assert_eq!(
+                header_count as usize,
+                frames.len(),
+                "the header's frame count"
+            );
+            assert!(key, "the file starts with a key frame");
+            Track {
+                units: frames.len(),
+                ogg_pages: vec![],
+            }
+        }
+        "ogg" => {
+            let pages = parse_ogg(&body);
+            assert!(pages[0].starts_with(b"OpusHead"), "the ID header");
+            assert!(pages[1].starts_with(b"OpusTags"), "the comment header");
+            Track {
+                units: pages.len() - 2,
+                ogg_pages: pages,
+            }
+        }
+        "h264" => {
+            let nals = parse_annex_b(&body);
+            assert!(
+                nals.iter().any(|t| *t == 5 || *t == 7),
+                "an IDR or SPS: {nals:?}"
+            );
+            Track {
+                units: nals.len(),
+                ogg_pages: vec![],
+            }
+        }
+        other => panic!("container {other}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,36 +310,19 @@ async fn recording_needs_everyones_consent_and_produces_sealed_per_track_files()
         let until =
             chrono::DateTime::parse_from_rfc3339(r["retain_until"].as_str().unwrap()).unwrap();
         assert!(until - started >= TimeDelta::days(3 * 365), "{r}");
-        let (s, body, sha) = download(&wf, r["href"].as_str().unwrap(), &doctor()).await;
-        assert_eq!(s, 200);
-        // The hash recorded is the file's.
-        let hash = hex::encode(Sha256::digest(&body));
-        assert_eq!(hash, r["sha256"].as_str().unwrap(), "{r}");
-        assert_eq!(sha, hash);
-        assert_eq!(body.len() as u64, r["bytes"].as_u64().unwrap());
+        // The hash recorded is the file's, and it decodes.
+        let track = check_track(&wf, r, &doctor()).await;
         match r["container"].as_str().unwrap() {
             "ivf" => {
-                let (header_count, frames, key) = parse_ivf(&body);
-                assert!(
-                    frames.len() >= 10,
-                    "two seconds of frames: {}",
-                    frames.len()
-                );
-                assert_eq!(
-                    header_count as usize,
-                    frames.len(),
-                    "the header's frame count"
-                );
-                assert!(key, "the file starts with a key frame");
+                assert!(track.units >= 10, "two seconds of frames: {}", track.units);
                 assert_eq!(r["codec"], "video/VP8");
             }
             "ogg" => {
-                let pages = parse_ogg(&body);
-                assert!(pages[0].starts_with(b"OpusHead"), "the ID header");
-                assert!(pages[1].starts_with(b"OpusTags"), "the comment header");
-                assert!(pages.len() >= 2 + 10, "audio pages: {}", pages.len());
+                assert!(track.units >= 10, "audio pages: {}", track.units);
                 assert!(
-                    pages[2..].iter().any(|p| p.first() == Some(&0xf8)),
+                    track.ogg_pages[2..]
+                        .iter()
+                        .any(|p| p.first() == Some(&0xf8)),
                     "the Opus frames"
                 );
                 assert_eq!(r["codec"], "audio/opus");

@@ -407,6 +407,14 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
             "/api/consultations/no-such-consultation/room/tokens",
             [GONE, GONE, NO, GONE, GONE, NO, NO, NO],
         ),
+        // Starting or stopping the call's recording (http/consultations/record.rs): the
+        // accepted expert or a local doctor; no such consultation (404).
+        (
+            "POST",
+            "/api/consultations/{id}/recording",
+            "/api/consultations/no-such-consultation/recording",
+            [NO, NO, NO, GONE, GONE, NO, NO, NO],
+        ),
         // The call's recordings (http/consultations/recordings.rs): nothing recorded (404).
         (
             "GET",

@@ -237,6 +237,7 @@ fn consultation_routes() -> Router<AppState> {
         .route("/api/consultations/{id}", get(get_one))
         .route("/api/consultations/{id}/{action}", post(act))
         .route("/api/consultations/{id}/room/tokens", post(issue_tokens))
+        .route("/api/consultations/{id}/recording", post(record_call))
         .route("/api/consultations/{id}/recordings", get(list_recordings))
         .route(
             "/api/consultations/{id}/recordings/{recording}",

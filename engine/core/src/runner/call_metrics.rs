@@ -8,6 +8,8 @@
 //! - `huizhen_call_quality_alerts_total{kind, metric}`: alerts raised at the RTC-21
 //!   thresholds (no room label: an ever-growing counter per room would never be removed);
 //! - `huizhen_call_quality_alerts_active{metric}`: alerts raised and not cleared yet;
+//! - `huizhen_call_participant_alerts_active{room, role}`: a room's alerts raised and not
+//!   cleared, per participant role (at most four roles per room; removed with the room);
 //! - `huizhen_call_rooms`: rooms with someone in them.
 
 use std::sync::OnceLock;
@@ -32,6 +34,12 @@ pub(crate) struct KindMetric {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RoomRole {
+    room: String,
+    role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct MetricLabel {
     metric: String,
 }
@@ -44,6 +52,7 @@ struct CallMetrics {
     jitter: Family<RoomKind, F64Gauge>,
     alerts: Family<KindMetric, Counter>,
     active: Family<MetricLabel, Gauge>,
+    by_role: Family<RoomRole, Gauge>,
     rooms: Gauge,
 }
 
@@ -55,6 +64,7 @@ fn m() -> &'static CallMetrics {
         jitter: Family::default(),
         alerts: Family::default(),
         active: Family::default(),
+        by_role: Family::default(),
         rooms: Gauge::default(),
     })
 }
@@ -88,6 +98,11 @@ pub(crate) fn register(registry: &mut Registry) {
         m.active.clone(),
     );
     registry.register(
+        "call_participant_alerts_active",
+        "Call quality alerts raised and not cleared yet in a room, per participant role",
+        m.by_role.clone(),
+    );
+    registry.register(
         "call_rooms",
         "Call rooms with someone in them",
         m.rooms.clone(),
@@ -117,8 +132,29 @@ pub fn set_call_quality(
     }
 }
 
+/// The active alerts of `room`'s participants in `role`.
+pub fn set_call_role_alerts(room: &str, role: &str, active: i64) {
+    m().by_role
+        .get_or_create(&RoomRole {
+            room: room.to_owned(),
+            role: role.to_owned(),
+        })
+        .set(active);
+}
+
+/// Removes the series of `role` in `room` (nobody in that role there now).
+pub fn forget_call_role_alerts(room: &str, role: &str) {
+    m().by_role.remove(&RoomRole {
+        room: room.to_owned(),
+        role: role.to_owned(),
+    });
+}
+
 /// Removes an emptied room's series.
 pub fn forget_call_room(room: &str) {
+    for role in ["expert", "local-physician", "patient", "observer"] {
+        forget_call_role_alerts(room, role);
+    }
     for kind in ["audio", "video"] {
         let l = RoomKind {
             room: room.to_owned(),

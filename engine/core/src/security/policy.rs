@@ -176,6 +176,10 @@ pub enum Action {
     IssueRoomTokens,
     /// List and download the call's recordings (RTC-30; decrypted, audited).
     ReadRecordings,
+    /// Start or stop the call's recording (RTC-30; the handler narrows an expert to the
+    /// accepted one and a local doctor to the requesting facility; consent rules as in
+    /// signaling).
+    RecordCall,
     /// Read the device → patient bindings (facility-scoped).
     ReadDevices,
     /// Bind a device to a patient record or end its binding (in the caller's facility).
@@ -228,6 +232,7 @@ impl Action {
             Action::StoreStudies => &[Admin, Integrator, LocalDoctor],
             Action::IssueRoomTokens => &[Admin, Integrator, Expert, LocalDoctor],
             Action::ReadRecordings => &[Admin, Auditor, Expert, LocalDoctor],
+            Action::RecordCall => &[Expert, LocalDoctor],
             Action::ReadDevices => &[Admin, Integrator, Auditor, LocalDoctor],
             Action::ManageDevices => &[Admin, Integrator, LocalDoctor],
         }
@@ -273,6 +278,7 @@ impl Action {
             Action::StoreStudies => "study.store",
             Action::IssueRoomTokens => "room.token.issue",
             Action::ReadRecordings => "recording.read",
+            Action::RecordCall => "recording.control",
             Action::ReadDevices => "device.read",
             Action::ManageDevices => "device.manage",
         }
@@ -581,6 +587,11 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
         "POST",
         "/api/consultations/{id}/room/tokens",
         Action::IssueRoomTokens,
+    ),
+    (
+        "POST",
+        "/api/consultations/{id}/recording",
+        Action::RecordCall,
     ),
     (
         "GET",

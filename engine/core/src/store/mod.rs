@@ -613,6 +613,11 @@ impl Store {
                     "recordings",
                     include_str!("migrations/sqlite/0023_recordings.sql"),
                 ),
+                (
+                    25,
+                    "recording_stop",
+                    include_str!("migrations/sqlite/0025_recording_stop.sql"),
+                ),
             ],
             Backend::Postgres => &[
                 (
@@ -719,6 +724,11 @@ impl Store {
                     23,
                     "recordings",
                     include_str!("migrations/postgres/0023_recordings.sql"),
+                ),
+                (
+                    25,
+                    "recording_stop",
+                    include_str!("migrations/postgres/0025_recording_stop.sql"),
                 ),
             ],
         };

@@ -43,9 +43,14 @@ pub struct RecordingRow {
     pub retention_class: String,
     /// Not deleted before this (milliseconds since the epoch).
     pub retain_until: i64,
+    /// Who stopped the recording (a participant or API user; empty when the engine did, or
+    /// the track ended first).
+    pub stopped_by: String,
+    /// Why it stopped (`stopped by E1 (expert)`, `everyone left the room`, `the track ended`, …).
+    pub stop_reason: String,
 }
 
-const COLUMNS: &str = "id, consultation, facility, room, recording, participant, role, source, kind, codec, container, object_id, sha256, bytes, packets, started_at, ended_at, started_by, retention_class, retain_until";
+const COLUMNS: &str = "id, consultation, facility, room, recording, participant, role, source, kind, codec, container, object_id, sha256, bytes, packets, started_at, ended_at, started_by, retention_class, retain_until, stopped_by, stop_reason";
 
 fn row(r: &sqlx::any::AnyRow) -> Result<RecordingRow> {
     let s = |c: &str| -> Result<String> { r.try_get(c).map_err(q("decode recording")) };
@@ -71,6 +76,8 @@ fn row(r: &sqlx::any::AnyRow) -> Result<RecordingRow> {
         started_by: s("started_by")?,
         retention_class: s("retention_class")?,
         retain_until: n("retain_until")?,
+        stopped_by: s("stopped_by")?,
+        stop_reason: s("stop_reason")?,
     })
 }
 
@@ -109,6 +116,10 @@ impl Store {
         }
         s.push(", ");
         s.bind(r.retain_until);
+        for v in [&r.stopped_by, &r.stop_reason] {
+            s.push(", ");
+            s.bind(v.as_str());
+        }
         s.push(")");
         s.query()
             .execute(&self.write)

@@ -104,7 +104,8 @@ impl Metric {
         }
     }
 
-    fn value(self, s: &Sample) -> Option<f64> {
+    /// The figure of `s` this metric reads.
+    pub fn value(self, s: &Sample) -> Option<f64> {
         match self {
             Metric::Rtt => s.rtt_ms,
             Metric::Loss => s.loss_pct,

@@ -5,8 +5,11 @@
 //! thresholds. Readable like the consultation (its facilities' staff, its experts); the read is
 //! audited (`consultation.call.read`).
 //!
-//! The response is an object of named fields (`consultation`, `room`, `participation`,
-//! `quality`, `alerts`) so that more can be added (the recordings).
+//! The response is an object of named fields: `consultation`, `room`, `participation`,
+//! `quality`, `alerts` (the count raised per metric), `recording` (the one running now, if
+//! any), `recordings` (the recorded tracks: codec, size, SHA-256, retention class, who started
+//! and stopped them; the files at `/api/consultations/{id}/recordings/{recording}`) and
+//! `active_alerts` (per participant, the RTC-21 alerts raised and not cleared yet).
 
 use huizhen_domain::consultation::call_quality::Metric;
 use huizhen_domain::consultation::room::room_id;
@@ -47,6 +50,41 @@ pub(in crate::http) async fn call_view(
             v
         })
         .collect();
+    let live = match crate::media::call_control(&s) {
+        Some(Ok(c)) => c.live(&id).await,
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "the call view without the live room");
+            crate::media::LiveCall::default()
+        }
+        None => crate::media::LiveCall::default(),
+    };
+    let recordings: Vec<serde_json::Value> = s
+        .store
+        .recordings(&id)
+        .await?
+        .into_iter()
+        .map(|r| {
+            json!({
+                "id": r.id,
+                "recording": r.recording,
+                "participant": r.participant,
+                "role": r.role,
+                "source": r.source,
+                "kind": r.kind,
+                "codec": r.codec,
+                "container": r.container,
+                "bytes": r.bytes,
+                "sha256": r.sha256,
+                "retention_class": r.retention_class,
+                "started_at": r.started_at,
+                "ended_at": r.ended_at,
+                "started_by": r.started_by,
+                "stopped_by": r.stopped_by,
+                "stop_reason": r.stop_reason,
+                "href": format!("/api/consultations/{id}/recordings/{}", r.id),
+            })
+        })
+        .collect();
     let body = json!({
         "consultation": id,
         "room": room_id(&id),
@@ -55,6 +93,9 @@ pub(in crate::http) async fn call_view(
         "present": sessions.iter().filter(|c| c.left_at.is_none()).count(),
         "quality": quality,
         "alerts": alerts,
+        "active_alerts": live.alerts,
+        "recording": live.recording,
+        "recordings": recordings,
     });
     Ok((StatusCode::OK, Json(body)).into_response())
 }

@@ -7,6 +7,7 @@
 //! | GET | /api/consultations/{id} | state, Task status and businessStatus, version (`ETag: W/"n"`), the timeline, the outbound events | as above |
 //! | POST | /api/consultations/{id}/{action} | every action of the domain (`submit`, `accept`, `record_consent`, …; `-` or `_`) | admin, integrator, expert, local-doctor |
 //! | POST | /api/consultations/{id}/room/tokens | the call's room tokens, one per participant ([`room`], RTC-04) | admin, integrator, expert (own), local-doctor |
+//! | POST | /api/consultations/{id}/recording | `{"action": "start"\|"stop"}` the call's recording ([`record`], RTC-30) | expert (accepted), local-doctor |
 //! | GET | /api/consultations/{id}/recordings | the call's recorded tracks ([`recordings`], RTC-30, CN-30) | admin, auditor, expert, local-doctor |
 //! | GET | /api/consultations/{id}/recordings/{recording} | one track, decrypted (`x-content-sha256`) | as above |
 //! | GET | /api/consultations/{id}/call | the call: who joined when and left, the quality per session and track, the alerts ([`call`], RTC-20) | as for reads |
@@ -31,6 +32,7 @@
 //! every read and every refusal is audited here.
 
 mod call;
+mod record;
 mod recordings;
 mod room;
 mod stream;
@@ -47,6 +49,7 @@ use crate::store::consultations::{
 use crate::workflow::Workflow;
 
 pub(super) use call::call_view;
+pub(super) use record::record_call;
 pub(super) use recordings::{download_recording, list_recordings};
 pub(super) use room::issue_tokens;
 pub(super) use stream::events;
