@@ -341,8 +341,7 @@ async fn tls_with_ca_client_certificates_passwords_mqtt_3_and_5_and_qos_2() {
             keep_alive: Duration::from_secs(30),
         };
         async move {
-            let (_c, mut l) =
-                huizhen_mqtt::connect(&cfg, false, Duration::ZERO, false, 8).unwrap();
+            let (_c, mut l) = huizhen_mqtt::connect(&cfg, false, Duration::ZERO, false, 8).unwrap();
             match tokio::time::timeout(Duration::from_secs(20), l.poll()).await {
                 Ok(Err(e)) => e,
                 Ok(Ok(_)) => panic!("{}: connected", cfg.url),
@@ -351,13 +350,12 @@ async fn tls_with_ca_client_certificates_passwords_mqtt_3_and_5_and_qos_2() {
         }
     };
     let tls_of = |ca: Option<String>, cert: bool| {
-        let mut c = huizhen_core::tls::ClientTlsConfig::default();
-        c.ca = ca.map(PathBuf::from);
-        if cert {
-            c.cert = Some(PathBuf::from(b.path("client.pem")));
-            c.key = Some(PathBuf::from(b.path("client.key")));
-        }
-        Some(c)
+        Some(huizhen_core::tls::ClientTlsConfig {
+            ca: ca.map(PathBuf::from),
+            cert: cert.then(|| PathBuf::from(b.path("client.pem"))),
+            key: cert.then(|| PathBuf::from(b.path("client.key"))),
+            ..Default::default()
+        })
     };
     let e = refused(
         format!("mqtts://127.0.0.1:{}", b.tls),
@@ -388,7 +386,10 @@ async fn tls_with_ca_client_certificates_passwords_mqtt_3_and_5_and_qos_2() {
         None,
     )
     .await;
-    assert!(e.contains("refused") || e.contains("NotAuthorized"), "anonymous: {e}");
+    assert!(
+        e.contains("refused") || e.contains("NotAuthorized"),
+        "anonymous: {e}"
+    );
     let e = refused(
         format!("mqtts://127.0.0.1:{}", b.mutual),
         Protocol::V5,
@@ -440,11 +441,23 @@ async fn dedup_by_correlation_data_and_by_a_key_from_the_payload() {
     );
     let engine = Engine::start(loaded(&db, &[&corr, &key])).await.unwrap();
     let p = b.plain.to_string();
-    let base = ["-p", &p, "-u", USER, "-P", PASSWORD, "-q", "1", "-V", "mqttv5"];
+    let base = [
+        "-p",
+        p.as_str(),
+        "-u",
+        USER,
+        "-P",
+        PASSWORD,
+        "-q",
+        "1",
+        "-V",
+        "mqttv5",
+    ];
 
     // The same reading sent twice with its correlation data: one message, keyed by it.
     let topic = format!("{t}/corr");
-    let reading = r#"{"device_id":"BP-9","measured_at":"2026-03-01T08:00:00+08:00","systolic":120}"#;
+    let reading =
+        r#"{"device_id":"BP-9","measured_at":"2026-03-01T08:00:00+08:00","systolic":120}"#;
     let with_corr = |r: &str| {
         let mut a = base.to_vec();
         a.extend(["-D", "publish", "correlation-data", "reading-0042"]);
@@ -484,7 +497,11 @@ async fn dedup_by_correlation_data_and_by_a_key_from_the_payload() {
     })
     .await;
     b.publish(&base, &topic, reading);
-    b.publish(&base, &topic, r#"{"reading_id":"gw7-000124","device_id":"BP-9"}"#);
+    b.publish(
+        &base,
+        &topic,
+        r#"{"reading_id":"gw7-000124","device_id":"BP-9"}"#,
+    );
     let all = wait_for("the second reading", Duration::from_secs(30), || async {
         let all = journaled(&engine.store, "key").await;
         (all.len() >= 2).then_some(all)
@@ -553,16 +570,20 @@ async fn the_sink_retries_while_the_broker_is_down_and_delivers_once() {
         .unwrap();
     // The broker is down: the delivery fails and is retried.
     let failed = wait_for("a failed attempt", Duration::from_secs(30), || async {
-        let m = engine.store.get(&accepted.id).await.ok()?;
+        let m = engine.store.get(&accepted.id).await.ok().flatten()?;
         (m.attempts >= 1 && m.state != State::Done).then_some(m)
     })
     .await;
     assert_ne!(failed.state, State::Dead, "{:?}", failed.last_error);
     b.start().await;
-    wait_for("the delivery once the broker is up", Duration::from_secs(60), || async {
-        let m = engine.store.get(&accepted.id).await.ok()?;
-        (m.state == State::Done).then_some(())
-    })
+    wait_for(
+        "the delivery once the broker is up",
+        Duration::from_secs(60),
+        || async {
+            let m = engine.store.get(&accepted.id).await.ok().flatten()?;
+            (m.state == State::Done).then_some(())
+        },
+    )
     .await;
 
     // The subscriber finds it in its session, once, with the journal's id as correlation data.
@@ -578,7 +599,12 @@ async fn the_sink_retries_while_the_broker_is_down_and_delivers_once() {
         }
     })
     .await;
-    assert_eq!(got.len(), 1, "delivered once: {:?}", got.iter().map(|m| &m.payload).collect::<Vec<_>>());
+    assert_eq!(
+        got.len(),
+        1,
+        "delivered once: {:?}",
+        got.iter().map(|m| &m.payload).collect::<Vec<_>>()
+    );
     assert_eq!(&got[0].payload[..], alert.as_bytes());
     assert_eq!(
         got[0].correlation.as_deref(),

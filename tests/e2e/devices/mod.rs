@@ -10,6 +10,7 @@
 
 mod api;
 mod broker;
+mod cache;
 mod consult;
 mod restart;
 mod walk;

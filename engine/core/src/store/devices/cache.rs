@@ -70,7 +70,9 @@ impl Store {
         .fetch_one(&self.read)
         .await
         .map_err(q("read device and identity change counters"))?;
-        let d: i64 = row.try_get("d").map_err(q("decode device change counter"))?;
+        let d: i64 = row
+            .try_get("d")
+            .map_err(q("decode device change counter"))?;
         let i: i64 = row
             .try_get("i")
             .map_err(q("decode identity change counter"))?;
