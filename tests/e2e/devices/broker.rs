@@ -16,6 +16,7 @@ use huizhen_core::store::Store;
 use huizhen_mqtt::{BrokerConfig, Protocol};
 
 use super::unique;
+use crate::crash::free_port;
 use crate::support::{Backend, fresh_db, journaled, loaded, under_ci, wait_for};
 
 const USER: &str = "gateway-7";
@@ -30,14 +31,6 @@ struct Broker {
     tls: u16,
     mutual: u16,
     child: Option<Child>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn tools_ready() -> bool {
@@ -224,22 +217,16 @@ async fn tls_with_ca_client_certificates_passwords_mqtt_3_and_5_and_qos_2() {
         b.path("client.key")
     );
     let creds = format!("username: {USER}, password: {PASSWORD}");
+    let (client_pem, client_key) = (b.path("client.pem"), b.path("client.key"));
+    // (pipeline, source settings, mosquitto_pub options; no option contains a space)
     let cases = [
-        // (pipeline, source settings, mosquitto_pub options)
         (
             "tls-v5",
             format!(
                 "url: \"mqtts://127.0.0.1:{}\", protocol: \"5\", {tls_ca}",
                 b.tls
             ),
-            vec![
-                "-p".to_owned(),
-                b.tls.to_string(),
-                "--cafile".into(),
-                ca.clone(),
-                "-q".into(),
-                "1".into(),
-            ],
+            format!("-p {} --cafile {ca} -q 1", b.tls),
         ),
         (
             "mtls-v311-qos2",
@@ -247,20 +234,10 @@ async fn tls_with_ca_client_certificates_passwords_mqtt_3_and_5_and_qos_2() {
                 "url: \"mqtts://127.0.0.1:{}\", protocol: \"3.1.1\", qos: 2, {tls_client}",
                 b.mutual
             ),
-            vec![
-                "-p".to_owned(),
-                b.mutual.to_string(),
-                "--cafile".into(),
-                ca.clone(),
-                "--cert".into(),
-                b.path("client.pem"),
-                "--key".into(),
-                b.path("client.key"),
-                "-q".into(),
-                "2".into(),
-                "-V".into(),
-                "mqttv311".into(),
-            ],
+            format!(
+                "-p {} --cafile {ca} --cert {client_pem} --key {client_key} -q 2 -V mqttv311",
+                b.mutual
+            ),
         ),
         (
             "auth-v311",
@@ -268,18 +245,7 @@ async fn tls_with_ca_client_certificates_passwords_mqtt_3_and_5_and_qos_2() {
                 "url: \"mqtt://127.0.0.1:{}\", protocol: \"3.1.1\", {creds}",
                 b.plain
             ),
-            vec![
-                "-p".to_owned(),
-                b.plain.to_string(),
-                "-u".into(),
-                USER.into(),
-                "-P".into(),
-                PASSWORD.into(),
-                "-q".into(),
-                "1".into(),
-                "-V".into(),
-                "mqttv311".into(),
-            ],
+            format!("-p {} -u {USER} -P {PASSWORD} -q 1 -V mqttv311", b.plain),
         ),
         (
             "auth-v5-qos2",
@@ -287,18 +253,7 @@ async fn tls_with_ca_client_certificates_passwords_mqtt_3_and_5_and_qos_2() {
                 "url: \"mqtt://127.0.0.1:{}\", protocol: \"5\", qos: 2, {creds}",
                 b.plain
             ),
-            vec![
-                "-p".to_owned(),
-                b.plain.to_string(),
-                "-u".into(),
-                USER.into(),
-                "-P".into(),
-                PASSWORD.into(),
-                "-q".into(),
-                "2".into(),
-                "-V".into(),
-                "mqttv5".into(),
-            ],
+            format!("-p {} -u {USER} -P {PASSWORD} -q 2 -V mqttv5", b.plain),
         ),
     ];
     let yamls: Vec<String> = cases
@@ -308,7 +263,7 @@ async fn tls_with_ca_client_certificates_passwords_mqtt_3_and_5_and_qos_2() {
     let refs: Vec<&str> = yamls.iter().map(String::as_str).collect();
     let engine = Engine::start(loaded(&db, &refs)).await.unwrap();
     for (name, _, args) in &cases {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let args: Vec<&str> = args.split(' ').collect();
         let topic = format!("{t}/{name}");
         let payload = format!(r#"{{"device_id":"BP-1","via":"{name}"}}"#);
         let got = until_journaled(&engine.store, name, 1, &b, || {
