@@ -216,6 +216,8 @@ pub enum Event {
     Refused(u16, String),
     /// One of our publishes went out with this packet id.
     Sent(u16),
+    /// The broker granted every filter of a SUBSCRIBE (a refusal is an error of `poll`).
+    Subscribed,
     Other,
 }
 
@@ -395,7 +397,7 @@ impl EventLoop {
                         {
                             return Err("the broker refused a subscription (SUBACK failure)".into());
                         }
-                        Ok(Event::Other)
+                        Ok(Event::Subscribed)
                     }
                     E::Outgoing(Outgoing::Publish(pkid)) => Ok(Event::Sent(pkid)),
                     _ => Ok(Event::Other),
@@ -450,7 +452,7 @@ impl EventLoop {
                                 s.return_codes
                             ));
                         }
-                        Ok(Event::Other)
+                        Ok(Event::Subscribed)
                     }
                     E::Outgoing(rumqttc::Outgoing::Publish(pkid)) => Ok(Event::Sent(pkid)),
                     _ => Ok(Event::Other),

@@ -9,6 +9,8 @@
 //! broker or `mosquitto_pub` the tests skip, except under CI, where they fail.
 
 mod api;
+mod broker;
+mod cache;
 mod consult;
 mod restart;
 mod walk;

@@ -179,6 +179,17 @@ impl Metrics {
         }
     }
 
+    /// Messages of pipeline `p` journaled, done and dead so far in this process (what the
+    /// `/metrics` counters say), for benchmarks that watch an engine of their own.
+    pub fn counted(&self, p: &str) -> (u64, u64, u64) {
+        let l = Self::label(p);
+        (
+            self.received.get_or_create(&l).get(),
+            self.done.get_or_create(&l).get(),
+            self.dead.get_or_create(&l).get(),
+        )
+    }
+
     pub fn received(&self, p: &str) {
         self.received.get_or_create(&Self::label(p)).inc();
     }

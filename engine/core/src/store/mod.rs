@@ -165,6 +165,8 @@ pub struct Store {
     anchor: Option<std::sync::Arc<anchor::AuditAnchor>>,
     /// Decoded registry entries by id and version (see [`experts`]).
     experts_cache: std::sync::Arc<experts::ExpertCache>,
+    /// Device bindings and their patients, for `device_reading` (see [`devices`]'s `cache`).
+    devices_cache: std::sync::Arc<devices::DeviceCache>,
     /// The identity blocking index in memory (see [`identity`]'s `postings`).
     identity_postings: std::sync::Arc<tokio::sync::Mutex<identity::Postings>>,
     /// Set once the records of an older version have their keys (see `postings`).
@@ -295,6 +297,7 @@ impl Store {
                 keyring: None,
                 anchor: None,
                 experts_cache: Default::default(),
+                devices_cache: Default::default(),
                 identity_postings: Default::default(),
                 identity_backfill: Default::default(),
                 clock: std::sync::Arc::new(crate::clock::SystemClock),
@@ -318,6 +321,7 @@ impl Store {
                 keyring: None,
                 anchor: None,
                 experts_cache: Default::default(),
+                devices_cache: Default::default(),
                 identity_postings: Default::default(),
                 identity_backfill: Default::default(),
                 clock: std::sync::Arc::new(crate::clock::SystemClock),
@@ -618,6 +622,11 @@ impl Store {
                     "recording_stop",
                     include_str!("migrations/sqlite/0025_recording_stop.sql"),
                 ),
+                (
+                    26,
+                    "device_sync",
+                    include_str!("migrations/sqlite/0026_device_sync.sql"),
+                ),
             ],
             Backend::Postgres => &[
                 (
@@ -729,6 +738,11 @@ impl Store {
                     25,
                     "recording_stop",
                     include_str!("migrations/postgres/0025_recording_stop.sql"),
+                ),
+                (
+                    26,
+                    "device_sync",
+                    include_str!("migrations/postgres/0026_device_sync.sql"),
                 ),
             ],
         };

@@ -222,20 +222,19 @@ impl Step for DeviceReading {
                 .facility
                 .clone()
                 .unwrap_or_else(|| work.facility.clone());
-            let bindings: Vec<_> = store
-                .device_bindings(&facility, &reading.device)
+            // From the store's in-memory copy (one counter read per reading; the rows only
+            // after a binding or an identity link changed).
+            let lookup = store
+                .device_lookup(&facility, &reading.device)
                 .await
-                .map_err(|e| StepError::new(format!("message {id}: device_reading: {e}")))?
-                .into_iter()
-                .map(|r| r.binding)
-                .collect();
-            let binding = binding_at(&bindings, reading.measured_at.to_utc()).map_err(|e| {
+                .map_err(|e| StepError::new(format!("message {id}: device_reading: {e}")))?;
+            let binding = binding_at(&lookup.bindings, reading.measured_at.to_utc()).map_err(|e| {
                 StepError::permanent(format!(
                     "message {id}: device_reading: {e} (facility {facility}; add the binding, then reprocess)"
                 ))
             })?;
-            let identity = store
-                .identity(&binding.facility, &binding.local_id)
+            let person = store
+                .device_person(&lookup, &binding.facility, &binding.local_id)
                 .await
                 .map_err(|e| StepError::new(format!("message {id}: device_reading: {e}")))?
                 .ok_or_else(|| {
@@ -244,7 +243,6 @@ impl Step for DeviceReading {
                         binding.facility
                     ))
                 })?;
-            let person = identity.person_id;
             let rec = record(&reading, &binding.facility, &binding.local_id, person);
             work.headers
                 .insert("device-id".into(), reading.device.clone());

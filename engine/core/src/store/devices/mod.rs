@@ -1,6 +1,10 @@
 //! Device → patient bindings (issue 25, migration 0022): which patient record a device
 //! measured for, and when. The domain decides which binding a reading goes to
-//! (`huizhen_domain::vitals::binding`); this file only stores and reads them.
+//! (`huizhen_domain::vitals::binding`); this file only stores and reads them, and [`cache`]
+//! keeps them in memory for the `device_reading` step.
+
+mod cache;
+pub use cache::{DeviceCache, DeviceLookup, Stamp};
 
 use chrono::{DateTime, Utc};
 use huizhen_domain::vitals::binding::{DeviceBinding, check_new};
@@ -46,6 +50,16 @@ fn row(r: &sqlx::any::AnyRow) -> Result<BindingRow> {
         },
         created_by: get("created_by")?,
     })
+}
+
+/// Advances the binding change counter (migration 0026) inside `tx`, first: concurrent
+/// changes of bindings wait for each other here, and every in-memory copy drops its bindings.
+async fn changed(tx: &mut sqlx::AnyConnection) -> Result<()> {
+    sqlx::query("UPDATE device_sync SET seq = seq + 1 WHERE id = 1")
+        .execute(&mut *tx)
+        .await
+        .map_err(q("advance the device binding counter"))?;
+    Ok(())
 }
 
 const COLUMNS: &str = "SELECT id, facility, device, local_id, valid_from, valid_to, created_by FROM device_bindings WHERE facility = ";
@@ -100,6 +114,7 @@ impl Store {
             .await
             .map_err(q("acquire writer connection"))?;
         let mut tx = conn.begin().await.map_err(q("begin device binding"))?;
+        changed(&mut tx).await?;
         let mut s = Sql::new(COLUMNS.into());
         s.bind(b.facility.as_str());
         s.push(" AND device = ");
@@ -163,6 +178,7 @@ impl Store {
             .await
             .map_err(q("acquire writer connection"))?;
         let mut tx = conn.begin().await.map_err(q("begin device unbinding"))?;
+        changed(&mut tx).await?;
         let mut s = Sql::new("UPDATE device_bindings SET valid_to = ".into());
         s.bind(ms(at));
         s.push(" WHERE facility = ");
