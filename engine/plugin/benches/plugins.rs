@@ -245,7 +245,8 @@ fn rule_step(calls: usize, opt_level: &str) {
         config: Arc::new(BTreeMap::from([("default".to_owned(), "adt".to_owned())])),
         ..CallOptions::default()
     };
-    let routed = |d| matches!(d, huizhen_plugin::bindings::huizhen::plugin::types::Decision::Route(ref t) if t == "adt");
+    use huizhen_plugin::bindings::huizhen::plugin::types::Decision;
+    let routed = |d: Decision| matches!(d, Decision::Route(ref t) if t == "adt");
     assert!(routed(plugin.decide(&msg(), &opts).unwrap()));
     println!(
         "# route-by-facility (guest opt-level {opt_level}, {} KiB), a {} B ADT, {calls} calls each, load {}",
