@@ -33,6 +33,7 @@ mod http;
 mod media;
 mod mllp;
 mod patients;
+mod plugin_load;
 mod plugins;
 mod scenarios;
 mod security;

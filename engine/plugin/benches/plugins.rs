@@ -1,13 +1,17 @@
 //! Plugin host benchmark (`cargo bench -p huizhen-plugin --bench plugins`):
 //!
 //! 1. per-call cost of `expert-score` on a small record, reusing one instance (a scoring
-//!    session: what a request scoring many candidates does), and with a fresh store and
-//!    instance per call (what the `plugin` step does for each message);
+//!    session: what a request scoring many candidates does), with the guest built at opt-level
+//!    `s` (as before) and `3` (the plugins' release profile now) in the same run, and with a
+//!    fresh store and instance per call;
 //! 2. the same scoring function compiled natively (`plugins/expert-score/src/score.rs`, the
 //!    very file the plugin is built from), with the same feature lookups, as the baseline;
 //! 3. hot-swap time: a new signed version read, verified, compiled, linked and swapped in
-//!    (`Registry::reload`), cold (new component) and warm (a component compiled before);
-//! 4. scoring 10,000 candidates for one case in one session.
+//!    (`Registry::reload`), cold (new component) and warm (a component compiled before), for
+//!    both guest builds;
+//! 4. scoring 10,000 candidates for one case in one session;
+//! 5. the `plugin` step's call of `route-by-facility` on a 1 KB ADT: a fresh store per call
+//!    (before), the step's reused instance (now), and that through the plugin call pool.
 //!
 //! Options (after `--`): `--calls N` (default 200000), `--candidates N` (default 10000),
 //! `--swaps N` (default 10).
@@ -37,9 +41,12 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn build_expert_score() -> Vec<u8> {
+/// Builds a guest of `plugins/` (release, wasm32-wasip2) at a guest `opt-level` (`s` or `3`;
+/// the workspace's release profile otherwise), each level in a target folder of its own.
+fn build_guest(crate_name: &str, opt_level: &str) -> Vec<u8> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../plugins");
-    let target = root.join("target");
+    let target = root.join(format!("target/bench-opt-{opt_level}"));
+    let level = if opt_level == "s" { "\"s\"" } else { opt_level };
     let out = std::process::Command::new(env!("CARGO"))
         .args([
             "build",
@@ -47,8 +54,9 @@ fn build_expert_score() -> Vec<u8> {
             "--target",
             "wasm32-wasip2",
             "-p",
-            "expert-score",
+            crate_name,
         ])
+        .args(["--config", &format!("profile.release.opt-level={level}")])
         .current_dir(&root)
         .env("CARGO_TARGET_DIR", &target)
         .output()
@@ -58,7 +66,27 @@ fn build_expert_score() -> Vec<u8> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    std::fs::read(target.join("wasm32-wasip2/release/expert_score.wasm")).unwrap()
+    let file = crate_name.replace('-', "_");
+    std::fs::read(target.join(format!("wasm32-wasip2/release/{file}.wasm"))).unwrap()
+}
+
+/// A bare component loaded with every grant, as the engine's host does.
+fn load(wasm: &[u8], name: &str, world: World) -> huizhen_plugin::Plugin {
+    let dir = std::env::temp_dir().join(format!("hz-plugin-bench-bare-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!("{name}.wasm"));
+    std::fs::write(&file, wasm).unwrap();
+    let pkg = package::read_bare(&file, world, &package::Trust::new([], true).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    huizhen_plugin::Plugin::new(
+        pkg.manifest,
+        &pkg.wasm,
+        pkg.sha256,
+        None,
+        Path::new(".").to_owned(),
+        Arc::new(huizhen_plugin::Stats::default()),
+    )
+    .unwrap()
 }
 
 fn features() -> (Vec<Feature>, Vec<Feature>) {
@@ -131,20 +159,6 @@ fn us(d: Duration) -> String {
     format!("{:.2} µs", d.as_secs_f64() * 1e6)
 }
 
-/// A valid component with different bytes (and so a different sha256): a custom section
-/// appended at the end.
-fn variant(wasm: &[u8], n: usize) -> Vec<u8> {
-    let name = b"bench";
-    let data = n.to_le_bytes();
-    let mut out = wasm.to_vec();
-    out.push(0);
-    out.push((1 + name.len() + data.len()) as u8);
-    out.push(name.len() as u8);
-    out.extend_from_slice(name);
-    out.extend_from_slice(&data);
-    out
-}
-
 fn swap_times(wasm: &[u8], swaps: usize) -> (Vec<Duration>, Vec<Duration>) {
     let dir = std::env::temp_dir().join(format!("hz-plugin-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -180,7 +194,10 @@ fn swap_times(wasm: &[u8], swaps: usize) -> (Vec<Duration>, Vec<Duration>) {
     for i in 0..swaps {
         // Cold: a component never compiled in this process.
         let v = format!("1.{}.0", 2 * i + 1);
-        let p = write(&variant(wasm, i), &v);
+        let p = write(
+            &package::with_custom_section(wasm, "bench", &i.to_le_bytes()),
+            &v,
+        );
         let t = Instant::now();
         reg.reload("expert-score").unwrap();
         cold.push(t.elapsed());
@@ -198,70 +215,141 @@ fn swap_times(wasm: &[u8], swaps: usize) -> (Vec<Duration>, Vec<Duration>) {
     (cold, warm)
 }
 
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// The `plugin` step's call of `route-by-facility` on a 1 KB ADT: a fresh store and instance
+/// per call (`decide`), an instance reused across the step's calls (`decide_reusing`), and the
+/// latter through the plugin call pool from a tokio runtime (the step's hand-off), each as the
+/// step builds the call (message copied in, options cloned).
+fn rule_step(calls: usize, opt_level: &str) {
+    let wasm = build_guest("route-by-facility", opt_level);
+    let plugin = Arc::new(load(&wasm, "route_by_facility", World::Rule));
+    let body = format!(
+        "MSH|^~\\&|HIS|县人民医院|HUIZHEN|省会诊中心|20261206093000||ADT^A04^ADT_A01|B1|P|2.5|||||CHN|UNICODE UTF-8\rEVN|A04|20261206093000\rPID|1||330523199001011234^^^县人民医院^MR||张三||19900101|M\rPV1|1|O|内科门诊\rNTE|1||{}\r",
+        "入院评估：患者一般情况可，神志清，精神可，饮食睡眠可，二便正常。".repeat(8)
+    )
+    .into_bytes();
+    let msg = || huizhen_plugin::bindings::huizhen::plugin::types::Message {
+        id: "m1".into(),
+        pipeline: "intake".into(),
+        facility: "f".into(),
+        kind: "hl7v2".into(),
+        body: body.clone(),
+        headers: vec![("hl7-type".into(), "ADT^A04".into())],
+    };
+    let opts = CallOptions {
+        config: Arc::new(BTreeMap::from([("default".to_owned(), "adt".to_owned())])),
+        ..CallOptions::default()
+    };
+    use huizhen_plugin::bindings::huizhen::plugin::types::Decision;
+    let routed = |d: Decision| matches!(d, Decision::Route(ref t) if t == "adt");
+    assert!(routed(plugin.decide(&msg(), &opts).unwrap()));
+    println!(
+        "# route-by-facility (guest opt-level {opt_level}, {} KiB), a {} B ADT, {calls} calls each, load {}",
+        wasm.len() / 1024,
+        body.len(),
+        load_average()
+    );
+    let fresh = timed(calls, || {
+        std::hint::black_box(plugin.decide(&msg(), &opts.clone()).unwrap());
+    });
+    let reused = timed(calls, || {
+        std::hint::black_box(plugin.decide_reusing(&msg(), &opts.clone()).unwrap());
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let pooled = rt.block_on(async {
+        let mut times = Vec::with_capacity(calls);
+        for i in 0..calls + calls.min(1000) {
+            let (p, m, o) = (plugin.clone(), msg(), opts.clone());
+            let t = Instant::now();
+            let d = huizhen_plugin::pool::offload(move || p.decide_reusing(&m, &o)).await;
+            if i >= calls.min(1000) {
+                times.push(t.elapsed());
+            }
+            assert!(routed(d.unwrap()));
+        }
+        times.sort();
+        (percentile(&times, 0.5), percentile(&times, 0.99))
+    });
+    println!(
+        "fresh store + instance per call (before)  median {} p99 {}",
+        us(fresh.0),
+        us(fresh.1)
+    );
+    println!(
+        "instance reused by the step (now)         median {} p99 {}",
+        us(reused.0),
+        us(reused.1)
+    );
+    println!(
+        "reused, through the plugin call pool      median {} p99 {}  (hand-off: {} at the median)",
+        us(pooled.0),
+        us(pooled.1),
+        us(pooled.0.saturating_sub(reused.0))
+    );
+}
+
 fn main() {
     let calls = arg("--calls", 200_000);
     let candidates = arg("--candidates", 10_000);
     let swaps = arg("--swaps", 10);
-    let wasm = build_expert_score();
-    let dir = std::env::temp_dir().join(format!("hz-plugin-bench-bare-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("expert_score.wasm");
-    std::fs::write(&file, &wasm).unwrap();
-    let pkg = package::read_bare(
-        &file,
-        World::Scorer,
-        &package::Trust::new([], true).unwrap(),
-    )
-    .unwrap();
-    let plugin = huizhen_plugin::Plugin::new(
-        pkg.manifest,
-        &pkg.wasm,
-        pkg.sha256,
-        None,
-        Path::new(".").to_owned(),
-        Arc::new(huizhen_plugin::Stats::default()),
-    )
-    .unwrap();
     let (case, expert) = features();
     let opts = CallOptions::default();
-
-    println!(
-        "# expert-score, {calls} calls each, wasm component {} KiB",
-        wasm.len() / 1024
-    );
     let want = native_score(&case, &expert);
-    let mut session = plugin.scorer(&opts).unwrap();
-    let got = session.score(&case, &expert).unwrap().total;
-    assert_eq!(got, want, "the plugin and the native build agree");
-
     let (n50, n99, ntotal) = timed(calls, || {
         std::hint::black_box(native_score(
             std::hint::black_box(&case),
             std::hint::black_box(&expert),
         ));
     });
-    let (r50, r99, rtotal) = timed(calls, || {
-        std::hint::black_box(session.score(&case, &expert).unwrap());
-    });
-    let fresh_calls = (calls / 10).max(1000);
-    let (f50, f99, ftotal) = timed(fresh_calls, || {
-        let mut s = plugin.scorer(&opts).unwrap();
-        std::hint::black_box(s.score(&case, &expert).unwrap());
-    });
     let per = |total: Duration, n: usize| total.as_secs_f64() / n as f64;
+    println!(
+        "# expert-score, {calls} calls each, load {}",
+        load_average()
+    );
     println!(
         "native (baseline)          median {} p99 {}  throughput {:.0}/s",
         us(n50),
         us(n99),
         1.0 / per(ntotal, calls)
     );
-    println!(
-        "reused instance (session)  median {} p99 {}  throughput {:.0}/s  native ÷ wasm speed {:.3}",
-        us(r50),
-        us(r99),
-        1.0 / per(rtotal, calls),
-        per(ntotal, calls) / per(rtotal, calls)
-    );
+    // The guest as it was built before (opt-level "s") and as now (3), in the same run.
+    let mut built = Vec::new();
+    for level in ["s", "3"] {
+        let wasm = build_guest("expert-score", level);
+        let plugin = load(&wasm, "expert_score", World::Scorer);
+        let mut session = plugin.scorer(&opts).unwrap();
+        let got = session.score(&case, &expert).unwrap().total;
+        assert_eq!(got, want, "the plugin and the native build agree");
+        let (r50, r99, rtotal) = timed(calls, || {
+            std::hint::black_box(session.score(&case, &expert).unwrap());
+        });
+        println!(
+            "reused instance (session), guest opt-level {level} ({} KiB)  median {} p99 {}  throughput {:.0}/s  native ÷ wasm speed {:.3}  (load {})",
+            wasm.len() / 1024,
+            us(r50),
+            us(r99),
+            1.0 / per(rtotal, calls),
+            per(ntotal, calls) / per(rtotal, calls),
+            load_average()
+        );
+        drop(session);
+        built.push((wasm, plugin));
+    }
+    let (wasm, plugin) = built.pop().expect("built at opt-level 3");
+    let fresh_calls = (calls / 10).max(1000);
+    let (f50, f99, ftotal) = timed(fresh_calls, || {
+        let mut s = plugin.scorer(&opts).unwrap();
+        std::hint::black_box(s.score(&case, &expert).unwrap());
+    });
     println!(
         "fresh store per call       median {} p99 {}  throughput {:.0}/s  ({fresh_calls} calls)",
         us(f50),
@@ -295,13 +383,17 @@ fn main() {
         best[2].as_secs_f64() * 1e6 / candidates as f64
     );
 
-    let (cold, warm) = swap_times(&wasm, swaps);
-    println!(
-        "hot swap (read, verify, compile, link, swap), {swaps} each: new component median {:.1} ms max {:.1} ms; compiled before median {:.2} ms max {:.2} ms",
-        cold[cold.len() / 2].as_secs_f64() * 1e3,
-        cold[cold.len() - 1].as_secs_f64() * 1e3,
-        warm[warm.len() / 2].as_secs_f64() * 1e3,
-        warm[warm.len() - 1].as_secs_f64() * 1e3,
-    );
-    let _ = std::fs::remove_dir_all(dir);
+    let (s_wasm, _) = built.pop().expect("built at opt-level s");
+    for (level, wasm) in [("s", &s_wasm), ("3", &wasm)] {
+        let (cold, warm) = swap_times(wasm, swaps);
+        println!(
+            "hot swap (read, verify, compile, link, swap), guest opt-level {level}, {swaps} each: new component median {:.1} ms max {:.1} ms; compiled before median {:.2} ms max {:.2} ms  (load {})",
+            cold[cold.len() / 2].as_secs_f64() * 1e3,
+            cold[cold.len() - 1].as_secs_f64() * 1e3,
+            warm[warm.len() / 2].as_secs_f64() * 1e3,
+            warm[warm.len() - 1].as_secs_f64() * 1e3,
+            load_average()
+        );
+    }
+    rule_step((calls / 10).max(1000), "3");
 }

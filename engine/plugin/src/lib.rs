@@ -22,6 +22,7 @@
 //! [`registry`]; JSON forms of every world's input and output: [`json`].
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,7 @@ pub mod names;
 pub mod package;
 pub mod pool;
 pub mod registry;
+pub mod reuse;
 pub mod scorer;
 pub mod stats;
 pub mod step;
@@ -251,7 +253,8 @@ pub struct CallState {
     cap: usize,
     plugin: Arc<str>,
     caps: Arc<[Capability]>,
-    now_ms: i64,
+    /// What `host.now-ms` and the WASI wall clock read; set before each call.
+    now_ms: Arc<AtomicI64>,
     config: Arc<BTreeMap<String, String>>,
 }
 
@@ -293,7 +296,7 @@ impl bindings::huizhen::plugin::host::Host for CallState {
 
     fn now_ms(&mut self) -> wasmtime::Result<i64> {
         self.allow(Capability::Clock, "now-ms")?;
-        Ok(self.now_ms)
+        Ok(self.now_ms.load(Ordering::Relaxed))
     }
 
     fn config(&mut self, key: String) -> wasmtime::Result<Option<String>> {
@@ -438,6 +441,8 @@ pub struct Plugin {
     stats: Arc<Stats>,
     /// A warning about dropped output was logged for this version.
     warned: std::sync::atomic::AtomicBool,
+    /// `rule` instances between calls of the `plugin` step ([`reuse`]).
+    idle: reuse::Idle,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -483,6 +488,7 @@ impl Plugin {
             compiled,
             stats,
             warned: Default::default(),
+            idle: Default::default(),
         })
     }
 
@@ -544,8 +550,9 @@ impl Plugin {
         // What the plugin prints is held for the call, then logged (`log`) or dropped.
         let stdout = wasi::Printed::default();
         let stderr = wasi::Printed::default();
+        let now_ms = Arc::new(AtomicI64::new(call.now_ms));
         let state = CallState {
-            wasi: wasi::context(&self.caps, call.now_ms, &stdout, &stderr),
+            wasi: wasi::context(&self.caps, &now_ms, &stdout, &stderr),
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(call.limits.memory)
@@ -557,7 +564,7 @@ impl Plugin {
             cap: call.limits.memory,
             plugin: self.label.clone(),
             caps: self.caps.clone(),
-            now_ms: call.now_ms,
+            now_ms,
             config: call.config.clone(),
         };
         let mut store = Store::new(engine(), state);
@@ -604,6 +611,9 @@ impl Plugin {
     fn printed(&self, sb: &Sandbox) -> String {
         let (out, out_over) = sb.stdout.take();
         let (err, err_over) = sb.stderr.take();
+        if out.is_empty() && err.is_empty() && out_over + err_over == 0 {
+            return String::new();
+        }
         let stderr = String::from_utf8_lossy(&err).into_owned();
         let mut dropped = out_over + err_over;
         if self.caps.contains(&Capability::Log) {

@@ -572,6 +572,31 @@ pub fn write_package(
     Ok((dir, manifest))
 }
 
+/// `wasm` with a custom section `name` holding `data` appended: the same component with other
+/// bytes, so another sha256 (what the benchmarks use as "a new version" to compile).
+pub fn with_custom_section(wasm: &[u8], name: &str, data: &[u8]) -> Vec<u8> {
+    fn leb(out: &mut Vec<u8>, mut n: usize) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let mut body = Vec::with_capacity(5 + name.len() + data.len());
+    leb(&mut body, name.len());
+    body.extend_from_slice(name.as_bytes());
+    body.extend_from_slice(data);
+    let mut out = wasm.to_vec();
+    out.push(0);
+    leb(&mut out, body.len());
+    out.extend_from_slice(&body);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -162,7 +162,7 @@ impl Step for PluginStep {
             // never an async worker (the listeners of other pipelines keep answering).
             let decision = crate::pool::offload({
                 let plugin = plugin.clone();
-                move || plugin.decide(&msg, &call)
+                move || plugin.decide_reusing(&msg, &call)
             })
             .await
             .map_err(|e| {

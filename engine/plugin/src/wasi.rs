@@ -21,6 +21,7 @@
 //! plugin observe nothing of the host.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -147,14 +148,20 @@ const FIXED_RANDOM: [u8; 16] = *b"huizhen:no-rand!";
 /// `wasi:random/insecure-seed` of a plugin without `random`.
 const FIXED_SEED: u128 = u128::from_le_bytes(FIXED_RANDOM);
 
-/// The WASI context of one call: no preopened directories, no sockets, no environment, no
-/// arguments; the streams, clock and random numbers as the grants say.
-pub fn context(caps: &[Capability], now_ms: i64, stdout: &Printed, stderr: &Printed) -> WasiCtx {
+/// The WASI context of one store: no preopened directories, no sockets, no environment, no
+/// arguments; the streams, clock and random numbers as the grants say. The wall clock reads
+/// `now_ms`, which the host sets before each call.
+pub fn context(
+    caps: &[Capability],
+    now_ms: &Arc<AtomicI64>,
+    stdout: &Printed,
+    stderr: &Printed,
+) -> WasiCtx {
     let mut b = WasiCtx::builder();
     b.stdout(stdout.clone()).stderr(stderr.clone());
     // Without `clock` the clock interfaces are not linked at all; with it the wall clock reads
     // the message's received time, as `host.now-ms` does, so a replay sees the same time.
-    b.wall_clock(MessageClock(now_ms));
+    b.wall_clock(MessageClock(now_ms.clone()));
     if !caps.contains(&Capability::Random) {
         b.secure_random(Deterministic::new(FIXED_RANDOM.to_vec()));
         b.insecure_random(Deterministic::new(FIXED_RANDOM.to_vec()));
@@ -164,7 +171,7 @@ pub fn context(caps: &[Capability], now_ms: i64, stdout: &Printed, stderr: &Prin
 }
 
 /// `wasi:clocks/wall-clock` of a call: the message's received time, fixed for the call.
-struct MessageClock(i64);
+struct MessageClock(Arc<AtomicI64>);
 
 impl HostWallClock for MessageClock {
     fn resolution(&self) -> Duration {
@@ -172,7 +179,7 @@ impl HostWallClock for MessageClock {
     }
 
     fn now(&self) -> Duration {
-        Duration::from_millis(self.0.max(0) as u64)
+        Duration::from_millis(self.0.load(Ordering::Relaxed).max(0) as u64)
     }
 }
 
@@ -180,7 +187,15 @@ impl HostWallClock for MessageClock {
 /// and how many bytes past them were dropped. Writes never fail (a guest's `println!` would
 /// panic on an error), and nothing reaches the log until the host reads it after the call.
 #[derive(Debug, Clone, Default)]
-pub struct Printed(Arc<Mutex<PrintedBuf>>);
+pub struct Printed(Arc<PrintedInner>);
+
+#[derive(Debug, Default)]
+struct PrintedInner {
+    /// Something was written since the last `take` (most calls print nothing: their `take`
+    /// does not lock).
+    wrote: AtomicBool,
+    buf: Mutex<PrintedBuf>,
+}
 
 #[derive(Debug, Default)]
 struct PrintedBuf {
@@ -190,17 +205,21 @@ struct PrintedBuf {
 
 impl Printed {
     fn push(&self, bytes: &[u8]) {
-        let mut b = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut b = self.0.buf.lock().unwrap_or_else(|p| p.into_inner());
         let room = OUTPUT_LIMIT.saturating_sub(b.kept.len());
         let keep = bytes.len().min(room);
         b.kept.extend_from_slice(&bytes[..keep]);
         b.over += (bytes.len() - keep) as u64;
+        self.0.wrote.store(true, Ordering::Release);
     }
 
     /// What was printed since the last `take` (the bytes kept, and the count of bytes dropped
     /// over the limit); the next call starts empty.
     pub fn take(&self) -> (Vec<u8>, u64) {
-        let mut b = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.0.wrote.swap(false, Ordering::Acquire) {
+            return (Vec::new(), 0);
+        }
+        let mut b = self.0.buf.lock().unwrap_or_else(|p| p.into_inner());
         (std::mem::take(&mut b.kept), std::mem::take(&mut b.over))
     }
 }

@@ -19,6 +19,8 @@ use huizhen_plugin::{CallError, CallOptions, Capability, Limits, Registry, World
 
 #[path = "host/coverage.rs"]
 mod coverage;
+#[path = "host/reuse.rs"]
+mod reuse;
 #[path = "host/scoring.rs"]
 mod scoring;
 

@@ -11,6 +11,7 @@ use huizhen_core::config::{self, Loaded, LoadedPipeline, RootConfig};
 use huizhen_core::store::{Store, StoreOptions};
 
 mod api;
+pub mod paced;
 mod rekey;
 pub mod webdriver;
 pub use api::{JsonApi, serve, serve_with};
@@ -140,7 +141,18 @@ pub async fn store(db: &TestDb) -> Store {
 
 /// Builds a `Loaded` config from pipeline YAML texts, with the store on `db`.
 pub fn loaded(db: &TestDb, pipelines: &[&str]) -> Loaded {
+    loaded_with_plugins(db, pipelines, config::PluginsConfig::default())
+}
+
+/// [`loaded`] with a `plugins:` block (the pipelines are checked against it, as the engine
+/// checks them).
+pub fn loaded_with_plugins(
+    db: &TestDb,
+    pipelines: &[&str],
+    plugins: config::PluginsConfig,
+) -> Loaded {
     let mut root = RootConfig::default();
+    root.plugins = plugins;
     root.store.url = db.url.clone();
     root.journal.scheduler_poll = Duration::from_millis(50);
     root.security.jwt_secret_file = db.dir.path().join("jwt.secret");
@@ -155,7 +167,10 @@ pub fn loaded(db: &TestDb, pipelines: &[&str]) -> Loaded {
         let config = config::parse_yaml(Path::new(&file), text).expect("pipeline parses");
         list.push(LoadedPipeline { file, config });
     }
-    let errors = config::check(&list);
+    let errors = config::check_with(
+        &list,
+        &huizhen_core::extensions::Extensions::new(&root.plugins),
+    );
     assert!(errors.is_empty(), "pipelines do not check: {errors:?}");
     Loaded {
         root,
