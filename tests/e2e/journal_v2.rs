@@ -100,9 +100,9 @@ async fn write_v1(pool: &sqlx::AnyPool, ring: &Keyring) -> Vec<String> {
             "x-patient": ring.seal_text("患者", &Binding::new(&id, "header/x-patient")),
         })
         .to_string();
-        let last_error = r.error.map(|e| {
-            ring.seal_text(&format!("mllp#0: {e}"), &Binding::new(&id, "last_error"))
-        });
+        let last_error = r
+            .error
+            .map(|e| ring.seal_text(&format!("mllp#0: {e}"), &Binding::new(&id, "last_error")));
         sqlx::query(
             "INSERT INTO messages (id, facility, pipeline, kind, body, headers, source, \
              received_at, trace_id, dedup_key, dedup_key_sealed, body_hash, parent_id, state, \
@@ -115,7 +115,10 @@ async fn write_v1(pool: &sqlx::AnyPool, ring: &Keyring) -> Vec<String> {
         .bind(at)
         .bind(id.clone())
         .bind(r.key.map(|k| ring.dedup_index(k)))
-        .bind(r.key.map(|k| ring.seal_text(k, &Binding::new(&id, "dedup_key"))))
+        .bind(
+            r.key
+                .map(|k| ring.seal_text(k, &Binding::new(&id, "dedup_key"))),
+        )
         .bind(r.key.map(|_| ring.blind_index(r.body.as_bytes())))
         .bind(r.state)
         .bind(i64::from(r.error.is_some()))
@@ -294,7 +297,12 @@ async fn effect_of_the_body_as_received_is_a_reference(b: Backend) {
         .await
         .with_keyring(Some(ring.clone()));
     let j = Journal::start(s.clone(), JournalOptions::default());
-    let mut m = NewMessage::new("p", "clinic-a", "json", br#"{"name":"欧阳"}"#.to_vec());
+    let mut m = NewMessage::new(
+        "p",
+        "clinic-a",
+        "json",
+        r#"{"name":"欧阳"}"#.as_bytes().to_vec(),
+    );
     m.source = "test".into();
     let id = j.append(m).await.unwrap().id;
     assert!(
@@ -315,7 +323,7 @@ async fn effect_of_the_body_as_received_is_a_reference(b: Backend) {
     );
     let effects = s.effects_of(&id).await.unwrap();
     assert_eq!(effects.len(), 2);
-    assert_eq!(effects[0].body, br#"{"name":"欧阳"}"#);
+    assert_eq!(effects[0].body, r#"{"name":"欧阳"}"#.as_bytes());
     assert_eq!(effects[1].body, b"changed");
     assert_eq!(s.effects(Some("p")).await.unwrap().len(), 2);
     // Stored: a reference (NULL) for the first, its own sealed copy for the second.
@@ -334,7 +342,7 @@ async fn effect_of_the_body_as_received_is_a_reference(b: Backend) {
     let s = s.with_keyring(Some(ring(&db)));
     assert_eq!(rekey_pass(&s, &["messages", "effects"], 8).await, 2);
     let effects = s.effects_of(&id).await.unwrap();
-    assert_eq!(effects[0].body, br#"{"name":"欧阳"}"#);
+    assert_eq!(effects[0].body, r#"{"name":"欧阳"}"#.as_bytes());
     assert_eq!(effects[1].body, b"changed");
     pool.close().await;
 }
