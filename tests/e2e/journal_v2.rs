@@ -76,7 +76,7 @@ const V1_ROWS: &[V1] = &[
     },
 ];
 
-fn ring(db: &crate::support::TestDb) -> std::sync::Arc<Keyring> {
+fn key_ring(db: &crate::support::TestDb) -> std::sync::Arc<Keyring> {
     Keyring::from_config(&EncryptionConfig {
         keys_file: db.dir.path().join("keys"),
         ..Default::default()
@@ -166,7 +166,7 @@ fn resend(r: &V1) -> NewMessage {
 
 async fn v1_journal_moves_forward(b: Backend) {
     let Some(db) = fresh_db(b).await else { return };
-    let ring = ring(&db);
+    let ring = key_ring(&db);
     let s = Store::open(&StoreOptions::new(db.url.clone()))
         .await
         .unwrap()
@@ -266,7 +266,7 @@ async fn v1_journal_moves_forward(b: Backend) {
 
     // Key rotation re-seals the bodies table (and the v1 effect's copy) with the new key.
     let new_key = huizhen_core::crypto::add_key(&db.dir.path().join("keys")).unwrap();
-    let s = s.with_keyring(Some(ring(&db)));
+    let s = s.with_keyring(Some(key_ring(&db)));
     assert_eq!(
         rekey_pass(&s, &["messages", "effects"], 4).await,
         V1_ROWS.len() as u64 + 1,
@@ -292,7 +292,7 @@ async fn v1_journal_moves_forward(b: Backend) {
 
 async fn effect_of_the_body_as_received_is_a_reference(b: Backend) {
     let Some(db) = fresh_db(b).await else { return };
-    let ring = ring(&db);
+    let ring = key_ring(&db);
     let s = crate::support::store(&db)
         .await
         .with_keyring(Some(ring.clone()));
@@ -339,7 +339,7 @@ async fn effect_of_the_body_as_received_is_a_reference(b: Backend) {
     assert_ne!(own, b"changed", "sealed");
     // A rotation leaves the reference alone and re-seals the copy and the body.
     huizhen_core::crypto::add_key(&db.dir.path().join("keys")).unwrap();
-    let s = s.with_keyring(Some(ring(&db)));
+    let s = s.with_keyring(Some(key_ring(&db)));
     assert_eq!(rekey_pass(&s, &["messages", "effects"], 8).await, 2);
     let effects = s.effects_of(&id).await.unwrap();
     assert_eq!(effects[0].body, r#"{"name":"欧阳"}"#.as_bytes());
