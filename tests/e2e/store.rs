@@ -126,6 +126,7 @@ async fn done_records_effects_once(b: Backend) {
         sink: "journal#0".into(),
         pipeline: "p".into(),
         body: b"out".to_vec(),
+        as_received: false,
     };
     j.transition_nowait(Transition::Processing { id: a.id.clone() })
         .await;
@@ -572,6 +573,7 @@ async fn sealed_values_are_bound_to_their_message_and_field(b: Backend) {
                 sink: "journal#0".into(),
                 pipeline: "p".into(),
                 body: b"out-a".to_vec(),
+                as_received: false,
             }],
         })
         .await
@@ -673,7 +675,7 @@ async fn sealed_values_are_bound_to_their_message_and_field(b: Backend) {
     // A body copied from message A into message B's row does not open as B's.
     exec(
         &pool,
-        "UPDATE messages SET body = (SELECT body FROM messages WHERE id = $1) WHERE id = $2",
+        "UPDATE bodies SET body = (SELECT body FROM bodies WHERE id = $1) WHERE id = $2",
         &a,
         &bid,
     )
@@ -682,7 +684,7 @@ async fn sealed_values_are_bound_to_their_message_and_field(b: Backend) {
     // A's body copied into A's own effect: another field.
     exec(
         &pool,
-        "UPDATE effects SET body = (SELECT body FROM messages WHERE id = $1) WHERE message_id = $2",
+        "UPDATE effects SET body = (SELECT body FROM bodies WHERE id = $1) WHERE message_id = $2",
         &a,
         &a,
     )
@@ -723,7 +725,7 @@ async fn sealed_values_are_bound_to_their_message_and_field(b: Backend) {
     )
     .await;
     refused(s.get(&c).await, &c, "header/x-patient", Clear);
-    sqlx::query("UPDATE messages SET body = $1 WHERE id = $2")
+    sqlx::query("UPDATE bodies SET body = $1 WHERE id = $2")
         .bind(br#"{"name":"forged"}"#.to_vec())
         .bind(a.clone())
         .execute(&pool)
@@ -799,6 +801,7 @@ async fn rotation_reseals_every_field_and_seals_what_was_clear(b: Backend) {
             sink: "journal#0".into(),
             pipeline: "p".into(),
             body: b"effect body".to_vec(),
+            as_received: false,
         }],
     })
     .await
@@ -837,7 +840,7 @@ async fn rotation_reseals_every_field_and_seals_what_was_clear(b: Backend) {
     let pool = raw_pool(&db).await;
     for id in [&legacy, &failed, &done] {
         use sqlx::Row;
-        let body: Vec<u8> = sqlx::query("SELECT body FROM messages WHERE id = $1")
+        let body: Vec<u8> = sqlx::query("SELECT body FROM bodies WHERE id = $1")
             .bind(id.to_string())
             .fetch_one(&pool)
             .await
@@ -885,6 +888,7 @@ async fn message_detail_reads_only_its_own_effects(b: Backend) {
         sink: sink.into(),
         pipeline: "p".into(),
         body: body.as_bytes().to_vec(),
+        as_received: false,
     };
     j.transition(Transition::Done {
         id: a.clone(),

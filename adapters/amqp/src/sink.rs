@@ -387,6 +387,7 @@ impl AmqpSink {
             sink: self.name.clone(),
             pipeline: self.pipeline.clone(),
             body: reply.body,
+            as_received: false,
         }])
     }
 }

@@ -59,6 +59,15 @@
 //! * `--target HOST:PORT`: only run the client (throughput at each connection count, then paced)
 //!   against a server started elsewhere; `--target-pid PID` adds its CPU time and peak RSS
 //! * `--dir PATH` (`BENCH_DIR`): where the databases go (default: a temp directory, removed)
+//! * `--store URL` (`BENCH_STORE`): the engine's store; default SQLite in `--dir`. A
+//!   `postgres://…` URL is an administrative connection: each engine gets the database
+//!   `huizhen_bench_mllp` next to it, dropped and created again (never the given database's
+//!   tables)
+//!
+//! **Loopback ceiling** (`--only ceiling`, part of every run): the same client against an
+//! ACK-only echo server in this binary (`--echo`: deframe, answer `AA` with the frame's
+//! `MSH-10`; no parsing, no persistence, no processing), 64 and 8 connections: what this
+//! machine's loopback TCP and the client allow, reported beside the engine's rates.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::path::{Path, PathBuf};
@@ -383,6 +392,7 @@ const FLAGS: &[&str] = &[
     "--steps",
     "--queue",
     "--server-threads",
+    "--store",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -622,7 +632,11 @@ fn serve_main(flags: &Flags) -> Res<()> {
     };
     rt.block_on(async move {
         let mut root = RootConfig::default();
-        root.store.url = format!("sqlite://{}/journal.db", dir.display());
+        root.store.url = match flags.get("--store", "") {
+            Some(url) if url.starts_with("postgres") => fresh_pg(&url).await?,
+            Some(url) => url,
+            None => format!("sqlite://{}/journal.db", dir.display()),
+        };
         root.store.durability = durability;
         // Bodies are encrypted at rest, as by default; the key file lives with the database.
         root.security.encryption.keys_file = dir.join("keys");
@@ -675,6 +689,82 @@ fn serve_main(flags: &Flags) -> Res<()> {
     })
 }
 
+/// A fresh PostgreSQL database `huizhen_bench_mllp` next to `admin`'s (dropped and created
+/// again); its URL.
+async fn fresh_pg(admin: &str) -> Res<String> {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(admin).await?;
+    sqlx::query("DROP DATABASE IF EXISTS huizhen_bench_mllp WITH (FORCE)")
+        .execute(&mut c)
+        .await?;
+    sqlx::query("CREATE DATABASE huizhen_bench_mllp")
+        .execute(&mut c)
+        .await?;
+    c.close().await?;
+    let (base, query) = match admin.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (admin, String::new()),
+    };
+    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+    Ok(format!("{base}/huizhen_bench_mllp{query}"))
+}
+
+/// `--echo`: the loopback ceiling. Answers every frame with `AA` and its `MSH-10` at once; prints
+/// `READY`, then on `quit` the frames answered (as the Python server reports its rows).
+fn echo_main(flags: &Flags) -> Res<()> {
+    let port: u16 = flags.num("--port", "", 0)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        let answered = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let count = answered.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let _ = sock.set_nodelay(true);
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let mut d = Deframer::new(1 << 20);
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        let mut out = Vec::new();
+                        for ev in d.push(&buf[..n]) {
+                            if let Event::Frame(f) = ev {
+                                let ctrl = String::from_utf8_lossy(&f)
+                                    .split('\r')
+                                    .next()
+                                    .and_then(|msh| msh.split('|').nth(9).map(str::to_owned))
+                                    .unwrap_or_default();
+                                let ack = format!(
+                                    "MSH|^~\\&|ECHO|ECHO|||20260101000000||ACK|{ctrl}|P|2.5\rMSA|AA|{ctrl}\r"
+                                );
+                                out.extend_from_slice(&frame(ack.as_bytes()));
+                                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
+                        if !out.is_empty() && sock.write_all(&out).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        println!("READY {port}");
+        let mut lines = BufReader::new(tokio::io::stdin()).lines();
+        while let Some(line) = lines.next_line().await? {
+            if line.trim() == "quit" {
+                break;
+            }
+        }
+        let n = answered.load(std::sync::atomic::Ordering::Relaxed);
+        println!(r#"{{"stored":{n},"batches":0,"rows":0}}"#);
+        Ok(())
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // The orchestrator
 
@@ -692,6 +782,7 @@ struct Config {
     target: Option<String>,
     target_pid: Option<String>,
     dir: Option<PathBuf>,
+    store: Option<String>,
 }
 
 impl Config {
@@ -740,6 +831,7 @@ impl Config {
             target: flags.get("--target", ""),
             target_pid: flags.get("--target-pid", ""),
             dir: flags.get("--dir", "BENCH_DIR").map(PathBuf::from),
+            store: flags.get("--store", "BENCH_STORE"),
         };
         if cfg.messages == 0 || cfg.connections.is_empty() || cfg.connections.contains(&0) {
             return Err("--messages and --connections must be positive".into());
@@ -815,6 +907,8 @@ enum ServerKind {
         interpreter: String,
         commit: &'static str,
     },
+    /// The ACK-only echo server: the loopback ceiling.
+    Echo,
     External,
 }
 
@@ -839,6 +933,7 @@ impl ServerKind {
             ServerKind::Python { commit, .. } => {
                 format!("Python hl7 0.4, SQLite WAL NORMAL, commit {commit}")
             }
+            ServerKind::Echo => "ACK-only echo (no parse, no journal): loopback ceiling".into(),
             ServerKind::External => "external server".into(),
         }
     }
@@ -902,6 +997,14 @@ impl Run<'_> {
                 if let Some(t) = self.cfg.server_threads {
                     c.args(["--server-threads", &t.to_string()]);
                 }
+                if let Some(url) = &self.cfg.store {
+                    c.args(["--store", url]);
+                }
+                c
+            }
+            ServerKind::Echo => {
+                let mut c = Command::new(&self.exe);
+                c.args(["--echo", "--port", &port.to_string()]);
                 c
             }
             ServerKind::Python {
@@ -1310,6 +1413,11 @@ async fn orchestrate(cfg: Config) -> Res<()> {
         }
     } else {
         let run_queue = cfg.messages + cfg.warmup * cfg.connections.iter().max().unwrap_or(&64);
+        if cfg.wants("ceiling") {
+            for &c in &cfg.connections {
+                rows.push(run.measure("ceiling", ServerKind::Echo, c, None).await?);
+            }
+        }
         for &durability in &cfg.durabilities {
             if cfg.wants("ack") {
                 for &c in &cfg.connections {
@@ -1519,6 +1627,24 @@ async fn orchestrate(cfg: Config) -> Res<()> {
             );
         }
     }
+    for &c in &cfg.connections {
+        let ceiling = rows
+            .iter()
+            .find(|m| m.what == "ceiling" && m.connections == c);
+        let sustained = rows
+            .iter()
+            .find(|m| m.what == "sustained" && m.connections == c);
+        if let (Some(e), Some(s)) = (ceiling, sustained) {
+            let processed = s.processed_rate.unwrap_or_else(|| rate_of(s));
+            println!(
+                "Sustained ÷ loopback ceiling, {c} connections: {} ÷ {} = {:.3} (ACKed), {:.3} (processed).",
+                fmt_rate(rate_of(s)),
+                fmt_rate(rate_of(e)),
+                rate_of(s) / rate_of(e),
+                processed / rate_of(e)
+            );
+        }
+    }
     for n in notes {
         println!("{n}");
     }
@@ -1527,9 +1653,12 @@ async fn orchestrate(cfg: Config) -> Res<()> {
 
 fn main() {
     let result = (|| -> Res<()> {
-        let (flags, switches) = Flags::parse(FLAGS, &["--serve", "--client"])?;
+        let (flags, switches) = Flags::parse(FLAGS, &["--serve", "--client", "--echo"])?;
         if switches.iter().any(|s| s == "--serve") {
             return serve_main(&flags);
+        }
+        if switches.iter().any(|s| s == "--echo") {
+            return echo_main(&flags);
         }
         if switches.iter().any(|s| s == "--client") {
             return client_main(&flags);

@@ -197,6 +197,7 @@ impl Sink for MqttSink {
                         "topic": topic, "qos": crate::qos_level(self.qos), "acked": true,
                     }))
                     .unwrap_or_default(),
+                    as_received: false,
                 }]),
                 Ok(Ok(Err(e))) => Err(StepError::new(format!("{}: {e}", self.name))),
                 _ => Err(StepError::new(format!(

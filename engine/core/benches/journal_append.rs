@@ -54,7 +54,9 @@ const FACILITY: &str = "bench-facility";
 const KIND: &str = "json";
 const SOURCE: &str = "bench";
 const BENCH_DB: &str = "huizhen_bench";
-const INSERT_PREFIX: &str = "INSERT INTO messages (id, facility, pipeline, kind, body, headers, source, received_at, trace_id, dedup_key, body_hash, parent_id, state, updated_at) ";
+// Journal v2's schema: the state row, and the body in `bodies` by id (the journal writes both).
+const INSERT_PREFIX: &str = "INSERT INTO messages (id, facility, pipeline, kind, headers, source, received_at, trace_id, dedup_key, body_hash, parent_id, state, updated_at) ";
+const INSERT_BODIES: &str = "INSERT INTO bodies (id, body) ";
 
 struct Config {
     messages: usize,
@@ -254,7 +256,7 @@ async fn run_journal(store: Store, producers: usize, cfg: &Config) -> Res<Measur
     })
 }
 
-/// The row the journal writes for a fresh message without dedup key.
+/// The rows the journal writes for a fresh message without dedup key (state row and body).
 struct RawRow {
     id: String,
     body: Vec<u8>,
@@ -271,16 +273,15 @@ fn raw_rows(from: usize, k: usize) -> Vec<RawRow> {
 
 macro_rules! push_raw_rows {
     ($qb:expr, $rows:expr, $now:expr) => {
-        $qb.push_values($rows, |mut b, r: RawRow| {
+        $qb.push_values($rows.iter(), |mut b, r: &RawRow| {
             b.push_bind(r.id.clone())
                 .push_bind(FACILITY)
                 .push_bind(PIPELINE)
                 .push_bind(KIND)
-                .push_bind(r.body)
                 .push_bind("{}")
                 .push_bind(SOURCE)
                 .push_bind($now)
-                .push_bind(r.id)
+                .push_bind(r.id.clone())
                 .push_bind(None::<String>)
                 .push_bind(None::<String>)
                 .push_bind(None::<String>)
@@ -308,8 +309,13 @@ async fn baseline_sqlite(path: &Path, d: Durability, n: usize, batch: usize) -> 
         let now = now_ms();
         let mut qb = QueryBuilder::<Sqlite>::new(INSERT_PREFIX);
         push_raw_rows!(qb, rows, now);
+        let mut bodies = QueryBuilder::<Sqlite>::new(INSERT_BODIES);
+        bodies.push_values(rows, |mut b, r: RawRow| {
+            b.push_bind(r.id).push_bind(r.body);
+        });
         let mut tx = conn.begin().await?;
         qb.build().execute(&mut *tx).await?;
+        bodies.build().execute(&mut *tx).await?;
         tx.commit().await?;
         done += k;
     }
@@ -339,8 +345,13 @@ async fn baseline_postgres(url: &str, n: usize, batch: usize) -> Res<Measure> {
         let now = now_ms();
         let mut qb = QueryBuilder::<Postgres>::new(INSERT_PREFIX);
         push_raw_rows!(qb, rows, now);
+        let mut bodies = QueryBuilder::<Postgres>::new(INSERT_BODIES);
+        bodies.push_values(rows, |mut b, r: RawRow| {
+            b.push_bind(r.id).push_bind(r.body);
+        });
         let mut tx = conn.begin().await?;
         qb.build().execute(&mut *tx).await?;
+        bodies.build().execute(&mut *tx).await?;
         tx.commit().await?;
         done += k;
     }

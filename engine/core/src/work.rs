@@ -66,6 +66,8 @@ pub struct Work {
     body: Vec<u8>,
     json: Option<serde_json::Value>,
     json_dirty: bool,
+    /// A step replaced the body or took it for changing: it may differ from the journaled one.
+    changed: bool,
     /// Parsed forms of the body made by adapters (see [`Work::cached`]).
     cache: Vec<Arc<dyn Any + Send + Sync>>,
 }
@@ -95,6 +97,7 @@ impl Work {
             body: m.body.clone(),
             json: None,
             json_dirty: false,
+            changed: false,
             cache: Vec::new(),
         }
     }
@@ -119,6 +122,12 @@ impl Work {
         Ok(made)
     }
 
+    /// Whether the body may differ from the message's journaled body: a step replaced it or
+    /// took its JSON for changing. `false` means it is exactly the body as received.
+    pub fn body_changed(&self) -> bool {
+        self.changed
+    }
+
     /// The body bytes as they are now (without re-serializing pending JSON changes).
     pub fn raw_body(&self) -> &[u8] {
         &self.body
@@ -138,6 +147,7 @@ impl Work {
     /// Replaces the body with raw bytes.
     pub fn set_body(&mut self, body: Vec<u8>) {
         self.body = body;
+        self.changed = true;
         self.cache.clear();
         self.json = None;
         self.json_dirty = false;
@@ -154,6 +164,7 @@ impl Work {
     pub fn json_mut(&mut self) -> Result<&mut serde_json::Value, StepError> {
         self.parse_json()?;
         self.json_dirty = true;
+        self.changed = true;
         self.cache.clear();
         Ok(self.json.as_mut().expect("parsed above"))
     }
@@ -186,6 +197,7 @@ impl Work {
         self.cache.clear();
         self.json = Some(v);
         self.json_dirty = true;
+        self.changed = true;
         self.kind = "json".into();
     }
 

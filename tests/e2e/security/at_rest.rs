@@ -161,7 +161,7 @@ async fn key_rotation_under_concurrent_writes_leaves_every_record_readable() {
         use sqlx::Connection;
         let mut c = sqlx::SqliteConnection::connect(&s._db.url).await.unwrap();
         let last = sent.last().unwrap().0.clone();
-        let row: (Vec<u8>,) = sqlx::query_as("SELECT body FROM messages WHERE id = ?")
+        let row: (Vec<u8>,) = sqlx::query_as("SELECT body FROM bodies WHERE id = ?")
             .bind(last)
             .fetch_one(&mut c)
             .await

@@ -106,6 +106,7 @@ impl Sink for FhirStoreSink {
                 sink: self.name.clone(),
                 pipeline: self.pipeline.clone(),
                 body: applied.outcome.into_bytes(),
+                as_received: false,
             }])
         })
     }

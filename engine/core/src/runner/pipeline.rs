@@ -460,6 +460,7 @@ impl PipelineHandle {
         }
         let body_len = msg.body.len() as u64;
         if msg.rejected.is_none()
+            && i.ordering_key.is_some()
             && let Some(h) = self.ordering_hash(&preview(&msg))
         {
             msg.ordering = Some((h, h % i.concurrency.max(1) as i64));
@@ -471,7 +472,12 @@ impl PipelineHandle {
             self.reserve(part)
         };
         msg.due = matches!(place, Place::Journal);
-        let fresh = msg.clone();
+        // The copy the in-memory queue (or the broker's ticket) gets, made before the journal
+        // takes `msg` and seals it in place: one copy of the body per message (there were
+        // three), none for a refused message or one that waits in the journal.
+        let rejected = msg.rejected.is_some();
+        let queued = (!rejected && !matches!(place, Place::Journal)).then(|| preview(&msg));
+        let trace_id = msg.trace_id.clone();
         let appended = i.journal.append(msg).await;
         if matches!(place, Place::Journal) {
             // The due row (if any) is committed now: the feeder may end the spill only after
@@ -492,7 +498,7 @@ impl PipelineHandle {
             i.metrics.duplicate(&i.name);
             return Ok(accepted);
         }
-        if fresh.rejected.is_some() {
+        if rejected {
             // Journaled as a dead letter by the source's decision; nothing to run.
             i.metrics.received(&i.name);
             i.metrics.dead(&i.name);
@@ -504,12 +510,12 @@ impl PipelineHandle {
             b.body_bytes += body_len;
             b.bodies += 1;
         }
-        let mut m = preview(&fresh);
+        let Some(mut m) = queued else {
+            // Journaled as due: the feeder takes it up from the journal.
+            return Ok(accepted);
+        };
         m.id.clone_from(&accepted.id);
-        m.trace_id = fresh
-            .trace_id
-            .clone()
-            .unwrap_or_else(|| accepted.id.clone());
+        m.trace_id = trace_id.unwrap_or_else(|| accepted.id.clone());
         if accepted.reused_key {
             m.headers.insert(
                 crate::message::REUSED_KEY_HEADER.into(),

@@ -5,7 +5,8 @@
 //!   - journal: {}
 //! ```
 //! The record is written in the same transaction as the message's `done` state and at most
-//! once per message, so it shows exactly what a downstream system would have received. Used by
+//! once per message, so it shows exactly what a downstream system would have received. A body
+//! no step changed is recorded as a reference to the message's journaled body, not a copy. Used by
 //! tests and demos, and to inspect a pipeline's output (`GET /api/messages/{id}`).
 
 use std::sync::Arc;
@@ -51,10 +52,18 @@ impl Sink for JournalSink {
 
     fn deliver<'a>(&'a self, work: &'a mut Work) -> BoxFuture<'a, Result<Vec<Effect>, StepError>> {
         Box::pin(async move {
+            // The body as received is recorded as a reference to the journaled body (journal
+            // v2), not a second copy; a body a step changed is recorded as it is now.
+            let as_received = !work.body_changed();
             Ok(vec![Effect {
                 sink: self.name.clone(),
                 pipeline: self.pipeline.clone(),
-                body: work.body().to_vec(),
+                body: if as_received {
+                    Vec::new()
+                } else {
+                    work.body().to_vec()
+                },
+                as_received,
             }])
         })
     }

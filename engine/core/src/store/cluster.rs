@@ -256,7 +256,7 @@ impl Store {
     pub async fn backlog(&self) -> Result<Vec<Backlog>> {
         let rows = sqlx::query(
             "SELECT pipeline, COUNT(*) AS n, MIN(received_at) AS oldest FROM messages \
-             WHERE state IN ('received', 'processing', 'failed') GROUP BY pipeline ORDER BY pipeline",
+             WHERE state IN ('received', 'processing', 'failed') AND state <> 'done' GROUP BY pipeline ORDER BY pipeline",
         )
         .fetch_all(&self.read)
         .await
@@ -285,7 +285,7 @@ fn adopt_query(me: &str, from: Owner<'_>) -> Sql {
     u.bind(me);
     u.push(", updated_at = ");
     u.bind(now_ms());
-    u.push(" WHERE state IN ('received', 'processing') AND next_attempt_at IS NULL AND ");
+    u.push(" WHERE state IN ('received', 'processing') AND state <> 'done' AND next_attempt_at IS NULL AND ");
     match from {
         Owner::Node(n) => {
             u.push("owner = ");

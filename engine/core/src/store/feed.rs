@@ -49,7 +49,7 @@ impl Store {
         match due {
             Due::Pipelines(pipelines) => {
                 // `|| ''` keeps the planner on the partial index `messages_due` (few rows):
-                // SQLite would otherwise pick `messages_pipeline_state` and read every
+                // SQLite would otherwise pick `messages_open` (journal v2: partial, what is not done) and read every
                 // `received` message, the whole backlog under load, twice a second.
                 s.push(" AND state || '' IN ('received', 'failed') AND pipeline || '' IN (");
                 for (i, p) in pipelines.iter().enumerate() {
@@ -158,7 +158,7 @@ impl Store {
         s.bind(now_ms());
         s.push(" WHERE pipeline = ");
         s.bind(pipeline);
-        s.push(" AND state IN ('received', 'processing', 'failed') AND ordering_hash IS NOT NULL AND part <> ordering_hash % ");
+        s.push(" AND state IN ('received', 'processing', 'failed') AND state <> 'done' AND ordering_hash IS NOT NULL AND part <> ordering_hash % ");
         s.bind(partitions);
         let r = s
             .query()
@@ -170,7 +170,7 @@ impl Store {
 
     /// Unfinished messages (received, processing, failed) of each of `pipelines`, with the
     /// oldest one's arrival; pipelines with none are left out. Each count walks the index
-    /// `messages_pipeline_state` and the oldest is the first id there (ids are time-ordered):
+    /// `messages_open` (journal v2: partial, what is not done) and the oldest is the first id there (ids are time-ordered):
     /// no sort, so neither time nor memory grows with the backlog beyond the count itself (the
     /// one-query `GROUP BY` of [`Store::backlog`] sorted every waiting row, in memory, every
     /// 2 s).
@@ -180,7 +180,7 @@ impl Store {
             let mut s = Sql::new("SELECT (SELECT COUNT(*) FROM messages WHERE pipeline = ".into());
             s.bind(p.as_str());
             s.push(
-                " AND state IN ('received', 'processing', 'failed')) AS n, (SELECT MIN(t) FROM (",
+                " AND state IN ('received', 'processing', 'failed') AND state <> 'done') AS n, (SELECT MIN(t) FROM (",
             );
             for (i, state) in ["received", "processing", "failed"].iter().enumerate() {
                 if i > 0 {
@@ -190,7 +190,7 @@ impl Store {
                 s.bind(p.as_str());
                 s.push(" AND state = ");
                 s.bind(*state);
-                s.push(" ORDER BY id LIMIT 1) AS t");
+                s.push(" AND state <> 'done' ORDER BY id LIMIT 1) AS t");
             }
             s.push(") AS oldest_per_state) AS oldest");
             let r = s

@@ -239,10 +239,17 @@ pub const CLEAR_HEADERS: &[&str] = &[
     "file-part",
 ];
 
+/// An effect's columns: its own bytes, or for a reference (`body` NULL, journal v2) its
+/// message's body, and which of the two (`by_ref` 1: sealed as the message's body).
+const EFFECT_COLUMNS: &str = "message_id, sink, pipeline, COALESCE(effects.body, (SELECT bodies.body FROM bodies WHERE bodies.id = effects.message_id)) AS body, CAST(CASE WHEN effects.body IS NULL THEN 1 ELSE 0 END AS BIGINT) AS by_ref, recorded_at";
+
 /// Most effects one message's detail reads (one per `journal` sink of its pipeline, so a handful).
 pub const MAX_EFFECTS_PER_MESSAGE: i64 = 256;
 
-const MESSAGE_COLUMNS: &str = "id, facility, pipeline, kind, body, headers, source, received_at, trace_id, dedup_key, dedup_key_sealed, parent_id, state, attempts, next_attempt_at, last_error, updated_at";
+/// A message's columns with its body, which journal v2 keeps in `bodies` (by id): a correlated
+/// subquery, so the same list serves a `SELECT … FROM messages` and an `UPDATE messages …
+/// RETURNING` (both backends allow it there).
+const MESSAGE_COLUMNS: &str = "id, facility, pipeline, kind, (SELECT bodies.body FROM bodies WHERE bodies.id = messages.id) AS body, headers, source, received_at, trace_id, dedup_key, dedup_key_sealed, parent_id, state, attempts, next_attempt_at, last_error, updated_at";
 const MESSAGE_COLUMNS_NO_BODY: &str = "id, facility, pipeline, kind, headers, source, received_at, trace_id, dedup_key, dedup_key_sealed, parent_id, state, attempts, next_attempt_at, last_error, updated_at";
 
 impl Store {
@@ -518,6 +525,12 @@ impl Store {
 
     /// Applies the migrations of this backend that have not run yet.
     pub async fn migrate(&self) -> Result<()> {
+        self.migrate_up_to(i64::MAX).await
+    }
+
+    /// Applies the migrations numbered up to `last` that have not run yet: a database as an
+    /// older release left it (the journal v2 migration test builds a v1 journal this way).
+    pub async fn migrate_up_to(&self, last: i64) -> Result<()> {
         let sources: &[(i64, &'static str, &'static str)] = match self.backend {
             Backend::Sqlite => &[
                 (
@@ -616,6 +629,11 @@ impl Store {
                     23,
                     "recordings",
                     include_str!("migrations/sqlite/0023_recordings.sql"),
+                ),
+                (
+                    24,
+                    "journal v2",
+                    include_str!("migrations/sqlite/0024_journal_v2.sql"),
                 ),
                 (
                     25,
@@ -735,6 +753,11 @@ impl Store {
                     include_str!("migrations/postgres/0023_recordings.sql"),
                 ),
                 (
+                    24,
+                    "journal v2",
+                    include_str!("migrations/postgres/0024_journal_v2.sql"),
+                ),
+                (
                     25,
                     "recording_stop",
                     include_str!("migrations/postgres/0025_recording_stop.sql"),
@@ -748,6 +771,7 @@ impl Store {
         };
         let migrations = sources
             .iter()
+            .filter(|(v, _, _)| *v <= last)
             .map(|(v, d, s)| {
                 Migration::new(
                     *v,
@@ -847,6 +871,10 @@ impl Store {
         if let Some(st) = f.state {
             s.push(" AND state = ");
             s.bind(st.as_str());
+            if st != State::Done {
+                // Lets SQLite use the one state index (`messages_open`, partial).
+                s.push(" AND state <> 'done'");
+            }
         }
         if let Some(c) = &f.cursor {
             s.push(" AND id < ");
@@ -1019,6 +1047,9 @@ impl Store {
         s.bind(pipeline);
         s.push(" AND state = ");
         s.bind(state.as_str());
+        if state != State::Done {
+            s.push(" AND state <> 'done'");
+        }
         let mut conn = self
             .write
             .acquire()
@@ -1050,7 +1081,7 @@ impl Store {
         s.bind(0_i64);
         s.push(", updated_at = ");
         s.bind(now);
-        s.push(" WHERE state IN ('received', 'processing') AND next_attempt_at IS NULL");
+        s.push(" WHERE state IN ('received', 'processing') AND state <> 'done' AND next_attempt_at IS NULL");
         let r = s
             .query()
             .execute(&self.write)
@@ -1078,9 +1109,7 @@ impl Store {
 
     /// Effects recorded by `journal` sinks, for tests and the CLI.
     pub async fn effects(&self, pipeline: Option<&str>) -> Result<Vec<EffectRow>> {
-        let mut s = Sql::new(
-            "SELECT message_id, sink, pipeline, body, recorded_at FROM effects WHERE 1=1".into(),
-        );
+        let mut s = Sql::new(format!("SELECT {EFFECT_COLUMNS} FROM effects WHERE 1=1"));
         if let Some(p) = pipeline {
             s.push(" AND pipeline = ");
             s.bind(p);
@@ -1097,10 +1126,9 @@ impl Store {
     /// The effects of one message (at most [`MAX_EFFECTS_PER_MESSAGE`]), by the primary key:
     /// only its own rows are read and decrypted.
     pub async fn effects_of(&self, message_id: &str) -> Result<Vec<EffectRow>> {
-        let mut s = Sql::new(
-            "SELECT message_id, sink, pipeline, body, recorded_at FROM effects WHERE message_id = "
-                .into(),
-        );
+        let mut s = Sql::new(format!(
+            "SELECT {EFFECT_COLUMNS} FROM effects WHERE message_id = "
+        ));
         s.bind(message_id);
         s.push(" ORDER BY sink LIMIT ");
         s.bind(MAX_EFFECTS_PER_MESSAGE);
@@ -1116,11 +1144,14 @@ impl Store {
         let d = || q("decode effect");
         let message_id: String = r.try_get("message_id").map_err(d())?;
         let sink: String = r.try_get("sink").map_err(d())?;
-        let body = self.open_bytes(
-            &message_id,
-            &format!("effect/{sink}"),
-            r.try_get("body").map_err(d())?,
-        )?;
+        // A reference (journal v2): the message's own body, sealed as the message's.
+        let by_ref: i64 = r.try_get("by_ref").map_err(d())?;
+        let field = if by_ref == 1 {
+            "body".to_owned()
+        } else {
+            format!("effect/{sink}")
+        };
+        let body = self.open_bytes(&message_id, &field, r.try_get("body").map_err(d())?)?;
         Ok(EffectRow {
             pipeline: r.try_get("pipeline").map_err(d())?,
             recorded_at: r.try_get("recorded_at").map_err(d())?,

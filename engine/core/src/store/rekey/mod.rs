@@ -4,7 +4,9 @@
 //! active key): the body, the sealed header values, `last_error` and the error history of the
 //! message and the sealed dedup key, each bound to its message and field (see
 //! [`crate::crypto::Binding`]); a dedup key still in clear is replaced by its blind index and
-//! kept sealed beside it. A pass over `effects` re-seals their bodies.
+//! kept sealed beside it (journal v2 keeps the body in `bodies`, by the message's id). A pass
+//! over `effects` re-seals their bodies (an effect that refers to its message's body has none
+//! of its own).
 //! Values in clear (written before encryption was turned on) and values sealed before bindings
 //! existed (`\0HZE1`) are sealed bound by the same pass.
 //!
@@ -163,7 +165,7 @@ impl Store {
         limit: i64,
     ) -> Result<RekeyBatch> {
         let mut s = Sql::new(
-            "SELECT id, body, headers, last_error, dedup_key, dedup_key_sealed FROM messages WHERE id > "
+            "SELECT id, (SELECT bodies.body FROM bodies WHERE bodies.id = messages.id) AS body, headers, last_error, dedup_key, dedup_key_sealed FROM messages WHERE id > "
                 .into(),
         );
         s.bind(after.unwrap_or("").to_owned());
@@ -195,9 +197,10 @@ impl Store {
             if !c.is_current(&body) {
                 let plain = self.plain_bytes(&id, "body", &body)?;
                 let sealed = c.seal(&plain, &crate::crypto::Binding::new(&id, "body"));
+                // Journal v2 keeps the body in `bodies`, by the message's id.
                 n += self
                     .update_guarded(
-                        "messages",
+                        "bodies",
                         "body",
                         Value::Blob(sealed),
                         &key,
@@ -359,11 +362,12 @@ impl Store {
             let id: String = r.try_get("message_id").map_err(d())?;
             let sink: String = r.try_get("sink").map_err(d())?;
             let k: String = r.try_get("k").map_err(d())?;
-            let body: Vec<u8> = r.try_get("body").map_err(d())?;
+            // NULL: a reference to the message's body (journal v2), re-sealed with it.
+            let body: Option<Vec<u8>> = r.try_get("body").map_err(d())?;
             out.next = Some(k);
-            if c.is_current(&body) {
+            let Some(body) = body.filter(|b| !c.is_current(b)) else {
                 continue;
-            }
+            };
             let field = format!("effect/{sink}");
             let plain = self.plain_bytes(&id, &field, &body)?;
             let sealed = c.seal(&plain, &crate::crypto::Binding::new(&id, &field));
