@@ -480,8 +480,9 @@ async fn the_sink_retries_while_the_broker_is_down_and_delivers_once() {
     // (and what arrives for it) across its restart.
     b.start().await;
     let sub_id = unique("hz-sink-sub");
+    let plain = b.plain;
     let sub = |id: &str| BrokerConfig {
-        url: format!("mqtt://127.0.0.1:{}", b.plain),
+        url: format!("mqtt://127.0.0.1:{plain}"),
         protocol: Protocol::V5,
         client_id: id.to_owned(),
         username: Some(USER.into()),

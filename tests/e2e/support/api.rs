@@ -52,7 +52,12 @@ impl JsonApi {
     pub fn new(base: String) -> JsonApi {
         JsonApi {
             base,
-            client: reqwest::Client::new(),
+            // Idle connections are dropped before the engine's 10 s `http.header_timeout` closes
+            // them, so a request never races the server's close on a reused connection.
+            client: reqwest::Client::builder()
+                .pool_idle_timeout(std::time::Duration::from_secs(5))
+                .build()
+                .expect("an HTTP client"),
         }
     }
 

@@ -151,8 +151,10 @@ pub fn loaded_with_plugins(
     pipelines: &[&str],
     plugins: config::PluginsConfig,
 ) -> Loaded {
-    let mut root = RootConfig::default();
-    root.plugins = plugins;
+    let mut root = RootConfig {
+        plugins,
+        ..RootConfig::default()
+    };
     root.store.url = db.url.clone();
     root.journal.scheduler_poll = Duration::from_millis(50);
     root.security.jwt_secret_file = db.dir.path().join("jwt.secret");

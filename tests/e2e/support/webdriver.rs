@@ -14,6 +14,8 @@ use serde_json::{Value, json};
 
 pub struct Browser {
     driver: tokio::process::Child,
+    /// chromedriver's process group: Chromium and its helpers are in it too.
+    group: Option<u32>,
     base: String,
     session: String,
     http: reqwest::Client,
@@ -52,8 +54,11 @@ impl Browser {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
+            // A group of its own, so the browsers it starts end with it (see Drop).
+            .process_group(0)
             .spawn()
             .expect("chromedriver starts");
+        let group = driver.id();
         let base = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
         let ready = super::wait_for("chromedriver ready", Duration::from_secs(20), || {
@@ -102,6 +107,7 @@ impl Browser {
             .to_owned();
         Some(Browser {
             driver,
+            group,
             base,
             session,
             http,
@@ -160,5 +166,18 @@ impl Browser {
             .send()
             .await;
         let _ = self.driver.kill().await;
+    }
+}
+
+/// A test that fails before `close` would leave Chromium running (its parent chromedriver is
+/// killed on drop, Chromium is not): the whole process group goes instead.
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some(pid) = self
+            .group
+            .and_then(|g| rustix::process::Pid::from_raw(g as i32))
+        {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
     }
 }

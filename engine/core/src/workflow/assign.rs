@@ -10,9 +10,7 @@
 //! takes no load by itself: the offer made from it does, in that transaction, and the
 //! offer's end gives it back.
 
-use huizhen_domain::consultation::{
-    Actor, Command, Consultation, Context, Offeree, Role, State, decide,
-};
+use huizhen_domain::consultation::{Actor, Command, Consultation, Context, Offeree, Role, decide};
 use huizhen_domain::expert::{MatchError, match_experts};
 
 use super::Workflow;
@@ -149,7 +147,7 @@ impl Workflow {
         let Some(stored) = self.store.consultation(id).await? else {
             return Err(ConsultationError::NotFound(id.to_owned()));
         };
-        if stored.consultation.state() != State::PendingMatch {
+        if !stored.consultation.awaits_assignment() {
             return Ok(None);
         }
         let matched = self.match_case(&stored.consultation, &[]).await?;
@@ -164,7 +162,9 @@ impl Workflow {
             .store
             .consultation_command(id, None, &by, |s, ctx| {
                 let c = &s.consultation;
-                if c.state() != State::PendingMatch {
+                // Checked again on the version this command applies to: the assignment at
+                // approval and the `assign` timer's may both have matched.
+                if !c.awaits_assignment() {
                     return Ok(Vec::new());
                 }
                 match candidates.first() {

@@ -308,6 +308,19 @@ impl Consultation {
         self.state
     }
 
+    /// True while the consultation waits for the engine's assignment: pending a match and not
+    /// escalated since its (last) approval. An escalated case waits for a person, so an
+    /// assignment that runs twice (at approval and from its timer) escalates it once.
+    pub fn awaits_assignment(&self) -> bool {
+        self.state == State::PendingMatch
+            && !self
+                .timeline
+                .iter()
+                .rev()
+                .take_while(|e| e.event != "approved")
+                .any(|e| e.event == "escalated")
+    }
+
     /// The request (with the current patient after a merge).
     pub fn request(&self) -> &ConsultationRequest {
         &self.request

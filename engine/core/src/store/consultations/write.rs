@@ -58,13 +58,7 @@ fn expert_facility(c: &Consultation) -> Option<String> {
 pub(crate) fn timer_for(c: &Consultation) -> Option<(&'static str, u32, i64)> {
     let changed = c.last_modified().timestamp_millis();
     if c.state() == State::PendingMatch {
-        let escalated = c
-            .timeline()
-            .iter()
-            .rev()
-            .take_while(|e| e.event != "approved")
-            .any(|e| e.event == "escalated");
-        return (!escalated).then_some(("assign", 0, changed));
+        return c.awaits_assignment().then_some(("assign", 0, changed));
     }
     let a = c.current_attempt()?;
     if a.escalated_to.is_some() {
