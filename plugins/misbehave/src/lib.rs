@@ -32,7 +32,9 @@ impl Guest for Misbehave {
             }
             b"panic" => panic!("misbehave was asked to panic"),
             b"refuse" => Err("refused on request".into()),
-            _ if huizhen::plugin::host::config("every-message").as_deref() == Some("loop") => spin(),
+            _ if huizhen::plugin::host::config("every-message").as_deref() == Some("loop") => {
+                spin()
+            }
             _ => Ok(Decision::Annotate(vec![("misbehave".into(), "ok".into())])),
         }
     }
