@@ -3,7 +3,7 @@
 //! against raw UDP loopback forwarding of the same packets measured in the same run.
 //!
 //! ```sh
-//! cargo bench -p huizhen-media --bench rooms                      # steps 1,2,5,10,20,30,50
+//! cargo bench -p huizhen-media --bench rooms                      # steps 1,2,5,10,20,30,40,50
 //! BENCH_ROOMS=1,5,10 BENCH_SECONDS=5 cargo bench -p huizhen-media --bench rooms
 //! ```
 //!
@@ -14,13 +14,19 @@
 //! loopback) in the same process. Subscribers send REMB (5 Mbit/s) as browsers do.
 //!
 //! 1. **Baseline**: the same packets over plain UDP sockets on loopback, one forwarding task per
-//!    publisher copying each packet to two receiver sockets (no SRTP, no interceptors).
+//!    publisher copying each packet to two receiver sockets (no SRTP, no interceptors); a
+//!    window of at most 5 s.
 //! 2. **SFU**: rooms are added step by step; at each step, after a 3 s warm-up, a window of
 //!    `BENCH_SECONDS` (default 10): video packets sent in the window and those of them received
 //!    within 2 s of its end (loss = 1 − received / (2 × sent)), publisher-to-subscriber delay
-//!    p50/p99 (send time in the payload), CPU of the whole process (SFU and client peers:
-//!    /proc/self/stat) over the window against 2 cores.
-//!    Stops after the first step whose loss exceeds 1 % or CPU exceeds 95 %.
+//!    p50/p99 (send time in the payload), CPU over the window against 2 cores: of the whole
+//!    process (SFU and client peers: /proc/self/stat) and of the SFU alone (its peer
+//!    connections and forwarding run on a tokio runtime of their own whose threads are named
+//!    `sfu`: /proc/self/task/*/stat). Stops after the first step whose loss exceeds 1 % or
+//!    whose whole-process CPU exceeds 95 %, then prints the SFU's CPU per room at the last step
+//!    within 1 % loss and the rooms at which the SFU alone would use 95 % of both cores.
+//!
+//! The baseline runs at every size first, before any SFU room exists (its CPU is its own).
 
 #![allow(clippy::print_stdout)]
 
@@ -34,21 +40,48 @@ use std::time::{Duration, Instant};
 use huizhen_media::sfu::{PcFactory, Publication};
 use support::{Client, Received, Sub, remb_loop};
 use tokio::net::UdpSocket;
+use tokio::runtime::Handle;
 use tokio::sync::Notify;
 
-fn cpu_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // After the command name's closing parenthesis: field 3 onwards; utime and stime are
+/// utime + stime of a `/proc/.../stat` line, and the command (thread) name.
+fn stat_ticks(stat: &str) -> (String, u64) {
+    // The name is in parentheses; after the closing one, field 3 onwards; utime and stime are
     // fields 14 and 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let (head, rest) = stat.rsplit_once(')').unwrap_or(("", ""));
+    let name = head
+        .split_once('(')
+        .map(|(_, n)| n)
+        .unwrap_or("")
+        .to_owned();
     let f: Vec<&str> = rest.split_whitespace().collect();
     let n = |i: usize| {
         f.get(i - 3)
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    n(14) + n(15)
+    (name, n(14) + n(15))
 }
+
+/// CPU ticks of the whole process, and of its threads named `sfu` (the SFU's runtime: its
+/// peer connections and forwarding tasks). Threads that ended are counted in the process
+/// total only.
+fn cpu_ticks() -> (u64, u64) {
+    let (_, all) = stat_ticks(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default());
+    let mut sfu = 0;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for t in tasks.flatten() {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            let (name, ticks) = stat_ticks(&stat);
+            if name == SFU_THREADS {
+                sfu += ticks;
+            }
+        }
+    }
+    (all, sfu)
+}
+
+/// The name of the SFU runtime's threads.
+const SFU_THREADS: &str = "sfu";
 
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -73,7 +106,10 @@ struct Window {
     received: u64,
     p50_ms: f64,
     p99_ms: f64,
+    /// The whole process (SFU and clients), of 2 cores.
     cpu: f64,
+    /// The SFU runtime's threads alone, of 2 cores.
+    sfu_cpu: f64,
 }
 
 impl Window {
@@ -116,7 +152,8 @@ async fn window(sent: &[Arc<AtomicU64>], receivers: &[Arc<Received>], secs: u64)
         received: lat.len() as u64,
         p50_ms: percentile(&mut lat, 0.5),
         p99_ms: percentile(&mut lat, 0.99),
-        cpu: (c1 - c0) as f64 / 100.0 / wall / 2.0,
+        cpu: (c1.0 - c0.0) as f64 / 100.0 / wall / 2.0,
+        sfu_cpu: c1.1.saturating_sub(c0.1) as f64 / 100.0 / wall / 2.0,
     }
 }
 
@@ -130,7 +167,7 @@ struct Room {
     rembs: Vec<Arc<AtomicU64>>,
 }
 
-async fn room(factory: &PcFactory) -> Room {
+async fn room(factory: &Arc<PcFactory>, sfu: &Handle) -> Room {
     let mut r = Room {
         publishers: Vec::new(),
         subs: Vec::new(),
@@ -138,6 +175,13 @@ async fn room(factory: &PcFactory) -> Room {
         stops: Vec::new(),
         sent: Vec::new(),
         rembs: Vec::new(),
+    };
+    let build = |publication: Option<Arc<Publication>>| {
+        let f = factory.clone();
+        support::on(
+            Some(sfu),
+            async move { f.build(publication).await.unwrap() },
+        )
     };
     for i in 0..3 {
         let client = Client::with(None, false).await;
@@ -150,8 +194,13 @@ async fn room(factory: &PcFactory) -> Room {
             "camera",
             &offer,
         ));
-        let peer = factory.build(Some(publication.clone())).await.unwrap();
-        let answer = support::answer(&peer, &offer).await;
+        let peer = build(Some(publication.clone())).await;
+        let o = offer.clone();
+        let (peer, answer) = support::on(Some(sfu), async move {
+            let a = support::answer(&peer, &o).await;
+            (peer, a)
+        })
+        .await;
         client.accept(&answer).await;
         let (stop, sent) = sending.start_counted(&client, &offer).await;
         support::wait("a publication's tracks", || async {
@@ -160,7 +209,8 @@ async fn room(factory: &PcFactory) -> Room {
         .await;
         let tracks = publication.tracks.lock().await.clone();
         for _ in 0..2 {
-            let sub = support::subscribe_with(factory, &tracks, false).await;
+            let peer = build(None).await;
+            let sub = support::subscribe_peer(Some(sfu), peer, &tracks, false).await;
             r.rembs.push(remb_loop(&sub.received, 5_000_000));
             r.subs.push(sub);
         }
@@ -236,24 +286,33 @@ fn main() {
     let steps: Vec<usize> = std::env::var("BENCH_ROOMS")
         .ok()
         .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![1, 2, 5, 10, 20, 30, 50]);
+        .unwrap_or_else(|| vec![1, 2, 5, 10, 20, 30, 40, 50]);
     let secs: u64 = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
+    // The clients (publishers, subscribers, the raw UDP baseline) on one runtime, the SFU's
+    // peer connections and forwarding on another whose threads are named `sfu`: the same two
+    // cores, but the SFU's CPU is measured apart.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name("peer")
         .enable_all()
         .build()
         .unwrap();
+    let sfu_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(SFU_THREADS)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sfu = sfu_rt.handle().clone();
     rt.block_on(async move {
         support::epoch();
-        println!("| rooms | path | video pkts sent | received | loss | delay p50 | p99 | CPU (of 2 cores) | load average |");
-        println!("|---|---|---|---|---|---|---|---|---|");
-        let factory = PcFactory::new(support::loopback());
-        let mut rooms: Vec<Room> = Vec::new();
-        for n in steps {
-            // Baseline at this size.
+        println!("| rooms | path | video pkts sent | received | loss | delay p50 | p99 | CPU, whole process (of 2 cores) | CPU, SFU threads (of 2 cores) | load average |");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+        // The baseline first, at every size, before any SFU room exists.
+        for &n in &steps {
             let stop = Arc::new(Notify::new());
             let mut sent = Vec::new();
             let mut receivers = Vec::new();
@@ -266,10 +325,15 @@ fn main() {
             let w = window(&sent, &receivers, secs.min(5)).await;
             stop.notify_waiters();
             print_row(n, "raw UDP", &w);
-            // The SFU at this size.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let factory = Arc::new(PcFactory::new(support::loopback()));
+        let mut rooms: Vec<Room> = Vec::new();
+        let mut last: Option<(usize, f64)> = None;
+        for n in steps {
             let setup = Instant::now();
             while rooms.len() < n {
-                rooms.push(room(&factory).await);
+                rooms.push(room(&factory, &sfu).await);
             }
             let setup = setup.elapsed();
             tokio::time::sleep(Duration::from_secs(3)).await;
@@ -281,14 +345,27 @@ fn main() {
             let w = window(&sent, &receivers, secs).await;
             print_row(n, "SFU", &w);
             println!("({n} rooms set up in {:.1} s)", setup.as_secs_f64());
+            if w.loss() <= 0.01 {
+                last = Some((n, w.sfu_cpu));
+            }
             if w.loss() > 0.01 || w.cpu > 0.95 {
                 println!(
-                    "stopped at {n} rooms: loss {:.2} %, CPU {:.0} %",
+                    "stopped at {n} rooms: loss {:.2} %, CPU {:.0} % (SFU threads {:.0} %)",
                     w.loss() * 100.0,
-                    w.cpu * 100.0
+                    w.cpu * 100.0,
+                    w.sfu_cpu * 100.0
                 );
                 break;
             }
+        }
+        if let Some((n, cpu)) = last.filter(|l| l.1 > 0.0) {
+            println!(
+                "SFU threads at {n} rooms (loss ≤ 1 %): {:.1} % of 2 cores, {:.2} % per room: \
+                 the SFU alone would saturate 95 % of both cores at about {:.0} rooms",
+                cpu * 100.0,
+                cpu * 100.0 / n as f64,
+                0.95 * n as f64 / cpu
+            );
         }
         for r in &rooms {
             for s in &r.stops {
@@ -305,17 +382,19 @@ fn main() {
             }
         }
     });
+    sfu_rt.shutdown_timeout(Duration::from_secs(2));
 }
 
 fn print_row(n: usize, path: &str, w: &Window) {
     println!(
-        "| {n} | {path} | {} | {} | {:.2} % | {:.2} ms | {:.2} ms | {:.0} % | {} |",
+        "| {n} | {path} | {} | {} | {:.2} % | {:.2} ms | {:.2} ms | {:.0} % | {:.0} % | {} |",
         w.sent,
         w.received,
         w.loss() * 100.0,
         w.p50_ms,
         w.p99_ms,
         w.cpu * 100.0,
+        w.sfu_cpu * 100.0,
         loadavg()
     );
 }

@@ -33,6 +33,7 @@ use wasmtime::{
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+mod cache;
 pub mod coverage;
 pub mod json;
 pub mod legacy;
@@ -140,6 +141,12 @@ pub fn engine() -> &'static Engine {
         config.epoch_interruption(true);
         // Every store gets fuel (unlimited unless the call has a budget): see `Limits::fuel`.
         config.consume_fuel(true);
+        // A new version of a plugin mostly repeats the functions of the one it replaces (the
+        // SDK, serde, the standard library): Cranelift keeps each function's machine code by a
+        // hash of its body and reuses it, so a hot swap compiles only what changed.
+        config
+            .enable_incremental_compilation(Arc::new(cache::FunctionCache::default()))
+            .expect("the incremental compilation cache");
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(1000);
         pool.total_memories(1000);

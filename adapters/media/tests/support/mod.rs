@@ -481,18 +481,49 @@ pub async fn subscribe(factory: &PcFactory, tracks: &[Arc<Forwarded>]) -> Sub {
 
 pub async fn subscribe_with(factory: &PcFactory, tracks: &[Arc<Forwarded>], keep: bool) -> Sub {
     let sfu = factory.build(None).await.unwrap();
-    let tasks = huizhen_media::sfu::attach(&sfu, "P", false, tracks)
-        .await
-        .unwrap();
-    let offer = sfu.pc.create_offer(None).await.unwrap();
-    sfu.pc.set_local_description(offer).await.unwrap();
-    let offer = sfu.local_sdp().await.unwrap();
+    subscribe_peer(None, sfu, tracks, keep).await
+}
+
+/// Runs `f` on the runtime `rt` (the rooms bench keeps the SFU's peers on a runtime of their
+/// own, to measure their CPU apart from the clients'), or here.
+pub async fn on<T: Send + 'static>(
+    rt: Option<&tokio::runtime::Handle>,
+    f: impl Future<Output = T> + Send + 'static,
+) -> T {
+    match rt {
+        Some(h) => h.spawn(f).await.unwrap(),
+        None => f.await,
+    }
+}
+
+/// Subscribes a new client to `tracks` through the SFU peer `sfu`, whose side runs on `rt`.
+pub async fn subscribe_peer(
+    rt: Option<&tokio::runtime::Handle>,
+    sfu: Peer,
+    tracks: &[Arc<Forwarded>],
+    keep: bool,
+) -> Sub {
+    let tracks = tracks.to_vec();
+    let (sfu, tasks, offer) = on(rt, async move {
+        let tasks = huizhen_media::sfu::attach(&sfu, "P", false, &tracks)
+            .await
+            .unwrap();
+        let offer = sfu.pc.create_offer(None).await.unwrap();
+        sfu.pc.set_local_description(offer).await.unwrap();
+        let offer = sfu.local_sdp().await.unwrap();
+        (sfu, tasks, offer)
+    })
+    .await;
     let client = Client::with(None, keep).await;
     let answer = client.answer(&offer).await;
-    sfu.pc
-        .set_remote_description(RTCSessionDescription::answer(answer).unwrap())
-        .await
-        .unwrap();
+    let sfu = on(rt, async move {
+        sfu.pc
+            .set_remote_description(RTCSessionDescription::answer(answer).unwrap())
+            .await
+            .unwrap();
+        sfu
+    })
+    .await;
     let received = client.received.clone();
     Sub {
         client,

@@ -2,7 +2,8 @@
 //! and the person of each bound record (migration 0026).
 //!
 //! Bindings change rarely and readings arrive by the thousand, so the store keeps them in
-//! memory. Per reading it reads two counters in one one-row query: `device_sync.seq`, which
+//! memory. Per reading it needs two counters, read in one one-row query (shared by the readings
+//! that wait for it at the same time: [`Store::device_stamp`]): `device_sync.seq`, which
 //! every binding and unbinding advances in its own transaction (this process's, the CLI's, or
 //! another node's), and the identity index's `identity_keys_seq`, which every change of a
 //! record's link to a person advances. When either moved, the copy is dropped and the rows
@@ -13,6 +14,7 @@
 //! index again each time (the import adds the record without touching the link counter).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use huizhen_domain::vitals::binding::DeviceBinding;
@@ -27,6 +29,11 @@ pub type Stamp = (i64, i64);
 #[derive(Debug, Default)]
 pub struct DeviceCache {
     copy: Mutex<Copy>,
+    /// One counter read at a time, shared by the readings that wait for it: the last read's
+    /// generation and counters. See [`Store::device_stamp`].
+    stamp: tokio::sync::Mutex<(u64, Stamp)>,
+    /// Generations of counter reads started so far.
+    started: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -63,7 +70,25 @@ pub struct DeviceLookup {
 }
 
 impl Store {
+    /// The counters as of a read that started after this call: a change committed before the
+    /// reading's step began is seen. Concurrent callers share reads (single flight): a caller
+    /// that arrives while a read runs waits for it, and takes the next one's result when that
+    /// read started after it arrived — at most one read in flight, however many readings.
     async fn device_stamp(&self) -> Result<Stamp> {
+        let c = &self.devices_cache;
+        let arrived = c.started.load(Ordering::SeqCst);
+        let mut last = c.stamp.lock().await;
+        if last.0 > arrived {
+            // Its generation was counted (then read) after this caller arrived.
+            return Ok(last.1);
+        }
+        let generation = c.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let stamp = self.read_device_stamp().await?;
+        *last = (generation, stamp);
+        Ok(stamp)
+    }
+
+    async fn read_device_stamp(&self) -> Result<Stamp> {
         let row = sqlx::query(
             "SELECT (SELECT seq FROM device_sync WHERE id = 1) AS d, (SELECT value FROM identity_keys_seq WHERE id = 1) AS i",
         )
