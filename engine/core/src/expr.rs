@@ -46,6 +46,17 @@ pub fn kind_support(kind: &str) -> Option<&'static KindSupport> {
 pub struct Expr {
     source: String,
     program: std::sync::Arc<Program>,
+    uses: Uses,
+}
+
+/// Which of the standard variables an expression reads: the others are not built for it (the
+/// headers map and the message's metadata converted to CEL values on every evaluation were
+/// most of a simple threshold's cost).
+#[derive(Debug, Clone, Copy)]
+struct Uses {
+    body: bool,
+    headers: bool,
+    message: bool,
 }
 
 impl fmt::Debug for Expr {
@@ -60,10 +71,19 @@ impl Expr {
         // The CEL parser is not written to be panic-free on every input; a panic is a syntax error.
         let parsed = std::panic::catch_unwind(|| Program::compile(source));
         match parsed {
-            Ok(Ok(program)) => Ok(Expr {
-                source: source.to_owned(),
-                program: std::sync::Arc::new(program),
-            }),
+            Ok(Ok(program)) => {
+                let refs = program.references();
+                let uses = Uses {
+                    body: refs.has_variable("body"),
+                    headers: refs.has_variable("headers"),
+                    message: refs.has_variable("message"),
+                };
+                Ok(Expr {
+                    source: source.to_owned(),
+                    program: std::sync::Arc::new(program),
+                    uses,
+                })
+            }
             Ok(Err(e)) => Err(format!(
                 "invalid CEL expression {source:?}: {}",
                 e.to_string().trim()
@@ -84,26 +104,32 @@ impl Expr {
         static STDLIB: std::sync::LazyLock<std::sync::Arc<cel::Env>> =
             std::sync::LazyLock::new(|| std::sync::Arc::new(cel::Env::stdlib()));
         let mut ctx = Context::with_env(STDLIB.clone());
-        let body = if kind_support(&work.kind).is_some() {
-            // The adapter decides what `body` is (its bytes may be in another charset).
-            cel::Value::Null
-        } else {
-            work.body_value()?
-        };
-        ctx.add_variable_from_value("body", body);
-        ctx.add_variable("headers", &work.headers)
-            .map_err(|e| StepError::new(format!("headers: {e}")))?;
-        let meta = serde_json::json!({
-            "id": work.id,
-            "pipeline": work.pipeline,
-            "facility": work.facility,
-            "kind": work.kind,
-            "source": work.source,
-            "attempts": work.attempts,
-            "received_at": work.received_at,
-        });
-        ctx.add_variable("message", meta)
-            .map_err(|e| StepError::new(format!("message: {e}")))?;
+        if self.uses.body {
+            let body = if kind_support(&work.kind).is_some() {
+                // The adapter decides what `body` is (its bytes may be in another charset).
+                cel::Value::Null
+            } else {
+                work.body_value()?
+            };
+            ctx.add_variable_from_value("body", body);
+        }
+        if self.uses.headers {
+            ctx.add_variable("headers", &work.headers)
+                .map_err(|e| StepError::new(format!("headers: {e}")))?;
+        }
+        if self.uses.message {
+            let meta = serde_json::json!({
+                "id": work.id,
+                "pipeline": work.pipeline,
+                "facility": work.facility,
+                "kind": work.kind,
+                "source": work.source,
+                "attempts": work.attempts,
+                "received_at": work.received_at,
+            });
+            ctx.add_variable("message", meta)
+                .map_err(|e| StepError::new(format!("message: {e}")))?;
+        }
         if let Some(k) = kind_support(&work.kind) {
             (k.extend)(work, &mut ctx)?;
         }
