@@ -303,14 +303,24 @@ fn store_commands_need_a_store_and_never_create_one() {
         &["backlog"],
         &["migrate"],
         &["messages", "show", "x"],
-        &["token", "issue", "--sub", "a", "--role", "admin", "--facility", "*"],
+        &[
+            "token",
+            "issue",
+            "--sub",
+            "a",
+            "--role",
+            "admin",
+            "--facility",
+            "*",
+        ],
         &["audit", "verify"],
     ] {
         let out = huizhen_in(dir.path(), args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(
-            err.contains("neither ./huizhen.yaml nor ./data exists") && err.contains("huizhen init"),
+            err.contains("neither ./huizhen.yaml nor ./data exists")
+                && err.contains("huizhen init"),
             "{args:?}: {err}"
         );
         assert_eq!(
@@ -320,10 +330,18 @@ fn store_commands_need_a_store_and_never_create_one() {
         );
     }
     let out = huizhen_in(dir.path(), &["init"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(dir.path().join("data").is_dir());
     let out = huizhen_in(dir.path(), &["messages", "list"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ID "));
     // Store options on a command that uses no store are refused, not ignored.
     let out = huizhen_in(
@@ -332,7 +350,8 @@ fn store_commands_need_a_store_and_never_create_one() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--database-url does not apply to `huizhen hl7`"),
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--database-url does not apply to `huizhen hl7`"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -394,7 +413,11 @@ async fn closed_stdout_ends_quietly_and_times_are_iso() {
         .args(["-c", c, "messages", "show", &a.id])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let at = v["received_at"].as_str().unwrap();
     assert!(
@@ -414,7 +437,10 @@ async fn closed_stdout_ends_quietly_and_times_are_iso() {
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     let head = table.lines().next().unwrap_or_default();
-    assert!(head.contains("FACILITY") && head.contains("SOURCE"), "{table}");
+    assert!(
+        head.contains("FACILITY") && head.contains("SOURCE"),
+        "{table}"
+    );
     assert!(table.contains("clinic"), "{table}");
 }
 
@@ -427,11 +453,12 @@ fn help_lists_every_command_and_only_applicable_options() {
     let help = String::from_utf8_lossy(&out.stdout);
     for cmd in [
         "run", "init", "validate", "messages", "backlog", "migrate", "hl7", "dicom", "token",
-        "apikey", "audit", "keys", "export", "plugin", "patients", "devices", "experts",
-        "opinion", "billing",
+        "apikey", "audit", "keys", "export", "plugin", "patients", "devices", "experts", "opinion",
+        "billing",
     ] {
         assert!(
-            help.lines().any(|l| l.trim_start().starts_with(&format!("{cmd} "))),
+            help.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{cmd} "))),
             "{cmd} not in:\n{help}"
         );
     }
@@ -442,16 +469,34 @@ fn help_lists_every_command_and_only_applicable_options() {
         assert!(out.status.success(), "{args:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    for args in [&["hl7", "parse"][..], &["dicom", "echo"], &["opinion", "testca"]] {
+    for args in [
+        &["hl7", "parse"][..],
+        &["dicom", "echo"],
+        &["opinion", "testca"],
+    ] {
         let h = help_of(args);
-        assert!(!h.contains("--database-url") && !h.contains("--config"), "{args:?}:\n{h}");
+        assert!(
+            !h.contains("--database-url") && !h.contains("--config"),
+            "{args:?}:\n{h}"
+        );
     }
-    for args in [&["messages", "list"][..], &["backlog"], &["token", "issue"], &["run"]] {
+    for args in [
+        &["messages", "list"][..],
+        &["backlog"],
+        &["token", "issue"],
+        &["run"],
+    ] {
         let h = help_of(args);
-        assert!(h.contains("--database-url") && h.contains("--config"), "{args:?}:\n{h}");
+        assert!(
+            h.contains("--database-url") && h.contains("--config"),
+            "{args:?}:\n{h}"
+        );
     }
     let h = help_of(&["validate"]);
-    assert!(h.contains("--config") && !h.contains("--database-url"), "{h}");
+    assert!(
+        h.contains("--config") && !h.contains("--database-url"),
+        "{h}"
+    );
     let h = help_of(&["messages", "list"]);
     assert!(h.contains("--wide") && h.contains("--epoch"), "{h}");
     let h = help_of(&["messages", "reprocess"]);
@@ -468,10 +513,19 @@ fn hl7_parse_defaults_to_the_listeners_charset_and_hints() {
     let file = dir.path().join("gb.hl7");
     std::fs::write(&file, &gb).unwrap();
     let out = huizhen(&["hl7", "parse", file.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(printed.contains("# charset: gb18030"), "{printed}");
-    assert!(printed.lines().any(|l| l.starts_with("PID-5.2") && l.ends_with("三丰")), "{printed}");
+    assert!(
+        printed
+            .lines()
+            .any(|l| l.starts_with("PID-5.2") && l.ends_with("三丰")),
+        "{printed}"
+    );
     // Declared UTF-8, but GB18030 bytes: an error with a hint.
     let declared = "MSH|^~\\&|HIS|HOSP|HZ|HZ|20260101120000||ADT^A01|C-2|P|2.5||||||UNICODE UTF-8\rPID|1||P1||张^三丰\r";
     let (bad, _, _) = encoding_rs::GB18030.encode(declared);

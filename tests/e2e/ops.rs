@@ -132,13 +132,15 @@ async fn refused_message_reprocess(b: Backend) {
         .await;
     assert_eq!(status, 200, "{body}");
     engine.wake_scheduler();
-    wait_for("the reprocessed message done", Duration::from_secs(30), || {
-        let store = engine.store.clone();
-        let id = id.clone();
-        async move {
-            (store.get(&id).await.ok()??.state == State::Done).then_some(())
-        }
-    })
+    wait_for(
+        "the reprocessed message done",
+        Duration::from_secs(30),
+        || {
+            let store = engine.store.clone();
+            let id = id.clone();
+            async move { (store.get(&id).await.ok()??.state == State::Done).then_some(()) }
+        },
+    )
     .await;
 
     // Its history is whole: the intake verdict and reason, the reprocess, the outcome.
@@ -176,10 +178,7 @@ async fn refused_message_reprocess(b: Backend) {
     assert_eq!(outcomes.len(), 2, "{outcomes:?}");
     assert_eq!(outcomes[0].0, "denied");
     assert_eq!(outcomes[1].0, "success");
-    assert!(
-        outcomes[1].1.contains("include_refused"),
-        "{outcomes:?}"
-    );
+    assert!(outcomes[1].1.contains("include_refused"), "{outcomes:?}");
 
     // And the metrics count the verdict and both requests.
     let m = engine.metrics.encode();
@@ -261,10 +260,14 @@ async fn gb18030_body_as_text() {
     let engine = mllp_engine(&db, port).await;
     let base = serve(&engine, &security_config()).await;
     let api = JsonApi::new(base);
-    let text = "MSH|^~\\&|HIS|县医院|HZ|HZ|20260101120000||ADT^A01|C-GB|P|2.5\rPID|1||P1||张^三丰\r";
+    let text =
+        "MSH|^~\\&|HIS|县医院|HZ|HZ|20260101120000||ADT^A01|C-GB|P|2.5\rPID|1||P1||张^三丰\r";
     let (raw, _, bad) = encoding_rs::GB18030.encode(text);
     assert!(!bad);
-    assert!(std::str::from_utf8(&raw).is_err(), "the bytes are not UTF-8");
+    assert!(
+        std::str::from_utf8(&raw).is_err(),
+        "the bytes are not UTF-8"
+    );
     assert_eq!(send(port, &raw).await, "AA");
     let id = journaled(&engine.store, "ops-adt").await[0].id.clone();
     let (status, detail) = api
@@ -292,7 +295,9 @@ async fn metrics_at_start() {
     let mllp = format!(
         "version: 1\nname: ops-mllp\nsource:\n  mllp: {{ listen: \"127.0.0.1:{port}\" }}\nsinks:\n  - journal: {{}}\n"
     );
-    let engine = Engine::start(loaded(&db, &[http, mllp.as_str()])).await.unwrap();
+    let engine = Engine::start(loaded(&db, &[http, mllp.as_str()]))
+        .await
+        .unwrap();
     let base = serve(&engine, &security_config()).await;
     let (status, kind, text) = JsonApi::new(base)
         .get_text("/metrics", &token(Role::Admin, "*"))
@@ -300,7 +305,10 @@ async fn metrics_at_start() {
     assert_eq!(status, 200);
     assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
     let got = series(&text, port);
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/e2e/golden/metrics_at_start.txt");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/e2e/golden/metrics_at_start.txt"
+    );
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(path, &got).unwrap();
     }
@@ -340,7 +348,10 @@ fn series(text: &str, port: u16) -> String {
             .replace(&format!("127.0.0.1:{port}"), "127.0.0.1:PORT")
             .replace("profile=\"release\"", "profile=\"PROFILE\"")
             .replace("profile=\"debug\"", "profile=\"PROFILE\"")
-            .replace(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION")), "version=\"VERSION\"");
+            .replace(
+                &format!("version=\"{}\"", env!("CARGO_PKG_VERSION")),
+                "version=\"VERSION\"",
+            );
         out.push(v);
     }
     out.sort();

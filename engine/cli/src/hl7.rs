@@ -361,7 +361,9 @@ fn decode_like_the_listener(
 ) -> Result<charset::Decoded, charset::CharsetError> {
     match charset::decode(raw, default, OnInvalid::Reject) {
         Err(charset::CharsetError::LooksLikeUtf8 { .. }) if std::str::from_utf8(raw).is_ok() => {
-            eprintln!("note: MSH-18 is empty and the bytes are UTF-8: read as UTF-8, as the listener does");
+            eprintln!(
+                "note: MSH-18 is empty and the bytes are UTF-8: read as UTF-8, as the listener does"
+            );
             charset::decode(raw, encoding_rs::UTF_8, OnInvalid::Reject)
         }
         r => r,
@@ -377,7 +379,9 @@ fn charset_hint(e: &charset::CharsetError, asked: &str) -> String {
         charset::CharsetError::Invalid { encoding, .. } => format!(
             "the bytes are not {encoding} (MSH-18 or --charset {asked}); if the sender writes another charset, try --charset UTF-8, GBK or BIG5, or set MSH-18"
         ),
-        _ => format!("try another --charset than {asked} (UTF-8, GB18030, GBK, BIG5), or set MSH-18"),
+        _ => {
+            format!("try another --charset than {asked} (UTF-8, GB18030, GBK, BIG5), or set MSH-18")
+        }
     }
 }
 

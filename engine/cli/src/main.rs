@@ -323,9 +323,13 @@ fn main() -> ExitCode {
 fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    let r = out
-        .write_fmt(args)
-        .and_then(|()| if newline { out.write_all(b"\n") } else { Ok(()) });
+    let r = out.write_fmt(args).and_then(|()| {
+        if newline {
+            out.write_all(b"\n")
+        } else {
+            Ok(())
+        }
+    });
     if let Err(e) = r {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
@@ -388,7 +392,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         cli.command,
         Command::Hl7(_) | Command::Dicom(_) | Command::Opinion(_) | Command::Billing(_)
     );
-    let uses_store = uses_config && !matches!(cli.command, Command::Validate(_) | Command::Plugin(_));
+    let uses_store =
+        uses_config && !matches!(cli.command, Command::Validate(_) | Command::Plugin(_));
     if (cli.config.is_some() && !uses_config) || (cli.database_url.is_some() && !uses_store) {
         let what = if cli.database_url.is_some() && !uses_store {
             "--database-url"
@@ -845,8 +850,7 @@ async fn messages(store: &Store, cmd: MessagesCommand) -> Result<ExitCode> {
                     m.id, m.pipeline
                 );
             } else if let (Some(state), Some(pipeline)) = (a.state, a.pipeline) {
-                let event =
-                    security::cli_event("message.reprocess", "Pipeline", &pipeline, detail);
+                let event = security::cli_event("message.reprocess", "Pipeline", &pipeline, detail);
                 let req = ReprocessRequest {
                     include_refused,
                     audit: Some(&event),
@@ -945,7 +949,11 @@ mod tests {
                 "{path:?}: {args:?}"
             );
         }
-        for path in [&["hl7", "parse"][..], &["dicom", "echo"], &["opinion", "testca"]] {
+        for path in [
+            &["hl7", "parse"][..],
+            &["dicom", "echo"],
+            &["opinion", "testca"],
+        ] {
             let args = find(path);
             assert!(
                 !args.iter().any(|a| a == "database_url" || a == "config"),

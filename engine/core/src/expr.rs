@@ -49,7 +49,8 @@ pub struct DecodedText {
 /// Adapters register one with `inventory::submit!`.
 pub struct KindText {
     pub kind: &'static str,
-    pub decode: fn(&[u8], &std::collections::BTreeMap<String, String>) -> Result<DecodedText, String>,
+    pub decode:
+        fn(&[u8], &std::collections::BTreeMap<String, String>) -> Result<DecodedText, String>,
 }
 
 inventory::collect!(KindText);

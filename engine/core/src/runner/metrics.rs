@@ -231,14 +231,46 @@ impl Metrics {
             "Time spent in each step and sink",
             step_seconds.clone(),
         );
-        let step_errors = registered(&mut registry, "step_errors", "Failed attempts by the step or sink that failed (step: its label, type#index, or the sink's name)");
-        let intake = registered(&mut registry, "intake", "What became of what a source submitted: accepted, duplicate (a resend), refused (journaled as a dead letter, e.g. HL7 AR/AE), busy (backlog limit: not journaled, the sender sends again), failed (not journaled: the journal failed)");
-        let verdicts = registered(&mut registry, "intake_verdicts", "Answers a source gave its senders, in the protocol's words (MLLP: AA, AE, AR, CA, CE, CR)");
-        let connections = registered(&mut registry, "listener_connections", "Connections open now on a listener source (mllp, dicom)");
-        let source_up = registered(&mut registry, "source_up", "1 while the pipeline's source runs (a listener accepts), 0 once it stopped or failed");
-        let last_message = registered(&mut registry, "source_last_message_timestamp_seconds", "When the source last submitted a message (accepted, resent or refused), Unix seconds; 0 before the first since this process started");
-        let reprocess_requests = registered(&mut registry, "reprocess_requests", "Reprocess requests through this process's API: reprocessed, refused_included (refused at intake, reprocessed on explicit request), refused_denied (refused at intake, not asked explicitly)");
-        let journal_reprocesses = registered(&mut registry, "journal_reprocesses", "Reprocesses recorded in the journal (API and CLI, every node)");
+        let step_errors = registered(
+            &mut registry,
+            "step_errors",
+            "Failed attempts by the step or sink that failed (step: its label, type#index, or the sink's name)",
+        );
+        let intake = registered(
+            &mut registry,
+            "intake",
+            "What became of what a source submitted: accepted, duplicate (a resend), refused (journaled as a dead letter, e.g. HL7 AR/AE), busy (backlog limit: not journaled, the sender sends again), failed (not journaled: the journal failed)",
+        );
+        let verdicts = registered(
+            &mut registry,
+            "intake_verdicts",
+            "Answers a source gave its senders, in the protocol's words (MLLP: AA, AE, AR, CA, CE, CR)",
+        );
+        let connections = registered(
+            &mut registry,
+            "listener_connections",
+            "Connections open now on a listener source (mllp, dicom)",
+        );
+        let source_up = registered(
+            &mut registry,
+            "source_up",
+            "1 while the pipeline's source runs (a listener accepts), 0 once it stopped or failed",
+        );
+        let last_message = registered(
+            &mut registry,
+            "source_last_message_timestamp_seconds",
+            "When the source last submitted a message (accepted, resent or refused), Unix seconds; 0 before the first since this process started",
+        );
+        let reprocess_requests = registered(
+            &mut registry,
+            "reprocess_requests",
+            "Reprocess requests through this process's API: reprocessed, refused_included (refused at intake, reprocessed on explicit request), refused_denied (refused at intake, not asked explicitly)",
+        );
+        let journal_reprocesses = registered(
+            &mut registry,
+            "journal_reprocesses",
+            "Reprocesses recorded in the journal (API and CLI, every node)",
+        );
         let build = Family::<BuildLabel, Gauge>::default();
         registry.register(
             "build_info",
@@ -436,7 +468,9 @@ impl Metrics {
     }
 
     pub fn set_journal_reprocesses(&self, p: &str, n: i64) {
-        self.journal_reprocesses.get_or_create(&Self::label(p)).set(n);
+        self.journal_reprocesses
+            .get_or_create(&Self::label(p))
+            .set(n);
     }
 
     /// Reads the process's figures from `/proc/self` (at scrape time).

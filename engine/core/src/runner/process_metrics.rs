@@ -111,8 +111,7 @@ impl ProcessMetrics {
         }
         if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
             // The directory handle itself is one of them.
-            self.open_fds
-                .set((dir.count() as i64 - 1).max(0));
+            self.open_fds.set((dir.count() as i64 - 1).max(0));
         }
         if let (Some(after_boot), Some(boot)) = (
             s.start_after_boot,
@@ -130,7 +129,10 @@ pub(crate) fn parse(status: Option<&str>, stat: Option<&str>, limits: Option<&st
     if let Some(status) = status {
         for line in status.lines() {
             let (key, rest) = line.split_once(':').unwrap_or((line, ""));
-            let first = rest.split_whitespace().next().and_then(|v| v.parse::<i64>().ok());
+            let first = rest
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<i64>().ok());
             match key {
                 "VmRSS" => s.resident_bytes = first.map(|kb| kb * 1024),
                 "VmSize" => s.virtual_bytes = first.map(|kb| kb * 1024),
@@ -184,7 +186,10 @@ mod tests {
         assert_eq!(s.cpu_seconds, Some(3.0));
         assert_eq!(s.start_after_boot, Some(1234.56));
         assert_eq!(s.max_fds, Some(1024));
-        assert_eq!(boot_time("cpu  1 2 3\nbtime 1700000000\n"), Some(1_700_000_000.0));
+        assert_eq!(
+            boot_time("cpu  1 2 3\nbtime 1700000000\n"),
+            Some(1_700_000_000.0)
+        );
         assert_eq!(parse(None, Some("garbage"), None), Sample::default());
     }
 }

@@ -79,11 +79,7 @@ impl Store {
     }
 
     /// [`Store::reprocess`], recording `audit` in the same transaction as the change.
-    pub async fn reprocess_audited(
-        &self,
-        id: &str,
-        audit: Option<&AuditEvent>,
-    ) -> Result<Message> {
+    pub async fn reprocess_audited(&self, id: &str, audit: Option<&AuditEvent>) -> Result<Message> {
         self.reprocess_with(
             id,
             ReprocessRequest {
@@ -258,9 +254,7 @@ impl Store {
         let mut refused_skipped = 0;
         if req.include_refused {
             // Refused before migration 0027: their reason becomes their intake row now.
-            let mut s = Sql::new(
-                "SELECT id, received_at, last_error FROM messages".into(),
-            );
+            let mut s = Sql::new("SELECT id, received_at, last_error FROM messages".into());
             filter(&mut s, None);
             s.push(" AND messages.state = 'dead' AND messages.attempts = 0 AND NOT EXISTS (SELECT 1 FROM message_errors e WHERE e.message_id = messages.id AND e.attempt = 0 AND e.step = 'intake')");
             let rows = s
@@ -321,7 +315,8 @@ impl Store {
             let mut e = e.clone();
             let mut detail = format!("{reprocessed} messages");
             if req.include_refused {
-                detail.push_str(", refused at intake included on explicit request (include_refused)");
+                detail
+                    .push_str(", refused at intake included on explicit request (include_refused)");
             } else if refused_skipped > 0 {
                 detail.push_str(&format!(", {refused_skipped} refused at intake skipped"));
             }
