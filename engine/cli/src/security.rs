@@ -38,7 +38,10 @@ pub enum ApikeyCommand {
     /// Create an API key for a system that sends messages (printed once; only its hash is kept).
     Create(ApikeyArgs),
     /// Revoke an API key by its id (the part after `hzk_`, before the second `_`).
-    Revoke { id: String },
+    Revoke {
+        /// The key's id.
+        id: String,
+    },
 }
 
 #[derive(Debug, Args)]
