@@ -49,9 +49,12 @@ pub struct DecodedText {
 /// Adapters register one with `inventory::submit!`.
 pub struct KindText {
     pub kind: &'static str,
-    pub decode:
-        fn(&[u8], &std::collections::BTreeMap<String, String>) -> Result<DecodedText, String>,
+    pub decode: DecodeText,
 }
+
+/// Decodes a body (with its headers) to text for the API.
+pub type DecodeText =
+    fn(&[u8], &std::collections::BTreeMap<String, String>) -> Result<DecodedText, String>;
 
 inventory::collect!(KindText);
 
