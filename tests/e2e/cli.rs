@@ -281,3 +281,258 @@ fn issued_tokens_are_audited_and_their_lifetime_capped() {
         "the token itself is not on the trail"
     );
 }
+
+/// `huizhen` in a folder, without `HUIZHEN_DATABASE_URL` from the environment.
+fn huizhen_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_huizhen"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("HUIZHEN_DATABASE_URL")
+        .output()
+        .expect("run huizhen")
+}
+
+/// A command that needs a store, run where there is none (no ./huizhen.yaml, no ./data), says
+/// so and exits 2 without creating anything; `huizhen init` creates the store, after which the
+/// same command works. Options before the command name that it does not use are refused.
+#[test]
+fn store_commands_need_a_store_and_never_create_one() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["messages", "list"][..],
+        &["backlog"],
+        &["migrate"],
+        &["messages", "show", "x"],
+        &[
+            "token",
+            "issue",
+            "--sub",
+            "a",
+            "--role",
+            "admin",
+            "--facility",
+            "*",
+        ],
+        &["audit", "verify"],
+    ] {
+        let out = huizhen_in(dir.path(), args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("neither ./huizhen.yaml nor ./data exists")
+                && err.contains("huizhen init"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "{args:?} created something"
+        );
+    }
+    let out = huizhen_in(dir.path(), &["init"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("data").is_dir());
+    let out = huizhen_in(dir.path(), &["messages", "list"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ID "));
+    // Store options on a command that uses no store are refused, not ignored.
+    let out = huizhen_in(
+        dir.path(),
+        &["--database-url", "sqlite://x.db", "hl7", "parse", "f.hl7"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--database-url does not apply to `huizhen hl7`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A closed stdout (`huizhen messages show ID | head -1` once head has exited) ends the command
+/// quietly with status 0, never a panic; times print as ISO 8601, or epoch with `--epoch`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_stdout_ends_quietly_and_times_are_iso() {
+    use huizhen_core::store::{Journal, JournalOptions, Store, StoreOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let cfg = dir.path().join("huizhen.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 1\nstore: {{ url: \"sqlite://{d}/h.db\" }}\nsecurity:\n  jwt_secret_file: {d}/jwt.secret\n  encryption: {{ keys_file: {d}/keys }}\n  audit: {{ key_file: {d}/audit.key, checkpoint_file: {d}/audit.checkpoints }}\nobjects: {{ dir: {d}/objects }}\npipelines: []\n"
+        ),
+    )
+    .unwrap();
+    let (root, _) = huizhen_core::config::load_root(Some(cfg.as_path())).unwrap();
+    let keyring = huizhen_core::crypto::Keyring::from_config(&root.security.encryption).unwrap();
+    let store = Store::open(&StoreOptions::new(root.store.url.clone()))
+        .await
+        .unwrap()
+        .with_keyring(keyring);
+    store.migrate().await.unwrap();
+    let j = Journal::start(store.clone(), JournalOptions::default());
+    let a = j
+        .append(huizhen_core::message::NewMessage::new(
+            "p",
+            "clinic",
+            "json",
+            b"{\"a\":1}\n{\"b\":2}".to_vec(),
+        ))
+        .await
+        .unwrap();
+    let c = cfg.to_str().unwrap();
+    for args in [
+        &["messages", "show", a.id.as_str()][..],
+        &["messages", "list"],
+        &["backlog"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_huizhen"))
+            .args(["-c", c])
+            .args(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(!err.contains("Broken pipe"), "{args:?}: {err}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_huizhen"))
+        .args(["-c", c, "messages", "show", &a.id])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let at = v["received_at"].as_str().unwrap();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(at).is_ok() && at.ends_with('Z'),
+        "{at}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_huizhen"))
+        .args(["-c", c, "messages", "show", &a.id, "--epoch"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["received_at"].as_i64().unwrap() > 1_700_000_000_000);
+    // `--wide` shows the columns the narrow table leaves out.
+    let out = Command::new(env!("CARGO_BIN_EXE_huizhen"))
+        .args(["-c", c, "messages", "list", "--wide"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    let head = table.lines().next().unwrap_or_default();
+    assert!(
+        head.contains("FACILITY") && head.contains("SOURCE"),
+        "{table}"
+    );
+    assert!(table.contains("clinic"), "{table}");
+}
+
+/// The top-level help lists every command; a command's help shows the store options only
+/// where it uses a store, and every option has a description.
+#[test]
+fn help_lists_every_command_and_only_applicable_options() {
+    let out = huizhen(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for cmd in [
+        "run", "init", "validate", "messages", "backlog", "migrate", "hl7", "dicom", "token",
+        "apikey", "audit", "keys", "export", "plugin", "patients", "devices", "experts", "opinion",
+        "billing",
+    ] {
+        assert!(
+            help.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{cmd} "))),
+            "{cmd} not in:\n{help}"
+        );
+    }
+    let help_of = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.push("--help");
+        let out = huizhen(&a);
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for args in [
+        &["hl7", "parse"][..],
+        &["dicom", "echo"],
+        &["opinion", "testca"],
+    ] {
+        let h = help_of(args);
+        assert!(
+            !h.contains("--database-url") && !h.contains("--config"),
+            "{args:?}:\n{h}"
+        );
+    }
+    for args in [
+        &["messages", "list"][..],
+        &["backlog"],
+        &["token", "issue"],
+        &["run"],
+    ] {
+        let h = help_of(args);
+        assert!(
+            h.contains("--database-url") && h.contains("--config"),
+            "{args:?}:\n{h}"
+        );
+    }
+    let h = help_of(&["validate"]);
+    assert!(
+        h.contains("--config") && !h.contains("--database-url"),
+        "{h}"
+    );
+    let h = help_of(&["messages", "list"]);
+    assert!(h.contains("--wide") && h.contains("--epoch"), "{h}");
+    let h = help_of(&["messages", "reprocess"]);
+    assert!(h.contains("--include-refused"), "{h}");
+}
+
+/// `hl7 parse` reads a file with an empty MSH-18 in the listener's default charset (GB18030),
+/// and says what to try when the bytes do not decode.
+#[test]
+fn hl7_parse_defaults_to_the_listeners_charset_and_hints() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "MSH|^~\\&|HIS|县医院|HZ|HZ|20260101120000||ADT^A01|C-1|P|2.5\rPID|1||P1||张^三丰\r";
+    let (gb, _, _) = encoding_rs::GB18030.encode(text);
+    let file = dir.path().join("gb.hl7");
+    std::fs::write(&file, &gb).unwrap();
+    let out = huizhen(&["hl7", "parse", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("# charset: gb18030"), "{printed}");
+    assert!(
+        printed
+            .lines()
+            .any(|l| l.starts_with("PID-5.2") && l.ends_with("三丰")),
+        "{printed}"
+    );
+    // Declared UTF-8, but GB18030 bytes: an error with a hint.
+    let declared = "MSH|^~\\&|HIS|HOSP|HZ|HZ|20260101120000||ADT^A01|C-2|P|2.5||||||UNICODE UTF-8\rPID|1||P1||张^三丰\r";
+    let (bad, _, _) = encoding_rs::GB18030.encode(declared);
+    let file = dir.path().join("bad.hl7");
+    std::fs::write(&file, &bad).unwrap();
+    let out = huizhen(&["hl7", "parse", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("hint: the bytes are not UTF-8"), "{err}");
+}

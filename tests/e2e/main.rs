@@ -33,6 +33,7 @@ mod http;
 mod journal_v2;
 mod media;
 mod mllp;
+mod ops;
 mod patients;
 mod plugin_load;
 mod plugins;

@@ -362,6 +362,10 @@ impl Source for DicomSource {
         format!("{} AE {}", self.server.describe(), self.config.ae_title)
     }
 
+    fn listens_on(&self) -> Option<String> {
+        Some(self.server.listen().to_owned())
+    }
+
     fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), String>> {
         Box::pin(async move {
             let store = self
@@ -406,7 +410,11 @@ impl Source for DicomSource {
                     WhenFull::Refuse(move |a: Accepted| crate::scp::refuse_busy(a, limits)),
                     move |a: Accepted, shutdown| {
                         let scp = scp.clone();
-                        async move { crate::scp::serve(scp, a, limits, shutdown).await }
+                        let open = scp.pipeline.connection(&scp.config.listen);
+                        async move {
+                            let _open = open;
+                            crate::scp::serve(scp, a, limits, shutdown).await
+                        }
                     },
                 )
                 .await;

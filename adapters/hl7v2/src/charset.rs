@@ -36,6 +36,10 @@ use encoding_rs::{
     REPLACEMENT, UTF_8, UTF_16BE, UTF_16LE, WINDOWS_1252, WINDOWS_1254, X_USER_DEFINED,
 };
 
+/// The `mllp` listener's `charset` when its config names none: what county HIS send with an
+/// empty MSH-18. `huizhen hl7 parse` reads files with the same default.
+pub const LISTENER_DEFAULT: &str = "GB18030";
+
 /// What to do with bytes that are not valid in the message's character set (HL7-20).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum OnInvalid {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use cel::Context;
 use cel::objects::Value as CelValue;
-use huizhen_core::expr::KindSupport;
+use huizhen_core::expr::{DecodedText, KindSupport, KindText};
 use huizhen_core::work::{StepError, Work};
 
 use crate::charset::{self, OnInvalid};
@@ -81,4 +81,22 @@ fn describe(
 
 inventory::submit! {
     KindSupport { kind: "hl7v2", extend, describe }
+}
+
+/// The text of a journaled HL7 body for the API, decoded as [`decode_body`] does (the
+/// listener's `hl7-charset`, else MSH-18, UTF-8 or GB18030), with the charset used.
+fn text(
+    body: &[u8],
+    headers: &std::collections::BTreeMap<String, String>,
+) -> Result<DecodedText, String> {
+    let d = decode_body(body, headers).map_err(|e| e.to_string())?;
+    Ok(DecodedText {
+        charset: d.encoding.name().to_owned(),
+        replaced: d.replaced,
+        text: d.text,
+    })
+}
+
+inventory::submit! {
+    KindText { kind: "hl7v2", decode: text }
 }

@@ -131,7 +131,7 @@ fn yes() -> bool {
 }
 
 fn default_charset() -> String {
-    "GB18030".into()
+    charset::LISTENER_DEFAULT.into()
 }
 fn default_max_frame() -> usize {
     16 * 1024 * 1024
@@ -229,6 +229,14 @@ impl Source for MllpSource {
         self.server.describe()
     }
 
+    fn verdicts(&self) -> &'static [&'static str] {
+        VERDICTS
+    }
+
+    fn listens_on(&self) -> Option<String> {
+        Some(self.server.listen().to_owned())
+    }
+
     fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), String>> {
         Box::pin(async move {
             let shared = Arc::new(Shared {
@@ -267,6 +275,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     s: &Shared,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<(), String> {
+    let _open = s.pipeline.connection(&s.config.listen);
     let mut deframer = Deframer::new(s.config.max_frame_bytes);
     let mut buf = vec![0u8; s.config.read_chunk()];
     let mut clock = UnitClock::new(s.config.frame_timeout, "frame");
@@ -624,7 +633,7 @@ async fn handle(s: &Shared, conn: &mut Conn, raw: Vec<u8>) -> Answer {
             })
         }
     };
-    ack_bytes(&mut conn.acks, &h, &outcome, encoding)
+    ack_bytes(&s.pipeline, &mut conn.acks, &h, &outcome, encoding)
 }
 
 /// Version and processing id checks (HL7-11, HL7-35): AR for what cannot be handled at all.
@@ -709,7 +718,9 @@ async fn reject(
     let (kind, detail) = match &outcome {
         Outcome::ContentError(d) => ("AE", d),
         Outcome::Rejected(d) => ("AR", d),
-        Outcome::Accepted => return ack_bytes(&mut conn.acks, h, &outcome, encoding),
+        Outcome::Accepted => {
+            return ack_bytes(&s.pipeline, &mut conn.acks, h, &outcome, encoding);
+        }
     };
     let peer = conn.peer;
     tracing::warn!(%peer, control_id = %h.control_id, code = detail.code.code(), reason = %detail.text, "HL7 message refused ({kind})");
@@ -730,10 +741,14 @@ async fn reject(
     if let Err(e) = s.pipeline.submit(m).await {
         tracing::error!(%peer, error = %e, "refused message could not be journaled either");
     }
-    ack_bytes(&mut conn.acks, h, &outcome, encoding)
+    ack_bytes(&s.pipeline, &mut conn.acks, h, &outcome, encoding)
 }
 
+/// The ACK codes this listener answers with (`huizhen_intake_verdicts_total{verdict}`).
+const VERDICTS: &[&str] = &["AA", "AE", "AR", "CA", "CE", "CR"];
+
 fn ack_bytes(
+    pipeline: &PipelineHandle,
     acks: &mut AckEncoder,
     h: &Header,
     outcome: &Outcome,
@@ -748,6 +763,7 @@ fn ack_bytes(
         Outcome::ContentError(_) => AckCode::CE,
         Outcome::Rejected(_) => AckCode::CR,
     });
+    pipeline.verdict(code.as_str());
     let detail = match outcome {
         Outcome::Accepted => None,
         Outcome::ContentError(d) | Outcome::Rejected(d) => Some(d),

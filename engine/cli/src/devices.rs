@@ -39,7 +39,9 @@ pub enum DevicesCommand {
     },
     /// End the device's open binding.
     Unbind {
+        /// The device id.
         device: String,
+        /// The facility the device belongs to.
         #[arg(long)]
         facility: String,
         /// When it was handed back (RFC 3339; default now).
@@ -48,6 +50,7 @@ pub enum DevicesCommand {
     },
     /// Print the bindings as CSV.
     List {
+        /// Only this facility's devices.
         #[arg(long)]
         facility: Option<String>,
     },

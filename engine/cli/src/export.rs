@@ -61,6 +61,8 @@ staff, notes (NTE) or Z-segments. For JSON it keeps the record shape of the HL7 
 common names (sex, gender, department, codes), shifts birth dates and times, hashes ids.
 See docs/security.md (de-identified export) to write a profile of your own.")]
 pub struct ExportArgs {
+    #[command(flatten)]
+    pub(crate) store: crate::StoreArgs,
     /// A profile file (YAML, version 2), or `default` for the built-in allow-list.
     #[arg(long, value_name = "PROFILE")]
     deidentify: String,

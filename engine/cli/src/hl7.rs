@@ -69,9 +69,12 @@ pub struct SendArgs {
 
 #[derive(Debug, Args)]
 pub struct ParseArgs {
+    /// The file: one message, several, or a batch (FHS/BHS).
     file: PathBuf,
-    /// Character set when MSH-18 is empty (an HL7 table 0211 name or a label such as GBK).
-    #[arg(long, default_value = "UTF-8")]
+    /// Character set when MSH-18 is empty (an HL7 table 0211 name or a label such as GBK);
+    /// the default is the `mllp` listener's. Bytes that are UTF-8 are read as UTF-8, as the
+    /// listener does (`detect_utf8`).
+    #[arg(long, default_value = charset::LISTENER_DEFAULT)]
     charset: String,
 }
 
@@ -324,8 +327,14 @@ fn parse(a: ParseArgs) -> Result<ExitCode> {
         if messages.len() > 1 {
             println!("# message {}", n + 1);
         }
-        let decoded = charset::decode(raw, default, OnInvalid::Reject)
-            .map_err(|e| anyhow::anyhow!("{}#{}: {e}", display(&a.file), n + 1))?;
+        let decoded = decode_like_the_listener(raw, default).map_err(|e| {
+            anyhow::anyhow!(
+                "{}#{}: {e}\nhint: {}",
+                display(&a.file),
+                n + 1,
+                charset_hint(&e, &a.charset)
+            )
+        })?;
         println!("# charset: {}", decoded.encoding.name());
         let m = Message::from_decoded(decoded)
             .map_err(|e| anyhow::anyhow!("{}#{}: {e}", display(&a.file), n + 1))?;
@@ -341,6 +350,39 @@ fn parse(a: ParseArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Decodes as the `mllp` listener does with its defaults: the charset MSH-18 names, else
+/// `default`; bytes that are UTF-8 but that `default` would misread are read as UTF-8
+/// (`detect_utf8`); invalid bytes are an error (`on_invalid_charset: reject`).
+fn decode_like_the_listener(
+    raw: &[u8],
+    default: &'static encoding_rs::Encoding,
+) -> Result<charset::Decoded, charset::CharsetError> {
+    match charset::decode(raw, default, OnInvalid::Reject) {
+        Err(charset::CharsetError::LooksLikeUtf8 { .. }) if std::str::from_utf8(raw).is_ok() => {
+            eprintln!(
+                "note: MSH-18 is empty and the bytes are UTF-8: read as UTF-8, as the listener does"
+            );
+            charset::decode(raw, encoding_rs::UTF_8, OnInvalid::Reject)
+        }
+        r => r,
+    }
+}
+
+/// What to try when a message cannot be decoded.
+fn charset_hint(e: &charset::CharsetError, asked: &str) -> String {
+    match e {
+        charset::CharsetError::Unknown(v) => format!(
+            "MSH-18 names {v:?}, which is not a known charset: fix MSH-18 (HL7 table 0211, e.g. UNICODE UTF-8, GB 18030-2000)"
+        ),
+        charset::CharsetError::Invalid { encoding, .. } => format!(
+            "the bytes are not {encoding} (MSH-18 or --charset {asked}); if the sender writes another charset, try --charset UTF-8, GBK or BIG5, or set MSH-18"
+        ),
+        _ => {
+            format!("try another --charset than {asked} (UTF-8, GB18030, GBK, BIG5), or set MSH-18")
+        }
+    }
 }
 
 fn display(p: &Path) -> String {

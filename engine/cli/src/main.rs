@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use huizhen_core::config::{self, RootConfig};
 use huizhen_core::message::State;
-use huizhen_core::store::{ListFilter, Store, StoreOptions};
+use huizhen_core::store::{ListFilter, ReprocessRequest, Store, StoreError, StoreOptions};
 use huizhen_core::{Engine, http};
 // Adapters: each is named once so the linker keeps its sources, steps and sinks.
 use huizhen_amqp as _;
@@ -23,6 +23,25 @@ use huizhen_insurer as _;
 use huizhen_media as _;
 use huizhen_mqtt as _;
 
+/// `println!` for the CLI: like std's, but a closed stdout (`huizhen messages show ID | head
+/// -1`) ends the process quietly with status 0 instead of a panic (see [`write_stdout`]).
+/// Defined before the modules, so it is the one they use.
+macro_rules! println {
+    () => {
+        $crate::write_stdout(format_args!(""), true)
+    };
+    ($($arg:tt)*) => {
+        $crate::write_stdout(format_args!($($arg)*), true)
+    };
+}
+
+/// `print!` for the CLI, as [`println!`].
+macro_rules! print {
+    ($($arg:tt)*) => {
+        $crate::write_stdout(format_args!($($arg)*), false)
+    };
+}
+
 mod billing;
 mod devices;
 mod dicom;
@@ -33,11 +52,33 @@ mod opinion;
 mod patients;
 mod plugin;
 mod security;
+mod times;
 
 /// Huizhen (会诊): an integration engine for remote-consultation networks.
+///
+/// Commands that use the store (the journal and the engine's tables) find it in the root
+/// config (`-c`, default ./huizhen.yaml) or `--database-url`; without either, in ./data,
+/// which `huizhen run` or `huizhen init` creates. They refuse to create one elsewhere.
 #[derive(Debug, Parser)]
-#[command(name = "huizhen", version, about, long_about = None)]
+#[command(name = "huizhen", version)]
 struct Cli {
+    /// The root config file, for the commands that read one (run, validate, plugin and those
+    /// that use the store); may also follow the command name.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Overrides the store URL of the config (sqlite://… or postgres://…), for the commands
+    /// that use the store; may also follow the command name.
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the store is, for the commands that use one.
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct StoreArgs {
     /// The root config file (default: ./huizhen.yaml if present, else built-in defaults:
     /// SQLite under data/, HTTP on 127.0.0.1:8080, pipelines from pipelines/*.yaml).
     #[arg(short, long, global = true, value_name = "FILE")]
@@ -46,24 +87,41 @@ struct Cli {
     /// Overrides the store URL of the config (sqlite://… or postgres://…).
     #[arg(long, global = true, env = "HUIZHEN_DATABASE_URL", value_name = "URL")]
     database_url: Option<String>,
+}
 
+/// The root config file, for the commands that read one but use no store.
+#[derive(Debug, Clone, Default, Args)]
+struct ConfigArgs {
+    /// The root config file (default: ./huizhen.yaml if present, else built-in defaults).
+    #[arg(short, long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// A command group that uses the store.
+#[derive(Debug, Args)]
+struct WithStore<C: Subcommand> {
+    #[command(flatten)]
+    store: StoreArgs,
     #[command(subcommand)]
-    command: Command,
+    cmd: C,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Start every pipeline and the HTTP server; Ctrl-C or SIGTERM stops gracefully.
+    /// Start every pipeline and the HTTP server (creating the store on first start); Ctrl-C or
+    /// SIGTERM stops gracefully.
     Run(RunArgs),
+    /// Create the store here (./data: the journal database, its tables, the keys) without
+    /// starting the engine.
+    Init(StoreArgs),
     /// Check config and pipeline files and print every error with file:line:column.
     Validate(ValidateArgs),
     /// Browse and reprocess journaled messages.
-    #[command(subcommand)]
-    Messages(MessagesCommand),
+    Messages(WithStore<MessagesCommand>),
     /// What waits in the journal: unfinished messages per pipeline and the oldest one's age.
-    Backlog,
+    Backlog(BacklogArgs),
     /// Create or upgrade the journal's tables (also done by `run`).
-    Migrate,
+    Migrate(StoreArgs),
     /// HL7 v2 tools: send messages over MLLP, receive them as a HIS would, print a message's
     /// fields.
     #[command(subcommand)]
@@ -73,31 +131,23 @@ enum Command {
     #[command(subcommand)]
     Dicom(dicom::DicomCommand),
     /// Issue JWTs for the API (signed with the engine's secret).
-    #[command(subcommand)]
-    Token(security::TokenCommand),
+    Token(WithStore<security::TokenCommand>),
     /// API keys for systems that send messages.
-    #[command(subcommand)]
-    Apikey(security::ApikeyCommand),
+    Apikey(WithStore<security::ApikeyCommand>),
     /// Verify, list and export the audit trail.
-    #[command(subcommand)]
-    Audit(security::AuditCommand),
+    Audit(WithStore<security::AuditCommand>),
     /// Data keys of the encryption at rest.
-    #[command(subcommand)]
-    Keys(security::KeysCommand),
+    Keys(WithStore<security::KeysCommand>),
     /// Export journaled messages de-identified (for test environments), one JSON per line.
     Export(export::ExportArgs),
     /// WASM plugins: scaffold, build, sign, verify and test them.
-    #[command(subcommand)]
-    Plugin(plugin::PluginCommand),
+    Plugin(PluginArgs),
     /// The patient identity index: import FHIR Patients, print links and candidate pairs.
-    #[command(subcommand)]
-    Patients(patients::PatientsCommand),
+    Patients(WithStore<patients::PatientsCommand>),
     /// Device → patient bindings (which patient a device measures for, and when).
-    #[command(subcommand)]
-    Devices(devices::DevicesCommand),
+    Devices(WithStore<devices::DevicesCommand>),
     /// The expert registry: import from YAML or CSV (upsert by id), list.
-    #[command(subcommand)]
-    Experts(experts::ExpertsCommand),
+    Experts(WithStore<experts::ExpertsCommand>),
     /// Signed opinions for the demo: a test CA (never for production), signing an opinion.
     #[command(subcommand)]
     Opinion(opinion::OpinionCommand),
@@ -107,8 +157,37 @@ enum Command {
     Billing(billing::BillingCommand),
 }
 
+impl Command {
+    /// The command's name, for messages.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Run(_) => "run",
+            Command::Init(_) => "init",
+            Command::Validate(_) => "validate",
+            Command::Messages(_) => "messages",
+            Command::Backlog(_) => "backlog",
+            Command::Migrate(_) => "migrate",
+            Command::Hl7(_) => "hl7",
+            Command::Dicom(_) => "dicom",
+            Command::Token(_) => "token",
+            Command::Apikey(_) => "apikey",
+            Command::Audit(_) => "audit",
+            Command::Keys(_) => "keys",
+            Command::Export(_) => "export",
+            Command::Plugin(_) => "plugin",
+            Command::Patients(_) => "patients",
+            Command::Devices(_) => "devices",
+            Command::Experts(_) => "experts",
+            Command::Opinion(_) => "opinion",
+            Command::Billing(_) => "billing",
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 struct RunArgs {
+    #[command(flatten)]
+    store: StoreArgs,
     /// Overrides http.bind, e.g. 127.0.0.1:9090.
     #[arg(long, value_name = "ADDR")]
     bind: Option<String>,
@@ -123,22 +202,44 @@ struct RunArgs {
 
 #[derive(Debug, Args)]
 struct ValidateArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
     /// Files or folders to check (default: the root config and the pipelines it names).
     paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct PluginArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(subcommand)]
+    cmd: plugin::PluginCommand,
+}
+
+#[derive(Debug, Args)]
+struct BacklogArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Print times as milliseconds since the Unix epoch instead of ISO 8601.
+    #[arg(long)]
+    epoch: bool,
 }
 
 #[derive(Debug, Subcommand)]
 enum MessagesCommand {
     /// List messages, newest first.
     List(ListArgs),
-    /// Show one message with its body, attempt errors and effects.
-    Show { id: String },
-    /// Process a failed, dead or done message again (or all of a pipeline in one state).
+    /// Show one message: its body (and its text in the charset used), how it came in, the
+    /// errors of every attempt, every reprocess, its history and its effects (JSON).
+    Show(ShowArgs),
+    /// Process a failed, dead or done message again (or all of a pipeline in one state). A
+    /// message refused at intake (the sender got AR/AE/CR) only with --include-refused.
     Reprocess(ReprocessArgs),
 }
 
 #[derive(Debug, Args)]
 struct ListArgs {
+    /// Only this pipeline's messages.
     #[arg(long)]
     pipeline: Option<String>,
     /// received, processing, done, failed or dead.
@@ -147,6 +248,7 @@ struct ListArgs {
     /// Text to find in the id, dedup key, trace id, source, headers or last error.
     #[arg(long)]
     q: Option<String>,
+    /// Most messages to list (1 to 1000).
     #[arg(long, default_value_t = 50)]
     limit: i64,
     /// Continue from a previous page's next cursor.
@@ -155,6 +257,21 @@ struct ListArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Every column (facility, kind, source, updated) and the whole last error.
+    #[arg(long)]
+    wide: bool,
+    /// Print times as milliseconds since the Unix epoch instead of ISO 8601.
+    #[arg(long)]
+    epoch: bool,
+}
+
+#[derive(Debug, Args)]
+struct ShowArgs {
+    /// The message id.
+    id: String,
+    /// Print times as milliseconds since the Unix epoch instead of ISO 8601.
+    #[arg(long)]
+    epoch: bool,
 }
 
 #[derive(Debug, Args)]
@@ -168,6 +285,10 @@ struct ReprocessArgs {
     /// … of this pipeline.
     #[arg(long)]
     pipeline: Option<String>,
+    /// Also messages refused at intake, whose sender was told they were not accepted (HL7
+    /// AR/AE/CR): they run through the pipeline as if accepted. Audited.
+    #[arg(long)]
+    include_refused: bool,
 }
 
 fn main() -> ExitCode {
@@ -188,6 +309,8 @@ fn main() -> ExitCode {
     };
     match rt.block_on(dispatch(cli)) {
         Ok(code) => code,
+        // The reader of stdout went away (`| head`): nothing more to say.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -195,13 +318,121 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes to stdout; a closed stdout (EPIPE: the reader exited) ends the process with status
+/// 0, any other write error with status 1, never a panic as std's `println!` would.
+fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let r = out.write_fmt(args).and_then(|()| {
+        if newline {
+            out.write_all(b"\n")
+        } else {
+            Ok(())
+        }
+    });
+    if let Err(e) = r {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// What a command's own store options and the ones before the command name say together (the
+/// command's own win).
+fn merged(top: &StoreArgs, own: &StoreArgs) -> StoreArgs {
+    StoreArgs {
+        config: own.config.clone().or_else(|| top.config.clone()),
+        database_url: own
+            .database_url
+            .clone()
+            .or_else(|| top.database_url.clone()),
+    }
+}
+
+/// The root config a command finds in its folder.
+const ROOT_FILE: &str = "huizhen.yaml";
+
+/// Exit status 2: the command line asks for something that does not apply.
+const USAGE: u8 = 2;
+
+/// A command that uses the store needs to be told where it is, or to find one here: it never
+/// creates a new database, keys and secret in whatever folder it was started in.
+fn find_store(store: &StoreArgs, command: &str) -> Option<ExitCode> {
+    if store.config.is_some() || store.database_url.is_some() {
+        return None;
+    }
+    if Path::new(ROOT_FILE).exists() || Path::new("data").exists() {
+        return None;
+    }
+    let here = std::env::current_dir()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|_| ".".into());
+    eprintln!(
+        "error: `huizhen {command}` needs a store, and there is none here ({here}): neither ./{} nor ./data exists.\n\
+         hint: run it in the folder of your installation, name the store with -c FILE or --database-url URL,\n\
+         hint: or create one here with `huizhen init` (`huizhen run` creates it too).",
+        ROOT_FILE
+    );
+    Some(ExitCode::from(USAGE))
+}
+
 async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let name = cli.command.name();
+    // Options before the command name that this command does not use are refused, not ignored.
+    let uses_config = !matches!(
+        cli.command,
+        Command::Hl7(_) | Command::Dicom(_) | Command::Opinion(_) | Command::Billing(_)
+    );
+    let uses_store =
+        uses_config && !matches!(cli.command, Command::Validate(_) | Command::Plugin(_));
+    if (cli.config.is_some() && !uses_config) || (cli.database_url.is_some() && !uses_store) {
+        let what = if cli.database_url.is_some() && !uses_store {
+            "--database-url"
+        } else {
+            "-c/--config"
+        };
+        eprintln!("error: {what} does not apply to `huizhen {name}`, which uses no store");
+        return Ok(ExitCode::from(USAGE));
+    }
+    let top = StoreArgs {
+        config: cli.config,
+        database_url: cli.database_url,
+    };
+    let store_of = |own: &StoreArgs| merged(&top, own);
+    // The migrated store of a command that uses one; exit 2 when there is none here.
+    macro_rules! store {
+        ($own:expr) => {{
+            let s = store_of($own);
+            if let Some(code) = find_store(&s, name) {
+                return Ok(code);
+            }
+            migrated(&s).await?
+        }};
+    }
     match cli.command {
-        Command::Validate(args) => Ok(validate(cli.config.as_deref(), &args.paths)),
-        Command::Run(args) => run(cli.config.as_deref(), cli.database_url, args).await,
-        Command::Migrate => {
-            let store = open_store(cli.config.as_deref(), cli.database_url).await?;
-            store.migrate().await?;
+        Command::Validate(args) => {
+            let config = args.config.config.or_else(|| top.config.clone());
+            Ok(validate(config.as_deref(), &args.paths))
+        }
+        Command::Run(args) => {
+            let s = store_of(&args.store);
+            run(s.config.as_deref(), s.database_url, &args).await
+        }
+        Command::Init(own) => {
+            let s = store_of(&own);
+            init(&s).await
+        }
+        Command::Migrate(own) => {
+            store!(&own);
             println!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }
@@ -209,74 +440,73 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Opinion(cmd) => opinion::run(cmd),
         Command::Dicom(cmd) => dicom::run(cmd).await,
         Command::Billing(cmd) => billing::run(cmd).await,
-        Command::Token(cmd) => {
-            let root = root_config(cli.config.as_deref(), cli.database_url.clone())?;
-            let store = open_store(cli.config.as_deref(), cli.database_url).await?;
-            store.migrate().await?;
-            security::token(&root, &store, cmd).await
+        Command::Plugin(args) => {
+            let config = args.config.config.or_else(|| top.config.clone());
+            let root = root_config(&StoreArgs {
+                config,
+                database_url: None,
+            })?;
+            plugin::run(args.cmd, &root.plugins)
         }
-        Command::Apikey(cmd) => {
-            let store = open_store(cli.config.as_deref(), cli.database_url).await?;
-            store.migrate().await?;
-            security::apikey(&store, cmd).await
+        Command::Token(w) => {
+            let s = store_of(&w.store);
+            if let Some(code) = find_store(&s, name) {
+                return Ok(code);
+            }
+            let root = root_config(&s)?;
+            let store = migrated(&s).await?;
+            security::token(&root, &store, w.cmd).await
         }
-        Command::Keys(security::KeysCommand::Rotate { batch, reencrypt }) => {
-            let root = root_config(cli.config.as_deref(), cli.database_url.clone())?;
-            let (config, url) = (cli.config.clone(), cli.database_url.clone());
-            security::rotate(
-                &root,
-                async move || {
-                    let s = open_store(config.as_deref(), url).await?;
-                    s.migrate().await?;
-                    Ok(s)
-                },
-                batch,
-                reencrypt,
-            )
-            .await
+        Command::Apikey(w) => security::apikey(&store!(&w.store), w.cmd).await,
+        Command::Keys(w) => {
+            let s = store_of(&w.store);
+            if let Some(code) = find_store(&s, name) {
+                return Ok(code);
+            }
+            let security::KeysCommand::Rotate { batch, reencrypt } = w.cmd;
+            let root = root_config(&s)?;
+            security::rotate(&root, async move || migrated(&s).await, batch, reencrypt).await
         }
-        Command::Plugin(cmd) => {
-            let root = root_config(cli.config.as_deref(), cli.database_url)?;
-            plugin::run(cmd, &root.plugins)
-        }
-        Command::Export(args) => {
-            let store = open_store(cli.config.as_deref(), cli.database_url).await?;
-            store.migrate().await?;
-            export::export(&store, args).await
-        }
-        Command::Audit(cmd) => {
+        Command::Export(args) => export::export(&store!(&args.store), args).await,
+        Command::Audit(w) => {
+            let s = store_of(&w.store);
+            if let Some(code) = find_store(&s, name) {
+                return Ok(code);
+            }
             // Verifying reads the audit key if there is one; it never creates one.
-            let writes = !matches!(cmd, security::AuditCommand::Verify(_));
-            let store = open_store_with(cli.config.as_deref(), cli.database_url, writes).await?;
+            let writes = !matches!(w.cmd, security::AuditCommand::Verify(_));
+            let store = open_store_with(&s, writes).await?;
             store.migrate().await?;
-            security::audit(&store, cmd).await
+            security::audit(&store, w.cmd).await
         }
-        Command::Messages(cmd) => {
-            let store = open_store(cli.config.as_deref(), cli.database_url).await?;
-            store.migrate().await?;
-            messages(&store, cmd).await
-        }
-        Command::Patients(cmd) => {
-            let store = open_store(cli.config.as_deref(), cli.database_url).await?;
-            store.migrate().await?;
-            patients::run(&store, cmd).await
-        }
-        Command::Devices(cmd) => {
-            let store = open_store(cli.config.as_deref(), cli.database_url).await?;
-            store.migrate().await?;
-            devices::run(&store, cmd).await
-        }
-        Command::Experts(cmd) => {
-            let store = open_store(cli.config.as_deref(), cli.database_url).await?;
-            store.migrate().await?;
-            experts::run(&store, cmd).await
-        }
-        Command::Backlog => {
-            let store = open_store(cli.config.as_deref(), cli.database_url).await?;
-            store.migrate().await?;
-            backlog(&store).await
-        }
+        Command::Messages(w) => messages(&store!(&w.store), w.cmd).await,
+        Command::Patients(w) => patients::run(&store!(&w.store), w.cmd).await,
+        Command::Devices(w) => devices::run(&store!(&w.store), w.cmd).await,
+        Command::Experts(w) => experts::run(&store!(&w.store), w.cmd).await,
+        Command::Backlog(args) => backlog(&store!(&args.store), args.epoch).await,
     }
+}
+
+/// `huizhen init`: the store as `run` would create it (the database with its tables, the
+/// audit key, the JWT secret), without starting anything.
+async fn init(s: &StoreArgs) -> Result<ExitCode> {
+    let root = root_config(s)?;
+    let store = migrated(s).await?;
+    huizhen_core::security::Security::new(&root.security, store.clone())
+        .map_err(|e| anyhow::anyhow!("security: {e}"))?;
+    store
+        .audit(&security::cli_event(
+            "store.init",
+            "Store",
+            "",
+            huizhen_core::store::redact_url(&root.store.url),
+        ))
+        .await?;
+    println!(
+        "store ready: {} (start the engine with `huizhen run`)",
+        huizhen_core::store::redact_url(&root.store.url)
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn validate(config: Option<&Path>, paths: &[PathBuf]) -> ExitCode {
@@ -298,26 +528,30 @@ fn validate(config: Option<&Path>, paths: &[PathBuf]) -> ExitCode {
     }
 }
 
-fn root_config(config: Option<&Path>, database_url: Option<String>) -> Result<RootConfig> {
-    let (mut root, _) = config::load_root(config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    if let Some(url) = database_url {
-        root.store.url = url;
+fn root_config(s: &StoreArgs) -> Result<RootConfig> {
+    let (mut root, _) =
+        config::load_root(s.config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(url) = &s.database_url {
+        root.store.url.clone_from(url);
     }
     Ok(root)
 }
 
-async fn open_store(config: Option<&Path>, database_url: Option<String>) -> Result<Store> {
-    open_store_with(config, database_url, true).await
+async fn open_store(s: &StoreArgs) -> Result<Store> {
+    open_store_with(s, true).await
+}
+
+/// [`open_store`], its migrations applied.
+async fn migrated(s: &StoreArgs) -> Result<Store> {
+    let store = open_store(s).await?;
+    store.migrate().await?;
+    Ok(store)
 }
 
 /// Opens the store with the data keys and the audit key (created if missing when `create_key`:
 /// the CLI's own audit events are signed with it like the engine's).
-async fn open_store_with(
-    config: Option<&Path>,
-    database_url: Option<String>,
-    create_key: bool,
-) -> Result<Store> {
-    let root = root_config(config, database_url)?;
+async fn open_store_with(s: &StoreArgs, create_key: bool) -> Result<Store> {
+    let root = root_config(s)?;
     let anchor =
         huizhen_core::store::anchor::AuditAnchor::open(&root.security.audit, "cli", create_key)
             .map_err(|e| anyhow::anyhow!("security: {e}"))?;
@@ -337,7 +571,7 @@ async fn open_store_with(
 async fn run(
     config: Option<&Path>,
     database_url: Option<String>,
-    args: RunArgs,
+    args: &RunArgs,
 ) -> Result<ExitCode> {
     let mut loaded = match config::load(config) {
         Ok(l) => l,
@@ -349,14 +583,14 @@ async fn run(
     if let Some(url) = database_url {
         loaded.root.store.url = url;
     }
-    if let Some(bind) = args.bind {
-        loaded.root.http.bind = bind;
+    if let Some(bind) = &args.bind {
+        loaded.root.http.bind.clone_from(bind);
     }
-    if let Some(queue) = args.queue {
-        loaded.root.queue = queue;
+    if let Some(queue) = &args.queue {
+        loaded.root.queue.clone_from(queue);
     }
-    if let Some(node) = args.node {
-        loaded.root.cluster.node = Some(node);
+    if let Some(node) = &args.node {
+        loaded.root.cluster.node = Some(node.clone());
     }
     // Keys others may read stop the start; keys beside the database are warned about.
     match huizhen_core::security::check_layout(&loaded.root, loaded.root_file.is_none()) {
@@ -425,11 +659,15 @@ async fn run(
 }
 
 /// `huizhen backlog`: unfinished messages (received, processing, failed awaiting a retry) per
-/// pipeline, from the journal (every node's, with a shared store), and the oldest one's age.
-async fn backlog(store: &Store) -> Result<ExitCode> {
+/// pipeline, from the journal (every node's, with a shared store), the oldest one's age and
+/// when it came in.
+async fn backlog(store: &Store, epoch: bool) -> Result<ExitCode> {
     let rows = store.backlog().await?;
     let now = huizhen_core::message::now_ms();
-    println!("{:<32} {:>12} {:>14}", "PIPELINE", "MESSAGES", "OLDEST");
+    println!(
+        "{:<32} {:>12} {:>14}  OLDEST RECEIVED",
+        "PIPELINE", "MESSAGES", "OLDEST"
+    );
     for r in &rows {
         let age = r
             .oldest_received_at
@@ -438,7 +676,10 @@ async fn backlog(store: &Store) -> Result<ExitCode> {
                     .to_string()
             })
             .unwrap_or_else(|| "-".into());
-        println!("{:<32} {:>12} {:>14}", r.pipeline, r.messages, age);
+        let at = r
+            .oldest_received_at
+            .map_or_else(|| "-".into(), |t| times::cell(t, epoch));
+        println!("{:<32} {:>12} {:>14}  {at}", r.pipeline, r.messages, age);
     }
     if rows.is_empty() {
         println!("(nothing waits)");
@@ -499,62 +740,227 @@ async fn messages(store: &Store, cmd: MessagesCommand) -> Result<ExitCode> {
                 ))
                 .await?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&page)?);
+                let mut v = serde_json::to_value(&page)?;
+                times::json(&mut v, a.epoch);
+                println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            println!(
-                "{:<36}  {:<16}  {:<10}  {:>3}  {:<24}  LAST ERROR",
-                "ID", "PIPELINE", "STATE", "TRY", "RECEIVED"
-            );
-            for m in &page.messages {
-                let at = chrono_like(m.received_at);
-                let err = m.last_error.as_deref().unwrap_or("");
-                let err: String = err.chars().take(60).collect();
+            let time_width = if a.epoch { 13 } else { 24 };
+            if a.wide {
                 println!(
-                    "{:<36}  {:<16}  {:<10}  {:>3}  {:<24}  {}",
-                    m.id, m.pipeline, m.state, m.attempts, at, err
+                    "{:<36}  {:<16}  {:<12}  {:<8}  {:<10}  {:>3}  {:<tw$}  {:<tw$}  {:<28}  LAST ERROR",
+                    "ID",
+                    "PIPELINE",
+                    "FACILITY",
+                    "KIND",
+                    "STATE",
+                    "TRY",
+                    "RECEIVED",
+                    "UPDATED",
+                    "SOURCE",
+                    tw = time_width
                 );
+            } else {
+                println!(
+                    "{:<36}  {:<16}  {:<10}  {:>3}  {:<tw$}  LAST ERROR",
+                    "ID",
+                    "PIPELINE",
+                    "STATE",
+                    "TRY",
+                    "RECEIVED",
+                    tw = time_width
+                );
+            }
+            for m in &page.messages {
+                let at = times::cell(m.received_at, a.epoch);
+                let err = m.last_error.as_deref().unwrap_or("");
+                if a.wide {
+                    println!(
+                        "{:<36}  {:<16}  {:<12}  {:<8}  {:<10}  {:>3}  {:<tw$}  {:<tw$}  {:<28}  {}",
+                        m.id,
+                        m.pipeline,
+                        m.facility,
+                        m.kind,
+                        m.state,
+                        m.attempts,
+                        at,
+                        times::cell(m.updated_at, a.epoch),
+                        m.source,
+                        err.replace(['\r', '\n'], " "),
+                        tw = time_width
+                    );
+                } else {
+                    let err: String = err.chars().take(60).collect();
+                    println!(
+                        "{:<36}  {:<16}  {:<10}  {:>3}  {:<tw$}  {}",
+                        m.id,
+                        m.pipeline,
+                        m.state,
+                        m.attempts,
+                        at,
+                        err.replace(['\r', '\n'], " "),
+                        tw = time_width
+                    );
+                }
             }
             if let Some(c) = page.next_cursor {
                 println!("more: --cursor {c}");
             }
             Ok(ExitCode::SUCCESS)
         }
-        MessagesCommand::Show { id } => {
-            let v = http::message_detail(store, &id).await?;
+        MessagesCommand::Show(a) => {
+            let mut v = http::message_detail(store, &a.id).await?;
             store
                 .audit(
-                    &security::cli_event("message.read", "Message", &id, String::new())
+                    &security::cli_event("message.read", "Message", &a.id, String::new())
                         .about(v["facility"].as_str().unwrap_or_default()),
                 )
                 .await?;
+            times::json(&mut v, a.epoch);
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(ExitCode::SUCCESS)
         }
         MessagesCommand::Reprocess(a) => {
+            let detail = if a.include_refused {
+                "--include-refused".to_owned()
+            } else {
+                String::new()
+            };
+            let include_refused = a.include_refused;
             if let Some(id) = a.id {
-                let event = security::cli_event("message.reprocess", "Message", &id, String::new());
-                let m = store.reprocess_audited(&id, Some(&event)).await?;
+                let event = security::cli_event("message.reprocess", "Message", &id, detail);
+                let req = ReprocessRequest {
+                    include_refused,
+                    audit: Some(&event),
+                };
+                let m = match store.reprocess_with(&id, req).await {
+                    Ok(m) => m,
+                    Err(e @ StoreError::Refused { .. }) => {
+                        let mut denied = event.clone();
+                        denied.outcome = "denied".into();
+                        denied.detail = "refused at intake; --include-refused not given".into();
+                        store.audit(&denied).await?;
+                        eprintln!("error: {e}");
+                        return Ok(ExitCode::FAILURE);
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 println!(
                     "{} ({}) will be processed again by a running engine",
                     m.id, m.pipeline
                 );
             } else if let (Some(state), Some(pipeline)) = (a.state, a.pipeline) {
-                let event =
-                    security::cli_event("message.reprocess", "Pipeline", &pipeline, String::new());
-                let n = store
-                    .reprocess_all_audited(&pipeline, parse_state(&state)?, Some(&event))
+                let event = security::cli_event("message.reprocess", "Pipeline", &pipeline, detail);
+                let req = ReprocessRequest {
+                    include_refused,
+                    audit: Some(&event),
+                };
+                let r = store
+                    .reprocess_all_with(&pipeline, parse_state(&state)?, req)
                     .await?;
                 println!(
-                    "{n} {state} message(s) of {pipeline} will be processed again by a running engine"
+                    "{} {state} message(s) of {pipeline} will be processed again by a running engine",
+                    r.reprocessed
                 );
+                if r.refused_skipped > 0 {
+                    println!(
+                        "{} refused at intake (the sender was told so) left as they are: add --include-refused to run them too",
+                        r.refused_skipped
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-/// Milliseconds since the epoch as an RFC 3339 UTC time, without another dependency.
-fn chrono_like(ms: i64) -> String {
-    huizhen_core::message::format_ms(ms)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every command and every option says what it is for (`--help` shows it).
+    #[test]
+    fn every_command_and_option_has_a_description() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path}: {id}"));
+                }
+            }
+            for sc in cmd.get_subcommands() {
+                if sc.get_name() == "help" {
+                    continue;
+                }
+                if sc.get_about().is_none() {
+                    missing.push(format!("{path} {}: the command itself", sc.get_name()));
+                }
+                walk(sc, &format!("{path} {}", sc.get_name()), missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "huizhen", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "without a description:\n{}",
+            missing.join("\n")
+        );
+    }
+
+    /// `-c`/`--database-url` appear on the commands that use them and nowhere else.
+    #[test]
+    fn store_options_only_where_they_apply() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let find = |path: &[&str]| {
+            let mut c = &cmd;
+            for p in path {
+                c = c
+                    .get_subcommands()
+                    .find(|s| s.get_name() == *p)
+                    .unwrap_or_else(|| panic!("{p}"));
+            }
+            c.get_arguments()
+                .map(|a| a.get_id().as_str().to_owned())
+                .collect::<Vec<_>>()
+        };
+        for path in [
+            &["messages", "show"][..],
+            &["backlog"],
+            &["token", "issue"],
+            &["run"],
+            &["init"],
+            &["export"],
+        ] {
+            let args = find(path);
+            assert!(
+                args.iter().any(|a| a == "database_url") && args.iter().any(|a| a == "config"),
+                "{path:?}: {args:?}"
+            );
+        }
+        for path in [
+            &["hl7", "parse"][..],
+            &["dicom", "echo"],
+            &["opinion", "testca"],
+        ] {
+            let args = find(path);
+            assert!(
+                !args.iter().any(|a| a == "database_url" || a == "config"),
+                "{path:?}: {args:?}"
+            );
+        }
+        let args = find(&["validate"]);
+        assert!(args.iter().any(|a| a == "config") && !args.iter().any(|a| a == "database_url"));
+    }
 }

@@ -36,6 +36,7 @@ pub enum PluginCommand {
     /// Check a package as the engine would: signature (trusted keys of the config, or --trust),
     /// sha256, contract version, world, imports against its grants, its name's key binding.
     Verify {
+        /// The package folder (NAME-VERSION/ with plugin.toml, the .wasm and its signature).
         package: PathBuf,
         /// NAME=PUBLIC_KEY to trust (besides the config's plugins.trusted_keys).
         #[arg(long, value_name = "NAME=KEY")]

@@ -38,15 +38,21 @@ pub enum ApikeyCommand {
     /// Create an API key for a system that sends messages (printed once; only its hash is kept).
     Create(ApikeyArgs),
     /// Revoke an API key by its id (the part after `hzk_`, before the second `_`).
-    Revoke { id: String },
+    Revoke {
+        /// The key's id.
+        id: String,
+    },
 }
 
 #[derive(Debug, Args)]
 pub struct ApikeyArgs {
+    /// The system the key is for (its owner on the audit trail).
     #[arg(long)]
     sub: String,
+    /// The role it acts with (see `token issue --role`).
     #[arg(long, default_value = "integrator")]
     role: String,
+    /// The facility it sends for; `*` for every facility.
     #[arg(long)]
     facility: String,
 }
@@ -97,17 +103,24 @@ pub struct AuditVerifyArgs {
 
 #[derive(Debug, Args)]
 pub struct AuditListArgs {
+    /// Only events by this actor (a token's subject, `cli:USER`).
     #[arg(long)]
     actor: Option<String>,
+    /// Only events of this action, e.g. `message.read`, `message.reprocess`.
     #[arg(long)]
     action: Option<String>,
+    /// Only events about this resource (a message id, a patient id, …).
     #[arg(long)]
     resource_id: Option<String>,
     /// Only events after this sequence number.
     #[arg(long)]
     after: Option<i64>,
+    /// Most events to print.
     #[arg(long, default_value_t = 100)]
     limit: i64,
+    /// Print times as milliseconds since the Unix epoch instead of ISO 8601.
+    #[arg(long)]
+    epoch: bool,
 }
 
 #[derive(Debug, Args)]
@@ -332,7 +345,9 @@ pub async fn audit(store: &Store, cmd: AuditCommand) -> Result<ExitCode> {
                 ))
                 .await?;
             for r in rows {
-                println!("{}", serde_json::to_string(&r)?);
+                let mut v = serde_json::to_value(&r)?;
+                crate::times::json(&mut v, a.epoch);
+                println!("{}", serde_json::to_string(&v)?);
             }
             Ok(ExitCode::SUCCESS)
         }

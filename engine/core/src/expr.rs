@@ -34,6 +34,37 @@ pub struct KindSupport {
 
 inventory::collect!(KindSupport);
 
+/// A body decoded to text for the API, with the charset used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedText {
+    pub text: String,
+    /// The encoding used (`encoding_rs` name, e.g. `gb18030`, `UTF-8`).
+    pub charset: String,
+    /// Invalid bytes were replaced with U+FFFD.
+    pub replaced: bool,
+}
+
+/// How the API shows bodies of a kind as text when they are not UTF-8 (an HL7 message in
+/// GB18030): `GET /api/messages/{id}` gives `body_text` and `body_charset` beside the base64.
+/// Adapters register one with `inventory::submit!`.
+pub struct KindText {
+    pub kind: &'static str,
+    pub decode: DecodeText,
+}
+
+/// Decodes a body (with its headers) to text for the API.
+pub type DecodeText =
+    fn(&[u8], &std::collections::BTreeMap<String, String>) -> Result<DecodedText, String>;
+
+inventory::collect!(KindText);
+
+/// The registered text view of a message kind, if an adapter provides one.
+pub fn kind_text(kind: &str) -> Option<&'static KindText> {
+    inventory::iter::<KindText>
+        .into_iter()
+        .find(|k| k.kind == kind)
+}
+
 /// The registered support for a message kind, if an adapter provides one.
 pub fn kind_support(kind: &str) -> Option<&'static KindSupport> {
     inventory::iter::<KindSupport>

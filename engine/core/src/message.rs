@@ -89,7 +89,9 @@ pub struct NewMessage {
     pub parent_id: Option<MessageId>,
     /// Set when the source refused the message (e.g. an HL7 frame that does not parse): it is
     /// journaled straight into the `dead` state with this reason, so nothing received is lost,
-    /// and it is not processed. Reprocessing it runs the pipeline on it like any other.
+    /// and it is not processed. It is reprocessed only on explicit request (`include_refused`:
+    /// the sender was told it was not accepted), and its reason stays on record as its intake
+    /// row (see [`crate::store::Store::reprocess_with`]).
     pub rejected: Option<String>,
     /// The dedup hash of the body, computed by the journal before it seals the body (sources
     /// leave it `None`): SHA-256, or the keyed blind index when bodies are encrypted.

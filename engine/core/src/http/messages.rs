@@ -68,14 +68,19 @@ pub(super) async fn list_messages(
     Ok(Json(serde_json::to_value(page).unwrap_or_default()))
 }
 
-/// A message as the API shows it: metadata, the body (text when UTF-8, else base64), the error
-/// of every failed attempt and the effects recorded by `journal` sinks.
+/// A message as the API shows it: metadata, the body (text when UTF-8, else base64, with a
+/// decoded text view in the charset its kind says: `body_text`, `body_charset`), how it came in
+/// (`intake`: accepted, or refused with the reason), the error of every failed attempt (a
+/// refused message's intake row first), every reprocess, the whole `history` in time order and
+/// the effects recorded by `journal` sinks.
 pub async fn message_detail(store: &Store, id: &str) -> Result<serde_json::Value, StoreError> {
     let m = store
         .get(id)
         .await?
         .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
     let errors = store.attempt_errors(id).await?;
+    let reprocesses = store.reprocesses(id).await?;
+    let intake = store.intake(&m).await?;
     let effects: Vec<serde_json::Value> = store
         .effects_of(id)
         .await?
@@ -89,15 +94,80 @@ pub async fn message_detail(store: &Store, id: &str) -> Result<serde_json::Value
     let mut v = serde_json::to_value(&m).unwrap_or_default();
     v["body"] = body.into();
     v["body_encoding"] = enc.into();
+    match crate::expr::kind_text(&m.kind) {
+        Some(t) => match (t.decode)(&m.body, &m.headers) {
+            Ok(d) => {
+                v["body_charset"] = d.charset.into();
+                if enc != "utf-8" {
+                    v["body_text"] = d.text.into();
+                }
+                if d.replaced {
+                    v["body_text_replaced"] = true.into();
+                }
+            }
+            Err(e) => v["body_text_error"] = e.into(),
+        },
+        None if enc == "utf-8" => v["body_charset"] = "UTF-8".into(),
+        None => {}
+    }
     if let Some(k) = crate::expr::kind_support(&m.kind) {
         v["parsed"] = match (k.describe)(&m.body, &m.headers) {
             Ok(p) => p,
             Err(e) => json!({ "error": e }),
         };
     }
+    v["history"] = history(&m, &intake, &errors, &reprocesses).into();
+    v["intake"] = serde_json::to_value(&intake).unwrap_or_default();
     v["errors"] = serde_json::to_value(errors).unwrap_or_default();
+    v["reprocesses"] = serde_json::to_value(reprocesses).unwrap_or_default();
     v["effects"] = effects.into();
     Ok(v)
+}
+
+/// A message's life in time order: received (or refused), each failed attempt with the run it
+/// belongs to (0 before the first reprocess), each reprocess, and where it is now.
+fn history(
+    m: &crate::message::Message,
+    intake: &crate::store::Intake,
+    errors: &[crate::store::AttemptError],
+    reprocesses: &[crate::store::ReprocessRow],
+) -> Vec<serde_json::Value> {
+    let run_at = |at: i64| reprocesses.iter().filter(|r| r.at <= at).count();
+    let mut events: Vec<(i64, u8, serde_json::Value)> = Vec::new();
+    events.push((
+        m.received_at,
+        0,
+        match intake.reason.as_deref() {
+            Some(reason) => json!({ "at": m.received_at, "event": "refused", "reason": reason }),
+            None if intake.verdict == "refused" => {
+                json!({ "at": m.received_at, "event": "refused" })
+            }
+            None => json!({ "at": m.received_at, "event": "received" }),
+        },
+    ));
+    for e in errors
+        .iter()
+        .filter(|e| !(e.attempt == 0 && e.step == crate::store::INTAKE_STEP))
+    {
+        events.push((
+            e.at,
+            1,
+            json!({ "at": e.at, "event": "failed", "run": run_at(e.at), "attempt": e.attempt, "step": e.step, "error": e.error }),
+        ));
+    }
+    for (n, r) in reprocesses.iter().enumerate() {
+        events.push((
+            r.at,
+            2,
+            json!({ "at": r.at, "event": "reprocessed", "run": n + 1, "from_state": r.from_state, "attempts": r.attempts, "refused": r.refused, "actor": r.actor }),
+        ));
+    }
+    events.sort_by_key(|(at, order, _)| (*at, *order));
+    let mut out: Vec<serde_json::Value> = events.into_iter().map(|e| e.2).collect();
+    if !(intake.verdict == "refused" && reprocesses.is_empty()) {
+        out.push(json!({ "at": m.updated_at, "event": m.state.as_str(), "run": reprocesses.len(), "attempts": m.attempts }));
+    }
+    out
 }
 
 /// A search term as the audit trail records it: a search for a patient's name or phone is
@@ -173,10 +243,18 @@ pub(super) async fn get_message(
     Ok(Json(detail))
 }
 
+#[derive(Debug, Deserialize)]
+pub(super) struct ReprocessQuery {
+    /// Also a message refused at intake (the sender was told it was not accepted).
+    #[serde(default)]
+    include_refused: bool,
+}
+
 pub(super) async fn reprocess(
     State(s): State<AppState>,
     axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<String>,
+    Query(rq): Query<ReprocessQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let facility = scoped_facility(&s, &caller, &id).await?;
     // Readable under a sharing agreement is not writable: only the owner facility reprocesses.
@@ -206,13 +284,53 @@ pub(super) async fn reprocess(
             "Message",
             &id,
             "success",
-            String::new(),
+            if rq.include_refused {
+                "include_refused=true".to_owned()
+            } else {
+                String::new()
+            },
         )
         .about(&facility);
-    let m = s.store.reprocess_audited(&id, Some(&event)).await?;
+    let req = crate::store::ReprocessRequest {
+        include_refused: rq.include_refused,
+        audit: Some(&event),
+    };
+    let m = match s.store.reprocess_with(&id, req).await {
+        Ok(m) => m,
+        Err(e @ StoreError::Refused { .. }) => {
+            // The refusal is audited: someone tried to run what the sender was told was refused.
+            let mut denied = event.clone();
+            denied.outcome = "denied".into();
+            denied.detail = "refused at intake; include_refused not given".into();
+            audit(&s.store, &denied).await?;
+            s.metrics
+                .reprocess(&pipeline_of(&s, &id).await, "refused_denied");
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    s.metrics.reprocess(
+        &m.pipeline,
+        if rq.include_refused {
+            "refused_included"
+        } else {
+            "reprocessed"
+        },
+    );
     s.wake.notify_one();
     tracing::info!(id = %m.id, pipeline = %m.pipeline, "reprocess requested");
     Ok(Json(
         json!({ "id": m.id, "pipeline": m.pipeline, "state": m.state }),
     ))
+}
+
+/// The pipeline of a message (for a metric label), empty when it cannot be read.
+async fn pipeline_of(s: &AppState, id: &str) -> String {
+    s.store
+        .get(id)
+        .await
+        .ok()
+        .flatten()
+        .map(|m| m.pipeline)
+        .unwrap_or_default()
 }

@@ -9,8 +9,8 @@
 //! | GET | /api/backlog | unfinished messages per pipeline: count, oldest age, broker depth |
 //! | GET | /api/cluster | the broker queue, this node, the live nodes (`queue: amqp://…`) |
 //! | GET | /api/messages?pipeline=&state=&q=&limit=&cursor= | messages, newest first |
-//! | GET | /api/messages/{id} | one message with its body, attempt errors and effects |
-//! | POST | /api/messages/{id}/reprocess | put a failed/dead/done message back to work |
+//! | GET | /api/messages/{id} | one message: its body (and its text in the charset used), intake verdict, attempt errors, reprocesses, history and effects |
+//! | POST | /api/messages/{id}/reprocess?include_refused=true | put a failed/dead/done message back to work (one refused at intake only with `include_refused`) |
 //! | POST | /in/… | `http` sources |
 //! | GET | /api/audit?actor=&action=&resource_id=&after=&limit= | the audit trail, oldest first |
 //! | GET | /api/audit/verify | recompute the audit hash chain |
@@ -125,7 +125,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(_) => ApiError(StatusCode::NOT_FOUND, e.to_string()),
-            StoreError::NotReprocessable { .. } => ApiError(StatusCode::CONFLICT, e.to_string()),
+            StoreError::NotReprocessable { .. } | StoreError::Refused { .. } => {
+                ApiError(StatusCode::CONFLICT, e.to_string())
+            }
             _ => ApiError::internal(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the store is not available; try again later",

@@ -113,6 +113,13 @@ pub(super) async fn cluster(
 }
 
 pub(super) async fn metrics(State(s): State<AppState>) -> Response {
+    s.metrics.sample_process();
+    if let Ok(counts) = s.store.reprocess_counts().await {
+        for p in s.pipelines.keys() {
+            let n = counts.iter().find(|(cp, _)| cp == p).map_or(0, |c| c.1);
+            s.metrics.set_journal_reprocesses(p, n);
+        }
+    }
     for p in s.pipelines.values() {
         s.metrics.set_queue_depth(p.name(), p.queue_depth());
     }

@@ -1,8 +1,18 @@
-//! Prometheus metrics of the engine (text exposition at `GET /metrics`).
+//! Prometheus metrics of the engine (text exposition at `GET /metrics`; docs/metrics.md lists
+//! every series with its labels and the alerts they serve).
 //!
-//! Counters are per process: received, done, failed (attempts), dead, duplicate and refused messages per
-//! pipeline; a histogram of step and sink latency per pipeline and step. Queue depth and journal
-//! state counts are gauges filled in at scrape time. No label ever carries patient data.
+//! Counters are per process: received, done, failed (attempts), dead, duplicate and refused
+//! messages per pipeline; intake outcomes and the protocol's verdicts (AA/AE/AR/CA/CE/CR) per
+//! source; errors per step and sink; reprocess requests; a histogram of step and sink latency.
+//! Gauges: open connections per listener, whether each source runs, the time of each source's
+//! last message; queue depth, journal state counts, backlog and reprocesses recorded in the
+//! journal (filled in at scrape time); build info and the process's own figures (RSS, CPU,
+//! file descriptors, read from `/proc/self` at scrape time, [`super::process_metrics`]).
+//!
+//! Every series of a pipeline exists at zero from its start ([`Metrics::init_pipeline`],
+//! [`Metrics::init_source`]), so a counter that never moved is a 0, not a missing series, and
+//! `rate()`/`increase()` see the first event. No label ever carries patient data: labels are
+//! pipeline, source type, step and sink names, listen addresses and fixed vocabularies.
 
 use std::time::Duration;
 
@@ -25,9 +35,66 @@ struct StepLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    pipeline: String,
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    pipeline: String,
+    source: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabel {
+    pipeline: String,
+    source: String,
+    verdict: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    pipeline: String,
+    source: String,
+    listen: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReprocessLabel {
+    pipeline: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabel {
+    version: String,
+    profile: String,
+}
+
+/// What `submit` did with a message, for `huizhen_intake_total{outcome}`.
+pub const INTAKE_OUTCOMES: [&str; 5] = ["accepted", "duplicate", "refused", "busy", "failed"];
+
+/// The outcomes of `POST /api/messages/{id}/reprocess`, for `huizhen_reprocess_requests_total`.
+pub const REPROCESS_OUTCOMES: [&str; 3] = ["reprocessed", "refused_included", "refused_denied"];
+
+type F64Gauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     pipeline: String,
     state: String,
+}
+
+/// A new family, registered under `name` with `help`.
+fn registered<L, M>(registry: &mut Registry, name: &str, help: &str) -> Family<L, M>
+where
+    Family<L, M>: Default + Clone + prometheus_client::registry::Metric,
+{
+    let f = Family::<L, M>::default();
+    registry.register(name, help, f.clone());
+    f
 }
 
 fn latency_histogram() -> Histogram {
@@ -51,6 +118,15 @@ pub struct Metrics {
     broker_depth: Family<PipelineLabel, Gauge>,
     nodes: Gauge,
     step_seconds: Family<StepLabel, Histogram, fn() -> Histogram>,
+    step_errors: Family<StepLabel, Counter>,
+    intake: Family<OutcomeLabel, Counter>,
+    verdicts: Family<VerdictLabel, Counter>,
+    connections: Family<ListenerLabel, Gauge>,
+    source_up: Family<SourceLabel, Gauge>,
+    last_message: Family<SourceLabel, F64Gauge>,
+    reprocess_requests: Family<ReprocessLabel, Counter>,
+    journal_reprocesses: Family<PipelineLabel, Gauge>,
+    process: super::process_metrics::ProcessMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -155,6 +231,63 @@ impl Metrics {
             "Time spent in each step and sink",
             step_seconds.clone(),
         );
+        let step_errors = registered(
+            &mut registry,
+            "step_errors",
+            "Failed attempts by the step or sink that failed (step: its label, type#index, or the sink's name)",
+        );
+        let intake = registered(
+            &mut registry,
+            "intake",
+            "What became of what a source submitted: accepted, duplicate (a resend), refused (journaled as a dead letter, e.g. HL7 AR/AE), busy (backlog limit: not journaled, the sender sends again), failed (not journaled: the journal failed)",
+        );
+        let verdicts = registered(
+            &mut registry,
+            "intake_verdicts",
+            "Answers a source gave its senders, in the protocol's words (MLLP: AA, AE, AR, CA, CE, CR)",
+        );
+        let connections = registered(
+            &mut registry,
+            "listener_connections",
+            "Connections open now on a listener source (mllp, dicom)",
+        );
+        let source_up = registered(
+            &mut registry,
+            "source_up",
+            "1 while the pipeline's source runs (a listener accepts), 0 once it stopped or failed",
+        );
+        let last_message = registered(
+            &mut registry,
+            "source_last_message_timestamp_seconds",
+            "When the source last submitted a message (accepted, resent or refused), Unix seconds; 0 before the first since this process started",
+        );
+        let reprocess_requests = registered(
+            &mut registry,
+            "reprocess_requests",
+            "Reprocess requests through this process's API: reprocessed, refused_included (refused at intake, reprocessed on explicit request), refused_denied (refused at intake, not asked explicitly)",
+        );
+        let journal_reprocesses = registered(
+            &mut registry,
+            "journal_reprocesses",
+            "Reprocesses recorded in the journal (API and CLI, every node)",
+        );
+        let build = Family::<BuildLabel, Gauge>::default();
+        registry.register(
+            "build_info",
+            "The engine's version and build profile (always 1)",
+            build.clone(),
+        );
+        build
+            .get_or_create(&BuildLabel {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                profile: if cfg!(debug_assertions) {
+                    "debug".to_owned()
+                } else {
+                    "release".to_owned()
+                },
+            })
+            .set(1);
+        let process = super::process_metrics::ProcessMetrics::register(&mut registry);
         Metrics {
             registry,
             received,
@@ -170,7 +303,179 @@ impl Metrics {
             broker_depth,
             nodes,
             step_seconds,
+            step_errors,
+            intake,
+            verdicts,
+            connections,
+            source_up,
+            last_message,
+            reprocess_requests,
+            journal_reprocesses,
+            process,
         }
+    }
+
+    /// Creates every series of a pipeline at zero: its counters, journal gauges, each step's
+    /// and sink's latency and errors, its source's intake outcomes, `source_up` and
+    /// `source_last_message_timestamp_seconds`, and the reprocess requests. `source` is the
+    /// source's type (`mllp`, `http`, …); `steps` the labels of its steps and sinks.
+    pub fn init_pipeline(&self, p: &str, source: &str, steps: &[String]) {
+        let l = Self::label(p);
+        for f in [
+            &self.received,
+            &self.done,
+            &self.failed,
+            &self.dead,
+            &self.duplicate,
+            &self.backlog_refused,
+        ] {
+            let _ = f.get_or_create(&l);
+        }
+        let _ = self.queue_depth.get_or_create(&l);
+        let _ = self.backlog.get_or_create(&l);
+        let _ = self.backlog_age.get_or_create(&l);
+        let _ = self.journal_reprocesses.get_or_create(&l);
+        for st in crate::message::State::ALL {
+            let _ = self.journal.get_or_create(&StateLabel {
+                pipeline: p.to_owned(),
+                state: st.as_str().to_owned(),
+            });
+        }
+        for step in steps {
+            let sl = StepLabel {
+                pipeline: p.to_owned(),
+                step: step.clone(),
+            };
+            let _ = self.step_seconds.get_or_create(&sl);
+            let _ = self.step_errors.get_or_create(&sl);
+        }
+        for outcome in INTAKE_OUTCOMES {
+            let _ = self.intake.get_or_create(&OutcomeLabel {
+                pipeline: p.to_owned(),
+                source: source.to_owned(),
+                outcome: outcome.to_owned(),
+            });
+        }
+        let sl = SourceLabel {
+            pipeline: p.to_owned(),
+            source: source.to_owned(),
+        };
+        let _ = self.source_up.get_or_create(&sl);
+        let _ = self.last_message.get_or_create(&sl);
+        for outcome in REPROCESS_OUTCOMES {
+            let _ = self.reprocess_requests.get_or_create(&ReprocessLabel {
+                pipeline: p.to_owned(),
+                outcome: outcome.to_owned(),
+            });
+        }
+    }
+
+    /// Creates a source's protocol series at zero: its verdicts and, for a listener, its open
+    /// connections (see [`crate::sources::Source::verdicts`] and `listens_on`).
+    pub fn init_source(&self, p: &str, source: &str, verdicts: &[&str], listen: Option<&str>) {
+        for v in verdicts {
+            let _ = self.verdicts.get_or_create(&VerdictLabel {
+                pipeline: p.to_owned(),
+                source: source.to_owned(),
+                verdict: (*v).to_owned(),
+            });
+        }
+        if let Some(listen) = listen {
+            let _ = self.connections.get_or_create(&ListenerLabel {
+                pipeline: p.to_owned(),
+                source: source.to_owned(),
+                listen: listen.to_owned(),
+            });
+        }
+    }
+
+    pub fn intake(&self, p: &str, source: &str, outcome: &str) {
+        self.intake
+            .get_or_create(&OutcomeLabel {
+                pipeline: p.to_owned(),
+                source: source.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn verdict(&self, p: &str, source: &str, verdict: &str) {
+        self.verdicts
+            .get_or_create(&VerdictLabel {
+                pipeline: p.to_owned(),
+                source: source.to_owned(),
+                verdict: verdict.to_owned(),
+            })
+            .inc();
+    }
+
+    /// How many answers of `verdict` the source of `p` gave (tests, benchmarks).
+    pub fn verdicts_given(&self, p: &str, source: &str, verdict: &str) -> u64 {
+        self.verdicts
+            .get_or_create(&VerdictLabel {
+                pipeline: p.to_owned(),
+                source: source.to_owned(),
+                verdict: verdict.to_owned(),
+            })
+            .get()
+    }
+
+    /// One more (`delta` 1) or one fewer (-1) open connection on a listener.
+    pub fn connections(&self, p: &str, source: &str, listen: &str, delta: i64) {
+        self.connections
+            .get_or_create(&ListenerLabel {
+                pipeline: p.to_owned(),
+                source: source.to_owned(),
+                listen: listen.to_owned(),
+            })
+            .inc_by(delta);
+    }
+
+    pub fn source_up(&self, p: &str, source: &str, up: bool) {
+        self.source_up
+            .get_or_create(&SourceLabel {
+                pipeline: p.to_owned(),
+                source: source.to_owned(),
+            })
+            .set(i64::from(up));
+    }
+
+    pub fn last_message(&self, p: &str, source: &str, unix_ms: i64) {
+        self.last_message
+            .get_or_create(&SourceLabel {
+                pipeline: p.to_owned(),
+                source: source.to_owned(),
+            })
+            .set(unix_ms as f64 / 1000.0);
+    }
+
+    pub fn step_error(&self, p: &str, step: &str) {
+        self.step_errors
+            .get_or_create(&StepLabel {
+                pipeline: p.to_owned(),
+                step: step.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn reprocess(&self, p: &str, outcome: &str) {
+        self.reprocess_requests
+            .get_or_create(&ReprocessLabel {
+                pipeline: p.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn set_journal_reprocesses(&self, p: &str, n: i64) {
+        self.journal_reprocesses
+            .get_or_create(&Self::label(p))
+            .set(n);
+    }
+
+    /// Reads the process's figures from `/proc/self` (at scrape time).
+    pub fn sample_process(&self) {
+        self.process.sample();
     }
 
     fn label(p: &str) -> PipelineLabel {

@@ -19,6 +19,7 @@ pub mod call_metrics;
 pub mod match_alerts;
 mod metrics;
 mod pipeline;
+mod process_metrics;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
@@ -30,7 +31,7 @@ use tokio_util::task::TaskTracker;
 
 pub use metrics::Metrics;
 pub(crate) use pipeline::Remote;
-pub use pipeline::{PipelineHandle, PipelineInfo, SubmitError};
+pub use pipeline::{ConnectionGuard, PipelineHandle, PipelineInfo, SubmitError};
 
 use crate::cluster::QueueSpec;
 use crate::config::Loaded;
@@ -395,6 +396,7 @@ impl Engine {
                 shutdown: shutdown.clone(),
                 ingress: ingress.clone(),
             };
+            handle.init_source(source.as_ref());
             handle.set_running(true, None);
             sources.spawn(async move {
                 let result = source.run(ctx).await;

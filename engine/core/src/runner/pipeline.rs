@@ -63,6 +63,8 @@ struct Inner {
     facility: String,
     description: String,
     source: String,
+    /// The source's type (`mllp`, `http`, …: the first word of `source`), the `source` label.
+    source_kind: String,
     journal: Journal,
     dispatch: Dispatch,
     queue_capacity: usize,
@@ -263,6 +265,21 @@ pub(crate) struct Remote {
     pub dead_after: Duration,
 }
 
+/// An open connection of a listener source, counted in `huizhen_listener_connections` until
+/// dropped ([`PipelineHandle::connection`]).
+pub struct ConnectionGuard {
+    pipeline: PipelineHandle,
+    listen: String,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let i = &self.pipeline.inner;
+        i.metrics
+            .connections(&i.name, &i.source_kind, &self.listen, -1);
+    }
+}
+
 /// The handle to a running pipeline. Cheap to clone.
 #[derive(Clone)]
 pub struct PipelineHandle {
@@ -331,12 +348,24 @@ impl PipelineHandle {
             ));
             tx
         });
+        let source_kind = source
+            .split_whitespace()
+            .next()
+            .unwrap_or("source")
+            .to_owned();
+        let labels: Vec<String> = steps
+            .iter()
+            .map(|(l, _)| l.clone())
+            .chain(sinks.iter().map(|s| s.name().to_owned()))
+            .collect();
+        metrics.init_pipeline(&cfg.name.value, &source_kind, &labels);
         let handle = PipelineHandle {
             inner: Arc::new(Inner {
                 name: cfg.name.value.clone(),
                 facility: cfg.facility.clone(),
                 description: cfg.description.clone(),
                 source,
+                source_kind,
                 journal,
                 dispatch,
                 queue_capacity: capacity,
@@ -394,8 +423,40 @@ impl PipelineHandle {
 
     pub(super) fn set_running(&self, running: bool, error: Option<String>) {
         self.inner.running.store(running, Ordering::SeqCst);
+        self.inner
+            .metrics
+            .source_up(&self.inner.name, &self.inner.source_kind, running);
         if let Ok(mut e) = self.inner.error.lock() {
             *e = error;
+        }
+    }
+
+    /// Creates the source's protocol series at zero (its verdicts, a listener's connections).
+    pub(super) fn init_source(&self, source: &dyn crate::sources::Source) {
+        let i = &self.inner;
+        i.metrics.init_source(
+            &i.name,
+            &i.source_kind,
+            source.verdicts(),
+            source.listens_on().as_deref(),
+        );
+    }
+
+    /// Counts an answer the source gave its sender, in the protocol's words (`AA`, `AR`, …),
+    /// for `huizhen_intake_verdicts_total`.
+    pub fn verdict(&self, verdict: &str) {
+        let i = &self.inner;
+        i.metrics.verdict(&i.name, &i.source_kind, verdict);
+    }
+
+    /// Counts an open connection of the listener on `listen` until the guard is dropped, for
+    /// `huizhen_listener_connections`.
+    pub fn connection(&self, listen: &str) -> ConnectionGuard {
+        let i = &self.inner;
+        i.metrics.connections(&i.name, &i.source_kind, listen, 1);
+        ConnectionGuard {
+            pipeline: self.clone(),
+            listen: listen.to_owned(),
         }
     }
 
@@ -453,6 +514,7 @@ impl PipelineHandle {
             && let Some(reason) = self.refusing()
         {
             i.metrics.backlog_refused(&i.name);
+            i.metrics.intake(&i.name, &i.source_kind, "busy");
             return Err(SubmitError::Backlog {
                 pipeline: i.name.clone(),
                 reason,
@@ -490,21 +552,29 @@ impl PipelineHandle {
             drop(s);
             i.feed.notify_one();
         }
-        let accepted = appended.map_err(|source| SubmitError::Journal {
-            pipeline: i.name.clone(),
-            source,
+        let accepted = appended.map_err(|source| {
+            i.metrics.intake(&i.name, &i.source_kind, "failed");
+            SubmitError::Journal {
+                pipeline: i.name.clone(),
+                source,
+            }
         })?;
+        // A resend or a refused message is a sign of life of the sender too.
+        i.metrics.last_message(&i.name, &i.source_kind, now_ms());
         if accepted.duplicate {
             i.metrics.duplicate(&i.name);
+            i.metrics.intake(&i.name, &i.source_kind, "duplicate");
             return Ok(accepted);
         }
         if rejected {
             // Journaled as a dead letter by the source's decision; nothing to run.
             i.metrics.received(&i.name);
             i.metrics.dead(&i.name);
+            i.metrics.intake(&i.name, &i.source_kind, "refused");
             return Ok(accepted);
         }
         i.metrics.received(&i.name);
+        i.metrics.intake(&i.name, &i.source_kind, "accepted");
         if let Ok(mut b) = i.backlog.lock() {
             b.accepted_since += 1;
             b.body_bytes += body_len;
@@ -1210,6 +1280,7 @@ impl PipelineHandle {
                     // The reason stays out of the log (it may quote patient data); it is in the journal.
                     tracing::warn!(pipeline = %i.name, id = %m.id, attempt, step = %step, dead = last, "message failed; the reason is in the journal (huizhen messages show ID)");
                     i.metrics.failed(&i.name);
+                    i.metrics.step_error(&i.name, &step);
                     if last {
                         i.metrics.dead(&i.name);
                         let reason = format!("{step}: {}", error.message);

@@ -81,6 +81,18 @@ pub trait Source: Send {
     /// A short description for `/api/pipelines`, e.g. `http POST /in/demo`.
     fn describe(&self) -> String;
 
+    /// The answers this source gives its senders, in its protocol's words (`AA`, `AR`, …),
+    /// counted with [`PipelineHandle::verdict`]; each is a series at zero from the start.
+    fn verdicts(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// The address a listener source accepts connections on (its open connections are a
+    /// gauge from the start, counted with [`PipelineHandle::connection`]).
+    fn listens_on(&self) -> Option<String> {
+        None
+    }
+
     /// Runs until `ctx.shutdown` is cancelled. An error stops the source and is reported.
     fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), String>>;
 }

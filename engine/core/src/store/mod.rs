@@ -25,6 +25,7 @@ pub mod identity;
 pub mod journal;
 pub mod recordings;
 pub mod rekey;
+mod reprocess;
 mod sql;
 
 use std::borrow::Cow;
@@ -39,6 +40,7 @@ use sqlx::{AnyPool, Executor, Row, SqlStr};
 
 use crate::message::{Message, MessageId, State, now_ms};
 pub use journal::{Effect, Journal, JournalOptions, Transition};
+pub use reprocess::{BulkReprocess, INTAKE_STEP, Intake, ReprocessRequest, ReprocessRow};
 use sql::Sql;
 
 /// Errors from the store, naming the operation that failed.
@@ -83,6 +85,10 @@ pub enum StoreError {
         "store: message {id} is {state}; only failed, dead or done messages can be reprocessed"
     )]
     NotReprocessable { id: MessageId, state: State },
+    #[error(
+        "store: message {id} was refused at intake ({reason}): the sender was told it was not accepted, so it is not reprocessed unless asked explicitly (CLI --include-refused, API ?include_refused=true)"
+    )]
+    Refused { id: MessageId, reason: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -645,6 +651,11 @@ impl Store {
                     "device_sync",
                     include_str!("migrations/sqlite/0026_device_sync.sql"),
                 ),
+                (
+                    27,
+                    "reprocesses",
+                    include_str!("migrations/sqlite/0027_reprocesses.sql"),
+                ),
             ],
             Backend::Postgres => &[
                 (
@@ -766,6 +777,11 @@ impl Store {
                     26,
                     "device_sync",
                     include_str!("migrations/postgres/0026_device_sync.sql"),
+                ),
+                (
+                    27,
+                    "reprocesses",
+                    include_str!("migrations/postgres/0027_reprocesses.sql"),
                 ),
             ],
         };
@@ -962,114 +978,6 @@ impl Store {
             }
         }
         Ok(out)
-    }
-
-    /// Puts a failed, dead or done message back to be processed again: attempts reset to 0,
-    /// due now. A running engine picks it up within its scheduler interval.
-    pub async fn reprocess(&self, id: &str) -> Result<Message> {
-        self.reprocess_audited(id, None).await
-    }
-
-    /// [`Store::reprocess`], recording `audit` in the same transaction as the change.
-    pub async fn reprocess_audited(
-        &self,
-        id: &str,
-        audit: Option<&audit::AuditEvent>,
-    ) -> Result<Message> {
-        let msg = self
-            .get(id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
-        if !matches!(msg.state, State::Failed | State::Dead | State::Done) {
-            return Err(StoreError::NotReprocessable {
-                id: id.to_owned(),
-                state: msg.state,
-            });
-        }
-        let now = now_ms();
-        let mut s = Sql::new(
-            "UPDATE messages SET state = 'received', attempts = 0, part = COALESCE(part, 0), next_attempt_at = ".into(),
-        );
-        s.bind(now);
-        s.push(", updated_at = ");
-        s.bind(now);
-        s.push(" WHERE id = ");
-        s.bind(id);
-        s.push(" AND state IN ('failed', 'dead', 'done')");
-        let mut conn = self
-            .write
-            .acquire()
-            .await
-            .map_err(q("acquire writer connection"))?;
-        let mut tx = sqlx::Connection::begin(&mut *conn)
-            .await
-            .map_err(q("begin reprocess"))?;
-        s.query()
-            .execute(&mut *tx)
-            .await
-            .map_err(q("reprocess message"))?;
-        if let Some(e) = audit {
-            audit::append(&mut tx, e, self.anchor.as_deref()).await?;
-        }
-        tx.commit().await.map_err(q("commit reprocess"))?;
-        drop(conn);
-        self.get(id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(id.to_owned()))
-    }
-
-    /// Reprocesses every message of a pipeline in a state (e.g. all dead letters). Returns how many.
-    pub async fn reprocess_all(&self, pipeline: &str, state: State) -> Result<u64> {
-        self.reprocess_all_audited(pipeline, state, None).await
-    }
-
-    /// [`Store::reprocess_all`], recording `audit` in the same transaction as the change.
-    pub async fn reprocess_all_audited(
-        &self,
-        pipeline: &str,
-        state: State,
-        audit: Option<&audit::AuditEvent>,
-    ) -> Result<u64> {
-        if !matches!(state, State::Failed | State::Dead | State::Done) {
-            return Err(StoreError::NotReprocessable {
-                id: format!("(all {state} in {pipeline})"),
-                state,
-            });
-        }
-        let now = now_ms();
-        let mut s = Sql::new(
-            "UPDATE messages SET state = 'received', attempts = 0, part = COALESCE(part, 0), next_attempt_at = ".into(),
-        );
-        s.bind(now);
-        s.push(", updated_at = ");
-        s.bind(now);
-        s.push(" WHERE pipeline = ");
-        s.bind(pipeline);
-        s.push(" AND state = ");
-        s.bind(state.as_str());
-        if state != State::Done {
-            s.push(" AND state <> 'done'");
-        }
-        let mut conn = self
-            .write
-            .acquire()
-            .await
-            .map_err(q("acquire writer connection"))?;
-        let mut tx = sqlx::Connection::begin(&mut *conn)
-            .await
-            .map_err(q("begin reprocess"))?;
-        let r = s
-            .query()
-            .execute(&mut *tx)
-            .await
-            .map_err(q("reprocess messages"))?;
-        if let Some(e) = audit {
-            let mut e = e.clone();
-            e.detail = format!("{} messages", r.rows_affected());
-            audit::append(&mut tx, &e, self.anchor.as_deref()).await?;
-        }
-        tx.commit().await.map_err(q("commit reprocess"))?;
-        Ok(r.rows_affected())
     }
 
     /// Startup recovery: messages left `received` or `processing` by a previous run (a crash or

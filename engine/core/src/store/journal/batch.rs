@@ -13,6 +13,8 @@ struct Prepared<'a> {
     id: MessageId,
     msg: &'a NewMessage,
     dedup_key_sealed: Option<&'a str>,
+    /// The refusal reason for the intake row of `message_errors` (refused messages only).
+    refusal: Option<&'a str>,
     hash: Option<String>,
     headers_json: String,
     reused_key: bool,
@@ -174,6 +176,7 @@ pub(super) async fn append_all<E: Exec>(
             id: a.id.clone(),
             msg,
             dedup_key_sealed: a.dedup_key_sealed.as_deref(),
+            refusal: a.refusal.as_deref(),
             hash,
             headers_json,
             reused_key,
@@ -295,6 +298,27 @@ pub(super) async fn append_all<E: Exec>(
             s.push(")");
         }
         e.execute(s, "append bodies").await?;
+    }
+    // A refused message's reason, kept as its intake row (attempt 0, step `intake`): the
+    // `last_error` column is cleared when a reprocess ends `done`, this row never is.
+    let refused: Vec<&&Prepared> = inserted.iter().filter(|r| r.refusal.is_some()).collect();
+    for chunk in fixed_chunks(&refused) {
+        let mut s = Stmt::new(
+            backend,
+            "INSERT INTO message_errors (message_id, attempt, at, step, error) VALUES ",
+        );
+        for (i, r) in chunk.iter().enumerate() {
+            s.push(if i == 0 { "(" } else { ", (" });
+            s.bind(r.id.as_str());
+            s.push(", 0, ");
+            s.bind(now);
+            s.push(", ");
+            s.bind(crate::store::INTAKE_STEP);
+            s.push(", ");
+            s.bind(r.refusal);
+            s.push(")");
+        }
+        e.execute(s, "record intake refusals").await?;
     }
     let mut raced: BTreeMap<usize, Accepted> = BTreeMap::new();
     for idx in lost {

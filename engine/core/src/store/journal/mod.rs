@@ -159,6 +159,10 @@ struct Sealed {
     /// The dedup key sealed for people reading the message (`msg.dedup_key` is then its
     /// blind index).
     dedup_key_sealed: Option<String>,
+    /// For a message its source refused: the reason as the intake row of `message_errors`
+    /// stores it (sealed as field `error` when encryption is on), so that no later reprocess
+    /// erases why the sender was refused.
+    refusal: Option<String>,
 }
 
 /// A transition on its way to the writer, its texts as they will be stored: the effect bodies
@@ -298,6 +302,7 @@ impl Journal {
         // assigned here too: every sealed field is bound to it.
         let id = new_id();
         let mut dedup_key_sealed = None;
+        let mut refusal = msg.rejected.clone();
         if msg.dedup_key.is_some() && msg.body_hash.is_none() {
             msg.body_hash = Some(match self.store.keyring() {
                 Some(k) => k.blind_index(&msg.body),
@@ -318,12 +323,14 @@ impl Journal {
             }
             if let Some(r) = msg.rejected.take() {
                 msg.rejected = Some(c.seal_text(&r, &Binding::new(&id, "last_error")));
+                refusal = Some(c.seal_text(&r, &Binding::new(&id, "error")));
             }
         }
         let msg = Box::new(Sealed {
             id,
             msg,
             dedup_key_sealed,
+            refusal,
         });
         let (reply, rx) = oneshot::channel();
         self.tx
