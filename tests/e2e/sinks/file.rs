@@ -56,12 +56,12 @@ async fn file_sink_writes_each_message_once_atomically_and_as_an_hl7_batch() {
     let plain = format!("{date}/O-9-{id}.hl7");
     assert_eq!(
         files(&out),
-        [plain.clone()],
+        std::slice::from_ref(&plain),
         "one file, no temporary one left"
     );
     assert_eq!(std::fs::read(out.join(&plain)).unwrap(), ORU.as_bytes());
     let batch_name = format!("{id}.hl7");
-    assert_eq!(files(&batches), [batch_name.clone()]);
+    assert_eq!(files(&batches), std::slice::from_ref(&batch_name));
     let batch = std::fs::read(batches.join(&batch_name)).unwrap();
     assert!(batch.starts_with(b"FHS|^~\\&|LIS|COUNTY|HIS|PROV|"));
     let back = huizhen_hl7::batch::split_raw(&batch);
