@@ -242,7 +242,7 @@ async fn assert_taken_over(db: &TestDb, held: &[String], survivors: &[&str]) {
     );
 }
 
-fn keyring(db: &TestDb) -> Option<Arc<huizhen_core::crypto::Keyring>> {
+pub(crate) fn keyring(db: &TestDb) -> Option<Arc<huizhen_core::crypto::Keyring>> {
     huizhen_core::crypto::Keyring::from_config(&huizhen_core::crypto::EncryptionConfig {
         keys_file: db.dir.path().join("keys"),
         ..Default::default()

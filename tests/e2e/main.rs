@@ -39,6 +39,7 @@ mod plugin_load;
 mod plugins;
 mod scenarios;
 mod security;
+mod sinks;
 mod sources;
 mod store;
 mod support;
@@ -50,8 +51,12 @@ use huizhen_dicom as _;
 // The FHIR adapter's registrations (`fhir_poll`, `fhir`, `hl7v2_to_fhir`, kind `fhir+json`, the
 // `fhir_store` sink, the /fhir/r4 facade).
 use huizhen_fhir as _;
+// The `file`, `http` and `sql` sinks.
+use huizhen_file as _;
 use huizhen_hl7 as _;
+use huizhen_http as _;
 use huizhen_insurer as _;
 use huizhen_mqtt as _;
+use huizhen_sql as _;
 // The call's signaling (/ws/signal) and SFU.
 use huizhen_media as _;

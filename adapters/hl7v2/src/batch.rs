@@ -208,6 +208,63 @@ pub fn split_raw(bytes: &[u8]) -> RawBatch {
     out
 }
 
+/// One message as an HL7 batch file (the `file` sink's `hl7_batch`): `FHS`, `BHS`, the
+/// message, `BTS|1`, `FTS|1`. The envelope takes the message's delimiters and its `MSH-3`…`MSH-6`
+/// (sending and receiving application and facility) as they are written, `time` (HL7 `DTM`) as
+/// `FHS-7`/`BHS-7` and `control_id` as `FHS-11`/`BHS-11`; the same inputs give the same bytes.
+/// Segments end with CR (a body with LF line ends only is converted).
+pub fn wrap(body: &[u8], control_id: &str, time: &str) -> Result<Vec<u8>, String> {
+    if is_batch(body) {
+        return Err("the body is already an HL7 batch (FHS/BHS)".into());
+    }
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    let mut message: Vec<u8> = if body.contains(&b'\r') {
+        body.to_vec()
+    } else {
+        body.iter()
+            .map(|b| if *b == b'\n' { b'\r' } else { *b })
+            .collect()
+    };
+    while matches!(message.last(), Some(b'\r' | b'\n')) {
+        message.pop();
+    }
+    message.push(b'\r');
+    let start = message
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(0);
+    let msh = message[start..]
+        .split(|b| *b == b'\r')
+        .next()
+        .unwrap_or_default();
+    if !msh.starts_with(b"MSH") || msh.len() < 8 {
+        return Err("the body is not an HL7 v2 message (it does not start with MSH)".into());
+    }
+    let sep = msh[3];
+    let fields: Vec<&[u8]> = msh.split(|b| *b == sep).collect();
+    let f = |i: usize| fields.get(i).copied().unwrap_or_default();
+    let s = [sep];
+    let header = |name: &[u8]| {
+        let mut h = name.to_vec();
+        for part in [f(1), f(2), f(3), f(4), f(5), time.as_bytes()] {
+            h.extend_from_slice(&s);
+            h.extend_from_slice(part);
+        }
+        h.extend_from_slice(&[sep, sep, sep, sep]);
+        h.extend_from_slice(control_id.as_bytes());
+        h.push(b'\r');
+        h
+    };
+    let mut out = header(b"FHS");
+    out.extend(header(b"BHS"));
+    out.extend_from_slice(&message[start..]);
+    for trailer in [b"BTS", b"FTS"] {
+        out.extend_from_slice(trailer);
+        out.extend_from_slice(&[sep, b'1', b'\r']);
+    }
+    Ok(out)
+}
+
 fn split_for_file(bytes: &[u8]) -> SplitOutput {
     let b = split_raw(bytes);
     SplitOutput {
@@ -227,6 +284,26 @@ inventory::submit! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_message_wrapped_as_a_batch_file_reads_back() {
+        let msg = b"MSH|^~\\&|LIS|COUNTY|HIS|PROV|20251206||ORU^R01|42|P|2.5\nPID|1||P1\n";
+        let file = wrap(msg, "m-1", "20251206083000").unwrap();
+        let text = String::from_utf8(file.clone()).unwrap();
+        assert_eq!(
+            text,
+            "FHS|^~\\&|LIS|COUNTY|HIS|PROV|20251206083000||||m-1\r\
+             BHS|^~\\&|LIS|COUNTY|HIS|PROV|20251206083000||||m-1\r\
+             MSH|^~\\&|LIS|COUNTY|HIS|PROV|20251206||ORU^R01|42|P|2.5\rPID|1||P1\r\
+             BTS|1\rFTS|1\r"
+        );
+        let back = split_raw(&file);
+        assert!(back.discrepancies.is_empty(), "{:?}", back.discrepancies);
+        assert_eq!(back.messages.len(), 1);
+        assert_eq!(wrap(msg, "m-1", "20251206083000").unwrap(), file);
+        assert!(wrap(&file, "m-1", "x").is_err());
+        assert!(wrap(b"{\"json\":1}", "m-1", "x").is_err());
+    }
 
     #[test]
     fn any_line_end_and_envelopes() {

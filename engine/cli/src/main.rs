@@ -18,10 +18,14 @@ use huizhen_dicom as _;
 // The FHIR adapter's registrations: `fhir_poll`, `fhir`, `hl7v2_to_fhir`, the `fhir_store` sink
 // and the /fhir/r4 facade routes.
 use huizhen_fhir as _;
+// The `file`, `http` and `sql` sinks.
+use huizhen_file as _;
 use huizhen_hl7 as _;
+use huizhen_http as _;
 use huizhen_insurer as _;
 use huizhen_media as _;
 use huizhen_mqtt as _;
+use huizhen_sql as _;
 
 /// `println!` for the CLI: like std's, but a closed stdout (`huizhen messages show ID | head
 /// -1`) ends the process quietly with status 0 instead of a panic (see [`write_stdout`]).

@@ -25,6 +25,7 @@ pub mod sinks;
 pub mod sources;
 pub mod steps;
 pub mod store;
+pub mod template;
 pub mod tls;
 pub mod work;
 pub mod workflow;

@@ -17,6 +17,9 @@ pub struct StepError {
     /// `false` for errors that retrying cannot fix (e.g. a body that is not JSON): the message
     /// goes to `dead` at once instead of using up its retries.
     pub retryable: bool,
+    /// The destination asked not to be tried again before this long (HTTP `Retry-After`): the
+    /// next attempt waits at least this, or the backoff if that is longer.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl StepError {
@@ -24,6 +27,7 @@ impl StepError {
         StepError {
             message: message.into(),
             retryable: true,
+            retry_after: None,
         }
     }
 
@@ -31,8 +35,42 @@ impl StepError {
         StepError {
             message: message.into(),
             retryable: false,
+            retry_after: None,
         }
     }
+
+    /// The next attempt no sooner than `wait` from now (a retryable error only).
+    pub fn not_before(mut self, wait: std::time::Duration) -> StepError {
+        self.retry_after = Some(wait);
+        self
+    }
+}
+
+/// An error and its chain of sources, `: `-joined (`cannot connect: Connection refused`).
+pub fn causes(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+/// The wait an HTTP `Retry-After` value asks for: delta-seconds (`120`) or an HTTP-date (a date
+/// already past is no wait). `None` when it is neither.
+pub fn parse_retry_after(value: &str) -> Option<std::time::Duration> {
+    let v = value.trim();
+    if let Ok(s) = v.parse::<u64>() {
+        return Some(std::time::Duration::from_secs(s));
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let when: std::time::SystemTime = when.into();
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
 }
 
 impl fmt::Display for StepError {

@@ -3,7 +3,7 @@
 //! auth, 429/503 answered with `Retry-After` honoured, and errors that carry the server's
 //! OperationOutcome text.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
@@ -197,13 +197,7 @@ impl FhirClient {
 
 /// The seconds or HTTP date of a `Retry-After` header.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(s) = v.parse::<u64>() {
-        return Some(Duration::from_secs(s));
-    }
-    let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-    let when: SystemTime = when.into();
-    Some(when.duration_since(SystemTime::now()).unwrap_or_default())
+    huizhen_core::work::parse_retry_after(headers.get(RETRY_AFTER)?.to_str().ok()?)
 }
 
 /// The issues of an OperationOutcome: `severity code: diagnostics or details.text` each,

@@ -674,6 +674,29 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigErrors> {
 /// A file named `huizhen.yaml`/`huizhen.yml` is read as a root config, anything else as a
 /// pipeline; a root checked together with pipelines must name its outbound pipelines among
 /// them. Returns how many files were checked.
+/// Checks one pipeline's YAML text as `huizhen validate` checks a file (written to a temporary
+/// file first: errors are located in the file), each error as `line:column: message`. For the
+/// config-error tests of components that live in adapter crates.
+pub fn validate_text(text: &str) -> Vec<String> {
+    let file = std::env::temp_dir().join(format!(
+        "huizhen-validate-{}.yaml",
+        crate::message::new_id()
+    ));
+    if let Err(e) = std::fs::write(&file, text) {
+        return vec![format!("0:0: cannot write {}: {e}", file.display())];
+    }
+    let errors = match validate_paths(std::slice::from_ref(&file)) {
+        Ok(_) => Vec::new(),
+        Err(e) => {
+            e.0.iter()
+                .map(|e| format!("{}:{}: {}", e.line, e.column, e.message))
+                .collect()
+        }
+    };
+    let _ = std::fs::remove_file(&file);
+    errors
+}
+
 pub fn validate_paths(paths: &[PathBuf]) -> Result<usize, ConfigErrors> {
     let mut files = BTreeSet::new();
     let mut errors = Vec::new();

@@ -1277,6 +1277,8 @@ impl PipelineHandle {
                 }
                 Outcome::Failed { step, error } => {
                     let last = !error.retryable || attempt >= i.max_attempts;
+                    // A destination's Retry-After: not before it, whatever the backoff says.
+                    let wait = error.retry_after.unwrap_or_default();
                     // The reason stays out of the log (it may quote patient data); it is in the journal.
                     tracing::warn!(pipeline = %i.name, id = %m.id, attempt, step = %step, dead = last, "message failed; the reason is in the journal (huizhen messages show ID)");
                     i.metrics.failed(&i.name);
@@ -1317,11 +1319,12 @@ impl PipelineHandle {
                         marked = true;
                         tokio::select! {
                             _ = i.shutdown.cancelled() => return None,
-                            _ = tokio::time::sleep(self.backoff(attempt)) => {}
+                            _ = tokio::time::sleep(self.backoff(attempt).max(wait)) => {}
                         }
                         continue;
                     } else {
-                        let retry_at = now_ms() + self.backoff(attempt).as_millis() as i64;
+                        let retry_at =
+                            now_ms() + self.backoff(attempt).max(wait).as_millis() as i64;
                         i.journal
                             .transition(Transition::Failed {
                                 id: m.id.clone(),
