@@ -100,9 +100,10 @@ fn config(db: &TestDb) -> std::path::PathBuf {
     std::fs::write(
         &config,
         format!(
-            "version: 1\nstore: {{ url: \"{}\" }}\nsecurity:\n  encryption: {{ keys_file: \"{}\" }}\npipelines: []\n",
+            "version: 1\nstore: {{ url: \"{}\" }}\nsecurity:\n  encryption: {{ keys_file: \"{}\" }}\n  audit: {{ key_file: \"{d}/audit.key\", checkpoint_file: \"{d}/audit.checkpoints\" }}\npipelines: []\n",
             db.url,
-            dir.join("keys").display()
+            dir.join("keys").display(),
+            d = dir.display()
         ),
     )
     .unwrap();

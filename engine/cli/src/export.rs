@@ -927,9 +927,10 @@ pub async fn export(store: &Store, a: ExportArgs) -> Result<ExitCode> {
                 "received_at": m.received_at,
                 "body": body,
             });
-            serde_json::to_writer(&mut out, &line).context("writing the export to stdout")?;
-            out.write_all(b"\n")
-                .context("writing the export to stdout")?;
+            serde_json::to_writer(&mut out, &line)
+                .map_err(std::io::Error::from)
+                .and_then(|()| out.write_all(b"\n"))
+                .map_err(|e| incomplete(e, n))?;
             n += 1;
         }
         match page.next_cursor {
@@ -937,7 +938,7 @@ pub async fn export(store: &Store, a: ExportArgs) -> Result<ExitCode> {
             None => break,
         }
     }
-    out.flush().context("writing the export to stdout")?;
+    out.flush().map_err(|e| incomplete(e, n))?;
     eprintln!(
         "{n} messages exported, de-identified with {}{}",
         a.deidentify,
@@ -1511,4 +1512,13 @@ mod tests {
                 .unwrap();
         assert!(Deidentifier::new(p, None, "p.yaml").is_err(), "no key");
     }
+}
+
+/// A write error of the export: unlike a listing, an export whose reader went away (EPIPE) is
+/// incomplete, so it fails (status 1) with how far it got, and the error carries no
+/// `io::Error` that `main` would take for a quiet `| head`.
+fn incomplete(e: std::io::Error, written: usize) -> anyhow::Error {
+    anyhow::anyhow!(
+        "writing the export to stdout: {e}; the export is incomplete ({written} messages written)"
+    )
 }

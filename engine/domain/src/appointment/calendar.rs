@@ -474,10 +474,13 @@ impl Calendar {
                     booking: booking.clone(),
                     expert: expert.to_owned(),
                 })?;
-        // Windows that start the day before may run overnight into the booking's day.
+        // Windows that start the day before may run overnight into the booking's day, and a
+        // booking that crosses midnight is inside when back-to-back windows (merged by
+        // `availability`) cover it: windows up to the end's local date count.
         let day = self.config.local_date(r.start);
         let from = day.checked_sub_days(Days::new(1)).unwrap_or(day);
-        let inside = availability(schedule, from, day, self.config.offset())
+        let last = self.config.local_date(r.end).max(day);
+        let inside = availability(schedule, from, last, self.config.offset())
             .iter()
             .any(|(start, end)| *start <= r.start && r.end <= *end);
         if !inside {

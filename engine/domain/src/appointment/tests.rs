@@ -400,3 +400,38 @@ fn config_is_checked_and_read_from_yaml() {
     );
     assert!(serde_saphyr::from_str::<AppointmentConfig>("slot: 20\n").is_err());
 }
+
+/// Back-to-back windows across midnight (an all-day schedule, or an evening window followed by
+/// an early-morning one) hold a booking that crosses midnight; a gap at midnight does not.
+#[test]
+fn a_booking_across_midnight_fits_back_to_back_windows() {
+    let mut c = Calendar::new(AppointmentConfig::default()).unwrap();
+    c.set_schedule(
+        "all-day",
+        Schedule {
+            windows: vec![window("mon-sun", "00:00", "00:00")],
+            on_call: false,
+        },
+    );
+    c.set_schedule(
+        "split",
+        Schedule {
+            windows: vec![window("mon", "20:00", "23:59"), window("tue", "00:00", "06:00")],
+            on_call: false,
+        },
+    );
+    let across = |id: &str, expert: &str| BookingRequest {
+        booking_id: id.into(),
+        consultation_id: format!("c-{id}"),
+        expert_id: expert.into(),
+        patient_id: format!("p-{id}"),
+        start: at("2026-01-12T23:45:00"),
+        end: at("2026-01-13T00:15:00"),
+        urgency: Urgency::Routine,
+    };
+    c.book(across("b1", "all-day"), now()).unwrap();
+    assert!(matches!(
+        c.book(across("b2", "split"), now()).unwrap_err(),
+        AppointmentError::OutsideSchedule { .. }
+    ));
+}
