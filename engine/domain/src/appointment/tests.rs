@@ -416,7 +416,10 @@ fn a_booking_across_midnight_fits_back_to_back_windows() {
     c.set_schedule(
         "split",
         Schedule {
-            windows: vec![window("mon", "20:00", "23:59"), window("tue", "00:00", "06:00")],
+            windows: vec![
+                window("mon", "20:00", "23:59"),
+                window("tue", "00:00", "06:00"),
+            ],
             on_call: false,
         },
     );
