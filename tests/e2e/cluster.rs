@@ -25,7 +25,7 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use crate::crash::{TEST_SECRET, authed_client, free_port, wait_ready};
 use crate::support::{
     Backend, TestDb, amqp_url, broker_exclusive, broker_shared, broker_up, delete_queues, fates,
-    fresh_db, signal, stop_broker, store, wait_for, wait_for_or,
+    fresh_db, get_json, signal, stop_broker, store, wait_for, wait_for_or,
 };
 
 /// One engine process of a test cluster.
@@ -385,14 +385,12 @@ async fn three_processes_100k_messages_one_killed_nothing_lost_nothing_twice() {
     assert_taken_over(&db, &held, &["n1", "n3"]).await;
 
     // The survivors saw n2 die and took over; the API shows two live nodes.
-    let v: serde_json::Value = client
-        .get(format!("http://127.0.0.1:{}/api/cluster", nodes[0].port))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: serde_json::Value = get_json(
+        &client,
+        &format!("http://127.0.0.1:{}/api/cluster", nodes[0].port),
+    )
+    .await
+    .unwrap();
     let live: Vec<&str> = v["nodes"]
         .as_array()
         .unwrap()
@@ -615,14 +613,12 @@ async fn ordered_pipeline_keeps_each_patients_order_across_processes() {
     // Both processes took part (each consumes its share of the partitions).
     let owners = owners(&db, "adt").await;
     assert_eq!(owners, ["o1", "o2"], "the nodes that processed messages");
-    let v: serde_json::Value = client
-        .get(format!("http://127.0.0.1:{}/api/cluster", nodes[0].port))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: serde_json::Value = get_json(
+        &client,
+        &format!("http://127.0.0.1:{}/api/cluster", nodes[0].port),
+    )
+    .await
+    .unwrap();
     assert_eq!(v["partitions"]["live"], 2, "{v}");
     drop(nodes);
     delete_queues(&prefix);
@@ -656,14 +652,11 @@ async fn ordered_pipeline_keeps_order_when_a_process_is_killed() {
     let mut victim = start_node(&config, "k2", &client).await;
     // Wait until both share the partitions.
     wait_for("two nodes", Duration::from_secs(20), || async {
-        let v: serde_json::Value = client
-            .get(format!("http://127.0.0.1:{}/api/cluster", survivor.port))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let v: serde_json::Value = get_json(
+            &client,
+            &format!("http://127.0.0.1:{}/api/cluster", survivor.port),
+        )
+        .await?;
         (v["partitions"]["live"] == 2).then_some(())
     })
     .await;

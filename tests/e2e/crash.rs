@@ -64,24 +64,32 @@ pub(crate) struct Setup {
     pub(crate) port: u16,
 }
 
-pub(crate) fn write_config(db: &TestDb, pipeline: &str) -> Setup {
+/// The root file of an engine run as a binary, `huizhen.yaml` in the test's folder: its store,
+/// the HTTP port, [`TEST_SECRET`], the keys and the audit key in the folder (never in the
+/// working directory), `extra` (top-level YAML), and the pipelines in `pipelines/*.yaml`.
+pub(crate) fn write_root(db: &TestDb, port: u16, extra: &str) -> PathBuf {
     let dir = db.dir.path();
-    let port = free_port();
     std::fs::create_dir_all(dir.join("pipelines")).unwrap();
+    let root = dir.join("huizhen.yaml");
     std::fs::write(
-        dir.join("huizhen.yaml"),
+        &root,
         format!(
-            "version: 1\nstore:\n  url: \"{}\"\nhttp:\n  bind: 127.0.0.1:{port}\njournal:\n  scheduler_poll: 100ms\nsecurity:\n  jwt_secret: \"{TEST_SECRET}\"\n  encryption: {{ keys_file: \"{}\" }}\npipelines: [\"pipelines/*.yaml\"]\n",
+            "version: 1\nstore:\n  url: \"{}\"\nhttp:\n  bind: 127.0.0.1:{port}\n{extra}security:\n  jwt_secret: \"{TEST_SECRET}\"\n  encryption: {{ keys_file: \"{}\" }}\n  audit: {{ key_file: \"{}\", checkpoint_file: \"{}\" }}\npipelines: [\"pipelines/*.yaml\"]\n",
             db.url,
-            dir.join("keys").display()
+            dir.join("keys").display(),
+            dir.join("audit.key").display(),
+            dir.join("audit.checkpoints").display(),
         ),
     )
     .unwrap();
-    std::fs::write(dir.join("pipelines/p.yaml"), pipeline).unwrap();
-    Setup {
-        config: dir.join("huizhen.yaml"),
-        port,
-    }
+    root
+}
+
+pub(crate) fn write_config(db: &TestDb, pipeline: &str) -> Setup {
+    let port = free_port();
+    let config = write_root(db, port, "journal:\n  scheduler_poll: 100ms\n");
+    std::fs::write(db.dir.path().join("pipelines/p.yaml"), pipeline).unwrap();
+    Setup { config, port }
 }
 
 pub(crate) fn start(setup: &Setup, log: &Path) -> Child {

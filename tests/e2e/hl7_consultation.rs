@@ -85,6 +85,12 @@ pub(crate) async fn start_demo_with(
     let text = String::from_utf8(read("pipelines/demo.yaml"))
         .unwrap()
         .replace("127.0.0.1:2575", &format!("127.0.0.1:{intake}"))
+        // The demo's DICOM listener too: a port in use stops an engine's start, and several
+        // tests run the demo at once.
+        .replace(
+            "listen: 127.0.0.1:11112",
+            &format!("listen: 127.0.0.1:{}", free_port()),
+        )
         .replace(
             "${HUIZHEN_HIS_MLLP:-127.0.0.1:2576}",
             &format!("127.0.0.1:{his}"),
@@ -531,8 +537,14 @@ async fn an_hl7_order_walks_to_a_signed_opinion_and_an_oru(b: Backend) {
 
     // The relay running again sends nothing: every event is marked sent.
     let pipelines = wf.engine.pipelines();
-    assert_eq!(huizhen_core::care::relay_outbox(&store, pipelines).await, 0);
-    assert_eq!(huizhen_core::care::relay_outbox(&store, pipelines).await, 0);
+    assert_eq!(
+        huizhen_core::care::relay_outbox(&store, &pipelines).await,
+        0
+    );
+    assert_eq!(
+        huizhen_core::care::relay_outbox(&store, &pipelines).await,
+        0
+    );
     // A crash between the journal append and marking the event sent: the event is relayed
     // again, and the journal's dedup key makes that the same message, not a second ORU.
     unmark_sent(&wf.db, b, &completed.id).await;
@@ -541,7 +553,7 @@ async fn an_hl7_order_walks_to_a_signed_opinion_and_an_oru(b: Backend) {
         "the event relayed again",
         Duration::from_secs(20),
         move || async move {
-            huizhen_core::care::relay_outbox(&w.engine.store, w.engine.pipelines()).await;
+            huizhen_core::care::relay_outbox(&w.engine.store, &w.engine.pipelines()).await;
             event(w, c, "consultation.completed")
                 .await
                 .sent_at

@@ -37,6 +37,7 @@ mod ops;
 mod patients;
 mod plugin_load;
 mod plugins;
+mod reload;
 mod scenarios;
 mod security;
 mod sinks;

@@ -34,7 +34,7 @@ use futures::future::BoxFuture;
 use huizhen_core::config::duration;
 use huizhen_core::listener::{Accepted, ListenerSpec, TcpServer, WhenFull};
 use huizhen_core::runner::BuildContext;
-use huizhen_core::sources::{Source, SourceConfig, SourceContext};
+use huizhen_core::sources::{Running, Source, SourceConfig, SourceContext};
 use huizhen_core::store::Store;
 use huizhen_core::workflow::Workflow;
 use huizhen_core::workflow::studies::Prefetchers;
@@ -366,7 +366,9 @@ impl Source for DicomSource {
         Some(self.server.listen().to_owned())
     }
 
-    fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), String>> {
+    /// Prepares the storage and binds the port first: either failing stops the engine's start
+    /// (or a reload) with the reason.
+    fn start(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<Running, String>> {
         Box::pin(async move {
             let store = self
                 .store
@@ -390,37 +392,44 @@ impl Source for DicomSource {
                 objects,
                 remote: self.remote.clone(),
             });
-            let sweep = tokio::spawn(crate::complete::sweep(
-                store,
-                self.workflow.clone(),
-                ctx.pipeline.clone(),
-                self.config.study_complete_after,
-                ctx.shutdown.clone(),
-            ));
+            let bound = self.server.clone().bind().await?;
             let limits = crate::assoc::Limits {
                 idle: self.config.idle_timeout,
                 pdu: self.config.pdu_timeout,
                 max_pdu: self.config.max_pdu_bytes,
             };
-            let result = self
-                .server
-                .run(
-                    ctx.pipeline.name(),
-                    ctx.shutdown,
-                    WhenFull::Refuse(move |a: Accepted| crate::scp::refuse_busy(a, limits)),
-                    move |a: Accepted, shutdown| {
-                        let scp = scp.clone();
-                        let open = scp.pipeline.connection(&scp.config.listen);
-                        async move {
-                            let _open = open;
-                            crate::scp::serve(scp, a, limits, shutdown).await
-                        }
-                    },
-                )
-                .await;
-            sweep.abort();
-            result
+            let running: Running = Box::pin(async move {
+                let sweep = tokio::spawn(crate::complete::sweep(
+                    store,
+                    self.workflow.clone(),
+                    ctx.pipeline.clone(),
+                    self.config.study_complete_after,
+                    ctx.shutdown.clone(),
+                ));
+                let result = bound
+                    .run(
+                        ctx.pipeline.name(),
+                        ctx.shutdown,
+                        WhenFull::Refuse(move |a: Accepted| crate::scp::refuse_busy(a, limits)),
+                        move |a: Accepted, shutdown| {
+                            let scp = scp.clone();
+                            let open = scp.pipeline.connection(&scp.config.listen);
+                            async move {
+                                let _open = open;
+                                crate::scp::serve(scp, a, limits, shutdown).await
+                            }
+                        },
+                    )
+                    .await;
+                sweep.abort();
+                result
+            });
+            Ok(running)
         })
+    }
+
+    fn run(self: Box<Self>, ctx: SourceContext) -> Running {
+        Box::pin(async move { self.start(ctx).await?.await })
     }
 }
 

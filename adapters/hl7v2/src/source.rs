@@ -43,7 +43,7 @@ use huizhen_core::listener::{
 };
 use huizhen_core::message::NewMessage;
 use huizhen_core::runner::{BuildContext, PipelineHandle};
-use huizhen_core::sources::{Source, SourceConfig, SourceContext};
+use huizhen_core::sources::{Running, Source, SourceConfig, SourceContext};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -237,27 +237,42 @@ impl Source for MllpSource {
         Some(self.server.listen().to_owned())
     }
 
-    fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), String>> {
+    /// Binds the port first: a port in use stops the engine's start (or a reload) with the
+    /// reason instead of leaving the pipeline without its listener.
+    fn start(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<Running, String>> {
         Box::pin(async move {
+            let MllpSource {
+                config,
+                default_charset,
+                server,
+            } = *self;
+            let bound = server.bind().await?;
             let shared = Arc::new(Shared {
-                config: self.config.clone(),
-                default_charset: self.default_charset,
+                config: config.clone(),
+                default_charset,
                 pipeline: ctx.pipeline.clone(),
-                budget: ByteBudget::new(self.config.max_buffered_bytes),
+                budget: ByteBudget::new(config.max_buffered_bytes),
             });
-            // Over max_connections a sender waits in the listen backlog (it retries nothing).
-            self.server
-                .run(
-                    ctx.pipeline.name(),
-                    ctx.shutdown,
-                    WhenFull::<NoRefusal>::Wait,
-                    move |conn: Accepted, shutdown| {
-                        let shared = shared.clone();
-                        async move { serve(conn.stream, conn.peer, &shared, shutdown).await }
-                    },
-                )
-                .await
+            let running: Running = Box::pin(async move {
+                // Over max_connections a sender waits in the listen backlog (it retries nothing).
+                bound
+                    .run(
+                        ctx.pipeline.name(),
+                        ctx.shutdown,
+                        WhenFull::<NoRefusal>::Wait,
+                        move |conn: Accepted, shutdown| {
+                            let shared = shared.clone();
+                            async move { serve(conn.stream, conn.peer, &shared, shutdown).await }
+                        },
+                    )
+                    .await
+            });
+            Ok(running)
         })
+    }
+
+    fn run(self: Box<Self>, ctx: SourceContext) -> Running {
+        Box::pin(async move { self.start(ctx).await?.await })
     }
 }
 

@@ -951,6 +951,15 @@ pub async fn export(store: &Store, a: ExportArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A write error of the export: unlike a listing, an export whose reader went away (EPIPE) is
+/// incomplete, so it fails (status 1) with how far it got, and the error carries no
+/// `io::Error` that `main` would take for a quiet `| head`.
+fn incomplete(e: std::io::Error, written: usize) -> anyhow::Error {
+    anyhow::anyhow!(
+        "writing the export to stdout: {e}; the export is incomplete ({written} messages written)"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1512,13 +1521,4 @@ mod tests {
                 .unwrap();
         assert!(Deidentifier::new(p, None, "p.yaml").is_err(), "no key");
     }
-}
-
-/// A write error of the export: unlike a listing, an export whose reader went away (EPIPE) is
-/// incomplete, so it fails (status 1) with how far it got, and the error carries no
-/// `io::Error` that `main` would take for a quiet `| head`.
-fn incomplete(e: std::io::Error, written: usize) -> anyhow::Error {
-    anyhow::anyhow!(
-        "writing the export to stdout: {e}; the export is incomplete ({written} messages written)"
-    )
 }

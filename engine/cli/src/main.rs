@@ -55,6 +55,7 @@ mod hl7;
 mod opinion;
 mod patients;
 mod plugin;
+mod reload;
 mod security;
 mod times;
 
@@ -113,8 +114,12 @@ struct WithStore<C: Subcommand> {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start every pipeline and the HTTP server (creating the store on first start); Ctrl-C or
-    /// SIGTERM stops gracefully.
+    /// SIGTERM stops gracefully, SIGHUP reloads the pipeline files.
     Run(RunArgs),
+    /// Reload the pipeline files of a running engine: every file is checked first, only changed
+    /// pipelines restart (the others keep their connections), a refused file leaves its
+    /// pipelines running as they were (exit 1 with the reasons).
+    Reload(reload::ReloadArgs),
     /// Create the store here (./data: the journal database, its tables, the keys) without
     /// starting the engine.
     Init(StoreArgs),
@@ -166,6 +171,7 @@ impl Command {
     fn name(&self) -> &'static str {
         match self {
             Command::Run(_) => "run",
+            Command::Reload(_) => "reload",
             Command::Init(_) => "init",
             Command::Validate(_) => "validate",
             Command::Messages(_) => "messages",
@@ -431,6 +437,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let s = store_of(&args.store);
             run(s.config.as_deref(), s.database_url, &args).await
         }
+        Command::Reload(args) => {
+            let s = store_of(&args.store);
+            let root = root_config(&s)?;
+            reload::run(&root, &s, args).await
+        }
         Command::Init(own) => {
             let s = store_of(&own);
             init(&s).await
@@ -650,6 +661,29 @@ async fn run(
     tracing::info!(%addr, tls = acceptor.is_some(), max_connections = http_cfg.max_connections, "HTTP server listening");
     let server =
         tokio::spawn(async move { http::serve(listener, app, &http_cfg, acceptor, token).await });
+    // SIGHUP reloads the pipeline files (as `huizhen reload` does), audited as the signal.
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = signal(SignalKind::hangup()).context("cannot watch for SIGHUP")?;
+        let reloader = engine.reloader();
+        let stop = engine.shutdown_token();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = hup.recv() => if r.is_none() { return },
+                }
+                tracing::info!("SIGHUP: reloading the pipeline files");
+                let mut who =
+                    security::cli_event("pipeline.reload", "Pipelines", "", String::new());
+                who.actor = "signal:SIGHUP".into();
+                who.source = format!("signal to pid {}", std::process::id());
+                // The outcome is logged by the reload; the audit error too.
+                let _ = reloader.reload_audited(who).await;
+            }
+        });
+    }
     shutdown_signal().await;
     tracing::info!("shutting down: sources stop, in-flight messages finish or stay journaled");
     engine.shutdown(Duration::from_secs(30)).await;

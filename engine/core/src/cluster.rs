@@ -37,13 +37,11 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use std::collections::BTreeMap;
-
 use tokio_util::task::TaskTracker;
 
 use crate::config::duration;
 use crate::message::now_ms;
-use crate::runner::{EngineError, PipelineHandle, Remote};
+use crate::runner::{EngineError, Remote, Router};
 use crate::store::Store;
 use crate::store::cluster::NodeInfo;
 
@@ -316,7 +314,8 @@ impl std::fmt::Debug for Node {
 
 /// Routes tickets to their pipelines.
 struct Dispatch {
-    pipelines: BTreeMap<String, PipelineHandle>,
+    /// The running pipelines (a reload may replace one: its tickets go to the new version).
+    pipelines: Router,
 }
 
 impl TicketHandler for Dispatch {
@@ -341,7 +340,7 @@ impl Node {
         remote: Remote,
         queue_url: &str,
         cfg: &ClusterConfig,
-        pipelines: BTreeMap<String, PipelineHandle>,
+        pipelines: Router,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<Node, EngineError> {
@@ -456,11 +455,7 @@ async fn update_assignment(store: &Store, me: &str, since: i64, tx: &watch::Send
 }
 
 /// Publishes the tickets of adopted messages again, in the background.
-fn republish(
-    pipelines: &BTreeMap<String, PipelineHandle>,
-    messages: Vec<crate::message::Message>,
-    tracker: &TaskTracker,
-) {
+fn republish(pipelines: &Router, messages: Vec<crate::message::Message>, tracker: &TaskTracker) {
     let pipelines = pipelines.clone();
     tracker.spawn(async move {
         let mut waiting = Vec::new();
@@ -484,7 +479,7 @@ async fn keeper(
     every: Duration,
     dead_after: Duration,
     tx: watch::Sender<Assignment>,
-    pipelines: BTreeMap<String, PipelineHandle>,
+    pipelines: Router,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {

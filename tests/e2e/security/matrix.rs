@@ -81,6 +81,13 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
             [ALL, ALL, ALL, NO, NO, NO, NO, NO],
         ),
         (
+            "POST",
+            "/api/pipelines/reload",
+            "/api/pipelines/reload",
+            // Platform admins reload (the files are unchanged: 200, nothing restarts).
+            [PLATFORM, NO, NO, NO, NO, NO, NO, NO],
+        ),
+        (
             "GET",
             "/api/backlog",
             "/api/backlog",

@@ -569,3 +569,9 @@ pub async fn journaled(store: &Store, pipeline: &str) -> Vec<huizhen_core::messa
     }
     full
 }
+
+/// GET `url` and read the answer as JSON: `None` when the request fails or the body is not
+/// JSON (for polling a starting engine with [`wait_for`]).
+pub async fn get_json(client: &reqwest::Client, url: &str) -> Option<serde_json::Value> {
+    client.get(url).send().await.ok()?.json().await.ok()
+}

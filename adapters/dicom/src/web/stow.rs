@@ -147,7 +147,7 @@ async fn run(
     if !c.write_scope.allows(&facility) {
         return Err(Fail::forbidden());
     }
-    if !s.pipelines.contains_key(&target.pipeline) {
+    if s.pipelines.get(&target.pipeline).is_none() {
         return Err(Fail::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the dicom pipeline is not running",

@@ -14,7 +14,6 @@
 //! Each job takes `now` as an argument, so tests run them at a fixed time; the loop takes it
 //! from the store's clock (`crate::clock`), like the consultation workflow.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +25,6 @@ use huizhen_domain::stats::{StatsPeriod, compute_stats, to_csv};
 use tokio_util::sync::CancellationToken;
 
 use super::{Care, StatsExport};
-use crate::runner::PipelineHandle;
 use crate::store::audit::AuditEvent;
 use crate::store::consultations::CommandBy;
 use crate::store::{Store, StoreError};
@@ -230,7 +228,7 @@ pub async fn export_tick(store: &Store, export: &StatsExport, tick: DateTime<Utc
 pub async fn run(
     store: Store,
     care: Arc<Care>,
-    pipelines: BTreeMap<String, PipelineHandle>,
+    pipelines: crate::runner::Router,
     relay_billing: bool,
     shutdown: CancellationToken,
 ) {
@@ -241,7 +239,7 @@ pub async fn run(
         .and_then(|x| x.schedule.after(&store.clock().now()).next());
     loop {
         if relay_billing || care.outbound_pipeline.is_some() || store.announces_consultations() {
-            super::relay_outbox(&store, &pipelines).await;
+            super::relay_outbox(&store, &pipelines.snapshot()).await;
         }
         if tokio::time::Instant::now() >= next_sweep {
             next_sweep = tokio::time::Instant::now() + Duration::from_secs(60);

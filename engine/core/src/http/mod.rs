@@ -6,6 +6,7 @@
 //! | GET | /ready | the store answers and every pipeline's source runs (503 with reasons if not) |
 //! | GET | /metrics | Prometheus/OpenMetrics text |
 //! | GET | /api/pipelines | pipelines with queue depth and journal counts per state |
+//! | POST | /api/pipelines/reload | reload the pipeline files: only changed pipelines restart |
 //! | GET | /api/backlog | unfinished messages per pipeline: count, oldest age, broker depth |
 //! | GET | /api/cluster | the broker queue, this node, the live nodes (`queue: amqp://…`) |
 //! | GET | /api/messages?pipeline=&state=&q=&limit=&cursor= | messages, newest first |
@@ -30,7 +31,7 @@
 //! [`crate::security::ROUTES`] and passes the [`Caller`] to the handler, which applies the
 //! facility scope and writes the audit event of patient-data reads and writes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
@@ -75,6 +76,16 @@ impl HttpIngress {
         }
     }
 
+    /// Unregisters `path` if `pipeline` still holds it (a reload may have given the path to
+    /// the pipeline's new version, or to another pipeline, meanwhile).
+    pub fn unregister_for(&self, path: &str, pipeline: &PipelineHandle) {
+        if let Ok(mut r) = self.routes.write()
+            && r.get(path).is_some_and(|(p, _)| p.same_version(pipeline))
+        {
+            r.remove(path);
+        }
+    }
+
     pub(super) fn get(&self, path: &str) -> Option<IngressRoute> {
         self.routes.read().ok().and_then(|r| r.get(path).cloned())
     }
@@ -89,7 +100,10 @@ pub struct Scheme(pub &'static str);
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
-    pub pipelines: BTreeMap<String, PipelineHandle>,
+    /// The running pipelines (a reload changes them: look them up, keep no copy).
+    pub pipelines: crate::runner::Router,
+    /// Reloads the pipeline files (`POST /api/pipelines/reload`).
+    pub reloader: crate::runner::Reloader,
     pub metrics: Arc<Metrics>,
     pub ingress: HttpIngress,
     pub wake: Arc<Notify>,
@@ -209,7 +223,7 @@ pub use guard::guard;
 use ingest::ingest;
 pub use messages::message_detail;
 use messages::{get_message, list_messages, reprocess};
-use ops::{backlog, cluster, health, metrics, pipelines, ready};
+use ops::{backlog, cluster, health, metrics, pipelines, ready, reload_pipelines};
 use plugins::{plugins, reload_plugin};
 pub use server::{ServerStats, serve};
 
@@ -261,6 +275,7 @@ pub fn router(state: AppState, cfg: &HttpConfig, security: Arc<Security>) -> Rou
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/api/pipelines", get(pipelines))
+        .route("/api/pipelines/reload", post(reload_pipelines))
         .route("/api/messages", get(list_messages))
         .route("/api/messages/{id}", get(get_message))
         .route("/api/messages/{id}/reprocess", post(reprocess))

@@ -1,4 +1,5 @@
-//! Operational endpoints: health, readiness, metrics, pipelines, backlog and cluster.
+//! Operational endpoints: health, readiness, metrics, pipelines (and their reload), backlog and
+//! cluster.
 
 use super::*;
 
@@ -11,7 +12,7 @@ pub(super) async fn ready(State(s): State<AppState>) -> Response {
     if !s.store.ping().await {
         problems.push("store is not reachable".to_owned());
     }
-    for p in s.pipelines.values() {
+    for p in s.pipelines.snapshot().values() {
         let info = p.info();
         if let Some(reason) = p.refusing() {
             problems.push(format!(
@@ -40,7 +41,8 @@ pub(super) async fn ready(State(s): State<AppState>) -> Response {
 
 /// Unfinished work per pipeline: in the journal (all nodes) and, with a broker, at the broker.
 async fn backlog_of(s: &AppState) -> Result<Vec<serde_json::Value>, ApiError> {
-    let names: Vec<String> = s.pipelines.keys().cloned().collect();
+    let pipelines = s.pipelines.snapshot();
+    let names: Vec<String> = pipelines.keys().cloned().collect();
     let rows = s.store.backlog_of(&names).await?;
     let broker = match &s.cluster {
         Some(c) => match c.queue().depth().await {
@@ -53,7 +55,7 @@ async fn backlog_of(s: &AppState) -> Result<Vec<serde_json::Value>, ApiError> {
         None => None,
     };
     let now = crate::message::now_ms();
-    Ok(s.pipelines
+    Ok(pipelines
         .keys()
         .map(|p| {
             let row = rows.iter().find(|r| &r.pipeline == p);
@@ -63,7 +65,7 @@ async fn backlog_of(s: &AppState) -> Result<Vec<serde_json::Value>, ApiError> {
                 "messages": row.map_or(0, |r| r.messages),
                 "oldest_received_at": oldest,
                 "oldest_age_seconds": oldest.map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0),
-                "in_memory": s.pipelines.get(p).map_or(0, |h| h.queue_depth()),
+                "in_memory": pipelines.get(p).map_or(0, |h| h.queue_depth()),
                 "broker": broker.as_ref().map(|b| b.iter().find(|(n, _)| n == p).map_or(0, |x| x.1)),
             })
         })
@@ -114,13 +116,14 @@ pub(super) async fn cluster(
 
 pub(super) async fn metrics(State(s): State<AppState>) -> Response {
     s.metrics.sample_process();
+    let pipelines = s.pipelines.snapshot();
     if let Ok(counts) = s.store.reprocess_counts().await {
-        for p in s.pipelines.keys() {
+        for p in pipelines.keys() {
             let n = counts.iter().find(|(cp, _)| cp == p).map_or(0, |c| c.1);
             s.metrics.set_journal_reprocesses(p, n);
         }
     }
-    for p in s.pipelines.values() {
+    for p in pipelines.values() {
         s.metrics.set_queue_depth(p.name(), p.queue_depth());
     }
     if let Ok(rows) = backlog_of(&s).await {
@@ -142,7 +145,7 @@ pub(super) async fn metrics(State(s): State<AppState>) -> Response {
         s.metrics.set_nodes(n.len());
     }
     if let Ok(counts) = s.store.counts().await {
-        for p in s.pipelines.keys() {
+        for p in pipelines.keys() {
             for st in MsgState::ALL {
                 let n = counts
                     .iter()
@@ -169,6 +172,7 @@ pub(super) async fn pipelines(
     let counts = s.store.counts().await?;
     let list: Vec<serde_json::Value> = s
         .pipelines
+        .snapshot()
         .values()
         .filter(|p| caller.scope.allows(p.facility()))
         .map(|p| {
@@ -187,4 +191,43 @@ pub(super) async fn pipelines(
         })
         .collect();
     Ok(Json(json!({ "pipelines": list })))
+}
+
+/// Reloads the pipeline files (`huizhen reload`): only changed pipelines restart, a refused file
+/// keeps its pipelines on their running version. It changes every facility's pipelines, so
+/// only platform admins may; audited either way. 200 with the report when everything applied,
+/// 409 with it when a file was refused or a new version did not start.
+pub(super) async fn reload_pipelines(
+    State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> Result<Response, ApiError> {
+    if caller.scope != Scope::All {
+        let reason = format!(
+            "reloading the pipelines affects every facility; it needs platform scope (facility *), not {}",
+            caller.principal.facility
+        );
+        audit(
+            &s.store,
+            &caller.event("pipeline.reload", "Pipelines", "", "denied", reason.clone()),
+        )
+        .await?;
+        return Err(ApiError(StatusCode::FORBIDDEN, reason));
+    }
+    let report = s
+        .reloader
+        .reload_audited(caller.event("pipeline.reload", "Pipelines", "", "", String::new()))
+        .await
+        .map_err(|err| {
+            ApiError::internal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the pipelines were reloaded but the audit trail cannot be written",
+                &err,
+            )
+        })?;
+    let status = if report.ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::CONFLICT
+    };
+    Ok((status, Json(json!({ "reload": report }))).into_response())
 }

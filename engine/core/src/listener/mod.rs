@@ -28,4 +28,4 @@ pub use limits::{
     AllowList, BudgetExhausted, BudgetHold, ByteBudget, ReadStop, UnitClock, open_to_all_warning,
     read_some,
 };
-pub use server::{Accepted, ListenerSpec, NoRefusal, TcpServer, WhenFull};
+pub use server::{Accepted, BoundServer, ListenerSpec, NoRefusal, TcpServer, WhenFull};

@@ -157,8 +157,19 @@ impl TcpServer {
         self.max_connections
     }
 
-    /// Accepts until `shutdown`; each admitted connection runs `handler` in a task of its own
-    /// (with a clone of `shutdown`); an `Err` it returns is logged as why the connection ended.
+    /// Binds the listening socket: the step a source takes when it starts, so that a port in
+    /// use stops the start (`huizhen run`, a reload) with the reason.
+    pub async fn bind(self) -> Result<BoundServer, String> {
+        let listener = TcpListener::bind(&self.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", self.listen))?;
+        Ok(BoundServer {
+            server: self,
+            listener,
+        })
+    }
+
+    /// [`TcpServer::bind`], then [`BoundServer::run`].
     pub async fn run<H, F, R, RF>(
         self,
         pipeline: &str,
@@ -172,12 +183,44 @@ impl TcpServer {
         R: Fn(Accepted) -> RF + Send + Sync + 'static,
         RF: Future<Output = ()> + Send + 'static,
     {
-        let listener = TcpListener::bind(&self.listen)
+        self.bind()
+            .await?
+            .run(pipeline, shutdown, when_full, handler)
             .await
-            .map_err(|e| format!("cannot listen on {}: {e}", self.listen))?;
-        let label = self.kind.to_uppercase();
-        tracing::info!(pipeline, listen = %self.listen, "{label} listener started");
-        let permits = Arc::new(Semaphore::new(self.max_connections));
+    }
+}
+
+/// A listener whose socket is bound: it accepts once it runs.
+pub struct BoundServer {
+    server: TcpServer,
+    listener: TcpListener,
+}
+
+impl BoundServer {
+    /// Accepts until `shutdown`; each admitted connection runs `handler` in a task of its own
+    /// (with a clone of `shutdown`); an `Err` it returns is logged as why the connection ended.
+    /// The socket closes when this returns.
+    pub async fn run<H, F, R, RF>(
+        self,
+        pipeline: &str,
+        shutdown: CancellationToken,
+        when_full: WhenFull<R>,
+        handler: H,
+    ) -> Result<(), String>
+    where
+        H: Fn(Accepted, CancellationToken) -> F + Send + Sync + 'static,
+        F: Future<Output = Result<(), String>> + Send + 'static,
+        R: Fn(Accepted) -> RF + Send + Sync + 'static,
+        RF: Future<Output = ()> + Send + 'static,
+    {
+        let BoundServer {
+            server: this,
+            listener,
+        } = self;
+        let this = &this;
+        let label = this.kind.to_uppercase();
+        tracing::info!(pipeline, listen = %this.listen, "{label} listener started");
+        let permits = Arc::new(Semaphore::new(this.max_connections));
         let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
         let handler = Arc::new(handler);
         let (refuse, wait) = match when_full {
@@ -206,7 +249,7 @@ impl TcpServer {
                     }
                 },
             };
-            if !self.allow.admits(peer.ip()) {
+            if !this.allow.admits(peer.ip()) {
                 tracing::warn!(pipeline = &*pipeline, %peer, "{label} connection refused: peer not in the allow list");
                 drop(tcp);
                 continue;
@@ -220,14 +263,14 @@ impl TcpServer {
                 (None, Some(r)) => match refusals.clone().try_acquire_owned() {
                     Ok(slot) => Some((r.clone(), slot)),
                     Err(_) => {
-                        tracing::warn!(pipeline = &*pipeline, %peer, max = self.max_connections, "{label} connection closed: max_connections are open and refusals are busy");
+                        tracing::warn!(pipeline = &*pipeline, %peer, max = this.max_connections, "{label} connection closed: max_connections are open and refusals are busy");
                         continue;
                     }
                 },
                 (None, None) => continue,
             };
             let _ = tcp.set_nodelay(true);
-            let tls = self.tls.clone();
+            let tls = this.tls.clone();
             let handler = handler.clone();
             let shutdown = shutdown.clone();
             let pipeline = pipeline.clone();

@@ -16,13 +16,15 @@
 //! same key wait for the earlier one (ADT events for one patient stay in order).
 
 pub mod call_metrics;
+mod fleet;
 pub mod match_alerts;
 mod metrics;
 mod pipeline;
 mod process_metrics;
+mod reload;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -32,11 +34,11 @@ use tokio_util::task::TaskTracker;
 pub use metrics::Metrics;
 pub(crate) use pipeline::Remote;
 pub use pipeline::{ConnectionGuard, PipelineHandle, PipelineInfo, SubmitError};
+pub use reload::{FailedPipeline, RefusedFile, ReloadReport};
 
 use crate::cluster::QueueSpec;
 use crate::config::Loaded;
 use crate::http::HttpIngress;
-use crate::sources::SourceContext;
 use crate::store::{Journal, JournalOptions, Store, StoreError, StoreOptions};
 
 /// What a component's `build` gets.
@@ -50,24 +52,58 @@ pub struct BuildContext {
     pub extensions: crate::extensions::Extensions,
 }
 
-/// Late-bound access to the running pipelines by name.
+/// The running pipelines by name: the registry every part of the engine reaches pipelines by
+/// (`route`, the outbox relay, the API, the cluster's tickets). A reload changes it while the
+/// engine runs, so holders look a pipeline up when they need it instead of keeping a copy.
 #[derive(Clone, Default)]
 pub struct Router {
-    inner: Arc<OnceLock<BTreeMap<String, PipelineHandle>>>,
+    inner: Arc<RwLock<Option<BTreeMap<String, PipelineHandle>>>>,
 }
 
 impl Router {
+    /// The running version of a pipeline.
     pub fn get(&self, name: &str) -> Option<PipelineHandle> {
-        self.inner.get().and_then(|m| m.get(name).cloned())
+        self.read().as_ref().and_then(|m| m.get(name).cloned())
     }
 
-    /// Every pipeline, once the engine has built them.
-    pub fn pipelines(&self) -> Option<&BTreeMap<String, PipelineHandle>> {
-        self.inner.get()
+    /// Every pipeline as it is now, once the engine has built them.
+    pub fn pipelines(&self) -> Option<BTreeMap<String, PipelineHandle>> {
+        self.read().clone()
+    }
+
+    /// Every pipeline as it is now (none before the engine has built them).
+    pub fn snapshot(&self) -> BTreeMap<String, PipelineHandle> {
+        self.pipelines().unwrap_or_default()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Option<BTreeMap<String, PipelineHandle>>> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Option<BTreeMap<String, PipelineHandle>>> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
     }
 
     fn set(&self, pipelines: BTreeMap<String, PipelineHandle>) {
-        let _ = self.inner.set(pipelines);
+        *self.write() = Some(pipelines);
+    }
+
+    fn insert(&self, handle: PipelineHandle) {
+        self.write()
+            .get_or_insert_default()
+            .insert(handle.name().to_owned(), handle);
+    }
+
+    fn remove(&self, name: &str) {
+        if let Some(m) = self.write().as_mut() {
+            m.remove(name);
+        }
+    }
+
+    fn clear(&self) {
+        if let Some(m) = self.write().as_mut() {
+            m.clear();
+        }
     }
 }
 
@@ -90,6 +126,32 @@ pub enum EngineError {
         file: String,
         message: String,
     },
+    /// A source could not start (a port in use): the engine does not run without it.
+    #[error("pipeline {pipeline} ({file}): source {describe} cannot start: {message}")]
+    Source {
+        pipeline: String,
+        file: String,
+        /// The source as `/api/pipelines` shows it (`mllp 127.0.0.1:2575`).
+        describe: String,
+        message: String,
+    },
+}
+
+/// A version that could not be built, or whose source could not start, as the engine's error.
+fn start_error(e: fleet::StartError) -> EngineError {
+    match e.source {
+        Some(describe) => EngineError::Source {
+            pipeline: e.pipeline,
+            file: e.file,
+            describe,
+            message: e.message,
+        },
+        None => EngineError::Build {
+            pipeline: e.pipeline,
+            file: e.file,
+            message: e.message,
+        },
+    }
 }
 
 /// A running engine: the store, the journal writer, every pipeline, the scheduler.
@@ -102,7 +164,8 @@ pub struct Engine {
     pub extensions: crate::extensions::Extensions,
     /// This process as a cluster node (`queue: amqp://…`); `None` with the local queue.
     pub cluster: Option<crate::cluster::Node>,
-    pipelines: BTreeMap<String, PipelineHandle>,
+    router: Router,
+    fleet: Arc<fleet::Fleet>,
     shutdown: CancellationToken,
     workers: TaskTracker,
     sources: TaskTracker,
@@ -112,7 +175,10 @@ pub struct Engine {
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("pipelines", &self.pipelines.keys().collect::<Vec<_>>())
+            .field(
+                "pipelines",
+                &self.router.snapshot().keys().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -275,53 +341,95 @@ impl Engine {
                 dead_after: root.cluster.dead_after,
             })
         };
-        let mut pipelines = BTreeMap::new();
-        let mut built = Vec::new();
-        for lp in loaded.pipelines {
-            let name = lp.config.name.value.clone();
-            let ctx = BuildContext {
-                pipeline: name.clone(),
-                facility: lp.config.facility.clone(),
+        // The globs and texts a reload reads again (the files as they are now).
+        let base = loaded
+            .root_file
+            .as_ref()
+            .and_then(|f| f.parent().map(std::path::Path::to_path_buf))
+            .unwrap_or_default();
+        let mut texts = BTreeMap::new();
+        for lp in &loaded.pipelines {
+            if !texts.contains_key(&lp.file)
+                && let Ok(t) = std::fs::read_to_string(&lp.file)
+            {
+                texts.insert(lp.file.clone(), t);
+            }
+        }
+        // A pipeline's fingerprint: its text (its document in its file) as loaded now.
+        let mut per_file: BTreeMap<std::path::PathBuf, Vec<String>> = BTreeMap::new();
+        for lp in &loaded.pipelines {
+            if let Some(t) = texts.get(&lp.file) {
+                let n = loaded
+                    .pipelines
+                    .iter()
+                    .filter(|p| p.file == lp.file)
+                    .count();
+                per_file
+                    .entry(lp.file.clone())
+                    .or_insert_with(|| reload::fingerprints(&lp.file, t, n));
+            }
+        }
+        let mut seen: BTreeMap<std::path::PathBuf, usize> = BTreeMap::new();
+        let fingerprints: Vec<String> = loaded
+            .pipelines
+            .iter()
+            .map(|lp| {
+                let i = seen.entry(lp.file.clone()).or_default();
+                *i += 1;
+                per_file
+                    .get(&lp.file)
+                    .and_then(|f| f.get(*i - 1).cloned())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let reload_state = reload::ReloadState {
+            globs: root
+                .pipelines
+                .iter()
+                .map(|g| base.join(g).to_string_lossy().into_owned())
+                .collect(),
+            texts,
+            root_file: loaded
+                .root_file
+                .clone()
+                .unwrap_or_else(|| "huizhen.yaml".into()),
+            workflow: root.workflow.clone(),
+            billing_outbound: root
+                .billing
+                .as_ref()
+                .and_then(|b| b.outbound_pipeline.clone()),
+            cluster: remote.is_some(),
+        };
+        let sources = TaskTracker::new();
+        let fleet = Arc::new(fleet::Fleet::new(
+            pipeline::Wiring {
+                journal: journal.clone(),
+                metrics: metrics.clone(),
+                shutdown: shutdown.clone(),
+                remote: remote.clone(),
                 router: router.clone(),
-                extensions: extensions.clone(),
+            },
+            store.clone(),
+            extensions.clone(),
+            ingress.clone(),
+            root.journal.scheduler_poll,
+            workers.clone(),
+            sources.clone(),
+            reload_state,
+        ));
+        let mut built = Vec::new();
+        let mut pipelines = BTreeMap::new();
+        for (lp, fingerprint) in loaded.pipelines.iter().zip(fingerprints) {
+            let mut b = match fleet.build(lp, fingerprint) {
+                Ok(b) => b,
+                Err(e) => {
+                    shutdown.cancel();
+                    return Err(start_error(e));
+                }
             };
-            let file = lp.file.display().to_string();
-            let err = |message: String| EngineError::Build {
-                pipeline: name.clone(),
-                file: file.clone(),
-                message,
-            };
-            let source = lp.config.source.value.build(&ctx).map_err(&err)?;
-            let mut steps = Vec::new();
-            for (i, s) in lp.config.steps.iter().enumerate() {
-                let step = s
-                    .value
-                    .build(&ctx)
-                    .map_err(|e| err(format!("steps[{i}]: {e}")))?;
-                let label = format!("{}#{i}", s.value.type_name());
-                steps.push((label, step));
-            }
-            let mut sinks = Vec::new();
-            for (i, s) in lp.config.sinks.iter().enumerate() {
-                sinks.push(
-                    s.value
-                        .build(&ctx, i)
-                        .map_err(|e| err(format!("sinks[{i}]: {e}")))?,
-                );
-            }
-            let (handle, receivers) = PipelineHandle::new(
-                &lp.config,
-                source.describe(),
-                steps,
-                sinks,
-                journal.clone(),
-                metrics.clone(),
-                shutdown.clone(),
-                remote.clone(),
-            );
-            pipeline::spawn_workers(&workers, &handle, receivers, shutdown.clone());
-            pipelines.insert(name, handle.clone());
-            built.push((handle, source));
+            fleet.spawn_workers(&mut b);
+            pipelines.insert(b.handle.name().to_owned(), b.handle.clone());
+            built.push(b);
         }
         router.set(pipelines.clone());
         let mut unknown = root
@@ -333,6 +441,7 @@ impl Engine {
                 .and_then(|b| b.unknown_outbound_pipeline(pipelines.keys().map(String::as_str))),
         );
         if !unknown.is_empty() {
+            shutdown.cancel();
             return Err(EngineError::Workflow(unknown.join("; ")));
         }
 
@@ -344,14 +453,26 @@ impl Engine {
                 r.clone(),
                 &root.queue,
                 &root.cluster,
-                pipelines.clone(),
+                router.clone(),
                 shutdown.clone(),
                 &workers,
             )
-            .await?;
-            cluster = Some(c);
+            .await;
+            match c {
+                Ok(c) => cluster = Some(c),
+                Err(e) => {
+                    shutdown.cancel();
+                    return Err(e);
+                }
+            }
         } else {
-            let recovered = store.recover_in_flight().await?;
+            let recovered = match store.recover_in_flight().await {
+                Ok(n) => n,
+                Err(e) => {
+                    shutdown.cancel();
+                    return Err(e.into());
+                }
+            };
             if recovered > 0 {
                 tracing::info!(
                     recovered,
@@ -363,8 +484,8 @@ impl Engine {
         workers.spawn(store.clone().run_checkpointer(shutdown.clone()));
         // The SLA sweep; its first run fires the timers that fell due while the engine was down.
         workers.spawn(workflow.clone().run(shutdown.clone()));
-        for p in pipelines.values() {
-            workers.spawn(p.clone().feeder(loaded.root.journal.scheduler_poll));
+        for b in &built {
+            fleet.feed(b);
         }
         if let Some(b) = &billing {
             workers.spawn(b.clone().run(shutdown.clone()));
@@ -372,42 +493,35 @@ impl Engine {
         workers.spawn(crate::care::jobs::run(
             store.clone(),
             care.clone(),
-            pipelines.clone(),
+            router.clone(),
             billing
                 .as_ref()
                 .is_some_and(|b| b.settings().outbound_pipeline.is_some()),
             shutdown.clone(),
         ));
+        let disk = DiskFloor {
+            path: crate::store::sqlite_path(&loaded.root.store.url),
+            min_free_percent: loaded.root.journal.min_free_disk_percent,
+        };
+        // The first count before any source starts: a backlog a previous run left over its
+        // limit refuses from the first message, and no message accepted meanwhile is missing
+        // from the count or counted twice.
+        count_backlogs(&store, &router, &disk).await;
         workers.spawn(housekeeping(
             store.clone(),
-            pipelines.clone(),
+            router.clone(),
             wake.clone(),
             shutdown.clone(),
-            DiskFloor {
-                path: crate::store::sqlite_path(&loaded.root.store.url),
-                min_free_percent: loaded.root.journal.min_free_disk_percent,
-            },
+            disk,
         ));
 
-        let sources = TaskTracker::new();
-        for (handle, source) in built {
-            let ctx = SourceContext {
-                pipeline: handle.clone(),
-                shutdown: shutdown.clone(),
-                ingress: ingress.clone(),
-            };
-            handle.init_source(source.as_ref());
-            handle.set_running(true, None);
-            sources.spawn(async move {
-                let result = source.run(ctx).await;
-                match result {
-                    Ok(()) => handle.set_running(false, None),
-                    Err(e) => {
-                        tracing::error!(pipeline = handle.name(), error = %e, "source stopped");
-                        handle.set_running(false, Some(e));
-                    }
-                }
-            });
+        // Every source starts (a listener binds its port) before the engine says it started: a
+        // source that cannot start stops the start with the pipeline, the source and the cause.
+        for b in built {
+            if let Err(e) = fleet.start_source(b).await {
+                shutdown.cancel();
+                return Err(start_error(e));
+            }
         }
         tracing::info!(pipelines = pipelines.len(), backend = ?store.backend(), "engine started");
         Ok(Engine {
@@ -417,7 +531,8 @@ impl Engine {
             ingress,
             extensions,
             cluster,
-            pipelines,
+            router,
+            fleet,
             shutdown,
             workers,
             sources,
@@ -432,12 +547,29 @@ impl Engine {
             .expect("Engine::start puts the workflow into the extensions")
     }
 
-    pub fn pipelines(&self) -> &BTreeMap<String, PipelineHandle> {
-        &self.pipelines
+    /// The running pipelines, as they are now (a reload may change them).
+    pub fn pipelines(&self) -> BTreeMap<String, PipelineHandle> {
+        self.router.snapshot()
     }
 
-    pub fn pipeline(&self, name: &str) -> Option<&PipelineHandle> {
-        self.pipelines.get(name)
+    /// The running version of a pipeline.
+    pub fn pipeline(&self, name: &str) -> Option<PipelineHandle> {
+        self.router.get(name)
+    }
+
+    /// The registry of running pipelines.
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// Reloads the pipeline files (`huizhen reload`, SIGHUP): see [`Reloader`].
+    pub async fn reload(&self) -> ReloadReport {
+        self.reloader().reload().await
+    }
+
+    /// What reloads the pipelines, for the HTTP API and the signal handler.
+    pub fn reloader(&self) -> Reloader {
+        Reloader(self.fleet.clone())
     }
 
     /// Wakes the feeders (after a reprocess request) instead of waiting for their next poll.
@@ -458,7 +590,8 @@ impl Engine {
     pub fn app_state(&self) -> crate::http::AppState {
         crate::http::AppState {
             store: self.store.clone(),
-            pipelines: self.pipelines.clone(),
+            pipelines: self.router.clone(),
+            reloader: self.reloader(),
             metrics: self.metrics.clone(),
             ingress: self.ingress.clone(),
             wake: self.wake.clone(),
@@ -485,7 +618,9 @@ impl Engine {
         if let Some(c) = &self.cluster {
             c.leave().await;
         }
-        drop(self.pipelines);
+        self.router.clear();
+        self.fleet.clear();
+        drop(self.fleet);
         drop(self.journal);
         // The last checkpoint: everything audited up to the shutdown is anchored.
         if let Err(e) = self.store.checkpoint_audit().await {
@@ -493,6 +628,75 @@ impl Engine {
         }
         self.store.close().await;
         tracing::info!("engine stopped");
+    }
+}
+
+/// Reloads the pipeline files of a running engine: every file is validated first, only changed
+/// pipelines restart, a refused file leaves its pipelines on their running version (see
+/// `runner/reload.rs`). Reloads run one at a time, each to its end even if the caller goes away.
+#[derive(Clone)]
+pub struct Reloader(Arc<fleet::Fleet>);
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reloader")
+    }
+}
+
+impl Reloader {
+    /// Reloads, then writes `who` (the caller's audit event: actor, role, source) to the audit
+    /// trail as `pipeline.reload` with the outcome and the report's summary. Both run in a task
+    /// of their own, so the reload is audited even if the caller goes away (a timed-out
+    /// request). An error: the audit event could not be written (the reload happened).
+    pub async fn reload_audited(
+        &self,
+        mut who: crate::store::audit::AuditEvent,
+    ) -> Result<ReloadReport, StoreError> {
+        let fleet = self.0.clone();
+        let task = tokio::spawn(async move {
+            let report = fleet.reload().await;
+            who.action = "pipeline.reload".into();
+            who.resource_type = "Pipelines".into();
+            who.outcome = if report.ok() { "success" } else { "failure" }.into();
+            who.detail = report.summary();
+            let audited = fleet.store.audit(&who).await.map(|_| ());
+            if let Err(e) = &audited {
+                tracing::error!(error = %e, "the reload's audit event was not written");
+            }
+            (report, audited)
+        });
+        match task.await {
+            Ok((report, audited)) => audited.map(|()| report),
+            Err(e) => {
+                tracing::error!(error = %e, "the reload task failed");
+                Ok(ReloadReport {
+                    failed: vec![FailedPipeline {
+                        pipeline: String::new(),
+                        error: format!("the reload task failed: {e}"),
+                    }],
+                    ..ReloadReport::default()
+                })
+            }
+        }
+    }
+
+    /// Reloads without an audit event of its own (tests; the engine's callers use
+    /// [`Reloader::reload_audited`]).
+    pub async fn reload(&self) -> ReloadReport {
+        let fleet = self.0.clone();
+        match tokio::spawn(async move { fleet.reload().await }).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "the reload task failed");
+                ReloadReport {
+                    failed: vec![FailedPipeline {
+                        pipeline: String::new(),
+                        error: format!("the reload task failed: {e}"),
+                    }],
+                    ..ReloadReport::default()
+                }
+            }
+        }
     }
 }
 
@@ -533,35 +737,49 @@ impl DiskFloor {
     }
 }
 
+/// Counts each pipeline's backlog in the journal for its `backlog_limit` (and checks the
+/// disk's free-space floor).
+async fn count_backlogs(store: &Store, router: &Router, disk: &DiskFloor) {
+    let pipelines = router.snapshot();
+    let names: Vec<String> = pipelines.keys().cloned().collect();
+    let low = disk.low();
+    // What each pipeline had accepted when the count began: the count includes those, not
+    // (all of) the ones accepted while it runs, which stay on top of it until the next count.
+    let marks: Vec<(&PipelineHandle, i64)> =
+        pipelines.values().map(|p| (p, p.backlog_mark())).collect();
+    match store.backlog_of(&names).await {
+        Ok(rows) => {
+            for (p, mark) in marks {
+                let n = rows
+                    .iter()
+                    .find(|r| r.pipeline == p.name())
+                    .map_or(0, |r| r.messages);
+                p.sync_backlog(n, low.clone(), mark);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "backlog not counted"),
+    }
+}
+
 /// Passes a wake-up (a reprocess request) on to every pipeline's feeder, counts each
 /// pipeline's backlog for its `backlog_limit` every 2 s, and forgets expired dedup keys once a
 /// minute. The feeders themselves (`PipelineHandle::feeder`) hand due messages to the workers.
 async fn housekeeping(
     store: Store,
-    pipelines: BTreeMap<String, PipelineHandle>,
+    router: Router,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
     disk: DiskFloor,
 ) {
     let mut last_expiry = std::time::Instant::now() - Duration::from_secs(3600);
-    let mut last_count = std::time::Instant::now() - Duration::from_secs(3600);
-    let names: Vec<String> = pipelines.keys().cloned().collect();
+    // The engine counted once before its sources started.
+    let mut last_count = std::time::Instant::now();
     loop {
+        // The pipelines as they are now: a reload may have replaced some.
+        let pipelines = router.snapshot();
         if last_count.elapsed() >= Duration::from_secs(2) {
             last_count = std::time::Instant::now();
-            let low = disk.low();
-            match store.backlog_of(&names).await {
-                Ok(rows) => {
-                    for p in pipelines.values() {
-                        let n = rows
-                            .iter()
-                            .find(|r| r.pipeline == p.name())
-                            .map_or(0, |r| r.messages);
-                        p.sync_backlog(n, low.clone());
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "backlog not counted"),
-            }
+            count_backlogs(&store, &router, &disk).await;
         }
         if last_expiry.elapsed() > Duration::from_secs(60) {
             last_expiry = std::time::Instant::now();

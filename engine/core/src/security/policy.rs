@@ -97,6 +97,8 @@ impl Scope {
 pub enum Action {
     /// List pipelines and their state.
     ReadPipelines,
+    /// Reload the pipeline files (every facility's pipelines: platform admins).
+    ReloadPipelines,
     /// List and read messages (patient data).
     ReadMessages,
     /// Put messages back to work.
@@ -193,6 +195,7 @@ impl Action {
         use Role::*;
         match self {
             Action::ReadPipelines => &[Admin, Integrator, Auditor],
+            Action::ReloadPipelines => &[Admin],
             Action::ReadMessages => &[Admin, Integrator, Auditor],
             Action::ReprocessMessages => &[Admin, Integrator],
             Action::Ingest => &[Admin, Integrator],
@@ -241,6 +244,7 @@ impl Action {
     pub fn name(self) -> &'static str {
         match self {
             Action::ReadPipelines => "pipeline.read",
+            Action::ReloadPipelines => "pipeline.reload",
             Action::ReadMessages => "message.read",
             Action::ReprocessMessages => "message.reprocess",
             Action::Ingest => "message.ingest",
@@ -289,6 +293,7 @@ impl Action {
 /// here and not public are refused.
 pub const ROUTES: &[(&str, &str, Action)] = &[
     ("GET", "/api/pipelines", Action::ReadPipelines),
+    ("POST", "/api/pipelines/reload", Action::ReloadPipelines),
     ("GET", "/api/backlog", Action::ReadPipelines),
     ("GET", "/api/cluster", Action::ReadPipelines),
     ("GET", "/api/messages", Action::ReadMessages),

@@ -68,7 +68,7 @@ impl Source for HttpSource {
                 self.config.kind.clone(),
             );
             ctx.shutdown.cancelled().await;
-            ctx.ingress.unregister(&self.config.path);
+            ctx.ingress.unregister_for(&self.config.path, &ctx.pipeline);
             Ok(())
         })
     }

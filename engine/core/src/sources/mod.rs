@@ -15,9 +15,11 @@ use crate::runner::{BuildContext, PipelineHandle};
 mod cron;
 mod file;
 mod http;
+mod internal;
 
 pub(crate) use cron::parse_schedule;
 pub use http::HttpSourceConfig;
+pub use internal::InternalSourceConfig;
 
 /// A way to cut a file into messages, for the `file` source's `split:` (besides the built-in
 /// `whole` and `lines`). Adapters register one with `inventory::submit!`, e.g. `hl7` for HL7
@@ -76,10 +78,21 @@ pub struct SourceContext {
     pub ingress: HttpIngress,
 }
 
+/// A source that has started: runs until its pipeline stops; an error is why it stopped.
+pub type Running = BoxFuture<'static, Result<(), String>>;
+
 /// A built source.
 pub trait Source: Send {
     /// A short description for `/api/pipelines`, e.g. `http POST /in/demo`.
     fn describe(&self) -> String;
+
+    /// Opens what the source cannot run without (a listener binds its port) and returns the
+    /// rest of its run. The engine awaits it before it reports started: a source that cannot
+    /// start (a port in use) stops `huizhen run` with the reason, and refuses a reload. The
+    /// default opens nothing: the source starts at once.
+    fn start(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<Running, String>> {
+        Box::pin(std::future::ready(Ok(self.run(ctx))))
+    }
 
     /// The answers this source gives its senders, in its protocol's words (`AA`, `AR`, …),
     /// counted with [`PipelineHandle::verdict`]; each is a series at zero from the start.
@@ -94,5 +107,5 @@ pub trait Source: Send {
     }
 
     /// Runs until `ctx.shutdown` is cancelled. An error stops the source and is reported.
-    fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), String>>;
+    fn run(self: Box<Self>, ctx: SourceContext) -> Running;
 }

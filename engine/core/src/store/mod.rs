@@ -998,6 +998,44 @@ impl Store {
         Ok(r.rows_affected())
     }
 
+    /// [`Store::recover_in_flight`] for one pipeline, after a reload stopped its old version's
+    /// workers: what they left `received` (queued in memory) or `processing` becomes due, for
+    /// the new version's feeder. Returns how many.
+    pub async fn recover_pipeline(&self, pipeline: &str) -> Result<u64> {
+        let now = now_ms();
+        let mut s = Sql::new("UPDATE messages SET state = 'received', next_attempt_at = ".into());
+        s.bind(0_i64);
+        s.push(", updated_at = ");
+        s.bind(now);
+        s.push(" WHERE pipeline = ");
+        s.bind(pipeline);
+        s.push(" AND state IN ('received', 'processing') AND next_attempt_at IS NULL");
+        let r = s
+            .query()
+            .execute(&self.write)
+            .await
+            .map_err(q("recover a reloaded pipeline's messages"))?;
+        Ok(r.rows_affected())
+    }
+
+    /// Makes one message due that was journaled for a pipeline version a reload retired while
+    /// it was being accepted (it never reached a worker). Whether it was still waiting.
+    pub async fn make_due(&self, id: &str) -> Result<bool> {
+        let mut s = Sql::new("UPDATE messages SET next_attempt_at = ".into());
+        s.bind(0_i64);
+        s.push(", updated_at = ");
+        s.bind(now_ms());
+        s.push(" WHERE id = ");
+        s.bind(id);
+        s.push(" AND state = 'received' AND next_attempt_at IS NULL");
+        let r = s
+            .query()
+            .execute(&self.write)
+            .await
+            .map_err(q("make a message due"))?;
+        Ok(r.rows_affected() > 0)
+    }
+
     /// Forgets dedup keys older than `window_ms` for a pipeline, so a sender may reuse them.
     pub async fn expire_dedup_keys(&self, pipeline: &str, window_ms: i64) -> Result<u64> {
         let mut s = Sql::new(

@@ -212,7 +212,7 @@ impl Workflow {
             return 0;
         }
         match self.router.as_ref().and_then(|r| r.pipelines()) {
-            Some(pipelines) => crate::care::relay_outbox(&self.store, pipelines).await,
+            Some(pipelines) => crate::care::relay_outbox(&self.store, &pipelines).await,
             None => 0,
         }
     }

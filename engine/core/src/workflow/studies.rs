@@ -85,12 +85,7 @@ impl Workflow {
         else {
             return Ok(false);
         };
-        let Some(pipeline) = self
-            .router
-            .as_ref()
-            .and_then(|r| r.pipelines())
-            .and_then(|p| p.get(&name))
-        else {
+        let Some(pipeline) = self.router.as_ref().and_then(|r| r.get(&name)) else {
             return Err(format!("prefetch pipeline {name} is not running"));
         };
         let body = prefetch_body(id, c.patient() as i64, &facility);

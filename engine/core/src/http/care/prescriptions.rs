@@ -485,7 +485,7 @@ pub(super) async fn act(
             .await?;
         if saved {
             if approved && care.outbound_pipeline.is_some() {
-                crate::care::relay_outbox(&s.store, &s.pipelines).await;
+                crate::care::relay_outbox(&s.store, &s.pipelines.snapshot()).await;
             }
             return Ok(Json(view(&next, &stored.facility, false)).into_response());
         }
