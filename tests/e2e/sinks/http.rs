@@ -6,7 +6,7 @@ use huizhen_core::Engine;
 use huizhen_core::message::State;
 
 use super::{Receiver, Reply, json, redeliver, settled};
-use crate::support::{Backend, fresh_db, loaded};
+use crate::support::{Backend, fresh_db, journaled, loaded, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_sink_sends_templates_auth_and_the_message_id_as_idempotency_key() {
@@ -185,5 +185,87 @@ async fn http_sink_retries_timeouts_503_and_429_after_their_retry_after_then_del
         "{errors:?}"
     );
     assert_eq!(engine.store.effects_of(&id).await.unwrap().len(), 1);
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The README tour's step 6 through the shipped `pipelines/demo.yaml` (its `demo` and
+/// `referrals-out` pipelines, the receiver's URL in place of the default): an accepted referral
+/// reaches the referral system once, by patient, with the department and the routed message's
+/// id as the idempotency key; a referral the filter drops sends nothing; a refusal (422) is a
+/// dead letter in `referrals-out` while the referral itself is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_sends_accepted_referrals_on_by_http() {
+    let Some(db) = fresh_db(Backend::Sqlite).await else {
+        return;
+    };
+    let recv = Receiver::start().await;
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../pipelines/demo.yaml"
+    ))
+    .unwrap()
+    .replace(
+        "${HUIZHEN_REFERRAL_URL:-http://127.0.0.1:8090/referrals}",
+        &format!("{}/referrals", recv.url),
+    );
+    let docs: Vec<&str> = text
+        .split("\n---\n")
+        .filter(|d| d.contains("\nname: demo\n") || d.contains("\nname: referrals-out\n"))
+        .collect();
+    assert_eq!(docs.len(), 2, "demo.yaml has the demo and referrals-out");
+    let engine = Engine::start(loaded(&db, &docs)).await.unwrap();
+    let demo = engine.pipeline("demo").unwrap().clone();
+    let submit = |body: &'static str| {
+        let demo = demo.clone();
+        async move { demo.submit(json(body, &[])).await.unwrap().id }
+    };
+
+    let accepted =
+        submit(r#"{"type":"referral","department":"cardiology","patient":{"id":"P001"}}"#).await;
+    let dropped = submit(r#"{"type":"appointment","patient":{"id":"P009"}}"#).await;
+    settled(&engine, &accepted, State::Done).await;
+    settled(&engine, &dropped, State::Done).await;
+    let routed = wait_for("the routed copy", Duration::from_secs(20), || async {
+        let out = journaled(&engine.store, "referrals-out").await;
+        (out.len() == 1 && out[0].state == State::Done).then(|| out[0].id.clone())
+    })
+    .await;
+    let seen = recv.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].method, "POST");
+    assert_eq!(seen[0].target, "/referrals/P001");
+    assert_eq!(seen[0].headers["idempotency-key"], routed);
+    assert_eq!(seen[0].headers["x-department"], "cardiology");
+    assert_eq!(seen[0].headers["content-type"], "application/json");
+    let body: serde_json::Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(body["patient"]["id"], "P001");
+    let effects = engine.store.effects_of(&routed).await.unwrap();
+    assert_eq!(effects.len(), 1);
+    assert_eq!(effects[0].sink, "referral-system");
+
+    // The referral system refuses the next one: dead at once with its answer, one request.
+    recv.script(vec![Reply::Answer(
+        422,
+        vec![],
+        r#"{"error":"unknown department"}"#.into(),
+    )]);
+    let refused =
+        submit(r#"{"type":"referral","department":"x-ray","patient":{"id":"P002"}}"#).await;
+    settled(&engine, &refused, State::Done).await;
+    let dead = wait_for("the refused copy", Duration::from_secs(20), || async {
+        journaled(&engine.store, "referrals-out")
+            .await
+            .into_iter()
+            .find(|m| m.state == State::Dead)
+    })
+    .await;
+    let reason = dead.last_error.clone().unwrap_or_default();
+    assert!(
+        reason.contains("referral-system")
+            && reason.contains("422")
+            && reason.contains("unknown department"),
+        "{reason}"
+    );
+    assert_eq!(recv.seen().len(), 2);
     engine.shutdown(Duration::from_secs(5)).await;
 }
