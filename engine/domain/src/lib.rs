@@ -7,6 +7,7 @@
 pub mod appointment;
 pub mod billing;
 pub mod case_library;
+pub mod compliance;
 pub mod consultation;
 pub mod datetime;
 pub mod expert;

@@ -9,6 +9,7 @@
 //! tokens, the request, the registry); each test module is one seam of the workflow.
 
 mod accept_race;
+mod china;
 mod no_show;
 mod refusals;
 mod rekey;
@@ -88,11 +89,28 @@ pub(crate) async fn start_on(
     clock: Arc<FakeClock>,
     pipelines: &[&str],
 ) -> Wf {
+    start_configured(db, ca, clock, pipelines, |_| {}).await
+}
+
+/// [`start_on`] with the workflow's settings changed by `configure` first.
+pub(crate) async fn start_configured(
+    db: TestDb,
+    ca: Arc<TestCa>,
+    clock: Arc<FakeClock>,
+    pipelines: &[&str],
+    configure: impl FnOnce(&mut huizhen_core::workflow::WorkflowConfig),
+) -> Wf {
     let roots = db.dir.path().join("ca-roots.pem");
     ca.write_root_pem(&roots).unwrap();
     let mut cfg = loaded(&db, pipelines);
     cfg.root.workflow.signing_roots = Some(roots);
+    configure(&mut cfg.root.workflow);
     let engine = Engine::start_with_clock(cfg, clock.clone()).await.unwrap();
+    engine
+        .store
+        .upsert_experts(&[], &[agreement_ag1()], None)
+        .await
+        .unwrap();
     let base = serve(
         &engine,
         &SecurityConfig {
@@ -248,22 +266,27 @@ pub(crate) fn cardiologist(id: &str, title: Title) -> Expert {
     }
 }
 
-/// `n` cardiologists E1…En of F-EXP and the agreement AG-1 (F-REQ → F-EXP).
-pub(crate) async fn seed_registry(wf: &Wf, n: usize) {
-    let experts: Vec<Expert> = (1..=n)
-        .map(|i| cardiologist(&format!("E{i}"), Title::Chief))
-        .collect();
-    let agreement = Agreement {
+/// The cooperation agreement AG-1 (F-REQ → F-EXP, in force since 2020) the requests of
+/// [`request`] name (CN-02): every engine of [`start_configured`] has it.
+pub(crate) fn agreement_ag1() -> Agreement {
+    Agreement {
         id: "AG-1".into(),
         requesting_facility: REQ.into(),
         expert_facility: EXP.into(),
         kind: AgreementKind::MedicalConsortium,
         valid_from: NaiveDate::from_ymd_opt(2020, 1, 1).unwrap(),
         valid_to: None,
-    };
+    }
+}
+
+/// `n` cardiologists E1…En of F-EXP and the agreement AG-1 (F-REQ → F-EXP).
+pub(crate) async fn seed_registry(wf: &Wf, n: usize) {
+    let experts: Vec<Expert> = (1..=n)
+        .map(|i| cardiologist(&format!("E{i}"), Title::Chief))
+        .collect();
     wf.engine
         .store
-        .upsert_experts(&experts, &[agreement], None)
+        .upsert_experts(&experts, &[agreement_ag1()], None)
         .await
         .unwrap();
 }

@@ -60,6 +60,23 @@ async fn high_bp_raises_an_event_on_the_patient_s_open_consultation() {
     let person = e.patient_with_device("MR-2001", "BP-2001", "2026-01-01T00:00:00+08:00");
     let other = e.patient_with_device("MR-2002", "BP-2002", "2026-01-01T00:00:00+08:00");
     e.start().await;
+    // The cooperation agreement the requests name (CN-02).
+    super::open_store(&db)
+        .await
+        .upsert_experts(
+            &[],
+            &[huizhen_domain::expert::Agreement {
+                id: "AG-1".into(),
+                requesting_facility: FACILITY.into(),
+                expert_facility: "F-EXP".into(),
+                kind: huizhen_domain::expert::AgreementKind::MedicalConsortium,
+                valid_from: chrono::NaiveDate::from_ymd_opt(2020, 1, 1).unwrap(),
+                valid_to: None,
+            }],
+            None,
+        )
+        .await
+        .unwrap();
     let open = create(&e, &person).await;
     let closed = create(&e, &person).await;
     let (s, v) = call(

@@ -111,6 +111,7 @@ fn accepted() -> (Consultation, Vec<huizhen_domain::consultation::Event>) {
         reason: None,
         plugin: None,
         verifier: None,
+        start: None,
     };
     let doctor: &'static Actor = Box::leak(Box::new(doctor));
     let desk: &'static Actor = Box::leak(Box::new(desk));
@@ -311,6 +312,7 @@ fn the_consent_reads_back_through_the_model() {
         reason: None,
         plugin: None,
         verifier: None,
+        start: None,
     };
     let (c, _) = c.execute(&cmd, &ctx).unwrap();
     let consent = super::consult::consent(&c).expect("recorded");

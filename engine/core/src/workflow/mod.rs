@@ -41,10 +41,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+use huizhen_domain::compliance::{CompliancePolicy, CreateRefusal, StartFacts, check_create};
 use huizhen_domain::consultation::outbound::announces;
 use huizhen_domain::consultation::{
-    Command, ConsultationRequest, EventKind, SlaPolicy, State, decide,
+    Command, ConsultError, ConsultationRequest, Context, EventKind, FieldProblem, RequestError,
+    SlaPolicy, StartCheck, State, decide,
 };
 use huizhen_domain::expert::MatchConfig;
 use huizhen_domain::signature::SignatureVerifier;
@@ -91,6 +93,11 @@ pub struct WorkflowConfig {
     /// The scheduled CSV export of the statistics; none: no export.
     #[serde(default)]
     pub stats_export: Option<crate::config::workflow::StatsExportConfig>,
+    /// The China rules per service type and requesting facility (CN-01 … CN-13): what a
+    /// consultation needs to be created and to start, never below the law
+    /// (`huizhen_domain::compliance`; docs/workflow.md, "China rules").
+    #[serde(default)]
+    pub compliance: huizhen_domain::compliance::ComplianceConfig,
 }
 
 fn default_sweep() -> Duration {
@@ -109,6 +116,7 @@ impl Default for WorkflowConfig {
             appointments: Default::default(),
             case_library: Default::default(),
             stats_export: None,
+            compliance: Default::default(),
         }
     }
 }
@@ -130,6 +138,9 @@ impl WorkflowConfig {
         if self.sweep_interval.is_zero() {
             out.push("workflow.sweep_interval: must be more than 0".into());
         }
+        if let Err(e) = CompliancePolicy::new(&self.compliance) {
+            out.push(format!("workflow.{e}"));
+        }
         out.extend(self.care_problems());
         out
     }
@@ -146,6 +157,8 @@ pub struct Workflow {
     stop: tokio_util::sync::CancellationToken,
     /// The engine's pipelines, for relaying announced events right after a commit.
     router: Option<crate::runner::Router>,
+    /// The China rules (`config.compliance`, checked).
+    policy: CompliancePolicy,
 }
 
 impl std::fmt::Debug for Workflow {
@@ -175,7 +188,10 @@ impl Workflow {
                 Some(Arc::new(v))
             }
         };
+        let policy =
+            CompliancePolicy::new(&config.compliance).map_err(|e| format!("workflow.{e}"))?;
         Ok(Workflow {
+            policy,
             store,
             config,
             extensions,
@@ -261,9 +277,75 @@ impl Workflow {
         by: &CommandBy<'_>,
         source_key: Option<&str>,
     ) -> Result<(StoredConsultation, bool), ConsultationError> {
+        self.check_create(&request).await?;
         self.store
             .create_consultation(id, request, by, source_key)
             .await
+    }
+
+    /// The China rules in force.
+    pub fn policy(&self) -> &CompliancePolicy {
+        &self.policy
+    }
+
+    /// Today's local date (the matching settings' UTC offset, as agreements' dates are).
+    fn today(&self) -> NaiveDate {
+        let offset = TimeDelta::minutes(i64::from(self.config.matching.utc_offset_minutes));
+        (self.now() + offset).date_naive()
+    }
+
+    /// CN-01 and CN-02 for a new consultation: its facility offers the service type, and the
+    /// agreement it names (required where the rules say) is one of the facility's, in force
+    /// today. A refusal is a request problem (422) at `service_type` or `agreement` naming the
+    /// rule.
+    async fn check_create(&self, request: &ConsultationRequest) -> Result<(), ConsultationError> {
+        let facility = request.requesting_facility.trim();
+        let rules = self.policy.rules(facility, request.service_type);
+        let agreements = match request.agreement.as_deref().map(str::trim) {
+            Some(a) if !a.is_empty() => self.store.agreements_of(facility).await?,
+            _ => Vec::new(),
+        };
+        check_create(
+            &rules,
+            facility,
+            request.agreement.as_deref(),
+            &agreements,
+            self.today(),
+        )
+        .map_err(|refusal| {
+            let path = match refusal {
+                CreateRefusal::NotOffered { .. } => "service_type",
+                _ => "agreement",
+            };
+            ConsultationError::Refused(ConsultError::Request(RequestError(vec![FieldProblem {
+                path: path.into(),
+                problem: refusal.to_string(),
+            }])))
+        })
+    }
+
+    /// The rules and facts `start` is checked under: the service type's rules at the
+    /// requesting facility, the patient's birth date from the identity index (CN-13), now.
+    async fn start_check(&self, id: &str) -> Result<Option<StartCheck>, ConsultationError> {
+        let Some(stored) = self.store.consultation(id).await? else {
+            return Ok(None);
+        };
+        let request = stored.consultation.request();
+        let rules = self
+            .policy
+            .rules(&request.requesting_facility, request.service_type);
+        let birth_date = self
+            .store
+            .patient_birth_date(stored.consultation.patient())
+            .await?;
+        Ok(Some(StartCheck {
+            rules,
+            facts: StartFacts {
+                now: self.now(),
+                birth_date,
+                today: self.today(),
+            },
+        }))
     }
 
     /// Runs `command` as `by` (at `expected`, when given). An approval goes on to the
@@ -279,10 +361,22 @@ impl Workflow {
         if by.verifier.is_none() {
             by.verifier = self.verifier.as_deref();
         }
+        let start = match command {
+            Command::Start => self.start_check(id).await?,
+            _ => None,
+        };
         let committed = self
             .store
-            .consultation_command(id, expected, &by, |s, ctx| {
-                decide(&s.consultation, command, ctx)
+            .consultation_command(id, expected, &by, |s, ctx| match start {
+                Some(start) => decide(
+                    &s.consultation,
+                    command,
+                    &Context {
+                        start: Some(start),
+                        ..*ctx
+                    },
+                ),
+                None => decide(&s.consultation, command, ctx),
             })
             .await?;
         let approved = committed

@@ -426,11 +426,7 @@ impl FeeSchedule {
 
 /// The service type's code as written in YAML.
 pub fn service_code(t: ServiceType) -> &'static str {
-    match t {
-        ServiceType::InstitutionToInstitution => "institution-to-institution",
-        ServiceType::DirectToPatient => "direct-to-patient",
-        ServiceType::InternetHospital => "internet-hospital",
-    }
+    t.code()
 }
 
 #[cfg(test)]

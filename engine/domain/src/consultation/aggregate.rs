@@ -402,6 +402,17 @@ impl Consultation {
             .missing_for_start(self.request.service_type, self.accepted_by.as_deref())
     }
 
+    /// What is missing before the session can start under `rules` with `facts` (the China
+    /// rules of the facility: [`crate::compliance`]).
+    pub fn missing_under(
+        &self,
+        rules: &crate::compliance::Rules,
+        facts: Option<&crate::compliance::StartFacts>,
+    ) -> Vec<Requirement> {
+        self.gates
+            .missing_under(rules, self.accepted_by.as_deref(), facts)
+    }
+
     /// What is missing before completion (empty: nothing).
     pub fn missing_for_completion(&self) -> Vec<Requirement> {
         let mut missing = Vec::new();

@@ -183,6 +183,19 @@ pub struct Context<'a> {
     pub plugin: Option<&'a PluginRef>,
     /// Checks the signature of an opinion (required for `sign_opinion`).
     pub verifier: Option<&'a dyn SignatureVerifier>,
+    /// The China rules of the consultation's service type at its facility, with the
+    /// verification ages and the patient's age, for `start` (none: the law's rules, any passed
+    /// verification counts, the age unknown).
+    pub start: Option<StartCheck>,
+}
+
+/// What `start` checks besides the consultation's own records (see [`Context::start`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StartCheck {
+    /// The rules.
+    pub rules: crate::compliance::Rules,
+    /// The time, the patient's birth date, today's local date.
+    pub facts: crate::compliance::StartFacts,
 }
 
 impl<'a> Context<'a> {
@@ -194,6 +207,7 @@ impl<'a> Context<'a> {
             reason: None,
             plugin: None,
             verifier: None,
+            start: None,
         }
     }
 
@@ -206,6 +220,12 @@ impl<'a> Context<'a> {
     /// With the deciding plugin.
     pub fn with_plugin(mut self, plugin: &'a PluginRef) -> Context<'a> {
         self.plugin = Some(plugin);
+        self
+    }
+
+    /// With the China rules and facts for `start`.
+    pub fn with_start(mut self, start: StartCheck) -> Context<'a> {
+        self.start = Some(start);
         self
     }
 
@@ -224,6 +244,7 @@ impl std::fmt::Debug for Context<'_> {
             .field("reason", &self.reason)
             .field("plugin", &self.plugin)
             .field("verifier", &self.verifier.map(|_| "<verifier>"))
+            .field("start", &self.start)
             .finish()
     }
 }

@@ -166,7 +166,10 @@ fn kinds(
         }
         Command::Start => {
             only_accepted_expert(c, action, ctx)?;
-            let missing = c.missing_for_start();
+            let missing = match &ctx.start {
+                Some(s) => c.missing_under(&s.rules, Some(&s.facts)),
+                None => c.missing_for_start(),
+            };
             if !missing.is_empty() {
                 return Err(ConsultError::Missing { action, missing });
             }

@@ -18,6 +18,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::compliance::{Rules, StartFacts};
 use crate::expert::IcdCode;
 
 use super::request::ServiceType;
@@ -71,6 +72,31 @@ pub enum Subject {
         /// The practitioner id.
         practitioner: String,
     },
+    /// The guardian present with a child patient (CN-13).
+    Guardian {
+        /// How they are related (`mother`, `father`, `legal-guardian`, …).
+        #[serde(default)]
+        relationship: Option<String>,
+    },
+}
+
+impl Subject {
+    /// Who, in a refusal's words.
+    fn describe(&self) -> String {
+        match self {
+            Subject::Patient => "the patient".into(),
+            Subject::Physician { practitioner } => format!("physician `{practitioner}`"),
+            Subject::Guardian { .. } => "the guardian".into(),
+        }
+    }
+
+    /// True when a verification of `self` counts for `wanted` (any guardian for a guardian).
+    fn counts_for(&self, wanted: &Subject) -> bool {
+        match (self, wanted) {
+            (Subject::Guardian { .. }, Subject::Guardian { .. }) => true,
+            _ => self == wanted,
+        }
+    }
 }
 
 /// How an identity was verified (CN-11, CN-12).
@@ -200,6 +226,18 @@ pub enum Requirement {
     PatientVerified,
     /// CN-10.
     PriorDiagnosis,
+    /// CN-11, CN-12: a passed verification, but older than the rules allow.
+    FreshVerification {
+        /// Whose (`physician \`E1\``, `the patient`, `the guardian`).
+        who: String,
+        /// The longest age the rules allow, minutes.
+        max_age_minutes: u32,
+    },
+    /// CN-13: the patient is a child: a guardian's passed verification.
+    Guardian {
+        /// The age limit of the rule.
+        under_years: u32,
+    },
     /// CN-07, CN-21.
     SignedOpinion,
     /// CN-07.
@@ -227,6 +265,17 @@ impl fmt::Display for Requirement {
             Requirement::PriorDiagnosis => f.write_str(
                 "no prior-diagnosis evidence for this follow-up (CN-10: no first visits online)",
             ),
+            Requirement::FreshVerification {
+                who,
+                max_age_minutes,
+            } => write!(
+                f,
+                "{who}'s real-name verification is older than {max_age_minutes} minutes: verify again before the session (CN-11, CN-12)"
+            ),
+            Requirement::Guardian { under_years } => write!(
+                f,
+                "the patient is under {under_years}: a guardian present with a passed real-name verification is needed (CN-13)"
+            ),
             Requirement::SignedOpinion => {
                 f.write_str("no signed expert opinion recorded (CN-07, CN-21)")
             }
@@ -237,62 +286,122 @@ impl fmt::Display for Requirement {
     }
 }
 
+impl Requirement {
+    /// The rule of STANDARDS.md §4 it comes from.
+    pub fn rule(&self) -> &'static str {
+        match self {
+            Requirement::Consent => "CN-05",
+            Requirement::LocalPhysician | Requirement::LocalPhysicianVerified { .. } => "CN-06",
+            Requirement::ExpertVerified { .. } | Requirement::FreshVerification { .. } => "CN-11",
+            Requirement::PatientVerified => "CN-12",
+            Requirement::PriorDiagnosis => "CN-10",
+            Requirement::Guardian { .. } => "CN-13",
+            Requirement::SignedOpinion | Requirement::LocalDecision => "CN-07",
+        }
+    }
+}
+
+/// How a subject's verification stands.
+enum Verified {
+    Yes,
+    No,
+    /// Passed, but before the rules' window.
+    Stale,
+}
+
 impl GateRecords {
     /// True when `subject` has a passed verification.
     pub fn verified(&self, subject: &Subject) -> bool {
         self.verifications
             .iter()
-            .any(|v| &v.subject == subject && v.result == VerificationResult::Passed)
+            .any(|v| v.subject.counts_for(subject) && v.result == VerificationResult::Passed)
     }
 
-    /// What is missing before the session can start, for a consultation of `service` type
-    /// accepted by `expert`; empty when nothing is.
+    fn verified_since(&self, subject: &Subject, since: Option<DateTime<Utc>>) -> Verified {
+        let latest = self
+            .verifications
+            .iter()
+            .filter(|v| v.subject.counts_for(subject) && v.result == VerificationResult::Passed)
+            .map(|v| v.verified_at)
+            .max();
+        match (latest, since) {
+            (None, _) => Verified::No,
+            (Some(at), Some(since)) if at < since => Verified::Stale,
+            _ => Verified::Yes,
+        }
+    }
+
+    /// What is missing before the session can start under the statutory rules of `service`
+    /// (see [`GateRecords::missing_under`]).
     pub fn missing_for_start(
         &self,
         service: ServiceType,
         expert: Option<&str>,
     ) -> Vec<Requirement> {
+        self.missing_under(&Rules::statutory(service), expert, None)
+    }
+
+    /// What is missing before the session can start under `rules` (the service type's at the
+    /// requesting facility), for the consultation accepted by `expert`; `facts` add the
+    /// verifications' age and the patient's age (none: any passed verification counts, the
+    /// age is unknown). Empty when nothing is.
+    pub fn missing_under(
+        &self,
+        rules: &Rules,
+        expert: Option<&str>,
+        facts: Option<&StartFacts>,
+    ) -> Vec<Requirement> {
+        let since = facts.and_then(|f| f.verified_since(rules));
+        let minor = facts.is_some_and(|f| f.is_minor(rules));
         let mut missing = Vec::new();
-        if self.consent.is_none() {
+        let check = |subject: Subject, none: Requirement, missing: &mut Vec<Requirement>| match self
+            .verified_since(&subject, since)
+        {
+            Verified::Yes => {}
+            Verified::No => missing.push(none),
+            Verified::Stale => missing.push(Requirement::FreshVerification {
+                who: subject.describe(),
+                max_age_minutes: rules.verification_max_age_minutes.unwrap_or_default(),
+            }),
+        };
+        if rules.consent && self.consent.is_none() {
             missing.push(Requirement::Consent);
         }
         if let Some(expert) = expert {
             let subject = Subject::Physician {
                 practitioner: expert.to_owned(),
             };
-            if !self.verified(&subject) {
-                missing.push(Requirement::ExpertVerified {
-                    expert: expert.to_owned(),
-                });
-            }
+            let none = Requirement::ExpertVerified {
+                expert: expert.to_owned(),
+            };
+            check(subject, none, &mut missing);
         }
-        match service {
-            ServiceType::InstitutionToInstitution => match &self.physician {
+        // CN-13: a child needs a physician present as well as the guardian.
+        if rules.local_physician || minor {
+            match &self.physician {
                 None => missing.push(Requirement::LocalPhysician),
                 Some(p) => {
                     let subject = Subject::Physician {
                         practitioner: p.practitioner.clone(),
                     };
-                    if !self.verified(&subject) {
-                        missing.push(Requirement::LocalPhysicianVerified {
-                            practitioner: p.practitioner.clone(),
-                        });
-                    }
-                }
-            },
-            ServiceType::DirectToPatient => {
-                if !self.verified(&Subject::Patient) {
-                    missing.push(Requirement::PatientVerified);
-                }
-                if self.prior_diagnoses.is_empty() {
-                    missing.push(Requirement::PriorDiagnosis);
+                    let none = Requirement::LocalPhysicianVerified {
+                        practitioner: p.practitioner.clone(),
+                    };
+                    check(subject, none, &mut missing);
                 }
             }
-            ServiceType::InternetHospital => {
-                if !self.verified(&Subject::Patient) {
-                    missing.push(Requirement::PatientVerified);
-                }
-            }
+        }
+        if rules.patient_verification {
+            check(Subject::Patient, Requirement::PatientVerified, &mut missing);
+        }
+        if rules.prior_diagnosis && self.prior_diagnoses.is_empty() {
+            missing.push(Requirement::PriorDiagnosis);
+        }
+        if minor {
+            let none = Requirement::Guardian {
+                under_years: rules.guardian_under_years,
+            };
+            check(Subject::Guardian { relationship: None }, none, &mut missing);
         }
         missing
     }

@@ -43,7 +43,7 @@ pub use aggregate::{
     Attempt, AttemptOutcome, Consultation, Decline, RecordedDecision, RecordedOpinion, ReplayError,
     apply,
 };
-pub use command::{Command, Context};
+pub use command::{Command, Context, StartCheck};
 pub use decide::decide;
 pub use error::ConsultError;
 pub use event::{Actor, Appointment, Event, EventKind, Offeree, PluginRef, Role};

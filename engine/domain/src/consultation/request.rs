@@ -22,7 +22,7 @@ use super::outbound::HisOrder;
 pub use crate::urgency::Urgency;
 
 /// The service type decides which rules apply (CN-01).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ServiceType {
     /// 远程医疗服务 / 远程会诊: institution to institution; the patient is at the inviting
@@ -34,6 +34,24 @@ pub enum ServiceType {
     /// 互联网医院 consultation: the treating doctor invites another doctor through the
     /// internet hospital.
     InternetHospital,
+}
+
+impl ServiceType {
+    /// Every service type.
+    pub const ALL: [ServiceType; 3] = [
+        ServiceType::InstitutionToInstitution,
+        ServiceType::DirectToPatient,
+        ServiceType::InternetHospital,
+    ];
+
+    /// The code as written in YAML and JSON.
+    pub fn code(self) -> &'static str {
+        match self {
+            ServiceType::InstitutionToInstitution => "institution-to-institution",
+            ServiceType::DirectToPatient => "direct-to-patient",
+            ServiceType::InternetHospital => "internet-hospital",
+        }
+    }
 }
 
 /// When the consultation should take place (CN-03 时间安排).

@@ -3,6 +3,7 @@
 //! reasons, versions, gates, SLA escalation, patient merges, the signed opinion.
 
 mod billing;
+mod china;
 mod gates;
 mod load;
 mod opinion;

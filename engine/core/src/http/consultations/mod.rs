@@ -101,6 +101,13 @@ fn domain_body(e: &ConsultError) -> serde_json::Value {
         }
         ConsultError::Missing { missing, .. } => {
             v["missing"] = json!(missing.iter().map(ToString::to_string).collect::<Vec<_>>());
+            // Each with the rule of STANDARDS.md §4 it comes from.
+            v["rules"] = json!(
+                missing
+                    .iter()
+                    .map(|m| json!({ "rule": m.rule(), "reason": m.to_string() }))
+                    .collect::<Vec<_>>()
+            );
         }
         ConsultError::Request(r) => v["problems"] = json!(r.0),
         ConsultError::Invalid { problems, .. } => v["problems"] = json!(problems),

@@ -146,6 +146,7 @@ impl<'a> CommandBy<'a> {
             reason: self.reason,
             plugin: self.plugin,
             verifier: self.verifier,
+            start: None,
         }
     }
 }

@@ -548,6 +548,30 @@ impl Store {
         }
     }
 
+    /// The birth date of a master person for CN-13's age check: the latest any of their active
+    /// records gives (records that disagree make the patient the youngest they could be: the
+    /// guardian rule errs on the side of the child); none when no record has one.
+    pub async fn patient_birth_date(
+        &self,
+        person: huizhen_domain::identity::blocking::PersonId,
+    ) -> Result<Option<chrono::NaiveDate>> {
+        let Ok(person) = i64::try_from(person) else {
+            return Ok(None);
+        };
+        let mut dates = std::collections::BTreeSet::new();
+        for row in self.identities_of_person(person, None).await? {
+            if !row.active {
+                continue;
+            }
+            if let Some(p) = self.identity_person(&row.facility, &row.local_id).await?
+                && let Some(b) = &p.birth_date
+            {
+                dates.insert(b.date);
+            }
+        }
+        Ok(dates.pop_last())
+    }
+
     /// Every record linked to a person (PIX cross-references), active ones first; only those
     /// of `facilities` when given.
     pub async fn identities_of_person(

@@ -1,0 +1,212 @@
+//! `start` under the China rules of the facility (huizhen_domain::compliance): each service
+//! type's preconditions, the verifications' age before each session (CN-11, CN-12), children
+//! under the guardian rule's age (CN-13), and a facility's added requirement, each refused with
+//! its rule and allowed once met.
+
+use chrono::{NaiveDate, TimeDelta};
+use huizhen_domain::compliance::{ComplianceConfig, CompliancePolicy, Rules, StartFacts};
+use huizhen_domain::consultation::*;
+
+use crate::support::*;
+
+fn scheduled(service: ServiceType) -> Case {
+    let mut r = request();
+    r.service_type = service;
+    if service != ServiceType::InstitutionToInstitution {
+        r.agreement = None;
+    }
+    let mut k = Case::with(r);
+    advance(&mut k, State::Scheduled);
+    k
+}
+
+/// Starts under `rules` for a patient born on `birth`: the events, or what is missing.
+fn start(k: &mut Case, rules: Rules, birth: Option<&str>) -> Result<(), Vec<Requirement>> {
+    let at = k.now + TimeDelta::seconds(1);
+    let facts = StartFacts {
+        now: at,
+        birth_date: birth.map(|b| b.parse::<NaiveDate>().unwrap()),
+        today: at.date_naive(),
+    };
+    let doctor = local_doctor();
+    let ctx = Context::new(at, &doctor).with_start(StartCheck { rules, facts });
+    match k.c.execute(&Command::Start, &ctx) {
+        Ok((next, events)) => {
+            k.c = next;
+            k.events.extend(events);
+            Ok(())
+        }
+        Err(ConsultError::Missing { missing, .. }) => Err(missing),
+        Err(e) => panic!("start refused for another reason: {e}"),
+    }
+}
+
+fn rules_of(yaml: &str, facility: &str, t: ServiceType) -> Rules {
+    let c: ComplianceConfig = serde_saphyr::from_str(yaml).unwrap();
+    CompliancePolicy::new(&c).unwrap().rules(facility, t)
+}
+
+fn consent(k: &mut Case) {
+    let at = k.now;
+    k.run(
+        &local_doctor(),
+        Command::RecordConsent {
+            consent: Consent {
+                signer: ConsentSigner::Patient,
+                document: "DocumentReference/consent-1".into(),
+                signed_at: at,
+                not_suitable_to_inform_patient: false,
+            },
+        },
+    );
+}
+
+fn attach_physician(k: &mut Case) {
+    k.run(
+        &local_doctor(),
+        Command::AttachPhysician {
+            physician: LocalPhysician {
+                practitioner: LOCAL_PHYSICIAN.into(),
+                licence: "110440000012345".into(),
+            },
+        },
+    );
+}
+
+fn prior_diagnosis(k: &mut Case) {
+    k.run(
+        &expert("E1"),
+        Command::RecordPriorDiagnosis {
+            evidence: PriorDiagnosis {
+                code: "E11.9".parse().unwrap(),
+                kind: EvidenceKind::DischargeSummary,
+                document: "DocumentReference/discharge-3".into(),
+            },
+        },
+    );
+}
+
+/// CN-11: a verification older than the facility allows does not count; verifying again
+/// before the session does.
+#[test]
+fn cn_11_a_stale_verification_is_refused_and_a_fresh_one_passes() {
+    let rules = rules_of(
+        "service_types: { institution-to-institution: { verification_max_age_minutes: 30 } }",
+        "clinic",
+        ServiceType::InstitutionToInstitution,
+    );
+    let mut k = scheduled(ServiceType::InstitutionToInstitution);
+    consent(&mut k);
+    attach_physician(&mut k);
+    let early = k.now;
+    k.run(&system(), verification(physician("E1"), early));
+    k.run(&system(), verification(physician(LOCAL_PHYSICIAN), early));
+    // Within the half hour: allowed (checked on a copy: nothing is committed).
+    let mut copy = k.clone();
+    start(&mut copy, rules, None).unwrap();
+    // Two hours later: both physicians verify again.
+    k.now += TimeDelta::hours(2);
+    let missing = start(&mut k, rules, None).unwrap_err();
+    assert_eq!(
+        missing,
+        [
+            Requirement::FreshVerification {
+                who: "physician `E1`".into(),
+                max_age_minutes: 30
+            },
+            Requirement::FreshVerification {
+                who: format!("physician `{LOCAL_PHYSICIAN}`"),
+                max_age_minutes: 30
+            },
+        ]
+    );
+    assert_eq!(missing[0].rule(), "CN-11");
+    assert!(
+        missing[0].to_string().contains("older than 30 minutes"),
+        "{}",
+        missing[0]
+    );
+    let at = k.now;
+    k.run(&system(), verification(physician("E1"), at));
+    k.run(&system(), verification(physician(LOCAL_PHYSICIAN), at));
+    start(&mut k, rules, None).unwrap();
+    assert_eq!(k.c.state(), State::InSession);
+}
+
+/// CN-13: a 4-year-old's follow-up online needs a verified guardian and a verified physician;
+/// a 7-year-old's does not.
+#[test]
+fn cn_13_a_child_under_six_needs_a_guardian_and_a_physician() {
+    let rules = Rules::statutory(ServiceType::DirectToPatient);
+    let mut k = scheduled(ServiceType::DirectToPatient);
+    consent(&mut k);
+    let at = k.now;
+    k.run(&system(), verification(physician("E1"), at));
+    k.run(&system(), verification(Subject::Patient, at));
+    prior_diagnosis(&mut k);
+    let born = "2022-06-01";
+    let missing = start(&mut k, rules, Some(born)).unwrap_err();
+    assert_eq!(
+        missing,
+        [
+            Requirement::LocalPhysician,
+            Requirement::Guardian { under_years: 6 }
+        ]
+    );
+    assert_eq!(missing[1].rule(), "CN-13");
+    assert!(missing[1].to_string().contains("under 6"), "{}", missing[1]);
+    // A 7-year-old (same records) may start.
+    let mut older = k.clone();
+    start(&mut older, rules, Some("2019-01-01")).unwrap();
+    attach_physician(&mut k);
+    let at = k.now;
+    k.run(&system(), verification(physician(LOCAL_PHYSICIAN), at));
+    k.run(
+        &system(),
+        verification(
+            Subject::Guardian {
+                relationship: Some("mother".into()),
+            },
+            at,
+        ),
+    );
+    start(&mut k, rules, Some(born)).unwrap();
+    assert_eq!(k.c.state(), State::InSession);
+}
+
+/// A facility adds the patient's real-name verification (CN-12) to institution-to-institution
+/// consultations; another facility keeps the law's rules.
+#[test]
+fn a_facility_s_added_requirement_applies_to_its_consultations_only() {
+    let yaml =
+        "facilities: { clinic-a: { institution-to-institution: { patient_verification: true } } }";
+    let strict = rules_of(yaml, "clinic-a", ServiceType::InstitutionToInstitution);
+    let plain = rules_of(yaml, "clinic-b", ServiceType::InstitutionToInstitution);
+    let mut k = scheduled(ServiceType::InstitutionToInstitution);
+    k.gates();
+    let mut other = k.clone();
+    let missing = start(&mut k, strict, None).unwrap_err();
+    assert_eq!(missing, [Requirement::PatientVerified]);
+    assert_eq!(missing[0].rule(), "CN-12");
+    start(&mut other, plain, None).unwrap();
+    let at = k.now;
+    k.run(&system(), verification(Subject::Patient, at));
+    start(&mut k, strict, None).unwrap();
+}
+
+/// CN-10 and CN-05 per service type under the configured rules: a direct-to-patient visit
+/// without prior-diagnosis evidence and consent is refused with both rules, then allowed.
+#[test]
+fn cn_05_and_cn_10_are_named_and_then_met() {
+    let rules = Rules::statutory(ServiceType::DirectToPatient);
+    let mut k = scheduled(ServiceType::DirectToPatient);
+    let at = k.now;
+    k.run(&system(), verification(physician("E1"), at));
+    k.run(&system(), verification(Subject::Patient, at));
+    let missing = start(&mut k, rules, Some("1980-01-01")).unwrap_err();
+    let named: Vec<&str> = missing.iter().map(Requirement::rule).collect();
+    assert_eq!(named, ["CN-05", "CN-10"]);
+    consent(&mut k);
+    prior_diagnosis(&mut k);
+    start(&mut k, rules, Some("1980-01-01")).unwrap();
+}
