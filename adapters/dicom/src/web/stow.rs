@@ -96,6 +96,30 @@ struct Filing<'a> {
     study: Option<String>,
 }
 
+/// How much of a refused request's body is read (and dropped) before the answer, at most.
+const DRAIN_BYTES: usize = 64 * 1024 * 1024;
+/// How long a refused request's body is read before the answer, at most.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads and drops what is left of a refused request's body (up to [`DRAIN_BYTES`] and
+/// [`DRAIN_TIME`]) before its answer goes out. A client that sends the whole study before it
+/// reads the answer (most STOW-RS clients, and `Connection: close`) would otherwise have the
+/// connection reset under it while it writes, and never see why it was refused.
+async fn drained(body: Body, fail: Fail) -> Fail {
+    let mut stream = body.into_data_stream();
+    let mut read = 0usize;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            read += chunk.len();
+            if read > DRAIN_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
+    fail
+}
+
 async fn run(
     s: AppState,
     c: Caller,
@@ -104,6 +128,30 @@ async fn run(
     study: Option<String>,
     body: Body,
 ) -> Result<Response, Fail> {
+    let ready = match ready(&s, &c, &headers, study.as_deref()) {
+        Ok(r) => r,
+        Err(fail) => return Err(drained(body, fail).await),
+    };
+    store_parts(&s, &c, (&headers, scheme), study, body, ready).await
+}
+
+/// What the checks before the body found: the boundary, the pipeline's target and charset,
+/// the facility stored for.
+struct Ready {
+    boundary: String,
+    target: super::Target,
+    charset: Charset,
+    facility: String,
+}
+
+/// The checks before any of the body is read: the content type, the study UID of the URL,
+/// the caller's facility and its dicom source, the pipeline running.
+fn ready(
+    s: &AppState,
+    c: &Caller,
+    headers: &HeaderMap,
+    study: Option<&str>,
+) -> Result<Ready, Fail> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -116,7 +164,7 @@ async fn run(
             "STOW-RS here takes type=\"application/dicom\" (Part 10 files), not metadata and bulk data",
         ));
     }
-    if let Some(st) = &study
+    if let Some(st) = study
         && !crate::uids::is_valid(st)
     {
         return Err(Fail::bad(format!("{st:?} is not a UID")));
@@ -153,6 +201,29 @@ async fn run(
             "the dicom pipeline is not running",
         ));
     }
+    Ok(Ready {
+        boundary,
+        target,
+        charset,
+        facility,
+    })
+}
+
+/// Reads the parts of the body and files each (after [`ready`]).
+async fn store_parts(
+    s: &AppState,
+    c: &Caller,
+    (headers, scheme): (&HeaderMap, Option<Extension<Scheme>>),
+    study: Option<String>,
+    body: Body,
+    ready: Ready,
+) -> Result<Response, Fail> {
+    let Ready {
+        boundary,
+        target,
+        charset,
+        facility,
+    } = ready;
     let sync = s.store.durability() == huizhen_core::store::Durability::PowerLoss;
     let filing = Filing {
         s: &s,
@@ -276,7 +347,7 @@ async fn run(
         ),
     )
     .await?;
-    let base = base_url(&headers, scheme.as_ref().map(|e| &e.0));
+    let base = base_url(headers, scheme.as_ref().map(|e| &e.0));
     let answer = response(&outcomes, &base, study.as_deref());
     let status = if stored == outcomes.len() {
         StatusCode::OK
