@@ -226,8 +226,8 @@ async fn store_parts(
     } = ready;
     let sync = s.store.durability() == huizhen_core::store::Durability::PowerLoss;
     let filing = Filing {
-        s: &s,
-        caller: &c,
+        s,
+        caller: c,
         objects: Objects::new(&target.storage, sync),
         pipeline: target.pipeline.clone(),
         facility,
@@ -337,8 +337,8 @@ async fn store_parts(
         })
         .unwrap_or_else(|| "*".into());
     super::audit(
-        &s,
-        &c,
+        s,
+        c,
         "dicomweb.store",
         &study_for_audit,
         format!(
