@@ -536,3 +536,72 @@ fn hl7_parse_defaults_to_the_listeners_charset_and_hints() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("hint: the bytes are not UTF-8"), "{err}");
 }
+
+/// `huizhen compliance record` (CN-41): the data map of the checked configuration, per
+/// pipeline what it reads, keeps and sends where, as text and JSON, with no secret; a broken
+/// configuration gives no record (exit 1, the errors).
+#[test]
+fn compliance_record_maps_each_pipeline_and_prints_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("pipelines")).unwrap();
+    std::fs::write(
+        d.join("huizhen.yaml"),
+        "version: 1\nstore: { url: \"postgres://hz:db-pass@10.0.0.5/huizhen\" }\npipelines: [\"pipelines/*.yaml\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("pipelines/lis.yaml"),
+        "version: 1\nname: lis\nfacility: county-1\nsource:\n  mllp: { listen: 127.0.0.1:0, allow: [127.0.0.1/32] }\nsteps:\n  - match_patient: {}\n  - route: { to: to-his }\nsinks:\n  - journal: {}\n---\nversion: 1\nname: to-his\nfacility: county-1\nsource:\n  internal: {}\nsinks:\n  - http: { url: \"https://lab:s3cret@his.example.cn/results?token=t0k3n\" }\n",
+    )
+    .unwrap();
+    let root = d.join("huizhen.yaml");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_huizhen"))
+            .arg("-c")
+            .arg(&root)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["compliance", "record"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("Pipeline lis (facility county-1"), "{text}");
+    assert!(
+        text.contains("HL7 v2 over MLLP on 127.0.0.1:0, peers 127.0.0.1/32"),
+        "{text}"
+    );
+    assert!(text.contains("the identity index"), "{text}");
+    assert!(
+        text.contains("HTTP POST https://lab:***@his.example.cn/results?token=***"),
+        "{text}"
+    );
+    assert!(
+        text.contains("postgres://hz:***@10.0.0.5/huizhen"),
+        "{text}"
+    );
+    for secret in ["s3cret", "t0k3n", "db-pass"] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+    let out = run(&["compliance", "record", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let to_his = &v["pipelines"][1];
+    assert_eq!(to_his["name"], "to-his");
+    // The routed pipeline carries what its sender handles: identity and medical records.
+    let cats = to_his["sends"][0]["categories"].as_array().unwrap();
+    assert!(
+        cats.iter()
+            .any(|c| c.as_str().unwrap().contains("identity")),
+        "{v}"
+    );
+    std::fs::write(d.join("pipelines/bad.yaml"), "version: 1\nname: Bad Name\n").unwrap();
+    let out = run(&["compliance", "record"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.yaml"));
+}

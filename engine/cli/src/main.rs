@@ -164,6 +164,29 @@ enum Command {
     /// production).
     #[command(subcommand)]
     Billing(billing::BillingCommand),
+    /// China compliance: the processing-activity record of this configuration (CN-41).
+    Compliance(ComplianceArgs),
+}
+
+#[derive(Debug, Args)]
+struct ComplianceArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(subcommand)]
+    cmd: ComplianceCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ComplianceCommand {
+    /// Print the processing-activity record (CN-41, PIPL): per pipeline, the data categories
+    /// it reads, what its steps do, where it keeps them and where it sends them, with the
+    /// engine's stores and safeguards. Generated from the checked configuration; no secret is
+    /// printed.
+    Record {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl Command {
@@ -190,6 +213,7 @@ impl Command {
             Command::Experts(_) => "experts",
             Command::Opinion(_) => "opinion",
             Command::Billing(_) => "billing",
+            Command::Compliance(_) => "compliance",
         }
     }
 }
@@ -402,8 +426,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         cli.command,
         Command::Hl7(_) | Command::Dicom(_) | Command::Opinion(_) | Command::Billing(_)
     );
-    let uses_store =
-        uses_config && !matches!(cli.command, Command::Validate(_) | Command::Plugin(_));
+    let uses_store = uses_config
+        && !matches!(
+            cli.command,
+            Command::Validate(_) | Command::Plugin(_) | Command::Compliance(_)
+        );
     if (cli.config.is_some() && !uses_config) || (cli.database_url.is_some() && !uses_store) {
         let what = if cli.database_url.is_some() && !uses_store {
             "--database-url"
@@ -455,6 +482,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Opinion(cmd) => opinion::run(cmd),
         Command::Dicom(cmd) => dicom::run(cmd).await,
         Command::Billing(cmd) => billing::run(cmd).await,
+        Command::Compliance(args) => {
+            let config = args.config.config.or_else(|| top.config.clone());
+            match args.cmd {
+                ComplianceCommand::Record { json } => compliance_record(config.as_deref(), json),
+            }
+        }
         Command::Plugin(args) => {
             let config = args.config.config.or_else(|| top.config.clone());
             let root = root_config(&StoreArgs {
@@ -541,6 +574,44 @@ fn validate(config: Option<&Path>, paths: &[PathBuf]) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `huizhen compliance record`: the configuration is checked first (as `run` would load it);
+/// the record reads each pipeline file as written.
+fn compliance_record(config: Option<&Path>, json: bool) -> Result<ExitCode> {
+    let loaded = match config::load(config) {
+        Ok(l) => l,
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            eprintln!("the configuration has errors: no record (fix them, `huizhen validate`)");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let mut files: Vec<std::path::PathBuf> =
+        loaded.pipelines.iter().map(|p| p.file.clone()).collect();
+    files.dedup();
+    let texts = files
+        .into_iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(&f)
+                .with_context(|| format!("cannot read {}", f.display()))?;
+            Ok((f, text))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let record =
+        huizhen_core::compliance::record(&loaded.root, loaded.root_file.as_deref(), &texts)
+            .map_err(|e| anyhow::anyhow!(e))?;
+    if json {
+        write_stdout(
+            format_args!("{}", serde_json::to_string_pretty(&record)?),
+            true,
+        );
+    } else {
+        write_stdout(format_args!("{}", record.to_text()), false);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn root_config(s: &StoreArgs) -> Result<RootConfig> {

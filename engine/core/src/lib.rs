@@ -9,6 +9,7 @@ pub mod billing;
 pub mod care;
 pub mod clock;
 pub mod cluster;
+pub mod compliance;
 pub mod config;
 pub mod crypto;
 pub mod expr;
