@@ -38,6 +38,7 @@ mod patients;
 mod plugin_load;
 mod plugins;
 mod reload;
+mod retention;
 mod scenarios;
 mod security;
 mod sinks;

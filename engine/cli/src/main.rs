@@ -187,6 +187,18 @@ enum ComplianceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The retention purge (CN-30): deletes the records whose period is over (call
+    /// recordings: 3 years at least, or `workflow.compliance.retention`), each with an audit
+    /// event; never a record before its minimum. Run it from cron or a timer; `--dry-run`
+    /// first shows what it would delete.
+    Purge {
+        /// Show what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl Command {
@@ -486,6 +498,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let config = args.config.config.or_else(|| top.config.clone());
             match args.cmd {
                 ComplianceCommand::Record { json } => compliance_record(config.as_deref(), json),
+                ComplianceCommand::Purge { dry_run, json } => {
+                    compliance_purge(config, dry_run, json).await
+                }
             }
         }
         Command::Plugin(args) => {
@@ -612,6 +627,45 @@ fn compliance_record(config: Option<&Path>, json: bool) -> Result<ExitCode> {
         write_stdout(format_args!("{}", record.to_text()), false);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `huizhen compliance purge`: the store of the configuration, the periods of
+/// `workflow.compliance.retention`.
+async fn compliance_purge(config: Option<PathBuf>, dry_run: bool, json: bool) -> Result<ExitCode> {
+    let args = StoreArgs {
+        config,
+        database_url: None,
+    };
+    if let Some(code) = find_store(&args, "compliance purge") {
+        return Ok(code);
+    }
+    let root = root_config(&args)?;
+    let policy = huizhen_domain::compliance::CompliancePolicy::new(&root.workflow.compliance)
+        .map_err(|e| anyhow::anyhow!("workflow.{e}"))?;
+    let store = migrated(&args).await?;
+    let who = security::cli_event("retention.purge", "Recording", "", String::new());
+    let report = huizhen_core::compliance::purge(
+        &store,
+        policy.retention(),
+        &root.objects.dir,
+        chrono::Utc::now(),
+        dry_run,
+        &who,
+    )
+    .await?;
+    if json {
+        write_stdout(
+            format_args!("{}", serde_json::to_string_pretty(&report)?),
+            true,
+        );
+    } else {
+        write_stdout(format_args!("{}", report.to_text()), false);
+    }
+    Ok(if report.files_left.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn root_config(s: &StoreArgs) -> Result<RootConfig> {

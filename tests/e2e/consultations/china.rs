@@ -46,6 +46,7 @@ async fn start(b: Backend) -> Option<Wf> {
                     },
                 )]),
             )]),
+            retention: BTreeMap::new(),
         };
     })
     .await;

@@ -1,10 +1,13 @@
 //! The call's recordings (issue 18, RTC-30, migration 0023): one row per recorded track, naming
 //! its object in the object store (`crate::objects`), the SHA-256 of its plaintext and the
 //! CN-30 retention class with the time before which it may not be deleted. Rows are written
-//! once, when a track's recording is finished; nothing here deletes them.
+//! once, when a track's recording is finished; only the retention purge deletes them
+//! ([`Store::recording_purge`], after `huizhen_domain::compliance::retention` says the record
+//! is due), with its audit event in the same transaction.
 
 use sqlx::Row;
 
+use crate::store::audit::{self, AuditEvent};
 use crate::store::sql::Sql;
 use crate::store::{Result, Store, q};
 
@@ -141,6 +144,55 @@ impl Store {
             .await
             .map_err(q("read recordings"))?;
         rows.iter().map(row).collect()
+    }
+
+    /// Recorded tracks whose stored keep-until time has passed at `now_ms` (candidates of the
+    /// retention purge, which still checks the configured period), oldest first, at most
+    /// `limit`.
+    pub async fn recordings_past_retention(
+        &self,
+        now_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<RecordingRow>> {
+        let mut s = Sql::new(format!(
+            "SELECT {COLUMNS} FROM recordings WHERE retain_until <= "
+        ));
+        s.bind(now_ms);
+        s.push(" ORDER BY retain_until, id LIMIT ");
+        s.bind(limit);
+        let rows = s
+            .query()
+            .fetch_all(&self.read)
+            .await
+            .map_err(q("read recordings past retention"))?;
+        rows.iter().map(row).collect()
+    }
+
+    /// Deletes a recorded track's row with its audit event `audit` in one transaction, only if
+    /// its keep-until time is still before `now_ms` (a row changed since the plan stays).
+    /// `true` when it was deleted. The object file is the caller's to remove afterwards (a
+    /// failure there leaves a file nothing names: kept longer, never the reverse).
+    pub async fn recording_purge(&self, id: &str, now_ms: i64, audit: &AuditEvent) -> Result<bool> {
+        let mut conn = self.write.acquire().await.map_err(q("acquire writer"))?;
+        let mut tx = sqlx::Connection::begin(&mut *conn)
+            .await
+            .map_err(q("begin recording purge"))?;
+        let mut s = Sql::new("DELETE FROM recordings WHERE id = ".into());
+        s.bind(id);
+        s.push(" AND retain_until <= ");
+        s.bind(now_ms);
+        let n = s
+            .query()
+            .execute(&mut *tx)
+            .await
+            .map_err(q("delete recording"))?
+            .rows_affected();
+        if n == 0 {
+            return Ok(false);
+        }
+        audit::append(&mut tx, audit, self.anchor.as_deref()).await?;
+        tx.commit().await.map_err(q("commit recording purge"))?;
+        Ok(true)
     }
 
     /// One recorded track of a consultation.

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::consultation::ServiceType;
 use crate::expert::Agreement;
 
+pub mod retention;
 #[cfg(test)]
 mod tests;
 
@@ -73,6 +74,9 @@ pub struct ComplianceConfig {
     /// Per requesting facility, per service type: overrides of the above.
     #[serde(default)]
     pub facilities: BTreeMap<String, BTreeMap<ServiceType, RulesConfig>>,
+    /// Per record class (CN-30): how long its records are kept, at least the law's minimum.
+    #[serde(default)]
+    pub retention: BTreeMap<retention::RecordClass, retention::ClassRetention>,
 }
 
 /// The rules that apply to one consultation: its service type at its requesting facility.
@@ -214,11 +218,13 @@ pub struct ComplianceError {
     pub problem: String,
 }
 
-/// The checked rules: every facility's and service type's [`Rules`].
+/// The checked rules: every facility's and service type's [`Rules`], and the retention
+/// periods.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompliancePolicy {
     base: BTreeMap<ServiceType, Rules>,
     facilities: BTreeMap<String, BTreeMap<ServiceType, Rules>>,
+    retention: retention::RetentionPolicy,
 }
 
 impl Default for CompliancePolicy {
@@ -256,7 +262,25 @@ impl CompliancePolicy {
             }
             facilities.insert(facility.clone(), resolved);
         }
-        Ok(CompliancePolicy { base, facilities })
+        let retention = retention::RetentionPolicy::new(&config.retention, "compliance.retention")
+            .map_err(|e| ComplianceError {
+                path: e.path.clone(),
+                rule: "CN-30",
+                problem: format!(
+                    "{} months is below the minimum of {} months for {} records",
+                    e.keep, e.minimum, e.class
+                ),
+            })?;
+        Ok(CompliancePolicy {
+            base,
+            facilities,
+            retention,
+        })
+    }
+
+    /// The retention periods (CN-30).
+    pub fn retention(&self) -> &retention::RetentionPolicy {
+        &self.retention
     }
 
     /// The rules of a consultation of `service_type` requested by `facility`.
