@@ -12,6 +12,7 @@ mod accept_race;
 mod china;
 mod no_show;
 mod refusals;
+mod regulator;
 mod rekey;
 mod reoffer;
 mod walk;

@@ -344,6 +344,13 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
             "/api/stats",
             [ALL, ALL, ALL, NO, NO, NO, NO, NO],
         ),
+        // The regulator's daily records (CN-14): scoped to the caller's facilities.
+        (
+            "GET",
+            "/api/compliance/regulator/daily",
+            "/api/compliance/regulator/daily",
+            [ALL, NO, ALL, NO, NO, NO, NO, NO],
+        ),
         // The consultation workflow: the probe body is not a request (422); no consultation
         // exists (404); lists and the live stream answer every reading role.
         (

@@ -222,6 +222,53 @@ pub async fn export_tick(store: &Store, export: &StatsExport, tick: DateTime<Utc
     }
 }
 
+/// Submits the regulator's report of the local day before `tick` to its pipeline (CN-14):
+/// once per day whatever the number of engines or ticks (the journal's dedup key), audited as
+/// `regulator.export` (its outcome, the message id or the reason).
+pub async fn regulator_tick(
+    store: &Store,
+    x: &super::RegulatorExport,
+    pipelines: &std::collections::BTreeMap<String, crate::runner::PipelineHandle>,
+    tick: DateTime<Utc>,
+) -> Option<String> {
+    use crate::compliance::regulator;
+    let date = regulator::previous_day(tick, x.utc_offset_minutes);
+    let outcome: Result<String, String> = async {
+        let pipeline = pipelines
+            .get(&x.pipeline)
+            .ok_or_else(|| format!("the pipeline {} is not running", x.pipeline))?;
+        let report = regulator::daily_report(store, date, x.utc_offset_minutes)
+            .await
+            .map_err(|e| e.to_string())?;
+        let m = regulator::report_message(&x.pipeline, date, &report);
+        let accepted = pipeline.submit(m).await.map_err(|e| e.to_string())?;
+        Ok(accepted.id.to_string())
+    }
+    .await;
+    let (result, detail) = match &outcome {
+        Ok(id) => ("success", format!("date={date}; message={id}")),
+        Err(e) => {
+            tracing::error!(error = %e, %date, "regulator export failed");
+            ("failed", format!("date={date}; {e}"))
+        }
+    };
+    let event = AuditEvent {
+        actor: "engine".into(),
+        role: "system".into(),
+        action: "regulator.export".into(),
+        resource_type: "RegulatorReport".into(),
+        resource_id: date.to_string(),
+        outcome: result.into(),
+        source: "scheduler".into(),
+        detail,
+        ..AuditEvent::default()
+    };
+    if let Err(e) = store.audit(&event).await {
+        tracing::error!(error = %e, "regulator export not audited");
+    }
+    outcome.ok()
+}
+
 /// The jobs loop of one engine: relay every 2 s, sweep every minute, export on schedule, until
 /// `shutdown`. `relay_billing`: billing announces charges to a pipeline (relay even when the
 /// workflow announces nothing).
@@ -235,6 +282,10 @@ pub async fn run(
     let mut next_sweep = tokio::time::Instant::now();
     let mut next_export = care
         .stats_export
+        .as_ref()
+        .and_then(|x| x.schedule.after(&store.clock().now()).next());
+    let mut next_regulator = care
+        .regulator_export
         .as_ref()
         .and_then(|x| x.schedule.after(&store.clock().now()).next());
     loop {
@@ -252,6 +303,12 @@ pub async fn run(
         {
             export_tick(&store, x, tick).await;
             next_export = x.schedule.after(&tick).next();
+        }
+        if let (Some(x), Some(tick)) = (&care.regulator_export, next_regulator)
+            && store.clock().now() >= tick
+        {
+            regulator_tick(&store, x, &pipelines.snapshot(), tick).await;
+            next_regulator = x.schedule.after(&tick).next();
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -33,6 +33,19 @@ pub struct Care {
     pub weights: RecommendWeights,
     /// The scheduled statistics export.
     pub stats_export: Option<StatsExport>,
+    /// The regulator's daily records (CN-14).
+    pub regulator_export: Option<RegulatorExport>,
+}
+
+/// `workflow.regulator_export`, parsed.
+#[derive(Debug, Clone)]
+pub struct RegulatorExport {
+    /// When (UTC); each tick reports the local day before it.
+    pub schedule: cron::Schedule,
+    /// The pipeline the report is submitted to.
+    pub pipeline: String,
+    /// The local time zone of the days, minutes east of UTC.
+    pub utc_offset_minutes: i32,
 }
 
 /// The verifier of prescribers' signatures (CN-21): when the engine's `Extensions` hold one
@@ -69,7 +82,16 @@ impl Care {
             }),
             None => None,
         };
+        let regulator_export = match &cfg.regulator_export {
+            Some(x) => Some(RegulatorExport {
+                schedule: crate::sources::parse_schedule(&x.schedule)?,
+                pipeline: x.pipeline.trim().to_owned(),
+                utc_offset_minutes: cfg.matching.utc_offset_minutes,
+            }),
+            None => None,
+        };
         Ok(Care {
+            regulator_export,
             policy: cfg.prescriptions.policy(),
             outbound_pipeline: cfg
                 .prescriptions

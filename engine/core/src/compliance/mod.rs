@@ -4,6 +4,7 @@
 
 pub mod purge;
 pub mod record;
+pub mod regulator;
 
 pub use purge::{PurgeReport, purge};
 pub use record::{ProcessingRecord, record};

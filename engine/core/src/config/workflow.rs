@@ -108,6 +108,18 @@ pub struct CaseLibraryConfig {
     pub weights: RecommendWeights,
 }
 
+/// `workflow.regulator_export`: the day's records pushed to the provincial supervision platform
+/// (CN-14) through a pipeline (its steps map them, e.g. a plugin; its sink sends them).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegulatorExportConfig {
+    /// The pipeline the day's report is submitted to (must exist; an `internal` source).
+    pub pipeline: String,
+    /// When: six cron fields, seconds first, UTC (`0 30 16 * * *`: 00:30 the next day in
+    /// +08:00). Each tick submits the local day before it (`workflow.matching.utc_offset_minutes`).
+    pub schedule: String,
+}
+
 /// `workflow.stats_export`: a CSV of the statistics written on a schedule.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -161,6 +173,11 @@ impl WorkflowConfig {
         if let Err(e) = self.case_library.weights.validate() {
             errors.push(format!("workflow.case_library.weights: {e}"));
         }
+        if let Some(x) = &self.regulator_export
+            && let Err(e) = crate::sources::parse_schedule(&x.schedule)
+        {
+            errors.push(format!("workflow.regulator_export.schedule: {e}"));
+        }
         if let Some(x) = &self.stats_export {
             if let Err(e) = crate::sources::parse_schedule(&x.schedule) {
                 errors.push(format!("workflow.stats_export.schedule: {e}"));
@@ -181,25 +198,22 @@ impl WorkflowConfig {
         [
             (
                 "workflow.consultations.outbound_pipeline",
-                &self.consultations.outbound_pipeline,
+                self.consultations.outbound_pipeline.as_deref(),
             ),
             (
                 "workflow.prescriptions.outbound_pipeline",
-                &self.prescriptions.outbound_pipeline,
+                self.prescriptions.outbound_pipeline.as_deref(),
+            ),
+            (
+                "workflow.regulator_export.pipeline",
+                self.regulator_export.as_ref().map(|r| r.pipeline.as_str()),
             ),
         ]
         .into_iter()
-        .filter_map(|(key, p)| {
-            p.as_deref()
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-                .map(|p| (key, p))
-        })
+        .filter_map(|(key, p)| p.map(str::trim).filter(|p| !p.is_empty()).map(|p| (key, p)))
         .collect()
     }
 
-    /// An error per outbound pipeline that is not among `names` (the pipelines loaded with
-    /// this root), with the closest name when one is close.
     pub fn unknown_outbound_pipelines<'a>(
         &self,
         names: impl Iterator<Item = &'a str> + Clone,

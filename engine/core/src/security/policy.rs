@@ -154,6 +154,8 @@ pub enum Action {
     ReadCases,
     /// Consultation statistics (no per-prescriber figures exist: CN-20).
     ReadStats,
+    /// The regulator's daily records (CN-14): the supervision platform pulls them.
+    ReadRegulatorReport,
     /// Read clinical resources through the FHIR facade (stored Observations, reports,
     /// documents, encounters, orders, a Patient by id, `$everything`): facility-scoped, and an
     /// expert only for the patients of consultations they own or owned (FHIR-22).
@@ -225,6 +227,7 @@ impl Action {
             Action::ReadExpertQueue => &[Admin, Integrator, Expert],
             Action::ReadCases => &[Admin, Integrator, Auditor, Expert, LocalDoctor],
             Action::ReadStats => &[Admin, Integrator, Auditor],
+            Action::ReadRegulatorReport => &[Admin, Auditor],
             Action::ReadClinical => &[Admin, Integrator, Auditor, Expert, LocalDoctor],
             Action::ReadDirectory => &[Admin, Integrator, Auditor, Expert, LocalDoctor, Pharmacist],
             Action::ReadSettlements => &[Admin, Integrator, Auditor, LocalDoctor],
@@ -272,6 +275,7 @@ impl Action {
             Action::ReadExpertQueue => "expert.queue",
             Action::ReadCases => "case.read",
             Action::ReadStats => "stats.read",
+            Action::ReadRegulatorReport => "regulator.read",
             Action::ReadClinical => "clinical.read",
             Action::ReadDirectory => "directory.read",
             Action::ReadSettlements => "settlement.read",
@@ -395,6 +399,11 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
     ("GET", "/api/cases", Action::ReadCases),
     ("GET", "/api/cases/recommend", Action::ReadCases),
     ("GET", "/api/stats", Action::ReadStats),
+    (
+        "GET",
+        "/api/compliance/regulator/daily",
+        Action::ReadRegulatorReport,
+    ),
     // The FHIR facade (huizhen-fhir, adapters/fhir/src/facade/table.rs; its unit test holds
     // these rows equal to the routes it mounts).
     ("GET", "/fhir/r4/Patient", Action::ReadPatients),

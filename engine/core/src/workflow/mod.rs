@@ -93,6 +93,10 @@ pub struct WorkflowConfig {
     /// The scheduled CSV export of the statistics; none: no export.
     #[serde(default)]
     pub stats_export: Option<crate::config::workflow::StatsExportConfig>,
+    /// The day's records pushed to the provincial supervision platform through a pipeline
+    /// (CN-14); none: no push (the pull API answers either way).
+    #[serde(default)]
+    pub regulator_export: Option<crate::config::workflow::RegulatorExportConfig>,
     /// The China rules per service type and requesting facility (CN-01 … CN-13): what a
     /// consultation needs to be created and to start, never below the law
     /// (`huizhen_domain::compliance`; docs/workflow.md, "China rules").
@@ -116,6 +120,7 @@ impl Default for WorkflowConfig {
             appointments: Default::default(),
             case_library: Default::default(),
             stats_export: None,
+            regulator_export: None,
             compliance: Default::default(),
         }
     }

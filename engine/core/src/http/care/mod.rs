@@ -62,6 +62,10 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/api/cases", get(cases::search))
         .route("/api/cases/recommend", get(cases::recommend))
         .route("/api/stats", get(stats::stats))
+        .route(
+            "/api/compliance/regulator/daily",
+            get(stats::regulator_daily),
+        )
 }
 
 /// A refusal with a JSON body: `error`, and for domain refusals `code` and details.

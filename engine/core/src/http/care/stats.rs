@@ -86,3 +86,49 @@ pub(super) async fn stats(
     }))
     .into_response())
 }
+
+/// `GET /api/compliance/regulator/daily?date=YYYY-MM-DD` (CN-14, pulled by the supervision
+/// platform): the report `workflow.regulator_export` pushes, of the local day `date` (default:
+/// yesterday), for every facility (admins and auditors of the platform, `*`) or the caller's.
+pub(super) async fn regulator_daily(
+    State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Query(pairs): Pairs,
+) -> Reply {
+    use crate::compliance::regulator;
+    let pairs = params(pairs, &["date"])?;
+    let offset = crate::care::Care::of(&s.extensions)
+        .appointments
+        .utc_offset_minutes;
+    let date = match param(&pairs, "date") {
+        Some(d) => d.parse::<chrono::NaiveDate>().map_err(|e| {
+            Refusal::new(
+                StatusCode::BAD_REQUEST,
+                format!("date: {d:?} is not a date (YYYY-MM-DD): {e}"),
+            )
+        })?,
+        None => regulator::previous_day(s.store.clock().now(), offset),
+    };
+    let mut report = regulator::daily_report(&s.store, date, offset).await?;
+    // A facility's auditor sees its own consultations only.
+    if let Some(allowed) = caller.scope.facilities()
+        && let Some(list) = report["consultations"].as_array_mut()
+    {
+        list.retain(|c| {
+            c["requesting_facility"]
+                .as_str()
+                .is_some_and(|f| allowed.iter().any(|a| a == f))
+        });
+        let n = list.len();
+        let (from, to) = regulator::day_bounds(date, offset);
+        let completed = list
+            .iter()
+            .filter_map(|c| c["completed_at"].as_str())
+            .filter_map(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
+            .filter(|t| *t >= from && *t < to)
+            .count();
+        report["counts"] = json!({ "consultations": n, "completed": completed });
+        report["facilities"] = json!(allowed);
+    }
+    Ok(Json(report).into_response())
+}

@@ -142,4 +142,36 @@ impl Store {
             .map_err(q("read consultation facts"))?;
         rows.iter().map(facts_from_row).collect()
     }
+
+    /// The facts of the consultations requested, accepted or completed in `[from, to)` (a
+    /// day's activity, for the regulator's daily records), by creation time.
+    pub async fn consultation_facts_touched(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<ConsultationFacts>> {
+        let mut s = Sql::new(
+            "SELECT consultation_id, facility, department, created_at, accepted_at, completed_at, cancelled, failed, sla_breached FROM consultation_facts WHERE ".into(),
+        );
+        for (i, column) in ["created_at", "accepted_at", "completed_at"]
+            .iter()
+            .enumerate()
+        {
+            if i > 0 {
+                s.push(" OR ");
+            }
+            s.push(&format!("({column} >= "));
+            s.bind(ms(from));
+            s.push(&format!(" AND {column} < "));
+            s.bind(ms(to));
+            s.push(")");
+        }
+        s.push(" ORDER BY created_at, consultation_id");
+        let rows = s
+            .query()
+            .fetch_all(&self.read)
+            .await
+            .map_err(q("read consultation facts"))?;
+        rows.iter().map(facts_from_row).collect()
+    }
 }
