@@ -210,3 +210,56 @@ fn cn_05_and_cn_10_are_named_and_then_met() {
     prior_diagnosis(&mut k);
     start(&mut k, rules, Some("1980-01-01")).unwrap();
 }
+
+/// CN-03: the invitation's content (reason, purpose, case summary, the requested department
+/// and title, the time) is required for every service type; every missing piece is named by
+/// its path at once, and a JSON request without the requested title does not parse.
+#[test]
+fn cn_03_an_invitation_without_its_content_is_refused_by_field() {
+    for service in ServiceType::ALL {
+        let mut r = request();
+        r.service_type = service;
+        r.reason = " ".into();
+        r.purpose = String::new();
+        r.case_summary = String::new();
+        r.department = String::new();
+        let e = r.validate().unwrap_err();
+        for path in ["department", "reason", "purpose", "case_summary"] {
+            assert!(e.paths().contains(&path), "{service:?}: {e}");
+        }
+    }
+    let mut v = serde_json::to_value(request()).unwrap();
+    v.as_object_mut().unwrap().remove("min_title");
+    let e = serde_json::from_value::<ConsultationRequest>(v).unwrap_err();
+    assert!(e.to_string().contains("min_title"), "{e}");
+    let mut v = serde_json::to_value(request()).unwrap();
+    v.as_object_mut().unwrap().remove("requested_time");
+    assert!(serde_json::from_value::<ConsultationRequest>(v).is_err());
+}
+
+/// CN-12: a follow-up visit online does not start for an unverified patient; the record keeps
+/// the method and the provider's reference, and refuses a face image.
+#[test]
+fn cn_12_an_unverified_patient_does_not_start_and_no_face_is_kept() {
+    let rules = Rules::statutory(ServiceType::DirectToPatient);
+    let mut k = scheduled(ServiceType::DirectToPatient);
+    consent(&mut k);
+    prior_diagnosis(&mut k);
+    let at = k.now;
+    k.run(&system(), verification(physician("E1"), at));
+    let missing = start(&mut k, rules, Some("1970-01-01")).unwrap_err();
+    assert_eq!(missing, [Requirement::PatientVerified]);
+    assert_eq!(missing[0].rule(), "CN-12");
+    let with_face = serde_json::json!({
+        "subject": {"kind": "patient"}, "method": "id-card-face", "verified_at": at,
+        "result": "passed", "provider_reference": "faceid-7", "face_image": "/9j/4AAQ…"
+    });
+    let e = serde_json::from_value::<Verification>(with_face.clone()).unwrap_err();
+    assert!(e.to_string().contains("face_image"), "{e}");
+    let mut v = with_face;
+    v.as_object_mut().unwrap().remove("face_image");
+    let verification: Verification = serde_json::from_value(v).unwrap();
+    assert_eq!(verification.method, VerificationMethod::IdCardFace);
+    k.run(&system(), Command::RecordVerification { verification });
+    start(&mut k, rules, Some("1970-01-01")).unwrap();
+}
