@@ -9,17 +9,6 @@ use huizhen_domain::consultation::*;
 
 use crate::support::*;
 
-fn scheduled(service: ServiceType) -> Case {
-    let mut r = request();
-    r.service_type = service;
-    if service != ServiceType::InstitutionToInstitution {
-        r.agreement = None;
-    }
-    let mut k = Case::with(r);
-    advance(&mut k, State::Scheduled);
-    k
-}
-
 /// Starts under `rules` for a patient born on `birth`: the events, or what is missing.
 fn start(k: &mut Case, rules: Rules, birth: Option<&str>) -> Result<(), Vec<Requirement>> {
     let at = k.now + TimeDelta::seconds(1);
@@ -46,33 +35,6 @@ fn rules_of(yaml: &str, facility: &str, t: ServiceType) -> Rules {
     CompliancePolicy::new(&c).unwrap().rules(facility, t)
 }
 
-fn consent(k: &mut Case) {
-    let at = k.now;
-    k.run(
-        &local_doctor(),
-        Command::RecordConsent {
-            consent: Consent {
-                signer: ConsentSigner::Patient,
-                document: "DocumentReference/consent-1".into(),
-                signed_at: at,
-                not_suitable_to_inform_patient: false,
-            },
-        },
-    );
-}
-
-fn attach_physician(k: &mut Case) {
-    k.run(
-        &local_doctor(),
-        Command::AttachPhysician {
-            physician: LocalPhysician {
-                practitioner: LOCAL_PHYSICIAN.into(),
-                licence: "110440000012345".into(),
-            },
-        },
-    );
-}
-
 fn prior_diagnosis(k: &mut Case) {
     k.run(
         &expert("E1"),
@@ -96,8 +58,8 @@ fn cn_11_a_stale_verification_is_refused_and_a_fresh_one_passes() {
         ServiceType::InstitutionToInstitution,
     );
     let mut k = scheduled(ServiceType::InstitutionToInstitution);
-    consent(&mut k);
-    attach_physician(&mut k);
+    k.consent();
+    k.attach_physician();
     let early = k.now;
     k.run(&system(), verification(physician("E1"), early));
     k.run(&system(), verification(physician(LOCAL_PHYSICIAN), early));
@@ -139,7 +101,7 @@ fn cn_11_a_stale_verification_is_refused_and_a_fresh_one_passes() {
 fn cn_13_a_child_under_six_needs_a_guardian_and_a_physician() {
     let rules = Rules::statutory(ServiceType::DirectToPatient);
     let mut k = scheduled(ServiceType::DirectToPatient);
-    consent(&mut k);
+    k.consent();
     let at = k.now;
     k.run(&system(), verification(physician("E1"), at));
     k.run(&system(), verification(Subject::Patient, at));
@@ -158,7 +120,7 @@ fn cn_13_a_child_under_six_needs_a_guardian_and_a_physician() {
     // A 7-year-old (same records) may start.
     let mut older = k.clone();
     start(&mut older, rules, Some("2019-01-01")).unwrap();
-    attach_physician(&mut k);
+    k.attach_physician();
     let at = k.now;
     k.run(&system(), verification(physician(LOCAL_PHYSICIAN), at));
     k.run(
@@ -206,7 +168,7 @@ fn cn_05_and_cn_10_are_named_and_then_met() {
     let missing = start(&mut k, rules, Some("1980-01-01")).unwrap_err();
     let named: Vec<&str> = missing.iter().map(Requirement::rule).collect();
     assert_eq!(named, ["CN-05", "CN-10"]);
-    consent(&mut k);
+    k.consent();
     prior_diagnosis(&mut k);
     start(&mut k, rules, Some("1980-01-01")).unwrap();
 }
@@ -243,7 +205,7 @@ fn cn_03_an_invitation_without_its_content_is_refused_by_field() {
 fn cn_12_an_unverified_patient_does_not_start_and_no_face_is_kept() {
     let rules = Rules::statutory(ServiceType::DirectToPatient);
     let mut k = scheduled(ServiceType::DirectToPatient);
-    consent(&mut k);
+    k.consent();
     prior_diagnosis(&mut k);
     let at = k.now;
     k.run(&system(), verification(physician("E1"), at));

@@ -5,17 +5,6 @@ use huizhen_domain::consultation::*;
 
 use crate::support::*;
 
-fn scheduled(service: ServiceType) -> Case {
-    let mut r = request();
-    r.service_type = service;
-    if service != ServiceType::InstitutionToInstitution {
-        r.agreement = None;
-    }
-    let mut k = Case::with(r);
-    advance(&mut k, State::Scheduled);
-    k
-}
-
 fn missing(k: &mut Case) -> Vec<Requirement> {
     match k.try_run(&local_doctor(), Command::Start) {
         Err(ConsultError::Missing {

@@ -98,18 +98,7 @@ fn nobody_joins_before_consent_nor_after_the_session() {
         Err(Refusal::NoConsent)
     );
     // Unverified expert (CN-11) once consent is there.
-    let at = k.now;
-    k.run(
-        &local_doctor(),
-        Command::RecordConsent {
-            consent: Consent {
-                signer: ConsentSigner::Patient,
-                document: "DocumentReference/consent-1".into(),
-                signed_at: at,
-                not_suitable_to_inform_patient: false,
-            },
-        },
-    );
+    k.consent();
     assert_eq!(
         may_join(&k.c, &room, &claims(RoomRole::Expert, "E1"), NOW),
         Err(Refusal::NotVerified {

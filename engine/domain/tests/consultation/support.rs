@@ -226,6 +226,16 @@ impl Case {
     /// Records every gate an institution-to-institution session needs, for experts E1…E4.
     pub fn gates(&mut self) -> &mut Case {
         let at = self.now;
+        self.consent().attach_physician();
+        for who in [LOCAL_PHYSICIAN, "E1", "E2", "E3", "E4"] {
+            self.run(&system(), verification(physician(who), at));
+        }
+        self
+    }
+
+    /// The patient's signed consent, now (CN-05).
+    pub fn consent(&mut self) -> &mut Case {
+        let at = self.now;
         self.run(
             &local_doctor(),
             Command::RecordConsent {
@@ -236,7 +246,11 @@ impl Case {
                     not_suitable_to_inform_patient: false,
                 },
             },
-        );
+        )
+    }
+
+    /// The local physician LOCAL_PHYSICIAN attached (CN-06).
+    pub fn attach_physician(&mut self) -> &mut Case {
         self.run(
             &local_doctor(),
             Command::AttachPhysician {
@@ -245,12 +259,21 @@ impl Case {
                     licence: "110440000012345".into(),
                 },
             },
-        );
-        for who in [LOCAL_PHYSICIAN, "E1", "E2", "E3", "E4"] {
-            self.run(&system(), verification(physician(who), at));
-        }
-        self
+        )
     }
+}
+
+/// A consultation of `service` taken to `scheduled` (no agreement unless
+/// institution-to-institution).
+pub fn scheduled(service: ServiceType) -> Case {
+    let mut r = request();
+    r.service_type = service;
+    if service != ServiceType::InstitutionToInstitution {
+        r.agreement = None;
+    }
+    let mut k = Case::with(r);
+    advance(&mut k, State::Scheduled);
+    k
 }
 
 pub fn physician(id: &str) -> Subject {

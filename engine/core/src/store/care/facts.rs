@@ -114,10 +114,7 @@ impl Store {
         to: DateTime<Utc>,
         facilities: Option<&[String]>,
     ) -> Result<Vec<ConsultationFacts>> {
-        let mut s = Sql::new(
-            "SELECT consultation_id, facility, department, created_at, accepted_at, completed_at, cancelled, failed, sla_breached FROM consultation_facts WHERE created_at >= "
-                .into(),
-        );
+        let mut s = Sql::new(format!("{FACTS_SELECT}created_at >= "));
         s.bind(ms(from));
         s.push(" AND created_at < ");
         s.bind(ms(to));
@@ -134,13 +131,7 @@ impl Store {
             }
             s.push(")");
         }
-        s.push(" ORDER BY created_at, consultation_id");
-        let rows = s
-            .query()
-            .fetch_all(&self.read)
-            .await
-            .map_err(q("read consultation facts"))?;
-        rows.iter().map(facts_from_row).collect()
+        self.facts_by_creation(s).await
     }
 
     /// The facts of the consultations requested, accepted or completed in `[from, to)` (a
@@ -150,9 +141,7 @@ impl Store {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<ConsultationFacts>> {
-        let mut s = Sql::new(
-            "SELECT consultation_id, facility, department, created_at, accepted_at, completed_at, cancelled, failed, sla_breached FROM consultation_facts WHERE ".into(),
-        );
+        let mut s = Sql::new(FACTS_SELECT.into());
         for (i, column) in ["created_at", "accepted_at", "completed_at"]
             .iter()
             .enumerate()
@@ -166,6 +155,11 @@ impl Store {
             s.bind(ms(to));
             s.push(")");
         }
+        self.facts_by_creation(s).await
+    }
+
+    /// Runs a [`FACTS_SELECT`] query, ordered by creation time.
+    async fn facts_by_creation(&self, mut s: Sql) -> Result<Vec<ConsultationFacts>> {
         s.push(" ORDER BY created_at, consultation_id");
         let rows = s
             .query()
@@ -175,3 +169,6 @@ impl Store {
         rows.iter().map(facts_from_row).collect()
     }
 }
+
+/// The facts' columns, up to the `WHERE` the caller completes.
+const FACTS_SELECT: &str = "SELECT consultation_id, facility, department, created_at, accepted_at, completed_at, cancelled, failed, sla_breached FROM consultation_facts WHERE ";
