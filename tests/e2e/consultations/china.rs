@@ -195,13 +195,7 @@ async fn a_child_s_visit_starts_once_a_guardian_and_a_physician_are_verified(b: 
     );
 
     let now = wf.clock.now() - TimeDelta::minutes(1);
-    wf.ok(
-        &id,
-        "attach-physician",
-        &doctor(),
-        json!({"physician": {"practitioner": "D1", "licence": "110450000001"}}),
-    )
-    .await;
+    wf.attach_physician(&id).await;
     for subject in [
         json!({"kind": "physician", "practitioner": e}),
         json!({"kind": "physician", "practitioner": "D1"}),

@@ -188,6 +188,17 @@ impl Wf {
         v
     }
 
+    /// The local doctor attaches D1 as the accompanying physician (CN-06).
+    pub(crate) async fn attach_physician(&self, id: &str) {
+        self.ok(
+            id,
+            "attach-physician",
+            &doctor(),
+            json!({"physician": {"practitioner": "D1", "licence": "110450000001"}}),
+        )
+        .await;
+    }
+
     /// Creates a consultation as the local doctor; its id.
     pub(crate) async fn create(&self, request: Value) -> String {
         let (s, v, etag) = self

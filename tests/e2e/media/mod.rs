@@ -104,13 +104,7 @@ pub(crate) async fn consultation(wf: &Wf, gates: bool, start: bool) -> (String, 
     if gates {
         let before = wf.clock.now() - TimeDelta::minutes(1);
         wf.ok(&id, "record_consent", &doctor(), json!({"consent": {"signer": "patient", "document": "DocumentReference/consent-1", "signed_at": before}})).await;
-        wf.ok(
-            &id,
-            "attach-physician",
-            &doctor(),
-            json!({"physician": {"practitioner": "D1", "licence": "110450000001"}}),
-        )
-        .await;
+        wf.attach_physician(&id).await;
         for who in [e.as_str(), "D1"] {
             wf.ok(&id, "record_verification", &doctor(), json!({"verification": {"subject": {"kind": "physician", "practitioner": who}, "method": "ca-certificate", "verified_at": before, "result": "passed", "provider_reference": format!("ca-{who}")}})).await;
         }

@@ -35,19 +35,6 @@ fn rules_of(yaml: &str, facility: &str, t: ServiceType) -> Rules {
     CompliancePolicy::new(&c).unwrap().rules(facility, t)
 }
 
-fn prior_diagnosis(k: &mut Case) {
-    k.run(
-        &expert("E1"),
-        Command::RecordPriorDiagnosis {
-            evidence: PriorDiagnosis {
-                code: "E11.9".parse().unwrap(),
-                kind: EvidenceKind::DischargeSummary,
-                document: "DocumentReference/discharge-3".into(),
-            },
-        },
-    );
-}
-
 /// CN-11: a verification older than the facility allows does not count; verifying again
 /// before the session does.
 #[test]
@@ -105,7 +92,7 @@ fn cn_13_a_child_under_six_needs_a_guardian_and_a_physician() {
     let at = k.now;
     k.run(&system(), verification(physician("E1"), at));
     k.run(&system(), verification(Subject::Patient, at));
-    prior_diagnosis(&mut k);
+    k.prior_diagnosis();
     let born = "2022-06-01";
     let missing = start(&mut k, rules, Some(born)).unwrap_err();
     assert_eq!(
@@ -169,7 +156,7 @@ fn cn_05_and_cn_10_are_named_and_then_met() {
     let named: Vec<&str> = missing.iter().map(Requirement::rule).collect();
     assert_eq!(named, ["CN-05", "CN-10"]);
     k.consent();
-    prior_diagnosis(&mut k);
+    k.prior_diagnosis();
     start(&mut k, rules, Some("1980-01-01")).unwrap();
 }
 
@@ -206,7 +193,7 @@ fn cn_12_an_unverified_patient_does_not_start_and_no_face_is_kept() {
     let rules = Rules::statutory(ServiceType::DirectToPatient);
     let mut k = scheduled(ServiceType::DirectToPatient);
     k.consent();
-    prior_diagnosis(&mut k);
+    k.prior_diagnosis();
     let at = k.now;
     k.run(&system(), verification(physician("E1"), at));
     let missing = start(&mut k, rules, Some("1970-01-01")).unwrap_err();

@@ -98,16 +98,7 @@ fn direct_to_patient_needs_patient_real_name_and_a_prior_diagnosis() {
         e.to_string().contains("CN-10: no first visits online"),
         "{e}"
     );
-    k.run(
-        &expert("E1"),
-        Command::RecordPriorDiagnosis {
-            evidence: PriorDiagnosis {
-                code: "E11.9".parse().unwrap(),
-                kind: EvidenceKind::DischargeSummary,
-                document: "DocumentReference/discharge-3".into(),
-            },
-        },
-    );
+    k.prior_diagnosis();
     k.run(&expert("E1"), Command::Start);
     assert_eq!(k.c.state(), State::InSession);
 }

@@ -249,6 +249,20 @@ impl Case {
         )
     }
 
+    /// Prior-diagnosis evidence (a discharge summary of E11.9) recorded by expert E1 (CN-10).
+    pub fn prior_diagnosis(&mut self) -> &mut Case {
+        self.run(
+            &expert("E1"),
+            Command::RecordPriorDiagnosis {
+                evidence: PriorDiagnosis {
+                    code: "E11.9".parse().unwrap(),
+                    kind: EvidenceKind::DischargeSummary,
+                    document: "DocumentReference/discharge-3".into(),
+                },
+            },
+        )
+    }
+
     /// The local physician LOCAL_PHYSICIAN attached (CN-06).
     pub fn attach_physician(&mut self) -> &mut Case {
         self.run(
