@@ -229,6 +229,35 @@ async fn build_test_sign_and_hot_swap_through_the_cli_and_the_api() {
         "version: 1\nname: intake\nsource:\n  http: { path: /in/adt, kind: hl7v2 }\nsteps:\n  - plugin: { name: route-by-facility, config: { default: adt } }\nsinks:\n  - journal: {}\n---\nversion: 1\nname: adt\nsource:\n  http: { path: /in/adt2, kind: hl7v2 }\nsinks:\n  - journal: {}\n",
     )
     .unwrap();
+    // `validate` given a path checks it under ./huizhen.yaml (or -c): the signed plugin is
+    // trusted there, as at run time; without the root it is refused.
+    for args in [
+        &["validate", "pipelines/"][..],
+        &["-c", "huizhen.yaml", "validate", "pipelines/intake.yaml"],
+        &["validate", "huizhen.yaml", "pipelines/intake.yaml"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_huizhen"))
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_huizhen"))
+        .arg("validate")
+        .arg(dir.join("pipelines/intake.yaml"))
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "without the root config the signed plugin is not accepted"
+    );
     let mut child = Command::new(env!("CARGO_BIN_EXE_huizhen"))
         .args(["-c", "huizhen.yaml", "run"])
         .current_dir(dir)

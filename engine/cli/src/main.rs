@@ -577,7 +577,12 @@ fn validate(config: Option<&Path>, paths: &[PathBuf]) -> ExitCode {
     let result = if paths.is_empty() {
         config::load(config).map(|l| plural(l.pipelines.len(), "pipeline"))
     } else {
-        config::validate_paths(paths).map(|n| plural(n, "file"))
+        // The pipelines are checked under the root config they would run with.
+        let root = config.map(Path::to_path_buf).or_else(|| {
+            let here = Path::new("huizhen.yaml");
+            here.exists().then(|| here.to_path_buf())
+        });
+        config::validate_paths_with_root(paths, root.as_deref()).map(|n| plural(n, "file"))
     };
     match result {
         Ok(what) => {

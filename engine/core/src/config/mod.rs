@@ -698,6 +698,17 @@ pub fn validate_text(text: &str) -> Vec<String> {
 }
 
 pub fn validate_paths(paths: &[PathBuf]) -> Result<usize, ConfigErrors> {
+    validate_paths_with_root(paths, None)
+}
+
+/// [`validate_paths`] with the root config the paths belong to (`-c FILE`, or
+/// `./huizhen.yaml`): when none of the paths is a root file, its settings are the ones the
+/// pipelines are checked under (the plugin folder and the trusted keys of signed plugins), as
+/// `huizhen run` would load them; errors in it are reported too.
+pub fn validate_paths_with_root(
+    paths: &[PathBuf],
+    root_file: Option<&Path>,
+) -> Result<usize, ConfigErrors> {
     let mut files = BTreeSet::new();
     let mut errors = Vec::new();
     for p in paths {
@@ -720,10 +731,26 @@ pub fn validate_paths(paths: &[PathBuf]) -> Result<usize, ConfigErrors> {
             errors.push(ConfigError::file(p, "no such file or folder".to_owned()));
         }
     }
+    let given_root = files.iter().any(|f| {
+        matches!(
+            f.file_name().and_then(|n| n.to_str()),
+            Some("huizhen.yaml" | "huizhen.yml")
+        )
+    });
     let count = files.len();
     let mut pipelines = Vec::new();
     let mut plugins = PluginsConfig::default();
     let mut roots = Vec::new();
+    if !given_root && let Some(f) = root_file {
+        match read(f).and_then(|t| parse_yaml::<RootConfig>(f, &t)) {
+            Ok(root) => {
+                errors.extend(check_root(&root, f));
+                // The plugin folder stays relative to the working directory, as `run` has it.
+                plugins = root.plugins.clone();
+            }
+            Err(e) => errors.push(e),
+        }
+    }
     for f in files {
         let is_root = matches!(
             f.file_name().and_then(|n| n.to_str()),
