@@ -138,5 +138,43 @@ async fn the_stand_in_regulator_receives_the_day_s_records_once() {
         )
         .await;
     assert_eq!(s, 400, "{bad}");
+
+    // a is cancelled the same day (so no offer deadline of it falls on the next day); the next
+    // day b is cancelled: the next day's report has b (its cancellation) and not a.
+    wf.ok(
+        &a,
+        "cancel",
+        &super::doctor(),
+        serde_json::json!({"reason": "家属要求暂缓"}),
+    )
+    .await;
+    clock.advance(TimeDelta::days(1));
+    wf.ok(
+        &b,
+        "cancel",
+        &super::doctor(),
+        serde_json::json!({"reason": "患者转诊上级医院"}),
+    )
+    .await;
+    let next = huizhen_core::compliance::regulator::previous_day(
+        clock.now() + TimeDelta::days(1),
+        x.utc_offset_minutes,
+    );
+    let (s, v) = wf
+        .get(
+            &format!("/api/compliance/regulator/daily?date={next}"),
+            &token(Role::Auditor, "nhc-1", "*"),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let listed: Vec<&str> = v["consultations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [b.as_str()], "{v}");
+    assert_eq!(v["consultations"][0]["cancelled"], true, "{v}");
+    assert_eq!(v["consultations"][0]["state"], "cancelled", "{v}");
     wf.stop().await;
 }

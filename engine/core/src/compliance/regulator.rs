@@ -34,18 +34,28 @@ pub fn previous_day(now: DateTime<Utc>, offset_minutes: i32) -> NaiveDate {
     local.pred_opt().unwrap_or(local)
 }
 
-/// The report of the local `date`: every consultation requested, accepted or completed that
-/// day, each with its records (see the module's doc).
+/// The report of the local `date`: every consultation with an event that day (requested,
+/// accepted, started, cancelled, failed, completed, …), each with its records (see the
+/// module's doc).
 pub async fn daily_report(store: &Store, date: NaiveDate, offset_minutes: i32) -> Result<Value> {
     let (from, to) = day_bounds(date, offset_minutes);
-    let facts = store.consultation_facts_touched(from, to).await?;
-    let mut consultations = Vec::with_capacity(facts.len());
+    let ids = store
+        .consultations_changed(from.timestamp_millis(), to.timestamp_millis())
+        .await?;
+    let mut consultations = Vec::with_capacity(ids.len());
     let mut facilities = std::collections::BTreeSet::new();
-    for f in &facts {
-        let Some(stored) = store.consultation(&f.consultation_id).await? else {
+    let mut completed = 0;
+    for id in &ids {
+        let Some(stored) = store.consultation(id).await? else {
             continue;
         };
         let c = &stored.consultation;
+        let entries = c.timeline();
+        let first = |event: &str| entries.iter().find(|e| e.event == event).map(|e| e.at);
+        let completed_at = first("completed");
+        if completed_at.is_some_and(|t| t >= from && t < to) {
+            completed += 1;
+        }
         let r = c.request();
         facilities.insert(r.requesting_facility.clone());
         let opinion = c.opinion().map(|o| {
@@ -64,9 +74,8 @@ pub async fn daily_report(store: &Store, date: NaiveDate, offset_minutes: i32) -
                 "final_diagnoses": d.decision.final_diagnoses.iter().map(ToString::to_string).collect::<Vec<_>>(),
             })
         });
-        let timeline: Vec<Value> = c
-            .timeline()
-            .into_iter()
+        let timeline: Vec<Value> = entries
+            .iter()
             .map(|e| {
                 json!({
                     "at": e.at,
@@ -91,11 +100,11 @@ pub async fn daily_report(store: &Store, date: NaiveDate, offset_minutes: i32) -
             "patient": c.patient(),
             "expert": c.accepted_by(),
             "state": c.state().code(),
-            "created_at": f.created_at,
-            "accepted_at": f.accepted_at,
-            "completed_at": f.completed_at,
-            "cancelled": f.cancelled,
-            "failed": f.failed,
+            "created_at": first("created"),
+            "accepted_at": first("accepted"),
+            "completed_at": completed_at,
+            "cancelled": first("cancelled").is_some(),
+            "failed": first("failed").is_some(),
             "opinion": opinion,
             "local_decision": decision,
             "timeline": timeline,
@@ -110,7 +119,7 @@ pub async fn daily_report(store: &Store, date: NaiveDate, offset_minutes: i32) -
         "facilities": facilities,
         "counts": {
             "consultations": consultations.len(),
-            "completed": facts.iter().filter(|f| f.completed_at.is_some_and(|t| t >= from && t < to)).count(),
+            "completed": completed,
         },
         "consultations": consultations,
     }))

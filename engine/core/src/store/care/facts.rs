@@ -134,30 +134,6 @@ impl Store {
         self.facts_by_creation(s).await
     }
 
-    /// The facts of the consultations requested, accepted or completed in `[from, to)` (a
-    /// day's activity, for the regulator's daily records), by creation time.
-    pub async fn consultation_facts_touched(
-        &self,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-    ) -> Result<Vec<ConsultationFacts>> {
-        let mut s = Sql::new(FACTS_SELECT.into());
-        for (i, column) in ["created_at", "accepted_at", "completed_at"]
-            .iter()
-            .enumerate()
-        {
-            if i > 0 {
-                s.push(" OR ");
-            }
-            s.push(&format!("({column} >= "));
-            s.bind(ms(from));
-            s.push(&format!(" AND {column} < "));
-            s.bind(ms(to));
-            s.push(")");
-        }
-        self.facts_by_creation(s).await
-    }
-
     /// Runs a [`FACTS_SELECT`] query, ordered by creation time.
     async fn facts_by_creation(&self, mut s: Sql) -> Result<Vec<ConsultationFacts>> {
         s.push(" ORDER BY created_at, consultation_id");

@@ -186,6 +186,28 @@ fn summary(r: &AnyRow) -> Result<ConsultationSummary, StoreError> {
 }
 
 impl Store {
+    /// The ids of the consultations with an event in `[from_ms, to_ms)` (anything that
+    /// happened to them then: created, accepted, cancelled, completed, …), by id.
+    pub async fn consultations_changed(&self, from_ms: i64, to_ms: i64) -> Result<Vec<String>> {
+        let mut s = Sql::new(
+            "SELECT DISTINCT consultation_id FROM consultation_events WHERE at >= ".into(),
+        );
+        s.bind(from_ms);
+        s.push(" AND at < ");
+        s.bind(to_ms);
+        s.push(" ORDER BY consultation_id");
+        let rows = s
+            .query()
+            .fetch_all(&self.read)
+            .await
+            .map_err(q("read consultations changed"))?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get::<String, _>("consultation_id"))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(q("decode consultations changed"))?)
+    }
+
     /// The consultation created from `key` (an HIS order number), if any.
     pub async fn consultation_by_source(&self, key: &str) -> Result<Option<String>> {
         let mut conn = self.read.acquire().await.map_err(q("acquire a reader"))?;
