@@ -260,7 +260,7 @@ fn sink_flow(ty: &str, s: &Value) -> (bool, Flow) {
             f(format!(
                 "HTTP {} {}",
                 or(&text(s, "method"), "POST"),
-                redact_template_url(&text(s, "url"))
+                crate::store::redact_url(&text(s, "url"))
             )),
         ),
         "amqp" => (
@@ -502,11 +502,6 @@ fn allow_list(s: &Value) -> String {
 
 fn redacted(v: &Value, key: &str) -> String {
     crate::store::redact_url(&text(v, key))
-}
-
-/// A sink URL template without its user part and query values (templates may name headers).
-fn redact_template_url(url: &str) -> String {
-    crate::store::redact_url(url)
 }
 
 impl ProcessingRecord {

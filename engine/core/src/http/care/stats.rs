@@ -97,9 +97,16 @@ pub(super) async fn regulator_daily(
 ) -> Reply {
     use crate::compliance::regulator;
     let pairs = params(pairs, &["date"])?;
-    let offset = crate::care::Care::of(&s.extensions)
-        .appointments
-        .utc_offset_minutes;
+    // The days are local by the matching settings' offset, as the pushed report's are.
+    let offset = s
+        .extensions
+        .get::<crate::workflow::Workflow>()
+        .map(|w| w.config().matching.utc_offset_minutes)
+        .unwrap_or(
+            crate::care::Care::of(&s.extensions)
+                .appointments
+                .utc_offset_minutes,
+        );
     let date = match param(&pairs, "date") {
         Some(d) => d.parse::<chrono::NaiveDate>().map_err(|e| {
             Refusal::new(
