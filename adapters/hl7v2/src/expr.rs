@@ -80,7 +80,7 @@ fn describe(
 }
 
 inventory::submit! {
-    KindSupport { kind: "hl7v2", extend, describe }
+    KindSupport { kind: "hl7v2", extend, functions: &["hl7", "hl7_null"], describe }
 }
 
 /// The text of a journaled HL7 body for the API, decoded as [`decode_body`] does (the

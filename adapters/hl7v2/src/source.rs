@@ -501,6 +501,67 @@ fn fallback_header(text: &str) -> Header {
     h
 }
 
+/// The headers and dedup key an accepted message gets from its MSH: `hl7-type`,
+/// `hl7-control-id`, `hl7-version` (`default_version` when MSH-12 is empty), `hl7-charset`,
+/// the sending application and facility, `hl7-app-ack` when the sender asked for application
+/// acknowledgements, and MSH-3|MSH-4|MSH-10 as the dedup key.
+pub(crate) fn intake_headers(
+    m: &mut NewMessage,
+    h: &Header,
+    default_version: &str,
+    encoding: &'static encoding_rs::Encoding,
+) {
+    let version = if h.version.is_empty() {
+        default_version.to_owned()
+    } else {
+        h.version.clone()
+    };
+    m.headers.insert(
+        "hl7-type".into(),
+        format!("{}^{}", h.message_type, h.trigger),
+    );
+    m.headers
+        .insert("hl7-control-id".into(), h.control_id.clone());
+    m.headers.insert("hl7-version".into(), version);
+    m.headers
+        .insert("hl7-charset".into(), encoding.name().to_owned());
+    m.headers.insert(
+        "hl7-sending-application".into(),
+        h.sending_application.clone(),
+    );
+    m.headers
+        .insert("hl7-sending-facility".into(), h.sending_facility.clone());
+    let plan = ack::plan(&h.accept_ack, &h.app_ack, &Outcome::Accepted);
+    if let Some(c) = plan.application {
+        m.headers.insert("hl7-app-ack".into(), format!("{c:?}"));
+    }
+    if !h.control_id.is_empty() {
+        m.dedup_key = Some(format!(
+            "{}|{}|{}",
+            h.sending_application, h.sending_facility, h.control_id
+        ));
+    }
+}
+
+/// An HL7 message that enters a pipeline without the MLLP source (`huizhen test`'s inputs):
+/// decoded as an `hl7v2` body is, given the headers the source would give it.
+fn intake(m: &mut NewMessage) -> Result<(), String> {
+    let decoded = crate::expr::decode_body(&m.body, &m.headers).map_err(|e| e.to_string())?;
+    let encoding = decoded.encoding;
+    let message = Message::from_decoded(decoded)
+        .map_err(|e| format!("not a readable HL7 v2 message: {e}"))?;
+    let h = message.header();
+    let given = std::mem::take(&mut m.headers);
+    intake_headers(m, &h, &default_version(), encoding);
+    // Headers the input names itself win over the source's.
+    m.headers.extend(given);
+    Ok(())
+}
+
+inventory::submit! {
+    huizhen_core::expr::KindIntake { kind: "hl7v2", intake }
+}
+
 /// Handles one message: returns the ACK to send back.
 async fn handle(s: &Shared, conn: &mut Conn, raw: Vec<u8>) -> Answer {
     let peer = conn.peer;
@@ -580,27 +641,10 @@ async fn handle(s: &Shared, conn: &mut Conn, raw: Vec<u8>) -> Answer {
     let mut m = NewMessage::new(s.pipeline.name(), s.pipeline.facility(), "hl7v2", raw);
     m.source.clone_from(&conn.source);
     m.headers.extend(conn.batch_headers.iter().cloned());
-    let version = if h.version.is_empty() {
+    if h.version.is_empty() {
         tracing::warn!(%peer, control_id = %h.control_id, default = %s.config.default_version, "MSH-12 is empty; the channel's default version applies");
-        s.config.default_version.clone()
-    } else {
-        h.version.clone()
-    };
-    m.headers.insert(
-        "hl7-type".into(),
-        format!("{}^{}", h.message_type, h.trigger),
-    );
-    m.headers
-        .insert("hl7-control-id".into(), h.control_id.clone());
-    m.headers.insert("hl7-version".into(), version);
-    m.headers
-        .insert("hl7-charset".into(), encoding.name().to_owned());
-    m.headers.insert(
-        "hl7-sending-application".into(),
-        h.sending_application.clone(),
-    );
-    m.headers
-        .insert("hl7-sending-facility".into(), h.sending_facility.clone());
+    }
+    intake_headers(&mut m, &h, &s.config.default_version, encoding);
     if replaced {
         m.headers
             .insert("hl7-charset-replaced".into(), "true".into());
@@ -608,16 +652,6 @@ async fn handle(s: &Shared, conn: &mut Conn, raw: Vec<u8>) -> Answer {
     if detected_utf8 {
         m.headers
             .insert("hl7-charset-detected".into(), "UTF-8".into());
-    }
-    let plan = ack::plan(&h.accept_ack, &h.app_ack, &Outcome::Accepted);
-    if let Some(c) = plan.application {
-        m.headers.insert("hl7-app-ack".into(), format!("{c:?}"));
-    }
-    if !h.control_id.is_empty() {
-        m.dedup_key = Some(format!(
-            "{}|{}|{}",
-            h.sending_application, h.sending_facility, h.control_id
-        ));
     }
     let outcome = match s.pipeline.submit(m).await {
         Ok(a) => {

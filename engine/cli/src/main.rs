@@ -125,6 +125,10 @@ enum Command {
     Init(StoreArgs),
     /// Check config and pipeline files and print every error with file:line:column.
     Validate(ValidateArgs),
+    /// Run the pipelines' test files (`pipelines/NAME.test.yaml`): each input through its
+    /// pipeline in an engine of its own (a temporary store, a fixed clock, sinks not called);
+    /// exit 1 with a diff when a case fails, 2 when a test file cannot run.
+    Test(TestArgs),
     /// Browse and reprocess journaled messages.
     Messages(WithStore<MessagesCommand>),
     /// What waits in the journal: unfinished messages per pipeline and the oldest one's age.
@@ -209,6 +213,7 @@ impl Command {
             Command::Reload(_) => "reload",
             Command::Init(_) => "init",
             Command::Validate(_) => "validate",
+            Command::Test(_) => "test",
             Command::Messages(_) => "messages",
             Command::Backlog(_) => "backlog",
             Command::Migrate(_) => "migrate",
@@ -252,6 +257,19 @@ struct ValidateArgs {
     config: ConfigArgs,
     /// Files or folders to check (default: the root config and the pipelines it names).
     paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct TestArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Test files or folders (default: the `*.test.yaml` beside the pipelines the root config
+    /// names).
+    paths: Vec<PathBuf>,
+    /// Print each case's trail (the steps and sinks its message passed), not only a failing
+    /// case's.
+    #[arg(short, long)]
+    verbose: bool,
 }
 
 #[derive(Debug, Args)]
@@ -339,10 +357,16 @@ struct ReprocessArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `huizhen test` prints its own report: the engines it starts log errors only.
+    let default_filter = if matches!(cli.command, Command::Test(_)) {
+        "error"
+    } else {
+        "info,sqlx=warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -441,7 +465,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
     let uses_store = uses_config
         && !matches!(
             cli.command,
-            Command::Validate(_) | Command::Plugin(_) | Command::Compliance(_)
+            Command::Validate(_)
+                | Command::Test(_)
+                | Command::Plugin(_)
+                | Command::Compliance(_)
         );
     if (cli.config.is_some() && !uses_config) || (cli.database_url.is_some() && !uses_store) {
         let what = if cli.database_url.is_some() && !uses_store {
@@ -471,6 +498,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Validate(args) => {
             let config = args.config.config.or_else(|| top.config.clone());
             Ok(validate(config.as_deref(), &args.paths))
+        }
+        Command::Test(args) => {
+            let config = args.config.config.clone().or_else(|| top.config.clone());
+            Ok(pipeline_tests(config.as_deref(), &args).await)
         }
         Command::Run(args) => {
             let s = store_of(&args.store);
@@ -593,6 +624,85 @@ fn validate(config: Option<&Path>, paths: &[PathBuf]) -> ExitCode {
             eprintln!("{errors}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `huizhen test`: every test file, a line per case, a failing case's differences and trail.
+async fn pipeline_tests(config: Option<&Path>, args: &TestArgs) -> ExitCode {
+    let files = match huizhen_core::pipetest::discover(&args.paths, config) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    if files.is_empty() {
+        eprintln!(
+            "error: no test files found{}: write pipelines/NAME.test.yaml beside the pipelines (see docs/pipelines.md, \"Testing pipelines\")",
+            if args.paths.is_empty() { " beside the pipelines" } else { " in the paths given" }
+        );
+        return ExitCode::from(USAGE);
+    }
+    let (mut passed, mut failed, mut broken) = (0usize, 0usize, 0usize);
+    for f in &files {
+        let report = huizhen_core::pipetest::run(f, config).await;
+        write_stdout(format_args!("{}", report.file.display()), true);
+        for e in &report.errors {
+            broken += 1;
+            for line in e.lines() {
+                write_stdout(format_args!("  {line}"), true);
+            }
+        }
+        for c in &report.cases {
+            if c.passed() {
+                passed += 1;
+                write_stdout(format_args!("  ok    {}", c.name), true);
+            } else {
+                failed += 1;
+                write_stdout(
+                    format_args!("  FAIL  {} ({}:{})", c.name, report.file.display(), c.line),
+                    true,
+                );
+                for failure in &c.failures {
+                    for (i, line) in failure.lines().enumerate() {
+                        let lead = if i == 0 { "        " } else { "          " };
+                        write_stdout(format_args!("{lead}{line}"), true);
+                    }
+                }
+            }
+            if !c.passed() || args.verbose {
+                if c.trail.is_empty() {
+                    write_stdout(format_args!("        trail: no step or sink passed"), true);
+                } else {
+                    write_stdout(format_args!("        trail:"), true);
+                    for t in &c.trail {
+                        write_stdout(format_args!("          {t}"), true);
+                    }
+                }
+            }
+        }
+    }
+    let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    write_stdout(
+        format_args!(
+            "\n{} passed, {} failed{} ({})",
+            passed,
+            failed,
+            if broken > 0 {
+                format!(", {}", plural(broken, "file error"))
+            } else {
+                String::new()
+            },
+            plural(files.len(), "test file")
+        ),
+        true,
+    );
+    if broken > 0 {
+        ExitCode::from(USAGE)
+    } else if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

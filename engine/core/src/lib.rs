@@ -20,6 +20,7 @@ pub mod media;
 pub mod message;
 pub mod objects;
 pub mod patients;
+pub mod pipetest;
 pub mod runner;
 pub mod security;
 pub mod sinks;

@@ -111,6 +111,30 @@ pub struct NewMessage {
 }
 
 impl NewMessage {
+    /// A `Message` view of this message before it is journaled (no id yet): what expressions
+    /// evaluated at submit time (dedup and ordering keys) see.
+    pub fn preview(&self) -> Message {
+        let now = now_ms();
+        Message {
+            id: String::new(),
+            facility: self.facility.clone(),
+            pipeline: self.pipeline.clone(),
+            kind: self.kind.clone(),
+            body: self.body.clone(),
+            headers: self.headers.clone(),
+            source: self.source.clone(),
+            received_at: now,
+            trace_id: self.trace_id.clone().unwrap_or_default(),
+            dedup_key: self.dedup_key.clone(),
+            parent_id: self.parent_id.clone(),
+            state: State::Received,
+            attempts: 0,
+            next_attempt_at: None,
+            last_error: None,
+            updated_at: now,
+        }
+    }
+
     pub fn new(pipeline: &str, facility: &str, kind: &str, body: Vec<u8>) -> NewMessage {
         NewMessage {
             facility: facility.to_owned(),

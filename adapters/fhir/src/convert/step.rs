@@ -158,7 +158,7 @@ fn describe(
 }
 
 inventory::submit! {
-    KindSupport { kind: FHIR_JSON, extend, describe }
+    KindSupport { kind: FHIR_JSON, extend, functions: &[], describe }
 }
 
 #[cfg(test)]

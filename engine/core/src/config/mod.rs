@@ -10,6 +10,7 @@
 pub mod duration;
 mod error;
 mod interpolate;
+mod salvage;
 pub mod workflow;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,6 +23,7 @@ use serde_saphyr::Spanned;
 pub use error::{ConfigError, ConfigErrors, did_you_mean};
 use error::{first_quoted, tidy_build_error};
 use interpolate::interpolate;
+pub use salvage::{ParsedFile, PartialRoute};
 
 use crate::expr::Expr;
 use crate::runner::{BuildContext, Router};
@@ -548,26 +550,47 @@ pub struct Loaded {
     pub pipelines: Vec<LoadedPipeline>,
 }
 
-/// Parses one YAML document into `T`, after `${ENV}` interpolation.
 /// Parses a pipeline file: one pipeline, or several YAML documents separated by `---`, each a
-/// pipeline (so a demo or a site can keep related pipelines together).
+/// pipeline (so a demo or a site can keep related pipelines together). The first error only:
+/// [`parse_pipelines_all`] gives every error.
 pub fn parse_pipelines(file: &Path, text: &str) -> Result<Vec<PipelineConfig>, ConfigError> {
-    let interpolated = interpolate(file, text)?;
-    let docs: Vec<PipelineConfig> =
-        serde_saphyr::from_multiple(&interpolated.text).map_err(|e| {
-            let mut err = ConfigError::from_yaml(file, &interpolated.text, &e);
-            interpolated.restore(text, &mut err);
-            err
-        })?;
-    if docs.is_empty() {
-        return Err(ConfigError::file(
-            file,
-            "the file is empty: a pipeline needs at least `version`, `name` and `source`".into(),
-        ));
+    let parsed = parse_pipelines_all(file, text);
+    match parsed.errors.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(parsed.configs),
     }
-    Ok(docs)
 }
 
+/// [`parse_pipelines`] with every error of the file that the parser can get past (see
+/// `salvage.rs`), and the pipelines that parsed.
+pub fn parse_pipelines_all(file: &Path, text: &str) -> ParsedFile {
+    let interpolated = match interpolate(file, text) {
+        Ok(i) => i,
+        Err(e) => {
+            return ParsedFile {
+                errors: vec![e],
+                ..ParsedFile::default()
+            };
+        }
+    };
+    match serde_saphyr::from_multiple::<PipelineConfig>(&interpolated.text) {
+        Ok(docs) if docs.is_empty() => ParsedFile {
+            errors: vec![ConfigError::file(
+                file,
+                "the file is empty: a pipeline needs at least `version`, `name` and `source`"
+                    .into(),
+            )],
+            ..ParsedFile::default()
+        },
+        Ok(configs) => ParsedFile {
+            configs,
+            ..ParsedFile::default()
+        },
+        Err(_) => salvage::salvage(file, text, &interpolated),
+    }
+}
+
+/// Parses one YAML document into `T`, after `${ENV}` interpolation.
 pub fn parse_yaml<T: serde::de::DeserializeOwned>(
     file: &Path,
     text: &str,
@@ -627,7 +650,12 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigErrors> {
     for g in &root.pipelines {
         let pattern = base.join(g);
         match glob::glob(&pattern.to_string_lossy()) {
-            Ok(paths) => files.extend(paths.flatten()),
+            // Test files (`NAME.test.yaml`) sit beside the pipelines; `huizhen test` reads them.
+            Ok(paths) => files.extend(
+                paths
+                    .flatten()
+                    .filter(|f| !crate::pipetest::is_test_file(f)),
+            ),
             Err(e) => errors.push(ConfigError::file(
                 root_file.as_deref().unwrap_or(Path::new("huizhen.yaml")),
                 format!("invalid pipeline glob {g:?}: {e}"),
@@ -635,17 +663,27 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigErrors> {
         }
     }
     let mut pipelines = Vec::new();
+    let mut unparsed = Vec::new();
+    let mut partial_routes = Vec::new();
     for f in files {
-        match read(&f).and_then(|t| parse_pipelines(&f, &t)) {
-            Ok(configs) => pipelines.extend(configs.into_iter().map(|config| LoadedPipeline {
-                file: f.clone(),
-                config,
-            })),
+        match read(&f) {
+            Ok(t) => {
+                let parsed = parse_pipelines_all(&f, &t);
+                errors.extend(parsed.errors);
+                unparsed.extend(parsed.failed_names);
+                partial_routes.extend(parsed.routes);
+                pipelines.extend(parsed.configs.into_iter().map(|config| LoadedPipeline {
+                    file: f.clone(),
+                    config,
+                }));
+            }
             Err(e) => errors.push(e),
         }
     }
-    errors.extend(check_with(
+    errors.extend(check_all(
         &pipelines,
+        &unparsed,
+        &partial_routes,
         &crate::extensions::Extensions::new(&root.plugins),
     ));
     errors.extend(check_outbound(
@@ -666,14 +704,28 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigErrors> {
             pipelines,
         })
     } else {
+        sort_errors(&mut errors);
         Err(ConfigErrors(errors))
     }
 }
 
-/// What `huizhen validate PATH...` checks: files and folders (every `*.yaml`/`*.yml` inside).
-/// A file named `huizhen.yaml`/`huizhen.yml` is read as a root config, anything else as a
-/// pipeline; a root checked together with pipelines must name its outbound pipelines among
-/// them. Returns how many files were checked.
+/// Each file's errors in the order of its lines (files in the order they were first reported).
+fn sort_errors(errors: &mut [ConfigError]) {
+    let mut order: Vec<PathBuf> = Vec::new();
+    for e in errors.iter() {
+        if !order.contains(&e.file) {
+            order.push(e.file.clone());
+        }
+    }
+    errors.sort_by_key(|e| {
+        (
+            order.iter().position(|f| *f == e.file),
+            e.line,
+            e.column,
+        )
+    });
+}
+
 /// Checks one pipeline's YAML text as `huizhen validate` checks a file (written to a temporary
 /// file first: errors are located in the file), each error as `line:column: message`. For the
 /// config-error tests of components that live in adapter crates.
@@ -697,6 +749,10 @@ pub fn validate_text(text: &str) -> Vec<String> {
     errors
 }
 
+/// What `huizhen validate PATH...` checks: files and folders (every `*.yaml`/`*.yml` inside).
+/// A file named `huizhen.yaml`/`huizhen.yml` is read as a root config, `NAME.test.yaml` as a
+/// pipeline test file, anything else as a pipeline; a root checked together with pipelines
+/// must name its outbound pipelines among them. Returns how many files were checked.
 pub fn validate_paths(paths: &[PathBuf]) -> Result<usize, ConfigErrors> {
     validate_paths_with_root(paths, None)
 }
@@ -739,6 +795,8 @@ pub fn validate_paths_with_root(
     });
     let count = files.len();
     let mut pipelines = Vec::new();
+    let mut unparsed = Vec::new();
+    let mut partial_routes = Vec::new();
     let mut plugins = PluginsConfig::default();
     let mut roots = Vec::new();
     if !given_root && let Some(f) = root_file {
@@ -763,7 +821,11 @@ pub fn validate_paths_with_root(
                 continue;
             }
         };
-        if is_root {
+        if crate::pipetest::is_test_file(&f) {
+            if let Err(e) = parse_yaml::<crate::pipetest::TestFile>(&f, &text) {
+                errors.push(e);
+            }
+        } else if is_root {
             match parse_yaml::<RootConfig>(&f, &text) {
                 Ok(root) => {
                     errors.extend(check_root(&root, &f));
@@ -773,17 +835,20 @@ pub fn validate_paths_with_root(
                 Err(e) => errors.push(e),
             }
         } else {
-            match parse_pipelines(&f, &text) {
-                Ok(configs) => pipelines.extend(configs.into_iter().map(|config| LoadedPipeline {
-                    file: f.clone(),
-                    config,
-                })),
-                Err(e) => errors.push(e),
-            }
+            let parsed = parse_pipelines_all(&f, &text);
+            errors.extend(parsed.errors);
+            unparsed.extend(parsed.failed_names);
+            partial_routes.extend(parsed.routes);
+            pipelines.extend(parsed.configs.into_iter().map(|config| LoadedPipeline {
+                file: f.clone(),
+                config,
+            }));
         }
     }
-    errors.extend(check_with(
+    errors.extend(check_all(
         &pipelines,
+        &unparsed,
+        &partial_routes,
         &crate::extensions::Extensions::new(&plugins),
     ));
     // A root checked with pipelines names outbound pipelines among them; checked alone, its
@@ -796,6 +861,7 @@ pub fn validate_paths_with_root(
     if errors.is_empty() {
         Ok(count)
     } else {
+        sort_errors(&mut errors);
         Err(ConfigErrors(errors))
     }
 }
@@ -878,6 +944,34 @@ fn known_pipelines(names: &BTreeMap<&str, &LoadedPipeline>) -> String {
     }
 }
 
+/// The error for a route step's target that is no pipeline checked.
+fn unknown_route(
+    names: &BTreeMap<&str, &LoadedPipeline>,
+    unparsed: &[String],
+    file: &Path,
+    step: usize,
+    target: &str,
+    at: &serde_saphyr::Location,
+) -> Option<ConfigError> {
+    if names.contains_key(target) || unparsed.iter().any(|u| u == target) {
+        return None;
+    }
+    let known = names
+        .keys()
+        .copied()
+        .chain(unparsed.iter().map(String::as_str));
+    let hint = match error::did_you_mean(target, known) {
+        Some(s) => format!("; did you mean {s:?}?"),
+        None => known_pipelines(names),
+    };
+    Some(ConfigError::at_value(
+        file,
+        at,
+        Some(target),
+        format!("steps[{step}]: route target {target:?} is not a known pipeline{hint}"),
+    ))
+}
+
 /// Builds every pipeline without starting it and returns every error found.
 pub fn check(pipelines: &[LoadedPipeline]) -> Vec<ConfigError> {
     check_with(pipelines, &crate::extensions::Extensions::default())
@@ -887,6 +981,18 @@ pub fn check(pipelines: &[LoadedPipeline]) -> Vec<ConfigError> {
 /// trusted keys).
 pub fn check_with(
     pipelines: &[LoadedPipeline],
+    extensions: &crate::extensions::Extensions,
+) -> Vec<ConfigError> {
+    check_all(pipelines, &[], &[], extensions)
+}
+
+/// [`check_with`], where `unparsed` names pipelines whose files have errors (they exist, so a
+/// route to one is not a route to an unknown pipeline) and `partial_routes` are the routes of
+/// those pipelines' steps that parsed (their targets are checked too).
+fn check_all(
+    pipelines: &[LoadedPipeline],
+    unparsed: &[String],
+    partial_routes: &[PartialRoute],
     extensions: &crate::extensions::Extensions,
 ) -> Vec<ConfigError> {
     let mut errors = Vec::new();
@@ -963,6 +1069,11 @@ pub fn check_with(
             ));
         }
     }
+    for r in partial_routes {
+        if let Some(e) = unknown_route(&names, unparsed, &r.file, r.step, &r.target, &r.at) {
+            errors.push(e);
+        }
+    }
     for p in pipelines {
         let ctx = BuildContext {
             pipeline: p.config.name.value.clone(),
@@ -1000,19 +1111,10 @@ pub fn check_with(
                 ));
             }
             for target in s.value.routes_to() {
-                if !names.contains_key(target.as_str()) {
-                    let hint = match error::did_you_mean(&target, names.keys().copied()) {
-                        Some(s) => format!("; did you mean {s:?}?"),
-                        None => known_pipelines(&names),
-                    };
-                    errors.push(ConfigError::at_value(
-                        &p.file,
-                        &s.referenced,
-                        Some(&target),
-                        format!(
-                            "steps[{i}]: route target {target:?} is not a known pipeline{hint}"
-                        ),
-                    ));
+                if let Some(e) =
+                    unknown_route(&names, unparsed, &p.file, i, &target, &s.referenced)
+                {
+                    errors.push(e);
                 }
             }
         }

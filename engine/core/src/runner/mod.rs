@@ -22,6 +22,7 @@ mod metrics;
 mod pipeline;
 mod process_metrics;
 mod reload;
+pub mod tap;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -170,6 +171,29 @@ pub struct Engine {
     workers: TaskTracker,
     sources: TaskTracker,
     wake: Arc<Notify>,
+    taps: tap::Taps,
+}
+
+/// How an engine starts: [`Engine::start_with`].
+#[derive(Clone)]
+pub struct EngineOptions {
+    /// The consultation workflow's time (a [`crate::clock::FakeClock`] in tests).
+    pub clock: Arc<dyn crate::clock::Clock>,
+    /// Start the sources (listeners, pollers). Without them messages enter only by
+    /// [`PipelineHandle::submit`] (`huizhen test`).
+    pub sources: bool,
+    /// Sinks are not called; taps see what they would have got.
+    pub dry_run: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            clock: Arc::new(crate::clock::SystemClock),
+            sources: true,
+            dry_run: false,
+        }
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -196,6 +220,19 @@ impl Engine {
         loaded: Loaded,
         clock: Arc<dyn crate::clock::Clock>,
     ) -> Result<Engine, EngineError> {
+        Engine::start_with(
+            loaded,
+            EngineOptions {
+                clock,
+                ..EngineOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// [`Engine::start`] with its [`EngineOptions`].
+    pub async fn start_with(loaded: Loaded, options: EngineOptions) -> Result<Engine, EngineError> {
+        let clock = options.clock.clone();
         let root = &loaded.root;
         let store = Store::open(&StoreOptions {
             url: root.store.url.clone(),
@@ -401,6 +438,7 @@ impl Engine {
             cluster: remote.is_some(),
         };
         let sources = TaskTracker::new();
+        let taps = tap::Taps::default();
         let fleet = Arc::new(fleet::Fleet::new(
             pipeline::Wiring {
                 journal: journal.clone(),
@@ -408,6 +446,8 @@ impl Engine {
                 shutdown: shutdown.clone(),
                 remote: remote.clone(),
                 router: router.clone(),
+                taps: taps.clone(),
+                dry_run: options.dry_run,
             },
             store.clone(),
             extensions.clone(),
@@ -518,6 +558,9 @@ impl Engine {
         // Every source starts (a listener binds its port) before the engine says it started: a
         // source that cannot start stops the start with the pipeline, the source and the cause.
         for b in built {
+            if !options.sources {
+                continue;
+            }
             if let Err(e) = fleet.start_source(b).await {
                 shutdown.cancel();
                 return Err(start_error(e));
@@ -537,7 +580,13 @@ impl Engine {
             workers,
             sources,
             wake,
+            taps,
         })
+    }
+
+    /// The engine's taps: open one to watch messages pass (see [`tap`]).
+    pub fn taps(&self) -> &tap::Taps {
+        &self.taps
     }
 
     /// The consultation workflow service.

@@ -197,7 +197,11 @@ impl Fleet {
         files.extend(state.texts.keys().cloned());
         for g in &state.globs {
             match glob::glob(g) {
-                Ok(paths) => files.extend(paths.flatten()),
+                Ok(paths) => files.extend(
+                    paths
+                        .flatten()
+                        .filter(|f| !crate::pipetest::is_test_file(f)),
+                ),
                 Err(e) => tracing::warn!(glob = %g, error = %e, "pipeline glob not read"),
             }
         }

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Metrics, Router};
 use crate::config::PipelineConfig;
 use crate::expr::Expr;
-use crate::message::{Accepted, Message, NewMessage, State, now_ms};
+use crate::message::{Accepted, Message, NewMessage, now_ms};
 use crate::sinks::Sink;
 use crate::steps::Step;
 use crate::store::{Journal, StoreError};
@@ -126,6 +126,8 @@ struct Inner {
     feed: tokio::sync::Notify,
     backlog_limit: crate::config::BacklogLimit,
     backlog: Mutex<BacklogCount>,
+    taps: super::tap::Taps,
+    dry_run: bool,
 }
 
 /// What this pipeline holds in the journal, as last counted (`sync_backlog`, every few seconds)
@@ -225,6 +227,10 @@ pub(in crate::runner) struct Wiring {
     pub shutdown: CancellationToken,
     pub remote: Option<Remote>,
     pub router: Router,
+    /// Who watches messages pass (`huizhen test`, `huizhen tap`).
+    pub taps: super::tap::Taps,
+    /// Sinks are not called: what they would get is reported to the taps (`huizhen test`).
+    pub dry_run: bool,
 }
 
 impl PipelineHandle {
@@ -331,6 +337,8 @@ impl PipelineHandle {
                 feed: tokio::sync::Notify::new(),
                 backlog_limit: cfg.backlog_limit,
                 backlog: Mutex::default(),
+                taps: wiring.taps.clone(),
+                dry_run: wiring.dry_run,
             }),
         };
         (handle, receivers)
@@ -692,23 +700,5 @@ impl PipelineHandle {
 
 /// A `Message` view of a not-yet-journaled message (for expressions evaluated at submit time).
 fn preview(m: &NewMessage) -> Message {
-    let now = now_ms();
-    Message {
-        id: String::new(),
-        facility: m.facility.clone(),
-        pipeline: m.pipeline.clone(),
-        kind: m.kind.clone(),
-        body: m.body.clone(),
-        headers: m.headers.clone(),
-        source: m.source.clone(),
-        received_at: now,
-        trace_id: m.trace_id.clone().unwrap_or_default(),
-        dedup_key: m.dedup_key.clone(),
-        parent_id: m.parent_id.clone(),
-        state: State::Received,
-        attempts: 0,
-        next_attempt_at: None,
-        last_error: None,
-        updated_at: now,
-    }
+    m.preview()
 }

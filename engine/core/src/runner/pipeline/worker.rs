@@ -10,6 +10,7 @@ use rand::Rng;
 use tokio::sync::oneshot;
 
 use super::{PipelineHandle, Receivers};
+use crate::runner::tap::{Outcome as Passed, Place};
 use crate::message::{Message, State, now_ms};
 use crate::store::Transition;
 use crate::work::{Flow, StepError, Work};
@@ -195,7 +196,8 @@ impl PipelineHandle {
                     if last {
                         i.metrics.dead(&i.name);
                         let reason = format!("{step}: {}", error.message);
-                        for sink in &i.sinks {
+                        let notified = if i.dry_run { &[][..] } else { &i.sinks[..] };
+                        for sink in notified {
                             let mut w = Work::from_message(&m);
                             if let Err(e) = sink.on_dead(&mut w, &reason).await {
                                 tracing::warn!(pipeline = %i.name, id = %m.id, sink = sink.name(), error = %e, "dead-letter notice not delivered");
@@ -257,10 +259,19 @@ impl PipelineHandle {
     async fn run_once(&self, m: &Message) -> Outcome {
         let i = &self.inner;
         let mut work = Work::from_message(m);
-        for (label, step) in &i.steps {
+        for (n, (label, step)) in i.steps.iter().enumerate() {
             let t0 = Instant::now();
             let r = step.apply(&mut work).await;
             i.metrics.step_latency(&i.name, label, t0.elapsed());
+            if i.taps.any() {
+                let seen = || match &r {
+                    Ok(Flow::Continue) => Passed::Continue,
+                    Ok(Flow::Stop(reason)) => Passed::Stop(reason.clone()),
+                    Err(e) => Passed::Failed(e.message.clone()),
+                };
+                i.taps
+                    .report(&i.name, label, Place::Step(n), seen, &mut work);
+            }
             match r {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Stop(reason)) => {
@@ -275,6 +286,19 @@ impl PipelineHandle {
                 }
             }
         }
+        if i.dry_run {
+            // Nothing leaves the engine: the taps see what each sink would have got.
+            for (n, sink) in i.sinks.iter().enumerate() {
+                i.taps.report(
+                    &i.name,
+                    sink.name(),
+                    Place::Sink(n),
+                    || Passed::NotDelivered,
+                    &mut work,
+                );
+            }
+            return Outcome::Done(Vec::new());
+        }
         // A slow destination's pace (deliver_limit): wait for a slot and a token, and hold the
         // slot until the sinks are done.
         let _slot = match &i.limit {
@@ -282,10 +306,18 @@ impl PipelineHandle {
             _ => None,
         };
         let mut effects = Vec::new();
-        for sink in &i.sinks {
+        for (n, sink) in i.sinks.iter().enumerate() {
             let t0 = Instant::now();
             let r = sink.deliver(&mut work).await;
             i.metrics.step_latency(&i.name, sink.name(), t0.elapsed());
+            if i.taps.any() {
+                let seen = || match &r {
+                    Ok(_) => Passed::Delivered,
+                    Err(e) => Passed::Failed(e.message.clone()),
+                };
+                i.taps
+                    .report(&i.name, sink.name(), Place::Sink(n), seen, &mut work);
+            }
             match r {
                 Ok(e) => effects.extend(e),
                 Err(error) => {

@@ -9,7 +9,11 @@
 //! Adapters add kind-specific variables and functions (e.g. `hl7('PID-3[2].1')` for `hl7v2`
 //! messages) by registering a [`KindSupport`] with `inventory::submit!`.
 //!
-//! Expressions are compiled once when the pipeline is built; a syntax error is a config error.
+//! Expressions are compiled once when the pipeline is built; a syntax error, a call of a
+//! function that no linked library or message kind provides, or a variable that is not
+//! declared is a config error (see `check.rs`).
+
+mod check;
 
 use std::fmt;
 
@@ -28,6 +32,9 @@ pub struct KindSupport {
     /// Adds variables and functions to the context (after the standard ones, so it may replace
     /// `body`). Parse once per message with [`Work::cached`].
     pub extend: fn(&mut Work, &mut Context<'_>) -> Result<(), StepError>,
+    /// The functions `extend` adds (`hl7`, `hl7_null`): an expression calling a function no
+    /// linked kind declares is refused when it is compiled.
+    pub functions: &'static [&'static str],
     /// The parsed form shown by `GET /api/messages/{id}` under `parsed`.
     pub describe: Describe,
 }
@@ -57,6 +64,24 @@ pub type DecodeText =
     fn(&[u8], &std::collections::BTreeMap<String, String>) -> Result<DecodedText, String>;
 
 inventory::collect!(KindText);
+
+/// What the source of a kind gives a message it accepts (headers such as `hl7-type`, the dedup
+/// key), for messages of that kind that enter a pipeline without their source: `huizhen
+/// test`'s inputs. Adapters register one with `inventory::submit!`.
+pub struct KindIntake {
+    pub kind: &'static str,
+    /// Completes the message from its body; an error says why the body is not of the kind.
+    pub intake: fn(&mut crate::message::NewMessage) -> Result<(), String>,
+}
+
+inventory::collect!(KindIntake);
+
+/// The registered intake of a message kind, if an adapter provides one.
+pub fn kind_intake(kind: &str) -> Option<&'static KindIntake> {
+    inventory::iter::<KindIntake>
+        .into_iter()
+        .find(|k| k.kind == kind)
+}
 
 /// The registered text view of a message kind, if an adapter provides one.
 pub fn kind_text(kind: &str) -> Option<&'static KindText> {
@@ -103,6 +128,15 @@ impl Expr {
         let parsed = std::panic::catch_unwind(|| Program::compile(source));
         match parsed {
             Ok(Ok(program)) => {
+                static DECLARED: std::sync::LazyLock<check::Declared> =
+                    std::sync::LazyLock::new(check::Declared::linked);
+                let problems = check::problems(program.expression(), &DECLARED);
+                if !problems.is_empty() {
+                    return Err(format!(
+                        "invalid CEL expression {source:?}: {}",
+                        problems.join("; ")
+                    ));
+                }
                 let refs = program.references();
                 let uses = Uses {
                     body: refs.has_variable("body"),
