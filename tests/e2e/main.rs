@@ -35,6 +35,7 @@ mod media;
 mod mllp;
 mod ops;
 mod patients;
+mod pipetest;
 mod plugin_load;
 mod plugins;
 mod reload;

@@ -465,10 +465,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
     let uses_store = uses_config
         && !matches!(
             cli.command,
-            Command::Validate(_)
-                | Command::Test(_)
-                | Command::Plugin(_)
-                | Command::Compliance(_)
+            Command::Validate(_) | Command::Test(_) | Command::Plugin(_) | Command::Compliance(_)
         );
     if (cli.config.is_some() && !uses_config) || (cli.database_url.is_some() && !uses_store) {
         let what = if cli.database_url.is_some() && !uses_store {
@@ -639,7 +636,11 @@ async fn pipeline_tests(config: Option<&Path>, args: &TestArgs) -> ExitCode {
     if files.is_empty() {
         eprintln!(
             "error: no test files found{}: write pipelines/NAME.test.yaml beside the pipelines (see docs/pipelines.md, \"Testing pipelines\")",
-            if args.paths.is_empty() { " beside the pipelines" } else { " in the paths given" }
+            if args.paths.is_empty() {
+                " beside the pipelines"
+            } else {
+                " in the paths given"
+            }
         );
         return ExitCode::from(USAGE);
     }

@@ -717,13 +717,7 @@ fn sort_errors(errors: &mut [ConfigError]) {
             order.push(e.file.clone());
         }
     }
-    errors.sort_by_key(|e| {
-        (
-            order.iter().position(|f| *f == e.file),
-            e.line,
-            e.column,
-        )
-    });
+    errors.sort_by_key(|e| (order.iter().position(|f| *f == e.file), e.line, e.column));
 }
 
 /// Checks one pipeline's YAML text as `huizhen validate` checks a file (written to a temporary
@@ -1111,8 +1105,7 @@ fn check_all(
                 ));
             }
             for target in s.value.routes_to() {
-                if let Some(e) =
-                    unknown_route(&names, unparsed, &p.file, i, &target, &s.referenced)
+                if let Some(e) = unknown_route(&names, unparsed, &p.file, i, &target, &s.referenced)
                 {
                     errors.push(e);
                 }

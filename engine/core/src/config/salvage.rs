@@ -299,8 +299,7 @@ fn pieces_have(lines: &[&str], pieces: &[std::ops::Range<usize>], key: &str) -> 
     pieces.iter().flat_map(|p| p.clone()).any(|i| {
         let l = lines[i];
         !l.starts_with([' ', '\t', '-', '#'])
-            && l
-                .split_once(':')
+            && l.split_once(':')
                 .is_some_and(|(k, _)| k.trim().trim_matches(['"', '\'']) == key)
     })
 }

@@ -57,7 +57,10 @@ const MACROS: &[(&str, &str)] = &[
     ("all", "list.all(x, predicate)"),
     ("exists", "list.exists(x, predicate)"),
     ("exists_one", "list.exists_one(x, predicate)"),
-    ("map", "list.map(x, expression) or list.map(x, predicate, expression)"),
+    (
+        "map",
+        "list.map(x, expression) or list.map(x, predicate, expression)",
+    ),
     ("filter", "list.filter(x, predicate)"),
 ];
 
@@ -324,12 +327,16 @@ mod tests {
     fn an_undeclared_variable_is_named() {
         assert_eq!(
             check("bdy.type == 'x'", &[]),
-            ["undeclared variable \"bdy\": an expression reads body, headers and message; did you mean \"body\"?"]
+            [
+                "undeclared variable \"bdy\": an expression reads body, headers and message; did you mean \"body\"?"
+            ]
         );
         let e = check("body.items.exists(i, j > 1)", &[]);
         assert_eq!(
             e,
-            ["undeclared variable \"j\": an expression reads body, headers and message (and here \"i\")"]
+            [
+                "undeclared variable \"j\": an expression reads body, headers and message (and here \"i\")"
+            ]
         );
         // A comprehension's variable is not visible outside it.
         assert_eq!(check("body.items.exists(i, i > 1) && i == 2", &[]).len(), 1);

@@ -58,7 +58,10 @@ pub(super) fn trail(passages: &[Passage]) -> Vec<String> {
 
 /// The passage `observe` names, or the default one: what the tested pipeline's first sink
 /// got, else the last step it passed. `Err` says why there is none.
-fn observed_passage<'a>(o: &'a Observed<'_>, observe: Option<&str>) -> Result<Option<&'a Passage>, String> {
+fn observed_passage<'a>(
+    o: &'a Observed<'_>,
+    observe: Option<&str>,
+) -> Result<Option<&'a Passage>, String> {
     let Some(spec) = observe else {
         let own: Vec<&Passage> = o
             .passages
@@ -122,13 +125,18 @@ pub(super) fn check_case(o: &Observed<'_>, case: &Case) -> Vec<String> {
     {
         failures.push(format!(
             "outcome: expected {want}, got {got}{}",
-            reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+            reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
         ));
     }
     if let Some(want) = &e.reason {
         match &reason {
             Some(r) if r.contains(want.as_str()) => {}
-            Some(r) => failures.push(format!("reason: expected it to contain {want:?}, got {r:?}")),
+            Some(r) => failures.push(format!(
+                "reason: expected it to contain {want:?}, got {r:?}"
+            )),
             None => failures.push(format!(
                 "reason: expected one containing {want:?}, but the message {} without a reason",
                 match got {
@@ -194,7 +202,9 @@ pub(super) fn check_case(o: &Observed<'_>, case: &Case) -> Vec<String> {
             ));
         }
     }
-    let text = String::from_utf8_lossy(&body).replace("\r\n", "\n").replace('\r', "\n");
+    let text = String::from_utf8_lossy(&body)
+        .replace("\r\n", "\n")
+        .replace('\r', "\n");
     let json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
     if let Some(want) = &e.body {
         // A string is the body's text (an HL7 message, CSV), unless the body is a JSON string.
@@ -335,10 +345,7 @@ mod tests {
 
     #[test]
     fn a_diff_marks_what_changed() {
-        assert_eq!(
-            diff("a\nb\nc", "a\nx\nc"),
-            "    a\n  - b\n  + x\n    c"
-        );
+        assert_eq!(diff("a\nb\nc", "a\nx\nc"), "    a\n  - b\n  + x\n    c");
         assert_eq!(diff("a", "a\nb"), "    a\n  + b");
     }
 

@@ -153,7 +153,10 @@ impl Input {
             ));
         }
         let (kind, body) = if let Some(v) = &self.json {
-            ("json".to_owned(), serde_json::to_vec(v).map_err(|e| e.to_string())?)
+            (
+                "json".to_owned(),
+                serde_json::to_vec(v).map_err(|e| e.to_string())?,
+            )
         } else if let Some(t) = &self.text {
             ("text".to_owned(), t.as_bytes().to_vec())
         } else if let Some(h) = &self.hl7 {
@@ -161,8 +164,8 @@ impl Input {
         } else {
             let rel = self.file.as_ref().expect("counted above");
             let path = base.join(rel);
-            let bytes = std::fs::read(&path)
-                .map_err(|e| format!("input.file {}: {e}", path.display()))?;
+            let bytes =
+                std::fs::read(&path).map_err(|e| format!("input.file {}: {e}", path.display()))?;
             let kind = match path.extension().and_then(|x| x.to_str()) {
                 Some("hl7") => "hl7v2",
                 Some("json") => "json",

@@ -30,8 +30,7 @@ pub use run::{CaseReport, FileReport, run};
 pub fn discover(paths: &[PathBuf], root_file: Option<&Path>) -> Result<Vec<PathBuf>, String> {
     let mut files = std::collections::BTreeSet::new();
     if paths.is_empty() {
-        let (root, root_file) =
-            crate::config::load_root(root_file).map_err(|e| e.to_string())?;
+        let (root, root_file) = crate::config::load_root(root_file).map_err(|e| e.to_string())?;
         let base = root_file
             .as_ref()
             .and_then(|f| f.parent().map(Path::to_path_buf))

@@ -61,10 +61,7 @@ pub async fn run(file: &Path, root_file: Option<&Path>) -> FileReport {
             return report;
         }
     };
-    let now = test
-        .now
-        .as_ref()
-        .map_or(DEFAULT_NOW, |n| n.value.as_str());
+    let now = test.now.as_ref().map_or(DEFAULT_NOW, |n| n.value.as_str());
     let now = match chrono::DateTime::parse_from_rfc3339(now) {
         Ok(t) => t.with_timezone(&chrono::Utc),
         Err(e) => {
@@ -117,7 +114,10 @@ pub async fn run(file: &Path, root_file: Option<&Path>) -> FileReport {
             .collect();
         let hint = crate::config::did_you_mean(
             &pipeline,
-            loaded.pipelines.iter().map(|p| p.config.name.value.as_str()),
+            loaded
+                .pipelines
+                .iter()
+                .map(|p| p.config.name.value.as_str()),
         )
         .map(|s| format!("did you mean {s:?}?"))
         .unwrap_or_else(|| format!("the pipelines are {}", names.join(", ")));
@@ -242,7 +242,10 @@ async fn run_case(
         Err(e) => return (vec![e], Vec::new()),
     };
     let Some(handle) = engine.pipeline(pipeline) else {
-        return (vec![format!("pipeline {pipeline:?} is not running")], Vec::new());
+        return (
+            vec![format!("pipeline {pipeline:?} is not running")],
+            Vec::new(),
+        );
     };
     let mut m = NewMessage::new(pipeline, "", &kind, body);
     m.headers = case.input.headers.clone();

@@ -194,9 +194,21 @@ mod tests {
         let mut all = taps.open(None, None, 8);
         let mut one = taps.open(Some("p"), Some("filter#0"), 8);
         let mut w = work();
-        taps.report("p", "filter#0", Place::Step(0), || Outcome::Continue, &mut w);
+        taps.report(
+            "p",
+            "filter#0",
+            Place::Step(0),
+            || Outcome::Continue,
+            &mut w,
+        );
         taps.report("p", "set#1", Place::Step(1), || Outcome::Continue, &mut w);
-        taps.report("q", "filter#0", Place::Step(0), || Outcome::Continue, &mut w);
+        taps.report(
+            "q",
+            "filter#0",
+            Place::Step(0),
+            || Outcome::Continue,
+            &mut w,
+        );
         assert_eq!(all.rx.try_recv().unwrap().point, "filter#0");
         assert_eq!(all.rx.try_recv().unwrap().point, "set#1");
         assert_eq!(all.rx.try_recv().unwrap().pipeline, "q");

@@ -10,8 +10,8 @@ use rand::Rng;
 use tokio::sync::oneshot;
 
 use super::{PipelineHandle, Receivers};
-use crate::runner::tap::{Outcome as Passed, Place};
 use crate::message::{Message, State, now_ms};
+use crate::runner::tap::{Outcome as Passed, Place};
 use crate::store::Transition;
 use crate::work::{Flow, StepError, Work};
 
