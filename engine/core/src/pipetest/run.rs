@@ -113,7 +113,7 @@ pub async fn run(file: &Path, root_file: Option<&Path>) -> FileReport {
             .map(|p| format!("{:?}", p.config.name.value))
             .collect();
         let hint = crate::config::did_you_mean(
-            &pipeline,
+            pipeline,
             loaded
                 .pipelines
                 .iter()
