@@ -452,9 +452,9 @@ fn help_lists_every_command_and_only_applicable_options() {
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     for cmd in [
-        "run", "init", "validate", "messages", "backlog", "migrate", "hl7", "dicom", "token",
-        "apikey", "audit", "keys", "export", "plugin", "patients", "devices", "experts", "opinion",
-        "billing",
+        "run", "init", "validate", "test", "tap", "replay", "messages", "backlog", "migrate",
+        "hl7", "dicom", "token", "apikey", "audit", "keys", "export", "plugin", "patients",
+        "devices", "experts", "opinion", "billing",
     ] {
         assert!(
             help.lines()

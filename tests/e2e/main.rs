@@ -30,6 +30,7 @@ mod fhir_client;
 mod fhir_mllp;
 mod hl7_consultation;
 mod http;
+mod integrator;
 mod journal_v2;
 mod media;
 mod mllp;

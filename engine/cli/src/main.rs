@@ -46,6 +46,7 @@ macro_rules! print {
     };
 }
 
+mod api;
 mod billing;
 mod devices;
 mod dicom;
@@ -56,7 +57,9 @@ mod opinion;
 mod patients;
 mod plugin;
 mod reload;
+mod replay;
 mod security;
+mod tap;
 mod times;
 
 /// Huizhen (会诊): an integration engine for remote-consultation networks.
@@ -120,6 +123,13 @@ enum Command {
     /// pipelines restart (the others keep their connections), a refused file leaves its
     /// pipelines running as they were (exit 1 with the reasons).
     Reload(reload::ReloadArgs),
+    /// Watch the live messages of a running engine's pipeline as they pass a step or reach a
+    /// sink (`PIPELINE` or `PIPELINE.POINT`), redacted unless `--phi`; the engine audits it.
+    Tap(tap::TapArgs),
+    /// Re-run a pipeline's stored messages through the pipelines as they are and through a
+    /// changed pipeline file, root config (`--config NEW`) or plugin folder, each in an
+    /// isolated engine (sinks not called), and report what would change (exit 1 if anything).
+    Replay(replay::ReplayArgs),
     /// Create the store here (./data: the journal database, its tables, the keys) without
     /// starting the engine.
     Init(StoreArgs),
@@ -211,6 +221,8 @@ impl Command {
         match self {
             Command::Run(_) => "run",
             Command::Reload(_) => "reload",
+            Command::Tap(_) => "tap",
+            Command::Replay(_) => "replay",
             Command::Init(_) => "init",
             Command::Validate(_) => "validate",
             Command::Test(_) => "test",
@@ -508,6 +520,20 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let s = store_of(&args.store);
             let root = root_config(&s)?;
             reload::run(&root, &s, args).await
+        }
+        Command::Tap(args) => {
+            let s = store_of(&args.store);
+            let root = root_config(&s)?;
+            tap::run(&root, &s, args).await
+        }
+        Command::Replay(args) => {
+            // The installation: the root config before the command name (after it, `--config`
+            // is the candidate).
+            let s = store_of(&StoreArgs::default());
+            if let Some(code) = find_store(&s, name) {
+                return Ok(code);
+            }
+            replay::run(&s, args).await
         }
         Command::Init(own) => {
             let s = store_of(&own);

@@ -532,6 +532,29 @@ impl Registry {
         Ok(slot)
     }
 
+    /// Loads a package folder (or a bare component in development) into a slot of its own,
+    /// outside the registry's names: a shadow version that must not replace the version the
+    /// registry serves under the same name. The package is authenticated as any other.
+    pub fn load_detached(&self, path: &Path, world: World) -> Result<Arc<Slot>, String> {
+        let started = Instant::now();
+        let pkg = if path.extension().is_some_and(|e| e == "wasm") && path.is_file() {
+            package::read_bare(path, world, &self.trust)?
+        } else {
+            package::read_package(path, &self.trust)?
+        };
+        if pkg.manifest.world != world {
+            return Err(format!(
+                "{}: a `{}` plugin, where a `{world}` plugin is needed",
+                path.display(),
+                pkg.manifest.world
+            ));
+        }
+        let slot = Arc::new(Slot::new(&pkg.manifest.name));
+        self.admit_and_load(&slot, pkg, None, started)?;
+        slot.state().explicit = Some((path.to_owned(), world));
+        Ok(slot)
+    }
+
     /// Reloads one plugin now (see [`PluginCatalog::reload`]).
     pub fn reload(&self, name: &str) -> Result<Arc<Slot>, CatalogError> {
         let slot = self.slot(name);

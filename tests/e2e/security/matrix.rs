@@ -89,6 +89,45 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
         ),
         (
             "GET",
+            "/api/tap",
+            // Facility A's pipeline: B's callers do not see it (404); the stream's body is not
+            // read (the tap closes when the client drops it).
+            "/api/tap?pipeline=a",
+            [
+                [200, 404, 200, 200],
+                [200, 404, 200, 200],
+                [200, 404, 200, 200],
+                NO,
+                NO,
+                NO,
+                NO,
+                NO,
+            ],
+        ),
+        (
+            "GET",
+            "/api/pipelines/{name}/shadow",
+            "/api/pipelines/a/shadow",
+            [
+                [200, 404, 200, 200],
+                [200, 404, 200, 200],
+                [200, 404, 200, 200],
+                NO,
+                NO,
+                NO,
+                NO,
+                NO,
+            ],
+        ),
+        (
+            "POST",
+            "/api/pipelines/{name}/shadow/{plugin}/{action}",
+            // Platform settings: admins; `a` has no shadowed step (404).
+            "/api/pipelines/a/shadow/route-by-facility/promote",
+            [GONE, NO, NO, NO, NO, NO, NO, NO],
+        ),
+        (
+            "GET",
             "/api/backlog",
             "/api/backlog",
             [ALL, ALL, ALL, NO, NO, NO, NO, NO],

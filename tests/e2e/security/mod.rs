@@ -10,6 +10,7 @@ mod at_rest;
 mod matrix;
 mod phi;
 mod tamper;
+mod tap;
 
 use std::time::Duration;
 

@@ -110,6 +110,10 @@ pub struct AppState {
     pub extensions: crate::extensions::Extensions,
     /// This process as a cluster node, with a broker queue.
     pub cluster: Option<crate::cluster::Node>,
+    /// The engine's taps (`GET /api/tap`).
+    pub taps: crate::runner::tap::Taps,
+    /// The engine's shutdown: long-lived streams end on it.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// A JSON error response.
@@ -216,6 +220,7 @@ mod ops;
 mod patients;
 mod plugins;
 mod server;
+mod tap;
 
 use audit::{audit_events, audit_verify};
 pub use consultations::{ActRefusal, act_as, domain_role};
@@ -224,7 +229,7 @@ use ingest::ingest;
 pub use messages::message_detail;
 use messages::{get_message, list_messages, reprocess};
 use ops::{backlog, cluster, health, metrics, pipelines, ready, reload_pipelines};
-use plugins::{plugins, reload_plugin};
+use plugins::{plugins, reload_plugin, shadow_change, shadow_report};
 pub use server::{ServerStats, serve};
 
 /// `/api/patients` (see `http/patients.rs`).
@@ -276,6 +281,12 @@ pub fn router(state: AppState, cfg: &HttpConfig, security: Arc<Security>) -> Rou
         .route("/metrics", get(metrics))
         .route("/api/pipelines", get(pipelines))
         .route("/api/pipelines/reload", post(reload_pipelines))
+        .route("/api/tap", get(tap::tap))
+        .route("/api/pipelines/{name}/shadow", get(shadow_report))
+        .route(
+            "/api/pipelines/{name}/shadow/{plugin}/{action}",
+            post(shadow_change),
+        )
         .route("/api/messages", get(list_messages))
         .route("/api/messages/{id}", get(get_message))
         .route("/api/messages/{id}/reprocess", post(reprocess))

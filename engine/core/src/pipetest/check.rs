@@ -19,15 +19,18 @@ pub(super) struct Observed<'a> {
     pub passages: &'a [Passage],
 }
 
-/// How the message ended in the tested pipeline, with the reason.
-fn outcome(o: &Observed<'_>) -> (ExpectedOutcome, Option<String>) {
-    if o.root.state == State::Dead {
-        return (ExpectedOutcome::Dead, o.root.last_error.clone());
+/// How the message `root` ended in `pipeline`, with the reason.
+pub(super) fn outcome(
+    pipeline: &str,
+    root: &Message,
+    passages: &[Passage],
+) -> (ExpectedOutcome, Option<String>) {
+    if root.state == State::Dead {
+        return (ExpectedOutcome::Dead, root.last_error.clone());
     }
-    let last = o
-        .passages
+    let last = passages
         .iter()
-        .rfind(|p| p.pipeline == o.pipeline && p.message_id == o.root.id);
+        .rfind(|p| p.pipeline == pipeline && p.message_id == root.id);
     match last.map(|p| (&p.outcome, &p.point)) {
         Some((Outcome::Stop(reason), point)) if point.starts_with("route#") => {
             (ExpectedOutcome::Route, Some(reason.clone()))
@@ -119,7 +122,7 @@ fn indexed(point: &str, list: &str) -> Option<usize> {
 pub(super) fn check_case(o: &Observed<'_>, case: &Case) -> Vec<String> {
     let e = &case.expect;
     let mut failures = Vec::new();
-    let (got, reason) = outcome(o);
+    let (got, reason) = outcome(o.pipeline, o.root, o.passages);
     if let Some(want) = e.outcome
         && want != got
     {

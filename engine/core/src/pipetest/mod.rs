@@ -12,16 +12,20 @@
 //! have got). A failing step is not retried. Cases of a file run in order on the same store,
 //! so a later case may build on an earlier one (an ADT before an order).
 //!
-//! The seams: `file.rs` (the test file), `run.rs` (the engine and the cases), `check.rs`
-//! (expectations against what was observed, with diffs).
+//! The seams: `file.rs` (the test file), `isolated.rs` (the engine of its own, shared with
+//! `huizhen replay`), `run.rs` (the cases), `check.rs` (expectations against what was
+//! observed, with diffs).
 
 mod check;
 mod file;
+mod isolated;
+pub mod replay;
 mod run;
 
 use std::path::{Path, PathBuf};
 
 pub use file::{TestFile, is_test_file};
+pub use isolated::{Isolated, Trace};
 pub use run::{CaseReport, FileReport, run};
 
 /// The test files to run: `paths` (files, and the `*.test.yaml` of folders), or, with none,

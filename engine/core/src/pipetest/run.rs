@@ -1,16 +1,13 @@
 //! Running a test file: an engine of its own, one case at a time.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use super::Isolated;
 use super::check::{Observed, check_case};
 use super::file::{Case, TestFile};
-use crate::config::{ConfigError, Loaded};
-use crate::message::{Message, NewMessage, State};
-use crate::runner::tap::{Passage, Tap};
-use crate::runner::{Engine, EngineOptions};
-use crate::store::ListFilter;
+use crate::config::ConfigError;
+use crate::message::NewMessage;
 
 /// What a test file gave.
 #[derive(Debug)]
@@ -74,7 +71,7 @@ pub async fn run(file: &Path, root_file: Option<&Path>) -> FileReport {
             return report;
         }
     };
-    let mut loaded = match crate::config::load(root_file) {
+    let loaded = match crate::config::load(root_file) {
         Ok(l) => l,
         Err(errors) => {
             report.errors.push(format!(
@@ -83,16 +80,6 @@ pub async fn run(file: &Path, root_file: Option<&Path>) -> FileReport {
             return report;
         }
     };
-    let dir = match TempDir::new() {
-        Ok(d) => d,
-        Err(e) => {
-            report
-                .errors
-                .push(format!("error: cannot make a temporary folder: {e}"));
-            return report;
-        }
-    };
-    isolate(&mut loaded, &dir.0);
     let pipeline = test.pipeline.value.clone();
     let wanted = std::iter::once((pipeline.as_str(), &test.pipeline.referenced)).chain(
         test.cases
@@ -130,31 +117,17 @@ pub async fn run(file: &Path, root_file: Option<&Path>) -> FileReport {
     if !report.errors.is_empty() {
         return report;
     }
-    let clock = Arc::new(crate::clock::FakeClock::new(now));
-    let engine = match Engine::start_with(
-        loaded,
-        EngineOptions {
-            clock,
-            sources: false,
-            dry_run: true,
-        },
-    )
-    .await
-    {
-        Ok(e) => e,
+    let mut iso = match Isolated::start(loaded, now).await {
+        Ok(i) => i,
         Err(e) => {
-            report
-                .errors
-                .push(format!("error: the pipelines could not start: {e}"));
+            report.errors.push(format!("error: {e}"));
             return report;
         }
     };
-    let mut tap = engine.taps().open(None, None, 100_000);
     let base = file.parent().unwrap_or(Path::new("."));
     for (n, case) in test.cases.iter().enumerate() {
         let r = run_case(
-            &engine,
-            &mut tap,
+            &mut iso,
             case.value.pipeline.as_deref().unwrap_or(pipeline.as_str()),
             base,
             n,
@@ -169,9 +142,7 @@ pub async fn run(file: &Path, root_file: Option<&Path>) -> FileReport {
             trail: r.1,
         });
     }
-    drop(tap);
-    engine.shutdown(Duration::from_secs(5)).await;
-    drop(dir);
+    iso.stop().await;
     report
 }
 
@@ -188,49 +159,9 @@ fn located(file: &Path, at: Option<&serde_saphyr::Location>, message: String) ->
     }
 }
 
-/// The configuration as `run` loads it, moved into `dir`: the store, keys, audit files and
-/// objects; the local queue; one attempt per message; no plugin folder watch.
-fn isolate(loaded: &mut Loaded, dir: &Path) {
-    let r = &mut loaded.root;
-    r.store.url = format!("sqlite://{}", dir.join("test.db").display());
-    r.queue = "local".into();
-    r.security.encryption = crate::crypto::EncryptionConfig {
-        enabled: true,
-        keys_file: dir.join("keys"),
-        active: None,
-        keys: None,
-    };
-    r.security.audit.key_file = dir.join("audit.key");
-    r.security.audit.checkpoint_file = dir.join("audit.checkpoint");
-    r.security.audit.witness_command = Vec::new();
-    r.objects.dir = dir.join("objects");
-    r.plugins.watch = false;
-    for p in &mut loaded.pipelines {
-        p.config.retry.max_attempts = 1;
-    }
-}
-
-/// A folder removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> std::io::Result<TempDir> {
-        let d = std::env::temp_dir().join(format!("huizhen-test-{}", crate::message::new_id()));
-        std::fs::create_dir_all(&d)?;
-        Ok(TempDir(d))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Runs one case: (failures, trail).
 async fn run_case(
-    engine: &Engine,
-    tap: &mut Tap,
+    iso: &mut Isolated,
     pipeline: &str,
     base: &Path,
     n: usize,
@@ -240,12 +171,6 @@ async fn run_case(
     let (kind, body) = match case.input.message(base) {
         Ok(m) => m,
         Err(e) => return (vec![e], Vec::new()),
-    };
-    let Some(handle) = engine.pipeline(pipeline) else {
-        return (
-            vec![format!("pipeline {pipeline:?} is not running")],
-            Vec::new(),
-        );
     };
     let mut m = NewMessage::new(pipeline, "", &kind, body);
     m.headers = case.input.headers.clone();
@@ -258,75 +183,16 @@ async fn run_case(
     // Cases are independent inputs, even when they reuse a control id.
     m.dedup_key = m.dedup_key.map(|k| format!("{k}#case{}", n + 1));
     let input = m.preview();
-    let accepted = match handle.submit(m).await {
+    let accepted = match iso.submit(m).await {
         Ok(a) => a,
-        Err(e) => return (vec![format!("the input was not accepted: {e}")], Vec::new()),
+        Err(e) => return (vec![e], Vec::new()),
     };
-    if accepted.duplicate {
-        return (
-            vec!["the input was taken as a resend of an earlier one".into()],
-            Vec::new(),
-        );
-    }
-    let id = accepted.id.clone();
-    let started = Instant::now();
-    let mut passages: Vec<Passage> = Vec::new();
-    let messages = loop {
-        while let Ok(p) = tap.rx.try_recv() {
-            if p.trace_id == id {
-                passages.push(p);
-            }
-        }
-        let list = engine
-            .store
-            .list(&ListFilter {
-                q: Some(id.clone()),
-                limit: Some(1000),
-                ..ListFilter::default()
-            })
-            .await;
-        let trace: Vec<Message> = match list {
-            Ok(page) => page
-                .messages
-                .into_iter()
-                .filter(|m| m.id == id || m.trace_id == id)
-                .collect(),
-            Err(e) => return (vec![format!("the test store failed: {e}")], Vec::new()),
-        };
-        let settled = trace.iter().any(|m| m.id == id)
-            && trace
-                .iter()
-                .all(|m| matches!(m.state, State::Done | State::Dead));
-        if settled {
-            // Passages are reported before the outcome commits: all are in the tap now.
-            while let Ok(p) = tap.rx.try_recv() {
-                if p.trace_id == id {
-                    passages.push(p);
-                }
-            }
-            break trace;
-        }
-        if started.elapsed() > timeout {
-            let trail = super::check::trail(&passages);
-            return (
-                vec![format!(
-                    "the message did not finish within {timeout:?} (its messages: {})",
-                    trace
-                        .iter()
-                        .map(|m| format!("{} {:?}", m.pipeline, m.state))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )],
-                trail,
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    let trace = match iso.wait(&accepted.id, timeout).await {
+        Ok(t) => t,
+        Err((why, passages)) => return (vec![why], super::check::trail(&passages)),
     };
-    let root = messages
-        .iter()
-        .find(|m| m.id == id)
-        .cloned()
-        .expect("settled above");
+    let (messages, passages) = (trace.messages, trace.passages);
+    let root = trace.root;
     let observed = Observed {
         pipeline,
         input: &input,

@@ -226,6 +226,7 @@ impl Metrics {
             super::match_alerts::scorer_fallbacks().clone(),
         );
         super::call_metrics::register(&mut registry);
+        super::shadow::register(&mut registry);
         registry.register(
             "step_duration_seconds",
             "Time spent in each step and sink",

@@ -22,6 +22,7 @@ mod metrics;
 mod pipeline;
 mod process_metrics;
 mod reload;
+pub mod shadow;
 pub mod tap;
 
 use std::collections::BTreeMap;
@@ -646,6 +647,8 @@ impl Engine {
             wake: self.wake.clone(),
             extensions: self.extensions.clone(),
             cluster: self.cluster.clone(),
+            taps: self.taps.clone(),
+            shutdown: self.shutdown.clone(),
         }
     }
 

@@ -184,6 +184,10 @@ pub enum Action {
     /// accepted one and a local doctor to the requesting facility; consent rules as in
     /// signaling).
     RecordCall,
+    /// Watch a pipeline's live messages, redacted (`GET /api/tap`, facility-scoped).
+    TapPipelines,
+    /// See a tapped message's headers, body and reasons (`phi=true`; checked by the handler).
+    TapPhi,
     /// Read the device → patient bindings (facility-scoped).
     ReadDevices,
     /// Bind a device to a patient record or end its binding (in the caller's facility).
@@ -239,6 +243,8 @@ impl Action {
             Action::IssueRoomTokens => &[Admin, Integrator, Expert, LocalDoctor],
             Action::ReadRecordings => &[Admin, Auditor, Expert, LocalDoctor],
             Action::RecordCall => &[Expert, LocalDoctor],
+            Action::TapPipelines => &[Admin, Integrator, Auditor],
+            Action::TapPhi => &[Admin, Integrator],
             Action::ReadDevices => &[Admin, Integrator, Auditor, LocalDoctor],
             Action::ManageDevices => &[Admin, Integrator, LocalDoctor],
         }
@@ -287,6 +293,8 @@ impl Action {
             Action::IssueRoomTokens => "room.token.issue",
             Action::ReadRecordings => "recording.read",
             Action::RecordCall => "recording.control",
+            Action::TapPipelines => "pipeline.tap",
+            Action::TapPhi => "pipeline.tap.phi",
             Action::ReadDevices => "device.read",
             Action::ManageDevices => "device.manage",
         }
@@ -298,6 +306,13 @@ impl Action {
 pub const ROUTES: &[(&str, &str, Action)] = &[
     ("GET", "/api/pipelines", Action::ReadPipelines),
     ("POST", "/api/pipelines/reload", Action::ReloadPipelines),
+    ("GET", "/api/tap", Action::TapPipelines),
+    ("GET", "/api/pipelines/{name}/shadow", Action::ReadPlugins),
+    (
+        "POST",
+        "/api/pipelines/{name}/shadow/{plugin}/{action}",
+        Action::ManagePlugins,
+    ),
     ("GET", "/api/backlog", Action::ReadPipelines),
     ("GET", "/api/cluster", Action::ReadPipelines),
     ("GET", "/api/messages", Action::ReadMessages),

@@ -26,6 +26,7 @@ pub mod journal;
 pub mod recordings;
 pub mod rekey;
 mod reprocess;
+mod shadow;
 mod sql;
 
 use std::borrow::Cow;
@@ -656,6 +657,11 @@ impl Store {
                     "reprocesses",
                     include_str!("migrations/sqlite/0027_reprocesses.sql"),
                 ),
+                (
+                    28,
+                    "shadow_promotions",
+                    include_str!("migrations/sqlite/0028_shadow_promotions.sql"),
+                ),
             ],
             Backend::Postgres => &[
                 (
@@ -782,6 +788,11 @@ impl Store {
                     27,
                     "reprocesses",
                     include_str!("migrations/postgres/0027_reprocesses.sql"),
+                ),
+                (
+                    28,
+                    "shadow_promotions",
+                    include_str!("migrations/postgres/0028_shadow_promotions.sql"),
                 ),
             ],
         };
