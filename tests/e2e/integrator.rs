@@ -12,8 +12,7 @@ use huizhen_core::Engine;
 use huizhen_core::message::NewMessage;
 use serde_json::json;
 
-use crate::crash::{authed_client, wait_ready, write_root};
-use crate::support::paced::free_port;
+use crate::crash::{authed_client, start, wait_ready, write_config};
 use crate::support::{Backend, fresh_db, get_json, wait_for};
 
 /// The demo's referral pipeline, with an `http` sink to `sink_port` (a counting stand-in).
@@ -53,6 +52,25 @@ async fn counting_receiver() -> (u16, Arc<AtomicUsize>) {
     (port, count)
 }
 
+/// `huizhen run` on `pipeline` (its root in the test's folder), ready: the root file, the
+/// HTTP port, the process and an admin client.
+async fn run_engine(
+    db: &crate::support::TestDb,
+    pipeline: &str,
+) -> (
+    std::path::PathBuf,
+    u16,
+    std::process::Child,
+    reqwest::Client,
+) {
+    let setup = write_config(db, pipeline);
+    let log = db.dir.path().join("run.log");
+    let mut engine = start(&setup, &log);
+    let client = authed_client(Duration::from_secs(30));
+    wait_ready(&client, setup.port, &mut engine, &log).await;
+    (setup.config, setup.port, engine, client)
+}
+
 fn huizhen(root: &std::path::Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_huizhen"));
     c.arg("-c").arg(root).env("RUST_LOG", "warn");
@@ -65,22 +83,8 @@ fn huizhen(root: &std::path::Path) -> Command {
 async fn tap_shows_a_live_message_of_the_demo() {
     let db = fresh_db(Backend::Sqlite).await.unwrap();
     let (sink, _) = counting_receiver().await;
-    let http = free_port();
-    let root = write_root(&db, http, "");
-    std::fs::write(
-        db.dir.path().join("pipelines/demo.yaml"),
-        referrals(sink, "body.department"),
-    )
-    .unwrap();
-    let log = db.dir.path().join("run.log");
-    let mut engine = huizhen(&root)
-        .arg("run")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let client = authed_client(Duration::from_secs(30));
-    wait_ready(&client, http, &mut engine, &log).await;
+    let (root, http, mut engine, client) =
+        run_engine(&db, &referrals(sink, "body.department")).await;
 
     for phi in [false, true] {
         let mut tap = huizhen(&root);
@@ -139,22 +143,8 @@ async fn tap_shows_a_live_message_of_the_demo() {
 async fn replay_reports_what_a_changed_pipeline_would_change_without_sink_effects() {
     let db = fresh_db(Backend::Sqlite).await.unwrap();
     let (sink, delivered) = counting_receiver().await;
-    let http = free_port();
-    let root = write_root(&db, http, "");
-    std::fs::write(
-        db.dir.path().join("pipelines/demo.yaml"),
-        referrals(sink, "body.department"),
-    )
-    .unwrap();
-    let log = db.dir.path().join("run.log");
-    let mut engine = huizhen(&root)
-        .arg("run")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let client = authed_client(Duration::from_secs(30));
-    wait_ready(&client, http, &mut engine, &log).await;
+    let (root, http, mut engine, client) =
+        run_engine(&db, &referrals(sink, "body.department")).await;
     let mut ids = Vec::new();
     for body in [
         json!({ "type": "referral", "department": "cardiology" }),

@@ -324,10 +324,15 @@ async fn metrics_at_start() {
 }
 
 /// `# TYPE` lines and the series of this test's pipelines and of the engine, values dropped,
-/// sorted; not the call and scorer families, which are process-wide (other tests' rooms and
-/// plugins show in them). A family without a series has no `# TYPE` line either.
+/// sorted; not the call, scorer and plugin shadow families, which are process-wide (other
+/// tests' rooms, plugins and shadowed steps show in them). A family without a series has no
+/// `# TYPE` line either.
 fn series(text: &str, port: u16) -> String {
-    let process_wide = ["huizhen_call_", "huizhen_match_scorer_fallback"];
+    let process_wide = [
+        "huizhen_call_",
+        "huizhen_match_scorer_fallback",
+        "huizhen_plugin_shadow_",
+    ];
     let mut out: Vec<String> = Vec::new();
     for line in text.lines() {
         if let Some(t) = line.strip_prefix("# TYPE ") {

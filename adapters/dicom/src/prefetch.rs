@@ -90,6 +90,12 @@ impl Step for DicomPrefetch {
             let job: Job = serde_json::from_value(work.json()?.clone()).map_err(|e| {
                 StepError::permanent(format!("dicom_prefetch: not a prefetch job: {e}"))
             })?;
+            if self.extensions.dry_run() {
+                // `huizhen test` and `replay`: no association with a PACS.
+                work.headers
+                    .insert("dicom-prefetch".into(), "not run (dry run)".into());
+                return Ok(Flow::Continue);
+            }
             let report = self.run(&job).await?;
             *work.json_mut()? = report;
             Ok(Flow::Continue)

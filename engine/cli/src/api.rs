@@ -14,6 +14,10 @@ use huizhen_core::security::Role;
 /// How to reach the engine's API.
 #[derive(Debug, Args)]
 pub struct ApiArgs {
+    /// The root config (its `http.bind` and engine secret) and the store (the issued token's
+    /// audit).
+    #[command(flatten)]
+    pub store: crate::StoreArgs,
     /// The engine's HTTP address, e.g. https://engine.example:8080 (default: `http.bind` of the
     /// config, https when `http.tls` is set).
     #[arg(long, value_name = "URL")]

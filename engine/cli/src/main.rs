@@ -517,12 +517,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             run(s.config.as_deref(), s.database_url, &args).await
         }
         Command::Reload(args) => {
-            let s = store_of(&args.store);
+            let s = store_of(&args.api.store);
             let root = root_config(&s)?;
             reload::run(&root, &s, args).await
         }
         Command::Tap(args) => {
-            let s = store_of(&args.store);
+            let s = store_of(&args.api.store);
             let root = root_config(&s)?;
             tap::run(&root, &s, args).await
         }

@@ -15,12 +15,9 @@ use huizhen_core::config::RootConfig;
 
 #[derive(Debug, Args)]
 pub struct ReloadArgs {
-    /// The root config (its `http.bind` and engine secret) and the store (the token's audit).
-    #[command(flatten)]
-    pub store: crate::StoreArgs,
     /// How to reach the engine (a platform admin's token: role admin, facility `*`).
     #[command(flatten)]
-    api: crate::api::ApiArgs,
+    pub api: crate::api::ApiArgs,
     /// Print the engine's report as JSON.
     #[arg(long)]
     json: bool,

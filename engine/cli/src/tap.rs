@@ -12,9 +12,6 @@ use crate::api::ApiArgs;
 
 #[derive(Debug, Args)]
 pub struct TapArgs {
-    /// The root config (its `http.bind` and engine secret) and the store (the token's audit).
-    #[command(flatten)]
-    pub store: crate::StoreArgs,
     #[command(flatten)]
     pub api: ApiArgs,
     /// The pipeline, or one step or sink of it: `demo`, `demo.set#1`, `demo.steps[1]`,

@@ -145,6 +145,9 @@ pub struct Extensions {
     domain: Arc<OnceLock<Arc<dyn DomainPlugins>>>,
 }
 
+/// The marker of a dry-run engine.
+struct DryRun;
+
 impl std::fmt::Debug for Extensions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Extensions")
@@ -193,6 +196,17 @@ impl Extensions {
         let map = self.services.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&TypeId::of::<T>())
             .map(|s| s.clone().downcast::<T>().expect("keyed by its own type id"))
+    }
+
+    /// Marks the engine as a dry run (`huizhen test`, `huizhen replay`): steps that reach
+    /// outside the engine (a PACS prefetch, an insurance settlement's calls) do not.
+    pub fn set_dry_run(&self) {
+        let _ = self.get_or_try_init(|| Ok::<_, std::convert::Infallible>(DryRun));
+    }
+
+    /// Whether the engine is a dry run (see [`Extensions::set_dry_run`]).
+    pub fn dry_run(&self) -> bool {
+        self.get::<DryRun>().is_some()
     }
 
     /// Sets the plugin catalog the API shows (the first one set stays).

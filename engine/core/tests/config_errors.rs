@@ -11,7 +11,6 @@
 //!
 //! and review the diff of the `.err` files.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use huizhen_core::config::validate_paths;
@@ -81,37 +80,6 @@ fn render(input: &Path) -> String {
     format!("{text}\n")
 }
 
-/// A line diff (longest common subsequence): ` ` same, `-` expected only, `+` actual only.
-fn diff(expected: &str, actual: &str) -> String {
-    let a: Vec<&str> = expected.lines().collect();
-    let b: Vec<&str> = actual.lines().collect();
-    let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for i in (0..a.len()).rev() {
-        for j in (0..b.len()).rev() {
-            lcs[i][j] = if a[i] == b[j] {
-                lcs[i + 1][j + 1] + 1
-            } else {
-                lcs[i + 1][j].max(lcs[i][j + 1])
-            };
-        }
-    }
-    let (mut i, mut j, mut out) = (0, 0, String::new());
-    while i < a.len() || j < b.len() {
-        if i < a.len() && j < b.len() && a[i] == b[j] {
-            let _ = writeln!(out, "  {}", a[i]);
-            i += 1;
-            j += 1;
-        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
-            let _ = writeln!(out, "- {}", a[i]);
-            i += 1;
-        } else {
-            let _ = writeln!(out, "+ {}", b[j]);
-            j += 1;
-        }
-    }
-    out
-}
-
 #[test]
 fn config_errors_match_golden_files() {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v != "0" && !v.is_empty());
@@ -132,7 +100,7 @@ fn config_errors_match_golden_files() {
                 case.name,
                 case.input.display(),
                 case.golden.display(),
-                diff(&expected.replace("\r\n", "\n"), &actual)
+                huizhen_core::pipetest::diff(&expected.replace("\r\n", "\n"), &actual)
             )),
             Err(e) => failures.push(format!(
                 "case {}: cannot read {}: {e}; actual output:\n{actual}",

@@ -505,11 +505,9 @@ impl Registry {
         outcome
     }
 
-    /// Loads a package folder, or a bare component (development, `allow_unsigned` only), named by
-    /// a step's `path:`. Such a plugin is not replaced by the folder's scans; `reload` reads its
-    /// path again.
-    pub fn load_path(&self, path: &Path, world: World) -> Result<Arc<Slot>, String> {
-        let started = Instant::now();
+    /// Reads and authenticates what a step's `path:` names: a package folder, or a bare
+    /// component (development, `allow_unsigned` only), of `world`.
+    fn read_path(&self, path: &Path, world: World) -> Result<Package, String> {
         let pkg = if path.extension().is_some_and(|e| e == "wasm") && path.is_file() {
             package::read_bare(path, world, &self.trust)?
         } else {
@@ -522,6 +520,15 @@ impl Registry {
                 pkg.manifest.world
             ));
         }
+        Ok(pkg)
+    }
+
+    /// Loads a package folder, or a bare component (development, `allow_unsigned` only), named by
+    /// a step's `path:`. Such a plugin is not replaced by the folder's scans; `reload` reads its
+    /// path again.
+    pub fn load_path(&self, path: &Path, world: World) -> Result<Arc<Slot>, String> {
+        let started = Instant::now();
+        let pkg = self.read_path(path, world)?;
         let slot = self.slot_or_new(&pkg.manifest.name);
         let same = slot.current().is_some_and(|p| p.sha256() == pkg.sha256)
             && slot.state().explicit.as_ref().map(|e| &e.0) == Some(&path.to_path_buf());
@@ -537,18 +544,7 @@ impl Registry {
     /// registry serves under the same name. The package is authenticated as any other.
     pub fn load_detached(&self, path: &Path, world: World) -> Result<Arc<Slot>, String> {
         let started = Instant::now();
-        let pkg = if path.extension().is_some_and(|e| e == "wasm") && path.is_file() {
-            package::read_bare(path, world, &self.trust)?
-        } else {
-            package::read_package(path, &self.trust)?
-        };
-        if pkg.manifest.world != world {
-            return Err(format!(
-                "{}: a `{}` plugin, where a `{world}` plugin is needed",
-                path.display(),
-                pkg.manifest.world
-            ));
-        }
+        let pkg = self.read_path(path, world)?;
         let slot = Arc::new(Slot::new(&pkg.manifest.name));
         self.admit_and_load(&slot, pkg, None, started)?;
         slot.state().explicit = Some((path.to_owned(), world));

@@ -618,6 +618,33 @@ fn read(file: &Path) -> Result<String, ConfigError> {
     })
 }
 
+/// The pipeline files read so far: their pipelines, and what those that did not parse leave
+/// for the checks (their names, the routes of their steps that parsed).
+#[derive(Default)]
+struct PipelineFiles {
+    pipelines: Vec<LoadedPipeline>,
+    unparsed: Vec<String>,
+    routes: Vec<PartialRoute>,
+}
+
+impl PipelineFiles {
+    fn add(&mut self, file: &Path, text: &str, errors: &mut Vec<ConfigError>) {
+        let parsed = parse_pipelines_all(file, text);
+        errors.extend(parsed.errors);
+        self.unparsed.extend(parsed.failed_names);
+        self.routes.extend(parsed.routes);
+        self.pipelines
+            .extend(parsed.configs.into_iter().map(|config| LoadedPipeline {
+                file: file.to_path_buf(),
+                config,
+            }));
+    }
+
+    fn check(&self, extensions: &crate::extensions::Extensions) -> Vec<ConfigError> {
+        check_all(&self.pipelines, &self.unparsed, &self.routes, extensions)
+    }
+}
+
 /// Loads only the root config: `path`, or `./huizhen.yaml` if it exists, or the embedded
 /// defaults. Returns it with the file it came from.
 pub fn load_root(path: Option<&Path>) -> Result<(RootConfig, Option<PathBuf>), ConfigError> {
@@ -662,30 +689,15 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigErrors> {
             )),
         }
     }
-    let mut pipelines = Vec::new();
-    let mut unparsed = Vec::new();
-    let mut partial_routes = Vec::new();
+    let mut read_files = PipelineFiles::default();
     for f in files {
         match read(&f) {
-            Ok(t) => {
-                let parsed = parse_pipelines_all(&f, &t);
-                errors.extend(parsed.errors);
-                unparsed.extend(parsed.failed_names);
-                partial_routes.extend(parsed.routes);
-                pipelines.extend(parsed.configs.into_iter().map(|config| LoadedPipeline {
-                    file: f.clone(),
-                    config,
-                }));
-            }
+            Ok(t) => read_files.add(&f, &t, &mut errors),
             Err(e) => errors.push(e),
         }
     }
-    errors.extend(check_all(
-        &pipelines,
-        &unparsed,
-        &partial_routes,
-        &crate::extensions::Extensions::new(&root.plugins),
-    ));
+    errors.extend(read_files.check(&crate::extensions::Extensions::new(&root.plugins)));
+    let pipelines = read_files.pipelines;
     errors.extend(check_outbound(
         &root,
         root_file.as_deref().unwrap_or(Path::new("huizhen.yaml")),
@@ -788,9 +800,7 @@ pub fn validate_paths_with_root(
         )
     });
     let count = files.len();
-    let mut pipelines = Vec::new();
-    let mut unparsed = Vec::new();
-    let mut partial_routes = Vec::new();
+    let mut read_files = PipelineFiles::default();
     let mut plugins = PluginsConfig::default();
     let mut roots = Vec::new();
     if !given_root && let Some(f) = root_file {
@@ -829,22 +839,11 @@ pub fn validate_paths_with_root(
                 Err(e) => errors.push(e),
             }
         } else {
-            let parsed = parse_pipelines_all(&f, &text);
-            errors.extend(parsed.errors);
-            unparsed.extend(parsed.failed_names);
-            partial_routes.extend(parsed.routes);
-            pipelines.extend(parsed.configs.into_iter().map(|config| LoadedPipeline {
-                file: f.clone(),
-                config,
-            }));
+            read_files.add(&f, &text, &mut errors);
         }
     }
-    errors.extend(check_all(
-        &pipelines,
-        &unparsed,
-        &partial_routes,
-        &crate::extensions::Extensions::new(&plugins),
-    ));
+    errors.extend(read_files.check(&crate::extensions::Extensions::new(&plugins)));
+    let pipelines = read_files.pipelines;
     // A root checked with pipelines names outbound pipelines among them; checked alone, its
     // pipelines are elsewhere.
     if !pipelines.is_empty() {

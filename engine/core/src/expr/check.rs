@@ -129,28 +129,8 @@ fn walk<'a>(e: &'a IdedExpr, d: &Declared, scope: &mut Vec<&'a str>, out: &mut V
         }
         Ast::Select(s) => walk(&s.operand, d, scope, out),
         Ast::List(l) => l.elements.iter().for_each(|x| walk(x, d, scope, out)),
-        Ast::Map(m) => {
-            for entry in &m.entries {
-                match &entry.expr {
-                    EntryExpr::MapEntry(me) => {
-                        walk(&me.key, d, scope, out);
-                        walk(&me.value, d, scope, out);
-                    }
-                    EntryExpr::StructField(f) => walk(&f.value, d, scope, out),
-                }
-            }
-        }
-        Ast::Struct(s) => {
-            for entry in &s.entries {
-                match &entry.expr {
-                    EntryExpr::MapEntry(me) => {
-                        walk(&me.key, d, scope, out);
-                        walk(&me.value, d, scope, out);
-                    }
-                    EntryExpr::StructField(f) => walk(&f.value, d, scope, out),
-                }
-            }
-        }
+        Ast::Map(m) => walk_entries(&m.entries, d, scope, out),
+        Ast::Struct(s) => walk_entries(&s.entries, d, scope, out),
         Ast::Comprehension(c) => {
             walk(&c.iter_range, d, scope, out);
             walk(&c.accu_init, d, scope, out);
@@ -208,6 +188,23 @@ fn walk<'a>(e: &'a IdedExpr, d: &Declared, scope: &mut Vec<&'a str>, out: &mut V
                 walk(t, d, scope, out);
             }
             call.args.iter().for_each(|a| walk(a, d, scope, out));
+        }
+    }
+}
+
+fn walk_entries<'a>(
+    entries: &'a [cel::common::ast::IdedEntryExpr],
+    d: &Declared,
+    scope: &mut Vec<&'a str>,
+    out: &mut Vec<String>,
+) {
+    for entry in entries {
+        match &entry.expr {
+            EntryExpr::MapEntry(me) => {
+                walk(&me.key, d, scope, out);
+                walk(&me.value, d, scope, out);
+            }
+            EntryExpr::StructField(f) => walk(&f.value, d, scope, out),
         }
     }
 }

@@ -302,8 +302,9 @@ fn at_path<'a>(v: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::V
     })
 }
 
-/// A line diff (longest common subsequence): `  ` same, `- ` expected only, `+ ` actual only.
-pub(super) fn diff(expected: &str, actual: &str) -> String {
+/// A line diff (longest common subsequence), each line indented: `    ` in both, `  - `
+/// expected only, `  + ` actual only.
+pub fn diff(expected: &str, actual: &str) -> String {
     let a: Vec<&str> = expected.lines().collect();
     let b: Vec<&str> = actual.lines().collect();
     if a.len() * b.len() > 4_000_000 {

@@ -9,7 +9,9 @@
 //! with its store, keys, audit chain and objects in a temporary folder, the workflow's clock
 //! standing still at `now:`, no source started (inputs are submitted as their source would
 //! submit them) and every sink dry-run (never called: the engine's taps show what it would
-//! have got). A failing step is not retried. Cases of a file run in order on the same store,
+//! have got); steps that would reach outside the engine do not either (`dicom_prefetch` makes
+//! no association, `settle` opens the settlement in the temporary store and never calls the
+//! insurer). A failing step is not retried. Cases of a file run in order on the same store,
 //! so a later case may build on an earlier one (an ADT before an order).
 //!
 //! The seams: `file.rs` (the test file), `isolated.rs` (the engine of its own, shared with
@@ -24,6 +26,7 @@ mod run;
 
 use std::path::{Path, PathBuf};
 
+pub use check::diff;
 pub use file::{TestFile, is_test_file};
 pub use isolated::{Isolated, Trace};
 pub use run::{CaseReport, FileReport, run};

@@ -278,6 +278,9 @@ impl Engine {
         let workers = TaskTracker::new();
         let ingress = HttpIngress::default();
         let extensions = crate::extensions::Extensions::new(&root.plugins);
+        if options.dry_run {
+            extensions.set_dry_run();
+        }
         extensions.start_hooks().map_err(EngineError::Extension)?;
         // Steps that keep state of their own (`match_patient`) find the store here when they run.
         let _ = extensions.get_or_try_init(|| Ok::<_, std::convert::Infallible>(store.clone()));
@@ -528,7 +531,8 @@ impl Engine {
         for b in &built {
             fleet.feed(b);
         }
-        if let Some(b) = &billing {
+        // A dry run opens settlements in its own store but never calls the insurer.
+        if let Some(b) = billing.as_ref().filter(|_| !options.dry_run) {
             workers.spawn(b.clone().run(shutdown.clone()));
         }
         workers.spawn(crate::care::jobs::run(

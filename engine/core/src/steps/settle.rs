@@ -167,7 +167,10 @@ impl Step for Settle {
                         "settlement-phase".into(),
                         stored.settlement.phase().code().into(),
                     );
-                    drive_in_background(billing, id);
+                    // A dry run (`huizhen test`, `replay`) never calls the insurer.
+                    if !self.extensions.dry_run() {
+                        drive_in_background(billing, id);
+                    }
                     Ok(Flow::Continue)
                 }
                 Err(BillingError::Store(e)) => {
