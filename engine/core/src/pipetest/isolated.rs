@@ -159,8 +159,9 @@ impl Isolated {
     }
 }
 
-/// The configuration as `run` loads it, moved into `dir`: the store, keys, audit files and
-/// objects; the local queue; one attempt per message; no plugin folder watch.
+/// The configuration as `run` loads it, moved into `dir`: the store, keys, audit files,
+/// objects and a copy of the plugin name bindings; the local queue; one attempt per message;
+/// no plugin folder watch.
 fn isolate(loaded: &mut Loaded, dir: &Path) {
     let r = &mut loaded.root;
     r.store.url = format!("sqlite://{}", dir.join("test.db").display());
@@ -176,6 +177,18 @@ fn isolate(loaded: &mut Loaded, dir: &Path) {
     r.security.audit.witness_command = Vec::new();
     r.objects.dir = dir.join("objects");
     r.plugins.watch = false;
+    // The plugin name bindings as they are, in a copy: a first load binds a name in the copy,
+    // never in the installation's file.
+    let names = r
+        .plugins
+        .names_file
+        .clone()
+        .unwrap_or_else(|| r.plugins.dir.join("names.toml"));
+    let copy = dir.join("names.toml");
+    if names.is_file() {
+        let _ = std::fs::copy(&names, &copy);
+    }
+    r.plugins.names_file = Some(copy);
     for p in &mut loaded.pipelines {
         p.config.retry.max_attempts = 1;
     }
