@@ -358,68 +358,51 @@ sinks:
         "{metrics}"
     );
 
-    // Promoted for hosp-a: the shadow decides; B's next message goes to `to-b`.
     let plugin = s["plugin"].as_str().unwrap().to_owned();
-    let r = client
-        .post(format!(
-            "{base}/api/pipelines/intake/shadow/{plugin}/promote"
-        ))
-        .bearer_auth(&admin)
-        .json(&json!({ "facility": "hosp-a" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    let m = NewMessage::new(
-        "intake",
-        "hosp-a",
-        "hl7v2",
-        send("COUNTY-B", 20).into_bytes(),
-    );
-    intake.submit(m).await.unwrap();
-    wait_for(
-        "B routed by the shadow",
-        Duration::from_secs(30),
-        || async { (count("to-b").await == 1).then_some(()) },
-    )
-    .await;
-    // An integrator may not promote (plugins are platform settings: admins).
-    let integrator = crate::security::token(huizhen_core::security::Role::Integrator, "hosp-a");
-    let r = client
-        .post(format!(
-            "{base}/api/pipelines/intake/shadow/{plugin}/rollback"
-        ))
-        .bearer_auth(&integrator)
-        .json(&json!({ "facility": "hosp-a" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
+    // `promote` or `rollback` for hosp-a with `token`: the status.
+    let change = |action: &'static str, token: String| {
+        let (client, base, plugin) = (client.clone(), base.clone(), plugin.clone());
+        async move {
+            client
+                .post(format!(
+                    "{base}/api/pipelines/intake/shadow/{plugin}/{action}"
+                ))
+                .bearer_auth(token)
+                .json(&json!({ "facility": "hosp-a" }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // One more message from facility B, then wait until `pipeline` holds `n` messages.
+    let from_b_to = |n: usize, pipeline: &'static str, count_to: usize| {
+        let intake = intake.clone();
+        let m = NewMessage::new(
+            "intake",
+            "hosp-a",
+            "hl7v2",
+            send("COUNTY-B", n).into_bytes(),
+        );
+        async move {
+            intake.submit(m).await.unwrap();
+            wait_for(pipeline, Duration::from_secs(30), || async {
+                (count(pipeline).await == count_to).then_some(())
+            })
+            .await;
+        }
+    };
 
+    // Promoted for hosp-a: the shadow decides; B's next message goes to `to-b`.
+    assert_eq!(change("promote", admin.clone()).await, 200);
+    from_b_to(20, "to-b", 1).await;
+    // An integrator may not roll back (plugins are platform settings: admins).
+    let integrator = crate::security::token(huizhen_core::security::Role::Integrator, "hosp-a");
+    assert_eq!(change("rollback", integrator).await, 403);
     // Rolled back: the primary decides again.
-    let r = client
-        .post(format!(
-            "{base}/api/pipelines/intake/shadow/{plugin}/rollback"
-        ))
-        .bearer_auth(&admin)
-        .json(&json!({ "facility": "hosp-a" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let m = NewMessage::new(
-        "intake",
-        "hosp-a",
-        "hl7v2",
-        send("COUNTY-B", 21).into_bytes(),
-    );
-    intake.submit(m).await.unwrap();
-    wait_for(
-        "B routed by the primary again",
-        Duration::from_secs(30),
-        || async { (count("to-other").await == 4).then_some(()) },
-    )
-    .await;
+    assert_eq!(change("rollback", admin.clone()).await, 200);
+    from_b_to(21, "to-other", 4).await;
     assert_eq!(count("to-b").await, 1);
 
     // Both changes are on record, with who made them.
