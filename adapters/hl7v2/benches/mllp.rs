@@ -58,6 +58,8 @@
 //!   `huizhen run`)
 //! * `--target HOST:PORT`: only run the client (throughput at each connection count, then paced)
 //!   against a server started elsewhere; `--target-pid PID` adds its CPU time and peak RSS
+//! * `BENCH_SQLITE_CACHE` (bytes): the journal writer's page cache (`store.sqlite_cache`,
+//!   default 16 MiB), for comparing sizes
 //! * `--dir PATH` (`BENCH_DIR`): where the databases go (default: a temp directory, removed)
 //! * `--store URL` (`BENCH_STORE`): the engine's store; default SQLite in `--dir`. A
 //!   `postgres://…` URL is an administrative connection: each engine gets the database
@@ -216,6 +218,18 @@ fn cpu_seconds(pid: &str, ticks: f64) -> f64 {
             .unwrap_or(0.0)
     };
     (get(14) + get(15)) / ticks
+}
+
+/// Bytes a process has written through system calls so far (`wchar` of /proc/PID/io).
+fn written_bytes(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("wchar:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// `VmHWM` (peak resident set) of a process, in KiB.
@@ -638,6 +652,13 @@ fn serve_main(flags: &Flags) -> Res<()> {
             None => format!("sqlite://{}/journal.db", dir.display()),
         };
         root.store.durability = durability;
+        // The journal writer's page cache (`store.sqlite_cache`), for comparing sizes.
+        if let Some(bytes) = std::env::var("BENCH_SQLITE_CACHE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            root.store.sqlite_cache = bytes;
+        }
         // Bodies are encrypted at rest, as by default; the key file lives with the database.
         root.security.encryption.keys_file = dir.join("keys");
         let yaml = pipeline_yaml(port, steps, queue);
@@ -941,6 +962,9 @@ impl ServerKind {
 
 struct Measurement {
     what: &'static str,
+    /// Bytes the server process wrote (`wchar` of /proc/PID/io: the WAL, the checkpoints into
+    /// the database file and the ACKs) over the timed phase.
+    server_written: u64,
     server: ServerKind,
     connections: usize,
     /// Paced rate, or as fast as possible.
@@ -1074,6 +1098,7 @@ impl Run<'_> {
         let s0 = server_pid
             .as_deref()
             .map_or(0.0, |p| cpu_seconds(p, self.ticks));
+        let w0 = server_pid.as_deref().map_or(0, written_bytes);
         let stats0 = match server.as_mut() {
             Some(s) if matches!(kind, ServerKind::Engine { .. }) => {
                 serde_json::from_str::<EngineStats>(&s.ask("stats").await?)?
@@ -1088,6 +1113,10 @@ impl Run<'_> {
         let s1 = server_pid
             .as_deref()
             .map_or(0.0, |p| cpu_seconds(p, self.ticks));
+        let server_written = server_pid
+            .as_deref()
+            .map_or(0, written_bytes)
+            .saturating_sub(w0);
         let status = child.wait().await?;
         let result: ClientResult = serde_json::from_str(
             line.strip_prefix("RESULT ")
@@ -1176,6 +1205,7 @@ impl Run<'_> {
             connections,
             rate,
             server_cpu,
+            server_written,
             others_cpu: others,
             load: format!("{load0}→{load1}"),
             peak_rss_mib: peak,
@@ -1214,7 +1244,7 @@ fn rate_of(m: &Measurement) -> f64 {
 
 fn summary(m: &Measurement) -> String {
     format!(
-        "{} | {} | {} conn{} | {} msg/s | p50 {:.2} p99 {:.2} max {:.2} ms | server CPU {:.2}s ({:.0} µs/msg), client {:.2}s, others {:.2}s | RSS {:.0} MiB{}{} | {}",
+        "{} | {} | {} conn{} | {} msg/s | p50 {:.2} p99 {:.2} max {:.2} ms | server CPU {:.2}s ({:.0} µs/msg), client {:.2}s, others {:.2}s | server wrote {:.2} KiB/msg | RSS {:.0} MiB{}{} | {}",
         m.what,
         m.server.label(),
         m.connections,
@@ -1228,6 +1258,7 @@ fn summary(m: &Measurement) -> String {
         m.server_cpu * 1e6 / m.client.messages as f64,
         m.client.cpu_seconds,
         m.others_cpu,
+        m.server_written as f64 / 1024.0 / m.client.messages as f64,
         m.peak_rss_mib,
         m.done_at_last_ack.map_or(String::new(), |(d, q)| format!(
             " | done at last ACK {d}, queue {q}"

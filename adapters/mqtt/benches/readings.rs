@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo bench -p huizhen-mqtt --bench readings            # 5,000 readings, local Mosquitto
 //! BENCH_READINGS=20000 MQTT_PORT=1883 cargo bench -p huizhen-mqtt --bench readings
+//! BENCH_CONCURRENCY=4,32 cargo bench -p huizhen-mqtt --bench readings  # the pipeline's concurrency
 //! ```
 //!
 //! 1. **Baseline**: one publisher (QoS 1, up to 100 unacknowledged) and one plain subscriber
@@ -136,7 +137,7 @@ async fn baseline(n: usize, tag: &str) -> Res<f64> {
     Ok(n as f64 / secs)
 }
 
-async fn engine_rate(n: usize, tag: &str) -> Res<(f64, usize)> {
+async fn engine_rate(n: usize, tag: &str, concurrency: Option<usize>) -> Res<(f64, usize)> {
     let dir = tempfile::tempdir()?;
     let mut root = RootConfig::default();
     root.store.url = format!("sqlite://{}/journal.db", dir.path().display());
@@ -153,7 +154,7 @@ source:
     client_id: bench-engine-{tag}
     topics: ["{topic}"]
     inflight: 256
-steps:
+{concurrency}steps:
   - device_reading:
       output: record
       thresholds:
@@ -162,7 +163,8 @@ sinks:
   - journal: {{}}
 "#,
         host(),
-        port()
+        port(),
+        concurrency = concurrency.map_or(String::new(), |c| format!("concurrency: {c}\n")),
     );
     let file = dir.path().join("bench.yaml");
     std::fs::write(&file, &yaml)?;
@@ -240,30 +242,53 @@ sinks:
     Ok((n as f64 / secs, done as usize))
 }
 
+fn show(c: Option<usize>) -> String {
+    c.map_or("4 (default)".into(), |c| c.to_string())
+}
+
 fn main() -> Res<()> {
     let n: usize = std::env::var("BENCH_READINGS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5_000);
+    // The pipeline's `concurrency` (default: the engine's, 4); several values in one run with
+    // `BENCH_CONCURRENCY=4,32`.
+    let concurrencies: Vec<Option<usize>> = match std::env::var("BENCH_CONCURRENCY") {
+        Ok(v) if !v.trim().is_empty() => v
+            .split(',')
+            .map(|c| c.trim().parse().map(Some))
+            .collect::<Result<_, _>>()?,
+        _ => vec![None],
+    };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let tag = format!("{}", std::process::id());
         if std::env::var_os("BENCH_ENGINE_ONLY").is_some() {
             // For a profiler: the engine's part alone.
-            let (e, done) = engine_rate(n, &tag).await?;
-            println!("readings: {n} (done: {done}); mqtt → device_reading → journal: {e:.0} readings/s");
+            for (i, c) in concurrencies.iter().enumerate() {
+                let (e, done) = engine_rate(n, &format!("{tag}-{i}"), *c).await?;
+                println!("readings: {n} (done: {done}); concurrency {}; mqtt → device_reading → journal: {e:.0} readings/s", show(*c));
+            }
             return Ok(());
         }
         // Warm-up of the broker path, then baseline and engine, then the baseline again.
         baseline(n.min(1000), &format!("{tag}w")).await?;
         let b1 = baseline(n, &format!("{tag}a")).await?;
-        let (e, done) = engine_rate(n, &tag).await?;
+        let mut rates = Vec::new();
+        for (i, c) in concurrencies.iter().enumerate() {
+            rates.push((*c, engine_rate(n, &format!("{tag}-{i}"), *c).await?));
+        }
         let b2 = baseline(n, &format!("{tag}b")).await?;
         let base = (b1 + b2) / 2.0;
-        println!("readings: {n} (done: {done})");
+        println!("readings: {n}");
         println!("broker alone (publisher → plain QoS 1 subscriber): {b1:.0} and {b2:.0} msg/s, mean {base:.0}");
-        println!("mqtt → device_reading → journal:                   {e:.0} readings/s");
-        println!("ratio: {:.2} (target ≥ 0.5)", e / base);
+        for (c, (e, done)) in rates {
+            println!(
+                "mqtt → device_reading → journal, concurrency {}: {e:.0} readings/s (done: {done}); ratio {:.2} (target ≥ 0.5)",
+                show(c),
+                e / base
+            );
+        }
         Ok(())
     })
 }

@@ -11,6 +11,13 @@
 //! manual acks (prefetch 256) by one consumer, concurrently; the clock runs from the first
 //! publish to the last ack.
 //!
+//! Local mode on the same PostgreSQL (issue 13 item 3): one process with the in-process queue
+//! (no `queue:`, no `cluster:`), the same `amqp` source and the same store; cluster mode with one
+//! node is reported against it. Each engine run also reports the CPU time per message of the
+//! engine processes, PostgreSQL (every `postgres` process), RabbitMQ (`beam.smp`) and this
+//! bench's own publisher, read from /proc: what a node costs when the store and the broker have
+//! cores of their own.
+//!
 //! ```sh
 //! cargo bench -p huizhen --bench scaleout            # N = 20000; HZ_BENCH_N to change
 //! ```
@@ -150,19 +157,89 @@ impl Drop for Procs {
     }
 }
 
-async fn done_count(db_url: &str) -> i64 {
-    let mut c = sqlx::PgConnection::connect(db_url).await.unwrap();
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE state = 'done'")
-        .fetch_one(&mut c)
+async fn done_count(c: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE state = 'done'")
+        .fetch_one(c)
         .await
-        .unwrap_or(0);
-    let _ = c.close().await;
-    n
+        .unwrap_or(0)
 }
 
-/// N messages through `procs` engine processes; returns msg/s.
-async fn engine_run(procs: usize, n: usize, dir: &Path) -> f64 {
-    let name = format!("hz_bench_{procs}_{}", std::process::id());
+/// Clock ticks per second of /proc's CPU times (USER_HZ: 100 on Linux everywhere).
+const TICKS: f64 = 100.0;
+
+/// User + system CPU seconds of a process so far (0 when it is gone).
+fn cpu_of(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The command may hold spaces: fields count from after its closing parenthesis.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts with field 3 (state); utime and stime are fields 14 and 15.
+    let ticks = |i: usize| {
+        f.get(i - 3)
+            .and_then(|x| x.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(14) + ticks(15)) / TICKS
+}
+
+/// CPU seconds of every process whose command name is `comm`, by pid.
+fn cpu_by_comm(comm: &str) -> std::collections::HashMap<u32, f64> {
+    let mut out = std::collections::HashMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if name.trim_end() == comm {
+                out.insert(pid, cpu_of(pid));
+            }
+        }
+    }
+    out
+}
+
+/// CPU seconds spent between two readings of [`cpu_by_comm`] by processes alive at the second
+/// (a process that started in between counts from zero).
+fn cpu_spent(
+    before: &std::collections::HashMap<u32, f64>,
+    after: &std::collections::HashMap<u32, f64>,
+) -> f64 {
+    after
+        .iter()
+        .map(|(pid, t)| t - before.get(pid).copied().unwrap_or(0.0))
+        .sum()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The in-process queue (no `queue:`), one process.
+    Local,
+    /// `queue: amqp://…` with `cluster:`.
+    Cluster,
+}
+
+/// What one engine run measured.
+struct Run {
+    rate: f64,
+    /// CPU µs per message: engine processes, PostgreSQL, RabbitMQ, this bench (the publisher).
+    engine_us: f64,
+    pg_us: f64,
+    broker_us: f64,
+    bench_us: f64,
+}
+
+/// N messages through `procs` engine processes; returns msg/s and the CPU per message.
+async fn engine_run(mode: Mode, procs: usize, n: usize, dir: &Path) -> Run {
+    let tag = match mode {
+        Mode::Local => "local".to_owned(),
+        Mode::Cluster => format!("{procs}"),
+    };
+    let name = format!("hz_bench_{tag}_{}", std::process::id());
     let admin = pg_admin();
     {
         let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
@@ -181,16 +258,19 @@ async fn engine_run(procs: usize, n: usize, dir: &Path) -> f64 {
         "{}/{name}",
         admin.rsplit_once('/').map_or(admin.as_str(), |x| x.0)
     );
-    let inbound = format!("hz-bench-in-{procs}");
+    let inbound = format!("hz-bench-in-{tag}");
     declare(&inbound).await;
-    let prefix = format!("hz-bench-{procs}");
-    let run = dir.join(format!("p{procs}"));
+    let prefix = format!("hz-bench-{tag}");
+    let run = dir.join(format!("p{tag}"));
     std::fs::create_dir_all(run.join("pipelines")).unwrap();
+    let queue = match mode {
+        Mode::Local => String::new(),
+        Mode::Cluster => format!("queue: \"{}\"\ncluster:\n  prefix: {prefix}\n", amqp_url()),
+    };
     std::fs::write(
         run.join("huizhen.yaml"),
         format!(
-            "version: 1\nstore:\n  url: \"{db_url}\"\nqueue: \"{}\"\ncluster:\n  prefix: {prefix}\nsecurity:\n  jwt_secret: \"bench-secret-0123456789abcdef0123456789\"\n  encryption: {{ keys_file: \"{}\" }}\nplugins:\n  watch: false\npipelines: [\"pipelines/*.yaml\"]\n",
-            amqp_url(),
+            "version: 1\nstore:\n  url: \"{db_url}\"\n{queue}security:\n  jwt_secret: \"bench-secret-0123456789abcdef0123456789\"\n  encryption: {{ keys_file: \"{}\" }}\nplugins:\n  watch: false\npipelines: [\"pipelines/*.yaml\"]\n",
             run.join("keys").display()
         ),
     )
@@ -210,16 +290,17 @@ async fn engine_run(procs: usize, n: usize, dir: &Path) -> f64 {
             .local_addr()
             .unwrap()
             .port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_huizhen"));
+        cmd.arg("-c")
+            .arg(run.join("huizhen.yaml"))
+            .arg("run")
+            .arg("--bind")
+            .arg(format!("127.0.0.1:{port}"));
+        if mode == Mode::Cluster {
+            cmd.arg("--node").arg(format!("b{i}"));
+        }
         children.0.push(
-            Command::new(env!("CARGO_BIN_EXE_huizhen"))
-                .arg("-c")
-                .arg(run.join("huizhen.yaml"))
-                .arg("run")
-                .arg("--bind")
-                .arg(format!("127.0.0.1:{port}"))
-                .arg("--node")
-                .arg(format!("b{i}"))
-                .env("RUST_LOG", "warn")
+            cmd.env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
                 .spawn()
@@ -229,10 +310,18 @@ async fn engine_run(procs: usize, n: usize, dir: &Path) -> f64 {
         tokio::time::sleep(Duration::from_millis(if i == 0 { 1500 } else { 300 })).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut poll = sqlx::PgConnection::connect(&db_url).await.unwrap();
+    let engine_cpu = |c: &Procs| c.0.iter().map(|p| cpu_of(p.id())).sum::<f64>();
+    let (e0, pg0, mq0, me0) = (
+        engine_cpu(&children),
+        cpu_by_comm("postgres"),
+        cpu_by_comm("beam.smp"),
+        cpu_of(std::process::id()),
+    );
     let t0 = Instant::now();
     publish(&inbound, n).await;
     loop {
-        if done_count(&db_url).await as usize >= n {
+        if done_count(&mut poll).await as usize >= n {
             break;
         }
         assert!(
@@ -242,6 +331,15 @@ async fn engine_run(procs: usize, n: usize, dir: &Path) -> f64 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let rate = n as f64 / t0.elapsed().as_secs_f64();
+    let per = |s: f64| s * 1e6 / n as f64;
+    let out = Run {
+        rate,
+        engine_us: per(engine_cpu(&children) - e0),
+        pg_us: per(cpu_spent(&pg0, &cpu_by_comm("postgres"))),
+        broker_us: per(cpu_spent(&mq0, &cpu_by_comm("beam.smp"))),
+        bench_us: per(cpu_of(std::process::id()) - me0),
+    };
+    let _ = poll.close().await;
     drop(children);
     let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
     let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -249,7 +347,7 @@ async fn engine_run(procs: usize, n: usize, dir: &Path) -> f64 {
     )))
     .execute(&mut c)
     .await;
-    rate
+    out
 }
 
 #[tokio::main]
@@ -265,14 +363,44 @@ async fn main() {
     println!("scale-out: {n} messages of 1 KB, publisher confirms and consumer acks");
     let raw = raw_lapin(n).await;
     println!("raw lapin publish/consume loop: {raw:>8.0} msg/s");
-    for procs in 1..=3 {
-        let r = engine_run(procs, n, dir.path()).await;
+    println!(
+        "CPU µs per message: engine processes / PostgreSQL / RabbitMQ / the publisher (this bench)"
+    );
+    let show = |what: &str, r: &Run, extra: String| {
         println!(
-            "engine, {procs} process{}:        {r:>8.0} msg/s  (ratio to raw {:.2})",
-            if procs == 1 { " " } else { "es" },
-            r / raw
+            "{what:<31} {:>8.0} msg/s  (ratio to raw {:.2}{extra})  CPU µs/msg {:.0} / {:.0} / {:.0} / {:.0}",
+            r.rate,
+            r.rate / raw,
+            r.engine_us,
+            r.pg_us,
+            r.broker_us,
+            r.bench_us
         );
+    };
+    let local = engine_run(Mode::Local, 1, n, dir.path()).await;
+    show("local mode, 1 process:", &local, String::new());
+    let mut cluster = Vec::new();
+    for procs in 1..=3 {
+        let r = engine_run(Mode::Cluster, procs, n, dir.path()).await;
+        show(
+            &format!(
+                "cluster, {procs} process{}:",
+                if procs == 1 { "" } else { "es" }
+            ),
+            &r,
+            format!(", to local mode {:.2}", r.rate / local.rate),
+        );
+        cluster.push(r);
     }
     let raw_after = raw_lapin(n).await;
     println!("raw lapin again (drift check):   {raw_after:>8.0} msg/s");
+    // On paper: a node's own CPU per message bounds what each node adds when the store and the
+    // broker have cores of their own; the store's and the broker's bound the cluster.
+    let one = &cluster[0];
+    println!(
+        "on paper, one core per engine node: {:.0} msg/s per node; PostgreSQL bounds the cluster at {:.0} msg/s per core it has, RabbitMQ at {:.0} per core",
+        1e6 / one.engine_us,
+        1e6 / one.pg_us,
+        1e6 / one.broker_us
+    );
 }

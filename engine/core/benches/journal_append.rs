@@ -25,6 +25,16 @@
 //!   administrative connection; the benchmark creates and uses the database `huizhen_bench`
 //!   next to it (and drops and recreates its tables), never the tables of the given database
 //! * `--dir PATH` (`BENCH_DIR`, default a fresh directory under the system temporary directory)
+//! * `--traffic plain,mllp` (`BENCH_TRAFFIC`): `plain` appends bodies alone, in clear; `mllp`
+//!   appends what the MLLP source hands the journal: a dedup key per message (sender and
+//!   control id, so each append is preceded by a dedup lookup), the source's seven headers, and
+//!   encryption at rest on (body, headers and dedup key sealed, blind indexes), as the engine's
+//!   default is. The raw baseline writes the same rows in clear with the dedup key column set.
+//!
+//! The baseline's SQLite connection gets the journal writer's settings (WAL, the same
+//! `synchronous`, `cache_size`, `temp_store=MEMORY`). The durability column is what the database
+//! reports on the journal's own connection (`PRAGMA synchronous`; PostgreSQL's `fsync` and
+//! `synchronous_commit`), not what was asked for.
 //!
 //! PostgreSQL is skipped with a note when unreachable, unless `CI=true`, where that is an error.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -33,6 +43,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use huizhen_core::crypto::{EncryptionConfig, Keyring};
 use huizhen_core::message::{NewMessage, new_id, now_ms};
 use huizhen_core::store::{Backend, Durability, Journal, JournalOptions, Store, StoreOptions};
 use sqlx::postgres::{PgConnectOptions, PgConnection, Postgres};
@@ -67,7 +78,24 @@ struct Config {
     writers: Option<usize>,
     pg_url: String,
     dir: Option<PathBuf>,
+    traffics: Vec<Traffic>,
     ci: bool,
+}
+
+/// What each appended message carries (see the module's documentation).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Traffic {
+    Plain,
+    Mllp,
+}
+
+impl Traffic {
+    fn name(self) -> &'static str {
+        match self {
+            Traffic::Plain => "plain",
+            Traffic::Mllp => "mllp (dedup key, headers, encrypted)",
+        }
+    }
 }
 
 impl Config {
@@ -79,14 +107,14 @@ impl Config {
                 // Passed by `cargo bench` to every bench target.
                 "--bench" => {}
                 "--messages" | "--producers" | "--backends" | "--durability"
-                | "--baseline-batch" | "--writers" | "--pg-url" | "--dir" => {
+                | "--baseline-batch" | "--writers" | "--pg-url" | "--dir" | "--traffic" => {
                     let v = args.next().ok_or_else(|| format!("{a} needs a value"))?;
                     flags.push((a, v));
                 }
                 "-h" | "--help" => {
                     eprintln!(
                         "journal_append [--messages N] [--producers 8,64] [--backends sqlite,postgres] \
-                         [--durability process-crash,power-loss] [--baseline-batch 512] [--writers N] [--pg-url URL] [--dir PATH]"
+                         [--durability process-crash,power-loss] [--baseline-batch 512] [--writers N] [--pg-url URL] [--dir PATH] [--traffic plain,mllp]"
                     );
                     std::process::exit(0);
                 }
@@ -142,6 +170,17 @@ impl Config {
                 .collect::<Result<Vec<_>, _>>()?,
             None => vec![Durability::ProcessCrash, Durability::PowerLoss],
         };
+        let traffics = match get("--traffic", "BENCH_TRAFFIC") {
+            Some(v) => list(v)
+                .iter()
+                .map(|x| match x.as_str() {
+                    "plain" => Ok(Traffic::Plain),
+                    "mllp" => Ok(Traffic::Mllp),
+                    other => Err(format!("unknown traffic {other} (plain, mllp)")),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            None => vec![Traffic::Plain, Traffic::Mllp],
+        };
         let baseline_batch = match get("--baseline-batch", "BENCH_BASELINE_BATCH") {
             Some(v) => v.parse()?,
             None => 512,
@@ -162,6 +201,7 @@ impl Config {
             pg_url: get("--pg-url", "BENCH_PG_URL")
                 .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".into()),
             dir: get("--dir", "BENCH_DIR").map(PathBuf::from),
+            traffics,
             ci: std::env::var("CI").is_ok_and(|v| v == "true" || v == "1"),
         })
     }
@@ -180,25 +220,68 @@ fn body(producer: usize, seq: usize) -> Vec<u8> {
     s.into_bytes()
 }
 
-fn new_message(producer: usize, seq: usize) -> NewMessage {
+fn new_message(producer: usize, seq: usize, traffic: Traffic) -> NewMessage {
     let mut m = NewMessage::new(PIPELINE, FACILITY, KIND, body(producer, seq));
     m.source = SOURCE.into();
+    if traffic == Traffic::Mllp {
+        m.dedup_key = Some(dedup_key(producer, seq));
+        for (k, v) in MLLP_HEADERS {
+            m.headers.insert((*k).into(), (*v).into());
+        }
+        m.headers
+            .insert("hl7-control-id".into(), format!("{producer}-{seq}"));
+    }
     m
 }
 
-/// What a committed row of this target survives.
-fn durability_label(target: &Target) -> &'static str {
-    match target {
-        Target::Sqlite {
-            durability: Durability::ProcessCrash,
-            ..
-        } => "kill -9 (WAL, synchronous=NORMAL)",
-        Target::Sqlite {
-            durability: Durability::PowerLoss,
-            ..
-        } => "power loss (WAL, synchronous=FULL)",
-        Target::Postgres { .. } => "power loss (synchronous_commit=on)",
-    }
+/// MSH-3|MSH-4|MSH-10, as the MLLP source forms it.
+fn dedup_key(producer: usize, seq: usize) -> String {
+    format!("LIS|县医院检验科|{producer}-{seq}")
+}
+
+/// The MLLP source's headers but the control id (set per message).
+const MLLP_HEADERS: &[(&str, &str)] = &[
+    ("hl7-type", "ORU^R01"),
+    ("hl7-version", "2.5.1"),
+    ("hl7-charset", "GB18030"),
+    ("hl7-sending-application", "LIS"),
+    ("hl7-sending-facility", "县医院检验科"),
+    ("hl7-app-ack", "Always"),
+];
+
+/// What a committed row of this target survives, from the settings the database reports:
+/// on SQLite the journal writer's own connection (`PRAGMA synchronous`, read when it opened; the
+/// journal mode is WAL), on PostgreSQL the server's `fsync` and `synchronous_commit`.
+async fn durability_label(writer_sync: Option<&str>, target: &Target) -> Res<String> {
+    Ok(match target {
+        Target::Sqlite { .. } => {
+            let sync = writer_sync.unwrap_or("not reported");
+            let what = match sync {
+                "FULL" | "EXTRA" => "power loss",
+                "NORMAL" => "kill -9",
+                _ => "unknown",
+            };
+            format!("{what} (WAL, synchronous={sync})")
+        }
+        Target::Postgres { url } => {
+            let mut conn = PgConnection::connect_with(&PgConnectOptions::from_str(url)?).await?;
+            let mut v = Vec::new();
+            for name in ["fsync", "synchronous_commit"] {
+                let x: String = sqlx::query(sqlx::AssertSqlSafe(format!("SHOW {name}")))
+                    .fetch_one(&mut conn)
+                    .await?
+                    .try_get(0)?;
+                v.push(x);
+            }
+            conn.close().await?;
+            let what = if v[0] == "on" && v[1] != "off" && v[1] != "local" {
+                "power loss"
+            } else {
+                "not power loss"
+            };
+            format!("{what} (fsync={}, synchronous_commit={})", v[0], v[1])
+        }
+    })
 }
 
 fn durability_name(d: Durability) -> &'static str {
@@ -213,10 +296,17 @@ struct Measure {
     elapsed: Duration,
     /// Average operations per journal transaction (journal runs only).
     batch: Option<f64>,
+    /// The journal writer's `synchronous` as its connection reported it (SQLite journal runs).
+    sync: Option<&'static str>,
 }
 
 /// `producers` tasks share `n` appends; each waits for its acknowledgement before the next.
-async fn run_journal(store: Store, producers: usize, cfg: &Config) -> Res<Measure> {
+async fn run_journal(
+    store: Store,
+    producers: usize,
+    cfg: &Config,
+    traffic: Traffic,
+) -> Res<Measure> {
     let n = cfg.messages;
     let mut opts = JournalOptions::default();
     if let Some(w) = cfg.writers {
@@ -230,7 +320,7 @@ async fn run_journal(store: Store, producers: usize, cfg: &Config) -> Res<Measur
         let journal = journal.clone();
         tasks.push(tokio::spawn(async move {
             for seq in 0..count {
-                let a = journal.append(new_message(p, seq)).await?;
+                let a = journal.append(new_message(p, seq, traffic)).await?;
                 if a.duplicate {
                     return Err::<(), BoxError>("unexpected duplicate".into());
                 }
@@ -243,6 +333,7 @@ async fn run_journal(store: Store, producers: usize, cfg: &Config) -> Res<Measur
     }
     let elapsed = start.elapsed();
     let stats = journal.stats();
+    let sync = journal.sqlite_synchronous();
     drop(journal);
     let total: i64 = store.counts().await?.iter().map(|(_, _, c)| c).sum();
     if total != n as i64 {
@@ -253,6 +344,7 @@ async fn run_journal(store: Store, producers: usize, cfg: &Config) -> Res<Measur
         rate: n as f64 / elapsed.as_secs_f64(),
         elapsed,
         batch: Some(stats.ops as f64 / stats.batches.max(1) as f64),
+        sync,
     })
 }
 
@@ -260,13 +352,23 @@ async fn run_journal(store: Store, producers: usize, cfg: &Config) -> Res<Measur
 struct RawRow {
     id: String,
     body: Vec<u8>,
+    dedup_key: Option<String>,
+    headers: &'static str,
 }
 
-fn raw_rows(from: usize, k: usize) -> Vec<RawRow> {
+/// The MLLP traffic's headers as the state row keeps them (JSON), for the baseline's rows.
+const MLLP_HEADERS_JSON: &str = r#"{"hl7-app-ack":"Always","hl7-charset":"GB18030","hl7-control-id":"0-000000","hl7-sending-application":"LIS","hl7-sending-facility":"县医院检验科","hl7-type":"ORU^R01","hl7-version":"2.5.1"}"#;
+
+fn raw_rows(from: usize, k: usize, traffic: Traffic) -> Vec<RawRow> {
     (from..from + k)
         .map(|i| RawRow {
             id: new_id(),
             body: body(0, i),
+            dedup_key: (traffic == Traffic::Mllp).then(|| dedup_key(0, i)),
+            headers: match traffic {
+                Traffic::Plain => "{}",
+                Traffic::Mllp => MLLP_HEADERS_JSON,
+            },
         })
         .collect()
 }
@@ -278,11 +380,11 @@ macro_rules! push_raw_rows {
                 .push_bind(FACILITY)
                 .push_bind(PIPELINE)
                 .push_bind(KIND)
-                .push_bind("{}")
+                .push_bind(r.headers)
                 .push_bind(SOURCE)
                 .push_bind($now)
                 .push_bind(r.id.clone())
-                .push_bind(None::<String>)
+                .push_bind(r.dedup_key.clone())
                 .push_bind(None::<String>)
                 .push_bind(None::<String>)
                 .push_bind("received")
@@ -291,7 +393,15 @@ macro_rules! push_raw_rows {
     };
 }
 
-async fn baseline_sqlite(path: &Path, d: Durability, n: usize, batch: usize) -> Res<Measure> {
+async fn baseline_sqlite(
+    path: &Path,
+    d: Durability,
+    n: usize,
+    batch: usize,
+    traffic: Traffic,
+) -> Res<Measure> {
+    // The journal writer's settings (store/journal/sqlite.rs).
+    let cache_kib = (huizhen_core::store::DEFAULT_SQLITE_CACHE / 1024).max(64);
     let opts = SqliteConnectOptions::new()
         .filename(path)
         .journal_mode(SqliteJournalMode::Wal)
@@ -299,13 +409,15 @@ async fn baseline_sqlite(path: &Path, d: Durability, n: usize, batch: usize) -> 
             Durability::ProcessCrash => SqliteSynchronous::Normal,
             Durability::PowerLoss => SqliteSynchronous::Full,
         })
+        .pragma("cache_size", format!("-{cache_kib}"))
+        .pragma("temp_store", "MEMORY")
         .busy_timeout(Duration::from_secs(10));
     let mut conn = SqliteConnection::connect_with(&opts).await?;
     let start = Instant::now();
     let mut done = 0;
     while done < n {
         let k = batch.min(n - done);
-        let rows = raw_rows(done, k);
+        let rows = raw_rows(done, k, traffic);
         let now = now_ms();
         let mut qb = QueryBuilder::<Sqlite>::new(INSERT_PREFIX);
         push_raw_rows!(qb, rows, now);
@@ -332,16 +444,17 @@ async fn baseline_sqlite(path: &Path, d: Durability, n: usize, batch: usize) -> 
         rate: n as f64 / elapsed.as_secs_f64(),
         elapsed,
         batch: None,
+        sync: None,
     })
 }
 
-async fn baseline_postgres(url: &str, n: usize, batch: usize) -> Res<Measure> {
+async fn baseline_postgres(url: &str, n: usize, batch: usize, traffic: Traffic) -> Res<Measure> {
     let mut conn = PgConnection::connect_with(&PgConnectOptions::from_str(url)?).await?;
     let start = Instant::now();
     let mut done = 0;
     while done < n {
         let k = batch.min(n - done);
-        let rows = raw_rows(done, k);
+        let rows = raw_rows(done, k, traffic);
         let now = now_ms();
         let mut qb = QueryBuilder::<Postgres>::new(INSERT_PREFIX);
         push_raw_rows!(qb, rows, now);
@@ -368,6 +481,7 @@ async fn baseline_postgres(url: &str, n: usize, batch: usize) -> Res<Measure> {
         rate: n as f64 / elapsed.as_secs_f64(),
         elapsed,
         batch: None,
+        sync: None,
     })
 }
 
@@ -490,20 +604,21 @@ impl Target {
         }
     }
 
-    async fn baseline(&self, n: usize, batch: usize) -> Res<Measure> {
+    async fn baseline(&self, n: usize, batch: usize, traffic: Traffic) -> Res<Measure> {
         self.fresh().await?.close().await;
         match self {
             Target::Sqlite { path, durability } => {
-                baseline_sqlite(path, *durability, n, batch).await
+                baseline_sqlite(path, *durability, n, batch, traffic).await
             }
-            Target::Postgres { url } => baseline_postgres(url, n, batch).await,
+            Target::Postgres { url } => baseline_postgres(url, n, batch, traffic).await,
         }
     }
 }
 
 struct Line {
     backend: &'static str,
-    durability: &'static str,
+    durability: String,
+    traffic: Traffic,
     producers: usize,
     journal: Measure,
     /// Baseline with as many rows per transaction as the journal's average batch.
@@ -514,14 +629,27 @@ struct Line {
 
 /// Measures the journal with `producers`, then the baseline at the batch size the journal
 /// reached and at `--baseline-batch`.
-async fn measure(cfg: &Config, target: &Target, producers: usize) -> Res<Line> {
+async fn measure(
+    cfg: &Config,
+    target: &Target,
+    producers: usize,
+    traffic: Traffic,
+    keyring: &std::sync::Arc<Keyring>,
+) -> Res<Line> {
     let label = match target {
         Target::Sqlite { durability, .. } => {
             format!("sqlite {}", durability_name(*durability))
         }
         Target::Postgres { .. } => "postgres".to_owned(),
     };
-    let journal = run_journal(target.fresh().await?, producers, cfg).await?;
+    let label = format!("{label} {}", traffic.name());
+    let store = target.fresh().await?;
+    let store = match traffic {
+        Traffic::Plain => store,
+        Traffic::Mllp => store.with_keyring(Some(keyring.clone())),
+    };
+    let journal = run_journal(store, producers, cfg, traffic).await?;
+    let durability = durability_label(journal.sync, target).await?;
     let avg = journal.batch.unwrap_or(1.0);
     eprintln!(
         "  {label} producers={producers}: journal {} msg/s ({:.2?}, avg batch {avg:.1})",
@@ -529,13 +657,17 @@ async fn measure(cfg: &Config, target: &Target, producers: usize) -> Res<Line> {
         journal.elapsed,
     );
     let matched_batch = (avg.round() as usize).max(1);
-    let matched = target.baseline(cfg.messages, matched_batch).await?;
+    let matched = target
+        .baseline(cfg.messages, matched_batch, traffic)
+        .await?;
     eprintln!(
         "  {label} baseline batch {matched_batch}: {} rows/s ({:.2?})",
         fmt_rate(matched.rate),
         matched.elapsed
     );
-    let fixed = target.baseline(cfg.messages, cfg.baseline_batch).await?;
+    let fixed = target
+        .baseline(cfg.messages, cfg.baseline_batch, traffic)
+        .await?;
     eprintln!(
         "  {label} baseline batch {}: {} rows/s ({:.2?})",
         cfg.baseline_batch,
@@ -544,7 +676,8 @@ async fn measure(cfg: &Config, target: &Target, producers: usize) -> Res<Line> {
     );
     Ok(Line {
         backend: target.name(),
-        durability: durability_label(target),
+        durability,
+        traffic,
         producers,
         journal,
         matched: (matched_batch, matched),
@@ -571,6 +704,12 @@ async fn run(cfg: Config) -> Res<()> {
     });
     std::fs::create_dir_all(&tmp)?;
     let db = tmp.join("bench.db");
+    // The key file of the `mllp` traffic's encryption at rest (created with fresh keys).
+    let keyring = Keyring::from_config(&EncryptionConfig {
+        keys_file: tmp.join("keys"),
+        ..EncryptionConfig::default()
+    })?
+    .ok_or("encryption is on by default")?;
     let mut lines: Vec<Line> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
     eprintln!(
@@ -590,8 +729,10 @@ async fn run(cfg: Config) -> Res<()> {
                         path: db.clone(),
                         durability,
                     };
-                    for &p in &cfg.producers {
-                        lines.push(measure(&cfg, &target, p).await?);
+                    for &traffic in &cfg.traffics {
+                        for &p in &cfg.producers {
+                            lines.push(measure(&cfg, &target, p, traffic, &keyring).await?);
+                        }
                     }
                 }
                 remove_sqlite_files(&db);
@@ -611,8 +752,10 @@ async fn run(cfg: Config) -> Res<()> {
                 };
                 pg_settings_line = Some(pg_settings(&url).await?);
                 let target = Target::Postgres { url };
-                for &p in &cfg.producers {
-                    lines.push(measure(&cfg, &target, p).await?);
+                for &traffic in &cfg.traffics {
+                    for &p in &cfg.producers {
+                        lines.push(measure(&cfg, &target, p, traffic, &keyring).await?);
+                    }
                 }
                 // Leave the benchmark database small.
                 target.fresh().await?.close().await;
@@ -625,15 +768,16 @@ async fn run(cfg: Config) -> Res<()> {
 
     println!();
     println!(
-        "| backend | durable against | producers | journal msg/s | avg batch | raw sqlx, same batch | ratio | raw sqlx, batch {} | ratio |",
+        "| backend | durable against (as the database reports) | traffic | producers | journal msg/s | avg batch | raw sqlx, same batch | ratio | raw sqlx, batch {} | ratio |",
         cfg.baseline_batch
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for l in &lines {
         println!(
-            "| {} | {} | {} | {} | {:.1} | {} (batch {}) | {:.2} | {} | {:.2} |",
+            "| {} | {} | {} | {} | {} | {:.1} | {} (batch {}) | {:.2} | {} | {:.2} |",
             l.backend,
             l.durability,
+            l.traffic.name(),
             l.producers,
             fmt_rate(l.journal.rate),
             l.journal.batch.unwrap_or(0.0),
@@ -647,7 +791,8 @@ async fn run(cfg: Config) -> Res<()> {
     println!();
     println!(
         "{} messages of {BODY_SIZE} bytes per measurement; each producer waits for the commit of its message before sending the next. \
-         Raw sqlx: one writer, native driver, multi-row INSERT of the same rows, one transaction per batch.",
+         Raw sqlx: one writer, native driver, multi-row INSERT of the same rows (in clear, the dedup key column set for mllp traffic), \
+         one transaction per batch, SQLite with the journal writer's settings.",
         cfg.messages
     );
     if let Some(s) = pg_settings_line {
