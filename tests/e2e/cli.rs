@@ -605,3 +605,38 @@ fn compliance_record_maps_each_pipeline_and_prints_no_secret() {
     assert!(out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.yaml"));
 }
+
+/// The log on stderr: no colour escape codes when stderr is not a terminal (a file, a pipe,
+/// journald), and one JSON object per line with `--log-format json`.
+#[test]
+fn logs_are_plain_off_a_terminal_and_json_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = huizhen_in(dir.path(), &["init"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("INFO") && text.contains("created a new data key file"),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\u{1b}'),
+        "escape codes in a piped log: {text:?}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = huizhen_in(dir.path(), &["--log-format", "json", "init"]);
+    assert!(out.status.success(), "{out:?}");
+    let json = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["level"] == "INFO"
+            && l["message"] == "created a new data key file"
+            && l["file"].as_str().is_some_and(|f| f.ends_with("keys"))),
+        "{json}"
+    );
+    assert!(!json.contains('\u{1b}'), "{json:?}");
+}

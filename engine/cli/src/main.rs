@@ -80,8 +80,47 @@ struct Cli {
     #[arg(long, value_name = "URL")]
     database_url: Option<String>,
 
+    /// How the log lines on stderr look: `text` (human-readable; coloured only when stderr is a
+    /// terminal) or `json` (one JSON object per line, for journald, Loki, Elasticsearch, …).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "HUIZHEN_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// See [`Cli::log_format`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The log on stderr: `RUST_LOG` or `default_filter`; text with colours only on a terminal (no
+/// escape codes in files, pipes or journald), or JSON lines. Log events carry ids, names and
+/// reasons, never message bodies or patient data (see docs/security.md).
+fn init_logging(format: LogFormat, default_filter: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| default_filter.into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 /// Where the store is, for the commands that use one.
@@ -375,13 +414,7 @@ fn main() -> ExitCode {
     } else {
         "info,sqlx=warn"
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(cli.log_format, default_filter);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
