@@ -878,6 +878,7 @@ pub async fn export(store: &Store, a: ExportArgs) -> Result<ExitCode> {
     let mut cursor = None;
     let mut n = 0usize;
     let mut left_out = 0usize;
+    let pb = crate::progress::counter("exported");
     'pages: loop {
         let page = store
             .list(&ListFilter {
@@ -932,6 +933,7 @@ pub async fn export(store: &Store, a: ExportArgs) -> Result<ExitCode> {
                 .and_then(|()| out.write_all(b"\n"))
                 .map_err(|e| incomplete(e, n))?;
             n += 1;
+            pb.inc(1);
         }
         match page.next_cursor {
             Some(c) => cursor = Some(c),
@@ -939,6 +941,7 @@ pub async fn export(store: &Store, a: ExportArgs) -> Result<ExitCode> {
         }
     }
     out.flush().map_err(|e| incomplete(e, n))?;
+    pb.finish_and_clear();
     eprintln!(
         "{n} messages exported, de-identified with {}{}",
         a.deidentify,

@@ -56,6 +56,7 @@ mod hl7;
 mod opinion;
 mod patients;
 mod plugin;
+mod progress;
 mod reload;
 mod replay;
 mod security;
@@ -1193,9 +1194,14 @@ async fn messages(store: &Store, cmd: MessagesCommand) -> Result<ExitCode> {
                     include_refused,
                     audit: Some(&event),
                 };
+                let pb = progress::spinner(format!(
+                    "marking the {state} messages of {pipeline} for processing again"
+                ));
                 let r = store
                     .reprocess_all_with(&pipeline, parse_state(&state)?, req)
-                    .await?;
+                    .await;
+                pb.finish_and_clear();
+                let r = r?;
                 println!(
                     "{} {state} message(s) of {pipeline} will be processed again by a running engine",
                     r.reprocessed

@@ -489,19 +489,23 @@ pub async fn rotate(
         for table in huizhen_core::store::rekey::REKEY_TABLES.iter().copied() {
             let total = store.count_rows(table).await?;
             let (mut scanned, mut rewritten, mut after) = (0u64, 0u64, None::<String>);
+            let pb = crate::progress::bar(
+                u64::try_from(total).unwrap_or(0),
+                format!("pass {pass}, {table}"),
+            );
             loop {
                 let b = store.rekey_batch(table, after.as_deref(), batch).await?;
                 scanned += b.scanned;
                 rewritten += b.rewritten;
-                eprint!(
-                    "\rpass {pass}, {table}: {scanned}/{total} checked, {rewritten} re-encrypted"
-                );
+                pb.set_position(scanned);
+                pb.set_message(format!("checked, {rewritten} re-encrypted"));
                 match b.next {
                     Some(n) => after = Some(n),
                     None => break,
                 }
             }
-            eprintln!();
+            pb.finish_and_clear();
+            eprintln!("pass {pass}, {table}: {scanned}/{total} checked, {rewritten} re-encrypted");
             total_rewritten += rewritten;
         }
     }
