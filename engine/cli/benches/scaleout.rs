@@ -267,14 +267,21 @@ async fn engine_run(mode: Mode, procs: usize, n: usize, dir: &Path) -> Run {
         Mode::Local => String::new(),
         Mode::Cluster => format!("queue: \"{}\"\ncluster:\n  prefix: {prefix}\n", amqp_url()),
     };
-    std::fs::write(
-        run.join("huizhen.yaml"),
-        format!(
-            "version: 1\nstore:\n  url: \"{db_url}\"\n{queue}security:\n  jwt_secret: \"bench-secret-0123456789abcdef0123456789\"\n  encryption: {{ keys_file: \"{}\" }}\nplugins:\n  watch: false\npipelines: [\"pipelines/*.yaml\"]\n",
-            run.join("keys").display()
-        ),
-    )
-    .unwrap();
+    // A root file per process: one shared data key and audit key, and a checkpoint file of its
+    // own for each process (docs: each engine process checkpoints the shared audit chain to a
+    // file of its own).
+    for i in 0..procs {
+        std::fs::write(
+            run.join(format!("huizhen-{i}.yaml")),
+            format!(
+                "version: 1\nstore:\n  url: \"{db_url}\"\n{queue}security:\n  jwt_secret: \"bench-secret-0123456789abcdef0123456789\"\n  encryption: {{ keys_file: \"{}\" }}\n  audit: {{ key_file: \"{}\", checkpoint_file: \"{}\" }}\nplugins:\n  watch: false\npipelines: [\"pipelines/*.yaml\"]\n",
+                run.join("keys").display(),
+                run.join("audit.key").display(),
+                run.join(format!("audit-{i}.checkpoints")).display(),
+            ),
+        )
+        .unwrap();
+    }
     std::fs::write(
         run.join("pipelines/p.yaml"),
         format!(
@@ -291,8 +298,10 @@ async fn engine_run(mode: Mode, procs: usize, n: usize, dir: &Path) -> Run {
             .unwrap()
             .port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_huizhen"));
-        cmd.arg("-c")
-            .arg(run.join("huizhen.yaml"))
+        // In the run's folder: whatever else defaults to ./data stays there.
+        cmd.current_dir(&run)
+            .arg("-c")
+            .arg(run.join(format!("huizhen-{i}.yaml")))
             .arg("run")
             .arg("--bind")
             .arg(format!("127.0.0.1:{port}"));
