@@ -220,6 +220,26 @@ fn cpu_seconds(pid: &str, ticks: f64) -> f64 {
     (get(14) + get(15)) / ticks
 }
 
+/// A progress bar of a measurement's timed messages on stderr, hidden off a terminal.
+fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    let target = if std::io::stderr().is_terminal() {
+        indicatif::ProgressDrawTarget::stderr()
+    } else {
+        indicatif::ProgressDrawTarget::hidden()
+    };
+    let pb = indicatif::ProgressBar::with_draw_target(Some(total), target);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "  {prefix} [{bar:30}] {pos}/{len} ({elapsed}, ETA {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb.set_prefix(what.to_owned());
+    pb
+}
+
 /// Bytes a process has written through system calls so far (`wchar` of /proc/PID/io).
 fn written_bytes(pid: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/io"))
@@ -467,6 +487,7 @@ async fn sender(
     plan: ConnPlan,
     template: Arc<Template>,
     barrier: Arc<tokio::sync::Barrier>,
+    acked: Arc<std::sync::atomic::AtomicUsize>,
 ) -> Res<ConnOut> {
     let mut s = TcpStream::connect(&addr).await?;
     s.set_nodelay(true)?;
@@ -496,6 +517,7 @@ async fn sender(
         exchange(&mut s, &mut d, &mut buf, &bytes, &id).await?;
         out.latencies_us
             .push(t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+        acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     Ok(out)
 }
@@ -508,7 +530,8 @@ fn pct(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[i]) / 1000.0
 }
 
-/// `--client`: connects, warms up, prints `START`, runs, prints `RESULT <json>`.
+/// `--client`: connects, warms up, prints `START`, runs (printing `PROGRESS <acked>` four times
+/// a second, for the orchestrator's progress bar), prints `RESULT <json>`.
 fn client_main(flags: &Flags) -> Res<()> {
     let target = flags.get("--target", "").ok_or("--target needed")?;
     let connections: usize = flags.num("--connections", "", 64)?;
@@ -524,6 +547,7 @@ fn client_main(flags: &Flags) -> Res<()> {
         let barrier = Arc::new(tokio::sync::Barrier::new(connections + 1));
         let interval = (rate > 0.0).then(|| Duration::from_secs_f64(connections as f64 / rate));
         let mut tasks = Vec::with_capacity(connections);
+        let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for c in 0..connections {
             let plan = ConnPlan {
                 conn: c,
@@ -536,12 +560,23 @@ fn client_main(flags: &Flags) -> Res<()> {
                 plan,
                 template.clone(),
                 barrier.clone(),
+                acked.clone(),
             )));
         }
         barrier.wait().await;
         let cpu0 = cpu_seconds("self", ticks);
         println!("START");
         let t0 = Instant::now();
+        let progress = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                println!(
+                    "PROGRESS {}",
+                    acked.load(std::sync::atomic::Ordering::Relaxed)
+                );
+            }
+        });
         let mut lat = Vec::with_capacity(messages);
         let mut behind = Duration::ZERO;
         for t in tasks {
@@ -550,6 +585,7 @@ fn client_main(flags: &Flags) -> Res<()> {
             behind = behind.max(out.behind_max);
         }
         let seconds = t0.elapsed().as_secs_f64();
+        progress.abort();
         let cpu = cpu_seconds("self", ticks) - cpu0;
         lat.sort_unstable();
         let r = ClientResult {
@@ -1105,10 +1141,19 @@ impl Run<'_> {
             }
             _ => EngineStats::default(),
         };
-        let line = out
-            .next_line()
-            .await?
-            .ok_or("client exited without a result")?;
+        // The client's progress (drawn only when stderr is a terminal), then its result.
+        let bar = progress_bar(messages as u64, what);
+        let line = loop {
+            let line = out
+                .next_line()
+                .await?
+                .ok_or("client exited without a result")?;
+            match line.strip_prefix("PROGRESS ") {
+                Some(n) => bar.set_position(n.parse().unwrap_or(0)),
+                None => break line,
+            }
+        };
+        bar.finish_and_clear();
         let m1 = machine_cpu();
         let s1 = server_pid
             .as_deref()

@@ -31,7 +31,7 @@ pub fn bar(total: u64, what: impl Into<String>) -> ProgressBar {
 pub fn counter(what: impl Into<String>) -> ProgressBar {
     let pb = ProgressBar::with_draw_target(None, target());
     pb.set_style(
-        ProgressStyle::with_template("{spinner} {prefix}: {pos} ({per_sec}) {msg}")
+        ProgressStyle::with_template("{spinner} {prefix}: {pos} ({elapsed}) {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     pb.set_prefix(what.into());
