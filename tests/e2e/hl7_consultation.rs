@@ -423,7 +423,11 @@ async fn outbound_messages(wf: &Wf) -> Vec<huizhen_core::message::Message> {
 }
 
 /// The consultation's outbox event of `topic`.
-async fn event(wf: &Wf, id: &str, topic: &str) -> huizhen_core::store::care::OutboxEntry {
+pub(crate) async fn event(
+    wf: &Wf,
+    id: &str,
+    topic: &str,
+) -> huizhen_core::store::care::OutboxEntry {
     let all = wf.engine.store.outbox_of(id).await.unwrap();
     all.into_iter()
         .find(|e| e.topic == topic)

@@ -15,6 +15,7 @@ mod buffer;
 mod care;
 mod cli;
 mod cluster;
+mod console;
 mod consultation_events;
 mod consultation_sla;
 mod consultations;

@@ -14,6 +14,7 @@ use huizhen_core::store::{ListFilter, ReprocessRequest, Store, StoreError, Store
 use huizhen_core::{Engine, http};
 // Adapters: each is named once so the linker keeps its sources, steps and sinks.
 use huizhen_amqp as _;
+use huizhen_console as _;
 use huizhen_dicom as _;
 // The FHIR adapter's registrations: `fhir_poll`, `fhir`, `hl7v2_to_fhir`, the `fhir_store` sink
 // and the /fhir/r4 facade routes.
@@ -62,6 +63,7 @@ mod replay;
 mod security;
 mod tap;
 mod times;
+mod users;
 
 /// Huizhen (会诊): an integration engine for remote-consultation networks.
 ///
@@ -197,6 +199,8 @@ enum Command {
     Token(WithStore<security::TokenCommand>),
     /// API keys for systems that send messages.
     Apikey(WithStore<security::ApikeyCommand>),
+    /// The web console's local users: add, passwords, lock, second factor, roles.
+    Users(WithStore<users::UsersCommand>),
     /// Verify, list and export the audit trail.
     Audit(WithStore<security::AuditCommand>),
     /// Data keys of the encryption at rest.
@@ -273,6 +277,7 @@ impl Command {
             Command::Dicom(_) => "dicom",
             Command::Token(_) => "token",
             Command::Apikey(_) => "apikey",
+            Command::Users(_) => "users",
             Command::Audit(_) => "audit",
             Command::Keys(_) => "keys",
             Command::Export(_) => "export",
@@ -609,6 +614,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             security::token(&root, &store, w.cmd).await
         }
         Command::Apikey(w) => security::apikey(&store!(&w.store), w.cmd).await,
+        Command::Users(w) => users::run(&store!(&w.store), w.cmd).await,
         Command::Keys(w) => {
             let s = store_of(&w.store);
             if let Some(code) = find_store(&s, name) {
@@ -919,6 +925,7 @@ async fn run(
     }
     let http_cfg = loaded.root.http.clone();
     let security_cfg = loaded.root.security.clone();
+    let console_cfg = loaded.root.console.clone();
     let config_files: Vec<PathBuf> = loaded
         .root_file
         .iter()
@@ -930,7 +937,9 @@ async fn run(
         .with_context(|| format!("cannot listen on {} (http.bind)", http_cfg.bind))?;
     let engine = Engine::start(loaded).await?;
     let security = huizhen_core::security::Security::new(&security_cfg, engine.store.clone())
-        .map_err(|e| anyhow::anyhow!("security: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("security: {e}"))?
+        .with_console(&console_cfg);
+    console_first_start(&engine.store, &console_cfg, &http_cfg).await?;
     // The configuration this engine runs with, on the audit trail (files and their SHA-256).
     let files: Vec<String> = config_files
         .iter()
@@ -995,6 +1004,50 @@ async fn run(
         Err(_) => tracing::warn!("HTTP server did not stop within 10s"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The console at start: the first administrator when there are no users, and where to log in.
+async fn console_first_start(
+    store: &Store,
+    cfg: &huizhen_core::config::ConsoleConfig,
+    http: &huizhen_core::config::HttpConfig,
+) -> Result<()> {
+    if !cfg.enabled {
+        return Ok(());
+    }
+    let scheme = if http.tls.is_some() { "https" } else { "http" };
+    match huizhen_console::admin::ensure_admin(store, cfg)
+        .await
+        .map_err(|e| anyhow::anyhow!("console: {e}"))?
+    {
+        huizhen_console::admin::FirstStart::Created(file) => {
+            store
+                .audit(&security::cli_event(
+                    "user.create",
+                    "User",
+                    huizhen_console::admin::ADMIN,
+                    format!(
+                        "first start: admin, every facility; password in {}",
+                        file.display()
+                    ),
+                ))
+                .await?;
+            tracing::info!(
+                url = %format!("{scheme}://{}/ui", http.bind),
+                "console: created the user `admin`; its password is in {} (change it in the console, or set one with `huizhen users passwd admin`)",
+                file.display()
+            );
+        }
+        huizhen_console::admin::FirstStart::Nothing => {
+            tracing::info!(url = %format!("{scheme}://{}/ui", http.bind), "console");
+        }
+    }
+    if cfg.second_factor == huizhen_core::config::SecondFactor::Optional {
+        tracing::warn!(
+            "console.second_factor is optional: CN-31 (等保 level 3) wants two factors; set console.second_factor: required"
+        );
+    }
+    Ok(())
 }
 
 /// `huizhen backlog`: unfinished messages (received, processing, failed awaiting a retry) per
@@ -1067,6 +1120,7 @@ async fn messages(store: &Store, cmd: MessagesCommand) -> Result<ExitCode> {
                     limit: Some(a.limit),
                     cursor: a.cursor,
                     facilities: None,
+                    ..ListFilter::default()
                 })
                 .await?;
             let ids: Vec<&str> = page.messages.iter().map(|m| m.id.as_str()).collect();

@@ -133,7 +133,7 @@ pub struct AuditExportArgs {
     after: Option<i64>,
 }
 
-fn parse_role(s: &str) -> Result<Role> {
+pub(crate) fn parse_role(s: &str) -> Result<Role> {
     Role::parse(s).with_context(|| {
         format!(
             "unknown role {s:?}: expected one of {}",
@@ -334,6 +334,7 @@ pub async fn audit(store: &Store, cmd: AuditCommand) -> Result<ExitCode> {
                     after: a.after,
                     limit: Some(a.limit),
                     facilities: None,
+                    ..Default::default()
                 })
                 .await?;
             store

@@ -53,6 +53,7 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
     wait_done().await;
     let msg = format!("/api/messages/{id}");
     let reprocess = format!("/api/messages/{id}/reprocess");
+    let dead = format!("/api/messages/{id}/dead");
     use Role::*;
     let roles = [
         Admin,
@@ -78,6 +79,12 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
             "GET",
             "/api/pipelines",
             "/api/pipelines",
+            [ALL, ALL, ALL, NO, NO, NO, NO, NO],
+        ),
+        (
+            "GET",
+            "/api/pipelines/history",
+            "/api/pipelines/history",
             [ALL, ALL, ALL, NO, NO, NO, NO, NO],
         ),
         (
@@ -173,6 +180,13 @@ async fn authorisation_matrix_role_by_facility_by_endpoint() {
                 NO,
                 NO,
             ],
+        ),
+        (
+            "POST",
+            "/api/messages/{id}/dead",
+            // The probe body gives no reason: a 400 before anything is looked up.
+            &dead,
+            [BAD, BAD, NO, NO, NO, NO, NO, NO],
         ),
         (
             "POST",

@@ -158,6 +158,54 @@ impl Browser {
             .await
     }
 
+    /// A PNG of the page as shown now (the console's screenshots: test artifacts and docs).
+    pub async fn screenshot(&self, path: &std::path::Path) {
+        use base64::Engine as _;
+        let v: Value = self
+            .http
+            .get(format!("{}/session/{}/screenshot", self.base, self.session))
+            .send()
+            .await
+            .expect("WebDriver screenshot")
+            .json()
+            .await
+            .expect("WebDriver screenshot JSON");
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(
+                v["value"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("no screenshot: {v}")),
+            )
+            .expect("screenshot base64");
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).expect("screenshot folder");
+        }
+        std::fs::write(path, png).expect("write screenshot");
+    }
+
+    /// Sets the window's size (screenshots of a desktop layout).
+    pub async fn window_size(&self, width: u32, height: u32) {
+        self.command("window/rect", json!({"width": width, "height": height}))
+            .await;
+    }
+
+    /// Types `text` into the element `css` (as keystrokes).
+    pub async fn type_into(&self, css: &str, text: &str) {
+        let el = self
+            .command("element", json!({"using": "css selector", "value": css}))
+            .await;
+        let id = el
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no element {css}: {el}"))
+            .to_owned();
+        self.command(&format!("element/{id}/clear"), json!({}))
+            .await;
+        self.command(&format!("element/{id}/value"), json!({"text": text}))
+            .await;
+    }
+
     /// Ends the session (Chromium exits) and chromedriver.
     pub async fn close(mut self) {
         let _ = self

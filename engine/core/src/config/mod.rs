@@ -7,6 +7,8 @@
 //! starting it and collects all remaining errors (bad expressions, unknown route targets,
 //! clashing names and paths), so `huizhen validate` prints every problem at once.
 
+mod console;
+pub use console::{ConsoleConfig, OidcConfig, SecondFactor};
 pub mod duration;
 mod error;
 mod interpolate;
@@ -92,6 +94,9 @@ pub struct RootConfig {
     /// keys (see `crate::objects`).
     #[serde(default)]
     pub objects: crate::objects::ObjectsConfig,
+    /// The web console at `/ui` and its logins (see [`ConsoleConfig`]).
+    #[serde(default)]
+    pub console: ConsoleConfig,
 }
 
 fn default_work_queue() -> String {
@@ -114,6 +119,7 @@ impl Default for RootConfig {
             billing: None,
             media: crate::media::MediaConfig::default(),
             objects: crate::objects::ObjectsConfig::default(),
+            console: ConsoleConfig::default(),
         }
     }
 }

@@ -50,7 +50,15 @@ pub async fn guard(State(sec): State<Arc<Security>>, mut req: Request, next: Nex
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::to_owned);
-    let claimed = crate::security::claimed_subject(bearer.as_deref());
+    // The console's session cookie, when no bearer token is given.
+    let session_token = match bearer {
+        None => crate::security::cookie(req.headers(), crate::security::SESSION_COOKIE),
+        Some(_) => None,
+    };
+    let claimed = match &session_token {
+        Some(_) => "session".to_owned(),
+        None => crate::security::claimed_subject(bearer.as_deref()),
+    };
     if let Err(e) = sec.check_throttle(ip, &claimed) {
         return ApiError(StatusCode::TOO_MANY_REQUESTS, e.to_string()).into_response();
     }
@@ -71,7 +79,31 @@ pub async fn guard(State(sec): State<Arc<Security>>, mut req: Request, next: Nex
         }
         return r;
     }
-    let principal = match sec.authenticate(bearer.as_deref()).await {
+    let authenticated = match &session_token {
+        Some(token) => sec.session(token).await.and_then(|live| {
+            // A change made with a session carries its CSRF token.
+            let safe = matches!(method.as_str(), "GET" | "HEAD");
+            let given = req
+                .headers()
+                .get(crate::security::CSRF_HEADER)
+                .and_then(|v| v.to_str().ok());
+            if live.method.starts_with("pending") {
+                // A login that still has a step to go (enrol a second factor) reaches only the
+                // console's own routes.
+                Err(AuthError::Invalid(
+                    "the login is not finished: enrol a second factor in the console first".into(),
+                ))
+            } else if safe || sec.csrf_matches(&live, given) {
+                Ok(live.principal)
+            } else {
+                Err(AuthError::Invalid(
+                    "a change made with a console session must carry the session's X-CSRF-Token header".into(),
+                ))
+            }
+        }),
+        None => sec.authenticate(bearer.as_deref()).await,
+    };
+    let principal = match authenticated {
         Ok(p) => p,
         Err(AuthError::Unavailable(m)) => {
             return ApiError::internal(

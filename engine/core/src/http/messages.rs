@@ -10,6 +10,31 @@ pub(super) struct ListQuery {
     q: Option<String>,
     limit: Option<i64>,
     cursor: Option<String>,
+    /// Received at or after / before: unix ms or RFC 3339.
+    after: Option<String>,
+    before: Option<String>,
+    /// Content filters (opened and read message by message: see `store::ContentFilter`).
+    text: Option<String>,
+    control_id: Option<String>,
+    patient: Option<String>,
+}
+
+/// A time parameter: unix milliseconds or an RFC 3339 date-time.
+fn time_param(name: &str, v: Option<&str>) -> Result<Option<i64>, ApiError> {
+    let Some(v) = v.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    if let Ok(ms) = v.parse::<i64>() {
+        return Ok(Some(ms));
+    }
+    chrono::DateTime::parse_from_rfc3339(v)
+        .map(|t| Some(t.timestamp_millis()))
+        .map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("{name}={v:?}: expected unix milliseconds or an RFC 3339 time such as 2026-12-07T08:00:00+08:00 ({e})"),
+            )
+        })
 }
 
 pub(super) async fn list_messages(
@@ -36,12 +61,34 @@ pub(super) async fn list_messages(
             format!("limit {l} is out of range 1..=1000"),
         ));
     }
-    let detail = format!(
+    let received_after = time_param("after", q.after.as_deref())?;
+    let received_before = time_param("before", q.before.as_deref())?;
+    let content = crate::store::ContentFilter {
+        text: q.text.clone(),
+        control_id: q.control_id.clone(),
+        patient: q.patient.clone(),
+    };
+    let mut detail = format!(
         "pipeline={} state={} q={}",
         q.pipeline.as_deref().unwrap_or(""),
         q.state.as_deref().unwrap_or(""),
         audit_search_term(&s.store, q.q.as_deref().unwrap_or(""))
     );
+    for (name, v) in [
+        ("text", &q.text),
+        ("control_id", &q.control_id),
+        ("patient", &q.patient),
+    ] {
+        if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+            detail.push_str(&format!(" {name}={}", audit_search_term(&s.store, v)));
+        }
+    }
+    if let Some(t) = received_after {
+        detail.push_str(&format!(" after={t}"));
+    }
+    if let Some(t) = received_before {
+        detail.push_str(&format!(" before={t}"));
+    }
     let page = s
         .store
         .list(&ListFilter {
@@ -51,6 +98,9 @@ pub(super) async fn list_messages(
             limit: q.limit,
             cursor: q.cursor.filter(|c| !c.is_empty()),
             facilities: caller.scope.facilities(),
+            received_after,
+            received_before,
+            content: (!content.is_empty()).then_some(content),
         })
         .await?;
     let ids: Vec<&str> = page.messages.iter().map(|m| m.id.as_str()).collect();
@@ -333,4 +383,70 @@ async fn pipeline_of(s: &AppState, id: &str) -> String {
         .flatten()
         .map(|m| m.pipeline)
         .unwrap_or_default()
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct DeadRequest {
+    /// Why the retries stop (kept with the message and in the audit trail).
+    #[serde(default)]
+    reason: String,
+}
+
+/// `POST /api/messages/{id}/dead` with `{"reason": "…"}`: a failed message waiting for its
+/// next retry is moved to dead letter (its retries stop); it stays in the journal and can be
+/// reprocessed like any dead letter. Only the owner facility may; audited.
+pub(super) async fn move_to_dead(
+    State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+    body: Option<Json<DeadRequest>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let reason = body.map(|b| b.0.reason).unwrap_or_default();
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "body.reason: say why the message's retries stop (it is kept with the message)".into(),
+        ));
+    }
+    if reason.chars().count() > 500 {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "body.reason: at most 500 characters".into(),
+        ));
+    }
+    let facility = scoped_facility(&s, &caller, &id).await?;
+    if !caller.write_scope.allows(&facility) {
+        let why = format!(
+            "facility {facility} shares its data for reading only; {} may not move its messages",
+            caller.principal.facility
+        );
+        audit(
+            &s.store,
+            &caller
+                .event("message.dead", "Message", &id, "denied", why.clone())
+                .about(&facility),
+        )
+        .await?;
+        return Err(ApiError(StatusCode::FORBIDDEN, why));
+    }
+    let event = caller
+        .event(
+            "message.dead",
+            "Message",
+            &id,
+            "success",
+            format!("reason: {reason}"),
+        )
+        .about(&facility);
+    let m = match s.store.move_to_dead(&id, reason, Some(&event)).await {
+        Ok(m) => m,
+        Err(StoreError::Inconsistent(why)) => return Err(ApiError(StatusCode::CONFLICT, why)),
+        Err(e) => return Err(e.into()),
+    };
+    s.metrics.dead(&m.pipeline);
+    tracing::info!(id = %m.id, pipeline = %m.pipeline, "moved to dead letter by request");
+    Ok(Json(
+        json!({ "id": m.id, "pipeline": m.pipeline, "state": m.state }),
+    ))
 }

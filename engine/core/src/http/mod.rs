@@ -6,14 +6,16 @@
 //! | GET | /ready | the store answers and every pipeline's source runs (503 with reasons if not) |
 //! | GET | /metrics | Prometheus/OpenMetrics text |
 //! | GET | /api/pipelines | pipelines with queue depth and journal counts per state |
+//! | GET | /api/pipelines/history?minutes= | per pipeline, rates and queue depths over the last hour ([`history`]) |
 //! | POST | /api/pipelines/reload | reload the pipeline files: only changed pipelines restart |
 //! | GET | /api/backlog | unfinished messages per pipeline: count, oldest age, broker depth |
 //! | GET | /api/cluster | the broker queue, this node, the live nodes (`queue: amqp://…`) |
-//! | GET | /api/messages?pipeline=&state=&q=&limit=&cursor= | messages, newest first |
+//! | GET | /api/messages?pipeline=&state=&q=&after=&before=&text=&control_id=&patient=&limit=&cursor= | messages, newest first (`text`, `control_id`, `patient` read the messages: at most 5,000 per call, `scanned` says how many) |
 //! | GET | /api/messages/{id} | one message: its body (and its text in the charset used), intake verdict, attempt errors, reprocesses, history and effects |
 //! | POST | /api/messages/{id}/reprocess?include_refused=true | put a failed/dead/done message back to work (one refused at intake only with `include_refused`) |
+//! | POST | /api/messages/{id}/dead | move a failed message to dead letter (its retries stop), with a reason |
 //! | POST | /in/… | `http` sources |
-//! | GET | /api/audit?actor=&action=&resource_id=&after=&limit= | the audit trail, oldest first |
+//! | GET | /api/audit?actor=&action=&resource_id=&outcome=&since=&until=&after=&before=&order=&limit= | the audit trail, oldest first (`order=desc`: newest first) |
 //! | GET | /api/audit/verify | recompute the audit hash chain |
 //! | … | /api/patients/… | the patient identity index: see `http/patients.rs` |
 //! | POST | /api/experts/match, /api/experts/heartbeat; GET /api/experts/fairness | expert matching ([`experts`]) |
@@ -214,6 +216,7 @@ mod consultations;
 mod devices;
 mod experts;
 mod guard;
+pub mod history;
 mod ingest;
 mod messages;
 mod ops;
@@ -275,12 +278,26 @@ pub fn router(state: AppState, cfg: &HttpConfig, security: Arc<Security>) -> Rou
     let _ = state
         .extensions
         .get_or_try_init(|| Ok::<_, std::convert::Infallible>(security.room_tokens().clone()));
+    // The console (huizhen-console) checks its sessions and logins with the same security.
+    let _ = state
+        .extensions
+        .get_or_try_init(|| Ok::<_, std::convert::Infallible>(security.clone()));
+    // The dashboard's series: one sampler per engine.
+    let mut started = false;
+    if let Ok(h) = state.extensions.get_or_try_init(|| {
+        started = true;
+        Ok::<_, std::convert::Infallible>(history::History::default())
+    }) && started
+    {
+        tokio::spawn(history::sample(state.clone(), h));
+    }
     let mut app = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/api/pipelines", get(pipelines))
         .route("/api/pipelines/reload", post(reload_pipelines))
+        .route("/api/pipelines/history", get(history::pipeline_history))
         .route("/api/tap", get(tap::tap))
         .route("/api/pipelines/{name}/shadow", get(shadow_report))
         .route(
@@ -290,6 +307,7 @@ pub fn router(state: AppState, cfg: &HttpConfig, security: Arc<Security>) -> Rou
         .route("/api/messages", get(list_messages))
         .route("/api/messages/{id}", get(get_message))
         .route("/api/messages/{id}/reprocess", post(reprocess))
+        .route("/api/messages/{id}/dead", post(messages::move_to_dead))
         .route("/in/{*path}", post(ingest))
         .route("/api/audit", get(audit_events))
         .route("/api/audit/verify", get(audit_verify))

@@ -496,6 +496,18 @@ impl Metrics {
         )
     }
 
+    /// Messages of pipeline `p` received, done, failed (attempts) and dead so far in this
+    /// process: the dashboard's series (`GET /api/pipelines/history`).
+    pub fn totals(&self, p: &str) -> [u64; 4] {
+        let l = Self::label(p);
+        [
+            self.received.get_or_create(&l).get(),
+            self.done.get_or_create(&l).get(),
+            self.failed.get_or_create(&l).get(),
+            self.dead.get_or_create(&l).get(),
+        ]
+    }
+
     pub fn received(&self, p: &str) {
         self.received.get_or_create(&Self::label(p)).inc();
     }

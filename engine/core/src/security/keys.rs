@@ -151,7 +151,7 @@ pub fn new_api_key(
 }
 
 /// Compares two byte strings in time that does not depend on where they differ.
-pub(super) fn same(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -29,14 +29,17 @@ mod keys;
 mod layout;
 mod policy;
 mod room;
+mod sessions;
 
 pub use config::{RateLimit, Secret, SecurityConfig, Sharing};
 pub(crate) use keys::create_file_once;
+use keys::load_jwks;
+pub(crate) use keys::same;
 pub use keys::{Issued, issue_from_config, issue_with, load_secret, new_api_key};
-use keys::{load_jwks, same};
 pub use layout::{check_layout, check_private};
 pub use policy::{Action, PUBLIC, Principal, ROUTES, Role, Scope};
 pub use room::{MAX_ROOM_TOKEN_TTL, ROOM_AUDIENCE, RoomTokens};
+pub use sessions::{CSRF_HEADER, LiveSession, SESSION_COOKIE, cookie, session_token_hash};
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -86,6 +89,11 @@ pub fn claimed_subject(bearer: Option<&str>) -> String {
     sub.filter(|s| !s.is_empty())
         .map(|s| s.chars().take(128).collect())
         .unwrap_or_else(|| "-".into())
+}
+
+/// Whether two secrets are equal, in time that does not depend on where they differ.
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    same(a.as_bytes(), b.as_bytes())
 }
 
 /// Why a request was not let in.
@@ -144,6 +152,8 @@ pub struct Security {
     store: Store,
     /// Room tokens (RTC-04), keyed from the same secret.
     room: RoomTokens,
+    /// `console:`: the console's logins and session limits.
+    console: std::sync::Arc<crate::config::ConsoleConfig>,
 }
 
 impl std::fmt::Debug for Security {
@@ -186,6 +196,7 @@ impl Security {
             buckets: Mutex::new(HashMap::new()),
             store,
             room: RoomTokens::from_secret(&secret),
+            console: Default::default(),
         })
     }
 

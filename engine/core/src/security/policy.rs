@@ -305,6 +305,7 @@ impl Action {
 /// here and not public are refused.
 pub const ROUTES: &[(&str, &str, Action)] = &[
     ("GET", "/api/pipelines", Action::ReadPipelines),
+    ("GET", "/api/pipelines/history", Action::ReadPipelines),
     ("POST", "/api/pipelines/reload", Action::ReloadPipelines),
     ("GET", "/api/tap", Action::TapPipelines),
     ("GET", "/api/pipelines/{name}/shadow", Action::ReadPlugins),
@@ -322,6 +323,7 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
         "/api/messages/{id}/reprocess",
         Action::ReprocessMessages,
     ),
+    ("POST", "/api/messages/{id}/dead", Action::ReprocessMessages),
     ("POST", "/in/{*path}", Action::Ingest),
     ("GET", "/api/audit", Action::ReadAudit),
     ("GET", "/api/audit/verify", Action::ReadAudit),
@@ -662,4 +664,18 @@ pub const PUBLIC: &[&str] = &[
     // carries (RTC-04), not by a bearer token.
     "/ws/signal",
     "/call/{room}",
+    // The web console (huizhen-console): its pages and assets hold no data, and its login,
+    // logout and session routes check the session cookie or the credentials themselves; the
+    // data comes from the API above, under the session's principal.
+    "/ui",
+    "/ui/",
+    "/ui/assets/{file}",
+    "/ui/login",
+    "/ui/logout",
+    "/ui/session",
+    "/ui/password",
+    "/ui/totp",
+    "/ui/totp/confirm",
+    "/ui/oidc/start",
+    "/ui/oidc/callback",
 ];

@@ -181,6 +181,15 @@ pub struct AuditFilter {
     /// Only events by an actor of, or about a resource of, these facilities (the caller's
     /// scope); `None` for all.
     pub facilities: Option<Vec<String>>,
+    /// Only events before this sequence number (paging back from the newest).
+    pub before: Option<i64>,
+    /// Only events at or after / before these times (unix ms).
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    /// Only events with this outcome (`success`, `denied`, `failed`).
+    pub outcome: Option<String>,
+    /// Newest first (the console's viewer) instead of in sequence order.
+    pub newest_first: bool,
 }
 
 pub(crate) const AUDIT_COLUMNS: &str = "seq, at, actor, role, facility, action, resource_type, resource_id, outcome, source, purpose, detail, prev_hash, hash, subject_facility, mac";
@@ -243,10 +252,23 @@ impl Store {
             "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE seq > "
         ));
         s.bind(f.after.unwrap_or(0));
+        if let Some(b) = f.before {
+            s.push(" AND seq < ");
+            s.bind(b);
+        }
+        if let Some(t) = f.since {
+            s.push(" AND at >= ");
+            s.bind(t);
+        }
+        if let Some(t) = f.until {
+            s.push(" AND at < ");
+            s.bind(t);
+        }
         for (col, v) in [
             ("actor", &f.actor),
             ("action", &f.action),
             ("resource_id", &f.resource_id),
+            ("outcome", &f.outcome),
         ] {
             if let Some(v) = v {
                 s.push(&format!(" AND {col} = "));
@@ -271,7 +293,11 @@ impl Store {
                 s.push(")");
             }
         }
-        s.push(" ORDER BY seq LIMIT ");
+        s.push(if f.newest_first {
+            " ORDER BY seq DESC LIMIT "
+        } else {
+            " ORDER BY seq LIMIT "
+        });
         s.bind(f.limit.unwrap_or(100).clamp(1, 10_000));
         let rows = s
             .query()

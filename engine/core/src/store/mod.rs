@@ -16,6 +16,7 @@ pub mod care;
 pub mod cluster;
 pub mod consultations;
 mod cursors;
+mod dead_letter;
 pub mod devices;
 pub mod dicom;
 pub mod experts;
@@ -26,8 +27,11 @@ pub mod journal;
 pub mod recordings;
 pub mod rekey;
 mod reprocess;
+mod search;
 mod shadow;
+pub use search::ContentFilter;
 mod sql;
+pub mod users;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -206,6 +210,12 @@ pub struct ListFilter {
     pub cursor: Option<String>,
     /// Only messages of these facilities (the caller's scope); `None` for all.
     pub facilities: Option<Vec<String>>,
+    /// Received at or after (unix ms).
+    pub received_after: Option<i64>,
+    /// Received before (unix ms).
+    pub received_before: Option<i64>,
+    /// What the message itself says (its body and headers, opened): read message by message.
+    pub content: Option<ContentFilter>,
 }
 
 /// One page of messages, newest first.
@@ -213,6 +223,10 @@ pub struct ListFilter {
 pub struct Page {
     pub messages: Vec<Message>,
     pub next_cursor: Option<String>,
+    /// With a content filter: how many messages were read for this page (at most
+    /// [`search::SCAN_LIMIT`]; `next_cursor` continues).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scanned: Option<u64>,
 }
 
 /// An error recorded against one attempt of a message.
@@ -676,6 +690,11 @@ impl Store {
                     "shadow_promotions",
                     include_str!("migrations/sqlite/0028_shadow_promotions.sql"),
                 ),
+                (
+                    29,
+                    "console_users",
+                    include_str!("migrations/sqlite/0029_console_users.sql"),
+                ),
             ],
             Backend::Postgres => &[
                 (
@@ -808,6 +827,11 @@ impl Store {
                     "shadow_promotions",
                     include_str!("migrations/postgres/0028_shadow_promotions.sql"),
                 ),
+                (
+                    29,
+                    "console_users",
+                    include_str!("migrations/postgres/0029_console_users.sql"),
+                ),
             ],
         };
         let migrations = sources
@@ -899,11 +923,51 @@ impl Store {
             .collect()
     }
 
-    /// Lists messages newest first, without bodies.
+    /// Lists messages newest first, without bodies. With a content filter
+    /// ([`ListFilter::content`]) the candidates the other filters leave are opened and read, at
+    /// most [`search::SCAN_LIMIT`] of them per call: the page then says how many were read
+    /// (`scanned`), and its cursor continues the scan.
     pub async fn list(&self, f: &ListFilter) -> Result<Page> {
         let limit = f.limit.unwrap_or(50).clamp(1, 1000);
+        let content = f.content.as_ref().filter(|c| !c.is_empty());
+        if let Some(c) = content {
+            return self.scan(f, c, limit).await;
+        }
+        let s = self.list_sql(f, f.cursor.as_deref(), limit + 1, false);
+        let rows = s
+            .query()
+            .fetch_all(&self.read)
+            .await
+            .map_err(q("list messages"))?;
+        let mut messages = rows
+            .iter()
+            .map(|r| message_from_row(r, false))
+            .collect::<Result<Vec<_>>>()?;
+        for m in &mut messages {
+            self.open_message_or_mark(m, false);
+        }
+        let next_cursor = if messages.len() as i64 > limit {
+            messages.truncate(limit as usize);
+            messages.last().map(|m| m.id.clone())
+        } else {
+            None
+        };
+        Ok(Page {
+            messages,
+            next_cursor,
+            scanned: None,
+        })
+    }
+
+    /// The query of [`Store::list`]: the filters but the content one, newest first.
+    fn list_sql(&self, f: &ListFilter, cursor: Option<&str>, limit: i64, with_body: bool) -> Sql {
         let mut s = Sql::new(format!(
-            "SELECT {MESSAGE_COLUMNS_NO_BODY} FROM messages WHERE 1=1"
+            "SELECT {} FROM messages WHERE 1=1",
+            if with_body {
+                MESSAGE_COLUMNS
+            } else {
+                MESSAGE_COLUMNS_NO_BODY
+            }
         ));
         if let Some(p) = &f.pipeline {
             s.push(" AND pipeline = ");
@@ -917,9 +981,17 @@ impl Store {
                 s.push(" AND state <> 'done'");
             }
         }
-        if let Some(c) = &f.cursor {
+        if let Some(c) = cursor {
             s.push(" AND id < ");
-            s.bind(c.as_str());
+            s.bind(c.to_owned());
+        }
+        if let Some(t) = f.received_after {
+            s.push(" AND received_at >= ");
+            s.bind(t);
+        }
+        if let Some(t) = f.received_before {
+            s.push(" AND received_at < ");
+            s.bind(t);
         }
         if let Some(fs) = &f.facilities {
             if fs.is_empty() {
@@ -960,29 +1032,57 @@ impl Store {
             s.push(")");
         }
         s.push(" ORDER BY id DESC LIMIT ");
-        s.bind(limit + 1);
-        let rows = s
-            .query()
-            .fetch_all(&self.read)
-            .await
-            .map_err(q("list messages"))?;
-        let mut messages = rows
-            .iter()
-            .map(|r| message_from_row(r, false))
-            .collect::<Result<Vec<_>>>()?;
-        for m in &mut messages {
-            self.open_message_or_mark(m, false);
+        s.bind(limit);
+        s
+    }
+
+    /// [`Store::list`] with a content filter: reads the candidates in batches, opened, until
+    /// `limit` match or [`search::SCAN_LIMIT`] were read.
+    async fn scan(&self, f: &ListFilter, c: &ContentFilter, limit: i64) -> Result<Page> {
+        let mut messages = Vec::new();
+        let mut cursor = f.cursor.clone();
+        let mut scanned: u64 = 0;
+        loop {
+            let s = self.list_sql(f, cursor.as_deref(), search::SCAN_BATCH, true);
+            let rows = s
+                .query()
+                .fetch_all(&self.read)
+                .await
+                .map_err(q("search messages"))?;
+            let batch = rows.len() as i64;
+            for r in &rows {
+                let mut m = message_from_row(r, true)?;
+                self.open_message_or_mark(&mut m, true);
+                scanned += 1;
+                cursor = Some(m.id.clone());
+                if c.matches(&m) {
+                    m.body = Vec::new();
+                    messages.push(m);
+                    if messages.len() as i64 >= limit {
+                        // More may match after this one: continue from it.
+                        return Ok(Page {
+                            messages,
+                            next_cursor: cursor,
+                            scanned: Some(scanned),
+                        });
+                    }
+                }
+            }
+            if batch < search::SCAN_BATCH {
+                return Ok(Page {
+                    messages,
+                    next_cursor: None,
+                    scanned: Some(scanned),
+                });
+            }
+            if scanned >= search::SCAN_LIMIT {
+                return Ok(Page {
+                    messages,
+                    next_cursor: cursor,
+                    scanned: Some(scanned),
+                });
+            }
         }
-        let next_cursor = if messages.len() as i64 > limit {
-            messages.truncate(limit as usize);
-            messages.last().map(|m| m.id.clone())
-        } else {
-            None
-        };
-        Ok(Page {
-            messages,
-            next_cursor,
-        })
     }
 
     /// Counts messages per (pipeline, state).

@@ -57,6 +57,7 @@ pub const REKEY_TABLES: &[&str] = &[
     "settlements",
     "settlement_calls",
     "invoices",
+    "users",
 ];
 
 impl Store {

@@ -121,6 +121,14 @@ pub(super) const TARGETS: &[Target] = &[
         field: |_| "invoice".into(),
         also: None,
     },
+    Target {
+        table: "users",
+        id: "username",
+        version: None,
+        column: "totp_secret",
+        field: |_| crate::store::users::TOTP_FIELD.into(),
+        also: None,
+    },
 ];
 
 /// The target of `table`, if it is a workflow table.
