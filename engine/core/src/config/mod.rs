@@ -92,6 +92,9 @@ pub struct RootConfig {
     /// keys (see `crate::objects`).
     #[serde(default)]
     pub objects: crate::objects::ObjectsConfig,
+    /// OpenTelemetry traces over OTLP/HTTP (see `crate::telemetry`); off by default.
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 fn default_work_queue() -> String {
@@ -114,6 +117,7 @@ impl Default for RootConfig {
             billing: None,
             media: crate::media::MediaConfig::default(),
             objects: crate::objects::ObjectsConfig::default(),
+            telemetry: crate::telemetry::TelemetryConfig::default(),
         }
     }
 }
@@ -859,8 +863,8 @@ pub fn validate_paths_with_root(
     }
 }
 
-/// Checks of the root file beyond its types: the work queue, the cluster block and the
-/// workflow's SLA and matching settings.
+/// Checks of the root file beyond its types: the work queue, the cluster block, the
+/// workflow's SLA and matching settings and the telemetry block.
 fn check_root(root: &RootConfig, file: &Path) -> Vec<ConfigError> {
     let mut errors: Vec<ConfigError> = root
         .workflow
@@ -868,6 +872,9 @@ fn check_root(root: &RootConfig, file: &Path) -> Vec<ConfigError> {
         .into_iter()
         .map(|p| ConfigError::file(file, p))
         .collect();
+    if let Err(e) = root.telemetry.check() {
+        errors.push(ConfigError::file(file, e));
+    }
     if !crate::cluster::is_local(&root.queue) {
         if let Err(e) = crate::cluster::work_queue(&root.queue, &root.cluster, &[]) {
             errors.push(ConfigError::file(file, e));
