@@ -872,9 +872,12 @@ fn check_root(root: &RootConfig, file: &Path) -> Vec<ConfigError> {
         .into_iter()
         .map(|p| ConfigError::file(file, p))
         .collect();
-    if let Err(e) = root.telemetry.check() {
-        errors.push(ConfigError::file(file, e));
-    }
+    errors.extend(
+        root.telemetry
+            .problems()
+            .into_iter()
+            .map(|p| ConfigError::file(file, p)),
+    );
     if !crate::cluster::is_local(&root.queue) {
         if let Err(e) = crate::cluster::work_queue(&root.queue, &root.cluster, &[]) {
             errors.push(ConfigError::file(file, e));

@@ -102,7 +102,9 @@ impl TelemetryConfig {
         if set("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
             return Ok(None);
         }
-        self.check()?;
+        if let Some(first) = self.problems().into_iter().next() {
+            return Err(first);
+        }
         let url = match self.otlp_endpoint.as_deref().map(str::trim) {
             Some(base) if !base.is_empty() => traces_url(base),
             _ => match set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
@@ -129,30 +131,30 @@ impl TelemetryConfig {
         }))
     }
 
-    /// The checks of the block alone (for `huizhen validate`), without the environment.
-    pub fn check(&self) -> Result<(), String> {
+    /// Every problem of the block alone (for `huizhen validate`), without the environment.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
         if !(0.0..=1.0).contains(&self.sampling_ratio) {
-            return Err(format!(
+            problems.push(format!(
                 "telemetry.sampling_ratio: {} is not between 0.0 and 1.0",
                 self.sampling_ratio
             ));
         }
         if self.timeout.is_zero() {
-            return Err("telemetry.timeout: must be more than 0".into());
+            problems.push("telemetry.timeout: must be more than 0".into());
         }
         if let Some(base) = self.otlp_endpoint.as_deref().map(str::trim)
             && !base.is_empty()
         {
-            check_url(base).map_err(|e| format!("telemetry.otlp_endpoint: {base:?}: {e}"))?;
+            if let Err(e) = check_url(base) {
+                problems.push(format!("telemetry.otlp_endpoint: {base:?}: {e}"));
+            } else if self.tls.is_some() && !base.starts_with("https://") {
+                problems.push(format!(
+                    "telemetry.tls: the otlp_endpoint {base:?} is http://; use https:// with tls"
+                ));
+            }
         }
-        if let (Some(_), Some(base)) = (&self.tls, &self.otlp_endpoint)
-            && !base.trim().starts_with("https://")
-        {
-            return Err(format!(
-                "telemetry.tls: the otlp_endpoint {base:?} is http://; use https:// with tls"
-            ));
-        }
-        Ok(())
+        problems
     }
 }
 
