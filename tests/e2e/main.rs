@@ -49,6 +49,7 @@ mod sources;
 mod store;
 mod support;
 mod tls;
+mod traces;
 
 // Link the adapters' registrations (the `mllp` and `dicom` sources, `hl7v2` expressions).
 use huizhen_amqp as _;

@@ -244,11 +244,7 @@ impl AmqpSink {
         );
         headers.insert(
             ShortString::from("traceparent"),
-            AMQPValue::LongString(
-                format!("00-{}-0000000000000001-01", trace32(&work.trace_id))
-                    .as_str()
-                    .into(),
-            ),
+            AMQPValue::LongString(work.traceparent().as_str().into()),
         );
         let content_type = match work.kind.as_str() {
             "json" => "application/json",
@@ -393,18 +389,6 @@ impl AmqpSink {
 }
 
 /// A W3C trace id (32 hex) from the message's trace id (a UUID or anything else).
-fn trace32(t: &str) -> String {
-    let hex: String = t.chars().filter(char::is_ascii_hexdigit).collect();
-    format!("{hex:0>32}")
-        .chars()
-        .rev()
-        .take(32)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect()
-}
-
 impl Sink for AmqpSink {
     fn name(&self) -> &str {
         &self.name

@@ -295,10 +295,8 @@ fn to_message(
                 AMQPValue::Boolean(b) => b.to_string(),
                 _ => continue,
             };
-            if k.as_str() == "traceparent"
-                && let Some(t) = text.split('-').nth(1)
-            {
-                m.trace_id = Some(t.to_owned());
+            if k.as_str() == "traceparent" {
+                m.set_traceparent(&text);
             }
             m.headers.insert(format!("amqp-h-{}", k.as_str()), text);
         }

@@ -18,7 +18,8 @@
 //! The URL, header values and body are templates (`huizhen_core::template`); values in the URL
 //! are percent-encoded. Every request carries the message id in `idempotency_header` (default
 //! `Idempotency-Key`), the same on every attempt and redelivery, so the receiver can keep a
-//! redelivered message from taking effect twice.
+//! redelivered message from taking effect twice. A W3C `traceparent` names the message's trace
+//! and the delivery's span (docs/metrics.md, "Traces"), unless `headers` sets one.
 //!
 //! What the answer means: 2xx is delivered (status and the start of the answer are recorded as
 //! the sink's effect). 408, 425, 429 and 5xx, a timeout or a failed connection are retried with
@@ -280,6 +281,13 @@ impl HttpSink {
             .request(self.method.clone(), parsed)
             .header(reqwest::header::CONTENT_TYPE, ct)
             .header(self.idempotency.clone(), work.id.as_str());
+        if !c
+            .headers
+            .keys()
+            .any(|k| k.eq_ignore_ascii_case("traceparent"))
+        {
+            req = req.header("traceparent", work.traceparent());
+        }
         for (name, value) in &c.headers {
             let v = value.render(work, &template::header_value)?;
             req = req.header(name.as_str(), v);

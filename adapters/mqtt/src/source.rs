@@ -348,10 +348,8 @@ fn to_message(cfg: &MqttSourceConfig, pipeline: &PipelineHandle, m: &Incoming) -
                 }
             })
             .collect();
-        if k == "traceparent"
-            && let Some(t) = v.split('-').nth(1)
-        {
-            n.trace_id = Some(t.to_owned());
+        if k == "traceparent" {
+            n.set_traceparent(v);
         }
         n.headers.insert(format!("mqtt-up-{name}"), v.clone());
     }

@@ -27,6 +27,7 @@ pub mod sinks;
 pub mod sources;
 pub mod steps;
 pub mod store;
+pub mod telemetry;
 pub mod template;
 pub mod tls;
 pub mod work;

@@ -85,6 +85,9 @@ pub struct NewMessage {
     pub dedup_key: Option<String>,
     /// Carried from the sender when it has one (W3C traceparent, or a parent message).
     pub trace_id: Option<String>,
+    /// The sender's span from its W3C `traceparent` (see [`NewMessage::set_traceparent`]): the
+    /// intake span is its child when traces are on. Not journaled; only the trace id is.
+    pub sender_span: Option<crate::telemetry::TraceParent>,
     /// The message this one was routed from, if any.
     pub parent_id: Option<MessageId>,
     /// Set when the source refused the message (e.g. an HL7 frame that does not parse): it is
@@ -135,6 +138,20 @@ impl NewMessage {
         }
     }
 
+    /// Takes the sender's W3C `traceparent` header: the message joins the sender's trace (its
+    /// `trace_id`) and its intake span becomes a child of the sender's span. A malformed value
+    /// is ignored, as the W3C recommendation says; `false` then.
+    pub fn set_traceparent(&mut self, value: &str) -> bool {
+        match crate::telemetry::TraceParent::parse(value) {
+            Some(t) => {
+                self.trace_id = Some(t.trace_hex());
+                self.sender_span = Some(t);
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn new(pipeline: &str, facility: &str, kind: &str, body: Vec<u8>) -> NewMessage {
         NewMessage {
             facility: facility.to_owned(),
@@ -145,6 +162,7 @@ impl NewMessage {
             source: String::new(),
             dedup_key: None,
             trace_id: None,
+            sender_span: None,
             parent_id: None,
             rejected: None,
             body_hash: None,

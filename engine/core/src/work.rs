@@ -108,6 +108,8 @@ pub struct Work {
     changed: bool,
     /// Parsed forms of the body made by adapters (see [`Work::cached`]).
     cache: Vec<Arc<dyn Any + Send + Sync>>,
+    /// The span a sink's call is part of, while a delivery span is open (traces on).
+    span: Option<crate::telemetry::TraceParent>,
 }
 
 impl fmt::Debug for Work {
@@ -137,7 +139,21 @@ impl Work {
             json_dirty: false,
             changed: false,
             cache: Vec::new(),
+            span: None,
         }
+    }
+
+    /// The W3C `traceparent` a sink sends downstream: the message's trace and the delivery's
+    /// span (traces on), or the message's intake span (traces off; marked sampled).
+    pub fn traceparent(&self) -> String {
+        self.span
+            .unwrap_or_else(|| crate::telemetry::TraceParent::of_message(&self.id, &self.trace_id))
+            .header()
+    }
+
+    /// Sets (or clears) the open delivery span that [`Work::traceparent`] names.
+    pub(crate) fn set_span(&mut self, span: Option<crate::telemetry::TraceParent>) {
+        self.span = span;
     }
 
     /// A parsed form of the body, made once per message (per body) by `make` and shared by

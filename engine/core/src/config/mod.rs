@@ -97,6 +97,9 @@ pub struct RootConfig {
     /// The web console at `/ui` and its logins (see [`ConsoleConfig`]).
     #[serde(default)]
     pub console: ConsoleConfig,
+    /// OpenTelemetry traces over OTLP/HTTP (see `crate::telemetry`); off by default.
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 fn default_work_queue() -> String {
@@ -120,6 +123,7 @@ impl Default for RootConfig {
             media: crate::media::MediaConfig::default(),
             objects: crate::objects::ObjectsConfig::default(),
             console: ConsoleConfig::default(),
+            telemetry: crate::telemetry::TelemetryConfig::default(),
         }
     }
 }
@@ -865,8 +869,8 @@ pub fn validate_paths_with_root(
     }
 }
 
-/// Checks of the root file beyond its types: the work queue, the cluster block and the
-/// workflow's SLA and matching settings.
+/// Checks of the root file beyond its types: the work queue, the cluster block, the
+/// workflow's SLA and matching settings and the telemetry block.
 fn check_root(root: &RootConfig, file: &Path) -> Vec<ConfigError> {
     let mut errors: Vec<ConfigError> = root
         .workflow
@@ -874,6 +878,12 @@ fn check_root(root: &RootConfig, file: &Path) -> Vec<ConfigError> {
         .into_iter()
         .map(|p| ConfigError::file(file, p))
         .collect();
+    errors.extend(
+        root.telemetry
+            .problems()
+            .into_iter()
+            .map(|p| ConfigError::file(file, p)),
+    );
     if !crate::cluster::is_local(&root.queue) {
         if let Err(e) = crate::cluster::work_queue(&root.queue, &root.cluster, &[]) {
             errors.push(ConfigError::file(file, e));

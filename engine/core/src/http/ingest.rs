@@ -70,10 +70,7 @@ pub(super) async fn ingest(
         m.dedup_key = Some(key.to_owned());
     }
     if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
-        // W3C traceparent: version-traceid-parentid-flags
-        if let Some(trace) = tp.split('-').nth(1) {
-            m.trace_id = Some(trace.to_owned());
-        }
+        m.set_traceparent(tp);
     }
     m.headers
         .insert("x-huizhen-sender".into(), caller.principal.sub.clone());

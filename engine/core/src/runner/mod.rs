@@ -122,6 +122,9 @@ pub enum EngineError {
     Cluster(String),
     #[error("{0}")]
     Workflow(String),
+    /// `telemetry:` (or the `OTEL_*` environment) names no usable collector.
+    #[error("{0}")]
+    Telemetry(String),
     #[error("pipeline {pipeline} ({file}): {message}")]
     Build {
         pipeline: String,
@@ -173,6 +176,8 @@ pub struct Engine {
     sources: TaskTracker,
     wake: Arc<Notify>,
     taps: tap::Taps,
+    /// The OTLP exporter when traces are on; flushed at shutdown.
+    telemetry: Option<crate::telemetry::Telemetry>,
 }
 
 /// How an engine starts: [`Engine::start_with`].
@@ -273,6 +278,12 @@ impl Engine {
             },
         );
         let metrics = Arc::new(Metrics::new());
+        // Traces (off unless a collector is named); a dry run (`huizhen test`) sends none.
+        let telemetry = if options.dry_run {
+            None
+        } else {
+            crate::telemetry::Telemetry::start(&root.telemetry).map_err(EngineError::Telemetry)?
+        };
         let router = Router::default();
         let shutdown = CancellationToken::new();
         let workers = TaskTracker::new();
@@ -452,6 +463,7 @@ impl Engine {
                 router: router.clone(),
                 taps: taps.clone(),
                 dry_run: options.dry_run,
+                telemetry: telemetry.as_ref().map(crate::telemetry::Telemetry::tracer),
             },
             store.clone(),
             extensions.clone(),
@@ -586,6 +598,7 @@ impl Engine {
             sources,
             wake,
             taps,
+            telemetry,
         })
     }
 
@@ -683,6 +696,10 @@ impl Engine {
             tracing::warn!(error = %e, "no audit checkpoint at shutdown");
         }
         self.store.close().await;
+        // The spans of the last messages, before the process ends.
+        if let Some(t) = self.telemetry {
+            t.shutdown(Duration::from_secs(5)).await;
+        }
         tracing::info!("engine stopped");
     }
 }

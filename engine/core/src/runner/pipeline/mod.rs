@@ -64,6 +64,15 @@ impl SubmitError {
     }
 }
 
+/// The intake span's facts, taken before the journal consumes the message (traces on).
+struct TracedIntake {
+    start: std::time::SystemTime,
+    sender: Option<crate::telemetry::TraceParent>,
+    routed_from: Option<String>,
+    kind: String,
+    facility: String,
+}
+
 enum Dispatch {
     Shared(async_channel::Sender<Message>),
     Partitioned(Vec<mpsc::Sender<Message>>),
@@ -128,6 +137,8 @@ struct Inner {
     backlog: Mutex<BacklogCount>,
     taps: super::tap::Taps,
     dry_run: bool,
+    /// Traces on: the spans of intake, attempts, steps and deliveries. `None` costs one test.
+    telemetry: Option<crate::telemetry::Tracer>,
 }
 
 /// What this pipeline holds in the journal, as last counted (`sync_backlog`, every few seconds)
@@ -231,6 +242,8 @@ pub(in crate::runner) struct Wiring {
     pub taps: super::tap::Taps,
     /// Sinks are not called: what they would get is reported to the taps (`huizhen test`).
     pub dry_run: bool,
+    /// The tracer when traces are on (`telemetry:`).
+    pub telemetry: Option<crate::telemetry::Tracer>,
 }
 
 impl PipelineHandle {
@@ -339,6 +352,7 @@ impl PipelineHandle {
                 backlog: Mutex::default(),
                 taps: wiring.taps.clone(),
                 dry_run: wiring.dry_run,
+                telemetry: wiring.telemetry.clone(),
             }),
         };
         (handle, receivers)
@@ -478,6 +492,18 @@ impl PipelineHandle {
 
     async fn submit_here(&self, mut msg: NewMessage) -> Result<Accepted, SubmitError> {
         let i = &self.inner;
+        // Traces on: what the intake span needs of the message before the journal takes it.
+        let traced = i.telemetry.as_ref().map(|_| TracedIntake {
+            start: std::time::SystemTime::now(),
+            sender: msg.sender_span,
+            routed_from: msg.parent_id.clone(),
+            kind: msg.kind.clone(),
+            facility: if msg.facility.is_empty() {
+                i.facility.clone()
+            } else {
+                msg.facility.clone()
+            },
+        });
         msg.pipeline.clone_from(&i.name);
         if msg.facility.is_empty() {
             msg.facility.clone_from(&i.facility);
@@ -546,6 +572,27 @@ impl PipelineHandle {
                 source,
             }
         })?;
+        if let (Some(t), Some(traced)) = (&i.telemetry, traced) {
+            let outcome = if accepted.duplicate {
+                "duplicate"
+            } else if rejected {
+                "refused"
+            } else {
+                "accepted"
+            };
+            t.intake(crate::telemetry::Intake {
+                message_id: &accepted.id,
+                trace_id: trace_id.as_deref().unwrap_or(&accepted.id),
+                pipeline: &i.name,
+                facility: &traced.facility,
+                source: &i.source_kind,
+                kind: &traced.kind,
+                outcome,
+                sender: traced.sender,
+                routed_from: traced.routed_from.as_deref(),
+                start: traced.start,
+            });
+        }
         // A resend or a refused message is a sign of life of the sender too.
         i.metrics.last_message(&i.name, &i.source_kind, now_ms());
         if accepted.duplicate {

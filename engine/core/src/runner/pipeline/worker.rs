@@ -4,7 +4,7 @@
 //! it is on, waits for its `done` to commit and ends; what waits in memory stays journaled.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use rand::Rng;
 use tokio::sync::oneshot;
@@ -13,6 +13,7 @@ use super::{PipelineHandle, Receivers};
 use crate::message::{Message, State, now_ms};
 use crate::runner::tap::{Outcome as Passed, Place};
 use crate::store::Transition;
+use crate::telemetry::Run;
 use crate::work::{Flow, StepError, Work};
 
 /// Starts the pipeline's workers on `tasks`. A worker ends when the pipeline stops: it finishes
@@ -256,13 +257,45 @@ impl PipelineHandle {
         }
     }
 
+    /// One attempt at `m`; with traces on, inside a `process` span of its own.
     async fn run_once(&self, m: &Message) -> Outcome {
+        let Some(tracer) = &self.inner.telemetry else {
+            return self.run_steps(m, None).await;
+        };
+        let run = tracer.process(m, m.attempts + 1);
+        let outcome = self.run_steps(m, Some(&run)).await;
+        run.end(match &outcome {
+            Outcome::Done(_) => "done",
+            Outcome::Failed { error, .. } => self.failure(m, error),
+        });
+        outcome
+    }
+
+    /// The outcome word of a failed attempt at `m`: `dead` when it is its last.
+    fn failure(&self, m: &Message, error: &StepError) -> &'static str {
+        if !error.retryable || m.attempts + 1 >= self.inner.max_attempts {
+            "dead"
+        } else {
+            "failed"
+        }
+    }
+
+    async fn run_steps(&self, m: &Message, run: Option<&Run<'_>>) -> Outcome {
         let i = &self.inner;
         let mut work = Work::from_message(m);
         for (n, (label, step)) in i.steps.iter().enumerate() {
             let t0 = Instant::now();
+            let started = run.map(|_| SystemTime::now());
             let r = step.apply(&mut work).await;
             i.metrics.step_latency(&i.name, label, t0.elapsed());
+            if let (Some(run), Some(started)) = (run, started) {
+                let outcome = match &r {
+                    Ok(Flow::Continue) => "continue",
+                    Ok(Flow::Stop(_)) => "stop",
+                    Err(e) => self.failure(m, e),
+                };
+                run.step(label, started, outcome);
+            }
             if i.taps.any() {
                 let seen = || match &r {
                     Ok(Flow::Continue) => Passed::Continue,
@@ -308,8 +341,19 @@ impl PipelineHandle {
         let mut effects = Vec::new();
         for (n, sink) in i.sinks.iter().enumerate() {
             let t0 = Instant::now();
+            let delivery = run.map(|run| run.deliver(sink.name()));
+            if let Some(d) = &delivery {
+                work.set_span(Some(d.trace_parent()));
+            }
             let r = sink.deliver(&mut work).await;
             i.metrics.step_latency(&i.name, sink.name(), t0.elapsed());
+            if let Some(d) = delivery {
+                work.set_span(None);
+                d.end(match &r {
+                    Ok(_) => "delivered",
+                    Err(e) => self.failure(m, e),
+                });
+            }
             if i.taps.any() {
                 let seen = || match &r {
                     Ok(_) => Passed::Delivered,
