@@ -593,8 +593,32 @@ async fn logins_lockout_totp_csrf_and_timeouts(b: Backend) {
     let (code, v) = s.post("/api/pipelines/reload", json!({}), false).await;
     assert_eq!(code, 401, "{v}");
     assert!(v["error"].as_str().unwrap().contains("X-CSRF-Token"), "{v}");
-    // Idle timeout: unused for longer than console.session_idle, the session is over.
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // Idle timeout: unused for longer than console.session_idle, the session is over. A
+    // page's automatic refreshes (X-Huizhen-Background) do not keep it alive.
+    let used = Session::login(&base, "wang", PASSWORD, None).await.unwrap();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let r = s
+            .http
+            .get(format!("{base}/api/pipelines"))
+            .header("x-huizhen-background", "1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            200,
+            "the refresh itself is answered while the session lives"
+        );
+        let (code, _) = used.get("/api/pipelines").await;
+        assert_eq!(code, 200, "a session in use lives on");
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (code, _) = used.get("/api/pipelines").await;
+    assert_eq!(
+        code, 200,
+        "a session in use lives on past console.session_idle"
+    );
     let (code, _) = s.get("/api/pipelines").await;
     assert_eq!(code, 401, "idle sessions end");
 
@@ -723,6 +747,9 @@ async fn logins_lockout_totp_csrf_and_timeouts(b: Backend) {
     engine.shutdown(Duration::from_secs(5)).await;
 }
 
+/// A code the test provider gave: (code, PKCE challenge, nonce, redirect URI).
+type Grant = (String, String, String, String);
+
 /// A test identity provider: discovery, an authorize endpoint that logs the user in at once
 /// (redirecting back with a code), a token endpoint that checks the PKCE verifier, and its
 /// JWKS. `tamper` changes the ID token it issues.
@@ -730,7 +757,7 @@ async fn logins_lockout_totp_csrf_and_timeouts(b: Backend) {
 struct Idp {
     issuer: String,
     key: Arc<p256::SecretKey>,
-    codes: Arc<Mutex<Vec<(String, String, String, String)>>>,
+    codes: Arc<Mutex<Vec<Grant>>>,
     tamper: Arc<Mutex<&'static str>>,
     claims: Arc<Mutex<Value>>,
 }

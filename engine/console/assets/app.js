@@ -88,8 +88,10 @@ function clearTimers() { HZ.timers.forEach(clearInterval); HZ.timers = []; }
 class ApiError extends Error {
   constructor(status, body) { super((body && body.error) || ("HTTP " + status)); this.status = status; this.body = body; }
 }
-async function call(method, path, body) {
+async function call(method, path, body, background) {
   const headers = { Accept: "application/json" };
+  // An automatic refresh does not keep the session alive (the idle timeout still applies).
+  if (background) headers["X-Huizhen-Background"] = "1";
   if (method !== "GET") {
     headers["Content-Type"] = "application/json";
     if (HZ.session && HZ.session.csrf) headers["X-CSRF-Token"] = HZ.session.csrf;
@@ -108,6 +110,7 @@ async function call(method, path, body) {
 }
 const api = {
   get: (p) => call("GET", p),
+  poll: (p) => call("GET", p, undefined, true),
   post: (p, b) => call("POST", p, b === undefined ? {} : b),
 };
 function qs(obj) {
@@ -252,11 +255,12 @@ const COLORS = { received: "#3b6fb6", done: "#1e7d32", failed: "#b35c00", dead: 
 async function pageDashboard() {
   const root = el("div", { id: "dashboard" });
   render(el("h1", null, t("nav.dashboard")), root);
-  const draw = async () => {
+  const draw = async (bg) => {
+    const get = bg ? api.poll : api.get;
     const [pl, hist, plugins] = await Promise.all([
-      api.get("/api/pipelines"),
-      api.get("/api/pipelines/history?minutes=15"),
-      can("plugins") ? api.get("/api/plugins").catch(() => null) : Promise.resolve(null),
+      get("/api/pipelines"),
+      get("/api/pipelines/history?minutes=15"),
+      can("plugins") ? get("/api/plugins").catch(() => null) : Promise.resolve(null),
     ]);
     if (HZ.route !== "dashboard") return;
     const totals = { received: 0, processing: 0, done: 0, failed: 0, dead: 0 };
@@ -265,7 +269,8 @@ async function pageDashboard() {
     const cards = el("div", { class: "cards" }, el("div", { class: "card" }, el("div", { class: "n", "data-total": "all" }, String(all)), el("div", { class: "l" }, t("dash.total"))), Object.entries(totals).map(([k, n]) =>
       el("div", { class: "card" }, el("div", { class: "n", "data-total": k }, String(n)), el("div", { class: "l" }, t("state." + k)))));
     const agg = {};
-    for (const p of hist.pipelines) for (const pt of p.points) {
+    const chosen = HZ.chartPipeline || "";
+    for (const p of hist.pipelines.filter((p) => !chosen || p.pipeline === chosen)) for (const pt of p.points) {
       const a = (agg[pt.at] = agg[pt.at] || { received: 0, done: 0, failed: 0, dead: 0, backlog: 0 });
       a.received += pt.received_per_s; a.done += pt.done_per_s; a.failed += pt.failed_per_s; a.dead += pt.dead_per_s; a.backlog += pt.backlog + pt.in_memory;
     }
@@ -284,12 +289,16 @@ async function pageDashboard() {
         el("td", null, p.running ? el("span", { class: "ok" }, "●") : el("span", { class: "err", title: p.error || "" }, "● " + (p.error || ""))),
         ["received", "processing", "done", "failed", "dead"].map((k) => el("td", { "data-counter": p.name + ":" + k }, String((p.messages && p.messages[k]) || 0))),
         el("td", null, String(p.queue_depth !== undefined ? p.queue_depth : ""))))));
-    const parts = [cards, charts, el("h2", null, t("dash.pipelines")), table];
+    const picker = el("label", { class: "muted" }, t("dash.chart_of") + " ",
+      el("select", { id: "chart-pipeline", onchange: (e) => { HZ.chartPipeline = e.target.value; draw(false).catch(() => {}); } },
+        el("option", { value: "" }, t("dash.all_pipelines")),
+        pl.pipelines.map((p) => el("option", { value: p.name, selected: p.name === chosen }, p.name))));
+    const parts = [cards, el("div", { class: "actions" }, picker), charts, el("h2", null, t("dash.pipelines")), table];
     if (plugins) parts.push(el("h2", null, t("dash.plugins")), pluginTable(plugins.plugins, false));
     root.replaceChildren(...parts, el("p", { class: "muted" }, t("dash.updated", { time: fmtTime(Date.now()) })));
   };
-  await draw();
-  every(5000, () => draw().catch(() => {}));
+  await draw(false);
+  every(5000, () => draw(true).catch(() => {}));
 }
 
 // ---------- messages ----------
@@ -422,10 +431,11 @@ function slaOf(c) {
 async function pageConsultations() {
   const root = el("div", { id: "board" });
   render(el("h1", null, t("nav.consultations")), root);
-  const draw = async () => {
-    const page = await api.get("/api/consultations?limit=200");
+  const draw = async (bg) => {
+    const get = bg ? api.poll : api.get;
+    const page = await get("/api/consultations?limit=200");
     const open = page.consultations.filter((c) => OPEN_STATES.includes(c.state));
-    const details = await Promise.all(open.slice(0, 60).map((c) => api.get("/api/consultations/" + encodeURIComponent(c.id)).catch(() => null)));
+    const details = await Promise.all(open.slice(0, 60).map((c) => get("/api/consultations/" + encodeURIComponent(c.id)).catch(() => null)));
     if (HZ.route !== "consultations") return;
     const byState = {};
     open.forEach((c, i) => { (byState[c.state] = byState[c.state] || []).push([c, details[i]]); });
@@ -447,8 +457,8 @@ async function pageConsultations() {
     root.replaceChildren(...[open.length ? null : el("p", { class: "muted" }, t("c.none")), el("div", { class: "board" }, cols),
       el("p", { class: "muted" }, t("dash.updated", { time: fmtTime(Date.now()) }))].filter(Boolean));
   };
-  await draw();
-  every(10000, () => draw().catch(() => {}));
+  await draw(false);
+  every(10000, () => draw(true).catch(() => {}));
   // The SLA clocks count down between refreshes.
   every(1000, () => document.querySelectorAll(".sla[data-sla]").forEach((e) => {
     const left = Number(e.dataset.sla) - Date.now();
@@ -526,8 +536,8 @@ async function pageCall(id) {
   const series = {};
   const root = el("div");
   render(el("p", null, el("a", { href: "#/media" }, "← " + t("nav.media"))), el("h1", null, t("media.call"), " ", el("span", { class: "mono" }, id)), root);
-  const draw = async () => {
-    const v = await api.get("/api/consultations/" + encodeURIComponent(id) + "/call");
+  const draw = async (bg) => {
+    const v = await (bg ? api.poll : api.get)("/api/consultations/" + encodeURIComponent(id) + "/call");
     if (HZ.route !== "media") return;
     const now = Date.now();
     for (const q of v.quality || []) {
@@ -547,36 +557,51 @@ async function pageCall(id) {
         el("tbody", null, (v.participation || []).map((p) => el("tr", null, el("td", null, p.participant), el("td", null, p.role), el("td", null, fmtTime(p.joined_at)), el("td", null, p.left_at ? fmtTime(p.left_at) + " " + (p.left_reason || "") : "–"), el("td", null, String(p.reconnects)))))),
       charts.length ? el("div", { class: "grid" }, charts) : el("p", { class: "muted" }, t("media.no_quality")));
   };
-  await draw();
-  every(5000, () => draw().catch(() => {}));
+  await draw(false);
+  every(5000, () => draw(true).catch(() => {}));
 }
 
 // ---------- audit ----------
 async function pageAudit() {
   const params = hashParams();
+  const v = (id) => document.getElementById(id).value.trim();
+  const ms = (id) => (v(id) ? String(new Date(v(id)).getTime()) : "");
   const form = el("form", { class: "filters", id: "audit-filters", onsubmit: (ev) => {
     ev.preventDefault();
-    const v = (id) => document.getElementById(id).value.trim();
-    const after = v("a-after") ? String(new Date(v("a-after")).getTime()) : "";
-    location.hash = "#/audit" + qs({ actor: v("a-actor"), action: v("a-action"), resource_id: v("a-resource"), after });
+    location.hash = "#/audit" + qs({ actor: v("a-actor"), action: v("a-action"), resource_id: v("a-resource"), outcome: v("a-outcome"), since: ms("a-since"), until: ms("a-until") });
   } },
     el("label", null, t("audit.actor"), el("input", { id: "a-actor", value: params.actor || "" })),
     el("label", null, t("audit.action"), el("input", { id: "a-action", value: params.action || "", placeholder: "message.read" })),
     el("label", null, t("audit.resource"), el("input", { id: "a-resource", value: params.resource_id || "" })),
-    el("label", null, t("msg.after"), el("input", { id: "a-after", type: "datetime-local", value: toLocalInput(Number(params.after)) })),
+    el("label", null, t("audit.outcome"), el("select", { id: "a-outcome" }, el("option", { value: "" }, t("msg.any")),
+      ["success", "denied", "failed"].map((o) => el("option", { value: o, selected: params.outcome === o }, t("outcome." + o))))),
+    el("label", null, t("audit.since"), el("input", { id: "a-since", type: "datetime-local", value: toLocalInput(Number(params.since)) })),
+    el("label", null, t("audit.until"), el("input", { id: "a-until", type: "datetime-local", value: toLocalInput(Number(params.until)) })),
     el("button", { type: "submit" }, t("msg.search")),
     el("button", { type: "button", class: "secondary", id: "audit-verify", onclick: async () => {
-      try { const r = await api.get("/api/audit/verify"); toast(r.ok === false || (r.problems || []).length ? t("audit.broken") + ": " + (r.problems || []).join("; ") : t("audit.intact", { n: r.rows })); } catch (e) { toast(e.message, true); }
+      try { const r = await api.get("/api/audit/verify"); toast(t("audit.intact", { n: r.rows })); } catch (e) {
+        if (e.status === 409 && e.body) toast(t("audit.broken") + ": " + (e.body.problems || []).join("; "), true); else toast(e.message, true);
+      }
     } }, t("audit.verify")));
-  const r = await api.get("/api/audit" + qs({ actor: params.actor, action: params.action, resource_id: params.resource_id, after: params.after, limit: 500 }));
-  const events = (r.events || []).slice().reverse();
+  const body = el("tbody");
+  let before = null;
+  const more = el("button", { class: "secondary hidden", id: "audit-more", onclick: () => load() }, t("msg.more"));
+  const load = async () => {
+    const r = await api.get("/api/audit" + qs({ actor: params.actor, action: params.action, resource_id: params.resource_id, outcome: params.outcome, since: params.since, until: params.until, order: "desc", before, limit: 200 }));
+    const events = r.events || [];
+    for (const e of events) body.appendChild(el("tr", { "data-seq": e.seq },
+      el("td", { class: "mono" }, fmtTime(e.at)), el("td", null, e.actor), el("td", null, e.role), el("td", null, e.facility),
+      el("td", { class: "mono" }, e.action), el("td", { class: "mono" }, [e.resource_type, e.resource_id].filter(Boolean).join(" ")),
+      el("td", { class: e.outcome === "success" ? "ok" : "err" }, e.outcome), el("td", { class: "mono" }, e.source), el("td", { class: "mono" }, (e.detail || "").slice(0, 200))));
+    before = events.length ? events[events.length - 1].seq : before;
+    more.classList.toggle("hidden", events.length < 200);
+  };
   render(el("h1", null, t("nav.audit")), form,
     el("table", { id: "audit" },
       el("thead", null, el("tr", null, ["audit.at", "audit.actor", "audit.role", "dash.facility", "audit.action", "audit.resource", "audit.outcome", "audit.source", "audit.detail"].map((k) => el("th", null, t(k))))),
-      el("tbody", null, events.map((e) => el("tr", { "data-seq": e.seq },
-        el("td", { class: "mono" }, fmtTime(e.at)), el("td", null, e.actor), el("td", null, e.role), el("td", null, e.facility),
-        el("td", { class: "mono" }, e.action), el("td", { class: "mono" }, [e.resource_type, e.resource_id].filter(Boolean).join(" ")),
-        el("td", { class: e.outcome === "success" ? "ok" : "err" }, e.outcome), el("td", { class: "mono" }, e.source), el("td", { class: "mono" }, (e.detail || "").slice(0, 200)))))));
+      body),
+    el("div", { class: "actions" }, more));
+  await load();
 }
 
 // ---------- account: password and second factor ----------

@@ -80,7 +80,13 @@ pub async fn guard(State(sec): State<Arc<Security>>, mut req: Request, next: Nex
         return r;
     }
     let authenticated = match &session_token {
-        Some(token) => sec.session(token).await.and_then(|live| {
+        Some(token) => sec
+            .session_used(
+                token,
+                !req.headers().contains_key(crate::security::BACKGROUND_HEADER),
+            )
+            .await
+            .and_then(|live| {
             // A change made with a session carries its CSRF token.
             let safe = matches!(method.as_str(), "GET" | "HEAD");
             let given = req

@@ -39,7 +39,9 @@ pub use keys::{Issued, issue_from_config, issue_with, load_secret, new_api_key};
 pub use layout::{check_layout, check_private};
 pub use policy::{Action, PUBLIC, Principal, ROUTES, Role, Scope};
 pub use room::{MAX_ROOM_TOKEN_TTL, ROOM_AUDIENCE, RoomTokens};
-pub use sessions::{CSRF_HEADER, LiveSession, SESSION_COOKIE, cookie, session_token_hash};
+pub use sessions::{
+    BACKGROUND_HEADER, CSRF_HEADER, LiveSession, SESSION_COOKIE, cookie, session_token_hash,
+};
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;

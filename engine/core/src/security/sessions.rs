@@ -16,8 +16,12 @@ pub const SESSION_COOKIE: &str = "hz_session";
 /// The header carrying a session's CSRF token on changes.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
-/// A session's last use is written at most this often (a page polls every few seconds).
+/// A session's last use is written at most this often.
 const TOUCH_EVERY_MS: i64 = 15_000;
+
+/// The header the console's pages send on their automatic refreshes: such a request does not
+/// count as use, so a dashboard left open still times out (CN-31: session timeout).
+pub const BACKGROUND_HEADER: &str = "x-huizhen-background";
 
 /// The stored form of a session token: its SHA-256, hex. The token is 256 random bits, so the
 /// hash cannot be reversed by enumeration.
@@ -63,9 +67,15 @@ impl Security {
         &self.console
     }
 
-    /// Resolves a session cookie's token; an ended, idle or expired session is an
-    /// [`AuthError::Invalid`] (and an idle or expired one is deleted).
+    /// Resolves a session cookie's token and counts the request as use; an ended, idle or
+    /// expired session is an [`AuthError::Invalid`] (and an idle or expired one is deleted).
     pub async fn session(&self, token: &str) -> Result<LiveSession, AuthError> {
+        self.session_used(token, true).await
+    }
+
+    /// [`Security::session`]; `used: false` for a page's automatic refresh, which does not
+    /// keep the session alive.
+    pub async fn session_used(&self, token: &str, used: bool) -> Result<LiveSession, AuthError> {
         let hash = session_token_hash(token);
         let row = self
             .store
@@ -89,7 +99,7 @@ impl Security {
         let role = Role::parse(&row.role)
             .ok_or_else(|| AuthError::Invalid(format!("unknown role {:?}", row.role)))?;
         let mut last_seen = row.last_seen;
-        if now - row.last_seen >= TOUCH_EVERY_MS {
+        if used && now - row.last_seen >= TOUCH_EVERY_MS.min(idle_ms / 4) {
             self.store
                 .touch_session(&hash, now)
                 .await
