@@ -265,6 +265,46 @@ async fn the_console_in_a_browser_walks_the_demo() {
     )
     .await;
 
+    // Each step's outcome, live: the ADT reprocessed while the tap page watches hl7-adt.
+    let adt = wf
+        .engine
+        .store
+        .list(&huizhen_core::store::ListFilter {
+            pipeline: Some("hl7-adt".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .messages[0]
+        .id
+        .clone();
+    b.goto(&format!("{base}/ui/#/tap?pipeline=hl7-adt")).await;
+    until(
+        &b,
+        "the tap watching",
+        "return document.getElementById('tap-status').textContent.includes('hl7-adt')",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let admin = crate::consultations::token(huizhen_core::security::Role::Admin, "ops", "*");
+    let (code, v, _) = wf
+        .call(
+            "POST",
+            &format!("/api/messages/{adt}/reprocess"),
+            &admin,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    until(
+        &b,
+        "the ADT's steps and sinks on the live page",
+        &format!("const rows = [...document.querySelectorAll('#tap tbody tr')].filter(tr => tr.dataset.id === '{adt}'); return rows.length >= 2 && rows.some(tr => tr.textContent.includes('delivered'))"),
+    )
+    .await;
+    shot(&b, "tap").await;
+
     // The other pages.
     b.goto(&format!("{base}/ui/#/plugins")).await;
     until(

@@ -3,7 +3,7 @@
 // shown. No framework; the DOM is built with el() so no text is ever parsed as HTML.
 "use strict";
 
-const HZ = { session: null, lang: "en", timers: [], route: "" };
+const HZ = { session: null, lang: "en", timers: [], aborts: [], route: "" };
 
 // ---------- i18n ----------
 function pickLang() {
@@ -82,7 +82,7 @@ function stateBadge(s) {
   return el("span", { class: "state " + (known ? s : "other"), "data-state": s }, t("state." + s));
 }
 function every(ms, fn) { HZ.timers.push(setInterval(fn, ms)); }
-function clearTimers() { HZ.timers.forEach(clearInterval); HZ.timers = []; }
+function clearTimers() { HZ.timers.forEach(clearInterval); HZ.timers = []; HZ.aborts.forEach((a) => a.abort()); HZ.aborts = []; }
 
 // ---------- API ----------
 class ApiError extends Error {
@@ -173,6 +173,7 @@ function langSwitch() {
 const NAV = [
   ["dashboard", "nav.dashboard"],
   ["messages", "nav.messages"],
+  ["tap", "nav.tap"],
   ["consultations", "nav.consultations"],
   ["plugins", "nav.plugins"],
   ["media", "nav.media"],
@@ -203,7 +204,7 @@ function route() {
   const id = rest.map(decodeURIComponent).join("/");
   document.querySelectorAll("#nav a").forEach((a) => a.classList.toggle("active", a.dataset.page === page));
   const pages = {
-    dashboard: pageDashboard, messages: id ? () => pageMessage(id) : pageMessages,
+    dashboard: pageDashboard, messages: id ? () => pageMessage(id) : pageMessages, tap: pageTap,
     consultations: id ? () => pageConsultation(id) : pageConsultations,
     plugins: pagePlugins, media: id ? () => pageCall(id) : pageMedia, audit: pageAudit, account: () => pageEnrol(false),
   };
@@ -385,6 +386,7 @@ async function pageMessage(id) {
       } }, t("msg.dead")));
     }
   }
+  if (can("tap")) actions.appendChild(el("a", { href: "#/tap?pipeline=" + encodeURIComponent(m.pipeline), id: "watch-steps" }, el("button", { type: "button", class: "secondary" }, t("msg.watch_steps"))));
   const kv = (pairs) => el("dl", { class: "kv" }, pairs.filter((p) => p[1] !== undefined && p[1] !== null && p[1] !== "").map(([k, v]) => [el("dt", null, t(k)), el("dd", { class: "mono" }, v instanceof Node ? v : String(v))]));
   const history = el("ol", { class: "timeline", id: "history" }, (m.history || []).map((h) =>
     el("li", { class: ["failed", "refused", "dead"].includes(h.event) ? "bad" : "", "data-event": h.event },
@@ -413,6 +415,56 @@ async function pageMessage(id) {
     parsed ? el("div", { class: "panel" }, el("h2", null, t("msg.parsed")), parsed) : null,
     el("div", { class: "panel" }, el("h2", null, t("msg.raw"), m.body_encoding === "base64" ? " (base64)" : ""), el("pre", { id: "raw" }, raw.replace(/\r/g, "\n"))),
     (m.effects || []).length ? el("div", { class: "panel" }, el("h2", null, t("msg.effects")), (m.effects || []).map((e) => el("div", null, el("div", { class: "muted" }, e.sink + " · " + fmtTime(e.recorded_at)), el("pre", null, e.body)))) : null);
+}
+
+// ---------- live: each step's outcome as messages pass (GET /api/tap) ----------
+async function pageTap() {
+  const params = hashParams();
+  const pipelines = (await api.get("/api/pipelines")).pipelines.map((p) => p.name);
+  const body = el("tbody");
+  const status = el("p", { class: "muted", id: "tap-status" });
+  const pick = el("select", { id: "tap-pipeline" }, pipelines.map((p) => el("option", { value: p, selected: params.pipeline === p }, p)));
+  const start = async () => {
+    HZ.aborts.forEach((a) => a.abort());
+    HZ.aborts = [];
+    body.replaceChildren();
+    const ctl = new AbortController();
+    HZ.aborts.push(ctl);
+    status.textContent = t("tap.watching", { pipeline: pick.value });
+    try {
+      const r = await fetch("/api/tap" + qs({ pipeline: pick.value }), { credentials: "same-origin", signal: ctl.signal, headers: { Accept: "application/x-ndjson" } });
+      if (!r.ok) { const e = await r.json().catch(() => ({})); status.textContent = e.error || "HTTP " + r.status; return; }
+      const reader = r.body.getReader();
+      const dec = new TextDecoder();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += dec.decode(value, { stream: true });
+        let nl;
+        while ((nl = buf.indexOf("\n")) >= 0) {
+          const line = buf.slice(0, nl).trim(); buf = buf.slice(nl + 1);
+          if (!line) continue;
+          let p; try { p = JSON.parse(line); } catch (_) { continue; }
+          if (!p.message_id) continue;
+          const o = { result: p.result, detail: p.reason };
+          body.prepend(el("tr", { "data-id": p.message_id, "data-point": p.point },
+            el("td", { class: "mono" }, fmtTime(p.at)),
+            el("td", { class: "mono" }, el("a", { href: "#/messages/" + encodeURIComponent(p.message_id) }, p.message_id)),
+            el("td", { class: "mono" }, p.point),
+            el("td", { class: o.result === "failed" ? "err" : o.result === "stop" ? "warn" : "ok" }, t("tap." + o.result), o.detail ? " · " + (typeof o.detail === "string" ? o.detail : JSON.stringify(o.detail)) : "")));
+          while (body.children.length > 500) body.lastChild.remove();
+        }
+      }
+      status.textContent = t("tap.ended");
+    } catch (e) { if (e.name !== "AbortError") status.textContent = String(e.message || e); }
+  };
+  render(el("h1", null, t("nav.tap")), el("p", { class: "muted" }, t("tap.intro")),
+    el("div", { class: "actions" }, pick, el("button", { id: "tap-start", onclick: start }, t("tap.start")),
+      el("button", { class: "secondary", onclick: () => { HZ.aborts.forEach((a) => a.abort()); HZ.aborts = []; status.textContent = t("tap.ended"); } }, t("tap.halt"))),
+    status,
+    el("table", { id: "tap" }, el("thead", null, el("tr", null, ["audit.at", "msg.message", "tap.point", "tap.outcome"].map((k) => el("th", null, t(k))))), body));
+  if (params.pipeline) start();
 }
 
 // ---------- consultations ----------

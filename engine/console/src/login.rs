@@ -39,6 +39,7 @@ pub const PENDING_TOTP: &str = "pending-totp";
 pub const PAGES: &[(&str, Action)] = &[
     ("dashboard", Action::ReadPipelines),
     ("messages", Action::ReadMessages),
+    ("tap", Action::TapPipelines),
     ("reprocess", Action::ReprocessMessages),
     ("consultations", Action::ReadConsultations),
     ("plugins", Action::ReadPlugins),
