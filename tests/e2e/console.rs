@@ -195,7 +195,7 @@ async fn the_console_in_a_browser_walks_the_demo() {
     until(
         &b,
         "the ADT listed",
-        "return document.querySelectorAll('#messages tbody tr').length >= 1",
+        "const rows = [...document.querySelectorAll('#messages tbody tr')]; return rows.length >= 1 && rows.every(tr => tr.children[2].textContent === 'hl7-adt')",
     )
     .await;
     b.click("#messages tbody tr td:nth-child(3)").await;
@@ -348,6 +348,35 @@ async fn the_console_in_a_browser_walks_the_demo() {
         &b,
         "the Chinese message browser",
         "return document.querySelector('main h1').textContent === '消息浏览'",
+    )
+    .await;
+
+    // The second factor from the Account page: the QR code and the key shown, a first code
+    // from them confirms it; the session says so.
+    b.goto(&format!("{base}/ui/#/account")).await;
+    until(
+        &b,
+        "the account page",
+        "return !!document.getElementById('totp-start')",
+    )
+    .await;
+    b.click("#totp-start").await;
+    until(&b, "the QR code and the key", "return !!document.getElementById('totp-qr') && document.getElementById('totp-secret').textContent.length >= 32").await;
+    shot(&b, "account-totp").await;
+    let secret = b
+        .eval("return document.getElementById('totp-secret').textContent")
+        .await;
+    let code = huizhen_console::totp::code(
+        secret.as_str().unwrap(),
+        huizhen_console::totp::step_at(huizhen_core::message::now_ms() as u64 / 1000),
+    )
+    .unwrap();
+    b.type_into("#totp-code", &code).await;
+    b.click("#totp-confirm").await;
+    until(
+        &b,
+        "the authenticator enrolled",
+        "const r = new XMLHttpRequest(); r.open('GET', '/ui/session', false); r.send(); const s = JSON.parse(r.responseText); return s.totp.enrolled === true && s.method === 'password+totp'",
     )
     .await;
 
@@ -610,7 +639,7 @@ async fn logins_lockout_totp_csrf_and_timeouts(b: Backend) {
     let console = huizhen_core::config::ConsoleConfig {
         max_failures: 3,
         lockout: Duration::from_secs(60),
-        session_idle: Duration::from_secs(3),
+        session_idle: Duration::from_secs(60),
         ..Default::default()
     };
     let base = serve_console(&engine, console.clone()).await;
@@ -633,34 +662,43 @@ async fn logins_lockout_totp_csrf_and_timeouts(b: Backend) {
     let (code, v) = s.post("/api/pipelines/reload", json!({}), false).await;
     assert_eq!(code, 401, "{v}");
     assert!(v["error"].as_str().unwrap().contains("X-CSRF-Token"), "{v}");
-    // Idle timeout: unused for longer than console.session_idle, the session is over. A
-    // page's automatic refreshes (X-Huizhen-Background) do not keep it alive.
-    let used = Session::login(&base, "wang", PASSWORD, None).await.unwrap();
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(900)).await;
-        let r = s
-            .http
+    // Idle timeout (console.session_idle, 60 s here): the session's last use is moved back in
+    // the store instead of waiting. A request in use moves it forward; a page's automatic
+    // refresh (X-Huizhen-Background) does not; past the idle time the session is over.
+    let token = cookie
+        .split(';')
+        .next()
+        .and_then(|kv| kv.trim().strip_prefix("hz_session="))
+        .unwrap()
+        .to_owned();
+    let hash = huizhen_core::security::session_token_hash(&token);
+    let plain = reqwest::Client::new();
+    let ask = |background: bool| {
+        let mut req = plain
             .get(format!("{base}/api/pipelines"))
-            .header("x-huizhen-background", "1")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            r.status(),
-            200,
-            "the refresh itself is answered while the session lives"
-        );
-        let (code, _) = used.get("/api/pipelines").await;
-        assert_eq!(code, 200, "a session in use lives on");
-    }
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let (code, _) = used.get("/api/pipelines").await;
+            .header("cookie", format!("hz_session={token}"));
+        if background {
+            req = req.header("x-huizhen-background", "1");
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let last_seen = || async { store.session(&hash).await.unwrap().unwrap().last_seen };
+    let now = huizhen_core::message::now_ms();
+    store.touch_session(&hash, now - 40_000).await.unwrap();
     assert_eq!(
-        code, 200,
-        "a session in use lives on past console.session_idle"
+        ask(true).await,
+        200,
+        "a refresh is answered while the session lives"
     );
-    let (code, _) = s.get("/api/pipelines").await;
-    assert_eq!(code, 401, "idle sessions end");
+    assert_eq!(last_seen().await, now - 40_000, "a refresh is not use");
+    assert_eq!(ask(false).await, 200);
+    assert!(last_seen().await >= now, "a request in use is");
+    store.touch_session(&hash, now - 61_000).await.unwrap();
+    assert_eq!(ask(true).await, 401, "idle sessions end");
+    assert!(
+        store.session(&hash).await.unwrap().is_none(),
+        "and are deleted"
+    );
 
     // Lockout after three wrong passwords; the right one is refused while locked; unknown
     // users get the same answer as wrong passwords.

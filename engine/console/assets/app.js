@@ -668,7 +668,9 @@ async function pageEnrol(pending) {
         el("button", { id: "totp-start", onclick: async () => {
           try {
             const r = await api.post("/ui/totp");
-            out.replaceChildren(el("p", null, t("acct.totp.secret")), el("pre", { id: "totp-secret" }, r.secret), el("p", { class: "muted" }, t("acct.totp.uri")), el("pre", { id: "totp-uri" }, r.uri),
+            out.replaceChildren(r.qr_svg ? el("p", null, t("acct.totp.scan")) : null,
+              r.qr_svg ? el("img", { id: "totp-qr", alt: "QR", width: "200", height: "200", src: "data:image/svg+xml;base64," + btoa(r.qr_svg) }) : null,
+              el("p", null, t("acct.totp.secret")), el("pre", { id: "totp-secret" }, r.secret), el("p", { class: "muted" }, t("acct.totp.uri")), el("pre", { id: "totp-uri" }, r.uri),
               el("form", { onsubmit: async (ev) => {
                 ev.preventDefault();
                 try { HZ.session = await api.post("/ui/totp/confirm", { code: document.getElementById("totp-code").value }); toast(t("acct.totp.done")); location.hash = "#/" + firstPage(); route(); } catch (e) { toast(e.message, true); }

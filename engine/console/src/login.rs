@@ -466,12 +466,11 @@ pub async fn session_info(
             &e,
         )),
         Err(e) => {
+            // The cookie is left as it is: a request racing a renewal (a password change, an
+            // enrolment) must not clear the new session's cookie.
             let mut v = logged_out(&sec);
             v["ended"] = e.to_string().into();
-            let mut r = Json(v).into_response();
-            r.headers_mut()
-                .insert(header::SET_COOKIE, session_cookie("", 0, client.secure));
-            Ok(r)
+            Ok(Json(v).into_response())
         }
     }
 }
@@ -630,9 +629,11 @@ pub async fn totp_begin(State(s): State<AppState>, parts: Parts) -> Result<Respo
         .map_err(|e| {
             ConsoleError::unavailable("the secret cannot be stored; try again later", &e)
         })?;
+    let uri = totp::otpauth_uri(&user.username, &secret);
     Ok(Json(json!({
         "secret": secret,
-        "uri": totp::otpauth_uri(&user.username, &secret),
+        "qr_svg": totp::qr_svg(&uri),
+        "uri": uri,
     }))
     .into_response())
 }

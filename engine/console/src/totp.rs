@@ -102,6 +102,17 @@ pub fn otpauth_uri(username: &str, secret: &str) -> String {
     )
 }
 
+/// The `otpauth://` URI as a QR code (SVG) for the authenticator app's camera.
+pub fn qr_svg(uri: &str) -> Option<String> {
+    let code = qrcode::QrCode::new(uri.as_bytes()).ok()?;
+    Some(
+        code.render::<qrcode::render::svg::Color<'_>>()
+            .min_dimensions(200, 200)
+            .quiet_zone(true)
+            .build(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +148,7 @@ mod tests {
         assert_eq!(matching_step(&s, &late, now), None);
         assert_eq!(matching_step(&s, "12a456", now), None);
         assert!(otpauth_uri("li ming", &s).contains("Huizhen:li%20ming?secret="));
+        let svg = qr_svg(&otpauth_uri("li", &s)).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("<path"), "{svg}");
     }
 }
