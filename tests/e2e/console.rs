@@ -660,8 +660,13 @@ async fn logins_lockout_totp_csrf_and_timeouts(b: Backend) {
     // CSRF: a change without the token is refused; with it, it is done.
     let s = Session::login(&base, "wang", PASSWORD, None).await.unwrap();
     let (code, v) = s.post("/api/pipelines/reload", json!({}), false).await;
-    assert_eq!(code, 401, "{v}");
+    assert_eq!(code, 403, "{v}");
     assert!(v["error"].as_str().unwrap().contains("X-CSRF-Token"), "{v}");
+    // With the token the change reaches its handler (which wants a reason: 400).
+    let (code, v) = s.post("/api/messages/m-1/dead", json!({}), true).await;
+    assert_eq!(code, 400, "{v}");
+    let (code, _) = s.post("/api/messages/m-1/dead", json!({}), false).await;
+    assert_eq!(code, 403);
     // Idle timeout (console.session_idle, 60 s here): the session's last use is moved back in
     // the store instead of waiting. A request in use moves it forward; a page's automatic
     // refresh (X-Huizhen-Background) does not; past the idle time the session is over.
@@ -699,6 +704,14 @@ async fn logins_lockout_totp_csrf_and_timeouts(b: Backend) {
         store.session(&hash).await.unwrap().is_none(),
         "and are deleted"
     );
+    // Ended sessions are not failed logins: many of them from one address (a hospital's NAT)
+    // do not throttle it (security.max_failures is 10).
+    for _ in 0..12 {
+        assert_eq!(ask(false).await, 401);
+    }
+    let fresh = Session::login(&base, "wang", PASSWORD, None).await.unwrap();
+    let (code, _) = fresh.get("/api/pipelines").await;
+    assert_eq!(code, 200, "not throttled by ended sessions");
 
     // Lockout after three wrong passwords; the right one is refused while locked; unknown
     // users get the same answer as wrong passwords.

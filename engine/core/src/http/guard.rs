@@ -79,36 +79,61 @@ pub async fn guard(State(sec): State<Arc<Security>>, mut req: Request, next: Nex
         }
         return r;
     }
+    // A change made with a console session must carry the session's CSRF token; a missing or
+    // wrong one is refused (403) and audited as denied, with who the session is.
+    let mut csrf_refused: Option<Principal> = None;
     let authenticated = match &session_token {
-        Some(token) => sec
-            .session_used(
-                token,
-                !req.headers().contains_key(crate::security::BACKGROUND_HEADER),
-            )
-            .await
-            .and_then(|live| {
-            // A change made with a session carries its CSRF token.
-            let safe = matches!(method.as_str(), "GET" | "HEAD");
-            let given = req
+        Some(token) => {
+            let used = !req
                 .headers()
-                .get(crate::security::CSRF_HEADER)
-                .and_then(|v| v.to_str().ok());
-            if live.method.starts_with("pending") {
+                .contains_key(crate::security::BACKGROUND_HEADER);
+            match sec.session_used(token, used).await {
                 // A login that still has a step to go (enrol a second factor) reaches only the
                 // console's own routes.
-                Err(AuthError::Invalid(
+                Ok(live) if live.method.starts_with("pending") => Err(AuthError::Invalid(
                     "the login is not finished: enrol a second factor in the console first".into(),
-                ))
-            } else if safe || sec.csrf_matches(&live, given) {
-                Ok(live.principal)
-            } else {
-                Err(AuthError::Invalid(
-                    "a change made with a console session must carry the session's X-CSRF-Token header".into(),
-                ))
+                )),
+                Ok(live) => {
+                    let safe = matches!(method.as_str(), "GET" | "HEAD");
+                    let given = req
+                        .headers()
+                        .get(crate::security::CSRF_HEADER)
+                        .and_then(|v| v.to_str().ok());
+                    if safe || sec.csrf_matches(&live, given) {
+                        Ok(live.principal)
+                    } else {
+                        csrf_refused = Some(live.principal);
+                        Err(AuthError::Invalid(
+                            "a change made with a console session must carry the session's X-CSRF-Token header"
+                                .into(),
+                        ))
+                    }
+                }
+                Err(e) => Err(e),
             }
-        }),
+        }
         None => sec.authenticate(bearer.as_deref()).await,
     };
+    if let (Some(p), Err(e)) = (&csrf_refused, &authenticated) {
+        let caller = Caller {
+            scope: sec.scope(p),
+            write_scope: sec.write_scope(p),
+            principal: p.clone(),
+            source: source.clone(),
+            purpose: purpose.clone(),
+        };
+        let ev = caller.event(
+            action.name(),
+            "Endpoint",
+            &format!("{method} {pattern}"),
+            "denied",
+            e.to_string(),
+        );
+        if let Err(err) = sec.store().audit(&ev).await {
+            tracing::error!(error = %err, "refused change not audited");
+        }
+        return ApiError(StatusCode::FORBIDDEN, e.to_string()).into_response();
+    }
     let principal = match authenticated {
         Ok(p) => p,
         Err(AuthError::Unavailable(m)) => {
@@ -118,6 +143,14 @@ pub async fn guard(State(sec): State<Arc<Security>>, mut req: Request, next: Nex
                 &m,
             )
             .into_response();
+        }
+        Err(e) if session_token.is_some() => {
+            // An ended or timed-out console session is not a login attempt (its token is 256
+            // random bits: nothing to guess): answered 401 so the page shows the login, not
+            // counted against the address (a hospital behind one NAT address whose users'
+            // sessions time out is not throttled) and not a `login.failed` on the trail.
+            tracing::debug!(%source, endpoint = %format!("{method} {pattern}"), error = %e, "console session refused");
+            return ApiError(StatusCode::UNAUTHORIZED, e.to_string()).into_response();
         }
         Err(e) => {
             sec.record_failure(ip, &claimed);
