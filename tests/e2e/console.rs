@@ -438,6 +438,14 @@ impl Session {
         })
     }
 
+    /// A login that must fail: its status and answer.
+    async fn refused(base: &str, user: &str, password: &str, totp: Option<&str>) -> (u16, Value) {
+        match Session::login(base, user, password, totp).await {
+            Ok(_) => panic!("{user} logged in, a refusal was expected"),
+            Err(e) => e,
+        }
+    }
+
     async fn get(&self, path: &str) -> (u16, Value) {
         let r = self
             .http
@@ -716,33 +724,21 @@ async fn logins_lockout_totp_csrf_and_timeouts(b: Backend) {
     // Lockout after three wrong passwords; the right one is refused while locked; unknown
     // users get the same answer as wrong passwords.
     for _ in 0..2 {
-        let (code, v) = Session::login(&base, "wang", "wrong-Password-1", None)
-            .await
-            .err()
-            .unwrap();
+        let (code, v) = Session::refused(&base, "wang", "wrong-Password-1", None).await;
         assert_eq!(
             (code, v["error"].as_str().unwrap()),
             (401, "wrong user name or password")
         );
     }
-    let (code, v) = Session::login(&base, "nobody", "wrong-Password-1", None)
-        .await
-        .err()
-        .unwrap();
+    let (code, v) = Session::refused(&base, "nobody", "wrong-Password-1", None).await;
     assert_eq!(
         (code, v["error"].as_str().unwrap()),
         (401, "wrong user name or password")
     );
-    let (code, v) = Session::login(&base, "wang", "wrong-Password-1", None)
-        .await
-        .err()
-        .unwrap();
+    let (code, v) = Session::refused(&base, "wang", "wrong-Password-1", None).await;
     assert_eq!(code, 403, "{v}");
     assert!(v["error"].as_str().unwrap().contains("locked"), "{v}");
-    let (code, v) = Session::login(&base, "wang", PASSWORD, None)
-        .await
-        .err()
-        .unwrap();
+    let (code, v) = Session::refused(&base, "wang", PASSWORD, None).await;
     assert_eq!(code, 403, "{v}");
     store.lock_user("wang", 0).await.unwrap();
 
@@ -770,10 +766,7 @@ async fn logins_lockout_totp_csrf_and_timeouts(b: Backend) {
         .await;
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["totp"]["enrolled"], json!(true));
-    let (code, v) = Session::login(&base, "wang", PASSWORD, None)
-        .await
-        .err()
-        .unwrap();
+    let (code, v) = Session::refused(&base, "wang", PASSWORD, None).await;
     assert_eq!((code, v["need_totp"].clone()), (401, json!(true)));
     // The enrolment used this step's code: the next one logs in, and only once.
     let next =
@@ -783,10 +776,7 @@ async fn logins_lockout_totp_csrf_and_timeouts(b: Backend) {
         .unwrap();
     let (_, me) = s.get("/ui/session").await;
     assert_eq!(me["method"], "password+totp");
-    let (code, v) = Session::login(&base, "wang", PASSWORD, Some(&next))
-        .await
-        .err()
-        .unwrap();
+    let (code, v) = Session::refused(&base, "wang", PASSWORD, Some(&next)).await;
     assert_eq!(code, 401, "a code is accepted once: {v}");
     // Logout ends the session at the API too.
     let (code, _) = s.post("/ui/logout", json!({}), true).await;

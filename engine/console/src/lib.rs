@@ -75,6 +75,19 @@ impl ConsoleError {
     }
 }
 
+/// Percent-encodes everything but RFC 3986's unreserved characters (query values, the
+/// `otpauth://` label).
+pub(crate) fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// The engine's security (the router puts it into the extensions), when the console is on.
 fn security(s: &AppState) -> Result<Arc<Security>, ConsoleError> {
     let sec = s

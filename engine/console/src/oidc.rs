@@ -157,17 +157,6 @@ pub fn challenge(verifier: &str) -> String {
     b64(&Sha256::digest(verifier.as_bytes()))
 }
 
-fn query_escape(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 fn oidc_config(sec: &huizhen_core::security::Security) -> Result<OidcConfig, ConsoleError> {
     sec.console().oidc.clone().ok_or_else(|| {
         ConsoleError(
@@ -214,9 +203,9 @@ pub async fn start(
     let url = format!(
         "{}{sep}response_type=code&client_id={}&redirect_uri={}&scope={}&state={}&nonce={}&code_challenge={}&code_challenge_method=S256",
         p.authorization_endpoint,
-        query_escape(&cfg.client_id),
-        query_escape(&cfg.redirect_uri),
-        query_escape(&cfg.scopes),
+        crate::percent_encode(&cfg.client_id),
+        crate::percent_encode(&cfg.redirect_uri),
+        crate::percent_encode(&cfg.scopes),
         login.state,
         login.nonce,
         challenge(&login.verifier),

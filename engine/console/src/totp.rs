@@ -86,19 +86,9 @@ pub fn matching_step(secret: &str, given: &str, now_secs: u64) -> Option<u64> {
 
 /// The URI an authenticator app reads (as a QR code or pasted): issuer `Huizhen`.
 pub fn otpauth_uri(username: &str, secret: &str) -> String {
-    let enc = |s: &str| -> String {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
-    };
     format!(
         "otpauth://totp/Huizhen:{}?secret={secret}&issuer=Huizhen&algorithm=SHA1&digits=6&period={STEP}",
-        enc(username)
+        crate::percent_encode(username)
     )
 }
 

@@ -139,17 +139,21 @@ impl Browser {
     /// Clicks the element `css` as a user would (a click that counts as user activation,
     /// which `getDisplayMedia` needs).
     pub async fn click(&self, css: &str) {
+        let id = self.element(css).await;
+        self.command(&format!("element/{id}/click"), json!({}))
+            .await;
+    }
+
+    /// The WebDriver id of the element `css`.
+    async fn element(&self, css: &str) -> String {
         let el = self
             .command("element", json!({"using": "css selector", "value": css}))
             .await;
-        let id = el
-            .as_object()
+        el.as_object()
             .and_then(|o| o.values().next())
             .and_then(Value::as_str)
             .unwrap_or_else(|| panic!("no element {css}: {el}"))
-            .to_owned();
-        self.command(&format!("element/{id}/click"), json!({}))
-            .await;
+            .to_owned()
     }
 
     /// Runs `script` (a function body: `return …`) in the page; its value.
@@ -191,15 +195,7 @@ impl Browser {
 
     /// Types `text` into the element `css` (as keystrokes).
     pub async fn type_into(&self, css: &str, text: &str) {
-        let el = self
-            .command("element", json!({"using": "css selector", "value": css}))
-            .await;
-        let id = el
-            .as_object()
-            .and_then(|o| o.values().next())
-            .and_then(Value::as_str)
-            .unwrap_or_else(|| panic!("no element {css}: {el}"))
-            .to_owned();
+        let id = self.element(css).await;
         self.command(&format!("element/{id}/clear"), json!({}))
             .await;
         self.command(&format!("element/{id}/value"), json!({"text": text}))

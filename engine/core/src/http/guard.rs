@@ -122,17 +122,7 @@ pub async fn guard(State(sec): State<Arc<Security>>, mut req: Request, next: Nex
             source: source.clone(),
             purpose: purpose.clone(),
         };
-        let ev = caller.event(
-            action.name(),
-            "Endpoint",
-            &format!("{method} {pattern}"),
-            "denied",
-            e.to_string(),
-        );
-        if let Err(err) = sec.store().audit(&ev).await {
-            tracing::error!(error = %err, "refused change not audited");
-        }
-        return ApiError(StatusCode::FORBIDDEN, e.to_string()).into_response();
+        return denied(&sec, &caller, action, &format!("{method} {pattern}"), e).await;
     }
     let principal = match authenticated {
         Ok(p) => p,
@@ -185,18 +175,30 @@ pub async fn guard(State(sec): State<Arc<Security>>, mut req: Request, next: Nex
         purpose,
     };
     if let Err(e) = sec.authorize(&caller.principal, action) {
-        let ev = caller.event(
-            action.name(),
-            "Endpoint",
-            &format!("{method} {pattern}"),
-            "denied",
-            e.to_string(),
-        );
-        if let Err(err) = sec.store().audit(&ev).await {
-            tracing::error!(error = %err, "denied request not audited");
-        }
-        return ApiError(StatusCode::FORBIDDEN, e.to_string()).into_response();
+        return denied(&sec, &caller, action, &format!("{method} {pattern}"), &e).await;
     }
     req.extensions_mut().insert(caller);
     next.run(req).await
+}
+
+/// A request of a known caller refused (its role, a missing CSRF token): audited as denied,
+/// answered 403 with the reason.
+async fn denied(
+    sec: &Security,
+    caller: &Caller,
+    action: crate::security::Action,
+    endpoint: &str,
+    why: &AuthError,
+) -> Response {
+    let ev = caller.event(
+        action.name(),
+        "Endpoint",
+        endpoint,
+        "denied",
+        why.to_string(),
+    );
+    if let Err(err) = sec.store().audit(&ev).await {
+        tracing::error!(error = %err, "denied request not audited");
+    }
+    ApiError(StatusCode::FORBIDDEN, why.to_string()).into_response()
 }
