@@ -97,6 +97,21 @@ impl Client {
             ..AuditEvent::default()
         }
     }
+
+    /// [`Client::event`] of a known local user, with their role and facility.
+    pub(crate) fn user_event(
+        &self,
+        user: &UserRow,
+        action: &str,
+        outcome: &str,
+        detail: String,
+    ) -> AuditEvent {
+        AuditEvent {
+            role: user.role.clone(),
+            facility: user.facility.clone(),
+            ..self.event(&user.username, action, outcome, detail)
+        }
+    }
 }
 
 /// Writes an audit event; a change whose audit cannot be written fails.
@@ -381,16 +396,12 @@ pub async fn login(
     })?;
     audit(
         &s,
-        &AuditEvent {
-            role: user.role.clone(),
-            facility: user.facility.clone(),
-            ..client.event(
-                &username,
-                "login.success",
-                "success",
-                format!("console login ({method})"),
-            )
-        },
+        &client.user_event(
+            &user,
+            "login.success",
+            "success",
+            format!("console login ({method})"),
+        ),
     )
     .await?;
     open_session(
@@ -584,16 +595,12 @@ pub async fn change_password(
     })?;
     audit(
         &s,
-        &AuditEvent {
-            role: user.role.clone(),
-            facility: user.facility.clone(),
-            ..client.event(
-                &user.username,
-                "password.change",
-                "success",
-                "changed in the console; the user's other sessions ended".into(),
-            )
-        },
+        &client.user_event(
+            &user,
+            "password.change",
+            "success",
+            "changed in the console; the user's other sessions ended".into(),
+        ),
     )
     .await?;
     open_session(
@@ -688,16 +695,12 @@ pub async fn totp_confirm(
         })?;
     audit(
         &s,
-        &AuditEvent {
-            role: user.role.clone(),
-            facility: user.facility.clone(),
-            ..client.event(
-                &user.username,
-                "totp.enrol",
-                "success",
-                "an authenticator was enrolled".into(),
-            )
-        },
+        &client.user_event(
+            &user,
+            "totp.enrol",
+            "success",
+            "an authenticator was enrolled".into(),
+        ),
     )
     .await?;
     s.store.end_session(&hash).await.map_err(|e| {
